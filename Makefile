@@ -1,0 +1,37 @@
+# haagent. `make demo` runs a whole boot against local S3 and IMDS servers; `make test` installs
+# and starts what the tests need and runs every check CI runs.
+SHELL := /bin/bash
+GO ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+PEERS_BIN := $(shell scripts/peers.sh bin)
+
+.PHONY: all build demo test peers lint unit fuzz clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/haagent ./cmd/haagent
+
+demo:
+	scripts/demo.sh
+
+peers:
+	scripts/peers.sh build
+
+lint: peers
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(PEERS_BIN)/staticcheck ./...
+
+unit: peers
+	HAAGENT_PEERS_BIN=$(PEERS_BIN) $(GO) test -race -count=1 -timeout 20m ./...
+
+test: lint unit
+
+# A short fuzzing pass over the config decoder (CI runs the seed corpus through `go test`).
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/config
+
+clean:
+	rm -rf bin

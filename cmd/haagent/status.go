@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/state"
+)
+
+type statusCmd struct {
+	g       *globals
+	json    bool
+	wait    bool
+	timeout time.Duration
+	runs    int
+}
+
+func (c *statusCmd) flags(fs *flag.FlagSet) {
+	fs.BoolVar(&c.json, "json", false, "print JSON")
+	fs.BoolVar(&c.wait, "wait", false, "block until the boot completes (exit 0) or fails (exit 1)")
+	fs.DurationVar(&c.timeout, "timeout", 0, "with --wait, give up after this long (exit 1); 0 waits for ever")
+	fs.IntVar(&c.runs, "runs", 5, "how many runs to show")
+}
+
+// pollEvery is how often --wait rereads the record; the record is tiny.
+const pollEvery = 500 * time.Millisecond
+
+func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
+	path := c.g.path(state.Path)
+	var deadline <-chan time.Time
+	if c.wait && c.timeout > 0 {
+		t := time.NewTimer(c.timeout)
+		defer t.Stop()
+		deadline = t.C
+	}
+	shownRetry := ""
+	for {
+		rec, err := state.Load(path)
+		if err != nil {
+			return err
+		}
+		last := rec.Last()
+		if !c.wait {
+			if last == nil {
+				return fmt.Errorf("no run recorded in %s yet: haagent has not run on this machine (systemctl status haagent)", path)
+			}
+			c.print(stdout, rec)
+			if last.Status == state.Failed || last.Status == state.Retrying {
+				return &exitError{code: 1, err: fmt.Errorf("the last run is %s: %s", last.Status, last.Error)}
+			}
+			return nil
+		}
+		if last != nil {
+			switch last.Status {
+			case state.Complete:
+				c.print(stdout, rec)
+				return nil
+			case state.Failed:
+				c.print(stdout, rec)
+				return &exitError{code: 1, err: fmt.Errorf("boot failed: %s", last.Error)}
+			case state.Retrying:
+				if last.Error != shownRetry {
+					shownRetry = last.Error
+					fmt.Fprintf(stderr, "haagent: still waiting; the service is retrying: %s\n", last.Error)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline:
+			state := "no run recorded yet"
+			if last != nil {
+				state = "last run is " + last.Status
+				if last.Error != "" {
+					state += ": " + last.Error
+				}
+			}
+			return &exitError{code: 1, err: fmt.Errorf("boot not complete after %s (%s)", c.timeout, state)}
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+func (c *statusCmd) print(w io.Writer, rec *state.Record) {
+	runs := rec.Runs
+	if c.runs > 0 && len(runs) > c.runs {
+		runs = runs[len(runs)-c.runs:]
+	}
+	if c.json {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(struct {
+			Version int         `json:"version"`
+			Runs    []state.Run `json:"runs"`
+		}{rec.Version, runs})
+		return
+	}
+	last := runs[len(runs)-1]
+	fmt.Fprintf(w, "status:   %s\n", last.Status)
+	fmt.Fprintf(w, "run:      %s (%s mode, pid %d)\n", last.ID, last.Mode, last.PID)
+	if last.InstanceID != "" {
+		fmt.Fprintf(w, "instance: %s\n", last.InstanceID)
+	}
+	fmt.Fprintf(w, "started:  %s", last.Start.Local().Format(time.RFC3339))
+	if last.End != nil {
+		fmt.Fprintf(w, "   ended: %s (%s)", last.End.Local().Format(time.RFC3339), last.End.Sub(last.Start).Round(time.Millisecond))
+	}
+	fmt.Fprintln(w)
+	if last.Error != "" {
+		fmt.Fprintf(w, "error:    %s\n", last.Error)
+	}
+	fmt.Fprintln(w, "steps:")
+	for _, s := range last.Steps {
+		line := fmt.Sprintf("  %-20s %-8s", s.Name, s.Status)
+		if s.Duration != "" {
+			line += " " + s.Duration
+		}
+		if s.Attempts > 1 {
+			line += fmt.Sprintf(" (attempt %d)", s.Attempts)
+		}
+		fmt.Fprintln(w, strings.TrimRight(line, " "))
+	}
+	if n := len(last.Files); n > 0 {
+		changed := 0
+		for _, f := range last.Files {
+			if f.Changed {
+				changed++
+			}
+		}
+		fmt.Fprintf(w, "files:    %d in place, %d changed by this run\n", n, changed)
+	}
+	if len(last.Findings) > 0 {
+		fmt.Fprintln(w, "findings:")
+		fs := append([]findings.Finding(nil), last.Findings...)
+		findings.Sort(fs)
+		for _, f := range fs {
+			fmt.Fprintf(w, "  %-7s %s: %s\n", f.Severity, f.Code, f.Summary)
+			if f.Fix != "" {
+				fmt.Fprintf(w, "          fix: %s\n", f.Fix)
+			}
+		}
+	}
+	if len(runs) > 1 {
+		fmt.Fprintln(w, "earlier runs:")
+		for i := len(runs) - 2; i >= 0; i-- {
+			r := runs[i]
+			fmt.Fprintf(w, "  %s  %-10s %s", r.ID, r.Status, r.InstanceID)
+			if r.Error != "" {
+				fmt.Fprintf(w, "  %s", r.Error)
+			}
+			fmt.Fprintln(w)
+		}
+	}
+}
+

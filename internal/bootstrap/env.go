@@ -1,0 +1,134 @@
+// Package bootstrap is the boot of a Services machine: an ordered table of steps, one runner
+// that executes it, and the Env every step works through.
+package bootstrap
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/config"
+	"github.com/haagent/haagent/internal/fetch"
+	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/imds"
+	"github.com/haagent/haagent/internal/state"
+)
+
+// Env carries everything a step needs. Every path goes through Path so the whole boot can run
+// inside a temp dir (--root).
+type Env struct {
+	Root string
+	Log  *slog.Logger
+	// Config is set before the run when the config file exists; otherwise the config step
+	// takes it from the user-data the imds step read.
+	Config      *config.Config
+	ConfigPath  string
+	IMDSTimeout time.Duration
+
+	IMDS     *imds.Client
+	Instance imds.Info
+	UserData []byte
+	Bucket   *bucket.Bucket
+	Bundle   *fetch.Bundle
+
+	Record *state.Record
+	Run    *state.Run
+
+	mu       sync.Mutex
+	current  string
+	byStep   map[string][]findings.Finding
+	reported map[string]bool
+}
+
+// Path maps an absolute machine path under --root.
+func (e *Env) Path(p string) string { return filepath.Join(e.Root, p) }
+
+// Report records a finding for the current step and logs it once per run (a retried step
+// reports the same findings again; the journal should not fill with copies).
+func (e *Env) Report(f findings.Finding) {
+	e.mu.Lock()
+	if e.byStep == nil {
+		e.byStep = map[string][]findings.Finding{}
+		e.reported = map[string]bool{}
+	}
+	key := f.Code + "\x00" + f.Target + "\x00" + f.Summary
+	dup := false
+	for _, g := range e.byStep[e.current] {
+		dup = dup || g.Code+"\x00"+g.Target+"\x00"+g.Summary == key
+	}
+	if !dup {
+		e.byStep[e.current] = append(e.byStep[e.current], f)
+	}
+	seen := e.reported[key]
+	e.reported[key] = true
+	e.mu.Unlock()
+	if seen {
+		return
+	}
+	level := slog.LevelInfo
+	switch f.Severity {
+	case findings.Error:
+		level = slog.LevelError
+	case findings.Warning:
+		level = slog.LevelWarn
+	}
+	attrs := []any{"finding", f.Code, "severity", string(f.Severity), "blocking", f.Blocking}
+	if f.Target != "" {
+		attrs = append(attrs, "target", f.Target)
+	}
+	if f.Evidence != "" {
+		attrs = append(attrs, "evidence", f.Evidence)
+	}
+	if f.Fix != "" {
+		attrs = append(attrs, "fix", f.Fix)
+	}
+	e.Log.Log(context.Background(), level, f.Code+": "+f.Summary, attrs...)
+}
+
+// ReportAll reports each finding.
+func (e *Env) ReportAll(fs []findings.Finding) {
+	for _, f := range fs {
+		e.Report(f)
+	}
+}
+
+func (e *Env) beginStep(name string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.current = name
+	if e.byStep != nil {
+		delete(e.byStep, name) // a retry replaces the step's earlier findings
+	}
+}
+
+// Findings returns the current findings of every step, in table order.
+func (e *Env) Findings(steps []Step) []findings.Finding {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []findings.Finding
+	for _, s := range steps {
+		out = append(out, e.byStep[s.Name]...)
+	}
+	return out
+}
+
+// Notify sends an sd_notify state; a no-op without NOTIFY_SOCKET.
+func Notify(s string) {
+	daemon.SdNotify(false, s)
+}
+
+// BootID is the kernel's id for this boot (not under --root: it is the running kernel's).
+func BootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}

@@ -1,0 +1,203 @@
+package bootstrap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/state"
+)
+
+// Runner executes a table of steps.
+type Runner struct {
+	Steps []Step
+	// Once stops at the first failure; otherwise a failed step is retried with capped
+	// backoff, for ever: exiting would only run into systemd's start limit and leave nobody
+	// driving the boot.
+	Once bool
+	// Backoff is the wait before the n-th retry (n from 1).
+	Backoff func(n int) time.Duration
+	// StatePath is where the run record lives (under --root).
+	StatePath string
+}
+
+// DefaultBackoff doubles from 5 s up to 5 min: a new instance's IAM role, network or bucket
+// may need a minute, a database may need longer.
+func DefaultBackoff(n int) time.Duration {
+	d := 5 * time.Second << min(n-1, 6)
+	return min(d, 5*time.Minute)
+}
+
+// Run executes the steps in order. The returned error names the failed step.
+func (r *Runner) Run(ctx context.Context, env *Env) error {
+	if r.Backoff == nil {
+		r.Backoff = DefaultBackoff
+	}
+	mode := "service"
+	if r.Once {
+		mode = "once"
+	}
+	now := time.Now().UTC()
+	env.Record.Runs = append(env.Record.Runs, state.Run{
+		ID:     now.Format("20060102T150405Z") + fmt.Sprintf("-%d", os.Getpid()),
+		BootID: BootID(), Mode: mode, PID: os.Getpid(), Start: now, Status: state.Running,
+	})
+	env.Run = env.Record.Last()
+	r.save(env)
+
+	watchdog, _ := daemon.SdWatchdogEnabled(false)
+	for i, s := range r.Steps {
+		for attempt := 1; ; attempt++ {
+			err := r.runStep(ctx, env, s, i, attempt, watchdog)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return r.finish(env, "interrupted", fmt.Errorf("%s: interrupted: %w", s.Name, ctx.Err()))
+			}
+			if r.Once {
+				return r.finish(env, state.Failed, fmt.Errorf("%s: %w", s.Name, err))
+			}
+			wait := r.Backoff(attempt)
+			env.Run.Status = state.Retrying
+			env.Run.Error = fmt.Sprintf("%s: %s", s.Name, err)
+			r.save(env)
+			Notify("STATUS=" + truncate(fmt.Sprintf("%s failed (attempt %d): %s; retrying in %s", s.Name, attempt, headline(err), wait), 200))
+			if err := sleep(ctx, wait, watchdog); err != nil {
+				return r.finish(env, "interrupted", fmt.Errorf("%s: interrupted: %w", s.Name, err))
+			}
+			env.Run.Status = state.Running
+			env.Run.Error = ""
+		}
+	}
+	env.Log.Info("boot complete", "steps", len(r.Steps), "duration", time.Since(env.Run.Start).Round(time.Millisecond).String())
+	Notify("STATUS=boot complete")
+	return r.finish(env, state.Complete, nil)
+}
+
+func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, watchdog time.Duration) error {
+	env.beginStep(s.Name)
+	log := env.Log.With("step", s.Name)
+	start := time.Now()
+	rec := r.stepRecord(env, s.Name)
+	rec.Status, rec.Attempts, rec.Start, rec.Duration, rec.Error = "running", attempt, start.UTC(), "", ""
+	r.save(env)
+	log.Info("[started] " + s.Name)
+	Notify(fmt.Sprintf("STATUS=step %d/%d: %s", i+1, len(r.Steps), s.Name))
+
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, env) }()
+	var err error
+	if watchdog > 0 {
+		// The main loop, not a detached goroutine, feeds the watchdog: if this loop hangs,
+		// systemd restarts haagent. Steps bound their own network waits.
+		t := time.NewTicker(watchdog / 2)
+	wait:
+		for {
+			select {
+			case err = <-done:
+				break wait
+			case <-t.C:
+				Notify("WATCHDOG=1")
+			}
+		}
+		t.Stop()
+	} else {
+		err = <-done
+	}
+	d := time.Since(start)
+	rec = r.stepRecord(env, s.Name)
+	rec.Duration = d.Round(time.Millisecond).String()
+	var fail *findings.Failure
+	if errors.As(err, &fail) {
+		env.ReportAll(fail.Findings)
+	}
+	env.Run.Findings = env.Findings(r.Steps)
+	if err != nil {
+		rec.Status, rec.Error = "failed", err.Error()
+		r.save(env)
+		log.Error(fmt.Sprintf("[failed] %s: %s", s.Name, err), "attempt", attempt, "duration", rec.Duration)
+		return err
+	}
+	rec.Status = "ok"
+	r.save(env)
+	log.Info(fmt.Sprintf("[finished] %s (%s)", s.Name, rec.Duration))
+	return nil
+}
+
+func (r *Runner) stepRecord(env *Env, name string) *state.Step {
+	for i := range env.Run.Steps {
+		if env.Run.Steps[i].Name == name {
+			return &env.Run.Steps[i]
+		}
+	}
+	env.Run.Steps = append(env.Run.Steps, state.Step{Name: name})
+	return &env.Run.Steps[len(env.Run.Steps)-1]
+}
+
+func (r *Runner) finish(env *Env, status string, err error) error {
+	end := time.Now().UTC()
+	env.Run.End = &end
+	env.Run.Status = status
+	if err != nil {
+		env.Run.Error = err.Error()
+		Notify("STATUS=" + truncate("boot "+status+": "+headline(err), 200))
+	}
+	env.Run.Findings = env.Findings(r.Steps)
+	r.save(env)
+	return err
+}
+
+func (r *Runner) save(env *Env) {
+	if r.StatePath == "" {
+		return
+	}
+	if err := env.Record.Save(r.StatePath); err != nil {
+		env.Log.Error("cannot save the run record; `haagent status` will be stale", "path", r.StatePath, "error", err.Error())
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration, watchdog time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var tick <-chan time.Time
+	if watchdog > 0 {
+		tk := time.NewTicker(watchdog / 2)
+		defer tk.Stop()
+		tick = tk.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			return nil
+		case <-tick:
+			Notify("WATCHDOG=1")
+		}
+	}
+}
+
+// headline is the first finding's code and summary, or the error's first line: what STATUS=
+// can hold.
+func headline(err error) string {
+	var fail *findings.Failure
+	if errors.As(err, &fail) && len(fail.Findings) > 0 {
+		return fail.Findings[0].String()
+	}
+	s, _, _ := strings.Cut(err.Error(), "\n")
+	return s
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}

@@ -1,0 +1,158 @@
+package bootstrap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/config"
+	"github.com/haagent/haagent/internal/cookie"
+	"github.com/haagent/haagent/internal/fetch"
+	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/imds"
+)
+
+// Step is one boot step. Steps never log their own start and end: the runner does.
+type Step struct {
+	Name string
+	Run  func(ctx context.Context, env *Env) error
+}
+
+// Steps is the whole boot, in order. IMDS comes first because the config may live in the
+// instance's user-data.
+var Steps = []Step{
+	{Name: "imds", Run: stepIMDS},
+	{Name: "config", Run: stepConfig},
+	{Name: "fetch", Run: stepFetch},
+	{Name: "cookie-key", Run: stepCookieKey},
+}
+
+func stepIMDS(ctx context.Context, env *Env) error {
+	if env.IMDS == nil {
+		env.IMDS = imds.New(env.IMDSTimeout)
+	}
+	info, err := env.IMDS.Identity(ctx)
+	if err != nil {
+		return imdsFailure(err)
+	}
+	env.Instance = info
+	env.Run.InstanceID = info.InstanceID
+	env.Log.Info("instance identity", "instance_id", info.InstanceID, "local_ipv4", info.LocalIPv4, "region", info.Region,
+		"replacement", !env.Record.CompletedOn(info.InstanceID))
+	if env.Config == nil {
+		ud, err := env.IMDS.UserData(ctx)
+		if err != nil {
+			return imdsFailure(err)
+		}
+		env.UserData = ud
+	}
+	return nil
+}
+
+func imdsFailure(err error) error {
+	var ie *imds.Error
+	if errors.As(err, &ie) {
+		f := findings.New(ie.Code, ie.Endpoint, "cannot read the instance identity from IMDSv2", err.Error())
+		return &findings.Failure{Findings: []findings.Finding{f}}
+	}
+	return err
+}
+
+func stepConfig(ctx context.Context, env *Env) error {
+	if env.Config == nil {
+		if !config.IsUserDataConfig(env.UserData) {
+			what := "the instance has no user-data"
+			if len(env.UserData) > 0 {
+				what = "the user-data does not start with " + config.UserDataMarker
+			}
+			f := findings.New("CONFIG_MISSING", env.ConfigPath, "no haagent config: "+env.ConfigPath+" does not exist and "+what, "")
+			return &findings.Failure{Findings: []findings.Finding{f}}
+		}
+		cfg, err := config.Parse(env.UserData, "user-data")
+		if err != nil {
+			f := findings.New("CONFIG_INVALID", "user-data", "the haagent config in the user-data is invalid", err.Error())
+			return &findings.Failure{Findings: []findings.Finding{f}}
+		}
+		env.Config = cfg
+	}
+	c := env.Config
+	caFile := ""
+	if c.Source.CAFile != "" {
+		caFile = env.Path(c.Source.CAFile)
+	}
+	b, err := bucket.New(ctx, bucket.Options{
+		Name: c.Source.Bucket, Prefix: c.Source.Prefix, Region: c.Source.Region,
+		Endpoint: c.Source.Endpoint, PathStyle: c.Source.PathStyle, CAFile: caFile,
+		FallbackRegion: env.Instance.Region, Attempts: c.Fetch.Attempts, Timeout: c.Fetch.Timeout.D(), Log: env.Log,
+	})
+	if err != nil {
+		return fmt.Errorf("setting up S3 access to bucket %s: %w", c.Source.Bucket, err)
+	}
+	env.Bucket = b
+	env.Log.Info("config loaded", "origin", c.Origin, "bucket", c.Source.Bucket, "prefix", c.Source.Prefix, "region", b.Region())
+	return nil
+}
+
+func stepFetch(ctx context.Context, env *Env) error {
+	bd, err := fetch.Fetch(ctx, env.Bucket, fetch.Options{
+		Root: env.Root, Layout: env.Config.Layout, Concurrency: env.Config.Fetch.Concurrency,
+		Known: env.Record.Known, Log: env.Log,
+	})
+	if bd != nil {
+		env.ReportAll(bd.Findings)
+	}
+	if err != nil {
+		if offlineOK(env, err) {
+			env.Report(findings.New("S3_OFFLINE_LAST_GOOD", env.Bucket.URI(""),
+				"S3 is unreachable on a reboot of an instance whose earlier boot completed; using the files already in place", err.Error()))
+			return nil
+		}
+		return err
+	}
+	if err := bd.Commit(); err != nil {
+		return fmt.Errorf("moving fetched files into place: %w", err)
+	}
+	if env.Record.Known == nil {
+		env.Record.Known = map[string]fetch.Known{}
+	}
+	changed := 0
+	env.Run.Files = env.Run.Files[:0]
+	for _, f := range bd.Files {
+		env.Run.Files = append(env.Run.Files, *f)
+		env.Record.Known[f.Dest] = fetch.Known{Key: f.Key, ETag: f.ETag, Size: f.Size, SHA256: f.SHA256}
+		if f.Changed {
+			changed++
+		}
+	}
+	sort.Slice(env.Run.Files, func(i, j int) bool { return env.Run.Files[i].Dest < env.Run.Files[j].Dest })
+	env.Bundle = bd
+	env.Log.Info("files in place", "files", len(bd.Files), "changed", changed, "unchanged", len(bd.Files)-changed)
+	return nil
+}
+
+// offlineOK allows a reboot to go on with the last good files when S3 gave no answer at all;
+// never on a first boot, where there are no good files.
+func offlineOK(env *Env, err error) bool {
+	var fail *findings.Failure
+	if !errors.As(err, &fail) || !env.Record.CompletedOn(env.Instance.InstanceID) {
+		return false
+	}
+	for _, f := range fail.Findings {
+		if f.Code != "S3_UNREACHABLE" {
+			return false
+		}
+	}
+	return len(fail.Findings) > 0
+}
+
+func stepCookieKey(ctx context.Context, env *Env) error {
+	res, err := cookie.Ensure(ctx, env.Bucket, env.Root)
+	env.ReportAll(res.Findings)
+	if err != nil {
+		return err
+	}
+	env.Log.Info("session cookie key in place", "source", res.Source, "changed", res.Changed, "file", cookie.File)
+	return nil
+}

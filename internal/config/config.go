@@ -1,0 +1,192 @@
+// Package config loads haagent's one versioned YAML file, strictly (an unknown field is an
+// error with its path), and validates all of it before any side effect.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// DefaultPath is where the AMI's haagent looks for its config.
+const DefaultPath = "/etc/haagent/haagent.yaml"
+
+// UserDataMarker is the first line that marks an EC2 user-data document as a haagent config.
+// A dedicated marker (rather than "any YAML with version: 1") keeps haagent from mistaking a
+// #cloud-config or a shell script for its own config, and cloud-init ignores a part it does
+// not know.
+const UserDataMarker = "#haagent-config"
+
+// ErrNoConfig means there is no config at all, which is not the same as an invalid one.
+var ErrNoConfig = errors.New("no haagent config")
+
+// Config is the whole of haagent's settings.
+type Config struct {
+	Version int               `yaml:"version"`
+	Source  Source            `yaml:"source"`
+	Files   map[string]*File  `yaml:"files"`
+	Fetch   Fetch             `yaml:"fetch"`
+	IMDS    IMDS              `yaml:"imds"`
+	// Layout is Files merged over the default layout, in a fixed order; filled by Validate.
+	Layout []Entry `yaml:"-"`
+	// Origin says where the config came from (a path or "user-data"), for messages.
+	Origin string `yaml:"-"`
+}
+
+// Source is the bucket everything is fetched from.
+type Source struct {
+	Bucket    string `yaml:"bucket"`
+	Prefix    string `yaml:"prefix"`
+	Region    string `yaml:"region"`
+	Endpoint  string `yaml:"endpoint"`
+	PathStyle bool   `yaml:"path_style"`
+	// CAFile is an extra PEM bundle trusted for the S3 endpoint (an on-prem store, or a proxy
+	// that inspects TLS).
+	CAFile string `yaml:"ca_file"`
+}
+
+// File overrides one entry of the default layout.
+type File struct {
+	Key      string `yaml:"key"`
+	Dest     string `yaml:"dest"`
+	Mode     Mode   `yaml:"mode"`
+	DirMode  Mode   `yaml:"dir_mode"`
+	UID      *int   `yaml:"uid"`
+	GID      *int   `yaml:"gid"`
+	Required *bool  `yaml:"required"`
+}
+
+// Fetch tunes the S3 download.
+type Fetch struct {
+	Concurrency int      `yaml:"concurrency"`
+	Attempts    int      `yaml:"attempts"`
+	Timeout     Duration `yaml:"timeout"`
+}
+
+// IMDS tunes the instance metadata client.
+type IMDS struct {
+	Timeout Duration `yaml:"timeout"`
+}
+
+// Mode is a file mode written in octal ("0600"); YAML's own octal rules differ between 1.1 and
+// 1.2, so the text is parsed here.
+type Mode uint32
+
+// UnmarshalYAML parses the scalar as octal.
+func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: a mode is an octal number such as \"0600\"", n.Line)
+	}
+	s := strings.TrimPrefix(strings.TrimPrefix(n.Value, "0o"), "0O")
+	v, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || v > 0o777 {
+		return fmt.Errorf("line %d: mode %q is not an octal permission between 0000 and 0777", n.Line, n.Value)
+	}
+	*m = Mode(v)
+	return nil
+}
+
+// Duration is a time.Duration written as "30s" or "5m".
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration such as \"30s\" or \"5m\"", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Problem is one thing wrong with the config, keyed by field path.
+type Problem struct {
+	Path string
+	Line int
+	Msg  string
+}
+
+func (p Problem) String() string {
+	if p.Line > 0 {
+		return fmt.Sprintf("%s: %s (line %d)", p.Path, p.Msg, p.Line)
+	}
+	return fmt.Sprintf("%s: %s", p.Path, p.Msg)
+}
+
+// InvalidError lists every problem found, so one edit fixes them all.
+type InvalidError struct {
+	Origin   string
+	Problems []Problem
+}
+
+func (e *InvalidError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "invalid config %s:", e.Origin)
+	for _, p := range e.Problems {
+		b.WriteString("\n  ")
+		b.WriteString(p.String())
+	}
+	return b.String()
+}
+
+// Load reads and validates the config at path. A missing file is ErrNoConfig.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s does not exist", ErrNoConfig, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading config %s: %w", path, err)
+	}
+	return Parse(data, path)
+}
+
+// IsUserDataConfig reports whether an EC2 user-data document is meant for haagent.
+func IsUserDataConfig(data []byte) bool {
+	first, _, _ := bytes.Cut(bytes.TrimLeft(data, " \t\r\n"), []byte("\n"))
+	return strings.TrimSpace(string(first)) == UserDataMarker
+}
+
+// Parse decodes strictly and validates. origin names the source in errors.
+func Parse(data []byte, origin string) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, &InvalidError{Origin: origin, Problems: []Problem{{Path: "(document)", Msg: yamlMsg(err)}}}
+	}
+	if root.Kind == 0 || len(root.Content) == 0 {
+		return nil, &InvalidError{Origin: origin, Problems: []Problem{{Path: "(document)", Msg: "the config is empty; it needs at least version: 1 and source.bucket"}}}
+	}
+	doc := root.Content[0]
+	var probs []Problem
+	checkFields(doc, typeOfConfig, "", &probs)
+	if len(probs) > 0 {
+		return nil, &InvalidError{Origin: origin, Problems: probs}
+	}
+	cfg := &Config{}
+	if err := doc.Decode(cfg); err != nil {
+		return nil, &InvalidError{Origin: origin, Problems: []Problem{{Path: "(document)", Msg: yamlMsg(err)}}}
+	}
+	cfg.Origin = origin
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func yamlMsg(err error) string {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		return strings.Join(te.Errors, "; ")
+	}
+	return strings.TrimPrefix(err.Error(), "yaml: ")
+}

@@ -1,0 +1,204 @@
+package config
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"path"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Entry is one line of the fetch layout: an S3 key (or key prefix, when Recursive) under the
+// source prefix and where it lands under --root.
+type Entry struct {
+	Name      string
+	Key       string
+	Dest      string
+	Recursive bool
+	Required  bool
+	// WarnEmpty makes an empty optional prefix a warning (the encryption keys on a new install).
+	WarnEmpty bool
+	Mode      os.FileMode
+	DirMode   os.FileMode
+	UID, GID  int
+	Purpose   string
+}
+
+// DefaultLayout is the runbook's userdata, as a table.
+func DefaultLayout() []Entry {
+	return []Entry{
+		{Name: "settings", Key: "settings.conf", Dest: "/etc/settings.conf", Required: true, Mode: 0o600, DirMode: 0o755, UID: -1, GID: -1,
+			Purpose: "the Replicated application settings (ImportSettingsFrom)"},
+		{Name: "replicated", Key: "replicated.conf", Dest: "/etc/replicated.conf", Required: true, Mode: 0o600, DirMode: 0o755, UID: -1, GID: -1,
+			Purpose: "the Replicated daemon settings read by the installer"},
+		{Name: "license", Key: "license.rli", Dest: "/etc/license.rli", Required: true, Mode: 0o600, DirMode: 0o755, UID: -1, GID: -1,
+			Purpose: "the CircleCI licence (LicenseFileLocation)"},
+		{Name: "encryption_keys", Key: "circleci-encryption-keys/", Dest: "/data/circle/circleci-encryption-keys/", Recursive: true, WarnEmpty: true, Mode: 0o600, DirMode: 0o700, UID: -1, GID: -1,
+			Purpose: "CircleCI's encryption keys; losing them makes encrypted data unreadable"},
+		{Name: "circleconfig", Key: "circleconfig/shared/", Dest: "/etc/circleconfig/shared/", Recursive: true, Required: true, Mode: 0o600, DirMode: 0o700, UID: -1, GID: -1,
+			Purpose: "the customization files with the MongoDB, PostgreSQL and Vault settings"},
+		{Name: "ca_certificates", Key: "ca-certificates/", Dest: "/var/lib/haagent/ca-certificates/", Recursive: true, Mode: 0o644, DirMode: 0o755, UID: -1, GID: -1,
+			Purpose: "CA certificates for the databases and Vault, installed by the ca-certs step"},
+	}
+}
+
+// Defaults for everything the minimal config leaves out.
+const (
+	DefaultConcurrency = 16
+	DefaultAttempts    = 6
+	DefaultTimeout     = 2 * time.Minute
+	DefaultIMDSTimeout = 5 * time.Second
+)
+
+var (
+	bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
+	regionRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*[a-z0-9]$`)
+)
+
+// Validate checks every field, fills defaults and builds Layout. It reports all problems at
+// once.
+func (c *Config) Validate() error {
+	var probs []Problem
+	bad := func(p, format string, a ...any) { probs = append(probs, Problem{Path: p, Msg: fmt.Sprintf(format, a...)}) }
+
+	switch c.Version {
+	case 0:
+		bad("version", "required: this haagent reads version: 1")
+	case 1:
+	default:
+		bad("version", "unsupported version %d: this haagent reads version: 1", c.Version)
+	}
+
+	s := &c.Source
+	switch {
+	case s.Bucket == "":
+		bad("source.bucket", "required: the S3 bucket that holds settings.conf, replicated.conf, license.rli and the rest")
+	case strings.HasPrefix(s.Bucket, "s3://"):
+		bad("source.bucket", "give the bucket name alone, without s3:// (put any path in source.prefix)")
+	case !bucketRE.MatchString(s.Bucket) || strings.Contains(s.Bucket, ".."):
+		bad("source.bucket", "%q is not a valid S3 bucket name (3-63 lowercase letters, digits, dots and hyphens)", s.Bucket)
+	}
+	if s.Prefix != "" {
+		p := strings.TrimSuffix(s.Prefix, "/")
+		if strings.HasPrefix(p, "/") || hasBadSegment(p) {
+			bad("source.prefix", "%q must be a relative key prefix without empty, '.' or '..' segments", s.Prefix)
+		} else {
+			s.Prefix = p + "/"
+		}
+	}
+	if s.Region != "" && !regionRE.MatchString(s.Region) {
+		bad("source.region", "%q is not a region name such as us-east-1", s.Region)
+	}
+	if s.Endpoint != "" {
+		u, err := url.Parse(s.Endpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("source.endpoint", "%q must be an http:// or https:// URL", s.Endpoint)
+		}
+	}
+	if s.CAFile != "" && !path.IsAbs(s.CAFile) {
+		bad("source.ca_file", "%q must be an absolute path", s.CAFile)
+	}
+
+	if c.Fetch.Concurrency == 0 {
+		c.Fetch.Concurrency = DefaultConcurrency
+	} else if c.Fetch.Concurrency < 1 || c.Fetch.Concurrency > 128 {
+		bad("fetch.concurrency", "%d is out of range 1-128", c.Fetch.Concurrency)
+	}
+	if c.Fetch.Attempts == 0 {
+		c.Fetch.Attempts = DefaultAttempts
+	} else if c.Fetch.Attempts < 1 || c.Fetch.Attempts > 50 {
+		bad("fetch.attempts", "%d is out of range 1-50", c.Fetch.Attempts)
+	}
+	if c.Fetch.Timeout == 0 {
+		c.Fetch.Timeout = Duration(DefaultTimeout)
+	} else if c.Fetch.Timeout < 0 {
+		bad("fetch.timeout", "must be positive")
+	}
+	if c.IMDS.Timeout == 0 {
+		c.IMDS.Timeout = Duration(DefaultIMDSTimeout)
+	} else if c.IMDS.Timeout < 0 {
+		bad("imds.timeout", "must be positive")
+	}
+
+	layout := DefaultLayout()
+	known := map[string]int{}
+	for i, e := range layout {
+		known[e.Name] = i
+	}
+	names := make([]string, 0, len(c.Files))
+	for n := range c.Files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		f := c.Files[n]
+		p := "files." + n
+		i, ok := known[n]
+		if !ok {
+			bad(p, "unknown file entry (known: settings, replicated, license, encryption_keys, circleconfig, ca_certificates)")
+			continue
+		}
+		if f == nil {
+			continue
+		}
+		e := &layout[i]
+		if f.Key != "" {
+			k := f.Key
+			if strings.HasPrefix(k, "/") || hasBadSegment(strings.TrimSuffix(k, "/")) {
+				bad(p+".key", "%q must be a relative key without empty, '.' or '..' segments", k)
+			}
+			if e.Recursive && !strings.HasSuffix(k, "/") {
+				k += "/"
+			}
+			e.Key = k
+		}
+		if f.Dest != "" {
+			if !path.IsAbs(f.Dest) || path.Clean(f.Dest) != strings.TrimSuffix(f.Dest, "/") || f.Dest == "/" {
+				bad(p+".dest", "%q must be a clean absolute path other than /", f.Dest)
+			}
+			d := f.Dest
+			if e.Recursive && !strings.HasSuffix(d, "/") {
+				d += "/"
+			}
+			e.Dest = d
+		}
+		if f.Mode != 0 {
+			e.Mode = os.FileMode(f.Mode)
+		}
+		if f.DirMode != 0 {
+			e.DirMode = os.FileMode(f.DirMode)
+			if e.DirMode&0o700 != 0o700 {
+				bad(p+".dir_mode", "%#o would lock haagent out of its own directory; keep the owner bits rwx", f.DirMode)
+			}
+		}
+		if f.UID != nil {
+			e.UID = *f.UID
+		}
+		if f.GID != nil {
+			e.GID = *f.GID
+		}
+		if f.Required != nil {
+			e.Required = *f.Required
+		}
+	}
+	if len(probs) > 0 {
+		return &InvalidError{Origin: c.Origin, Problems: probs}
+	}
+	c.Layout = layout
+	return nil
+}
+
+func hasBadSegment(p string) bool {
+	if strings.ContainsRune(p, 0) {
+		return true
+	}
+	for _, seg := range strings.Split(p, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,357 @@
+// Package fetch brings the Services machine's files down from the bucket: listed with
+// pagination, downloaded concurrently with retries, verified, staged next to their destination
+// and moved into place only when the whole bundle arrived.
+package fetch
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/haagent/haagent/internal/atomicfile"
+	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/config"
+	"github.com/haagent/haagent/internal/findings"
+)
+
+// stageDirName is the staging directory created beside each destination, on its filesystem so
+// that the final rename is atomic.
+const stageDirName = ".haagent-stage"
+
+// Known is what the last run wrote at a destination, to skip unchanged downloads.
+type Known struct {
+	Key    string `json:"key"`
+	ETag   string `json:"etag"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// Options for one fetch.
+type Options struct {
+	Root        string
+	Layout      []config.Entry
+	Concurrency int
+	// Known maps destination paths (as seen inside root) to what was written there last time.
+	Known map[string]Known
+	Log   *slog.Logger
+}
+
+// File is one object and its destination.
+type File struct {
+	Entry   string `json:"entry"`
+	Key     string `json:"key"`
+	Dest    string `json:"path"`
+	Size    int64  `json:"size"`
+	SHA256  string `json:"sha256"`
+	ETag    string `json:"etag,omitempty"`
+	Changed bool   `json:"changed"`
+
+	staged  string
+	stage   string
+	purpose string
+	mode    os.FileMode
+	dirMode os.FileMode
+	uid     int
+	gid     int
+	// knownSHA is set when the local file already matches the last run's record, so an
+	// unchanged object can be skipped.
+	knownSHA string
+	knownTag string
+}
+
+// Bundle is a completed fetch waiting to be committed.
+type Bundle struct {
+	Root     string
+	Files    []*File
+	Findings []findings.Finding
+	stages   []string
+}
+
+// Fetch downloads the layout into staging. It returns the bundle and, when any error finding
+// was raised, a *findings.Failure; the bundle is then already discarded.
+func Fetch(ctx context.Context, b *bucket.Bucket, o Options) (*Bundle, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Concurrency < 1 {
+		o.Concurrency = 1
+	}
+	o.Known = Prepare(o.Root, o.Known)
+	bd := &Bundle{Root: o.Root}
+	stages := map[string]bool{}
+	for _, e := range o.Layout {
+		stages[stageDir(o.Root, e)] = true
+	}
+	for d := range stages {
+		// A stage left by a killed run holds only temp files; nothing there is final.
+		if err := os.RemoveAll(d); err != nil {
+			return nil, fmt.Errorf("removing stale staging directory %s: %w", d, err)
+		}
+		bd.stages = append(bd.stages, d)
+	}
+	sort.Strings(bd.stages)
+
+	var mu sync.Mutex
+	report := func(f findings.Finding) {
+		mu.Lock()
+		bd.Findings = append(bd.Findings, f)
+		mu.Unlock()
+	}
+
+	for _, e := range o.Layout {
+		if !e.Recursive {
+			bd.Files = append(bd.Files, newFile(o.Root, e, e.Key, e.Dest, o.Known))
+			continue
+		}
+		objs, err := b.List(ctx, e.Key)
+		if err != nil {
+			report(bucketFinding(err, e))
+			continue
+		}
+		seen := map[string]bool{}
+		n := 0
+		for _, obj := range objs {
+			if obj.Rel == "" || strings.HasSuffix(obj.Rel, "/") && obj.Size == 0 {
+				continue // a console-made "folder" marker
+			}
+			if err := SafeRel(obj.Rel); err != nil {
+				o.Log.Error("refusing S3 key", "object", b.URI(e.Key+obj.Rel), "reason", err.Error(), "finding", "S3_KEY_REFUSED")
+				report(findings.New("S3_KEY_REFUSED", b.URI(e.Key+obj.Rel),
+					fmt.Sprintf("key would be written outside %s: %v", e.Dest, err), "key "+quoteKey(obj.Key)))
+				continue
+			}
+			n++
+			seen[obj.Rel] = true
+			f := newFile(o.Root, e, e.Key+obj.Rel, e.Dest+obj.Rel, o.Known)
+			f.ETag = obj.ETag
+			f.Size = obj.Size
+			bd.Files = append(bd.Files, f)
+		}
+		if n == 0 {
+			switch {
+			case e.Required:
+				report(findings.New("S3_PREFIX_EMPTY", b.URI(e.Key),
+					fmt.Sprintf("no objects under %s (%s)", b.URI(e.Key), e.Purpose), "ListObjectsV2 returned no keys").
+					WithFix(fmt.Sprintf("upload the directory: aws s3 cp DIR %s --recursive", b.URI(e.Key))))
+			case e.WarnEmpty:
+				report(findings.New("KEYS_PREFIX_EMPTY", b.URI(e.Key),
+					fmt.Sprintf("no objects under %s (%s)", b.URI(e.Key), e.Purpose), "ListObjectsV2 returned no keys"))
+			}
+		}
+		if local := localOnly(filepath.Join(o.Root, e.Dest), seen); len(local) > 0 {
+			ev := strings.Join(local, ", ")
+			if len(local) > 20 {
+				ev = strings.Join(local[:20], ", ") + fmt.Sprintf(" and %d more", len(local)-20)
+			}
+			report(findings.New("LOCAL_ONLY_FILES", e.Dest,
+				fmt.Sprintf("%d file(s) in %s are not in %s", len(local), e.Dest, b.URI(e.Key)), ev))
+		}
+	}
+
+	jobs := make(chan *File)
+	var wg sync.WaitGroup
+	for i := 0; i < o.Concurrency; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for f := range jobs {
+				if err := download(ctx, b, o.Root, f); err != nil {
+					report(fileFinding(b, err, f))
+				}
+			}
+		}()
+	}
+	for _, f := range bd.Files {
+		if f.knownSHA != "" && f.ETag != "" && f.ETag == f.knownTag {
+			// Listed with the same ETag as last time and the local file still matches.
+			f.SHA256 = f.knownSHA
+			continue
+		}
+		select {
+		case jobs <- f:
+		case <-ctx.Done():
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if ctx.Err() != nil {
+		bd.Discard()
+		return bd, fmt.Errorf("fetch interrupted: %w", ctx.Err())
+	}
+	findings.Sort(bd.Findings)
+	var blocking []findings.Finding
+	for _, f := range bd.Findings {
+		if f.Severity == findings.Error {
+			blocking = append(blocking, f)
+		}
+	}
+	if len(blocking) > 0 {
+		bd.Discard()
+		return bd, &findings.Failure{Findings: blocking}
+	}
+	return bd, nil
+}
+
+func newFile(root string, e config.Entry, key, dest string, known map[string]Known) *File {
+	f := &File{Entry: e.Name, Key: key, Dest: dest, mode: e.Mode, dirMode: e.DirMode, uid: e.UID, gid: e.GID,
+		stage: stageDir(root, e), purpose: e.Purpose}
+	if k, ok := known[dest]; ok && k.Key == key && k.SHA256 != "" {
+		f.knownSHA, f.knownTag = k.SHA256, k.ETag
+	}
+	return f
+}
+
+// verifyKnown drops the record of the last write when the local file no longer matches it
+// (edited or deleted by hand): the object must then be downloaded again.
+func (f *File) verifyKnown(root string) {
+	if f.knownSHA == "" {
+		return
+	}
+	r, err := atomicfile.HashFile(filepath.Join(root, f.Dest))
+	if err != nil || r.SHA256 != f.knownSHA {
+		f.knownSHA, f.knownTag = "", ""
+	}
+}
+
+func download(ctx context.Context, b *bucket.Bucket, root string, f *File) error {
+	final := filepath.Join(root, f.Dest)
+	stage := f.stage
+	opts := atomicfile.Options{Mode: f.mode, DirMode: 0o700, UID: f.uid, GID: f.gid}
+	err := b.Get(ctx, f.Key, f.knownTag, func(body io.Reader, m bucket.Meta) error {
+		md := md5.New()
+		tmp, res, err := atomicfile.Stage(stage, filepath.Base(final), io.TeeReader(body, md), opts)
+		if err != nil {
+			return err
+		}
+		fail := func(err error) error { os.Remove(tmp); return err }
+		if m.Size >= 0 && res.Size != m.Size {
+			return fail(&bucket.TruncatedError{Expected: m.Size, Got: res.Size})
+		}
+		if m.PlainMD5 {
+			if got := hex.EncodeToString(md.Sum(nil)); got != m.ETag {
+				return fail(&bucket.HashMismatchError{Object: b.URI(f.Key), Algorithm: "md5", Expected: m.ETag, Actual: got})
+			}
+		}
+		f.staged, f.Size, f.SHA256, f.ETag = tmp, res.Size, res.SHA256, m.ETag
+		return nil
+	})
+	if errors.Is(err, bucket.ErrNotModified) {
+		f.SHA256 = f.knownSHA
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if cur, err := atomicfile.HashFile(final); err == nil && cur.SHA256 == f.SHA256 {
+		// Same content: keep the file and its mtime, only converge the mode.
+		os.Remove(f.staged)
+		f.staged = ""
+		if fi, err := os.Stat(final); err == nil && fi.Mode().Perm() != f.mode.Perm() {
+			if err := os.Chmod(final, f.mode.Perm()); err != nil {
+				return fmt.Errorf("setting mode %#o on %s: %w", f.mode.Perm(), final, err)
+			}
+		}
+		return nil
+	}
+	f.Changed = true
+	return nil
+}
+
+// Commit moves every changed file into place. Each file appears whole; a crash between two
+// renames leaves some files new and some old, every one of them complete, and the next run
+// converges.
+func (bd *Bundle) Commit() error {
+	for _, f := range bd.Files {
+		if f.staged == "" {
+			continue
+		}
+		if err := atomicfile.Commit(f.staged, filepath.Join(bd.Root, f.Dest), f.dirMode); err != nil {
+			return err
+		}
+		f.staged = ""
+	}
+	bd.Discard()
+	return nil
+}
+
+// Discard removes the staging directories.
+func (bd *Bundle) Discard() {
+	for _, d := range bd.stages {
+		os.RemoveAll(d)
+	}
+}
+
+// Prepare checks the local side of the known-files records before a fetch.
+func Prepare(root string, known map[string]Known) map[string]Known {
+	out := make(map[string]Known, len(known))
+	for dest, k := range known {
+		f := &File{Dest: dest, knownSHA: k.SHA256, knownTag: k.ETag}
+		f.verifyKnown(root)
+		if f.knownSHA != "" {
+			out[dest] = k
+		}
+	}
+	return out
+}
+
+func stageDir(root string, e config.Entry) string {
+	return filepath.Join(root, filepath.Dir(strings.TrimSuffix(e.Dest, "/")), stageDirName)
+}
+
+// SafeRel refuses a key (relative to its prefix) that could name anything outside the
+// destination directory.
+func SafeRel(rel string) error {
+	switch {
+	case strings.ContainsRune(rel, 0):
+		return errors.New("contains a NUL byte")
+	case strings.HasPrefix(rel, "/"):
+		return errors.New("is absolute")
+	}
+	for _, seg := range strings.Split(rel, "/") {
+		switch seg {
+		case "":
+			return errors.New("has an empty path segment")
+		case ".", "..":
+			return fmt.Errorf("has a %q segment", seg)
+		}
+	}
+	if path.Clean(rel) != rel {
+		return errors.New("is not a clean path")
+	}
+	return nil
+}
+
+func localOnly(dir string, seen map[string]bool) []string {
+	var out []string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if d.IsDir() {
+			if d.Name() == stageDirName {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if !seen[filepath.ToSlash(rel)] && !strings.Contains(d.Name(), ".haagent-") {
+			out = append(out, filepath.ToSlash(rel))
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out
+}
+
+func quoteKey(k string) string { return fmt.Sprintf("%q", k) }

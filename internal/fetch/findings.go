@@ -1,0 +1,34 @@
+package fetch
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/config"
+	"github.com/haagent/haagent/internal/findings"
+)
+
+// bucketFinding turns a failed listing into a finding.
+func bucketFinding(err error, e config.Entry) findings.Finding {
+	var be *bucket.Error
+	if !errors.As(err, &be) {
+		return findings.New("S3_FETCH_FAILED", e.Key, "listing "+e.Key+" failed", err.Error())
+	}
+	return findings.New(be.Code(), be.URI, fmt.Sprintf("cannot list %s (%s)", be.URI, e.Purpose), be.Error()).WithFix(be.Fix())
+}
+
+// fileFinding turns a failed download into a finding.
+func fileFinding(b *bucket.Bucket, err error, f *File) findings.Finding {
+	var be *bucket.Error
+	if !errors.As(err, &be) {
+		return findings.New("S3_FETCH_FAILED", f.Dest, fmt.Sprintf("writing %s failed", f.Dest), err.Error()).
+			WithFix("check the filesystem under the destination (space, read-only mount, permissions)")
+	}
+	code := be.Code()
+	summary := fmt.Sprintf("cannot download %s to %s (%s)", be.URI, f.Dest, f.purpose)
+	if code == "S3_OBJECT_MISSING" {
+		summary = fmt.Sprintf("%s does not exist; it is %s, written to %s", be.URI, f.purpose, f.Dest)
+	}
+	return findings.New(code, be.URI, summary, be.Error()).WithFix(be.Fix())
+}

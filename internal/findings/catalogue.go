@@ -1,0 +1,72 @@
+package findings
+
+import "fmt"
+
+// Entry is a catalogued code: its default severity, whether it blocks the install, the service
+// it concerns and the fix shown when the reporter has nothing more specific.
+type Entry struct {
+	Code     string
+	Severity Severity
+	Blocking bool
+	Service  string
+	Fix      string
+}
+
+// Catalogue is every code haagent can report. Codes are stable: operators grep journals and
+// alert on them (journalctl -u haagent HAAGENT_FINDING=CODE), so never rename one.
+var Catalogue = []Entry{
+	// config
+	{"CONFIG_INVALID", Error, true, "haagent", "correct /etc/haagent/haagent.yaml (or the user-data document); `haagent validate` shows every error with its field path"},
+	{"CONFIG_MISSING", Error, true, "haagent", "write /etc/haagent/haagent.yaml, or put a document starting with the line `#haagent-config` in the instance user-data"},
+
+	// IMDS
+	{"IMDS_UNREACHABLE", Error, true, "imds", "enable the instance metadata service (aws ec2 modify-instance-metadata-options --http-endpoint enabled) and check that nothing blocks 169.254.169.254"},
+	{"IMDS_TOKEN_REFUSED", Error, true, "imds", "IMDSv2 token requests must be allowed: aws ec2 modify-instance-metadata-options --http-tokens required --http-endpoint enabled; haagent never falls back to IMDSv1"},
+	{"IMDS_HOP_LIMIT", Error, true, "imds", "raise the metadata hop limit: aws ec2 modify-instance-metadata-options --http-put-response-hop-limit 2 (CircleCI's containers need 2 as well)"},
+
+	// S3 fetch
+	{"S3_ACCESS_DENIED", Error, true, "s3", "grant the instance role s3:GetObject on the bucket prefix and s3:ListBucket on the bucket (examples/iam-policy.json)"},
+	{"S3_BUCKET_MISSING", Error, true, "s3", "check source.bucket in the haagent config: the bucket does not exist (or is in another partition)"},
+	{"S3_CREDENTIALS_INVALID", Error, true, "s3", "the AWS credentials are wrong: check the instance profile, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in /etc/default/haagent"},
+	{"S3_OBJECT_MISSING", Error, true, "s3", "upload the missing object to the bucket"},
+	{"S3_PREFIX_EMPTY", Error, true, "s3", "upload the directory: aws s3 cp DIR s3://BUCKET/PREFIX --recursive"},
+	{"S3_KEY_REFUSED", Error, true, "s3", "rename or delete the object: its key would write outside its destination directory"},
+	{"S3_UNREACHABLE", Error, true, "s3", "check the instance's route to S3 (VPC endpoint or NAT), HTTPS_PROXY/NO_PROXY in /etc/default/haagent, and the S3 endpoint setting"},
+	{"S3_FETCH_FAILED", Error, true, "s3", "see the evidence; haagent retries transient errors by itself"},
+	{"S3_OFFLINE_LAST_GOOD", Warning, false, "s3", "S3 could not be reached; this reboot goes on with the files of the last completed boot. Restore the route to S3 so changes in the bucket are picked up"},
+	{"KEYS_PREFIX_EMPTY", Warning, false, "s3", "normal on a brand-new install (CircleCI creates its keys on first start). On a replacement instance it means the keys were never backed up: copy them to s3://BUCKET/PREFIX/circleci-encryption-keys/ before CircleCI starts"},
+	{"LOCAL_ONLY_FILES", Warning, false, "s3", "these files exist on the machine but not in the bucket; haagent never deletes them. Upload them if they must survive a replacement, or remove them by hand"},
+
+	// session cookie key
+	{"COOKIE_KEY_INVALID", Error, true, "cookie-key", "the object session-cookie-key must hold exactly 16 printable ASCII characters; fix or delete it (deleting logs every user out once)"},
+	{"COOKIE_KEY_NOT_SAVED", Warning, false, "cookie-key", "grant the instance role s3:PutObject on PREFIX/session-cookie-key, or upload the key yourself; until then a replacement instance logs every user out"},
+	{"COOKIE_KEY_UNAVAILABLE", Error, true, "cookie-key", "S3 could not tell whether a session cookie key exists and none is on the machine; haagent will not invent one (it would log every user out). Fix S3 access; haagent retries"},
+	{"COOKIE_KEY_LOCAL_ONLY", Warning, false, "cookie-key", "S3 could not be read; the key already on the machine is kept. Fix S3 access so replacements keep the same key"},
+}
+
+var byCode = func() map[string]Entry {
+	m := make(map[string]Entry, len(Catalogue))
+	for _, e := range Catalogue {
+		if _, dup := m[e.Code]; dup {
+			panic("findings: duplicate catalogue code " + e.Code)
+		}
+		m[e.Code] = e
+	}
+	return m
+}()
+
+// Lookup returns the catalogue entry for code. It panics on an unknown code: every code must be
+// catalogued so docs, tests and overrides can list it.
+func Lookup(code string) Entry {
+	e, ok := byCode[code]
+	if !ok {
+		panic(fmt.Sprintf("findings: code %q is not in the catalogue", code))
+	}
+	return e
+}
+
+// Known reports whether code is catalogued.
+func Known(code string) bool {
+	_, ok := byCode[code]
+	return ok
+}

@@ -1,0 +1,161 @@
+// Package imds reads the instance's identity and user-data over IMDSv2 only. The replaced
+// userdata's IMDSv1 curl returned nothing on AMIs that require tokens; haagent never falls back.
+package imds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
+)
+
+// Info is what haagent needs to know about the instance.
+type Info struct {
+	InstanceID string `json:"instance_id"`
+	LocalIPv4  string `json:"local_ipv4"`
+	Region     string `json:"region"`
+}
+
+// Client talks to the metadata service.
+type Client struct {
+	c        *imds.Client
+	endpoint string
+}
+
+// New returns a client; the endpoint comes from AWS_EC2_METADATA_SERVICE_ENDPOINT when set.
+func New(timeout time.Duration) *Client {
+	hc := awshttp.NewBuildableClient().
+		WithTimeout(timeout).
+		WithTransportOptions(func(tr *http.Transport) {
+			// The link-local metadata address is never reached through a proxy.
+			tr.Proxy = nil
+		})
+	c := imds.New(imds.Options{
+		HTTPClient:     hc,
+		EnableFallback: aws.FalseTernary,
+		Retryer:        retry.AddWithMaxAttempts(retry.NewStandard(), 4),
+	})
+	ep := os.Getenv("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+	if ep == "" {
+		ep = "http://169.254.169.254"
+	}
+	return &Client{c: c, endpoint: ep}
+}
+
+// Identity reads instance-id, local-ipv4 and region.
+func (c *Client) Identity(ctx context.Context) (Info, error) {
+	var info Info
+	var err error
+	if info.InstanceID, err = c.get(ctx, "instance-id"); err != nil {
+		return info, err
+	}
+	if info.LocalIPv4, err = c.get(ctx, "local-ipv4"); err != nil {
+		return info, err
+	}
+	r, err := c.c.GetRegion(ctx, &imds.GetRegionInput{})
+	if err != nil {
+		return info, c.wrap("placement/region", err)
+	}
+	info.Region = r.Region
+	return info, nil
+}
+
+// UserData returns the instance's user-data, or nil when it has none.
+func (c *Client) UserData(ctx context.Context) ([]byte, error) {
+	out, err := c.c.GetUserData(ctx, &imds.GetUserDataInput{})
+	if err != nil {
+		if statusOf(err) == http.StatusNotFound {
+			return nil, nil
+		}
+		return nil, c.wrap("user-data", err)
+	}
+	defer out.Content.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Content, 64<<10))
+	if err != nil {
+		return nil, c.wrap("user-data", err)
+	}
+	return b, nil
+}
+
+func (c *Client) get(ctx context.Context, path string) (string, error) {
+	out, err := c.c.GetMetadata(ctx, &imds.GetMetadataInput{Path: path})
+	if err != nil {
+		return "", c.wrap(path, err)
+	}
+	defer out.Content.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Content, 4096))
+	if err != nil {
+		return "", c.wrap(path, err)
+	}
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		return "", c.wrap(path, errors.New("empty answer"))
+	}
+	return v, nil
+}
+
+// Error is a failed metadata read, classified.
+type Error struct {
+	Endpoint, Path string
+	Code           string
+	Err            error
+}
+
+func (e *Error) Error() string {
+	var why string
+	switch e.Code {
+	case "IMDS_TOKEN_REFUSED":
+		why = "the IMDSv2 token request was refused (haagent does not fall back to IMDSv1)"
+	case "IMDS_HOP_LIMIT":
+		why = "the IMDSv2 token request got no answer in time (a hop limit of 1 drops it behind a container or proxy hop)"
+	default:
+		why = "the instance metadata service did not answer"
+	}
+	return fmt.Sprintf("reading %s from IMDS at %s: %s: %v", e.Path, e.Endpoint, why, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+func (c *Client) wrap(path string, err error) error {
+	code := "IMDS_UNREACHABLE"
+	msg := err.Error()
+	switch s := statusOf(err); {
+	case strings.Contains(msg, "getToken") && (s == 401 || s == 403 || s == 404 || s == 405):
+		code = "IMDS_TOKEN_REFUSED"
+	case strings.Contains(msg, "getToken") && isTimeout(err):
+		code = "IMDS_HOP_LIMIT"
+	case s == 401:
+		code = "IMDS_TOKEN_REFUSED"
+	}
+	return &Error{Endpoint: c.endpoint, Path: path, Code: code, Err: err}
+}
+
+func statusOf(err error) int {
+	var re *smithyhttp.ResponseError
+	if errors.As(err, &re) && re.Response != nil {
+		return re.Response.StatusCode
+	}
+	return 0
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		// A dial timeout means nothing listens; only a connected request that got no
+		// response points at the hop limit.
+		var oe *net.OpError
+		return !(errors.As(err, &oe) && oe.Op == "dial")
+	}
+	return errors.Is(err, context.DeadlineExceeded)
+}

@@ -1,0 +1,122 @@
+// Package state is the run record, /var/lib/haagent/state.json: every run's steps, files and
+// findings, so that `haagent status` and the next boot know what happened. It never holds file
+// contents or secrets, only sizes and hashes.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/haagent/haagent/internal/atomicfile"
+	"github.com/haagent/haagent/internal/fetch"
+	"github.com/haagent/haagent/internal/findings"
+)
+
+// Path is the record's location under --root.
+const Path = "/var/lib/haagent/state.json"
+
+// Version of the record's format.
+const Version = 1
+
+// MaxRuns bounds the history kept.
+const MaxRuns = 20
+
+// Run statuses.
+const (
+	Running  = "running"  // steps are executing
+	Retrying = "retrying" // a step failed; the service retries it
+	Complete = "complete" // every boot step passed
+	Failed   = "failed"   // a step failed and nothing will retry it (run --once)
+)
+
+// Record is the whole file.
+type Record struct {
+	Version int   `json:"version"`
+	Runs    []Run `json:"runs"`
+	// Known maps each destination to what was last written there, so re-runs skip
+	// unchanged objects.
+	Known map[string]fetch.Known `json:"known_files,omitempty"`
+}
+
+// Run is one invocation of the boot.
+type Run struct {
+	ID         string             `json:"id"`
+	InstanceID string             `json:"instance_id,omitempty"`
+	BootID     string             `json:"boot_id,omitempty"`
+	Mode       string             `json:"mode"`
+	PID        int                `json:"pid"`
+	Start      time.Time          `json:"start"`
+	End        *time.Time         `json:"end,omitempty"`
+	Status     string             `json:"status"`
+	Error      string             `json:"error,omitempty"`
+	Steps      []Step             `json:"steps"`
+	Files      []fetch.File       `json:"files,omitempty"`
+	Findings   []findings.Finding `json:"findings,omitempty"`
+}
+
+// Step is one step's latest outcome in a run.
+type Step struct {
+	Name     string    `json:"name"`
+	Status   string    `json:"status"` // running, ok, failed
+	Attempts int       `json:"attempts"`
+	Start    time.Time `json:"start"`
+	Duration string    `json:"duration,omitempty"`
+	Error    string    `json:"error,omitempty"`
+}
+
+// Load reads the record; a missing file is an empty record.
+func Load(path string) (*Record, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &Record{Version: Version}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading run record %s: %w", path, err)
+	}
+	var r Record
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("run record %s is corrupt (%v); move it aside and run again", path, err)
+	}
+	if r.Version != Version {
+		return nil, fmt.Errorf("run record %s has version %d; this haagent reads %d", path, r.Version, Version)
+	}
+	return &r, nil
+}
+
+// Save writes the record atomically.
+func (r *Record) Save(path string) error {
+	if len(r.Runs) > MaxRuns {
+		r.Runs = r.Runs[len(r.Runs)-MaxRuns:]
+	}
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if _, err := atomicfile.WriteFile(path, append(data, '\n'), atomicfile.Secret); err != nil {
+		return fmt.Errorf("saving run record: %w", err)
+	}
+	return nil
+}
+
+// Last returns the newest run, or nil.
+func (r *Record) Last() *Run {
+	if len(r.Runs) == 0 {
+		return nil
+	}
+	return &r.Runs[len(r.Runs)-1]
+}
+
+// CompletedOn reports whether a run on this instance ever completed: a reboot, not a
+// replacement.
+func (r *Record) CompletedOn(instanceID string) bool {
+	for _, run := range r.Runs {
+		if run.InstanceID == instanceID && run.Status == Complete {
+			return true
+		}
+	}
+	return false
+}
