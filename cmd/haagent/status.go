@@ -159,4 +159,3 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 		}
 	}
 }
-

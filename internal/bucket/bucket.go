@@ -39,6 +39,9 @@ type Options struct {
 	Attempts       int
 	Timeout        time.Duration // per attempt
 	Log            *slog.Logger
+	// Credentials replaces the SDK's default chain (tests talking to a local S3); nil keeps
+	// the chain: environment, shared files, the instance role.
+	Credentials aws.CredentialsProvider
 }
 
 // Bucket is a prefix in an S3 bucket.
@@ -81,6 +84,9 @@ func New(ctx context.Context, o Options) (*Bucket, error) {
 	loadOpts := []func(*awsconfig.LoadOptions) error{awsconfig.WithHTTPClient(hc)}
 	if o.Region != "" {
 		loadOpts = append(loadOpts, awsconfig.WithRegion(o.Region))
+	}
+	if o.Credentials != nil {
+		loadOpts = append(loadOpts, awsconfig.WithCredentialsProvider(o.Credentials))
 	}
 	awsCfg, err := awsconfig.LoadDefaultConfig(ctx, loadOpts...)
 	if err != nil {

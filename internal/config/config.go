@@ -29,11 +29,11 @@ var ErrNoConfig = errors.New("no haagent config")
 
 // Config is the whole of haagent's settings.
 type Config struct {
-	Version int               `yaml:"version"`
-	Source  Source            `yaml:"source"`
-	Files   map[string]*File  `yaml:"files"`
-	Fetch   Fetch             `yaml:"fetch"`
-	IMDS    IMDS              `yaml:"imds"`
+	Version int              `yaml:"version"`
+	Source  Source           `yaml:"source"`
+	Files   map[string]*File `yaml:"files"`
+	Fetch   Fetch            `yaml:"fetch"`
+	IMDS    IMDS             `yaml:"imds"`
 	// Layout is Files merged over the default layout, in a fixed order; filled by Validate.
 	Layout []Entry `yaml:"-"`
 	// Origin says where the config came from (a path or "user-data"), for messages.

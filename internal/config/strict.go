@@ -56,6 +56,21 @@ func checkFields(n *yaml.Node, t reflect.Type, path string, probs *[]Problem) {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			checkFields(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value), probs)
 		}
+	case reflect.Int, reflect.Int64, reflect.Uint32:
+		if _, custom := reflect.New(t).Interface().(yaml.Unmarshaler); custom {
+			return
+		}
+		if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!null") {
+			*probs = append(*probs, Problem{Path: orDoc(path), Line: n.Line, Msg: fmt.Sprintf("want a whole number, got %q", n.Value)})
+		}
+	case reflect.Bool:
+		if n.Kind != yaml.ScalarNode || (n.Tag != "!!bool" && n.Tag != "!!null") {
+			*probs = append(*probs, Problem{Path: orDoc(path), Line: n.Line, Msg: fmt.Sprintf("want true or false, got %q", n.Value)})
+		}
+	case reflect.String:
+		if n.Kind != yaml.ScalarNode {
+			*probs = append(*probs, Problem{Path: orDoc(path), Line: n.Line, Msg: "want a string"})
+		}
 	case reflect.Slice:
 		if n.Kind == yaml.SequenceNode {
 			for i, c := range n.Content {

@@ -62,7 +62,9 @@ var (
 // once.
 func (c *Config) Validate() error {
 	var probs []Problem
-	bad := func(p, format string, a ...any) { probs = append(probs, Problem{Path: p, Msg: fmt.Sprintf(format, a...)}) }
+	bad := func(p, format string, a ...any) {
+		probs = append(probs, Problem{Path: p, Msg: fmt.Sprintf(format, a...)})
+	}
 
 	switch c.Version {
 	case 0:

@@ -1,0 +1,177 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestMinimalConfigGetsTheDefaultLayout(t *testing.T) {
+	cfg, err := Parse([]byte("version: 1\nsource:\n  bucket: my-circleci-ha\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"settings.conf": "/etc/settings.conf", "replicated.conf": "/etc/replicated.conf", "license.rli": "/etc/license.rli",
+		"circleci-encryption-keys/": "/data/circle/circleci-encryption-keys/", "circleconfig/shared/": "/etc/circleconfig/shared/",
+		"ca-certificates/": "/var/lib/haagent/ca-certificates/",
+	}
+	if len(cfg.Layout) != len(want) {
+		t.Fatalf("layout has %d entries", len(cfg.Layout))
+	}
+	for _, e := range cfg.Layout {
+		if want[e.Key] != e.Dest {
+			t.Errorf("%s -> %s, want %s", e.Key, e.Dest, want[e.Key])
+		}
+		if e.Name != "ca_certificates" && e.Mode != 0o600 {
+			t.Errorf("%s: mode %#o", e.Key, e.Mode)
+		}
+	}
+	if cfg.Fetch.Concurrency != DefaultConcurrency || cfg.Fetch.Attempts != DefaultAttempts || cfg.Fetch.Timeout.D() != DefaultTimeout {
+		t.Errorf("fetch defaults not applied: %+v", cfg.Fetch)
+	}
+}
+
+func TestOverrides(t *testing.T) {
+	cfg, err := Parse([]byte(`version: 1
+source:
+  bucket: b-1.example
+  prefix: services/prod
+files:
+  circleconfig:
+    mode: "0640"
+    gid: 1001
+  license:
+    dest: /opt/license.rli
+fetch:
+  concurrency: 4
+  timeout: 30s
+`), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Source.Prefix != "services/prod/" {
+		t.Errorf("prefix %q", cfg.Source.Prefix)
+	}
+	for _, e := range cfg.Layout {
+		switch e.Name {
+		case "circleconfig":
+			if e.Mode != 0o640 || e.GID != 1001 || e.UID != -1 {
+				t.Errorf("circleconfig override: %+v", e)
+			}
+		case "license":
+			if e.Dest != "/opt/license.rli" {
+				t.Errorf("license dest %s", e.Dest)
+			}
+		}
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	cases := []struct {
+		name, yaml string
+		want       []string // each must appear in the error
+	}{
+		{"empty", "", []string{"empty"}},
+		{"not yaml", "version: [1", []string{"(document)"}},
+		{"no version", "source:\n  bucket: abc\n", []string{"version: required"}},
+		{"future version", "version: 2\nsource:\n  bucket: abc\n", []string{"version: unsupported version 2"}},
+		{"no bucket", "version: 1\n", []string{"source.bucket: required"}},
+		{"s3 url as bucket", "version: 1\nsource:\n  bucket: s3://abc\n", []string{"source.bucket", "without s3://"}},
+		{"bad bucket", "version: 1\nsource:\n  bucket: Bad_Bucket\n", []string{"source.bucket", "not a valid S3 bucket name"}},
+		{"unknown top field", "version: 1\nsource:\n  bucket: abc\nsorce: {}\n", []string{"sorce: unknown field", "line 4"}},
+		{"unknown nested field", "version: 1\nsource:\n  bucket: abc\n  bucekt: x\n", []string{"source.bucekt: unknown field", "line 4"}},
+		{"misspelled with dash", "version: 1\nsource:\n  bucket: abc\n  path-style: true\n", []string{"source.path-style", `did you mean "path_style"`}},
+		{"duplicate key", "version: 1\nversion: 1\nsource:\n  bucket: abc\n", []string{"version: set twice"}},
+		{"hostile prefix", "version: 1\nsource:\n  bucket: abc\n  prefix: ../other\n", []string{"source.prefix"}},
+		{"absolute prefix", "version: 1\nsource:\n  bucket: abc\n  prefix: /x\n", []string{"source.prefix"}},
+		{"bad endpoint", "version: 1\nsource:\n  bucket: abc\n  endpoint: localhost:9000\n", []string{"source.endpoint", "http://"}},
+		{"bad region", "version: 1\nsource:\n  bucket: abc\n  region: US East\n", []string{"source.region"}},
+		{"relative ca file", "version: 1\nsource:\n  bucket: abc\n  ca_file: ca.pem\n", []string{"source.ca_file", "absolute"}},
+		{"unknown file entry", "version: 1\nsource:\n  bucket: abc\nfiles:\n  secrets: {mode: \"0600\"}\n", []string{"files.secrets: unknown file entry"}},
+		{"bad mode", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {mode: \"0999\"}\n", []string{"mode", "octal"}},
+		{"dir mode locks out", "version: 1\nsource:\n  bucket: abc\nfiles:\n  circleconfig: {dir_mode: \"0500\"}\n", []string{"files.circleconfig.dir_mode"}},
+		{"relative dest", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {dest: etc/license.rli}\n", []string{"files.license.dest"}},
+		{"hostile key", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {key: ../../x}\n", []string{"files.license.key"}},
+		{"bad duration", "version: 1\nsource:\n  bucket: abc\nfetch:\n  timeout: 5 minutes\n", []string{"duration"}},
+		{"concurrency range", "version: 1\nsource:\n  bucket: abc\nfetch:\n  concurrency: 1000\n", []string{"fetch.concurrency", "1-128"}},
+		{"wrong type", "version: one\nsource:\n  bucket: abc\n", []string{"version: want a whole number", "line 1"}},
+		{"cookie key refused", "version: 1\nsource:\n  bucket: abc\nsession_cookie_key: abcdefghijklmnop\n", []string{"session_cookie_key: unknown field"}},
+		{"several at once", "version: 3\nsource:\n  prefix: /x\n", []string{"version:", "source.bucket: required", "source.prefix"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse([]byte(c.yaml), "haagent.yaml")
+			var ie *InvalidError
+			if !errors.As(err, &ie) {
+				t.Fatalf("want *InvalidError, got %v", err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not mention %q:\n%v", w, err)
+				}
+			}
+			if strings.Contains(err.Error(), "abcdefghijklmnop") {
+				t.Errorf("a secret-looking value is echoed in the error")
+			}
+		})
+	}
+}
+
+func TestLoadMissingIsNotInvalid(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if !errors.Is(err, ErrNoConfig) {
+		t.Fatalf("want ErrNoConfig, got %v", err)
+	}
+	p := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(p, []byte("version: 1\n"), 0o600)
+	_, err = Load(p)
+	var ie *InvalidError
+	if errors.Is(err, ErrNoConfig) || !errors.As(err, &ie) {
+		t.Fatalf("an invalid file must not look absent: %v", err)
+	}
+}
+
+func TestIsUserDataConfig(t *testing.T) {
+	for s, want := range map[string]bool{
+		"#haagent-config\nversion: 1\n":     true,
+		"\n  #haagent-config\r\nversion: 1": true,
+		"#cloud-config\nwrite_files: []":    false,
+		"#!/bin/bash\necho hi":              false,
+		"version: 1\nsource: {bucket: x}":   false,
+		"":                                  false,
+	} {
+		if got := IsUserDataConfig([]byte(s)); got != want {
+			t.Errorf("IsUserDataConfig(%q) = %v", s, got)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("version: 1\nsource:\n  bucket: abc\n"))
+	f.Add([]byte("version: 1\nsource:\n  bucket: abc\n  prefix: a/b\nfiles:\n  license: {mode: \"0640\", uid: 5}\nfetch: {timeout: 1s}\n"))
+	f.Add([]byte("#haagent-config\nversion: 1\n"))
+	f.Add([]byte("files: [1, 2]\nsource: 5\n"))
+	f.Add([]byte("a: &x [*x]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Parse(data, "fuzz")
+		if err == nil {
+			// A config that parses must be fully usable: bucket set, layout built.
+			if cfg.Source.Bucket == "" || len(cfg.Layout) != len(DefaultLayout()) {
+				t.Fatalf("accepted an incomplete config: %+v", cfg)
+			}
+			for _, e := range cfg.Layout {
+				if !strings.HasPrefix(e.Dest, "/") || strings.Contains(e.Key, "..") {
+					t.Fatalf("accepted a hostile layout entry %+v", e)
+				}
+			}
+			return
+		}
+		var ie *InvalidError
+		if !errors.As(err, &ie) || len(ie.Problems) == 0 {
+			t.Fatalf("error is not an *InvalidError with problems: %v", err)
+		}
+	})
+}

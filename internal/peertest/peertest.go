@@ -1,0 +1,224 @@
+// Package peertest starts the real servers the tests talk to (../shared/PEERS.md): versitygw
+// for S3 and amazon-ec2-metadata-mock for IMDS, built by scripts/peers.sh into a cache outside
+// the checkout. A missing peer fails the test in CI and skips it, with a message, elsewhere.
+package peertest
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/credentials"
+
+	"github.com/haagent/haagent/internal/bucket"
+)
+
+// Bin returns the path of a peer binary.
+func Bin(t testing.TB, name string) string {
+	t.Helper()
+	dir := os.Getenv("HAAGENT_PEERS_BIN")
+	if dir == "" {
+		base := os.Getenv("HAAGENT_PEERS")
+		if base == "" {
+			base = "/tmp/haagent-peers"
+		}
+		dir = filepath.Join(base, "bin")
+	}
+	p := filepath.Join(dir, name)
+	if _, err := os.Stat(p); err != nil {
+		Missing(t, fmt.Sprintf("peer %s not found at %s: run scripts/peers.sh build", name, p))
+	}
+	return p
+}
+
+// Missing fails in CI and skips elsewhere.
+func Missing(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s (CI must have every peer)", why)
+	}
+	t.Skipf("skipping: %s", why)
+}
+
+// FreePort returns a loopback port nothing listens on right now.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// WaitListening polls until addr accepts connections or the process exits.
+func WaitListening(t testing.TB, addr string, cmd *exec.Cmd, logf string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	log, _ := os.ReadFile(logf)
+	t.Fatalf("%s never listened on %s; its log:\n%s", cmd.Path, addr, log)
+}
+
+func start(t testing.TB, cmd *exec.Cmd, logf string) {
+	t.Helper()
+	f, err := os.Create(logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", cmd.Path, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); f.Close(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+	})
+}
+
+// S3 is a running versitygw.
+type S3 struct {
+	URL       string
+	Dir       string // the posix root: a bucket is a directory, an object a file
+	AccessKey string
+	SecretKey string
+	bin       string
+}
+
+// StartS3 starts versitygw on a free loopback port.
+func StartS3(t testing.TB) *S3 {
+	t.Helper()
+	bin := Bin(t, "versitygw")
+	dir := t.TempDir()
+	s := &S3{Dir: filepath.Join(dir, "data"), AccessKey: "test-root", SecretKey: "test-root-secret", bin: bin}
+	os.MkdirAll(s.Dir, 0o755)
+	os.MkdirAll(filepath.Join(dir, "iam"), 0o755)
+	port := FreePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	s.URL = "http://" + addr
+	cmd := exec.Command(bin, "--port", addr, "--iam-dir", filepath.Join(dir, "iam"), "posix", s.Dir)
+	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s.AccessKey, "ROOT_SECRET_KEY="+s.SecretKey)
+	logf := filepath.Join(dir, "versitygw.log")
+	start(t, cmd, logf)
+	WaitListening(t, addr, cmd, logf)
+	return s
+}
+
+// MakeBucket creates an empty bucket.
+func (s *S3) MakeBucket(t testing.TB, name string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(s.Dir, name), 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Put writes an object directly into the backing directory.
+func (s *S3) Put(t testing.TB, bucket, key string, data []byte) {
+	t.Helper()
+	p := filepath.Join(s.Dir, bucket, key)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Delete removes an object from the backing directory.
+func (s *S3) Delete(t testing.TB, bucket, key string) {
+	t.Helper()
+	if err := os.Remove(filepath.Join(s.Dir, bucket, key)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Object reads an object from the backing directory; nil when absent.
+func (s *S3) Object(bucket, key string) []byte {
+	b, err := os.ReadFile(filepath.Join(s.Dir, bucket, key))
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// CreateUser adds an account without rights on any bucket (requests answer AccessDenied).
+func (s *S3) CreateUser(t testing.TB, access, secret string) {
+	t.Helper()
+	out, err := exec.Command(s.bin, "admin", "-a", s.AccessKey, "-s", s.SecretKey, "--er", s.URL,
+		"create-user", "--access", access, "--secret", secret, "--role", "user").CombinedOutput()
+	if err != nil {
+		t.Fatalf("versitygw admin create-user: %v\n%s", err, out)
+	}
+}
+
+// IMDS is a running amazon-ec2-metadata-mock in IMDSv2-only mode.
+type IMDS struct {
+	URL string
+}
+
+// Instance is what the mock serves.
+type Instance struct {
+	ID, LocalIPv4, Region string
+	UserData              []byte
+}
+
+// StartIMDS starts the metadata mock on a free loopback port.
+func StartIMDS(t testing.TB, in Instance) *IMDS {
+	t.Helper()
+	bin := Bin(t, "ec2-metadata-mock")
+	dir := t.TempDir()
+	cfg := map[string]any{
+		"metadata": map[string]any{"values": map[string]any{"instance-id": in.ID, "local-ipv4": in.LocalIPv4,
+			"placement-region": in.Region}},
+		"dynamic": map[string]any{"values": map[string]any{"instance-identity-document": map[string]any{
+			"instanceId": in.ID, "region": in.Region, "privateIp": in.LocalIPv4, "availabilityZone": in.Region + "a"}}},
+		"userdata": map[string]any{"values": map[string]any{"userdata": base64.StdEncoding.EncodeToString(in.UserData)}},
+	}
+	data, _ := json.Marshal(cfg)
+	os.WriteFile(filepath.Join(dir, "config.json"), data, 0o644)
+	port := FreePort(t)
+	cmd := exec.Command(bin, "-n", "127.0.0.1", "-p", fmt.Sprint(port), "-I", "-c", filepath.Join(dir, "config.json"),
+		"--asg-termination-delay-sec", "86400")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "HOME="+dir)
+	logf := filepath.Join(dir, "imds.log")
+	start(t, cmd, logf)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	WaitListening(t, addr, cmd, logf)
+	return &IMDS{URL: "http://" + addr}
+}
+
+// OpenBucket is a bucket client for a local S3 server with static credentials and no real
+// backoff between attempts.
+func OpenBucket(t testing.TB, url, access, secret, name string, attempts int, timeout time.Duration) *bucket.Bucket {
+	t.Helper()
+	b, err := bucket.New(context.Background(), bucket.Options{
+		Name: name, Region: "us-east-1", Endpoint: url, PathStyle: true,
+		Attempts: attempts, Timeout: timeout,
+		Credentials: credentials.NewStaticCredentialsProvider(access, secret, ""),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.SetBackoff(func(int) time.Duration { return time.Millisecond })
+	return b
+}
