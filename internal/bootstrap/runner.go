@@ -68,7 +68,7 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 			env.Run.Status = state.Retrying
 			env.Run.Error = fmt.Sprintf("%s: %s", s.Name, err)
 			r.save(env)
-			Notify("STATUS=" + truncate(fmt.Sprintf("%s failed (attempt %d): %s; retrying in %s", s.Name, attempt, headline(err), wait), 200))
+			Notify("STATUS=" + truncate(fmt.Sprintf("%s failed (attempt %d), retrying in %s: %s", s.Name, attempt, wait, headline(err)), 200))
 			if err := sleep(ctx, wait, watchdog); err != nil {
 				return r.finish(env, "interrupted", fmt.Errorf("%s: interrupted: %w", s.Name, err))
 			}

@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -141,10 +143,17 @@ func (c *Client) wrap(path string, err error) error {
 	return &Error{Endpoint: c.endpoint, Path: path, Code: code, Err: err}
 }
 
+var statusRE = regexp.MustCompile(`StatusCode: (\d{3})`)
+
 func statusOf(err error) int {
 	var re *smithyhttp.ResponseError
 	if errors.As(err, &re) && re.Response != nil {
 		return re.Response.StatusCode
+	}
+	// The SDK's token provider flattens the token request's error into text.
+	if m := statusRE.FindStringSubmatch(err.Error()); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		return n
 	}
 	return 0
 }

@@ -1,0 +1,428 @@
+package main
+
+// The blackbox tier: the built haagent binary against real peers (versitygw, the IMDS mock)
+// started by the test harness, as systemd would run it.
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/haagent/haagent/internal/cookie"
+	"github.com/haagent/haagent/internal/lock"
+	"github.com/haagent/haagent/internal/peertest"
+	"github.com/haagent/haagent/internal/state"
+)
+
+var haagentBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "haagent-bin")
+	if err != nil {
+		panic(err)
+	}
+	haagentBin = filepath.Join(dir, "haagent")
+	out, err := exec.Command("go", "build", "-o", haagentBin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building haagent: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const bkt = "circleci-ha"
+
+type world struct {
+	t    *testing.T
+	s3   *peertest.S3
+	imds *peertest.IMDS
+	root string
+	objs map[string][]byte
+}
+
+func newWorld(t *testing.T, instanceID string) *world {
+	t.Helper()
+	w := &world{t: t, s3: peertest.StartS3(t), root: t.TempDir(), objs: map[string][]byte{}}
+	w.s3.MakeBucket(t, bkt)
+	filepath.WalkDir("../../examples/bucket", func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel("../../examples/bucket", p)
+			b, _ := os.ReadFile(p)
+			w.objs[filepath.ToSlash(rel)] = b
+			w.s3.Put(t, bkt, filepath.ToSlash(rel), b)
+		}
+		return nil
+	})
+	w.imds = peertest.StartIMDS(t, peertest.Instance{ID: instanceID, LocalIPv4: "10.0.1.23", Region: "us-east-1"})
+	w.writeConfig(w.s3.URL, "")
+	return w
+}
+
+func (w *world) writeConfig(endpoint, extra string) {
+	os.MkdirAll(filepath.Join(w.root, "etc/haagent"), 0o755)
+	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\nfetch:\n  attempts: 2\n  timeout: 5s\n%s", bkt, endpoint, extra)
+	if err := os.WriteFile(filepath.Join(w.root, "etc/haagent/haagent.yaml"), []byte(cfg), 0o644); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+func (w *world) env(imdsURL string) []string {
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + w.root,
+		"AWS_ACCESS_KEY_ID=" + w.s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + w.s3.SecretKey,
+		"AWS_EC2_METADATA_SERVICE_ENDPOINT=" + imdsURL}
+	return env
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func (w *world) run(args ...string) result {
+	return w.runEnv(w.env(w.imds.URL), args...)
+}
+
+func (w *world) runEnv(env []string, args ...string) result {
+	w.t.Helper()
+	cmd := exec.Command(haagentBin, append([]string{"--root", w.root}, args...)...)
+	cmd.Env = env
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	r := result{stdout: o.String(), stderr: e.String()}
+	if ee, ok := err.(*exec.ExitError); ok {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		w.t.Fatal(err)
+	}
+	return r
+}
+
+func (w *world) record() *state.Record {
+	w.t.Helper()
+	rec, err := state.Load(filepath.Join(w.root, state.Path))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return rec
+}
+
+func TestRunOnceBootsTheWholeLayout(t *testing.T) {
+	w := newWorld(t, "i-0aaaa1111bbbb2222")
+	r := w.run("run", "--once")
+	if r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	for _, want := range []string{"[started] imds", "[finished] fetch", "[finished] cookie-key", "boot complete"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("log lacks %q", want)
+		}
+	}
+	for k, v := range w.objs {
+		dest := map[bool]string{true: "/etc/" + k, false: ""}[!strings.Contains(k, "/")]
+		switch {
+		case strings.HasPrefix(k, "circleci-encryption-keys/"):
+			dest = "/data/circle/" + k
+		case strings.HasPrefix(k, "circleconfig/"):
+			dest = "/etc/" + k
+		}
+		p := filepath.Join(w.root, dest)
+		got, err := os.ReadFile(p)
+		if err != nil || !bytes.Equal(got, v) {
+			t.Errorf("%s: missing or different (%v)", dest, err)
+		}
+		if fi, _ := os.Stat(p); fi != nil && fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %#o", dest, fi.Mode().Perm())
+		}
+	}
+	rec := w.record()
+	last := rec.Last()
+	if last.Status != state.Complete || last.InstanceID != "i-0aaaa1111bbbb2222" || len(last.Files) != len(w.objs) {
+		t.Fatalf("run record: status %s instance %s files %d", last.Status, last.InstanceID, len(last.Files))
+	}
+	for _, f := range last.Files {
+		if len(f.SHA256) != 64 || f.Size <= 0 {
+			t.Errorf("file record lacks size/sha256: %+v", f)
+		}
+	}
+
+	// A second run converges: nothing rewritten, one more run in the record.
+	r = w.run("run", "--once")
+	if r.code != 0 || !strings.Contains(r.stderr, "changed=0") {
+		t.Fatalf("second run: exit %d\n%s", r.code, r.stderr)
+	}
+	if n := len(w.record().Runs); n != 2 {
+		t.Errorf("%d runs recorded, want 2", n)
+	}
+
+	st := w.run("status", "--json")
+	var js struct {
+		Runs []state.Run `json:"runs"`
+	}
+	if st.code != 0 || json.Unmarshal([]byte(st.stdout), &js) != nil || js.Runs[len(js.Runs)-1].Status != "complete" {
+		t.Fatalf("status --json: exit %d\n%s", st.code, st.stdout)
+	}
+	st = w.run("status", "--wait", "--timeout", "10s")
+	if st.code != 0 || !strings.Contains(st.stdout, "status:   complete") {
+		t.Fatalf("status --wait: exit %d\n%s%s", st.code, st.stdout, st.stderr)
+	}
+}
+
+func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
+	w := newWorld(t, "i-0secrets00000000")
+	secrets := map[string]string{
+		"settings.conf":                  `{"hostname":{"value":"ci.example.com"},"secret_passphrase":{"value":"PASSPHRASE-5ecret-1"}}`,
+		"replicated.conf":                `{"DaemonAuthenticationPassword":"CONSOLE-5ecret-2"}`,
+		"license.rli":                    "LICENSE-5ecret-3",
+		"circleci-encryption-keys/a.key": "ENCKEY-5ecret-4",
+		"circleconfig/shared/postgresql": `export POSTGRES_PASSWORD="PGPASS-5ecret-5"`,
+		"circleconfig/shared/vault":      `export VAULT__CLIENT_TOKEN="VAULTTOKEN-5ecret-6"`,
+		"circleconfig/shared/mongodb":    `export MONGO_BASE_URI="mongodb://circle:MONGOPASS-5ecret-7@db:27017"`,
+		cookie.Object:                    "COOKIE5ecret8xyz",
+	}
+	for k, v := range secrets {
+		w.s3.Put(t, bkt, k, []byte(v))
+	}
+	r := w.run("run", "--once", "--debug")
+	if r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	st := w.run("status")
+	stj := w.run("status", "--json")
+	recBytes, _ := os.ReadFile(filepath.Join(w.root, state.Path))
+	everything := r.stdout + r.stderr + st.stdout + st.stderr + stj.stdout + string(recBytes)
+	all := []string{w.s3.SecretKey}
+	for _, v := range secrets {
+		all = append(all, v)
+	}
+	for _, s := range []string{"PASSPHRASE-5ecret-1", "CONSOLE-5ecret-2", "LICENSE-5ecret-3", "ENCKEY-5ecret-4", "PGPASS-5ecret-5",
+		"VAULTTOKEN-5ecret-6", "MONGOPASS-5ecret-7", "COOKIE5ecret8xyz", w.s3.SecretKey} {
+		if strings.Contains(everything, s) {
+			t.Errorf("secret %q appears in haagent's output or record", s)
+		}
+	}
+	// The key did reach the file it belongs in.
+	b, _ := os.ReadFile(filepath.Join(w.root, cookie.File))
+	if cookie.LocalValue(b) != "COOKIE5ecret8xyz" {
+		t.Fatal("the cookie key from the bucket is not in the customizations file")
+	}
+}
+
+func TestConfigFromUserData(t *testing.T) {
+	w := newWorld(t, "i-0userdata0000000")
+	os.Remove(filepath.Join(w.root, "etc/haagent/haagent.yaml"))
+	ud := fmt.Sprintf("#haagent-config\nversion: 1\nsource:\n  bucket: %s\n  endpoint: %s\n  path_style: true\n", bkt, w.s3.URL)
+	im := peertest.StartIMDS(t, peertest.Instance{ID: "i-0userdata0000000", LocalIPv4: "10.0.9.9", Region: "us-east-1", UserData: []byte(ud)})
+	r := w.runEnv(w.env(im.URL), "run", "--once")
+	if r.code != 0 || !strings.Contains(r.stderr, "origin=user-data") {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	// Region came from IMDS: the config has none and AWS_REGION is unset.
+	if !strings.Contains(r.stderr, "region=us-east-1") {
+		t.Errorf("region not taken from IMDS:\n%s", r.stderr)
+	}
+
+	// User-data that is not for haagent (a shell script) is not taken as config.
+	im2 := peertest.StartIMDS(t, peertest.Instance{ID: "i-0userdata0000000", LocalIPv4: "10.0.9.9", Region: "us-east-1", UserData: []byte("#!/bin/bash\necho hi\n")})
+	r = w.runEnv(w.env(im2.URL), "run", "--once")
+	if r.code != 1 || !strings.Contains(r.stderr, "CONFIG_MISSING") || !strings.Contains(r.stderr, "#haagent-config") {
+		t.Fatalf("want CONFIG_MISSING explaining the marker, exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+func TestInvalidConfigExits2BeforeAnySideEffect(t *testing.T) {
+	w := newWorld(t, "i-0badconfig000000")
+	w.writeConfig(w.s3.URL, "bogus_field: 1\n")
+	r := w.run("run", "--once")
+	if r.code != 2 || !strings.Contains(r.stderr, "bogus_field: unknown field") {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(w.root, state.Path)); err == nil {
+		t.Fatal("an invalid config must stop haagent before it writes anything")
+	}
+	v := w.run("validate")
+	if v.code != 2 || !strings.Contains(v.stderr, "bogus_field") {
+		t.Fatalf("validate: exit %d\n%s", v.code, v.stderr)
+	}
+	w.writeConfig(w.s3.URL, "")
+	if v := w.run("validate"); v.code != 0 || !strings.Contains(v.stdout, "is valid") {
+		t.Fatalf("validate of a good config: exit %d\n%s%s", v.code, v.stdout, v.stderr)
+	}
+	if u := w.run("frobnicate"); u.code != 2 {
+		t.Fatalf("unknown command: exit %d", u.code)
+	}
+}
+
+// IMDS that refuses the token but would answer IMDSv1 GETs: haagent must not fall back.
+func TestIMDSTokenRefusedNoV1Fallback(t *testing.T) {
+	for _, status := range []int{http.StatusForbidden, http.StatusMethodNotAllowed} {
+		t.Run(fmt.Sprint(status), func(t *testing.T) {
+			w := newWorld(t, "i-0real00000000000")
+			v1 := 0
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodPut {
+					rw.WriteHeader(status)
+					return
+				}
+				v1++
+				fmt.Fprint(rw, "i-0v1only000000000")
+			})}
+			go srv.Serve(l)
+			t.Cleanup(func() { srv.Close() })
+			r := w.runEnv(w.env("http://"+l.Addr().String()), "run", "--once")
+			if r.code != 1 || !strings.Contains(r.stderr, "IMDS_TOKEN_REFUSED") || !strings.Contains(r.stderr, "--http-tokens required") {
+				t.Fatalf("want IMDS_TOKEN_REFUSED with the fix, exit %d\n%s", r.code, r.stderr)
+			}
+			if v1 != 0 || strings.Contains(r.stderr, "i-0v1only") {
+				t.Fatalf("haagent fell back to IMDSv1 (%d v1 requests)", v1)
+			}
+		})
+	}
+}
+
+func TestS3DownOnRebootUsesLastGoodFilesButNeverOnFirstBoot(t *testing.T) {
+	w := newWorld(t, "i-0reboot000000000")
+	if r := w.run("run", "--once"); r.code != 0 {
+		t.Fatalf("first boot: exit %d\n%s", r.code, r.stderr)
+	}
+	// S3 unreachable: a port nothing listens on.
+	dead := fmt.Sprintf("http://127.0.0.1:%d", peertest.FreePort(t))
+	w.writeConfig(dead, "")
+	r := w.run("run", "--once")
+	if r.code != 0 || !strings.Contains(r.stderr, "S3_OFFLINE_LAST_GOOD") || !strings.Contains(r.stderr, "COOKIE_KEY_LOCAL_ONLY") {
+		t.Fatalf("reboot with S3 down must go on with the last good files: exit %d\n%s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(w.root, "etc/settings.conf")); err != nil {
+		t.Fatal(err)
+	}
+
+	// The same on a new instance (a replacement) must fail.
+	w2 := newWorld(t, "i-0firstboot0000000")
+	w2.writeConfig(dead, "")
+	r = w2.run("run", "--once")
+	if r.code != 1 || !strings.Contains(r.stderr, "S3_UNREACHABLE") || strings.Contains(r.stderr, "S3_OFFLINE_LAST_GOOD") {
+		t.Fatalf("first boot with S3 down must fail: exit %d\n%s", r.code, r.stderr)
+	}
+	// And a different instance id on the same root (an AMI baked after a boot) is not a reboot.
+	w3 := newWorld(t, "i-0other0000000000")
+	w3.root = w.root
+	w3.writeConfig(dead, "")
+	if r := w3.run("run", "--once"); r.code != 1 {
+		t.Fatalf("another instance's record must not allow the fallback: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+func TestLockSerialisesRuns(t *testing.T) {
+	w := newWorld(t, "i-0lock00000000000")
+	l, err := lock.Acquire(filepath.Join(w.root, lock.Path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := w.run("run", "--once")
+	l.Release()
+	if r.code != 1 || !strings.Contains(r.stderr, "another haagent is running") {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(w.root, "etc/settings.conf")); err == nil {
+		t.Fatal("a second haagent fetched while the lock was held")
+	}
+}
+
+func TestStatusWaitReportsFailure(t *testing.T) {
+	w := newWorld(t, "i-0fail00000000000")
+	w.s3.Delete(t, bkt, "license.rli")
+	r := w.run("run", "--once")
+	if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step fetch") || !strings.Contains(r.stderr, "s3://circleci-ha/license.rli") {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	st := w.run("status", "--wait", "--timeout", "10s")
+	if st.code != 1 || !strings.Contains(st.stdout, "S3_OBJECT_MISSING") || !strings.Contains(st.stdout, "fix: upload it") {
+		t.Fatalf("status --wait after a failure: exit %d\n%s%s", st.code, st.stdout, st.stderr)
+	}
+}
+
+// The service mode: READY=1 as soon as the main loop runs, STATUS= kept current, and a failed
+// step retried rather than exiting.
+func TestServiceModeNotifiesAndRetries(t *testing.T) {
+	w := newWorld(t, "i-0service00000000")
+	w.s3.Delete(t, bkt, "license.rli")
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cmd := exec.Command(haagentBin, "--root", w.root, "run")
+	cmd.Env = append(w.env(w.imds.URL), "NOTIFY_SOCKET="+sock)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+
+	msgs := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	expect := func(prefix string) string {
+		t.Helper()
+		timeout := time.After(60 * time.Second)
+		for {
+			select {
+			case m, ok := <-msgs:
+				if !ok {
+					t.Fatalf("notify socket closed before %q", prefix)
+				}
+				if strings.HasPrefix(m, prefix) {
+					return m
+				}
+			case <-timeout:
+				t.Fatalf("no %q notification; log:\n%s", prefix, stderr.String())
+			}
+		}
+	}
+	expect("READY=1")
+	m := expect("STATUS=fetch failed (attempt 1), retrying in")
+	if !strings.Contains(m, "S3_OBJECT_MISSING") || !strings.Contains(m, "retrying in") {
+		t.Fatalf("STATUS does not name the finding and the retry: %q", m)
+	}
+	if rec := w.record(); rec.Last().Status != state.Retrying {
+		t.Fatalf("record status %s, want retrying", rec.Last().Status)
+	}
+	// Fix the bucket: the retry picks it up and the boot completes.
+	w.s3.Put(t, bkt, "license.rli", w.objs["license.rli"])
+	expect("STATUS=boot complete")
+	st := w.run("status", "--wait", "--timeout", "30s")
+	if st.code != 0 {
+		t.Fatalf("status --wait: exit %d\n%s", st.code, st.stderr)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("the service must exit cleanly on SIGTERM: %v\n%s", err, stderr.String())
+	}
+}

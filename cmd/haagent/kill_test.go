@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/haagent/haagent/internal/peertest"
+)
+
+// kill -9 in the middle of a download leaves no partial file at any final path, and the next
+// run converges.
+func TestKill9MidFetchLeavesNoPartialFile(t *testing.T) {
+	w := newWorld(t, "i-0kill9000000000")
+	big := make([]byte, 4<<20)
+	rand.Read(big)
+	w.objs["license.rli"] = big
+	fake := peertest.StartFakeS3(t, bkt, w.objs)
+
+	// A previous good boot left files in place; the interrupted run must not damage them.
+	w.writeConfig(fake.URL, "")
+	if r := w.run("run", "--once"); r.code != 0 {
+		t.Fatalf("first run: exit %d\n%s", r.code, r.stderr)
+	}
+	before := snapshot(t, w.root)
+
+	newLicense := make([]byte, 4<<20)
+	rand.Read(newLicense)
+	fake.Put(t, "license.rli", newLicense)
+	fake.Put(t, "circleconfig/shared/vault", []byte("export VAULT__SCHEME=\"https\"\nexport VAULT__HOST=\"vault-2\"\n"))
+	halfway := make(chan struct{})
+	fake.SetFault(func(rw http.ResponseWriter, r *http.Request, real http.Handler) bool {
+		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/license.rli") {
+			return false
+		}
+		rw.Header().Set("Content-Length", fmt.Sprint(len(newLicense)))
+		rw.WriteHeader(200)
+		rw.Write(newLicense[:len(newLicense)/2])
+		rw.(http.Flusher).Flush()
+		close(halfway)
+		<-r.Context().Done()
+		return true
+	})
+	cmd := exec.Command(haagentBin, "--root", w.root, "run", "--once")
+	cmd.Env = w.env(w.imds.URL)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-halfway:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("the download never started; log:\n%s", stderr.String())
+	}
+	cmd.Process.Signal(os.Kill)
+	cmd.Wait()
+
+	after := snapshot(t, w.root)
+	for p, content := range after {
+		if strings.Contains(p, ".haagent-") {
+			continue // temp files in the staging directory are not final paths
+		}
+		if old, ok := before[p]; ok && !bytes.Equal(old, content) && p != "/var/lib/haagent/state.json" && p != "/run/haagent.lock" {
+			t.Errorf("%s changed although the run was killed before the bundle completed", p)
+		}
+	}
+	if !bytes.Equal(after["/etc/license.rli"], big) {
+		t.Fatal("/etc/license.rli is not the previous complete file")
+	}
+
+	fake.SetFault(nil)
+	if r := w.run("run", "--once"); r.code != 0 {
+		t.Fatalf("run after kill: exit %d\n%s", r.code, r.stderr)
+	}
+	final := snapshot(t, w.root)
+	if !bytes.Equal(final["/etc/license.rli"], newLicense) {
+		t.Fatal("the next run did not converge on the bucket's licence")
+	}
+	for p := range final {
+		if strings.Contains(p, ".haagent-") {
+			t.Errorf("leftover from the killed run: %s", p)
+		}
+	}
+}
+
+func snapshot(t *testing.T, root string) map[string][]byte {
+	t.Helper()
+	out := map[string][]byte{}
+	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			b, _ := os.ReadFile(p)
+			rel, _ := filepath.Rel(root, p)
+			out["/"+rel] = b
+		}
+		return nil
+	})
+	return out
+}
