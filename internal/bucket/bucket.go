@@ -24,6 +24,7 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"golang.org/x/net/http/httpproxy"
 )
 
 // Options configure a Bucket.
@@ -60,7 +61,7 @@ type Bucket struct {
 // New builds the client. It does no network I/O.
 func New(ctx context.Context, o Options) (*Bucket, error) {
 	hc := awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
-		tr.Proxy = ProxyFunc
+		tr.Proxy = ProxyFunc()
 	})
 	if o.CAFile != "" {
 		pem, err := os.ReadFile(o.CAFile)
@@ -147,15 +148,18 @@ func defaultBackoff(attempt int) time.Duration {
 	return time.Duration(rand.Int64N(int64(d))) + 50*time.Millisecond
 }
 
-// ProxyFunc honours HTTPS_PROXY/NO_PROXY, except that the link-local instance metadata
-// addresses are never proxied (a proxy cannot reach them, and must not see the role's
-// credentials).
-func ProxyFunc(r *http.Request) (*url.URL, error) {
-	h := r.URL.Hostname()
-	if h == "169.254.169.254" || h == "fd00:ec2::254" {
-		return nil, nil
+// ProxyFunc honours HTTPS_PROXY/NO_PROXY as they are now, except that the link-local
+// instance metadata addresses are never proxied (a proxy cannot reach them, and must not see
+// the role's credentials).
+func ProxyFunc() func(*http.Request) (*url.URL, error) {
+	env := httpproxy.FromEnvironment().ProxyFunc()
+	return func(r *http.Request) (*url.URL, error) {
+		h := r.URL.Hostname()
+		if h == "169.254.169.254" || h == "fd00:ec2::254" {
+			return nil, nil
+		}
+		return env(r.URL)
 	}
-	return http.ProxyFromEnvironment(r)
 }
 
 // do runs fn with retries. fn gets a client and a per-attempt context. A redirect to the

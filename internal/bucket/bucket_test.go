@@ -1,0 +1,90 @@
+package bucket_test
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/peertest"
+)
+
+// A bucket in another region answers 301 PermanentRedirect naming its region; haagent follows
+// it instead of reporting a failure.
+func TestRegionRedirectIsFollowed(t *testing.T) {
+	f := peertest.StartFakeS3(t, "b", map[string][]byte{"settings.conf": []byte("{}")})
+	var regions []string
+	f.SetFault(func(w http.ResponseWriter, r *http.Request, _ http.Handler) bool {
+		// SigV4's credential scope names the region the client signed for.
+		auth := r.Header.Get("Authorization")
+		region := ""
+		if i := strings.Index(auth, "Credential="); i >= 0 {
+			parts := strings.Split(auth[i:], "/")
+			if len(parts) > 2 {
+				region = parts[2]
+			}
+		}
+		regions = append(regions, region)
+		if region != "eu-west-1" {
+			w.Header().Set("X-Amz-Bucket-Region", "eu-west-1")
+			peertest.S3Error(w, http.StatusMovedPermanently, "PermanentRedirect", "The bucket you are attempting to access must be addressed using the specified endpoint.")
+			return true
+		}
+		return false
+	})
+	b := peertest.OpenBucket(t, f.URL, "a", "b", "b", 1, 5*time.Second)
+	data, err := b.GetBytes(context.Background(), "settings.conf", 1024)
+	if err != nil {
+		t.Fatalf("the redirect was not followed: %v", err)
+	}
+	if string(data) != "{}" || b.Region() != "eu-west-1" {
+		t.Fatalf("data %q region %s", data, b.Region())
+	}
+	if len(regions) != 2 || regions[0] != "us-east-1" {
+		t.Fatalf("requests signed for %v, want us-east-1 then eu-west-1", regions)
+	}
+}
+
+func TestProxyFuncNeverProxiesIMDS(t *testing.T) {
+	t.Setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+	t.Setenv("HTTP_PROXY", "http://proxy.internal:3128")
+	t.Setenv("NO_PROXY", "")
+	for target, proxied := range map[string]bool{
+		"http://169.254.169.254/latest/api/token": false,
+		"http://[fd00:ec2::254]/latest/api/token": false,
+		"https://s3.us-east-1.amazonaws.com/b/k":  true,
+	} {
+		u, _ := url.Parse(target)
+		p, err := bucket.ProxyFunc()(&http.Request{URL: u})
+		if err != nil || (p != nil) != proxied {
+			t.Errorf("%s: proxy %v (err %v), want proxied=%v", target, p, err, proxied)
+		}
+	}
+}
+
+func TestErrorsNameThePermission(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, "bkt")
+	s.CreateUser(t, "norights", "norights-secret")
+	b := peertest.OpenBucket(t, s.URL, "norights", "norights-secret", "bkt", 1, 5*time.Second)
+	err := b.PutIfAbsent(context.Background(), "session-cookie-key", []byte("x"))
+	var be *bucket.Error
+	if !asError(err, &be) || be.Code() != "S3_ACCESS_DENIED" || !strings.Contains(be.Fix(), "s3:PutObject on arn:aws:s3:::bkt/session-cookie-key") {
+		t.Fatalf("want S3_ACCESS_DENIED naming s3:PutObject, got %v", err)
+	}
+	_, err = b.List(context.Background(), "circleconfig/shared/")
+	if !asError(err, &be) || !strings.Contains(be.Fix(), "s3:ListBucket on arn:aws:s3:::bkt") {
+		t.Fatalf("want a fix naming s3:ListBucket, got %v", err)
+	}
+}
+
+func asError(err error, target **bucket.Error) bool {
+	e, ok := err.(*bucket.Error)
+	if ok {
+		*target = e
+	}
+	return ok
+}
