@@ -42,6 +42,33 @@ var Catalogue = []Entry{
 	{"COOKIE_KEY_NOT_SAVED", Warning, false, "cookie-key", "grant the instance role s3:PutObject on PREFIX/session-cookie-key, or upload the key yourself; until then a replacement instance logs every user out"},
 	{"COOKIE_KEY_UNAVAILABLE", Error, true, "cookie-key", "S3 could not tell whether a session cookie key exists and none is on the machine; haagent will not invent one (it would log every user out). Fix S3 access; haagent retries"},
 	{"COOKIE_KEY_LOCAL_ONLY", Warning, false, "cookie-key", "S3 could not be read; the key already on the machine is kept. Fix S3 access so replacements keep the same key"},
+
+	// settings files
+	{"CONFIG_SYNTAX", Error, true, "settings", "fix the shell syntax at the position shown, in the bucket's copy of the file"},
+	{"SETTING_MISSING", Error, true, "settings", "set the variable in a file of circleconfig/shared/ in the bucket"},
+	{"SETTING_REFUSED", Error, true, "settings", "write the value out literally: settings files hold only NAME=value or export NAME=value lines"},
+
+	// network and TLS, shared by every probe
+	{"URI_MALFORMED", Error, true, "network", "percent-encode special characters in the user name and password (@ is %40, / is %2F, : is %3A)"},
+	{"DNS_NOT_FOUND", Error, true, "network", "the host name does not resolve from this machine: check the name, the VPC's DNS settings and any private hosted zone"},
+	{"TCP_REFUSED", Error, true, "network", "nothing listens on that port: check the port, and that the server listens on its network address, not only on localhost"},
+	{"TCP_TIMEOUT", Error, true, "network", "no answer at all: a security group, network ACL or firewall drops the traffic; allow this instance to reach that port"},
+	{"PROTOCOL_TIMEOUT", Error, true, "network", "the port accepts connections but does not answer the protocol: check that it is the right service and port, and that the server is not overloaded"},
+	{"TLS_UNKNOWN_AUTHORITY", Error, false, "network", "put the issuing CA certificate in the bucket's ca-certificates/ prefix (installed into /usr/local/share/ca-certificates as .crt)"},
+	{"TLS_HOSTNAME_MISMATCH", Error, false, "network", "connect with a name the certificate holds, or reissue the certificate with this name in its subject alternative names"},
+	{"TLS_EXPIRED", Error, false, "network", "renew the server certificate (and check this machine's clock: timedatectl)"},
+	{"TLS_REQUIRED", Error, true, "network", "make both sides agree: enable TLS on the server, or match the client setting to what the server offers"},
+	{"TLS_OFF", Info, false, "network", "the server offers no TLS: connection settings and data cross the network in clear text"},
+	{"PROBE_INCONCLUSIVE", Warning, false, "network", "haagent could not tell; see the evidence"},
+
+	// PostgreSQL
+	{"PG_AUTH_FAILED", Error, true, "postgres", "check POSTGRES_USER and POSTGRES_PASSWORD against the role (ALTER ROLE circle PASSWORD '...')"},
+	{"PG_HBA_REJECTED", Error, true, "postgres", "add a pg_hba.conf line (or RDS security settings) admitting this user from this host, with TLS as the server requires"},
+	{"PG_DATABASE_MISSING", Error, true, "postgres", "create the database: CREATE DATABASE name OWNER circle;"},
+	{"PG_CONNECT_DENIED", Error, true, "postgres", "GRANT CONNECT ON DATABASE name TO circle;"},
+	{"PG_EXTENSION_MISSING", Error, true, "postgres", "install the extension in that database as a superuser"},
+	{"PG_VERSION_UNSUPPORTED", Error, true, "postgres", "CircleCI needs PostgreSQL 9.5 or later: upgrade the server"},
+	{"PG_READ_ONLY", Error, true, "postgres", "point POSTGRES_HOST at the primary (the writer endpoint on RDS), not a replica"},
 }
 
 var byCode = func() map[string]Entry {

@@ -1,0 +1,348 @@
+package probes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"crypto/tls"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/settings"
+)
+
+// PostgresOptions say what CircleCI needs from PostgreSQL.
+type PostgresOptions struct {
+	Databases  []string
+	Extensions map[string][]string
+}
+
+// DefaultPostgres is what CircleCI Server 2.x needs (the runbook's five databases).
+func DefaultPostgres() PostgresOptions {
+	return PostgresOptions{
+		Databases: []string{"vms", "conductor_production", "contexts_service_production", "cron_service_production", "circle"},
+		Extensions: map[string][]string{
+			"conductor_production":        {"uuid-ossp"},
+			"contexts_service_production": {"uuid-ossp"},
+			"circle":                      {"pgcrypto", "uuid-ossp"},
+		},
+	}
+}
+
+// minPGVersion is 9.5, as server_version_num.
+const minPGVersion = 90500
+
+type pgTarget struct {
+	ep        endpoint
+	user, pwd string
+	databases []string
+	source    string // the variables it came from
+}
+
+func probePostgres(ctx context.Context, p *prober, s *settings.Settings) *result {
+	res := &result{}
+	var targets []pgTarget
+	host, f1 := s.Require("postgres", "POSTGRES_HOST")
+	port, f2 := s.Require("postgres", "POSTGRES_PORT")
+	user, f3 := s.Require("postgres", "POSTGRES_USER")
+	pwd, f4 := s.Require("postgres", "POSTGRES_PASSWORD")
+	res.addAll(f1)
+	res.addAll(f2)
+	res.addAll(f3)
+	res.addAll(f4)
+	if len(f1)+len(f2)+len(f3)+len(f4) == 0 {
+		if _, err := strconv.Atoi(port.Value); err != nil {
+			res.add(findings.New("URI_MALFORMED", port.Where(), fmt.Sprintf("POSTGRES_PORT %q is not a port number", port.Value), ""))
+		} else {
+			targets = append(targets, pgTarget{
+				ep:   endpoint{Host: host.Value, Port: port.Value, Target: fmt.Sprintf("%s@%s", user.Value, net.JoinHostPort(host.Value, port.Value))},
+				user: user.Value, pwd: pwd.Value, databases: p.opts.Postgres.Databases, source: "POSTGRES_HOST/PORT/USER/PASSWORD",
+			})
+		}
+	}
+	for _, name := range s.Names("CIRCLE_SECRETS_POSTGRES_") {
+		if !strings.HasSuffix(name, "_URI") {
+			continue
+		}
+		v, fs := s.Require("postgres", name)
+		if len(fs) > 0 {
+			res.addAll(fs)
+			continue
+		}
+		t, f := parsePGURI(name, v)
+		if f != nil {
+			res.add(*f)
+			continue
+		}
+		targets = append(targets, t)
+	}
+	seen := map[string]bool{}
+	for _, t := range targets {
+		key := t.ep.addr() + "\x00" + t.user + "\x00" + strings.Join(t.databases, ",")
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		p.postgresTarget(ctx, t, res)
+	}
+	return res
+}
+
+// parsePGURI reads a postgres:// URI. An unescaped '@' or '/' in the password is the usual
+// mistake: it makes the URI mean another host or database.
+func parsePGURI(name string, v settings.Setting) (pgTarget, *findings.Finding) {
+	bad := func(why string) (pgTarget, *findings.Finding) {
+		f := findings.New("URI_MALFORMED", v.Where(), fmt.Sprintf("%s is not a valid PostgreSQL URI: %s", name, why), findings.Redact(v.Value))
+		return pgTarget{}, &f
+	}
+	u, err := url.Parse(v.Value)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error repeats the URI, password included
+		}
+		return bad(err.Error() + " (percent-encode special characters in the password)")
+	}
+	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		return bad(fmt.Sprintf("scheme %q, want postgres://", u.Scheme))
+	}
+	if strings.Contains(u.Path, "@") || strings.Count(u.Path, "/") > 1 {
+		return bad("the path holds '@' or '/': a password with an unescaped '/' or '@'")
+	}
+	db := strings.TrimPrefix(u.Path, "/")
+	if u.Hostname() == "" || db == "" || u.User == nil {
+		return bad("it needs postgres://USER:PASSWORD@HOST:PORT/DATABASE")
+	}
+	port := u.Port()
+	if port == "" {
+		port = "5432"
+	}
+	pwd, _ := u.User.Password()
+	return pgTarget{
+		ep:   endpoint{Host: u.Hostname(), Port: port, Target: fmt.Sprintf("%s@%s/%s", u.User.Username(), net.JoinHostPort(u.Hostname(), port), db)},
+		user: u.User.Username(), pwd: pwd, databases: []string{db}, source: name,
+	}, nil
+}
+
+type tlsMode int
+
+const (
+	tlsVerify tlsMode = iota
+	tlsNoVerify
+	tlsNone
+)
+
+func (m tlsMode) String() string {
+	return [...]string{"TLS verified", "TLS, certificate not verified", "no TLS"}[m]
+}
+
+// postgresTarget checks one server. TLS is chosen as the services' drivers do with
+// sslmode=prefer (their settings carry no sslmode): TLS when the server offers it, plain
+// otherwise. haagent verifies the certificate on top, reports what it found, and goes on
+// without verification so the checks below still run.
+func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
+	if f := p.reach(ctx, t.ep); f != nil {
+		res.add(*f)
+		res.check(Checked{Service: "postgres", Target: t.ep.Target})
+		return
+	}
+	mode := tlsVerify
+	checkedServer := false
+	for _, db := range t.databases {
+		target := t.ep.Target
+		if len(t.databases) > 1 {
+			target += "/" + db
+		}
+		var conn *pgx.Conn
+		var err error
+		for {
+			conn, err = p.pgConnect(ctx, t, db, mode)
+			if err == nil {
+				break
+			}
+			if mode == tlsVerify {
+				if f := tlsFinding(t.ep, err); f != nil {
+					res.add(*f)
+					mode = tlsNoVerify
+					continue
+				}
+				if strings.Contains(err.Error(), "server refused TLS connection") {
+					res.add(findings.New("TLS_OFF", t.ep.Target, fmt.Sprintf("PostgreSQL at %s does not offer TLS", t.ep.addr()), ""))
+					mode = tlsNone
+					continue
+				}
+			}
+			break
+		}
+		if err != nil {
+			f, stop := pgFinding(t, db, mode, err)
+			res.add(f)
+			res.check(Checked{Service: "postgres", Target: target, Detail: mode.String()})
+			if stop {
+				return
+			}
+			continue
+		}
+		ok := true
+		if !checkedServer {
+			checkedServer = true
+			for _, f := range pgServerChecks(ctx, conn, t) {
+				res.add(f)
+				ok = false
+			}
+		}
+		for _, f := range pgExtensions(ctx, conn, t, db, p.opts.Postgres.Extensions[db]) {
+			res.add(f)
+			ok = false
+		}
+		conn.Close(context.Background())
+		res.check(Checked{Service: "postgres", Target: target, OK: ok, Detail: mode.String()})
+	}
+}
+
+func (p *prober) pgConnect(ctx context.Context, t pgTarget, db string, mode tlsMode) (*pgx.Conn, error) {
+	cs := fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable", quoteKV(t.ep.Host), quoteKV(t.ep.Port), quoteKV(t.user), quoteKV(db))
+	cfg, err := pgx.ParseConfig(cs)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Password = t.pwd
+	cfg.Fallbacks = nil
+	cfg.LookupFunc = p.opts.Resolver.LookupHost
+	cfg.RuntimeParams["application_name"] = "haagent-probe"
+	switch mode {
+	case tlsVerify:
+		cfg.TLSConfig = &tls.Config{ServerName: t.ep.Host, RootCAs: p.opts.RootCAs, MinVersion: tls.VersionTLS12}
+	case tlsNoVerify:
+		cfg.TLSConfig = &tls.Config{ServerName: t.ep.Host, InsecureSkipVerify: true} //nolint:gosec // only after the verified attempt failed and was reported
+	}
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+func quoteKV(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}
+
+// pgFinding classifies a failed connection. stop says that other databases would fail the
+// same way (credentials, pg_hba, network), so the probe does not repeat it five times.
+func pgFinding(t pgTarget, db string, mode tlsMode, err error) (findings.Finding, bool) {
+	var pe *pgconn.PgError
+	where := t.ep.addr()
+	if errors.As(err, &pe) {
+		ev := fmt.Sprintf("SQLSTATE %s: %s", pe.Code, pe.Message)
+		switch pe.Code {
+		case "28P01":
+			return findings.New("PG_AUTH_FAILED", t.ep.Target,
+				fmt.Sprintf("PostgreSQL at %s rejected the password of user %q (from %s)", where, t.user, t.source), ev), true
+		case "28000":
+			if strings.Contains(pe.Message, "no encryption") && mode == tlsNone {
+				return findings.New("TLS_REQUIRED", t.ep.Target,
+					fmt.Sprintf("pg_hba.conf at %s admits user %q only over TLS, but the server offers no TLS", where, t.user), ev), true
+			}
+			return findings.New("PG_HBA_REJECTED", t.ep.Target,
+				fmt.Sprintf("pg_hba.conf at %s has no line admitting user %q to database %q from this host (%s)", where, t.user, db, mode), ev).
+				WithFix(fmt.Sprintf("add to pg_hba.conf: hostssl %s %s <this host's address>/32 scram-sha-256 (then SELECT pg_reload_conf())", db, t.user)), true
+		case "3D000":
+			return findings.New("PG_DATABASE_MISSING", t.ep.Target,
+				fmt.Sprintf("database %q does not exist on %s", db, where), ev).
+				WithFix(fmt.Sprintf("CREATE DATABASE %s OWNER %s;", pgIdent(db), pgIdent(t.user))), false
+		case "42501":
+			return findings.New("PG_CONNECT_DENIED", t.ep.Target,
+				fmt.Sprintf("user %q may not connect to database %q on %s", t.user, db, where), ev).
+				WithFix(fmt.Sprintf("GRANT CONNECT ON DATABASE %s TO %s;", pgIdent(db), pgIdent(t.user))), false
+		}
+		return findings.New("PROBE_INCONCLUSIVE", t.ep.Target, fmt.Sprintf("PostgreSQL at %s refused the connection", where), ev), true
+	}
+	if isTimeout(err) {
+		return findings.New("PROTOCOL_TIMEOUT", t.ep.Target,
+			fmt.Sprintf("%s accepts connections but did not complete a PostgreSQL handshake", where), pgErrText(err)), true
+	}
+	if notTLS(err) {
+		return findings.New("TLS_REQUIRED", t.ep.Target, fmt.Sprintf("%s did not speak TLS after agreeing to", where), pgErrText(err)), true
+	}
+	return findings.New("PROBE_INCONCLUSIVE", t.ep.Target, fmt.Sprintf("connecting to PostgreSQL at %s failed", where), pgErrText(err)), true
+}
+
+// pgErrText is pgconn's message without the connection string details it may carry.
+func pgErrText(err error) string {
+	return err.Error()
+}
+
+func pgServerChecks(ctx context.Context, conn *pgx.Conn, t pgTarget) []findings.Finding {
+	var out []findings.Finding
+	ver := conn.PgConn().ParameterStatus("server_version")
+	if n := pgVersionNum(ver); n > 0 && n < minPGVersion {
+		out = append(out, findings.New("PG_VERSION_UNSUPPORTED", t.ep.Target,
+			fmt.Sprintf("PostgreSQL at %s is version %s; CircleCI needs 9.5 or later", t.ep.addr(), ver), "server_version "+ver))
+	}
+	var recovery bool
+	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&recovery); err == nil && recovery {
+		out = append(out, findings.New("PG_READ_ONLY", t.ep.Target,
+			fmt.Sprintf("PostgreSQL at %s is a read-only standby", t.ep.addr()), "pg_is_in_recovery() = true"))
+	}
+	return out
+}
+
+// pgVersionNum turns "15.18 (Debian 15.18-0+deb12u1)" or "9.4.26" into server_version_num form.
+func pgVersionNum(v string) int {
+	v, _, _ = strings.Cut(strings.TrimSpace(v), " ")
+	parts := strings.Split(v, ".")
+	major, err := strconv.Atoi(parts[0])
+	if err != nil {
+		return 0
+	}
+	minor := 0
+	if len(parts) > 1 {
+		digits := parts[1]
+		if i := strings.IndexFunc(digits, func(r rune) bool { return r < '0' || r > '9' }); i >= 0 {
+			digits = digits[:i]
+		}
+		minor, _ = strconv.Atoi(digits)
+	}
+	if major >= 10 {
+		return major*10000 + minor
+	}
+	return major*10000 + minor*100
+}
+
+func pgExtensions(ctx context.Context, conn *pgx.Conn, t pgTarget, db string, want []string) []findings.Finding {
+	if len(want) == 0 {
+		return nil
+	}
+	rows, err := conn.Query(ctx, "SELECT extname FROM pg_extension")
+	if err != nil {
+		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", t.ep.Target, "cannot list the extensions of "+db, err.Error())}
+	}
+	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", t.ep.Target, "cannot list the extensions of "+db, err.Error())}
+	}
+	installed := map[string]bool{}
+	for _, h := range have {
+		installed[h] = true
+	}
+	var out []findings.Finding
+	for _, w := range want {
+		if !installed[w] {
+			out = append(out, findings.New("PG_EXTENSION_MISSING", t.ep.Target,
+				fmt.Sprintf("extension %q is not installed in database %q on %s", w, db, t.ep.addr()),
+				"pg_extension lists: "+strings.Join(have, ", ")).
+				WithFix(fmt.Sprintf("as a superuser, connected to %s: CREATE EXTENSION IF NOT EXISTS %q;", db, w)))
+		}
+	}
+	return out
+}
+
+func pgIdent(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyz0123456789_") == "" {
+		return s
+	}
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}

@@ -1,0 +1,261 @@
+// Package settings reads the customization files the CircleCI services source (the
+// MongoDB, PostgreSQL and Vault connection settings) the way bash would, with a real shell
+// parser and expander, without ever executing them.
+package settings
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"mvdan.cc/sh/v3/expand"
+	"mvdan.cc/sh/v3/syntax"
+
+	"github.com/haagent/haagent/internal/findings"
+)
+
+// Where the services' settings live, in the order they are read: the installation's own
+// customizations first, then every file of the shared directory in name order (a later file
+// can use and override what an earlier one set).
+const (
+	InstallFile = "/etc/circle-installation-customizations"
+	SharedDir   = "/etc/circleconfig/shared"
+)
+
+// Setting is one variable's final value and where it was set.
+type Setting struct {
+	Name  string
+	Value string
+	File  string
+	Line  int
+}
+
+// Where is file:line, for findings.
+func (s Setting) Where() string { return fmt.Sprintf("%s:%d", s.File, s.Line) }
+
+// Settings is the environment the services would see.
+type Settings struct {
+	vars map[string]Setting
+	// Missing records references to variables nothing set, by the variable that used them.
+	missing map[string][]findings.Finding
+}
+
+// Get returns a setting; ok is false when nothing set it.
+func (s *Settings) Get(name string) (Setting, bool) {
+	v, ok := s.vars[name]
+	return v, ok
+}
+
+// Names returns the set variables with the given prefix, sorted.
+func (s *Settings) Names(prefix string) []string {
+	var out []string
+	for n := range s.vars {
+		if strings.HasPrefix(n, prefix) {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Require returns the non-empty value of name, or a SETTING_MISSING finding for service.
+// When the value was built from a variable nothing set, that is the finding.
+func (s *Settings) Require(service, name string) (Setting, []findings.Finding) {
+	if fs := s.missing[name]; len(fs) > 0 {
+		return Setting{}, fs
+	}
+	v, ok := s.vars[name]
+	if !ok || v.Value == "" {
+		what := "is not set"
+		target := SharedDir + "/"
+		if ok {
+			what, target = "is empty", v.Where()
+		}
+		f := findings.New("SETTING_MISSING", target, fmt.Sprintf("%s %s; the %s connection needs it", name, what, service), "").
+			WithFix(fmt.Sprintf("add export %s=\"...\" to a file in %s/ in the bucket (s3://BUCKET/PREFIX/circleconfig/shared/)", name, SharedDir))
+		f.Service = service
+		return Setting{}, []findings.Finding{f}
+	}
+	return v, nil
+}
+
+// Load reads the files under root. Findings are for files that cannot be read safely; the
+// settings hold whatever could be.
+func Load(root string) (*Settings, []findings.Finding) {
+	files := []string{InstallFile}
+	entries, _ := os.ReadDir(filepath.Join(root, SharedDir))
+	for _, e := range entries {
+		if e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".") {
+			files = append(files, filepath.Join(SharedDir, e.Name()))
+		}
+	}
+	s := &Settings{vars: map[string]Setting{}, missing: map[string][]findings.Finding{}}
+	var fs []findings.Finding
+	for _, f := range files {
+		data, err := os.ReadFile(filepath.Join(root, f))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			fs = append(fs, findings.New("CONFIG_SYNTAX", f, "cannot read "+f, err.Error()))
+			continue
+		}
+		fs = append(fs, s.parse(f, data)...)
+	}
+	return s, fs
+}
+
+// Parse reads one file's content (used by Load and the fuzz target).
+func Parse(name string, data []byte) (*Settings, []findings.Finding) {
+	s := &Settings{vars: map[string]Setting{}, missing: map[string][]findings.Finding{}}
+	return s, s.parse(name, data)
+}
+
+func (s *Settings) parse(name string, data []byte) []findings.Finding {
+	f, err := syntax.NewParser(syntax.Variant(syntax.LangBash)).Parse(bytes.NewReader(data), name)
+	if err != nil {
+		var pe syntax.ParseError
+		where := name
+		if errors.As(err, &pe) {
+			where = fmt.Sprintf("%s:%d:%d", name, pe.Pos.Line(), pe.Pos.Col())
+		}
+		return []findings.Finding{findings.New("CONFIG_SYNTAX", where, "cannot parse "+name+" as a shell file", err.Error())}
+	}
+	var fs []findings.Finding
+	for _, st := range f.Stmts {
+		assigns, bad := assignments(st)
+		if bad != "" {
+			pos := st.Pos()
+			fs = append(fs, findings.New("SETTING_REFUSED", fmt.Sprintf("%s:%d:%d", name, pos.Line(), pos.Col()),
+				fmt.Sprintf("%s contains %s; haagent only reads NAME=value and export NAME=value lines and never runs code", name, bad), ""))
+			continue
+		}
+		for _, as := range assigns {
+			fs = append(fs, s.assign(name, as)...)
+		}
+	}
+	return fs
+}
+
+// assignments returns the assignments of a statement that is nothing but assignments, or a
+// description of what else it is.
+func assignments(st *syntax.Stmt) ([]*syntax.Assign, string) {
+	if st.Background || st.Coprocess || st.Negated || len(st.Redirs) > 0 {
+		return nil, "a redirection or job control"
+	}
+	switch c := st.Cmd.(type) {
+	case *syntax.CallExpr:
+		if len(c.Args) > 0 {
+			return nil, fmt.Sprintf("a command (%q)", wordText(c.Args[0]))
+		}
+		return c.Assigns, ""
+	case *syntax.DeclClause:
+		if c.Variant.Value != "export" && c.Variant.Value != "declare" && c.Variant.Value != "readonly" {
+			return nil, "a " + c.Variant.Value + " declaration"
+		}
+		for _, a := range c.Args {
+			if a.Name == nil {
+				return nil, "an export option or name without a value"
+			}
+		}
+		return c.Args, ""
+	case nil:
+		return nil, ""
+	}
+	return nil, "a compound command"
+}
+
+func wordText(w *syntax.Word) string {
+	var b strings.Builder
+	syntax.NewPrinter().Print(&b, w)
+	return b.String()
+}
+
+func (s *Settings) assign(file string, as *syntax.Assign) []findings.Finding {
+	name := as.Name.Value
+	pos := as.Pos()
+	where := fmt.Sprintf("%s:%d:%d", file, pos.Line(), pos.Col())
+	if as.Array != nil || as.Index != nil || as.Append {
+		return []findings.Finding{findings.New("SETTING_REFUSED", where, name+" is assigned as an array or with +=; haagent reads plain NAME=value", "")}
+	}
+	if as.Value == nil {
+		if as.Naked {
+			return nil // `export NAME` alone exports what is already set
+		}
+		s.vars[name] = Setting{Name: name, Value: "", File: file, Line: int(pos.Line())}
+		delete(s.missing, name)
+		return nil
+	}
+	var refused string
+	var missing []string
+	syntax.Walk(as.Value, func(n syntax.Node) bool {
+		switch n := n.(type) {
+		case *syntax.CmdSubst:
+			refused = "a command substitution $(...)"
+		case *syntax.ProcSubst:
+			refused = "a process substitution"
+		case *syntax.ArithmExp:
+			refused = "an arithmetic expansion"
+		case *syntax.ExtGlob:
+			refused = "an extended glob"
+		case *syntax.ParamExp:
+			if n.Param != nil && n.Exp == nil && !n.Length && n.Repl == nil && n.Slice == nil {
+				if _, ok := s.vars[n.Param.Value]; !ok && !special(n.Param.Value) {
+					missing = append(missing, n.Param.Value)
+				}
+			}
+		}
+		return true
+	})
+	if refused != "" {
+		return []findings.Finding{findings.New("SETTING_REFUSED", where,
+			fmt.Sprintf("the value of %s uses %s; haagent never runs code from settings files", name, refused), "")}
+	}
+	if len(missing) > 0 {
+		var fs []findings.Finding
+		for _, m := range missing {
+			f := findings.New("SETTING_MISSING", where,
+				fmt.Sprintf("%s uses $%s, which no settings file sets (it would expand to an empty string)", name, m), "").
+				WithFix(fmt.Sprintf("define %s before it is used (in %s or an earlier file of %s/), or write the value out in full", m, file, SharedDir))
+			fs = append(fs, f)
+		}
+		s.missing[name] = fs
+		delete(s.vars, name)
+		return nil
+	}
+	val, err := expand.Literal(&expand.Config{Env: environ(s.vars)}, as.Value)
+	if err != nil {
+		return []findings.Finding{findings.New("SETTING_REFUSED", where, "cannot expand the value of "+name, err.Error())}
+	}
+	s.vars[name] = Setting{Name: name, Value: val, File: file, Line: int(pos.Line())}
+	delete(s.missing, name)
+	return nil
+}
+
+// special parameters ($HOME and friends are not set by the files, but neither do services
+// use them in connection settings; only $1, $@ and the like are treated as set-by-shell).
+func special(name string) bool {
+	return strings.ContainsAny(name[:1], "0123456789@*#?$!-")
+}
+
+type environ map[string]Setting
+
+func (e environ) Get(name string) expand.Variable {
+	v, ok := e[name]
+	if !ok {
+		return expand.Variable{}
+	}
+	return expand.Variable{Set: true, Exported: true, Kind: expand.String, Str: v.Value}
+}
+
+func (e environ) Each(fn func(name string, vr expand.Variable) bool) {
+	for n := range e {
+		if !fn(n, e.Get(n)) {
+			return
+		}
+	}
+}

