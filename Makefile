@@ -17,6 +17,7 @@ demo:
 	scripts/demo.sh
 
 peers:
+	scripts/peers.sh deps
 	scripts/peers.sh build
 
 lint: peers

@@ -34,14 +34,37 @@ build_staticcheck() {
   GOBIN=$BIN go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
 }
 
+# Debian packages the tests and the demo use: PostgreSQL 15 (usually preinstalled), nftables
+# for the black-hole test, iproute2 and util-linux for network namespaces.
+deps() {
+  local missing=()
+  [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
+  command -v nft >/dev/null || missing+=(nftables)
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v unshare >/dev/null || missing+=(util-linux)
+  command -v openssl >/dev/null || missing+=(openssl)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "peers: need root to apt-get install ${missing[*]}" >&2; return 1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian's package starts a cluster of its own; the tests run their own clusters.
+  if [[ " ${missing[*]} " == *" postgresql-15 "* ]]; then
+    pg_ctlcluster 15 main stop 2>/dev/null || true
+  fi
+}
+
 cmd=${1:-build}
 shift || true
 case $cmd in
   bin) echo "$BIN" ;;
+  deps) deps ;;
   build)
     names=("$@")
     [ ${#names[@]} -eq 0 ] && names=(versitygw imdsmock staticcheck)
     for n in "${names[@]}"; do "build_$n"; done
     ;;
-  *) echo "usage: $0 build [versitygw|imdsmock|staticcheck...] | bin" >&2; exit 2 ;;
+  *) echo "usage: $0 build [versitygw|imdsmock|staticcheck...] | deps | bin" >&2; exit 2 ;;
 esac

@@ -45,16 +45,18 @@ func TestMain(m *testing.M) {
 const bkt = "circleci-ha"
 
 type world struct {
-	t    *testing.T
-	s3   *peertest.S3
-	imds *peertest.IMDS
-	root string
-	objs map[string][]byte
+	t            *testing.T
+	probesConfig string
+	s3           *peertest.S3
+	imds         *peertest.IMDS
+	root         string
+	objs         map[string][]byte
 }
 
 func newWorld(t *testing.T, instanceID string) *world {
 	t.Helper()
-	w := &world{t: t, s3: peertest.StartS3(t), root: t.TempDir(), objs: map[string][]byte{}}
+	w := &world{t: t, s3: peertest.StartS3(t), root: t.TempDir(), objs: map[string][]byte{},
+		probesConfig: "probes:\n  overrides:\n    TCP_REFUSED: {severity: warning, blocking: false}\n"}
 	w.s3.MakeBucket(t, bkt)
 	filepath.WalkDir("../../examples/bucket", func(p string, d fs.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
@@ -65,6 +67,12 @@ func newWorld(t *testing.T, instanceID string) *world {
 		}
 		return nil
 	})
+	// The example settings name hosts that do not exist here; these tests are about the boot
+	// pipeline, so PostgreSQL points at a closed local port and that finding does not block.
+	// TestProbeStep* run the probe step against a real PostgreSQL.
+	pgSettings := fmt.Sprintf("export POSTGRES_HOST=\"127.0.0.1\"\nexport POSTGRES_PORT=\"%d\"\nexport POSTGRES_USER=\"circle\"\nexport POSTGRES_PASSWORD=\"x\"\n", peertest.FreePort(t))
+	w.objs["circleconfig/shared/postgresql"] = []byte(pgSettings)
+	w.s3.Put(t, bkt, "circleconfig/shared/postgresql", []byte(pgSettings))
 	w.imds = peertest.StartIMDS(t, peertest.Instance{ID: instanceID, LocalIPv4: "10.0.1.23", Region: "us-east-1"})
 	w.writeConfig(w.s3.URL, "")
 	return w
@@ -72,7 +80,7 @@ func newWorld(t *testing.T, instanceID string) *world {
 
 func (w *world) writeConfig(endpoint, extra string) {
 	os.MkdirAll(filepath.Join(w.root, "etc/haagent"), 0o755)
-	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\nfetch:\n  attempts: 2\n  timeout: 5s\n%s", bkt, endpoint, extra)
+	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\nfetch:\n  attempts: 2\n  timeout: 5s\n%s%s", bkt, endpoint, w.probesConfig, extra)
 	if err := os.WriteFile(filepath.Join(w.root, "etc/haagent/haagent.yaml"), []byte(cfg), 0o644); err != nil {
 		w.t.Fatal(err)
 	}
@@ -187,7 +195,7 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 		"replicated.conf":                `{"DaemonAuthenticationPassword":"CONSOLE-5ecret-2"}`,
 		"license.rli":                    "LICENSE-5ecret-3",
 		"circleci-encryption-keys/a.key": "ENCKEY-5ecret-4",
-		"circleconfig/shared/postgresql": `export POSTGRES_PASSWORD="PGPASS-5ecret-5"`,
+		"circleconfig/shared/postgresql": strings.Replace(string(w.objs["circleconfig/shared/postgresql"]), `"x"`, `"PGPASS-5ecret-5"`, 1),
 		"circleconfig/shared/vault":      `export VAULT__CLIENT_TOKEN="VAULTTOKEN-5ecret-6"`,
 		"circleconfig/shared/mongodb":    `export MONGO_BASE_URI="mongodb://circle:MONGOPASS-5ecret-7@db:27017"`,
 		cookie.Object:                    "COOKIE5ecret8xyz",
@@ -223,7 +231,7 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 func TestConfigFromUserData(t *testing.T) {
 	w := newWorld(t, "i-0userdata0000000")
 	os.Remove(filepath.Join(w.root, "etc/haagent/haagent.yaml"))
-	ud := fmt.Sprintf("#haagent-config\nversion: 1\nsource:\n  bucket: %s\n  endpoint: %s\n  path_style: true\n", bkt, w.s3.URL)
+	ud := fmt.Sprintf("#haagent-config\nversion: 1\nsource:\n  bucket: %s\n  endpoint: %s\n  path_style: true\n%s", bkt, w.s3.URL, w.probesConfig)
 	im := peertest.StartIMDS(t, peertest.Instance{ID: "i-0userdata0000000", LocalIPv4: "10.0.9.9", Region: "us-east-1", UserData: []byte(ud)})
 	r := w.runEnv(w.env(im.URL), "run", "--once")
 	if r.code != 0 || !strings.Contains(r.stderr, "origin=user-data") {

@@ -36,6 +36,8 @@ const usage = `usage: haagent [--root DIR] [--config PATH] COMMAND [flags]
 commands:
   run [--once]             run the boot steps (as the service, or once and exit)
   status [--json] [--wait] show the last runs from the run record; --wait blocks until the boot completes or fails
+  check [--format text|json] [--only postgres,mongo,vault] [--timeout 5s]
+                           probe the databases and Vault with the settings the services read
   validate                 check the config offline, with no side effects
   version                  print the version
 
@@ -113,6 +115,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		c = &statusCmd{g: g}
 	case "validate":
 		c = &validateCmd{g: g}
+	case "check":
+		c = &checkCmd{g: g}
 	case "version":
 		fmt.Fprintf(stdout, "haagent %s\n", version)
 		return nil

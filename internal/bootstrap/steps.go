@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/config"
@@ -12,6 +13,7 @@ import (
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/imds"
+	"github.com/haagent/haagent/internal/probes"
 )
 
 // Step is one boot step. Steps never log their own start and end: the runner does.
@@ -27,6 +29,7 @@ var Steps = []Step{
 	{Name: "config", Run: stepConfig},
 	{Name: "fetch", Run: stepFetch},
 	{Name: "cookie-key", Run: stepCookieKey},
+	{Name: "probe", Run: stepProbe},
 }
 
 func stepIMDS(ctx context.Context, env *Env) error {
@@ -154,5 +157,21 @@ func stepCookieKey(ctx context.Context, env *Env) error {
 		return err
 	}
 	env.Log.Info("session cookie key in place", "source", res.Source, "changed", res.Changed, "file", cookie.File)
+	return nil
+}
+
+// stepProbe checks the databases and Vault with the settings just fetched. Only findings that
+// would certainly make the install fail block it; the runner retries them with backoff, as a
+// database may still be starting.
+func stepProbe(ctx context.Context, env *Env) error {
+	rep := probes.Run(ctx, env.Root, probes.OptionsFrom(env.Config))
+	env.ReportAll(rep.Findings)
+	for _, c := range rep.Checked {
+		env.Log.Info("probed", "service", c.Service, "target", c.Target, "ok", c.OK, "detail", c.Detail)
+	}
+	if b := rep.Blocking(); len(b) > 0 {
+		return &findings.Failure{Findings: b}
+	}
+	env.Log.Info("probes passed", "checked", len(rep.Checked), "findings", len(rep.Findings), "duration", rep.Duration.Round(time.Millisecond).String())
 	return nil
 }

@@ -34,6 +34,7 @@ type Config struct {
 	Files   map[string]*File `yaml:"files"`
 	Fetch   Fetch            `yaml:"fetch"`
 	IMDS    IMDS             `yaml:"imds"`
+	Probes  Probes           `yaml:"probes"`
 	// Layout is Files merged over the default layout, in a fixed order; filled by Validate.
 	Layout []Entry `yaml:"-"`
 	// Origin says where the config came from (a path or "user-data"), for messages.
@@ -73,6 +74,27 @@ type Fetch struct {
 // IMDS tunes the instance metadata client.
 type IMDS struct {
 	Timeout Duration `yaml:"timeout"`
+}
+
+// Probes tunes the database and Vault checks.
+type Probes struct {
+	// Timeout bounds each service's probe.
+	Timeout Duration `yaml:"timeout"`
+	// Overrides change a finding code's severity and whether it blocks the install.
+	Overrides map[string]Override `yaml:"overrides"`
+	Postgres  PostgresProbe       `yaml:"postgres"`
+}
+
+// Override is one code's severity and blocking flag.
+type Override struct {
+	Severity string `yaml:"severity"`
+	Blocking *bool  `yaml:"blocking"`
+}
+
+// PostgresProbe lists what CircleCI needs from PostgreSQL; empty keeps the defaults.
+type PostgresProbe struct {
+	Databases  []string            `yaml:"databases"`
+	Extensions map[string][]string `yaml:"extensions"`
 }
 
 // Mode is a file mode written in octal ("0600"); YAML's own octal rules differ between 1.1 and

