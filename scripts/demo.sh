@@ -11,9 +11,12 @@ scripts/peers.sh build versitygw imdsmock
 mkdir -p bin
 go build -o bin/haagent ./cmd/haagent
 
+scripts/peers.sh deps
 WORK=$(mktemp -d /tmp/haagent-demo.XXXXXX)
+chmod 755 "$WORK"
 pids=()
 cleanup() {
+  [ -n "${PGDATA:-}" ] && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
@@ -48,7 +51,52 @@ JSON
 pids+=($!)
 waitport "$S3PORT"; waitport "$IMDSPORT"
 
+# PostgreSQL: the five databases and extensions CircleCI needs, TLS with a demo CA.
+PGPORT=$(freeport)
+PGDIR="$WORK/pg"; PGDATA="$PGDIR/data"
+mkdir -p "$PGDIR"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=haagent demo database CA" \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+  -keyout "$PGDIR/ca.key" -out "$PGDIR/ca.crt" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$PGDIR/server.key" -out "$PGDIR/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$PGDIR/san.ext"
+openssl x509 -req -in "$PGDIR/server.csr" -CA "$PGDIR/ca.crt" -CAkey "$PGDIR/ca.key" -CAcreateserial -days 2 \
+  -extfile "$PGDIR/san.ext" -out "$PGDIR/server.crt" 2>/dev/null
+echo demo-superuser-pw >"$PGDIR/pw"
+chown -R postgres "$PGDIR"; chmod 600 "$PGDIR/server.key"
+runuser -u postgres -- /usr/lib/postgresql/15/bin/initdb -D "$PGDATA" -U postgres --pwfile "$PGDIR/pw" \
+  --auth-local=peer --auth-host=scram-sha-256 --no-instructions >/dev/null
+cat >>"$PGDATA/postgresql.conf" <<CONF
+port = $PGPORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$PGDIR'
+ssl = on
+ssl_cert_file = '$PGDIR/server.crt'
+ssl_key_file = '$PGDIR/server.key'
+fsync = off
+CONF
+printf 'local all all peer\nhostssl all all 127.0.0.1/32 scram-sha-256\n' >"$PGDATA/pg_hba.conf"
+runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$PGDATA" -l "$PGDIR/log" -w start >/dev/null
+psqlc() { runuser -u postgres -- psql -q -h "$PGDIR" -p "$PGPORT" -U postgres "$@"; }
+psqlc -c "CREATE ROLE circle LOGIN PASSWORD 'demo-postgres-password'" postgres
+for db in vms conductor_production contexts_service_production cron_service_production circle; do
+  psqlc -c "CREATE DATABASE $db OWNER circle" postgres
+done
+psqlc -c 'CREATE EXTENSION "uuid-ossp"' conductor_production
+psqlc -c 'CREATE EXTENSION "uuid-ossp"' contexts_service_production
+psqlc -c 'CREATE EXTENSION "uuid-ossp"' -c 'CREATE EXTENSION pgcrypto' circle
+cat >"$WORK/s3/circleci-ha/circleconfig/shared/postgresql" <<SH
+# PostgreSQL connection settings read by the CircleCI services (the demo's local server).
+export POSTGRES_HOST="localhost"
+export POSTGRES_PORT="$PGPORT"
+export POSTGRES_USER="circle"
+export POSTGRES_PASSWORD="demo-postgres-password"
+SH
+
 ROOT="$WORK/root"
+# The demo database's CA, where update-ca-certificates keeps local CAs.
+mkdir -p "$ROOT/usr/local/share/ca-certificates/haagent"
+cp "$PGDIR/ca.crt" "$ROOT/usr/local/share/ca-certificates/haagent/demo-db-ca.crt"
 mkdir -p "$ROOT/etc/haagent"
 cat >"$ROOT/etc/haagent/haagent.yaml" <<YAML
 version: 1
@@ -68,8 +116,11 @@ echo
 echo "== haagent status --root $ROOT"
 bin/haagent --root "$ROOT" status
 echo
+echo "== haagent check --root $ROOT (what the probe step saw)"
+bin/haagent --root "$ROOT" check --only postgres || true
+echo
 echo "== second run (nothing changed in the bucket: nothing is rewritten)"
 bin/haagent --root "$ROOT" run --once 2>&1 | grep -E 'files in place|boot complete'
 echo
 echo "== the tree under $ROOT, with modes"
-(cd "$ROOT" && find etc data var -printf '%M %4s  /%p\n' | sort -k3)
+(cd "$ROOT" && find etc data var usr -printf '%M %4s  /%p\n' | sort -k3)

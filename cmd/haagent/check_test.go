@@ -83,6 +83,7 @@ func TestCheckCommand(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stdout, "PG_AUTH_FAILED [ERROR, blocks install]") || !strings.Contains(r.stdout, "fix: ") {
 		t.Fatalf("text report: exit %d\n%s", r.code, r.stdout)
 	}
+	t.Logf("report for a wrong password:\n%s", r.stdout)
 	j := runHaagent(t, nil, "--root", bad, "check", "--format", "json")
 	var rep checkJSON
 	if err := json.Unmarshal([]byte(j.stdout), &rep); err != nil || j.code != 1 || rep.DurationMS == nil {
