@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/haagent/haagent/internal/findings"
@@ -225,5 +224,4 @@ func TrustPool(root string) *x509.CertPool {
 
 type prober struct {
 	opts Options
-	mu   sync.Mutex
 }
