@@ -55,12 +55,12 @@ waitport "$S3PORT"; waitport "$IMDSPORT"
 PGPORT=$(freeport)
 PGDIR="$WORK/pg"; PGDATA="$PGDIR/data"
 mkdir -p "$PGDIR"
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=haagent demo database CA" \
+openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=haagent demo database CA" \
   -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
   -keyout "$PGDIR/ca.key" -out "$PGDIR/ca.crt" 2>/dev/null
 openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$PGDIR/server.key" -out "$PGDIR/server.csr" 2>/dev/null
 printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$PGDIR/san.ext"
-openssl x509 -req -in "$PGDIR/server.csr" -CA "$PGDIR/ca.crt" -CAkey "$PGDIR/ca.key" -CAcreateserial -days 2 \
+openssl x509 -req -in "$PGDIR/server.csr" -CA "$PGDIR/ca.crt" -CAkey "$PGDIR/ca.key" -CAcreateserial -days 365 \
   -extfile "$PGDIR/san.ext" -out "$PGDIR/server.crt" 2>/dev/null
 echo demo-superuser-pw >"$PGDIR/pw"
 chown -R postgres "$PGDIR"; chmod 600 "$PGDIR/server.key"
@@ -93,10 +93,14 @@ export POSTGRES_USER="circle"
 export POSTGRES_PASSWORD="demo-postgres-password"
 SH
 
+# The installer, kept in the bucket and pinned by sha256 (no public download needed).
+cp examples/demo-replicated-install.sh "$WORK/s3/circleci-ha/replicated-install.sh"
+INSTALLER_SHA=$(sha256sum examples/demo-replicated-install.sh | cut -d' ' -f1)
+
 ROOT="$WORK/root"
-# The demo database's CA, where update-ca-certificates keeps local CAs.
-mkdir -p "$ROOT/usr/local/share/ca-certificates/haagent"
-cp "$PGDIR/ca.crt" "$ROOT/usr/local/share/ca-certificates/haagent/demo-db-ca.crt"
+# The demo database's CA travels in the bucket; the ca-certs step installs it.
+mkdir -p "$WORK/s3/circleci-ha/ca-certificates"
+cp "$PGDIR/ca.crt" "$WORK/s3/circleci-ha/ca-certificates/demo-db-ca.crt"
 mkdir -p "$ROOT/etc/haagent"
 cat >"$ROOT/etc/haagent/haagent.yaml" <<YAML
 version: 1
@@ -105,6 +109,9 @@ source:
   region: us-east-1
   endpoint: http://127.0.0.1:$S3PORT
   path_style: true
+replicated:
+  installer_url: s3://circleci-ha/replicated-install.sh
+  sha256: $INSTALLER_SHA
 YAML
 
 export AWS_ACCESS_KEY_ID=demo-access AWS_SECRET_ACCESS_KEY=demo-secret-key
@@ -123,4 +130,5 @@ echo "== second run (nothing changed in the bucket: nothing is rewritten)"
 bin/haagent --root "$ROOT" run --once 2>&1 | grep -E 'files in place|boot complete'
 echo
 echo "== the tree under $ROOT, with modes"
-(cd "$ROOT" && find etc data var usr -printf '%M %4s  /%p\n' | sort -k3)
+(cd "$ROOT" && find etc/settings.conf etc/replicated.conf etc/license.rli etc/circle-installation-customizations etc/circleconfig \
+  data usr/local/share/ca-certificates var/lib/haagent -printf '%M %5s  /%p\n' | sort -k3)

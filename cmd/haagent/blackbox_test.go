@@ -47,6 +47,8 @@ const bkt = "circleci-ha"
 type world struct {
 	t            *testing.T
 	probesConfig string
+	installer    *installerServer
+	installCfg   string
 	s3           *peertest.S3
 	imds         *peertest.IMDS
 	root         string
@@ -74,13 +76,19 @@ func newWorld(t *testing.T, instanceID string) *world {
 	w.objs["circleconfig/shared/postgresql"] = []byte(pgSettings)
 	w.s3.Put(t, bkt, "circleconfig/shared/postgresql", []byte(pgSettings))
 	w.imds = peertest.StartIMDS(t, peertest.Instance{ID: instanceID, LocalIPv4: "10.0.1.23", Region: "us-east-1"})
+	w.installer = startInstaller(t, okScript)
+	// The installer server's CA travels in the bucket, as an operator's would: the ca-certs
+	// step installs it and the download trusts it.
+	w.s3.Put(t, bkt, "ca-certificates/installer-ca.crt", w.installer.caPEM)
+	w.objs["ca-certificates/installer-ca.crt"] = w.installer.caPEM
+	w.installCfg = fmt.Sprintf("replicated:\n  installer_url: %s/install.sh\n  timeout: 60s\n", w.installer.URL)
 	w.writeConfig(w.s3.URL, "")
 	return w
 }
 
 func (w *world) writeConfig(endpoint, extra string) {
 	os.MkdirAll(filepath.Join(w.root, "etc/haagent"), 0o755)
-	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\nfetch:\n  attempts: 2\n  timeout: 5s\n%s%s", bkt, endpoint, w.probesConfig, extra)
+	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\nfetch:\n  attempts: 2\n  timeout: 5s\n%s%s%s", bkt, endpoint, w.probesConfig, w.installCfg, extra)
 	if err := os.WriteFile(filepath.Join(w.root, "etc/haagent/haagent.yaml"), []byte(cfg), 0o644); err != nil {
 		w.t.Fatal(err)
 	}
@@ -133,7 +141,8 @@ func TestRunOnceBootsTheWholeLayout(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
-	for _, want := range []string{"[started] imds", "[finished] fetch", "[finished] cookie-key", "boot complete"} {
+	for _, want := range []string{"[started] imds", "[finished] fetch", "[finished] validate-files", "[finished] cookie-key",
+		"[finished] ca-certs", "[finished] probe", "[finished] replicated-install", "boot complete"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("log lacks %q", want)
 		}
@@ -145,13 +154,19 @@ func TestRunOnceBootsTheWholeLayout(t *testing.T) {
 			dest = "/data/circle/" + k
 		case strings.HasPrefix(k, "circleconfig/"):
 			dest = "/etc/" + k
+		case strings.HasPrefix(k, "ca-certificates/"):
+			dest = "/var/lib/haagent/" + k
 		}
 		p := filepath.Join(w.root, dest)
 		got, err := os.ReadFile(p)
 		if err != nil || !bytes.Equal(got, v) {
 			t.Errorf("%s: missing or different (%v)", dest, err)
 		}
-		if fi, _ := os.Stat(p); fi != nil && fi.Mode().Perm() != 0o600 {
+		want := os.FileMode(0o600)
+		if strings.HasPrefix(k, "ca-certificates/") {
+			want = 0o644
+		}
+		if fi, _ := os.Stat(p); fi != nil && fi.Mode().Perm() != want {
 			t.Errorf("%s: mode %#o", dest, fi.Mode().Perm())
 		}
 	}
@@ -192,7 +207,7 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 	w := newWorld(t, "i-0secrets00000000")
 	secrets := map[string]string{
 		"settings.conf":                  `{"hostname":{"value":"ci.example.com"},"secret_passphrase":{"value":"PASSPHRASE-5ecret-1"}}`,
-		"replicated.conf":                `{"DaemonAuthenticationPassword":"CONSOLE-5ecret-2"}`,
+		"replicated.conf":                strings.Replace(string(w.objs["replicated.conf"]), "demo-console-password", "CONSOLE-5ecret-2", 1),
 		"license.rli":                    "LICENSE-5ecret-3",
 		"circleci-encryption-keys/a.key": "ENCKEY-5ecret-4",
 		"circleconfig/shared/postgresql": strings.Replace(string(w.objs["circleconfig/shared/postgresql"]), `"x"`, `"PGPASS-5ecret-5"`, 1),
@@ -231,7 +246,7 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 func TestConfigFromUserData(t *testing.T) {
 	w := newWorld(t, "i-0userdata0000000")
 	os.Remove(filepath.Join(w.root, "etc/haagent/haagent.yaml"))
-	ud := fmt.Sprintf("#haagent-config\nversion: 1\nsource:\n  bucket: %s\n  endpoint: %s\n  path_style: true\n%s", bkt, w.s3.URL, w.probesConfig)
+	ud := fmt.Sprintf("#haagent-config\nversion: 1\nsource:\n  bucket: %s\n  endpoint: %s\n  path_style: true\n%s%s", bkt, w.s3.URL, w.probesConfig, w.installCfg)
 	im := peertest.StartIMDS(t, peertest.Instance{ID: "i-0userdata0000000", LocalIPv4: "10.0.9.9", Region: "us-east-1", UserData: []byte(ud)})
 	r := w.runEnv(w.env(im.URL), "run", "--once")
 	if r.code != 0 || !strings.Contains(r.stderr, "origin=user-data") {

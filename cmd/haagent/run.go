@@ -17,14 +17,16 @@ import (
 )
 
 type runCmd struct {
-	g     *globals
-	once  bool
-	debug bool
+	g         *globals
+	once      bool
+	debug     bool
+	reinstall bool
 }
 
 func (c *runCmd) flags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.once, "once", false, "run the boot steps once and exit: 0 when all passed, 1 when one failed")
 	fs.BoolVar(&c.debug, "debug", false, "log debug messages")
+	fs.BoolVar(&c.reinstall, "reinstall", false, "run the Replicated installer again even though it completed on this instance (it stops CircleCI while it upgrades)")
 }
 
 func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
@@ -61,7 +63,7 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	env := &bootstrap.Env{
 		Root: c.g.root, Log: log, Config: cfg, ConfigPath: c.g.configPath(),
-		IMDSTimeout: imdsTimeout, Record: rec,
+		IMDSTimeout: imdsTimeout, Record: rec, Reinstall: c.reinstall,
 	}
 	r := &bootstrap.Runner{Steps: bootstrap.Steps, Once: c.once, StatePath: c.g.path(state.Path)}
 	if !c.once {

@@ -8,6 +8,8 @@ import (
 	"io"
 
 	"github.com/haagent/haagent/internal/config"
+	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/validate"
 )
 
 type validateCmd struct {
@@ -19,7 +21,8 @@ func (c *validateCmd) flags(fs *flag.FlagSet) {}
 func (c *validateCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	cfg, err := config.Load(c.g.configPath())
 	if errors.Is(err, config.ErrNoConfig) {
-		return &exitError{code: 2, err: fmt.Errorf("%w; write one, or put a document starting with %s in the user-data", err, config.UserDataMarker)}
+		fmt.Fprintf(stdout, "no config file at %s (haagent would look for one in the user-data); checking the files in place\n", c.g.configPath())
+		return c.files(stdout)
 	}
 	if err != nil {
 		return &exitError{code: 2, err: err}
@@ -41,5 +44,29 @@ func (c *validateCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "  %-28s -> %-40s %#o %s\n", e.Key, e.Dest, e.Mode, req)
 	}
+	return c.files(stdout)
+}
+
+// files runs validate-files' checks on the files in place, offline.
+func (c *validateCmd) files(stdout io.Writer) error {
+	fs := validate.Check(validate.InPlace(c.g.root))
+	findings.Sort(fs)
+	errs := 0
+	for _, f := range fs {
+		fmt.Fprintf(stdout, "%s [%s] %s\n", f.Code, f.Severity, f.Summary)
+		if f.Evidence != "" {
+			fmt.Fprintf(stdout, "    why: %s\n", f.Evidence)
+		}
+		if f.Fix != "" {
+			fmt.Fprintf(stdout, "    fix: %s\n", f.Fix)
+		}
+		if f.Severity == findings.Error {
+			errs++
+		}
+	}
+	if errs > 0 {
+		return &exitError{code: 1, err: fmt.Errorf("%d error(s) in the files under %s", errs, c.g.root)}
+	}
+	fmt.Fprintf(stdout, "files under %s: replicated.conf, settings.conf and the licence are valid\n", c.g.root)
 	return nil
 }

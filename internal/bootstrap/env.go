@@ -31,6 +31,8 @@ type Env struct {
 	Config      *config.Config
 	ConfigPath  string
 	IMDSTimeout time.Duration
+	// Reinstall forces the Replicated installer to run again (haagent run --reinstall).
+	Reinstall bool
 
 	IMDS     *imds.Client
 	Instance imds.Info

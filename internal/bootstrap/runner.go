@@ -52,29 +52,43 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 	r.save(env)
 
 	watchdog, _ := daemon.SdWatchdogEnabled(false)
-	for i, s := range r.Steps {
-		for attempt := 1; ; attempt++ {
-			err := r.runStep(ctx, env, s, i, attempt, watchdog)
-			if err == nil {
-				break
-			}
-			if ctx.Err() != nil {
-				return r.finish(env, "interrupted", fmt.Errorf("%s: interrupted: %w", s.Name, ctx.Err()))
-			}
-			if r.Once {
-				return r.finish(env, state.Failed, fmt.Errorf("%s: %w", s.Name, err))
-			}
-			wait := r.Backoff(attempt)
-			env.Run.Status = state.Retrying
-			env.Run.Error = fmt.Sprintf("%s: %s", s.Name, err)
-			r.save(env)
-			Notify("STATUS=" + truncate(fmt.Sprintf("%s failed (attempt %d), retrying in %s: %s", s.Name, attempt, wait, headline(err)), 200))
-			if err := sleep(ctx, wait, watchdog); err != nil {
-				return r.finish(env, "interrupted", fmt.Errorf("%s: interrupted: %w", s.Name, err))
-			}
-			env.Run.Status = state.Running
-			env.Run.Error = ""
+	attempts := map[string]int{}
+	for i := 0; i < len(r.Steps); i++ {
+		s := r.Steps[i]
+		attempts[s.Name]++
+		attempt := attempts[s.Name]
+		err := r.runStep(ctx, env, s, i, attempt, watchdog)
+		if err == nil {
+			attempts[s.Name] = 0
+			continue
 		}
+		if ctx.Err() != nil {
+			return r.finish(env, "interrupted", fmt.Errorf("%s: interrupted: %w", s.Name, ctx.Err()))
+		}
+		if r.Once {
+			return r.finish(env, state.Failed, fmt.Errorf("%s: %w", s.Name, err))
+		}
+		wait := r.Backoff(attempt)
+		env.Run.Status = state.Retrying
+		env.Run.Error = fmt.Sprintf("%s: %s", s.Name, err)
+		r.save(env)
+		Notify("STATUS=" + truncate(fmt.Sprintf("%s failed (attempt %d), retrying in %s: %s", s.Name, attempt, wait, headline(err)), 200))
+		if err := sleep(ctx, wait, watchdog); err != nil {
+			return r.finish(env, "interrupted", fmt.Errorf("%s: interrupted: %w", s.Name, err))
+		}
+		env.Run.Status = state.Running
+		env.Run.Error = ""
+		// Retry the step itself, or the earlier step it depends on (a fix in the bucket must
+		// be fetched again before it can be validated).
+		back := i
+		if s.RetryFrom != "" {
+			for j := range r.Steps[:i] {
+				if r.Steps[j].Name == s.RetryFrom {
+					back = j
+				}
+			}
+		}
+		i = back - 1
 	}
 	env.Log.Info("boot complete", "steps", len(r.Steps), "duration", time.Since(env.Run.Start).Round(time.Millisecond).String())
 	Notify("STATUS=boot complete")

@@ -4,22 +4,32 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
+	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/certs"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/cookie"
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/imds"
 	"github.com/haagent/haagent/internal/probes"
+	"github.com/haagent/haagent/internal/replicated"
+	"github.com/haagent/haagent/internal/validate"
 )
 
 // Step is one boot step. Steps never log their own start and end: the runner does.
 type Step struct {
 	Name string
 	Run  func(ctx context.Context, env *Env) error
+	// RetryFrom names an earlier step the service goes back to when this one fails.
+	RetryFrom string
 }
 
 // Steps is the whole boot, in order. IMDS comes first because the config may live in the
@@ -28,8 +38,11 @@ var Steps = []Step{
 	{Name: "imds", Run: stepIMDS},
 	{Name: "config", Run: stepConfig},
 	{Name: "fetch", Run: stepFetch},
+	{Name: "validate-files", Run: stepValidateFiles, RetryFrom: "fetch"},
 	{Name: "cookie-key", Run: stepCookieKey},
+	{Name: "ca-certs", Run: stepCACerts},
 	{Name: "probe", Run: stepProbe},
+	{Name: "replicated-install", Run: stepReplicatedInstall},
 }
 
 func stepIMDS(ctx context.Context, env *Env) error {
@@ -99,6 +112,7 @@ func stepConfig(ctx context.Context, env *Env) error {
 }
 
 func stepFetch(ctx context.Context, env *Env) error {
+	env.Bundle = nil
 	bd, err := fetch.Fetch(ctx, env.Bucket, fetch.Options{
 		Root: env.Root, Layout: env.Config.Layout, Concurrency: env.Config.Fetch.Concurrency,
 		Known: env.Record.Known, Log: env.Log,
@@ -113,6 +127,51 @@ func stepFetch(ctx context.Context, env *Env) error {
 			return nil
 		}
 		return err
+	}
+	env.Bundle = bd
+	changed := 0
+	for _, f := range bd.Files {
+		if f.Changed {
+			changed++
+		}
+	}
+	env.Log.Info("files staged", "files", len(bd.Files), "changed", changed, "unchanged", len(bd.Files)-changed)
+	return nil
+}
+
+// stepValidateFiles checks the staged files and only then moves them into place, so nothing
+// valid is overwritten by something invalid.
+func stepValidateFiles(ctx context.Context, env *Env) error {
+	files := validate.InPlace(env.Root)
+	bd := env.Bundle
+	if bd != nil {
+		files.Read = bd.PathOf
+		inPlace := files.Exists
+		files.Exists = func(p string) bool { return bd.Has(p) || inPlace(p) }
+	}
+	fs := validate.Check(files)
+	if m := replicated.ReadMarker(env.Root); m != nil && m.InstanceID == env.Instance.InstanceID && m.SettingsSHA256 != "" && bd != nil {
+		if f := bd.File(validate.SettingsConf); f != nil && f.SHA256 != m.SettingsSHA256 {
+			fs = append(fs, findings.New("SETTINGS_DRIFT", validate.SettingsConf,
+				"settings.conf in the bucket differs from the one Replicated was installed with; Replicated does not read it again", ""))
+		}
+	}
+	env.ReportAll(fs)
+	var blocking []findings.Finding
+	for _, f := range fs {
+		if f.Blocking {
+			blocking = append(blocking, f)
+		}
+	}
+	if len(blocking) > 0 {
+		if bd != nil {
+			bd.Discard()
+			env.Bundle = nil
+		}
+		return &findings.Failure{Findings: blocking}
+	}
+	if bd == nil {
+		return nil // offline reboot: the files in place were validated
 	}
 	if err := bd.Commit(); err != nil {
 		return fmt.Errorf("moving fetched files into place: %w", err)
@@ -130,7 +189,6 @@ func stepFetch(ctx context.Context, env *Env) error {
 		}
 	}
 	sort.Slice(env.Run.Files, func(i, j int) bool { return env.Run.Files[i].Dest < env.Run.Files[j].Dest })
-	env.Bundle = bd
 	env.Log.Info("files in place", "files", len(bd.Files), "changed", changed, "unchanged", len(bd.Files)-changed)
 	return nil
 }
@@ -170,8 +228,69 @@ func stepProbe(ctx context.Context, env *Env) error {
 		env.Log.Info("probed", "service", c.Service, "target", c.Target, "ok", c.OK, "detail", c.Detail)
 	}
 	if b := rep.Blocking(); len(b) > 0 {
+		if env.Config.Probes.ProceedAnyway {
+			env.Log.Warn("blocking findings, but probes.proceed_anyway is set: going on to the installer", "blocking", len(b))
+			return nil
+		}
 		return &findings.Failure{Findings: b}
 	}
 	env.Log.Info("probes passed", "checked", len(rep.Checked), "findings", len(rep.Findings), "duration", rep.Duration.Round(time.Millisecond).String())
+	return nil
+}
+
+// stepCACerts installs the bucket's (and the config's) CA certificates before the probes, so
+// the probes and the services trust the same store.
+func stepCACerts(ctx context.Context, env *Env) error {
+	var sources []string
+	for _, e := range env.Config.Layout {
+		if e.Name != "ca_certificates" {
+			continue
+		}
+		dir := env.Path(e.Dest)
+		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() && !strings.Contains(d.Name(), ".haagent-") {
+				rel, _ := filepath.Rel(env.Root, p)
+				sources = append(sources, "/"+rel)
+			}
+			return nil
+		})
+	}
+	sources = append(sources, env.Config.CACertificates...)
+	res, err := certs.Install(env.Root, sources, time.Now())
+	env.ReportAll(res.Findings)
+	if err != nil {
+		return err
+	}
+	env.Log.Info("CA certificates in place", "installed", len(res.Installed), "removed", len(res.Removed), "store_refreshed", res.Refreshed)
+	return nil
+}
+
+// stepReplicatedInstall runs the installer once per instance.
+func stepReplicatedInstall(ctx context.Context, env *Env) error {
+	c := env.Config
+	settingsSHA := ""
+	if r, err := atomicfile.HashFile(env.Path(validate.SettingsConf)); err == nil {
+		settingsSHA = r.SHA256
+	}
+	proxy := os.Getenv("HTTPS_PROXY")
+	if proxy == "" {
+		proxy = os.Getenv("https_proxy")
+	}
+	res, err := replicated.Ensure(ctx, replicated.Options{
+		Root: env.Root, URL: c.Replicated.InstallerURL, SHA256: c.Replicated.SHA256, ExtraArgs: c.Replicated.ExtraArgs,
+		Timeout: c.Replicated.Timeout.D(), LocalAddress: env.Instance.LocalIPv4, InstanceID: env.Instance.InstanceID,
+		SettingsSHA256: settingsSHA, Proxy: proxy, Reinstall: env.Reinstall, RootCAs: probes.TrustPool(env.Root),
+		Systemd: env.Root == "/" && replicated.UnderSystemd(), Log: env.Log.With("step", "replicated-install"),
+		OpenBucket: func(ctx context.Context, name string) (*bucket.Bucket, error) {
+			return bucket.New(ctx, bucket.Options{Name: name, Region: c.Source.Region, Endpoint: c.Source.Endpoint, PathStyle: c.Source.PathStyle,
+				FallbackRegion: env.Instance.Region, Attempts: c.Fetch.Attempts, Timeout: c.Fetch.Timeout.D(), Log: env.Log})
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if res.Ran {
+		env.Log.Info("Replicated installed", "installer_sha256", res.SHA256)
+	}
 	return nil
 }

@@ -35,6 +35,9 @@ type Config struct {
 	Fetch   Fetch            `yaml:"fetch"`
 	IMDS    IMDS             `yaml:"imds"`
 	Probes  Probes           `yaml:"probes"`
+	// CACertificates are extra PEM CA files on the machine to install besides the bucket's.
+	CACertificates []string   `yaml:"ca_certificates"`
+	Replicated     Replicated `yaml:"replicated"`
 	// Layout is Files merged over the default layout, in a fixed order; filled by Validate.
 	Layout []Entry `yaml:"-"`
 	// Origin says where the config came from (a path or "user-data"), for messages.
@@ -83,6 +86,18 @@ type Probes struct {
 	// Overrides change a finding code's severity and whether it blocks the install.
 	Overrides map[string]Override `yaml:"overrides"`
 	Postgres  PostgresProbe       `yaml:"postgres"`
+	// ProceedAnyway lets the installer run despite blocking findings (logged as a warning).
+	ProceedAnyway bool `yaml:"proceed_anyway"`
+}
+
+// Replicated configures the installer step.
+type Replicated struct {
+	// InstallerURL is https://... or s3://bucket/key (so a replacement instance does not
+	// depend on the public download).
+	InstallerURL string   `yaml:"installer_url"`
+	SHA256       string   `yaml:"sha256"`
+	ExtraArgs    []string `yaml:"extra_args"`
+	Timeout      Duration `yaml:"timeout"`
 }
 
 // Override is one code's severity and blocking flag.

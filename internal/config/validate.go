@@ -49,16 +49,20 @@ func DefaultLayout() []Entry {
 
 // Defaults for everything the minimal config leaves out.
 const (
-	DefaultConcurrency  = 16
-	DefaultAttempts     = 6
-	DefaultTimeout      = 2 * time.Minute
-	DefaultIMDSTimeout  = 5 * time.Second
-	DefaultProbeTimeout = 5 * time.Second
+	DefaultConcurrency      = 16
+	DefaultAttempts         = 6
+	DefaultTimeout          = 2 * time.Minute
+	DefaultIMDSTimeout      = 5 * time.Second
+	DefaultProbeTimeout     = 5 * time.Second
+	DefaultInstallerTimeout = 30 * time.Minute
+	// DefaultInstallerURL is the runbook's installer.
+	DefaultInstallerURL = "https://get.replicated.com/docker"
 )
 
 var (
 	bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
 	regionRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*[a-z0-9]$`)
+	sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 )
 
 // Validate checks every field, fills defaults and builds Layout. It reports all problems at
@@ -152,6 +156,36 @@ func (c *Config) Validate() error {
 	for _, db := range c.Probes.Postgres.Databases {
 		if db == "" {
 			bad("probes.postgres.databases", "empty database name")
+		}
+	}
+
+	r := &c.Replicated
+	if r.InstallerURL == "" {
+		r.InstallerURL = DefaultInstallerURL
+	}
+	if u, err := url.Parse(r.InstallerURL); err != nil || (u.Scheme != "https" && u.Scheme != "s3") || u.Host == "" {
+		bad("replicated.installer_url", "%q must be an https:// or s3://bucket/key URL", r.InstallerURL)
+	}
+	if r.SHA256 != "" && !sha256RE.MatchString(strings.ToLower(r.SHA256)) {
+		bad("replicated.sha256", "must be 64 hexadecimal characters")
+	}
+	if strings.HasPrefix(r.InstallerURL, "s3://") && r.SHA256 == "" {
+		bad("replicated.sha256", "required with an s3:// installer: pin the script you uploaded")
+	}
+	for i, a := range r.ExtraArgs {
+		k, _, _ := strings.Cut(a, "=")
+		if k == "local_address" || k == "no_proxy" || k == "http-proxy" {
+			bad(fmt.Sprintf("replicated.extra_args[%d]", i), "%s is set by haagent (from IMDSv2 and the proxy settings)", k)
+		}
+	}
+	if r.Timeout == 0 {
+		r.Timeout = Duration(DefaultInstallerTimeout)
+	} else if r.Timeout < 0 {
+		bad("replicated.timeout", "must be positive")
+	}
+	for i, p := range c.CACertificates {
+		if !path.IsAbs(p) {
+			bad(fmt.Sprintf("ca_certificates[%d]", i), "%q must be an absolute path", p)
 		}
 	}
 

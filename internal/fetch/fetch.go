@@ -355,3 +355,34 @@ func localOnly(dir string, seen map[string]bool) []string {
 }
 
 func quoteKey(k string) string { return fmt.Sprintf("%q", k) }
+
+// PathOf returns where the new content of a machine path is: its staged copy when the bundle
+// changes it, the path itself otherwise.
+func (bd *Bundle) PathOf(machinePath string) string {
+	for _, f := range bd.Files {
+		if f.Dest == machinePath && f.staged != "" {
+			return f.staged
+		}
+	}
+	return filepath.Join(bd.Root, machinePath)
+}
+
+// Has reports whether the bundle brings a file to machinePath.
+func (bd *Bundle) Has(machinePath string) bool {
+	for _, f := range bd.Files {
+		if f.Dest == machinePath {
+			return true
+		}
+	}
+	return false
+}
+
+// File returns the bundle's record for a machine path, or nil.
+func (bd *Bundle) File(machinePath string) *File {
+	for _, f := range bd.Files {
+		if f.Dest == machinePath {
+			return f
+		}
+	}
+	return nil
+}

@@ -69,6 +69,24 @@ var Catalogue = []Entry{
 	{"PG_EXTENSION_MISSING", Error, true, "postgres", "install the extension in that database as a superuser"},
 	{"PG_VERSION_UNSUPPORTED", Error, true, "postgres", "CircleCI needs PostgreSQL 9.5 or later: upgrade the server"},
 	{"PG_READ_ONLY", Error, true, "postgres", "point POSTGRES_HOST at the primary (the writer endpoint on RDS), not a replica"},
+
+	// fetched files
+	{"FILE_SYNTAX", Error, true, "files", "fix the JSON at the position shown in the bucket's copy (a lost brace, a trailing comma, a typographic quote)"},
+	{"FILE_INVALID", Error, true, "files", "fix the file in the bucket as the summary says"},
+	{"FILE_UNKNOWN_KEY", Warning, false, "files", "remove the key or correct its spelling"},
+	{"LICENSE_MISSING", Error, true, "files", "upload the CircleCI licence (license.rli) to the bucket"},
+	{"SETTINGS_DRIFT", Warning, false, "files", "Replicated reads settings.conf only at install time: apply the change in the Replicated console (https://HOST:8800/settings), or run haagent run --reinstall in a maintenance window"},
+
+	// CA certificates
+	{"CA_CERT_INVALID", Error, false, "ca-certs", "the bucket's ca-certificates/ prefix takes PEM CA certificates only: remove keys, leaf certificates and other files"},
+	{"CA_CERT_EXPIRED", Error, false, "ca-certs", "replace the expired CA certificate in the bucket (and the server certificates it signed)"},
+	{"CA_CERT_EXPIRING", Warning, false, "ca-certs", "renew the CA certificate before it expires"},
+
+	// Replicated installer
+	{"INSTALLER_DOWNLOAD_FAILED", Error, true, "replicated", "check replicated.installer_url, the route to it (HTTPS_PROXY) and its TLS certificate"},
+	{"INSTALLER_CHECKSUM_MISMATCH", Error, true, "replicated", "the installer is not the one pinned by replicated.sha256: verify the new script and update the pin"},
+	{"INSTALLER_FAILED", Error, true, "replicated", "read the installer's output (journalctl -u haagent-replicated-install); fix the cause and haagent reruns it"},
+	{"INSTALLER_TIMEOUT", Error, true, "replicated", "the installer ran past replicated.timeout: check the network to the Replicated and Docker registries, or raise the timeout"},
 }
 
 var byCode = func() map[string]Entry {

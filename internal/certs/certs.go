@@ -1,0 +1,181 @@
+// Package certs installs the CA certificates the databases and Vault are signed with into the
+// system store, as the runbook asks ("saved in /usr/local/share/ca-certificates with file
+// extension .crt"), and refreshes the store only when something changed.
+package certs
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/haagent/haagent/internal/atomicfile"
+	"github.com/haagent/haagent/internal/findings"
+)
+
+// InstallDir is haagent's own directory in the local store: everything in it is haagent's, so
+// certificates removed from the bucket can be removed here without touching anyone else's.
+const InstallDir = "/usr/local/share/ca-certificates/haagent"
+
+// UpdateCACerts is the command that rebuilds the system bundle (Debian's ca-certificates).
+var UpdateCACerts = []string{"update-ca-certificates"}
+
+// ExpiryWarning is how close to expiry a CA certificate becomes a warning.
+const ExpiryWarning = 30 * 24 * time.Hour
+
+// Result says what the step did.
+type Result struct {
+	Installed []string // file names under InstallDir
+	Removed   []string
+	Changed   bool
+	Refreshed bool
+	Findings  []findings.Finding
+}
+
+// Install validates every source file (paths under root) and makes InstallDir hold exactly the
+// valid CA certificates, one per .crt file.
+func Install(root string, sources []string, now time.Time) (Result, error) {
+	var res Result
+	want := map[string][]byte{}
+	for _, src := range sources {
+		data, err := os.ReadFile(filepath.Join(root, src))
+		if err != nil {
+			res.Findings = append(res.Findings, findings.New("CA_CERT_INVALID", src, "cannot read "+src, err.Error()))
+			continue
+		}
+		certs, fs := parse(src, data, now)
+		res.Findings = append(res.Findings, fs...)
+		base := strings.TrimSuffix(strings.TrimSuffix(filepath.Base(src), filepath.Ext(src)), ".")
+		for i, c := range certs {
+			name := base + ".crt"
+			if len(certs) > 1 {
+				name = fmt.Sprintf("%s-%d.crt", base, i+1)
+			}
+			want[name] = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+		}
+	}
+	dir := filepath.Join(root, InstallDir)
+	names := make([]string, 0, len(want))
+	for n := range want {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		p := filepath.Join(dir, n)
+		if cur, err := os.ReadFile(p); err == nil && bytes.Equal(cur, want[n]) {
+			res.Installed = append(res.Installed, n)
+			continue
+		}
+		if _, err := atomicfile.WriteFile(p, want[n], atomicfile.Options{Mode: 0o644, DirMode: 0o755, UID: -1, GID: -1}); err != nil {
+			return res, fmt.Errorf("installing CA certificate %s: %w", n, err)
+		}
+		res.Installed = append(res.Installed, n)
+		res.Changed = true
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if _, keep := want[e.Name()]; !keep && !e.IsDir() {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				return res, fmt.Errorf("removing CA certificate %s that left the bucket: %w", e.Name(), err)
+			}
+			res.Removed = append(res.Removed, e.Name())
+			res.Changed = true
+		}
+	}
+	if res.Changed {
+		if err := refresh(root); err != nil {
+			return res, err
+		}
+		res.Refreshed = true
+	}
+	return res, nil
+}
+
+// parse accepts PEM CA certificates only.
+func parse(src string, data []byte, now time.Time) ([]*x509.Certificate, []findings.Finding) {
+	var certs []*x509.Certificate
+	var fs []findings.Finding
+	bad := func(why string) {
+		fs = append(fs, findings.New("CA_CERT_INVALID", src, fmt.Sprintf("%s is refused: %s", src, why), ""))
+	}
+	rest := data
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if strings.Contains(b.Type, "PRIVATE KEY") {
+			bad("it contains a private key; only CA certificates belong in ca-certificates/ (and the key must be considered exposed)")
+			return nil, fs
+		}
+		if b.Type != "CERTIFICATE" {
+			bad(fmt.Sprintf("it contains a %q PEM block, not a certificate", b.Type))
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			bad("a certificate in it does not parse: " + err.Error())
+			continue
+		}
+		if !c.IsCA {
+			bad(fmt.Sprintf("%q is a server (leaf) certificate, not a CA: install the CA that issued it (%q)", c.Subject.String(), c.Issuer.String()))
+			continue
+		}
+		switch {
+		case now.After(c.NotAfter):
+			fs = append(fs, findings.New("CA_CERT_EXPIRED", src, fmt.Sprintf("CA %q in %s expired on %s", c.Subject.String(), src, c.NotAfter.UTC().Format(time.RFC3339)), ""))
+			continue
+		case c.NotAfter.Sub(now) < ExpiryWarning:
+			fs = append(fs, findings.New("CA_CERT_EXPIRING", src, fmt.Sprintf("CA %q in %s expires on %s", c.Subject.String(), src, c.NotAfter.UTC().Format(time.RFC3339)), ""))
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 && len(fs) == 0 {
+		bad("it holds no PEM certificate (is it DER, or not a certificate at all?)")
+	}
+	return certs, fs
+}
+
+// refresh runs update-ca-certificates; under a --root other than / it points every directory
+// of the tool at the root, so tests and image builds never touch the host's store.
+func refresh(root string) error {
+	argv := append([]string{}, UpdateCACerts...)
+	if filepath.Clean(root) != "/" {
+		for _, d := range []string{"/etc/ssl/certs", "/usr/share/ca-certificates", "/etc/ca-certificates/update.d"} {
+			os.MkdirAll(filepath.Join(root, d), 0o755)
+		}
+		conf := filepath.Join(root, "/etc/ca-certificates.conf")
+		if _, err := os.Stat(conf); errors.Is(err, os.ErrNotExist) {
+			os.WriteFile(conf, nil, 0o644)
+		}
+		argv = append(argv,
+			"--certsconf", conf,
+			"--certsdir", filepath.Join(root, "/usr/share/ca-certificates"),
+			"--localcertsdir", filepath.Join(root, "/usr/local/share/ca-certificates"),
+			"--etccertsdir", filepath.Join(root, "/etc/ssl/certs"),
+			"--hooksdir", filepath.Join(root, "/etc/ca-certificates/update.d"))
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("running %s: %w; output: %s", strings.Join(argv, " "), err, tail(out.String(), 800))
+	}
+	return nil
+}
+
+func tail(s string, n int) string {
+	s = strings.TrimSpace(s)
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}

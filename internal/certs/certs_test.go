@@ -1,0 +1,127 @@
+package certs
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/haagent/haagent/internal/peertest"
+	"github.com/haagent/haagent/internal/probes"
+	"github.com/haagent/haagent/internal/settings"
+)
+
+const fetched = "/var/lib/haagent/ca-certificates"
+
+func put(t *testing.T, root, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(root, fetched, name)
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(fetched, name)
+}
+
+func needTool(t *testing.T) {
+	if _, err := os.Stat("/usr/sbin/update-ca-certificates"); err != nil {
+		peertest.Missing(t, "update-ca-certificates is not installed (apt-get install ca-certificates)")
+	}
+}
+
+func TestInstallValidatesAndRefreshesOnlyOnChange(t *testing.T) {
+	needTool(t)
+	root := t.TempDir()
+	ca := peertest.NewCA(t, "Databases Root CA")
+	soon := peertest.NewCAValid(t, "Soon Expiring CA", time.Now().Add(-time.Hour), time.Now().Add(10*24*time.Hour))
+	old := peertest.NewCAValid(t, "Expired CA", time.Now().Add(-72*time.Hour), time.Now().Add(-24*time.Hour))
+	leaf, key := ca.Issue(t, []string{"db.internal"}, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	srcs := []string{
+		put(t, root, "db-ca.pem", ca.CertPEM), // a .pem: installed as .crt, which update-ca-certificates needs
+		put(t, root, "soon.crt", soon.CertPEM),
+		put(t, root, "expired.crt", old.CertPEM),
+		put(t, root, "server.crt", leaf),
+		put(t, root, "server.key", key),
+		put(t, root, "notes.txt", []byte("not a certificate")),
+		put(t, root, "bundle.crt", append(append([]byte{}, ca.CertPEM...), soon.CertPEM...)),
+	}
+	res, err := Install(root, srcs, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, f := range res.Findings {
+		got[filepath.Base(f.Target)] = f.Code
+	}
+	want := map[string]string{"soon.crt": "CA_CERT_EXPIRING", "expired.crt": "CA_CERT_EXPIRED", "server.crt": "CA_CERT_INVALID",
+		"server.key": "CA_CERT_INVALID", "notes.txt": "CA_CERT_INVALID", "bundle.crt": "CA_CERT_EXPIRING"}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: got %s, want %s (%+v)", k, got[k], v, res.Findings)
+		}
+	}
+	for _, f := range res.Findings {
+		if f.Code == "CA_CERT_INVALID" && strings.HasSuffix(f.Target, "server.key") && !strings.Contains(f.Summary, "private key") {
+			t.Errorf("a key must be refused as a key: %+v", f)
+		}
+		if f.Code == "CA_CERT_INVALID" && strings.HasSuffix(f.Target, "server.crt") && !strings.Contains(f.Summary, "not a CA") {
+			t.Errorf("a leaf must be refused as a leaf: %+v", f)
+		}
+	}
+	if strings.Join(res.Installed, ",") != "bundle-1.crt,bundle-2.crt,db-ca.crt,soon.crt" || !res.Refreshed {
+		t.Fatalf("installed %v refreshed %v", res.Installed, res.Refreshed)
+	}
+	bundle, err := os.ReadFile(filepath.Join(root, "etc/ssl/certs/ca-certificates.crt"))
+	if err != nil || !strings.Contains(string(bundle), strings.TrimSpace(string(ca.CertPEM))) {
+		t.Fatalf("update-ca-certificates did not put the CA in the bundle: %v", err)
+	}
+
+	// Unchanged: no refresh.
+	res, err = Install(root, srcs, time.Now())
+	if err != nil || res.Changed || res.Refreshed {
+		t.Fatalf("a second run changed something: %+v %v", res, err)
+	}
+	// Gone from the bucket: removed from the store.
+	res, err = Install(root, srcs[:1], time.Now())
+	if err != nil || strings.Join(res.Removed, ",") != "bundle-1.crt,bundle-2.crt,soon.crt" || !res.Refreshed {
+		t.Fatalf("removal: %+v %v", res, err)
+	}
+	bundle, _ = os.ReadFile(filepath.Join(root, "etc/ssl/certs/ca-certificates.crt"))
+	if strings.Contains(string(bundle), strings.TrimSpace(string(soon.CertPEM))) {
+		t.Fatal("a removed CA is still in the bundle")
+	}
+}
+
+// A probe against a server signed by the CA passes only after the step installed it.
+func TestProbeTrustsTheCAOnlyAfterInstall(t *testing.T) {
+	needTool(t)
+	pg := peertest.StartPostgres(t, peertest.PostgresOptions{HBA: []string{"hostssl all circle 127.0.0.0/8 scram-sha-256"}})
+	pg.Exec(t, "postgres", "CREATE ROLE circle LOGIN PASSWORD 'pw-circle'", "CREATE DATABASE circle OWNER circle")
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, settings.SharedDir), 0o700)
+	os.WriteFile(filepath.Join(root, settings.SharedDir, "postgresql"), []byte(
+		"export POSTGRES_HOST=127.0.0.1\nexport POSTGRES_PORT="+itoa(pg.Port)+"\nexport POSTGRES_USER=circle\nexport POSTGRES_PASSWORD=pw-circle\n"), 0o600)
+	o := probes.Options{Postgres: probes.PostgresOptions{Databases: []string{"circle"}}, Only: []string{"postgres"}}
+	codes := func() string {
+		var c []string
+		for _, f := range probes.Run(context.Background(), root, o).Findings {
+			c = append(c, f.Code)
+		}
+		return strings.Join(c, ",")
+	}
+	if got := codes(); got != "TLS_UNKNOWN_AUTHORITY" {
+		t.Fatalf("before the step: %s", got)
+	}
+	src := put(t, root, "db-ca.crt", pg.CA.CertPEM)
+	if _, err := Install(root, []string{src}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if got := codes(); got != "" {
+		t.Fatalf("after the step: %s", got)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

@@ -1,0 +1,276 @@
+// Package validate checks the fetched files Replicated will read, before they are moved into
+// place: a hand-edited replicated.conf that lost a brace must stop the boot with file:line:col,
+// not replace a good file and fail the install twenty minutes later.
+package validate
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/haagent/haagent/internal/findings"
+)
+
+// Files says where to read each file (a staged copy or the file in place) and how to resolve
+// the paths replicated.conf names.
+type Files struct {
+	// Read maps a machine path (/etc/settings.conf) to the path holding its new content.
+	Read func(machinePath string) string
+	// Exists reports whether a machine path exists or is about to (it is in the bundle).
+	Exists func(machinePath string) bool
+}
+
+// InPlace reads files under root as they are.
+func InPlace(root string) Files {
+	return Files{
+		Read: func(p string) string { return filepath.Join(root, p) },
+		Exists: func(p string) bool {
+			_, err := os.Stat(filepath.Join(root, p))
+			return err == nil
+		},
+	}
+}
+
+// Paths of the files validated.
+const (
+	ReplicatedConf = "/etc/replicated.conf"
+	SettingsConf   = "/etc/settings.conf"
+	DefaultLicense = "/etc/license.rli"
+)
+
+var knownReplicatedKeys = map[string]bool{
+	"DaemonAuthenticationType": true, "DaemonAuthenticationPassword": true, "DaemonToken": true,
+	"TlsBootstrapType": true, "TlsBootstrapHostname": true, "TlsBootstrapCert": true, "TlsBootstrapKey": true,
+	"LogLevel": true, "Channel": true, "ReleaseChannel": true, "ReleaseSequence": true,
+	"LicenseFileLocation": true, "LicenseBootstrapAirgapPackagePath": true, "LicenseBootstrapChannelID": true,
+	"ImportSettingsFrom": true, "BypassPreflightChecks": true, "SkipPreflights": true, "AppID": true,
+	"HostnameOverride": true, "LocalAddress": true, "NoProxy": true, "HttpProxy": true,
+}
+
+// Check validates replicated.conf, settings.conf and the licence they name.
+func Check(f Files) []findings.Finding {
+	var out []findings.Finding
+	rc, fs := readJSON(f, ReplicatedConf)
+	out = append(out, fs...)
+	license := DefaultLicense
+	if rc != nil {
+		out = append(out, checkReplicated(f, rc)...)
+		if v, ok := rc["LicenseFileLocation"].(string); ok && v != "" {
+			license = v
+		}
+	}
+	sc, fs := readJSON(f, SettingsConf)
+	out = append(out, fs...)
+	if sc != nil {
+		out = append(out, checkSettings(sc)...)
+	}
+	out = append(out, checkLicense(f, license)...)
+	return out
+}
+
+func readJSON(f Files, path string) (map[string]any, []findings.Finding) {
+	data, err := os.ReadFile(f.Read(path))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, []findings.Finding{findings.New("FILE_INVALID", path, path+" does not exist", "").
+			WithFix("upload it to the bucket; Replicated needs it at install time")}
+	}
+	if err != nil {
+		return nil, []findings.Finding{findings.New("FILE_INVALID", path, "cannot read "+path, err.Error())}
+	}
+	if f := syntaxFinding(path, data); f != nil {
+		return nil, []findings.Finding{*f}
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, []findings.Finding{findings.New("FILE_SYNTAX", path+":1:1", path+" must be a JSON object", err.Error())}
+	}
+	return m, nil
+}
+
+// syntaxFinding finds the first JSON syntax error and names its line, column and the text
+// around it (a curly quote pasted from a web page, a trailing comma, a lost brace).
+func syntaxFinding(path string, data []byte) *findings.Finding {
+	var v any
+	err := json.Unmarshal(data, &v)
+	var se *json.SyntaxError
+	if !errors.As(err, &se) {
+		return nil
+	}
+	msg := strings.TrimPrefix(se.Error(), "json: ")
+	off := se.Offset
+	switch {
+	case strings.Contains(msg, "unexpected end of JSON input"):
+		off = int64(len(data)) + 1
+		msg = "the file ends before its JSON does (a missing closing brace, bracket or quote)"
+	case strings.Contains(msg, "after top-level value"):
+		msg += " (the content is not one JSON object: a missing opening brace, or a brace too many)"
+	case curlyAt(data, off):
+		msg += " (a typographic quote: use plain \" quotes)"
+	case strings.Contains(msg, "looking for beginning of object key string") && prevNonSpace(data, off) == ',':
+		msg += " (a trailing comma)"
+	}
+	return syntaxAt(path, data, off, msg)
+}
+
+func prevNonSpace(data []byte, off int64) byte {
+	for i := int(off) - 2; i >= 0 && i < len(data); i-- {
+		if c := data[i]; c != ' ' && c != '\n' && c != '\t' && c != '\r' {
+			return c
+		}
+	}
+	return 0
+}
+
+func curlyAt(data []byte, off int64) bool {
+	start := max(off-4, 0)
+	end := min(off+4, int64(len(data)))
+	s := string(data[start:end])
+	return strings.ContainsAny(s, "“”‘’")
+}
+
+func syntaxAt(path string, data []byte, off int64, msg string) *findings.Finding {
+	if off > int64(len(data))+1 {
+		off = int64(len(data)) + 1
+	}
+	line, col := 1, 1
+	lineStart := 0
+	for i := 0; i < int(off)-1 && i < len(data); i++ {
+		if data[i] == '\n' {
+			line++
+			lineStart = i + 1
+		}
+	}
+	col = utf8.RuneCount(data[lineStart:min(max(int(off)-1, lineStart), len(data))]) + 1
+	lineEnd := bytes.IndexByte(data[lineStart:], '\n')
+	text := data[lineStart:]
+	if lineEnd >= 0 {
+		text = data[lineStart : lineStart+lineEnd]
+	}
+	where := fmt.Sprintf("%s:%d:%d", path, line, col)
+	f := findings.New("FILE_SYNTAX", where, fmt.Sprintf("%s is not valid JSON at line %d, column %d: %s", path, line, col, msg),
+		"offending line: "+strings.TrimSpace(redactLine(string(text))))
+	return &f
+}
+
+// redactLine hides the value on a line that holds a password or secret.
+func redactLine(s string) string {
+	l := strings.ToLower(s)
+	if strings.Contains(l, "password") || strings.Contains(l, "secret") || strings.Contains(l, "passphrase") || strings.Contains(l, "token") {
+		if i := strings.Index(s, ":"); i >= 0 {
+			return s[:i+1] + " (value hidden)"
+		}
+		return "(line hidden: it holds a secret)"
+	}
+	return s
+}
+
+func checkReplicated(f Files, m map[string]any) []findings.Finding {
+	var out []findings.Finding
+	need := func(key, why string) {
+		if v, ok := m[key].(string); !ok || strings.TrimSpace(v) == "" {
+			out = append(out, findings.New("FILE_INVALID", ReplicatedConf, fmt.Sprintf("%s lacks %q (%s)", ReplicatedConf, key, why), "").
+				WithFix(fmt.Sprintf("add \"%s\": \"...\" to replicated.conf in the bucket", key)))
+		}
+	}
+	need("TlsBootstrapHostname", "the CircleCI host name the console's certificate is made for")
+	need("DaemonAuthenticationType", "how the Replicated console is protected")
+	if m["DaemonAuthenticationType"] == "password" {
+		need("DaemonAuthenticationPassword", "the console password, required with DaemonAuthenticationType password")
+	}
+	for _, key := range []string{"LicenseFileLocation", "ImportSettingsFrom"} {
+		v, ok := m[key].(string)
+		if !ok || v == "" {
+			need(key, "the installer reads it unattended")
+			continue
+		}
+		if !f.Exists(v) {
+			out = append(out, findings.New("FILE_INVALID", ReplicatedConf, fmt.Sprintf("%s names %s %s, which does not exist", ReplicatedConf, key, v), "").
+				WithFix(fmt.Sprintf("point %s at the file haagent writes (%s or %s), or fetch the file there", key, DefaultLicense, SettingsConf)))
+		}
+	}
+	var unknown []string
+	for k := range m {
+		if !knownReplicatedKeys[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	sort.Strings(unknown)
+	for _, k := range unknown {
+		out = append(out, findings.New("FILE_UNKNOWN_KEY", ReplicatedConf, fmt.Sprintf("%s has an unknown key %q; Replicated ignores it (a typo?)", ReplicatedConf, k), ""))
+	}
+	return out
+}
+
+func checkSettings(m map[string]any) []findings.Finding {
+	var out []findings.Finding
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		obj, ok := m[k].(map[string]any)
+		if _, has := obj["value"]; !ok || !has {
+			out = append(out, findings.New("FILE_INVALID", SettingsConf, fmt.Sprintf("%s: %q must be an object {\"value\": ...}", SettingsConf, k), fmt.Sprintf("found %s", shape(m[k]))).
+				WithFix(fmt.Sprintf("write it as \"%s\": {\"value\": \"...\"}", k)))
+		}
+	}
+	str := func(k string) string {
+		obj, _ := m[k].(map[string]any)
+		v, _ := obj["value"].(string)
+		return v
+	}
+	need := func(k, why string) {
+		if strings.TrimSpace(str(k)) == "" {
+			out = append(out, findings.New("FILE_INVALID", SettingsConf, fmt.Sprintf("%s lacks %q (%s)", SettingsConf, k, why), "").
+				WithFix(fmt.Sprintf("add \"%s\": {\"value\": \"...\"} to settings.conf in the bucket", k)))
+		}
+	}
+	need("hostname", "the CircleCI host name")
+	if str("allow_cluster") == "1" {
+		need("storage_backend", "high availability keeps build artifacts in object storage")
+		if str("storage_backend") == "storage_backend_s3" {
+			need("s3_bucket", "the artifacts bucket, required with storage_backend_s3")
+			need("aws_region", "the artifacts bucket's region")
+		}
+		need("sqs_queue_url", "high availability needs the SQS queue")
+	}
+	return out
+}
+
+func shape(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case string:
+		return "a string"
+	case float64:
+		return "a number"
+	case bool:
+		return "a boolean"
+	case []any:
+		return "a list"
+	case map[string]any:
+		return "an object without \"value\""
+	}
+	return "something else"
+}
+
+func checkLicense(f Files, path string) []findings.Finding {
+	fi, err := os.Stat(f.Read(path))
+	if err != nil || fi.Size() == 0 {
+		what := "does not exist"
+		if err == nil {
+			what = "is empty"
+		}
+		return []findings.Finding{findings.New("LICENSE_MISSING", path, fmt.Sprintf("the CircleCI licence %s %s", path, what), "").
+			WithFix("upload the licence file (license.rli) to the bucket")}
+	}
+	return nil
+}
