@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=$(scripts/peers.sh bin)
-scripts/peers.sh build versitygw imdsmock
+scripts/peers.sh build versitygw imdsmock ferretdb
 mkdir -p bin
 go build -o bin/haagent ./cmd/haagent
 
@@ -97,6 +97,24 @@ SH
 cp examples/demo-replicated-install.sh "$WORK/s3/circleci-ha/replicated-install.sh"
 INSTALLER_SHA=$(sha256sum examples/demo-replicated-install.sh | cut -d' ' -f1)
 
+# MongoDB wire protocol: FerretDB as replica set rs0, TLS with the demo CA's certificate.
+MONGOPORT=$(freeport)
+mkdir -p "$WORK/ferretdb"
+cp "$PGDIR/server.crt" "$PGDIR/server.key" "$WORK/ferretdb/"
+(cd "$WORK/ferretdb" && exec "$BIN/ferretdb" --handler=sqlite --sqlite-url="file:$WORK/ferretdb/" --state-dir="$WORK/ferretdb" \
+  --listen-addr= --listen-tls="127.0.0.1:$MONGOPORT" --listen-tls-cert-file="$WORK/ferretdb/server.crt" \
+  --listen-tls-key-file="$WORK/ferretdb/server.key" --telemetry=disable --test-enable-new-auth --repl-set-name=rs0 \
+  --setup-database=admin --setup-username=circle --setup-password=demo-mongo-password >"$WORK/ferretdb.log" 2>&1) &
+pids+=($!)
+waitport "$MONGOPORT"
+{
+  echo "# MongoDB connection settings read by the CircleCI services (the demo's FerretDB)."
+  echo "export MONGO_BASE_URI=\"mongodb://circle:demo-mongo-password@localhost:$MONGOPORT\""
+  for v in MAIN:circle_ghe ACTION_LOGS:circle_ghe BUILD_STATE:build_state_dev_ghe CONTAINERS:containers_dev_ghe REMOTE_CONTAINERS:remote_containers_dev_ghe; do
+    echo "export CIRCLE_SECRETS_MONGODB_${v%%:*}_URI=\"\$MONGO_BASE_URI/${v#*:}?ssl=true&authSource=admin&replicaSet=rs0\""
+  done
+} >"$WORK/s3/circleci-ha/circleconfig/shared/mongodb"
+
 ROOT="$WORK/root"
 # The demo database's CA travels in the bucket; the ca-certs step installs it.
 mkdir -p "$WORK/s3/circleci-ha/ca-certificates"
@@ -124,7 +142,7 @@ echo "== haagent status --root $ROOT"
 bin/haagent --root "$ROOT" status
 echo
 echo "== haagent check --root $ROOT (what the probe step saw)"
-bin/haagent --root "$ROOT" check --only postgres || true
+bin/haagent --root "$ROOT" check --only postgres,mongo || true
 echo
 echo "== second run (nothing changed in the bucket: nothing is rewritten)"
 bin/haagent --root "$ROOT" run --once 2>&1 | grep -E 'files in place|boot complete'

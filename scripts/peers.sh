@@ -13,6 +13,8 @@ mkdir -p "$BIN"
 VERSITYGW_VERSION=v1.8.0
 IMDSMOCK_VERSION=v1.13.0
 STATICCHECK_VERSION=v0.8.2
+FERRETDB_VERSION=v1.24.2
+VAULT_VERSION=v1.14.2
 
 log() { printf 'peers: %s\n' "$*" >&2; }
 
@@ -56,6 +58,53 @@ deps() {
   fi
 }
 
+# FerretDB's module zip has an empty build/version/version.txt and the binary panics at start
+# without it: build from a copy of the module with the version written in.
+build_ferretdb() {
+  [ -x "$BIN/ferretdb" ] && return 0
+  log "building FerretDB $FERRETDB_VERSION (cold: ~2 min)"
+  local src tmp
+  src=$(go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  tmp=$(mktemp -d)
+  cp -r "$src/." "$tmp/"
+  chmod -R u+w "$tmp"
+  echo "$FERRETDB_VERSION" >"$tmp/build/version/version.txt"
+  (cd "$tmp" && go build -o "$BIN/ferretdb.tmp" ./cmd/ferretdb)
+  mv "$BIN/ferretdb.tmp" "$BIN/ferretdb"
+  rm -rf "$tmp"
+}
+
+# Vault 1.14.2 (the last MPL-2.0 line) builds as a dependency of a wrapper module, with two
+# fixes (../shared/PEERS.md): godebug x509negativeserial=1, and an sdk copy whose start-up
+# ExistenceCheck panic is disabled.
+build_vault() {
+  [ -x "$BIN/vault" ] && return 0
+  log "building Vault $VAULT_VERSION (cold: ~10 min, 4 GB at link)"
+  local w sdk
+  w=$(mktemp -d)
+  (
+    cd "$w"
+    cat >go.mod <<MOD
+module haagent/vaultbuild
+
+go 1.26
+
+godebug x509negativeserial=1
+MOD
+    printf 'package main\n\nimport _ "github.com/hashicorp/vault/api"\n\nfunc main() {}\n' >tools.go
+    go get "github.com/hashicorp/vault@$VAULT_VERSION"
+    sdk=$(go list -m -json github.com/hashicorp/vault/sdk | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    cp -r "$sdk" ./sdk
+    chmod -R u+w ./sdk
+    sed -i 's/if p.ExistenceCheck == nil {/if false \&\& p.ExistenceCheck == nil {/' ./sdk/framework/backend.go
+    go mod edit -replace github.com/hashicorp/vault/sdk=./sdk
+    go mod tidy >/dev/null 2>&1 || true
+    go build -o "$BIN/vault.tmp" github.com/hashicorp/vault
+  )
+  mv "$BIN/vault.tmp" "$BIN/vault"
+  rm -rf "$w"
+}
+
 cmd=${1:-build}
 shift || true
 case $cmd in
@@ -63,8 +112,8 @@ case $cmd in
   deps) deps ;;
   build)
     names=("$@")
-    [ ${#names[@]} -eq 0 ] && names=(versitygw imdsmock staticcheck)
+    [ ${#names[@]} -eq 0 ] && names=(versitygw imdsmock staticcheck ferretdb)
     for n in "${names[@]}"; do "build_$n"; done
     ;;
-  *) echo "usage: $0 build [versitygw|imdsmock|staticcheck...] | deps | bin" >&2; exit 2 ;;
+  *) echo "usage: $0 build [versitygw|imdsmock|staticcheck|ferretdb|vault...] | deps | bin" >&2; exit 2 ;;
 esac

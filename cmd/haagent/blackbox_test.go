@@ -75,6 +75,12 @@ func newWorld(t *testing.T, instanceID string) *world {
 	pgSettings := fmt.Sprintf("export POSTGRES_HOST=\"127.0.0.1\"\nexport POSTGRES_PORT=\"%d\"\nexport POSTGRES_USER=\"circle\"\nexport POSTGRES_PASSWORD=\"x\"\n", peertest.FreePort(t))
 	w.objs["circleconfig/shared/postgresql"] = []byte(pgSettings)
 	w.s3.Put(t, bkt, "circleconfig/shared/postgresql", []byte(pgSettings))
+	mongoSettings := fmt.Sprintf("export MONGO_BASE_URI=\"mongodb://circle:x@127.0.0.1:%d\"\n", peertest.FreePort(t))
+	for _, v := range []string{"MAIN", "ACTION_LOGS", "BUILD_STATE", "CONTAINERS", "REMOTE_CONTAINERS"} {
+		mongoSettings += fmt.Sprintf("export CIRCLE_SECRETS_MONGODB_%s_URI=\"$MONGO_BASE_URI/circle_ghe?authSource=admin\"\n", v)
+	}
+	w.objs["circleconfig/shared/mongodb"] = []byte(mongoSettings)
+	w.s3.Put(t, bkt, "circleconfig/shared/mongodb", []byte(mongoSettings))
 	w.imds = peertest.StartIMDS(t, peertest.Instance{ID: instanceID, LocalIPv4: "10.0.1.23", Region: "us-east-1"})
 	w.installer = startInstaller(t, okScript)
 	// The installer server's CA travels in the bucket, as an operator's would: the ca-certs

@@ -135,7 +135,6 @@ func TestCheckBlackHole(t *testing.T) {
 func TestProbeStepBlocksOnRealPostgres(t *testing.T) {
 	pg := startPG(t)
 	w := newWorld(t, "i-0probe0000000000")
-	w.probesConfig = ""
 	w.writeConfig(w.s3.URL, "")
 	os.MkdirAll(filepath.Join(w.root, "usr/local/share/ca-certificates"), 0o755)
 	os.WriteFile(filepath.Join(w.root, "usr/local/share/ca-certificates/db.crt"), pg.CA.CertPEM, 0o644)

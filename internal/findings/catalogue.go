@@ -70,6 +70,14 @@ var Catalogue = []Entry{
 	{"PG_VERSION_UNSUPPORTED", Error, true, "postgres", "CircleCI needs PostgreSQL 9.5 or later: upgrade the server"},
 	{"PG_READ_ONLY", Error, true, "postgres", "point POSTGRES_HOST at the primary (the writer endpoint on RDS), not a replica"},
 
+	// MongoDB
+	{"MONGO_AUTH_FAILED", Error, true, "mongo", "check the user name and password in the URI; percent-encode special characters"},
+	{"MONGO_REPLSET_MISMATCH", Error, true, "mongo", "make replicaSet= in the URIs match the set's name (rs.conf()._id)"},
+	{"MONGO_NO_PRIMARY", Error, true, "mongo", "a majority of members must be up and reach each other to elect a primary"},
+	{"MONGO_MEMBER_UNREACHABLE", Error, true, "mongo", "make every member's advertised host name resolve and reach from this machine, or rename the member"},
+	{"MONGO_PRIVILEGE_MISSING", Error, true, "mongo", "grant the user readWrite on the database"},
+	{"MONGO_VERSION_LIMITED", Info, false, "mongo", "nothing to do if the services work with this server"},
+
 	// fetched files
 	{"FILE_SYNTAX", Error, true, "files", "fix the JSON at the position shown in the bucket's copy (a lost brace, a trailing comma, a typographic quote)"},
 	{"FILE_INVALID", Error, true, "files", "fix the file in the bucket as the summary says"},

@@ -92,6 +92,7 @@ type probeFunc func(ctx context.Context, p *prober, s *settings.Settings) *resul
 
 var registry = map[string]probeFunc{
 	"postgres": probePostgres,
+	"mongo":    probeMongo,
 }
 
 // Run loads the settings under root and probes every selected service in parallel.

@@ -1,0 +1,199 @@
+package probes
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/bson"
+
+	"github.com/haagent/haagent/internal/peertest"
+	"github.com/haagent/haagent/internal/settings"
+)
+
+const mongoPW = "mongo-Pw-7yq"
+
+// runbookURIs are the runbook's five URIs, with base and options.
+func runbookURIs(base, opts string) []string {
+	var out []string
+	for v, db := range map[string]string{
+		"CIRCLE_SECRETS_MONGODB_MAIN_URI": "circle_ghe", "CIRCLE_SECRETS_MONGODB_ACTION_LOGS_URI": "circle_ghe",
+		"CIRCLE_SECRETS_MONGODB_BUILD_STATE_URI": "build_state_dev_ghe", "CIRCLE_SECRETS_MONGODB_CONTAINERS_URI": "containers_dev_ghe",
+		"CIRCLE_SECRETS_MONGODB_REMOTE_CONTAINERS_URI": "remote_containers_dev_ghe",
+	} {
+		out = append(out, fmt.Sprintf("export %s=\"%s/%s%s\"", v, base, db, opts))
+	}
+	return out
+}
+
+func mongoCheck(t *testing.T, lines []string, mod func(*Options)) *Report {
+	t.Helper()
+	root := t.TempDir()
+	dir := filepath.Join(root, settings.SharedDir)
+	os.MkdirAll(dir, 0o700)
+	os.WriteFile(filepath.Join(dir, "mongodb"), []byte(strings.Join(lines, "\n")+"\n"), 0o600)
+	o := Options{Timeout: 5 * time.Second, Only: []string{"mongo"}}
+	if mod != nil {
+		mod(&o)
+	}
+	rep := Run(context.Background(), root, o)
+	assertNoSecret(t, rep, mongoPW, "wrong-"+mongoPW, "p@ss")
+	return rep
+}
+
+func TestMongoFerretDB(t *testing.T) {
+	f := peertest.StartFerretDB(t, peertest.FerretDBOptions{ReplSet: "rs0", TLS: true})
+	f.CreateUser(t, "admin", "circle", mongoPW)
+	base := "mongodb://circle:" + mongoPW + "@" + f.Addr
+
+	t.Run("healthy, identical endpoints connected once", func(t *testing.T) {
+		rep := mongoCheck(t, runbookURIs(base, "?authSource=admin&replicaSet=rs0"), nil)
+		// FerretDB has no real roles and reports no privileges: the probe says it could not tell.
+		if only(rep.Findings) != "PROBE_INCONCLUSIVE" || rep.Findings[0].Blocking || len(rep.Checked) != 1 || !rep.Checked[0].OK {
+			t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
+		}
+	})
+	t.Run("wrong password", func(t *testing.T) {
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:wrong-"+mongoPW+"@"+f.Addr, "?authSource=admin"), nil)
+		if only(rep.Findings) != "MONGO_AUTH_FAILED" || !rep.Findings[0].Blocking {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+	t.Run("missing authSource", func(t *testing.T) {
+		rep := mongoCheck(t, runbookURIs(base, ""), nil)
+		f := find(rep.Findings, "MONGO_AUTH_FAILED")
+		if f == nil || !strings.Contains(f.Fix, "add authSource=admin") {
+			t.Fatalf("want MONGO_AUTH_FAILED pointing at authSource=admin, got %+v", rep.Findings)
+		}
+	})
+	t.Run("replica set name", func(t *testing.T) {
+		rep := mongoCheck(t, runbookURIs(base, "?authSource=admin&replicaSet=rs1"), nil)
+		f := find(rep.Findings, "MONGO_REPLSET_MISMATCH")
+		if f == nil || !strings.Contains(f.Summary, `"rs1"`) || !strings.Contains(f.Summary, `"rs0"`) {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+	t.Run("unescaped @ in the password", func(t *testing.T) {
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:p@ss@"+f.Addr, "?authSource=admin"), nil)
+		if !strings.HasPrefix(only(rep.Findings), "URI_MALFORMED") {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+	t.Run("tls verified", func(t *testing.T) {
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+strings.Replace(f.TLSAddr, "127.0.0.1", "localhost", 1), "?ssl=true&authSource=admin&replicaSet=rs0"),
+			func(o *Options) { o.RootCAs = f.CA.Pool() })
+		if only(rep.Findings) != "PROBE_INCONCLUSIVE" || !strings.Contains(rep.Checked[0].Detail, "TLS verified") {
+			t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
+		}
+	})
+	t.Run("tls unknown authority", func(t *testing.T) {
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+f.TLSAddr, "?ssl=true&authSource=admin"),
+			func(o *Options) { o.RootCAs = peertest.NewCA(t, "other").Pool() })
+		if find(rep.Findings, "TLS_UNKNOWN_AUTHORITY") == nil || find(rep.Findings, "MONGO_AUTH_FAILED") != nil {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+	t.Run("ssl=true against a plain listener", func(t *testing.T) {
+		rep := mongoCheck(t, runbookURIs(base, "?ssl=true&authSource=admin"), nil)
+		if only(rep.Findings) != "TLS_REQUIRED" {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+	t.Run("plain against the TLS listener", func(t *testing.T) {
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+f.TLSAddr, "?authSource=admin"), nil)
+		if only(rep.Findings) != "TLS_REQUIRED" || !strings.Contains(rep.Findings[0].Fix, "ssl=true") {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+	t.Run("the runbook's undefined base", func(t *testing.T) {
+		lines := runbookURIs("$MONGO_BASE_URI", "?ssl=true&authSource=admin")
+		rep := mongoCheck(t, lines, nil)
+		if len(rep.Findings) != 5 || rep.Findings[0].Code != "SETTING_MISSING" || !strings.Contains(rep.Findings[0].Summary, "$MONGO_BASE_URI") {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+}
+
+// What FerretDB cannot show, from the wire-level stand-in (see peertest/mongostandin.go for
+// the manual pages the documents follow).
+func TestMongoStandIn(t *testing.T) {
+	dns := peertest.StartDNS(t, map[string]string{})
+	t.Run("no primary", func(t *testing.T) {
+		a, b := peertest.StartMongoStandIn(t), peertest.StartMongoStandIn(t)
+		for _, m := range []*peertest.MongoStandIn{a, b} {
+			m.Set(func(s *peertest.MongoStandIn) {
+				s.Hello = bson.M{"ismaster": false, "secondary": true, "setName": "rs0", "hosts": bson.A{a.Addr, b.Addr}, "maxWireVersion": int32(17)}
+			})
+		}
+		rep := mongoCheck(t, runbookURIs("mongodb://"+a.Addr+","+b.Addr, "?replicaSet=rs0"), func(o *Options) { o.Resolver = dns })
+		f := find(rep.Findings, "MONGO_NO_PRIMARY")
+		if only(rep.Findings) != "MONGO_NO_PRIMARY" || !strings.Contains(f.Evidence, a.Addr+": SECONDARY") || !strings.Contains(f.Evidence, b.Addr+": SECONDARY") {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+	t.Run("member advertising an AWS-internal name", func(t *testing.T) {
+		p := peertest.StartMongoStandIn(t)
+		p.Set(func(s *peertest.MongoStandIn) {
+			s.Hello = bson.M{"ismaster": true, "setName": "rs0", "hosts": bson.A{"ip-10-0-1-5.ec2.internal:27017", p.Addr}, "primary": "ip-10-0-1-5.ec2.internal:27017", "maxWireVersion": int32(17)}
+		})
+		rep := mongoCheck(t, runbookURIs("mongodb://"+p.Addr, "?replicaSet=rs0"), func(o *Options) { o.Resolver = dns })
+		f := find(rep.Findings, "MONGO_MEMBER_UNREACHABLE")
+		if only(rep.Findings) != "MONGO_MEMBER_UNREACHABLE" || f.Target != "ip-10-0-1-5.ec2.internal:27017" || !strings.Contains(f.Fix, "rs.reconfig") || !strings.Contains(f.Summary, "DNS_NOT_FOUND") {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+	privileges := func(dbs ...string) bson.A {
+		var out bson.A
+		for _, db := range dbs {
+			out = append(out, bson.M{"resource": bson.M{"db": db, "collection": ""},
+				"actions": bson.A{"find", "insert", "update", "remove", "createIndex", "listCollections"}})
+		}
+		return out
+	}
+	status := func(privs bson.A) bson.M {
+		return bson.M{"authInfo": bson.M{"authenticatedUsers": bson.A{bson.M{"user": "circle", "db": "admin"}},
+			"authenticatedUserRoles": bson.A{}, "authenticatedUserPrivileges": privs}}
+	}
+	t.Run("the runbook's grants miss remote_containers_dev_ghe", func(t *testing.T) {
+		m := peertest.StartMongoStandIn(t)
+		m.Set(func(s *peertest.MongoStandIn) {
+			s.ConnectionStatus = status(privileges("circle_ghe", "build_state_dev_ghe", "containers_dev_ghe"))
+		})
+		rep := mongoCheck(t, runbookURIs("mongodb://"+m.Addr, "?authSource=admin"), nil)
+		f := find(rep.Findings, "MONGO_PRIVILEGE_MISSING")
+		if only(rep.Findings) != "MONGO_PRIVILEGE_MISSING" ||
+			f.Fix != `db.getSiblingDB("admin").grantRolesToUser("circle", [{role: "readWrite", db: "remote_containers_dev_ghe"}])` ||
+			!strings.Contains(f.Summary, "CIRCLE_SECRETS_MONGODB_REMOTE_CONTAINERS_URI") {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+	t.Run("root and readWriteAnyDatabase count", func(t *testing.T) {
+		for name, privs := range map[string]bson.A{
+			"root":                 {bson.M{"resource": bson.M{"anyResource": true}, "actions": bson.A{"anyAction", "find", "insert", "update", "remove"}}},
+			"readWriteAnyDatabase": privileges(""),
+		} {
+			m := peertest.StartMongoStandIn(t)
+			m.Set(func(s *peertest.MongoStandIn) { s.ConnectionStatus = status(privs) })
+			rep := mongoCheck(t, runbookURIs("mongodb://"+m.Addr, "?authSource=admin"), nil)
+			if len(rep.Findings) != 0 {
+				t.Fatalf("%s: %+v", name, rep.Findings)
+			}
+		}
+	})
+	t.Run("3.2 server: limited checks", func(t *testing.T) {
+		m := peertest.StartMongoStandIn(t)
+		m.Set(func(s *peertest.MongoStandIn) {
+			s.NoHello = true
+			s.Hello = bson.M{"ismaster": true, "maxWireVersion": int32(4), "minWireVersion": int32(0)}
+		})
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, "?authSource=admin"), nil)
+		f := find(rep.Findings, "MONGO_VERSION_LIMITED")
+		if only(rep.Findings) != "MONGO_VERSION_LIMITED" || !strings.Contains(f.Summary, "MongoDB 3.2") || rep.Errors() != 0 {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+}
