@@ -218,7 +218,7 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 		"circleci-encryption-keys/a.key": "ENCKEY-5ecret-4",
 		"circleconfig/shared/postgresql": strings.Replace(string(w.objs["circleconfig/shared/postgresql"]), `"x"`, `"PGPASS-5ecret-5"`, 1),
 		"circleconfig/shared/vault":      `export VAULT__CLIENT_TOKEN="VAULTTOKEN-5ecret-6"`,
-		"circleconfig/shared/mongodb":    `export MONGO_BASE_URI="mongodb://circle:MONGOPASS-5ecret-7@db:27017"`,
+		"circleconfig/shared/mongodb":    strings.Replace(string(w.objs["circleconfig/shared/mongodb"]), "circle:x@", "circle:MONGOPASS-5ecret-7@", 1),
 		cookie.Object:                    "COOKIE5ecret8xyz",
 	}
 	for k, v := range secrets {

@@ -84,7 +84,7 @@ func TestCheckCommand(t *testing.T) {
 		t.Fatalf("text report: exit %d\n%s", r.code, r.stdout)
 	}
 	t.Logf("report for a wrong password:\n%s", r.stdout)
-	j := runHaagent(t, nil, "--root", bad, "check", "--format", "json")
+	j := runHaagent(t, nil, "--root", bad, "check", "--format", "json", "--only", "postgres")
 	var rep checkJSON
 	if err := json.Unmarshal([]byte(j.stdout), &rep); err != nil || j.code != 1 || rep.DurationMS == nil {
 		t.Fatalf("json report: exit %d err %v\n%s", j.code, err, j.stdout)
@@ -116,7 +116,7 @@ func TestCheckBlackHole(t *testing.T) {
 	root := checkRoot(t, nil, pgFile("127.0.0.1", 5999, pgPass))
 	rules := filepath.Join(t.TempDir(), "drop.nft")
 	os.WriteFile(rules, []byte("table ip blackhole {\n  chain input {\n    type filter hook input priority 0;\n    tcp dport 5999 drop\n  }\n}\n"), 0o644)
-	script := fmt.Sprintf("ip link set lo up && nft -f %s && exec %s --root %s check --format json --timeout 2s", rules, haagentBin, root)
+	script := fmt.Sprintf("ip link set lo up && nft -f %s && exec %s --root %s check --format json --timeout 2s --only postgres", rules, haagentBin, root)
 	cmd := exec.Command("unshare", "--net", "sh", "-c", script)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
