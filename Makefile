@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 PEERS_BIN := $(shell scripts/peers.sh bin)
 
-.PHONY: all build demo test peers lint unit fuzz clean
+.PHONY: all build demo test peers lint unit fuzz clean ami
 
 all: build
 
@@ -24,6 +24,9 @@ lint: peers
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(PEERS_BIN)/staticcheck ./...
+	shellcheck scripts/*.sh packer/*.sh examples/*.sh .ci/run
+	packer fmt -check packer
+	cloud-init schema --config-file examples/userdata-cloud-config.yaml
 
 unit: peers
 	HAAGENT_PEERS_BIN=$(PEERS_BIN) $(GO) test -race -count=1 -timeout 20m ./...
@@ -33,6 +36,10 @@ test: lint unit
 # A short fuzzing pass over the config decoder (CI runs the seed corpus through `go test`).
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./internal/config
+
+# Bake the Services AMI (needs AWS credentials and a Packer with the amazon plugin).
+ami: build
+	cd packer && packer init . && packer build .
 
 clean:
 	rm -rf bin

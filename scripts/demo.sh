@@ -16,7 +16,9 @@ WORK=$(mktemp -d /tmp/haagent-demo.XXXXXX)
 chmod 755 "$WORK"
 pids=()
 cleanup() {
-  [ -n "${PGDATA:-}" ] && runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
+  if [ -n "${PGDATA:-}" ]; then
+    runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
+  fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }

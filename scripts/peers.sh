@@ -37,7 +37,9 @@ build_staticcheck() {
 }
 
 # Debian packages the tests and the demo use: PostgreSQL 15 (usually preinstalled), nftables
-# for the black-hole test, iproute2 and util-linux for network namespaces.
+# for the black-hole test, iproute2 and util-linux for network namespaces, ca-certificates for
+# update-ca-certificates, systemd-analyze, and the linters for what we ship (shellcheck,
+# packer fmt, cloud-init schema).
 deps() {
   local missing=()
   [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
@@ -45,6 +47,11 @@ deps() {
   command -v ip >/dev/null || missing+=(iproute2)
   command -v unshare >/dev/null || missing+=(util-linux)
   command -v openssl >/dev/null || missing+=(openssl)
+  [ -x /usr/sbin/update-ca-certificates ] || missing+=(ca-certificates)
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
+  command -v shellcheck >/dev/null || missing+=(shellcheck)
+  command -v packer >/dev/null || missing+=(packer)
+  command -v cloud-init >/dev/null || missing+=(cloud-init)
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then

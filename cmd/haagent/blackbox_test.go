@@ -81,6 +81,9 @@ func newWorld(t *testing.T, instanceID string) *world {
 	}
 	w.objs["circleconfig/shared/mongodb"] = []byte(mongoSettings)
 	w.s3.Put(t, bkt, "circleconfig/shared/mongodb", []byte(mongoSettings))
+	vaultSettings := fmt.Sprintf("export VAULT__SCHEME=\"https\"\nexport VAULT__HOST=\"127.0.0.1\"\nexport VAULT__PORT=\"%d\"\nexport VAULT__CLIENT_TOKEN=\"x\"\nexport VAULT__TRANSIT_MOUNT=\"transit\"\n", peertest.FreePort(t))
+	w.objs["circleconfig/shared/vault"] = []byte(vaultSettings)
+	w.s3.Put(t, bkt, "circleconfig/shared/vault", []byte(vaultSettings))
 	w.imds = peertest.StartIMDS(t, peertest.Instance{ID: instanceID, LocalIPv4: "10.0.1.23", Region: "us-east-1"})
 	w.installer = startInstaller(t, okScript)
 	// The installer server's CA travels in the bucket, as an operator's would: the ca-certs
@@ -217,7 +220,7 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 		"license.rli":                    "LICENSE-5ecret-3",
 		"circleci-encryption-keys/a.key": "ENCKEY-5ecret-4",
 		"circleconfig/shared/postgresql": strings.Replace(string(w.objs["circleconfig/shared/postgresql"]), `"x"`, `"PGPASS-5ecret-5"`, 1),
-		"circleconfig/shared/vault":      `export VAULT__CLIENT_TOKEN="VAULTTOKEN-5ecret-6"`,
+		"circleconfig/shared/vault":      strings.Replace(string(w.objs["circleconfig/shared/vault"]), `TOKEN="x"`, `TOKEN="VAULTTOKEN-5ecret-6"`, 1),
 		"circleconfig/shared/mongodb":    strings.Replace(string(w.objs["circleconfig/shared/mongodb"]), "circle:x@", "circle:MONGOPASS-5ecret-7@", 1),
 		cookie.Object:                    "COOKIE5ecret8xyz",
 	}

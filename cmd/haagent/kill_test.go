@@ -34,7 +34,7 @@ func TestKill9MidFetchLeavesNoPartialFile(t *testing.T) {
 	newLicense := make([]byte, 4<<20)
 	rand.Read(newLicense)
 	fake.Put(t, "license.rli", newLicense)
-	fake.Put(t, "circleconfig/shared/vault", []byte("export VAULT__SCHEME=\"https\"\nexport VAULT__HOST=\"vault-2\"\n"))
+	fake.Put(t, "circleconfig/shared/vault", append(append([]byte{}, w.objs["circleconfig/shared/vault"]...), "# rotated\n"...))
 	halfway := make(chan struct{})
 	fake.SetFault(func(rw http.ResponseWriter, r *http.Request, real http.Handler) bool {
 		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/license.rli") {

@@ -38,7 +38,9 @@ commands:
   status [--json] [--wait] show the last runs from the run record; --wait blocks until the boot completes or fails
   check [--format text|json] [--only postgres,mongo,vault] [--timeout 5s]
                            probe the databases and Vault with the settings the services read
-  validate                 check the config offline, with no side effects
+  validate                 check the config and the files in place, offline, with no side effects
+  install|uninstall|start|stop
+                           manage the systemd unit (systemd/haagent.service, verbatim)
   version                  print the version
 
 global flags:
@@ -117,6 +119,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		c = &validateCmd{g: g}
 	case "check":
 		c = &checkCmd{g: g}
+	case "install", "uninstall", "start", "stop":
+		c = &serviceCmd{g: g, action: cmd}
 	case "version":
 		fmt.Fprintf(stdout, "haagent %s\n", version)
 		return nil

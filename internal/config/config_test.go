@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 )
 
 func TestMinimalConfigGetsTheDefaultLayout(t *testing.T) {
@@ -174,4 +176,40 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("error is not an *InvalidError with problems: %v", err)
 		}
 	})
+}
+
+// The shipped examples parse: the user-data form as is, the cloud-config form's embedded file.
+func TestExamplesParse(t *testing.T) {
+	ud, err := os.ReadFile("../../examples/userdata-haagent-config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !IsUserDataConfig(ud) {
+		t.Fatal("the user-data example is not recognised as a haagent config")
+	}
+	if _, err := Parse(ud, "user-data"); err != nil {
+		t.Fatal(err)
+	}
+	cc, _ := os.ReadFile("../../examples/userdata-cloud-config.yaml")
+	var doc struct {
+		WriteFiles []struct {
+			Path    string `yaml:"path"`
+			Content string `yaml:"content"`
+		} `yaml:"write_files"`
+	}
+	if err := yaml.Unmarshal(cc, &doc); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, f := range doc.WriteFiles {
+		if f.Path == DefaultPath {
+			found = true
+			if _, err := Parse([]byte(f.Content), f.Path); err != nil {
+				t.Fatalf("the cloud-config example's haagent.yaml: %v", err)
+			}
+		}
+	}
+	if !found {
+		t.Fatal("the cloud-config example does not write " + DefaultPath)
+	}
 }

@@ -78,6 +78,15 @@ var Catalogue = []Entry{
 	{"MONGO_PRIVILEGE_MISSING", Error, true, "mongo", "grant the user readWrite on the database"},
 	{"MONGO_VERSION_LIMITED", Info, false, "mongo", "nothing to do if the services work with this server"},
 
+	// Vault
+	{"VAULT_SCHEME_MISMATCH", Error, true, "vault", "make VAULT__SCHEME match the listener: https for a TLS listener"},
+	{"VAULT_SEALED", Error, true, "vault", "unseal Vault with the required number of unseal keys: vault operator unseal (repeat per key holder)"},
+	{"VAULT_UNINITIALIZED", Error, true, "vault", "initialize Vault (vault operator init), unseal it, mount transit and issue the services' token"},
+	{"VAULT_TOKEN_INVALID", Error, true, "vault", "issue a new periodic token: vault token create -policy=NAME -period=1h, and put it in VAULT__CLIENT_TOKEN"},
+	{"VAULT_TOKEN_EXPIRING", Error, false, "vault", "issue a renewable periodic token without an explicit max TTL: vault token create -policy=NAME -period=1h"},
+	{"VAULT_PERMISSION_DENIED", Error, true, "vault", "attach a policy granting the transit paths to the token"},
+	{"VAULT_TRANSIT_MISSING", Error, true, "vault", "vault secrets enable transit, and set VAULT__TRANSIT_MOUNT to its path"},
+
 	// fetched files
 	{"FILE_SYNTAX", Error, true, "files", "fix the JSON at the position shown in the bucket's copy (a lost brace, a trailing comma, a typographic quote)"},
 	{"FILE_INVALID", Error, true, "files", "fix the file in the bucket as the summary says"},
