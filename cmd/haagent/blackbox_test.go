@@ -121,18 +121,7 @@ func (w *world) run(args ...string) result {
 
 func (w *world) runEnv(env []string, args ...string) result {
 	w.t.Helper()
-	cmd := exec.Command(haagentBin, append([]string{"--root", w.root}, args...)...)
-	cmd.Env = env
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	r := result{stdout: o.String(), stderr: e.String()}
-	if ee, ok := err.(*exec.ExitError); ok {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		w.t.Fatal(err)
-	}
-	return r
+	return runHaagent(w.t, env, append([]string{"--root", w.root}, args...)...)
 }
 
 func (w *world) record() *state.Record {

@@ -48,7 +48,10 @@ func checkRoot(t *testing.T, pg *peertest.Postgres, file []byte) string {
 func runHaagent(t *testing.T, env []string, args ...string) result {
 	t.Helper()
 	cmd := exec.Command(haagentBin, args...)
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	cmd.Env = env
+	if env == nil {
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	}
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"time"
 
 	"github.com/haagent/haagent/internal/bootstrap"
 	"github.com/haagent/haagent/internal/config"
@@ -81,21 +80,7 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if c.once {
 		return nil
 	}
-	// Later steps (the frontend watch) keep the service busy; until then it stays up so
-	// systemd's view and the lock reflect a driven machine.
-	watchdog, _ := watchdogInterval()
-	var tick <-chan time.Time
-	if watchdog > 0 {
-		t := time.NewTicker(watchdog / 2)
-		defer t.Stop()
-		tick = t.C
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-tick:
-			bootstrap.Notify("WATCHDOG=1")
-		}
-	}
+	// Later steps (the frontend watch) keep the service busy; until then it stays up.
+	bootstrap.KeepAlive(ctx)
+	return nil
 }

@@ -215,3 +215,10 @@ func truncate(s string, n int) string {
 	}
 	return s[:n-3] + "..."
 }
+
+// KeepAlive blocks until ctx ends, feeding systemd's watchdog: the service stays up after the
+// boot so that systemd's view and the lock reflect a driven machine.
+func KeepAlive(ctx context.Context) {
+	watchdog, _ := daemon.SdWatchdogEnabled(false)
+	sleep(ctx, time.Duration(1<<62), watchdog)
+}
