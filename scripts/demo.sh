@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=$(scripts/peers.sh bin)
-scripts/peers.sh build versitygw imdsmock ferretdb
+scripts/peers.sh build versitygw imdsmock ferretdb vault
 mkdir -p bin
 go build -o bin/haagent ./cmd/haagent
 
@@ -117,6 +117,32 @@ waitport "$MONGOPORT"
   done
 } >"$WORK/s3/circleci-ha/circleconfig/shared/mongodb"
 
+# Vault: dev server with TLS and its own CA, a transit mount, a policy and a periodic token,
+# as the runbook makes them.
+VAULTPORT=$(freeport)
+mkdir -p "$WORK/vault"
+(cd "$WORK/vault" && HOME="$WORK/vault" VAULT_DISABLE_MLOCK=true exec "$BIN/vault" server -dev -dev-root-token-id=demo-root \
+  -dev-listen-address="127.0.0.1:$VAULTPORT" -dev-tls -dev-tls-cert-dir="$WORK/vault" -dev-no-store-token >"$WORK/vault.log" 2>&1) &
+pids+=($!)
+waitport "$VAULTPORT"
+for _ in $(seq 1 100); do [ -s "$WORK/vault/vault-ca.pem" ] && break; sleep 0.1; done
+vaultc() { VAULT_ADDR="https://127.0.0.1:$VAULTPORT" VAULT_CACERT="$WORK/vault/vault-ca.pem" VAULT_TOKEN=demo-root "$BIN/vault" "$@"; }
+for _ in $(seq 1 100); do vaultc status >/dev/null 2>&1 && break; sleep 0.1; done
+vaultc secrets enable transit >/dev/null
+printf 'path "transit/keys/*" { capabilities = ["create", "read", "update"] }\npath "transit/encrypt/*" { capabilities = ["update"] }\npath "transit/decrypt/*" { capabilities = ["update"] }\n' \
+  | vaultc policy write circle-transit - >/dev/null
+VAULTTOKEN=$(vaultc token create -policy=circle-transit -period=1h -field=token)
+mkdir -p "$WORK/s3/circleci-ha/ca-certificates"
+cp "$WORK/vault/vault-ca.pem" "$WORK/s3/circleci-ha/ca-certificates/demo-vault-ca.crt"
+cat >"$WORK/s3/circleci-ha/circleconfig/shared/vault" <<SH
+# Vault connection settings read by the contexts-service (the demo's dev server).
+export VAULT__SCHEME="https"
+export VAULT__HOST="127.0.0.1"
+export VAULT__PORT="$VAULTPORT"
+export VAULT__CLIENT_TOKEN="$VAULTTOKEN"
+export VAULT__TRANSIT_MOUNT="transit"
+SH
+
 ROOT="$WORK/root"
 # The demo database's CA travels in the bucket; the ca-certs step installs it.
 mkdir -p "$WORK/s3/circleci-ha/ca-certificates"
@@ -132,6 +158,9 @@ source:
 replicated:
   installer_url: s3://circleci-ha/replicated-install.sh
   sha256: $INSTALLER_SHA
+# The demo's installer starts no CircleCI, so there is no frontend to watch.
+watch:
+  enabled: false
 YAML
 
 export AWS_ACCESS_KEY_ID=demo-access AWS_SECRET_ACCESS_KEY=demo-secret-key
@@ -144,7 +173,7 @@ echo "== haagent status --root $ROOT"
 bin/haagent --root "$ROOT" status
 echo
 echo "== haagent check --root $ROOT (what the probe step saw)"
-bin/haagent --root "$ROOT" check --only postgres,mongo || true
+bin/haagent --root "$ROOT" check || true
 echo
 echo "== second run (nothing changed in the bucket: nothing is rewritten)"
 bin/haagent --root "$ROOT" run --once 2>&1 | grep -E 'files in place|boot complete'

@@ -52,6 +52,8 @@ deps() {
   command -v shellcheck >/dev/null || missing+=(shellcheck)
   command -v packer >/dev/null || missing+=(packer)
   command -v cloud-init >/dev/null || missing+=(cloud-init)
+  command -v dockerd >/dev/null || missing+=(docker.io)
+  [ -x /bin/busybox ] || missing+=(busybox-static)
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing ${missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then
@@ -119,7 +121,7 @@ case $cmd in
   deps) deps ;;
   build)
     names=("$@")
-    [ ${#names[@]} -eq 0 ] && names=(versitygw imdsmock staticcheck ferretdb)
+    [ ${#names[@]} -eq 0 ] && names=(versitygw imdsmock staticcheck ferretdb vault)
     for n in "${names[@]}"; do "build_$n"; done
     ;;
   *) echo "usage: $0 build [versitygw|imdsmock|staticcheck|ferretdb|vault...] | deps | bin" >&2; exit 2 ;;

@@ -49,6 +49,7 @@ type world struct {
 	probesConfig string
 	installer    *installerServer
 	installCfg   string
+	watchCfg     string
 	s3           *peertest.S3
 	imds         *peertest.IMDS
 	root         string
@@ -91,13 +92,15 @@ func newWorld(t *testing.T, instanceID string) *world {
 	w.s3.Put(t, bkt, "ca-certificates/installer-ca.crt", w.installer.caPEM)
 	w.objs["ca-certificates/installer-ca.crt"] = w.installer.caPEM
 	w.installCfg = fmt.Sprintf("replicated:\n  installer_url: %s/install.sh\n  timeout: 60s\n", w.installer.URL)
+	// No Docker engine in these tests: TestBootToCompleteWithDocker runs the watch.
+	w.watchCfg = "watch:\n  enabled: false\n"
 	w.writeConfig(w.s3.URL, "")
 	return w
 }
 
 func (w *world) writeConfig(endpoint, extra string) {
 	os.MkdirAll(filepath.Join(w.root, "etc/haagent"), 0o755)
-	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\nfetch:\n  attempts: 2\n  timeout: 5s\n%s%s%s", bkt, endpoint, w.probesConfig, w.installCfg, extra)
+	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\nfetch:\n  attempts: 2\n  timeout: 5s\n%s%s%s%s", bkt, endpoint, w.probesConfig, w.installCfg, w.watchCfg, extra)
 	if err := os.WriteFile(filepath.Join(w.root, "etc/haagent/haagent.yaml"), []byte(cfg), 0o644); err != nil {
 		w.t.Fatal(err)
 	}
@@ -244,7 +247,7 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 func TestConfigFromUserData(t *testing.T) {
 	w := newWorld(t, "i-0userdata0000000")
 	os.Remove(filepath.Join(w.root, "etc/haagent/haagent.yaml"))
-	ud := fmt.Sprintf("#haagent-config\nversion: 1\nsource:\n  bucket: %s\n  endpoint: %s\n  path_style: true\n%s%s", bkt, w.s3.URL, w.probesConfig, w.installCfg)
+	ud := fmt.Sprintf("#haagent-config\nversion: 1\nsource:\n  bucket: %s\n  endpoint: %s\n  path_style: true\n%s%s%s", bkt, w.s3.URL, w.probesConfig, w.installCfg, w.watchCfg)
 	im := peertest.StartIMDS(t, peertest.Instance{ID: "i-0userdata0000000", LocalIPv4: "10.0.9.9", Region: "us-east-1", UserData: []byte(ud)})
 	r := w.runEnv(w.env(im.URL), "run", "--once")
 	if r.code != 0 || !strings.Contains(r.stderr, "origin=user-data") {
@@ -391,8 +394,8 @@ func TestServiceModeNotifiesAndRetries(t *testing.T) {
 	defer conn.Close()
 	cmd := exec.Command(haagentBin, "--root", w.root, "run")
 	cmd.Env = append(w.env(w.imds.URL), "NOTIFY_SOCKET="+sock)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -50,8 +50,8 @@ func TestKill9MidFetchLeavesNoPartialFile(t *testing.T) {
 	})
 	cmd := exec.Command(haagentBin, "--root", w.root, "run", "--once")
 	cmd.Env = w.env(w.imds.URL)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/imds"
 	"github.com/haagent/haagent/internal/state"
+	"github.com/haagent/haagent/internal/watch"
 )
 
 // Env carries everything a step needs. Every path goes through Path so the whole boot can run
@@ -42,6 +43,10 @@ type Env struct {
 
 	Record *state.Record
 	Run    *state.Run
+	// Persist saves the run record; set by the runner, for findings raised after the boot
+	// (a crash loop).
+	Persist func()
+	Watcher *watch.Watcher
 
 	mu       sync.Mutex
 	current  string

@@ -49,6 +49,7 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 		BootID: BootID(), Mode: mode, PID: os.Getpid(), Start: now, Status: state.Running,
 	})
 	env.Run = env.Record.Last()
+	env.Persist = func() { r.save(env) }
 	r.save(env)
 
 	watchdog, _ := daemon.SdWatchdogEnabled(false)

@@ -19,9 +19,11 @@ import (
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/imds"
+	"github.com/haagent/haagent/internal/logging"
 	"github.com/haagent/haagent/internal/probes"
 	"github.com/haagent/haagent/internal/replicated"
 	"github.com/haagent/haagent/internal/validate"
+	"github.com/haagent/haagent/internal/watch"
 )
 
 // Step is one boot step. Steps never log their own start and end: the runner does.
@@ -43,6 +45,7 @@ var Steps = []Step{
 	{Name: "ca-certs", Run: stepCACerts},
 	{Name: "probe", Run: stepProbe},
 	{Name: "replicated-install", Run: stepReplicatedInstall},
+	{Name: "watch", Run: stepWatch},
 }
 
 func stepIMDS(ctx context.Context, env *Env) error {
@@ -293,4 +296,61 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 		env.Log.Info("Replicated installed", "installer_sha256", res.SHA256)
 	}
 	return nil
+}
+
+// stepWatch waits for the frontend container to run (and be healthy), and starts what goes on
+// after the boot: its logs into the journal and crash-loop detection.
+func stepWatch(ctx context.Context, env *Env) error {
+	c := env.Config.Watch
+	if !c.On() {
+		env.Log.Info("the frontend watch is disabled in the config (watch.enabled: false)")
+		return nil
+	}
+	if env.Watcher == nil {
+		w, err := watch.New(watch.Options{
+			Name: c.Container, StuckAfter: c.StuckAfter.D(), ReprobeEvery: c.ReprobeEvery.D(),
+			CrashRestarts: c.CrashRestarts, CrashWindow: c.CrashWindow.D(), Log: env.Log,
+			Sink:   logging.NewContainerSink(c.Container, env.Log),
+			Status: func(s string) { Notify("STATUS=" + s) },
+			Probe: func(ctx context.Context) []findings.Finding {
+				return probes.Run(ctx, env.Root, probes.OptionsFrom(env.Config)).Findings
+			},
+		})
+		if err != nil {
+			return err
+		}
+		env.Watcher = w
+		// Lines from before this haagent started were forwarded by the one before it.
+		go w.Follow(ctx, env.Run.Start)
+		go w.CrashLoops(ctx, func(dies int, window time.Duration) {
+			var codes []string
+			for _, f := range probes.Run(ctx, env.Root, probes.OptionsFrom(env.Config)).Findings {
+				codes = append(codes, f.Code)
+			}
+			last := strings.Join(w.LastLines(), " | ")
+			if len(last) > 2000 {
+				last = "..." + last[len(last)-2000:]
+			}
+			f := findings.New("FRONTEND_CRASH_LOOP", c.Container,
+				fmt.Sprintf("%s died %d times within %s; probes now: %s", c.Container, dies, window, codesOrNone(codes)),
+				"last lines: "+last)
+			env.Report(f)
+			env.Run.Findings = append(env.Run.Findings, f)
+			if env.Persist != nil {
+				env.Persist()
+			}
+		})
+	}
+	if err := env.Watcher.WaitReady(ctx); err != nil {
+		return fmt.Errorf("waiting for %s: %w", c.Container, err)
+	}
+	env.Log.Info("frontend is up", "container", c.Container)
+	return nil
+}
+
+func codesOrNone(codes []string) string {
+	if len(codes) == 0 {
+		return "no findings"
+	}
+	return strings.Join(codes, " ")
 }

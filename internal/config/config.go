@@ -38,6 +38,7 @@ type Config struct {
 	// CACertificates are extra PEM CA files on the machine to install besides the bucket's.
 	CACertificates []string   `yaml:"ca_certificates"`
 	Replicated     Replicated `yaml:"replicated"`
+	Watch          Watch      `yaml:"watch"`
 	// Layout is Files merged over the default layout, in a fixed order; filled by Validate.
 	Layout []Entry `yaml:"-"`
 	// Origin says where the config came from (a path or "user-data"), for messages.
@@ -111,6 +112,20 @@ type PostgresProbe struct {
 	Databases  []string            `yaml:"databases"`
 	Extensions map[string][]string `yaml:"extensions"`
 }
+
+// Watch configures the frontend watch.
+type Watch struct {
+	// Enabled defaults to true; false ends the boot after the installer (no Docker engine).
+	Enabled       *bool    `yaml:"enabled"`
+	Container     string   `yaml:"container"`
+	StuckAfter    Duration `yaml:"stuck_after"`
+	ReprobeEvery  Duration `yaml:"reprobe_every"`
+	CrashRestarts int      `yaml:"crash_restarts"`
+	CrashWindow   Duration `yaml:"crash_window"`
+}
+
+// On reports whether the watch runs.
+func (w Watch) On() bool { return w.Enabled == nil || *w.Enabled }
 
 // Mode is a file mode written in octal ("0600"); YAML's own octal rules differ between 1.1 and
 // 1.2, so the text is parsed here.

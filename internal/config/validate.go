@@ -189,6 +189,28 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	wt := &c.Watch
+	if wt.Container == "" {
+		wt.Container = "frontend"
+	}
+	if wt.StuckAfter == 0 {
+		wt.StuckAfter = Duration(15 * time.Minute)
+	}
+	if wt.ReprobeEvery == 0 {
+		wt.ReprobeEvery = Duration(15 * time.Minute)
+	}
+	if wt.CrashRestarts == 0 {
+		wt.CrashRestarts = 5
+	} else if wt.CrashRestarts < 2 {
+		bad("watch.crash_restarts", "must be at least 2")
+	}
+	if wt.CrashWindow == 0 {
+		wt.CrashWindow = Duration(10 * time.Minute)
+	}
+	if wt.StuckAfter < 0 || wt.ReprobeEvery < 0 || wt.CrashWindow < 0 {
+		bad("watch", "durations must be positive")
+	}
+
 	layout := DefaultLayout()
 	known := map[string]int{}
 	for i, e := range layout {

@@ -87,6 +87,9 @@ var Catalogue = []Entry{
 	{"VAULT_PERMISSION_DENIED", Error, true, "vault", "attach a policy granting the transit paths to the token"},
 	{"VAULT_TRANSIT_MISSING", Error, true, "vault", "vault secrets enable transit, and set VAULT__TRANSIT_MOUNT to its path"},
 
+	// the frontend watch
+	{"FRONTEND_CRASH_LOOP", Error, false, "frontend", "read the frontend's last lines (journalctl -u haagent CONTAINER_NAME=frontend) and the probes' findings: a database or Vault setting is the usual cause"},
+
 	// fetched files
 	{"FILE_SYNTAX", Error, true, "files", "fix the JSON at the position shown in the bucket's copy (a lost brace, a trailing comma, a typographic quote)"},
 	{"FILE_INVALID", Error, true, "files", "fix the file in the bucket as the summary says"},

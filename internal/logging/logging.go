@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/coreos/go-systemd/v22/journal"
 )
@@ -105,4 +106,40 @@ func quoteIfNeeded(s string) string {
 		return fmt.Sprintf("%q", s)
 	}
 	return s
+}
+
+// ContainerSink forwards a container's log lines: to the journal as entries of their own
+// (CONTAINER_NAME=, stderr at warning priority) when under systemd, through the logger
+// otherwise.
+type ContainerSink struct {
+	Name string
+	Log  *slog.Logger
+	send func(string, journal.Priority, map[string]string) error
+}
+
+// NewContainerSink picks the journal when stderr goes to it.
+func NewContainerSink(name string, log *slog.Logger) *ContainerSink {
+	s := &ContainerSink{Name: name, Log: log}
+	if os.Getenv("JOURNAL_STREAM") != "" && journal.Enabled() {
+		s.send = journal.Send
+	}
+	return s
+}
+
+// Line forwards one line.
+func (s *ContainerSink) Line(stream, text string, ts time.Time) {
+	if s.send != nil {
+		pri := journal.PriInfo
+		if stream == "stderr" {
+			pri = journal.PriWarning
+		}
+		s.send(text, pri, map[string]string{"CONTAINER_NAME": s.Name, "HAAGENT_STREAM": stream,
+			"HAAGENT_CONTAINER_TIME": ts.UTC().Format(time.RFC3339Nano)})
+		return
+	}
+	level := slog.LevelInfo
+	if stream == "stderr" {
+		level = slog.LevelWarn
+	}
+	s.Log.Log(context.Background(), level, text, "container", s.Name, "stream", stream)
 }

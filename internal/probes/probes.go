@@ -93,6 +93,7 @@ type probeFunc func(ctx context.Context, p *prober, s *settings.Settings) *resul
 var registry = map[string]probeFunc{
 	"postgres": probePostgres,
 	"mongo":    probeMongo,
+	"vault":    probeVault,
 }
 
 // Run loads the settings under root and probes every selected service in parallel.

@@ -1,0 +1,365 @@
+// Package watch follows the CircleCI frontend container through the Docker Engine API: it
+// waits for it to run (and be healthy), forwards its logs to the journal across restarts and
+// re-creations without losing or repeating lines, and recognises a crash loop.
+package watch
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+
+	"github.com/haagent/haagent/internal/findings"
+)
+
+// Sink receives the container's log lines.
+type Sink interface {
+	Line(stream string, text string, ts time.Time)
+}
+
+// Options configure a Watcher.
+type Options struct {
+	Name string // the container, "frontend"
+	// StuckAfter is when a frontend that is not running is "stuck": the probes run again and
+	// their findings are logged, then every ReprobeEvery.
+	StuckAfter   time.Duration
+	ReprobeEvery time.Duration
+	// A crash loop is CrashRestarts dies within CrashWindow.
+	CrashRestarts int
+	CrashWindow   time.Duration
+	// Probe re-runs the probes (nil: none).
+	Probe  func(ctx context.Context) []findings.Finding
+	Log    *slog.Logger
+	Sink   Sink
+	Status func(string) // sd_notify STATUS=
+	// Poll is how often the container's state is read while waiting.
+	Poll time.Duration
+}
+
+// Watcher watches one container.
+type Watcher struct {
+	o   Options
+	cli *client.Client
+
+	forwarded atomic.Int64
+	mu        sync.Mutex
+	last      []string
+	dies      []time.Time
+	looping   bool
+}
+
+// New connects to the engine (DOCKER_HOST or the default socket), negotiating the API
+// version: the engine on an instance may be older or newer than the one in tests.
+func New(o Options) (*Watcher, error) {
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the Docker engine: %w", err)
+	}
+	if o.Poll <= 0 {
+		o.Poll = 2 * time.Second
+	}
+	if o.CrashRestarts <= 0 {
+		o.CrashRestarts = 5
+	}
+	if o.CrashWindow <= 0 {
+		o.CrashWindow = 10 * time.Minute
+	}
+	return &Watcher{o: o, cli: cli}, nil
+}
+
+// Close releases the client.
+func (w *Watcher) Close() error { return w.cli.Close() }
+
+// Forwarded is how many log lines went to the sink (journald may still drop some: compare).
+func (w *Watcher) Forwarded() int64 { return w.forwarded.Load() }
+
+// LastLines returns the most recent log lines.
+func (w *Watcher) LastLines() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.last...)
+}
+
+// State is the container's state as far as boot completion goes.
+type State struct {
+	Exists, Running, Restarting bool
+	Health                      string // "", starting, healthy, unhealthy
+	RestartCount                int
+	ID                          string
+}
+
+// Ready reports boot completion: running and, when it has a health check, healthy.
+func (s State) Ready() bool {
+	return s.Running && !s.Restarting && (s.Health == "" || s.Health == "healthy")
+}
+
+func (s State) String() string {
+	switch {
+	case !s.Exists:
+		return "no container yet"
+	case s.Restarting:
+		return "restarting"
+	case !s.Running:
+		return "not running"
+	case s.Health != "" && s.Health != "healthy":
+		return "running, health " + s.Health
+	}
+	return "running"
+}
+
+// Inspect reads the container's state.
+func (w *Watcher) Inspect(ctx context.Context) (State, error) {
+	info, err := w.cli.ContainerInspect(ctx, w.o.Name)
+	if cerrdefs.IsNotFound(err) {
+		return State{}, nil
+	}
+	if err != nil {
+		return State{}, fmt.Errorf("inspecting container %s: %w", w.o.Name, err)
+	}
+	s := State{Exists: true, ID: info.ID, RestartCount: info.RestartCount}
+	if info.State != nil {
+		s.Running, s.Restarting = info.State.Running, info.State.Restarting
+		if info.State.Health != nil {
+			s.Health = info.State.Health.Status
+		}
+	}
+	return s, nil
+}
+
+// WaitReady blocks until the frontend is ready, keeping STATUS= on what is awaited; past
+// StuckAfter the probes run again and their findings are logged (the runbook's
+// troubleshooting, automated), then every ReprobeEvery.
+func (w *Watcher) WaitReady(ctx context.Context) error {
+	start := time.Now()
+	nextProbe := start.Add(w.o.StuckAfter)
+	lastState := ""
+	t := time.NewTicker(w.o.Poll)
+	defer t.Stop()
+	for {
+		s, err := w.Inspect(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			w.status(fmt.Sprintf("waiting for the Docker engine (%s): %v", since(start), err))
+		case s.Ready():
+			return nil
+		default:
+			if s.String() != lastState {
+				w.o.Log.Info("waiting for the frontend", "container", w.o.Name, "state", s.String(), "restarts", s.RestartCount)
+				lastState = s.String()
+			}
+			w.status(fmt.Sprintf("waiting for %s (%s): %s", w.o.Name, since(start), s.String()))
+		}
+		if w.o.StuckAfter > 0 && time.Now().After(nextProbe) && w.o.Probe != nil {
+			fs := w.o.Probe(ctx)
+			var codes []string
+			for _, f := range fs {
+				codes = append(codes, f.Code)
+			}
+			w.o.Log.Warn(fmt.Sprintf("%s not ready after %s; findings: %s", w.o.Name, since(start), orNone(codes)),
+				"container", w.o.Name, "findings", strings.Join(codes, ","))
+			nextProbe = time.Now().Add(w.o.ReprobeEvery)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func orNone(codes []string) string {
+	if len(codes) == 0 {
+		return "none (the databases and Vault look fine: read the frontend's log)"
+	}
+	return strings.Join(codes, " ")
+}
+
+func since(t time.Time) string { return time.Since(t).Round(time.Second).String() }
+
+func (w *Watcher) status(s string) {
+	if w.o.Status != nil {
+		w.o.Status(s)
+	}
+}
+
+// Follow forwards the container's logs until ctx ends, across stops, restarts and
+// re-creations. Each reattachment asks for the lines since the last one forwarded (not a
+// tail), and skips the lines it already forwarded at that exact timestamp.
+func (w *Watcher) Follow(ctx context.Context, from time.Time) {
+	last := from
+	dupAtLast := 0
+	for ctx.Err() == nil {
+		s, err := w.Inspect(ctx)
+		if err != nil || !s.Exists {
+			sleepCtx(ctx, w.o.Poll)
+			continue
+		}
+		opts := container.LogsOptions{ShowStdout: true, ShowStderr: true, Follow: true, Timestamps: true}
+		if !last.IsZero() {
+			opts.Since = fmt.Sprintf("%d.%09d", last.Unix(), last.Nanosecond())
+		}
+		rc, err := w.cli.ContainerLogs(ctx, s.ID, opts)
+		if err != nil {
+			sleepCtx(ctx, w.o.Poll)
+			continue
+		}
+		last, dupAtLast = w.pump(rc, last, dupAtLast)
+		rc.Close()
+		// The stream ends at every stop or restart; wait for a change before reattaching so a
+		// stopped container is not polled in a tight loop.
+		w.waitChange(ctx, s)
+	}
+}
+
+// pump reads one log stream. Docker frames every log message (8-byte header: stream and
+// size), so a last line without a newline stays its own entry instead of swallowing the next
+// run's first line; a message longer than Docker's 16 KiB chunks arrives as several entries.
+func (w *Watcher) pump(rc io.Reader, last time.Time, dup int) (time.Time, int) {
+	br := bufio.NewReaderSize(rc, 64<<10)
+	seenAtLast := 0
+	var hdr [8]byte
+	for {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			return last, dup
+		}
+		stream := "stdout"
+		switch hdr[0] {
+		case 1:
+		case 2:
+			stream = "stderr"
+		default:
+			// A TTY container's stream is not framed: read it as lines.
+			rest, _ := io.ReadAll(io.MultiReader(bytes.NewReader(hdr[:]), br))
+			for _, l := range strings.Split(strings.TrimSuffix(string(rest), "\n"), "\n") {
+				ts, text := splitTimestamp(l)
+				if !ts.Before(last) {
+					w.forward(stream, text, ts)
+				}
+			}
+			return last, dup
+		}
+		size := binary.BigEndian.Uint32(hdr[4:])
+		payload := make([]byte, size)
+		if _, err := io.ReadFull(br, payload); err != nil {
+			return last, dup
+		}
+		ts, text := splitTimestamp(strings.TrimSuffix(string(payload), "\n"))
+		if ts.Before(last) {
+			continue
+		}
+		if ts.Equal(last) {
+			seenAtLast++
+			if seenAtLast <= dup {
+				continue // already forwarded before the reattachment
+			}
+			dup++
+		} else {
+			last, dup, seenAtLast = ts, 1, 1
+		}
+		w.forward(stream, text, ts)
+	}
+}
+
+func (w *Watcher) forward(stream, text string, ts time.Time) {
+	w.forwarded.Add(1)
+	w.mu.Lock()
+	w.last = append(w.last, text)
+	if len(w.last) > 20 {
+		w.last = w.last[len(w.last)-20:]
+	}
+	w.mu.Unlock()
+	if w.o.Sink != nil {
+		w.o.Sink.Line(stream, text, ts)
+	}
+}
+
+// splitTimestamp separates the RFC3339Nano timestamp Docker puts before each line.
+func splitTimestamp(s string) (time.Time, string) {
+	head, rest, ok := strings.Cut(s, " ")
+	if !ok {
+		head = s
+	}
+	ts, err := time.Parse(time.RFC3339Nano, head)
+	if err != nil {
+		return time.Time{}, s
+	}
+	return ts, rest
+}
+
+func (w *Watcher) waitChange(ctx context.Context, was State) {
+	t := time.NewTicker(w.o.Poll / 4)
+	defer t.Stop()
+	for {
+		s, err := w.Inspect(ctx)
+		if err == nil && (s.ID != was.ID || s.Running || s.RestartCount != was.RestartCount) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// CrashLoops watches the engine's events for the container dying, and calls report once
+// each time it dies CrashRestarts times within CrashWindow.
+func (w *Watcher) CrashLoops(ctx context.Context, report func(dies int, window time.Duration)) error {
+	f := filters.NewArgs(filters.Arg("type", string(events.ContainerEventType)), filters.Arg("container", w.o.Name), filters.Arg("event", "die"))
+	msgs, errs := w.cli.Events(ctx, events.ListOptions{Filters: f})
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errs:
+			if ctx.Err() != nil || errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("following Docker events: %w", err)
+		case m := <-msgs:
+			now := time.Unix(0, m.TimeNano)
+			w.mu.Lock()
+			w.dies = append(w.dies, now)
+			cut := 0
+			for cut < len(w.dies) && now.Sub(w.dies[cut]) > w.o.CrashWindow {
+				cut++
+			}
+			w.dies = w.dies[cut:]
+			n := len(w.dies)
+			fire := n >= w.o.CrashRestarts && !w.looping
+			if fire {
+				w.looping = true
+			}
+			if n < w.o.CrashRestarts {
+				w.looping = false
+			}
+			w.mu.Unlock()
+			if fire {
+				report(n, w.o.CrashWindow)
+			}
+		}
+	}
+}
