@@ -199,3 +199,19 @@ func TestValidateFilesBlocksBrokenFiles(t *testing.T) {
 		t.Fatalf("validate of a broken file in place: exit %d\n%s%s", v.code, v.stdout, v.stderr)
 	}
 }
+
+// A key CircleCI created on this machine reaches the bucket, on demand and at the end of a boot.
+func TestBackupKeysCommand(t *testing.T) {
+	w := newWorld(t, "i-0backup000000000")
+	if r := w.run("run", "--once"); r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	os.WriteFile(filepath.Join(w.root, "data/circle/circleci-encryption-keys/99-made-here.key"), []byte("fresh key"), 0o600)
+	r := w.run("backup", "keys")
+	if r.code != 0 || string(w.s3.Object(bkt, "circleci-encryption-keys/99-made-here.key")) != "fresh key" {
+		t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if u := w.run("backup", "things"); u.code != 2 {
+		t.Fatalf("bad usage: exit %d", u.code)
+	}
+}

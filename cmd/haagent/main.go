@@ -39,6 +39,7 @@ commands:
   check [--format text|json] [--only postgres,mongo,vault] [--timeout 5s]
                            probe the databases and Vault with the settings the services read
   validate                 check the config and the files in place, offline, with no side effects
+  backup keys              copy encryption keys that exist only on this machine to the bucket
   install|uninstall|start|stop
                            manage the systemd unit (systemd/haagent.service, verbatim)
   version                  print the version
@@ -119,6 +120,12 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		c = &validateCmd{g: g}
 	case "check":
 		c = &checkCmd{g: g}
+	case "backup":
+		if len(cargs) == 0 {
+			return usageErr("usage: haagent backup keys")
+		}
+		c = &backupCmd{g: g, what: cargs[0]}
+		cargs = cargs[1:]
 	case "install", "uninstall", "start", "stop":
 		c = &serviceCmd{g: g, action: cmd}
 	case "version":

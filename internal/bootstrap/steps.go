@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/atomicfile"
+	"github.com/haagent/haagent/internal/backup"
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/certs"
 	"github.com/haagent/haagent/internal/config"
@@ -46,6 +47,7 @@ var Steps = []Step{
 	{Name: "probe", Run: stepProbe},
 	{Name: "replicated-install", Run: stepReplicatedInstall},
 	{Name: "watch", Run: stepWatch},
+	{Name: "backup-keys", Run: StepBackupKeys},
 }
 
 func stepIMDS(ctx context.Context, env *Env) error {
@@ -353,4 +355,39 @@ func codesOrNone(codes []string) string {
 		return "no findings"
 	}
 	return strings.Join(codes, " ")
+}
+
+// StepBackupKeys copies encryption keys that exist only on this machine to the bucket, after
+// the boot (CircleCI creates its keys on first start). It fails while any key is not in S3,
+// so the service keeps trying and the run is not reported complete with keys at risk.
+func StepBackupKeys(ctx context.Context, env *Env) error {
+	var e config.Entry
+	for _, l := range env.Config.Layout {
+		if l.Name == "encryption_keys" {
+			e = l
+		}
+	}
+	res, err := backup.Keys(ctx, env.Bucket, env.Root, e.Dest, e.Key, bucket.Encryption{SSE: env.Config.Backup.SSE, KMSKeyID: env.Config.Backup.KMSKeyID})
+	var be *bucket.Error
+	if err != nil && errors.As(err, &be) && be.Code() == "S3_UNREACHABLE" {
+		// A reboot with S3 down (the fetch went on with the last good files): try next boot.
+		env.Report(findings.New("KEYS_BACKUP_SKIPPED", env.Bucket.URI(e.Key), "S3 is unreachable: the encryption keys were not compared with the bucket", err.Error()))
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	env.ReportAll(res.Findings)
+	env.Log.Info("encryption keys backed up", "uploaded", len(res.Uploaded), "in_sync", len(res.InSync),
+		"conflicts", len(res.Conflicts), "not_backed_up", len(res.NotBackedUp))
+	var errs []findings.Finding
+	for _, f := range res.Findings {
+		if f.Severity == findings.Error {
+			errs = append(errs, f)
+		}
+	}
+	if len(errs) > 0 {
+		return &findings.Failure{Findings: errs}
+	}
+	return nil
 }

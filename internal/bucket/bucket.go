@@ -4,6 +4,7 @@
 package bucket
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -306,16 +307,29 @@ func (b *Bucket) GetBytes(ctx context.Context, key string, max int64) ([]byte, e
 	return data, err
 }
 
+// Encryption is the server-side encryption asked for on upload.
+type Encryption struct {
+	SSE      string // "", "AES256" or "aws:kms"
+	KMSKeyID string // with aws:kms; empty uses the bucket's or AWS's default key
+}
+
 // PutIfAbsent writes a small object only when none exists (If-None-Match: *). It returns
-// ErrExists when another writer was first.
-func (b *Bucket) PutIfAbsent(ctx context.Context, key string, data []byte) error {
+// ErrExists when another writer was first: nothing is ever overwritten.
+func (b *Bucket) PutIfAbsent(ctx context.Context, key string, data []byte, enc ...Encryption) error {
 	return b.do(ctx, "PutObject", key, func(ctx context.Context, cli *s3.Client) error {
-		_, err := cli.PutObject(ctx, &s3.PutObjectInput{
+		in := &s3.PutObjectInput{
 			Bucket:      aws.String(b.Name),
 			Key:         aws.String(b.Prefix + key),
-			Body:        strings.NewReader(string(data)),
+			Body:        bytes.NewReader(data),
 			IfNoneMatch: aws.String("*"),
-		})
+		}
+		if len(enc) > 0 && enc[0].SSE != "" {
+			in.ServerSideEncryption = types.ServerSideEncryption(enc[0].SSE)
+			if enc[0].KMSKeyID != "" {
+				in.SSEKMSKeyId = aws.String(enc[0].KMSKeyID)
+			}
+		}
+		_, err := cli.PutObject(ctx, in)
 		return err
 	})
 }

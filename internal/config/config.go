@@ -39,6 +39,7 @@ type Config struct {
 	CACertificates []string   `yaml:"ca_certificates"`
 	Replicated     Replicated `yaml:"replicated"`
 	Watch          Watch      `yaml:"watch"`
+	Backup         Backup     `yaml:"backup"`
 	// Layout is Files merged over the default layout, in a fixed order; filled by Validate.
 	Layout []Entry `yaml:"-"`
 	// Origin says where the config came from (a path or "user-data"), for messages.
@@ -111,6 +112,14 @@ type Override struct {
 type PostgresProbe struct {
 	Databases  []string            `yaml:"databases"`
 	Extensions map[string][]string `yaml:"extensions"`
+}
+
+// Backup configures the encryption keys backup.
+type Backup struct {
+	// SSE is the server-side encryption for uploaded keys: "" (the bucket's default),
+	// AES256 or aws:kms.
+	SSE      string `yaml:"sse"`
+	KMSKeyID string `yaml:"kms_key_id"`
 }
 
 // Watch configures the frontend watch.

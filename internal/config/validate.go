@@ -189,6 +189,14 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	switch c.Backup.SSE {
+	case "", "AES256", "aws:kms":
+	default:
+		bad("backup.sse", "%q is not AES256 or aws:kms", c.Backup.SSE)
+	}
+	if c.Backup.KMSKeyID != "" && c.Backup.SSE != "aws:kms" {
+		bad("backup.kms_key_id", "needs backup.sse: aws:kms")
+	}
 	wt := &c.Watch
 	if wt.Container == "" {
 		wt.Container = "frontend"

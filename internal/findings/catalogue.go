@@ -90,6 +90,11 @@ var Catalogue = []Entry{
 	// the frontend watch
 	{"FRONTEND_CRASH_LOOP", Error, false, "frontend", "read the frontend's last lines (journalctl -u haagent CONTAINER_NAME=frontend) and the probes' findings: a database or Vault setting is the usual cause"},
 
+	// encryption keys backup
+	{"KEYS_NOT_BACKED_UP", Error, false, "keys", "grant the instance role s3:PutObject on the keys prefix; a replacement instance cannot decrypt CircleCI's data without them"},
+	{"KEYS_BACKUP_SKIPPED", Warning, false, "keys", "restore the route to S3; haagent compares the keys with the bucket at the next boot, or run haagent backup keys"},
+	{"KEYS_CONFLICT", Error, false, "keys", "two different keys carry one name: a person must decide which one CircleCI's data needs"},
+
 	// fetched files
 	{"FILE_SYNTAX", Error, true, "files", "fix the JSON at the position shown in the bucket's copy (a lost brace, a trailing comma, a typographic quote)"},
 	{"FILE_INVALID", Error, true, "files", "fix the file in the bucket as the summary says"},

@@ -56,10 +56,14 @@ type Watcher struct {
 	cli *client.Client
 
 	forwarded atomic.Int64
-	mu        sync.Mutex
-	last      []string
-	dies      []time.Time
-	looping   bool
+	// The Docker client negotiates its API version lazily on first use, racily when used from
+	// several goroutines; every call first goes through ready, which does it once, serialised.
+	negMu      sync.Mutex
+	negotiated bool
+	mu         sync.Mutex
+	last       []string
+	dies       []time.Time
+	looping    bool
 }
 
 // New connects to the engine (DOCKER_HOST or the default socket), negotiating the API
@@ -121,8 +125,27 @@ func (s State) String() string {
 	return "running"
 }
 
+// ready pings the engine and fixes the API version, once.
+func (w *Watcher) ready(ctx context.Context) error {
+	w.negMu.Lock()
+	defer w.negMu.Unlock()
+	if w.negotiated {
+		return nil
+	}
+	p, err := w.cli.Ping(ctx)
+	if err != nil {
+		return fmt.Errorf("reaching the Docker engine at %s: %w", w.cli.DaemonHost(), err)
+	}
+	w.cli.NegotiateAPIVersionPing(p)
+	w.negotiated = true
+	return nil
+}
+
 // Inspect reads the container's state.
 func (w *Watcher) Inspect(ctx context.Context) (State, error) {
+	if err := w.ready(ctx); err != nil {
+		return State{}, err
+	}
 	info, err := w.cli.ContainerInspect(ctx, w.o.Name)
 	if cerrdefs.IsNotFound(err) {
 		return State{}, nil
@@ -328,6 +351,12 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 // CrashLoops watches the engine's events for the container dying, and calls report once
 // each time it dies CrashRestarts times within CrashWindow.
 func (w *Watcher) CrashLoops(ctx context.Context, report func(dies int, window time.Duration)) error {
+	for w.ready(ctx) != nil {
+		sleepCtx(ctx, w.o.Poll)
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
 	f := filters.NewArgs(filters.Arg("type", string(events.ContainerEventType)), filters.Arg("container", w.o.Name), filters.Arg("event", "die"))
 	msgs, errs := w.cli.Events(ctx, events.ListOptions{Filters: f})
 	for {

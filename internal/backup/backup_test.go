@@ -1,0 +1,97 @@
+package backup
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/peertest"
+)
+
+const (
+	bkt    = "circleci-ha"
+	prefix = "circleci-encryption-keys/"
+	local  = "/data/circle/circleci-encryption-keys"
+)
+
+func keysRoot(t *testing.T, keys map[string]string) string {
+	root := t.TempDir()
+	dir := filepath.Join(root, local)
+	os.MkdirAll(dir, 0o700)
+	for k, v := range keys {
+		os.WriteFile(filepath.Join(dir, k), []byte(v), 0o600)
+	}
+	return root
+}
+
+func TestKeysBackup(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, bkt)
+	s.Put(t, bkt, prefix+"00-old.key", []byte("key made on an earlier instance"))
+	s.Put(t, bkt, prefix+"02-clash.key", []byte("the bucket's version"))
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+	root := keysRoot(t, map[string]string{
+		"00-old.key":   "key made on an earlier instance",
+		"01-new.key":   "key CircleCI just made",
+		"02-clash.key": "this machine's version",
+	})
+	res, err := Keys(context.Background(), b, root, local, prefix, bucket.Encryption{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(res.Uploaded, ",") != "01-new.key" || strings.Join(res.InSync, ",") != "00-old.key" || strings.Join(res.Conflicts, ",") != "02-clash.key" {
+		t.Fatalf("%+v", res)
+	}
+	if string(s.Object(bkt, prefix+"01-new.key")) != "key CircleCI just made" {
+		t.Fatal("the new key is not in the bucket")
+	}
+	if string(s.Object(bkt, prefix+"02-clash.key")) != "the bucket's version" {
+		t.Fatal("a conflicting key was overwritten in the bucket")
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, local, "02-clash.key")); string(b) != "this machine's version" {
+		t.Fatal("a conflicting key was overwritten on the machine")
+	}
+	if len(res.Findings) != 1 || res.Findings[0].Code != "KEYS_CONFLICT" || strings.Contains(res.Findings[0].Evidence+res.Findings[0].Summary, "version") {
+		t.Fatalf("want one KEYS_CONFLICT without contents, got %+v", res.Findings)
+	}
+	// Idempotent: a second run uploads nothing.
+	res, err = Keys(context.Background(), b, root, local, prefix, bucket.Encryption{})
+	if err != nil || len(res.Uploaded) != 0 || strings.Join(res.InSync, ",") != "00-old.key,01-new.key" {
+		t.Fatalf("second run: %+v %v", res, err)
+	}
+	// Nothing is deleted on either side: a key only in S3 stays there.
+	s.Put(t, bkt, prefix+"03-s3-only.key", []byte("x"))
+	if _, err := Keys(context.Background(), b, root, local, prefix, bucket.Encryption{}); err != nil || s.Object(bkt, prefix+"03-s3-only.key") == nil {
+		t.Fatal("a key only in the bucket was touched")
+	}
+	if _, err := os.Stat(filepath.Join(root, local, "03-s3-only.key")); err == nil {
+		t.Fatal("the backup must not download keys")
+	}
+}
+
+func TestKeysBackupDeniedNamesThePermission(t *testing.T) {
+	f := peertest.StartFakeS3(t, bkt, nil)
+	f.SetFault(func(w http.ResponseWriter, r *http.Request, _ http.Handler) bool {
+		if r.Method == http.MethodPut {
+			peertest.S3Error(w, 403, "AccessDenied", "Access Denied")
+			return true
+		}
+		return false
+	})
+	b := peertest.OpenBucket(t, f.URL, "a", "b", bkt, 2, 5*time.Second)
+	res, err := Keys(context.Background(), b, keysRoot(t, map[string]string{"k.key": "secret-key-bytes"}), local, prefix, bucket.Encryption{SSE: "AES256"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Findings) != 1 || res.Findings[0].Code != "KEYS_NOT_BACKED_UP" || !strings.Contains(res.Findings[0].Fix, "s3:PutObject on arn:aws:s3:::circleci-ha/circleci-encryption-keys/*") {
+		t.Fatalf("%+v", res.Findings)
+	}
+	if strings.Contains(res.Findings[0].Evidence, "secret-key-bytes") {
+		t.Fatal("key contents in a finding")
+	}
+}
