@@ -120,3 +120,20 @@ func (v *Vault) Token(t testing.TB, params map[string]any) string {
 	}
 	return tok
 }
+
+// StartVaultUninitialized starts a non-dev Vault (in-memory storage, plain listener) that
+// nobody initialised: sys/health answers 501.
+func StartVaultUninitialized(t testing.TB) *Vault {
+	t.Helper()
+	bin := Bin(t, "vault")
+	dir := t.TempDir()
+	v := &Vault{Addr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), client: &http.Client{Timeout: 10 * time.Second}}
+	cfg := fmt.Sprintf("storage \"inmem\" {}\nlistener \"tcp\" {\n  address = %q\n  tls_disable = 1\n}\ndisable_mlock = true\n", v.Addr)
+	os.WriteFile(filepath.Join(dir, "vault.hcl"), []byte(cfg), 0o600)
+	cmd := exec.Command(bin, "server", "-config="+filepath.Join(dir, "vault.hcl"))
+	cmd.Env = append(os.Environ(), "HOME="+dir)
+	logf := filepath.Join(dir, "vault.log")
+	start(t, cmd, logf)
+	WaitListening(t, v.Addr, cmd, logf)
+	return v
+}

@@ -64,7 +64,7 @@ func assertNoSecret(t *testing.T, rep *Report, secrets ...string) {
 	t.Helper()
 	b, _ := json.Marshal(rep)
 	for _, s := range secrets {
-		if strings.Contains(string(b), s) {
+		if s != "" && strings.Contains(string(b), s) {
 			t.Errorf("secret %q appears in the report", s)
 		}
 	}

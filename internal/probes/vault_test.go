@@ -131,3 +131,11 @@ func TestVaultPlainListenerAndSeal(t *testing.T) {
 		}
 	})
 }
+
+func TestVaultUninitialized(t *testing.T) {
+	v := peertest.StartVaultUninitialized(t)
+	rep := vaultCheck(t, v, "http", "hvs.whatever", "transit", nil)
+	if only(rep.Findings) != "VAULT_UNINITIALIZED" || !strings.Contains(rep.Findings[0].Fix, "vault operator init") {
+		t.Fatalf("%+v", rep.Findings)
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -164,4 +166,49 @@ echo "run $n out"; echo "run $n err" >&2; printf "run $n partial"; exit 1`
 			t.Errorf("forwarded counter %d, sink got %d", w.Forwarded(), len(got))
 		}
 	})
+}
+
+// Goroutines and file descriptors stay flat across many restarts of the followed container.
+func TestWatchStableAcrossRestarts(t *testing.T) {
+	d := peertest.StartDocker(t)
+	d.BusyboxImage(t)
+	sink := &recSink{}
+	w := newWatcher(t, d, Options{Sink: sink, CrashRestarts: 1000, CrashWindow: time.Minute})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go w.CrashLoops(ctx, func(int, time.Duration) {})
+	go w.Follow(ctx, time.Time{})
+	d.Frontend(t, nil, `n=$(cat /tmp/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /tmp/n; echo "start $n"; sleep 3600`)
+	has := func(line string) func() bool {
+		return func() bool {
+			for _, l := range sink.snapshot() {
+				if l == line {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	eventually(t, "the first start", has("stdout:start 1"))
+	goroutines, fds := runtime.NumGoroutine(), openFDs()
+	const restarts = 25
+	for i := 2; i <= restarts+1; i++ {
+		d.MustRun(t, "restart", "-t", "0", "frontend")
+		eventually(t, fmt.Sprintf("start %d", i), has(fmt.Sprintf("stdout:start %d", i)))
+	}
+	if got := len(sink.snapshot()); got != restarts+1 {
+		t.Fatalf("%d lines forwarded for %d starts: %q", got, restarts+1, sink.snapshot())
+	}
+	// Let idle connections settle before counting.
+	eventually(t, "goroutines back near their count before the restarts", func() bool {
+		return runtime.NumGoroutine() <= goroutines+5
+	})
+	if n := openFDs(); n > fds+5 {
+		t.Fatalf("file descriptors grew from %d to %d across %d restarts", fds, n, restarts)
+	}
+}
+
+func openFDs() int {
+	entries, _ := os.ReadDir("/proc/self/fd")
+	return len(entries)
 }
