@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 PEERS_BIN := $(shell scripts/peers.sh bin)
 
-.PHONY: all build demo test peers lint unit fuzz clean ami
+.PHONY: all build demo test peers lint unit fuzz clean ami e2e
 
 all: build
 
@@ -32,6 +32,10 @@ unit: peers
 	HAAGENT_PEERS_BIN=$(PEERS_BIN) $(GO) test -race -count=1 -timeout 20m ./...
 
 test: lint unit
+
+# The boot test alone: a real systemd (systemd-nspawn) booting haagent as the AMI has it.
+e2e: peers
+	HAAGENT_PEERS_BIN=$(PEERS_BIN) $(GO) test -count=1 -run TestSystemdBoot -v ./cmd/haagent
 
 # A short fuzzing pass over the config decoder (CI runs the seed corpus through `go test`).
 fuzz:

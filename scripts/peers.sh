@@ -114,6 +114,24 @@ MOD
   rm -rf "$w"
 }
 
+# A debootstrapped bookworm with systemd and docker.io, booted by systemd-nspawn in the boot
+# test; cached (read-only use: the test copies it).
+build_nspawnroot() {
+  [ -x "$PEERS/nspawn/root/lib/systemd/systemd" ] && return 0
+  command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap systemd-container >/dev/null
+  command -v systemd-nspawn >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd-container >/dev/null
+  local mirror
+  mirror=$(sed -n 's/^URIs: \(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1)
+  [ -n "$mirror" ] || mirror=$(awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null)
+  [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+  log "debootstrapping bookworm for the boot test from $mirror (~1.5 min)"
+  mkdir -p "$PEERS/nspawn"
+  rm -rf "$PEERS/nspawn/root.tmp"
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,docker.io,ca-certificates bookworm "$PEERS/nspawn/root.tmp" "$mirror" >/dev/null
+  mkdir -p "$PEERS/nspawn/root.tmp/var/log/journal"
+  mv "$PEERS/nspawn/root.tmp" "$PEERS/nspawn/root"
+}
+
 cmd=${1:-build}
 shift || true
 case $cmd in
@@ -121,7 +139,7 @@ case $cmd in
   deps) deps ;;
   build)
     names=("$@")
-    [ ${#names[@]} -eq 0 ] && names=(versitygw imdsmock staticcheck ferretdb vault)
+    [ ${#names[@]} -eq 0 ] && names=(versitygw imdsmock staticcheck ferretdb vault nspawnroot)
     for n in "${names[@]}"; do "build_$n"; done
     ;;
   *) echo "usage: $0 build [versitygw|imdsmock|staticcheck|ferretdb|vault...] | deps | bin" >&2; exit 2 ;;

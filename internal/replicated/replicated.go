@@ -37,7 +37,11 @@ import (
 const (
 	MarkerPath = "/var/lib/haagent/replicated-installed.json"
 	ScriptPath = "/var/lib/haagent/replicated-install.sh"
-	UnitName   = "haagent-replicated-install"
+	// ExitPath is written by the installer's unit itself when the script ends ("CODE
+	// INSTANCE-ID"), so a haagent that was restarted meanwhile learns the outcome without
+	// running the installer again.
+	ExitPath = "/var/lib/haagent/replicated-install.exit"
+	UnitName = "haagent-replicated-install"
 )
 
 // DefaultInstallerURL is the runbook's installer.
@@ -116,7 +120,19 @@ func Ensure(ctx context.Context, o Options) (Result, error) {
 		if active, err := unitActive(ctx); err == nil && active {
 			o.Log.Warn("an installer started by an earlier haagent is still running; waiting for it", "unit", UnitName)
 			code, err := waitUnit(ctx, o)
-			return res, o.finish(code, err, "")
+			if ferr := o.finish(code, err, unitTail(ctx)); ferr != nil {
+				return res, ferr
+			}
+			return res, o.mark(readScriptSHA(o.Root))
+		}
+		if code, ok := readExit(o.Root, o.InstanceID); ok && !o.Reinstall {
+			// It ended while haagent was down: take its result, do not run it again.
+			o.Log.Warn("an installer started by an earlier haagent ended while haagent was down", "unit", UnitName, "exit", code)
+			if ferr := o.finish(code, nil, unitTail(ctx)); ferr != nil {
+				os.Remove(filepath.Join(o.Root, ExitPath))
+				return res, ferr
+			}
+			return res, o.mark(readScriptSHA(o.Root))
 		}
 	}
 	script, sum, err := download(ctx, o)
@@ -143,12 +159,41 @@ func Ensure(ctx context.Context, o Options) (Result, error) {
 	if ferr := o.finish(code, err, tailLines); ferr != nil {
 		return res, ferr
 	}
-	m := Marker{InstanceID: o.InstanceID, InstallerSHA256: sum, ExitCode: 0, Time: time.Now().UTC(), SettingsSHA256: o.SettingsSHA256}
+	return res, o.mark(sum)
+}
+
+// mark writes the install-complete marker.
+func (o Options) mark(installerSHA string) error {
+	m := Marker{InstanceID: o.InstanceID, InstallerSHA256: installerSHA, ExitCode: 0, Time: time.Now().UTC(), SettingsSHA256: o.SettingsSHA256}
 	b, _ := json.MarshalIndent(m, "", "  ")
 	if _, err := atomicfile.WriteFile(filepath.Join(o.Root, MarkerPath), append(b, '\n'), atomicfile.Options{Mode: 0o644, DirMode: 0o700, UID: -1, GID: -1}); err != nil {
-		return res, fmt.Errorf("writing the install-complete marker: %w", err)
+		return fmt.Errorf("writing the install-complete marker: %w", err)
 	}
-	return res, nil
+	os.Remove(filepath.Join(o.Root, ExitPath))
+	return nil
+}
+
+func readScriptSHA(root string) string {
+	b, err := os.ReadFile(filepath.Join(root, ScriptPath))
+	if err != nil {
+		return ""
+	}
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+// readExit returns the exit code the installer's unit recorded for this instance.
+func readExit(root, instanceID string) (int, bool) {
+	b, err := os.ReadFile(filepath.Join(root, ExitPath))
+	if err != nil {
+		return 0, false
+	}
+	var code int
+	var inst string
+	if n, _ := fmt.Sscanf(string(b), "%d %s", &code, &inst); n != 2 || inst != instanceID {
+		return 0, false
+	}
+	return code, true
 }
 
 func (o Options) finish(code int, err error, tailLines string) error {
@@ -328,7 +373,10 @@ func runUnit(ctx context.Context, o Options, args []string) (int, error) {
 	for _, e := range env(o) {
 		argv = append(argv, "--setenv="+e)
 	}
-	argv = append(argv, "/bin/bash", filepath.Join(o.Root, ScriptPath))
+	// The unit records the script's exit status itself (see ExitPath).
+	os.Remove(filepath.Join(o.Root, ExitPath))
+	wrapper := fmt.Sprintf(`/bin/bash "$0" "$@"; rc=$?; printf '%%s %%s\n' "$rc" %q > %q; exit $rc`, o.InstanceID, filepath.Join(o.Root, ExitPath))
+	argv = append(argv, "/bin/bash", "-c", wrapper, filepath.Join(o.Root, ScriptPath))
 	argv = append(argv, args...)
 	if out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("starting the installer unit (%s): %w: %s", strings.Join(argv[:3], " "), err, bytes.TrimSpace(out))
@@ -349,6 +397,9 @@ func waitUnit(ctx context.Context, o Options) (int, error) {
 		case "inactive", "failed":
 			if props["Result"] == "timeout" {
 				return -1, errTimeout
+			}
+			if code, ok := readExit(o.Root, o.InstanceID); ok {
+				return code, nil
 			}
 			var code int
 			fmt.Sscanf(props["ExecMainStatus"], "%d", &code)
@@ -403,6 +454,11 @@ func ensureActive(ctx context.Context, o Options) error {
 	for _, svc := range Services {
 		argv := append(append([]string{}, Systemctl...), "is-active", "--quiet", svc)
 		if exec.CommandContext(ctx, argv[0], argv[1:]...).Run() == nil {
+			continue
+		}
+		argv = append(append([]string{}, Systemctl...), "show", "-p", "LoadState", "--value", svc)
+		if out, _ := exec.CommandContext(ctx, argv[0], argv[1:]...).Output(); strings.TrimSpace(string(out)) == "not-found" {
+			o.Log.Warn("the install-complete marker is here but this Replicated service is not installed; not starting it (haagent run --reinstall reinstalls)", "service", svc)
 			continue
 		}
 		o.Log.Warn("Replicated service inactive; starting it", "service", svc)

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/haagent/haagent/internal/peertest"
+	"github.com/haagent/haagent/systemd"
+)
+
+// The boot test: a debootstrapped bookworm booted by systemd-nspawn (a real systemd as PID 1),
+// haagent installed the way the AMI has it, the peers on the host's loopback. It proves the
+// unit, READY/STATUS, the journal fields, the installer's transient unit, and that killing
+// haagent mid-install neither kills nor repeats the installer.
+func TestSystemdBoot(t *testing.T) {
+	root := peertest.NspawnRoot(t)
+	w := newWorld(t, "i-0nspawn000000000")
+	w.root = root
+	// The installer outlasts haagent's RestartSec, so the restarted haagent finds it running.
+	w.installer.setScript(`#!/bin/bash
+echo 'installer started'
+sleep 15
+for svc in replicated replicated-ui replicated-operator; do
+  printf '[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n' > /etc/systemd/system/$svc.service
+done
+systemctl daemon-reload
+systemctl enable --now replicated replicated-ui replicated-operator
+echo 'Installing Replicated (test installer)'
+`)
+	copyFile(t, haagentBin, filepath.Join(root, "usr/local/bin/haagent"), 0o755)
+	os.MkdirAll(filepath.Join(root, "etc/systemd/journald.conf.d"), 0o755)
+	copyFile(t, "../../packer/journald-haagent.conf", filepath.Join(root, "etc/systemd/journald.conf.d/haagent.conf"), 0o644)
+	os.MkdirAll(filepath.Join(root, "var/log/journal"), 0o755)
+
+	m := peertest.Boot(t, root)
+	m.MustExec(t, "haagent", "install")
+	unit, _ := os.ReadFile(filepath.Join(root, "etc/systemd/system/haagent.service"))
+	if string(unit) != systemd.Unit {
+		t.Fatalf("haagent install wrote another unit than systemd/haagent.service:\n%s", unit)
+	}
+	// The image check passes on the baked image, before any config arrives.
+	if out, err := exec.Command("bash", "../../packer/check-image.sh", root).CombinedOutput(); err != nil {
+		t.Fatalf("check-image on the installed root: %v\n%s", err, out)
+	}
+
+	// What user-data and /etc/default/haagent give a real instance.
+	w.writeConfig(w.s3.URL, "")
+	os.WriteFile(filepath.Join(root, "etc/default/haagent"), []byte(strings.Join([]string{
+		"AWS_ACCESS_KEY_ID=" + w.s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + w.s3.SecretKey,
+		"AWS_EC2_METADATA_SERVICE_ENDPOINT=" + w.imds.URL}, "\n")+"\n"), 0o600)
+	m.MustExec(t, "systemctl", "start", "haagent")
+
+	// Kill haagent while the installer's transient unit runs: the restarted haagent must
+	// neither kill nor repeat it.
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if out, _ := m.Exec("systemctl", "is-active", "haagent-replicated-install"); strings.TrimSpace(out) == "active" {
+			break
+		}
+		if time.Now().After(deadline) {
+			out, _ := m.Exec("journalctl", "-u", "haagent", "--no-pager", "-o", "cat")
+			t.Fatalf("the installer unit never ran; haagent's journal:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	m.MustExec(t, "systemctl", "kill", "-s", "KILL", "haagent")
+
+	if out, err := m.Exec("haagent", "status", "--wait", "--timeout", "120s"); err != nil {
+		j, _ := m.Exec("journalctl", "-u", "haagent", "--no-pager", "-o", "cat")
+		t.Fatalf("status --wait: %v\n%s\njournal:\n%s", err, out, j)
+	}
+	props := m.MustExec(t, "systemctl", "show", "haagent", "-p", "Type", "-p", "ActiveState", "-p", "StatusText", "-p", "NRestarts")
+	for _, want := range []string{"Type=notify", "ActiveState=active", "StatusText=boot complete", "NRestarts=1"} {
+		if !strings.Contains(props, want) {
+			t.Errorf("unit properties lack %s:\n%s", want, props)
+		}
+	}
+
+	// The installer ran once, in its own unit, and survived haagent's death.
+	inst := m.MustExec(t, "journalctl", "-u", "haagent-replicated-install", "--no-pager", "-o", "cat")
+	if strings.Count(inst, "\ninstaller started\n") != 1 || !strings.Contains(inst, "Installing Replicated (test installer)") {
+		t.Fatalf("the installer's journal:\n%s", inst)
+	}
+
+	// A broken setting (here: a database nobody listens for) surfaces in `haagent status`.
+	if st, _ := m.Exec("haagent", "status"); !strings.Contains(st, "TCP_REFUSED") {
+		t.Errorf("haagent status does not show the finding:\n%s", st)
+	}
+	// A restart (as on a reboot of the instance) does not run the installer again, and starts
+	// Replicated's services when they are down.
+	m.MustExec(t, "systemctl", "stop", "replicated")
+	m.MustExec(t, "systemctl", "restart", "haagent")
+	if out, err := m.Exec("haagent", "status", "--wait", "--timeout", "120s"); err != nil {
+		t.Fatalf("status --wait after the restart: %v\n%s", err, out)
+	}
+	if inst := m.MustExec(t, "journalctl", "-u", "haagent-replicated-install", "--no-pager", "-o", "cat"); strings.Count(inst, "\ninstaller started\n") != 1 {
+		t.Fatalf("the installer ran again after a restart:\n%s", inst)
+	}
+	if out, _ := m.Exec("systemctl", "is-active", "replicated"); strings.TrimSpace(out) != "active" {
+		t.Fatalf("replicated was not started again: %s", out)
+	}
+
+	// Journal entries carry haagent's fields.
+	entries := journal(t, m, "haagent")
+	var steps, finds int
+	waited := false
+	for _, e := range entries {
+		if e["HAAGENT_STEP"] == "fetch" {
+			steps++
+		}
+		if e["HAAGENT_FINDING"] == "TCP_REFUSED" {
+			finds++
+		}
+		if strings.Contains(e["MESSAGE"], "still running; waiting for it") {
+			waited = true
+		}
+	}
+	if steps == 0 || finds == 0 || !waited {
+		t.Fatalf("journal: %d fetch entries, %d TCP_REFUSED findings, restarted haagent waited=%v", steps, finds, waited)
+	}
+
+	// The fetched tree, with its modes.
+	for path, mode := range map[string]os.FileMode{"etc/settings.conf": 0o600, "etc/license.rli": 0o600,
+		"etc/circleconfig/shared": 0o700 | os.ModeDir, "data/circle/circleci-encryption-keys": 0o700 | os.ModeDir} {
+		fi, err := os.Stat(filepath.Join(root, path))
+		if err != nil || fi.Mode()&(os.ModeDir|os.ModePerm) != mode {
+			t.Errorf("/%s: %v %v, want %v", path, fi.Mode(), err, mode)
+		}
+	}
+}
+
+func journal(t *testing.T, m *peertest.Machine, unit string) []map[string]string {
+	t.Helper()
+	out := m.MustExec(t, "journalctl", "-u", unit, "-o", "json", "--no-pager")
+	var entries []map[string]string
+	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var raw map[string]any
+		if json.Unmarshal(sc.Bytes(), &raw) != nil {
+			continue
+		}
+		e := map[string]string{}
+		for k, v := range raw {
+			if s, ok := v.(string); ok {
+				e[k] = s
+			}
+		}
+		entries = append(entries, e)
+	}
+	return entries
+}
+
+func copyFile(t *testing.T, from, to string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Dir(to), 0o755)
+	if err := os.WriteFile(to, b, mode); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,125 @@
+package peertest
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Machine is a bookworm root booted by systemd-nspawn: a real systemd as PID 1, sharing the
+// host's network (the peers on loopback stay reachable).
+type Machine struct {
+	Root string
+	pid  int // the container's init, as seen from the host
+	cmd  *exec.Cmd
+}
+
+// NspawnRoot copies the cached debootstrapped root into a fresh directory.
+func NspawnRoot(t testing.TB) string {
+	t.Helper()
+	if _, err := exec.LookPath("systemd-nspawn"); err != nil {
+		Missing(t, "systemd-nspawn is not installed (apt-get install systemd-container)")
+	}
+	base := os.Getenv("HAAGENT_PEERS")
+	if base == "" {
+		base = "/tmp/haagent-peers"
+	}
+	cached := filepath.Join(base, "nspawn", "root")
+	if _, err := os.Stat(filepath.Join(cached, "lib/systemd/systemd")); err != nil {
+		Missing(t, "no debootstrapped root at "+cached+": run scripts/peers.sh build nspawnroot")
+	}
+	dir, err := os.MkdirTemp("/tmp", "hn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	root := filepath.Join(dir, "root")
+	if out, err := exec.Command("cp", "-a", cached, root).CombinedOutput(); err != nil {
+		t.Fatalf("copying the root: %v\n%s", err, out)
+	}
+	return root
+}
+
+// Boot starts systemd in root and waits until it reached multi-user.
+func Boot(t testing.TB, root string) *Machine {
+	t.Helper()
+	m := &Machine{Root: root}
+	logf := filepath.Join(filepath.Dir(root), "nspawn.log")
+	f, _ := os.Create(logf)
+	m.cmd = exec.Command("systemd-nspawn", "-D", root, "--boot", "--register=no", "--keep-unit", "--capability=all",
+		"--system-call-filter=@keyring bpf", "--console=pipe", "--machine=haagent-boot-test")
+	m.cmd.Env = append(os.Environ(), "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1")
+	m.cmd.Stdout, m.cmd.Stderr = f, f
+	m.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := m.cmd.Start(); err != nil {
+		t.Fatalf("systemd-nspawn: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { m.cmd.Wait(); f.Close(); close(done) }()
+	t.Cleanup(func() {
+		m.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			m.cmd.Process.Kill()
+			<-done
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if m.pid == 0 {
+			m.pid = childInit(m.cmd.Process.Pid)
+		}
+		if m.pid != 0 {
+			if out, err := m.Exec("systemctl", "is-system-running", "--wait"); err == nil || strings.Contains(out, "degraded") {
+				return m
+			}
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(logf)
+			t.Fatalf("the container did not boot:\n%s", log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// childInit finds the container's systemd: the child of systemd-nspawn.
+func childInit(nspawnPID int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", nspawnPID, nspawnPID))
+	if err != nil {
+		return 0
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			return pid
+		}
+	}
+	return 0
+}
+
+// Exec runs a command inside the container (all its namespaces) and returns its output.
+func (m *Machine) Exec(argv ...string) (string, error) {
+	cmd := exec.Command("nsenter", append([]string{"-t", strconv.Itoa(m.pid), "-a", "--"}, argv...)...)
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+// MustExec fails the test when the command fails.
+func (m *Machine) MustExec(t testing.TB, argv ...string) string {
+	t.Helper()
+	out, err := m.Exec(argv...)
+	if err != nil {
+		t.Fatalf("%s in the container: %v\n%s", strings.Join(argv, " "), err, out)
+	}
+	return out
+}
