@@ -20,8 +20,13 @@ import (
 // haagent mid-install neither kills nor repeats the installer.
 func TestSystemdBoot(t *testing.T) {
 	root := peertest.NspawnRoot(t)
+	// The frontend image, built on a host dockerd and loaded into the box's own.
+	host := peertest.StartDocker(t)
+	image := host.BusyboxImage(t)
+	host.MustRun(t, "save", "-o", filepath.Join(root, "frontend-image.tar"), image)
 	w := newWorld(t, "i-0nspawn000000000")
 	w.root = root
+	w.watchCfg = "watch:\n  stuck_after: 1h\n"
 	// The installer outlasts haagent's RestartSec, so the restarted haagent finds it running.
 	w.installer.setScript(`#!/bin/bash
 echo 'installer started'
@@ -31,12 +36,18 @@ for svc in replicated replicated-ui replicated-operator; do
 done
 systemctl daemon-reload
 systemctl enable --now replicated replicated-ui replicated-operator
+systemctl start docker
+docker load -i /frontend-image.tar
+docker run -d --name frontend --network none --restart always ` + image + ` sh -c 'echo frontend says hello; echo frontend warns >&2; sleep 3600'
 echo 'Installing Replicated (test installer)'
 `)
 	copyFile(t, haagentBin, filepath.Join(root, "usr/local/bin/haagent"), 0o755)
 	os.MkdirAll(filepath.Join(root, "etc/systemd/journald.conf.d"), 0o755)
 	copyFile(t, "../../packer/journald-haagent.conf", filepath.Join(root, "etc/systemd/journald.conf.d/haagent.conf"), 0o644)
 	os.MkdirAll(filepath.Join(root, "var/log/journal"), 0o755)
+	// The box shares the host's network: its dockerd must not touch bridges or iptables.
+	os.MkdirAll(filepath.Join(root, "etc/docker"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/docker/daemon.json"), []byte(`{"bridge": "none", "iptables": false, "ip6tables": false}`), 0o644)
 
 	m := peertest.Boot(t, root)
 	m.MustExec(t, "haagent", "install")
@@ -123,6 +134,17 @@ echo 'Installing Replicated (test installer)'
 	}
 	if steps == 0 || finds == 0 || !waited {
 		t.Fatalf("journal: %d fetch entries, %d TCP_REFUSED findings, restarted haagent waited=%v", steps, finds, waited)
+	}
+	// The frontend's lines are entries of their own, stderr at warning priority.
+	var hello, warns bool
+	for _, e := range entries {
+		if e["CONTAINER_NAME"] == "frontend" {
+			hello = hello || (e["MESSAGE"] == "frontend says hello" && e["PRIORITY"] == "6")
+			warns = warns || (e["MESSAGE"] == "frontend warns" && e["PRIORITY"] == "4")
+		}
+	}
+	if !hello || !warns {
+		t.Fatalf("frontend lines in the journal: hello=%v warns=%v", hello, warns)
 	}
 
 	// The fetched tree, with its modes.
