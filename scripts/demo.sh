@@ -105,7 +105,7 @@ mkdir -p "$WORK/ferretdb"
 cp "$PGDIR/server.crt" "$PGDIR/server.key" "$WORK/ferretdb/"
 (cd "$WORK/ferretdb" && exec "$BIN/ferretdb" --handler=sqlite --sqlite-url="file:$WORK/ferretdb/" --state-dir="$WORK/ferretdb" \
   --listen-addr= --listen-tls="127.0.0.1:$MONGOPORT" --listen-tls-cert-file="$WORK/ferretdb/server.crt" \
-  --listen-tls-key-file="$WORK/ferretdb/server.key" --telemetry=disable --test-enable-new-auth --repl-set-name=rs0 \
+  --listen-tls-key-file="$WORK/ferretdb/server.key" --telemetry=disable --debug-addr=127.0.0.1:0 --test-enable-new-auth --repl-set-name=rs0 \
   --setup-database=admin --setup-username=circle --setup-password=demo-mongo-password >"$WORK/ferretdb.log" 2>&1) &
 pids+=($!)
 waitport "$MONGOPORT"

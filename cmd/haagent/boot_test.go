@@ -27,6 +27,31 @@ func TestSystemdBoot(t *testing.T) {
 	w := newWorld(t, "i-0nspawn000000000")
 	w.root = root
 	w.watchCfg = "watch:\n  stuck_after: 1h\n"
+	// Real databases and Vault for the box, on the host's loopback, their CAs in the bucket.
+	// FerretDB cannot show privileges: that code is made non-blocking here, as an operator
+	// whose MongoDB reports none would.
+	w.probesConfig = "probes:\n  overrides:\n    MONGO_PRIVILEGE_MISSING: {blocking: false}\n"
+	pg := startPG(t)
+	fdb := peertest.StartFerretDB(t, peertest.FerretDBOptions{ReplSet: "rs0", TLS: true})
+	fdb.CreateUser(t, "admin", "circle", "mongo-pw")
+	vault := peertest.StartVault(t, true)
+	vault.Do(t, "POST", "sys/mounts/transit", map[string]any{"type": "transit"})
+	vault.Do(t, "PUT", "sys/policies/acl/circle", map[string]any{"policy": `path "transit/*" { capabilities = ["create", "read", "update"] }`})
+	// A broken setting that must surface without blocking: a token that will expire.
+	token := vault.Token(t, map[string]any{"policies": []string{"circle"}, "ttl": "30m", "renewable": false})
+	w.s3.Put(t, bkt, "ca-certificates/pg.crt", pg.CA.CertPEM)
+	w.s3.Put(t, bkt, "ca-certificates/mongo.crt", fdb.CA.CertPEM)
+	w.s3.Put(t, bkt, "ca-certificates/vault.crt", vault.CAPEM)
+	w.s3.Put(t, bkt, "circleconfig/shared/postgresql", pgFile("127.0.0.1", pg.Port, pgPass))
+	mongo := "export MONGO_BASE_URI=\"mongodb://circle:mongo-pw@" + fdb.TLSAddr + "\"\n"
+	for v, db := range map[string]string{"MAIN": "circle_ghe", "ACTION_LOGS": "circle_ghe", "BUILD_STATE": "build_state_dev_ghe",
+		"CONTAINERS": "containers_dev_ghe", "REMOTE_CONTAINERS": "remote_containers_dev_ghe"} {
+		mongo += "export CIRCLE_SECRETS_MONGODB_" + v + "_URI=\"$MONGO_BASE_URI/" + db + "?ssl=true&authSource=admin&replicaSet=rs0\"\n"
+	}
+	w.s3.Put(t, bkt, "circleconfig/shared/mongodb", []byte(mongo))
+	vhost, vport, _ := strings.Cut(vault.Addr, ":")
+	w.s3.Put(t, bkt, "circleconfig/shared/vault", []byte("export VAULT__SCHEME=https\nexport VAULT__HOST="+vhost+"\nexport VAULT__PORT="+vport+
+		"\nexport VAULT__CLIENT_TOKEN="+token+"\nexport VAULT__TRANSIT_MOUNT=transit\n"))
 	// The installer outlasts haagent's RestartSec, so the restarted haagent finds it running.
 	w.installer.setScript(`#!/bin/bash
 echo 'installer started'
@@ -80,7 +105,7 @@ echo 'Installing Replicated (test installer)'
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	m.MustExec(t, "systemctl", "kill", "-s", "KILL", "haagent")
+	m.MustExec(t, "systemctl", "kill", "--kill-whom=main", "-s", "KILL", "haagent")
 
 	if out, err := m.Exec("haagent", "status", "--wait", "--timeout", "120s"); err != nil {
 		j, _ := m.Exec("journalctl", "-u", "haagent", "--no-pager", "-o", "cat")
@@ -99,8 +124,8 @@ echo 'Installing Replicated (test installer)'
 		t.Fatalf("the installer's journal:\n%s", inst)
 	}
 
-	// A broken setting (here: a database nobody listens for) surfaces in `haagent status`.
-	if st, _ := m.Exec("haagent", "status"); !strings.Contains(st, "TCP_REFUSED") {
+	// A broken setting (the expiring Vault token) surfaces in `haagent status`.
+	if st, _ := m.Exec("haagent", "status"); !strings.Contains(st, "VAULT_TOKEN_EXPIRING") {
 		t.Errorf("haagent status does not show the finding:\n%s", st)
 	}
 	// A restart (as on a reboot of the instance) does not run the installer again, and starts
@@ -119,21 +144,31 @@ echo 'Installing Replicated (test installer)'
 
 	// Journal entries carry haagent's fields.
 	entries := journal(t, m, "haagent")
-	var steps, finds int
+	var steps, finds, probed int
 	waited := false
 	for _, e := range entries {
 		if e["HAAGENT_STEP"] == "fetch" {
 			steps++
 		}
-		if e["HAAGENT_FINDING"] == "TCP_REFUSED" {
+		if e["HAAGENT_FINDING"] == "VAULT_TOKEN_EXPIRING" {
 			finds++
+		}
+		if strings.HasPrefix(e["MESSAGE"], "probes passed") {
+			probed++
 		}
 		if strings.Contains(e["MESSAGE"], "still running; waiting for it") {
 			waited = true
 		}
 	}
-	if steps == 0 || finds == 0 || !waited {
-		t.Fatalf("journal: %d fetch entries, %d TCP_REFUSED findings, restarted haagent waited=%v", steps, finds, waited)
+	if steps == 0 || finds == 0 || probed == 0 || !waited {
+		t.Fatalf("journal: %d fetch entries, %d VAULT_TOKEN_EXPIRING findings, %d probes passed, restarted haagent waited=%v", steps, finds, probed, waited)
+	}
+	for _, secret := range []string{token, pgPass, "mongo-pw", w.s3.SecretKey} {
+		for _, e := range entries {
+			if strings.Contains(e["MESSAGE"], secret) {
+				t.Fatalf("a secret appears in the journal: %q", e["MESSAGE"])
+			}
+		}
 	}
 	// The frontend's lines are entries of their own, stderr at warning priority.
 	var hello, warns bool

@@ -46,7 +46,7 @@ func StartDocker(t testing.TB) *Docker {
 		if out, err := d.Run("version", "--format", "{{.Server.Version}}"); err == nil && strings.TrimSpace(out) != "" {
 			break
 		}
-		if time.Now().After(deadline) || cmd.ProcessState != nil {
+		if time.Now().After(deadline) || exited(cmd) {
 			log, _ := os.ReadFile(logf)
 			t.Fatalf("dockerd never answered:\n%s", log)
 		}

@@ -37,7 +37,7 @@ func StartFerretDB(t testing.TB, o FerretDBOptions) *FerretDB {
 	dir := t.TempDir()
 	f := &FerretDB{RootPass: "ferret-root-pw"}
 	args := []string{"--handler=sqlite", "--sqlite-url=file:" + dir + "/", "--state-dir=" + dir, "--telemetry=disable",
-		"--test-enable-new-auth", "--setup-database=admin", "--setup-username=root", "--setup-password=" + f.RootPass}
+		"--test-enable-new-auth", "--debug-addr=127.0.0.1:0", "--setup-database=admin", "--setup-username=root", "--setup-password=" + f.RootPass}
 	if !o.TLSOnly {
 		f.Addr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 		args = append(args, "--listen-addr="+f.Addr)

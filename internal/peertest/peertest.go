@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -58,6 +59,23 @@ func FreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// running maps each started command to a channel closed when it exits (reading
+// cmd.ProcessState while Wait writes it would race).
+var running sync.Map
+
+func exited(cmd *exec.Cmd) bool {
+	ch, ok := running.Load(cmd)
+	if !ok {
+		return false
+	}
+	select {
+	case <-ch.(chan struct{}):
+		return true
+	default:
+		return false
+	}
+}
+
 // WaitListening polls until addr accepts connections or the process exits.
 func WaitListening(t testing.TB, addr string, cmd *exec.Cmd, logf string) {
 	t.Helper()
@@ -68,7 +86,7 @@ func WaitListening(t testing.TB, addr string, cmd *exec.Cmd, logf string) {
 			c.Close()
 			return
 		}
-		if cmd.ProcessState != nil {
+		if exited(cmd) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -88,6 +106,7 @@ func start(t testing.TB, cmd *exec.Cmd, logf string) {
 		t.Fatalf("starting %s: %v", cmd.Path, err)
 	}
 	done := make(chan struct{})
+	running.Store(cmd, done)
 	go func() { cmd.Wait(); f.Close(); close(done) }()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
