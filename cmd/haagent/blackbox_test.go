@@ -386,33 +386,8 @@ func TestStatusWaitReportsFailure(t *testing.T) {
 func TestServiceModeNotifiesAndRetries(t *testing.T) {
 	w := newWorld(t, "i-0service00000000")
 	w.s3.Delete(t, bkt, "license.rli")
-	sock := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	cmd := exec.Command(haagentBin, "--root", w.root, "run")
-	cmd.Env = append(w.env(w.imds.URL), "NOTIFY_SOCKET="+sock)
-	stderr := &syncBuffer{}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
+	cmd, stderr, msgs := w.startService()
 
-	msgs := make(chan string, 100)
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				close(msgs)
-				return
-			}
-			msgs <- string(buf[:n])
-		}
-	}()
 	expect := func(prefix string) string {
 		t.Helper()
 		timeout := time.After(60 * time.Second)
@@ -449,4 +424,38 @@ func TestServiceModeNotifiesAndRetries(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("the service must exit cleanly on SIGTERM: %v\n%s", err, stderr.String())
 	}
+}
+
+// startService runs `haagent run` as systemd would, with NOTIFY_SOCKET pointed at a socket
+// the test reads; it returns the process, its stderr and the sd_notify messages.
+func (w *world) startService(extraEnv ...string) (*exec.Cmd, *syncBuffer, <-chan string) {
+	t := w.t
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	cmd := exec.Command(haagentBin, "--root", w.root, "run")
+	cmd.Env = append(append(w.env(w.imds.URL), "NOTIFY_SOCKET="+sock), extraEnv...)
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	msgs := make(chan string, 1000)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	return cmd, stderr, msgs
 }

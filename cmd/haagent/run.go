@@ -35,35 +35,12 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	log := logging.New(stderr, level)
 
-	// The config is validated before any side effect; an absent file is not an error yet:
-	// the imds step may find the config in the user-data.
-	cfg, err := config.Load(c.g.configPath())
-	switch {
-	case errors.Is(err, config.ErrNoConfig):
-		log.Info("no config file; will look for a haagent config in the instance user-data", "path", c.g.configPath())
-		cfg = nil
-	case err != nil:
-		return &exitError{code: 2, err: err}
-	}
-
-	lk, err := lock.Acquire(c.g.path(lock.Path))
+	env, release, err := c.g.prepare(log)
 	if err != nil {
 		return err
 	}
-	defer lk.Release()
-
-	rec, err := state.Load(c.g.path(state.Path))
-	if err != nil {
-		return err
-	}
-	imdsTimeout := config.DefaultIMDSTimeout
-	if cfg != nil {
-		imdsTimeout = cfg.IMDS.Timeout.D()
-	}
-	env := &bootstrap.Env{
-		Root: c.g.root, Log: log, Config: cfg, ConfigPath: c.g.configPath(),
-		IMDSTimeout: imdsTimeout, Record: rec, Reinstall: c.reinstall,
-	}
+	defer release()
+	env.Reinstall = c.reinstall
 	r := &bootstrap.Runner{Steps: bootstrap.Steps, Once: c.once, StatePath: c.g.path(state.Path)}
 	if !c.once {
 		// READY means "the agent is up and driving the boot"; the boot itself can take half an
@@ -83,4 +60,33 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	// Later steps (the frontend watch) keep the service busy; until then it stays up.
 	bootstrap.KeepAlive(ctx)
 	return nil
+}
+
+// prepare loads the config (validated before any side effect; an absent file is not an error
+// yet: the imds step may find the config in the user-data), takes the lock and loads the run
+// record: what every command that changes the machine needs.
+func (g *globals) prepare(log *slog.Logger) (*bootstrap.Env, func(), error) {
+	cfg, err := config.Load(g.configPath())
+	switch {
+	case errors.Is(err, config.ErrNoConfig):
+		log.Info("no config file; will look for a haagent config in the instance user-data", "path", g.configPath())
+		cfg = nil
+	case err != nil:
+		return nil, nil, &exitError{code: 2, err: err}
+	}
+	lk, err := lock.Acquire(g.path(lock.Path))
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err := state.Load(g.path(state.Path))
+	if err != nil {
+		lk.Release()
+		return nil, nil, err
+	}
+	imdsTimeout := config.DefaultIMDSTimeout
+	if cfg != nil {
+		imdsTimeout = cfg.IMDS.Timeout.D()
+	}
+	env := &bootstrap.Env{Root: g.root, Log: log, Config: cfg, ConfigPath: g.configPath(), IMDSTimeout: imdsTimeout, Record: rec}
+	return env, lk.Release, nil
 }

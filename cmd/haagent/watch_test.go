@@ -3,9 +3,6 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"net"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,32 +29,8 @@ echo installed
 `, d.Host, image))
 	w.writeConfig(w.s3.URL, "")
 
-	sock := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	cmd := exec.Command(haagentBin, "--root", w.root, "run")
-	cmd.Env = append(w.env(w.imds.URL), "NOTIFY_SOCKET="+sock, "DOCKER_HOST="+d.Host, "WATCHDOG_USEC=1000000")
-	stderr := &syncBuffer{}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	msgs := make(chan string, 1000)
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				close(msgs)
-				return
-			}
-			msgs <- string(buf[:n])
-		}
-	}()
+	cmd, stderr, msgs := w.startService("DOCKER_HOST="+d.Host, "WATCHDOG_USEC=1000000")
+
 	seen := map[string]bool{}
 	deadline := time.After(120 * time.Second)
 	for !(seen["waiting"] && seen["complete"] && seen["watchdog"]) {
