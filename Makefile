@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 PEERS_BIN := $(shell scripts/peers.sh bin)
 
-.PHONY: all build demo test peers lint unit fuzz clean ami e2e
+.PHONY: all build demo test peers lint unit fuzz clean ami e2e bench
 
 all: build
 
@@ -36,6 +36,11 @@ test: lint unit
 # The boot test alone: a real systemd (systemd-nspawn) booting haagent as the AMI has it.
 e2e: peers
 	HAAGENT_PEERS_BIN=$(PEERS_BIN) $(GO) test -count=1 -run TestSystemdBoot -v ./cmd/haagent
+
+# Go benchmarks of the hot paths (settings parsing, log forwarding, hash-while-writing);
+# compare runs with benchstat.
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/settings ./internal/watch ./internal/atomicfile | tee bench.txt
 
 # A short fuzzing pass over the config decoder (CI runs the seed corpus through `go test`).
 fuzz:

@@ -119,7 +119,7 @@ echo 'Installing Replicated (test installer)'
 	}
 
 	// The installer ran once, in its own unit, and survived haagent's death.
-	inst := m.MustExec(t, "journalctl", "-u", "haagent-replicated-install", "--no-pager", "-o", "cat")
+	inst := installerJournal(t, m)
 	if strings.Count(inst, "\ninstaller started\n") != 1 || !strings.Contains(inst, "Installing Replicated (test installer)") {
 		t.Fatalf("the installer's journal:\n%s", inst)
 	}
@@ -135,33 +135,48 @@ echo 'Installing Replicated (test installer)'
 	if out, err := m.Exec("haagent", "status", "--wait", "--timeout", "120s"); err != nil {
 		t.Fatalf("status --wait after the restart: %v\n%s", err, out)
 	}
-	if inst := m.MustExec(t, "journalctl", "-u", "haagent-replicated-install", "--no-pager", "-o", "cat"); strings.Count(inst, "\ninstaller started\n") != 1 {
+	if inst := installerJournal(t, m); strings.Count(inst, "\ninstaller started\n") != 1 {
 		t.Fatalf("the installer ran again after a restart:\n%s", inst)
 	}
 	if out, _ := m.Exec("systemctl", "is-active", "replicated"); strings.TrimSpace(out) != "active" {
 		t.Fatalf("replicated was not started again: %s", out)
 	}
 
-	// Journal entries carry haagent's fields.
-	entries := journal(t, m, "haagent")
+	// Journal entries carry haagent's fields, and the frontend's lines are entries of their
+	// own, stderr at warning priority. Forwarding goes on after the boot completed, so the
+	// journal is read until it holds everything or a deadline passes.
+	var entries []map[string]string
 	var steps, finds, probed int
-	waited := false
-	for _, e := range entries {
-		if e["HAAGENT_STEP"] == "fetch" {
-			steps++
+	var waited, hello, warns bool
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		entries = journal(t, m, "haagent")
+		steps, finds, probed, waited, hello, warns = 0, 0, 0, false, false, false
+		for _, e := range entries {
+			if e["HAAGENT_STEP"] == "fetch" {
+				steps++
+			}
+			if e["HAAGENT_FINDING"] == "VAULT_TOKEN_EXPIRING" {
+				finds++
+			}
+			if strings.HasPrefix(e["MESSAGE"], "probes passed") {
+				probed++
+			}
+			waited = waited || strings.Contains(e["MESSAGE"], "still running; waiting for it")
+			if e["CONTAINER_NAME"] == "frontend" {
+				hello = hello || (e["MESSAGE"] == "frontend says hello" && e["PRIORITY"] == "6")
+				warns = warns || (e["MESSAGE"] == "frontend warns" && e["PRIORITY"] == "4")
+			}
 		}
-		if e["HAAGENT_FINDING"] == "VAULT_TOKEN_EXPIRING" {
-			finds++
+		if (steps > 0 && finds > 0 && probed > 0 && waited && hello && warns) || time.Now().After(deadline) {
+			break
 		}
-		if strings.HasPrefix(e["MESSAGE"], "probes passed") {
-			probed++
-		}
-		if strings.Contains(e["MESSAGE"], "still running; waiting for it") {
-			waited = true
-		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	if steps == 0 || finds == 0 || probed == 0 || !waited {
 		t.Fatalf("journal: %d fetch entries, %d VAULT_TOKEN_EXPIRING findings, %d probes passed, restarted haagent waited=%v", steps, finds, probed, waited)
+	}
+	if !hello || !warns {
+		t.Fatalf("frontend lines in the journal: hello=%v warns=%v", hello, warns)
 	}
 	for _, secret := range []string{token, pgPass, "mongo-pw", w.s3.SecretKey} {
 		for _, e := range entries {
@@ -169,17 +184,6 @@ echo 'Installing Replicated (test installer)'
 				t.Fatalf("a secret appears in the journal: %q", e["MESSAGE"])
 			}
 		}
-	}
-	// The frontend's lines are entries of their own, stderr at warning priority.
-	var hello, warns bool
-	for _, e := range entries {
-		if e["CONTAINER_NAME"] == "frontend" {
-			hello = hello || (e["MESSAGE"] == "frontend says hello" && e["PRIORITY"] == "6")
-			warns = warns || (e["MESSAGE"] == "frontend warns" && e["PRIORITY"] == "4")
-		}
-	}
-	if !hello || !warns {
-		t.Fatalf("frontend lines in the journal: hello=%v warns=%v", hello, warns)
 	}
 
 	// The fetched tree, with its modes.
@@ -192,8 +196,24 @@ echo 'Installing Replicated (test installer)'
 	}
 }
 
+// installerJournal reads the installer unit's journal once journald has caught up with it
+// (under load its stream can lag behind the unit's end).
+func installerJournal(t *testing.T, m *peertest.Machine) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		m.Exec("journalctl", "--sync")
+		out := m.MustExec(t, "journalctl", "-u", "haagent-replicated-install", "--no-pager", "-o", "cat")
+		if strings.Contains(out, "Installing Replicated (test installer)") || time.Now().After(deadline) {
+			return out
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 func journal(t *testing.T, m *peertest.Machine, unit string) []map[string]string {
 	t.Helper()
+	m.Exec("journalctl", "--sync")
 	out := m.MustExec(t, "journalctl", "-u", unit, "-o", "json", "--no-pager")
 	var entries []map[string]string
 	sc := bufio.NewScanner(strings.NewReader(out))
