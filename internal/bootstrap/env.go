@@ -43,10 +43,11 @@ type Env struct {
 
 	Record *state.Record
 	Run    *state.Run
-	// Persist saves the run record; set by the runner, for findings raised after the boot
-	// (a crash loop).
-	Persist func()
-	Watcher *watch.Watcher
+	// persist saves the run record once the runner is done with it; findings raised later
+	// (a crash loop, from the watch's goroutine) go through LateFinding.
+	persistMu sync.Mutex
+	persist   func()
+	Watcher   *watch.Watcher
 
 	mu       sync.Mutex
 	current  string
@@ -138,4 +139,16 @@ func BootID() string {
 		return ""
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// LateFinding reports a finding raised outside the step table's flow (a crash loop, from the
+// watch's goroutine). While the runner still owns the run record the finding joins the current
+// step's and the runner saves it; after the run, it is saved here.
+func (e *Env) LateFinding(f findings.Finding) {
+	e.Report(f)
+	e.persistMu.Lock()
+	defer e.persistMu.Unlock()
+	if e.persist != nil {
+		e.persist()
+	}
 }

@@ -49,7 +49,6 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 		BootID: BootID(), Mode: mode, PID: os.Getpid(), Start: now, Status: state.Running,
 	})
 	env.Run = env.Record.Last()
-	env.Persist = func() { r.save(env) }
 	r.save(env)
 
 	watchdog, _ := daemon.SdWatchdogEnabled(false)
@@ -166,6 +165,13 @@ func (r *Runner) finish(env *Env, status string, err error) error {
 	}
 	env.Run.Findings = env.Findings(r.Steps)
 	r.save(env)
+	// From here on the runner writes nothing; late findings save the record themselves.
+	env.persistMu.Lock()
+	env.persist = func() {
+		env.Run.Findings = env.Findings(r.Steps)
+		r.save(env)
+	}
+	env.persistMu.Unlock()
 	return err
 }
 

@@ -227,7 +227,7 @@ func stepCookieKey(ctx context.Context, env *Env) error {
 // would certainly make the install fail block it; the runner retries them with backoff, as a
 // database may still be starting.
 func stepProbe(ctx context.Context, env *Env) error {
-	rep := probes.Run(ctx, env.Root, probes.OptionsFrom(env.Config))
+	rep := runProbes(ctx, env)
 	env.ReportAll(rep.Findings)
 	for _, c := range rep.Checked {
 		env.Log.Info("probed", "service", c.Service, "target", c.Target, "ok", c.OK, "detail", c.Detail)
@@ -315,7 +315,7 @@ func stepWatch(ctx context.Context, env *Env) error {
 			Sink:   logging.NewContainerSink(c.Container, env.Log),
 			Status: func(s string) { Notify("STATUS=" + s) },
 			Probe: func(ctx context.Context) []findings.Finding {
-				return probes.Run(ctx, env.Root, probes.OptionsFrom(env.Config)).Findings
+				return runProbes(ctx, env).Findings
 			},
 		})
 		if err != nil {
@@ -325,22 +325,15 @@ func stepWatch(ctx context.Context, env *Env) error {
 		// Lines from before this haagent started were forwarded by the one before it.
 		go w.Follow(ctx, env.Run.Start)
 		go w.CrashLoops(ctx, func(dies int, window time.Duration) {
-			var codes []string
-			for _, f := range probes.Run(ctx, env.Root, probes.OptionsFrom(env.Config)).Findings {
-				codes = append(codes, f.Code)
-			}
+			probed := runProbes(ctx, env).Findings
 			last := strings.Join(w.LastLines(), " | ")
 			if len(last) > 2000 {
 				last = "..." + last[len(last)-2000:]
 			}
 			f := findings.New("FRONTEND_CRASH_LOOP", c.Container,
-				fmt.Sprintf("%s died %d times within %s; probes now: %s", c.Container, dies, window, codesOrNone(codes)),
+				fmt.Sprintf("%s died %d times within %s; probes now: %s", c.Container, dies, window, findings.Codes(probed)),
 				"last lines: "+last)
-			env.Report(f)
-			env.Run.Findings = append(env.Run.Findings, f)
-			if env.Persist != nil {
-				env.Persist()
-			}
+			env.LateFinding(f)
 		})
 	}
 	if err := env.Watcher.WaitReady(ctx); err != nil {
@@ -348,13 +341,6 @@ func stepWatch(ctx context.Context, env *Env) error {
 	}
 	env.Log.Info("frontend is up", "container", c.Container)
 	return nil
-}
-
-func codesOrNone(codes []string) string {
-	if len(codes) == 0 {
-		return "no findings"
-	}
-	return strings.Join(codes, " ")
 }
 
 // StepBackupKeys copies encryption keys that exist only on this machine to the bucket, after
@@ -390,4 +376,10 @@ func StepBackupKeys(ctx context.Context, env *Env) error {
 		return &findings.Failure{Findings: errs}
 	}
 	return nil
+}
+
+// runProbes checks the databases and Vault with the settings in place: the probe step, the
+// stuck frontend and a crash loop all ask the same question.
+func runProbes(ctx context.Context, env *Env) *probes.Report {
+	return probes.Run(ctx, env.Root, probes.OptionsFrom(env.Config))
 }

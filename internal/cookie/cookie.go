@@ -31,6 +31,9 @@ const (
 // The runbook's echo wrapped the line in typographic quotes; such a line is ours to replace.
 var lineRE = regexp.MustCompile(`^\s*[‘’'"]?\s*(export\s+)?` + Variable + `\s*=`)
 
+// plainRE is a value that needs no quoting in a shell file.
+var plainRE = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+
 // Result says where the key came from; never the key itself.
 type Result struct {
 	Source   string // s3, generated, local
@@ -183,7 +186,7 @@ func unquote(s string) string {
 }
 
 func quote(v string) string {
-	if regexp.MustCompile(`^[A-Za-z0-9._-]+$`).MatchString(v) {
+	if plainRE.MatchString(v) {
 		return v
 	}
 	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"

@@ -43,7 +43,7 @@ type Finding struct {
 }
 
 // New builds a finding for a catalogued code with the catalogue's severity, blocking flag and
-// default fix. An uncatalogued code is a programming error and panics in tests via Lookup.
+// default fix. An uncatalogued code is a programming error: Lookup panics on it.
 func New(code, target, summary, evidence string) Finding {
 	e := Lookup(code)
 	return Finding{
@@ -113,4 +113,16 @@ func Worst(fs []Finding) Severity {
 		}
 	}
 	return w
+}
+
+// Codes lists the findings' codes for a one-line message ("none" when there are none).
+func Codes(fs []Finding) string {
+	if len(fs) == 0 {
+		return "none"
+	}
+	codes := make([]string, len(fs))
+	for i, f := range fs {
+		codes[i] = f.Code
+	}
+	return strings.Join(codes, " ")
 }

@@ -262,17 +262,12 @@ func pgFinding(t pgTarget, db string, mode tlsMode, err error) (findings.Finding
 	}
 	if isTimeout(err) {
 		return findings.New("PROTOCOL_TIMEOUT", t.ep.Target,
-			fmt.Sprintf("%s accepts connections but did not complete a PostgreSQL handshake", where), pgErrText(err)), true
+			fmt.Sprintf("%s accepts connections but did not complete a PostgreSQL handshake", where), err.Error()), true
 	}
 	if notTLS(err) {
-		return findings.New("TLS_REQUIRED", t.ep.Target, fmt.Sprintf("%s did not speak TLS after agreeing to", where), pgErrText(err)), true
+		return findings.New("TLS_REQUIRED", t.ep.Target, fmt.Sprintf("%s did not speak TLS after agreeing to", where), err.Error()), true
 	}
-	return findings.New("PROBE_INCONCLUSIVE", t.ep.Target, fmt.Sprintf("connecting to PostgreSQL at %s failed", where), pgErrText(err)), true
-}
-
-// pgErrText is pgconn's message without the connection string details it may carry.
-func pgErrText(err error) string {
-	return err.Error()
+	return findings.New("PROBE_INCONCLUSIVE", t.ep.Target, fmt.Sprintf("connecting to PostgreSQL at %s failed", where), err.Error()), true
 }
 
 func pgServerChecks(ctx context.Context, conn *pgx.Conn, t pgTarget) []findings.Finding {

@@ -188,12 +188,12 @@ func (w *Watcher) WaitReady(ctx context.Context) error {
 		}
 		if w.o.StuckAfter > 0 && time.Now().After(nextProbe) && w.o.Probe != nil {
 			fs := w.o.Probe(ctx)
-			var codes []string
-			for _, f := range fs {
-				codes = append(codes, f.Code)
+			codes := findings.Codes(fs)
+			if len(fs) == 0 {
+				codes = "none (the databases and Vault look fine: read the frontend's log)"
 			}
-			w.o.Log.Warn(fmt.Sprintf("%s not ready after %s; findings: %s", w.o.Name, since(start), orNone(codes)),
-				"container", w.o.Name, "findings", strings.Join(codes, ","))
+			w.o.Log.Warn(fmt.Sprintf("%s not ready after %s; findings: %s", w.o.Name, since(start), codes),
+				"container", w.o.Name, "findings", findings.Codes(fs))
 			nextProbe = time.Now().Add(w.o.ReprobeEvery)
 		}
 		select {
@@ -202,13 +202,6 @@ func (w *Watcher) WaitReady(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
-}
-
-func orNone(codes []string) string {
-	if len(codes) == 0 {
-		return "none (the databases and Vault look fine: read the frontend's log)"
-	}
-	return strings.Join(codes, " ")
 }
 
 func since(t time.Time) string { return time.Since(t).Round(time.Second).String() }
