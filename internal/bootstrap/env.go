@@ -13,6 +13,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
+	"github.com/haagent/haagent/internal/asg"
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/fetch"
@@ -49,6 +50,14 @@ type Env struct {
 	persist   func()
 	Watcher   *watch.Watcher
 
+	// ASG is nil unless asg.enabled and the instance is in a group.
+	ASG *asg.Client
+	// heartbeats run while the launch lifecycle action waits; nil while none run.
+	heartbeats *heartbeats
+	// lifecycle is what is known of the launch lifecycle action.
+	lifecycle  lifecycleState
+	monitoring sync.Once
+
 	mu       sync.Mutex
 	current  string
 	byStep   map[string][]findings.Finding
@@ -61,23 +70,7 @@ func (e *Env) Path(p string) string { return filepath.Join(e.Root, p) }
 // Report records a finding for the current step and logs it once per run (a retried step
 // reports the same findings again; the journal should not fill with copies).
 func (e *Env) Report(f findings.Finding) {
-	e.mu.Lock()
-	if e.byStep == nil {
-		e.byStep = map[string][]findings.Finding{}
-		e.reported = map[string]bool{}
-	}
-	key := f.Code + "\x00" + f.Target + "\x00" + f.Summary
-	dup := false
-	for _, g := range e.byStep[e.current] {
-		dup = dup || g.Code+"\x00"+g.Target+"\x00"+g.Summary == key
-	}
-	if !dup {
-		e.byStep[e.current] = append(e.byStep[e.current], f)
-	}
-	seen := e.reported[key]
-	e.reported[key] = true
-	e.mu.Unlock()
-	if seen {
+	if e.record(f) {
 		return
 	}
 	level := slog.LevelInfo
@@ -98,6 +91,27 @@ func (e *Env) Report(f findings.Finding) {
 		attrs = append(attrs, "fix", f.Fix)
 	}
 	e.Log.Log(context.Background(), level, f.Code+": "+f.Summary, attrs...)
+}
+
+// record keeps f for the current step; it reports whether f was already logged this run.
+func (e *Env) record(f findings.Finding) bool {
+	e.mu.Lock()
+	if e.byStep == nil {
+		e.byStep = map[string][]findings.Finding{}
+		e.reported = map[string]bool{}
+	}
+	key := f.Code + "\x00" + f.Target + "\x00" + f.Summary
+	dup := false
+	for _, g := range e.byStep[e.current] {
+		dup = dup || g.Code+"\x00"+g.Target+"\x00"+g.Summary == key
+	}
+	if !dup {
+		e.byStep[e.current] = append(e.byStep[e.current], f)
+	}
+	seen := e.reported[key]
+	e.reported[key] = true
+	e.mu.Unlock()
+	return seen
 }
 
 // ReportAll reports each finding.
@@ -146,6 +160,29 @@ func BootID() string {
 // step's and the runner saves it; after the run, it is saved here.
 func (e *Env) LateFinding(f findings.Finding) {
 	e.Report(f)
+	e.save()
+}
+
+// lateDecision records a finding its reporter has already logged in its own words, in place
+// of the earlier one with the same code and target: a decision taken again every few minutes
+// for days keeps one entry, the latest.
+func (e *Env) lateDecision(f findings.Finding) {
+	e.mu.Lock()
+	if e.byStep != nil {
+		kept := e.byStep[e.current][:0]
+		for _, g := range e.byStep[e.current] {
+			if g.Code != f.Code || g.Target != f.Target {
+				kept = append(kept, g)
+			}
+		}
+		e.byStep[e.current] = kept
+	}
+	e.mu.Unlock()
+	e.record(f)
+	e.save()
+}
+
+func (e *Env) save() {
 	e.persistMu.Lock()
 	defer e.persistMu.Unlock()
 	if e.persist != nil {

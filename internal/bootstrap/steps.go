@@ -40,6 +40,7 @@ type Step struct {
 var Steps = []Step{
 	{Name: "imds", Run: stepIMDS},
 	{Name: "config", Run: stepConfig},
+	{Name: "asg", Run: stepASG},
 	{Name: "fetch", Run: stepFetch},
 	{Name: "validate-files", Run: stepValidateFiles, RetryFrom: "fetch"},
 	{Name: "cookie-key", Run: stepCookieKey},
@@ -47,6 +48,7 @@ var Steps = []Step{
 	{Name: "probe", Run: stepProbe},
 	{Name: "replicated-install", Run: stepReplicatedInstall},
 	{Name: "watch", Run: stepWatch},
+	{Name: "lifecycle-complete", Run: stepLifecycleComplete},
 	{Name: "backup-keys", Run: StepBackupKeys},
 }
 
@@ -322,6 +324,11 @@ func stepWatch(ctx context.Context, env *Env) error {
 			return err
 		}
 		env.Watcher = w
+		// On an instance whose frontend was up before, a frontend that never comes back is a
+		// failure the guard judges; on a first boot it is the install still running.
+		if env.Record.CompletedOn(env.Instance.InstanceID) {
+			startGuard(ctx, env)
+		}
 		// Lines from before this haagent started were forwarded by the one before it.
 		go w.Follow(ctx, env.Run.Start)
 		go w.CrashLoops(ctx, func(dies int, window time.Duration) {
@@ -340,6 +347,7 @@ func stepWatch(ctx context.Context, env *Env) error {
 		return fmt.Errorf("waiting for %s: %w", c.Container, err)
 	}
 	env.Log.Info("frontend is up", "container", c.Container)
+	startGuard(ctx, env)
 	return nil
 }
 
@@ -347,12 +355,7 @@ func stepWatch(ctx context.Context, env *Env) error {
 // the boot (CircleCI creates its keys on first start). It fails while any key is not in S3,
 // so the service keeps trying and the run is not reported complete with keys at risk.
 func StepBackupKeys(ctx context.Context, env *Env) error {
-	var e config.Entry
-	for _, l := range env.Config.Layout {
-		if l.Name == "encryption_keys" {
-			e = l
-		}
-	}
+	e := env.keysEntry()
 	res, err := backup.Keys(ctx, env.Bucket, env.Root, e.Dest, e.Key, bucket.Encryption{SSE: env.Config.Backup.SSE, KMSKeyID: env.Config.Backup.KMSKeyID})
 	var be *bucket.Error
 	if err != nil && errors.As(err, &be) && be.Code() == "S3_UNREACHABLE" {
@@ -376,6 +379,15 @@ func StepBackupKeys(ctx context.Context, env *Env) error {
 		return &findings.Failure{Findings: errs}
 	}
 	return nil
+}
+
+func (env *Env) keysEntry() config.Entry {
+	for _, l := range env.Config.Layout {
+		if l.Name == "encryption_keys" {
+			return l
+		}
+	}
+	return config.Entry{}
 }
 
 // runProbes checks the databases and Vault with the settings in place: the probe step, the

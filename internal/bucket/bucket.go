@@ -316,12 +316,23 @@ type Encryption struct {
 // PutIfAbsent writes a small object only when none exists (If-None-Match: *). It returns
 // ErrExists when another writer was first: nothing is ever overwritten.
 func (b *Bucket) PutIfAbsent(ctx context.Context, key string, data []byte, enc ...Encryption) error {
+	return b.PutIfMatch(ctx, key, data, "", enc...)
+}
+
+// PutIfMatch replaces a small object only while its ETag is still etag (If-Match), or creates
+// it when etag is "" (If-None-Match: *): a read-modify-write that loses no concurrent update.
+// It returns ErrExists when another writer changed the object first.
+func (b *Bucket) PutIfMatch(ctx context.Context, key string, data []byte, etag string, enc ...Encryption) error {
 	return b.do(ctx, "PutObject", key, func(ctx context.Context, cli *s3.Client) error {
 		in := &s3.PutObjectInput{
-			Bucket:      aws.String(b.Name),
-			Key:         aws.String(b.Prefix + key),
-			Body:        bytes.NewReader(data),
-			IfNoneMatch: aws.String("*"),
+			Bucket: aws.String(b.Name),
+			Key:    aws.String(b.Prefix + key),
+			Body:   bytes.NewReader(data),
+		}
+		if etag == "" {
+			in.IfNoneMatch = aws.String("*")
+		} else {
+			in.IfMatch = aws.String(`"` + etag + `"`)
 		}
 		if len(enc) > 0 && enc[0].SSE != "" {
 			in.ServerSideEncryption = types.ServerSideEncryption(enc[0].SSE)

@@ -40,6 +40,7 @@ type Config struct {
 	Replicated     Replicated `yaml:"replicated"`
 	Watch          Watch      `yaml:"watch"`
 	Backup         Backup     `yaml:"backup"`
+	ASG            ASG        `yaml:"asg"`
 	// Layout is Files merged over the default layout, in a fixed order; filled by Validate.
 	Layout []Entry `yaml:"-"`
 	// Origin says where the config came from (a path or "user-data"), for messages.
@@ -120,6 +121,35 @@ type Backup struct {
 	// AES256 or aws:kms.
 	SSE      string `yaml:"sse"`
 	KMSKeyID string `yaml:"kms_key_id"`
+}
+
+// ASG configures the Auto Scaling group part: the launch lifecycle hook and the guarded
+// replacement. Off unless enabled, so a machine outside a group needs no Auto Scaling access.
+type ASG struct {
+	Enabled bool `yaml:"enabled"`
+	// Group is the Auto Scaling group; empty reads the instance's aws:autoscaling:groupName tag
+	// from IMDS (instance metadata tags), then asks DescribeAutoScalingInstances.
+	Group string `yaml:"group"`
+	// LifecycleHook is the group's launch hook haagent completes; empty: no hook.
+	LifecycleHook string `yaml:"lifecycle_hook"`
+	// HeartbeatEvery defaults to a third of the hook's heartbeat timeout.
+	HeartbeatEvery Duration `yaml:"heartbeat_every"`
+	Region         string   `yaml:"region"`
+	Endpoint       string   `yaml:"endpoint"`
+	Replace        Replace  `yaml:"replace"`
+}
+
+// Replace configures when haagent asks the group for a new instance.
+type Replace struct {
+	Enabled bool `yaml:"enabled"`
+	// FailingFor is how long the frontend must have been down (after it was once up on this
+	// instance) before a replacement is considered; RecheckEvery is how often the decision is
+	// taken again while it stays down.
+	FailingFor   Duration `yaml:"failing_for"`
+	RecheckEvery Duration `yaml:"recheck_every"`
+	// At most Budget replacements within Window, across all instances (kept in the bucket).
+	Budget int      `yaml:"budget"`
+	Window Duration `yaml:"window"`
 }
 
 // Watch configures the frontend watch.

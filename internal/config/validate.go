@@ -219,6 +219,41 @@ func (c *Config) Validate() error {
 		bad("watch", "durations must be positive")
 	}
 
+	a := &c.ASG
+	if a.Region != "" && !regionRE.MatchString(a.Region) {
+		bad("asg.region", "%q is not a region name such as us-east-1", a.Region)
+	}
+	if a.Endpoint != "" {
+		u, err := url.Parse(a.Endpoint)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("asg.endpoint", "%q must be an http:// or https:// URL", a.Endpoint)
+		}
+	}
+	if a.HeartbeatEvery < 0 {
+		bad("asg.heartbeat_every", "must be positive")
+	}
+	rp := &a.Replace
+	if rp.Enabled && !a.Enabled {
+		bad("asg.replace.enabled", "needs asg.enabled: true")
+	}
+	if rp.FailingFor == 0 {
+		rp.FailingFor = Duration(15 * time.Minute)
+	}
+	if rp.RecheckEvery == 0 {
+		rp.RecheckEvery = Duration(5 * time.Minute)
+	}
+	if rp.Window == 0 {
+		rp.Window = Duration(time.Hour)
+	}
+	if rp.Budget == 0 {
+		rp.Budget = 2
+	} else if rp.Budget < 1 || rp.Budget > 10 {
+		bad("asg.replace.budget", "%d is out of range 1-10", rp.Budget)
+	}
+	if rp.FailingFor < 0 || rp.RecheckEvery < 0 || rp.Window < 0 {
+		bad("asg.replace", "durations must be positive")
+	}
+
 	layout := DefaultLayout()
 	known := map[string]int{}
 	for i, e := range layout {

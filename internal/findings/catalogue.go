@@ -95,6 +95,18 @@ var Catalogue = []Entry{
 	{"KEYS_BACKUP_SKIPPED", Warning, false, "keys", "restore the route to S3; haagent compares the keys with the bucket at the next boot, or run haagent backup keys"},
 	{"KEYS_CONFLICT", Error, false, "keys", "two different keys carry one name: a person must decide which one CircleCI's data needs"},
 
+	// Auto Scaling
+	{"ASG_NOT_MEMBER", Info, false, "asg", "the instance is in no Auto Scaling group: nothing replaces it when it dies. Launch it from the Services machine's single-member group (examples/launch-template.json), or set asg.enabled: false"},
+	{"ASG_API_FAILED", Warning, false, "asg", "grant the instance role the Auto Scaling actions in examples/iam-policy.json and check the route to the Auto Scaling endpoint; the boot goes on without them"},
+	{"ASG_HEALTH_CHECK_NOT_EC2", Warning, false, "asg", "use EC2 health checks on the Services machine's group (aws autoscaling update-auto-scaling-group --auto-scaling-group-name GROUP --health-check-type EC2): a load balancer check fails during every first install and while a database is down, and the group then replaces the instance whatever haagent decides"},
+	{"ASG_HOOK_MISSING", Warning, false, "asg", "create the launch hook: aws autoscaling put-lifecycle-hook --auto-scaling-group-name GROUP --lifecycle-hook-name HOOK --lifecycle-transition autoscaling:EC2_INSTANCE_LAUNCHING --default-result CONTINUE --heartbeat-timeout 900"},
+	{"ASG_HOOK_ABANDON", Error, false, "asg", "make the hook default to CONTINUE (aws autoscaling put-lifecycle-hook ... --default-result CONTINUE): with ABANDON a boot that outlasts the hook (a slow first install, an S3 or database outage) terminates the instance and the next one starts over, for ever"},
+	{"ASG_HOOK_NOT_LAUNCH", Warning, false, "asg", "asg.lifecycle_hook must name the group's autoscaling:EC2_INSTANCE_LAUNCHING hook"},
+	{"ASG_GROUP_SIZE", Warning, false, "asg", "the Services machine's group must hold exactly one instance: set min, max and desired capacity to 1 (two Services machines against the same databases corrupt CircleCI's data)"},
+	{"ASG_LIFECYCLE_EXPIRED", Warning, false, "asg", "the launch lifecycle action ended before the boot completed (the hook's heartbeat or global timeout passed); raise the hook's --heartbeat-timeout, and check it defaults to CONTINUE"},
+	{"ASG_REPLACEMENT_WITHHELD", Warning, false, "asg", "the frontend is failing and a replacement would not help: fix what the reason names; haagent keeps probing and decides again"},
+	{"ASG_REPLACEMENT_REQUESTED", Warning, false, "asg", "haagent marked this instance unhealthy so the group replaces it; read the reason and the frontend's last lines, and check the new instance's journal"},
+
 	// fetched files
 	{"FILE_SYNTAX", Error, true, "files", "fix the JSON at the position shown in the bucket's copy (a lost brace, a trailing comma, a typographic quote)"},
 	{"FILE_INVALID", Error, true, "files", "fix the file in the bucket as the summary says"},

@@ -90,6 +90,17 @@ func (c *Client) UserData(ctx context.Context) ([]byte, error) {
 	return b, nil
 }
 
+// Tag reads one of the instance's tags. It returns "" without error when the tag is absent or
+// the instance does not expose its tags in the metadata (InstanceMetadataTags disabled): both
+// answer 404.
+func (c *Client) Tag(ctx context.Context, name string) (string, error) {
+	v, err := c.get(ctx, "tags/instance/"+name)
+	if err != nil && statusOf(err) == http.StatusNotFound {
+		return "", nil
+	}
+	return v, err
+}
+
 func (c *Client) get(ctx context.Context, path string) (string, error) {
 	out, err := c.c.GetMetadata(ctx, &imds.GetMetadataInput{Path: path})
 	if err != nil {

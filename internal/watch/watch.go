@@ -85,6 +85,9 @@ func New(o Options) (*Watcher, error) {
 	return &Watcher{o: o, cli: cli}, nil
 }
 
+// Poll is how often the container's state is read.
+func (w *Watcher) Poll() time.Duration { return w.o.Poll }
+
 // Close releases the client.
 func (w *Watcher) Close() error { return w.cli.Close() }
 

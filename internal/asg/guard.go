@@ -1,0 +1,110 @@
+package asg
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/haagent/haagent/internal/findings"
+)
+
+// Guard decides whether a new instance would fare better than this one. A replacement runs
+// the same boot from the same bucket against the same databases, so it helps only with what
+// is local to this machine (a broken disk, Docker, a wedged kernel). It is asked for only when
+// all of these hold, in this order:
+//
+//  1. the frontend has been failing for FailingFor (after it was once up on this instance);
+//  2. every probe passes: a database outage or a bad setting would fail the next instance too;
+//  3. every local encryption key is in S3: a replacement must not lose one;
+//  4. replacement is enabled in the config;
+//  5. the budget in the bucket has a slot (Max within Window, across instances).
+type Guard struct {
+	Enabled    bool
+	FailingFor time.Duration
+	// Probe runs the probes now.
+	Probe func(ctx context.Context) []findings.Finding
+	// Keys backs up the local keys and returns those still not in S3 (conflicts included).
+	Keys     func(ctx context.Context) (missing []string, err error)
+	Budget   *Budget
+	ASG      *Client
+	Instance string
+	Log      *slog.Logger
+	// Now is the clock (tests).
+	Now func() time.Time
+}
+
+// Decision is the outcome of one evaluation.
+type Decision struct {
+	Replace bool
+	// Reason says why, in words an operator acts on.
+	Reason string
+	// Finding records the decision; zero when the frontend is not yet failing long enough.
+	Finding *findings.Finding
+}
+
+// Decide evaluates once. state is the frontend's state in words; since is when it started
+// failing. A request that went through is final: the caller stops asking.
+func (g *Guard) Decide(ctx context.Context, state string, since time.Time) Decision {
+	now := time.Now
+	if g.Now != nil {
+		now = g.Now
+	}
+	down := now().Sub(since).Round(time.Second)
+	if down < g.FailingFor {
+		return Decision{Reason: fmt.Sprintf("frontend %s for %s, under asg.replace.failing_for (%s)", state, down, g.FailingFor)}
+	}
+	head := fmt.Sprintf("frontend %s for %s", state, down)
+	stay := func(why string) Decision {
+		f := findings.New("ASG_REPLACEMENT_WITHHELD", g.Instance, head+"; no replacement: "+why, "")
+		g.log(false, head, why)
+		return Decision{Reason: why, Finding: &f}
+	}
+	var failing []findings.Finding
+	for _, f := range g.Probe(ctx) {
+		if f.Severity == findings.Error {
+			failing = append(failing, f)
+		}
+	}
+	if len(failing) > 0 {
+		var ev []string
+		for _, f := range failing {
+			ev = append(ev, f.String())
+		}
+		d := stay("probes fail (" + findings.Codes(failing) + "): a new instance would meet the same databases and settings; fix them and the frontend recovers here")
+		d.Finding.Evidence = strings.Join(ev, "; ")
+		return d
+	}
+	missing, err := g.Keys(ctx)
+	if err != nil {
+		return stay("cannot confirm the encryption keys are in S3 (" + err.Error() + "); a replacement could lose them")
+	}
+	if len(missing) > 0 {
+		return stay(fmt.Sprintf("%d encryption key(s) are not in S3 (%s); a replacement would lose them", len(missing), strings.Join(missing, ", ")))
+	}
+	if !g.Enabled {
+		return stay("asg.replace.enabled is false (probes pass and keys are in S3: a replacement would be allowed otherwise)")
+	}
+	reason := head + "; probes pass and the encryption keys are in S3"
+	if err := g.Budget.Take(ctx, Replacement{InstanceID: g.Instance, At: now().UTC(), Reason: reason}); err != nil {
+		return stay(err.Error())
+	}
+	if err := g.ASG.SetUnhealthy(ctx); err != nil {
+		return stay("marking the instance unhealthy failed (" + err.Error() + "); the budget slot stays used")
+	}
+	f := findings.New("ASG_REPLACEMENT_REQUESTED", g.Instance, "marked unhealthy for replacement: "+reason, "")
+	g.log(true, head, reason)
+	return Decision{Replace: true, Reason: reason, Finding: &f}
+}
+
+func (g *Guard) log(replace bool, head, why string) {
+	if g.Log == nil {
+		return
+	}
+	if replace {
+		g.Log.Warn("replacement requested: "+why, "decision", "replace", "instance_id", g.Instance)
+		return
+	}
+	g.Log.Warn(head+"; replacement withheld: "+why, "decision", "stay", "instance_id", g.Instance)
+}
