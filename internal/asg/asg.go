@@ -23,6 +23,13 @@ import (
 	"github.com/haagent/haagent/internal/findings"
 )
 
+// Actions are the Auto Scaling actions haagent calls: the instance role needs each
+// (examples/iam-policy.json).
+var Actions = []string{
+	"DescribeAutoScalingInstances", "DescribeAutoScalingGroups", "DescribeLifecycleHooks",
+	"RecordLifecycleActionHeartbeat", "CompleteLifecycleAction", "SetInstanceHealth",
+}
+
 // GroupTag is the tag EC2 Auto Scaling puts on its instances.
 const GroupTag = "aws:autoscaling:groupName"
 

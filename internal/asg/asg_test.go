@@ -2,7 +2,9 @@ package asg
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +34,7 @@ func healthyGroup() peertest.ASGGroup {
 
 func TestResolveGroup(t *testing.T) {
 	ctx := context.Background()
-	a := peertest.StartASG(t)
+	a := peertest.StartASG(t, "AKIDASGTEST", "asg-secret-key")
 	a.AddGroup(healthyGroup())
 
 	// The tag wins, and saves the API call.
@@ -84,7 +86,7 @@ func TestCheckGroupReportsUnsafeSettings(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			a := peertest.StartASG(t)
+			a := peertest.StartASG(t, "AKIDASGTEST", "asg-secret-key")
 			g := healthyGroup()
 			tc.edit(&g)
 			a.AddGroup(g)
@@ -113,7 +115,7 @@ func TestCheckGroupReportsUnsafeSettings(t *testing.T) {
 
 func TestHeartbeatAndCompleteParameters(t *testing.T) {
 	ctx := context.Background()
-	a := peertest.StartASG(t)
+	a := peertest.StartASG(t, "AKIDASGTEST", "asg-secret-key")
 	a.AddGroup(healthyGroup())
 	c := newClient(t, a, "haagent-launch")
 	c.Group = "circleci-services"
@@ -158,7 +160,7 @@ func TestHeartbeatAndCompleteParameters(t *testing.T) {
 // One heartbeat per tick; when the action disappears (its timeout passed) the loop reports it
 // once and stops.
 func TestHeartbeatsFollowTheTicks(t *testing.T) {
-	a := peertest.StartASG(t)
+	a := peertest.StartASG(t, "AKIDASGTEST", "asg-secret-key")
 	a.AddGroup(healthyGroup())
 	a.LaunchPending(instance, "haagent-launch")
 	c := newClient(t, a, "haagent-launch")
@@ -202,12 +204,48 @@ func TestHeartbeatEvery(t *testing.T) {
 // The endpoint checks signatures: wrong credentials are refused, so the tests above prove the
 // SDK's requests are signed with the configured ones.
 func TestEndpointChecksSignatures(t *testing.T) {
-	a := peertest.StartASG(t)
+	a := peertest.StartASG(t, "AKIDASGTEST", "asg-secret-key")
 	a.AddGroup(healthyGroup())
 	c, _ := New(context.Background(), Options{InstanceID: instance, Region: "us-east-1", Endpoint: a.URL,
 		Credentials: credentials.NewStaticCredentialsProvider(a.AccessKey, "wrong", "")})
 	_, err := c.Resolve(context.Background(), "", nil)
 	if err == nil || !strings.Contains(err.Error(), "SignatureDoesNotMatch") {
 		t.Fatalf("wrong secret: %v", err)
+	}
+}
+
+// The example policy grants every action haagent calls: a missing one would surface only on a
+// real instance, as ASG_API_FAILED.
+func TestExamplePolicyGrantsEveryAction(t *testing.T) {
+	data, err := os.ReadFile("../../examples/iam-policy.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p struct {
+		Statement []struct {
+			Action any
+		}
+	}
+	if err := json.Unmarshal(data, &p); err != nil {
+		t.Fatal(err)
+	}
+	granted := map[string]bool{}
+	for _, s := range p.Statement {
+		switch a := s.Action.(type) {
+		case string:
+			granted[a] = true
+		case []any:
+			for _, x := range a {
+				granted[x.(string)] = true
+			}
+		}
+	}
+	for _, a := range Actions {
+		if !granted["autoscaling:"+a] {
+			t.Errorf("examples/iam-policy.json does not grant autoscaling:%s", a)
+		}
+	}
+	if !strings.Contains(string(data), "/"+LedgerKey) {
+		t.Errorf("examples/iam-policy.json does not let haagent write the replacement ledger %s", LedgerKey)
 	}
 }

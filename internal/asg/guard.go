@@ -103,7 +103,7 @@ func (g *Guard) log(replace bool, head, why string) {
 		return
 	}
 	if replace {
-		g.Log.Warn("replacement requested: "+why, "decision", "replace", "instance_id", g.Instance)
+		g.Log.Warn("replacement requested: "+why+"; marked unhealthy, the group terminates this instance and launches another", "decision", "replace", "instance_id", g.Instance)
 		return
 	}
 	g.Log.Warn(head+"; replacement withheld: "+why, "decision", "stay", "instance_id", g.Instance)

@@ -99,7 +99,7 @@ type guardWorld struct {
 }
 
 func newGuard(t *testing.T) *guardWorld {
-	w := &guardWorld{asg: peertest.StartASG(t)}
+	w := &guardWorld{asg: peertest.StartASG(t, "AKIDASGTEST", "asg-secret-key")}
 	w.asg.AddGroup(healthyGroup())
 	c := newClient(t, w.asg, "haagent-launch")
 	c.Group = "circleci-services"

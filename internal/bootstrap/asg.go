@@ -200,7 +200,7 @@ func guard(ctx context.Context, env *Env, g *asg.Guard, c config.Replace) {
 		case !time.Now().Before(next):
 			d := g.Decide(ctx, state, since)
 			if d.Finding != nil {
-				env.lateDecision(*d.Finding)
+				env.lateDecision(*d.Finding, "ASG_REPLACEMENT_WITHHELD", "ASG_REPLACEMENT_REQUESTED")
 			}
 			if d.Replace {
 				return

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -164,14 +165,14 @@ func (e *Env) LateFinding(f findings.Finding) {
 }
 
 // lateDecision records a finding its reporter has already logged in its own words, in place
-// of the earlier one with the same code and target: a decision taken again every few minutes
-// for days keeps one entry, the latest.
-func (e *Env) lateDecision(f findings.Finding) {
+// of earlier ones with the same target and any of the codes given: a decision taken again
+// every few minutes for days keeps one entry, the latest.
+func (e *Env) lateDecision(f findings.Finding, codes ...string) {
 	e.mu.Lock()
 	if e.byStep != nil {
 		kept := e.byStep[e.current][:0]
 		for _, g := range e.byStep[e.current] {
-			if g.Code != f.Code || g.Target != f.Target {
+			if g.Target != f.Target || !slices.Contains(codes, g.Code) {
 				kept = append(kept, g)
 			}
 		}

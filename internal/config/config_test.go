@@ -101,6 +101,10 @@ func TestConfigErrors(t *testing.T) {
 		{"concurrency range", "version: 1\nsource:\n  bucket: abc\nfetch:\n  concurrency: 1000\n", []string{"fetch.concurrency", "1-128"}},
 		{"wrong type", "version: one\nsource:\n  bucket: abc\n", []string{"version: want a whole number", "line 1"}},
 		{"cookie key refused", "version: 1\nsource:\n  bucket: abc\nsession_cookie_key: abcdefghijklmnop\n", []string{"session_cookie_key: unknown field"}},
+		{"replace without asg", "version: 1\nsource:\n  bucket: abc\nasg:\n  replace:\n    enabled: true\n", []string{"asg.replace.enabled: needs asg.enabled: true"}},
+		{"replacement budget range", "version: 1\nsource:\n  bucket: abc\nasg:\n  enabled: true\n  replace:\n    budget: 50\n", []string{"asg.replace.budget", "1-10"}},
+		{"asg endpoint", "version: 1\nsource:\n  bucket: abc\nasg:\n  enabled: true\n  endpoint: autoscaling.local\n", []string{"asg.endpoint"}},
+		{"asg unknown field", "version: 1\nsource:\n  bucket: abc\nasg:\n  lifecycle-hook: x\n", []string{"asg.lifecycle-hook", `did you mean "lifecycle_hook"`}},
 		{"several at once", "version: 3\nsource:\n  prefix: /x\n", []string{"version:", "source.bucket: required", "source.prefix"}},
 	}
 	for _, c := range cases {

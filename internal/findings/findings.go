@@ -120,9 +120,14 @@ func Codes(fs []Finding) string {
 	if len(fs) == 0 {
 		return "none"
 	}
-	codes := make([]string, len(fs))
-	for i, f := range fs {
-		codes[i] = f.Code
+	// Each code once, in first-seen order: five SETTING_MISSING say no more than one.
+	var codes []string
+	seen := map[string]bool{}
+	for _, f := range fs {
+		if !seen[f.Code] {
+			seen[f.Code] = true
+			codes = append(codes, f.Code)
+		}
 	}
 	return strings.Join(codes, " ")
 }

@@ -66,10 +66,11 @@ type ASGCall struct {
 	At     time.Time
 }
 
-// StartASG serves an empty region on a free loopback port.
-func StartASG(t testing.TB) *ASG {
+// StartASG serves an empty region on a free loopback port, accepting requests signed with
+// the given credentials.
+func StartASG(t testing.TB, access, secret string) *ASG {
 	t.Helper()
-	a := &ASG{AccessKey: "AKIDASGTEST", SecretKey: "asg-secret-key", groups: map[string]*ASGGroup{},
+	a := &ASG{AccessKey: access, SecretKey: secret, groups: map[string]*ASGGroup{},
 		pending: map[string]string{}, deny: map[string]bool{}, changed: make(chan struct{})}
 	srv := httptest.NewServer(http.HandlerFunc(a.serve))
 	t.Cleanup(srv.Close)
@@ -119,7 +120,8 @@ func (a *ASG) Calls(actions ...string) []ASGCall {
 	return out
 }
 
-// Wait blocks until cond holds for the calls, or fails the test after timeout.
+// Wait blocks until cond holds for the calls, or fails the test after timeout. cond runs with
+// the endpoint locked: it must not call the endpoint's methods.
 func (a *ASG) Wait(t testing.TB, timeout time.Duration, what string, cond func(calls []ASGCall) bool) {
 	t.Helper()
 	deadline := time.After(timeout)
@@ -309,16 +311,20 @@ func esc(s string) string {
 const asgNS = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
 
 func asgOK(w http.ResponseWriter, action, result string) {
+	id := reqID()
 	w.Header().Set("Content-Type", "text/xml")
+	w.Header().Set("X-Amzn-Requestid", id)
 	fmt.Fprintf(w, `<%sResponse xmlns="%s"><%sResult>%s</%sResult><ResponseMetadata><RequestId>%s</RequestId></ResponseMetadata></%sResponse>`,
-		action, asgNS, action, result, action, reqID(), action)
+		action, asgNS, action, result, action, id, action)
 }
 
 func asgError(w http.ResponseWriter, status int, code, msg string) {
+	id := reqID()
 	w.Header().Set("Content-Type", "text/xml")
+	w.Header().Set("X-Amzn-Requestid", id)
 	w.WriteHeader(status)
 	fmt.Fprintf(w, `<ErrorResponse xmlns="%s"><Error><Type>Sender</Type><Code>%s</Code><Message>%s</Message></Error><RequestId>%s</RequestId></ErrorResponse>`,
-		asgNS, code, esc(msg), reqID())
+		asgNS, code, esc(msg), id)
 }
 
 var reqN struct {

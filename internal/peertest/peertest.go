@@ -198,6 +198,9 @@ type IMDS struct {
 type Instance struct {
 	ID, LocalIPv4, Region string
 	UserData              []byte
+	// ASGGroup, when set, is served as the instance's aws:autoscaling:groupName tag (instance
+	// metadata tags enabled); otherwise that tag answers 404.
+	ASGGroup string
 }
 
 // StartIMDS starts the metadata mock on a free loopback port.
@@ -211,6 +214,11 @@ func StartIMDS(t testing.TB, in Instance) *IMDS {
 		"dynamic": map[string]any{"values": map[string]any{"instance-identity-document": map[string]any{
 			"instanceId": in.ID, "region": in.Region, "privateIp": in.LocalIPv4, "availabilityZone": in.Region + "a"}}},
 		"userdata": map[string]any{"values": map[string]any{"userdata": base64.StdEncoding.EncodeToString(in.UserData)}},
+	}
+	if in.ASGGroup != "" {
+		md := cfg["metadata"].(map[string]any)
+		md["paths"] = map[string]any{"tags-instance-test": "/latest/meta-data/tags/instance/aws:autoscaling:groupName"}
+		md["values"].(map[string]any)["tags-instance-test"] = in.ASGGroup
 	}
 	data, _ := json.Marshal(cfg)
 	os.WriteFile(filepath.Join(dir, "config.json"), data, 0o644)
