@@ -15,6 +15,7 @@ IMDSMOCK_VERSION=v1.13.0
 STATICCHECK_VERSION=v0.8.2
 FERRETDB_VERSION=v1.24.2
 VAULT_VERSION=v1.14.2
+S5CMD_VERSION=v2.3.0
 
 log() { printf 'peers: %s\n' "$*" >&2; }
 
@@ -116,6 +117,34 @@ MOD
   rm -rf "$w"
 }
 
+# s5cmd, a baseline of `make bench`: `go install` is refused (no version list), so it builds
+# inside a scratch module.
+build_s5cmd() {
+  [ -x "$BIN/s5cmd" ] && return 0
+  log "building s5cmd $S5CMD_VERSION (~40 s)"
+  local w
+  w=$(mktemp -d)
+  (
+    cd "$w"
+    printf 'module haagent/s5cmdbuild\n\ngo 1.26\n' >go.mod
+    go get "github.com/peak/s5cmd/v2@$S5CMD_VERSION"
+    go build -o "$BIN/s5cmd.tmp" github.com/peak/s5cmd/v2
+  )
+  mv "$BIN/s5cmd.tmp" "$BIN/s5cmd"
+  rm -rf "$w"
+}
+
+# What `make bench` compares against: Debian's awscli (the replaced userdata's tool; /usr/bin/aws,
+# since a pip awscli may shadow it) and s5cmd; the watch measurement uses docker.io.
+benchdeps() {
+  if [ ! -x /usr/bin/aws ]; then
+    log "installing awscli"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends awscli >/dev/null
+  fi
+  build_s5cmd
+}
+
 # A debootstrapped bookworm with systemd and docker.io, booted by systemd-nspawn in the boot
 # test; cached (read-only use: the test copies it).
 build_nspawnroot() {
@@ -139,10 +168,11 @@ shift || true
 case $cmd in
   bin) echo "$BIN" ;;
   deps) deps ;;
+  benchdeps) benchdeps ;;
   build)
     names=("$@")
     [ ${#names[@]} -eq 0 ] && names=(versitygw imdsmock staticcheck ferretdb vault nspawnroot)
     for n in "${names[@]}"; do "build_$n"; done
     ;;
-  *) echo "usage: $0 build [versitygw|imdsmock|staticcheck|ferretdb|vault...] | deps | bin" >&2; exit 2 ;;
+  *) echo "usage: $0 build [versitygw|imdsmock|staticcheck|ferretdb|vault|nspawnroot|s5cmd...] | deps | benchdeps | bin" >&2; exit 2 ;;
 esac

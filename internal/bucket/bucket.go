@@ -63,6 +63,9 @@ type Bucket struct {
 func New(ctx context.Context, o Options) (*Bucket, error) {
 	hc := awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
 		tr.Proxy = ProxyFunc()
+		// One idle connection per download worker (fetch.concurrency is at most 128): a
+		// connection dropped from a small pool costs a new TCP and TLS handshake per object.
+		tr.MaxIdleConnsPerHost = 128
 	})
 	if o.CAFile != "" {
 		pem, err := os.ReadFile(o.CAFile)
