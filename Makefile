@@ -37,10 +37,16 @@ test: lint unit
 e2e: peers
 	HAAGENT_PEERS_BIN=$(PEERS_BIN) $(GO) test -count=1 -run TestSystemdBoot -v ./cmd/haagent
 
-# Go benchmarks of the hot paths (settings parsing, log forwarding, hash-while-writing);
-# compare runs with benchstat.
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./internal/settings ./internal/watch ./internal/atomicfile | tee bench.txt
+# The side-by-side table (internal/bench: fetch vs awscli and s5cmd behind a latency proxy, time
+# to diagnosis vs the stock clients, the watch's footprint vs docker logs -f, start-up), printed
+# and written to bench.json; then the Go benchmarks of the hot paths (settings parsing, log
+# forwarding, hash-while-writing), compared by benchstat with the previous `make bench`.
+bench: peers
+	scripts/peers.sh benchdeps
+	set -o pipefail; HAAGENT_PEERS_BIN=$(PEERS_BIN) HAAGENT_BENCH_OUT=$(CURDIR)/bench.json $(GO) test -tags bench -count=1 -timeout 30m -run TestTable -v ./internal/bench | grep -v '^=== RUN' | tee bench-table.txt
+	@if [ -f bench.txt ]; then mv bench.txt bench.old.txt; fi
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./internal/settings ./internal/watch ./internal/atomicfile > bench.txt
+	@if [ -f bench.old.txt ]; then $(PEERS_BIN)/benchstat bench.old.txt bench.txt; else $(PEERS_BIN)/benchstat bench.txt; fi
 
 # A short fuzzing pass over the config decoder (CI runs the seed corpus through `go test`).
 fuzz:

@@ -16,6 +16,7 @@ STATICCHECK_VERSION=v0.8.2
 FERRETDB_VERSION=v1.24.2
 VAULT_VERSION=v1.14.2
 S5CMD_VERSION=v2.3.0
+BENCHSTAT_VERSION=v0.0.0-20260908200009-22c9c6c9d4da
 
 log() { printf 'peers: %s\n' "$*" >&2; }
 
@@ -143,6 +144,10 @@ benchdeps() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends awscli >/dev/null
   fi
   build_s5cmd
+  if [ ! -x "$BIN/benchstat" ]; then
+    log "building benchstat"
+    GOBIN=$BIN go install "golang.org/x/perf/cmd/benchstat@$BENCHSTAT_VERSION"
+  fi
 }
 
 # A debootstrapped bookworm with systemd and docker.io, booted by systemd-nspawn in the boot

@@ -83,6 +83,39 @@ func Commit(staged, path string, dirMode os.FileMode) error {
 	return syncDir(dir)
 }
 
+// Move is one staged file and its final path.
+type Move struct {
+	Staged, Path string
+	DirMode      os.FileMode
+}
+
+// CommitAll moves several staged files into place, then syncs each directory once: a bundle of
+// hundreds of files in a few directories pays a few directory syncs, not one per file. Each
+// rename is atomic on its own; the bundle is durable when CommitAll returns.
+func CommitAll(moves []Move) error {
+	var dirs []string
+	seen := map[string]bool{}
+	for _, m := range moves {
+		dir := filepath.Dir(m.Path)
+		if !seen[dir] {
+			if err := MkdirAll(dir, m.DirMode); err != nil {
+				return err
+			}
+			seen[dir] = true
+			dirs = append(dirs, dir)
+		}
+		if err := os.Rename(m.Staged, m.Path); err != nil {
+			return fmt.Errorf("moving %s into place: %w", m.Path, err)
+		}
+	}
+	for _, dir := range dirs {
+		if err := syncDir(dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func writeTemp(dir, base string, r io.Reader, o Options) (string, Result, error) {
 	f, err := os.CreateTemp(dir, "."+base+".haagent-*")
 	if err != nil {

@@ -2,6 +2,7 @@ package atomicfile
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -93,5 +94,37 @@ func TestMkdirAllKeepsExistingModes(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "file"), nil, 0o600)
 	if err := MkdirAll(filepath.Join(dir, "file", "sub"), 0o700); err == nil {
 		t.Fatal("a file in the way must be an error")
+	}
+}
+
+func TestCommitAllMovesEveryFileAndCreatesDirectories(t *testing.T) {
+	root := t.TempDir()
+	stage := filepath.Join(root, "stage")
+	var moves []Move
+	for i, dest := range []string{"a/1", "a/2", "b/c/3"} {
+		tmp, _, err := Stage(stage, filepath.Base(dest), strings.NewReader(fmt.Sprint(i)), Options{Mode: 0o600, DirMode: 0o700, UID: -1, GID: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		moves = append(moves, Move{Staged: tmp, Path: filepath.Join(root, dest), DirMode: 0o700})
+	}
+	if err := CommitAll(moves); err != nil {
+		t.Fatal(err)
+	}
+	for i, dest := range []string{"a/1", "a/2", "b/c/3"} {
+		b, err := os.ReadFile(filepath.Join(root, dest))
+		if err != nil || string(b) != fmt.Sprint(i) {
+			t.Fatalf("%s: %q %v", dest, b, err)
+		}
+	}
+	if fi, _ := os.Stat(filepath.Join(root, "b/c")); fi.Mode().Perm() != 0o700 {
+		t.Fatalf("directory mode %v", fi.Mode().Perm())
+	}
+	if left, _ := os.ReadDir(stage); len(left) != 0 {
+		t.Fatalf("left in the stage: %v", left)
+	}
+	// A staged file that is gone fails with the path named.
+	if err := CommitAll([]Move{{Staged: filepath.Join(stage, "missing"), Path: filepath.Join(root, "x"), DirMode: 0o700}}); err == nil || !strings.Contains(err.Error(), filepath.Join(root, "x")) {
+		t.Fatalf("missing staged file: %v", err)
 	}
 }

@@ -145,7 +145,7 @@ func median(ds []time.Duration) time.Duration {
 
 const (
 	region = "us-east-1"
-	runs   = 5
+	runs   = 7
 	delay  = 20 * time.Millisecond
 )
 

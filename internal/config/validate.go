@@ -49,7 +49,7 @@ func DefaultLayout() []Entry {
 
 // Defaults for everything the minimal config leaves out.
 const (
-	DefaultConcurrency      = 64
+	DefaultConcurrency      = 128
 	DefaultAttempts         = 6
 	DefaultTimeout          = 2 * time.Minute
 	DefaultIMDSTimeout      = 5 * time.Second

@@ -292,13 +292,16 @@ func download(ctx context.Context, b *bucket.Bucket, root string, f *File) error
 // renames leaves some files new and some old, every one of them complete, and the next run
 // converges.
 func (bd *Bundle) Commit() error {
+	var moves []atomicfile.Move
 	for _, f := range bd.Files {
-		if f.staged == "" {
-			continue
+		if f.staged != "" {
+			moves = append(moves, atomicfile.Move{Staged: f.staged, Path: filepath.Join(bd.Root, f.Dest), DirMode: f.dirMode})
 		}
-		if err := atomicfile.Commit(f.staged, filepath.Join(bd.Root, f.Dest), f.dirMode); err != nil {
-			return err
-		}
+	}
+	if err := atomicfile.CommitAll(moves); err != nil {
+		return err
+	}
+	for _, f := range bd.Files {
 		f.staged = ""
 	}
 	bd.Discard()
