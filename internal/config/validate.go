@@ -73,6 +73,19 @@ func (c *Config) Validate() error {
 		probs = append(probs, Problem{Path: p, Msg: fmt.Sprintf(format, a...)})
 	}
 
+	// An AWS service's region and endpoint, where the config lets them be set.
+	checkAWS := func(section, region, endpoint string) {
+		if region != "" && !regionRE.MatchString(region) {
+			bad(section+".region", "%q is not a region name such as us-east-1", region)
+		}
+		if endpoint != "" {
+			u, err := url.Parse(endpoint)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				bad(section+".endpoint", "%q must be an http:// or https:// URL", endpoint)
+			}
+		}
+	}
+
 	switch c.Version {
 	case 0:
 		bad("version", "required: this haagent reads version: 1")
@@ -98,15 +111,7 @@ func (c *Config) Validate() error {
 			s.Prefix = p + "/"
 		}
 	}
-	if s.Region != "" && !regionRE.MatchString(s.Region) {
-		bad("source.region", "%q is not a region name such as us-east-1", s.Region)
-	}
-	if s.Endpoint != "" {
-		u, err := url.Parse(s.Endpoint)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("source.endpoint", "%q must be an http:// or https:// URL", s.Endpoint)
-		}
-	}
+	checkAWS("source", s.Region, s.Endpoint)
 	if s.CAFile != "" && !path.IsAbs(s.CAFile) {
 		bad("source.ca_file", "%q must be an absolute path", s.CAFile)
 	}
@@ -220,15 +225,7 @@ func (c *Config) Validate() error {
 	}
 
 	a := &c.ASG
-	if a.Region != "" && !regionRE.MatchString(a.Region) {
-		bad("asg.region", "%q is not a region name such as us-east-1", a.Region)
-	}
-	if a.Endpoint != "" {
-		u, err := url.Parse(a.Endpoint)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("asg.endpoint", "%q must be an http:// or https:// URL", a.Endpoint)
-		}
-	}
+	checkAWS("asg", a.Region, a.Endpoint)
 	if a.HeartbeatEvery < 0 {
 		bad("asg.heartbeat_every", "must be positive")
 	}
