@@ -92,31 +92,24 @@ func (b *Budget) Take(ctx context.Context, r Replacement) error {
 }
 
 func (b *Budget) read(ctx context.Context) (Ledger, string, error) {
-	var led Ledger
+	var data []byte
 	var etag string
 	err := b.Bucket.Get(ctx, LedgerKey, "", func(body io.Reader, m bucket.Meta) error {
-		data, err := io.ReadAll(io.LimitReader(body, 1<<20))
-		if err != nil {
-			return err
-		}
-		etag = m.ETag
-		led = Ledger{}
-		if err := json.Unmarshal(data, &led); err != nil {
-			return fmt.Errorf("%w: %v", errCorrupt, err)
-		}
-		return nil
+		d, err := io.ReadAll(io.LimitReader(body, 1<<20))
+		data, etag = d, m.ETag
+		return err
 	})
 	if errors.Is(err, bucket.ErrNotFound) {
 		return Ledger{Version: 1}, "", nil
 	}
-	if errors.Is(err, errCorrupt) {
-		// A ledger nobody can read grants nothing: a person must look at it.
-		return led, "", fmt.Errorf("the replacement ledger %s is not valid JSON; fix or delete it: %w", b.Bucket.URI(LedgerKey), err)
-	}
 	if err != nil {
-		return led, "", fmt.Errorf("reading the replacement ledger %s: %w", b.Bucket.URI(LedgerKey), err)
+		return Ledger{}, "", fmt.Errorf("reading the replacement ledger %s: %w", b.Bucket.URI(LedgerKey), err)
+	}
+	// Parsed here, not while downloading: a bad ledger is not a transfer error to retry.
+	var led Ledger
+	if err := json.Unmarshal(data, &led); err != nil {
+		// A ledger nobody can read grants nothing: a person must look at it.
+		return Ledger{}, "", fmt.Errorf("the replacement ledger %s is not valid JSON (%v); fix or delete it", b.Bucket.URI(LedgerKey), err)
 	}
 	return led, etag, nil
 }
-
-var errCorrupt = errors.New("corrupt ledger")

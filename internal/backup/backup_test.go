@@ -2,7 +2,6 @@ package backup
 
 import (
 	"context"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -76,13 +75,7 @@ func TestKeysBackup(t *testing.T) {
 
 func TestKeysBackupDeniedNamesThePermission(t *testing.T) {
 	f := peertest.StartFakeS3(t, bkt, nil)
-	f.SetFault(func(w http.ResponseWriter, r *http.Request, _ http.Handler) bool {
-		if r.Method == http.MethodPut {
-			peertest.S3Error(w, 403, "AccessDenied", "Access Denied")
-			return true
-		}
-		return false
-	})
+	f.DenyPuts()
 	b := peertest.OpenBucket(t, f.URL, "a", "b", bkt, 2, 5*time.Second)
 	res, err := Keys(context.Background(), b, keysRoot(t, map[string]string{"k.key": "secret-key-bytes"}), local, prefix, bucket.Encryption{SSE: "AES256"})
 	if err != nil {

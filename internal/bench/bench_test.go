@@ -481,7 +481,7 @@ func benchWatch(t *testing.T, bin string, rep *report) {
 		return nil
 	})
 	// Every database points at a closed port; the watch is what is measured here.
-	closed := blackHoleClosed(t)
+	closed := closedPort(t)
 	s.Put(t, "bench", "circleconfig/shared/postgresql", []byte(fmt.Sprintf("export POSTGRES_HOST=\"127.0.0.1\"\nexport POSTGRES_PORT=\"%d\"\nexport POSTGRES_USER=\"c\"\nexport POSTGRES_PASSWORD=\"x\"\n", closed)))
 	s.Put(t, "bench", "circleconfig/shared/mongodb", []byte(mongoSettings(closed)))
 	s.Put(t, "bench", "circleconfig/shared/vault", []byte(fmt.Sprintf("export VAULT__SCHEME=\"http\"\nexport VAULT__HOST=\"127.0.0.1\"\nexport VAULT__PORT=\"%d\"\nexport VAULT__CLIENT_TOKEN=\"x\"\nexport VAULT__TRANSIT_MOUNT=\"transit\"\n", closed)))
@@ -584,7 +584,8 @@ watch: {stuck_after: 1h}
 		Goal: "0", Met: ptr(lost == 0), Value: float64(lost)})
 }
 
-func blackHoleClosed(t *testing.T) int {
+// closedPort is a loopback port nothing listens on.
+func closedPort(t *testing.T) int {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -39,7 +39,9 @@ func stepASG(ctx context.Context, env *Env) error {
 		cli, err := asg.New(ctx, asg.Options{InstanceID: env.Instance.InstanceID, Region: region, Endpoint: a.Endpoint,
 			Hook: a.LifecycleHook, Log: env.Log})
 		if err != nil {
-			return fmt.Errorf("setting up Auto Scaling access: %w", err)
+			// Like every Auto Scaling problem, a finding, not a reason to hold the boot.
+			env.Report(findings.New("ASG_API_FAILED", env.Instance.InstanceID, "cannot set up Auto Scaling access", err.Error()))
+			return nil
 		}
 		group, err := cli.Resolve(ctx, a.Group, func(ctx context.Context) (string, error) { return env.IMDS.Tag(ctx, asg.GroupTag) })
 		if err != nil {

@@ -196,13 +196,7 @@ func TestCookieKeyNotGeneratedWhenS3DidNotSayMissing(t *testing.T) {
 
 func TestCookieKeyPutDeniedKeepsGeneratedKeyWithWarning(t *testing.T) {
 	f := peertest.StartFakeS3(t, bkt, nil)
-	f.SetFault(func(w http.ResponseWriter, r *http.Request, _ http.Handler) bool {
-		if r.Method == http.MethodPut {
-			peertest.S3Error(w, 403, "AccessDenied", "Access Denied")
-			return true
-		}
-		return false
-	})
+	f.DenyPuts()
 	b := peertest.OpenBucket(t, f.URL, "a", "b", bkt, 3, 5*time.Second)
 	root := t.TempDir()
 	res, err := Ensure(context.Background(), b, root)

@@ -84,6 +84,17 @@ func (f *FakeS3) Object(key string) []byte {
 // SetFault installs (or, with nil, removes) the fault.
 func (f *FakeS3) SetFault(fl Fault) { f.mu.Lock(); f.fault = fl; f.mu.Unlock() }
 
+// DenyPuts answers every PUT with 403 AccessDenied, as a role without s3:PutObject gets.
+func (f *FakeS3) DenyPuts() {
+	f.SetFault(func(w http.ResponseWriter, r *http.Request, _ http.Handler) bool {
+		if r.Method == http.MethodPut {
+			S3Error(w, 403, "AccessDenied", "Access Denied")
+			return true
+		}
+		return false
+	})
+}
+
 // Count is how many requests of method reached key.
 func (f *FakeS3) Count(method, key string) int {
 	f.mu.Lock()
