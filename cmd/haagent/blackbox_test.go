@@ -426,6 +426,34 @@ func TestServiceModeNotifiesAndRetries(t *testing.T) {
 	}
 }
 
+// READY=1 is what `systemctl restart haagent` waits for; a `haagent status --wait` run right
+// after must see the new run, not the previous run's "complete" (it once returned at once, and
+// the boot test then found Replicated's services not yet started).
+func TestReadyOnlyOnceTheRunIsRecorded(t *testing.T) {
+	w := newWorld(t, "i-0ready0000000000")
+	if r := w.run("run", "--once"); r.code != 0 {
+		t.Fatalf("first boot: exit %d\n%s", r.code, r.stderr)
+	}
+	cmd, stderr, msgs := w.startService()
+	timeout := time.After(60 * time.Second)
+	for {
+		select {
+		case m := <-msgs:
+			if m != "READY=1" {
+				continue
+			}
+			last := w.record().Last()
+			if last.PID != cmd.Process.Pid || last.Status == state.Complete {
+				t.Fatalf("at READY=1 the record's last run is pid %d, %s; want this service's run (pid %d), not yet complete\n%s",
+					last.PID, last.Status, cmd.Process.Pid, stderr.String())
+			}
+			return
+		case <-timeout:
+			t.Fatalf("no READY=1 within 60 s\n%s", stderr.String())
+		}
+	}
+}
+
 // startService runs `haagent run` as systemd would, with NOTIFY_SOCKET pointed at a socket
 // the test reads; it returns the process, its stderr and the sd_notify messages.
 func (w *world) startService(extraEnv ...string) (*exec.Cmd, *syncBuffer, <-chan string) {

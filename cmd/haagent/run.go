@@ -45,7 +45,7 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if !c.once {
 		// READY means "the agent is up and driving the boot"; the boot itself can take half an
 		// hour and is reported through STATUS= and the run record, not systemd's start job.
-		bootstrap.Notify("READY=1")
+		r.Started = func() { bootstrap.Notify("READY=1") }
 	}
 	log.Info("haagent starting", "version", version, "root", c.g.root, "mode", map[bool]string{true: "once", false: "service"}[c.once])
 	if err := r.Run(ctx, env); err != nil {

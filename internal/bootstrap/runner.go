@@ -25,6 +25,10 @@ type Runner struct {
 	Backoff func(n int) time.Duration
 	// StatePath is where the run record lives (under --root).
 	StatePath string
+	// Started, if set, is called once this run is in the record. READY=1 is sent from it:
+	// `systemctl restart haagent` returns on READY, and a `haagent status --wait` right after
+	// must find this run, not the previous run's "complete".
+	Started func()
 }
 
 // DefaultBackoff doubles from 5 s up to 5 min: a new instance's IAM role, network or bucket
@@ -50,6 +54,9 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 	})
 	env.Run = env.Record.Last()
 	r.save(env)
+	if r.Started != nil {
+		r.Started()
+	}
 
 	watchdog, _ := daemon.SdWatchdogEnabled(false)
 	attempts := map[string]int{}
