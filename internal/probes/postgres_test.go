@@ -242,6 +242,51 @@ func TestPostgres(t *testing.T) {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
+	t.Run("server without TLS behind hostssl lines", func(t *testing.T) {
+		// The server's ssl is switched off by a reload and back on after, over a superuser
+		// connection opened before (new ones need TLS).
+		ctx := context.Background()
+		c, err := pg.Super(ctx, "postgres")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		setSSL := func(on bool) {
+			t.Helper()
+			stmt := "ALTER SYSTEM SET ssl = off"
+			if on {
+				stmt = "ALTER SYSTEM RESET ssl"
+			}
+			if _, err := c.Exec(ctx, stmt); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
+				t.Fatal(err)
+			}
+			// The reload is asynchronous: a new connection shows when it took effect.
+			for deadline := time.Now().Add(30 * time.Second); ; {
+				s, err := pg.Super(ctx, "postgres")
+				if err == nil {
+					s.Close(ctx)
+				}
+				if (err == nil) == on {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("ssl=%v not in effect after the reload: %v", on, err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		setSSL(false)
+		defer setSSL(true)
+		rep := check(t, pgSettings("localhost", pg.Port, "circle", circlePW), nil)
+		f := find(rep.Findings, "TLS_REQUIRED")
+		if only(rep.Findings) != "TLS_REQUIRED,TLS_OFF" || !f.Blocking || !strings.Contains(f.Summary, "only over TLS, but the server offers no TLS") ||
+			!strings.Contains(f.Evidence, "no encryption") {
+			t.Fatalf("want a blocking TLS_REQUIRED quoting the server (and the TLS_OFF warning), got %+v", rep.Findings)
+		}
+	})
 	t.Run("read-only standby with an expired certificate", func(t *testing.T) {
 		sb := pg.StartStandby(t, time.Now().Add(-24*time.Hour))
 		rep := check(t, pgSettings("localhost", sb.Port, "circle", circlePW), nil)
