@@ -14,7 +14,8 @@ bad() { echo "check-image: $*" >&2; fail=1; }
 
 # Nothing instance-specific or secret may ship in the image.
 for f in /etc/haagent/haagent.yaml /etc/settings.conf /etc/replicated.conf /etc/license.rli \
-  /etc/circle-installation-customizations /var/lib/haagent/state.json /var/lib/haagent/replicated-installed.json; do
+  /etc/circle-installation-customizations /var/lib/haagent/state.json /var/lib/haagent/replicated-installed.json \
+  /var/lib/haagent/frontend-logs.json; do
   [ -e "$root$f" ] && bad "$f is baked into the image; it must come from user-data or S3 at boot"
 done
 for d in /data/circle/circleci-encryption-keys /etc/circleconfig/shared; do

@@ -6,11 +6,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
+	"github.com/haagent/haagent/internal/state"
 	"github.com/haagent/haagent/systemd"
 )
 
@@ -193,6 +196,65 @@ echo 'Installing Replicated (test installer)'
 		if err != nil || fi.Mode()&(os.ModeDir|os.ModePerm) != mode {
 			t.Errorf("/%s: %v %v, want %v", path, fi.Mode(), err, mode)
 		}
+	}
+
+	// A real reboot with S3 down: systemd starts haagent by its enablement, the run goes on
+	// with the files in place, the installer is not run again, and dockerd brings the
+	// frontend back by its restart policy, which haagent finds and forwards.
+	before, err := state.Load(filepath.Join(root, state.Path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.s3.Stop()
+	rebooted := time.Now()
+	m.Reboot(t)
+	if out, err := m.Exec("haagent", "status", "--wait", "--timeout", "120s"); err != nil {
+		j, _ := m.Exec("journalctl", "-u", "haagent", "--no-pager", "-o", "cat", "-n", "200")
+		t.Fatalf("status --wait after the reboot: %v\n%s\njournal of this boot:\n%s", err, out, j)
+	}
+	rec, err := state.Load(filepath.Join(root, state.Path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := rec.Last()
+	// (This nspawn shares the host's boot_id, so the run is told apart by its start.)
+	if last.ID == before.Last().ID || last.Start.Before(rebooted) || last.Mode != "service" || last.Status != state.Complete {
+		t.Fatalf("after the reboot the last run is %s (%s, %s, started %s); want a complete service run started after the reboot",
+			last.ID, last.Mode, last.Status, last.Start)
+	}
+	if codes := findings.Codes(last.Findings); !strings.Contains(codes, "S3_OFFLINE_LAST_GOOD") {
+		t.Fatalf("the rebooted run with S3 down does not report S3_OFFLINE_LAST_GOOD: %v", codes)
+	}
+	if inst := installerJournal(t, m); strings.Count(inst, "\ninstaller started\n") != 1 {
+		t.Fatalf("the installer ran again after the reboot:\n%s", inst)
+	}
+	props = m.MustExec(t, "systemctl", "show", "haagent", "-p", "ActiveState", "-p", "StatusText", "-p", "NRestarts")
+	for _, want := range []string{"ActiveState=active", "StatusText=boot complete", "NRestarts=0"} {
+		if !strings.Contains(props, want) {
+			t.Errorf("after the reboot the unit properties lack %s:\n%s", want, props)
+		}
+	}
+	// The frontend printed its hello once per start (the install, the reboot); each is in the
+	// journal exactly once: the restarted haagent did not repeat the first, and the one after
+	// the reboot forwarded what the frontend printed before haagent's watch began.
+	hellos := func() int {
+		n := 0
+		for _, e := range journal(t, m, "haagent") {
+			if e["CONTAINER_NAME"] == "frontend" && e["MESSAGE"] == "frontend says hello" {
+				n++
+			}
+		}
+		return n
+	}
+	for deadline := time.Now().Add(60 * time.Second); hellos() < 2; {
+		if time.Now().After(deadline) {
+			j, _ := m.Exec("journalctl", "--since", "@"+strconv.FormatInt(rebooted.Unix(), 10), "-u", "haagent", "--no-pager", "-o", "cat")
+			t.Fatalf("the rebooted frontend's hello is not in the journal:\n%s", j)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if n := hellos(); n != 2 {
+		t.Fatalf("the frontend's hello is in the journal %d times, want 2 (one per start)", n)
 	}
 }
 

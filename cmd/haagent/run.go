@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/haagent/haagent/internal/bootstrap"
 	"github.com/haagent/haagent/internal/config"
@@ -40,6 +41,11 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer release()
+	// At exit (SIGTERM, or the end of --once) the steps' background work is stopped and waited
+	// for: the log forwarding saves how far it got, for the next haagent.
+	ctx, stop := context.WithCancel(ctx)
+	defer env.Drain(5 * time.Second)
+	defer stop()
 	env.Reinstall = c.reinstall
 	r := &bootstrap.Runner{Steps: bootstrap.Steps, Once: c.once, StatePath: c.g.path(state.Path)}
 	if !c.once {

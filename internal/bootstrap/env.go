@@ -50,6 +50,9 @@ type Env struct {
 	persistMu sync.Mutex
 	persist   func()
 	Watcher   *watch.Watcher
+	// background holds what must finish its last write before the process exits (the log
+	// forwarding's mark).
+	background sync.WaitGroup
 
 	// ASG is nil unless asg.enabled and the instance is in a group.
 	ASG *asg.Client
@@ -154,6 +157,18 @@ func BootID() string {
 		return ""
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// Drain waits, up to timeout, for the background work started by the steps to wind down once
+// the context that runs them has ended.
+func (e *Env) Drain(timeout time.Duration) {
+	done := make(chan struct{})
+	go func() { e.background.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		e.Log.Warn("background work did not end in time; exiting anyway", "waited", timeout.String())
+	}
 }
 
 // LateFinding reports a finding raised outside the step table's flow (a crash loop, from the

@@ -314,8 +314,9 @@ func stepWatch(ctx context.Context, env *Env) error {
 		w, err := watch.New(watch.Options{
 			Name: c.Container, StuckAfter: c.StuckAfter.D(), ReprobeEvery: c.ReprobeEvery.D(),
 			CrashRestarts: c.CrashRestarts, CrashWindow: c.CrashWindow.D(), Log: env.Log,
-			Sink:   logging.NewContainerSink(c.Container, env.Log),
-			Status: func(s string) { Notify("STATUS=" + s) },
+			Sink:     logging.NewContainerSink(c.Container, env.Log),
+			Status:   func(s string) { Notify("STATUS=" + s) },
+			MarkPath: env.Path(watch.MarkPath),
 			Probe: func(ctx context.Context) []findings.Finding {
 				return runProbes(ctx, env).Findings
 			},
@@ -329,8 +330,10 @@ func stepWatch(ctx context.Context, env *Env) error {
 		if env.Record.CompletedOn(env.Instance.InstanceID) {
 			startGuard(ctx, env)
 		}
-		// Lines from before this haagent started were forwarded by the one before it.
-		go w.Follow(ctx, env.Run.Start)
+		// The haagent before this one left a mark of how far it forwarded; without one,
+		// lines from before this run are taken as forwarded by an older haagent.
+		env.background.Add(1)
+		go func() { defer env.background.Done(); w.Follow(ctx, env.Run.Start) }()
 		go w.CrashLoops(ctx, func(dies int, window time.Duration) {
 			probed := runProbes(ctx, env).Findings
 			last := strings.Join(w.LastLines(), " | ")

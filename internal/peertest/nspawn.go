@@ -16,9 +16,11 @@ import (
 // Machine is a bookworm root booted by systemd-nspawn: a real systemd as PID 1, sharing the
 // host's network (the peers on loopback stay reachable).
 type Machine struct {
-	Root string
-	pid  int // the container's init, as seen from the host
-	cmd  *exec.Cmd
+	Root  string
+	pid   int // the container's init, as seen from the host
+	cmd   *exec.Cmd
+	done  chan struct{}
+	boots int
 }
 
 // NspawnRoot copies the cached debootstrapped root into a fresh directory.
@@ -51,35 +53,68 @@ func NspawnRoot(t testing.TB) string {
 func Boot(t testing.TB, root string) *Machine {
 	t.Helper()
 	m := &Machine{Root: root}
-	logf := filepath.Join(filepath.Dir(root), "nspawn.log")
+	t.Cleanup(func() {
+		if m.cmd == nil {
+			return
+		}
+		m.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-m.done:
+		case <-time.After(20 * time.Second):
+			m.cmd.Process.Kill()
+			<-m.done
+		}
+	})
+	m.boot(t)
+	return m
+}
+
+// Reboot has the container's systemd reboot, and boots the root again as
+// systemd-nspawn@.service does when nspawn exits with 133 (the container asked to reboot):
+// a new boot id, units started by their enablement, the journal kept on disk.
+func (m *Machine) Reboot(t testing.TB) {
+	t.Helper()
+	m.Exec("systemctl", "reboot") // its connection may end with the box
+	select {
+	case <-m.done:
+	case <-time.After(90 * time.Second):
+		t.Fatalf("the container did not shut down within 90 s of systemctl reboot; see %s", m.logPath())
+	}
+	if code := m.cmd.ProcessState.ExitCode(); code != 133 {
+		t.Fatalf("systemd-nspawn exited %d after systemctl reboot, want 133 (reboot requested); see %s", code, m.logPath())
+	}
+	m.cmd, m.pid = nil, 0
+	m.boot(t)
+}
+
+func (m *Machine) logPath() string {
+	return filepath.Join(filepath.Dir(m.Root), fmt.Sprintf("nspawn-%d.log", m.boots))
+}
+
+func (m *Machine) boot(t testing.TB) {
+	t.Helper()
+	m.boots++
+	logf := m.logPath()
 	f, _ := os.Create(logf)
-	m.cmd = exec.Command("systemd-nspawn", "-D", root, "--boot", "--register=no", "--keep-unit", "--capability=all",
+	cmd := exec.Command("systemd-nspawn", "-D", m.Root, "--boot", "--register=no", "--keep-unit", "--capability=all",
 		"--system-call-filter=@keyring bpf", "--console=pipe", "--machine=haagent-boot-test")
-	m.cmd.Env = append(os.Environ(), "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1")
-	m.cmd.Stdout, m.cmd.Stderr = f, f
-	m.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := m.cmd.Start(); err != nil {
+	cmd.Env = append(os.Environ(), "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1")
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
 		t.Fatalf("systemd-nspawn: %v", err)
 	}
 	done := make(chan struct{})
-	go func() { m.cmd.Wait(); f.Close(); close(done) }()
-	t.Cleanup(func() {
-		m.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			m.cmd.Process.Kill()
-			<-done
-		}
-	})
+	go func() { cmd.Wait(); f.Close(); close(done) }()
+	m.cmd, m.done = cmd, done
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if m.pid == 0 {
-			m.pid = childInit(m.cmd.Process.Pid)
+			m.pid = childInit(cmd.Process.Pid)
 		}
 		if m.pid != 0 {
 			if out, err := m.Exec("systemctl", "is-system-running", "--wait"); err == nil || strings.Contains(out, "degraded") {
-				return m
+				return
 			}
 		}
 		if time.Now().After(deadline) {

@@ -121,6 +121,7 @@ type S3 struct {
 	AccessKey string
 	SecretKey string
 	bin       string
+	cmd       *exec.Cmd
 }
 
 // StartS3 starts versitygw on a free loopback port.
@@ -139,7 +140,16 @@ func StartS3(t testing.TB) *S3 {
 	logf := filepath.Join(dir, "versitygw.log")
 	start(t, cmd, logf)
 	WaitListening(t, addr, cmd, logf)
+	s.cmd = cmd
 	return s
+}
+
+// Stop kills the server and waits for it: S3 gives no answer at all from then on.
+func (s *S3) Stop() {
+	s.cmd.Process.Kill()
+	if ch, ok := running.Load(s.cmd); ok {
+		<-ch.(chan struct{})
+	}
 }
 
 // MakeBucket creates an empty bucket.

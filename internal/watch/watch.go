@@ -5,7 +5,6 @@ package watch
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -48,6 +47,11 @@ type Options struct {
 	Status func(string) // sd_notify STATUS=
 	// Poll is how often the container's state is read while waiting.
 	Poll time.Duration
+	// MarkPath, if set, is where Follow keeps how far it forwarded, so the next haagent (a
+	// restart, a reboot) goes on from there. MarkEvery is how often it is saved while lines
+	// flow (default DefaultMarkEvery).
+	MarkPath  string
+	MarkEvery time.Duration
 }
 
 // Watcher watches one container.
@@ -64,6 +68,10 @@ type Watcher struct {
 	last       []string
 	dies       []time.Time
 	looping    bool
+
+	markMu sync.Mutex
+	mark   Mark // what pump forwarded last
+	saved  Mark // what is on disk; only Follow's goroutines touch it, one at a time
 }
 
 // New connects to the engine (DOCKER_HOST or the default socket), negotiating the API
@@ -219,8 +227,29 @@ func (w *Watcher) status(s string) {
 // re-creations. Each reattachment asks for the lines since the last one forwarded (not a
 // tail), and skips the lines it already forwarded at that exact timestamp.
 func (w *Watcher) Follow(ctx context.Context, from time.Time) {
-	last := from
-	dupAtLast := 0
+	last, dupAtLast := w.start(from)
+	every := w.o.MarkEvery
+	if every <= 0 {
+		every = DefaultMarkEvery
+	}
+	saver := make(chan struct{})
+	go func() {
+		defer close(saver)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				w.saveMark()
+			}
+		}
+	}()
+	defer func() {
+		<-saver
+		w.saveMark() // the stream has ended: this is exactly how far the journal got
+	}()
 	for ctx.Err() == nil {
 		s, err := w.Inspect(ctx)
 		if err != nil || !s.Exists {
@@ -250,6 +279,22 @@ func (w *Watcher) Follow(ctx context.Context, from time.Time) {
 func (w *Watcher) pump(rc io.Reader, last time.Time, dup int) (time.Time, int) {
 	br := bufio.NewReaderSize(rc, 64<<10)
 	seenAtLast := 0
+	emit := func(stream, text string, ts time.Time) {
+		if ts.Before(last) {
+			return
+		}
+		if ts.Equal(last) {
+			seenAtLast++
+			if seenAtLast <= dup {
+				return // already forwarded before the reattachment
+			}
+			dup++
+		} else {
+			last, dup, seenAtLast = ts, 1, 1
+		}
+		w.forward(stream, text, ts)
+		w.advance(last, dup)
+	}
 	var hdr [8]byte
 	for {
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
@@ -261,15 +306,20 @@ func (w *Watcher) pump(rc io.Reader, last time.Time, dup int) (time.Time, int) {
 		case 2:
 			stream = "stderr"
 		default:
-			// A TTY container's stream is not framed: read it as lines.
-			rest, _ := io.ReadAll(io.MultiReader(bytes.NewReader(hdr[:]), br))
-			for _, l := range strings.Split(strings.TrimSuffix(string(rest), "\n"), "\n") {
-				ts, text := splitTimestamp(l)
-				if !ts.Before(last) {
-					w.forward(stream, text, ts)
+			// A TTY container's stream is not framed: read it as lines, as they come (the
+			// timestamp that starts each line leaves no newline in the 8 bytes read).
+			pre := string(hdr[:])
+			for {
+				l, err := br.ReadString('\n')
+				l, pre = pre+l, ""
+				if l = strings.TrimRight(l, "\r\n"); l != "" {
+					ts, text := splitTimestamp(l)
+					emit(stream, text, ts)
+				}
+				if err != nil {
+					return last, dup
 				}
 			}
-			return last, dup
 		}
 		size := binary.BigEndian.Uint32(hdr[4:])
 		payload := make([]byte, size)
@@ -277,19 +327,7 @@ func (w *Watcher) pump(rc io.Reader, last time.Time, dup int) (time.Time, int) {
 			return last, dup
 		}
 		ts, text := splitTimestamp(strings.TrimSuffix(string(payload), "\n"))
-		if ts.Before(last) {
-			continue
-		}
-		if ts.Equal(last) {
-			seenAtLast++
-			if seenAtLast <= dup {
-				continue // already forwarded before the reattachment
-			}
-			dup++
-		} else {
-			last, dup, seenAtLast = ts, 1, 1
-		}
-		w.forward(stream, text, ts)
+		emit(stream, text, ts)
 	}
 }
 

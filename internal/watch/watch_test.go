@@ -2,6 +2,7 @@ package watch
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -211,4 +212,107 @@ func TestWatchStableAcrossRestarts(t *testing.T) {
 func openFDs() int {
 	entries, _ := os.ReadDir("/proc/self/fd")
 	return len(entries)
+}
+
+// A TTY container's stream is not framed: its lines are forwarded as they are printed, not
+// when the stream ends.
+func TestWatchTTYLinesAsTheyCome(t *testing.T) {
+	d := peertest.StartDocker(t)
+	d.BusyboxImage(t)
+	sink := &recSink{}
+	w := newWatcher(t, d, Options{Sink: sink})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go w.Follow(ctx, time.Time{})
+	d.Frontend(t, []string{"-t"}, `echo "tty one"; echo "tty two"; sleep 3600`)
+	eventually(t, "both TTY lines while the container runs", func() bool {
+		return strings.Join(sink.snapshot(), "|") == "stdout:tty one|stdout:tty two"
+	})
+}
+
+// The mark: a haagent that stops (a restart, a reboot) leaves how far it forwarded, and the
+// next one goes on from there: the lines printed while none ran arrive, none twice.
+func TestWatchNextFollowerGoesOnFromTheMark(t *testing.T) {
+	d := peertest.StartDocker(t)
+	d.BusyboxImage(t)
+	mark := t.TempDir() + "/var/lib/haagent/frontend-logs.json"
+	d.Frontend(t, nil, `echo a1; echo a2; while [ ! -f /tmp/go ]; do sleep 0.1; done; echo b1; echo b2 >&2; sleep 3600`)
+
+	first := &recSink{}
+	w1 := newWatcher(t, d, Options{Sink: first, MarkPath: mark, MarkEvery: time.Hour})
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { w1.Follow(ctx1, time.Time{}); close(done) }()
+	eventually(t, "the first follower's lines", func() bool { return strings.Join(first.snapshot(), "|") == "stdout:a1|stdout:a2" })
+	cancel1()
+	<-done
+	var m Mark
+	if b, err := os.ReadFile(mark); err != nil || json.Unmarshal(b, &m) != nil || m.Container != "frontend" || m.AtUntil != 1 {
+		t.Fatalf("the mark after the first follower stopped: %s %v (%+v)", b, err, m)
+	}
+	if fi, err := os.Stat(mark); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mark mode: %v %v", fi, err)
+	}
+
+	// Lines printed while no follower runs, then a follower whose run started after them.
+	d.MustRun(t, "exec", "frontend", "touch", "/tmp/go")
+	eventually(t, "the container to print b2", func() bool {
+		out, _ := d.Run("logs", "frontend")
+		return strings.Contains(out, "b2")
+	})
+	second := &recSink{}
+	w2 := newWatcher(t, d, Options{Sink: second, MarkPath: mark, MarkEvery: time.Hour})
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	done2 := make(chan struct{})
+	defer func() { cancel2(); <-done2 }() // its last save lands before the temp dir goes
+	go func() { w2.Follow(ctx2, time.Now()); close(done2) }()
+	eventually(t, "b2 from the second follower", func() bool {
+		s := second.snapshot()
+		return len(s) > 0 && s[len(s)-1] == "stderr:b2"
+	})
+	if got := strings.Join(second.snapshot(), "|"); got != "stdout:b1|stderr:b2" {
+		t.Fatalf("the second follower forwarded %q, want exactly the lines printed after the mark", got)
+	}
+}
+
+// Where a follower starts when the mark is missing, foreign, corrupt or very old.
+func TestFollowStart(t *testing.T) {
+	from := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+	recent := from.Add(-3 * time.Minute)
+	write := func(t *testing.T, content string) string {
+		p := t.TempDir() + "/frontend-logs.json"
+		if content != "" {
+			os.WriteFile(p, []byte(content), 0o600)
+		}
+		return p
+	}
+	mk := func(name string, until time.Time, at int) string {
+		b, _ := json.Marshal(Mark{Version: 1, Container: name, Until: until, AtUntil: at})
+		return string(b)
+	}
+	for _, c := range []struct {
+		name, mark string
+		want       time.Time
+		dup        int
+		warns      bool
+	}{
+		{"no mark", "", from, 0, false},
+		{"recent mark", mk("frontend", recent, 2), recent, 2, false},
+		{"another container's mark", mk("other", recent, 2), from, 0, false},
+		{"corrupt mark", `{"version": 1, "until": `, from, 0, true},
+		{"unknown version", `{"version": 9, "container": "frontend", "until": "2026-11-28T08:57:00Z"}`, from, 0, true},
+		{"mark from days ago", mk("frontend", from.Add(-72*time.Hour), 5), from.Add(-MaxReplay), 0, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var logs strings.Builder
+			w := &Watcher{o: Options{Name: "frontend", MarkPath: write(t, c.mark), Log: slog.New(slog.NewTextHandler(&logs, nil))}}
+			got, dup := w.start(from)
+			if !got.Equal(c.want) || dup != c.dup {
+				t.Fatalf("start = %s, %d; want %s, %d", got, dup, c.want, c.dup)
+			}
+			if warned := strings.Contains(logs.String(), "level=WARN"); warned != c.warns {
+				t.Fatalf("warned=%v, want %v: %s", warned, c.warns, logs.String())
+			}
+		})
+	}
 }
