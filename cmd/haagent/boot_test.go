@@ -88,8 +88,16 @@ echo 'Installing Replicated (test installer)'
 		t.Fatalf("check-image on the installed root: %v\n%s", err, out)
 	}
 
+	// The instance is the one member of a group with a launch hook: the boot heartbeats the
+	// action (the haagent restarted after the kill below too) and completes it once.
+	const id = "i-0nspawn000000000"
+	w.imds = peertest.StartIMDS(t, peertest.Instance{ID: id, LocalIPv4: "10.0.1.23", Region: "us-east-1", ASGGroup: asgGroup})
+	a := w.startASG(id, nil)
+	a.LaunchPending(id, "haagent-launch")
+	completions := func() []peertest.ASGCall { return a.Calls("CompleteLifecycleAction") }
+
 	// What user-data and /etc/default/haagent give a real instance.
-	w.writeConfig(w.s3.URL, "")
+	w.writeConfig(w.s3.URL, "asg:\n  enabled: true\n  lifecycle_hook: haagent-launch\n  endpoint: "+a.URL+"\n  heartbeat_every: 1s\n")
 	os.WriteFile(filepath.Join(root, "etc/default/haagent"), []byte(strings.Join([]string{
 		"AWS_ACCESS_KEY_ID=" + w.s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + w.s3.SecretKey,
 		"AWS_EC2_METADATA_SERVICE_ENDPOINT=" + w.imds.URL}, "\n")+"\n"), 0o600)
@@ -109,6 +117,7 @@ echo 'Installing Replicated (test installer)'
 		time.Sleep(100 * time.Millisecond)
 	}
 	m.MustExec(t, "systemctl", "kill", "--kill-whom=main", "-s", "KILL", "haagent")
+	killed := time.Now()
 
 	if out, err := m.Exec("haagent", "status", "--wait", "--timeout", "120s"); err != nil {
 		j, _ := m.Exec("journalctl", "-u", "haagent", "--no-pager", "-o", "cat")
@@ -119,6 +128,27 @@ echo 'Installing Replicated (test installer)'
 		if !strings.Contains(props, want) {
 			t.Errorf("unit properties lack %s:\n%s", want, props)
 		}
+	}
+
+	// The launch action: heartbeats from the haagent that was killed and from its successor,
+	// then one CompleteLifecycleAction CONTINUE.
+	done := completions()
+	if len(done) != 1 || done[0].Params.Get("LifecycleActionResult") != "CONTINUE" || a.Pending(id) {
+		t.Fatalf("want one CompleteLifecycleAction CONTINUE and no action waiting; calls: %v", actions(a.Calls()))
+	}
+	var beatsBefore, beatsAfter int
+	for _, c := range a.Calls("RecordLifecycleActionHeartbeat") {
+		switch {
+		case c.At.After(done[0].At):
+			t.Fatalf("a heartbeat after the completion: %v", actions(a.Calls()))
+		case c.At.Before(killed):
+			beatsBefore++
+		default:
+			beatsAfter++
+		}
+	}
+	if beatsBefore == 0 || beatsAfter == 0 {
+		t.Fatalf("heartbeats: %d before the kill, %d after it; want both (calls: %v)", beatsBefore, beatsAfter, actions(a.Calls()))
 	}
 
 	// The installer ran once, in its own unit, and survived haagent's death.
@@ -227,6 +257,9 @@ echo 'Installing Replicated (test installer)'
 	}
 	if inst := installerJournal(t, m); strings.Count(inst, "\ninstaller started\n") != 1 {
 		t.Fatalf("the installer ran again after the reboot:\n%s", inst)
+	}
+	if n := len(completions()); n != 1 {
+		t.Fatalf("the restart or the reboot completed a lifecycle action again (%d completions): %v", n, actions(a.Calls()))
 	}
 	props = m.MustExec(t, "systemctl", "show", "haagent", "-p", "ActiveState", "-p", "StatusText", "-p", "NRestarts")
 	for _, want := range []string{"ActiveState=active", "StatusText=boot complete", "NRestarts=0"} {

@@ -278,19 +278,25 @@ func (w *Watcher) Follow(ctx context.Context, from time.Time) {
 // run's first line; a message longer than Docker's 16 KiB chunks arrives as several entries.
 func (w *Watcher) pump(rc io.Reader, last time.Time, dup int) (time.Time, int) {
 	br := bufio.NewReaderSize(rc, 64<<10)
-	seenAtLast := 0
+	// Only the stream's head can repeat what was forwarded: the lines before the resume point,
+	// and the first dup lines at it. After that every line is new, even one whose timestamp
+	// is a hair older than the line before (the engine stamps stdout and stderr in separate
+	// goroutines, so their lines can reach the log out of order).
+	resume, atResume, seenAtResume := last, dup, 0
 	emit := func(stream, text string, ts time.Time) {
-		if ts.Before(last) {
+		if ts.Before(resume) {
 			return
 		}
-		if ts.Equal(last) {
-			seenAtLast++
-			if seenAtLast <= dup {
+		if ts.Equal(resume) {
+			if seenAtResume++; seenAtResume <= atResume {
 				return // already forwarded before the reattachment
 			}
+		}
+		switch {
+		case ts.After(last):
+			last, dup = ts, 1
+		case ts.Equal(last):
 			dup++
-		} else {
-			last, dup, seenAtLast = ts, 1, 1
 		}
 		w.forward(stream, text, ts)
 		w.advance(last, dup)

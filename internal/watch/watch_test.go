@@ -1,7 +1,9 @@
 package watch
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -236,7 +238,8 @@ func TestWatchNextFollowerGoesOnFromTheMark(t *testing.T) {
 	d := peertest.StartDocker(t)
 	d.BusyboxImage(t)
 	mark := t.TempDir() + "/var/lib/haagent/frontend-logs.json"
-	d.Frontend(t, nil, `echo a1; echo a2; while [ ! -f /tmp/go ]; do sleep 0.1; done; echo b1; echo b2 >&2; sleep 3600`)
+	// One stream only: the engine may log a stdout and a stderr line printed together in either order.
+	d.Frontend(t, nil, `echo a1; echo a2; while [ ! -f /tmp/go ]; do sleep 0.1; done; echo b1; echo b2; sleep 3600`)
 
 	first := &recSink{}
 	w1 := newWatcher(t, d, Options{Sink: first, MarkPath: mark, MarkEvery: time.Hour})
@@ -261,6 +264,13 @@ func TestWatchNextFollowerGoesOnFromTheMark(t *testing.T) {
 		return strings.Contains(out, "b2")
 	})
 	second := &recSink{}
+	defer func() {
+		if t.Failed() {
+			out, _ := d.Run("logs", "-t", "frontend")
+			b, _ := os.ReadFile(mark)
+			t.Logf("first follower: %q\nsecond follower: %q\nmark: %s\ndocker logs:\n%s", first.snapshot(), second.snapshot(), b, out)
+		}
+	}()
 	w2 := newWatcher(t, d, Options{Sink: second, MarkPath: mark, MarkEvery: time.Hour})
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	done2 := make(chan struct{})
@@ -268,9 +278,9 @@ func TestWatchNextFollowerGoesOnFromTheMark(t *testing.T) {
 	go func() { w2.Follow(ctx2, time.Now()); close(done2) }()
 	eventually(t, "b2 from the second follower", func() bool {
 		s := second.snapshot()
-		return len(s) > 0 && s[len(s)-1] == "stderr:b2"
+		return len(s) > 0 && s[len(s)-1] == "stdout:b2"
 	})
-	if got := strings.Join(second.snapshot(), "|"); got != "stdout:b1|stderr:b2" {
+	if got := strings.Join(second.snapshot(), "|"); got != "stdout:b1|stdout:b2" {
 		t.Fatalf("the second follower forwarded %q, want exactly the lines printed after the mark", got)
 	}
 }
@@ -312,6 +322,62 @@ func TestFollowStart(t *testing.T) {
 			}
 			if warned := strings.Contains(logs.String(), "level=WARN"); warned != c.warns {
 				t.Fatalf("warned=%v, want %v: %s", warned, c.warns, logs.String())
+			}
+		})
+	}
+}
+
+// frame builds Docker's multiplexed log stream: stream id, size, then "<RFC3339Nano> text".
+func frame(lines ...string) *bytes.Buffer {
+	var b bytes.Buffer
+	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+	for _, l := range lines {
+		// "o5 text" is stdout at t0+5ms, "e5 text" stderr.
+		var ms int
+		fmt.Sscanf(l[1:], "%d", &ms)
+		_, text, _ := strings.Cut(l, " ")
+		payload := t0.Add(time.Duration(ms)*time.Millisecond).Format(time.RFC3339Nano) + " " + text + "\n"
+		hdr := [8]byte{1}
+		if l[0] == 'e' {
+			hdr[0] = 2
+		}
+		binary.BigEndian.PutUint32(hdr[4:], uint32(len(payload)))
+		b.Write(hdr[:])
+		b.WriteString(payload)
+	}
+	return &b
+}
+
+// Which lines of a stream are forwarded: the head repeats what the last attachment forwarded
+// (skipped), and a line stamped a hair before its predecessor (stdout and stderr are stamped
+// in separate goroutines of the engine) is still new.
+func TestPumpResumeAndReordering(t *testing.T) {
+	t0 := time.Date(2026, 11, 28, 9, 0, 0, 0, time.UTC)
+	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	for _, c := range []struct {
+		name     string
+		stream   []string
+		last     time.Time
+		dup      int
+		want     string
+		wantLast time.Time
+		wantDup  int
+	}{
+		{"fresh", []string{"o1 a", "e2 b", "o2 c"}, time.Time{}, 0, "stdout:a|stderr:b|stdout:c", ms(2), 2},
+		{"resume skips the head", []string{"o1 a", "o2 b", "o2 c", "o3 d"}, ms(2), 1, "stdout:c|stdout:d", ms(3), 1},
+		{"resume after all at the mark", []string{"o2 b", "o2 c", "o4 d"}, ms(2), 2, "stdout:d", ms(4), 1},
+		{"reordered by the engine", []string{"o5 a", "e4 b", "o6 c"}, ms(3), 0, "stdout:a|stderr:b|stdout:c", ms(6), 1},
+		{"reordered at the end", []string{"o5 a", "e4 b"}, time.Time{}, 0, "stdout:a|stderr:b", ms(5), 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			sink := &recSink{}
+			w := &Watcher{o: Options{Sink: sink}}
+			last, dup := w.pump(frame(c.stream...), c.last, c.dup)
+			if got := strings.Join(sink.snapshot(), "|"); got != c.want {
+				t.Fatalf("forwarded %q, want %q", got, c.want)
+			}
+			if !last.Equal(c.wantLast) || dup != c.wantDup {
+				t.Fatalf("mark %s/%d, want %s/%d", last, dup, c.wantLast, c.wantDup)
 			}
 		})
 	}
