@@ -73,16 +73,16 @@ func newWorld(t *testing.T, instanceID string) *world {
 	// The example settings name hosts that do not exist here; these tests are about the boot
 	// pipeline, so PostgreSQL points at a closed local port and that finding does not block.
 	// TestProbeStep* run the probe step against a real PostgreSQL.
-	pgSettings := fmt.Sprintf("export POSTGRES_HOST=\"127.0.0.1\"\nexport POSTGRES_PORT=\"%d\"\nexport POSTGRES_USER=\"circle\"\nexport POSTGRES_PASSWORD=\"x\"\n", peertest.FreePort(t))
+	pgSettings := fmt.Sprintf("export POSTGRES_HOST=\"127.0.0.1\"\nexport POSTGRES_PORT=\"%d\"\nexport POSTGRES_USER=\"circle\"\nexport POSTGRES_PASSWORD=\"x\"\n", peertest.ClosedPort(t))
 	w.objs["circleconfig/shared/postgresql"] = []byte(pgSettings)
 	w.s3.Put(t, bkt, "circleconfig/shared/postgresql", []byte(pgSettings))
-	mongoSettings := fmt.Sprintf("export MONGO_BASE_URI=\"mongodb://circle:x@127.0.0.1:%d\"\n", peertest.FreePort(t))
+	mongoSettings := fmt.Sprintf("export MONGO_BASE_URI=\"mongodb://circle:x@127.0.0.1:%d\"\n", peertest.ClosedPort(t))
 	for _, v := range []string{"MAIN", "ACTION_LOGS", "BUILD_STATE", "CONTAINERS", "REMOTE_CONTAINERS"} {
 		mongoSettings += fmt.Sprintf("export CIRCLE_SECRETS_MONGODB_%s_URI=\"$MONGO_BASE_URI/circle_ghe?authSource=admin\"\n", v)
 	}
 	w.objs["circleconfig/shared/mongodb"] = []byte(mongoSettings)
 	w.s3.Put(t, bkt, "circleconfig/shared/mongodb", []byte(mongoSettings))
-	vaultSettings := fmt.Sprintf("export VAULT__SCHEME=\"https\"\nexport VAULT__HOST=\"127.0.0.1\"\nexport VAULT__PORT=\"%d\"\nexport VAULT__CLIENT_TOKEN=\"x\"\nexport VAULT__TRANSIT_MOUNT=\"transit\"\n", peertest.FreePort(t))
+	vaultSettings := fmt.Sprintf("export VAULT__SCHEME=\"https\"\nexport VAULT__HOST=\"127.0.0.1\"\nexport VAULT__PORT=\"%d\"\nexport VAULT__CLIENT_TOKEN=\"x\"\nexport VAULT__TRANSIT_MOUNT=\"transit\"\n", peertest.ClosedPort(t))
 	w.objs["circleconfig/shared/vault"] = []byte(vaultSettings)
 	w.s3.Put(t, bkt, "circleconfig/shared/vault", []byte(vaultSettings))
 	w.imds = peertest.StartIMDS(t, peertest.Instance{ID: instanceID, LocalIPv4: "10.0.1.23", Region: "us-east-1"})
@@ -326,7 +326,7 @@ func TestS3DownOnRebootUsesLastGoodFilesButNeverOnFirstBoot(t *testing.T) {
 		t.Fatalf("first boot: exit %d\n%s", r.code, r.stderr)
 	}
 	// S3 unreachable: a port nothing listens on.
-	dead := fmt.Sprintf("http://127.0.0.1:%d", peertest.FreePort(t))
+	dead := fmt.Sprintf("http://127.0.0.1:%d", peertest.ClosedPort(t))
 	w.writeConfig(dead, "")
 	r := w.run("run", "--once")
 	if r.code != 0 || !strings.Contains(r.stderr, "S3_OFFLINE_LAST_GOOD") || !strings.Contains(r.stderr, "COOKIE_KEY_LOCAL_ONLY") {

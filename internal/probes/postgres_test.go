@@ -190,7 +190,7 @@ func TestPostgres(t *testing.T) {
 		}
 	})
 	t.Run("tcp refused", func(t *testing.T) {
-		rep := check(t, pgSettings("127.0.0.1", peertest.FreePort(t), "circle", circlePW), nil)
+		rep := check(t, pgSettings("127.0.0.1", peertest.ClosedPort(t), "circle", circlePW), nil)
 		if only(rep.Findings) != "TCP_REFUSED" {
 			t.Fatalf("%+v", rep.Findings)
 		}
