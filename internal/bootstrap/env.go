@@ -167,7 +167,8 @@ func (e *Env) Drain(timeout time.Duration) {
 	select {
 	case <-done:
 	case <-time.After(timeout):
-		e.Log.Warn("background work did not end in time; exiting anyway", "waited", timeout.String())
+		e.Log.Warn("the frontend log forwarding did not stop in time; exiting without its last mark (the next haagent may forward up to 10 s of lines again)",
+			"waited", timeout.String(), "mark", watch.MarkPath)
 	}
 }
 

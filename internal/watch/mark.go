@@ -60,8 +60,9 @@ func (w *Watcher) start(from time.Time) (time.Time, int) {
 		return from, 0
 	}
 	if !from.IsZero() && m.Until.Before(from.Add(-MaxReplay)) {
-		w.o.Log.Warn("the log forwarding stopped long before this run; forwarding the frontend's lines from one hour before it (docker logs has the rest)",
-			"container", w.o.Name, "forwarded_until", m.Until.Format(time.RFC3339Nano), "from", from.Add(-MaxReplay).Format(time.RFC3339Nano))
+		w.o.Log.Warn(fmt.Sprintf("the log forwarding stopped long before this run; forwarding the %s lines from one hour before it; the rest: docker logs --since %s --until %s %s",
+			w.o.Name, m.Until.Format(time.RFC3339Nano), from.Add(-MaxReplay).Format(time.RFC3339Nano), w.o.Name),
+			"container", w.o.Name, "forwarded_until", m.Until.Format(time.RFC3339Nano))
 		return from.Add(-MaxReplay), 0
 	}
 	return m.Until, m.AtUntil

@@ -224,8 +224,9 @@ func (w *Watcher) status(s string) {
 }
 
 // Follow forwards the container's logs until ctx ends, across stops, restarts and
-// re-creations. Each reattachment asks for the lines since the last one forwarded (not a
-// tail), and skips the lines it already forwarded at that exact timestamp.
+// re-creations. It starts at the mark the haagent before it left (Options.MarkPath), else at
+// from. Each reattachment asks for the lines since the last one forwarded (not a tail), and
+// skips the lines it already forwarded at that exact timestamp.
 func (w *Watcher) Follow(ctx context.Context, from time.Time) {
 	last, dupAtLast := w.start(from)
 	every := w.o.MarkEvery
