@@ -126,7 +126,15 @@ func apiFinding(err error, target string) findings.Finding {
 // is what a later replacement needs, not what this instance needs to serve.
 func stepLifecycleComplete(ctx context.Context, env *Env) error {
 	hook := env.Config.ASG.LifecycleHook
-	if env.ASG == nil || hook == "" || env.lifecycle == lifecycleNone {
+	switch {
+	case env.ASG == nil:
+		env.Log.Info("no Auto Scaling group to tell (see the asg step): nothing to complete")
+		return nil
+	case hook == "":
+		env.Log.Info("no launch lifecycle hook configured (asg.lifecycle_hook): nothing to complete", "group", env.ASG.Group)
+		return nil
+	case env.lifecycle == lifecycleNone:
+		env.Log.Info("no launch lifecycle action waits for this instance: nothing to complete", "group", env.ASG.Group, "hook", hook)
 		return nil
 	}
 	if env.heartbeats != nil {
