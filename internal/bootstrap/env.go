@@ -167,7 +167,7 @@ func (e *Env) Drain(timeout time.Duration) {
 	select {
 	case <-done:
 	case <-time.After(timeout):
-		e.Log.Warn("the frontend log forwarding did not stop in time; exiting without its last mark (the next haagent may forward up to 10 s of lines again)",
+		e.Log.Warn("the frontend log forwarding did not stop in time; exiting without its last mark (the next haagent may forward up to "+watch.DefaultMarkEvery.String()+" of lines again)",
 			"waited", timeout.String(), "mark", watch.MarkPath)
 	}
 }
