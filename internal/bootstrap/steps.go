@@ -42,8 +42,11 @@ var Steps = []Step{
 	{Name: "config", Run: stepConfig},
 	{Name: "asg", Run: stepASG},
 	{Name: "fetch", Run: stepFetch},
+	// The cookie key is merged into the bundle's installation customizations before they are
+	// validated and committed with the rest (a retry refetches: the merge starts from the
+	// bucket's copy, never from its own output).
+	{Name: "cookie-key", Run: stepCookieKey, RetryFrom: "fetch"},
 	{Name: "validate-files", Run: stepValidateFiles, RetryFrom: "fetch"},
-	{Name: "cookie-key", Run: stepCookieKey},
 	{Name: "ca-certs", Run: stepCACerts},
 	{Name: "probe", Run: stepProbe},
 	{Name: "replicated-install", Run: stepReplicatedInstall},
@@ -215,14 +218,55 @@ func offlineOK(env *Env, err error) bool {
 	return len(fail.Findings) > 0
 }
 
+// stepCookieKey decides the session cookie key and stages the installation customizations:
+// the bucket's copy (or, without one, the file in place) with exactly one line for the key. It
+// stages into the bundle so that a failed validation leaves the old file; on a reboot that goes
+// on without S3's files there is no bundle, and the file in place is merged and written.
 func stepCookieKey(ctx context.Context, env *Env) error {
-	res, err := cookie.Ensure(ctx, env.Bucket, env.Root)
+	e := env.layoutEntry("installation_customizations")
+	inPlace, err := os.ReadFile(env.Path(cookie.File))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("reading %s: %w", cookie.File, err)
+	}
+	bd := env.Bundle
+	if bd == nil {
+		res, changed, err := cookie.Ensure(ctx, env.Bucket, env.Root, e)
+		env.ReportAll(res.Findings)
+		if err != nil {
+			return err
+		}
+		env.Log.Info("session cookie key in place", "source", res.Source, "changed", changed, "file", cookie.File)
+		return nil
+	}
+	in := cookie.Input{InPlace: inPlace}
+	if bd.Has(cookie.File) {
+		// The bucket's copy: staged when it differs from the file in place, else that file.
+		if in.Bucket, err = os.ReadFile(bd.PathOf(cookie.File)); err != nil {
+			return fmt.Errorf("reading the fetched %s: %w", cookie.File, err)
+		}
+		in.FromBucket = true
+	}
+	res, err := cookie.Merge(ctx, env.Bucket, in)
 	env.ReportAll(res.Findings)
 	if err != nil {
 		return err
 	}
-	env.Log.Info("session cookie key in place", "source", res.Source, "changed", res.Changed, "file", cookie.File)
+	changed, err := bd.Stage(e, res.Content)
+	if err != nil {
+		return err
+	}
+	env.Log.Info("session cookie key staged", "source", res.Source, "changed", changed, "file", cookie.File, "from_bucket", in.FromBucket)
 	return nil
+}
+
+// layoutEntry returns the config's layout entry of that name.
+func (env *Env) layoutEntry(name string) config.Entry {
+	for _, l := range env.Config.Layout {
+		if l.Name == name {
+			return l
+		}
+	}
+	return config.Entry{}
 }
 
 // stepProbe checks the databases and Vault with the settings just fetched. Only findings that

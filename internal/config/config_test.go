@@ -17,8 +17,8 @@ func TestMinimalConfigGetsTheDefaultLayout(t *testing.T) {
 	}
 	want := map[string]string{
 		"settings.conf": "/etc/settings.conf", "replicated.conf": "/etc/replicated.conf", "license.rli": "/etc/license.rli",
-		"circleci-encryption-keys/": "/data/circle/circleci-encryption-keys/", "circleconfig/shared/": "/etc/circleconfig/shared/",
-		"ca-certificates/": "/var/lib/haagent/ca-certificates/",
+		"circleci-encryption-keys/": "/data/circle/circleci-encryption-keys/", "circleconfig/": "/etc/circleconfig/",
+		"circle-installation-customizations": "/etc/circle-installation-customizations", "ca-certificates/": "/var/lib/haagent/ca-certificates/",
 	}
 	if len(cfg.Layout) != len(want) {
 		t.Fatalf("layout has %d entries", len(cfg.Layout))
@@ -215,5 +215,29 @@ func TestExamplesParse(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("the cloud-config example does not write " + DefaultPath)
+	}
+}
+
+func TestInstallationCustomizationsEntry(t *testing.T) {
+	cfg, err := Parse([]byte("version: 1\nsource:\n  bucket: my-circleci-ha\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range cfg.Layout {
+		switch e.Name {
+		case "installation_customizations":
+			if e.Required || e.Recursive || e.Key != "circle-installation-customizations" || e.Dest != InstallationCustomizations {
+				t.Errorf("the installation customizations are an optional single object: %+v", e)
+			}
+		case "circleconfig":
+			if e.Key != "circleconfig/" || e.Dest != "/etc/circleconfig/" || !e.Required {
+				t.Errorf("the whole circleconfig/ prefix is synced: %+v", e)
+			}
+		}
+	}
+	_, err = Parse([]byte("version: 1\nsource:\n  bucket: my-circleci-ha\nfiles:\n  installation_customizations:\n    dest: /etc/elsewhere\n"), "test")
+	var inv *InvalidError
+	if !errors.As(err, &inv) || !strings.Contains(err.Error(), "files.installation_customizations.dest") {
+		t.Fatalf("moving the installation customizations must be refused, got %v", err)
 	}
 }

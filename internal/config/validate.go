@@ -29,6 +29,10 @@ type Entry struct {
 	Purpose   string
 }
 
+// InstallationCustomizations is the file every CircleCI service sources first; its path is
+// CircleCI's, so the layout entry's dest cannot be moved.
+const InstallationCustomizations = "/etc/circle-installation-customizations"
+
 // DefaultLayout is the runbook's userdata, as a table.
 func DefaultLayout() []Entry {
 	return []Entry{
@@ -40,8 +44,15 @@ func DefaultLayout() []Entry {
 			Purpose: "the CircleCI licence (LicenseFileLocation)"},
 		{Name: "encryption_keys", Key: "circleci-encryption-keys/", Dest: "/data/circle/circleci-encryption-keys/", Recursive: true, WarnEmpty: true, Mode: 0o600, DirMode: 0o700, UID: -1, GID: -1,
 			Purpose: "CircleCI's encryption keys; losing them makes encrypted data unreadable"},
-		{Name: "circleconfig", Key: "circleconfig/shared/", Dest: "/etc/circleconfig/shared/", Recursive: true, Required: true, Mode: 0o600, DirMode: 0o700, UID: -1, GID: -1,
-			Purpose: "the customization files with the MongoDB, PostgreSQL and Vault settings"},
+		// The whole circleconfig/ prefix: shared/ (PostgreSQL, Vault) and each service's own
+		// <service>/customizations, besides files that are not shell (picard-dispatcher's
+		// resource-definitions.edn), which are synced and never parsed.
+		{Name: "circleconfig", Key: "circleconfig/", Dest: "/etc/circleconfig/", Recursive: true, Required: true, Mode: 0o600, DirMode: 0o700, UID: -1, GID: -1,
+			Purpose: "the services' customization files (shared/ with the PostgreSQL and Vault settings, <service>/customizations)"},
+		// Optional: CircleCI's HA page keeps the MongoDB URIs here. The file in place is this
+		// object merged with the session cookie key line (the cookie-key step stages the merge).
+		{Name: "installation_customizations", Key: "circle-installation-customizations", Dest: InstallationCustomizations, Mode: 0o600, DirMode: 0o755, UID: -1, GID: -1,
+			Purpose: "the installation customizations (the HA page's MongoDB URIs), merged with the session cookie key"},
 		{Name: "ca_certificates", Key: "ca-certificates/", Dest: "/var/lib/haagent/ca-certificates/", Recursive: true, Mode: 0o644, DirMode: 0o755, UID: -1, GID: -1,
 			Purpose: "CA certificates for the databases and Vault, installed by the ca-certs step"},
 	}
@@ -266,7 +277,7 @@ func (c *Config) Validate() error {
 		p := "files." + n
 		i, ok := known[n]
 		if !ok {
-			bad(p, "unknown file entry (known: settings, replicated, license, encryption_keys, circleconfig, ca_certificates)")
+			bad(p, "unknown file entry (known: settings, replicated, license, encryption_keys, circleconfig, installation_customizations, ca_certificates)")
 			continue
 		}
 		if f == nil {
@@ -283,7 +294,9 @@ func (c *Config) Validate() error {
 			}
 			e.Key = k
 		}
-		if f.Dest != "" {
+		if f.Dest != "" && n == "installation_customizations" && f.Dest != InstallationCustomizations {
+			bad(p+".dest", "the CircleCI services read %s and nothing else; it cannot be moved", InstallationCustomizations)
+		} else if f.Dest != "" {
 			if !path.IsAbs(f.Dest) || path.Clean(f.Dest) != strings.TrimSuffix(f.Dest, "/") || f.Dest == "/" {
 				bad(p+".dest", "%q must be a clean absolute path other than /", f.Dest)
 			}

@@ -1,6 +1,8 @@
 // Package cookie keeps CIRCLE_SECRETS_SESSION_COOKIE_KEY in /etc/circle-installation-customizations:
-// exactly one line, 16 characters, the same on every boot and on every replacement instance
-// (a new value logs every CircleCI user out). The bucket is the source of truth.
+// exactly one export line, 16 characters, the same on every boot and on every replacement
+// instance (a new value logs every CircleCI user out), merged into the bucket's copy of the file
+// with the operator's lines as they are. The bucket's session-cookie-key object is the source
+// of truth.
 package cookie
 
 import (
@@ -17,51 +19,89 @@ import (
 
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/settings"
 )
 
 // Names of the key in the bucket, the file and the variable.
 const (
-	Object   = "session-cookie-key"
-	File     = "/etc/circle-installation-customizations"
-	Variable = "CIRCLE_SECRETS_SESSION_COOKIE_KEY"
-	Length   = 16
+	Object = "session-cookie-key"
+	File   = config.InstallationCustomizations
+	// CustomizationsObject is the bucket's copy of File (optional: CircleCI's HA page keeps
+	// the MongoDB URIs there, and a deployment built by it the cookie key too).
+	CustomizationsObject = "circle-installation-customizations"
+	Variable             = "CIRCLE_SECRETS_SESSION_COOKIE_KEY"
+	Length               = 16
 )
 
 // The runbook's echo wrapped the line in typographic quotes; such a line is ours to replace.
 var lineRE = regexp.MustCompile(`^\s*[‘’'"]?\s*(export\s+)?` + Variable + `\s*=`)
 
-// plainRE is a value that needs no quoting in a shell file.
-var plainRE = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+// Input is what the merge starts from.
+type Input struct {
+	// InPlace is the file on the machine; nil when there is none.
+	InPlace []byte
+	// Bucket is the bucket's copy of the file, when FromBucket: the merge starts from it, so
+	// the operator's lines reach the machine as they are in the bucket.
+	Bucket     []byte
+	FromBucket bool
+}
 
-// Result says where the key came from; never the key itself.
+// Result says where the key came from (never the key itself) and what the file must hold.
 type Result struct {
-	Source   string // s3, generated, local
-	Changed  bool
+	Source   string // s3, customizations (adopted from the bucket's copy), local, generated
+	Content  []byte // the merged file: the base with exactly one line for the key
 	Findings []findings.Finding
 }
 
-// Ensure makes the file hold the bucket's key, creating the key in the bucket (conditionally,
-// so two instances booting at once agree) only when S3 said it does not exist.
-func Ensure(ctx context.Context, b *bucket.Bucket, root string) (Result, error) {
+// Merge decides the session cookie key and returns the file to put in place. The bucket's
+// session-cookie-key object is the source of truth. When S3 says it does not exist (and only
+// then), the key on the bucket's copy of the file is adopted (a deployment built by CircleCI's
+// HA page keeps it there), else the machine's, else a new one; it is stored as the object with
+// a conditional put, so two instances booting at once agree.
+func Merge(ctx context.Context, b *bucket.Bucket, in Input) (Result, error) {
 	var res Result
-	path := filepath.Join(root, File)
-	content, err := os.ReadFile(path)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return res, fmt.Errorf("reading %s: %w", File, err)
+	base := in.InPlace
+	if in.FromBucket {
+		base = in.Bucket
 	}
-	local := LocalValue(content)
+	local := LocalValue(in.InPlace)
+	var inBucket string // the bucket's copy's key, when valid
+	lineInvalid := false
+	if in.FromBucket {
+		v, present := lineValue(in.Bucket)
+		inBucket, lineInvalid = v, present && !Valid(v)
+		if lineInvalid {
+			inBucket = ""
+		}
+	}
 	target := b.URI(Object)
+	custom := b.URI(CustomizationsObject)
 
 	value, err := readRemote(ctx, b)
 	switch {
 	case err == nil:
 		res.Source = "s3"
+		if inBucket != "" && inBucket != value || lineInvalid {
+			res.Findings = append(res.Findings, findings.New("COOKIE_KEY_OVERRIDDEN", custom,
+				fmt.Sprintf("%s in %s differs from %s; the object's key is used (keys not shown)", Variable, custom, target), ""))
+		}
 	case errors.Is(err, errInvalid):
 		f := findings.New("COOKIE_KEY_INVALID", target, "the session cookie key in the bucket is not 16 printable ASCII characters", err.Error())
 		return res, &findings.Failure{Findings: []findings.Finding{f}}
 	case errors.Is(err, bucket.ErrNotFound):
-		candidate, source := local, "local"
+		if lineInvalid {
+			// The line may be the key the users' sessions use: never replace it unasked.
+			f := findings.New("COOKIE_KEY_INVALID", custom,
+				fmt.Sprintf("%s in %s is not 16 printable ASCII characters and %s does not exist; haagent will not replace it with a new key", Variable, custom, target), "contents not shown").
+				WithFix(fmt.Sprintf("write the 16-character key your installation uses into %s (aws s3 cp KEYFILE %s), or fix the line in %s", target, target, custom))
+			return res, &findings.Failure{Findings: []findings.Finding{f}}
+		}
+		candidate, source := inBucket, "customizations"
+		if candidate == "" {
+			candidate, source = local, "local"
+		}
 		if candidate == "" {
 			if candidate, err = Generate(); err != nil {
 				return res, err
@@ -90,16 +130,17 @@ func Ensure(ctx context.Context, b *bucket.Bucket, root string) (Result, error) 
 				"the session cookie key could not be saved to the bucket; a replacement instance would log every user out", be.Error()).
 				WithFix(fmt.Sprintf("grant the instance role s3:PutObject on arn:aws:s3:::%s/%s%s, or upload the key yourself", b.Name, b.Prefix, Object)))
 		default:
-			if local == "" {
+			if source == "generated" {
 				f := findings.New("COOKIE_KEY_UNAVAILABLE", target, "creating the session cookie key in the bucket failed and none is on the machine", perr.Error())
 				return res, &findings.Failure{Findings: []findings.Finding{f}}
 			}
-			value, res.Source = local, "local"
+			// A key the bucket's copy or the machine already holds is kept: it is the one in use.
+			value, res.Source = candidate, source
 			res.Findings = append(res.Findings, findings.New("COOKIE_KEY_LOCAL_ONLY", target,
-				"saving the machine's session cookie key to the bucket failed; keeping it", perr.Error()))
+				"saving the session cookie key to the bucket failed; keeping the one in use", perr.Error()))
 		}
 	default:
-		// 403, 5xx, timeout: S3 did not say the key is absent, so inventing one could replace
+		// 403, 5xx, timeout: S3 did not say the key is absent, so any other key could replace
 		// the real one.
 		if local == "" {
 			f := findings.New("COOKIE_KEY_UNAVAILABLE", target, "cannot read the session cookie key from the bucket and none is on the machine", err.Error())
@@ -113,10 +154,25 @@ func Ensure(ctx context.Context, b *bucket.Bucket, root string) (Result, error) 
 		res.Findings = append(res.Findings, findings.New("COOKIE_KEY_LOCAL_ONLY", target,
 			"cannot read the session cookie key from the bucket; keeping the one on the machine", err.Error()))
 	}
+	res.Content = Render(base, value)
+	return res, nil
+}
 
-	changed, err := write(path, content, value)
-	res.Changed = changed
-	return res, err
+// Ensure merges the file in place with the bucket's key and writes it when it changed, with
+// the layout entry's mode and owner. The boot stages the merge with the bundle instead (see
+// bootstrap); Ensure serves a reboot that goes on without S3's files.
+func Ensure(ctx context.Context, b *bucket.Bucket, root string, e config.Entry) (Result, bool, error) {
+	path := filepath.Join(root, File)
+	content, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return Result{}, false, fmt.Errorf("reading %s: %w", File, err)
+	}
+	res, err := Merge(ctx, b, Input{InPlace: content})
+	if err != nil {
+		return res, false, err
+	}
+	changed, err := write(path, content, res.Content, e)
+	return res, changed, err
 }
 
 var errInvalid = errors.New("invalid session cookie key")
@@ -160,65 +216,80 @@ func Generate() (string, error) {
 	return string(b), nil
 }
 
-// LocalValue returns the valid key on the last matching line of the file, or "".
+// LocalValue returns the valid key on the last line for the variable, or "".
 func LocalValue(content []byte) string {
-	var v string
-	for _, line := range strings.Split(string(content), "\n") {
-		if loc := lineRE.FindStringIndex(line); loc != nil {
-			v = unquote(strings.TrimSpace(line[loc[1]:]))
-		}
-	}
+	v, _ := lineValue(content)
 	if !Valid(v) {
 		return ""
 	}
 	return v
 }
 
-func unquote(s string) string {
-	s = strings.TrimRight(s, "’‘ \t\r")
-	if len(s) >= 2 && s[0] == '\'' && s[len(s)-1] == '\'' {
-		return strings.ReplaceAll(s[1:len(s)-1], `'\''`, `'`)
-	}
-	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
-		return s[1 : len(s)-1]
-	}
-	return s
-}
-
-func quote(v string) string {
-	if plainRE.MatchString(v) {
-		return v
-	}
-	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"
-}
-
-// Render returns content with every line for the variable replaced by one line at the end.
-func Render(content []byte, value string) []byte {
-	var out bytes.Buffer
-	for _, line := range strings.SplitAfter(string(content), "\n") {
-		if line == "" || lineRE.MatchString(line) {
+// lineValue returns the value the last line for the variable sets, as the services' shell
+// would read it (present is false when no line names it; the value is "" when the line is not
+// a plain assignment). The runbook's typographic quotes around the whole line are dropped first:
+// a machine built from its echo holds them literally.
+func lineValue(content []byte) (value string, present bool) {
+	for _, line := range strings.Split(string(content), "\n") {
+		if !lineRE.MatchString(line) {
 			continue
 		}
-		out.WriteString(line)
-		if !strings.HasSuffix(line, "\n") {
+		present = true
+		line = strings.Trim(strings.TrimSpace(line), "‘’")
+		s, fs := settings.Parse(File, []byte(line+"\n"))
+		value = ""
+		if v, ok := s.Get(Variable); ok && len(fs) == 0 {
+			value = v.Value
+		}
+	}
+	return value, present
+}
+
+// quote writes v in double quotes, as every property of the file is written, escaping what
+// the shell would otherwise expand.
+func quote(v string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`, `$`, `\$`, "`", "\\`").Replace(v) + `"`
+}
+
+// Render returns content with its first line for the variable replaced by
+// `export VARIABLE="value"` and any other such line removed; without one, the line is added at
+// the end. Every other line is kept as it is.
+func Render(content []byte, value string) []byte {
+	var out bytes.Buffer
+	line := "export " + Variable + "=" + quote(value) + "\n"
+	done := false
+	for _, l := range strings.SplitAfter(string(content), "\n") {
+		if l == "" {
+			continue
+		}
+		if lineRE.MatchString(l) {
+			if !done {
+				out.WriteString(line)
+				done = true
+			}
+			continue
+		}
+		out.WriteString(l)
+		if !strings.HasSuffix(l, "\n") {
 			out.WriteByte('\n')
 		}
 	}
-	fmt.Fprintf(&out, "%s=%s\n", Variable, quote(value))
+	if !done {
+		out.WriteString(line)
+	}
 	return out.Bytes()
 }
 
-func write(path string, content []byte, value string) (bool, error) {
-	want := Render(content, value)
+func write(path string, content, want []byte, e config.Entry) (bool, error) {
 	if bytes.Equal(want, content) {
-		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm() != 0o600 {
-			if err := os.Chmod(path, 0o600); err != nil {
-				return false, fmt.Errorf("setting mode 0600 on %s: %w", File, err)
+		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm() != e.Mode.Perm() {
+			if err := os.Chmod(path, e.Mode.Perm()); err != nil {
+				return false, fmt.Errorf("setting mode %#o on %s: %w", e.Mode.Perm(), File, err)
 			}
 		}
 		return false, nil
 	}
-	if _, err := atomicfile.WriteFile(path, want, atomicfile.Options{Mode: 0o600, DirMode: 0o755, UID: -1, GID: -1}); err != nil {
+	if _, err := atomicfile.WriteFile(path, want, atomicfile.Options{Mode: e.Mode, DirMode: e.DirMode, UID: e.UID, GID: e.GID}); err != nil {
 		return false, fmt.Errorf("writing %s: %w", File, err)
 	}
 	return true, nil

@@ -11,11 +11,29 @@ import (
 	"testing"
 	"time"
 
+	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
+	"github.com/haagent/haagent/internal/settings"
 )
 
 const bkt = "circleci-ha"
+
+// entry is the default layout's entry for the file.
+func entry() config.Entry {
+	for _, e := range config.DefaultLayout() {
+		if e.Name == "installation_customizations" {
+			return e
+		}
+	}
+	panic("no installation_customizations entry in the default layout")
+}
+
+func ensure(b *bucket.Bucket, root string) (Result, error) {
+	res, _, err := Ensure(context.Background(), b, root, entry())
+	return res, err
+}
 
 func fileValue(t *testing.T, root string) string {
 	t.Helper()
@@ -51,7 +69,7 @@ func TestCookieKeyGeneratedOnceAndStableAcrossReplacement(t *testing.T) {
 	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
 
 	root := t.TempDir()
-	res, err := Ensure(context.Background(), b, root)
+	res, err := ensure(b, root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +83,7 @@ func TestCookieKeyGeneratedOnceAndStableAcrossReplacement(t *testing.T) {
 
 	// A replacement instance: a wiped root gets the same key back from S3.
 	root2 := t.TempDir()
-	res, err = Ensure(context.Background(), b, root2)
+	res, err = ensure(b, root2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,9 +91,9 @@ func TestCookieKeyGeneratedOnceAndStableAcrossReplacement(t *testing.T) {
 		t.Fatalf("replacement got source %q and a different key", res.Source)
 	}
 	// A reboot: nothing changes.
-	res, err = Ensure(context.Background(), b, root2)
-	if err != nil || res.Changed {
-		t.Fatalf("a re-run rewrote the file (changed=%v, err=%v)", res.Changed, err)
+	_, changed, err := Ensure(context.Background(), b, root2, entry())
+	if err != nil || changed {
+		t.Fatalf("a re-run rewrote the file (changed=%v, err=%v)", changed, err)
 	}
 }
 
@@ -92,7 +110,7 @@ func TestCookieKeyFileKeepsOtherLinesAndCollapsesDuplicates(t *testing.T) {
 		"CIRCLE_SECRETS_SESSION_COOKIE_KEY=oldoldoldoldold1\n" +
 		"export CIRCLE_SECRETS_SESSION_COOKIE_KEY=\"oldoldoldoldold2\"\n"
 	os.WriteFile(filepath.Join(root, File), []byte(old), 0o644)
-	if _, err := Ensure(context.Background(), b, root); err != nil {
+	if _, err := ensure(b, root); err != nil {
 		t.Fatal(err)
 	}
 	if v := fileValue(t, root); v != "AAAABBBBCCCCDDDD" {
@@ -111,7 +129,7 @@ func TestCookieKeyExistingLocalKeyIsUploaded(t *testing.T) {
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
 	os.WriteFile(filepath.Join(root, File), []byte("CIRCLE_SECRETS_SESSION_COOKIE_KEY=LocalKey12345678\n"), 0o600)
-	res, err := Ensure(context.Background(), b, root)
+	res, err := ensure(b, root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +150,7 @@ func TestCookieKeyConcurrentFirstBootsAgree(t *testing.T) {
 			defer wg.Done()
 			b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
 			root := t.TempDir()
-			if _, err := Ensure(context.Background(), b, root); err != nil {
+			if _, err := ensure(b, root); err != nil {
 				t.Error(err)
 				return
 			}
@@ -156,7 +174,7 @@ func TestCookieKeyNotGeneratedWhenS3DidNotSayMissing(t *testing.T) {
 		s.CreateUser(t, "norights", "norights-secret")
 		b := peertest.OpenBucket(t, s.URL, "norights", "norights-secret", bkt, 3, 5*time.Second)
 		root := t.TempDir()
-		_, err := Ensure(context.Background(), b, root)
+		_, err := ensure(b, root)
 		if c := codes(err); len(c) != 1 || c[0] != "COOKIE_KEY_UNAVAILABLE" {
 			t.Fatalf("want COOKIE_KEY_UNAVAILABLE, got %v", err)
 		}
@@ -169,7 +187,7 @@ func TestCookieKeyNotGeneratedWhenS3DidNotSayMissing(t *testing.T) {
 		// With a key on the machine, it is kept, with a warning.
 		os.MkdirAll(filepath.Join(root, "etc"), 0o755)
 		os.WriteFile(filepath.Join(root, File), []byte("CIRCLE_SECRETS_SESSION_COOKIE_KEY=LocalKey12345678\n"), 0o600)
-		res, err := Ensure(context.Background(), b, root)
+		res, err := ensure(b, root)
 		if err != nil || res.Source != "local" || len(res.Findings) != 1 || res.Findings[0].Code != "COOKIE_KEY_LOCAL_ONLY" {
 			t.Fatalf("want the local key kept with COOKIE_KEY_LOCAL_ONLY, got %+v %v", res, err)
 		}
@@ -181,7 +199,7 @@ func TestCookieKeyNotGeneratedWhenS3DidNotSayMissing(t *testing.T) {
 			return true
 		})
 		b := peertest.OpenBucket(t, f.URL, "a", "b", bkt, 3, 5*time.Second)
-		_, err := Ensure(context.Background(), b, t.TempDir())
+		_, err := ensure(b, t.TempDir())
 		if c := codes(err); len(c) != 1 || c[0] != "COOKIE_KEY_UNAVAILABLE" {
 			t.Fatalf("want COOKIE_KEY_UNAVAILABLE, got %v", err)
 		}
@@ -199,7 +217,7 @@ func TestCookieKeyPutDeniedKeepsGeneratedKeyWithWarning(t *testing.T) {
 	f.DenyPuts()
 	b := peertest.OpenBucket(t, f.URL, "a", "b", bkt, 3, 5*time.Second)
 	root := t.TempDir()
-	res, err := Ensure(context.Background(), b, root)
+	res, err := ensure(b, root)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +233,7 @@ func TestCookieKeyInvalidInBucketIsRefused(t *testing.T) {
 	f := peertest.StartFakeS3(t, bkt, map[string][]byte{Object: []byte("too-short")})
 	b := peertest.OpenBucket(t, f.URL, "a", "b", bkt, 3, 5*time.Second)
 	root := t.TempDir()
-	_, err := Ensure(context.Background(), b, root)
+	_, err := ensure(b, root)
 	if c := codes(err); len(c) != 1 || c[0] != "COOKIE_KEY_INVALID" {
 		t.Fatalf("want COOKIE_KEY_INVALID, got %v", err)
 	}
@@ -228,7 +246,7 @@ func TestCookieKeyInvalidInBucketIsRefused(t *testing.T) {
 }
 
 func TestRenderAndLocalValue(t *testing.T) {
-	for _, v := range []string{"abcdefghijklmnop", `ab'cd"ef$gh\ij k`[:16], "0123456789ABCDEF"} {
+	for _, v := range []string{"abcdefghijklmnop", `ab'cd"ef$gh\ij k`[:16], "0123456789ABCDEF", "a\"b$c\\d`e'f$(g)h!"[:16]} {
 		if !Valid(v) {
 			continue
 		}
@@ -236,5 +254,138 @@ func TestRenderAndLocalValue(t *testing.T) {
 		if got := LocalValue(out); got != v {
 			t.Errorf("round trip of %q gave %q (file %q)", v, got, out)
 		}
+		if got := shellValue(t, out); got != v {
+			t.Errorf("a shell reads %q from the line written for %q (file %q)", got, v, out)
+		}
 	}
+}
+
+// haPage is circle-installation-customizations as CircleCI's HA page lays it out, with the
+// session cookie key a deployment built by that page keeps in it (haPageKey, its $ escaped as
+// the shell needs).
+const haPage = `# Note that connection strings below should be modified as necessary
+
+MONGO_BASE_URI=mongodb://circle:s3cret-mongo@mongo-1:27017
+export CIRCLE_SECRETS_MONGODB_MAIN_URI="$MONGO_BASE_URI/circle_ghe?ssl=true&authSource=admin"
+export CIRCLE_SECRETS_SESSION_COOKIE_KEY="HaPage\$Key012345"
+export CIRCLE_SECRETS_MONGODB_BUILD_STATE_URI="$MONGO_BASE_URI/build_state_dev_ghe?ssl=true&authSource=admin"
+`
+
+const haPageKey = "HaPage$Key012345"
+
+// shellValue is the key a shell sourcing content would see.
+func shellValue(t *testing.T, content []byte) string {
+	t.Helper()
+	s, fs := settings.Parse(File, content)
+	if len(fs) != 0 {
+		t.Fatalf("the merged file does not parse as the services' shell would: %+v", fs)
+	}
+	v, _ := s.Get(Variable)
+	return v.Value
+}
+
+func TestCookieKeyAdoptedFromHAPageCustomizations(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, bkt)
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+	// The machine holds another key (an older boot): the bucket's copy is the deployment's.
+	res, err := Merge(context.Background(), b, Input{
+		InPlace: []byte("export CIRCLE_SECRETS_SESSION_COOKIE_KEY=\"LocalKey12345678\"\n"),
+		Bucket:  []byte(haPage), FromBucket: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Source != "customizations" || len(res.Findings) != 0 {
+		t.Fatalf("source %q findings %+v, want the customizations' key adopted", res.Source, res.Findings)
+	}
+	if got := string(s.Object(bkt, Object)); got != haPageKey {
+		t.Fatalf("the object must be created with the customizations' exact key (it holds %d bytes)", len(got))
+	}
+	// Exactly one export line, in the place of the bucket's, every other line as it was.
+	if n := strings.Count(string(res.Content), Variable+"="); n != 1 {
+		t.Fatalf("%d lines for the key:\n%s", n, res.Content)
+	}
+	if string(res.Content) != haPage {
+		t.Fatalf("merged file:\n%s\nwant the bucket's copy unchanged:\n%s", res.Content, haPage)
+	}
+	if shellValue(t, res.Content) != haPageKey || LocalValue(res.Content) != haPageKey {
+		t.Fatal("the services' shell would read another key from the merged file")
+	}
+	// The next boot (another instance, the object now there) agrees and says nothing.
+	res, err = Merge(context.Background(), b, Input{Bucket: []byte(haPage), FromBucket: true})
+	if err != nil || res.Source != "s3" || len(res.Findings) != 0 || string(res.Content) != haPage {
+		t.Fatalf("second boot: source %q findings %+v err %v", res.Source, res.Findings, err)
+	}
+}
+
+func TestCookieKeyObjectWinsOverCustomizationsWithWarning(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, bkt)
+	s.Put(t, bkt, Object, []byte("ObjectKey0123456\n"))
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+	res, err := Merge(context.Background(), b, Input{Bucket: []byte(haPage), FromBucket: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Source != "s3" || shellValue(t, res.Content) != "ObjectKey0123456" {
+		t.Fatalf("the object's key must win (source %q)", res.Source)
+	}
+	if n := strings.Count(string(res.Content), Variable+"="); n != 1 || !strings.Contains(string(res.Content), "export "+Variable+"=\"ObjectKey0123456\"\n") {
+		t.Fatalf("want exactly one export line with the object's key:\n%s", res.Content)
+	}
+	if len(res.Findings) != 1 || res.Findings[0].Code != "COOKIE_KEY_OVERRIDDEN" || res.Findings[0].Target != "s3://"+bkt+"/"+CustomizationsObject {
+		t.Fatalf("want COOKIE_KEY_OVERRIDDEN on the bucket's customizations, got %+v", res.Findings)
+	}
+	f := res.Findings[0]
+	for _, secret := range []string{"ObjectKey0123456", haPageKey, "s3cret-mongo"} {
+		if strings.Contains(f.Summary+f.Evidence+f.Fix+f.Target, secret) {
+			t.Fatalf("the warning shows a secret: %+v", f)
+		}
+	}
+	if got := string(s.Object(bkt, Object)); got != "ObjectKey0123456\n" {
+		t.Fatal("the object must never be replaced")
+	}
+}
+
+func TestCookieKeyCustomizationsWithoutLine(t *testing.T) {
+	const noLine = "MONGO_BASE_URI=mongodb://circle:pw@mongo-1:27017\nexport CIRCLE_SECRETS_MONGODB_MAIN_URI=\"$MONGO_BASE_URI/circle_ghe\""
+	t.Run("machine key kept and saved", func(t *testing.T) {
+		s := peertest.StartS3(t)
+		s.MakeBucket(t, bkt)
+		b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+		res, err := Merge(context.Background(), b, Input{
+			InPlace: []byte("CIRCLE_SECRETS_SESSION_COOKIE_KEY=LocalKey12345678\n"), Bucket: []byte(noLine), FromBucket: true,
+		})
+		if err != nil || res.Source != "local" || string(s.Object(bkt, Object)) != "LocalKey12345678" {
+			t.Fatalf("source %q err %v: the machine's key must be kept and saved", res.Source, err)
+		}
+		if want := noLine + "\nexport " + Variable + "=\"LocalKey12345678\"\n"; string(res.Content) != want {
+			t.Fatalf("merged file:\n%s\nwant:\n%s", res.Content, want)
+		}
+	})
+	t.Run("minted", func(t *testing.T) {
+		s := peertest.StartS3(t)
+		s.MakeBucket(t, bkt)
+		b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+		res, err := Merge(context.Background(), b, Input{Bucket: []byte(noLine), FromBucket: true})
+		if err != nil || res.Source != "generated" {
+			t.Fatalf("source %q err %v", res.Source, err)
+		}
+		if v := shellValue(t, res.Content); !Valid(v) || v != string(s.Object(bkt, Object)) {
+			t.Fatal("a new key must be minted, saved and written")
+		}
+	})
+	t.Run("invalid line is never replaced", func(t *testing.T) {
+		s := peertest.StartS3(t)
+		s.MakeBucket(t, bkt)
+		b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+		_, err := Merge(context.Background(), b, Input{Bucket: []byte(noLine + "\nexport " + Variable + "=\"short\"\n"), FromBucket: true})
+		if c := codes(err); len(c) != 1 || c[0] != "COOKIE_KEY_INVALID" || strings.Contains(err.Error(), "short") {
+			t.Fatalf("want COOKIE_KEY_INVALID without the value, got %v", err)
+		}
+		if s.Object(bkt, Object) != nil {
+			t.Fatal("a key was created over the customizations' own")
+		}
+	})
 }

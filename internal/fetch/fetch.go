@@ -4,8 +4,10 @@
 package fetch
 
 import (
+	"bytes"
 	"context"
 	"crypto/md5"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -68,6 +70,10 @@ type File struct {
 	// unchanged object can be skipped.
 	knownSHA string
 	knownTag string
+	// optional single objects (the installation customizations) may be absent from the
+	// bucket; absent marks one that is, so it leaves the bundle instead of failing it.
+	optional bool
+	absent   bool
 }
 
 // Bundle is a completed fetch waiting to be committed.
@@ -118,7 +124,12 @@ func Fetch(ctx context.Context, b *bucket.Bucket, o Options) (*Bundle, error) {
 		go func() {
 			defer wg.Done()
 			for f := range jobs {
-				if err := download(ctx, b, o.Root, f); err != nil {
+				err := download(ctx, b, o.Root, f)
+				switch {
+				case err == nil:
+				case f.optional && errors.Is(err, bucket.ErrNotFound):
+					f.absent = true
+				default:
 					report(fileFinding(b, err, f))
 				}
 			}
@@ -154,7 +165,11 @@ func Fetch(ctx context.Context, b *bucket.Bucket, o Options) (*Bundle, error) {
 	close(jobs)
 	wg.Wait()
 	for _, fs := range perEntry {
-		bd.Files = append(bd.Files, fs...)
+		for _, f := range fs {
+			if !f.absent {
+				bd.Files = append(bd.Files, f)
+			}
+		}
 	}
 	if ctx.Err() != nil {
 		bd.Discard()
@@ -225,7 +240,7 @@ func listEntry(ctx context.Context, b *bucket.Bucket, o Options, e config.Entry,
 
 func newFile(root string, e config.Entry, key, dest string, known map[string]Known) *File {
 	f := &File{Entry: e.Name, Key: key, Dest: dest, mode: e.Mode, dirMode: e.DirMode, uid: e.UID, gid: e.GID,
-		stage: stageDir(root, e), purpose: e.Purpose}
+		stage: stageDir(root, e), purpose: e.Purpose, optional: !e.Recursive && !e.Required}
 	if k, ok := known[dest]; ok && k.Key == key && k.SHA256 != "" {
 		f.knownSHA, f.knownTag = k.SHA256, k.ETag
 	}
@@ -408,4 +423,46 @@ func (bd *Bundle) File(machinePath string) *File {
 		}
 	}
 	return nil
+}
+
+// Stage puts content in the bundle as the new file for entry e (a single-object entry), in
+// place of what was fetched for it or as a file of its own when the bucket has none, so that it
+// is committed, or discarded, with the rest of the bundle. Content equal to the file in place is
+// not staged. A fetched object keeps its ETag and hash in the record: the file in place then
+// differs from the object, so the object is fetched again at the next boot and the merge is made
+// from the bucket's current copy, never from an earlier merge.
+func (bd *Bundle) Stage(e config.Entry, content []byte) (changed bool, err error) {
+	f := bd.File(e.Dest)
+	if f == nil {
+		f = newFile(bd.Root, e, e.Key, e.Dest, nil)
+		bd.Files = append(bd.Files, f)
+	}
+	if f.staged != "" {
+		os.Remove(f.staged)
+		f.staged = ""
+	}
+	f.Changed = false
+	final := filepath.Join(bd.Root, e.Dest)
+	if cur, err := os.ReadFile(final); err == nil && bytes.Equal(cur, content) {
+		if fi, err := os.Stat(final); err == nil && fi.Mode().Perm() != f.mode.Perm() {
+			if err := os.Chmod(final, f.mode.Perm()); err != nil {
+				return false, fmt.Errorf("setting mode %#o on %s: %w", f.mode.Perm(), final, err)
+			}
+		}
+		if f.ETag == "" {
+			sum := sha256.Sum256(content)
+			f.Size, f.SHA256 = int64(len(content)), hex.EncodeToString(sum[:])
+		}
+		return false, nil
+	}
+	tmp, res, err := atomicfile.Stage(f.stage, filepath.Base(final), bytes.NewReader(content),
+		atomicfile.Options{Mode: f.mode, DirMode: 0o700, UID: f.uid, GID: f.gid})
+	if err != nil {
+		return false, fmt.Errorf("staging %s: %w", e.Dest, err)
+	}
+	f.staged, f.Changed = tmp, true
+	if f.ETag == "" {
+		f.Size, f.SHA256 = res.Size, res.SHA256
+	}
+	return true, nil
 }

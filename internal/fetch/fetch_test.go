@@ -179,8 +179,8 @@ func TestFetchEmptyPrefixes(t *testing.T) {
 		}
 	}
 	_, err = Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
-	if f := hasCode(failure(t, err), "S3_PREFIX_EMPTY"); f == nil || f.Target != "s3://circleci-ha/circleconfig/shared/" {
-		t.Fatalf("want S3_PREFIX_EMPTY for circleconfig/shared/, got %v", err)
+	if f := hasCode(failure(t, err), "S3_PREFIX_EMPTY"); f == nil || f.Target != "s3://circleci-ha/circleconfig/" {
+		t.Fatalf("want S3_PREFIX_EMPTY for circleconfig/, got %v", err)
 	}
 }
 

@@ -60,11 +60,11 @@ func open(t *testing.T, url, access, secret, name string) *bucket.Bucket {
 // destOf maps an example key to its destination under the default layout.
 func destOf(key string) string {
 	switch {
-	case key == "settings.conf", key == "replicated.conf", key == "license.rli":
+	case key == "settings.conf", key == "replicated.conf", key == "license.rli", key == "circle-installation-customizations":
 		return "/etc/" + key
 	case hasPrefix(key, "circleci-encryption-keys/"):
 		return "/data/circle/" + key
-	case hasPrefix(key, "circleconfig/shared/"):
+	case hasPrefix(key, "circleconfig/"):
 		return "/etc/" + key
 	case hasPrefix(key, "ca-certificates/"):
 		return "/var/lib/haagent/" + key

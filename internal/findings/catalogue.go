@@ -43,6 +43,9 @@ var Catalogue = []Entry{
 	{"COOKIE_KEY_UNAVAILABLE", Error, true, "cookie-key", "S3 could not tell whether a session cookie key exists and none is on the machine; haagent will not invent one (it would log every user out). Fix S3 access; haagent retries"},
 	{"COOKIE_KEY_LOCAL_ONLY", Warning, false, "cookie-key", "S3 could not be read; the key already on the machine is kept. Fix S3 access so replacements keep the same key"},
 
+	// CircleCI's file layout: the bucket's circle-installation-customizations (layout work)
+	{"COOKIE_KEY_OVERRIDDEN", Warning, false, "cookie-key", "the bucket's circle-installation-customizations sets CIRCLE_SECRETS_SESSION_COOKIE_KEY to another key than the session-cookie-key object, whose key is used: remove the line from the bucket's copy (haagent writes it), or, if that line holds the key your users' sessions use, put it in session-cookie-key"},
+
 	// settings files
 	{"CONFIG_SYNTAX", Error, true, "settings", "fix the shell syntax at the position shown, in the bucket's copy of the file"},
 	{"SETTING_MISSING", Error, true, "settings", "set the variable in a file of circleconfig/shared/ in the bucket"},

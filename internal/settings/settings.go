@@ -18,13 +18,41 @@ import (
 	"github.com/haagent/haagent/internal/findings"
 )
 
-// Where the services' settings live, in the order they are read: the installation's own
+// Where the services' settings live. Every service reads the installation's own
 // customizations first, then every file of the shared directory in name order (a later file
-// can use and override what an earlier one set).
+// can use and override what an earlier one set), then its own ConfigDir/<service>/customizations
+// when it has one, whose values take precedence.
 const (
 	InstallFile = "/etc/circle-installation-customizations"
+	ConfigDir   = "/etc/circleconfig"
 	SharedDir   = "/etc/circleconfig/shared"
+	// ServiceFile is the name of a service's own file in ConfigDir/<service>/.
+	ServiceFile = "customizations"
 )
+
+// Services are the CircleCI Server 2.x services that read ConfigDir/<service>/customizations.
+var Services = []string{
+	"api-service", "audit-log-service", "contexts-service", "contexts-service-db-migrator",
+	"cron-service", "cron-service-db-migrator", "domain-service", "domain-service-migrator",
+	"federations-service-db-migrator", "federations-service-migrator", "frontend", "output-processor",
+	"permissions-service", "permissions-service-migrator", "picard-dispatcher", "schedulerer",
+	"test-results", "vm-gc", "vm-scaler", "vm-service", "vm-service-db-migrator", "workflows-conductor",
+}
+
+// IsShellFile reports whether a file under ConfigDir (rel is slash-separated and relative to
+// it) is one the services source as shell: a file of shared/ or a <service>/customizations.
+// Others (picard-dispatcher/resource-definitions.edn, telegraf's TOML, postgres/extra.conf)
+// are other formats: synced, never parsed as shell.
+func IsShellFile(rel string) bool {
+	dir, name, ok := strings.Cut(rel, "/")
+	if !ok || name == "" || strings.Contains(name, "/") || strings.HasPrefix(name, ".") {
+		return false
+	}
+	if dir == "shared" {
+		return true
+	}
+	return name == ServiceFile && dir != "" && !strings.HasPrefix(dir, ".")
+}
 
 // Setting is one variable's final value and where it was set.
 type Setting struct {
@@ -76,37 +104,127 @@ func (s *Settings) Require(service, name string) (Setting, []findings.Finding) {
 			what, target = "is empty", v.Where()
 		}
 		f := findings.New("SETTING_MISSING", target, fmt.Sprintf("%s %s; the %s connection needs it", name, what, service), "").
-			WithFix(fmt.Sprintf("add export %s=\"...\" to a file in %s/ in the bucket (s3://BUCKET/PREFIX/circleconfig/shared/)", name, SharedDir))
+			WithFix(fmt.Sprintf("add export %s=\"...\" to circle-installation-customizations or a file of circleconfig/shared/ in the bucket (they become %s and %s/)", name, InstallFile, SharedDir))
 		f.Service = service
 		return Setting{}, []findings.Finding{f}
 	}
 	return v, nil
 }
 
-// Load reads the files under root. Findings are for files that cannot be read safely; the
-// settings hold whatever could be.
+// Load reads the shared settings under root: the installation customizations and shared/.
+// Findings are for files that cannot be read safely; the settings hold whatever could be.
 func Load(root string) (*Settings, []findings.Finding) {
 	files := []string{InstallFile}
 	entries, _ := os.ReadDir(filepath.Join(root, SharedDir))
 	for _, e := range entries {
-		if e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".") {
+		if e.Type().IsRegular() && IsShellFile("shared/"+e.Name()) {
 			files = append(files, filepath.Join(SharedDir, e.Name()))
 		}
 	}
 	s := &Settings{vars: map[string]Setting{}, missing: map[string][]findings.Finding{}}
 	var fs []findings.Finding
 	for _, f := range files {
-		data, err := os.ReadFile(filepath.Join(root, f))
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			fs = append(fs, findings.New("CONFIG_SYNTAX", f, "cannot read "+f, err.Error()))
-			continue
-		}
-		fs = append(fs, s.parse(f, data)...)
+		fs = append(fs, s.load(root, f)...)
 	}
 	return s, fs
+}
+
+// load parses one file under root into s; an absent file is no finding.
+func (s *Settings) load(root, name string) []findings.Finding {
+	data, err := os.ReadFile(filepath.Join(root, name))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return []findings.Finding{findings.New("CONFIG_SYNTAX", name, "cannot read "+name, err.Error())}
+	}
+	return s.parse(name, data)
+}
+
+// Views are the environments the services see: Shared for every service without a
+// customizations file of its own, and one per service that has one (the shared settings, then
+// that file on top).
+type Views struct {
+	Shared *Settings
+	// Services maps a service (a directory of ConfigDir holding a customizations file) to
+	// what it sees.
+	Services map[string]*Settings
+}
+
+// Names returns the services with their own view, sorted.
+func (v *Views) Names() []string {
+	out := make([]string, 0, len(v.Services))
+	for n := range v.Services {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// LoadViews reads the shared settings and every service's own customizations under root.
+// Each file is parsed once; a service's file is read on top of a copy of the shared settings,
+// so it can use and override them as the service's shell would.
+func LoadViews(root string) (*Views, []findings.Finding) {
+	shared, fs := Load(root)
+	v := &Views{Shared: shared, Services: map[string]*Settings{}}
+	entries, _ := os.ReadDir(filepath.Join(root, ConfigDir))
+	for _, e := range entries {
+		if !e.IsDir() || e.Name() == "shared" || !IsShellFile(e.Name()+"/"+ServiceFile) {
+			continue
+		}
+		name := filepath.Join(ConfigDir, e.Name(), ServiceFile)
+		fi, err := os.Stat(filepath.Join(root, name))
+		if err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		s := shared.Clone()
+		fs = append(fs, s.load(root, name)...)
+		v.Services[e.Name()] = s
+	}
+	return v, fs
+}
+
+// Clone returns an independent copy of s.
+func (s *Settings) Clone() *Settings {
+	c := &Settings{vars: make(map[string]Setting, len(s.vars)), missing: make(map[string][]findings.Finding, len(s.missing))}
+	for k, v := range s.vars {
+		c.vars[k] = v
+	}
+	for k, v := range s.missing {
+		c.missing[k] = v
+	}
+	return c
+}
+
+// Key is a canonical text of the values of the variables match selects (and of those that
+// reference a variable nothing sets): two settings with the same Key give a reader of only
+// those variables the same answers. It holds secrets: compare it, never print it.
+func (s *Settings) Key(match func(name string) bool) string {
+	var names []string
+	for n := range s.vars {
+		if match(n) {
+			names = append(names, n)
+		}
+	}
+	for n := range s.missing {
+		if match(n) {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, n := range names {
+		if fs, ok := s.missing[n]; ok {
+			b.WriteString(n + "\x00!")
+			for _, f := range fs {
+				b.WriteString(f.Summary + "\x00")
+			}
+		} else {
+			b.WriteString(n + "\x00=" + s.vars[n].Value)
+		}
+		b.WriteString("\x01")
+	}
+	return b.String()
 }
 
 // Parse reads one file's content (used by Load and the fuzz target).

@@ -129,3 +129,62 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestViewsLayerEachServiceOnTheShared(t *testing.T) {
+	root := t.TempDir()
+	write := func(p, content string) {
+		t.Helper()
+		os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755)
+		if err := os.WriteFile(filepath.Join(root, p), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The HA page's installation customizations: MONGO_BASE_URI without export, then the URIs.
+	write(InstallFile, "MONGO_BASE_URI=mongodb://circle:pw@m1:27017\nexport CIRCLE_SECRETS_MONGODB_MAIN_URI=\"$MONGO_BASE_URI/circle_ghe\"\n")
+	write(SharedDir+"/postgresql", "export POSTGRES_HOST=\"pg-shared\"\nexport POSTGRES_PORT=\"5432\"\n")
+	write(ConfigDir+"/contexts-service/customizations", "export POSTGRES_HOST=\"pg-contexts\"\nexport ORIGIN=\"$POSTGRES_PORT-$MONGO_BASE_URI\"\n")
+	write(ConfigDir+"/frontend/customizations", "export JVM_HEAP_SIZE=2g\n")
+	// Not shell: synced, never parsed (either would be CONFIG_SYNTAX or SETTING_REFUSED).
+	write(ConfigDir+"/picard-dispatcher/resource-definitions.edn", "{:resource-classes {:medium {:cpu 2.0 :ram 4096}}}\n")
+	write(ConfigDir+"/telegraf/influxdb.conf", "[[output.influxdb]]\n  url = \"http://10.0.0.1:8086\"\n")
+	v, fs := LoadViews(root)
+	if len(fs) != 0 {
+		t.Fatalf("findings: %s", codes(fs))
+	}
+	if got := v.Names(); strings.Join(got, ",") != "contexts-service,frontend" {
+		t.Fatalf("services with their own view: %v", got)
+	}
+	if h, _ := v.Shared.Get("POSTGRES_HOST"); h.Value != "pg-shared" {
+		t.Errorf("shared POSTGRES_HOST %q", h.Value)
+	}
+	cs := v.Services["contexts-service"]
+	if h, _ := cs.Get("POSTGRES_HOST"); h.Value != "pg-contexts" || h.File != ConfigDir+"/contexts-service/customizations" {
+		t.Errorf("contexts-service's own value must win: %+v", h)
+	}
+	if o, _ := cs.Get("ORIGIN"); o.Value != "5432-mongodb://circle:pw@m1:27017" {
+		t.Errorf("a service's file sees the shared settings: ORIGIN=%q", o.Value)
+	}
+	if u, _ := v.Services["frontend"].Get("CIRCLE_SECRETS_MONGODB_MAIN_URI"); u.Value != "mongodb://circle:pw@m1:27017/circle_ghe" {
+		t.Errorf("the installation customizations reach every service: %q", u.Value)
+	}
+	if _, ok := v.Shared.Get("ORIGIN"); ok {
+		t.Error("a service's own file leaked into the shared settings")
+	}
+	pg := func(n string) bool { return strings.HasPrefix(n, "POSTGRES_") }
+	if v.Services["frontend"].Key(pg) != v.Shared.Key(pg) || cs.Key(pg) == v.Shared.Key(pg) {
+		t.Error("Key must tell the settings a reader sees apart, and only those")
+	}
+}
+
+func TestIsShellFile(t *testing.T) {
+	for rel, want := range map[string]bool{
+		"shared/postgresql": true, "shared/vault": true, "contexts-service/customizations": true,
+		"picard-dispatcher/resource-definitions.edn": false, "telegraf/influxdb.conf": false,
+		"postgres/extra.conf": false, "shared/.hidden": false, "shared/sub/file": false, "customizations": false,
+		"frontend/customizations/x": false,
+	} {
+		if IsShellFile(rel) != want {
+			t.Errorf("IsShellFile(%q) = %v, want %v", rel, !want, want)
+		}
+	}
+}
