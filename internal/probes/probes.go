@@ -47,6 +47,9 @@ type Checked struct {
 	Target  string `json:"target"`
 	OK      bool   `json:"ok"`
 	Detail  string `json:"detail,omitempty"`
+	// UsedBy names the CircleCI services whose settings lead to this target, when their own
+	// customizations make them use different ones ("" when every service uses the same).
+	UsedBy string `json:"used_by,omitempty"`
 }
 
 // Report is the outcome of a check.
@@ -96,7 +99,73 @@ var registry = map[string]probeFunc{
 	"vault":    probeVault,
 }
 
-// Run loads the settings under root and probes every selected service in parallel.
+// Reads says which settings each probe reads. Services whose settings agree on these use the
+// same target: it is probed once. A probe that reads a variable outside its prefixes must add
+// it here, or two services that differ only in it would share one probe.
+var Reads = map[string][]string{
+	"postgres": {"POSTGRES_", "CIRCLE_SECRETS_POSTGRES_"},
+	"mongo":    {"CIRCLE_SECRETS_MONGODB_"},
+	"vault":    {"VAULT__"},
+}
+
+func readsMatch(svc string) func(string) bool {
+	prefixes := Reads[svc]
+	return func(name string) bool {
+		for _, p := range prefixes {
+			if strings.HasPrefix(name, p) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// target is one distinct set of settings for one probe, and the services that see it.
+type target struct {
+	service  string // the probe: postgres, mongo, vault
+	settings *settings.Settings
+	shared   bool
+	// users are the services with customizations of their own that see this target; for the
+	// shared target, elsewhere are those whose own customizations lead elsewhere.
+	users, elsewhere []string
+	label            string
+}
+
+// targets groups the views by what svc's probe reads: the shared settings first, then each
+// distinct set some services' own customizations give.
+func targets(svc string, v *settings.Views) []*target {
+	match := readsMatch(svc)
+	shared := &target{service: svc, settings: v.Shared, shared: true}
+	out := []*target{shared}
+	byKey := map[string]*target{v.Shared.Key(match): shared}
+	for _, name := range v.Names() {
+		s := v.Services[name]
+		k := s.Key(match)
+		t, ok := byKey[k]
+		if !ok {
+			t = &target{service: svc, settings: s}
+			byKey[k] = t
+			out = append(out, t)
+		}
+		if !t.shared {
+			t.users = append(t.users, name)
+			shared.elsewhere = append(shared.elsewhere, name)
+		}
+	}
+	if len(out) > 1 {
+		for _, t := range out {
+			if t.shared {
+				t.label = "every service but " + strings.Join(t.elsewhere, ", ")
+			} else {
+				t.label = strings.Join(t.users, ", ")
+			}
+		}
+	}
+	return out
+}
+
+// Run loads the settings under root, as each service sees them, and probes every distinct
+// target of every selected service in parallel.
 func Run(ctx context.Context, root string, o Options) *Report {
 	start := time.Now()
 	if o.Timeout <= 0 {
@@ -108,7 +177,7 @@ func Run(ctx context.Context, root string, o Options) *Report {
 	if o.Resolver == nil {
 		o.Resolver = net.DefaultResolver
 	}
-	s, sfs := settings.Load(root)
+	views, sfs := settings.LoadViews(root)
 	rep := &Report{}
 	for _, f := range sfs {
 		f.Service = "settings"
@@ -119,20 +188,22 @@ func Run(ctx context.Context, root string, o Options) *Report {
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	type done struct {
-		service string
-		res     *result
+		id  int
+		res *result
 	}
-	ch := make(chan done, len(Services))
-	var pending = map[string]bool{}
+	var all []*target
 	for _, svc := range Services {
-		fn, ok := registry[svc]
-		if !ok || !selected(o.Only, svc) {
-			continue
+		if _, ok := registry[svc]; ok && selected(o.Only, svc) {
+			all = append(all, targets(svc, views)...)
 		}
-		pending[svc] = true
-		go func(svc string, fn probeFunc) {
-			ch <- done{svc, fn(ctx, p, s)}
-		}(svc, fn)
+	}
+	ch := make(chan done, len(all))
+	pending := map[int]bool{}
+	for id, t := range all {
+		pending[id] = true
+		go func(id int, t *target) {
+			ch <- done{id, registry[t.service](ctx, p, t.settings)}
+		}(id, t)
 	}
 	// A probe that ignores its context must not hold the report: past the bound plus a
 	// margin, it is reported as inconclusive.
@@ -141,18 +212,29 @@ func Run(ctx context.Context, root string, o Options) *Report {
 	for len(pending) > 0 {
 		select {
 		case d := <-ch:
-			delete(pending, d.service)
+			delete(pending, d.id)
+			t := all[d.id]
 			for _, f := range d.res.findings {
 				if f.Service == "" || f.Service == "network" {
-					f.Service = d.service
+					f.Service = t.service
+				}
+				if t.label != "" {
+					f.Summary += " (used by " + t.label + ")"
 				}
 				rep.Findings = append(rep.Findings, f)
 			}
-			rep.Checked = append(rep.Checked, d.res.checked...)
+			for _, c := range d.res.checked {
+				c.UsedBy = t.label
+				rep.Checked = append(rep.Checked, c)
+			}
 		case <-hard.C:
-			for svc := range pending {
-				rep.Findings = append(rep.Findings, findings.New("PROBE_INCONCLUSIVE", svc,
-					fmt.Sprintf("the %s probe did not finish within %s", svc, o.Timeout), ""))
+			for id := range pending {
+				t := all[id]
+				summary := fmt.Sprintf("the %s probe did not finish within %s", t.service, o.Timeout)
+				if t.label != "" {
+					summary += " (used by " + t.label + ")"
+				}
+				rep.Findings = append(rep.Findings, findings.New("PROBE_INCONCLUSIVE", t.service, summary, ""))
 			}
 			pending = nil
 		}

@@ -78,8 +78,15 @@ func (r *Report) WriteText(w io.Writer) {
 				mark = "FAIL"
 			}
 			line := fmt.Sprintf("  %s %s", mark, c.Target)
+			var notes []string
 			if c.Detail != "" {
-				line += " (" + c.Detail + ")"
+				notes = append(notes, c.Detail)
+			}
+			if c.UsedBy != "" {
+				notes = append(notes, "used by "+c.UsedBy)
+			}
+			if len(notes) > 0 {
+				line += " (" + strings.Join(notes, "; ") + ")"
 			}
 			fmt.Fprintln(w, line)
 		}

@@ -1,0 +1,106 @@
+package probes
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/haagent/haagent/internal/peertest"
+	"github.com/haagent/haagent/internal/settings"
+)
+
+// Services with customizations of their own see their own targets: each distinct one is
+// probed once, and what it finds names the services that use it.
+func TestPerServiceTargetsProbedOnceEach(t *testing.T) {
+	pg := peertest.StartPostgres(t, peertest.PostgresOptions{HBA: []string{
+		"hostssl all circle 127.0.0.0/8 scram-sha-256",
+		"hostssl all contexts 127.0.0.0/8 scram-sha-256",
+	}})
+	pg.Exec(t, "postgres",
+		"CREATE ROLE circle LOGIN PASSWORD '"+circlePW+"'",
+		"CREATE ROLE contexts LOGIN PASSWORD 'contexts-pw-Lm3'",
+		"CREATE DATABASE circle OWNER circle",
+	)
+	root := t.TempDir()
+	trustCA(t, root, pg.CA)
+	writeSettings(t, root, pgSettings("localhost", pg.Port, "circle", circlePW)...)
+	own := func(service, content string) {
+		t.Helper()
+		p := filepath.Join(root, settings.ConfigDir, service, settings.ServiceFile)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two services on another role with a wrong password: one target, probed once.
+	own("contexts-service", "export POSTGRES_USER=\"contexts\"\nexport POSTGRES_PASSWORD=\"wrong-pw-Qx7\"\n")
+	own("cron-service", "export POSTGRES_USER=\"contexts\"\nexport POSTGRES_PASSWORD=\"wrong-pw-Qx7\"\nexport JVM_HEAP_SIZE=1g\n")
+	// One on another server (nothing listens there).
+	own("vm-service", fmt.Sprintf("export POSTGRES_PORT=\"%d\"\n", peertest.ClosedPort(t)))
+	// One whose own file repeats the shared target: the shared probe covers it.
+	own("frontend", "export POSTGRES_HOST=\"localhost\"\nexport JVM_HEAP_SIZE=2g\n")
+	// Not shell: synced, never parsed.
+	os.WriteFile(filepath.Join(root, settings.ConfigDir, "frontend", "resource-definitions.edn"), []byte("{:medium {:cpu 2.0}}\n"), 0o644)
+
+	o := Options{Timeout: 5 * time.Second, Postgres: PostgresOptions{Databases: []string{"circle"}}, Only: []string{"postgres"}}
+	rep := Run(context.Background(), root, o)
+	assertNoSecret(t, rep, circlePW, "contexts-pw-Lm3", "wrong-pw-Qx7")
+
+	byUser := map[string]Checked{}
+	for _, c := range rep.Checked {
+		byUser[c.UsedBy] = c
+	}
+	if len(rep.Checked) != 3 {
+		t.Fatalf("want three targets probed once each (shared, contexts, vm-service), got %+v", rep.Checked)
+	}
+	shared, ok := byUser["every service but contexts-service, cron-service, vm-service"]
+	if !ok || !shared.OK || !strings.HasPrefix(shared.Target, "circle@") {
+		t.Errorf("the shared target (frontend's included): %+v", rep.Checked)
+	}
+	if c, ok := byUser["contexts-service, cron-service"]; !ok || c.OK || !strings.HasPrefix(c.Target, "contexts@") {
+		t.Errorf("the contexts target: %+v", rep.Checked)
+	}
+	if c, ok := byUser["vm-service"]; !ok || c.OK {
+		t.Errorf("vm-service's target: %+v", rep.Checked)
+	}
+
+	if got := only(rep.Findings); got != "PG_AUTH_FAILED,TCP_REFUSED" {
+		t.Fatalf("want one PG_AUTH_FAILED and one TCP_REFUSED, got %s: %+v", got, rep.Findings)
+	}
+	auth := find(rep.Findings, "PG_AUTH_FAILED")
+	if !strings.HasSuffix(auth.Summary, "(used by contexts-service, cron-service)") || !strings.Contains(auth.Summary, `user "contexts"`) {
+		t.Errorf("PG_AUTH_FAILED must name the services using the target: %q", auth.Summary)
+	}
+	if refused := find(rep.Findings, "TCP_REFUSED"); !strings.HasSuffix(refused.Summary, "(used by vm-service)") {
+		t.Errorf("TCP_REFUSED must name vm-service: %q", refused.Summary)
+	}
+
+	var text strings.Builder
+	rep.WriteText(&text)
+	if !strings.Contains(text.String(), "used by contexts-service, cron-service") {
+		t.Errorf("the text report does not name the services:\n%s", text.String())
+	}
+}
+
+// Without customizations of their own every service sees the shared settings: one target per
+// probe, reported as before, naming nobody.
+func TestSharedTargetNamesNobody(t *testing.T) {
+	root := t.TempDir()
+	writeSettings(t, root, pgSettings("127.0.0.1", peertest.ClosedPort(t), "circle", circlePW)...)
+	p := filepath.Join(root, settings.ConfigDir, "frontend", settings.ServiceFile)
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	os.WriteFile(p, []byte("export JVM_HEAP_SIZE=2g\n"), 0o644)
+	rep := Run(context.Background(), root, Options{Timeout: 2 * time.Second, Postgres: PostgresOptions{Databases: []string{"circle"}}, Only: []string{"postgres"}})
+	if len(rep.Checked) != 1 || rep.Checked[0].UsedBy != "" {
+		t.Fatalf("one target, no service named: %+v", rep.Checked)
+	}
+	for _, f := range rep.Findings {
+		if strings.Contains(f.Summary, "used by") {
+			t.Errorf("a finding names services although all share the target: %q", f.Summary)
+		}
+	}
+}
