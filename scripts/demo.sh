@@ -109,13 +109,17 @@ cp "$PGDIR/server.crt" "$PGDIR/server.key" "$WORK/ferretdb/"
   --setup-database=admin --setup-username=circle --setup-password=demo-mongo-password >"$WORK/ferretdb.log" 2>&1) &
 pids+=($!)
 waitport "$MONGOPORT"
+# The MongoDB settings go where CircleCI's HA page puts them: the bucket's
+# circle-installation-customizations (examples/bucket's, with the demo's FerretDB instead of the
+# example hosts). haagent merges the session cookie key line into it on the machine.
 {
-  echo "# MongoDB connection settings read by the CircleCI services (the demo's FerretDB)."
-  echo "export MONGO_BASE_URI=\"mongodb://circle:demo-mongo-password@localhost:$MONGOPORT\""
+  echo "# CircleCI's general configuration file, as CircleCI's HA page lays it out (the demo's FerretDB)."
+  echo
+  echo "MONGO_BASE_URI=mongodb://circle:demo-mongo-password@localhost:$MONGOPORT"
   for v in MAIN:circle_ghe ACTION_LOGS:circle_ghe BUILD_STATE:build_state_dev_ghe CONTAINERS:containers_dev_ghe REMOTE_CONTAINERS:remote_containers_dev_ghe; do
     echo "export CIRCLE_SECRETS_MONGODB_${v%%:*}_URI=\"\$MONGO_BASE_URI/${v#*:}?ssl=true&authSource=admin&replicaSet=rs0\""
   done
-} >"$WORK/s3/circleci-ha/circleconfig/shared/mongodb"
+} >"$WORK/s3/circleci-ha/circle-installation-customizations"
 
 # Vault: dev server with TLS and its own CA, a transit mount, a policy and a periodic token,
 # as the runbook makes them.
@@ -177,6 +181,9 @@ bin/haagent --root "$ROOT" check || true
 echo
 echo "== second run (nothing changed in the bucket: nothing is rewritten)"
 bin/haagent --root "$ROOT" run --once 2>&1 | grep -E 'files in place|boot complete'
+echo
+echo "== /etc/circle-installation-customizations on the machine: the bucket's copy and one cookie key line (key and password masked here)"
+sed -E 's/(COOKIE_KEY=").*"/\1****************"/; s/(circle:)[^@]*@/\1****@/' "$ROOT/etc/circle-installation-customizations"
 echo
 echo "== the tree under $ROOT, with modes"
 (cd "$ROOT" && find etc/settings.conf etc/replicated.conf etc/license.rli etc/circle-installation-customizations etc/circleconfig \
