@@ -3,9 +3,11 @@ package probes
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -102,5 +104,55 @@ func TestSharedTargetNamesNobody(t *testing.T) {
 		if strings.Contains(f.Summary, "used by") {
 			t.Errorf("a finding names services although all share the target: %q", f.Summary)
 		}
+	}
+}
+
+// The grouping of services into targets is only as right as Reads: every probe must read no
+// variable outside the prefixes it declares there.
+func TestEachProbeReadsOnlyWhatItDeclares(t *testing.T) {
+	closed := peertest.ClosedPort(t)
+	all := fmt.Sprintf(`MONGO_BASE_URI=mongodb://circle:pw@127.0.0.1:%[1]d
+export CIRCLE_SECRETS_MONGODB_MAIN_URI="$MONGO_BASE_URI/circle_ghe?authSource=admin"
+export CIRCLE_SECRETS_MONGODB_ACTION_LOGS_URI="$MONGO_BASE_URI/circle_ghe?authSource=admin"
+export CIRCLE_SECRETS_MONGODB_BUILD_STATE_URI="$MONGO_BASE_URI/build_state_dev_ghe?authSource=admin"
+export CIRCLE_SECRETS_MONGODB_CONTAINERS_URI="$MONGO_BASE_URI/containers_dev_ghe?authSource=admin"
+export CIRCLE_SECRETS_MONGODB_REMOTE_CONTAINERS_URI="$MONGO_BASE_URI/remote_containers_dev_ghe?authSource=admin"
+export CIRCLE_SECRETS_POSTGRES_MAIN_URI="postgres://circle:pw@127.0.0.1:%[1]d/circle"
+export POSTGRES_HOST="127.0.0.1"
+export POSTGRES_PORT="%[1]d"
+export POSTGRES_USER="circle"
+export POSTGRES_PASSWORD="pw"
+export VAULT__SCHEME="https"
+export VAULT__HOST="127.0.0.1"
+export VAULT__PORT="%[1]d"
+export VAULT__CLIENT_TOKEN="token"
+export VAULT__TRANSIT_MOUNT="transit"
+`, closed)
+	for _, svc := range Services {
+		t.Run(svc, func(t *testing.T) {
+			s, fs := settings.Parse(settings.InstallFile, []byte(all))
+			if len(fs) != 0 {
+				t.Fatal(fs)
+			}
+			var mu sync.Mutex
+			read := map[string]bool{}
+			s.OnRead(func(name string) { mu.Lock(); read[name] = true; mu.Unlock() })
+			o := Options{Timeout: 2 * time.Second, Postgres: DefaultPostgres()}
+			o.RootCAs, o.Resolver = TrustPool(t.TempDir()), net.DefaultResolver
+			ctx, cancel := context.WithTimeout(context.Background(), o.Timeout)
+			defer cancel()
+			registry[svc](ctx, &prober{opts: o}, s)
+			match := readsMatch(svc)
+			mu.Lock()
+			defer mu.Unlock()
+			if len(read) == 0 {
+				t.Fatal("the probe read nothing: the hook is not wired")
+			}
+			for name := range read {
+				if !match(strings.TrimSuffix(name, "*")) {
+					t.Errorf("the %s probe reads %s, outside its declared prefixes %v: add it to probes.Reads", svc, name, Reads[svc])
+				}
+			}
+		})
 	}
 }

@@ -70,16 +70,31 @@ type Settings struct {
 	vars map[string]Setting
 	// Missing records references to variables nothing set, by the variable that used them.
 	missing map[string][]findings.Finding
+	// onRead, when set, is told what readers ask for (see OnRead).
+	onRead func(name string)
+}
+
+// OnRead makes s tell fn the name of every variable a reader asks for (Get, Require) and,
+// followed by "*", the prefix of every Names call; nil stops it. The probes' tests check with
+// it that each probe reads only the settings it declares. fn may be called concurrently.
+func (s *Settings) OnRead(fn func(name string)) { s.onRead = fn }
+
+func (s *Settings) read(name string) {
+	if s.onRead != nil {
+		s.onRead(name)
+	}
 }
 
 // Get returns a setting; ok is false when nothing set it.
 func (s *Settings) Get(name string) (Setting, bool) {
+	s.read(name)
 	v, ok := s.vars[name]
 	return v, ok
 }
 
 // Names returns the set variables with the given prefix, sorted.
 func (s *Settings) Names(prefix string) []string {
+	s.read(prefix + "*")
 	var out []string
 	for n := range s.vars {
 		if strings.HasPrefix(n, prefix) {
@@ -93,6 +108,7 @@ func (s *Settings) Names(prefix string) []string {
 // Require returns the non-empty value of name, or a SETTING_MISSING finding for service.
 // When the value was built from a variable nothing set, that is the finding.
 func (s *Settings) Require(service, name string) (Setting, []findings.Finding) {
+	s.read(name)
 	if fs := s.missing[name]; len(fs) > 0 {
 		return Setting{}, fs
 	}
