@@ -92,7 +92,10 @@ func probeMongo(ctx context.Context, p *prober, s *settings.Settings) *result {
 		}
 	}
 	for _, k := range order {
-		p.mongoGroup(ctx, groups[k], res)
+		// Another service's settings may lead to the same endpoint and databases: probed once
+		// (probes.go).
+		g := groups[k]
+		p.once(ctx, "mongo", k+"\x00"+strings.Join(g.vars, ",")+"\x00"+strings.Join(g.varDBs, ","), res, func(r *result) { p.mongoGroup(ctx, g, r) })
 	}
 	return res
 }

@@ -90,7 +90,8 @@ func probePostgres(ctx context.Context, p *prober, s *settings.Settings) *result
 			continue
 		}
 		seen[key] = true
-		p.postgresTarget(ctx, t, res)
+		// Another service's settings may lead to the same server: probed once (probes.go).
+		p.once(ctx, "postgres", key+"\x00"+t.pwd+"\x00"+t.source, res, func(r *result) { p.postgresTarget(ctx, t, r) })
 	}
 	return res
 }

@@ -10,8 +10,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/haagent/haagent/internal/findings"
@@ -120,22 +122,70 @@ func readsMatch(svc string) func(string) bool {
 	}
 }
 
+// users is who uses a target: every service but some (the shared settings), or only some.
+type users struct {
+	all   bool
+	names []string // with all: the exceptions
+}
+
+// union is who uses either.
+func (a users) union(b users) users {
+	switch {
+	case a.all && b.all:
+		return users{all: true, names: intersect(a.names, b.names)}
+	case a.all:
+		return users{all: true, names: minus(a.names, b.names)}
+	case b.all:
+		return users{all: true, names: minus(b.names, a.names)}
+	}
+	return users{names: append(append([]string{}, a.names...), minus(b.names, a.names)...)}
+}
+
+func (a users) String() string {
+	switch {
+	case a.all && len(a.names) == 0:
+		return "every service"
+	case a.all:
+		return "every service but " + strings.Join(a.names, ", ")
+	}
+	return strings.Join(a.names, ", ")
+}
+
+func intersect(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func minus(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
 // target is one distinct set of settings for one probe, and the services that see it.
 type target struct {
 	service  string // the probe: postgres, mongo, vault
 	settings *settings.Settings
-	shared   bool
-	// users are the services with customizations of their own that see this target; for the
-	// shared target, elsewhere are those whose own customizations lead elsewhere.
-	users, elsewhere []string
-	label            string
+	users    users
+	// named is set when the services do not all share this probe's settings: what it finds
+	// then says who uses it.
+	named bool
 }
 
 // targets groups the views by what svc's probe reads: the shared settings first, then each
 // distinct set some services' own customizations give.
 func targets(svc string, v *settings.Views) []*target {
 	match := readsMatch(svc)
-	shared := &target{service: svc, settings: v.Shared, shared: true}
+	shared := &target{service: svc, settings: v.Shared, users: users{all: true}}
 	out := []*target{shared}
 	byKey := map[string]*target{v.Shared.Key(match): shared}
 	for _, name := range v.Names() {
@@ -147,21 +197,31 @@ func targets(svc string, v *settings.Views) []*target {
 			byKey[k] = t
 			out = append(out, t)
 		}
-		if !t.shared {
-			t.users = append(t.users, name)
-			shared.elsewhere = append(shared.elsewhere, name)
+		if t != shared {
+			t.users.names = append(t.users.names, name)
+			shared.users.names = append(shared.users.names, name)
 		}
 	}
-	if len(out) > 1 {
-		for _, t := range out {
-			if t.shared {
-				t.label = "every service but " + strings.Join(t.elsewhere, ", ")
-			} else {
-				t.label = strings.Join(t.users, ", ")
-			}
-		}
+	for _, t := range out {
+		t.named = len(out) > 1
 	}
 	return out
+}
+
+// found is one finding or checked line and who uses its target; the same one reached through
+// several services' settings is reported once, naming all of them.
+type found struct {
+	f     findings.Finding
+	c     *Checked
+	users users
+	named bool
+}
+
+func (x found) key() string {
+	if x.c != nil {
+		return fmt.Sprintf("c\x00%s\x00%s\x00%v\x00%s", x.c.Service, x.c.Target, x.c.OK, x.c.Detail)
+	}
+	return "f\x00" + x.f.Code + "\x00" + x.f.Service + "\x00" + x.f.Target + "\x00" + x.f.Summary
 }
 
 // Run loads the settings under root, as each service sees them, and probes every distinct
@@ -205,6 +265,18 @@ func Run(ctx context.Context, root string, o Options) *Report {
 			ch <- done{id, registry[t.service](ctx, p, t.settings)}
 		}(id, t)
 	}
+	var got []found
+	index := map[string]int{}
+	add := func(x found) {
+		k := x.key()
+		if i, ok := index[k]; ok {
+			got[i].users = got[i].users.union(x.users)
+			got[i].named = got[i].named || x.named
+			return
+		}
+		index[k] = len(got)
+		got = append(got, x)
+	}
 	// A probe that ignores its context must not hold the report: past the bound plus a
 	// margin, it is reported as inconclusive.
 	hard := time.NewTimer(o.Timeout + 700*time.Millisecond)
@@ -218,26 +290,35 @@ func Run(ctx context.Context, root string, o Options) *Report {
 				if f.Service == "" || f.Service == "network" {
 					f.Service = t.service
 				}
-				if t.label != "" {
-					f.Summary += " (used by " + t.label + ")"
-				}
-				rep.Findings = append(rep.Findings, f)
+				add(found{f: f, users: t.users, named: t.named})
 			}
-			for _, c := range d.res.checked {
-				c.UsedBy = t.label
-				rep.Checked = append(rep.Checked, c)
+			for i := range d.res.checked {
+				add(found{c: &d.res.checked[i], users: t.users, named: t.named})
 			}
 		case <-hard.C:
 			for id := range pending {
 				t := all[id]
-				summary := fmt.Sprintf("the %s probe did not finish within %s", t.service, o.Timeout)
-				if t.label != "" {
-					summary += " (used by " + t.label + ")"
-				}
-				rep.Findings = append(rep.Findings, findings.New("PROBE_INCONCLUSIVE", t.service, summary, ""))
+				add(found{f: findings.New("PROBE_INCONCLUSIVE", t.service,
+					fmt.Sprintf("the %s probe did not finish within %s", t.service, o.Timeout), ""), users: t.users, named: t.named})
 			}
 			pending = nil
 		}
+	}
+	for _, x := range got {
+		label := ""
+		if x.named {
+			label = x.users.String()
+		}
+		if x.c != nil {
+			c := *x.c
+			c.UsedBy = label
+			rep.Checked = append(rep.Checked, c)
+			continue
+		}
+		if label != "" {
+			x.f.Summary += " (used by " + label + ")"
+		}
+		rep.Findings = append(rep.Findings, x.f)
 	}
 	rep.Findings = applyOverrides(dedupe(rep.Findings), o.Overrides)
 	findings.Sort(rep.Findings)
@@ -308,4 +389,42 @@ func TrustPool(root string) *x509.CertPool {
 
 type prober struct {
 	opts Options
+	mu   sync.Mutex
+	// probed holds every target probed in this run, by kind and key: services whose settings
+	// differ elsewhere but lead to the same target share one probe of it (see once).
+	probed map[string]*probed
+}
+
+type probed struct {
+	done chan struct{}
+	res  result
+}
+
+// once probes a target the first time any service's settings lead to it, and gives every
+// caller what that probe found (Run then reports it once, naming all their services). key must
+// hold everything the probe's outcome depends on (credentials included: it is never printed).
+func (p *prober) once(ctx context.Context, kind, key string, res *result, probe func(r *result)) {
+	k := kind + "\x00" + key
+	p.mu.Lock()
+	if p.probed == nil {
+		p.probed = map[string]*probed{}
+	}
+	e, seen := p.probed[k]
+	if !seen {
+		e = &probed{done: make(chan struct{})}
+		p.probed[k] = e
+	}
+	p.mu.Unlock()
+	if !seen {
+		probe(&e.res)
+		close(e.done)
+	} else {
+		select {
+		case <-e.done:
+		case <-ctx.Done():
+			return // the run's bound: the first caller reports it
+		}
+	}
+	res.addAll(e.res.findings)
+	res.checked = append(res.checked, e.res.checked...)
 }

@@ -43,6 +43,9 @@ func TestPerServiceTargetsProbedOnceEach(t *testing.T) {
 	own("cron-service", "export POSTGRES_USER=\"contexts\"\nexport POSTGRES_PASSWORD=\"wrong-pw-Qx7\"\nexport JVM_HEAP_SIZE=1g\n")
 	// One on another server (nothing listens there).
 	own("vm-service", fmt.Sprintf("export POSTGRES_PORT=\"%d\"\n", peertest.ClosedPort(t)))
+	// One that adds a database of its own to the shared server: the shared server is still
+	// probed once (for everyone using it), the new database for workflows-conductor.
+	own("workflows-conductor", fmt.Sprintf("export CIRCLE_SECRETS_POSTGRES_WORKFLOWS_URI=\"postgres://circle:%s@localhost:%d/workflows_missing\"\n", circlePW, pg.Port))
 	// One whose own file repeats the shared target: the shared probe covers it.
 	own("frontend", "export POSTGRES_HOST=\"localhost\"\nexport JVM_HEAP_SIZE=2g\n")
 	// Not shell: synced, never parsed.
@@ -56,8 +59,11 @@ func TestPerServiceTargetsProbedOnceEach(t *testing.T) {
 	for _, c := range rep.Checked {
 		byUser[c.UsedBy] = c
 	}
-	if len(rep.Checked) != 3 {
-		t.Fatalf("want three targets probed once each (shared, contexts, vm-service), got %+v", rep.Checked)
+	if len(rep.Checked) != 4 {
+		t.Fatalf("want four targets probed once each (shared, contexts, vm-service, workflows), got %+v", rep.Checked)
+	}
+	if c, ok := byUser["workflows-conductor"]; !ok || c.OK || !strings.HasSuffix(c.Target, "/workflows_missing") {
+		t.Errorf("workflows-conductor's own database: %+v", rep.Checked)
 	}
 	shared, ok := byUser["every service but contexts-service, cron-service, vm-service"]
 	if !ok || !shared.OK || !strings.HasPrefix(shared.Target, "circle@") {
@@ -70,8 +76,11 @@ func TestPerServiceTargetsProbedOnceEach(t *testing.T) {
 		t.Errorf("vm-service's target: %+v", rep.Checked)
 	}
 
-	if got := only(rep.Findings); got != "PG_AUTH_FAILED,TCP_REFUSED" {
-		t.Fatalf("want one PG_AUTH_FAILED and one TCP_REFUSED, got %s: %+v", got, rep.Findings)
+	if got := only(rep.Findings); got != "PG_AUTH_FAILED,PG_DATABASE_MISSING,TCP_REFUSED" {
+		t.Fatalf("want one PG_AUTH_FAILED, PG_DATABASE_MISSING and TCP_REFUSED, got %s: %+v", got, rep.Findings)
+	}
+	if f := find(rep.Findings, "PG_DATABASE_MISSING"); !strings.HasSuffix(f.Summary, "(used by workflows-conductor)") {
+		t.Errorf("PG_DATABASE_MISSING must name workflows-conductor: %q", f.Summary)
 	}
 	auth := find(rep.Findings, "PG_AUTH_FAILED")
 	if !strings.HasSuffix(auth.Summary, "(used by contexts-service, cron-service)") || !strings.Contains(auth.Summary, `user "contexts"`) {
@@ -154,5 +163,60 @@ export VAULT__TRANSIT_MOUNT="transit"
 				}
 			}
 		})
+	}
+}
+
+// Callers whose settings lead to the same target, at once, share one probe of it.
+func TestOnceProbesATargetOnce(t *testing.T) {
+	p := &prober{}
+	var mu sync.Mutex
+	calls := 0
+	var wg sync.WaitGroup
+	results := make([]*result, 6)
+	for i := range results {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			r := &result{}
+			p.once(context.Background(), "postgres", "db:5432\x00circle", r, func(r *result) {
+				mu.Lock()
+				calls++
+				mu.Unlock()
+				r.check(Checked{Service: "postgres", Target: "circle@db:5432", OK: true})
+			})
+			results[i] = r
+		}(i)
+	}
+	wg.Wait()
+	if calls != 1 {
+		t.Fatalf("the target was probed %d times", calls)
+	}
+	for i, r := range results {
+		if len(r.checked) != 1 {
+			t.Errorf("caller %d got %d checked lines", i, len(r.checked))
+		}
+	}
+	// Another key is another target.
+	p.once(context.Background(), "postgres", "db:5432\x00other", &result{}, func(r *result) { calls++ })
+	if calls != 2 {
+		t.Fatal("a different target was not probed")
+	}
+}
+
+func TestUsersUnion(t *testing.T) {
+	shared := users{all: true, names: []string{"a", "b", "c"}}
+	for _, c := range []struct {
+		x, y users
+		want string
+	}{
+		{shared, users{names: []string{"b"}}, "every service but a, c"},
+		{users{names: []string{"b"}}, shared, "every service but a, c"},
+		{shared, users{all: true, names: []string{"c", "d"}}, "every service but c"},
+		{users{names: []string{"a"}}, users{names: []string{"b", "a"}}, "a, b"},
+		{shared, users{names: []string{"a", "b", "c"}}, "every service"},
+	} {
+		if got := c.x.union(c.y).String(); got != c.want {
+			t.Errorf("%v ∪ %v = %q, want %q", c.x, c.y, got, c.want)
+		}
 	}
 }
