@@ -83,7 +83,7 @@ func Merge(ctx context.Context, b *bucket.Bucket, in Input) (Result, error) {
 	switch {
 	case err == nil:
 		res.Source = "s3"
-		if inBucket != "" && inBucket != value || lineInvalid {
+		if (inBucket != "" && inBucket != value) || lineInvalid {
 			res.Findings = append(res.Findings, findings.New("COOKIE_KEY_OVERRIDDEN", custom,
 				fmt.Sprintf("%s in %s differs from %s; the object's key is used (keys not shown)", Variable, custom, target), ""))
 		}
