@@ -215,6 +215,8 @@ type found struct {
 	c     *Checked
 	users users
 	named bool
+	// order puts checked lines in target order (the shared target first), then as probed.
+	order [2]int
 }
 
 func (x found) key() string {
@@ -272,6 +274,9 @@ func Run(ctx context.Context, root string, o Options) *Report {
 		if i, ok := index[k]; ok {
 			got[i].users = got[i].users.union(x.users)
 			got[i].named = got[i].named || x.named
+			if o := x.order; o[0] < got[i].order[0] || o[0] == got[i].order[0] && o[1] < got[i].order[1] {
+				got[i].order = o
+			}
 			return
 		}
 		index[k] = len(got)
@@ -293,7 +298,7 @@ func Run(ctx context.Context, root string, o Options) *Report {
 				add(found{f: f, users: t.users, named: t.named})
 			}
 			for i := range d.res.checked {
-				add(found{c: &d.res.checked[i], users: t.users, named: t.named})
+				add(found{c: &d.res.checked[i], users: t.users, named: t.named, order: [2]int{d.id, i}})
 			}
 		case <-hard.C:
 			for id := range pending {
@@ -304,6 +309,11 @@ func Run(ctx context.Context, root string, o Options) *Report {
 			pending = nil
 		}
 	}
+	// Reports read the same from one run to the next, whichever probe finished first.
+	sort.SliceStable(got, func(i, j int) bool {
+		a, b := got[i].order, got[j].order
+		return a[0] < b[0] || a[0] == b[0] && a[1] < b[1]
+	})
 	for _, x := range got {
 		label := ""
 		if x.named {

@@ -92,6 +92,7 @@ func TestPerServiceTargetsProbedOnceEach(t *testing.T) {
 
 	var text strings.Builder
 	rep.WriteText(&text)
+	t.Log("\n" + text.String())
 	if !strings.Contains(text.String(), "used by contexts-service, cron-service") {
 		t.Errorf("the text report does not name the services:\n%s", text.String())
 	}
