@@ -174,7 +174,7 @@ func TestFetchEmptyPrefixes(t *testing.T) {
 	bd.Discard()
 
 	for k := range objs {
-		if strings.HasPrefix(k, "circleconfig/shared/") {
+		if strings.HasPrefix(k, "circleconfig/") {
 			s.Delete(t, testBucket, k)
 		}
 	}
