@@ -242,6 +242,11 @@ func (c *Config) Validate() error {
 	if rp.Window == 0 {
 		rp.Window = Duration(time.Hour)
 	}
+	if rp.DailyBudget == 0 {
+		rp.DailyBudget = 4
+	} else if rp.DailyBudget < 1 || rp.DailyBudget > 24 {
+		bad("asg.replace.daily_budget", "%d is out of range 1-24", rp.DailyBudget)
+	}
 	if rp.Budget == 0 {
 		rp.Budget = 2
 	} else if rp.Budget < 1 || rp.Budget > 10 {
