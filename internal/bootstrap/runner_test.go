@@ -5,11 +5,14 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/state"
 )
 
@@ -66,5 +69,111 @@ func TestAFailedStepGoesBackToItsRetryTarget(t *testing.T) {
 	}
 	if got, want := strings.Join(order, ","), "config,fetch,probe,fetch,probe"; got != want {
 		t.Fatalf("steps ran %s, want %s", got, want)
+	}
+}
+
+// A finding raised beside the steps (a crash loop, the guard's decision) belongs to no step:
+// retrying the step that happened to run must not delete it.
+func TestLateFindingsOutliveAStepRetry(t *testing.T) {
+	env := &Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Record: &state.Record{}}
+	steps := []Step{{Name: "watch"}}
+	env.beginStep("watch")
+	env.LateFinding(findings.New("FRONTEND_CRASH_LOOP", "frontend", "frontend died 5 times within 10m0s", ""))
+	env.lateDecision(findings.New("ASG_REPLACEMENT_WITHHELD", "i-1", "first decision", ""), "ASG_REPLACEMENT_WITHHELD", "ASG_REPLACEMENT_REQUESTED")
+	env.lateDecision(findings.New("ASG_REPLACEMENT_WITHHELD", "i-1", "second decision", ""), "ASG_REPLACEMENT_WITHHELD", "ASG_REPLACEMENT_REQUESTED")
+	env.beginStep("watch") // the step is retried
+	got := env.Findings(steps)
+	if len(got) != 2 || got[0].Code != "FRONTEND_CRASH_LOOP" || got[1].Summary != "second decision" {
+		t.Fatalf("late findings after a retry: %+v", got)
+	}
+	env.LateFinding(findings.New("DOCKER_NOT_ANSWERING", "dockerd", "no answer", ""))
+	env.clearLate("DOCKER_NOT_ANSWERING", "dockerd")
+	if got := env.Findings(steps); len(got) != 2 {
+		t.Fatalf("a cleared late finding is still there: %+v", got)
+	}
+}
+
+// A step that ignores its context past its timeout stops the watchdog pings, so systemd
+// restarts haagent; a step that honours it fails with the timeout and is retried.
+func TestAHungStepStopsTheWatchdog(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "20000") // pings every 10 ms
+	t.Setenv("WATCHDOG_PID", "")
+	release := make(chan struct{})
+	defer close(release)
+	hung := make(chan string, 1)
+	r := &Runner{
+		Steps: []Step{{Name: "stuck", Timeout: fixed(30 * time.Millisecond), Run: func(ctx context.Context, _ *Env) error {
+			<-release // ignores ctx, as a step blocked in a syscall would
+			return nil
+		}}},
+		Grace:  30 * time.Millisecond,
+		OnHung: func(s string) { hung <- s },
+	}
+	env := &Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Record: &state.Record{}}
+	go r.Run(context.Background(), env)
+	pings := make(chan string, 1000)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(pings)
+				return
+			}
+			pings <- string(buf[:n])
+		}
+	}()
+	// Pings flow while the step is within its time...
+	for m := range pings {
+		if m == "WATCHDOG=1" {
+			break
+		}
+	}
+	if s := <-hung; s != "stuck" {
+		t.Fatalf("hung step %q", s)
+	}
+	// ...and none after it counts as hung: drain what was queued, then watch ten intervals.
+	for len(pings) > 0 {
+		<-pings
+	}
+	quiet := time.After(100 * time.Millisecond)
+	for {
+		select {
+		case m := <-pings:
+			if m == "WATCHDOG=1" {
+				t.Fatal("the watchdog is still fed while a step hangs past its timeout")
+			}
+		case <-quiet:
+			return
+		}
+	}
+}
+
+func TestAStepThatHonoursItsTimeoutFailsAndIsRetried(t *testing.T) {
+	calls := 0
+	r := &Runner{
+		Steps: []Step{{Name: "slow", Timeout: fixed(20 * time.Millisecond), Run: func(ctx context.Context, _ *Env) error {
+			calls++
+			if calls == 1 {
+				<-ctx.Done()
+				return ctx.Err()
+			}
+			return nil
+		}}},
+		Backoff: func(int) time.Duration { return 0 },
+	}
+	env := &Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Record: &state.Record{}}
+	if err := r.Run(context.Background(), env); err != nil || calls != 2 {
+		t.Fatalf("err %v after %d calls", err, calls)
+	}
+	if st := env.Run.Steps[0]; st.Attempts != 2 {
+		t.Fatalf("step record %+v", st)
 	}
 }
