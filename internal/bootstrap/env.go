@@ -78,6 +78,7 @@ func (e *Env) Path(p string) string { return filepath.Join(e.Root, p) }
 // Report records a finding for the current step and logs it once per run (a retried step
 // reports the same findings again; the journal should not fill with copies).
 func (e *Env) Report(f findings.Finding) {
+	f = e.adjust(f)[0]
 	if e.record(f) {
 		return
 	}
@@ -124,6 +125,19 @@ func (e *Env) record(f findings.Finding) bool {
 	e.reported[key] = true
 	e.mu.Unlock()
 	return seen
+}
+
+// adjust applies the config's overrides (probes.overrides: any code but the safety codes), so
+// what is logged, recorded and acted on is what the operator configured.
+func (e *Env) adjust(fs ...findings.Finding) []findings.Finding {
+	if e.Config == nil || len(e.Config.Probes.Overrides) == 0 {
+		return fs
+	}
+	ov := make(map[string]findings.Override, len(e.Config.Probes.Overrides))
+	for code, o := range e.Config.Probes.Overrides {
+		ov[code] = findings.Override{Severity: findings.Severity(o.Severity), Blocking: o.Blocking}
+	}
+	return findings.Apply(fs, ov)
 }
 
 // ReportAll reports each finding.
@@ -191,6 +205,7 @@ func (e *Env) Drain(timeout time.Duration) {
 // watch's goroutine). While the runner still owns the run record the finding joins the current
 // step's and the runner saves it; after the run, it is saved here.
 func (e *Env) LateFinding(f findings.Finding) {
+	f = e.adjust(f)[0]
 	key := findingKey(f)
 	e.mu.Lock()
 	if e.reported == nil {

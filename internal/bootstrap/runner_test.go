@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/state"
 )
@@ -175,5 +176,27 @@ func TestAStepThatHonoursItsTimeoutFailsAndIsRetried(t *testing.T) {
 	}
 	if st := env.Run.Steps[0]; st.Attempts != 2 {
 		t.Fatalf("step record %+v", st)
+	}
+}
+
+// probes.overrides applies to any code a step reports, not only the probes' (README), and never
+// to a safety code.
+func TestOverridesApplyToEveryCodeButTheSafetyCodes(t *testing.T) {
+	cfg, err := config.Parse([]byte("version: 1\nsource:\n  bucket: abc\nprobes:\n  overrides:\n    FILE_INVALID: {severity: warning, blocking: false}\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Validation refuses an override of a safety code; one that got in all the same is ignored.
+	cfg.Probes.Overrides["KEYS_CONFLICT"] = config.Override{Severity: "info"}
+	env := &Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Record: &state.Record{}, Config: cfg}
+	env.beginStep("validate-files")
+	env.Report(findings.New("FILE_INVALID", "/etc/replicated.conf", "TlsBootstrapHostname is empty", ""))
+	env.Report(findings.New("KEYS_CONFLICT", "/data/circle/circleci-encryption-keys/k", "differs", ""))
+	got := env.Findings([]Step{{Name: "validate-files"}})
+	if got[0].Severity != findings.Warning || got[0].Blocking {
+		t.Errorf("the override did not apply to a validate-files code: %+v", got[0])
+	}
+	if e := findings.Lookup("KEYS_CONFLICT"); got[1].Blocking != e.Blocking || got[1].Severity != e.Severity {
+		t.Errorf("a safety code changed: %+v", got[1])
 	}
 }

@@ -179,6 +179,7 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 				"settings.conf in the bucket differs from the one Replicated was installed with; Replicated does not read it again", ""))
 		}
 	}
+	fs = env.adjust(fs...)
 	env.ReportAll(fs)
 	var blocking []findings.Finding
 	for _, f := range fs {

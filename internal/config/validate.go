@@ -152,6 +152,9 @@ func (c *Config) Validate() error {
 		if !findings.Known(code) {
 			bad("probes.overrides."+code, "unknown finding code (the catalogue is in README.md)")
 		}
+		if why := findings.Safety[code]; why != "" {
+			bad("probes.overrides."+code, "cannot be overridden: it guards against %s; fix its cause instead", why)
+		}
 		switch findings.Severity(o.Severity) {
 		case "", findings.Info, findings.Warning, findings.Error:
 		default:
