@@ -11,6 +11,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
+	"github.com/haagent/haagent/internal/backoff"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/state"
 )
@@ -42,10 +43,9 @@ const DefaultGrace = time.Minute
 
 // DefaultBackoff doubles from 5 s up to 5 min: a new instance's IAM role, network or bucket
 // may need a minute, a database may need longer.
-func DefaultBackoff(n int) time.Duration {
-	d := 5 * time.Second << min(n-1, 6)
-	return min(d, 5*time.Minute)
-}
+func DefaultBackoff(n int) time.Duration { return stepBackoff.Delay(n) }
+
+var stepBackoff = backoff.Policy{Base: 5 * time.Second, Max: 5 * time.Minute}
 
 // Run executes the steps in order. The returned error names the failed step.
 func (r *Runner) Run(ctx context.Context, env *Env) error {

@@ -120,21 +120,28 @@ func stepConfig(ctx context.Context, env *Env) error {
 		env.Config = cfg
 	}
 	c := env.Config
-	caFile := ""
-	if c.Source.CAFile != "" {
-		caFile = env.Path(c.Source.CAFile)
-	}
-	b, err := bucket.New(ctx, bucket.Options{
-		Name: c.Source.Bucket, Prefix: c.Source.Prefix, Region: c.Source.Region,
-		Endpoint: c.Source.Endpoint, PathStyle: c.Source.PathStyle, CAFile: caFile,
-		FallbackRegion: env.Instance.Region, Attempts: c.Fetch.Attempts, Timeout: c.Fetch.Timeout.D(), Log: env.Log,
-	})
+	b, err := env.openBucket(ctx, c.Source.Bucket, c.Source.Prefix)
 	if err != nil {
 		return fmt.Errorf("setting up S3 access to bucket %s: %w", c.Source.Bucket, err)
 	}
 	env.Bucket = b
 	env.Log.Info("config loaded", "origin", c.Origin, "bucket", c.Source.Bucket, "prefix", c.Source.Prefix, "region", b.Region())
 	return nil
+}
+
+// openBucket is the one constructor of every bucket client haagent uses (the source, an
+// installer at s3://): the same endpoint, CA, region fallback, retries and timeout for all.
+func (env *Env) openBucket(ctx context.Context, name, prefix string) (*bucket.Bucket, error) {
+	c := env.Config
+	caFile := ""
+	if c.Source.CAFile != "" {
+		caFile = env.Path(c.Source.CAFile)
+	}
+	return bucket.New(ctx, bucket.Options{
+		Name: name, Prefix: prefix, Region: c.Source.Region,
+		Endpoint: c.Source.Endpoint, PathStyle: c.Source.PathStyle, CAFile: caFile,
+		FallbackRegion: env.Instance.Region, Attempts: c.Fetch.Attempts, Timeout: c.Fetch.Timeout.D(), Log: env.Log,
+	})
 }
 
 func stepFetch(ctx context.Context, env *Env) error {
@@ -349,10 +356,7 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 		Timeout: c.Replicated.Timeout.D(), LocalAddress: env.Instance.LocalIPv4, InstanceID: env.Instance.InstanceID,
 		SettingsSHA256: settingsSHA, Proxy: proxy, Reinstall: env.Reinstall, RootCAs: probes.TrustPool(env.Root),
 		Systemd: env.Root == "/" && replicated.UnderSystemd(), Log: env.Log.With("step", "replicated-install"),
-		OpenBucket: func(ctx context.Context, name string) (*bucket.Bucket, error) {
-			return bucket.New(ctx, bucket.Options{Name: name, Region: c.Source.Region, Endpoint: c.Source.Endpoint, PathStyle: c.Source.PathStyle,
-				FallbackRegion: env.Instance.Region, Attempts: c.Fetch.Attempts, Timeout: c.Fetch.Timeout.D(), Log: env.Log})
-		},
+		OpenBucket: func(ctx context.Context, name string) (*bucket.Bucket, error) { return env.openBucket(ctx, name, "") },
 	})
 	if err != nil {
 		return err
