@@ -2,12 +2,14 @@ package probes
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"crypto/tls"
 
@@ -162,8 +164,9 @@ func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 		}
 		var conn *pgx.Conn
 		var err error
+		var asked *authWatch
 		for {
-			conn, err = p.pgConnect(ctx, t, db, mode)
+			conn, asked, err = p.pgConnect(ctx, t, db, mode)
 			if err == nil {
 				break
 			}
@@ -183,6 +186,9 @@ func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 		}
 		if err != nil {
 			f, stop := pgFinding(t, db, mode, err)
+			if r, refused := asked.refused(mode); refused {
+				f, stop = pgAuthRefused(t, mode, r, err), true
+			}
 			res.add(f)
 			res.check(Checked{Service: "postgres", Target: target, Detail: mode.String()})
 			if stop {
@@ -207,11 +213,17 @@ func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 	}
 }
 
-func (p *prober) pgConnect(ctx context.Context, t pgTarget, db string, mode tlsMode) (*pgx.Conn, error) {
+// pgConnect opens one connection in the given TLS mode. Once the server is not verified (its
+// certificate failed, or it refused TLS), only SCRAM may authenticate: SCRAM proves the password
+// without sending it, and proves the server knows it too, whereas a cleartext or MD5 answer hands
+// a man in the middle the password or a hash that logs in as well as the password does. The
+// services themselves send the password whatever the server asks (sslmode=prefer); haagent's
+// probe must not be the one that gives it away.
+func (p *prober) pgConnect(ctx context.Context, t pgTarget, db string, mode tlsMode) (*pgx.Conn, *authWatch, error) {
 	cs := fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable", quoteKV(t.ep.Host), quoteKV(t.ep.Port), quoteKV(t.user), quoteKV(db))
 	cfg, err := pgx.ParseConfig(cs)
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("building the connection settings for %s: %w", t.ep.Target, err)
 	}
 	cfg.Password = t.pwd
 	cfg.Fallbacks = nil
@@ -221,9 +233,130 @@ func (p *prober) pgConnect(ctx context.Context, t pgTarget, db string, mode tlsM
 	case tlsVerify:
 		cfg.TLSConfig = &tls.Config{ServerName: t.ep.Host, RootCAs: p.opts.RootCAs, MinVersion: tls.VersionTLS12}
 	case tlsNoVerify:
-		cfg.TLSConfig = &tls.Config{ServerName: t.ep.Host, InsecureSkipVerify: true} //nolint:gosec // only after the verified attempt failed and was reported
+		cfg.TLSConfig = &tls.Config{ServerName: t.ep.Host, InsecureSkipVerify: true} //nolint:gosec // only after the verified attempt failed and was reported; SCRAM only, below
 	}
-	return pgx.ConnectConfig(ctx, cfg)
+	if mode != tlsVerify {
+		cfg.RequireAuth = unverifiedAuth
+	}
+	w := &authWatch{}
+	w.asked.Store(-1)
+	cfg.AfterNetConnect = func(_ context.Context, _ *pgconn.Config, c net.Conn) (net.Conn, error) {
+		return &watchedConn{Conn: c, w: w}, nil
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	return conn, w, err
+}
+
+// unverifiedAuth is the only authentication answered on a connection whose server is not
+// verified (libpq's and pgx's require_auth). Not "none" either: a server that lets the user in
+// without any proof could be anyone, and the checks after it would describe that anyone.
+const unverifiedAuth = "scram-sha-256"
+
+// PostgreSQL's AuthenticationRequest codes (protocol "Message Formats", 'R').
+const (
+	authOK        = 0
+	authCleartext = 3
+	authMD5       = 5
+	authGSS       = 7
+	authSSPI      = 9
+)
+
+// authWatch holds the first authentication request the server made, read off the wire: pgx
+// reports a method refused by RequireAuth only as text, and the finding depends on which method
+// it was.
+type authWatch struct {
+	asked atomic.Int32 // an auth code above, -1 before any
+}
+
+// refused reports the method the server asked for when RequireAuth refused it on this
+// connection (an unverified one).
+func (w *authWatch) refused(mode tlsMode) (int32, bool) {
+	if w == nil || mode == tlsVerify {
+		return 0, false
+	}
+	switch a := w.asked.Load(); a {
+	case authOK, authCleartext, authMD5, authGSS, authSSPI:
+		return a, true
+	}
+	return 0, false
+}
+
+// watchedConn passes everything through and notes the code of the first 'R' message. It sees
+// plain protocol bytes: pgx calls AfterNetConnect after the TLS handshake.
+type watchedConn struct {
+	net.Conn
+	w    *authWatch
+	hdr  []byte // the current message's type, length and (for 'R') auth code
+	skip int    // bytes of the current message still to pass over
+	done bool
+}
+
+func (c *watchedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.scan(b[:n])
+	return n, err
+}
+
+func (c *watchedConn) scan(b []byte) {
+	for len(b) > 0 && !c.done {
+		if c.skip > 0 {
+			k := min(c.skip, len(b))
+			c.skip -= k
+			b = b[k:]
+			continue
+		}
+		need := 5
+		if len(c.hdr) > 0 && c.hdr[0] == 'R' {
+			need = 9
+		}
+		k := min(need-len(c.hdr), len(b))
+		c.hdr = append(c.hdr, b[:k]...)
+		b = b[k:]
+		if len(c.hdr) < 5 || (c.hdr[0] == 'R' && len(c.hdr) < 9) {
+			continue // the header goes on in the next read (or the next turn, for 'R')
+		}
+		switch c.hdr[0] {
+		case 'R':
+			c.w.asked.Store(int32(binary.BigEndian.Uint32(c.hdr[5:9])))
+			c.done = true
+		case 'E':
+			c.done = true // refused before authentication: pgx's PgError says why
+		default: // e.g. NegotiateProtocolVersion before the request
+			c.skip = int(binary.BigEndian.Uint32(c.hdr[1:5])) - 4
+			c.hdr = c.hdr[:0]
+		}
+	}
+}
+
+// pgAuthRefused is the finding for a server that asked an unverified connection for anything
+// but SCRAM. It is inconclusive, not an error: RDS stores passwords as MD5 by default, and a real
+// server behind an unknown CA asks exactly this. What the operator can do is let the next boot
+// verify the server, and then every check runs.
+func pgAuthRefused(t pgTarget, mode tlsMode, asked int32, err error) findings.Finding {
+	var how string
+	switch asked {
+	case authCleartext:
+		how = "the password in clear text (as a TLS-stripping man in the middle does)"
+	case authMD5:
+		how = "an MD5 password hash (RDS's default password_encryption before PostgreSQL 14)"
+	case authOK:
+		how = "no password at all (trust)"
+	default:
+		how = "GSSAPI or SSPI authentication"
+	}
+	why := "its certificate could not be verified"
+	fix := "put the CA that issued the server's certificate in the bucket's ca-certificates/ prefix as a .crt " +
+		"(for RDS, the bundle https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem) so the next boot verifies the server and checks it fully"
+	if mode == tlsNone {
+		why = "it offers no TLS"
+		fix = "enable TLS on the server (ssl = on, with a certificate; RDS always offers it) and put its CA in the bucket's ca-certificates/ prefix as a .crt, so the next boot verifies the server and checks it fully"
+	}
+	fix += fmt.Sprintf("; or store the role's password as SCRAM: SET password_encryption = 'scram-sha-256'; ALTER ROLE %s PASSWORD '...';", pgIdent(t.user))
+	return findings.New("PROBE_INCONCLUSIVE", t.ep.Target,
+		fmt.Sprintf("PostgreSQL at %s asked for %s for user %q, on a connection whose server haagent cannot trust (%s); haagent answers only SCRAM there and did not send the password, so the password, database and extension checks did not run",
+			t.ep.addr(), how, t.user, why),
+		fmt.Sprintf("AuthenticationRequest code %d with %s; require_auth=%s: %v", asked, mode, unverifiedAuth, err)).
+		WithFix(fix)
 }
 
 func quoteKV(s string) string {

@@ -1,15 +1,21 @@
 package probes
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
@@ -171,9 +177,15 @@ func TestPostgres(t *testing.T) {
 		if only(rep.Findings) != "TLS_UNKNOWN_AUTHORITY" || !strings.Contains(f.Summary, "haagent test PostgreSQL CA") || f.Blocking {
 			t.Fatalf("want a non-blocking TLS_UNKNOWN_AUTHORITY naming the issuer, got %+v", rep.Findings)
 		}
-		// The probe went on without verification and checked everything else.
-		if len(rep.Checked) != 5 || !rep.Checked[0].OK || rep.Checked[0].Detail != "TLS, certificate not verified" {
+		// The probe went on without verification and checked everything else: the real server
+		// asks for SCRAM, the one method haagent answers on an unverified connection.
+		if len(rep.Checked) != 5 {
 			t.Fatalf("%+v", rep.Checked)
+		}
+		for _, c := range rep.Checked {
+			if !c.OK || c.Detail != "TLS, certificate not verified" {
+				t.Fatalf("SCRAM after a failed verification must still check everything: %+v", rep.Checked)
+			}
 		}
 	})
 	t.Run("hostname mismatch", func(t *testing.T) {
@@ -307,5 +319,192 @@ func TestPGVersionNum(t *testing.T) {
 	}
 	if pgVersionNum("9.4.26") >= minPGVersion || pgVersionNum("9.5.3") < minPGVersion {
 		t.Fatal("the 9.5 threshold is wrong")
+	}
+}
+
+// pgStandin is a listener of the test's own that speaks PostgreSQL's startup protocol as a
+// man in the middle would: it answers SSLRequest with 'N' (or completes TLS with a certificate
+// from a CA nobody trusts), then asks for the password in clear text or as MD5, and records
+// every byte the client sent after TLS. No real server can be made to do this on demand.
+type pgStandin struct {
+	port  int
+	mu    sync.Mutex
+	got   bytes.Buffer
+	msgs  []string // the frontend messages received after the startup message
+	conns sync.WaitGroup
+}
+
+func startPGStandin(t *testing.T, cert *tls.Certificate, ask pgproto3.BackendMessage) *pgStandin {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	s := &pgStandin{port: l.Addr().(*net.TCPAddr).Port}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s.conns.Add(1)
+			go s.serve(c, cert, ask)
+		}
+	}()
+	return s
+}
+
+type recorder struct {
+	r io.Reader
+	s *pgStandin
+}
+
+func (r recorder) Read(b []byte) (int, error) {
+	n, err := r.r.Read(b)
+	r.s.mu.Lock()
+	r.s.got.Write(b[:n])
+	r.s.mu.Unlock()
+	return n, err
+}
+
+func (s *pgStandin) serve(c net.Conn, cert *tls.Certificate, ask pgproto3.BackendMessage) {
+	defer s.conns.Done()
+	defer c.Close()
+	var conn net.Conn = c
+	be := pgproto3.NewBackend(recorder{conn, s}, conn)
+	msg, err := be.ReceiveStartupMessage()
+	if err != nil {
+		return // the probe's TCP reachability check connects and closes
+	}
+	if _, ok := msg.(*pgproto3.SSLRequest); ok {
+		if cert == nil {
+			if _, err := conn.Write([]byte("N")); err != nil {
+				return
+			}
+		} else {
+			if _, err := conn.Write([]byte("S")); err != nil {
+				return
+			}
+			tc := tls.Server(conn, &tls.Config{Certificates: []tls.Certificate{*cert}})
+			if err := tc.Handshake(); err != nil {
+				return // the verified attempt refuses the certificate
+			}
+			conn = tc
+		}
+		be = pgproto3.NewBackend(recorder{conn, s}, conn)
+		if msg, err = be.ReceiveStartupMessage(); err != nil {
+			return
+		}
+	}
+	if _, ok := msg.(*pgproto3.StartupMessage); !ok {
+		return
+	}
+	be.Send(ask)
+	if be.Flush() != nil {
+		return
+	}
+	for {
+		m, err := be.Receive()
+		if err != nil {
+			return // the client hung up
+		}
+		s.mu.Lock()
+		s.msgs = append(s.msgs, fmt.Sprintf("%T", m))
+		s.mu.Unlock()
+		// Whatever it sent, end the exchange so the client does not wait for an answer.
+		be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", Code: "28P01", Message: "password authentication failed"})
+		be.Flush()
+		return
+	}
+}
+
+// wait returns once every connection the stand-in accepted has ended: the probe closes its
+// connections before Run returns, so this is bounded; the timeout only guards a broken test.
+func (s *pgStandin) wait(t *testing.T) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { s.conns.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stand-in's connections did not end")
+	}
+}
+
+// A TLS-stripping or unverified server never receives the password, in clear text or as MD5:
+// after the verified attempt fails only SCRAM is answered, and the finding says what to put in
+// the bucket so the next boot verifies the server.
+func TestPostgresPasswordNeverToUnverifiedServer(t *testing.T) {
+	const pw = "Hunter2-mitm-Pw"
+	ca := peertest.NewCA(t, "a CA nobody trusts")
+	certPEM, keyPEM := ca.Issue(t, []string{"127.0.0.1"}, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleartext := &pgproto3.AuthenticationCleartextPassword{}
+	md5 := &pgproto3.AuthenticationMD5Password{Salt: [4]byte{1, 2, 3, 4}}
+	for _, c := range []struct {
+		name     string
+		cert     *tls.Certificate
+		ask      pgproto3.BackendMessage
+		codes    string
+		summary  string
+		fix      string
+		evidence string
+	}{
+		{"no TLS, then cleartext", nil, cleartext, "PROBE_INCONCLUSIVE,TLS_OFF", "the password in clear text", "enable TLS on the server", "code 3"},
+		{"no TLS, then MD5", nil, md5, "PROBE_INCONCLUSIVE,TLS_OFF", "an MD5 password hash", "ALTER ROLE circle PASSWORD", "code 5"},
+		{"untrusted certificate, then cleartext", &cert, cleartext, "TLS_UNKNOWN_AUTHORITY,PROBE_INCONCLUSIVE", "the password in clear text", "ca-certificates/", "code 3"},
+		{"untrusted certificate, then MD5 (RDS)", &cert, md5, "TLS_UNKNOWN_AUTHORITY,PROBE_INCONCLUSIVE", "an MD5 password hash", "global-bundle.pem", "code 5"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := startPGStandin(t, c.cert, c.ask)
+			root := t.TempDir()
+			writeSettings(t, root, pgSettings("127.0.0.1", s.port, "circle", pw)...)
+			rep := Run(context.Background(), root, Options{Timeout: 5 * time.Second, Postgres: DefaultPostgres(), Only: []string{"postgres"},
+				RootCAs: peertest.NewCA(t, "the CA haagent trusts").Pool()})
+			s.wait(t)
+			s.mu.Lock()
+			got, msgs := s.got.String(), s.msgs
+			s.mu.Unlock()
+			if strings.Contains(got, pw) || len(msgs) != 0 {
+				t.Fatalf("the stand-in received the password or an answer to its request: messages %v\n%q", msgs, got)
+			}
+			if !strings.Contains(got, "circle") {
+				t.Fatalf("the stand-in never saw a startup message; the test proves nothing: %q", got)
+			}
+			assertNoSecret(t, rep, pw)
+			f := find(rep.Findings, "PROBE_INCONCLUSIVE")
+			if only(rep.Findings) != c.codes || f.Severity != findings.Warning || f.Blocking ||
+				!strings.Contains(f.Summary, c.summary) || !strings.Contains(f.Summary, "did not send the password") ||
+				!strings.Contains(f.Fix, c.fix) || !strings.Contains(f.Evidence, c.evidence) {
+				t.Fatalf("want %s with a warning saying what the server asked for and how to verify it, got %+v", c.codes, rep.Findings)
+			}
+			if len(rep.Checked) != 1 || rep.Checked[0].OK {
+				t.Fatalf("%+v", rep.Checked)
+			}
+		})
+	}
+}
+
+// The watch finds the authentication request however the reads split the stream, past a
+// message that comes before it.
+func TestAuthWatchSplitReads(t *testing.T) {
+	var stream []byte
+	stream, _ = (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: []string{"_pq_.x"}}).Encode(stream)
+	stream, _ = (&pgproto3.AuthenticationMD5Password{Salt: [4]byte{9, 9, 9, 9}}).Encode(stream)
+	stream, _ = (&pgproto3.AuthenticationOk{}).Encode(stream)
+	for _, size := range []int{1, 2, 5, 9, len(stream)} {
+		w := &authWatch{}
+		w.asked.Store(-1)
+		c := &watchedConn{w: w}
+		for b := stream; len(b) > 0; b = b[min(size, len(b)):] {
+			c.scan(b[:min(size, len(b))])
+		}
+		if got, ok := w.refused(tlsNone); !ok || got != authMD5 {
+			t.Errorf("reads of %d bytes: got code %d (%v), want MD5", size, got, ok)
+		}
 	}
 }
