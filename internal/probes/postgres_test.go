@@ -404,19 +404,16 @@ func (s *pgStandin) serve(c net.Conn, cert *tls.Certificate, ask pgproto3.Backen
 	if be.Flush() != nil {
 		return
 	}
-	for {
-		m, err := be.Receive()
-		if err != nil {
-			return // the client hung up
-		}
-		s.mu.Lock()
-		s.msgs = append(s.msgs, fmt.Sprintf("%T", m))
-		s.mu.Unlock()
-		// Whatever it sent, end the exchange so the client does not wait for an answer.
-		be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", Code: "28P01", Message: "password authentication failed"})
-		be.Flush()
-		return
+	m, err := be.Receive()
+	if err != nil {
+		return // the client hung up without answering: what haagent must do
 	}
+	s.mu.Lock()
+	s.msgs = append(s.msgs, fmt.Sprintf("%T", m))
+	s.mu.Unlock()
+	// Whatever it sent, end the exchange so the client does not wait for an answer.
+	be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", Code: "28P01", Message: "password authentication failed"})
+	be.Flush()
 }
 
 // wait returns once every connection the stand-in accepted has ended: the probe closes its
