@@ -97,39 +97,64 @@ func probePostgres(ctx context.Context, p *prober, s *settings.Settings) *result
 	return res
 }
 
-// parsePGURI reads a postgres:// URI. An unescaped '@' or '/' in the password is the usual
-// mistake: it makes the URI mean another host or database.
+// parsePGURI reads a postgres:// URI. An unescaped '@', '/' or space in the password is the
+// usual mistake: it makes a URL parser see another host, port or database, and its error then
+// quotes a piece of the password ("invalid port \":Hunter2\" after host"). So the URI is split
+// the tolerant way (the user information runs to the last '@'), each part is checked on its own,
+// and a finding names the part that is wrong, never a parser's text.
 func parsePGURI(name string, v settings.Setting) (pgTarget, *findings.Finding) {
 	bad := func(why string) (pgTarget, *findings.Finding) {
 		f := findings.New("URI_MALFORMED", v.Where(), fmt.Sprintf("%s is not a valid PostgreSQL URI: %s", name, why), findings.Redact(v.Value))
 		return pgTarget{}, &f
 	}
-	u, err := url.Parse(v.Value)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // url.Error repeats the URI, password included
-		}
-		return bad(err.Error() + " (percent-encode special characters in the password)")
+	const form = "postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+	parts, ok := findings.SplitURI(v.Value)
+	if !ok {
+		return bad("it does not start with postgres:// (the form is " + form + ")")
 	}
-	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
-		return bad(fmt.Sprintf("scheme %q, want postgres://", u.Scheme))
+	if parts.Scheme != "postgres" && parts.Scheme != "postgresql" {
+		return bad("it does not start with postgres:// or postgresql:// (the form is " + form + ")")
 	}
-	if strings.Contains(u.Path, "@") || strings.Count(u.Path, "/") > 1 {
-		return bad("the path holds '@' or '/': a password with an unescaped '/' or '@'")
+	if !parts.HasUserinfo || parts.User == "" {
+		return bad("it names no user (the form is " + form + ")")
 	}
-	db := strings.TrimPrefix(u.Path, "/")
-	if u.Hostname() == "" || db == "" || u.User == nil {
-		return bad("it needs postgres://USER:PASSWORD@HOST:PORT/DATABASE")
+	if u := findings.UnescapedIn(parts.User); len(u) > 0 {
+		return bad("the user name holds " + strings.Join(u, ", ") + " unescaped; percent-encode it")
 	}
-	port := u.Port()
-	if port == "" {
-		port = "5432"
+	if u := findings.UnescapedIn(parts.Password); len(u) > 0 {
+		return bad("the password holds " + strings.Join(u, ", ") + " unescaped; percent-encode it")
 	}
-	pwd, _ := u.User.Password()
+	user, err1 := url.PathUnescape(parts.User)
+	pwd, err2 := url.PathUnescape(parts.Password)
+	if err1 != nil || err2 != nil {
+		return bad("the user name or password holds a '%' that starts no valid escape (a literal '%' is %25)")
+	}
+	host, port := parts.HostPort, "5432"
+	if h, p, err := net.SplitHostPort(parts.HostPort); err == nil {
+		host, port = h, p
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	} else if strings.Contains(host, ":") {
+		return bad("the part after '@' is not HOST or HOST:PORT (an IPv6 address goes in brackets)")
+	}
+	if host == "" {
+		return bad("it names no host after the '@' (the form is " + form + ")")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return bad(fmt.Sprintf("the port after host %s is not a port number", host))
+	}
+	path, _, _ := strings.Cut(parts.Rest, "?")
+	path, _, _ = strings.Cut(path, "#")
+	db, err := url.PathUnescape(strings.TrimPrefix(path, "/"))
+	if err != nil || db == "" || !strings.HasPrefix(path, "/") {
+		return bad("it names no database after the host (the form is " + form + ")")
+	}
+	if strings.Contains(db, "/") {
+		return bad("the database part holds a '/'")
+	}
 	return pgTarget{
-		ep:   endpoint{Host: u.Hostname(), Port: port, Target: fmt.Sprintf("%s@%s/%s", u.User.Username(), net.JoinHostPort(u.Hostname(), port), db)},
-		user: u.User.Username(), pwd: pwd, databases: []string{db}, source: name,
+		ep:   endpoint{Host: host, Port: port, Target: fmt.Sprintf("%s@%s/%s", user, net.JoinHostPort(host, port), db)},
+		user: user, pwd: pwd, databases: []string{db}, source: name,
 	}, nil
 }
 

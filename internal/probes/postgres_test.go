@@ -505,3 +505,38 @@ func TestAuthWatchSplitReads(t *testing.T) {
 		}
 	}
 }
+
+// A malformed URI's finding names the part that is wrong and quotes none of the password: not
+// in the summary (the STATUS= headline), the evidence or the target.
+func TestPGURIMalformedQuotesNoSecret(t *testing.T) {
+	for _, c := range []struct{ name, uri, why string }{
+		{"slash in the password", "postgres://circle:Hunter2Prefix/Suffix@db.internal:5432/circle", "the password holds '/' (%2F) unescaped"},
+		{"space in the password", "postgres://circle:Hunter2 Prefix@db.internal:5432/circle", "the password holds a space (%20) unescaped"},
+		{"tab and @ in the password", "postgres://circle:Hunter2\t@Prefix@db.internal:5432/circle", "a tab (%09), '@' (%40)"},
+		{"digits then slash", "postgres://circle:2024/Hunter2Prefix@db.internal/circle", "the password holds '/' (%2F) unescaped"},
+		{"bad escape", "postgres://circle:Hunter2%zzPrefix@db.internal/circle", "a '%' that starts no valid escape"},
+		{"bad port", "postgres://circle:Hunter2Prefix@db.internal:54x2/circle", "the port after host db.internal is not a port number"},
+		{"no database", "postgres://circle:Hunter2Prefix@db.internal:5432", "names no database"},
+		{"wrong scheme", "mysql://circle:Hunter2Prefix@db.internal/circle", "does not start with postgres://"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, f := parsePGURI("CIRCLE_SECRETS_POSTGRES_X_URI", settings.Setting{Value: c.uri, File: "/etc/circleconfig/shared/postgresql", Line: 3})
+			if f == nil {
+				t.Fatal("parsed")
+			}
+			if f.Code != "URI_MALFORMED" || !strings.Contains(f.Summary, c.why) {
+				t.Fatalf("want URI_MALFORMED saying %q, got %+v", c.why, f)
+			}
+			b, _ := json.Marshal(f)
+			for _, piece := range []string{"Hunter2", "Prefix", "Suffix"} {
+				if strings.Contains(string(b)+f.String(), piece) {
+					t.Fatalf("%q of the password appears in the finding: %s", piece, b)
+				}
+			}
+		})
+	}
+	tg, f := parsePGURI("X", settings.Setting{Value: "postgres://circle:p%2Fss%40w%20rd@[::1]:6432/vms?sslmode=require"})
+	if f != nil || tg.user != "circle" || tg.pwd != "p/ss@w rd" || tg.ep.Host != "::1" || tg.ep.Port != "6432" || tg.databases[0] != "vms" {
+		t.Fatalf("%+v %+v", tg, f)
+	}
+}
