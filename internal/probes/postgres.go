@@ -16,36 +16,94 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/settings"
 )
 
-// PostgresOptions say what CircleCI needs from PostgreSQL.
+// PostgresOptions say what CircleCI needs from PostgreSQL. A missing database of Databases or
+// extension of Extensions blocks the install; the optional ones are warnings.
 type PostgresOptions struct {
-	Databases  []string
-	Extensions map[string][]string
+	Databases          []string
+	Extensions         map[string][]string
+	OptionalDatabases  []string
+	OptionalExtensions map[string][]string
 }
 
-// DefaultPostgres is what CircleCI Server 2.x needs (the runbook's five databases).
+// DefaultPostgres is what CircleCI Server 2.x needs (config.DefaultPostgresProbe: the
+// runbook's five databases required, the HA page's other three and uuid-ossp everywhere
+// optional).
 func DefaultPostgres() PostgresOptions {
-	return PostgresOptions{
-		Databases: []string{"vms", "conductor_production", "contexts_service_production", "cron_service_production", "circle"},
-		Extensions: map[string][]string{
-			"conductor_production":        {"uuid-ossp"},
-			"contexts_service_production": {"uuid-ossp"},
-			"circle":                      {"pgcrypto", "uuid-ossp"},
-		},
-	}
+	return postgresOptions(config.DefaultPostgresProbe())
+}
+
+func postgresOptions(p config.PostgresProbe) PostgresOptions {
+	return PostgresOptions{Databases: p.Databases, Extensions: p.Extensions, OptionalDatabases: p.OptionalDatabases, OptionalExtensions: p.OptionalExtensions}
 }
 
 // minPGVersion is 9.5, as server_version_num.
 const minPGVersion = 90500
 
+// pgDB is one database to check and whether it, and each of its extensions, is required.
+type pgDB struct {
+	name     string
+	required bool
+	exts     []pgExt
+}
+
+type pgExt struct {
+	name     string
+	required bool
+}
+
 type pgTarget struct {
 	ep        endpoint
 	user, pwd string
-	databases []string
+	databases []pgDB
 	source    string // the variables it came from
+}
+
+// pgDatabases lists the databases of o, required ones first, each once. A database that
+// named is forced required (a CIRCLE_SECRETS_POSTGRES_*_URI: a service is set to use it).
+func (o PostgresOptions) pgDatabases(named ...string) []pgDB {
+	var out []pgDB
+	seen := map[string]int{}
+	add := func(db string, required bool) {
+		if i, ok := seen[db]; ok {
+			out[i].required = out[i].required || required
+			return
+		}
+		seen[db] = len(out)
+		out = append(out, pgDB{name: db, required: required})
+	}
+	if len(named) > 0 {
+		for _, db := range named {
+			add(db, true)
+		}
+	} else {
+		for _, db := range o.Databases {
+			add(db, true)
+		}
+		for _, db := range o.OptionalDatabases {
+			add(db, false)
+		}
+	}
+	for i := range out {
+		req := map[string]bool{}
+		for _, e := range o.Extensions[out[i].name] {
+			if !req[e] {
+				req[e] = true
+				out[i].exts = append(out[i].exts, pgExt{e, true})
+			}
+		}
+		for _, e := range o.OptionalExtensions[out[i].name] {
+			if !req[e] {
+				req[e] = true
+				out[i].exts = append(out[i].exts, pgExt{e, false})
+			}
+		}
+	}
+	return out
 }
 
 func probePostgres(ctx context.Context, p *prober, s *settings.Settings) *result {
@@ -65,7 +123,7 @@ func probePostgres(ctx context.Context, p *prober, s *settings.Settings) *result
 		} else {
 			targets = append(targets, pgTarget{
 				ep:   endpoint{Host: host.Value, Port: port.Value, Target: fmt.Sprintf("%s@%s", user.Value, net.JoinHostPort(host.Value, port.Value))},
-				user: user.Value, pwd: pwd.Value, databases: p.opts.Postgres.Databases, source: "POSTGRES_HOST/PORT/USER/PASSWORD",
+				user: user.Value, pwd: pwd.Value, databases: p.opts.Postgres.pgDatabases(), source: "POSTGRES_HOST/PORT/USER/PASSWORD",
 			})
 		}
 	}
@@ -83,11 +141,12 @@ func probePostgres(ctx context.Context, p *prober, s *settings.Settings) *result
 			res.add(*f)
 			continue
 		}
+		t.databases = p.opts.Postgres.pgDatabases(t.databases[0].name)
 		targets = append(targets, t)
 	}
 	seen := map[string]bool{}
 	for _, t := range targets {
-		key := t.ep.addr() + "\x00" + t.user + "\x00" + strings.Join(t.databases, ",")
+		key := fmt.Sprintf("%s\x00%s\x00%v", t.ep.addr(), t.user, t.databases)
 		if seen[key] {
 			continue
 		}
@@ -154,7 +213,7 @@ func parsePGURI(name string, v settings.Setting) (pgTarget, *findings.Finding) {
 	}
 	return pgTarget{
 		ep:   endpoint{Host: host, Port: port, Target: fmt.Sprintf("%s@%s/%s", user, net.JoinHostPort(host, port), db)},
-		user: user, pwd: pwd, databases: []string{db}, source: name,
+		user: user, pwd: pwd, databases: []pgDB{{name: db, required: true}}, source: name,
 	}, nil
 }
 
@@ -182,7 +241,8 @@ func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 	}
 	mode := tlsVerify
 	checkedServer := false
-	for _, db := range t.databases {
+	for _, d := range t.databases {
+		db := d.name
 		target := t.ep.Target
 		if len(t.databases) > 1 {
 			target += "/" + db
@@ -210,7 +270,7 @@ func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 			break
 		}
 		if err != nil {
-			f, stop := pgFinding(t, db, mode, err)
+			f, stop := pgFinding(t, d, mode, err)
 			if r, refused := asked.refused(mode); refused {
 				f, stop = pgAuthRefused(t, mode, r, err), true
 			}
@@ -229,9 +289,9 @@ func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 				ok = false
 			}
 		}
-		for _, f := range pgExtensions(ctx, conn, t, db, p.opts.Postgres.Extensions[db]) {
+		for _, f := range pgExtensions(ctx, conn, t, d) {
 			res.add(f)
-			ok = false
+			ok = ok && f.Severity != findings.Error
 		}
 		conn.Close(context.Background())
 		res.check(Checked{Service: "postgres", Target: target, OK: ok, Detail: mode.String()})
@@ -390,7 +450,8 @@ func quoteKV(s string) string {
 
 // pgFinding classifies a failed connection. stop says that other databases would fail the
 // same way (credentials, pg_hba, network), so the probe does not repeat it five times.
-func pgFinding(t pgTarget, db string, mode tlsMode, err error) (findings.Finding, bool) {
+func pgFinding(t pgTarget, d pgDB, mode tlsMode, err error) (findings.Finding, bool) {
+	db := d.name
 	var pe *pgconn.PgError
 	where := t.ep.addr()
 	if errors.As(err, &pe) {
@@ -408,9 +469,20 @@ func pgFinding(t pgTarget, db string, mode tlsMode, err error) (findings.Finding
 				fmt.Sprintf("pg_hba.conf at %s has no line admitting user %q to database %q from this host (%s)", where, t.user, db, mode), ev).
 				WithFix(fmt.Sprintf("add to pg_hba.conf: hostssl %s %s <this host's address>/32 scram-sha-256 (then SELECT pg_reload_conf())", db, t.user)), true
 		case "3D000":
+			fix := fmt.Sprintf("CREATE DATABASE %s OWNER %s;", pgIdent(db), pgIdent(t.user))
+			if len(d.exts) > 0 {
+				fix += " then, connected to " + db + " as a superuser:"
+				for _, e := range d.exts {
+					fix += fmt.Sprintf(" CREATE EXTENSION IF NOT EXISTS %q;", e.name)
+				}
+			}
+			if !d.required {
+				return findings.New("PG_DATABASE_MISSING", t.ep.Target,
+					fmt.Sprintf("database %q does not exist on %s; CircleCI's HA page lists it (added in 2018), the runbook's five do not, so this does not block the install", db, where), ev).
+					WithFix(fix).WithSeverity(findings.Warning), false
+			}
 			return findings.New("PG_DATABASE_MISSING", t.ep.Target,
-				fmt.Sprintf("database %q does not exist on %s", db, where), ev).
-				WithFix(fmt.Sprintf("CREATE DATABASE %s OWNER %s;", pgIdent(db), pgIdent(t.user))), false
+				fmt.Sprintf("database %q does not exist on %s", db, where), ev).WithFix(fix), false
 		case "42501":
 			return findings.New("PG_CONNECT_DENIED", t.ep.Target,
 				fmt.Sprintf("user %q may not connect to database %q on %s", t.user, db, where), ev).
@@ -465,10 +537,11 @@ func pgVersionNum(v string) int {
 	return major*10000 + minor*100
 }
 
-func pgExtensions(ctx context.Context, conn *pgx.Conn, t pgTarget, db string, want []string) []findings.Finding {
-	if len(want) == 0 {
+func pgExtensions(ctx context.Context, conn *pgx.Conn, t pgTarget, d pgDB) []findings.Finding {
+	if len(d.exts) == 0 {
 		return nil
 	}
+	db := d.name
 	rows, err := conn.Query(ctx, "SELECT extname FROM pg_extension")
 	if err != nil {
 		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", t.ep.Target, "cannot list the extensions of "+db, err.Error())}
@@ -482,13 +555,20 @@ func pgExtensions(ctx context.Context, conn *pgx.Conn, t pgTarget, db string, wa
 		installed[h] = true
 	}
 	var out []findings.Finding
-	for _, w := range want {
-		if !installed[w] {
-			out = append(out, findings.New("PG_EXTENSION_MISSING", t.ep.Target,
-				fmt.Sprintf("extension %q is not installed in database %q on %s", w, db, t.ep.addr()),
-				"pg_extension lists: "+strings.Join(have, ", ")).
-				WithFix(fmt.Sprintf("as a superuser, connected to %s: CREATE EXTENSION IF NOT EXISTS %q;", db, w)))
+	for _, e := range d.exts {
+		if installed[e.name] {
+			continue
 		}
+		summary := fmt.Sprintf("extension %q is not installed in database %q on %s", e.name, db, t.ep.addr())
+		if !e.required {
+			summary += "; CircleCI's HA page asks for it, the runbook does not, so this does not block the install"
+		}
+		f := findings.New("PG_EXTENSION_MISSING", t.ep.Target, summary, "pg_extension lists: "+strings.Join(have, ", ")).
+			WithFix(fmt.Sprintf("as a superuser, connected to %s: CREATE EXTENSION IF NOT EXISTS %q;", db, e.name))
+		if !e.required {
+			f = f.WithSeverity(findings.Warning)
+		}
+		out = append(out, f)
 	}
 	return out
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -91,6 +92,9 @@ func TestPostgres(t *testing.T) {
 		"CREATE DATABASE contexts_service_production OWNER circle",
 		"CREATE DATABASE cron_service_production OWNER circle",
 		"CREATE DATABASE circle OWNER circle",
+		"CREATE DATABASE domain OWNER circle",
+		"CREATE DATABASE federations OWNER circle",
+		"CREATE DATABASE permissions OWNER circle",
 		"CREATE DATABASE bare OWNER circle",
 		"REVOKE CONNECT ON DATABASE vms FROM PUBLIC",
 		"GRANT CONNECT ON DATABASE vms TO circle",
@@ -98,6 +102,10 @@ func TestPostgres(t *testing.T) {
 	pg.Exec(t, "conductor_production", `CREATE EXTENSION "uuid-ossp"`)
 	pg.Exec(t, "contexts_service_production", `CREATE EXTENSION "uuid-ossp"`)
 	pg.Exec(t, "circle", `CREATE EXTENSION "uuid-ossp"`, `CREATE EXTENSION pgcrypto`)
+	// CircleCI's HA page: all eight databases, each with uuid-ossp.
+	for _, db := range []string{"vms", "cron_service_production", "domain", "federations", "permissions"} {
+		pg.Exec(t, db, `CREATE EXTENSION "uuid-ossp"`)
+	}
 	dns := peertest.StartDNS(t, map[string]string{"localhost": "127.0.0.1", "pg.internal.test": "127.0.0.3"})
 
 	check := func(t *testing.T, lines []string, mod func(*Options)) *Report {
@@ -119,7 +127,7 @@ func TestPostgres(t *testing.T) {
 		if len(rep.Findings) != 0 {
 			t.Fatalf("findings on a healthy server: %+v", rep.Findings)
 		}
-		if len(rep.Checked) != 5 {
+		if len(rep.Checked) != 8 {
 			t.Fatalf("checked %+v", rep.Checked)
 		}
 		for _, c := range rep.Checked {
@@ -141,13 +149,62 @@ func TestPostgres(t *testing.T) {
 			t.Fatalf("want PG_HBA_REJECTED with user and TLS state, got %+v", rep.Findings)
 		}
 	})
-	t.Run("database missing", func(t *testing.T) {
+	t.Run("a runbook database missing blocks", func(t *testing.T) {
 		rep := check(t, pgSettings("localhost", pg.Port, "circle", circlePW), func(o *Options) {
-			o.Postgres.Databases = append(o.Postgres.Databases, "domain")
+			o.Postgres.Databases = append(o.Postgres.Databases, "missing_db")
+			o.Postgres.Extensions = map[string][]string{"missing_db": {"uuid-ossp"}}
 		})
 		f := find(rep.Findings, "PG_DATABASE_MISSING")
-		if only(rep.Findings) != "PG_DATABASE_MISSING" || f.Fix != "CREATE DATABASE domain OWNER circle;" {
-			t.Fatalf("%+v", rep.Findings)
+		if only(rep.Findings) != "PG_DATABASE_MISSING" || f.Severity != findings.Error || !f.Blocking ||
+			f.Fix != `CREATE DATABASE missing_db OWNER circle; then, connected to missing_db as a superuser: CREATE EXTENSION IF NOT EXISTS "uuid-ossp";` {
+			t.Fatalf("want a blocking PG_DATABASE_MISSING with the CREATEs to run, got %+v", rep.Findings)
+		}
+	})
+	t.Run("only the runbook's five: the HA page's other three are warnings", func(t *testing.T) {
+		// A cluster built from the runbook: its five databases with its extensions, nothing else.
+		pg5 := peertest.StartPostgres(t, peertest.PostgresOptions{CA: pg.CA, HBA: []string{"hostssl all circle 127.0.0.0/8 scram-sha-256"}})
+		pg5.Exec(t, "postgres", "CREATE ROLE circle LOGIN PASSWORD '"+circlePW+"'",
+			"CREATE DATABASE vms OWNER circle", "CREATE DATABASE conductor_production OWNER circle",
+			"CREATE DATABASE contexts_service_production OWNER circle", "CREATE DATABASE cron_service_production OWNER circle",
+			"CREATE DATABASE circle OWNER circle")
+		pg5.Exec(t, "conductor_production", `CREATE EXTENSION "uuid-ossp"`)
+		pg5.Exec(t, "contexts_service_production", `CREATE EXTENSION "uuid-ossp"`)
+		pg5.Exec(t, "circle", `CREATE EXTENSION "uuid-ossp"`, `CREATE EXTENSION pgcrypto`)
+		rep := check(t, pgSettings("localhost", pg5.Port, "circle", circlePW), nil)
+		if len(rep.Blocking()) != 0 || rep.Errors() != 0 {
+			t.Fatalf("nothing the runbook asks for is missing, yet: %+v", rep.Findings)
+		}
+		missing := map[string]string{}
+		for _, f := range rep.Findings {
+			if f.Severity != findings.Warning || f.Blocking {
+				t.Errorf("not a warning: %+v", f)
+			}
+			m := regexp.MustCompile(`database "([^"]+)"`).FindStringSubmatch(f.Summary)
+			if m == nil {
+				t.Fatalf("the summary names no database: %+v", f)
+			}
+			switch f.Code {
+			case "PG_DATABASE_MISSING":
+				missing[m[1]] = f.Fix
+			case "PG_EXTENSION_MISSING":
+				missing[m[1]+" uuid-ossp"] = f.Fix
+			default:
+				t.Errorf("unexpected %+v", f)
+			}
+		}
+		for _, db := range []string{"domain", "federations", "permissions"} {
+			want := "CREATE DATABASE " + db + " OWNER circle; then, connected to " + db + ` as a superuser: CREATE EXTENSION IF NOT EXISTS "uuid-ossp";`
+			if missing[db] != want {
+				t.Errorf("%s: fix %q, want %q", db, missing[db], want)
+			}
+		}
+		for _, db := range []string{"vms", "cron_service_production"} {
+			if missing[db+" uuid-ossp"] != "as a superuser, connected to "+db+`: CREATE EXTENSION IF NOT EXISTS "uuid-ossp";` {
+				t.Errorf("%s: no uuid-ossp warning with its fix: %q", db, missing[db+" uuid-ossp"])
+			}
+		}
+		if len(missing) != 5 {
+			t.Errorf("want 3 databases and 2 extensions reported, got %v", missing)
 		}
 	})
 	t.Run("connect denied", func(t *testing.T) {
@@ -179,7 +236,7 @@ func TestPostgres(t *testing.T) {
 		}
 		// The probe went on without verification and checked everything else: the real server
 		// asks for SCRAM, the one method haagent answers on an unverified connection.
-		if len(rep.Checked) != 5 {
+		if len(rep.Checked) != 8 {
 			t.Fatalf("%+v", rep.Checked)
 		}
 		for _, c := range rep.Checked {
@@ -247,10 +304,11 @@ func TestPostgres(t *testing.T) {
 	})
 	t.Run("uri", func(t *testing.T) {
 		lines := append(pgSettings("localhost", pg.Port, "circle", circlePW),
-			fmt.Sprintf("export CIRCLE_SECRETS_POSTGRES_DOMAIN_URI=\"postgres://circle:%s@localhost:%d/domain\"", circlePW, pg.Port))
+			fmt.Sprintf("export CIRCLE_SECRETS_POSTGRES_ELSEWHERE_URI=\"postgres://circle:%s@localhost:%d/elsewhere\"", circlePW, pg.Port))
 		rep := check(t, lines, nil)
 		f := find(rep.Findings, "PG_DATABASE_MISSING")
-		if only(rep.Findings) != "PG_DATABASE_MISSING" || !strings.Contains(f.Target, "/domain") {
+		// A database a URI names is required: a service is set to use it.
+		if only(rep.Findings) != "PG_DATABASE_MISSING" || !strings.Contains(f.Target, "/elsewhere") || !f.Blocking {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -536,7 +594,7 @@ func TestPGURIMalformedQuotesNoSecret(t *testing.T) {
 		})
 	}
 	tg, f := parsePGURI("X", settings.Setting{Value: "postgres://circle:p%2Fss%40w%20rd@[::1]:6432/vms?sslmode=require"})
-	if f != nil || tg.user != "circle" || tg.pwd != "p/ss@w rd" || tg.ep.Host != "::1" || tg.ep.Port != "6432" || tg.databases[0] != "vms" {
+	if f != nil || tg.user != "circle" || tg.pwd != "p/ss@w rd" || tg.ep.Host != "::1" || tg.ep.Port != "6432" || tg.databases[0].name != "vms" {
 		t.Fatalf("%+v %+v", tg, f)
 	}
 }
