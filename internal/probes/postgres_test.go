@@ -248,8 +248,13 @@ func TestPostgres(t *testing.T) {
 	t.Run("hostname mismatch", func(t *testing.T) {
 		rep := check(t, pgSettings("pg.internal.test", pg.Port, "circle", circlePW), nil)
 		f := find(rep.Findings, "TLS_HOSTNAME_MISMATCH")
-		if f == nil || !strings.Contains(f.Summary, "localhost, 127.0.0.1, ::1") {
+		if only(rep.Findings) != "TLS_HOSTNAME_MISMATCH" || !strings.Contains(f.Summary, "localhost, 127.0.0.1, ::1") {
 			t.Fatalf("want TLS_HOSTNAME_MISMATCH listing the certificate's names, got %+v", rep.Findings)
+		}
+		for _, c := range rep.Checked {
+			if !c.OK {
+				t.Fatalf("SCRAM after a name mismatch must still check everything: %+v", rep.Checked)
+			}
 		}
 	})
 	t.Run("dns not found", func(t *testing.T) {
