@@ -106,6 +106,9 @@ func TestConfigErrors(t *testing.T) {
 		{"replacement budget range", "version: 1\nsource:\n  bucket: abc\nasg:\n  enabled: true\n  replace:\n    budget: 50\n", []string{"asg.replace.budget", "1-10"}},
 		{"asg endpoint", "version: 1\nsource:\n  bucket: abc\nasg:\n  enabled: true\n  endpoint: autoscaling.local\n", []string{"asg.endpoint"}},
 		{"asg unknown field", "version: 1\nsource:\n  bucket: abc\nasg:\n  lifecycle-hook: x\n", []string{"asg.lifecycle-hook", `did you mean "lifecycle_hook"`}},
+		{"extensions of no database", "version: 1\nsource:\n  bucket: abc\nprobes:\n  postgres:\n    optional_databases: []\n", []string{"probes.postgres.optional_extensions.domain: not a database"}},
+		{"empty extension", "version: 1\nsource:\n  bucket: abc\nprobes:\n  postgres:\n    extensions: {circle: [\"\"]}\n", []string{"probes.postgres.extensions.circle: empty extension name"}},
+		{"empty database", "version: 1\nsource:\n  bucket: abc\nprobes:\n  postgres:\n    optional_databases: [\"\"]\n    optional_extensions: {}\n", []string{"probes.postgres.optional_databases: empty database name"}},
 		{"safety code overridden", "version: 1\nsource:\n  bucket: abc\nprobes:\n  overrides:\n    KEYS_CONFLICT: {blocking: false}\n", []string{"probes.overrides.KEYS_CONFLICT: cannot be overridden"}},
 		{"several at once", "source:\n  prefix: /x\n", []string{"version: required", "source.bucket: required", "source.prefix"}},
 		{"future version with its own fields", "version: 2\nsource:\n  bucket: abc\naddress:\n  private_ip: 10.0.1.50\n", []string{"version: unsupported version 2", "line 1"}},
@@ -221,5 +224,25 @@ func TestExamplesParse(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("the cloud-config example does not write " + DefaultPath)
+	}
+}
+
+// The PostgreSQL lists: an absent field keeps its default, an empty one means none.
+func TestPostgresProbeDefaults(t *testing.T) {
+	c, err := Parse([]byte("version: 1\nsource:\n  bucket: abc\n"), "haagent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pg := c.Probes.Postgres.Effective()
+	if len(pg.Databases) != 5 || strings.Join(pg.OptionalDatabases, ",") != "domain,federations,permissions" ||
+		len(pg.OptionalExtensions) != 5 || strings.Join(pg.Extensions["circle"], ",") != "pgcrypto,uuid-ossp" {
+		t.Fatalf("%+v", pg)
+	}
+	c, err = Parse([]byte("version: 1\nsource:\n  bucket: abc\nprobes:\n  postgres:\n    optional_databases: []\n    optional_extensions: {}\n"), "haagent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pg := c.Probes.Postgres.Effective(); len(pg.OptionalDatabases) != 0 || len(pg.OptionalExtensions) != 0 || len(pg.Databases) != 5 {
+		t.Fatalf("empty lists must switch the optional checks off: %+v", pg)
 	}
 }

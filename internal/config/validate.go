@@ -161,9 +161,38 @@ func (c *Config) Validate() error {
 			bad("probes.overrides."+code+".severity", "%q is not info, warning or error", o.Severity)
 		}
 	}
-	for _, db := range c.Probes.Postgres.Databases {
-		if db == "" {
-			bad("probes.postgres.databases", "empty database name")
+	pg := c.Probes.Postgres.Effective()
+	pgDBs := map[string]bool{}
+	for _, l := range []struct {
+		field string
+		dbs   []string
+	}{{"databases", pg.Databases}, {"optional_databases", pg.OptionalDatabases}} {
+		for _, db := range l.dbs {
+			if db == "" {
+				bad("probes.postgres."+l.field, "empty database name")
+			}
+			pgDBs[db] = true
+		}
+	}
+	for _, field := range []string{"extensions", "optional_extensions"} {
+		exts := pg.Extensions
+		if field == "optional_extensions" {
+			exts = pg.OptionalExtensions
+		}
+		dbs := make([]string, 0, len(exts))
+		for db := range exts {
+			dbs = append(dbs, db)
+		}
+		sort.Strings(dbs)
+		for _, db := range dbs {
+			if !pgDBs[db] {
+				bad("probes.postgres."+field+"."+db, "not a database of probes.postgres.databases or optional_databases (their defaults included): the extensions would never be checked")
+			}
+			for _, e := range exts[db] {
+				if e == "" {
+					bad("probes.postgres."+field+"."+db, "empty extension name")
+				}
+			}
 		}
 	}
 
