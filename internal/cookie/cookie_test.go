@@ -27,8 +27,8 @@ func fileValue(t *testing.T, root string) string {
 		t.Fatalf("%d lines for %s, want exactly 1:\n%s", n, Variable, b)
 	}
 	fi, _ := os.Stat(filepath.Join(root, File))
-	if fi.Mode().Perm() != 0o600 {
-		t.Fatalf("mode %#o, want 0600", fi.Mode().Perm())
+	if fi.Mode().Perm() != 0o644 {
+		t.Fatalf("mode %#o, want 0644 (as CircleCI's own userdata left it)", fi.Mode().Perm())
 	}
 	return LocalValue(b)
 }
@@ -118,6 +118,12 @@ func TestCookieKeyExistingLocalKeyIsUploaded(t *testing.T) {
 	if res.Source != "local" || string(s.Object(bkt, Object)) != "LocalKey12345678" {
 		t.Fatalf("an existing install's key must be kept and saved to the bucket (source %q)", res.Source)
 	}
+	// The file's content did not change, and its 0600 (an older haagent's) is still put
+	// back to 0644.
+	if res.Changed {
+		t.Fatal("the file was rewritten although its content is the same")
+	}
+	fileValue(t, root)
 }
 
 func TestCookieKeyConcurrentFirstBootsAgree(t *testing.T) {
