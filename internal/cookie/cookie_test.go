@@ -244,3 +244,26 @@ func TestRenderAndLocalValue(t *testing.T) {
 		}
 	}
 }
+
+// An unchanged file behind a symlink is neither followed for its mode nor a failure.
+func TestCookieKeyFileSymlinkIsNotFollowed(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, bkt)
+	s.Put(t, bkt, Object, []byte("LocalKey12345678"))
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	target := filepath.Join(t.TempDir(), "private")
+	os.WriteFile(target, []byte(Variable+"=LocalKey12345678\n"), 0o600)
+	os.Symlink(target, filepath.Join(root, File))
+	res, err := Ensure(context.Background(), b, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(target); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the link was followed: its target is %#o", fi.Mode().Perm())
+	}
+	if len(res.Findings) != 1 || res.Findings[0].Code != "FILE_SYMLINK_NOT_FOLLOWED" || !strings.Contains(res.Findings[0].Summary, target) {
+		t.Fatalf("want FILE_SYMLINK_NOT_FOLLOWED naming the target, got %+v", res.Findings)
+	}
+}
