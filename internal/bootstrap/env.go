@@ -150,8 +150,15 @@ func Notify(s string) {
 	daemon.SdNotify(false, s)
 }
 
+// BootIDEnv overrides the boot id, for tests: systemd-nspawn and test roots share the host's
+// kernel, hence its boot id.
+const BootIDEnv = "HAAGENT_BOOT_ID"
+
 // BootID is the kernel's id for this boot (not under --root: it is the running kernel's).
 func BootID() string {
+	if id := os.Getenv(BootIDEnv); id != "" {
+		return id
+	}
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return ""

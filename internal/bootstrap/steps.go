@@ -44,8 +44,10 @@ var Steps = []Step{
 	{Name: "fetch", Run: stepFetch},
 	{Name: "validate-files", Run: stepValidateFiles, RetryFrom: "fetch"},
 	{Name: "cookie-key", Run: stepCookieKey},
-	{Name: "ca-certs", Run: stepCACerts},
-	{Name: "probe", Run: stepProbe},
+	// A CA or a setting fixed in the bucket must be fetched again before it can help, so these
+	// go back to fetch rather than retrying what is already on disk.
+	{Name: "ca-certs", Run: stepCACerts, RetryFrom: "fetch"},
+	{Name: "probe", Run: stepProbe, RetryFrom: "fetch"},
 	{Name: "replicated-install", Run: stepReplicatedInstall},
 	{Name: "watch", Run: stepWatch},
 	{Name: "lifecycle-complete", Run: stepLifecycleComplete},
