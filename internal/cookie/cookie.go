@@ -119,7 +119,7 @@ func Ensure(ctx context.Context, b *bucket.Bucket, root string) (Result, error) 
 		// Same content behind a link: left as it is, as the fetch leaves one, and said.
 		target, _ := os.Readlink(path)
 		res.Findings = append(res.Findings, findings.New("FILE_SYMLINK_NOT_FOLLOWED", File,
-			fmt.Sprintf("%s is a symbolic link (to %s); haagent left it and its target as they are, so their mode and owner are not %#o root", File, target, FileMode),
+			fmt.Sprintf("%s is a symbolic link (to %s); haagent does not follow it, so the target keeps its own mode and owner instead of %#o root", File, target, FileMode),
 			err.Error()).WithFix(fmt.Sprintf("replace the link with the file: cp --remove-destination \"$(readlink -f %s)\" %s", File, File)))
 		err = nil
 	}

@@ -253,12 +253,23 @@ func TestFetchUnknownGroupIsAFinding(t *testing.T) {
 	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
 	_, err := Fetch(context.Background(), b, Options{Root: root, Layout: layoutWith(t, "  circleconfig: {group: circleci}\n"), Concurrency: 4})
 	f := hasCode(failure(t, err), "FILE_OWNER_UNRESOLVED")
-	if f == nil || f.Target != "files.circleconfig.group" || !strings.Contains(f.Summary, `"circleci"`) ||
+	if f == nil || f.Target != "files.circleconfig.group" || !strings.Contains(f.Summary, `group "circleci", the owner of /etc/circleconfig/shared/`) ||
 		!strings.Contains(f.Summary, filepath.Join(root, "etc/group")) || !strings.Contains(f.Fix, "groupadd circleci") {
 		t.Fatalf("want FILE_OWNER_UNRESOLVED naming the group, the field and the root's etc/group, got %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(root, "etc/license.rli")); err == nil {
 		t.Fatal("a file was written although an owner did not resolve")
+	}
+
+	// The docker group that cannot be created (not root, a locked etc/group) says so.
+	old := atomicfile.GroupAdd
+	t.Cleanup(func() { atomicfile.GroupAdd = old })
+	atomicfile.GroupAdd = []string{"sh", "-c", "echo groupadd: cannot lock /etc/group >&2; exit 10", "groupadd"}
+	_, err = Fetch(context.Background(), b, Options{Root: machineRoot(t, "root:x:0:\n"), Layout: layout(t), Concurrency: 4})
+	f = hasCode(failure(t, err), "FILE_OWNER_UNRESOLVED")
+	if f == nil || !strings.Contains(f.Summary, "the docker group, which /etc/settings.conf belongs to") || !strings.Contains(f.Evidence, "cannot lock") ||
+		!strings.Contains(f.Fix, "run haagent as root") {
+		t.Fatalf("want FILE_OWNER_UNRESOLVED saying the docker group could not be created, got %v", err)
 	}
 }
 

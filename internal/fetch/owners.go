@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/config"
@@ -57,8 +58,8 @@ func ResolveOwners(ctx context.Context, root string, layout []config.Entry, crea
 							"group", e.Group, "gid", gid, "db", filepath.Join(root, "etc/group"))
 					}
 				case errors.As(err, &unknown) && e.Group == config.DockerGroup:
-					notes = append(notes, fmt.Sprintf("group %s does not exist yet in %s: the fetch creates it (%v %s)",
-						e.Group, filepath.Join(root, "etc/group"), atomicfile.GroupAdd, e.Group))
+					notes = append(notes, fmt.Sprintf("group %s does not exist yet in %s: the fetch creates it (%s %s)",
+						e.Group, filepath.Join(root, "etc/group"), strings.Join(atomicfile.GroupAdd, " "), e.Group))
 					err = nil
 				}
 				if err != nil {
@@ -82,11 +83,18 @@ func ResolveOwners(ctx context.Context, root string, layout []config.Entry, crea
 func ownerFinding(root string, e config.Entry, kind, name string, err error) findings.Finding {
 	field := "files." + e.Name + "." + kind
 	db := filepath.Join(root, "etc/group")
+	summary := fmt.Sprintf("%s %q, the owner of %s (%s), does not exist in %s", kind, name, e.Dest, field, db)
 	fix := fmt.Sprintf("create the group on the machine (groupadd %s) before haagent runs, or set %s (or gid) to a group that exists", name, field)
-	if kind == "user" {
+	var unknown *atomicfile.UnknownNameError
+	switch {
+	case kind == "user":
 		db = filepath.Join(root, "etc/passwd")
+		summary = fmt.Sprintf("user %q, the owner of %s (%s), does not exist in %s", name, e.Dest, field, db)
 		fix = fmt.Sprintf("create the user on the machine (useradd --system %s) before haagent runs, or set %s (or uid) to a user that exists", name, field)
+	case name == config.DockerGroup && !errors.As(err, &unknown):
+		// haagent's own groupadd failed (not root, a read-only or locked etc/group).
+		summary = fmt.Sprintf("the %s group, which %s belongs to so the Replicated daemon can read it, could not be created in %s", name, e.Dest, db)
+		fix = fmt.Sprintf("run haagent as root, or create the group yourself: %s %s", strings.Join(atomicfile.GroupAdd, " "), name)
 	}
-	return findings.New("FILE_OWNER_UNRESOLVED", field,
-		fmt.Sprintf("%s %q, the owner %s gives %s, cannot be resolved in %s", kind, name, field, e.Dest, db), err.Error()).WithFix(fix)
+	return findings.New("FILE_OWNER_UNRESOLVED", field, summary, err.Error()).WithFix(fix)
 }
