@@ -70,23 +70,37 @@ func Readable(root string) []findings.Finding {
 }
 
 func readable(root, key, p string, uid, gid int) *findings.Finding {
-	unreadable := func(summary, evidence, fix string) *findings.Finding {
-		f := findings.New("FILE_UNREADABLE_BY_REPLICATED", p,
-			fmt.Sprintf("the Replicated daemon (user %s, group %s) cannot read %s, which replicated.conf names as %s: %s", daemonUser, daemonGroup, p, key, summary),
-			evidence)
-		if fix != "" {
-			f = f.WithFix(fix)
-		}
-		return &f
-	}
 	clean := path.Clean(p)
 	if !path.IsAbs(p) || !strings.HasPrefix(clean, daemonMount+"/") {
-		return unreadable("it is outside /etc, and only the host's /etc is mounted into the daemon's container (at /host/etc)",
+		return unreadable(key, p, "it is outside /etc, and only the host's /etc is mounted into the daemon's container (at /host/etc)",
 			fmt.Sprintf("%s: %q", key, p),
 			fmt.Sprintf("put the file under /etc (haagent writes %s and %s) and set %s in replicated.conf to that path", DefaultLicense, SettingsConf, key))
 	}
-	// From /etc down to the file: each directory must let the daemon through (x), the file
-	// must let it read (r).
+	// A relative link that stays inside /etc resolves the same in the daemon's container and
+	// is followed, a few hops at most.
+	for hops := 0; ; hops++ {
+		next, f := walk(root, key, p, clean, uid, gid, hops < 8)
+		if next == "" {
+			return f
+		}
+		clean = next
+	}
+}
+
+func unreadable(key, p, summary, evidence, fix string) *findings.Finding {
+	f := findings.New("FILE_UNREADABLE_BY_REPLICATED", p,
+		fmt.Sprintf("the Replicated daemon (user %s, group %s) cannot read %s, which replicated.conf names as %s: %s", daemonUser, daemonGroup, p, key, summary),
+		evidence)
+	if fix != "" {
+		f = f.WithFix(fix)
+	}
+	return &f
+}
+
+// walk checks clean from /etc down: each directory must let the daemon through (x), the file
+// must let it read (r). It returns a finding, or nothing when the daemon can read the file, or
+// the path to check instead when it meets a relative link that stays inside /etc (when follow).
+func walk(root, key, p, clean string, uid, gid int, follow bool) (string, *findings.Finding) {
 	segs := strings.Split(strings.TrimPrefix(clean, "/"), "/")
 	cur := ""
 	for i, seg := range segs {
@@ -94,28 +108,34 @@ func readable(root, key, p string, uid, gid int) *findings.Finding {
 		last := i == len(segs)-1
 		fi, err := os.Lstat(filepath.Join(root, cur))
 		if errors.Is(err, fs.ErrNotExist) {
-			return unreadable(cur+" does not exist", "", fmt.Sprintf("upload the file to the bucket (haagent writes it to %s), or correct %s in replicated.conf", DefaultLicense, key))
+			return "", unreadable(key, p, cur+" does not exist", "", fmt.Sprintf("upload the file to the bucket (haagent writes it to %s), or correct %s in replicated.conf", DefaultLicense, key))
 		}
 		if err != nil {
-			return unreadable("haagent cannot inspect "+cur, err.Error(), "")
+			return "", unreadable(key, p, "haagent cannot inspect "+cur, err.Error(), "")
 		}
 		if fi.Mode()&fs.ModeSymlink != 0 {
+			// An absolute target resolves against the container's own filesystem, where the
+			// host's /etc is /host/etc.
 			target, _ := os.Readlink(filepath.Join(root, cur))
-			return unreadable(fmt.Sprintf("%s is a symbolic link (to %s), which the daemon resolves inside its container, where the host's /etc is /host/etc", cur, target),
-				"", "replace the link with the file itself")
+			next := path.Join(append([]string{path.Dir(cur), target}, segs[i+1:]...)...)
+			if follow && !path.IsAbs(target) && strings.HasPrefix(next, daemonMount+"/") {
+				return next, nil
+			}
+			return "", unreadable(key, p, fmt.Sprintf("%s is a symbolic link (to %s), which the daemon resolves inside its container, where the host's /etc is /host/etc", cur, target),
+				"", "replace the link with the file itself, or with a relative link that stays inside /etc")
 		}
 		st, ok := fi.Sys().(*syscall.Stat_t)
 		if !ok {
-			return nil
+			return "", nil
 		}
 		need, what := os.FileMode(0o1), "search (x) permission"
 		if last {
 			need, what = 0o4, "read permission"
 			if !fi.Mode().IsRegular() {
-				return unreadable(cur+" is not a regular file", fi.Mode().String(), "")
+				return "", unreadable(key, p, cur+" is not a regular file", fi.Mode().String(), "")
 			}
 		} else if !fi.IsDir() {
-			return unreadable(cur+" is not a directory", fi.Mode().String(), "")
+			return "", unreadable(key, p, cur+" is not a directory", fi.Mode().String(), "")
 		}
 		perm := fi.Mode().Perm()
 		var class string
@@ -128,22 +148,23 @@ func readable(root, key, p string, uid, gid int) *findings.Finding {
 		default:
 			class, bits = "others", perm
 		}
-		if bits&need == 0 {
-			ev := fmt.Sprintf("the daemon falls under %s for %s", class, cur)
-			if gid < 0 {
-				ev += fmt.Sprintf("; there is no %s group in %s yet", daemonGroup, filepath.Join(root, "etc/group"))
-			} else {
-				ev += fmt.Sprintf(" (group %s is gid %d)", daemonGroup, gid)
-			}
-			fix := fmt.Sprintf("chgrp %s %s && chmod g+r %s", daemonGroup, cur, cur)
-			if name, ok := entryOf[p]; ok {
-				fix += fmt.Sprintf("; haagent's default for it is 0640 root:%s (check files.%s in its config)", daemonGroup, name)
-			}
-			if !last {
-				fix = fmt.Sprintf("chmod o+x %s (or chgrp %s %s && chmod g+x %s): the daemon must pass through every directory down to the file", cur, daemonGroup, cur, cur)
-			}
-			return unreadable(fmt.Sprintf("%s is %#o uid %d gid %d, which gives %s no %s", cur, perm, st.Uid, st.Gid, class, what), ev, fix)
+		if bits&need != 0 {
+			continue
 		}
+		ev := fmt.Sprintf("the daemon falls under %s for %s", class, cur)
+		if gid < 0 {
+			ev += fmt.Sprintf("; there is no %s group in %s yet", daemonGroup, filepath.Join(root, "etc/group"))
+		} else {
+			ev += fmt.Sprintf(" (group %s is gid %d)", daemonGroup, gid)
+		}
+		fix := fmt.Sprintf("chgrp %s %s && chmod g+r %s", daemonGroup, cur, cur)
+		if name, ok := entryOf[cur]; ok {
+			fix += fmt.Sprintf("; haagent's default for it is 0640 root:%s (check files.%s in its config)", daemonGroup, name)
+		}
+		if !last {
+			fix = fmt.Sprintf("chmod o+x %s (or chgrp %s %s && chmod g+x %s): the daemon must pass through every directory down to the file", cur, daemonGroup, cur, cur)
+		}
+		return "", unreadable(key, p, fmt.Sprintf("%s is %#o uid %d gid %d, which gives %s no %s", cur, perm, st.Uid, st.Gid, class, what), ev, fix)
 	}
-	return nil
+	return "", nil
 }

@@ -91,6 +91,28 @@ func TestReadableByReplicated(t *testing.T) {
 		{"a path that climbs out of /etc", strings.Replace(goodReplicated, "/etc/license.rli", "/etc/../root/license.rli", 1), nil,
 			"/etc/../root/license.rli", "outside /etc"},
 		{"a missing file", strings.Replace(goodReplicated, "/etc/license.rli", "/etc/licence.rli", 1), nil, "/etc/licence.rli", "does not exist"},
+		{"a relative link inside /etc is followed", strings.Replace(goodReplicated, "/etc/license.rli", "/etc/circle/license.rli", 1), func(root string) {
+			os.Mkdir(filepath.Join(root, "etc/circle"), 0o755)
+			os.Symlink("../license.rli", filepath.Join(root, "etc/circle/license.rli"))
+		}, "", ""},
+		{"a relative link to a private file inside /etc", strings.Replace(goodReplicated, "/etc/license.rli", "/etc/circle/license.rli", 1), func(root string) {
+			os.Mkdir(filepath.Join(root, "etc/circle"), 0o755)
+			os.Symlink("../license.rli", filepath.Join(root, "etc/circle/license.rli"))
+			os.Chmod(filepath.Join(root, "etc/license.rli"), 0o600)
+		}, "/etc/circle/license.rli", "/etc/license.rli is 0600"},
+		{"a relative link out of /etc", goodReplicated, func(root string) {
+			os.MkdirAll(filepath.Join(root, "opt"), 0o755)
+			os.Rename(filepath.Join(root, "etc/license.rli"), filepath.Join(root, "opt/license.rli"))
+			os.Symlink("../opt/license.rli", filepath.Join(root, "etc/license.rli"))
+		}, "/etc/license.rli", "symbolic link (to ../opt/license.rli)"},
+		{"an absolute link, even inside /etc", goodReplicated, func(root string) {
+			os.Rename(filepath.Join(root, "etc/license.rli"), filepath.Join(root, "etc/license.real"))
+			os.Symlink("/etc/license.real", filepath.Join(root, "etc/license.rli"))
+		}, "/etc/license.rli", "symbolic link (to /etc/license.real)"},
+		{"a link loop", goodReplicated, func(root string) {
+			os.Remove(filepath.Join(root, "etc/license.rli"))
+			os.Symlink("license.rli", filepath.Join(root, "etc/license.rli"))
+		}, "/etc/license.rli", "symbolic link"},
 		{"TLS files readable", tls, tlsFiles(0o640, 0o755), "", ""},
 		{"TLS key 0600", tls, tlsFiles(0o600, 0o755), "/etc/ssl/ci/key.pem", "TlsBootstrapKey"},
 		{"TLS directory 0700", tls, tlsFiles(0o640, 0o700), "/etc/ssl/ci/cert.pem", "/etc/ssl/ci is 0700 uid 0 gid 0, which gives others no search"},
