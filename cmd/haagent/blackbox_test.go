@@ -572,6 +572,19 @@ func TestFilesUnreadableByReplicated(t *testing.T) {
 	if r := w.run("run", "--once"); r.code != 1 || !strings.Contains(r.stderr, "boot failed at step fetch: FILE_OWNER_UNRESOLVED") {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
+
+	// A reboot with S3 down has no bundle to commit, and still puts the licence right.
+	w.writeConfig(w.s3.URL, "")
+	w.s3.Stop()
+	os.Chmod(lic, 0o600)
+	os.Chown(lic, 0, 0)
+	r = w.run("run", "--once")
+	if r.code != 0 || !strings.Contains(r.stderr, "S3_OFFLINE_LAST_GOOD") || !strings.Contains(r.stderr, "mode and owner put back") {
+		t.Fatalf("offline reboot: exit %d\n%s", r.code, r.stderr)
+	}
+	if fi, _ := os.Stat(lic); fi.Mode().Perm() != 0o640 {
+		t.Fatalf("offline reboot left the licence %#o", fi.Mode().Perm())
+	}
 }
 
 // Before the first fetch a missing docker group is not an error: validate says the fetch

@@ -180,7 +180,14 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 		return &findings.Failure{Findings: blocking}
 	}
 	if bd == nil {
-		return checkReadable(env) // offline reboot: the files in place were validated
+		// Offline reboot: the files in place were validated; their modes and owners still
+		// converge, as a commit would have made them.
+		fs, err := fetch.ConvergeInPlace(ctx, env.Root, env.Config.Layout, env.Record.Known, env.Log)
+		env.ReportAll(fs)
+		if err != nil {
+			return fmt.Errorf("setting the modes and owners of the files in place: %w", err)
+		}
+		return checkReadable(env)
 	}
 	if err := bd.Commit(); err != nil {
 		return fmt.Errorf("moving fetched files into place: %w", err)

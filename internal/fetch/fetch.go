@@ -330,78 +330,17 @@ func (bd *Bundle) Commit() error {
 	if err := atomicfile.CommitAll(moves); err != nil {
 		return err
 	}
+	var unchanged []*File
 	for _, f := range bd.Files {
-		wasStaged := f.staged != ""
+		if f.staged == "" {
+			unchanged = append(unchanged, f)
+		}
 		f.staged = ""
-		if wasStaged {
-			continue
-		}
-		final := filepath.Join(bd.Root, f.Dest)
-		changed, err := atomicfile.Converge(final, f.mode, f.uid, f.gid, false)
-		if errors.Is(err, atomicfile.ErrSymlink) {
-			target, _ := os.Readlink(final)
-			bd.CommitFindings = append(bd.CommitFindings, findings.New("FILE_SYMLINK_NOT_FOLLOWED", f.Dest,
-				fmt.Sprintf("%s is a symbolic link (to %s); haagent does not follow it, so the target keeps its own mode and owner instead of %#o uid %d gid %d", f.Dest, target, f.mode.Perm(), f.uid, f.gid),
-				err.Error()).WithFix(fmt.Sprintf("replace the link with the file: rm %s, then run haagent again (it writes the file itself)", f.Dest)))
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if changed {
-			// Someone changed it by hand, or the config's mode or owner changed: say so, it
-			// may be why something could not read it.
-			bd.log.Info("mode and owner put back", "path", f.Dest, "mode", fmt.Sprintf("%#o", f.mode.Perm()), "uid", f.uid, "gid", f.gid)
-		}
+	}
+	if err := bd.convergeFiles(unchanged); err != nil {
+		return err
 	}
 	bd.Discard()
-	return nil
-}
-
-// prepareDirs creates the directories the bundle's files go into and converges the mode and
-// owner of those inside directory entries. Directories above an entry are created 0755 (and
-// never changed when they exist: /etc is not haagent's). A symlinked directory inside an
-// entry (a keys directory moved to another volume, say) is used as it is and not changed.
-func (bd *Bundle) prepareDirs() error {
-	done := map[string]bool{}
-	for _, f := range bd.Files {
-		dir := filepath.Dir(filepath.Join(bd.Root, f.Dest))
-		if done[dir] {
-			continue
-		}
-		if f.top == "" {
-			if err := atomicfile.MkdirAll(dir, 0o755); err != nil {
-				return err
-			}
-			done[dir] = true
-			continue
-		}
-		top := filepath.Join(bd.Root, f.top)
-		if err := atomicfile.MkdirAll(filepath.Dir(top), 0o755); err != nil {
-			return err
-		}
-		// From the entry's directory down to the file's, each directory once.
-		rel, err := filepath.Rel(top, dir)
-		if err != nil || strings.HasPrefix(rel, "..") {
-			return fmt.Errorf("%s is not inside its entry's directory %s", f.Dest, f.top)
-		}
-		d := top
-		for _, seg := range append([]string{"."}, strings.Split(rel, string(filepath.Separator))...) {
-			if seg != "." {
-				d = filepath.Join(d, seg)
-			}
-			if done[d] {
-				continue
-			}
-			done[d] = true
-			if err := os.Mkdir(d, f.dirMode.Perm()); err != nil && !errors.Is(err, fs.ErrExist) {
-				return fmt.Errorf("creating directory %s: %w", d, err)
-			}
-			if _, err := atomicfile.Converge(d, f.dirMode, f.uid, f.gid, true); err != nil && !errors.Is(err, atomicfile.ErrSymlink) {
-				return err
-			}
-		}
-	}
 	return nil
 }
 

@@ -317,3 +317,37 @@ func TestDaemonUserCanReadTheLicence(t *testing.T) {
 		t.Fatal("the daemon's check passes a licence the daemon's user cannot read")
 	}
 }
+
+// With S3 unreachable on a reboot there is no bundle; the files the last run wrote still get
+// their modes and owners back.
+func TestConvergeInPlaceWithoutABundle(t *testing.T) {
+	needRoot(t, "chown")
+	s := peertest.StartS3(t)
+	seed(t, s)
+	root := machineRoot(t, "root:x:0:\n")
+	bd := fetchCommit(t, s, root, layout(t), nil)
+	known := map[string]Known{}
+	for _, f := range bd.Files {
+		known[f.Dest] = Known{Key: f.Key, ETag: f.ETag, Size: f.Size, SHA256: f.SHA256}
+	}
+	known["/etc/gone.conf"] = Known{Key: "gone.conf", SHA256: "x"} // no entry writes it any more
+	key := filepath.Join(root, "data/circle/circleci-encryption-keys/01-contexts.key")
+	licence := filepath.Join(root, "etc/license.rli")
+	os.Chmod(key, 0o644)
+	os.Chmod(licence, 0o600)
+	os.Chown(licence, 0, 0)
+	os.Remove(filepath.Join(root, "etc/circleconfig/shared/vault")) // gone: skipped
+	s.Stop()
+
+	fs, err := ConvergeInPlace(context.Background(), root, layout(t), known, nil)
+	if err != nil || len(fs) != 0 {
+		t.Fatalf("findings %+v err %v", fs, err)
+	}
+	docker, _ := atomicfile.LookupGroup(root, "docker")
+	if got := statOf(t, key); got.mode != 0o600 {
+		t.Errorf("key %#o, want 0600", got.mode)
+	}
+	if got := statOf(t, licence); got != (perm{0o640, 0, uint32(docker)}) {
+		t.Errorf("licence %#o %d:%d, want 0640 0:%d", got.mode, got.uid, got.gid, docker)
+	}
+}
