@@ -28,8 +28,9 @@ type Entry struct {
 	// above an entry that haagent has to create are always 0755 root: they are /etc, /data or
 	// /var/lib, shared with everything else on the machine.
 	DirMode os.FileMode
-	// UID and GID are numeric owners (-1: haagent's own, root); User and Group are names,
-	// resolved in the root's etc/passwd and etc/group at write time (ids win when resolved).
+	// UID and GID are numeric owners (-1: haagent's own, root). User and Group are names
+	// instead (the config takes one or the other), resolved into UID and GID in the root's
+	// etc/passwd and etc/group when the files are written (fetch.ResolveOwners).
 	UID, GID    int
 	User, Group string
 	Purpose     string
