@@ -206,6 +206,28 @@ func (e *Env) lateDecision(f findings.Finding, codes ...string) {
 	e.save()
 }
 
+// clearLate withdraws a late finding whose condition has ended (the engine answers again), so
+// status shows the machine as it is.
+func (e *Env) clearLate(code, target string) {
+	e.mu.Lock()
+	for step, fs := range e.byStep {
+		kept := fs[:0]
+		for _, g := range fs {
+			if g.Code != code || g.Target != target {
+				kept = append(kept, g)
+			}
+		}
+		e.byStep[step] = kept
+	}
+	for k := range e.reported {
+		if strings.HasPrefix(k, code+"\x00"+target+"\x00") {
+			delete(e.reported, k) // a later recurrence is logged again
+		}
+	}
+	e.mu.Unlock()
+	e.save()
+}
+
 func (e *Env) save() {
 	e.persistMu.Lock()
 	defer e.persistMu.Unlock()
