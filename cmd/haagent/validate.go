@@ -24,7 +24,7 @@ func (c *validateCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	cfg, err := config.Load(c.g.configPath())
 	if errors.Is(err, config.ErrNoConfig) {
 		fmt.Fprintf(stdout, "no config file at %s (haagent would look for one in the user-data); checking the files in place\n", c.g.configPath())
-		return c.files(stdout, nil)
+		return c.files(stdout, nil, nil)
 	}
 	if err != nil {
 		return &exitError{code: 2, err: err}
@@ -52,7 +52,11 @@ func (c *validateCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	for _, n := range notes {
 		fmt.Fprintln(stdout, n)
 	}
-	return c.files(stdout, owners)
+	ov := make(map[string]findings.Override, len(cfg.Probes.Overrides))
+	for code, o := range cfg.Probes.Overrides {
+		ov[code] = findings.Override{Severity: findings.Severity(o.Severity), Blocking: o.Blocking}
+	}
+	return c.files(stdout, owners, ov)
 }
 
 // owner is how the layout table shows an entry's owner: names as given, ids as numbers,
@@ -75,8 +79,9 @@ func owner(e config.Entry) string {
 }
 
 // files runs validate-files' checks on the files in place, offline, and reports them with
-// the findings already made (the config's owners).
-func (c *validateCmd) files(stdout io.Writer, fs []findings.Finding) error {
+// the findings already made (the config's owners), with the config's overrides applied as the
+// boot applies them.
+func (c *validateCmd) files(stdout io.Writer, fs []findings.Finding, ov map[string]findings.Override) error {
 	in := validate.InPlace(c.g.root)
 	fetched := in.Exists(validate.ReplicatedConf) || in.Exists(validate.SettingsConf) || in.Exists(validate.DefaultLicense)
 	if fetched {
@@ -87,6 +92,7 @@ func (c *validateCmd) files(stdout io.Writer, fs []findings.Finding) error {
 		// Before the first boot (in an image build, say) there is nothing fetched to check.
 		fmt.Fprintf(stdout, "no fetched files under %s yet: only the config was checked\n", c.g.root)
 	}
+	fs = findings.Apply(fs, ov)
 	findings.Sort(fs)
 	errs := 0
 	for _, f := range fs {

@@ -236,7 +236,7 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 // replicated.conf names: after Commit has converged modes and owners, so it sees what the
 // daemon will meet, not what the stage holds.
 func checkReadable(env *Env) error {
-	fs := validate.Readable(env.Root)
+	fs := env.adjust(validate.Readable(env.Root)...)
 	env.ReportAll(fs)
 	var blocking []findings.Finding
 	for _, f := range fs {
