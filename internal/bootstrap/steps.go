@@ -390,9 +390,10 @@ func stepWatch(ctx context.Context, env *Env) error {
 		// The haagent before this one left a mark of how far it forwarded; without one,
 		// lines from before this run are taken as forwarded by an older haagent.
 		env.background.Add(1)
-		go func() { defer env.background.Done(); w.Follow(ctx, env.Run.Start) }()
-		go w.CrashLoops(ctx, func(dies int, window time.Duration) {
-			probed := runProbes(ctx, env).Findings
+		mctx := env.monitorCtx()
+		go func() { defer env.background.Done(); w.Follow(mctx, env.Run.Start) }()
+		go w.CrashLoops(mctx, func(dies int, window time.Duration) {
+			probed := runProbes(mctx, env).Findings
 			last := strings.Join(w.LastLines(), " | ")
 			if len(last) > 2000 {
 				last = "..." + last[len(last)-2000:]
