@@ -163,13 +163,20 @@ func TestRunOnceBootsTheWholeLayout(t *testing.T) {
 		if err != nil || !bytes.Equal(got, v) {
 			t.Errorf("%s: missing or different (%v)", dest, err)
 		}
-		want := os.FileMode(0o600)
-		if strings.HasPrefix(k, "ca-certificates/") {
-			want = 0o644
+		// Modes follow who reads each file (README, Layout).
+		want := os.FileMode(0o644)
+		switch {
+		case k == "license.rli", k == "settings.conf":
+			want = 0o640
+		case strings.HasPrefix(k, "circleci-encryption-keys/"):
+			want = 0o600
 		}
 		if fi, _ := os.Stat(p); fi != nil && fi.Mode().Perm() != want {
-			t.Errorf("%s: mode %#o", dest, fi.Mode().Perm())
+			t.Errorf("%s: mode %#o, want %#o", dest, fi.Mode().Perm(), want)
 		}
+	}
+	if fi, err := os.Stat(filepath.Join(w.root, "etc/circle-installation-customizations")); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Errorf("the customizations file: %v %v, want 0644", fi, err)
 	}
 	rec := w.record()
 	last := rec.Last()
@@ -627,4 +634,93 @@ func (w *world) startService(extraEnv ...string) (*exec.Cmd, *syncBuffer, <-chan
 		}
 	}()
 	return cmd, stderr, msgs
+}
+
+// Files the Replicated daemon cannot read stop the boot at validate-files, and haagent
+// validate --root says so offline; the default modes pass, and a licence chmod'ed by hand is
+// put right by the next run.
+func TestFilesUnreadableByReplicated(t *testing.T) {
+	if os.Geteuid() != 0 {
+		peertest.Missing(t, "needs root: the docker group is created and files are chown'ed to it")
+	}
+	w := newWorld(t, "i-0unreadable00000")
+	os.MkdirAll(filepath.Join(w.root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(w.root, "etc/group"), []byte("root:x:0:\n"), 0o644)
+	if r := w.run("run", "--once"); r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	if v := w.run("validate"); v.code != 0 || !strings.Contains(v.stdout, "readable by the Replicated daemon") ||
+		!strings.Contains(v.stdout, "/etc/license.rli") || !strings.Contains(v.stdout, "0640 root:docker") {
+		t.Fatalf("validate after a boot: exit %d\n%s%s", v.code, v.stdout, v.stderr)
+	}
+
+	// By hand, as haagent used to write it.
+	lic := filepath.Join(w.root, "etc/license.rli")
+	os.Chmod(lic, 0o600)
+	os.Chown(lic, 0, 0)
+	v := w.run("validate")
+	if v.code != 1 || !strings.Contains(v.stdout, "FILE_UNREADABLE_BY_REPLICATED [error]") || !strings.Contains(v.stdout, "/etc/license.rli is 0600 uid 0 gid 0, which gives others no read permission") ||
+		!strings.Contains(v.stdout, "fix: chgrp docker /etc/license.rli") {
+		t.Fatalf("validate of a 0600 root:root licence: exit %d\n%s%s", v.code, v.stdout, v.stderr)
+	}
+	if r := w.run("run", "--once"); r.code != 0 || !strings.Contains(r.stderr, "mode and owner put back") {
+		t.Fatalf("the next run must converge the licence: exit %d\n%s", r.code, r.stderr)
+	}
+	if v := w.run("validate"); v.code != 0 {
+		t.Fatalf("validate after the run: exit %d\n%s", v.code, v.stdout)
+	}
+
+	// A config that makes the licence private again stops the boot before the installer.
+	w.writeConfig(w.s3.URL, "files:\n  license: {mode: \"0600\"}\n")
+	r := w.run("run", "--once")
+	if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step validate-files: FILE_UNREADABLE_BY_REPLICATED") {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	// probes.overrides can make it a warning, for a daemon that reads otherwise.
+	probes := w.probesConfig
+	w.probesConfig += "    FILE_UNREADABLE_BY_REPLICATED: {severity: warning, blocking: false}\n"
+	w.writeConfig(w.s3.URL, "files:\n  license: {mode: \"0600\"}\n")
+	if r := w.run("run", "--once"); r.code != 0 || !strings.Contains(r.stderr, "FILE_UNREADABLE_BY_REPLICATED") {
+		t.Fatalf("overridden: exit %d\n%s", r.code, r.stderr)
+	}
+	if v := w.run("validate"); v.code != 0 || !strings.Contains(v.stdout, "FILE_UNREADABLE_BY_REPLICATED [warning]") {
+		t.Fatalf("validate, overridden: exit %d\n%s%s", v.code, v.stdout, v.stderr)
+	}
+	w.probesConfig = probes
+	// An unknown group in the config is named by validate, and by the boot's fetch.
+	w.writeConfig(w.s3.URL, "files:\n  circleconfig: {group: circleci}\n")
+	if v := w.run("validate"); v.code != 1 || !strings.Contains(v.stdout, "FILE_OWNER_UNRESOLVED") || !strings.Contains(v.stdout, "files.circleconfig.group") {
+		t.Fatalf("validate with an unknown group: exit %d\n%s%s", v.code, v.stdout, v.stderr)
+	}
+	if r := w.run("run", "--once"); r.code != 1 || !strings.Contains(r.stderr, "boot failed at step fetch: FILE_OWNER_UNRESOLVED") {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+
+	// A reboot with S3 down has no bundle to commit, and still puts the licence right.
+	w.writeConfig(w.s3.URL, "")
+	w.s3.Stop()
+	os.Chmod(lic, 0o600)
+	os.Chown(lic, 0, 0)
+	r = w.run("run", "--once")
+	if r.code != 0 || !strings.Contains(r.stderr, "S3_OFFLINE_LAST_GOOD") || !strings.Contains(r.stderr, "mode and owner put back") {
+		t.Fatalf("offline reboot: exit %d\n%s", r.code, r.stderr)
+	}
+	if fi, _ := os.Stat(lic); fi.Mode().Perm() != 0o640 {
+		t.Fatalf("offline reboot left the licence %#o", fi.Mode().Perm())
+	}
+}
+
+// Before the first fetch a missing docker group is not an error: validate says the fetch
+// creates it, and changes nothing.
+func TestValidateBeforeTheDockerGroupExists(t *testing.T) {
+	w := newWorld(t, "i-0nodocker0000000")
+	os.MkdirAll(filepath.Join(w.root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(w.root, "etc/group"), []byte("root:x:0:\n"), 0o644)
+	v := w.run("validate")
+	if v.code != 0 || !strings.Contains(v.stdout, "group docker does not exist yet") {
+		t.Fatalf("exit %d\n%s%s", v.code, v.stdout, v.stderr)
+	}
+	if b, _ := os.ReadFile(filepath.Join(w.root, "etc/group")); string(b) != "root:x:0:\n" {
+		t.Fatalf("validate changed the root's etc/group:\n%s", b)
+	}
 }

@@ -61,12 +61,16 @@ type Source struct {
 
 // File overrides one entry of the default layout.
 type File struct {
-	Key      string `yaml:"key"`
-	Dest     string `yaml:"dest"`
-	Mode     Mode   `yaml:"mode"`
-	DirMode  Mode   `yaml:"dir_mode"`
+	Key     string `yaml:"key"`
+	Dest    string `yaml:"dest"`
+	Mode    Mode   `yaml:"mode"`
+	DirMode Mode   `yaml:"dir_mode"`
+	// The owner, by id or by name (not both); a name is looked up in the root's etc/passwd
+	// and etc/group when the files are written.
 	UID      *int   `yaml:"uid"`
 	GID      *int   `yaml:"gid"`
+	User     string `yaml:"user"`
+	Group    string `yaml:"group"`
 	Required *bool  `yaml:"required"`
 }
 
