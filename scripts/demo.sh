@@ -185,6 +185,6 @@ echo
 echo "== /etc/circle-installation-customizations on the machine: the bucket's copy and one cookie key line (key and password masked here)"
 sed -E 's/(COOKIE_KEY=").*"/\1****************"/; s/(circle:)[^@]*@/\1****@/' "$ROOT/etc/circle-installation-customizations"
 echo
-echo "== the tree under $ROOT, with modes"
+echo "== the tree under $ROOT, with modes and numeric owners (gid: the root's etc/group, where docker was created)"
 (cd "$ROOT" && find etc/settings.conf etc/replicated.conf etc/license.rli etc/circle-installation-customizations etc/circleconfig \
-  data usr/local/share/ca-certificates var/lib/haagent -printf '%M %5s  /%p\n' | sort -k3)
+  data usr/local/share/ca-certificates var/lib/haagent -printf '%M %U:%G %5s  /%p\n' | sort -k4)

@@ -172,6 +172,14 @@ func Ensure(ctx context.Context, b *bucket.Bucket, root string, e config.Entry) 
 		return res, false, err
 	}
 	changed, err := write(path, content, res.Content, e)
+	if errors.Is(err, atomicfile.ErrSymlink) {
+		// Same content behind a link: left as it is, as the fetch leaves one, and said.
+		target, _ := os.Readlink(path)
+		res.Findings = append(res.Findings, findings.New("FILE_SYMLINK_NOT_FOLLOWED", File,
+			fmt.Sprintf("%s is a symbolic link (to %s); haagent does not follow it, so the target keeps its own mode and owner instead of %#o root", File, target, e.Mode.Perm()),
+			err.Error()).WithFix(fmt.Sprintf("replace the link with the file: cp --remove-destination \"$(readlink -f %s)\" %s", File, File)))
+		err = nil
+	}
 	return res, changed, err
 }
 
@@ -282,14 +290,21 @@ func Render(content []byte, value string) []byte {
 
 func write(path string, content, want []byte, e config.Entry) (bool, error) {
 	if bytes.Equal(want, content) {
-		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm() != e.Mode.Perm() {
-			if err := os.Chmod(path, e.Mode.Perm()); err != nil {
-				return false, fmt.Errorf("setting mode %#o on %s: %w", e.Mode.Perm(), File, err)
-			}
+		// Unchanged: still converge mode and owner (a 0600 left by an older haagent), never
+		// through a symlink at the path.
+		uid, gid := e.UID, e.GID
+		if uid < 0 {
+			uid = os.Geteuid()
+		}
+		if gid < 0 {
+			gid = os.Getegid()
+		}
+		if _, err := atomicfile.Converge(path, e.Mode.Perm(), uid, gid, false); err != nil {
+			return false, fmt.Errorf("setting mode %#o on %s: %w", e.Mode.Perm(), File, err)
 		}
 		return false, nil
 	}
-	if _, err := atomicfile.WriteFile(path, want, atomicfile.Options{Mode: e.Mode, DirMode: e.DirMode, UID: e.UID, GID: e.GID}); err != nil {
+	if _, err := atomicfile.WriteFile(path, want, atomicfile.Options{Mode: e.Mode, DirMode: 0o755, UID: e.UID, GID: e.GID}); err != nil {
 		return false, fmt.Errorf("writing %s: %w", File, err)
 	}
 	return true, nil

@@ -118,6 +118,12 @@ var Catalogue = []Entry{
 	{"LICENSE_MISSING", Error, true, "files", "upload the CircleCI licence (license.rli) to the bucket"},
 	{"SETTINGS_DRIFT", Warning, false, "files", "Replicated reads settings.conf only at install time: apply the change in the Replicated console (https://HOST:8800/settings), or run haagent run --reinstall in a maintenance window"},
 
+	// modes and owners of the files written (who reads them: the Replicated daemon runs as
+	// user replicated in group docker and sees only /etc, mounted read-only)
+	{"FILE_UNREADABLE_BY_REPLICATED", Error, true, "files", "keep the file under /etc and make it and every directory above it readable through group docker: chgrp docker FILE && chmod 0640 FILE (haagent's default for the licence and settings.conf; files.NAME.group: docker)"},
+	{"FILE_OWNER_UNRESOLVED", Error, true, "files", "create the user or group the config names (groupadd NAME), or correct files.NAME.user/group (or give uid/gid)"},
+	{"FILE_SYMLINK_NOT_FOLLOWED", Warning, false, "files", "replace the symbolic link with a plain file (rm the link; haagent writes the file on its next run)"},
+
 	// CA certificates
 	{"CA_CERT_INVALID", Error, false, "ca-certs", "the bucket's ca-certificates/ prefix takes PEM CA certificates only: remove keys, leaf certificates and other files"},
 	{"CA_CERT_EXPIRED", Error, false, "ca-certs", "replace the expired CA certificate in the bucket (and the server certificates it signed)"},
