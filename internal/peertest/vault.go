@@ -194,14 +194,26 @@ func (v *Vault) Token(t testing.TB, params map[string]any) string {
 	return tok
 }
 
-// StartVaultUninitialized starts a non-dev Vault (in-memory storage, plain listener) that
-// nobody initialised: sys/health answers 501.
+// StartVaultUninitialized starts a non-dev Vault 1.14.2 (in-memory storage, plain listener)
+// that nobody initialised: sys/health answers 501.
 func StartVaultUninitialized(t testing.TB) *Vault {
 	t.Helper()
-	bin := Bin(t, "vault")
+	return startUninitialized(t, "vault", "1.14.2", "storage")
+}
+
+// StartVault07Uninitialized is StartVaultUninitialized for Vault 0.7.3, whose configuration
+// names the storage `backend`.
+func StartVault07Uninitialized(t testing.TB) *Vault {
+	t.Helper()
+	return startUninitialized(t, "vault07", "0.7.3", "backend")
+}
+
+func startUninitialized(t testing.TB, name, version, storageKey string) *Vault {
+	t.Helper()
+	bin := Bin(t, name)
 	dir := t.TempDir()
-	v := &Vault{Addr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), Version: "1.14.2", client: &http.Client{Timeout: 10 * time.Second}}
-	cfg := fmt.Sprintf("storage \"inmem\" {}\nlistener \"tcp\" {\n  address = %q\n  tls_disable = 1\n}\ndisable_mlock = true\n", v.Addr)
+	v := &Vault{Addr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), Version: version, client: &http.Client{Timeout: 10 * time.Second}}
+	cfg := fmt.Sprintf("%s \"inmem\" {}\nlistener \"tcp\" {\n  address = %q\n  tls_disable = 1\n}\ndisable_mlock = true\n", storageKey, v.Addr)
 	os.WriteFile(filepath.Join(dir, "vault.hcl"), []byte(cfg), 0o600)
 	cmd := exec.Command(bin, "server", "-config="+filepath.Join(dir, "vault.hcl"))
 	cmd.Env = append(os.Environ(), "HOME="+dir)
