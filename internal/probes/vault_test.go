@@ -3,6 +3,7 @@ package probes
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log"
@@ -419,5 +420,58 @@ func TestParseVaultVersion(t *testing.T) {
 	}
 	if s := clip(strings.Repeat("é", 400), 301); len(s) > 340 || !strings.HasSuffix(s, "bytes cut)") || !utf8.ValidString(s) {
 		t.Errorf("clip: %q", s)
+	}
+}
+
+// A server that does not report its version gets the current API first and falls back to what
+// it has, never an error derived from the 400 or 404 of an endpoint it lacks. Every real Vault
+// here reports its version, so this stand-in answers as the 0.7.3 peer does, without one.
+func TestVaultUnknownVersionFallsBack(t *testing.T) {
+	var mu sync.Mutex
+	var asked []string
+	plain := ""
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body map[string]any
+		json.NewDecoder(r.Body).Decode(&body)
+		mu.Lock()
+		defer mu.Unlock()
+		asked = append(asked, r.URL.Path)
+		w.Header().Set("Content-Type", "application/json")
+		switch p := r.URL.Path; {
+		case p == "/v1/sys/health":
+			fmt.Fprint(w, `{"initialized":true,"sealed":false,"standby":false}`)
+		case p == "/v1/auth/token/lookup-self":
+			fmt.Fprint(w, `{"data":{"ttl":0,"renewable":false,"policies":["root"]}}`)
+		case p == "/v1/sys/capabilities-self" && body["path"] == nil:
+			w.WriteHeader(http.StatusBadRequest) // 0.7.3's answer to {"paths": [...]}
+			fmt.Fprint(w, `{"errors":["1 error occurred:\n\n* missing path"]}`)
+		case p == "/v1/sys/capabilities-self":
+			fmt.Fprint(w, `{"capabilities":["root"],"data":{"capabilities":["root"]}}`)
+		case strings.HasPrefix(p, "/v1/sys/internal/ui/mounts/"):
+			w.WriteHeader(http.StatusNotFound)
+			fmt.Fprint(w, `{"errors":["1 error occurred:\n\n* unsupported path"]}`)
+		case p == "/v1/sys/mounts":
+			fmt.Fprint(w, `{"data":{"transit/":{"type":"transit"}}}`)
+		case p == "/v1/transit/keys/"+VaultProbeKey:
+			w.WriteHeader(http.StatusNoContent)
+		case p == "/v1/transit/encrypt/"+VaultProbeKey:
+			plain, _ = body["plaintext"].(string)
+			fmt.Fprint(w, `{"data":{"ciphertext":"vault:v1:c2VhbGVk"}}`)
+		case p == "/v1/transit/decrypt/"+VaultProbeKey:
+			fmt.Fprintf(w, `{"data":{"plaintext":%q}}`, plain)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+		}
+	})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	rep := vaultCheckAt(t, hostOf(srv), nil, "http", "s.token", "transit", nil)
+	if len(rep.Findings) != 0 || !rep.Checked[0].OK {
+		t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if n := strings.Count(strings.Join(asked, " "), "/v1/sys/capabilities-self"); n != 1+len(vaultCaps) {
+		t.Fatalf("capabilities asked %d times (once for all paths, then one per path): %v", n, asked)
 	}
 }
