@@ -96,6 +96,9 @@ func probeVault(ctx context.Context, p *prober, s *settings.Settings) *result {
 	if v.version.raw != "" {
 		detail = append(detail, "Vault "+v.version.raw)
 	}
+	if v.standby {
+		detail = append(detail, "a standby node")
+	}
 	if v.redirect != "" {
 		detail = append(detail, "redirected to "+v.redirect)
 	}
@@ -117,6 +120,9 @@ type vaultProbe struct {
 	hc      *http.Client
 	// redirect is where the server sent the probe (scheme://host), once it did.
 	redirect string
+	// standby: sys/health said so (a standby forwards requests to the active node, or
+	// redirects them when it cannot).
+	standby bool
 }
 
 func (v *vaultProbe) add(code, summary, evidence string) findings.Finding {
@@ -300,8 +306,9 @@ func (v vaultVersion) atLeast(major, minor int) bool {
 }
 
 // legacyCLI: before 0.10 the CLI is `vault token-create`, `vault mount`, `vault policy-write`,
-// `vault unseal`, `vault init`. The new one (0.9.2 on) is what 1.x has; the old commands
-// were removed in 0.11. An unknown version gets the current CLI.
+// `vault unseal`, `vault init`. The one 1.x has came in 0.9.2-0.9.3 and both worked until 0.11
+// removed the old commands, so 0.10 is where the fixes switch. An unknown version gets the
+// current CLI.
 func (v vaultVersion) legacyCLI() bool { return !v.atLeast(0, 10) }
 
 // vaultCLI is the command line of the server's version, for fixes.
@@ -360,6 +367,7 @@ func (v *vaultProbe) run(ctx context.Context) bool {
 	cli := v.version.cli(v.mount)
 	switch h.status {
 	case 200, 429, 472, 473:
+		v.standby, _ = h.data["standby"].(bool)
 	case 400:
 		if h.says("HTTP request to an HTTPS server") {
 			v.addFix("VAULT_SCHEME_MISMATCH", fmt.Sprintf("VAULT__SCHEME is http but %s is a TLS listener", v.ep.addr()), h.text(),
@@ -427,6 +435,9 @@ func (v *vaultProbe) checkToken(ctx context.Context, cli vaultCLI) bool {
 	case t.status != 200:
 		v.add("PROBE_INCONCLUSIVE", fmt.Sprintf("%s answered %d", path, t.status), t.text())
 		return false
+	case t.data == nil:
+		v.add("PROBE_INCONCLUSIVE", path+" answered 200 without the token's data", t.text())
+		return false
 	}
 	// 0.7 and 1.x both report ttl, period (periodic tokens only), explicit_max_ttl and
 	// renewable in seconds and booleans; the root token has ttl 0.
@@ -493,7 +504,7 @@ func (v *vaultProbe) mountKind(ctx context.Context) (string, mountState, bool) {
 		v.redirected("sys/mounts", m)
 		return "", mountUnknown, false
 	}
-	if m.status != 200 {
+	if m.status != 200 || m.data == nil { // nil: an answer cut at the cap says nothing
 		return "", mountUnknown, true
 	}
 	entry, ok := m.data[v.mount+"/"].(map[string]any)

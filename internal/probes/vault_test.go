@@ -334,11 +334,12 @@ func TestVaultRedirectNotFollowed(t *testing.T) {
 		all        bool
 		other      *recorder
 		wantTarget string
+		detail     string
 	}{
-		{"standby to another host", otherHost.URL, false, otherTLS, otherHost.URL},
-		{"to http", plain.URL, false, otherPlain, plain.URL},
+		{"standby to another host", otherHost.URL, false, otherTLS, otherHost.URL, "a standby node, "},
+		{"to http", plain.URL, false, otherPlain, plain.URL, "a standby node, "},
 		// User info and query in Location are not shown (they may be credentials).
-		{"sys/health itself, with credentials in Location", "https://ops:loc-secret@" + hostOf(otherHost), true, otherTLS, otherHost.URL},
+		{"sys/health itself, with credentials in Location", "https://ops:loc-secret@" + hostOf(otherHost), true, otherTLS, otherHost.URL, "TLS verified, "},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -352,7 +353,7 @@ func TestVaultRedirectNotFollowed(t *testing.T) {
 			f := find(rep.Findings, "VAULT_REDIRECT")
 			if only(rep.Findings) != "VAULT_REDIRECT" || f.Severity != findings.Warning || f.Blocking ||
 				!strings.Contains(f.Summary, "to "+c.wantTarget+":") || !strings.Contains(f.Fix, "active node ("+c.wantTarget+")") ||
-				rep.Checked[0].OK || !strings.Contains(rep.Checked[0].Detail, "redirected to "+c.wantTarget) {
+				rep.Checked[0].OK || !strings.HasSuffix(rep.Checked[0].Detail, c.detail+"redirected to "+c.wantTarget) {
 				t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
 			}
 		})
