@@ -158,6 +158,20 @@ func TestVault(t *testing.T) {
 					}
 				}
 			})
+			t.Run("capabilities refused", func(t *testing.T) {
+				// Without the default policy sys/capabilities-self is refused: the check says it
+				// could not run (a warning) and the round trip tests the rights by using them.
+				v.Policy(t, "transit-and-self", transitPolicy+`
+path "auth/token/lookup-self" { capabilities = ["read"] }
+path "auth/token/renew-self" { capabilities = ["update"] }`)
+				tok := v.Token(t, map[string]any{"policies": []string{"transit-and-self"}, "no_default_policy": true, "period": "1h"})
+				rep := vaultCheck(t, v, "https", tok, "transit", nil)
+				f := find(rep.Findings, "PROBE_INCONCLUSIVE")
+				if only(rep.Findings) != "PROBE_INCONCLUSIVE" || f.Severity != findings.Warning || rep.Errors() != 0 ||
+					!strings.Contains(f.Summary, "sys/capabilities-self") || !strings.Contains(f.Evidence, "HTTP 403") || !rep.Checked[0].OK {
+					t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
+				}
+			})
 			t.Run("expiring tokens", func(t *testing.T) {
 				short := v.Token(t, map[string]any{"policies": []string{"circle-transit"}, "ttl": "10m", "renewable": false})
 				rep := vaultCheck(t, v, "https", short, "transit", nil)
