@@ -91,6 +91,7 @@ var Catalogue = []Entry{
 	{"VAULT_REDIRECT", Warning, false, "vault", "point VAULT__SCHEME, VAULT__HOST and VAULT__PORT at the active Vault node or at a load balancer that sends requests to it"},
 
 	// the frontend watch
+	{"DOCKER_NOT_ANSWERING", Warning, false, "watch", "dockerd accepts connections but does not answer: look at journalctl -u docker and `systemctl status docker`; `systemctl restart docker` restarts it (CircleCI's containers restart with it). If it persists, the guard may replace the instance"},
 	{"FRONTEND_CRASH_LOOP", Error, false, "frontend", "read the frontend's last lines (journalctl -u haagent CONTAINER_NAME=frontend) and the probes' findings: a database or Vault setting is the usual cause"},
 
 	// encryption keys backup
