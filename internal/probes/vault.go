@@ -53,6 +53,9 @@ const vaultHealthPath = "sys/health?standbyok=true&perfstandbyok=true&drsecondar
 // behind that order.
 var errTokenWithheld = errors.New("the token is not sent to a server whose certificate did not verify")
 
+// noLocation stands for the Location of a redirect that named none.
+const noLocation = "(no Location header)"
+
 type vaultCall struct {
 	status int
 	// data is the answer's data, or its top level for answers without one (sys/health).
@@ -184,7 +187,7 @@ func (v *vaultProbe) call(ctx context.Context, method, path string, body any, au
 	case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther, http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
 		out.location = resp.Header.Get("Location")
 		if out.location == "" {
-			out.location = "(no Location header)"
+			out.location = noLocation
 		}
 		return out
 	}
@@ -261,16 +264,17 @@ func redactLocation(loc string) string {
 // once, over https only. haagent never sends the token on.
 func (v *vaultProbe) redirected(path string, c vaultCall) {
 	base, _ := url.Parse(v.ep.Target + "/v1/")
-	to := "somewhere it did not say"
-	if u, err := url.Parse(c.location); err == nil && base != nil {
+	to, active := "a location it did not name", "the active node"
+	if u, err := url.Parse(c.location); err == nil && base != nil && c.location != noLocation {
 		u = base.ResolveReference(u)
 		to = u.Scheme + "://" + u.Host
+		active += " (" + to + ")"
 	}
 	v.redirect = to
 	p, _, _ := strings.Cut(path, "?")
 	v.addFix("VAULT_REDIRECT", fmt.Sprintf("Vault at %s answered %s with a redirect (HTTP %d) to %s: a standby node that does not forward requests, or a proxy; haagent does not follow redirects with the token, so the token and transit were not checked",
 		v.ep.addr(), p, c.status, to), c.text(),
-		fmt.Sprintf("point VAULT__SCHEME, VAULT__HOST and VAULT__PORT at the active node (%s) or at a load balancer that sends requests to it, so the services do not depend on a redirect", to))
+		fmt.Sprintf("point VAULT__SCHEME, VAULT__HOST and VAULT__PORT at %s or at a load balancer that sends requests to it, so the services do not depend on a redirect", active))
 }
 
 // vaultVersion is the version a server reports in sys/health. The probe speaks to what the

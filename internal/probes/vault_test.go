@@ -246,7 +246,7 @@ type recorder struct {
 	seen []string // method, URL, headers and body of each request
 	// redirect, when set, answers every request but sys/health (or every one, with
 	// redirectHealth) with 307 to redirect + the request's path and query, as a standby
-	// without request forwarding does.
+	// without request forwarding does; "none" sends no Location.
 	redirect       string
 	redirectHealth bool
 }
@@ -259,7 +259,9 @@ func (rc *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rc.mu.Unlock()
 	isHealth := r.URL.Path == "/v1/sys/health"
 	if redirect != "" && (!isHealth || all) {
-		w.Header().Set("Location", redirect+r.URL.RequestURI())
+		if redirect != "none" {
+			w.Header().Set("Location", redirect+r.URL.RequestURI())
+		}
 		w.WriteHeader(http.StatusTemporaryRedirect)
 		return
 	}
@@ -372,6 +374,19 @@ func TestVaultRedirectNotFollowed(t *testing.T) {
 				t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
 			}
 		})
+	}
+}
+
+// A redirect that names no Location is reported as such, not as a redirect to the server
+// itself.
+func TestVaultRedirectWithoutLocation(t *testing.T) {
+	ca := peertest.NewCA(t, "haagent test CA")
+	srv := tlsServer(t, ca, "127.0.0.1", &recorder{redirect: "none"})
+	rep := vaultCheckAt(t, hostOf(srv), ca.CertPEM, "https", "s.token", "transit", nil)
+	f := find(rep.Findings, "VAULT_REDIRECT")
+	if only(rep.Findings) != "VAULT_REDIRECT" || !strings.Contains(f.Summary, "to a location it did not name") ||
+		!strings.Contains(f.Fix, "at the active node or at a load balancer") || !strings.Contains(f.Evidence, "(no Location header)") {
+		t.Fatalf("%+v", rep.Findings)
 	}
 }
 
