@@ -343,6 +343,7 @@ func (v *vaultProbe) run(ctx context.Context) bool {
 		if f := tlsFinding(v.ep, h.err); f != nil {
 			// Whoever answers may not be Vault: the token never goes there (and nothing after
 			// sys/health runs). Its unauthenticated health is still worth reporting.
+			f.Summary += "; the token was not sent to it, so the token and transit were not checked"
 			v.res.add(*f)
 			v.verify = false
 			v.newClient()
