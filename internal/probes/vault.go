@@ -92,6 +92,9 @@ func probeVault(ctx context.Context, p *prober, s *settings.Settings) *result {
 	}
 	v := &vaultProbe{p: p, ep: ep, scheme: scheme, token: vals["VAULT__CLIENT_TOKEN"].Value, mount: mount, res: res, verify: true}
 	ok := v.run(ctx)
+	// Each probe has a transport of its own: its kept-alive connections would otherwise stay
+	// open for as long as haagent runs (a zero IdleConnTimeout never closes them).
+	v.hc.CloseIdleConnections()
 	var detail []string
 	if scheme == "https" {
 		detail = append(detail, map[bool]string{true: "TLS verified", false: "TLS, certificate not verified, token not sent"}[v.verify])
@@ -142,6 +145,9 @@ func (v *vaultProbe) addFix(code, summary, evidence, fix string) {
 // followed (net/http would follow up to 10, across hosts and from https to http, keeping
 // X-Vault-Token: it strips only Authorization and Cookie).
 func (v *vaultProbe) newClient() {
+	if v.hc != nil {
+		v.hc.CloseIdleConnections()
+	}
 	tr := &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: v.p.opts.RootCAs, InsecureSkipVerify: !v.verify, MinVersion: tls.VersionTLS12}, //nolint:gosec // only for unauthenticated calls after the verified attempt failed and was reported
 		Proxy:           nil,

@@ -455,55 +455,107 @@ func TestParseVaultVersion(t *testing.T) {
 	}
 }
 
+// noVersionVault answers as the 0.7.3 peer does to a root token, but without "version" in
+// sys/health: every real Vault here reports its version, so the fallbacks for one that does
+// not need this stand-in. It records the paths asked.
+type noVersionVault struct {
+	mu    sync.Mutex
+	asked []string
+	plain string
+}
+
+func (nv *noVersionVault) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var body map[string]any
+	json.NewDecoder(r.Body).Decode(&body)
+	nv.mu.Lock()
+	defer nv.mu.Unlock()
+	nv.asked = append(nv.asked, r.URL.Path)
+	w.Header().Set("Content-Type", "application/json")
+	switch p := r.URL.Path; {
+	case p == "/v1/sys/health":
+		fmt.Fprint(w, `{"initialized":true,"sealed":false,"standby":false}`)
+	case p == "/v1/auth/token/lookup-self":
+		fmt.Fprint(w, `{"data":{"ttl":0,"renewable":false,"policies":["root"]}}`)
+	case p == "/v1/sys/capabilities-self" && body["path"] == nil:
+		w.WriteHeader(http.StatusBadRequest) // 0.7.3's answer to {"paths": [...]}
+		fmt.Fprint(w, `{"errors":["1 error occurred:\n\n* missing path"]}`)
+	case p == "/v1/sys/capabilities-self":
+		fmt.Fprint(w, `{"capabilities":["root"],"data":{"capabilities":["root"]}}`)
+	case strings.HasPrefix(p, "/v1/sys/internal/ui/mounts/"):
+		w.WriteHeader(http.StatusNotFound)
+		fmt.Fprint(w, `{"errors":["1 error occurred:\n\n* unsupported path"]}`)
+	case p == "/v1/sys/mounts":
+		fmt.Fprint(w, `{"data":{"transit/":{"type":"transit"}}}`)
+	case p == "/v1/transit/keys/"+VaultProbeKey:
+		w.WriteHeader(http.StatusNoContent)
+	case p == "/v1/transit/encrypt/"+VaultProbeKey:
+		nv.plain, _ = body["plaintext"].(string)
+		fmt.Fprint(w, `{"data":{"ciphertext":"vault:v1:c2VhbGVk"}}`)
+	case p == "/v1/transit/decrypt/"+VaultProbeKey:
+		fmt.Fprintf(w, `{"data":{"plaintext":%q}}`, nv.plain)
+	default:
+		w.WriteHeader(http.StatusNotFound)
+	}
+}
+
 // A server that does not report its version gets the current API first and falls back to what
-// it has, never an error derived from the 400 or 404 of an endpoint it lacks. Every real Vault
-// here reports its version, so this stand-in answers as the 0.7.3 peer does, without one.
+// it has, never an error derived from the 400 or 404 of an endpoint it lacks.
 func TestVaultUnknownVersionFallsBack(t *testing.T) {
-	var mu sync.Mutex
-	var asked []string
-	plain := ""
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var body map[string]any
-		json.NewDecoder(r.Body).Decode(&body)
-		mu.Lock()
-		defer mu.Unlock()
-		asked = append(asked, r.URL.Path)
-		w.Header().Set("Content-Type", "application/json")
-		switch p := r.URL.Path; {
-		case p == "/v1/sys/health":
-			fmt.Fprint(w, `{"initialized":true,"sealed":false,"standby":false}`)
-		case p == "/v1/auth/token/lookup-self":
-			fmt.Fprint(w, `{"data":{"ttl":0,"renewable":false,"policies":["root"]}}`)
-		case p == "/v1/sys/capabilities-self" && body["path"] == nil:
-			w.WriteHeader(http.StatusBadRequest) // 0.7.3's answer to {"paths": [...]}
-			fmt.Fprint(w, `{"errors":["1 error occurred:\n\n* missing path"]}`)
-		case p == "/v1/sys/capabilities-self":
-			fmt.Fprint(w, `{"capabilities":["root"],"data":{"capabilities":["root"]}}`)
-		case strings.HasPrefix(p, "/v1/sys/internal/ui/mounts/"):
-			w.WriteHeader(http.StatusNotFound)
-			fmt.Fprint(w, `{"errors":["1 error occurred:\n\n* unsupported path"]}`)
-		case p == "/v1/sys/mounts":
-			fmt.Fprint(w, `{"data":{"transit/":{"type":"transit"}}}`)
-		case p == "/v1/transit/keys/"+VaultProbeKey:
-			w.WriteHeader(http.StatusNoContent)
-		case p == "/v1/transit/encrypt/"+VaultProbeKey:
-			plain, _ = body["plaintext"].(string)
-			fmt.Fprint(w, `{"data":{"ciphertext":"vault:v1:c2VhbGVk"}}`)
-		case p == "/v1/transit/decrypt/"+VaultProbeKey:
-			fmt.Fprintf(w, `{"data":{"plaintext":%q}}`, plain)
-		default:
-			w.WriteHeader(http.StatusNotFound)
-		}
-	})
-	srv := httptest.NewServer(h)
+	nv := &noVersionVault{}
+	srv := httptest.NewServer(nv)
 	t.Cleanup(srv.Close)
 	rep := vaultCheckAt(t, hostOf(srv), nil, "http", "s.token", "transit", nil)
 	if len(rep.Findings) != 0 || !rep.Checked[0].OK {
 		t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if n := strings.Count(strings.Join(asked, " "), "/v1/sys/capabilities-self"); n != 1+len(vaultCaps) {
-		t.Fatalf("capabilities asked %d times (once for all paths, then one per path): %v", n, asked)
+	nv.mu.Lock()
+	defer nv.mu.Unlock()
+	if n := strings.Count(strings.Join(nv.asked, " "), "/v1/sys/capabilities-self"); n != 1+len(vaultCaps) {
+		t.Fatalf("capabilities asked %d times (once for all paths, then one per path): %v", n, nv.asked)
+	}
+}
+
+// The probe leaves no connection open behind it: it runs at every boot and again while the
+// frontend is watched, each time with a transport of its own.
+func TestVaultClosesItsConnections(t *testing.T) {
+	states := make(chan http.ConnState, 64)
+	srv := httptest.NewUnstartedServer(&noVersionVault{})
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew || s == http.StateClosed || s == http.StateHijacked {
+			states <- s
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	rep := vaultCheckAt(t, hostOf(srv), nil, "http", "s.token", "transit", nil)
+	if len(rep.Findings) != 0 || !rep.Checked[0].OK {
+		t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
+	}
+	// The server reports a connection's StateNew before it reads the first request on it, so
+	// every connection the probe opened is already counted once Run has returned.
+	open := 0
+	count := func(s http.ConnState) {
+		if s == http.StateNew {
+			open++
+		} else {
+			open--
+		}
+	}
+	for drained := false; !drained; {
+		select {
+		case s := <-states:
+			count(s)
+		default:
+			drained = true
+		}
+	}
+	deadline := time.After(5 * time.Second)
+	for open > 0 {
+		select {
+		case s := <-states:
+			count(s)
+		case <-deadline:
+			t.Fatalf("%d connection(s) still open after the probe returned", open)
+		}
 	}
 }
