@@ -323,7 +323,7 @@ func (v vaultVersion) legacyCLI() bool { return !v.atLeast(0, 10) }
 
 // vaultCLI is the command line of the server's version, for fixes.
 type vaultCLI struct {
-	unseal, init, tokenCreate, policyWrite, mountTransit string
+	unseal, init, tokenCreate, policyWrite, mountTransit, capabilities string
 }
 
 func (v vaultVersion) cli(mount string) vaultCLI {
@@ -331,13 +331,13 @@ func (v vaultVersion) cli(mount string) vaultCLI {
 		return vaultCLI{
 			unseal: "vault unseal", init: "vault init",
 			tokenCreate: "vault token-create -policy=NAME -period=1h", policyWrite: "vault policy-write NAME FILE",
-			mountTransit: "vault mount -path=" + mount + " transit",
+			mountTransit: "vault mount -path=" + mount + " transit", capabilities: "vault capabilities",
 		}
 	}
 	return vaultCLI{
 		unseal: "vault operator unseal", init: "vault operator init",
 		tokenCreate: "vault token create -policy=NAME -period=1h", policyWrite: "vault policy write NAME FILE",
-		mountTransit: "vault secrets enable -path=" + mount + " transit",
+		mountTransit: "vault secrets enable -path=" + mount + " transit", capabilities: "vault token capabilities",
 	}
 }
 
@@ -549,7 +549,7 @@ func (v *vaultProbe) capabilities(ctx context.Context, paths []string) (have map
 			return nil, false, false
 		}
 		v.addFix("PROBE_INCONCLUSIVE", fmt.Sprintf("could not read VAULT__CLIENT_TOKEN's capabilities on %s/ (%s); the transit round trip checks them by use", v.mount, path), c.text(),
-			"attach the default policy to the token (it grants sys/capabilities-self), or check by hand: vault token capabilities TOKEN "+v.mount+"/encrypt/"+VaultProbeKey)
+			"attach the default policy to the token (it grants sys/capabilities-self), or check by hand: "+v.version.cli(v.mount).capabilities+" TOKEN "+v.mount+"/encrypt/"+VaultProbeKey)
 		return nil, false, true
 	}
 	if v.version.atLeast(0, 10) {

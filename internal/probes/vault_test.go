@@ -44,11 +44,11 @@ var vaultServers = []struct {
 }
 
 // vaultCLIOf is the command line the fixes must name for the server's version.
-func vaultCLIOf(v *peertest.Vault) (tokenCreate, mount, policyWrite, unseal string) {
+func vaultCLIOf(v *peertest.Vault) (tokenCreate, mount, policyWrite, unseal, capabilities string) {
 	if v.Legacy() {
-		return "vault token-create -policy=NAME -period=1h", "vault mount -path=", "vault policy-write NAME FILE", "vault unseal"
+		return "vault token-create -policy=NAME -period=1h", "vault mount -path=", "vault policy-write NAME FILE", "vault unseal", "vault capabilities"
 	}
-	return "vault token create -policy=NAME -period=1h", "vault secrets enable -path=", "vault policy write NAME FILE", "vault operator unseal"
+	return "vault token create -policy=NAME -period=1h", "vault secrets enable -path=", "vault policy write NAME FILE", "vault operator unseal", "vault token capabilities"
 }
 
 func vaultCheck(t *testing.T, v *peertest.Vault, scheme, token, mount string, mod func(*Options)) *Report {
@@ -85,7 +85,7 @@ func TestVault(t *testing.T) {
 	for _, srv := range vaultServers {
 		t.Run(srv.name, func(t *testing.T) {
 			v := srv.start(t, true)
-			tokenCreate, mountCmd, policyWrite, _ := vaultCLIOf(v)
+			tokenCreate, mountCmd, policyWrite, _, capabilities := vaultCLIOf(v)
 			v.Mount(t, "transit", "transit")
 			v.Policy(t, "circle-transit", transitPolicy)
 			v.Policy(t, "encrypt-only", `path "transit/encrypt/*" { capabilities = ["update"] }`)
@@ -168,7 +168,8 @@ path "auth/token/renew-self" { capabilities = ["update"] }`)
 				rep := vaultCheck(t, v, "https", tok, "transit", nil)
 				f := find(rep.Findings, "PROBE_INCONCLUSIVE")
 				if only(rep.Findings) != "PROBE_INCONCLUSIVE" || f.Severity != findings.Warning || rep.Errors() != 0 ||
-					!strings.Contains(f.Summary, "sys/capabilities-self") || !strings.Contains(f.Evidence, "HTTP 403") || !rep.Checked[0].OK {
+					!strings.Contains(f.Summary, "sys/capabilities-self") || !strings.Contains(f.Evidence, "HTTP 403") || !rep.Checked[0].OK ||
+					!strings.Contains(f.Fix, capabilities+" TOKEN transit/encrypt/haagent-probe") {
 					t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
 				}
 			})
@@ -193,7 +194,7 @@ func TestVaultPlainListenerAndSeal(t *testing.T) {
 	for _, srv := range vaultServers {
 		t.Run(srv.name, func(t *testing.T) {
 			v := srv.start(t, false)
-			_, _, _, unseal := vaultCLIOf(v)
+			_, _, _, unseal, _ := vaultCLIOf(v)
 			v.Mount(t, "transit", "transit")
 			t.Run("https against a plain listener", func(t *testing.T) {
 				rep := vaultCheck(t, v, "https", v.RootToken, "transit", nil)
