@@ -239,10 +239,10 @@ func TestVaultUninitialized(t *testing.T) {
 	}
 }
 
-// recorder is a listener of the test's own that answers like a Vault 1.x server that takes any
+// httpRecorder is a listener of the test's own that answers like a Vault 1.x server that takes any
 // token, and records every request it receives: the token must never arrive at one that is
 // not verified, nor at one the probe was redirected to.
-type recorder struct {
+type httpRecorder struct {
 	mu   sync.Mutex
 	seen []string // method, URL, headers and body of each request
 	// redirect, when set, answers every request but sys/health (or every one, with
@@ -252,7 +252,7 @@ type recorder struct {
 	redirectHealth bool
 }
 
-func (rc *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (rc *httpRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	rc.mu.Lock()
 	rc.seen = append(rc.seen, fmt.Sprintf("%s %s %v %s", r.Method, r.URL, r.Header, body))
@@ -280,7 +280,7 @@ func (rc *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // got returns whether any recorded request contains s, and how many requests arrived.
-func (rc *recorder) got(s string) (bool, int) {
+func (rc *httpRecorder) got(s string) (bool, int) {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	for _, r := range rc.seen {
@@ -322,7 +322,7 @@ func hostOf(s *httptest.Server) string {
 // send X-Vault-Token).
 func TestVaultTokenNeverToUnverifiedServer(t *testing.T) {
 	const token = "s.services-token-for-impostor"
-	rc := &recorder{}
+	rc := &httpRecorder{}
 	srv := tlsServer(t, peertest.NewCA(t, "impostor CA"), "127.0.0.1", rc)
 	rep := vaultCheckAt(t, hostOf(srv), peertest.NewCA(t, "the CA haagent trusts").CertPEM, "https", token, "transit", nil)
 	if got, _ := rc.got(token); got {
@@ -343,15 +343,15 @@ func TestVaultRedirectNotFollowed(t *testing.T) {
 	ca := peertest.NewCA(t, "haagent test CA")
 	// Where the redirects point: a TLS server on another loopback address with a certificate
 	// the probe trusts (following would succeed), and a plain one.
-	otherTLS := &recorder{}
+	otherTLS := &httpRecorder{}
 	otherHost := tlsServer(t, ca, "127.0.0.2", otherTLS)
-	otherPlain := &recorder{}
+	otherPlain := &httpRecorder{}
 	plain := httptest.NewServer(otherPlain)
 	t.Cleanup(plain.Close)
 	cases := []struct {
 		name, to   string
 		all        bool
-		other      *recorder
+		other      *httpRecorder
 		wantTarget string
 		detail     string
 	}{
@@ -362,7 +362,7 @@ func TestVaultRedirectNotFollowed(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			rc := &recorder{redirect: c.to, redirectHealth: c.all}
+			rc := &httpRecorder{redirect: c.to, redirectHealth: c.all}
 			srv := tlsServer(t, ca, "127.0.0.1", rc)
 			rep := vaultCheckAt(t, hostOf(srv), ca.CertPEM, "https", token, "transit", nil)
 			assertNoSecret(t, rep, "loc-secret")
@@ -383,7 +383,7 @@ func TestVaultRedirectNotFollowed(t *testing.T) {
 // itself.
 func TestVaultRedirectWithoutLocation(t *testing.T) {
 	ca := peertest.NewCA(t, "haagent test CA")
-	srv := tlsServer(t, ca, "127.0.0.1", &recorder{redirect: "none"})
+	srv := tlsServer(t, ca, "127.0.0.1", &httpRecorder{redirect: "none"})
 	rep := vaultCheckAt(t, hostOf(srv), ca.CertPEM, "https", "s.token", "transit", nil)
 	f := find(rep.Findings, "VAULT_REDIRECT")
 	if only(rep.Findings) != "VAULT_REDIRECT" || !strings.Contains(f.Summary, "to a location it did not name") ||
