@@ -9,7 +9,6 @@ import (
 
 	"github.com/xdg-go/scram"
 	"go.mongodb.org/mongo-driver/bson"
-	"go.mongodb.org/mongo-driver/bson/bsontype"
 	"go.mongodb.org/mongo-driver/bson/primitive"
 )
 
@@ -67,8 +66,10 @@ func (a SCRAMSHA1) Authenticate(rw io.ReadWriter) error {
 		if err != nil {
 			return fmt.Errorf("SCRAM-SHA-1 for user %q on %s: %w", a.User, a.Source, err)
 		}
-		done, convID, payload, err := saslReply(reply)
-		if err != nil {
+		var done bool
+		var convID bson.RawValue
+		var payload []byte
+		if done, convID, payload, err = saslReply(reply); err != nil {
 			return fmt.Errorf("SCRAM-SHA-1 for user %q on %s: %w", a.User, a.Source, err)
 		}
 		var out string
@@ -115,9 +116,9 @@ func saslReply(doc bson.Raw) (done bool, convID bson.RawValue, payload []byte, e
 	switch {
 	case lerr != nil:
 		return false, convID, nil, fmt.Errorf("the SASL answer has no payload: %w", ErrNotMongo)
-	case pv.Type == bsontype.Binary:
+	case pv.Type == bson.TypeBinary:
 		_, payload = pv.Binary()
-	case pv.Type == bsontype.String:
+	case pv.Type == bson.TypeString:
 		payload = []byte(pv.StringValue())
 	default:
 		return false, convID, nil, fmt.Errorf("the SASL answer's payload is a %s: %w", pv.Type, ErrNotMongo)

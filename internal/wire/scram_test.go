@@ -152,6 +152,16 @@ func TestSCRAMSHA1KnownAnswer(t *testing.T) {
 			t.Fatalf("sent after the challenge: %q", seen)
 		}
 	})
+	t.Run("3.2's refusal of the proof", func(t *testing.T) {
+		c, _ := scripted(t, []exchange{
+			{"saslStart", b64(t, specClientFirst), bson.M{"conversationId": int32(1), "payload": bin(b64(t, specServerFirst)), "done": false, "ok": 1.0}},
+			{"saslContinue", b64(t, specClientFinal), bson.M{"ok": 0.0, "code": int32(18), "errmsg": "Authentication failed."}},
+		})
+		var ce *CommandError
+		if err := auth.Authenticate(c); !errors.As(err, &ce) || ce.Code != 18 || ce.Command != "saslContinue" {
+			t.Fatalf("want saslContinue's code 18, got %v", err)
+		}
+	})
 	t.Run("3.2's refusal", func(t *testing.T) {
 		huge := strings.Repeat("x", 10000)
 		c, _ := scripted(t, []exchange{
