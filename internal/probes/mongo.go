@@ -232,7 +232,7 @@ func (p *prober) mongoGroup(ctx context.Context, g *mongoGroup, res *result) {
 	// finding above says so, and everything that needs no credential has been checked.
 	if useTLS && !verify {
 		if g.cs.Username != "" {
-			detail += ", not authenticated (unverified certificate)"
+			detail += ", password not sent"
 		}
 		res.check(Checked{Service: "mongo", Target: g.target, OK: ok, Detail: detail})
 		return
@@ -251,13 +251,18 @@ func (p *prober) mongoGroup(ctx context.Context, g *mongoGroup, res *result) {
 		status = func(ctx context.Context, authSource string) (bson.Raw, error) {
 			return p.legacyConnectionStatus(ctx, g, seed, authSource, useTLS)
 		}
+		detail += ", SCRAM-SHA-1 over OP_QUERY"
 	default:
 		what := fmt.Sprintf("MongoDB %s has no SCRAM-SHA-1 (from 3.0) and haagent does not speak MONGODB-CR", wire.Version(im.MaxWireVersion))
 		if im.MaxWireVersion >= wire.SCRAMMinWire {
 			what = fmt.Sprintf("the URIs ask for authMechanism=%s, which haagent checks on MongoDB 3.6 or later only (before that: SCRAM-SHA-1)", g.cs.AuthMechanism)
 		}
+		who := "the URIs' user"
+		if g.cs.Username != "" {
+			who = fmt.Sprintf("%q", g.cs.Username)
+		}
 		res.add(findings.New("MONGO_VERSION_LIMITED", g.target,
-			fmt.Sprintf("%s runs MongoDB %s (wire version %d); the password and privileges of %q were not checked: %s", seed, wire.Version(im.MaxWireVersion), im.MaxWireVersion, g.cs.Username, what),
+			fmt.Sprintf("%s runs MongoDB %s (wire version %d); the password and privileges of %s were not checked: %s", seed, wire.Version(im.MaxWireVersion), im.MaxWireVersion, who, what),
 			"isMaster.maxWireVersion").WithFix("nothing to do if the services already work with this server; haagent checked connectivity, TLS and the replica set"))
 	}
 	if status != nil {
