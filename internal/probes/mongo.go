@@ -193,7 +193,7 @@ func (p *prober) mongoGroup(ctx context.Context, g *mongoGroup, res *result) {
 	if im.SetName != "" && g.cs.ReplicaSet == "" && len(g.cs.Hosts) == 1 {
 		// One host and no replicaSet=: the services' driver talks to that host alone.
 		add(findings.New("MONGO_NO_REPLICA_SET_IN_URI", g.target,
-			fmt.Sprintf("%s name the single host %s and no replicaSet=, but it is a member of replica set %q (now %s): the services talk to this host alone, and after a failover it no longer takes writes",
+			fmt.Sprintf("the URIs (%s) name the single host %s and no replicaSet=, but it is a member of replica set %q (now %s): the services talk to this host alone, and after a failover it no longer takes writes",
 				strings.Join(g.vars, ", "), seed, setName, im.State()), "isMaster.setName").
 			WithFix(fmt.Sprintf("add replicaSet=%s to the URIs and name the members as seeds: mongodb://USER:PASSWORD@%s/DB?replicaSet=%s&...",
 				setName, wire.ServerText(strings.Join(members, ",")), setName)))
@@ -279,7 +279,7 @@ func (p *prober) dialMongo(ctx context.Context, hostport string, useTLS, verify 
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(ep.Host, ep.Port))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("connecting to %s: %w", hostport, err)
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl.Add(-100 * time.Millisecond))
@@ -467,9 +467,13 @@ func (p *prober) legacyConnectionStatus(ctx context.Context, g *mongoGroup, seed
 	}
 	defer conn.Close()
 	if err := (wire.SCRAMSHA1{Source: authSource, User: g.cs.Username, Password: g.cs.Password}).Authenticate(conn); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("authenticating to %s: %w", seed, err)
 	}
-	return wire.Command(conn, authSource, connectionStatusCmd)
+	raw, err := wire.Command(conn, authSource, connectionStatusCmd)
+	if err != nil {
+		return nil, fmt.Errorf("asking %s for connectionStatus: %w", seed, err)
+	}
+	return raw, nil
 }
 
 func mongoCode(err error) int32 {
