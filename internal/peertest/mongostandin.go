@@ -142,6 +142,28 @@ func (s *MongoStandIn) CreateUser(t testing.TB, db, name, password string, roles
 	})
 }
 
+// Runbook32 shapes s as a MongoDB 3.2 replica-set member (set rs0, itself the primary) as the
+// runbook builds it: wire version 4, OP_QUERY only, authorization enabled, and its three users
+// in admin: siteUserAdmin (userAdminAnyDatabase), circle-admin (root, dbAdmin) and circle, with
+// circlePassword and readWrite on circleDBs (the runbook's createUser grants circle_ghe,
+// build_state_dev_ghe and containers_dev_ghe; its URIs also use remote_containers_dev_ghe).
+func (s *MongoStandIn) Runbook32(t testing.TB, circlePassword string, circleDBs ...string) *MongoStandIn {
+	t.Helper()
+	s.Set(func(s *MongoStandIn) {
+		s.NoHello = true
+		s.Hello = bson.M{"ismaster": true, "secondary": false, "setName": "rs0", "hosts": bson.A{s.Addr}, "primary": s.Addr,
+			"maxWireVersion": int32(4), "minWireVersion": int32(0)}
+	})
+	s.CreateUser(t, "admin", "siteUserAdmin", "site-admin-pw", MongoRole{Role: "userAdminAnyDatabase", DB: "admin"})
+	s.CreateUser(t, "admin", "circle-admin", "circle-admin-pw", MongoRole{Role: "root", DB: "admin"}, MongoRole{Role: "dbAdmin", DB: "admin"})
+	var roles []MongoRole
+	for _, db := range circleDBs {
+		roles = append(roles, MongoRole{Role: "readWrite", DB: db})
+	}
+	s.CreateUser(t, "admin", "circle", circlePassword, roles...)
+	return s
+}
+
 // Received is everything clients sent (after the TLS handshake: the plaintext), in order.
 func (s *MongoStandIn) Received() []byte {
 	s.mu.Lock()

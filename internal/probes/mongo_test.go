@@ -195,31 +195,11 @@ func TestMongoStandIn(t *testing.T) {
 	})
 }
 
-// runbook32 is a MongoDB 3.2 replica-set member as the runbook builds it (wire version 4,
-// OP_QUERY only, SCRAM-SHA-1, authorization enabled), with its three users; circle gets
-// readWrite on the databases given (the runbook's createUser names three of the four its URIs
-// use).
+// runbook32 is a MongoDB 3.2 replica-set member as the runbook builds it (see
+// peertest.MongoStandIn.Runbook32); circle gets readWrite on circleDBs.
 func runbook32(t *testing.T, circleDBs ...string) *peertest.MongoStandIn {
 	t.Helper()
-	m := peertest.StartMongoStandIn(t)
-	return shape32(t, m, circleDBs...)
-}
-
-func shape32(t *testing.T, m *peertest.MongoStandIn, circleDBs ...string) *peertest.MongoStandIn {
-	t.Helper()
-	m.Set(func(s *peertest.MongoStandIn) {
-		s.NoHello = true
-		s.Hello = bson.M{"ismaster": true, "secondary": false, "setName": "rs0", "hosts": bson.A{m.Addr}, "primary": m.Addr,
-			"maxWireVersion": int32(4), "minWireVersion": int32(0)}
-	})
-	m.CreateUser(t, "admin", "siteUserAdmin", "site-admin-pw", peertest.MongoRole{Role: "userAdminAnyDatabase", DB: "admin"})
-	m.CreateUser(t, "admin", "circle-admin", "circle-admin-pw", peertest.MongoRole{Role: "root", DB: "admin"}, peertest.MongoRole{Role: "dbAdmin", DB: "admin"})
-	var roles []peertest.MongoRole
-	for _, db := range circleDBs {
-		roles = append(roles, peertest.MongoRole{Role: "readWrite", DB: db})
-	}
-	m.CreateUser(t, "admin", "circle", mongoPW, roles...)
-	return m
+	return peertest.StartMongoStandIn(t).Runbook32(t, mongoPW, circleDBs...)
 }
 
 var (
@@ -291,7 +271,7 @@ func TestMongo32(t *testing.T) {
 		}
 	})
 	t.Run("TLS verified", func(t *testing.T) {
-		m := shape32(t, peertest.StartMongoStandInTLS(t), allGrants...)
+		m := peertest.StartMongoStandInTLS(t).Runbook32(t, mongoPW, allGrants...)
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, "?ssl=true&authSource=admin&replicaSet=rs0"),
 			func(o *Options) { o.RootCAs = m.CA.Pool() })
 		if len(rep.Findings) != 0 || !strings.Contains(rep.Checked[0].Detail, "TLS verified") || !strings.Contains(strings.Join(m.Commands(), " "), "connectionStatus") {
@@ -343,7 +323,7 @@ func TestMongoNoCredentialsToUnverifiedServer(t *testing.T) {
 		{"3.2 legacy path, tlsInsecure in the URI", "?ssl=true&tlsInsecure=true&authSource=admin&replicaSet=rs0", 4},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			m := shape32(t, peertest.StartMongoStandInTLS(t), allGrants...)
+			m := peertest.StartMongoStandInTLS(t).Runbook32(t, mongoPW, allGrants...)
 			m.Set(func(s *peertest.MongoStandIn) {
 				s.Hello["maxWireVersion"] = c.wire
 				s.NoHello = c.wire < 6
