@@ -293,6 +293,18 @@ func TestMongo32(t *testing.T) {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
+	t.Run("the same users on a 6.0 server, through the driver", func(t *testing.T) {
+		for grants, want := range map[int]string{3: "MONGO_PRIVILEGE_MISSING", 4: ""} {
+			m := runbook32(t, allGrants[:grants]...)
+			m.Set(func(s *peertest.MongoStandIn) { s.NoHello, s.Hello["maxWireVersion"] = false, int32(17) })
+			rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, opts), nil)
+			// 4.4+ honours skipEmptyExchange: one saslContinue.
+			if only(rep.Findings) != want || strings.Contains(rep.Checked[0].Detail, "OP_QUERY") ||
+				!strings.Contains(strings.Join(m.Commands(), " "), "saslStart saslContinue connectionStatus") {
+				t.Fatalf("%d grants: %+v %+v %v", grants, rep.Findings, rep.Checked, m.Commands())
+			}
+		}
+	})
 	t.Run("server error text is cut", func(t *testing.T) {
 		m := runbook32(t, allGrants...)
 		huge := strings.Repeat("impostor text ", 5000)
