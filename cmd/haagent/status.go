@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/haagent/haagent/internal/bootstrap"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/state"
 )
@@ -40,6 +41,7 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		deadline = t.C
 	}
 	shownRetry := ""
+	boot := bootstrap.BootID()
 	for {
 		rec, err := state.Load(path)
 		if err != nil {
@@ -55,6 +57,11 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 				return &exitError{code: 1, err: fmt.Errorf("the last run is %s: %s", last.Status, last.Error)}
 			}
 			return nil
+		}
+		// --wait is about this boot: a run recorded before the machine rebooted (its "complete"
+		// or its failure) says nothing about the boot haagent is driving now.
+		if last != nil && last.BootID != "" && last.BootID != boot {
+			last = nil
 		}
 		if last != nil {
 			switch last.Status {
@@ -75,7 +82,7 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-deadline:
-			state := "no run recorded yet"
+			state := "no run of this boot recorded yet (is the haagent service running? systemctl status haagent)"
 			if last != nil {
 				state = "last run is " + last.Status
 				if last.Error != "" {

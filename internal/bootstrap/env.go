@@ -150,8 +150,15 @@ func Notify(s string) {
 	daemon.SdNotify(false, s)
 }
 
+// BootIDEnv overrides the boot id, for tests: systemd-nspawn and test roots share the host's
+// kernel, hence its boot id.
+const BootIDEnv = "HAAGENT_BOOT_ID"
+
 // BootID is the kernel's id for this boot (not under --root: it is the running kernel's).
 func BootID() string {
+	if id := os.Getenv(BootIDEnv); id != "" {
+		return id
+	}
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return ""
@@ -196,6 +203,28 @@ func (e *Env) lateDecision(f findings.Finding, codes ...string) {
 	}
 	e.mu.Unlock()
 	e.record(f)
+	e.save()
+}
+
+// clearLate withdraws a late finding whose condition has ended (the engine answers again), so
+// status shows the machine as it is.
+func (e *Env) clearLate(code, target string) {
+	e.mu.Lock()
+	for step, fs := range e.byStep {
+		kept := fs[:0]
+		for _, g := range fs {
+			if g.Code != code || g.Target != target {
+				kept = append(kept, g)
+			}
+		}
+		e.byStep[step] = kept
+	}
+	for k := range e.reported {
+		if strings.HasPrefix(k, code+"\x00"+target+"\x00") {
+			delete(e.reported, k) // a later recurrence is logged again
+		}
+	}
+	e.mu.Unlock()
 	e.save()
 }
 

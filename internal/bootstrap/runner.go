@@ -40,6 +40,9 @@ func DefaultBackoff(n int) time.Duration {
 
 // Run executes the steps in order. The returned error names the failed step.
 func (r *Runner) Run(ctx context.Context, env *Env) error {
+	if err := CheckSteps(r.Steps); err != nil {
+		return err
+	}
 	if r.Backoff == nil {
 		r.Backoff = DefaultBackoff
 	}
@@ -87,19 +90,37 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 		env.Run.Error = ""
 		// Retry the step itself, or the earlier step it depends on (a fix in the bucket must
 		// be fetched again before it can be validated).
-		back := i
-		if s.RetryFrom != "" {
-			for j := range r.Steps[:i] {
-				if r.Steps[j].Name == s.RetryFrom {
-					back = j
-				}
-			}
-		}
-		i = back - 1
+		i = retryIndex(r.Steps, i) - 1
 	}
 	env.Log.Info("boot complete", "steps", len(r.Steps), "duration", time.Since(env.Run.Start).Round(time.Millisecond).String())
 	Notify("STATUS=boot complete")
 	return r.finish(env, state.Complete, nil)
+}
+
+// CheckSteps refuses a table whose retry target is not an earlier step: a mistyped name would
+// otherwise make the step silently retry only itself.
+func CheckSteps(steps []Step) error {
+	seen := map[string]bool{}
+	for _, s := range steps {
+		if seen[s.Name] {
+			return fmt.Errorf("boot step table: step %q appears twice", s.Name)
+		}
+		if s.RetryFrom != "" && !seen[s.RetryFrom] {
+			return fmt.Errorf("boot step table: step %q retries from %q, which is not an earlier step", s.Name, s.RetryFrom)
+		}
+		seen[s.Name] = true
+	}
+	return nil
+}
+
+// retryIndex is where a failed step i starts again: the earlier step it retries from, or itself.
+func retryIndex(steps []Step, i int) int {
+	for j := range steps[:i] {
+		if steps[j].Name == steps[i].RetryFrom {
+			return j
+		}
+	}
+	return i
 }
 
 func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, watchdog time.Duration) error {

@@ -44,8 +44,10 @@ var Steps = []Step{
 	{Name: "fetch", Run: stepFetch},
 	{Name: "validate-files", Run: stepValidateFiles, RetryFrom: "fetch"},
 	{Name: "cookie-key", Run: stepCookieKey},
-	{Name: "ca-certs", Run: stepCACerts},
-	{Name: "probe", Run: stepProbe},
+	// A CA or a setting fixed in the bucket must be fetched again before it can help, so these
+	// go back to fetch rather than retrying what is already on disk.
+	{Name: "ca-certs", Run: stepCACerts, RetryFrom: "fetch"},
+	{Name: "probe", Run: stepProbe, RetryFrom: "fetch"},
 	{Name: "replicated-install", Run: stepReplicatedInstall},
 	{Name: "watch", Run: stepWatch},
 	{Name: "lifecycle-complete", Run: stepLifecycleComplete},
@@ -317,6 +319,16 @@ func stepWatch(ctx context.Context, env *Env) error {
 			Sink:     logging.NewContainerSink(c.Container, env.Log),
 			Status:   func(s string) { Notify("STATUS=" + s) },
 			MarkPath: env.Path(watch.MarkPath),
+			// A wedged engine is a state the journal and status show, not a hang: every Docker
+			// call is bounded, and the guard sees the frontend as down meanwhile.
+			Engine: func(err error) {
+				if err != nil {
+					env.LateFinding(findings.New("DOCKER_NOT_ANSWERING", "dockerd", "the Docker engine does not answer; the frontend cannot be watched", findings.Redact(err.Error())))
+					return
+				}
+				env.Log.Info("the Docker engine answers again")
+				env.clearLate("DOCKER_NOT_ANSWERING", "dockerd")
+			},
 			Probe: func(ctx context.Context) []findings.Finding {
 				return runProbes(ctx, env).Findings
 			},
