@@ -71,9 +71,9 @@ func probeMongo(ctx context.Context, p *prober, s *settings.Settings) *result {
 			res.add(findings.New("URI_MALFORMED", v.Where(), fmt.Sprintf("%s is not a valid MongoDB URI: %s", name, msg), findings.Redact(v.Value)))
 			continue
 		}
-		// The effective auth source is part of the endpoint: a URI without authSource=
-		// authenticates against its own database, as the services' drivers do.
-		key := strings.Join(cs.Hosts, ",") + "\x00" + cs.Username + "\x00" + cs.Password + "\x00" + (&mongoGroup{cs: cs}).authSource() + "\x00" + cs.ReplicaSet + "\x00" + cs.AuthMechanism + fmt.Sprint(cs.SSL)
+		// cs.AuthSource is the effective one: the parser sets a URI's own database (or admin)
+		// when authSource= is absent, so such URIs are checked against their databases.
+		key := strings.Join(cs.Hosts, ",") + "\x00" + cs.Username + "\x00" + cs.Password + "\x00" + cs.AuthSource + "\x00" + cs.ReplicaSet + "\x00" + cs.AuthMechanism + fmt.Sprint(cs.SSL)
 		g, ok := groups[key]
 		if !ok {
 			user := ""

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -184,6 +185,7 @@ func TestMongoStandIn(t *testing.T) {
 		for name, privs := range map[string]bson.A{
 			"root":                 {bson.M{"resource": bson.M{"anyResource": true}, "actions": bson.A{"anyAction", "find", "insert", "update", "remove"}}},
 			"readWriteAnyDatabase": privileges(""),
+			"anyAction alone":      {bson.M{"resource": bson.M{"anyResource": true}, "actions": bson.A{"anyAction"}}},
 		} {
 			m := peertest.StartMongoStandIn(t)
 			m.Set(func(s *peertest.MongoStandIn) { s.ConnectionStatus = status(privs) })
@@ -260,6 +262,26 @@ func TestMongo32(t *testing.T) {
 			if f.Code != "MONGO_AUTH_FAILED" {
 				t.Fatalf("%+v", rep.Findings)
 			}
+		}
+	})
+	t.Run("no authSource: each URI authenticates against its own database", func(t *testing.T) {
+		m := peertest.StartMongoStandIn(t).Runbook32(t, "other-pw")
+		var roles []peertest.MongoRole
+		for _, db := range allGrants {
+			roles = append(roles, peertest.MongoRole{Role: "readWrite", DB: db})
+		}
+		m.CreateUser(t, "circle_ghe", "circle", mongoPW, roles...)
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, "?replicaSet=rs0"), nil)
+		var against []string
+		for _, f := range rep.Findings {
+			if f.Code != "MONGO_AUTH_FAILED" {
+				t.Fatalf("%+v", rep.Findings)
+			}
+			against = append(against, f.Summary[strings.Index(f.Summary, "against database"):])
+		}
+		sort.Strings(against)
+		if want := []string{`against database "build_state_dev_ghe"`, `against database "containers_dev_ghe"`, `against database "remote_containers_dev_ghe"`}; strings.Join(against, ";") != strings.Join(want, ";") {
+			t.Fatalf("want AUTH_FAILED for %q, got %q", want, against)
 		}
 	})
 	t.Run("one host without replicaSet=", func(t *testing.T) {
