@@ -96,6 +96,7 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 }
 
 func (c *statusCmd) print(w io.Writer, rec *state.Record) {
+	m, merr := state.LoadMaintenance(c.g.path(state.MaintenancePath))
 	runs := rec.Runs
 	if c.runs > 0 && len(runs) > c.runs {
 		runs = runs[len(runs)-c.runs:]
@@ -103,10 +104,15 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 	if c.json {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
+		var active *state.Maintenance
+		if m.Active(time.Now()) {
+			active = m
+		}
 		enc.Encode(struct {
-			Version int         `json:"version"`
-			Runs    []state.Run `json:"runs"`
-		}{rec.Version, runs})
+			Version     int                `json:"version"`
+			Maintenance *state.Maintenance `json:"maintenance,omitempty"`
+			Runs        []state.Run        `json:"runs"`
+		}{rec.Version, active, runs})
 		return
 	}
 	last := runs[len(runs)-1]
@@ -122,6 +128,16 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 	fmt.Fprintln(w)
 	if last.Error != "" {
 		fmt.Fprintf(w, "error:    %s\n", last.Error)
+	}
+	switch {
+	case merr != nil:
+		fmt.Fprintf(w, "maintenance: %v\n", merr)
+	case m.Active(time.Now()):
+		line := fmt.Sprintf("maintenance: on until %s (replacements held)", m.Until.Local().Format(time.RFC3339))
+		if m.Reason != "" {
+			line += ": " + m.Reason
+		}
+		fmt.Fprintln(w, line)
 	}
 	fmt.Fprintln(w, "steps:")
 	for _, s := range last.Steps {

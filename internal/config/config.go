@@ -150,6 +150,9 @@ type Replace struct {
 	// At most Budget replacements within Window, across all instances (kept in the bucket).
 	Budget int      `yaml:"budget"`
 	Window Duration `yaml:"window"`
+	// DailyBudget caps replacements within any 24 hours (default 4), across instances: a fault
+	// that follows every new instance must not replace one per Window for days.
+	DailyBudget int `yaml:"daily_budget"`
 }
 
 // Watch configures the frontend watch.
