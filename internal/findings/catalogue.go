@@ -71,12 +71,13 @@ var Catalogue = []Entry{
 	{"PG_READ_ONLY", Error, true, "postgres", "point POSTGRES_HOST at the primary (the writer endpoint on RDS), not a replica"},
 
 	// MongoDB
-	{"MONGO_AUTH_FAILED", Error, true, "mongo", "check the user name and password in the URI; percent-encode special characters"},
+	{"MONGO_AUTH_FAILED", Error, true, "mongo", "check the user name and password in the URI; percent-encode special characters. On MongoDB 3.x a user created before 3.0 may hold only MONGODB-CR credentials: upgrade them with db.adminCommand({authSchemaUpgrade: 1})"},
 	{"MONGO_REPLSET_MISMATCH", Error, true, "mongo", "make replicaSet= in the URIs match the set's name (rs.conf()._id)"},
 	{"MONGO_NO_PRIMARY", Error, true, "mongo", "a majority of members must be up and reach each other to elect a primary"},
 	{"MONGO_MEMBER_UNREACHABLE", Error, true, "mongo", "make every member's advertised host name resolve and reach from this machine, or rename the member"},
 	{"MONGO_PRIVILEGE_MISSING", Error, true, "mongo", "grant the user readWrite on the database"},
-	{"MONGO_VERSION_LIMITED", Info, false, "mongo", "nothing to do if the services work with this server"},
+	{"MONGO_VERSION_LIMITED", Info, false, "mongo", "nothing to do if the services work with this server: haagent could not check the password and privileges (MongoDB before 3.0, or an authMechanism other than SCRAM-SHA-1 before 3.6)"},
+	{"MONGO_NO_REPLICA_SET_IN_URI", Warning, false, "mongo", "add replicaSet=NAME to the URIs and list the members as seeds: a URI naming one host makes the driver talk to that host alone, which after a failover is no longer the primary"},
 
 	// Vault. The probe names the command line of the server's version in its fix (0.7, the
 	// runbook's: vault unseal, vault token-create, vault mount, vault policy-write); these
