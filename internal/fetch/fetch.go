@@ -250,9 +250,13 @@ func download(ctx context.Context, b *bucket.Bucket, root string, f *File) error
 	opts := atomicfile.Options{Mode: f.mode, DirMode: 0o700, UID: f.uid, GID: f.gid}
 	err := b.Get(ctx, f.Key, f.knownTag, func(body io.Reader, m bucket.Meta) error {
 		md := md5.New()
-		tmp, res, err := atomicfile.Stage(stage, filepath.Base(final), io.TeeReader(body, md), opts)
+		src := &readSide{r: body}
+		tmp, res, err := atomicfile.Stage(stage, filepath.Base(final), io.TeeReader(src, md), opts)
 		if err != nil {
-			return err
+			if src.err != nil {
+				return err // the body failed: S3's side, classified and retried as a transfer error
+			}
+			return &bucket.LocalError{Path: f.Dest, Err: err}
 		}
 		fail := func(err error) error { os.Remove(tmp); return err }
 		if m.Size >= 0 && res.Size != m.Size {
@@ -286,6 +290,21 @@ func download(ctx context.Context, b *bucket.Bucket, root string, f *File) error
 	}
 	f.Changed = true
 	return nil
+}
+
+// readSide remembers an error from reading the body, so that a failed Stage can be told apart:
+// the network's fault (retry) or this machine's disk (never retry, never "S3 unreachable").
+type readSide struct {
+	r   io.Reader
+	err error
+}
+
+func (s *readSide) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
 }
 
 // Commit moves every changed file into place. Each file appears whole; a crash between two

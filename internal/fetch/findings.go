@@ -22,11 +22,16 @@ func bucketFinding(err error, e config.Entry) findings.Finding {
 func fileFinding(b *bucket.Bucket, err error, f *File) findings.Finding {
 	var be *bucket.Error
 	if !errors.As(err, &be) {
-		return findings.New("S3_FETCH_FAILED", f.Dest, fmt.Sprintf("writing %s failed", f.Dest), err.Error()).
-			WithFix("check the filesystem under the destination (space, read-only mount, permissions)")
+		le := &bucket.LocalError{Path: f.Dest, Err: err}
+		return findings.New("LOCAL_WRITE_FAILED", f.Dest, fmt.Sprintf("writing %s failed on this machine", f.Dest), err.Error()).WithFix(le.Fix())
 	}
 	code := be.Code()
 	summary := fmt.Sprintf("cannot download %s to %s (%s)", be.URI, f.Dest, f.purpose)
+	var le *bucket.LocalError
+	if errors.As(err, &le) {
+		// The machine's fault: the target is the local path, the object is only context.
+		return findings.New(code, f.Dest, fmt.Sprintf("cannot write %s (from %s) on this machine", f.Dest, be.URI), le.Error()).WithFix(le.Fix())
+	}
 	if code == "S3_OBJECT_MISSING" {
 		summary = fmt.Sprintf("%s does not exist; it is %s, written to %s", be.URI, f.purpose, f.Dest)
 	}
