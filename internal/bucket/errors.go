@@ -90,7 +90,9 @@ type LocalError struct {
 	Err  error
 }
 
-func (e *LocalError) Error() string { return fmt.Sprintf("writing %s on this machine: %v", e.Path, e.Err) }
+func (e *LocalError) Error() string {
+	return fmt.Sprintf("writing %s on this machine: %v", e.Path, e.Err)
+}
 func (e *LocalError) Unwrap() error { return e.Err }
 
 // Fix names what to do on the machine, by the errno underneath.
