@@ -109,6 +109,8 @@ func stepConfig(ctx context.Context, env *Env) error {
 		Name: c.Source.Bucket, Prefix: c.Source.Prefix, Region: c.Source.Region,
 		Endpoint: c.Source.Endpoint, PathStyle: c.Source.PathStyle, CAFile: caFile,
 		FallbackRegion: env.Instance.Region, Attempts: c.Fetch.Attempts, Timeout: c.Fetch.Timeout.D(), Log: env.Log,
+		// Every object haagent writes (keys, cookie key, replacement ledger) gets the same SSE.
+		Encryption: bucket.Encryption{SSE: c.Backup.SSE, KMSKeyID: c.Backup.KMSKeyID},
 	})
 	if err != nil {
 		return fmt.Errorf("setting up S3 access to bucket %s: %w", c.Source.Bucket, err)
