@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/haagent/haagent/internal/replicated"
 )
@@ -206,7 +207,11 @@ func TestBackupKeysCommand(t *testing.T) {
 	if r := w.run("run", "--once"); r.code != 0 {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
-	os.WriteFile(filepath.Join(w.root, "data/circle/circleci-encryption-keys/99-made-here.key"), []byte("fresh key"), 0o600)
+	made := filepath.Join(w.root, "data/circle/circleci-encryption-keys/99-made-here.key")
+	os.WriteFile(made, []byte("fresh key"), 0o600)
+	// Written a minute ago: settled (a key still being written is not uploaded).
+	old := time.Now().Add(-time.Minute)
+	os.Chtimes(made, old, old)
 	r := w.run("backup", "keys")
 	if r.code != 0 || string(w.s3.Object(bkt, "circleci-encryption-keys/99-made-here.key")) != "fresh key" {
 		t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)

@@ -62,8 +62,15 @@ type Env struct {
 	lifecycle  lifecycleState
 	monitoring sync.Once
 
+	// keyScan is the periodic keys backup, started once.
+	keyScan sync.Once
+
 	mu       sync.Mutex
-	current  string
+	// keyConflicts is the latest comparison's key conflicts; the runner's save copies it into
+	// the record (a backup scan finds them from its own goroutine).
+	keyConflicts    []fetch.KeyConflict
+	keyConflictsSet bool
+	current         string
 	byStep   map[string][]findings.Finding
 	reported map[string]bool
 }
@@ -204,5 +211,23 @@ func (e *Env) save() {
 	defer e.persistMu.Unlock()
 	if e.persist != nil {
 		e.persist()
+	}
+}
+
+// setKeyConflicts records the outcome of a full comparison of the keys: the record keeps it
+// from the next save on. The slice is replaced, never changed in place.
+func (e *Env) setKeyConflicts(cs []fetch.KeyConflict) {
+	e.mu.Lock()
+	e.keyConflicts, e.keyConflictsSet = append([]fetch.KeyConflict(nil), cs...), true
+	e.mu.Unlock()
+}
+
+// syncRecord copies what other goroutines found into the record before it is saved; it runs
+// only where the record is written (the runner, or persist under persistMu).
+func (e *Env) syncRecord() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.keyConflictsSet {
+		e.Record.KeyConflicts = e.keyConflicts
 	}
 }

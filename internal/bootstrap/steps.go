@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/haagent/haagent/internal/asg"
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/backup"
 	"github.com/haagent/haagent/internal/bucket"
@@ -124,7 +125,7 @@ func stepFetch(ctx context.Context, env *Env) error {
 	env.Bundle = nil
 	bd, err := fetch.Fetch(ctx, env.Bucket, fetch.Options{
 		Root: env.Root, Layout: env.Config.Layout, Concurrency: env.Config.Fetch.Concurrency,
-		Known: env.Record.Known, Log: env.Log,
+		Known: env.Record.Known, Log: env.Log, Existing: func(ctx context.Context) (string, error) { return deploymentExisted(ctx, env) },
 	})
 	if bd != nil {
 		env.ReportAll(bd.Findings)
@@ -165,11 +166,28 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 				"settings.conf in the bucket differs from the one Replicated was installed with; Replicated does not read it again", ""))
 		}
 	}
+	if bd != nil {
+		fs = append(fs, fetch.ShellSyntax(bd, env.Bucket.URI)...)
+	}
 	env.ReportAll(fs)
 	var blocking []findings.Finding
 	for _, f := range fs {
 		if f.Blocking {
 			blocking = append(blocking, f)
+		}
+	}
+	if bd != nil {
+		// The fetch compared every key on both sides: this is the current list of conflicts.
+		env.setKeyConflicts(bd.Conflicts)
+		if len(bd.Conflicts) > 0 && !installedHere(env) {
+			// Before the installer, a conflict stops the boot: CircleCI must not start on a
+			// key a person has not chosen. Once it runs here, the boot goes on with the local
+			// key (the one CircleCI has been using) and the finding stays until resolved.
+			for _, c := range bd.Conflicts {
+				f := c.Finding()
+				f.Blocking = true
+				blocking = append(blocking, f)
+			}
 		}
 	}
 	if len(blocking) > 0 {
@@ -336,6 +354,9 @@ func stepWatch(ctx context.Context, env *Env) error {
 		// lines from before this run are taken as forwarded by an older haagent.
 		env.background.Add(1)
 		go func() { defer env.background.Done(); w.Follow(ctx, env.Run.Start) }()
+		// CircleCI creates its keys on its first start, while the watch waits for it: the scan
+		// backs them up as soon as they are written, not only after the boot.
+		startKeyScan(ctx, env)
 		go w.CrashLoops(ctx, func(dies int, window time.Duration) {
 			probed := runProbes(ctx, env).Findings
 			last := strings.Join(w.LastLines(), " | ")
@@ -361,16 +382,28 @@ func stepWatch(ctx context.Context, env *Env) error {
 // so the service keeps trying and the run is not reported complete with keys at risk.
 func StepBackupKeys(ctx context.Context, env *Env) error {
 	e := env.keysEntry()
-	res, err := backup.Keys(ctx, env.Bucket, env.Root, e.Dest, e.Key, bucket.Encryption{SSE: env.Config.Backup.SSE, KMSKeyID: env.Config.Backup.KMSKeyID})
+	res, err := backup.Keys(ctx, env.Bucket, env.keysOptions())
 	var be *bucket.Error
 	if err != nil && errors.As(err, &be) && be.Code() == "S3_UNREACHABLE" {
-		// A reboot with S3 down (the fetch went on with the last good files): try next boot.
-		env.Report(findings.New("KEYS_BACKUP_SKIPPED", env.Bucket.URI(e.Key), "S3 is unreachable: the encryption keys were not compared with the bucket", err.Error()))
-		return nil
+		if env.Record.CompletedOn(env.Instance.InstanceID) {
+			// A reboot with S3 down (the fetch went on with the last good files): the keys were
+			// backed up by an earlier boot; the scan compares them once S3 answers.
+			env.Report(findings.New("KEYS_BACKUP_SKIPPED", env.Bucket.URI(e.Key), "S3 is unreachable: the encryption keys were not compared with the bucket", err.Error()))
+			startKeyScan(ctx, env)
+			return nil
+		}
+		// A first boot: the keys CircleCI just made exist only here. Not complete until they
+		// are in S3; the service retries.
+		f := findings.New("KEYS_NOT_BACKED_UP", env.Bucket.URI(e.Key),
+			"S3 is unreachable on this instance's first boot: its encryption keys exist only on this machine", err.Error()).
+			WithFix(be.Fix() + "; haagent retries the backup until it succeeds")
+		return &findings.Failure{Findings: []findings.Finding{f}}
 	}
 	if err != nil {
 		return err
 	}
+	env.setKeyConflicts(res.Details)
+	startKeyScan(ctx, env)
 	env.ReportAll(res.Findings)
 	env.Log.Info("encryption keys backed up", "uploaded", len(res.Uploaded), "in_sync", len(res.InSync),
 		"conflicts", len(res.Conflicts), "not_backed_up", len(res.NotBackedUp))
@@ -384,6 +417,98 @@ func StepBackupKeys(ctx context.Context, env *Env) error {
 		return &findings.Failure{Findings: errs}
 	}
 	return nil
+}
+
+// keysOptions is where the keys are, for the backup.
+func (env *Env) keysOptions() backup.Options {
+	e := env.keysEntry()
+	return backup.Options{Root: env.Root, LocalDir: e.Dest, Prefix: e.Key}
+}
+
+// installedHere reports whether CircleCI was installed on this instance (the installer's
+// marker, or a completed boot): what already runs here must not be stopped.
+func installedHere(env *Env) bool {
+	if m := replicated.ReadMarker(env.Root); m != nil && m.InstanceID == env.Instance.InstanceID {
+		return true
+	}
+	return env.Record.CompletedOn(env.Instance.InstanceID)
+}
+
+// deploymentExisted returns evidence that this CircleCI deployment existed before this boot:
+// this machine's record or installer marker, or objects only an earlier instance writes (the
+// session cookie key, the replacement ledger). "" means a brand-new install.
+func deploymentExisted(ctx context.Context, env *Env) (string, error) {
+	if why := env.Record.InstalledBefore(); why != "" {
+		return why, nil
+	}
+	if m := replicated.ReadMarker(env.Root); m != nil {
+		return fmt.Sprintf("Replicated was installed on this machine (instance %s, %s)", m.InstanceID, replicated.MarkerPath), nil
+	}
+	for _, key := range []string{cookie.Object, asg.LedgerKey} {
+		objs, err := env.Bucket.List(ctx, key)
+		if err != nil {
+			return "", err
+		}
+		for _, o := range objs {
+			if o.Rel == "" {
+				return fmt.Sprintf("the bucket holds %s, which only an earlier instance writes", env.Bucket.URI(key)), nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// startKeyScan starts, once, the periodic keys backup that runs for as long as haagent does.
+// The service holds its lock for its whole life, so the scan's writes are covered by it.
+func startKeyScan(ctx context.Context, env *Env) {
+	env.keyScan.Do(func() {
+		env.background.Add(1)
+		go func() {
+			defer env.background.Done()
+			scanKeys(ctx, env, env.Config.Backup.ScanEvery.D())
+		}()
+	})
+}
+
+// scanKeys looks at the keys directory every period and backs it up again when it changed, or
+// while the last backup left a key out (a conflict, a failed upload, a key still being
+// written). Its findings are late findings: they join the run record and the journal.
+func scanKeys(ctx context.Context, env *Env, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	o := env.keysOptions()
+	last, settled := "", false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fp := backup.Fingerprint(o)
+		if settled && fp == last {
+			continue
+		}
+		res, err := backup.Keys(ctx, env.Bucket, o)
+		if err != nil {
+			if ctx.Err() == nil {
+				env.Log.Warn("the periodic keys backup could not compare the keys with the bucket; trying again at the next scan",
+					"every", every.String(), "error", err.Error())
+			}
+			settled = false
+			continue
+		}
+		env.setKeyConflicts(res.Details)
+		for _, f := range res.Findings {
+			env.LateFinding(f)
+		}
+		if len(res.Findings) == 0 {
+			env.save() // the record's key conflicts are cleared
+		}
+		if len(res.Uploaded) > 0 {
+			env.Log.Info("encryption keys backed up by the periodic scan", "uploaded", strings.Join(res.Uploaded, ","), "in_sync", len(res.InSync))
+		}
+		last, settled = fp, len(res.NotBackedUp)+len(res.Conflicts) == 0
+	}
 }
 
 func (env *Env) keysEntry() config.Entry {

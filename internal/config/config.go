@@ -121,7 +121,15 @@ type Backup struct {
 	// AES256 or aws:kms.
 	SSE      string `yaml:"sse"`
 	KMSKeyID string `yaml:"kms_key_id"`
+	// ScanEvery is how often the keys directory is looked at after the boot, for as long as
+	// haagent runs: CircleCI may create or rotate a key at any time, and a key only on this
+	// machine is lost with it. A changed directory (or one with keys not yet in S3) is backed
+	// up again.
+	ScanEvery Duration `yaml:"scan_every"`
 }
+
+// DefaultKeysScanEvery is the keys scan's default period.
+const DefaultKeysScanEvery = 5 * time.Minute
 
 // ASG configures the Auto Scaling group part: the launch lifecycle hook and the guarded
 // replacement. Off unless enabled, so a machine outside a group needs no Auto Scaling access.

@@ -199,6 +199,11 @@ func (c *Config) Validate() error {
 	default:
 		bad("backup.sse", "%q is not AES256 or aws:kms", c.Backup.SSE)
 	}
+	if c.Backup.ScanEvery == 0 {
+		c.Backup.ScanEvery = Duration(DefaultKeysScanEvery)
+	} else if c.Backup.ScanEvery < 0 {
+		bad("backup.scan_every", "must be positive")
+	}
 	if c.Backup.KMSKeyID != "" && c.Backup.SSE != "aws:kms" {
 		bad("backup.kms_key_id", "needs backup.sse: aws:kms")
 	}

@@ -45,6 +45,11 @@ type Options struct {
 	// Known maps destination paths (as seen inside root) to what was written there last time.
 	Known map[string]Known
 	Log   *slog.Logger
+	// Existing, when set, says whether this deployment existed before this boot (evidence for
+	// the message, "" when new). With it, an empty keys prefix on a machine without keys is
+	// KEYS_MISSING, not a new install's KEYS_PREFIX_EMPTY: CircleCI would mint new keys and the
+	// data encrypted with the old ones would be lost.
+	Existing func(ctx context.Context) (string, error)
 }
 
 // File is one object and its destination.
@@ -56,6 +61,9 @@ type File struct {
 	SHA256  string `json:"sha256"`
 	ETag    string `json:"etag,omitempty"`
 	Changed bool   `json:"changed"`
+	// Conflict is set for a key whose local copy differs from the bucket's: the local one is
+	// kept, nothing is staged.
+	Conflict *KeyConflict `json:"conflict,omitempty"`
 
 	staged  string
 	stage   string
@@ -75,7 +83,9 @@ type Bundle struct {
 	Root     string
 	Files    []*File
 	Findings []findings.Finding
-	stages   []string
+	// Conflicts are the keys kept on this machine although the bucket's copy differs.
+	Conflicts []KeyConflict
+	stages    []string
 }
 
 // Fetch downloads the layout into staging. It returns the bundle and, when any error finding
@@ -120,6 +130,8 @@ func Fetch(ctx context.Context, b *bucket.Bucket, o Options) (*Bundle, error) {
 			for f := range jobs {
 				if err := download(ctx, b, o.Root, f); err != nil {
 					report(fileFinding(b, err, f))
+				} else if f.Conflict != nil {
+					report(f.Conflict.Finding())
 				}
 			}
 		}()
@@ -156,6 +168,11 @@ func Fetch(ctx context.Context, b *bucket.Bucket, o Options) (*Bundle, error) {
 	for _, fs := range perEntry {
 		bd.Files = append(bd.Files, fs...)
 	}
+	for _, f := range bd.Files {
+		if f.Conflict != nil {
+			bd.Conflicts = append(bd.Conflicts, *f.Conflict)
+		}
+	}
 	if ctx.Err() != nil {
 		bd.Discard()
 		return bd, fmt.Errorf("fetch interrupted: %w", ctx.Err())
@@ -163,7 +180,10 @@ func Fetch(ctx context.Context, b *bucket.Bucket, o Options) (*Bundle, error) {
 	findings.Sort(bd.Findings)
 	var blocking []findings.Finding
 	for _, f := range bd.Findings {
-		if f.Severity == findings.Error {
+		// A key conflict is not the fetch's failure: the bundle is good and the local key is
+		// kept. Whether it stops the boot depends on whether CircleCI already runs here, which
+		// the caller knows.
+		if f.Severity == findings.Error && f.Code != "KEYS_CONFLICT" {
 			blocking = append(blocking, f)
 		}
 	}
@@ -208,8 +228,7 @@ func listEntry(ctx context.Context, b *bucket.Bucket, o Options, e config.Entry,
 				fmt.Sprintf("no objects under %s (%s)", b.URI(e.Key), e.Purpose), "ListObjectsV2 returned no keys").
 				WithFix(fmt.Sprintf("upload the directory: aws s3 cp DIR %s --recursive", b.URI(e.Key))))
 		case e.WarnEmpty:
-			report(findings.New("KEYS_PREFIX_EMPTY", b.URI(e.Key),
-				fmt.Sprintf("no objects under %s (%s)", b.URI(e.Key), e.Purpose), "ListObjectsV2 returned no keys"))
+			report(emptyKeysFinding(ctx, b, o, e))
 		}
 	}
 	if local := localOnly(filepath.Join(o.Root, e.Dest), seen); len(local) > 0 {
@@ -276,6 +295,11 @@ func download(ctx context.Context, b *bucket.Bucket, root string, f *File) error
 	}
 	if err != nil {
 		return err
+	}
+	if f.Entry == KeysEntry {
+		if err := keepLocalKey(b, final, f); err != nil || f.Conflict != nil {
+			return err
+		}
 	}
 	if cur, err := atomicfile.HashFile(final); err == nil && cur.SHA256 == f.SHA256 {
 		// Same content: keep the file and its mtime, only converge the mode.

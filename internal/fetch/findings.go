@@ -20,6 +20,11 @@ func bucketFinding(err error, e config.Entry) findings.Finding {
 
 // fileFinding turns a failed download into a finding.
 func fileFinding(b *bucket.Bucket, err error, f *File) findings.Finding {
+	if errors.Is(err, ErrEmptyKey) {
+		return findings.New("KEYS_EMPTY", b.URI(f.Key),
+			fmt.Sprintf("encryption key %s is empty (0 bytes); it is refused and nothing is installed", b.URI(f.Key)), "").
+			WithFix(fmt.Sprintf("upload the real key over it (aws s3 cp KEYFILE %s) from the machine or backup that holds it", b.URI(f.Key)))
+	}
 	var be *bucket.Error
 	if !errors.As(err, &be) {
 		le := &bucket.LocalError{Path: f.Dest, Err: err}
