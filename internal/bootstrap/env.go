@@ -65,14 +65,14 @@ type Env struct {
 	// keyScan is the periodic keys backup, started once.
 	keyScan sync.Once
 
-	mu       sync.Mutex
+	mu sync.Mutex
 	// keyConflicts is the latest comparison's key conflicts; the runner's save copies it into
 	// the record (a backup scan finds them from its own goroutine).
 	keyConflicts    []fetch.KeyConflict
 	keyConflictsSet bool
 	current         string
-	byStep   map[string][]findings.Finding
-	reported map[string]bool
+	byStep          map[string][]findings.Finding
+	reported        map[string]bool
 }
 
 // Path maps an absolute machine path under --root.
