@@ -105,7 +105,9 @@ func TestFetchEmptyKeysPrefixOfAnExistingDeployment(t *testing.T) {
 		}
 	}
 	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
-	existed := func(context.Context) (string, error) { return "the bucket holds s3://circleci-ha/session-cookie-key", nil }
+	existed := func(context.Context) (string, error) {
+		return "the bucket holds s3://circleci-ha/session-cookie-key", nil
+	}
 	_, err := Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: layout(t), Concurrency: 4, Existing: existed})
 	f := hasCode(failure(t, err), "KEYS_MISSING")
 	if f == nil || !f.Blocking || !strings.Contains(f.Evidence, "session-cookie-key") || !strings.Contains(f.Fix, "aws s3 cp") {
