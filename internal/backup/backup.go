@@ -143,9 +143,9 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 				WithFix(fmt.Sprintf("restore %s from the machine or backup that holds the real key; if CircleCI is still creating it, haagent backs it up once it is written", filepath.Join(o.LocalDir, rel))))
 			continue
 		}
-		// A file that changed within the settle time may still be being written. It can be
-		// found equal to the bucket's copy (the fetch just wrote it), but it is neither
-		// uploaded nor called a conflict until it has kept its size and mtime that long.
+		// A file that changed within the settle time may still be being written: it is not
+		// uploaded until it has kept its size and mtime that long (it can be found equal to
+		// the bucket's copy meanwhile: the fetch just wrote it).
 		age := o.Now().Sub(lk.info.ModTime())
 		unsettled := func() {
 			notBackedUp(rel, fmt.Sprintf("encryption key %s is still being written (changed %s ago); it is backed up once unchanged for %s", rel, age.Round(time.Second), o.Settle),
@@ -187,9 +187,9 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 			res.Findings = append(res.Findings, findings.New("KEYS_NOT_BACKED_UP", b.URI(key), fmt.Sprintf("cannot compare encryption key %s with the bucket's copy", rel), err.Error()))
 		case got == sha(data):
 			res.InSync = append(res.InSync, rel)
-		case age < o.Settle:
-			unsettled()
 		default:
+			// Reported even while the file may still change: nothing is written either way,
+			// and the next comparison says whether it lasts.
 			c := fetch.KeyConflict{Path: filepath.Join(o.LocalDir, rel), Object: b.URI(key), LocalSHA256: sha(data), BucketSHA256: got}
 			res.Conflicts = append(res.Conflicts, rel)
 			res.Details = append(res.Details, c)

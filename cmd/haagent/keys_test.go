@@ -1,0 +1,155 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/haagent/haagent/internal/state"
+)
+
+const keyDir = "data/circle/circleci-encryption-keys"
+
+// settle dates a key file a minute back, as a key CircleCI wrote long ago: the backup uploads
+// only keys that kept their size and mtime for 10 s.
+func settle(t *testing.T, p string) {
+	old := time.Now().Add(-time.Minute)
+	if err := os.Chtimes(p, old, old); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A local key that differs from the bucket's is never replaced. Before the installer it stops
+// the boot; on a machine where CircleCI runs it does not stop what runs. Either way status and
+// check show KEYS_CONFLICT, with both hashes, until a person resolves it as the README says.
+func TestKeyConflictStopsAFirstBootButNotAnInstalledMachine(t *testing.T) {
+	t.Run("first boot", func(t *testing.T) {
+		w := newWorld(t, "i-0keysfirst000000")
+		local := filepath.Join(w.root, keyDir, "01-contexts.key")
+		os.MkdirAll(filepath.Dir(local), 0o700)
+		os.WriteFile(local, []byte("a key placed on this machine"), 0o600)
+		r := w.run("run", "--once")
+		if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step validate-files: KEYS_CONFLICT") || w.installer.runs() != 0 {
+			t.Fatalf("a conflict before the installer must stop the boot: exit %d, installer runs %d\n%s", r.code, w.installer.runs(), r.stderr)
+		}
+		if got, _ := os.ReadFile(local); string(got) != "a key placed on this machine" {
+			t.Fatalf("the local key was replaced: %q", got)
+		}
+		if st := w.run("status"); !strings.Contains(st.stdout, "KEYS_CONFLICT") {
+			t.Fatalf("status does not show the conflict:\n%s", st.stdout)
+		}
+		if c := w.run("check"); c.code != 1 || !strings.Contains(c.stdout, "KEYS_CONFLICT") {
+			t.Fatalf("check does not show the conflict: exit %d\n%s", c.code, c.stdout)
+		}
+	})
+
+	t.Run("installed machine", func(t *testing.T) {
+		w := newWorld(t, "i-0keysinstalled00")
+		if r := w.run("run", "--once"); r.code != 0 {
+			t.Fatalf("first boot: exit %d\n%s", r.code, r.stderr)
+		}
+		local := filepath.Join(w.root, keyDir, "01-contexts.key")
+		mine, _ := os.ReadFile(local)
+		w.s3.Put(t, bkt, "circleci-encryption-keys/01-contexts.key", []byte("another instance's key under the same name"))
+		r := w.run("run", "--once")
+		for _, want := range []string{"[finished] validate-files", "[finished] replicated-install", "boot failed at step backup-keys: KEYS_CONFLICT"} {
+			if !strings.Contains(r.stderr, want) {
+				t.Fatalf("the reboot lacks %q: exit %d\n%s", want, r.code, r.stderr)
+			}
+		}
+		if got, _ := os.ReadFile(local); string(got) != string(mine) || w.installer.runs() != 1 {
+			t.Fatalf("the local key was replaced (%q) or the installer ran again (%d)", got, w.installer.runs())
+		}
+		if string(w.s3.Object(bkt, "circleci-encryption-keys/01-contexts.key")) != "another instance's key under the same name" {
+			t.Fatal("the bucket's key was replaced")
+		}
+		if rec := w.record(); len(rec.KeyConflicts) != 1 || rec.KeyConflicts[0].Path != "/"+keyDir+"/01-contexts.key" {
+			t.Fatalf("the record's conflicts: %+v", rec.KeyConflicts)
+		}
+		if st := w.run("status"); !strings.Contains(st.stdout, "KEYS_CONFLICT") {
+			t.Fatalf("status does not show the conflict:\n%s", st.stdout)
+		}
+		if c := w.run("check"); c.code != 1 || !strings.Contains(c.stdout, "KEYS_CONFLICT") {
+			t.Fatalf("check does not show the conflict: exit %d\n%s", c.code, c.stdout)
+		}
+
+		// Resolved as the README says: this machine's key is the one, the bucket's copy is
+		// moved out of the keys prefix. The next run copies the kept key across.
+		w.s3.Put(t, bkt, "circleci-encryption-keys-conflicts/01-contexts.key", w.s3.Object(bkt, "circleci-encryption-keys/01-contexts.key"))
+		w.s3.Delete(t, bkt, "circleci-encryption-keys/01-contexts.key")
+		settle(t, local)
+		if r := w.run("run", "--once"); r.code != 0 {
+			t.Fatalf("after the resolution: exit %d\n%s", r.code, r.stderr)
+		}
+		if string(w.s3.Object(bkt, "circleci-encryption-keys/01-contexts.key")) != string(mine) {
+			t.Fatal("the kept key was not copied to the bucket")
+		}
+		// (The earlier runs' lines keep their history; the current findings do not.)
+		if st := w.run("status"); strings.Contains(strings.Split(st.stdout, "earlier runs:")[0], "KEYS_CONFLICT") {
+			t.Fatalf("status still shows a resolved conflict:\n%s", st.stdout)
+		}
+		if c := w.run("check"); strings.Contains(c.stdout, "KEYS_CONFLICT") {
+			t.Fatalf("check still shows a resolved conflict:\n%s", c.stdout)
+		}
+	})
+}
+
+// A replacement for an existing deployment (the bucket holds the session cookie key) finding
+// no keys in the bucket stops before the installer: CircleCI would mint new keys and the
+// backup would make them permanent.
+func TestEmptyKeysPrefixOfAnExistingDeploymentStopsTheBoot(t *testing.T) {
+	w := newWorld(t, "i-0keysmissing0000")
+	for k := range w.objs {
+		if strings.HasPrefix(k, "circleci-encryption-keys/") {
+			w.s3.Delete(t, bkt, k)
+		}
+	}
+	w.s3.Put(t, bkt, "session-cookie-key", []byte("Abcdefgh12345678"))
+	r := w.run("run", "--once")
+	if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step fetch: KEYS_MISSING") || w.installer.runs() != 0 {
+		t.Fatalf("exit %d, installer runs %d\n%s", r.code, w.installer.runs(), r.stderr)
+	}
+	if !strings.Contains(r.stderr, "session-cookie-key") {
+		t.Fatalf("the finding does not say why the deployment is taken as existing:\n%s", r.stderr)
+	}
+}
+
+// A broken customization file in the bucket does not replace the working one on a reboot.
+func TestBrokenCustomizationFileKeepsTheWorkingOne(t *testing.T) {
+	w := newWorld(t, "i-0shellsyntax0000")
+	if r := w.run("run", "--once"); r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	path := filepath.Join(w.root, "etc/circleconfig/shared/vault")
+	good, _ := os.ReadFile(path)
+	w.s3.Put(t, bkt, "circleconfig/shared/vault", []byte("export VAULT__SCHEME=\"https\nexport VAULT__HOST=vault.internal\n"))
+	r := w.run("run", "--once")
+	if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step validate-files: CONFIG_SYNTAX") || !strings.Contains(r.stderr, "s3://circleci-ha/circleconfig/shared/vault") {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	if now, _ := os.ReadFile(path); string(now) != string(good) {
+		t.Fatal("the broken file replaced the working one")
+	}
+}
+
+// While haagent runs, a key CircleCI creates later is backed up by the periodic scan, not only
+// at the next boot.
+func TestKeysScanBacksUpNewKeysWhileRunning(t *testing.T) {
+	w := newWorld(t, "i-0keysscan0000000")
+	w.writeConfig(w.s3.URL, "backup:\n  scan_every: 100ms\n")
+	cmd, stderr, _ := w.startService()
+	eventually(t, 60*time.Second, "the boot completing", func() bool {
+		rec, err := state.Load(filepath.Join(w.root, state.Path))
+		return err == nil && rec.Last() != nil && rec.Last().Status == state.Complete
+	}, stderr.String)
+	made := filepath.Join(w.root, keyDir, "05-rotated.key")
+	os.WriteFile(made, []byte("a key CircleCI made after the boot"), 0o600)
+	settle(t, made)
+	eventually(t, 30*time.Second, "the new key reaching the bucket", func() bool {
+		return string(w.s3.Object(bkt, "circleci-encryption-keys/05-rotated.key")) == "a key CircleCI made after the boot"
+	}, stderr.String)
+	cmd.Process.Signal(os.Interrupt)
+	cmd.Wait()
+}
