@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/haagent/haagent/internal/certs"
+	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/state"
 )
 
@@ -152,4 +154,37 @@ func TestKeysScanBacksUpNewKeysWhileRunning(t *testing.T) {
 	}, stderr.String)
 	cmd.Process.Signal(os.Interrupt)
 	cmd.Wait()
+}
+
+// A CA removed from the bucket is no longer trusted at the next boot (the staged copy stays
+// behind, but the CA list comes from the bucket's listing), and two CAs with the same file
+// name in different directories are both installed.
+func TestCARemovedFromTheBucketIsNoLongerTrusted(t *testing.T) {
+	w := newWorld(t, "i-0capruning000000")
+	pgCA, vaultCA := peertest.NewCA(t, "PostgreSQL CA"), peertest.NewCA(t, "Vault CA")
+	w.s3.Put(t, bkt, "ca-certificates/postgres/ca.pem", pgCA.CertPEM)
+	w.s3.Put(t, bkt, "ca-certificates/vault/ca.pem", vaultCA.CertPEM)
+	store := filepath.Join(w.root, certs.InstallDir)
+	trusted := func(ca *peertest.CA) bool {
+		entries, _ := os.ReadDir(store)
+		for _, e := range entries {
+			if b, _ := os.ReadFile(filepath.Join(store, e.Name())); strings.TrimSpace(string(b)) == strings.TrimSpace(string(ca.CertPEM)) {
+				return true
+			}
+		}
+		return false
+	}
+	if r := w.run("run", "--once"); r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	if !trusted(pgCA) || !trusted(vaultCA) {
+		t.Fatal("postgres/ca.pem and vault/ca.pem must both be installed")
+	}
+	w.s3.Delete(t, bkt, "ca-certificates/vault/ca.pem")
+	if r := w.run("run", "--once"); r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	if trusted(vaultCA) || !trusted(pgCA) {
+		t.Fatalf("after the removal: vault CA trusted %v (want false), postgres CA trusted %v (want true)", trusted(vaultCA), trusted(pgCA))
+	}
 }

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -216,8 +214,24 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 		}
 	}
 	sort.Slice(env.Run.Files, func(i, j int) bool { return env.Run.Files[i].Dest < env.Run.Files[j].Dest })
+	// What left the bucket leaves the record (the file itself stays on the machine, reported
+	// as LOCAL_ONLY_FILES): an offline reboot must not take it for part of the bundle.
+	for dest := range env.Record.Known {
+		if !bd.Has(dest) && underRecursive(env.Config.Layout, dest) {
+			delete(env.Record.Known, dest)
+		}
+	}
 	env.Log.Info("files in place", "files", len(bd.Files), "changed", changed, "unchanged", len(bd.Files)-changed)
 	return nil
+}
+
+func underRecursive(layout []config.Entry, dest string) bool {
+	for _, e := range layout {
+		if e.Recursive && strings.HasPrefix(dest, e.Dest) {
+			return true
+		}
+	}
+	return false
 }
 
 // offlineOK allows a reboot to go on with the last good files when S3 gave no answer at all;
@@ -268,21 +282,30 @@ func stepProbe(ctx context.Context, env *Env) error {
 // stepCACerts installs the bucket's (and the config's) CA certificates before the probes, so
 // the probes and the services trust the same store.
 func stepCACerts(ctx context.Context, env *Env) error {
-	var sources []string
+	var sources []certs.Source
 	for _, e := range env.Config.Layout {
 		if e.Name != "ca_certificates" {
 			continue
 		}
-		dir := env.Path(e.Dest)
-		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-			if err == nil && d.Type().IsRegular() && !strings.Contains(d.Name(), ".haagent-") {
-				rel, _ := filepath.Rel(env.Root, p)
-				sources = append(sources, "/"+rel)
+		// From the bundle's listing, not the staging directory: a CA removed from the bucket
+		// stays there (fetch never deletes) but must no longer be trusted. Offline (a reboot
+		// with S3 down), the record of the last fetch says what the bucket held.
+		if env.Bundle != nil {
+			for _, f := range env.Bundle.Files {
+				if f.Entry == e.Name {
+					sources = append(sources, certs.Source{Path: f.Dest, Name: f.Key})
+				}
 			}
-			return nil
-		})
+			continue
+		}
+		for dest, k := range env.Record.Known {
+			if strings.HasPrefix(dest, e.Dest) && strings.HasPrefix(k.Key, e.Key) {
+				sources = append(sources, certs.Source{Path: dest, Name: k.Key})
+			}
+		}
+		sort.Slice(sources, func(i, j int) bool { return sources[i].Path < sources[j].Path })
 	}
-	sources = append(sources, env.Config.CACertificates...)
+	sources = append(sources, certs.Paths(env.Config.CACertificates...)...)
 	res, err := certs.Install(env.Root, sources, time.Now())
 	env.ReportAll(res.Findings)
 	if err != nil {
