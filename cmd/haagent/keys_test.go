@@ -118,6 +118,25 @@ func TestEmptyKeysPrefixOfAnExistingDeploymentStopsTheBoot(t *testing.T) {
 	}
 }
 
+// The session cookie key a first boot created itself is no evidence of an older deployment: a
+// brand-new install whose first boot failed after the cookie-key step boots again normally.
+func TestARetriedFirstBootIsNotTakenForAnExistingDeployment(t *testing.T) {
+	w := newWorld(t, "i-0keysretried0000")
+	for k := range w.objs {
+		if strings.HasPrefix(k, "circleci-encryption-keys/") {
+			w.s3.Delete(t, bkt, k)
+		}
+	}
+	w.installer.setScript("#!/bin/bash\necho 'installer failed' >&2\nexit 3\n")
+	if r := w.run("run", "--once"); r.code != 1 || !strings.Contains(r.stderr, "KEYS_PREFIX_EMPTY") || w.s3.Object(bkt, "session-cookie-key") == nil {
+		t.Fatalf("the first attempt must fail at the installer, having created the cookie key: exit %d\n%s", r.code, r.stderr)
+	}
+	w.installer.setScript(okScript)
+	if r := w.run("run", "--once"); r.code != 0 || strings.Contains(r.stderr, "KEYS_MISSING") {
+		t.Fatalf("the retried first boot: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
 // A broken customization file in the bucket does not replace the working one on a reboot.
 func TestBrokenCustomizationFileKeepsTheWorkingOne(t *testing.T) {
 	w := newWorld(t, "i-0shellsyntax0000")

@@ -123,7 +123,7 @@ func stepFetch(ctx context.Context, env *Env) error {
 	env.Bundle = nil
 	bd, err := fetch.Fetch(ctx, env.Bucket, fetch.Options{
 		Root: env.Root, Layout: env.Config.Layout, Concurrency: env.Config.Fetch.Concurrency,
-		Known: env.Record.Known, Log: env.Log, Existing: func(ctx context.Context) (string, error) { return deploymentExisted(ctx, env) },
+		Known: env.Record.Known, Log: env.Log, Existing: func(ctx context.Context) (fetch.Existed, error) { return deploymentExisted(ctx, env) },
 	})
 	if bd != nil {
 		env.ReportAll(bd.Findings)
@@ -459,26 +459,44 @@ func installedHere(env *Env) bool {
 
 // deploymentExisted returns evidence that this CircleCI deployment existed before this boot:
 // this machine's record or installer marker, or objects only an earlier instance writes (the
-// session cookie key, the replacement ledger). "" means a brand-new install.
-func deploymentExisted(ctx context.Context, env *Env) (string, error) {
+// replacement ledger; the session cookie key, unless this instance may have created it on an
+// earlier, unfinished attempt of its first boot). An empty Why means a brand-new install.
+func deploymentExisted(ctx context.Context, env *Env) (fetch.Existed, error) {
+	here := installedHere(env)
 	if why := env.Record.InstalledBefore(); why != "" {
-		return why, nil
+		return fetch.Existed{Why: why, Here: here}, nil
 	}
 	if m := replicated.ReadMarker(env.Root); m != nil {
-		return fmt.Sprintf("Replicated was installed on this machine (instance %s, %s)", m.InstanceID, replicated.MarkerPath), nil
+		return fetch.Existed{Why: fmt.Sprintf("Replicated was installed on this machine (instance %s, %s)", m.InstanceID, replicated.MarkerPath), Here: here}, nil
 	}
-	for _, key := range []string{cookie.Object, asg.LedgerKey} {
+	keys := []string{asg.LedgerKey}
+	if !env.bootedBefore() {
+		keys = append(keys, cookie.Object)
+	}
+	for _, key := range keys {
 		objs, err := env.Bucket.List(ctx, key)
 		if err != nil {
-			return "", err
+			return fetch.Existed{}, err
 		}
 		for _, o := range objs {
 			if o.Rel == "" {
-				return fmt.Sprintf("the bucket holds %s, which only an earlier instance writes", env.Bucket.URI(key)), nil
+				return fetch.Existed{Why: fmt.Sprintf("the bucket holds %s, which only an earlier instance writes", env.Bucket.URI(key)), Here: here}, nil
 			}
 		}
 	}
-	return "", nil
+	return fetch.Existed{}, nil
+}
+
+// bootedBefore reports whether an earlier run on this machine was this instance's: a restart
+// of a first boot, which may itself have created the session cookie key.
+func (env *Env) bootedBefore() bool {
+	for i := range env.Record.Runs {
+		r := &env.Record.Runs[i]
+		if r != env.Run && r.InstanceID == env.Instance.InstanceID {
+			return true
+		}
+	}
+	return false
 }
 
 // startKeyScan starts, once, the periodic keys backup that runs for as long as haagent does.

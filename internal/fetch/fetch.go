@@ -45,11 +45,20 @@ type Options struct {
 	// Known maps destination paths (as seen inside root) to what was written there last time.
 	Known map[string]Known
 	Log   *slog.Logger
-	// Existing, when set, says whether this deployment existed before this boot (evidence for
-	// the message, "" when new). With it, an empty keys prefix on a machine without keys is
-	// KEYS_MISSING, not a new install's KEYS_PREFIX_EMPTY: CircleCI would mint new keys and the
-	// data encrypted with the old ones would be lost.
-	Existing func(ctx context.Context) (string, error)
+	// Existing, when set, says whether this deployment existed before this boot. With it, an
+	// empty keys prefix on a machine without keys is KEYS_MISSING, not a new install's
+	// KEYS_PREFIX_EMPTY: CircleCI would mint new keys and the data encrypted with the old ones
+	// would be lost.
+	Existing func(ctx context.Context) (Existed, error)
+}
+
+// Existed is the evidence that a deployment existed before this boot.
+type Existed struct {
+	// Why is the evidence for the message; "" means a brand-new install.
+	Why string
+	// Here is true when CircleCI was installed on this very instance: what runs is not
+	// stopped (the finding does not block), only reported.
+	Here bool
 }
 
 // File is one object and its destination.
@@ -183,7 +192,7 @@ func Fetch(ctx context.Context, b *bucket.Bucket, o Options) (*Bundle, error) {
 		// A key conflict is not the fetch's failure: the bundle is good and the local key is
 		// kept. Whether it stops the boot depends on whether CircleCI already runs here, which
 		// the caller knows.
-		if f.Severity == findings.Error && f.Code != "KEYS_CONFLICT" {
+		if f.Severity == findings.Error && f.Blocking {
 			blocking = append(blocking, f)
 		}
 	}

@@ -89,16 +89,22 @@ func emptyKeysFinding(ctx context.Context, b *bucket.Bucket, o Options, e config
 		// Keys on the machine: the backup puts them in the bucket (LOCAL_ONLY_FILES meanwhile).
 		return newInstall
 	}
-	why, err := o.Existing(ctx)
+	ex, err := o.Existing(ctx)
 	if err != nil {
 		return bucketFinding(err, e)
 	}
-	if why == "" {
+	if ex.Why == "" {
 		return newInstall
 	}
-	return findings.New("KEYS_MISSING", b.URI(e.Key),
+	f := findings.New("KEYS_MISSING", b.URI(e.Key),
 		fmt.Sprintf("no encryption keys under %s nor on this machine, but this deployment existed before: CircleCI would create new keys and its data would be unreadable", b.URI(e.Key)),
-		why).WithFix(fmt.Sprintf("copy the keys of the old Services machine (or their backup) to %s (aws s3 cp DIR %s --recursive); haagent stops before the installer until they are there", b.URI(e.Key), b.URI(e.Key)))
+		ex.Why).WithFix(fmt.Sprintf("copy the keys of the old Services machine (or their backup) to %s (aws s3 cp DIR %s --recursive); haagent stops before the installer until they are there. If this deployment never completed an install, there are no old keys: delete the object named in the evidence and boot again",
+		b.URI(e.Key), b.URI(e.Key)))
+	if ex.Here {
+		// Installed on this instance: stopping its boot would not bring keys back.
+		f.Blocking = false
+	}
+	return f
 }
 
 func hasFiles(dir string) bool {

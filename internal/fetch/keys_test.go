@@ -105,8 +105,8 @@ func TestFetchEmptyKeysPrefixOfAnExistingDeployment(t *testing.T) {
 		}
 	}
 	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
-	existed := func(context.Context) (string, error) {
-		return "the bucket holds s3://circleci-ha/session-cookie-key", nil
+	existed := func(context.Context) (Existed, error) {
+		return Existed{Why: "the bucket holds s3://circleci-ha/session-cookie-key"}, nil
 	}
 	_, err := Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: layout(t), Concurrency: 4, Existing: existed})
 	f := hasCode(failure(t, err), "KEYS_MISSING")
@@ -122,9 +122,16 @@ func TestFetchEmptyKeysPrefixOfAnExistingDeployment(t *testing.T) {
 		t.Fatalf("with local keys an empty prefix stays a warning: %v", err)
 	}
 	bd.Discard()
+	// Installed on this very instance: reported, but what runs is not stopped.
+	bd, err = Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: layout(t), Concurrency: 4,
+		Existing: func(context.Context) (Existed, error) { return Existed{Why: "installed here", Here: true}, nil }})
+	if f := hasCode(bd.Findings, "KEYS_MISSING"); err != nil || f == nil || f.Blocking {
+		t.Fatalf("on the instance that installed, KEYS_MISSING must not block: %v %+v", err, f)
+	}
+	bd.Discard()
 	// A brand-new install: the warning.
 	bd, err = Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: layout(t), Concurrency: 4,
-		Existing: func(context.Context) (string, error) { return "", nil }})
+		Existing: func(context.Context) (Existed, error) { return Existed{}, nil }})
 	if err != nil || hasCode(bd.Findings, "KEYS_PREFIX_EMPTY") == nil {
 		t.Fatalf("a new install's empty prefix is a warning: %v", err)
 	}
