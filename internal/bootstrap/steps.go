@@ -201,6 +201,11 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 	if err := bd.Commit(); err != nil {
 		return fmt.Errorf("moving fetched files into place: %w", err)
 	}
+	// A key that appeared during the fetch was kept by the commit: a conflict if it differs.
+	env.setKeyConflicts(bd.Conflicts)
+	for _, c := range bd.Conflicts {
+		env.Report(c.Finding())
+	}
 	if env.Record.Known == nil {
 		env.Record.Known = map[string]fetch.Known{}
 	}

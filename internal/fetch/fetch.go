@@ -77,6 +77,7 @@ type File struct {
 	staged  string
 	stage   string
 	purpose string
+	object  string // the s3:// URI, for a key conflict found at commit
 	mode    os.FileMode
 	dirMode os.FileMode
 	uid     int
@@ -343,12 +344,23 @@ func (s *readSide) Read(p []byte) (int, error) {
 // Commit moves every changed file into place. Each file appears whole; a crash between two
 // renames leaves some files new and some old, every one of them complete, and the next run
 // converges.
+//
+// A key is moved in only where no file is: one that appeared since the fetch looked (CircleCI
+// creating its keys on an installed machine) is kept, and reported as a conflict when it
+// differs.
 func (bd *Bundle) Commit() error {
 	var moves []atomicfile.Move
 	for _, f := range bd.Files {
-		if f.staged != "" {
-			moves = append(moves, atomicfile.Move{Staged: f.staged, Path: filepath.Join(bd.Root, f.Dest), DirMode: f.dirMode})
+		if f.staged == "" {
+			continue
 		}
+		if f.Entry == KeysEntry {
+			if err := bd.commitKey(f); err != nil {
+				return err
+			}
+			continue
+		}
+		moves = append(moves, atomicfile.Move{Staged: f.staged, Path: filepath.Join(bd.Root, f.Dest), DirMode: f.dirMode})
 	}
 	if err := atomicfile.CommitAll(moves); err != nil {
 		return err

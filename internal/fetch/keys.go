@@ -14,6 +14,7 @@ import (
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
+	"golang.org/x/sys/unix"
 )
 
 // KeysEntry is the layout entry of CircleCI's encryption keys. Its files are never replaced:
@@ -58,6 +59,7 @@ var ErrEmptyKey = errors.New("the key object is empty (0 bytes)")
 // replaced. Same content: nothing to do. Different content (an empty bucket object included):
 // the staged copy is dropped and f.Conflict says so. No local file: an empty object is refused.
 func keepLocalKey(b *bucket.Bucket, final string, f *File) error {
+	f.object = b.URI(f.Key)
 	cur, err := atomicfile.HashFile(final)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -119,4 +121,57 @@ func hasFiles(dir string) bool {
 		return nil
 	})
 	return found
+}
+
+// commitKey moves a staged key into place without ever replacing a file there (renameat2
+// RENAME_NOREPLACE, or a hard link where the filesystem lacks it).
+func (bd *Bundle) commitKey(f *File) error {
+	final := filepath.Join(bd.Root, f.Dest)
+	dir := filepath.Dir(final)
+	if err := atomicfile.MkdirAll(dir, f.dirMode); err != nil {
+		return err
+	}
+	err := renameNoReplace(f.staged, final)
+	if errors.Is(err, fs.ErrExist) {
+		os.Remove(f.staged)
+		f.staged = ""
+		cur, herr := atomicfile.HashFile(final)
+		if herr != nil {
+			return fmt.Errorf("reading the key %s that appeared during the fetch: %w", f.Dest, herr)
+		}
+		if cur.SHA256 != f.SHA256 {
+			c := KeyConflict{Path: f.Dest, Object: f.object, LocalSHA256: cur.SHA256, BucketSHA256: f.SHA256}
+			f.Conflict, f.Changed = &c, false
+			bd.Conflicts = append(bd.Conflicts, c)
+			bd.Findings = append(bd.Findings, c.Finding())
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("moving key %s into place: %w", f.Dest, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("opening %s to sync it: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+func renameNoReplace(from, to string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
+	if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOSYS) {
+		if err != nil {
+			return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
+		}
+		return nil
+	}
+	// No renameat2 on this filesystem: a hard link fails on an existing name just the same.
+	if err := os.Link(from, to); err != nil {
+		return err
+	}
+	return os.Remove(from)
 }

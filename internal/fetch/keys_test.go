@@ -178,3 +178,37 @@ func TestShellSyntaxOfStagedCustomizations(t *testing.T) {
 		t.Fatal("IsShellFile")
 	}
 }
+
+// A key that appears between the fetch and the commit (CircleCI creating its keys on an
+// installed machine) is not replaced by the commit: kept, and a conflict when it differs.
+func TestCommitNeverReplacesAKeyThatAppearedMeanwhile(t *testing.T) {
+	s := peertest.StartS3(t)
+	objs := seed(t, s)
+	root := t.TempDir()
+	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
+	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(root, "data/circle/circleci-encryption-keys/02-workflows.key")
+	os.MkdirAll(filepath.Dir(key), 0o700)
+	os.WriteFile(key, []byte("made by CircleCI meanwhile"), 0o600)
+	same := filepath.Join(root, "data/circle/circleci-encryption-keys/00-default.key")
+	os.WriteFile(same, objs["circleci-encryption-keys/00-default.key"], 0o600)
+	if err := bd.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(key); string(got) != "made by CircleCI meanwhile" {
+		t.Fatalf("the commit replaced a key: %q", got)
+	}
+	if len(bd.Conflicts) != 1 || bd.Conflicts[0].Path != "/data/circle/circleci-encryption-keys/02-workflows.key" ||
+		bd.Conflicts[0].LocalSHA256 != sum("made by CircleCI meanwhile") || hasCode(bd.Findings, "KEYS_CONFLICT") == nil {
+		t.Fatalf("want one conflict for 02-workflows.key, got %+v", bd.Conflicts)
+	}
+	if got, _ := os.ReadFile(filepath.Join(root, "data/circle/circleci-encryption-keys/01-contexts.key")); string(got) != string(objs["circleci-encryption-keys/01-contexts.key"]) {
+		t.Fatal("a key with no local copy was not moved in")
+	}
+	if _, err := os.Stat(filepath.Join(root, "data/circle", stageDirName)); !os.IsNotExist(err) {
+		t.Fatalf("staging left behind: %v", err)
+	}
+}
