@@ -393,7 +393,15 @@ func Prepare(root string, known map[string]Known) map[string]Known {
 }
 
 func stageDir(root string, e config.Entry) string {
-	return filepath.Join(root, filepath.Dir(strings.TrimSuffix(e.Dest, "/")), stageDirName)
+	dest := filepath.Join(root, strings.TrimSuffix(e.Dest, "/"))
+	if e.Recursive {
+		// A directory that is a symlink (the keys on a data volume) is staged beside its
+		// target: the final rename must not cross filesystems.
+		if real, err := filepath.EvalSymlinks(dest); err == nil {
+			dest = real
+		}
+	}
+	return filepath.Join(filepath.Dir(dest), stageDirName)
 }
 
 // SafeRel refuses a key (relative to its prefix) that could name anything outside the
@@ -421,6 +429,9 @@ func SafeRel(rel string) error {
 
 func localOnly(dir string, seen map[string]bool) []string {
 	var out []string
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real // WalkDir does not follow a symlinked root
+	}
 	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return nil

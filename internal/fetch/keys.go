@@ -111,6 +111,9 @@ func emptyKeysFinding(ctx context.Context, b *bucket.Bucket, o Options, e config
 
 func hasFiles(dir string) bool {
 	found := false
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real // WalkDir does not follow a symlinked root
+	}
 	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || found {
 			return filepath.SkipDir

@@ -108,3 +108,41 @@ func TestFetchNameTooLongIsLocal(t *testing.T) {
 		t.Errorf("ENAMETOOLONG was taken for S3 being unreachable or retried: %+v\n%s", fs, log.String())
 	}
 }
+
+// A keys directory that is a symlink to another filesystem (a data volume) is written through:
+// the keys are staged beside the link's target, so the commit's rename does not cross
+// filesystems (EXDEV), and nothing is reported as local-only.
+func TestFetchThroughASymlinkedKeysDirectoryOnAnotherFilesystem(t *testing.T) {
+	if os.Geteuid() != 0 {
+		peertest.Missing(t, "mounting a tmpfs needs root")
+	}
+	s := peertest.StartS3(t)
+	objs := seed(t, s)
+	root := t.TempDir()
+	vol := filepath.Join(t.TempDir(), "volume")
+	os.MkdirAll(vol, 0o755)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", vol).CombinedOutput(); err != nil {
+		peertest.Missing(t, fmt.Sprintf("cannot mount a tmpfs: %v %s", err, out))
+	}
+	t.Cleanup(func() { exec.Command("umount", vol).Run() })
+	os.MkdirAll(filepath.Join(vol, "keys"), 0o700)
+	os.MkdirAll(filepath.Join(root, "data/circle"), 0o755)
+	if err := os.Symlink(filepath.Join(vol, "keys"), filepath.Join(root, "data/circle/circleci-encryption-keys")); err != nil {
+		t.Fatal(err)
+	}
+	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
+	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bd.Commit(); err != nil {
+		t.Fatalf("committing through the symlinked keys directory: %v", err)
+	}
+	got, _ := os.ReadFile(filepath.Join(vol, "keys/00-default.key"))
+	if string(got) != string(objs["circleci-encryption-keys/00-default.key"]) {
+		t.Fatal("the key did not land behind the link")
+	}
+	if hasCode(bd.Findings, "LOCAL_ONLY_FILES") != nil {
+		t.Fatalf("nothing is local-only: %+v", bd.Findings)
+	}
+}
