@@ -56,3 +56,19 @@ func TestBackupSkippedOnlyOnARebootOfACompletedInstance(t *testing.T) {
 		})
 	}
 }
+
+// The bucket every step writes through carries backup.sse and kms_key_id, so the cookie key and
+// the replacement ledger get the same encryption as the keys.
+func TestConfiguredEncryptionIsTheBucketsDefault(t *testing.T) {
+	cfg, err := config.Parse([]byte("version: 1\nsource:\n  bucket: circleci-ha\n  endpoint: http://127.0.0.1:9\nbackup:\n  sse: aws:kms\n  kms_key_id: alias/circleci\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &Env{Root: t.TempDir(), Log: slog.New(slog.DiscardHandler), Config: cfg, Instance: imds.Info{Region: "us-east-1"}}
+	if err := stepConfig(context.Background(), env); err != nil {
+		t.Fatal(err)
+	}
+	if enc := env.Bucket.Encryption(); enc.SSE != "aws:kms" || enc.KMSKeyID != "alias/circleci" {
+		t.Fatalf("the bucket's encryption is %+v", enc)
+	}
+}
