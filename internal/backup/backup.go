@@ -148,8 +148,10 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 		// the bucket's copy meanwhile: the fetch just wrote it).
 		age := o.Now().Sub(lk.info.ModTime())
 		unsettled := func() {
-			notBackedUp(rel, fmt.Sprintf("encryption key %s is still being written (changed %s ago); it is backed up once unchanged for %s", rel, age.Round(time.Second), o.Settle),
-				"", "nothing to do: haagent retries; or run haagent backup keys in a minute")
+			// The age goes in the evidence: a summary that changed at every scan would make a
+			// new finding (and a journal entry) each time.
+			notBackedUp(rel, fmt.Sprintf("encryption key %s is still being written; it is backed up once unchanged for %s", rel, o.Settle),
+				fmt.Sprintf("last changed %s ago", age.Round(time.Second)), "nothing to do: haagent retries; or run haagent backup keys in a minute")
 		}
 		if _, there := remote[rel]; !there {
 			if age < o.Settle {
