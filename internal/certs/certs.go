@@ -84,18 +84,33 @@ func InstalledName(name string, i, n int) string {
 func Install(root string, sources []Source, now time.Time) (Result, error) {
 	var res Result
 	want := map[string][]byte{}
+	// Sources still present but refused whole (unreadable, or nothing valid in them) keep what
+	// they installed before: a broken upload must not take away trust in a working CA.
+	var keep []string
 	for _, s := range sources {
 		src := s.Path
 		data, err := os.ReadFile(filepath.Join(root, src))
 		if err != nil {
 			res.Findings = append(res.Findings, findings.New("CA_CERT_INVALID", src, "cannot read "+src, err.Error()))
+			keep = append(keep, strings.TrimSuffix(InstalledName(s.Name, 0, 1), ".crt"))
 			continue
 		}
 		certs, fs := parse(src, data, now)
 		res.Findings = append(res.Findings, fs...)
+		if len(certs) == 0 {
+			keep = append(keep, strings.TrimSuffix(InstalledName(s.Name, 0, 1), ".crt"))
+		}
 		for i, c := range certs {
 			want[InstalledName(s.Name, i, len(certs))] = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 		}
+	}
+	kept := func(name string) bool {
+		for _, k := range keep {
+			if name == k+".crt" || strings.HasPrefix(name, k+"-") {
+				return true
+			}
+		}
+		return false
 	}
 	dir := filepath.Join(root, InstallDir)
 	names := make([]string, 0, len(want))
@@ -117,7 +132,7 @@ func Install(root string, sources []Source, now time.Time) (Result, error) {
 	}
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
-		if _, keep := want[e.Name()]; !keep && !e.IsDir() {
+		if _, wanted := want[e.Name()]; !wanted && !e.IsDir() && !kept(e.Name()) {
 			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
 				return res, fmt.Errorf("removing CA certificate %s that left the bucket: %w", e.Name(), err)
 			}

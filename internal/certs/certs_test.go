@@ -165,3 +165,23 @@ func TestInstallNamesFilesAfterTheirWholePath(t *testing.T) {
 		t.Errorf("installed names should say where they came from: %v", res.Installed)
 	}
 }
+
+// A CA file replaced in the bucket by something broken keeps the certificate it installed
+// before (reported as CA_CERT_INVALID): a bad upload does not take trust away from a working CA.
+func TestABrokenReplacementKeepsTheInstalledCA(t *testing.T) {
+	needTool(t)
+	root := t.TempDir()
+	ca := peertest.NewCA(t, "Databases Root CA")
+	src := []Source{{Path: put(t, root, "db/ca.pem", ca.CertPEM), Name: "ca-certificates/db/ca.pem"}}
+	if _, err := Install(root, src, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	put(t, root, "db/ca.pem", []byte("-----BEGIN CERTIFICATE-----\ntruncated"))
+	res, err := Install(root, src, time.Now())
+	if err != nil || len(res.Removed) != 0 || len(res.Findings) != 1 || res.Findings[0].Code != "CA_CERT_INVALID" {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, InstallDir, InstalledName("ca-certificates/db/ca.pem", 0, 1))); strings.TrimSpace(string(b)) != strings.TrimSpace(string(ca.CertPEM)) {
+		t.Fatal("the working CA was removed")
+	}
+}
