@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -205,5 +207,34 @@ func TestCARemovedFromTheBucketIsNoLongerTrusted(t *testing.T) {
 	}
 	if trusted(vaultCA) || !trusted(pgCA) {
 		t.Fatalf("after the removal: vault CA trusted %v (want false), postgres CA trusted %v (want true)", trusted(vaultCA), trusted(pgCA))
+	}
+}
+
+// A full disk on a reboot is the disk's problem: LOCAL_WRITE_FAILED fails the boot. It used to
+// be taken for S3 being unreachable and, on a reboot, turned into S3_OFFLINE_LAST_GOOD: the boot
+// went on and the new bundle was silently dropped. The root is a real tmpfs.
+func TestDiskFullOnARebootIsNotS3Offline(t *testing.T) {
+	if os.Geteuid() != 0 {
+		peertest.Missing(t, "mounting a tmpfs needs root")
+	}
+	w := newWorld(t, "i-0diskfull0000000")
+	root := filepath.Join(t.TempDir(), "root")
+	os.MkdirAll(root, 0o755)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", root).CombinedOutput(); err != nil {
+		peertest.Missing(t, fmt.Sprintf("cannot mount a tmpfs: %v %s", err, out))
+	}
+	t.Cleanup(func() { exec.Command("umount", root).Run() })
+	cfg, _ := os.ReadFile(filepath.Join(w.root, "etc/haagent/haagent.yaml"))
+	os.MkdirAll(filepath.Join(root, "etc/haagent"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/haagent/haagent.yaml"), cfg, 0o644)
+	w.root = root
+	if r := w.run("run", "--once"); r.code != 0 {
+		t.Fatalf("first boot: exit %d\n%s", r.code, r.stderr)
+	}
+	w.s3.Put(t, bkt, "license.rli", make([]byte, 2<<20))
+	r := w.run("run", "--once")
+	if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step fetch: LOCAL_WRITE_FAILED") || strings.Contains(r.stderr, "S3_OFFLINE_LAST_GOOD") ||
+		strings.Contains(r.stderr, "retrying S3 request") {
+		t.Fatalf("a full disk must fail the reboot, unretried, not go on offline: exit %d\n%s", r.code, r.stderr)
 	}
 }
