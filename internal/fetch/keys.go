@@ -48,7 +48,9 @@ func conflictsURI(object string) string {
 	if i := strings.LastIndex(object, p); i >= 0 {
 		return object[:i] + "circleci-encryption-keys-conflicts/" + object[i+len(p):]
 	}
-	return object + ".conflict"
+	// A keys prefix of another name: a sibling directory of the key's own.
+	dir, base := path.Split(object)
+	return strings.TrimSuffix(dir, "/") + "-conflicts/" + base
 }
 
 // ErrEmptyKey is a key object of 0 bytes: installing it would hand CircleCI an empty key

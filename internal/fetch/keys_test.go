@@ -212,3 +212,15 @@ func TestCommitNeverReplacesAKeyThatAppearedMeanwhile(t *testing.T) {
 		t.Fatalf("staging left behind: %v", err)
 	}
 }
+
+func TestConflictsURIIsOutsideTheKeysPrefix(t *testing.T) {
+	for in, want := range map[string]string{
+		"s3://b/circleci-encryption-keys/00.key":       "s3://b/circleci-encryption-keys-conflicts/00.key",
+		"s3://b/p/circleci-encryption-keys/sub/00.key": "s3://b/p/circleci-encryption-keys-conflicts/sub/00.key",
+		"s3://b/p/keys/00.key":                         "s3://b/p/keys-conflicts/00.key",
+	} {
+		if got := conflictsURI(in); got != want {
+			t.Errorf("conflictsURI(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
