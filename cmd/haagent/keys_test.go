@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -77,6 +79,9 @@ func TestKeyConflictStopsAFirstBootButNotAnInstalledMachine(t *testing.T) {
 		}
 		if c := w.run("check"); c.code != 1 || !strings.Contains(c.stdout, "KEYS_CONFLICT") {
 			t.Fatalf("check does not show the conflict: exit %d\n%s", c.code, c.stdout)
+		}
+		if st := w.run("status", "--json"); !strings.Contains(st.stdout, `"key_conflicts"`) || !strings.Contains(st.stdout, sha256hex(mine)) {
+			t.Fatalf("status --json lacks the conflict and its local hash:\n%s", st.stdout)
 		}
 
 		// Resolved as the README says: this machine's key is the one, the bucket's copy is
@@ -237,4 +242,9 @@ func TestDiskFullOnARebootIsNotS3Offline(t *testing.T) {
 		strings.Contains(r.stderr, "retrying S3 request") {
 		t.Fatalf("a full disk must fail the reboot, unretried, not go on offline: exit %d\n%s", r.code, r.stderr)
 	}
+}
+
+func sha256hex(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
 }
