@@ -127,6 +127,9 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 		rel, key := lk.rel, o.Prefix+lk.rel
 		path := filepath.Join(dir, rel)
 		data, err := os.ReadFile(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed since the walk (moved aside by a person): nothing to back up
+		}
 		if err != nil {
 			return res, fmt.Errorf("reading key %s: %w", rel, err)
 		}
