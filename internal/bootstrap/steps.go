@@ -412,12 +412,13 @@ func stepWatch(ctx context.Context, env *Env) error {
 		// The haagent before this one left a mark of how far it forwarded; without one,
 		// lines from before this run are taken as forwarded by an older haagent.
 		env.background.Add(1)
-		go func() { defer env.background.Done(); w.Follow(ctx, env.Run.Start) }()
+		mctx := env.monitorCtx()
+		go func() { defer env.background.Done(); w.Follow(mctx, env.Run.Start) }()
 		// CircleCI creates its keys on its first start, while the watch waits for it: the scan
 		// backs them up as soon as they are written, not only after the boot.
-		startKeyScan(ctx, env)
-		go w.CrashLoops(ctx, func(dies int, window time.Duration) {
-			probed := runProbes(ctx, env).Findings
+		startKeyScan(env)
+		go w.CrashLoops(mctx, func(dies int, window time.Duration) {
+			probed := runProbes(mctx, env).Findings
 			last := strings.Join(w.LastLines(), " | ")
 			if len(last) > 2000 {
 				last = "..." + last[len(last)-2000:]
@@ -448,7 +449,7 @@ func StepBackupKeys(ctx context.Context, env *Env) error {
 			// A reboot with S3 down (the fetch went on with the last good files): the keys were
 			// backed up by an earlier boot; the scan compares them once S3 answers.
 			env.Report(findings.New("KEYS_BACKUP_SKIPPED", env.Bucket.URI(e.Key), "S3 is unreachable: the encryption keys were not compared with the bucket", err.Error()))
-			startKeyScan(ctx, env)
+			startKeyScan(env)
 			return nil
 		}
 		// A first boot: the keys CircleCI just made exist only here. Not complete until they
@@ -462,7 +463,7 @@ func StepBackupKeys(ctx context.Context, env *Env) error {
 		return err
 	}
 	env.setKeyConflicts(res.Details)
-	startKeyScan(ctx, env)
+	startKeyScan(env)
 	env.ReportAll(res.Findings)
 	env.Log.Info("encryption keys backed up", "uploaded", len(res.Uploaded), "in_sync", len(res.InSync),
 		"conflicts", len(res.Conflicts), "not_backed_up", len(res.NotBackedUp))
@@ -537,10 +538,8 @@ func (env *Env) bootedBefore() bool {
 
 // startKeyScan starts, once, the periodic keys backup that runs for as long as haagent does.
 // The service holds its lock for its whole life, so the scan's writes are covered by it.
-func startKeyScan(ctx context.Context, env *Env) {
-	if env.life != nil {
-		ctx = env.life
-	}
+func startKeyScan(env *Env) {
+	ctx := env.monitorCtx()
 	env.keyScan.Do(func() {
 		env.background.Add(1)
 		go func() {
