@@ -8,9 +8,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/state"
@@ -219,13 +221,19 @@ echo 'Installing Replicated (test installer)'
 		}
 	}
 
-	// The fetched tree, with its modes.
-	for path, mode := range map[string]os.FileMode{"etc/settings.conf": 0o600, "etc/license.rli": 0o600,
-		"etc/circleconfig/shared": 0o700 | os.ModeDir, "data/circle/circleci-encryption-keys": 0o700 | os.ModeDir} {
+	// The fetched tree, with its modes: the licence and settings readable through the box's
+	// docker group (docker.io made it there), the customization files as CircleCI left them.
+	for path, mode := range map[string]os.FileMode{"etc/settings.conf": 0o640, "etc/license.rli": 0o640, "etc/replicated.conf": 0o644,
+		"etc/circleconfig/shared": 0o755 | os.ModeDir, "data/circle/circleci-encryption-keys": 0o700 | os.ModeDir, "data/circle": 0o755 | os.ModeDir} {
 		fi, err := os.Stat(filepath.Join(root, path))
 		if err != nil || fi.Mode()&(os.ModeDir|os.ModePerm) != mode {
 			t.Errorf("/%s: %v %v, want %v", path, fi.Mode(), err, mode)
 		}
+	}
+	if docker, err := atomicfile.LookupGroup(root, "docker"); err != nil {
+		t.Errorf("no docker group in the box: %v", err)
+	} else if fi, err := os.Stat(filepath.Join(root, "etc/license.rli")); err != nil || fi.Sys().(*syscall.Stat_t).Gid != uint32(docker) {
+		t.Errorf("/etc/license.rli is not group docker (gid %d): %v", docker, err)
 	}
 
 	// A real reboot with S3 down: systemd starts haagent by its enablement, the run goes on

@@ -220,11 +220,19 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 		return &findings.Failure{Findings: blocking}
 	}
 	if bd == nil {
-		return nil // offline reboot: the files in place were validated
+		// Offline reboot: the files in place were validated; their modes and owners still
+		// converge, as a commit would have made them.
+		fs, err := fetch.ConvergeInPlace(ctx, env.Root, env.Config.Layout, env.Record.Known, env.Log)
+		env.ReportAll(fs)
+		if err != nil {
+			return fmt.Errorf("setting the modes and owners of the files in place: %w", err)
+		}
+		return checkReadable(env)
 	}
 	if err := bd.Commit(); err != nil {
 		return fmt.Errorf("moving fetched files into place: %w", err)
 	}
+	env.ReportAll(bd.CommitFindings)
 	// A key that appeared during the fetch was kept by the commit: a conflict if it differs.
 	env.setKeyConflicts(bd.Conflicts)
 	for _, c := range bd.Conflicts {
@@ -251,6 +259,24 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 		}
 	}
 	env.Log.Info("files in place", "files", len(bd.Files), "changed", changed, "unchanged", len(bd.Files)-changed)
+	return checkReadable(env)
+}
+
+// checkReadable judges, in place, whether the Replicated daemon can read the files
+// replicated.conf names: after Commit has converged modes and owners, so it sees what the
+// daemon will meet, not what the stage holds.
+func checkReadable(env *Env) error {
+	fs := env.adjust(validate.Readable(env.Root)...)
+	env.ReportAll(fs)
+	var blocking []findings.Finding
+	for _, f := range fs {
+		if f.Blocking {
+			blocking = append(blocking, f)
+		}
+	}
+	if len(blocking) > 0 {
+		return &findings.Failure{Findings: blocking}
+	}
 	return nil
 }
 
