@@ -272,7 +272,8 @@ func stepCACerts(ctx context.Context, env *Env) error {
 	return nil
 }
 
-// stepReplicatedInstall runs the installer once per instance.
+// stepReplicatedInstall runs the installer once per instance, with the arguments that keep
+// the real script from asking (public address, no-docker), and verifies that it installed.
 func stepReplicatedInstall(ctx context.Context, env *Env) error {
 	c := env.Config
 	settingsSHA := ""
@@ -283,11 +284,23 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 	if proxy == "" {
 		proxy = os.Getenv("https_proxy")
 	}
+	// The script's own public-address discovery is a plain IMDSv1 request, which fails on an
+	// instance that requires IMDSv2, and then it prompts: haagent asks IMDSv2 instead.
+	public := ""
+	if !replicated.SetsPublicAddress(c.Replicated.ExtraArgs) {
+		var err error
+		if public, err = env.IMDS.PublicIPv4(ctx); err != nil {
+			return imdsFailure(err)
+		}
+	}
 	res, err := replicated.Ensure(ctx, replicated.Options{
 		Root: env.Root, URL: c.Replicated.InstallerURL, SHA256: c.Replicated.SHA256, ExtraArgs: c.Replicated.ExtraArgs,
-		Timeout: c.Replicated.Timeout.D(), LocalAddress: env.Instance.LocalIPv4, InstanceID: env.Instance.InstanceID,
+		Version: c.Replicated.Version, Timeout: c.Replicated.Timeout.D(), LocalAddress: env.Instance.LocalIPv4,
+		PublicAddress: public, DockerInstalled: replicated.DockerInstalled(env.Root), InstanceID: env.Instance.InstanceID,
 		SettingsSHA256: settingsSHA, Proxy: proxy, Reinstall: env.Reinstall, RootCAs: probes.TrustPool(env.Root),
 		Systemd: env.Root == "/" && replicated.UnderSystemd(), Log: env.Log.With("step", "replicated-install"),
+		// Report logs a finding once per run, however often the step is retried.
+		Report: env.Report,
 		OpenBucket: func(ctx context.Context, name string) (*bucket.Bucket, error) {
 			return bucket.New(ctx, bucket.Options{Name: name, Region: c.Source.Region, Endpoint: c.Source.Endpoint, PathStyle: c.Source.PathStyle,
 				FallbackRegion: env.Instance.Region, Attempts: c.Fetch.Attempts, Timeout: c.Fetch.Timeout.D(), Log: env.Log})
@@ -297,7 +310,7 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 		return err
 	}
 	if res.Ran {
-		env.Log.Info("Replicated installed", "installer_sha256", res.SHA256)
+		env.Log.Info("Replicated installed and answering", "installer_sha256", res.SHA256, "app_state", res.AppState)
 	}
 	return nil
 }
