@@ -49,11 +49,13 @@ type world struct {
 	probesConfig string
 	installer    *installerServer
 	installCfg   string
-	watchCfg     string
-	s3           *peertest.S3
-	imds         *peertest.IMDS
-	root         string
-	objs         map[string][]byte
+	// filesCfg is the config's files: section, "" for the default layout.
+	filesCfg string
+	watchCfg string
+	s3       *peertest.S3
+	imds     *peertest.IMDS
+	root     string
+	objs     map[string][]byte
 }
 
 func newWorld(t *testing.T, instanceID string) *world {
@@ -117,7 +119,7 @@ func bakeDocker(t *testing.T, root string) {
 
 func (w *world) writeConfig(endpoint, extra string) {
 	os.MkdirAll(filepath.Join(w.root, "etc/haagent"), 0o755)
-	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\nfetch:\n  attempts: 2\n  timeout: 5s\n%s%s%s%s", bkt, endpoint, w.probesConfig, w.installCfg, w.watchCfg, extra)
+	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\nfetch:\n  attempts: 2\n  timeout: 5s\n%s%s%s%s%s", bkt, endpoint, w.probesConfig, w.installCfg, w.watchCfg, w.filesCfg, extra)
 	if err := os.WriteFile(filepath.Join(w.root, "etc/haagent/haagent.yaml"), []byte(cfg), 0o644); err != nil {
 		w.t.Fatal(err)
 	}

@@ -34,6 +34,8 @@ if read -r -t 1 _ < /dev/tty 2>/dev/null; then echo tty > "$REC/tty"; else echo 
 echo "a warning on stderr" >&2
 export PATH="$ROOT/usr/local/bin:$ROOT/usr/bin:$PATH"
 
+# The timeout is deliberately unquoted ("-t 20" is two words), as in the real prompt.sh.
+# shellcheck disable=SC2086,SC2162
 promptTimeout() {
     echo "$PROMPT_QUESTION" >> "$REC/prompts"
     set +e
