@@ -70,7 +70,9 @@ func TestSystemdBoot(t *testing.T) {
 docker load -i /frontend-image.tar
 docker run -d --name frontend --network none --restart always `+image+` sh -c 'echo frontend says hello; echo frontend warns >&2; sleep 3600'`)
 	w.installer.setScript(strings.Replace(full, "        release-sequence|release_sequence)\n            RELEASE_SEQUENCE=\"$_value\"\n            ;;\n", "", 1))
-	// The licence and settings are 0640 root:docker, so the daemon (group docker) reads them.
+	// The licence and settings are 0640 root:docker, so the daemon (group docker) reads them;
+	// so is replicated.conf: the installer makes it world-readable (chmod a+r), but each boot's
+	// fetch puts the layout's mode back, and the daemon reads it again at every start.
 	group, _ := os.ReadFile(filepath.Join(root, "etc/group"))
 	var dockerGID string
 	for _, l := range strings.Split(string(group), "\n") {
@@ -82,7 +84,10 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 		t.Fatal("the box has no docker group (docker.io is in the debootstrapped root)")
 	}
 	w.installCfg += "  extra_args: [release-sequence=1]\n"
-	w.filesCfg = "files:\n  settings: {mode: \"0640\", gid: " + dockerGID + "}\n  license: {mode: \"0640\", gid: " + dockerGID + "}\n"
+	w.filesCfg = "files:\n"
+	for _, name := range []string{"settings", "license", "replicated"} {
+		w.filesCfg += "  " + name + ": {mode: \"0640\", gid: " + dockerGID + "}\n"
+	}
 	copyFile(t, haagentBin, filepath.Join(root, "usr/local/bin/haagent"), 0o755)
 	os.MkdirAll(filepath.Join(root, "etc/systemd/journald.conf.d"), 0o755)
 	copyFile(t, "../../packer/journald-haagent.conf", filepath.Join(root, "etc/systemd/journald.conf.d/haagent.conf"), 0o644)
@@ -223,6 +228,11 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 	if j, _ := m.Exec("journalctl", "-u", "haagent", "--no-pager", "-o", "cat"); !strings.Contains(j, "Replicated installed and answering") {
 		t.Fatalf("haagent did not verify the install:\n%s", j)
 	}
+	since := strings.TrimSpace(m.MustExec(t, "systemctl", "show", "--timestamp=unix", "-p", "ActiveEnterTimestamp", "--value", "replicated"))
+	up, err := strconv.ParseInt(strings.TrimPrefix(since, "@"), 10, 64)
+	if mk := replicated.ReadMarker(root); err != nil || mk == nil || mk.Time.Unix() < up {
+		t.Fatalf("the marker (%+v) must come after replicated.service became active (%s)", mk, since)
+	}
 
 	// A broken setting (the expiring Vault token) surfaces in `haagent status`.
 	if st, _ := m.Exec("haagent", "status"); !strings.Contains(st, "VAULT_TOKEN_EXPIRING") {
@@ -239,7 +249,8 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 		t.Fatalf("the installer ran again after a restart:\n%s", inst)
 	}
 	if out, _ := m.Exec("systemctl", "is-active", "replicated"); strings.TrimSpace(out) != "active" {
-		t.Fatalf("replicated was not started again: %s", out)
+		j, _ := m.Exec("journalctl", "-u", "replicated", "--no-pager", "-o", "cat")
+		t.Fatalf("replicated was not started again: %s\n%s", out, j)
 	}
 
 	// Journal entries carry haagent's fields, and the frontend's lines are entries of their

@@ -309,7 +309,9 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 	if err != nil {
 		return err
 	}
-	if res.Ran {
+	// AppState is set whenever an install was verified: one run here, or one an earlier
+	// haagent started and this one waited for.
+	if res.AppState != "" {
 		env.Log.Info("Replicated installed and answering", "installer_sha256", res.SHA256, "app_state", res.AppState)
 	}
 	return nil

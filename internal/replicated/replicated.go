@@ -146,7 +146,8 @@ func Ensure(ctx context.Context, o Options) (Result, error) {
 		if active, err := unitActive(ctx); err == nil && active {
 			o.Log.Warn("an installer started by an earlier haagent is still running; waiting for it", "unit", UnitName)
 			code, err := waitUnit(ctx, o)
-			return res, o.complete(ctx, &res, code, err, func() string { return o.unitTail(ctx) }, readScriptSHA(o.Root))
+			res.SHA256 = readScriptSHA(o.Root)
+			return res, o.complete(ctx, &res, code, err, func() string { return o.unitTail(ctx) }, res.SHA256)
 		}
 		if code, ok := readExit(o.Root, o.InstanceID); ok && !o.Reinstall {
 			// It ended while haagent was down: take its result, do not run it again.
@@ -177,7 +178,7 @@ func Ensure(ctx context.Context, o Options) (Result, error) {
 		known, from = DocumentedSet(), "the installer's documented arguments"
 	}
 	if probs := CheckExtraArgs(o.ExtraArgs, known); len(probs) > 0 {
-		return res, &findings.Failure{Findings: []findings.Finding{findings.New("INSTALLER_ARG_UNKNOWN", o.URL,
+		return res, &findings.Failure{Findings: []findings.Finding{findings.New("INSTALLER_ARG_UNKNOWN", redactLine(o.URL, ""),
 			"replicated.extra_args has arguments the installer would refuse; it was not run", strings.Join(probs, "; ")+" (checked against "+from+")")}}
 	}
 	if _, err := atomicfile.WriteFile(filepath.Join(o.Root, ScriptPath), script, atomicfile.Options{Mode: 0o700, DirMode: 0o700, UID: -1, GID: -1}); err != nil {
@@ -548,7 +549,10 @@ func runUnit(ctx context.Context, o Options, args []string) (int, error) {
 	defer os.Remove(envFile)
 	// The unit records the script's exit status itself (see ExitPath).
 	os.Remove(filepath.Join(o.Root, ExitPath))
-	wrapper := fmt.Sprintf(`/bin/bash "$0" "$@" 2>&1 | sed -u -E 's#(://)[^/[:space:]]*@#\1***@#g'; rc=${PIPESTATUS[0]}; printf '%%s %%s\n' "$rc" %q > %q; exit $rc`,
+	// $PIPESTATUS is the script's status (the array's first element): systemd replaces every
+	// ${...} in a command line with its own environment's value, empty when unset (seen on
+	// systemd 252), so the wrapper uses no braces.
+	wrapper := fmt.Sprintf(`/bin/bash "$0" "$@" 2>&1 | sed -u -E 's#(://)[^/[:space:]]*@#\1***@#g'; rc=$PIPESTATUS; printf '%%s %%s\n' "$rc" %q > %q; exit $rc`,
 		o.InstanceID, filepath.Join(o.Root, ExitPath))
 	argv = append(argv, "/bin/bash", "-c", wrapper, filepath.Join(o.Root, ScriptPath))
 	argv = append(argv, args...)
