@@ -2,6 +2,8 @@ package replicated
 
 import (
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -78,5 +80,28 @@ func TestVersionedURL(t *testing.T) {
 	}
 	if got := VersionedURL("https://get.replicated.com/docker", ""); got != "https://get.replicated.com/docker" {
 		t.Errorf("no version: %s", got)
+	}
+}
+
+// The installer unit's program records and returns the script's own status and hides URL
+// credentials; it holds no ${...}, which systemd would replace before bash sees it.
+func TestUnitWrapper(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "install.sh")
+	os.WriteFile(script, []byte("echo \"args $*\"\necho \"proxy at 'http://u:pw@proxy:3128'\" >&2\nexit 3\n"), 0o700)
+	w := unitWrapper("i-0abc", filepath.Join(dir, "exit"))
+	if strings.Contains(w, "${") {
+		t.Fatalf("the wrapper holds ${...}: %s", w)
+	}
+	out, err := exec.Command("/bin/bash", "-c", w, script, "a", "b").CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
+		t.Fatalf("exit: %v", err)
+	}
+	if string(out) != "args a b\nproxy at 'http://***@proxy:3128'\n" {
+		t.Fatalf("output %q", out)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "exit"))
+	if string(b) != "3 i-0abc\n" {
+		t.Fatalf("recorded %q", b)
 	}
 }

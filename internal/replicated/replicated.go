@@ -549,17 +549,23 @@ func runUnit(ctx context.Context, o Options, args []string) (int, error) {
 	defer os.Remove(envFile)
 	// The unit records the script's exit status itself (see ExitPath).
 	os.Remove(filepath.Join(o.Root, ExitPath))
-	// $PIPESTATUS is the script's status (the array's first element): systemd replaces every
-	// ${...} in a command line with its own environment's value, empty when unset (seen on
-	// systemd 252), so the wrapper uses no braces.
-	wrapper := fmt.Sprintf(`/bin/bash "$0" "$@" 2>&1 | sed -u -E 's#(://)[^/[:space:]]*@#\1***@#g'; rc=$PIPESTATUS; printf '%%s %%s\n' "$rc" %q > %q; exit $rc`,
-		o.InstanceID, filepath.Join(o.Root, ExitPath))
+	wrapper := unitWrapper(o.InstanceID, filepath.Join(o.Root, ExitPath))
 	argv = append(argv, "/bin/bash", "-c", wrapper, filepath.Join(o.Root, ScriptPath))
 	argv = append(argv, args...)
 	if out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("starting the installer unit (%s): %w: %s", strings.Join(argv[:3], " "), err, bytes.TrimSpace(out))
 	}
 	return waitUnit(ctx, o)
+}
+
+// unitWrapper is the transient unit's bash -c program: it runs the script ($0, with its
+// arguments), hides URL credentials in its output, records "STATUS INSTANCE-ID" in exitPath
+// and exits with the script's status. $PIPESTATUS is the script's status (the array's first
+// element): systemd replaces every ${...} in a command line with a value from its own
+// environment, empty when unset (seen on systemd 252), so the program has no braces.
+func unitWrapper(instanceID, exitPath string) string {
+	return fmt.Sprintf(`/bin/bash "$0" "$@" 2>&1 | sed -u -E 's#(://)[^/[:space:]]*@#\1***@#g'; rc=$PIPESTATUS; printf '%%s %%s\n' "$rc" %q > %q; exit $rc`,
+		instanceID, exitPath)
 }
 
 // waitUnit polls the unit until it ends and returns its exit status.
