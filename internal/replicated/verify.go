@@ -157,7 +157,7 @@ func (o Options) nothingInstalled(err error, tail string) error {
 		f = f.WithFix(fmt.Sprintf("the installer stopped at its Docker version question (\"Do you want to proceed anyway?\", answered no without a terminal): "+
 			"install the Docker it recommends (%s) and hold it (apt-mark hold), or bake a pinned Docker into the AMI (packer variable docker_version) so haagent passes no-docker", m[1]))
 	case loopbackRE.MatchString(tail):
-		f = f.WithFix("the installer stopped at its devicemapper-in-loopback warning: configure Docker with the overlay2 storage driver (/etc/docker/daemon.json) and bake it into the AMI, so haagent passes no-docker")
+		f = f.WithFix("the installer stopped at its devicemapper-in-loopback question: configure Docker with the overlay2 storage driver (/etc/docker/daemon.json) and bake it into the AMI, so haagent passes no-docker")
 	}
 	return &findings.Failure{Findings: []findings.Finding{f}}
 }
