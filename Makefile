@@ -23,6 +23,7 @@ peers:
 lint: peers
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) mod tidy -diff
 	$(PEERS_BIN)/staticcheck ./...
 	shellcheck scripts/*.sh packer/*.sh examples/*.sh .ci/run
 	packer fmt -check packer

@@ -159,7 +159,11 @@ build_nspawnroot() {
   local mirror
   mirror=$(sed -n 's/^URIs: \(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1)
   [ -n "$mirror" ] || mirror=$(awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null)
-  [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+  if [ -z "$mirror" ]; then
+    echo "peers: no Debian mirror for bookworm found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list;" >&2
+    echo "peers: the boot test's debootstrap takes the machine's own mirror: add one to the apt sources (see sources.list(5))" >&2
+    return 1
+  fi
   log "debootstrapping bookworm for the boot test from $mirror (~1.5 min)"
   mkdir -p "$PEERS/nspawn"
   rm -rf "$PEERS/nspawn/root.tmp"

@@ -208,7 +208,7 @@ func TestGuardReplacesOnlyWhenANewInstanceWouldFareBetter(t *testing.T) {
 	os.WriteFile(pgFile, []byte("export POSTGRES_HOST=\"unterminated\n"), 0o600)
 	d.MustRun(t, "kill", "frontend")
 	eventually(t, 60*time.Second, "a decision to stay because a probe fails", func() bool {
-		return strings.Contains(stderr.String(), "replacement withheld: probes fail (CONFIG_SYNTAX")
+		return strings.Contains(stderr.String(), "replacement withheld: probes fail or cannot tell (CONFIG_SYNTAX")
 	}, stderr.String)
 	if n := len(a.Calls("SetInstanceHealth")); n != 0 {
 		t.Fatalf("SetInstanceHealth sent while a probe fails")
@@ -223,14 +223,31 @@ func TestGuardReplacesOnlyWhenANewInstanceWouldFareBetter(t *testing.T) {
 		t.Fatalf("SetInstanceHealth sent while the budget is spent")
 	}
 
-	// The old entry goes (as it would after the hour): now a replacement helps and is allowed.
+	// An operator holds replacements while working on the machine; the old entry goes (as it
+	// would after the hour), and still nothing happens until the window is switched off.
+	if r := w.run("maintenance", "on", "--for", "1h", "--reason", "swapping the data volume"); r.code != 0 || !strings.Contains(r.stdout, "maintenance on until") {
+		t.Fatalf("maintenance on: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
 	w.s3.Delete(t, bkt, "haagent/replacements.json")
+	eventually(t, 60*time.Second, "a decision to stay because of the maintenance window", func() bool {
+		return strings.Contains(stderr.String(), "replacement withheld: maintenance until")
+	}, stderr.String)
+	if st := w.run("status"); !strings.Contains(st.stdout, "maintenance: on until") || !strings.Contains(st.stdout, "swapping the data volume") {
+		t.Fatalf("status does not show the maintenance window:\n%s", st.stdout)
+	}
+	if n := len(a.Calls("SetInstanceHealth")); n != 0 {
+		t.Fatalf("SetInstanceHealth sent during a maintenance window")
+	}
+	// Now a replacement helps and is allowed.
+	if r := w.run("maintenance", "off"); r.code != 0 {
+		t.Fatalf("maintenance off: exit %d\n%s", r.code, r.stderr)
+	}
 	a.Wait(t, 60*time.Second, "SetInstanceHealth", func(c []peertest.ASGCall) bool {
 		return strings.Contains(strings.Join(actions(c), " "), "SetInstanceHealth")
 	})
 	eventually(t, 30*time.Second, "the decision in the log", func() bool { return strings.Contains(stderr.String(), "replacement requested") }, stderr.String)
 	sets := a.Calls("SetInstanceHealth")
-	if len(sets) != 1 || sets[0].Params.Get("InstanceId") != id || sets[0].Params.Get("HealthStatus") != "Unhealthy" || sets[0].Params.Get("ShouldRespectGracePeriod") != "true" {
+	if len(sets) != 1 || sets[0].Params.Get("InstanceId") != id || sets[0].Params.Get("HealthStatus") != "Unhealthy" || sets[0].Params.Get("ShouldRespectGracePeriod") != "false" {
 		t.Fatalf("SetInstanceHealth: %+v", sets)
 	}
 	if led := string(w.s3.Object(bkt, "haagent/replacements.json")); !strings.Contains(led, id) {

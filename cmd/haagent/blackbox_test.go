@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/haagent/haagent/internal/bootstrap"
 	"github.com/haagent/haagent/internal/cookie"
 	"github.com/haagent/haagent/internal/lock"
 	"github.com/haagent/haagent/internal/peertest"
@@ -292,8 +293,18 @@ func TestInvalidConfigExits2BeforeAnySideEffect(t *testing.T) {
 	if r.code != 2 || !strings.Contains(r.stderr, "bogus_field: unknown field") {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
-	if _, err := os.Stat(filepath.Join(w.root, state.Path)); err == nil {
-		t.Fatal("an invalid config must stop haagent before it writes anything")
+	if _, err := os.Stat(filepath.Join(w.root, "etc/settings.conf")); err == nil {
+		t.Fatal("an invalid config must stop haagent before it touches the machine")
+	}
+	// The run is recorded all the same (haagent's own record, nothing else), so status --wait
+	// reports this boot's failure instead of waiting for ever or returning an earlier boot's
+	// "complete".
+	last := w.record().Last()
+	if last == nil || last.Status != state.Failed || len(last.Findings) != 1 || last.Findings[0].Code != "CONFIG_INVALID" {
+		t.Fatalf("the config failure is not in the run record: %+v", last)
+	}
+	if st := w.run("status", "--wait", "--timeout", "30s"); st.code != 1 || !strings.Contains(st.stdout, "CONFIG_INVALID") || !strings.Contains(st.stderr, "bogus_field") {
+		t.Fatalf("status --wait after an invalid config: exit %d\n%s%s", st.code, st.stdout, st.stderr)
 	}
 	v := w.run("validate")
 	if v.code != 2 || !strings.Contains(v.stderr, "bogus_field") {
@@ -397,6 +408,24 @@ func TestStatusWaitReportsFailure(t *testing.T) {
 	st := w.run("status", "--wait", "--timeout", "10s")
 	if st.code != 1 || !strings.Contains(st.stdout, "S3_OBJECT_MISSING") || !strings.Contains(st.stdout, "fix: upload it") {
 		t.Fatalf("status --wait after a failure: exit %d\n%s%s", st.code, st.stdout, st.stderr)
+	}
+}
+
+// status --wait waits for a run of the current boot: the "complete" of the boot before a
+// reboot is not this boot's.
+func TestStatusWaitIgnoresAnEarlierBoot(t *testing.T) {
+	w := newWorld(t, "i-0bootid000000000")
+	earlier := append(w.env(w.imds.URL), bootstrap.BootIDEnv+"=boot-before-the-reboot")
+	if r := w.runEnv(earlier, "run", "--once"); r.code != 0 {
+		t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
+	}
+	now := append(w.env(w.imds.URL), bootstrap.BootIDEnv+"=boot-after-the-reboot")
+	st := w.runEnv(now, "status", "--wait", "--timeout", "1500ms")
+	if st.code != 1 || !strings.Contains(st.stderr, "no run of this boot") {
+		t.Fatalf("status --wait returned an earlier boot's run: exit %d\n%s%s", st.code, st.stdout, st.stderr)
+	}
+	if st := w.runEnv(earlier, "status", "--wait", "--timeout", "30s"); st.code != 0 {
+		t.Fatalf("status --wait in the same boot: exit %d\n%s%s", st.code, st.stdout, st.stderr)
 	}
 }
 

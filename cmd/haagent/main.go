@@ -40,6 +40,8 @@ commands:
                            probe the databases and Vault with the settings the services read
   validate                 check the config and the files in place, offline, with no side effects
   backup keys              copy encryption keys that exist only on this machine to the bucket
+  maintenance on [--for 2h] [--reason TEXT] | off
+                           hold (or stop holding) Auto Scaling replacements while you work on the machine
   install|uninstall|start|stop
                            manage the systemd unit (systemd/haagent.service, verbatim)
   version                  print the version
@@ -125,6 +127,12 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return usageErr("usage: haagent backup keys")
 		}
 		c = &backupCmd{g: g, what: cargs[0]}
+		cargs = cargs[1:]
+	case "maintenance":
+		if len(cargs) == 0 {
+			return usageErr("usage: haagent maintenance on [--for 2h] [--reason TEXT] | off")
+		}
+		c = &maintenanceCmd{g: g, action: cargs[0]}
 		cargs = cargs[1:]
 	case "install", "uninstall", "start", "stop":
 		c = &serviceCmd{g: g, action: cmd}

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/haagent/haagent/internal/bootstrap"
 	"github.com/haagent/haagent/internal/config"
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/lock"
 	"github.com/haagent/haagent/internal/logging"
 	"github.com/haagent/haagent/internal/state"
@@ -38,6 +40,10 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 
 	env, release, err := c.g.prepare(log)
 	if err != nil {
+		var ee *exitError
+		if errors.As(err, &ee) && ee.code == 2 {
+			c.recordConfigFailure(log, err)
+		}
 		return err
 	}
 	defer release()
@@ -66,6 +72,35 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	// Later steps (the frontend watch) keep the service busy; until then it stays up.
 	bootstrap.KeepAlive(ctx)
 	return nil
+}
+
+// recordConfigFailure puts a run that never got past its config into the run record, so
+// `haagent status` and `status --wait` tell this boot's invalid config from an earlier boot's
+// "complete". It writes only haagent's own record, under the lock; when another haagent holds
+// the lock, that one's record is the truth and nothing is written.
+func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) {
+	lk, err := lock.Acquire(c.g.path(lock.Path))
+	if err != nil {
+		return
+	}
+	defer lk.Release()
+	path := c.g.path(state.Path)
+	rec, err := state.Load(path)
+	if err != nil {
+		log.Error("cannot record the failed run", "path", path, "error", err.Error())
+		return
+	}
+	now := time.Now().UTC()
+	mode := map[bool]string{true: "once", false: "service"}[c.once]
+	f := findings.New("CONFIG_INVALID", c.g.configPath(), "the haagent config is invalid: nothing was done", cause.Error())
+	rec.Runs = append(rec.Runs, state.Run{
+		ID:     now.Format("20060102T150405Z") + fmt.Sprintf("-%d", os.Getpid()),
+		BootID: bootstrap.BootID(), Mode: mode, PID: os.Getpid(), Start: now, End: &now,
+		Status: state.Failed, Error: "config: " + cause.Error(), Findings: []findings.Finding{f},
+	})
+	if err := rec.Save(path); err != nil {
+		log.Error("cannot record the failed run", "path", path, "error", err.Error())
+	}
 }
 
 // prepare loads the config (validated before any side effect; an absent file is not an error

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/haagent/haagent/internal/bootstrap"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/state"
 )
@@ -40,6 +41,7 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		deadline = t.C
 	}
 	shownRetry := ""
+	boot := bootstrap.BootID()
 	for {
 		rec, err := state.Load(path)
 		if err != nil {
@@ -55,6 +57,11 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 				return &exitError{code: 1, err: fmt.Errorf("the last run is %s: %s", last.Status, last.Error)}
 			}
 			return nil
+		}
+		// --wait is about this boot: a run recorded before the machine rebooted (its "complete"
+		// or its failure) says nothing about the boot haagent is driving now.
+		if last != nil && last.BootID != "" && last.BootID != boot {
+			last = nil
 		}
 		if last != nil {
 			switch last.Status {
@@ -75,7 +82,7 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-deadline:
-			state := "no run recorded yet"
+			state := "no run of this boot recorded yet (is the haagent service running? systemctl status haagent)"
 			if last != nil {
 				state = "last run is " + last.Status
 				if last.Error != "" {
@@ -89,6 +96,7 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 }
 
 func (c *statusCmd) print(w io.Writer, rec *state.Record) {
+	m, merr := state.LoadMaintenance(c.g.path(state.MaintenancePath))
 	runs := rec.Runs
 	if c.runs > 0 && len(runs) > c.runs {
 		runs = runs[len(runs)-c.runs:]
@@ -96,10 +104,15 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 	if c.json {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
+		var active *state.Maintenance
+		if m.Active(time.Now()) {
+			active = m
+		}
 		enc.Encode(struct {
-			Version int         `json:"version"`
-			Runs    []state.Run `json:"runs"`
-		}{rec.Version, runs})
+			Version     int                `json:"version"`
+			Maintenance *state.Maintenance `json:"maintenance,omitempty"`
+			Runs        []state.Run        `json:"runs"`
+		}{rec.Version, active, runs})
 		return
 	}
 	last := runs[len(runs)-1]
@@ -115,6 +128,16 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 	fmt.Fprintln(w)
 	if last.Error != "" {
 		fmt.Fprintf(w, "error:    %s\n", last.Error)
+	}
+	switch {
+	case merr != nil:
+		fmt.Fprintf(w, "maintenance: %v\n", merr)
+	case m.Active(time.Now()):
+		line := fmt.Sprintf("maintenance: on until %s (replacements held)", m.Until.Local().Format(time.RFC3339))
+		if m.Reason != "" {
+			line += ": " + m.Reason
+		}
+		fmt.Fprintln(w, line)
 	}
 	fmt.Fprintln(w, "steps:")
 	for _, s := range last.Steps {

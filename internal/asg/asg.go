@@ -254,14 +254,30 @@ func (c *Client) Complete(ctx context.Context) error {
 	return nil
 }
 
-// SetUnhealthy asks the group to replace this instance, respecting the group's grace period.
+// SetUnhealthy asks the group to replace this instance. It does not respect the group's
+// health-check grace period: during it AWS answers success and ignores the call, and the guard
+// has waited asg.replace.failing_for already. The caller reads the health back (Health).
 func (c *Client) SetUnhealthy(ctx context.Context) error {
 	_, err := c.cli.SetInstanceHealth(ctx, &autoscaling.SetInstanceHealthInput{
-		InstanceId: aws.String(c.instance), HealthStatus: aws.String("Unhealthy"), ShouldRespectGracePeriod: aws.Bool(true)})
+		InstanceId: aws.String(c.instance), HealthStatus: aws.String("Unhealthy"), ShouldRespectGracePeriod: aws.Bool(false)})
 	if err != nil {
 		return c.wrap("SetInstanceHealth", err)
 	}
 	return nil
+}
+
+// Health reads the instance's health status as the group sees it ("HEALTHY", "UNHEALTHY").
+func (c *Client) Health(ctx context.Context) (string, error) {
+	out, err := c.cli.DescribeAutoScalingInstances(ctx, &autoscaling.DescribeAutoScalingInstancesInput{InstanceIds: []string{c.instance}})
+	if err != nil {
+		return "", c.wrap("DescribeAutoScalingInstances", err)
+	}
+	for _, i := range out.AutoScalingInstances {
+		if aws.ToString(i.InstanceId) == c.instance {
+			return strings.ToUpper(aws.ToString(i.HealthStatus)), nil
+		}
+	}
+	return "", fmt.Errorf("DescribeAutoScalingInstances does not list %s", c.instance)
 }
 
 // Heartbeats records a heartbeat at every tick until ctx ends or the action is gone. expired is

@@ -152,7 +152,7 @@ func TestHeartbeatAndCompleteParameters(t *testing.T) {
 		t.Fatal(err)
 	}
 	sh := a.Calls("SetInstanceHealth")[0].Params
-	if sh.Get("InstanceId") != instance || sh.Get("HealthStatus") != "Unhealthy" || sh.Get("ShouldRespectGracePeriod") != "true" {
+	if sh.Get("InstanceId") != instance || sh.Get("HealthStatus") != "Unhealthy" || sh.Get("ShouldRespectGracePeriod") != "false" {
 		t.Fatalf("SetInstanceHealth: %v", sh)
 	}
 }

@@ -30,12 +30,18 @@ type Replacement struct {
 	Reason     string    `json:"reason"`
 }
 
-// Budget grants at most Max replacements within Window, across all instances.
+// Budget grants at most Max replacements within Window, and at most DailyMax within a day,
+// across all instances: a short window alone lets a fault that outlives every instance
+// replace one an hour, for days.
 type Budget struct {
-	Bucket *bucket.Bucket
-	Max    int
-	Window time.Duration
+	Bucket   *bucket.Bucket
+	Max      int
+	Window   time.Duration
+	DailyMax int // 0: no daily cap
 }
+
+// day is the long window of DailyMax.
+const day = 24 * time.Hour
 
 // SpentError says the budget is used up, and by whom.
 type SpentError struct {
@@ -60,10 +66,13 @@ func (b *Budget) Take(ctx context.Context, r Replacement) error {
 		if err != nil {
 			return err
 		}
-		var recent, keep []Replacement
+		var recent, daily, keep []Replacement
 		for _, x := range led.Replacements {
 			if r.At.Sub(x.At) < b.Window {
 				recent = append(recent, x)
+			}
+			if r.At.Sub(x.At) < day {
+				daily = append(daily, x)
 			}
 			// History beyond the window is kept, bounded, for people reading the object.
 			if r.At.Sub(x.At) < 30*24*time.Hour {
@@ -72,6 +81,9 @@ func (b *Budget) Take(ctx context.Context, r Replacement) error {
 		}
 		if len(recent) >= b.Max {
 			return &SpentError{Max: b.Max, Window: b.Window, Recent: recent}
+		}
+		if b.DailyMax > 0 && len(daily) >= b.DailyMax {
+			return &SpentError{Max: b.DailyMax, Window: day, Recent: daily}
 		}
 		keep = append(keep, r)
 		sort.Slice(keep, func(i, j int) bool { return keep[i].At.Before(keep[j].At) })

@@ -16,10 +16,18 @@ import (
 // all of these hold, in this order:
 //
 //  1. the frontend has been failing for FailingFor (after it was once up on this instance);
-//  2. every probe passes: a database outage or a bad setting would fail the next instance too;
-//  3. every local encryption key is in S3: a replacement must not lose one;
-//  4. replacement is enabled in the config;
-//  5. the budget in the bucket has a slot (Max within Window, across instances).
+//  2. no operator holds replacements (haagent maintenance on) and Replicated does not mean the
+//     app to be down (desired state stopped, or a transition such as an upgrade under way);
+//  3. every probe passes, conclusively: a database outage, a bad setting, or a probe that could
+//     not tell (too many connections, a database starting up, DNS SERVFAIL) would meet the next
+//     instance too;
+//  4. every local encryption key is in S3: a replacement must not lose one;
+//  5. replacement is enabled in the config;
+//  6. the budget in the bucket has a slot (Max within Window and DailyMax within a day, across
+//     instances);
+//
+// and it is done only once the group reports the instance UNHEALTHY: until then the guard asks
+// again at each decision, without spending another slot.
 type Guard struct {
 	Enabled    bool
 	FailingFor time.Duration
@@ -31,9 +39,19 @@ type Guard struct {
 	ASG      *Client
 	Instance string
 	Log      *slog.Logger
+	// Hold, if set, returns why replacements are held right now ("" for none): an operator's
+	// maintenance window, Replicated's own intent for the app.
+	Hold func(ctx context.Context) string
 	// Now is the clock (tests).
 	Now func() time.Time
+
+	// asked is set once SetInstanceHealth went through and its slot was taken; the health is
+	// read back until the group reports UNHEALTHY.
+	asked bool
 }
+
+// inconclusive codes say a probe could not tell: not a pass.
+var inconclusive = map[string]bool{"PROBE_INCONCLUSIVE": true}
 
 // Decision is the outcome of one evaluation.
 type Decision struct {
@@ -61,9 +79,14 @@ func (g *Guard) Decide(ctx context.Context, state string, since time.Time) Decis
 		g.log(false, head, why)
 		return Decision{Reason: why, Finding: &f}
 	}
+	if g.Hold != nil {
+		if why := g.Hold(ctx); why != "" {
+			return stay(why)
+		}
+	}
 	var failing []findings.Finding
 	for _, f := range g.Probe(ctx) {
-		if f.Severity == findings.Error {
+		if f.Severity == findings.Error || inconclusive[f.Code] {
 			failing = append(failing, f)
 		}
 	}
@@ -72,7 +95,7 @@ func (g *Guard) Decide(ctx context.Context, state string, since time.Time) Decis
 		for _, f := range failing {
 			ev = append(ev, f.String())
 		}
-		d := stay("probes fail (" + findings.Codes(failing) + "): a new instance would meet the same databases and settings; fix them and the frontend recovers here")
+		d := stay("probes fail or cannot tell (" + findings.Codes(failing) + "): a new instance would meet the same databases and settings; fix them and the frontend recovers here")
 		d.Finding.Evidence = strings.Join(ev, "; ")
 		return d
 	}
@@ -87,11 +110,22 @@ func (g *Guard) Decide(ctx context.Context, state string, since time.Time) Decis
 		return stay("asg.replace.enabled is false (probes pass and keys are in S3: a replacement would be allowed otherwise)")
 	}
 	reason := head + "; probes pass and the encryption keys are in S3"
-	if err := g.Budget.Take(ctx, Replacement{InstanceID: g.Instance, At: now().UTC(), Reason: reason}); err != nil {
-		return stay(err.Error())
+	if !g.asked {
+		if err := g.Budget.Take(ctx, Replacement{InstanceID: g.Instance, At: now().UTC(), Reason: reason}); err != nil {
+			return stay(err.Error())
+		}
+		g.asked = true // the slot is this request's, however many calls it takes
 	}
 	if err := g.ASG.SetUnhealthy(ctx); err != nil {
-		return stay("marking the instance unhealthy failed (" + err.Error() + "); the budget slot stays used")
+		return stay("marking the instance unhealthy failed (" + err.Error() + "); the budget slot stays used and the request is made again at the next decision")
+	}
+	// AWS can answer success and ignore the call (a grace period): believe the group's view.
+	health, err := g.ASG.Health(ctx)
+	if err != nil {
+		return stay("marked unhealthy, but reading the instance's health back failed (" + err.Error() + "); asking again at the next decision")
+	}
+	if health != "UNHEALTHY" {
+		return stay("marked unhealthy, but the group still reports it " + health + "; asking again at the next decision")
 	}
 	f := findings.New("ASG_REPLACEMENT_REQUESTED", g.Instance, "marked unhealthy for replacement: "+reason, "")
 	g.log(true, head, reason)

@@ -78,6 +78,28 @@ func TestBudgetRace(t *testing.T) {
 	}
 }
 
+// An hourly budget alone lets a fault that follows every instance replace one an hour for
+// days: the daily cap stops it.
+func TestBudgetDailyCap(t *testing.T) {
+	ctx := context.Background()
+	b, _ := newBudget(t, 2)
+	b.DailyMax = 3
+	t0 := time.Date(2026, 11, 28, 3, 0, 0, 0, time.UTC)
+	for i := 0; i < 3; i++ {
+		if err := b.Take(ctx, Replacement{InstanceID: fmt.Sprintf("i-%d", i), At: t0.Add(time.Duration(i) * 61 * time.Minute)}); err != nil {
+			t.Fatalf("replacement %d: %v", i, err)
+		}
+	}
+	err := b.Take(ctx, Replacement{InstanceID: "i-3", At: t0.Add(4 * 61 * time.Minute)})
+	var spent *SpentError
+	if !errors.As(err, &spent) || spent.Window != 24*time.Hour || len(spent.Recent) != 3 {
+		t.Fatalf("fourth within a day: %v", err)
+	}
+	if err := b.Take(ctx, Replacement{InstanceID: "i-4", At: t0.Add(25 * time.Hour)}); err != nil {
+		t.Fatalf("a day later: %v", err)
+	}
+}
+
 func TestBudgetCorruptLedgerGrantsNothing(t *testing.T) {
 	b, s := newBudget(t, 2)
 	s.Put(t, bkt, LedgerKey, []byte("{not json"))
@@ -136,6 +158,51 @@ func TestGuardDecisions(t *testing.T) {
 			t.Fatalf("%+v", d)
 		}
 	})
+	t.Run("a probe cannot tell", func(t *testing.T) {
+		// Too many connections (53300) or a database starting up: not a pass.
+		w := newGuard(t)
+		w.probe = []findings.Finding{findings.New("PROBE_INCONCLUSIVE", "postgres://circle@db:5432/circle", "PostgreSQL at db:5432 refused the connection", "SQLSTATE 53300")}
+		d := w.g.Decide(ctx, "not running", since)
+		if d.Replace || w.sets() != 0 || !strings.Contains(d.Reason, "PROBE_INCONCLUSIVE") {
+			t.Fatalf("%+v", d)
+		}
+	})
+	t.Run("held by an operator or by Replicated", func(t *testing.T) {
+		w := newGuard(t)
+		w.g.Hold = func(context.Context) string { return "maintenance until 05:00 (haagent maintenance on)" }
+		d := w.g.Decide(ctx, "not running", since)
+		if d.Replace || w.sets() != 0 || !strings.Contains(d.Reason, "maintenance") {
+			t.Fatalf("%+v", d)
+		}
+	})
+	t.Run("inside the group's grace period", func(t *testing.T) {
+		// With ShouldRespectGracePeriod=true AWS answers success and ignores the call.
+		w := newGuard(t)
+		g := healthyGroup()
+		g.InGracePeriod = true
+		w.asg.AddGroup(g)
+		d := w.g.Decide(ctx, "not running", since)
+		if !d.Replace || len(w.asg.Unhealthy()) != 1 {
+			t.Fatalf("replacement not in effect: %+v, unhealthy %v", d, w.asg.Unhealthy())
+		}
+	})
+	t.Run("the group has not acted yet", func(t *testing.T) {
+		w := newGuard(t)
+		w.asg.SetIgnoresHealth("circleci-services", true)
+		d := w.g.Decide(ctx, "not running", since)
+		if d.Replace || w.sets() != 1 || !strings.Contains(d.Reason, "still reports it HEALTHY") {
+			t.Fatalf("first decision: %+v, %d SetInstanceHealth", d, w.sets())
+		}
+		// Asked again without another budget slot (the budget has one, already this request's).
+		d = w.g.Decide(ctx, "not running", since)
+		if d.Replace || w.sets() != 2 || strings.Contains(d.Reason, "budget") {
+			t.Fatalf("second decision: %+v, %d SetInstanceHealth", d, w.sets())
+		}
+		w.asg.SetIgnoresHealth("circleci-services", false)
+		if d = w.g.Decide(ctx, "not running", since); !d.Replace || w.sets() != 3 {
+			t.Fatalf("third decision: %+v, %d SetInstanceHealth", d, w.sets())
+		}
+	})
 	t.Run("a key is not in S3", func(t *testing.T) {
 		w := newGuard(t)
 		w.keys = []string{"circle-storage-key"}
@@ -170,8 +237,9 @@ func TestGuardDecisions(t *testing.T) {
 			t.Fatalf("unhealthy: %v", u)
 		}
 		// A second instance sharing the bucket within the hour: budget 1 is spent.
-		w.g.Instance = "i-0second"
-		d = w.g.Decide(ctx, "not running", since)
+		second := &Guard{Enabled: true, FailingFor: w.g.FailingFor, ASG: w.g.ASG, Budget: w.g.Budget, Instance: "i-0second",
+			Probe: w.g.Probe, Keys: w.g.Keys, Now: w.g.Now}
+		d = second.Decide(ctx, "not running", since)
 		if d.Replace || w.sets() != 1 || !strings.Contains(d.Reason, "budget is spent") {
 			t.Fatalf("%+v", d)
 		}

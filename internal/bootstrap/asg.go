@@ -11,6 +11,8 @@ import (
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/replicated"
+	"github.com/haagent/haagent/internal/state"
 )
 
 type lifecycleState int
@@ -177,7 +179,8 @@ func startGuard(ctx context.Context, env *Env) {
 			Enabled: a.Replace.Enabled, FailingFor: a.Replace.FailingFor.D(), Instance: env.Instance.InstanceID, ASG: env.ASG, Log: env.Log,
 			Probe:  func(ctx context.Context) []findings.Finding { return runProbes(ctx, env).Findings },
 			Keys:   func(ctx context.Context) ([]string, error) { return keysNotInS3(ctx, env) },
-			Budget: &asg.Budget{Bucket: env.Bucket, Max: a.Replace.Budget, Window: a.Replace.Window.D()},
+			Budget: &asg.Budget{Bucket: env.Bucket, Max: a.Replace.Budget, Window: a.Replace.Window.D(), DailyMax: a.Replace.DailyBudget},
+			Hold:   func(ctx context.Context) string { return replacementHold(ctx, env) },
 		}
 		go guard(ctx, env, g, a.Replace)
 	})
@@ -223,6 +226,30 @@ func guard(ctx context.Context, env *Env, g *asg.Guard, c config.Replace) {
 		case <-t.C:
 		}
 	}
+}
+
+// replacementHold is why a person or Replicated holds replacements now, or "": a maintenance
+// window (haagent maintenance on), or Replicated meaning the app to be down or moving. When
+// replicatedctl does not answer, nothing is held on its account: a wedged Replicated is local
+// to this machine, which a new instance fixes.
+func replacementHold(ctx context.Context, env *Env) string {
+	m, err := state.LoadMaintenance(env.Path(state.MaintenancePath))
+	if err != nil {
+		return err.Error() // a marker nobody can read still meant "hold"
+	}
+	if m.Active(time.Now()) {
+		why := "maintenance until " + m.Until.Local().Format(time.RFC3339) + " (haagent maintenance on"
+		if m.Reason != "" {
+			why += ": " + m.Reason
+		}
+		return why + "); `haagent maintenance off` ends it"
+	}
+	app, err := replicated.ReadAppStatus(ctx, 30*time.Second)
+	if err != nil {
+		env.Log.Debug("cannot read Replicated's app status; not holding the replacement on its account", "error", err.Error())
+		return ""
+	}
+	return app.HoldReason()
 }
 
 // keysNotInS3 backs the keys up first, then names the ones still not in S3 (a conflict counts:

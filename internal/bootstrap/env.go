@@ -66,6 +66,10 @@ type Env struct {
 	current  string
 	byStep   map[string][]findings.Finding
 	reported map[string]bool
+	// late holds the findings of what runs beside or after the steps (a crash loop, the guard's
+	// decision, an engine that does not answer): they belong to no step, so a step's retry must
+	// not delete them.
+	late []findings.Finding
 }
 
 // Path maps an absolute machine path under --root.
@@ -74,9 +78,14 @@ func (e *Env) Path(p string) string { return filepath.Join(e.Root, p) }
 // Report records a finding for the current step and logs it once per run (a retried step
 // reports the same findings again; the journal should not fill with copies).
 func (e *Env) Report(f findings.Finding) {
+	f = e.adjust(f)[0]
 	if e.record(f) {
 		return
 	}
+	e.logFinding(f)
+}
+
+func (e *Env) logFinding(f findings.Finding) {
 	level := slog.LevelInfo
 	switch f.Severity {
 	case findings.Error:
@@ -118,6 +127,19 @@ func (e *Env) record(f findings.Finding) bool {
 	return seen
 }
 
+// adjust applies the config's overrides (probes.overrides: any code but the safety codes), so
+// what is logged, recorded and acted on is what the operator configured.
+func (e *Env) adjust(fs ...findings.Finding) []findings.Finding {
+	if e.Config == nil || len(e.Config.Probes.Overrides) == 0 {
+		return fs
+	}
+	ov := make(map[string]findings.Override, len(e.Config.Probes.Overrides))
+	for code, o := range e.Config.Probes.Overrides {
+		ov[code] = findings.Override{Severity: findings.Severity(o.Severity), Blocking: o.Blocking}
+	}
+	return findings.Apply(fs, ov)
+}
+
 // ReportAll reports each finding.
 func (e *Env) ReportAll(fs []findings.Finding) {
 	for _, f := range fs {
@@ -134,7 +156,7 @@ func (e *Env) beginStep(name string) {
 	}
 }
 
-// Findings returns the current findings of every step, in table order.
+// Findings returns the current findings of every step, in table order, then the late ones.
 func (e *Env) Findings(steps []Step) []findings.Finding {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -142,7 +164,7 @@ func (e *Env) Findings(steps []Step) []findings.Finding {
 	for _, s := range steps {
 		out = append(out, e.byStep[s.Name]...)
 	}
-	return out
+	return append(out, e.late...)
 }
 
 // Notify sends an sd_notify state; a no-op without NOTIFY_SOCKET.
@@ -150,8 +172,15 @@ func Notify(s string) {
 	daemon.SdNotify(false, s)
 }
 
+// BootIDEnv overrides the boot id, for tests: systemd-nspawn and test roots share the host's
+// kernel, hence its boot id.
+const BootIDEnv = "HAAGENT_BOOT_ID"
+
 // BootID is the kernel's id for this boot (not under --root: it is the running kernel's).
 func BootID() string {
+	if id := os.Getenv(BootIDEnv); id != "" {
+		return id
+	}
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return ""
@@ -176,26 +205,51 @@ func (e *Env) Drain(timeout time.Duration) {
 // watch's goroutine). While the runner still owns the run record the finding joins the current
 // step's and the runner saves it; after the run, it is saved here.
 func (e *Env) LateFinding(f findings.Finding) {
-	e.Report(f)
+	f = e.adjust(f)[0]
+	key := findingKey(f)
+	e.mu.Lock()
+	if e.reported == nil {
+		e.reported = map[string]bool{}
+	}
+	seen := e.reported[key]
+	e.reported[key] = true
+	dup := slices.ContainsFunc(e.late, func(g findings.Finding) bool { return findingKey(g) == key })
+	if !dup {
+		e.late = append(e.late, f)
+	}
+	e.mu.Unlock()
+	if !seen {
+		e.logFinding(f)
+	}
 	e.save()
 }
+
+func findingKey(f findings.Finding) string { return f.Code + "\x00" + f.Target + "\x00" + f.Summary }
 
 // lateDecision records a finding its reporter has already logged in its own words, in place
 // of earlier ones with the same target and any of the codes given: a decision taken again
 // every few minutes for days keeps one entry, the latest.
 func (e *Env) lateDecision(f findings.Finding, codes ...string) {
 	e.mu.Lock()
-	if e.byStep != nil {
-		kept := e.byStep[e.current][:0]
-		for _, g := range e.byStep[e.current] {
-			if g.Target != f.Target || !slices.Contains(codes, g.Code) {
-				kept = append(kept, g)
-			}
+	e.late = slices.DeleteFunc(e.late, func(g findings.Finding) bool {
+		return g.Target == f.Target && slices.Contains(codes, g.Code)
+	})
+	e.late = append(e.late, f)
+	e.mu.Unlock()
+	e.save()
+}
+
+// clearLate withdraws a late finding whose condition has ended (the engine answers again), so
+// status shows the machine as it is.
+func (e *Env) clearLate(code, target string) {
+	e.mu.Lock()
+	e.late = slices.DeleteFunc(e.late, func(g findings.Finding) bool { return g.Code == code && g.Target == target })
+	for k := range e.reported {
+		if strings.HasPrefix(k, code+"\x00"+target+"\x00") {
+			delete(e.reported, k) // a later recurrence is logged again
 		}
-		e.byStep[e.current] = kept
 	}
 	e.mu.Unlock()
-	e.record(f)
 	e.save()
 }
 

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
+	"github.com/haagent/haagent/internal/backoff"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/state"
 )
@@ -25,21 +27,31 @@ type Runner struct {
 	Backoff func(n int) time.Duration
 	// StatePath is where the run record lives (under --root).
 	StatePath string
+	// Grace is how long a step may run past its timeout (its context ended) before it counts
+	// as hung (default DefaultGrace).
+	Grace time.Duration
+	// OnHung, if set, is called when a step counts as hung (tests).
+	OnHung func(step string)
 	// Started, if set, is called once this run is in the record. READY=1 is sent from it:
 	// `systemctl restart haagent` returns on READY, and a `haagent status --wait` right after
 	// must find this run, not the previous run's "complete".
 	Started func()
 }
 
+// DefaultGrace is how long a step may ignore its ended context before it counts as hung.
+const DefaultGrace = time.Minute
+
 // DefaultBackoff doubles from 5 s up to 5 min: a new instance's IAM role, network or bucket
 // may need a minute, a database may need longer.
-func DefaultBackoff(n int) time.Duration {
-	d := 5 * time.Second << min(n-1, 6)
-	return min(d, 5*time.Minute)
-}
+func DefaultBackoff(n int) time.Duration { return stepBackoff.Delay(n) }
+
+var stepBackoff = backoff.Policy{Base: 5 * time.Second, Max: 5 * time.Minute}
 
 // Run executes the steps in order. The returned error names the failed step.
 func (r *Runner) Run(ctx context.Context, env *Env) error {
+	if err := CheckSteps(r.Steps); err != nil {
+		return err
+	}
 	if r.Backoff == nil {
 		r.Backoff = DefaultBackoff
 	}
@@ -87,19 +99,37 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 		env.Run.Error = ""
 		// Retry the step itself, or the earlier step it depends on (a fix in the bucket must
 		// be fetched again before it can be validated).
-		back := i
-		if s.RetryFrom != "" {
-			for j := range r.Steps[:i] {
-				if r.Steps[j].Name == s.RetryFrom {
-					back = j
-				}
-			}
-		}
-		i = back - 1
+		i = retryIndex(r.Steps, i) - 1
 	}
 	env.Log.Info("boot complete", "steps", len(r.Steps), "duration", time.Since(env.Run.Start).Round(time.Millisecond).String())
 	Notify("STATUS=boot complete")
 	return r.finish(env, state.Complete, nil)
+}
+
+// CheckSteps refuses a table whose retry target is not an earlier step: a mistyped name would
+// otherwise make the step silently retry only itself.
+func CheckSteps(steps []Step) error {
+	seen := map[string]bool{}
+	for _, s := range steps {
+		if seen[s.Name] {
+			return fmt.Errorf("boot step table: step %q appears twice", s.Name)
+		}
+		if s.RetryFrom != "" && !seen[s.RetryFrom] {
+			return fmt.Errorf("boot step table: step %q retries from %q, which is not an earlier step", s.Name, s.RetryFrom)
+		}
+		seen[s.Name] = true
+	}
+	return nil
+}
+
+// retryIndex is where a failed step i starts again: the earlier step it retries from, or itself.
+func retryIndex(steps []Step, i int) int {
+	for j := range steps[:i] {
+		if steps[j].Name == steps[i].RetryFrom {
+			return j
+		}
+	}
+	return i
 }
 
 func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, watchdog time.Duration) error {
@@ -112,25 +142,18 @@ func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, 
 	log.Info("[started] " + s.Name)
 	Notify(fmt.Sprintf("STATUS=step %d/%d: %s", i+1, len(r.Steps), s.Name))
 
+	sctx, cancel := ctx, context.CancelFunc(func() {})
+	var timeout time.Duration
+	if s.Timeout != nil {
+		timeout = s.Timeout(env)
+		sctx, cancel = context.WithTimeout(ctx, timeout)
+	}
+	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx, env) }()
-	var err error
-	if watchdog > 0 {
-		// The main loop, not a detached goroutine, feeds the watchdog: if this loop hangs,
-		// systemd restarts haagent. Steps bound their own network waits.
-		t := time.NewTicker(watchdog / 2)
-	wait:
-		for {
-			select {
-			case err = <-done:
-				break wait
-			case <-t.C:
-				Notify("WATCHDOG=1")
-			}
-		}
-		t.Stop()
-	} else {
-		err = <-done
+	go func() { done <- s.Run(sctx, env) }()
+	err := r.await(s, log, done, timeout, watchdog)
+	if err != nil && timeout > 0 && errors.Is(sctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+		err = fmt.Errorf("timed out after %s: %w", timeout, err)
 	}
 	d := time.Since(start)
 	rec = r.stepRecord(env, s.Name)
@@ -150,6 +173,48 @@ func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, 
 	r.save(env)
 	log.Info(fmt.Sprintf("[finished] %s (%s)", s.Name, rec.Duration))
 	return nil
+}
+
+// await waits for the step, feeding the watchdog from this loop while the step is within its
+// time. A step that goes on past its timeout and the grace ignores its context: the pings
+// stop, so systemd's watchdog restarts haagent (the installer runs in a unit of its own and
+// survives that). Without a watchdog (run --once, tests) a hung step fails the run instead.
+func (r *Runner) await(s Step, log *slog.Logger, done <-chan error, timeout, watchdog time.Duration) error {
+	grace := r.Grace
+	if grace <= 0 {
+		grace = DefaultGrace
+	}
+	var hungAt <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout + grace)
+		defer t.Stop()
+		hungAt = t.C
+	}
+	var ping <-chan time.Time
+	if watchdog > 0 {
+		t := time.NewTicker(watchdog / 2)
+		defer t.Stop()
+		ping = t.C
+	}
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-ping:
+			Notify("WATCHDOG=1")
+		case <-hungAt:
+			hungAt = nil
+			log.Error(fmt.Sprintf("step %s is still running %s past its timeout of %s and ignores it; no more watchdog pings, so systemd restarts haagent", s.Name, grace, timeout))
+			Notify("STATUS=" + truncate(fmt.Sprintf("step %s hung past its timeout (%s); waiting for systemd's watchdog to restart haagent", s.Name, timeout), 200))
+			if r.OnHung != nil {
+				r.OnHung(s.Name)
+			}
+			if watchdog == 0 {
+				return fmt.Errorf("hung: still running %s past its timeout of %s", grace, timeout)
+			}
+			ping = nil
+		}
+	}
 }
 
 func (r *Runner) stepRecord(env *Env, name string) *state.Step {

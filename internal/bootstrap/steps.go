@@ -33,23 +33,39 @@ type Step struct {
 	Run  func(ctx context.Context, env *Env) error
 	// RetryFrom names an earlier step the service goes back to when this one fails.
 	RetryFrom string
+	// Timeout bounds one attempt (its context ends then); nil is unbounded. A step still
+	// running a minute past its timeout ignores its context: the runner stops feeding the
+	// watchdog, so systemd restarts haagent instead of leaving a hung boot looking alive.
+	Timeout func(env *Env) time.Duration
 }
+
+// fixed is a Timeout that does not depend on the config.
+func fixed(d time.Duration) func(*Env) time.Duration { return func(*Env) time.Duration { return d } }
 
 // Steps is the whole boot, in order. IMDS comes first because the config may live in the
 // instance's user-data.
+//
+// Timeouts are backstops well above a healthy run (each network call inside is bounded
+// already); the installer's is its own replicated.timeout plus time to verify. watch has none:
+// a first install pulls CircleCI's images for as long as it takes, and the watch's own calls
+// are bounded.
 var Steps = []Step{
-	{Name: "imds", Run: stepIMDS},
-	{Name: "config", Run: stepConfig},
-	{Name: "asg", Run: stepASG},
-	{Name: "fetch", Run: stepFetch},
-	{Name: "validate-files", Run: stepValidateFiles, RetryFrom: "fetch"},
-	{Name: "cookie-key", Run: stepCookieKey},
-	{Name: "ca-certs", Run: stepCACerts},
-	{Name: "probe", Run: stepProbe},
-	{Name: "replicated-install", Run: stepReplicatedInstall},
+	{Name: "imds", Run: stepIMDS, Timeout: fixed(5 * time.Minute)},
+	{Name: "config", Run: stepConfig, Timeout: fixed(5 * time.Minute)},
+	{Name: "asg", Run: stepASG, Timeout: fixed(10 * time.Minute)},
+	{Name: "fetch", Run: stepFetch, Timeout: fixed(30 * time.Minute)},
+	{Name: "validate-files", Run: stepValidateFiles, RetryFrom: "fetch", Timeout: fixed(10 * time.Minute)},
+	{Name: "cookie-key", Run: stepCookieKey, Timeout: fixed(10 * time.Minute)},
+	// A CA or a setting fixed in the bucket must be fetched again before it can help, so these
+	// go back to fetch rather than retrying what is already on disk.
+	{Name: "ca-certs", Run: stepCACerts, RetryFrom: "fetch", Timeout: fixed(10 * time.Minute)},
+	{Name: "probe", Run: stepProbe, RetryFrom: "fetch", Timeout: fixed(10 * time.Minute)},
+	{Name: "replicated-install", Run: stepReplicatedInstall, Timeout: func(env *Env) time.Duration {
+		return env.Config.Replicated.Timeout.D() + 10*time.Minute
+	}},
 	{Name: "watch", Run: stepWatch},
-	{Name: "lifecycle-complete", Run: stepLifecycleComplete},
-	{Name: "backup-keys", Run: StepBackupKeys},
+	{Name: "lifecycle-complete", Run: stepLifecycleComplete, Timeout: fixed(10 * time.Minute)},
+	{Name: "backup-keys", Run: StepBackupKeys, Timeout: fixed(30 * time.Minute)},
 }
 
 func stepIMDS(ctx context.Context, env *Env) error {
@@ -101,21 +117,28 @@ func stepConfig(ctx context.Context, env *Env) error {
 		env.Config = cfg
 	}
 	c := env.Config
-	caFile := ""
-	if c.Source.CAFile != "" {
-		caFile = env.Path(c.Source.CAFile)
-	}
-	b, err := bucket.New(ctx, bucket.Options{
-		Name: c.Source.Bucket, Prefix: c.Source.Prefix, Region: c.Source.Region,
-		Endpoint: c.Source.Endpoint, PathStyle: c.Source.PathStyle, CAFile: caFile,
-		FallbackRegion: env.Instance.Region, Attempts: c.Fetch.Attempts, Timeout: c.Fetch.Timeout.D(), Log: env.Log,
-	})
+	b, err := env.openBucket(ctx, c.Source.Bucket, c.Source.Prefix)
 	if err != nil {
 		return fmt.Errorf("setting up S3 access to bucket %s: %w", c.Source.Bucket, err)
 	}
 	env.Bucket = b
 	env.Log.Info("config loaded", "origin", c.Origin, "bucket", c.Source.Bucket, "prefix", c.Source.Prefix, "region", b.Region())
 	return nil
+}
+
+// openBucket is the one constructor of every bucket client haagent uses (the source, an
+// installer at s3://): the same endpoint, CA, region fallback, retries and timeout for all.
+func (env *Env) openBucket(ctx context.Context, name, prefix string) (*bucket.Bucket, error) {
+	c := env.Config
+	caFile := ""
+	if c.Source.CAFile != "" {
+		caFile = env.Path(c.Source.CAFile)
+	}
+	return bucket.New(ctx, bucket.Options{
+		Name: name, Prefix: prefix, Region: c.Source.Region,
+		Endpoint: c.Source.Endpoint, PathStyle: c.Source.PathStyle, CAFile: caFile,
+		FallbackRegion: env.Instance.Region, Attempts: c.Fetch.Attempts, Timeout: c.Fetch.Timeout.D(), Log: env.Log,
+	})
 }
 
 func stepFetch(ctx context.Context, env *Env) error {
@@ -163,6 +186,7 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 				"settings.conf in the bucket differs from the one Replicated was installed with; Replicated does not read it again", ""))
 		}
 	}
+	fs = env.adjust(fs...)
 	env.ReportAll(fs)
 	var blocking []findings.Finding
 	for _, f := range fs {
@@ -300,11 +324,8 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 		SettingsSHA256: settingsSHA, Proxy: proxy, Reinstall: env.Reinstall, RootCAs: probes.TrustPool(env.Root),
 		Systemd: env.Root == "/" && replicated.UnderSystemd(), Log: env.Log.With("step", "replicated-install"),
 		// Report logs a finding once per run, however often the step is retried.
-		Report: env.Report,
-		OpenBucket: func(ctx context.Context, name string) (*bucket.Bucket, error) {
-			return bucket.New(ctx, bucket.Options{Name: name, Region: c.Source.Region, Endpoint: c.Source.Endpoint, PathStyle: c.Source.PathStyle,
-				FallbackRegion: env.Instance.Region, Attempts: c.Fetch.Attempts, Timeout: c.Fetch.Timeout.D(), Log: env.Log})
-		},
+		Report:     env.Report,
+		OpenBucket: func(ctx context.Context, name string) (*bucket.Bucket, error) { return env.openBucket(ctx, name, "") },
 	})
 	if err != nil {
 		return err
@@ -332,6 +353,16 @@ func stepWatch(ctx context.Context, env *Env) error {
 			Sink:     logging.NewContainerSink(c.Container, env.Log),
 			Status:   func(s string) { Notify("STATUS=" + s) },
 			MarkPath: env.Path(watch.MarkPath),
+			// A wedged engine is a state the journal and status show, not a hang: every Docker
+			// call is bounded, and the guard sees the frontend as down meanwhile.
+			Engine: func(err error) {
+				if err != nil {
+					env.LateFinding(findings.New("DOCKER_NOT_ANSWERING", "dockerd", "the Docker engine does not answer; the frontend cannot be watched", findings.Redact(err.Error())))
+					return
+				}
+				env.Log.Info("the Docker engine answers again")
+				env.clearLate("DOCKER_NOT_ANSWERING", "dockerd")
+			},
 			Probe: func(ctx context.Context) []findings.Finding {
 				return runProbes(ctx, env).Findings
 			},

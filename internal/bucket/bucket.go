@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"os"
@@ -26,6 +25,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"golang.org/x/net/http/httpproxy"
+
+	"github.com/haagent/haagent/internal/backoff"
 )
 
 // Options configure a Bucket.
@@ -143,14 +144,10 @@ func (b *Bucket) client() *s3.Client {
 	return b.cli
 }
 
-// defaultBackoff is capped exponential backoff with full jitter.
-func defaultBackoff(attempt int) time.Duration {
-	d := 250 * time.Millisecond << min(attempt, 6)
-	if d > 10*time.Second {
-		d = 10 * time.Second
-	}
-	return time.Duration(rand.Int64N(int64(d))) + 50*time.Millisecond
-}
+// defaultBackoff is capped exponential backoff with full jitter (attempt from 0 here).
+func defaultBackoff(attempt int) time.Duration { return s3Backoff.Delay(attempt + 1) }
+
+var s3Backoff = backoff.Policy{Base: 250 * time.Millisecond, Max: 10 * time.Second, Jitter: true, Floor: 50 * time.Millisecond}
 
 // ProxyFunc honours HTTPS_PROXY/NO_PROXY as they are now, except that the link-local
 // instance metadata addresses are never proxied (a proxy cannot reach them, and must not see

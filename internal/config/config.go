@@ -153,6 +153,9 @@ type Replace struct {
 	// At most Budget replacements within Window, across all instances (kept in the bucket).
 	Budget int      `yaml:"budget"`
 	Window Duration `yaml:"window"`
+	// DailyBudget caps replacements within any 24 hours (default 4), across instances: a fault
+	// that follows every new instance must not replace one per Window for days.
+	DailyBudget int `yaml:"daily_budget"`
 }
 
 // Watch configures the frontend watch.
@@ -261,6 +264,11 @@ func Parse(data []byte, origin string) (*Config, error) {
 		return nil, &InvalidError{Origin: origin, Problems: []Problem{{Path: "(document)", Msg: "the config is empty; it needs at least version: 1 and source.bucket"}}}
 	}
 	doc := root.Content[0]
+	// The version decides which schema the rest is read against: a file written for another
+	// version says so, not "unknown field" for every key that version added.
+	if p, ok := otherVersion(doc); ok {
+		return nil, &InvalidError{Origin: origin, Problems: []Problem{p}}
+	}
 	var probs []Problem
 	checkFields(doc, typeOfConfig, "", &probs)
 	if len(probs) > 0 {
@@ -275,6 +283,25 @@ func Parse(data []byte, origin string) (*Config, error) {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// otherVersion finds a top-level version: that is a whole number other than 1.
+func otherVersion(doc *yaml.Node) (Problem, bool) {
+	if doc.Kind != yaml.MappingNode {
+		return Problem{}, false
+	}
+	for i := 0; i+1 < len(doc.Content); i += 2 {
+		k, v := doc.Content[i], doc.Content[i+1]
+		if k.Value != "version" || v.Kind != yaml.ScalarNode {
+			continue
+		}
+		n, err := strconv.Atoi(v.Value)
+		if err != nil || n == 1 || n == 0 {
+			return Problem{}, false // not a number, or this version: the full check says more
+		}
+		return Problem{Path: "version", Line: v.Line, Msg: fmt.Sprintf("unsupported version %d: this haagent reads version: 1 (the other fields were not checked)", n)}, true
+	}
+	return Problem{}, false
 }
 
 func yamlMsg(err error) string {

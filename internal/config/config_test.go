@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -105,11 +106,16 @@ func TestConfigErrors(t *testing.T) {
 		{"replacement budget range", "version: 1\nsource:\n  bucket: abc\nasg:\n  enabled: true\n  replace:\n    budget: 50\n", []string{"asg.replace.budget", "1-10"}},
 		{"asg endpoint", "version: 1\nsource:\n  bucket: abc\nasg:\n  enabled: true\n  endpoint: autoscaling.local\n", []string{"asg.endpoint"}},
 		{"asg unknown field", "version: 1\nsource:\n  bucket: abc\nasg:\n  lifecycle-hook: x\n", []string{"asg.lifecycle-hook", `did you mean "lifecycle_hook"`}},
-		{"several at once", "version: 3\nsource:\n  prefix: /x\n", []string{"version:", "source.bucket: required", "source.prefix"}},
+		{"safety code overridden", "version: 1\nsource:\n  bucket: abc\nprobes:\n  overrides:\n    KEYS_CONFLICT: {blocking: false}\n", []string{"probes.overrides.KEYS_CONFLICT: cannot be overridden"}},
+		{"several at once", "source:\n  prefix: /x\n", []string{"version: required", "source.bucket: required", "source.prefix"}},
+		{"future version with its own fields", "version: 2\nsource:\n  bucket: abc\naddress:\n  private_ip: 10.0.1.50\n", []string{"version: unsupported version 2", "line 1"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := Parse([]byte(c.yaml), "haagent.yaml")
+			if strings.HasPrefix(c.name, "future version") && strings.Contains(fmt.Sprint(err), "unknown field") {
+				t.Errorf("a file of another version is judged by this version's fields:\n%v", err)
+			}
 			var ie *InvalidError
 			if !errors.As(err, &ie) {
 				t.Fatalf("want *InvalidError, got %v", err)

@@ -154,6 +154,9 @@ func (c *Config) Validate() error {
 		if !findings.Known(code) {
 			bad("probes.overrides."+code, "unknown finding code (the catalogue is in README.md)")
 		}
+		if why := findings.Safety[code]; why != "" {
+			bad("probes.overrides."+code, "cannot be overridden: it guards against %s; fix its cause instead", why)
+		}
 		switch findings.Severity(o.Severity) {
 		case "", findings.Info, findings.Warning, findings.Error:
 		default:
@@ -251,6 +254,11 @@ func (c *Config) Validate() error {
 	}
 	if rp.Window == 0 {
 		rp.Window = Duration(time.Hour)
+	}
+	if rp.DailyBudget == 0 {
+		rp.DailyBudget = 4
+	} else if rp.DailyBudget < 1 || rp.DailyBudget > 24 {
+		bad("asg.replace.daily_budget", "%d is out of range 1-24", rp.DailyBudget)
 	}
 	if rp.Budget == 0 {
 		rp.Budget = 2

@@ -88,6 +88,7 @@ var Catalogue = []Entry{
 	{"VAULT_TRANSIT_MISSING", Error, true, "vault", "vault secrets enable transit, and set VAULT__TRANSIT_MOUNT to its path"},
 
 	// the frontend watch
+	{"DOCKER_NOT_ANSWERING", Warning, false, "watch", "dockerd accepts connections but does not answer: look at journalctl -u docker and `systemctl status docker`; `systemctl restart docker` restarts it (CircleCI's containers restart with it). If it persists, the guard may replace the instance"},
 	{"FRONTEND_CRASH_LOOP", Error, false, "frontend", "read the frontend's last lines (journalctl -u haagent CONTAINER_NAME=frontend) and the probes' findings: a database or Vault setting is the usual cause"},
 
 	// encryption keys backup

@@ -40,3 +40,18 @@ func TestSortAndWorst(t *testing.T) {
 		t.Fatalf("%+v", fs)
 	}
 }
+
+func TestSafetyCodesAreCataloguedAndNotOverridden(t *testing.T) {
+	no := false
+	for code := range Safety {
+		e := Lookup(code) // panics when not catalogued
+		fs := Apply([]Finding{New(code, "t", "s", "")}, map[string]Override{code: {Severity: Info, Blocking: &no}})
+		if fs[0].Severity != e.Severity || fs[0].Blocking != e.Blocking {
+			t.Errorf("%s was overridden: %+v", code, fs[0])
+		}
+	}
+	fs := Apply([]Finding{New("TLS_EXPIRED", "t", "s", "")}, map[string]Override{"TLS_EXPIRED": {Severity: Warning, Blocking: &no}})
+	if fs[0].Severity != Warning {
+		t.Errorf("an ordinary code was not overridden: %+v", fs[0])
+	}
+}

@@ -50,7 +50,14 @@ type ASGGroup struct {
 	Instances                  []string
 	Hooks                      []ASGHook
 	HealthCheckGracePeriodSecs int
-	unhealthy                  map[string]bool
+	// InGracePeriod models instances still inside the group's health-check grace period:
+	// SetInstanceHealth with ShouldRespectGracePeriod=true answers success and changes nothing
+	// (the API reference: "Set this to False, to have the call not respect the grace period").
+	InGracePeriod bool
+	// IgnoresHealth makes every SetInstanceHealth answer success and change nothing: what a
+	// caller sees when AWS has not acted (yet), for a test of the read-back.
+	IgnoresHealth bool
+	unhealthy     map[string]bool
 }
 
 // ASGHook is one lifecycle hook.
@@ -84,6 +91,13 @@ func (a *ASG) AddGroup(g ASGGroup) {
 	defer a.mu.Unlock()
 	g.unhealthy = map[string]bool{}
 	a.groups[g.Name] = &g
+}
+
+// SetIgnoresHealth switches IgnoresHealth of a group.
+func (a *ASG) SetIgnoresHealth(group string, on bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.groups[group].IgnoresHealth = on
 }
 
 // LaunchPending makes instance's launch lifecycle action wait for hook.
@@ -189,8 +203,10 @@ func (a *ASG) serve(w http.ResponseWriter, r *http.Request) {
 		for _, id := range members(form, "InstanceIds") {
 			for _, g := range a.groups {
 				if contains(g.Instances, id) {
-					fmt.Fprintf(&b, "<member><InstanceId>%s</InstanceId><AutoScalingGroupName>%s</AutoScalingGroupName><LifecycleState>%s</LifecycleState><HealthStatus>HEALTHY</HealthStatus><AvailabilityZone>us-east-1a</AvailabilityZone><ProtectedFromScaleIn>false</ProtectedFromScaleIn></member>",
-						esc(id), esc(g.Name), map[bool]string{true: "Pending:Wait", false: "InService"}[a.pending[id] != ""])
+					// AutoScalingInstanceDetails.HealthStatus is upper case here (HEALTHY|UNHEALTHY),
+					// unlike the group's Instance.HealthStatus (Healthy|Unhealthy).
+					fmt.Fprintf(&b, "<member><InstanceId>%s</InstanceId><AutoScalingGroupName>%s</AutoScalingGroupName><LifecycleState>%s</LifecycleState><HealthStatus>%s</HealthStatus><AvailabilityZone>us-east-1a</AvailabilityZone><ProtectedFromScaleIn>false</ProtectedFromScaleIn></member>",
+						esc(id), esc(g.Name), map[bool]string{true: "Pending:Wait", false: "InService"}[a.pending[id] != ""], map[bool]string{true: "UNHEALTHY", false: "HEALTHY"}[g.unhealthy[id]])
 				}
 			}
 		}
@@ -246,6 +262,10 @@ func (a *ASG) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		for _, g := range a.groups {
 			if contains(g.Instances, id) {
+				if g.IgnoresHealth || g.InGracePeriod && form.Get("ShouldRespectGracePeriod") == "true" {
+					asgOK(w, action, "")
+					return
+				}
 				g.unhealthy[id] = form.Get("HealthStatus") == "Unhealthy"
 				asgOK(w, action, "")
 				return

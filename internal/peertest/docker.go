@@ -3,6 +3,8 @@ package peertest
 import (
 	"archive/tar"
 	"bytes"
+	"fmt"
+	"syscall"
 
 	"os"
 	"os/exec"
@@ -18,6 +20,9 @@ import (
 type Docker struct {
 	Host string // DOCKER_HOST
 	dir  string
+	bin  string
+	args []string
+	cmd  *exec.Cmd
 }
 
 // StartDocker starts a private dockerd.
@@ -36,24 +41,63 @@ func StartDocker(t testing.TB) *Docker {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	d := &Docker{Host: "unix://" + filepath.Join(dir, "d.sock"), dir: dir}
-	cmd := exec.Command(bin, "--data-root", filepath.Join(dir, "root"), "--exec-root", filepath.Join(dir, "x"),
-		"-H", d.Host, "--pidfile", filepath.Join(dir, "d.pid"), "--iptables=false", "--ip6tables=false", "--bridge=none")
-	logf := filepath.Join(dir, "dockerd.log")
-	start(t, cmd, logf)
+	d := &Docker{Host: "unix://" + filepath.Join(dir, "d.sock"), dir: dir, bin: bin}
+	d.args = []string{"--data-root", filepath.Join(dir, "root"), "--exec-root", filepath.Join(dir, "x"),
+		"-H", d.Host, "--pidfile", filepath.Join(dir, "d.pid"), "--iptables=false", "--ip6tables=false", "--bridge=none"}
+	d.start(t)
+	t.Cleanup(func() { d.Run("rm", "-f", "frontend") })
+	return d
+}
+
+func (d *Docker) start(t testing.TB) {
+	t.Helper()
+	d.cmd = exec.Command(d.bin, d.args...)
+	logf := filepath.Join(d.dir, fmt.Sprintf("dockerd-%d.log", time.Now().UnixNano()))
+	start(t, d.cmd, logf)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if out, err := d.Run("version", "--format", "{{.Server.Version}}"); err == nil && strings.TrimSpace(out) != "" {
-			break
+			return
 		}
-		if time.Now().After(deadline) || exited(cmd) {
+		if time.Now().After(deadline) || exited(d.cmd) {
 			log, _ := os.ReadFile(logf)
 			t.Fatalf("dockerd never answered:\n%s", log)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Cleanup(func() { d.Run("rm", "-f", "frontend") })
-	return d
+}
+
+// Freeze stops dockerd with SIGSTOP: its socket accepts connections and nothing answers, as a
+// wedged engine does. Thaw resumes it. The test's cleanup thaws it, so it can be killed.
+func (d *Docker) Freeze(t testing.TB) {
+	t.Helper()
+	if err := d.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.cmd.Process.Signal(syscall.SIGCONT) })
+}
+
+// Thaw resumes a frozen dockerd.
+func (d *Docker) Thaw(t testing.TB) {
+	t.Helper()
+	if err := d.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Restart stops dockerd (SIGTERM, as systemctl restart docker does) and starts it again on the
+// same socket and data root: every API stream a client holds ends.
+func (d *Docker) Restart(t testing.TB) {
+	t.Helper()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if v, ok := running.Load(d.cmd); ok {
+		select {
+		case <-v.(chan struct{}):
+		case <-time.After(60 * time.Second):
+			t.Fatal("dockerd did not stop within 60 s of SIGTERM")
+		}
+	}
+	d.start(t)
 }
 
 // Run runs the docker CLI against this daemon.

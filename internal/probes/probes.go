@@ -22,10 +22,7 @@ import (
 var Services = []string{"postgres", "mongo", "vault"}
 
 // Override changes a code's severity and whether it blocks the install.
-type Override struct {
-	Severity findings.Severity
-	Blocking *bool
-}
+type Override = findings.Override
 
 // Options configure a check.
 type Options struct {
@@ -190,19 +187,7 @@ func dedupe(fs []findings.Finding) []findings.Finding {
 }
 
 func applyOverrides(fs []findings.Finding, ov map[string]Override) []findings.Finding {
-	for i, f := range fs {
-		o, ok := ov[f.Code]
-		if !ok {
-			continue
-		}
-		if o.Severity != "" {
-			fs[i].Severity = o.Severity
-		}
-		if o.Blocking != nil {
-			fs[i].Blocking = *o.Blocking
-		}
-	}
-	return fs
+	return findings.Apply(fs, ov)
 }
 
 // TrustPool is the system store plus the CA certificates haagent installs, read under root

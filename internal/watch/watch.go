@@ -17,6 +17,7 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
@@ -52,7 +53,21 @@ type Options struct {
 	// flow (default DefaultMarkEvery).
 	MarkPath  string
 	MarkEvery time.Duration
+	// CallTimeout bounds every Docker API call (default DefaultCallTimeout): a wedged dockerd
+	// accepts connections and never answers, and an unbounded call would freeze the watch,
+	// the guard and the crash-loop detection with it.
+	CallTimeout time.Duration
+	// Engine, if set, is told when the engine stops answering within CallTimeout (err says
+	// how) and when it answers again (err nil). It is called on changes only.
+	Engine func(err error)
 }
+
+// DefaultCallTimeout is the default bound of one Docker API call. The engine answers an
+// inspect in milliseconds; seconds mean it is wedged, not busy.
+const DefaultCallTimeout = 15 * time.Second
+
+// ErrEngineNotAnswering means a Docker API call got no answer within Options.CallTimeout.
+var ErrEngineNotAnswering = errors.New("the Docker engine is not answering")
 
 // Watcher watches one container.
 type Watcher struct {
@@ -72,6 +87,9 @@ type Watcher struct {
 	markMu sync.Mutex
 	mark   Mark // what pump forwarded last
 	saved  Mark // what is on disk; only Follow's goroutines touch it, one at a time
+
+	engineMu  sync.Mutex
+	engineErr error // nil while the engine answers
 }
 
 // New connects to the engine (DOCKER_HOST or the default socket), negotiating the API
@@ -89,6 +107,9 @@ func New(o Options) (*Watcher, error) {
 	}
 	if o.CrashWindow <= 0 {
 		o.CrashWindow = 10 * time.Minute
+	}
+	if o.CallTimeout <= 0 {
+		o.CallTimeout = DefaultCallTimeout
 	}
 	return &Watcher{o: o, cli: cli}, nil
 }
@@ -136,6 +157,40 @@ func (s State) String() string {
 	return "running"
 }
 
+// call runs one Docker API call under CallTimeout. A call that runs out of time (while ctx
+// itself is still live) is ErrEngineNotAnswering; the engine's state is updated either way.
+func (w *Watcher) call(ctx context.Context, what string, f func(ctx context.Context) error) error {
+	cctx, cancel := context.WithTimeout(ctx, w.o.CallTimeout)
+	defer cancel()
+	err := f(cctx)
+	if err != nil && ctx.Err() == nil && errors.Is(cctx.Err(), context.DeadlineExceeded) {
+		err = fmt.Errorf("%s: no answer from %s within %s: %w", what, w.cli.DaemonHost(), w.o.CallTimeout, ErrEngineNotAnswering)
+		w.setEngine(err)
+		return err
+	}
+	if ctx.Err() == nil {
+		w.setEngine(nil) // an answer, even an error, is the engine answering
+	}
+	return err
+}
+
+func (w *Watcher) setEngine(err error) {
+	w.engineMu.Lock()
+	changed := (w.engineErr == nil) != (err == nil)
+	w.engineErr = err
+	w.engineMu.Unlock()
+	if changed && w.o.Engine != nil {
+		w.o.Engine(err)
+	}
+}
+
+// EngineErr is nil while the engine answers, else why it does not.
+func (w *Watcher) EngineErr() error {
+	w.engineMu.Lock()
+	defer w.engineMu.Unlock()
+	return w.engineErr
+}
+
 // ready pings the engine and fixes the API version, once.
 func (w *Watcher) ready(ctx context.Context) error {
 	w.negMu.Lock()
@@ -143,7 +198,11 @@ func (w *Watcher) ready(ctx context.Context) error {
 	if w.negotiated {
 		return nil
 	}
-	p, err := w.cli.Ping(ctx)
+	var p types.Ping
+	err := w.call(ctx, "pinging the Docker engine", func(ctx context.Context) (err error) {
+		p, err = w.cli.Ping(ctx)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("reaching the Docker engine at %s: %w", w.cli.DaemonHost(), err)
 	}
@@ -157,7 +216,14 @@ func (w *Watcher) Inspect(ctx context.Context) (State, error) {
 	if err := w.ready(ctx); err != nil {
 		return State{}, err
 	}
-	info, err := w.cli.ContainerInspect(ctx, w.o.Name)
+	var info container.InspectResponse
+	err := w.call(ctx, "inspecting container "+w.o.Name, func(ctx context.Context) (err error) {
+		info, err = w.cli.ContainerInspect(ctx, w.o.Name)
+		return err
+	})
+	if errors.Is(err, ErrEngineNotAnswering) {
+		return State{}, err
+	}
 	if cerrdefs.IsNotFound(err) {
 		return State{}, nil
 	}
@@ -261,13 +327,21 @@ func (w *Watcher) Follow(ctx context.Context, from time.Time) {
 		if !last.IsZero() {
 			opts.Since = fmt.Sprintf("%d.%09d", last.Unix(), last.Nanosecond())
 		}
-		rc, err := w.cli.ContainerLogs(ctx, s.ID, opts)
+		// The stream lives as long as the container runs; only opening it is bounded.
+		lctx, cancel := context.WithCancel(ctx)
+		timer := time.AfterFunc(w.o.CallTimeout, cancel)
+		rc, err := w.cli.ContainerLogs(lctx, s.ID, opts)
+		if !timer.Stop() && ctx.Err() == nil {
+			w.setEngine(fmt.Errorf("opening the log stream of %s: no answer from %s within %s: %w", w.o.Name, w.cli.DaemonHost(), w.o.CallTimeout, ErrEngineNotAnswering))
+		}
 		if err != nil {
+			cancel()
 			sleepCtx(ctx, w.o.Poll)
 			continue
 		}
 		last, dupAtLast = w.pump(rc, last, dupAtLast)
 		rc.Close()
+		cancel()
 		// The stream ends at every stop or restart; wait for a change before reattaching so a
 		// stopped container is not polled in a tight loop.
 		w.waitChange(ctx, s)
@@ -390,26 +464,50 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 }
 
 // CrashLoops watches the engine's events for the container dying, and calls report once
-// each time it dies CrashRestarts times within CrashWindow.
-func (w *Watcher) CrashLoops(ctx context.Context, report func(dies int, window time.Duration)) error {
-	for w.ready(ctx) != nil {
-		sleepCtx(ctx, w.o.Poll)
-		if ctx.Err() != nil {
-			return nil
+// each time it dies CrashRestarts times within CrashWindow. It runs until ctx ends: the event
+// stream ends whenever dockerd restarts (an upgrade, systemctl restart docker), and is then
+// followed again from the last event seen, so no die in between is missed.
+func (w *Watcher) CrashLoops(ctx context.Context, report func(dies int, window time.Duration)) {
+	var lastEvent int64 // TimeNano of the last die counted
+	for ctx.Err() == nil {
+		if err := w.ready(ctx); err != nil {
+			sleepCtx(ctx, w.o.Poll)
+			continue
 		}
+		since := time.Now()
+		if lastEvent > 0 {
+			since = time.Unix(0, lastEvent)
+		}
+		err := w.followDies(ctx, since, &lastEvent, report)
+		if ctx.Err() != nil {
+			return
+		}
+		w.o.Log.Warn("the Docker event stream ended; following it again from the last event seen (crash-loop detection goes on)",
+			"container", w.o.Name, "error", fmt.Sprint(err))
+		sleepCtx(ctx, w.o.Poll)
 	}
+}
+
+// followDies reads one event stream until it ends.
+func (w *Watcher) followDies(ctx context.Context, since time.Time, lastEvent *int64, report func(dies int, window time.Duration)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	f := filters.NewArgs(filters.Arg("type", string(events.ContainerEventType)), filters.Arg("container", w.o.Name), filters.Arg("event", "die"))
-	msgs, errs := w.cli.Events(ctx, events.ListOptions{Filters: f})
+	msgs, errs := w.cli.Events(ctx, events.ListOptions{Filters: f, Since: fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond())})
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return ctx.Err()
 		case err := <-errs:
-			if ctx.Err() != nil || errors.Is(err, io.EOF) {
-				return nil
+			if err == nil {
+				err = io.EOF
 			}
-			return fmt.Errorf("following Docker events: %w", err)
+			return err
 		case m := <-msgs:
+			if m.TimeNano <= *lastEvent {
+				continue // replayed by Since after a reconnection
+			}
+			*lastEvent = m.TimeNano
 			now := time.Unix(0, m.TimeNano)
 			w.mu.Lock()
 			w.dies = append(w.dies, now)

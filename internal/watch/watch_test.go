@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -380,5 +381,96 @@ func TestPumpResumeAndReordering(t *testing.T) {
 				t.Fatalf("mark %s/%d, want %s/%d", last, dup, c.wantLast, c.wantDup)
 			}
 		})
+	}
+}
+
+// A wedged dockerd (SIGSTOPped: the socket accepts, nothing answers) makes every call return
+// ErrEngineNotAnswering within CallTimeout instead of hanging the watch, and the engine's
+// state is reported on each change.
+func TestWedgedEngineIsNotAnswering(t *testing.T) {
+	d := peertest.StartDocker(t)
+	d.Frontend(t, nil, "echo up; sleep 3600")
+	changes := make(chan error, 10)
+	w := newWatcher(t, d, Options{CallTimeout: 500 * time.Millisecond, Engine: func(err error) { changes <- err }})
+	if s, err := w.Inspect(context.Background()); err != nil || !s.Running {
+		t.Fatalf("inspect before the freeze: %+v %v", s, err)
+	}
+	d.Freeze(t)
+	inspected := make(chan error, 1)
+	go func() { _, err := w.Inspect(context.Background()); inspected <- err }()
+	var err error
+	select {
+	case err = <-inspected:
+	case <-time.After(60 * time.Second):
+		t.Fatal("inspect of a wedged engine never returned")
+	}
+	if !errors.Is(err, ErrEngineNotAnswering) {
+		t.Fatalf("inspect of a wedged engine: %v, want ErrEngineNotAnswering", err)
+	}
+	if got := <-changes; !errors.Is(got, ErrEngineNotAnswering) {
+		t.Fatalf("engine state change: %v", got)
+	}
+	if w.EngineErr() == nil {
+		t.Fatal("EngineErr is nil while the engine does not answer")
+	}
+	// WaitReady keeps its loop going (and says why) rather than blocking in one call.
+	ctx, cancel := context.WithCancel(context.Background())
+	statuses := make(chan string, 100)
+	other, err := New(Options{Name: "other", Log: slog.New(slog.DiscardHandler), Poll: 100 * time.Millisecond, CallTimeout: 300 * time.Millisecond,
+		Status: func(s string) {
+			select {
+			case statuses <- s:
+			default:
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan struct{})
+	go func() { defer close(waited); other.WaitReady(ctx) }()
+	for n := 0; n < 2; {
+		if s := <-statuses; strings.Contains(s, "not answering") {
+			n++
+		}
+	}
+	cancel()
+	<-waited
+	other.Close()
+	d.Thaw(t)
+	eventually(t, "the engine answering again", func() bool {
+		s, err := w.Inspect(context.Background())
+		return err == nil && s.Running
+	})
+	if got := <-changes; got != nil {
+		t.Fatalf("engine state after the thaw: %v, want answering", got)
+	}
+}
+
+// The event stream ends when dockerd restarts; crash-loop detection follows it again and
+// counts the dies after the restart.
+func TestCrashLoopsSurviveAnEngineRestart(t *testing.T) {
+	d := peertest.StartDocker(t)
+	d.Frontend(t, nil, "sleep 3600")
+	w := newWatcher(t, d, Options{CrashRestarts: 3, CrashWindow: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	loops := make(chan int, 10)
+	done := make(chan struct{})
+	go func() { defer close(done); w.CrashLoops(ctx, func(dies int, _ time.Duration) { loops <- dies }) }()
+	defer func() { cancel(); <-done }()
+	// One die the stream sees before the restart, so the test knows it is being followed.
+	d.MustRun(t, "kill", "frontend")
+	d.Restart(t)
+	for i := 0; i < 2; i++ {
+		d.MustRun(t, "start", "frontend")
+		d.MustRun(t, "kill", "frontend")
+	}
+	select {
+	case n := <-loops:
+		if n < 3 {
+			t.Fatalf("crash loop reported at %d dies, want >= 3", n)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("no crash loop reported after the engine restarted: the detection stopped with the event stream")
 	}
 }

@@ -1,0 +1,33 @@
+package findings
+
+// Override changes a code's severity and whether it blocks the install (probes.overrides).
+type Override struct {
+	Severity Severity
+	Blocking *bool
+}
+
+// Safety lists the codes no config can downgrade or unblock: each guards against losing data
+// (an encryption key), writing where nothing may be written, running code nobody vetted, or an
+// install that cannot work. An operator who needs past one fixes its cause.
+var Safety = map[string]string{
+	"KEYS_CONFLICT":               "two different copies of an encryption key: going on could make the data unreadable",
+	"S3_KEY_REFUSED":              "an object whose key would write outside its destination",
+	"INSTALLER_CHECKSUM_MISMATCH": "an installer script that is not the one pinned by replicated.sha256",
+}
+
+// Apply applies overrides to fs in place and returns it; safety codes are left as catalogued.
+func Apply(fs []Finding, ov map[string]Override) []Finding {
+	for i, f := range fs {
+		o, ok := ov[f.Code]
+		if !ok || Safety[f.Code] != "" {
+			continue
+		}
+		if o.Severity != "" {
+			fs[i].Severity = o.Severity
+		}
+		if o.Blocking != nil {
+			fs[i].Blocking = *o.Blocking
+		}
+	}
+	return fs
+}
