@@ -3,7 +3,6 @@ package replicated
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -88,8 +87,8 @@ func verify(ctx context.Context, o Options) (string, error) {
 	}
 }
 
-// appStatus runs replicatedctl app status inspect and returns the app's State. Its answer is
-// a JSON list of app statuses ([{"AppID": ..., "State": "stopped", "IsTransitioning": true, ...}]).
+// appStatus runs replicatedctl (under the root) app status inspect and returns the app's
+// state; the answer is read by ParseAppStatus, as the guard reads it.
 func appStatus(ctx context.Context, ctl string) (string, error) {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -97,28 +96,20 @@ func appStatus(ctx context.Context, ctl string) (string, error) {
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%s app status inspect: %w: %s", ReplicatedctlPath, err, lastText(stderr.String(), 300))
+		return "", fmt.Errorf("%s app status inspect: %w: %s", ReplicatedctlPath, err, lastChars(stderr.String(), 300))
 	}
-	var apps []struct {
-		State           string
-		IsTransitioning bool
+	app, err := ParseAppStatus(out.Bytes())
+	if err != nil {
+		return "", fmt.Errorf("%s answered %q: %w", ReplicatedctlPath, lastChars(out.String(), 300), err)
 	}
-	if err := json.Unmarshal(out.Bytes(), &apps); err != nil || len(apps) == 0 || apps[0].State == "" {
-		return "", fmt.Errorf("%s app status inspect answered %q, not an app status", ReplicatedctlPath, lastText(out.String(), 300))
+	if app.State == "" {
+		return "", fmt.Errorf("%s app status inspect answered %q, not an app status", ReplicatedctlPath, lastChars(out.String(), 300))
 	}
-	state := apps[0].State
-	if apps[0].IsTransitioning {
+	state := app.State
+	if app.IsTransitioning {
 		state += " (transitioning)"
 	}
 	return state, nil
-}
-
-func lastText(s string, n int) string {
-	s = strings.TrimSpace(s)
-	if len(s) > n {
-		s = "..." + s[len(s)-n:]
-	}
-	return s
 }
 
 func showUnit(ctx context.Context, unit string) (map[string]string, error) {
