@@ -90,7 +90,7 @@ func newWorld(t *testing.T, instanceID string) *world {
 	w.s3.Put(t, bkt, "circleconfig/shared/vault", []byte(vaultSettings))
 	w.imds = peertest.StartIMDS(t, peertest.Instance{ID: instanceID, LocalIPv4: "10.0.1.23", Region: "us-east-1"})
 	w.installer = startInstaller(t, standin(t))
-	w.installer.root, w.installer.imdsV1 = w.root, w.imds.URL
+	w.installer.set(func(s *installerServer) { s.root, s.imdsV1 = w.root, w.imds.URL })
 	// The AMI has Docker baked in, so haagent passes no-docker (the stand-in then only needs
 	// a docker command): the real client when the machine has one.
 	bakeDocker(t, w.root)

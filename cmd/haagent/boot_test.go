@@ -63,9 +63,10 @@ func TestSystemdBoot(t *testing.T) {
 	// the restarted haagent finds it running. Its first version lacks release-sequence,
 	// which the config passes: haagent refuses to run it (INSTALLER_ARG_UNKNOWN), and the
 	// retry downloads the fixed one.
-	w.installer.root, w.installer.delay = "", "15"
-	w.installer.recIn = "/var/tmp/haagent-standin"
-	w.installer.recDir = filepath.Join(root, "var/tmp/haagent-standin")
+	w.installer.set(func(s *installerServer) {
+		s.root, s.delay = "", "15"
+		s.recIn, s.recDir = "/var/tmp/haagent-standin", filepath.Join(root, "var/tmp/haagent-standin")
+	})
 	full := standinWith(t, `systemctl start docker
 docker load -i /frontend-image.tar
 docker run -d --name frontend --network none --restart always `+image+` sh -c 'echo frontend says hello; echo frontend warns >&2; sleep 3600'`)
@@ -111,7 +112,7 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 	// action (the haagent restarted after the kill below too) and completes it once.
 	const id = "i-0nspawn000000000"
 	w.imds = peertest.StartIMDS(t, peertest.Instance{ID: id, LocalIPv4: "10.0.1.23", PublicIPv4: "203.0.113.7", Region: "us-east-1", ASGGroup: asgGroup})
-	w.installer.imdsV1 = w.imds.URL
+	w.installer.set(func(s *installerServer) { s.imdsV1 = w.imds.URL })
 	a := w.startASG(id, nil)
 	a.LaunchPending(id, "haagent-launch")
 	completions := func() []peertest.ASGCall { return a.Calls("CompleteLifecycleAction") }

@@ -52,13 +52,14 @@ func startInstaller(t *testing.T, script string) *installerServer {
 		s.mu.Lock()
 		s.requests = append(s.requests, r.URL.RequestURI())
 		body := strings.NewReplacer("RECDIR", s.recIn, "ROOTDIR", s.root, "IMDSV1URL", s.imdsV1, "STANDIN_DELAY", s.delay).Replace(s.script)
+		redirect := s.redirect
 		s.mu.Unlock()
 		if r.URL.Path != "/install.sh" {
 			http.NotFound(w, r)
 			return
 		}
-		if s.redirect != "" {
-			http.Redirect(w, r, s.redirect, http.StatusFound)
+		if redirect != "" {
+			http.Redirect(w, r, redirect, http.StatusFound)
 			return
 		}
 		fmt.Fprint(w, body)
@@ -73,6 +74,13 @@ func startInstaller(t *testing.T, script string) *installerServer {
 // the application (just before its last line).
 func standinWith(t *testing.T, extra string) string {
 	return strings.Replace(standin(t), "# EXTRA\n", extra+"\n", 1)
+}
+
+// set changes what the server serves, under its lock (its handler reads them).
+func (s *installerServer) set(f func(s *installerServer)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(s)
 }
 
 func (s *installerServer) setScript(script string) {
@@ -157,7 +165,7 @@ func TestInstallerPublicAddress(t *testing.T) {
 		const id = "i-0public000000000"
 		w := newWorld(t, id)
 		w.imds = peertest.StartIMDS(t, peertest.Instance{ID: id, LocalIPv4: "10.0.1.23", PublicIPv4: "203.0.113.7", Region: "us-east-1"})
-		w.installer.imdsV1 = w.imds.URL
+		w.installer.set(func(s *installerServer) { s.imdsV1 = w.imds.URL })
 		if r := w.run("run", "--once"); r.code != 0 {
 			t.Fatalf("exit %d\n%s", r.code, r.stderr)
 		}
@@ -287,7 +295,7 @@ func TestInstallerDownloadSafety(t *testing.T) {
 			fmt.Fprint(rw, "#!/bin/bash\necho run >> "+w.installer.recDir+"/runs\n")
 		}))
 		t.Cleanup(plain.Close)
-		w.installer.redirect = plain.URL + "/install.sh"
+		w.installer.set(func(s *installerServer) { s.redirect = plain.URL + "/install.sh" })
 		r := w.run("run", "--once")
 		mu.Lock()
 		defer mu.Unlock()
