@@ -178,6 +178,6 @@ echo
 echo "== second run (nothing changed in the bucket: nothing is rewritten)"
 bin/haagent --root "$ROOT" run --once 2>&1 | grep -E 'files in place|boot complete'
 echo
-echo "== the tree under $ROOT, with modes"
+echo "== the tree under $ROOT, with modes and numeric owners (gid: the root's etc/group, where docker was created)"
 (cd "$ROOT" && find etc/settings.conf etc/replicated.conf etc/license.rli etc/circle-installation-customizations etc/circleconfig \
-  data usr/local/share/ca-certificates var/lib/haagent -printf '%M %5s  /%p\n' | sort -k3)
+  data usr/local/share/ca-certificates var/lib/haagent -printf '%M %U:%G %5s  /%p\n' | sort -k4)

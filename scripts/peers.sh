@@ -118,6 +118,27 @@ MOD
   rm -rf "$w"
 }
 
+# Vault 0.7.3, the only version the runbook supports, built by the shared recipe
+# (../shared/peers/build-vault07.sh: the Go module proxy's source, cut to `server -dev` with
+# transit; skipped when the binary exists). CI runs the repository as a fresh clone with
+# shared/ beside it, so the recipe is found relative to this script; a git worktree finds it
+# beside its main checkout; HAAGENT_SHARED names any other shared/.
+build_vault07() {
+  [ -x "$BIN/vault07" ] && return 0
+  local recipe common
+  recipe=${HAAGENT_SHARED:-$(dirname "$0")/../../shared}/peers/build-vault07.sh
+  if [ ! -f "$recipe" ] && [ -z "${HAAGENT_SHARED:-}" ]; then
+    common=$(git -C "$(dirname "$0")" rev-parse --path-format=absolute --git-common-dir 2>/dev/null || true)
+    [ -n "$common" ] && recipe=$(dirname "$(dirname "$common")")/shared/peers/build-vault07.sh
+  fi
+  if [ ! -f "$recipe" ]; then
+    echo "peers: $recipe not found: check out shared/ beside the repository, or set HAAGENT_SHARED to it" >&2
+    return 1
+  fi
+  log "building Vault 0.7.3 (cold: ~1.5 min)"
+  bash "$recipe" "$BIN/vault07"
+}
+
 # s5cmd, a baseline of `make bench`: `go install` is refused (no version list), so it builds
 # inside a scratch module.
 build_s5cmd() {
@@ -180,8 +201,8 @@ case $cmd in
   benchdeps) benchdeps ;;
   build)
     names=("$@")
-    [ ${#names[@]} -eq 0 ] && names=(versitygw imdsmock staticcheck ferretdb vault nspawnroot)
+    [ ${#names[@]} -eq 0 ] && names=(versitygw imdsmock staticcheck ferretdb vault vault07 nspawnroot)
     for n in "${names[@]}"; do "build_$n"; done
     ;;
-  *) echo "usage: $0 build [versitygw|imdsmock|staticcheck|ferretdb|vault|nspawnroot|s5cmd...] | deps | benchdeps | bin" >&2; exit 2 ;;
+  *) echo "usage: $0 build [versitygw|imdsmock|staticcheck|ferretdb|vault|vault07|nspawnroot|s5cmd...] | deps | benchdeps | bin" >&2; exit 2 ;;
 esac

@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/haagent/haagent/internal/bootstrap"
 	"github.com/haagent/haagent/internal/cookie"
 	"github.com/haagent/haagent/internal/lock"
 	"github.com/haagent/haagent/internal/peertest"
@@ -50,13 +49,11 @@ type world struct {
 	probesConfig string
 	installer    *installerServer
 	installCfg   string
-	// filesCfg is the config's files: section, "" for the default layout.
-	filesCfg string
-	watchCfg string
-	s3       *peertest.S3
-	imds     *peertest.IMDS
-	root     string
-	objs     map[string][]byte
+	watchCfg     string
+	s3           *peertest.S3
+	imds         *peertest.IMDS
+	root         string
+	objs         map[string][]byte
 }
 
 func newWorld(t *testing.T, instanceID string) *world {
@@ -120,7 +117,7 @@ func bakeDocker(t *testing.T, root string) {
 
 func (w *world) writeConfig(endpoint, extra string) {
 	os.MkdirAll(filepath.Join(w.root, "etc/haagent"), 0o755)
-	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\nfetch:\n  attempts: 2\n  timeout: 5s\n%s%s%s%s%s", bkt, endpoint, w.probesConfig, w.installCfg, w.watchCfg, w.filesCfg, extra)
+	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\nfetch:\n  attempts: 2\n  timeout: 5s\n%s%s%s%s", bkt, endpoint, w.probesConfig, w.installCfg, w.watchCfg, extra)
 	if err := os.WriteFile(filepath.Join(w.root, "etc/haagent/haagent.yaml"), []byte(cfg), 0o644); err != nil {
 		w.t.Fatal(err)
 	}
@@ -183,13 +180,20 @@ func TestRunOnceBootsTheWholeLayout(t *testing.T) {
 		if err != nil || !bytes.Equal(got, v) {
 			t.Errorf("%s: missing or different (%v)", dest, err)
 		}
-		want := os.FileMode(0o600)
-		if strings.HasPrefix(k, "ca-certificates/") {
-			want = 0o644
+		// Modes follow who reads each file (README, Layout).
+		want := os.FileMode(0o644)
+		switch {
+		case k == "license.rli", k == "settings.conf":
+			want = 0o640
+		case strings.HasPrefix(k, "circleci-encryption-keys/"):
+			want = 0o600
 		}
 		if fi, _ := os.Stat(p); fi != nil && fi.Mode().Perm() != want {
-			t.Errorf("%s: mode %#o", dest, fi.Mode().Perm())
+			t.Errorf("%s: mode %#o, want %#o", dest, fi.Mode().Perm(), want)
 		}
+	}
+	if fi, err := os.Stat(filepath.Join(w.root, "etc/circle-installation-customizations")); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Errorf("the customizations file: %v %v, want 0644", fi, err)
 	}
 	rec := w.record()
 	last := rec.Last()
@@ -224,8 +228,72 @@ func TestRunOnceBootsTheWholeLayout(t *testing.T) {
 	}
 }
 
+// notifySink is a NOTIFY_SOCKET of the test's own: it returns the environment entry and a
+// function that returns every message sent to it so far. A goroutine drains the socket all
+// along (a unix datagram socket holds only a few messages, then the sender blocks: haagent's
+// WATCHDOG=1 pings would fill it). The function sends a marker of its own and reads up to it:
+// datagrams arrive in order, so nothing sent before is missed and nothing waits on a clock.
+func notifySink(t *testing.T) (string, func() []string) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	msgs := make(chan string, 1<<16)
+	go func() {
+		buf := make([]byte, 64*1024)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	var got []string
+	return "NOTIFY_SOCKET=" + sock, func() []string {
+		t.Helper()
+		marker := fmt.Sprintf("TEST-MARKER-%d", len(got))
+		c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte(marker)); err != nil {
+			t.Fatal(err)
+		}
+		guard := time.After(30 * time.Second) // a guard only: the marker is already queued
+		for {
+			select {
+			case m, ok := <-msgs:
+				if !ok {
+					t.Fatal("the notify socket closed")
+				}
+				if m == marker {
+					return got
+				}
+				if !strings.HasPrefix(m, "WATCHDOG=") {
+					got = append(got, m)
+				}
+			case <-guard:
+				t.Fatal("the marker sent to the notify socket never arrived")
+			}
+		}
+	}
+}
+
+// Secrets planted in every file and setting haagent reads, in the shapes that once leaked (a
+// URI password with a '/' that a URL parser quoted in its error, one with a space that
+// redaction missed, a settings.conf value on its own line beside a syntax error), must appear
+// in none of what haagent writes: its log (the journal), STATUS=, the run record, `status`
+// and `check`, as text and JSON.
 func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 	w := newWorld(t, "i-0secrets00000000")
+	notify, notified := notifySink(t)
+	env := append(w.env(w.imds.URL), notify)
 	secrets := map[string]string{
 		"settings.conf":                  `{"hostname":{"value":"ci.example.com"},"secret_passphrase":{"value":"PASSPHRASE-5ecret-1"}}`,
 		"replicated.conf":                strings.Replace(string(w.objs["replicated.conf"]), "demo-console-password", "CONSOLE-5ecret-2", 1),
@@ -239,28 +307,72 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 	for k, v := range secrets {
 		w.s3.Put(t, bkt, k, []byte(v))
 	}
-	r := w.run("run", "--once", "--debug")
+	var everything strings.Builder
+	collect := func(what string, r result) {
+		everything.WriteString(r.stdout + r.stderr)
+		t.Logf("%s: exit %d", what, r.code)
+	}
+	statusAndRecord := func() {
+		collect("status", w.runEnv(env, "status"))
+		collect("status --json", w.runEnv(env, "status", "--json"))
+		rec, _ := os.ReadFile(filepath.Join(w.root, state.Path))
+		everything.Write(rec)
+	}
+
+	// 1. A boot that completes.
+	r := w.runEnv(env, "run", "--once", "--debug")
 	if r.code != 0 {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
-	st := w.run("status")
-	stj := w.run("status", "--json")
-	recBytes, _ := os.ReadFile(filepath.Join(w.root, state.Path))
-	everything := r.stdout + r.stderr + st.stdout + st.stderr + stj.stdout + string(recBytes)
-	all := []string{w.s3.SecretKey}
-	for _, v := range secrets {
-		all = append(all, v)
-	}
-	for _, s := range []string{"PASSPHRASE-5ecret-1", "CONSOLE-5ecret-2", "LICENSE-5ecret-3", "ENCKEY-5ecret-4", "PGPASS-5ecret-5",
-		"VAULTTOKEN-5ecret-6", "MONGOPASS-5ecret-7", "COOKIE5ecret8xyz", w.s3.SecretKey} {
-		if strings.Contains(everything, s) {
-			t.Errorf("secret %q appears in haagent's output or record", s)
-		}
-	}
+	collect("run", r)
+	statusAndRecord()
 	// The key did reach the file it belongs in.
 	b, _ := os.ReadFile(filepath.Join(w.root, cookie.File))
 	if cookie.LocalValue(b) != "COOKIE5ecret8xyz" {
 		t.Fatal("the cookie key from the bucket is not in the customizations file")
+	}
+
+	// 2. The probe step fails on PostgreSQL URIs whose passwords hold an unescaped '/' (the URL
+	// parser's error once quoted it: `invalid port ":Hunter2Prefix" after host`) and a space
+	// (which redaction once missed).
+	pgURIs := string(w.objs["circleconfig/shared/postgresql"]) +
+		"export CIRCLE_SECRETS_POSTGRES_VMS_URI=\"postgres://circle:Hunter2Prefix/PGSLASH-5ecret-9@127.0.0.1:5432/vms\"\n" +
+		"export CIRCLE_SECRETS_POSTGRES_CIRCLE_URI=\"postgres://circle:PGSPACE 5ecret-10@127.0.0.1:5432/circle\"\n"
+	w.s3.Put(t, bkt, "circleconfig/shared/postgresql", []byte(pgURIs))
+	r = w.runEnv(env, "run", "--once", "--debug")
+	if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step probe: URI_MALFORMED") || !strings.Contains(r.stderr, "the password holds '/' (%2F) unescaped") {
+		t.Errorf("want the probe step to fail on URI_MALFORMED naming the unescaped '/', exit %d\n%s", r.code, r.stderr)
+	}
+	collect("run with malformed URIs", r)
+	statusAndRecord()
+	collect("check", w.runEnv(env, "check", "--only", "postgres"))
+	collect("check --format json", w.runEnv(env, "check", "--format", "json", "--only", "postgres"))
+	w.s3.Put(t, bkt, "circleconfig/shared/postgresql", w.objs["circleconfig/shared/postgresql"])
+
+	// 3. A pretty-printed settings.conf, the secret on its own line, and the syntax error on
+	// that very line (an unescaped quote in the value).
+	w.s3.Put(t, bkt, "settings.conf", []byte("{\n  \"hostname\": {\n    \"value\": \"ci.example.com\"\n  },\n"+
+		"  \"secret_passphrase\": {\n    \"value\": \"PASS\"PHRASE-5ecret-11\"\n  }\n}\n"))
+	r = w.runEnv(env, "run", "--once", "--debug")
+	if r.code != 1 || !strings.Contains(r.stderr, "FILE_SYNTAX") || !strings.Contains(r.stderr, `\"value\": \"…\">>>…`) {
+		t.Errorf("want FILE_SYNTAX showing the masked line, exit %d\n%s", r.code, r.stderr)
+	}
+	collect("run with a broken settings.conf", r)
+	statusAndRecord()
+
+	status := notified()
+	if !strings.Contains(strings.Join(status, "\n"), "STATUS=boot failed: URI_MALFORMED") {
+		t.Errorf("the STATUS= of the failed probe step was not seen: %q", status)
+	}
+	everything.WriteString(strings.Join(status, "\n"))
+	out := everything.String()
+	for _, s := range []string{"PASSPHRASE-5ecret-1", "CONSOLE-5ecret-2", "LICENSE-5ecret-3", "ENCKEY-5ecret-4", "PGPASS-5ecret-5",
+		"VAULTTOKEN-5ecret-6", "MONGOPASS-5ecret-7", "COOKIE5ecret8xyz", w.s3.SecretKey,
+		"Hunter2Prefix", "PGSLASH", "5ecret-9", "PGSPACE", "5ecret-10", "PHRASE-5ecret-11", "5ecret-11"} {
+		if strings.Contains(out, s) {
+			i := strings.Index(out, s)
+			t.Errorf("secret %q appears in haagent's output, record or STATUS=: ...%s...", s, out[max(i-120, 0):min(i+60, len(out))])
+		}
 	}
 }
 
@@ -415,17 +527,22 @@ func TestStatusWaitReportsFailure(t *testing.T) {
 // reboot is not this boot's.
 func TestStatusWaitIgnoresAnEarlierBoot(t *testing.T) {
 	w := newWorld(t, "i-0bootid000000000")
-	earlier := append(w.env(w.imds.URL), bootstrap.BootIDEnv+"=boot-before-the-reboot")
-	if r := w.runEnv(earlier, "run", "--once"); r.code != 0 {
+	if r := w.run("run", "--once"); r.code != 0 {
 		t.Fatalf("run: exit %d\n%s", r.code, r.stderr)
 	}
-	now := append(w.env(w.imds.URL), bootstrap.BootIDEnv+"=boot-after-the-reboot")
-	st := w.runEnv(now, "status", "--wait", "--timeout", "1500ms")
+	if st := w.run("status", "--wait", "--timeout", "30s"); st.code != 0 {
+		t.Fatalf("status --wait in the same boot: exit %d\n%s%s", st.code, st.stdout, st.stderr)
+	}
+	// A reboot empties /run (a tmpfs); the record keeps the earlier boot's "complete".
+	if err := os.RemoveAll(filepath.Join(w.root, "run")); err != nil {
+		t.Fatal(err)
+	}
+	st := w.run("status", "--wait", "--timeout", "1500ms")
 	if st.code != 1 || !strings.Contains(st.stderr, "no run of this boot") {
 		t.Fatalf("status --wait returned an earlier boot's run: exit %d\n%s%s", st.code, st.stdout, st.stderr)
 	}
-	if st := w.runEnv(earlier, "status", "--wait", "--timeout", "30s"); st.code != 0 {
-		t.Fatalf("status --wait in the same boot: exit %d\n%s%s", st.code, st.stdout, st.stderr)
+	if st := w.run("status"); st.code != 0 || !strings.Contains(st.stdout, "status:   complete") {
+		t.Fatalf("plain status still shows the last run: exit %d\n%s%s", st.code, st.stdout, st.stderr)
 	}
 }
 
@@ -534,4 +651,93 @@ func (w *world) startService(extraEnv ...string) (*exec.Cmd, *syncBuffer, <-chan
 		}
 	}()
 	return cmd, stderr, msgs
+}
+
+// Files the Replicated daemon cannot read stop the boot at validate-files, and haagent
+// validate --root says so offline; the default modes pass, and a licence chmod'ed by hand is
+// put right by the next run.
+func TestFilesUnreadableByReplicated(t *testing.T) {
+	if os.Geteuid() != 0 {
+		peertest.Missing(t, "needs root: the docker group is created and files are chown'ed to it")
+	}
+	w := newWorld(t, "i-0unreadable00000")
+	os.MkdirAll(filepath.Join(w.root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(w.root, "etc/group"), []byte("root:x:0:\n"), 0o644)
+	if r := w.run("run", "--once"); r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	if v := w.run("validate"); v.code != 0 || !strings.Contains(v.stdout, "readable by the Replicated daemon") ||
+		!strings.Contains(v.stdout, "/etc/license.rli") || !strings.Contains(v.stdout, "0640 root:docker") {
+		t.Fatalf("validate after a boot: exit %d\n%s%s", v.code, v.stdout, v.stderr)
+	}
+
+	// By hand, as haagent used to write it.
+	lic := filepath.Join(w.root, "etc/license.rli")
+	os.Chmod(lic, 0o600)
+	os.Chown(lic, 0, 0)
+	v := w.run("validate")
+	if v.code != 1 || !strings.Contains(v.stdout, "FILE_UNREADABLE_BY_REPLICATED [error]") || !strings.Contains(v.stdout, "/etc/license.rli is 0600 uid 0 gid 0, which gives others no read permission") ||
+		!strings.Contains(v.stdout, "fix: chgrp docker /etc/license.rli") {
+		t.Fatalf("validate of a 0600 root:root licence: exit %d\n%s%s", v.code, v.stdout, v.stderr)
+	}
+	if r := w.run("run", "--once"); r.code != 0 || !strings.Contains(r.stderr, "mode and owner put back") {
+		t.Fatalf("the next run must converge the licence: exit %d\n%s", r.code, r.stderr)
+	}
+	if v := w.run("validate"); v.code != 0 {
+		t.Fatalf("validate after the run: exit %d\n%s", v.code, v.stdout)
+	}
+
+	// A config that makes the licence private again stops the boot before the installer.
+	w.writeConfig(w.s3.URL, "files:\n  license: {mode: \"0600\"}\n")
+	r := w.run("run", "--once")
+	if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step validate-files: FILE_UNREADABLE_BY_REPLICATED") {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	// probes.overrides can make it a warning, for a daemon that reads otherwise.
+	probes := w.probesConfig
+	w.probesConfig += "    FILE_UNREADABLE_BY_REPLICATED: {severity: warning, blocking: false}\n"
+	w.writeConfig(w.s3.URL, "files:\n  license: {mode: \"0600\"}\n")
+	if r := w.run("run", "--once"); r.code != 0 || !strings.Contains(r.stderr, "FILE_UNREADABLE_BY_REPLICATED") {
+		t.Fatalf("overridden: exit %d\n%s", r.code, r.stderr)
+	}
+	if v := w.run("validate"); v.code != 0 || !strings.Contains(v.stdout, "FILE_UNREADABLE_BY_REPLICATED [warning]") {
+		t.Fatalf("validate, overridden: exit %d\n%s%s", v.code, v.stdout, v.stderr)
+	}
+	w.probesConfig = probes
+	// An unknown group in the config is named by validate, and by the boot's fetch.
+	w.writeConfig(w.s3.URL, "files:\n  circleconfig: {group: circleci}\n")
+	if v := w.run("validate"); v.code != 1 || !strings.Contains(v.stdout, "FILE_OWNER_UNRESOLVED") || !strings.Contains(v.stdout, "files.circleconfig.group") {
+		t.Fatalf("validate with an unknown group: exit %d\n%s%s", v.code, v.stdout, v.stderr)
+	}
+	if r := w.run("run", "--once"); r.code != 1 || !strings.Contains(r.stderr, "boot failed at step fetch: FILE_OWNER_UNRESOLVED") {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+
+	// A reboot with S3 down has no bundle to commit, and still puts the licence right.
+	w.writeConfig(w.s3.URL, "")
+	w.s3.Stop()
+	os.Chmod(lic, 0o600)
+	os.Chown(lic, 0, 0)
+	r = w.run("run", "--once")
+	if r.code != 0 || !strings.Contains(r.stderr, "S3_OFFLINE_LAST_GOOD") || !strings.Contains(r.stderr, "mode and owner put back") {
+		t.Fatalf("offline reboot: exit %d\n%s", r.code, r.stderr)
+	}
+	if fi, _ := os.Stat(lic); fi.Mode().Perm() != 0o640 {
+		t.Fatalf("offline reboot left the licence %#o", fi.Mode().Perm())
+	}
+}
+
+// Before the first fetch a missing docker group is not an error: validate says the fetch
+// creates it, and changes nothing.
+func TestValidateBeforeTheDockerGroupExists(t *testing.T) {
+	w := newWorld(t, "i-0nodocker0000000")
+	os.MkdirAll(filepath.Join(w.root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(w.root, "etc/group"), []byte("root:x:0:\n"), 0o644)
+	v := w.run("validate")
+	if v.code != 0 || !strings.Contains(v.stdout, "group docker does not exist yet") {
+		t.Fatalf("exit %d\n%s%s", v.code, v.stdout, v.stderr)
+	}
+	if b, _ := os.ReadFile(filepath.Join(w.root, "etc/group")); string(b) != "root:x:0:\n" {
+		t.Fatalf("validate changed the root's etc/group:\n%s", b)
+	}
 }

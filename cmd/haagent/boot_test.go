@@ -8,9 +8,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/replicated"
@@ -71,24 +73,7 @@ func TestSystemdBoot(t *testing.T) {
 docker load -i /frontend-image.tar
 docker run -d --name frontend --network none --restart always `+image+` sh -c 'echo frontend says hello; echo frontend warns >&2; sleep 3600'`)
 	w.installer.setScript(strings.Replace(full, "        release-sequence|release_sequence)\n            RELEASE_SEQUENCE=\"$_value\"\n            ;;\n", "", 1))
-	// The licence and settings are 0640 root:docker, so the daemon (group docker) reads them;
-	// so is replicated.conf: the installer makes it world-readable (chmod a+r), but each boot's
-	// fetch puts the layout's mode back, and the daemon reads it again at every start.
-	group, _ := os.ReadFile(filepath.Join(root, "etc/group"))
-	var dockerGID string
-	for _, l := range strings.Split(string(group), "\n") {
-		if f := strings.Split(l, ":"); len(f) > 2 && f[0] == "docker" {
-			dockerGID = f[2]
-		}
-	}
-	if dockerGID == "" {
-		t.Fatal("the box has no docker group (docker.io is in the debootstrapped root)")
-	}
 	w.installCfg += "  extra_args: [release-sequence=1]\n"
-	w.filesCfg = "files:\n"
-	for _, name := range []string{"settings", "license", "replicated"} {
-		w.filesCfg += "  " + name + ": {mode: \"0640\", gid: " + dockerGID + "}\n"
-	}
 	copyFile(t, haagentBin, filepath.Join(root, "usr/local/bin/haagent"), 0o755)
 	os.MkdirAll(filepath.Join(root, "etc/systemd/journald.conf.d"), 0o755)
 	copyFile(t, "../../packer/journald-haagent.conf", filepath.Join(root, "etc/systemd/journald.conf.d/haagent.conf"), 0o644)
@@ -123,22 +108,10 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 	// connects nowhere through it): they must not reach the installer's argv, its unit's
 	// properties or any journal.
 	const proxySecret = "b00t-proxy-pw"
-	// nspawn gives the box a boot id of its own (bound over /proc/sys/kernel/random/boot_id),
-	// which the haagent unit does not see: ProtectKernelTunables remounts /proc/sys and shows
-	// the host's (seen with nspawn 252). The test names each boot itself, for the service
-	// (/etc/default/haagent) and for status --wait.
-	bootID := "nspawn-boot-1"
-	writeDefaults := func() {
-		os.WriteFile(filepath.Join(root, "etc/default/haagent"), []byte(strings.Join([]string{
-			"AWS_ACCESS_KEY_ID=" + w.s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + w.s3.SecretKey,
-			"AWS_EC2_METADATA_SERVICE_ENDPOINT=" + w.imds.URL,
-			"HTTPS_PROXY=http://corp:" + proxySecret + "@proxy.corp.example:3128",
-			"HAAGENT_BOOT_ID=" + bootID}, "\n")+"\n"), 0o600)
-	}
-	writeDefaults()
-	status := func(args ...string) (string, error) {
-		return m.Exec(append([]string{"env", "HAAGENT_BOOT_ID=" + bootID, "haagent", "status"}, args...)...)
-	}
+	os.WriteFile(filepath.Join(root, "etc/default/haagent"), []byte(strings.Join([]string{
+		"AWS_ACCESS_KEY_ID=" + w.s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + w.s3.SecretKey,
+		"AWS_EC2_METADATA_SERVICE_ENDPOINT=" + w.imds.URL,
+		"HTTPS_PROXY=http://corp:" + proxySecret + "@proxy.corp.example:3128"}, "\n")+"\n"), 0o600)
 	m.MustExec(t, "systemctl", "start", "haagent")
 
 	// The first script does not take an argument the config passes: refused before it runs,
@@ -181,7 +154,7 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 	m.MustExec(t, "systemctl", "kill", "--kill-whom=main", "-s", "KILL", "haagent")
 	killed := time.Now()
 
-	if out, err := status("--wait", "--timeout", "120s"); err != nil {
+	if out, err := m.Exec("haagent", "status", "--wait", "--timeout", "120s"); err != nil {
 		j, _ := m.Exec("journalctl", "-u", "haagent", "--no-pager", "-o", "cat")
 		t.Fatalf("status --wait: %v\n%s\njournal:\n%s", err, out, j)
 	}
@@ -248,14 +221,14 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 	}
 
 	// A broken setting (the expiring Vault token) surfaces in `haagent status`.
-	if st, _ := status(); !strings.Contains(st, "VAULT_TOKEN_EXPIRING") {
+	if st, _ := m.Exec("haagent", "status"); !strings.Contains(st, "VAULT_TOKEN_EXPIRING") {
 		t.Errorf("haagent status does not show the finding:\n%s", st)
 	}
 	// A restart (as on a reboot of the instance) does not run the installer again, and starts
 	// Replicated's services when they are down.
 	m.MustExec(t, "systemctl", "stop", "replicated")
 	m.MustExec(t, "systemctl", "restart", "haagent")
-	if out, err := status("--wait", "--timeout", "120s"); err != nil {
+	if out, err := m.Exec("haagent", "status", "--wait", "--timeout", "120s"); err != nil {
 		t.Fatalf("status --wait after the restart: %v\n%s", err, out)
 	}
 	if inst := installerJournal(t, m); strings.Count(inst, "\ninstaller started\n") != 1 {
@@ -310,13 +283,19 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 		}
 	}
 
-	// The fetched tree, with its modes.
-	for path, mode := range map[string]os.FileMode{"etc/settings.conf": 0o640, "etc/license.rli": 0o640,
-		"etc/circleconfig/shared": 0o700 | os.ModeDir, "data/circle/circleci-encryption-keys": 0o700 | os.ModeDir} {
+	// The fetched tree, with its modes: the licence and settings readable through the box's
+	// docker group (docker.io made it there), the customization files as CircleCI left them.
+	for path, mode := range map[string]os.FileMode{"etc/settings.conf": 0o640, "etc/license.rli": 0o640, "etc/replicated.conf": 0o644,
+		"etc/circleconfig/shared": 0o755 | os.ModeDir, "data/circle/circleci-encryption-keys": 0o700 | os.ModeDir, "data/circle": 0o755 | os.ModeDir} {
 		fi, err := os.Stat(filepath.Join(root, path))
 		if err != nil || fi.Mode()&(os.ModeDir|os.ModePerm) != mode {
 			t.Errorf("/%s: %v %v, want %v", path, fi.Mode(), err, mode)
 		}
+	}
+	if docker, err := atomicfile.LookupGroup(root, "docker"); err != nil {
+		t.Errorf("no docker group in the box: %v", err)
+	} else if fi, err := os.Stat(filepath.Join(root, "etc/license.rli")); err != nil || fi.Sys().(*syscall.Stat_t).Gid != uint32(docker) {
+		t.Errorf("/etc/license.rli is not group docker (gid %d): %v", docker, err)
 	}
 
 	// A real reboot with S3 down: systemd starts haagent by its enablement, the run goes on
@@ -328,10 +307,8 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 	}
 	w.s3.Stop()
 	rebooted := time.Now()
-	bootID = "nspawn-boot-2"
-	writeDefaults()
 	m.Reboot(t)
-	if out, err := status("--wait", "--timeout", "120s"); err != nil {
+	if out, err := m.Exec("haagent", "status", "--wait", "--timeout", "120s"); err != nil {
 		j, _ := m.Exec("journalctl", "-u", "haagent", "--no-pager", "-o", "cat", "-n", "200")
 		t.Fatalf("status --wait after the reboot: %v\n%s\njournal of this boot:\n%s", err, out, j)
 	}
@@ -340,7 +317,7 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 		t.Fatal(err)
 	}
 	last := rec.Last()
-	// (The run is told apart by its start too: the boot id is the test's, see bootID.)
+	// (This nspawn shares the host's boot_id, so the run is told apart by its start.)
 	if last.ID == before.Last().ID || last.Start.Before(rebooted) || last.Mode != "service" || last.Status != state.Complete {
 		t.Fatalf("after the reboot the last run is %s (%s, %s, started %s); want a complete service run started after the reboot",
 			last.ID, last.Mode, last.Status, last.Start)

@@ -53,7 +53,7 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	defer env.Drain(5 * time.Second)
 	defer stop()
 	env.Reinstall = c.reinstall
-	r := &bootstrap.Runner{Steps: bootstrap.Steps, Once: c.once, StatePath: c.g.path(state.Path)}
+	r := &bootstrap.Runner{Steps: bootstrap.Steps, Once: c.once, StatePath: c.g.path(state.Path), BootRunsPath: c.g.path(state.BootRunsPath)}
 	if !c.once {
 		// READY means "the agent is up and driving the boot"; the boot itself can take half an
 		// hour and is reported through STATUS= and the run record, not systemd's start job.
@@ -100,6 +100,10 @@ func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) {
 	})
 	if err := rec.Save(path); err != nil {
 		log.Error("cannot record the failed run", "path", path, "error", err.Error())
+		return
+	}
+	if err := state.MarkThisBoot(c.g.path(state.BootRunsPath), rec.Last().ID); err != nil {
+		log.Error("cannot mark the failed run as this boot's", "error", err.Error())
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/haagent/haagent/internal/bootstrap"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/state"
 )
@@ -41,7 +40,6 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		deadline = t.C
 	}
 	shownRetry := ""
-	boot := bootstrap.BootID()
 	for {
 		rec, err := state.Load(path)
 		if err != nil {
@@ -60,8 +58,14 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		}
 		// --wait is about this boot: a run recorded before the machine rebooted (its "complete"
 		// or its failure) says nothing about the boot haagent is driving now.
-		if last != nil && last.BootID != "" && last.BootID != boot {
-			last = nil
+		if last != nil {
+			thisBoot, err := state.RunsThisBoot(c.g.path(state.BootRunsPath))
+			if err != nil {
+				return err
+			}
+			if !thisBoot[last.ID] {
+				last = nil
+			}
 		}
 		if last != nil {
 			switch last.Status {

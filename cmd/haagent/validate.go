@@ -6,8 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 
 	"github.com/haagent/haagent/internal/config"
+	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/validate"
 )
@@ -22,7 +24,7 @@ func (c *validateCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	cfg, err := config.Load(c.g.configPath())
 	if errors.Is(err, config.ErrNoConfig) {
 		fmt.Fprintf(stdout, "no config file at %s (haagent would look for one in the user-data); checking the files in place\n", c.g.configPath())
-		return c.files(stdout)
+		return c.files(stdout, nil, nil)
 	}
 	if err != nil {
 		return &exitError{code: 2, err: err}
@@ -42,20 +44,55 @@ func (c *validateCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		if e.Required {
 			req = "required"
 		}
-		fmt.Fprintf(stdout, "  %-28s -> %-40s %#o %s\n", e.Key, e.Dest, e.Mode, req)
+		fmt.Fprintf(stdout, "  %-28s -> %-40s %#o %s %s\n", e.Key, e.Dest, e.Mode, owner(e), req)
 	}
-	return c.files(stdout)
+	// Names are resolved as the fetch will resolve them, in the root's own etc/passwd and
+	// etc/group, without creating anything.
+	_, notes, owners := fetch.ResolveOwners(ctx, c.g.root, cfg.Layout, false, nil)
+	for _, n := range notes {
+		fmt.Fprintln(stdout, n)
+	}
+	ov := make(map[string]findings.Override, len(cfg.Probes.Overrides))
+	for code, o := range cfg.Probes.Overrides {
+		ov[code] = findings.Override{Severity: findings.Severity(o.Severity), Blocking: o.Blocking}
+	}
+	return c.files(stdout, owners, ov)
 }
 
-// files runs validate-files' checks on the files in place, offline.
-func (c *validateCmd) files(stdout io.Writer) error {
+// owner is how the layout table shows an entry's owner: names as given, ids as numbers,
+// root for haagent's own.
+func owner(e config.Entry) string {
+	u, g := "root", "root"
+	switch {
+	case e.User != "":
+		u = e.User
+	case e.UID >= 0:
+		u = strconv.Itoa(e.UID)
+	}
+	switch {
+	case e.Group != "":
+		g = e.Group
+	case e.GID >= 0:
+		g = strconv.Itoa(e.GID)
+	}
+	return u + ":" + g
+}
+
+// files runs validate-files' checks on the files in place, offline, and reports them with
+// the findings already made (the config's owners), with the config's overrides applied as the
+// boot applies them.
+func (c *validateCmd) files(stdout io.Writer, fs []findings.Finding, ov map[string]findings.Override) error {
 	in := validate.InPlace(c.g.root)
-	if !in.Exists(validate.ReplicatedConf) && !in.Exists(validate.SettingsConf) && !in.Exists(validate.DefaultLicense) {
+	fetched := in.Exists(validate.ReplicatedConf) || in.Exists(validate.SettingsConf) || in.Exists(validate.DefaultLicense)
+	if fetched {
+		fs = append(fs, validate.Check(in)...)
+		// What the Replicated daemon will meet: the modes and owners of the files in place.
+		fs = append(fs, validate.Readable(c.g.root)...)
+	} else {
 		// Before the first boot (in an image build, say) there is nothing fetched to check.
 		fmt.Fprintf(stdout, "no fetched files under %s yet: only the config was checked\n", c.g.root)
-		return nil
 	}
-	fs := validate.Check(in)
+	fs = findings.Apply(fs, ov)
 	findings.Sort(fs)
 	errs := 0
 	for _, f := range fs {
@@ -73,6 +110,8 @@ func (c *validateCmd) files(stdout io.Writer) error {
 	if errs > 0 {
 		return &exitError{code: 1, err: fmt.Errorf("%d error(s) in the files under %s", errs, c.g.root)}
 	}
-	fmt.Fprintf(stdout, "files under %s: replicated.conf, settings.conf and the licence are valid\n", c.g.root)
+	if fetched {
+		fmt.Fprintf(stdout, "files under %s: replicated.conf, settings.conf and the licence are valid, and readable by the Replicated daemon\n", c.g.root)
+	}
 	return nil
 }

@@ -96,7 +96,7 @@ func (g *Guard) Decide(ctx context.Context, state string, since time.Time) Decis
 			ev = append(ev, f.String())
 		}
 		d := stay("probes fail or cannot tell (" + findings.Codes(failing) + "): a new instance would meet the same databases and settings; fix them and the frontend recovers here")
-		d.Finding.Evidence = strings.Join(ev, "; ")
+		*d.Finding = d.Finding.WithEvidence(strings.Join(ev, "; ")) // capped: many failing probes make a long list
 		return d
 	}
 	missing, err := g.Keys(ctx)

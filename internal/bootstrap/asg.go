@@ -84,7 +84,7 @@ func stepASG(ctx context.Context, env *Env) error {
 		env.lifecycle = lifecyclePending
 	}
 	env.heartbeats = &heartbeats{every: asg.HeartbeatEvery(a.HeartbeatEvery.D(), chk.HeartbeatTimeout)}
-	env.heartbeats.start(ctx, env)
+	env.heartbeats.start(env.monitorCtx(), env)
 	env.Log.Info("keeping the launch lifecycle action alive while the boot runs", "group", env.ASG.Group, "hook", a.LifecycleHook, "every", env.heartbeats.every.String())
 	return nil
 }
@@ -159,7 +159,7 @@ func stepLifecycleComplete(ctx context.Context, env *Env) error {
 	default:
 		// Transient: the runner retries; the action is kept alive meanwhile.
 		if env.heartbeats != nil {
-			env.heartbeats.start(ctx, env)
+			env.heartbeats.start(env.monitorCtx(), env)
 		}
 		return err
 	}
@@ -182,7 +182,7 @@ func startGuard(ctx context.Context, env *Env) {
 			Budget: &asg.Budget{Bucket: env.Bucket, Max: a.Replace.Budget, Window: a.Replace.Window.D(), DailyMax: a.Replace.DailyBudget},
 			Hold:   func(ctx context.Context) string { return replacementHold(ctx, env) },
 		}
-		go guard(ctx, env, g, a.Replace)
+		go guard(env.monitorCtx(), env, g, a.Replace)
 	})
 }
 

@@ -62,6 +62,11 @@ type Env struct {
 	lifecycle  lifecycleState
 	monitoring sync.Once
 
+	// runCtx is the context of the whole run (set by the runner): what outlives the step that
+	// starts it (heartbeats, the log forwarding, crash loops, the guard) runs under it, never
+	// under the step's own context, which ends with the step (or its timeout).
+	runCtx context.Context
+
 	mu       sync.Mutex
 	current  string
 	byStep   map[string][]findings.Finding
@@ -70,6 +75,14 @@ type Env struct {
 	// decision, an engine that does not answer): they belong to no step, so a step's retry must
 	// not delete them.
 	late []findings.Finding
+}
+
+// monitorCtx is the context for work that outlives its step.
+func (e *Env) monitorCtx() context.Context {
+	if e.runCtx == nil {
+		return context.Background()
+	}
+	return e.runCtx
 }
 
 // Path maps an absolute machine path under --root.
@@ -172,15 +185,9 @@ func Notify(s string) {
 	daemon.SdNotify(false, s)
 }
 
-// BootIDEnv overrides the boot id, for tests: systemd-nspawn and test roots share the host's
-// kernel, hence its boot id.
-const BootIDEnv = "HAAGENT_BOOT_ID"
-
-// BootID is the kernel's id for this boot (not under --root: it is the running kernel's).
+// BootID is the kernel's id for this boot (not under --root: it is the running kernel's). It is
+// recorded for people; what counts as "this boot" for status --wait is state.BootRunsPath.
 func BootID() string {
-	if id := os.Getenv(BootIDEnv); id != "" {
-		return id
-	}
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return ""

@@ -27,6 +27,9 @@ type Runner struct {
 	Backoff func(n int) time.Duration
 	// StatePath is where the run record lives (under --root).
 	StatePath string
+	// BootRunsPath, if set, is where each run is marked as this boot's (state.BootRunsPath
+	// under --root), for `status --wait`.
+	BootRunsPath string
 	// Grace is how long a step may run past its timeout (its context ended) before it counts
 	// as hung (default DefaultGrace).
 	Grace time.Duration
@@ -59,6 +62,7 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 	if r.Once {
 		mode = "once"
 	}
+	env.runCtx = ctx
 	now := time.Now().UTC()
 	env.Record.Runs = append(env.Record.Runs, state.Run{
 		ID:     now.Format("20060102T150405Z") + fmt.Sprintf("-%d", os.Getpid()),
@@ -66,6 +70,11 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 	})
 	env.Run = env.Record.Last()
 	r.save(env)
+	if r.BootRunsPath != "" {
+		if err := state.MarkThisBoot(r.BootRunsPath, env.Run.ID); err != nil {
+			env.Log.Error("cannot mark the run as this boot's; `haagent status --wait` will not see it", "error", err.Error())
+		}
+	}
 	if r.Started != nil {
 		r.Started()
 	}

@@ -202,11 +202,19 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 		return &findings.Failure{Findings: blocking}
 	}
 	if bd == nil {
-		return nil // offline reboot: the files in place were validated
+		// Offline reboot: the files in place were validated; their modes and owners still
+		// converge, as a commit would have made them.
+		fs, err := fetch.ConvergeInPlace(ctx, env.Root, env.Config.Layout, env.Record.Known, env.Log)
+		env.ReportAll(fs)
+		if err != nil {
+			return fmt.Errorf("setting the modes and owners of the files in place: %w", err)
+		}
+		return checkReadable(env)
 	}
 	if err := bd.Commit(); err != nil {
 		return fmt.Errorf("moving fetched files into place: %w", err)
 	}
+	env.ReportAll(bd.CommitFindings)
 	if env.Record.Known == nil {
 		env.Record.Known = map[string]fetch.Known{}
 	}
@@ -221,6 +229,24 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 	}
 	sort.Slice(env.Run.Files, func(i, j int) bool { return env.Run.Files[i].Dest < env.Run.Files[j].Dest })
 	env.Log.Info("files in place", "files", len(bd.Files), "changed", changed, "unchanged", len(bd.Files)-changed)
+	return checkReadable(env)
+}
+
+// checkReadable judges, in place, whether the Replicated daemon can read the files
+// replicated.conf names: after Commit has converged modes and owners, so it sees what the
+// daemon will meet, not what the stage holds.
+func checkReadable(env *Env) error {
+	fs := env.adjust(validate.Readable(env.Root)...)
+	env.ReportAll(fs)
+	var blocking []findings.Finding
+	for _, f := range fs {
+		if f.Blocking {
+			blocking = append(blocking, f)
+		}
+	}
+	if len(blocking) > 0 {
+		return &findings.Failure{Findings: blocking}
+	}
 	return nil
 }
 
@@ -379,9 +405,10 @@ func stepWatch(ctx context.Context, env *Env) error {
 		// The haagent before this one left a mark of how far it forwarded; without one,
 		// lines from before this run are taken as forwarded by an older haagent.
 		env.background.Add(1)
-		go func() { defer env.background.Done(); w.Follow(ctx, env.Run.Start) }()
-		go w.CrashLoops(ctx, func(dies int, window time.Duration) {
-			probed := runProbes(ctx, env).Findings
+		mctx := env.monitorCtx()
+		go func() { defer env.background.Done(); w.Follow(mctx, env.Run.Start) }()
+		go w.CrashLoops(mctx, func(dies int, window time.Duration) {
+			probed := runProbes(mctx, env).Findings
 			last := strings.Join(w.LastLines(), " | ")
 			if len(last) > 2000 {
 				last = "..." + last[len(last)-2000:]

@@ -61,12 +61,16 @@ type Source struct {
 
 // File overrides one entry of the default layout.
 type File struct {
-	Key      string `yaml:"key"`
-	Dest     string `yaml:"dest"`
-	Mode     Mode   `yaml:"mode"`
-	DirMode  Mode   `yaml:"dir_mode"`
+	Key     string `yaml:"key"`
+	Dest    string `yaml:"dest"`
+	Mode    Mode   `yaml:"mode"`
+	DirMode Mode   `yaml:"dir_mode"`
+	// The owner, by id or by name (not both); a name is looked up in the root's etc/passwd
+	// and etc/group when the files are written.
 	UID      *int   `yaml:"uid"`
 	GID      *int   `yaml:"gid"`
+	User     string `yaml:"user"`
+	Group    string `yaml:"group"`
 	Required *bool  `yaml:"required"`
 }
 
@@ -112,10 +116,57 @@ type Override struct {
 	Blocking *bool  `yaml:"blocking"`
 }
 
-// PostgresProbe lists what CircleCI needs from PostgreSQL; empty keeps the defaults.
+// PostgresProbe lists what CircleCI needs from PostgreSQL; an absent field keeps its default
+// (DefaultPostgresProbe), an empty one ([] or {}) means none.
 type PostgresProbe struct {
+	// Databases and Extensions are required: a missing one blocks the install.
 	Databases  []string            `yaml:"databases"`
 	Extensions map[string][]string `yaml:"extensions"`
+	// OptionalDatabases and OptionalExtensions are reported as warnings, with the CREATE to run.
+	OptionalDatabases  []string            `yaml:"optional_databases"`
+	OptionalExtensions map[string][]string `yaml:"optional_extensions"`
+}
+
+// DefaultPostgresProbe is what CircleCI Server 2.x needs from PostgreSQL. The runbook haagent
+// was built from lists five databases and their extensions: those block. CircleCI's HA page, in
+// its last revision, lists eight, each with uuid-ossp: the three it added in 2018 (domain,
+// federations, permissions) and uuid-ossp where the runbook did not ask for it are warnings, as
+// no source ties them to a release a given installation runs.
+func DefaultPostgresProbe() PostgresProbe {
+	return PostgresProbe{
+		Databases: []string{"vms", "conductor_production", "contexts_service_production", "cron_service_production", "circle"},
+		Extensions: map[string][]string{
+			"conductor_production":        {"uuid-ossp"},
+			"contexts_service_production": {"uuid-ossp"},
+			"circle":                      {"pgcrypto", "uuid-ossp"},
+		},
+		OptionalDatabases: []string{"domain", "federations", "permissions"},
+		OptionalExtensions: map[string][]string{
+			"vms":                     {"uuid-ossp"},
+			"cron_service_production": {"uuid-ossp"},
+			"domain":                  {"uuid-ossp"},
+			"federations":             {"uuid-ossp"},
+			"permissions":             {"uuid-ossp"},
+		},
+	}
+}
+
+// Effective returns p with each absent field taken from DefaultPostgresProbe.
+func (p PostgresProbe) Effective() PostgresProbe {
+	d := DefaultPostgresProbe()
+	if p.Databases != nil {
+		d.Databases = p.Databases
+	}
+	if p.Extensions != nil {
+		d.Extensions = p.Extensions
+	}
+	if p.OptionalDatabases != nil {
+		d.OptionalDatabases = p.OptionalDatabases
+	}
+	if p.OptionalExtensions != nil {
+		d.OptionalExtensions = p.OptionalExtensions
+	}
+	return d
 }
 
 // Backup configures the encryption keys backup.

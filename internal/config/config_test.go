@@ -28,15 +28,72 @@ func TestMinimalConfigGetsTheDefaultLayout(t *testing.T) {
 		if want[e.Key] != e.Dest {
 			t.Errorf("%s -> %s, want %s", e.Key, e.Dest, want[e.Key])
 		}
-		if e.Name != "ca_certificates" && e.Mode != 0o600 {
-			t.Errorf("%s: mode %#o", e.Key, e.Mode)
-		}
 	}
 	if cfg.Fetch.Concurrency != DefaultConcurrency || cfg.Fetch.Attempts != DefaultAttempts || cfg.Fetch.Timeout.D() != DefaultTimeout {
 		t.Errorf("fetch defaults not applied: %+v", cfg.Fetch)
 	}
 }
 
+// Modes and owners follow who reads each file: the Replicated daemon (user replicated, group
+// docker) reads the licence and settings.conf; the installer makes replicated.conf
+// world-readable anyway; CircleCI's containers source the customization files as CircleCI's
+// own userdata left them; only root reads the encryption keys.
+func TestDefaultLayoutModesAndOwners(t *testing.T) {
+	cfg, err := Parse([]byte("version: 1\nsource:\n  bucket: my-circleci-ha\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type want struct {
+		mode, dirMode os.FileMode
+		uid, gid      int
+		user, group   string
+	}
+	wants := map[string]want{
+		"settings":        {0o640, 0, -1, -1, "", "docker"},
+		"license":         {0o640, 0, -1, -1, "", "docker"},
+		"replicated":      {0o644, 0, -1, -1, "", ""},
+		"circleconfig":    {0o644, 0o755, -1, -1, "", ""},
+		"encryption_keys": {0o600, 0o700, -1, -1, "", ""},
+		"ca_certificates": {0o644, 0o755, -1, -1, "", ""},
+	}
+	for _, e := range cfg.Layout {
+		got := want{e.Mode, e.DirMode, e.UID, e.GID, e.User, e.Group}
+		if got != wants[e.Name] {
+			t.Errorf("%s: got %+v, want %+v", e.Name, got, wants[e.Name])
+		}
+	}
+}
+
+func TestOwnerByName(t *testing.T) {
+	cfg, err := Parse([]byte(`version: 1
+source:
+  bucket: abc
+files:
+  circleconfig: {mode: "0640", dir_mode: "0750", group: circleci, user: circle}
+  license: {gid: 0}
+  settings: {group: staff}
+`), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range cfg.Layout {
+		switch e.Name {
+		case "circleconfig":
+			if e.Group != "circleci" || e.User != "circle" || e.GID != -1 || e.UID != -1 || e.Mode != 0o640 || e.DirMode != 0o750 {
+				t.Errorf("circleconfig: %+v", e)
+			}
+		case "license":
+			// A numeric gid replaces the default's group name.
+			if e.GID != 0 || e.Group != "" {
+				t.Errorf("license: %+v", e)
+			}
+		case "settings":
+			if e.Group != "staff" || e.GID != -1 {
+				t.Errorf("settings: %+v", e)
+			}
+		}
+	}
+}
 func TestOverrides(t *testing.T) {
 	cfg, err := Parse([]byte(`version: 1
 source:
@@ -96,6 +153,10 @@ func TestConfigErrors(t *testing.T) {
 		{"unknown file entry", "version: 1\nsource:\n  bucket: abc\nfiles:\n  secrets: {mode: \"0600\"}\n", []string{"files.secrets: unknown file entry"}},
 		{"bad mode", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {mode: \"0999\"}\n", []string{"mode", "octal"}},
 		{"dir mode locks out", "version: 1\nsource:\n  bucket: abc\nfiles:\n  circleconfig: {dir_mode: \"0500\"}\n", []string{"files.circleconfig.dir_mode"}},
+		{"group by name and id", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {group: docker, gid: 999}\n", []string{"files.license.group", "not both"}},
+		{"user by name and id", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {user: circle, uid: 1000}\n", []string{"files.license.user", "not both"}},
+		{"bad group name", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {group: \"doc:ker\"}\n", []string{"files.license.group", "not a group name"}},
+		{"dir mode on a single file", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {dir_mode: \"0750\"}\n", []string{"files.license.dir_mode", "single file"}},
 		{"relative dest", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {dest: etc/license.rli}\n", []string{"files.license.dest"}},
 		{"hostile key", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {key: ../../x}\n", []string{"files.license.key"}},
 		{"bad duration", "version: 1\nsource:\n  bucket: abc\nfetch:\n  timeout: 5 minutes\n", []string{"duration"}},
@@ -106,6 +167,9 @@ func TestConfigErrors(t *testing.T) {
 		{"replacement budget range", "version: 1\nsource:\n  bucket: abc\nasg:\n  enabled: true\n  replace:\n    budget: 50\n", []string{"asg.replace.budget", "1-10"}},
 		{"asg endpoint", "version: 1\nsource:\n  bucket: abc\nasg:\n  enabled: true\n  endpoint: autoscaling.local\n", []string{"asg.endpoint"}},
 		{"asg unknown field", "version: 1\nsource:\n  bucket: abc\nasg:\n  lifecycle-hook: x\n", []string{"asg.lifecycle-hook", `did you mean "lifecycle_hook"`}},
+		{"extensions of no database", "version: 1\nsource:\n  bucket: abc\nprobes:\n  postgres:\n    optional_databases: []\n", []string{"probes.postgres.optional_extensions.domain: not a database"}},
+		{"empty extension", "version: 1\nsource:\n  bucket: abc\nprobes:\n  postgres:\n    extensions: {circle: [\"\"]}\n", []string{"probes.postgres.extensions.circle: empty extension name"}},
+		{"empty database", "version: 1\nsource:\n  bucket: abc\nprobes:\n  postgres:\n    optional_databases: [\"\"]\n    optional_extensions: {}\n", []string{"probes.postgres.optional_databases: empty database name"}},
 		{"safety code overridden", "version: 1\nsource:\n  bucket: abc\nprobes:\n  overrides:\n    KEYS_CONFLICT: {blocking: false}\n", []string{"probes.overrides.KEYS_CONFLICT: cannot be overridden"}},
 		{"several at once", "source:\n  prefix: /x\n", []string{"version: required", "source.bucket: required", "source.prefix"}},
 		{"future version with its own fields", "version: 2\nsource:\n  bucket: abc\naddress:\n  private_ip: 10.0.1.50\n", []string{"version: unsupported version 2", "line 1"}},
@@ -254,5 +318,25 @@ func TestReplicatedArgsAndVersion(t *testing.T) {
 				t.Fatalf("want an error with %q, got %v", tc.want, err)
 			}
 		})
+	}
+}
+
+// The PostgreSQL lists: an absent field keeps its default, an empty one means none.
+func TestPostgresProbeDefaults(t *testing.T) {
+	c, err := Parse([]byte("version: 1\nsource:\n  bucket: abc\n"), "haagent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pg := c.Probes.Postgres.Effective()
+	if len(pg.Databases) != 5 || strings.Join(pg.OptionalDatabases, ",") != "domain,federations,permissions" ||
+		len(pg.OptionalExtensions) != 5 || strings.Join(pg.Extensions["circle"], ",") != "pgcrypto,uuid-ossp" {
+		t.Fatalf("%+v", pg)
+	}
+	c, err = Parse([]byte("version: 1\nsource:\n  bucket: abc\nprobes:\n  postgres:\n    optional_databases: []\n    optional_extensions: {}\n"), "haagent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pg := c.Probes.Postgres.Effective(); len(pg.OptionalDatabases) != 0 || len(pg.OptionalExtensions) != 0 || len(pg.Databases) != 5 {
+		t.Fatalf("empty lists must switch the optional checks off: %+v", pg)
 	}
 }

@@ -25,23 +25,40 @@ type Entry struct {
 	// WarnEmpty makes an empty optional prefix a warning (the encryption keys on a new install).
 	WarnEmpty bool
 	Mode      os.FileMode
-	DirMode   os.FileMode
-	UID, GID  int
-	Purpose   string
+	// DirMode is for the directories inside a directory entry (Dest and below). Directories
+	// above an entry that haagent has to create are always 0755 root: they are /etc, /data or
+	// /var/lib, shared with everything else on the machine.
+	DirMode os.FileMode
+	// UID and GID are numeric owners (-1: haagent's own, root). User and Group are names
+	// instead (the config takes one or the other), resolved into UID and GID in the root's
+	// etc/passwd and etc/group when the files are written (fetch.ResolveOwners).
+	UID, GID    int
+	User, Group string
+	Purpose     string
 }
 
-// DefaultLayout is the runbook's userdata, as a table.
+// DockerGroup is the group the Replicated daemon runs in (its unit runs the container as
+// replicated:docker); haagent creates it as a system group when it does not exist yet.
+const DockerGroup = "docker"
+
+// DefaultLayout is the runbook's userdata, as a table. Modes and owners follow who reads each
+// file: the Replicated daemon, running as user replicated in group docker with the host's /etc
+// mounted read-only, reads the licence and settings.conf (0640 root:docker); the installer makes
+// replicated.conf world-readable itself (chmod a+r), so haagent writes it 0644 and does not undo
+// that at the next boot; CircleCI's containers source the customization files as a user no
+// document names, and CircleCI's own userdata left them 0644 in 0755 directories, the setup
+// known to work (files.circleconfig tightens it); the encryption keys are read by root only.
 func DefaultLayout() []Entry {
 	return []Entry{
-		{Name: "settings", Key: "settings.conf", Dest: "/etc/settings.conf", Required: true, Mode: 0o600, DirMode: 0o755, UID: -1, GID: -1,
+		{Name: "settings", Key: "settings.conf", Dest: "/etc/settings.conf", Required: true, Mode: 0o640, UID: -1, GID: -1, Group: DockerGroup,
 			Purpose: "the Replicated application settings (ImportSettingsFrom)"},
-		{Name: "replicated", Key: "replicated.conf", Dest: "/etc/replicated.conf", Required: true, Mode: 0o600, DirMode: 0o755, UID: -1, GID: -1,
+		{Name: "replicated", Key: "replicated.conf", Dest: "/etc/replicated.conf", Required: true, Mode: 0o644, UID: -1, GID: -1,
 			Purpose: "the Replicated daemon settings read by the installer"},
-		{Name: "license", Key: "license.rli", Dest: "/etc/license.rli", Required: true, Mode: 0o600, DirMode: 0o755, UID: -1, GID: -1,
+		{Name: "license", Key: "license.rli", Dest: "/etc/license.rli", Required: true, Mode: 0o640, UID: -1, GID: -1, Group: DockerGroup,
 			Purpose: "the CircleCI licence (LicenseFileLocation)"},
 		{Name: "encryption_keys", Key: "circleci-encryption-keys/", Dest: "/data/circle/circleci-encryption-keys/", Recursive: true, WarnEmpty: true, Mode: 0o600, DirMode: 0o700, UID: -1, GID: -1,
 			Purpose: "CircleCI's encryption keys; losing them makes encrypted data unreadable"},
-		{Name: "circleconfig", Key: "circleconfig/shared/", Dest: "/etc/circleconfig/shared/", Recursive: true, Required: true, Mode: 0o600, DirMode: 0o700, UID: -1, GID: -1,
+		{Name: "circleconfig", Key: "circleconfig/shared/", Dest: "/etc/circleconfig/shared/", Recursive: true, Required: true, Mode: 0o644, DirMode: 0o755, UID: -1, GID: -1,
 			Purpose: "the customization files with the MongoDB, PostgreSQL and Vault settings"},
 		{Name: "ca_certificates", Key: "ca-certificates/", Dest: "/var/lib/haagent/ca-certificates/", Recursive: true, Mode: 0o644, DirMode: 0o755, UID: -1, GID: -1,
 			Purpose: "CA certificates for the databases and Vault, installed by the ca-certs step"},
@@ -65,6 +82,9 @@ var (
 	bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
 	regionRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*[a-z0-9]$`)
 	sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	// nameRE is what shadow's useradd and groupadd accept by default (no ':' or newline can
+	// reach the root's etc/group through it).
+	nameRE = regexp.MustCompile(`^[a-z_][a-z0-9_-]*\$?$`)
 )
 
 // Validate checks every field, fills defaults and builds Layout. It reports all problems at
@@ -163,9 +183,38 @@ func (c *Config) Validate() error {
 			bad("probes.overrides."+code+".severity", "%q is not info, warning or error", o.Severity)
 		}
 	}
-	for _, db := range c.Probes.Postgres.Databases {
-		if db == "" {
-			bad("probes.postgres.databases", "empty database name")
+	pg := c.Probes.Postgres.Effective()
+	pgDBs := map[string]bool{}
+	for _, l := range []struct {
+		field string
+		dbs   []string
+	}{{"databases", pg.Databases}, {"optional_databases", pg.OptionalDatabases}} {
+		for _, db := range l.dbs {
+			if db == "" {
+				bad("probes.postgres."+l.field, "empty database name")
+			}
+			pgDBs[db] = true
+		}
+	}
+	for _, field := range []string{"extensions", "optional_extensions"} {
+		exts := pg.Extensions
+		if field == "optional_extensions" {
+			exts = pg.OptionalExtensions
+		}
+		dbs := make([]string, 0, len(exts))
+		for db := range exts {
+			dbs = append(dbs, db)
+		}
+		sort.Strings(dbs)
+		for _, db := range dbs {
+			if !pgDBs[db] {
+				bad("probes.postgres."+field+"."+db, "not a database of probes.postgres.databases or optional_databases (their defaults included): the extensions would never be checked")
+			}
+			for _, e := range exts[db] {
+				if e == "" {
+					bad("probes.postgres."+field+"."+db, "empty extension name")
+				}
+			}
 		}
 	}
 
@@ -316,15 +365,42 @@ func (c *Config) Validate() error {
 		}
 		if f.DirMode != 0 {
 			e.DirMode = os.FileMode(f.DirMode)
-			if e.DirMode&0o700 != 0o700 {
+			switch {
+			case !e.Recursive:
+				bad(p+".dir_mode", "%s is a single file: it has no directory of its own, and the directories above it are created 0755", n)
+			case e.DirMode&0o700 != 0o700:
 				bad(p+".dir_mode", "%#o would lock haagent out of its own directory; keep the owner bits rwx", f.DirMode)
 			}
 		}
-		if f.UID != nil {
-			e.UID = *f.UID
+		// An id replaces the default's name and a name the default's id: the override says
+		// who owns the file, whichever way it is written.
+		switch {
+		case f.UID != nil && f.User != "":
+			bad(p+".user", "give the owner by name (user) or by id (uid), not both")
+		case f.UID != nil:
+			e.UID, e.User = *f.UID, ""
+			if e.UID < -1 {
+				bad(p+".uid", "%d is not a user id (-1 keeps root)", e.UID)
+			}
+		case f.User != "":
+			e.UID, e.User = -1, f.User
+			if !nameRE.MatchString(f.User) {
+				bad(p+".user", "%q is not a user name", f.User)
+			}
 		}
-		if f.GID != nil {
-			e.GID = *f.GID
+		switch {
+		case f.GID != nil && f.Group != "":
+			bad(p+".group", "give the group by name (group) or by id (gid), not both")
+		case f.GID != nil:
+			e.GID, e.Group = *f.GID, ""
+			if e.GID < -1 {
+				bad(p+".gid", "%d is not a group id (-1 keeps root)", e.GID)
+			}
+		case f.Group != "":
+			e.GID, e.Group = -1, f.Group
+			if !nameRE.MatchString(f.Group) {
+				bad(p+".group", "%q is not a group name", f.Group)
+			}
 		}
 		if f.Required != nil {
 			e.Required = *f.Required

@@ -115,6 +115,14 @@ func Ensure(ctx context.Context, b *bucket.Bucket, root string) (Result, error) 
 	}
 
 	changed, err := write(path, content, value)
+	if errors.Is(err, atomicfile.ErrSymlink) {
+		// Same content behind a link: left as it is, as the fetch leaves one, and said.
+		target, _ := os.Readlink(path)
+		res.Findings = append(res.Findings, findings.New("FILE_SYMLINK_NOT_FOLLOWED", File,
+			fmt.Sprintf("%s is a symbolic link (to %s); haagent does not follow it, so the target keeps its own mode and owner instead of %#o root", File, target, FileMode),
+			err.Error()).WithFix(fmt.Sprintf("replace the link with the file: cp --remove-destination \"$(readlink -f %s)\" %s", File, File)))
+		err = nil
+	}
 	res.Changed = changed
 	return res, err
 }
@@ -208,17 +216,22 @@ func Render(content []byte, value string) []byte {
 	return out.Bytes()
 }
 
+// FileMode is the customization file's mode, root-owned: CircleCI's own userdata wrote it with
+// the default umask, and the containers that source it do so as a user no document names, so
+// 0644 is the setup known to work (README, Layout, says what that exposes).
+const FileMode os.FileMode = 0o644
+
 func write(path string, content []byte, value string) (bool, error) {
 	want := Render(content, value)
 	if bytes.Equal(want, content) {
-		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm() != 0o600 {
-			if err := os.Chmod(path, 0o600); err != nil {
-				return false, fmt.Errorf("setting mode 0600 on %s: %w", File, err)
-			}
+		// Unchanged: still converge mode and owner (a 0600 left by an older haagent), never
+		// through a symlink at the path.
+		if _, err := atomicfile.Converge(path, FileMode, os.Geteuid(), os.Getegid(), false); err != nil {
+			return false, fmt.Errorf("setting mode %#o on %s: %w", FileMode, File, err)
 		}
 		return false, nil
 	}
-	if _, err := atomicfile.WriteFile(path, want, atomicfile.Options{Mode: 0o600, DirMode: 0o755, UID: -1, GID: -1}); err != nil {
+	if _, err := atomicfile.WriteFile(path, want, atomicfile.Options{Mode: FileMode, DirMode: 0o755, UID: -1, GID: -1}); err != nil {
 		return false, fmt.Errorf("writing %s: %w", File, err)
 	}
 	return true, nil

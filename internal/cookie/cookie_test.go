@@ -27,8 +27,8 @@ func fileValue(t *testing.T, root string) string {
 		t.Fatalf("%d lines for %s, want exactly 1:\n%s", n, Variable, b)
 	}
 	fi, _ := os.Stat(filepath.Join(root, File))
-	if fi.Mode().Perm() != 0o600 {
-		t.Fatalf("mode %#o, want 0600", fi.Mode().Perm())
+	if fi.Mode().Perm() != 0o644 {
+		t.Fatalf("mode %#o, want 0644 (as CircleCI's own userdata left it)", fi.Mode().Perm())
 	}
 	return LocalValue(b)
 }
@@ -118,6 +118,12 @@ func TestCookieKeyExistingLocalKeyIsUploaded(t *testing.T) {
 	if res.Source != "local" || string(s.Object(bkt, Object)) != "LocalKey12345678" {
 		t.Fatalf("an existing install's key must be kept and saved to the bucket (source %q)", res.Source)
 	}
+	// The file's content did not change, and its 0600 (an older haagent's) is still put
+	// back to 0644.
+	if res.Changed {
+		t.Fatal("the file was rewritten although its content is the same")
+	}
+	fileValue(t, root)
 }
 
 func TestCookieKeyConcurrentFirstBootsAgree(t *testing.T) {
@@ -236,5 +242,28 @@ func TestRenderAndLocalValue(t *testing.T) {
 		if got := LocalValue(out); got != v {
 			t.Errorf("round trip of %q gave %q (file %q)", v, got, out)
 		}
+	}
+}
+
+// An unchanged file behind a symlink is neither followed for its mode nor a failure.
+func TestCookieKeyFileSymlinkIsNotFollowed(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, bkt)
+	s.Put(t, bkt, Object, []byte("LocalKey12345678"))
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	target := filepath.Join(t.TempDir(), "private")
+	os.WriteFile(target, []byte(Variable+"=LocalKey12345678\n"), 0o600)
+	os.Symlink(target, filepath.Join(root, File))
+	res, err := Ensure(context.Background(), b, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(target); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the link was followed: its target is %#o", fi.Mode().Perm())
+	}
+	if len(res.Findings) != 1 || res.Findings[0].Code != "FILE_SYMLINK_NOT_FOLLOWED" || !strings.Contains(res.Findings[0].Summary, target) {
+		t.Fatalf("want FILE_SYMLINK_NOT_FOLLOWED naming the target, got %+v", res.Findings)
 	}
 }

@@ -64,6 +64,9 @@ type File struct {
 	dirMode os.FileMode
 	uid     int
 	gid     int
+	// top is the directory of a directory entry (as seen inside root), "" for a single file:
+	// the directories from top down get dirMode and the owner, those above it 0755 root.
+	top string
 	// knownSHA is set when the local file already matches the last run's record, so an
 	// unchanged object can be skipped.
 	knownSHA string
@@ -75,7 +78,11 @@ type Bundle struct {
 	Root     string
 	Files    []*File
 	Findings []findings.Finding
-	stages   []string
+	// CommitFindings are what Commit found while converging modes and owners (a symlink at
+	// a final path, left alone).
+	CommitFindings []findings.Finding
+	stages         []string
+	log            *slog.Logger
 }
 
 // Fetch downloads the layout into staging. It returns the bundle and, when any error finding
@@ -88,7 +95,15 @@ func Fetch(ctx context.Context, b *bucket.Bucket, o Options) (*Bundle, error) {
 		o.Concurrency = 1
 	}
 	o.Known = Prepare(o.Root, o.Known)
-	bd := &Bundle{Root: o.Root}
+	bd := &Bundle{Root: o.Root, log: o.Log}
+	// Owners are resolved at write time, in the root's own databases: the docker group may
+	// have appeared (or been created here) since the config was read.
+	layout, _, owners := ResolveOwners(ctx, o.Root, o.Layout, true, o.Log)
+	if len(owners) > 0 {
+		bd.Findings = owners
+		return bd, &findings.Failure{Findings: owners}
+	}
+	o.Layout = layout
 	stages := map[string]bool{}
 	for _, e := range o.Layout {
 		stages[stageDir(o.Root, e)] = true
@@ -226,6 +241,9 @@ func listEntry(ctx context.Context, b *bucket.Bucket, o Options, e config.Entry,
 func newFile(root string, e config.Entry, key, dest string, known map[string]Known) *File {
 	f := &File{Entry: e.Name, Key: key, Dest: dest, mode: e.Mode, dirMode: e.DirMode, uid: e.UID, gid: e.GID,
 		stage: stageDir(root, e), purpose: e.Purpose}
+	if e.Recursive {
+		f.top = strings.TrimSuffix(e.Dest, "/")
+	}
 	if k, ok := known[dest]; ok && k.Key == key && k.SHA256 != "" {
 		f.knownSHA, f.knownTag = k.SHA256, k.ETag
 	}
@@ -247,6 +265,11 @@ func (f *File) verifyKnown(root string) {
 func download(ctx context.Context, b *bucket.Bucket, root string, f *File) error {
 	final := filepath.Join(root, f.Dest)
 	stage := f.stage
+	// The stage's parents are the directories above the entry (/etc, /data/circle): 0755 when
+	// haagent has to create them. The stage itself is 0700: it is haagent's alone.
+	if err := atomicfile.MkdirAll(filepath.Dir(stage), 0o755); err != nil {
+		return err
+	}
 	opts := atomicfile.Options{Mode: f.mode, DirMode: 0o700, UID: f.uid, GID: f.gid}
 	err := b.Get(ctx, f.Key, f.knownTag, func(body io.Reader, m bucket.Meta) error {
 		md := md5.New()
@@ -274,35 +297,48 @@ func download(ctx context.Context, b *bucket.Bucket, root string, f *File) error
 		return err
 	}
 	if cur, err := atomicfile.HashFile(final); err == nil && cur.SHA256 == f.SHA256 {
-		// Same content: keep the file and its mtime, only converge the mode.
+		// Same content: keep the file and its mtime; Commit converges its mode and owner.
 		os.Remove(f.staged)
 		f.staged = ""
-		if fi, err := os.Stat(final); err == nil && fi.Mode().Perm() != f.mode.Perm() {
-			if err := os.Chmod(final, f.mode.Perm()); err != nil {
-				return fmt.Errorf("setting mode %#o on %s: %w", f.mode.Perm(), final, err)
-			}
-		}
 		return nil
 	}
 	f.Changed = true
 	return nil
 }
 
-// Commit moves every changed file into place. Each file appears whole; a crash between two
-// renames leaves some files new and some old, every one of them complete, and the next run
-// converges.
+// Commit moves every changed file into place and converges the mode and owner of every file
+// of the bundle, changed or not, and of the directories inside each directory entry: a
+// tightened files.*.mode, or a key someone chmod'ed by hand, is put right on the next run
+// even when S3 has nothing new. Each file appears whole; a crash between two renames leaves
+// some files new and some old, every one of them complete, and the next run converges.
 func (bd *Bundle) Commit() error {
+	bd.CommitFindings = nil
+	if bd.log == nil {
+		bd.log = slog.New(slog.DiscardHandler)
+	}
+	if err := bd.prepareDirs(); err != nil {
+		return err
+	}
 	var moves []atomicfile.Move
 	for _, f := range bd.Files {
 		if f.staged != "" {
-			moves = append(moves, atomicfile.Move{Staged: f.staged, Path: filepath.Join(bd.Root, f.Dest), DirMode: f.dirMode})
+			// A changed file's temp already has its mode and owner; the rename replaces
+			// whatever is at the final path (a symlink included) without following it.
+			moves = append(moves, atomicfile.Move{Staged: f.staged, Path: filepath.Join(bd.Root, f.Dest), DirMode: 0o755})
 		}
 	}
 	if err := atomicfile.CommitAll(moves); err != nil {
 		return err
 	}
+	var unchanged []*File
 	for _, f := range bd.Files {
+		if f.staged == "" {
+			unchanged = append(unchanged, f)
+		}
 		f.staged = ""
+	}
+	if err := bd.convergeFiles(unchanged); err != nil {
+		return err
 	}
 	bd.Discard()
 	return nil

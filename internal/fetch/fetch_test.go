@@ -59,16 +59,6 @@ func TestFetchWholeLayout(t *testing.T) {
 		if string(got) != string(want) {
 			t.Errorf("%s: content differs", p)
 		}
-		fi, _ := os.Stat(p)
-		if fi.Mode().Perm() != 0o600 {
-			t.Errorf("%s: mode %#o, want 0600", p, fi.Mode().Perm())
-		}
-	}
-	for _, d := range []string{"/data/circle/circleci-encryption-keys", "/etc/circleconfig/shared", "/etc/circleconfig"} {
-		fi, err := os.Stat(filepath.Join(root, d))
-		if err != nil || fi.Mode().Perm() != 0o700 {
-			t.Errorf("%s: want a 0700 directory, got %v %v", d, fi.Mode(), err)
-		}
 	}
 	if _, err := os.Stat(filepath.Join(root, "/etc", stageDirName)); !os.IsNotExist(err) {
 		t.Errorf("staging directory left behind: %v", err)

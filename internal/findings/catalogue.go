@@ -71,21 +71,25 @@ var Catalogue = []Entry{
 	{"PG_READ_ONLY", Error, true, "postgres", "point POSTGRES_HOST at the primary (the writer endpoint on RDS), not a replica"},
 
 	// MongoDB
-	{"MONGO_AUTH_FAILED", Error, true, "mongo", "check the user name and password in the URI; percent-encode special characters"},
+	{"MONGO_AUTH_FAILED", Error, true, "mongo", "check the user name and password in the URI; percent-encode special characters. On MongoDB 3.x a user created before 3.0 may hold only MONGODB-CR credentials: upgrade them with db.adminCommand({authSchemaUpgrade: 1})"},
 	{"MONGO_REPLSET_MISMATCH", Error, true, "mongo", "make replicaSet= in the URIs match the set's name (rs.conf()._id)"},
 	{"MONGO_NO_PRIMARY", Error, true, "mongo", "a majority of members must be up and reach each other to elect a primary"},
 	{"MONGO_MEMBER_UNREACHABLE", Error, true, "mongo", "make every member's advertised host name resolve and reach from this machine, or rename the member"},
 	{"MONGO_PRIVILEGE_MISSING", Error, true, "mongo", "grant the user readWrite on the database"},
-	{"MONGO_VERSION_LIMITED", Info, false, "mongo", "nothing to do if the services work with this server"},
+	{"MONGO_VERSION_LIMITED", Info, false, "mongo", "nothing to do if the services work with this server: haagent could not check the password and privileges (MongoDB before 3.0, or an authMechanism other than SCRAM-SHA-1 before 3.6)"},
+	{"MONGO_NO_REPLICA_SET_IN_URI", Warning, false, "mongo", "add replicaSet=NAME to the URIs and list the members as seeds: a URI naming one host makes the driver talk to that host alone, which after a failover is no longer the primary"},
 
-	// Vault
+	// Vault. The probe names the command line of the server's version in its fix (0.7, the
+	// runbook's: vault unseal, vault token-create, vault mount, vault policy-write); these
+	// defaults give both.
 	{"VAULT_SCHEME_MISMATCH", Error, true, "vault", "make VAULT__SCHEME match the listener: https for a TLS listener"},
-	{"VAULT_SEALED", Error, true, "vault", "unseal Vault with the required number of unseal keys: vault operator unseal (repeat per key holder)"},
-	{"VAULT_UNINITIALIZED", Error, true, "vault", "initialize Vault (vault operator init), unseal it, mount transit and issue the services' token"},
-	{"VAULT_TOKEN_INVALID", Error, true, "vault", "issue a new periodic token: vault token create -policy=NAME -period=1h, and put it in VAULT__CLIENT_TOKEN"},
-	{"VAULT_TOKEN_EXPIRING", Error, false, "vault", "issue a renewable periodic token without an explicit max TTL: vault token create -policy=NAME -period=1h"},
+	{"VAULT_SEALED", Error, true, "vault", "unseal Vault with the required number of unseal keys: vault operator unseal (Vault 0.x: vault unseal), repeated per key holder"},
+	{"VAULT_UNINITIALIZED", Error, true, "vault", "initialize Vault (vault operator init; Vault 0.x: vault init), unseal it, mount transit and issue the services' token"},
+	{"VAULT_TOKEN_INVALID", Error, true, "vault", "issue a new periodic token: vault token create -policy=NAME -period=1h (Vault 0.x: vault token-create -policy=NAME -period=1h), and put it in VAULT__CLIENT_TOKEN"},
+	{"VAULT_TOKEN_EXPIRING", Error, false, "vault", "issue a renewable periodic token without an explicit max TTL: vault token create -policy=NAME -period=1h (Vault 0.x: vault token-create)"},
 	{"VAULT_PERMISSION_DENIED", Error, true, "vault", "attach a policy granting the transit paths to the token"},
-	{"VAULT_TRANSIT_MISSING", Error, true, "vault", "vault secrets enable transit, and set VAULT__TRANSIT_MOUNT to its path"},
+	{"VAULT_TRANSIT_MISSING", Error, true, "vault", "vault secrets enable transit (Vault 0.x: vault mount transit), and set VAULT__TRANSIT_MOUNT to its path"},
+	{"VAULT_REDIRECT", Warning, false, "vault", "point VAULT__SCHEME, VAULT__HOST and VAULT__PORT at the active Vault node or at a load balancer that sends requests to it"},
 
 	// the frontend watch
 	{"DOCKER_NOT_ANSWERING", Warning, false, "watch", "dockerd accepts connections but does not answer: look at journalctl -u docker and `systemctl status docker`; `systemctl restart docker` restarts it (CircleCI's containers restart with it). If it persists, the guard may replace the instance"},
@@ -114,6 +118,12 @@ var Catalogue = []Entry{
 	{"FILE_UNKNOWN_KEY", Warning, false, "files", "remove the key or correct its spelling"},
 	{"LICENSE_MISSING", Error, true, "files", "upload the CircleCI licence (license.rli) to the bucket"},
 	{"SETTINGS_DRIFT", Warning, false, "files", "Replicated reads settings.conf only at install time: apply the change in the Replicated console (https://HOST:8800/settings), or run haagent run --reinstall in a maintenance window"},
+
+	// modes and owners of the files written (who reads them: the Replicated daemon runs as
+	// user replicated in group docker and sees only /etc, mounted read-only)
+	{"FILE_UNREADABLE_BY_REPLICATED", Error, true, "files", "keep the file under /etc and make it and every directory above it readable through group docker: chgrp docker FILE && chmod 0640 FILE (haagent's default for the licence and settings.conf; files.NAME.group: docker)"},
+	{"FILE_OWNER_UNRESOLVED", Error, true, "files", "create the user or group the config names (groupadd NAME), or correct files.NAME.user/group (or give uid/gid)"},
+	{"FILE_SYMLINK_NOT_FOLLOWED", Warning, false, "files", "replace the symbolic link with a plain file (rm the link; haagent writes the file on its next run)"},
 
 	// CA certificates
 	{"CA_CERT_INVALID", Error, false, "ca-certs", "the bucket's ca-certificates/ prefix takes PEM CA certificates only: remove keys, leaf certificates and other files"},

@@ -3,9 +3,11 @@
 package findings
 
 import (
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
+	"unicode/utf8"
 )
 
 // Severity orders findings: info < warning < error.
@@ -28,8 +30,9 @@ func (s Severity) rank() int {
 	return 0
 }
 
-// Finding is one diagnosed condition. Evidence and Target never carry secrets: callers redact
-// URIs with Redact before building one.
+// Finding is one diagnosed condition. Target, Summary and Evidence never carry secrets: New,
+// WithEvidence, String and MarshalJSON redact URIs and DSNs, but no redaction knows a bare
+// password, so a reporter never puts a setting's value (or a parser's text about it) in one.
 type Finding struct {
 	Code     string   `json:"code"`
 	Severity Severity `json:"severity"`
@@ -42,8 +45,16 @@ type Finding struct {
 	Fix      string `json:"fix,omitempty"`
 }
 
+// MaxEvidence bounds a finding's evidence, in bytes. Evidence is a server's error text, a
+// file's line or a response body: a Vault error body can be a megabyte, and every finding is
+// copied into the journal, STATUS= headlines, the run record and `haagent check --json`. A few
+// hundred bytes hold any diagnosis worth reading at 3 a.m.
+const MaxEvidence = 400
+
 // New builds a finding for a catalogued code with the catalogue's severity, blocking flag and
-// default fix. An uncatalogued code is a programming error: Lookup panics on it.
+// default fix. An uncatalogued code is a programming error: Lookup panics on it. Summary,
+// target and evidence pass through Redact, and the evidence is capped at MaxEvidence, so a
+// reporter that forgot either cannot leak a URI's password or flood the journal.
 func New(code, target, summary, evidence string) Finding {
 	e := Lookup(code)
 	return Finding{
@@ -51,11 +62,25 @@ func New(code, target, summary, evidence string) Finding {
 		Severity: e.Severity,
 		Blocking: e.Blocking,
 		Service:  e.Service,
-		Target:   target,
-		Summary:  summary,
-		Evidence: evidence,
+		Target:   Redact(target),
+		Summary:  Redact(summary),
+		Evidence: CapEvidence(Redact(evidence)),
 		Fix:      e.Fix,
 	}
+}
+
+// CapEvidence cuts s to at most MaxEvidence bytes (on a UTF-8 boundary) and says how much was
+// cut.
+func CapEvidence(s string) string {
+	if len(s) <= MaxEvidence {
+		return s
+	}
+	const mark = " [... %d bytes cut]"
+	keep := MaxEvidence - len(fmt.Sprintf(mark, len(s)))
+	for keep > 0 && !utf8.RuneStart(s[keep]) {
+		keep--
+	}
+	return s[:keep] + fmt.Sprintf(mark, len(s)-keep)
 }
 
 // WithFix returns a copy of f whose fix is the more specific text given.
@@ -64,12 +89,38 @@ func (f Finding) WithFix(fix string) Finding {
 	return f
 }
 
+// WithEvidence returns a copy of f with the evidence given, redacted and capped as New does.
+func (f Finding) WithEvidence(evidence string) Finding {
+	f.Evidence = CapEvidence(Redact(evidence))
+	return f
+}
+
+// WithSeverity returns a copy of f at severity s. Below Error the finding no longer blocks:
+// only errors block (the catalogue test holds every entry to that too).
+func (f Finding) WithSeverity(s Severity) Finding {
+	f.Severity = s
+	if s != Error {
+		f.Blocking = false
+	}
+	return f
+}
+
+// MarshalJSON redacts and caps the evidence once more, for findings whose fields were set
+// directly: the run record, `status --json` and `check --json` all serialise through here.
+func (f Finding) MarshalJSON() ([]byte, error) {
+	type plain Finding // without the method, so this does not recurse
+	p := plain(f)
+	p.Target, p.Summary = Redact(p.Target), Redact(p.Summary)
+	p.Evidence = CapEvidence(Redact(p.Evidence))
+	return json.Marshal(p)
+}
+
 // String is the one-line form used in logs and errors.
 func (f Finding) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s", f.Code, f.Summary)
+	fmt.Fprintf(&b, "%s %s", f.Code, Redact(f.Summary))
 	if f.Target != "" {
-		fmt.Fprintf(&b, " [%s]", f.Target)
+		fmt.Fprintf(&b, " [%s]", Redact(f.Target))
 	}
 	return b.String()
 }

@@ -1,8 +1,11 @@
 package findings
 
 import (
+	"encoding/json"
 	"regexp"
+	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestCatalogue(t *testing.T) {
@@ -21,15 +24,79 @@ func TestCatalogue(t *testing.T) {
 }
 
 func TestRedact(t *testing.T) {
-	for in, want := range map[string]string{
-		"mongodb://circle:s3cret@db:27017/circle_ghe?ssl=true": "mongodb://circle:xxxxx@db:27017/circle_ghe?ssl=true",
-		"postgres://u:p%40ss@h/db":                             "postgres://u:xxxxx@h/db",
-		"mongodb://circle:pa@ss@db:27017/x":                    "mongodb://circle:xxxxx@db:27017/x",
-		"https://vault:8200":                                   "https://vault:8200",
+	for _, c := range []struct{ name, in, want string }{
+		{"plain", "mongodb://circle:s3cret@db:27017/circle_ghe?ssl=true", "mongodb://circle:xxxxx@db:27017/circle_ghe?ssl=true"},
+		{"escaped", "postgres://u:p%40ss@h/db", "postgres://u:xxxxx@h/db"},
+		{"unescaped @", "mongodb://circle:pa@ss@db:27017/x", "mongodb://circle:xxxxx@db:27017/x"},
+		{"no userinfo", "https://vault:8200", "https://vault:8200"},
+		{"user only", "postgres://circle@db/x", "postgres://circle@db/x"},
+		{"space", "postgres://circle:Hunter2 pass@db:5432/circle", "postgres://circle:xxxxx@db:5432/circle"},
+		{"tab", "postgres://circle:Hunter2\tpass@db:5432/circle", "postgres://circle:xxxxx@db:5432/circle"},
+		{"slash", "postgres://circle:Hunter2Prefix/rest@db:5432/circle", "postgres://circle:xxxxx@db:5432/circle"},
+		{"in text", "cannot use postgres://circle:a b/c@db/x: bad", "cannot use postgres://circle:xxxxx@db/x: bad"},
+		{"two URIs", "a=mongodb://u:p1@h1/x b=mongodb://v:p 2@h2/y", "a=mongodb://u:xxxxx@h1/x b=mongodb://v:xxxxx@h2/y"},
+		{"two lines", "postgres://u:p1@h1/x\nnext line with @ in it", "postgres://u:xxxxx@h1/x\nnext line with @ in it"},
+		{"dsn", "host=db user=circle password=Hunter2 dbname=x", "host=db user=circle password=xxxxx dbname=x"},
+		{"dsn quoted", "host=db password='Hunter 2' dbname=x", "host=db password=xxxxx dbname=x"},
+		{"idempotent", "postgres://circle:xxxxx@db/x", "postgres://circle:xxxxx@db/x"},
 	} {
-		if got := Redact(in); got != want {
-			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		if got := Redact(c.in); got != c.want {
+			t.Errorf("%s: Redact(%q) = %q, want %q", c.name, c.in, got, c.want)
 		}
+	}
+}
+
+func TestSplitURI(t *testing.T) {
+	p, ok := SplitURI("postgres://circle:Hunter2Prefix/x y@db.internal:5432/circle?sslmode=require")
+	if !ok || p.Scheme != "postgres" || p.User != "circle" || p.Password != "Hunter2Prefix/x y" || p.HostPort != "db.internal:5432" || p.Rest != "/circle?sslmode=require" {
+		t.Fatalf("%+v", p)
+	}
+	if got := strings.Join(UnescapedIn(p.Password), ", "); got != "'/' (%2F), a space (%20)" {
+		t.Fatalf("UnescapedIn = %q", got)
+	}
+	if got := UnescapedIn("a-b.c_d~e!$&'()*+,;=:%41"); len(got) != 0 {
+		t.Fatalf("characters URIs allow are reported: %q", got)
+	}
+	if _, ok := SplitURI("db:5432"); ok {
+		t.Fatal("no scheme, yet split")
+	}
+}
+
+// Evidence is capped however it got into the finding: New, WithEvidence, a field set directly
+// (then the JSON of the record and --json caps it).
+func TestEvidenceCapped(t *testing.T) {
+	body := strings.Repeat("é", 600*1024) // a 1.2 MB error body, two bytes a rune
+	for name, f := range map[string]Finding{
+		"New":          New("PROBE_INCONCLUSIVE", "vault", "x", body),
+		"WithEvidence": New("PROBE_INCONCLUSIVE", "vault", "x", "").WithEvidence(body),
+	} {
+		if len(f.Evidence) > MaxEvidence || !utf8.ValidString(f.Evidence) || !strings.Contains(f.Evidence, "bytes cut]") {
+			t.Errorf("%s: evidence of %d bytes, valid UTF-8 %v: %.60q", name, len(f.Evidence), utf8.ValidString(f.Evidence), f.Evidence)
+		}
+	}
+	direct := New("PROBE_INCONCLUSIVE", "vault", "x", "")
+	direct.Evidence = body + " postgres://u:Hunter2@h/x"
+	b, err := json.Marshal([]Finding{direct})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back []Finding
+	if err := json.Unmarshal(b, &back); err != nil || len(back[0].Evidence) > MaxEvidence {
+		t.Fatalf("JSON carries %d bytes of evidence (%v)", len(back[0].Evidence), err)
+	}
+	short := New("PROBE_INCONCLUSIVE", "vault", "x", "postgres://u:Hunter2@h/x")
+	if short.Evidence != "postgres://u:xxxxx@h/x" {
+		t.Fatalf("New does not redact: %q", short.Evidence)
+	}
+}
+
+func TestWithSeverity(t *testing.T) {
+	f := New("PG_DATABASE_MISSING", "db", "x", "").WithSeverity(Warning)
+	if f.Severity != Warning || f.Blocking {
+		t.Fatalf("%+v", f)
+	}
+	if f := New("PG_DATABASE_MISSING", "db", "x", ""); !f.Blocking {
+		t.Fatal("the catalogue's PG_DATABASE_MISSING blocks")
 	}
 }
 

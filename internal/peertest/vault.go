@@ -11,17 +11,21 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
 
-// Vault is a running Vault 1.14.2 dev server.
+// Vault is a running Vault dev server: 1.14.2 (StartVault) or 0.7.3 (StartVault07), the
+// runbook's only supported version, whose API differs (../shared/PEERS.md).
 type Vault struct {
 	Addr      string // host:port
 	TLS       bool
 	CAPEM     []byte
 	RootToken string
-	client    *http.Client
+	// Version is what the server reports ("1.14.2", "0.7.3").
+	Version string
+	client  *http.Client
 }
 
 // StartVault starts `vault server -dev`, with its own CA when tls is set.
@@ -29,7 +33,7 @@ func StartVault(t testing.TB, tlsOn bool) *Vault {
 	t.Helper()
 	bin := Bin(t, "vault")
 	dir := t.TempDir()
-	v := &Vault{Addr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), TLS: tlsOn, RootToken: "root-token-not-for-services"}
+	v := &Vault{Addr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), TLS: tlsOn, RootToken: "root-token-not-for-services", Version: "1.14.2"}
 	args := []string{"server", "-dev", "-dev-root-token-id=" + v.RootToken, "-dev-listen-address=" + v.Addr, "-dev-no-store-token"}
 	if tlsOn {
 		args = append(args, "-dev-tls", "-dev-tls-cert-dir="+dir)
@@ -58,14 +62,56 @@ func StartVault(t testing.TB, tlsOn bool) *Vault {
 		tr.TLSClientConfig = &tls.Config{RootCAs: pool}
 	}
 	v.client = &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	// Ready when sys/health answers 200.
+	v.waitHealthy(t, logf)
+	return v
+}
+
+// StartVault07 starts a Vault 0.7.3 `server -dev`. 0.7 has no -dev-tls: with tls set, a second
+// listener from -config (merged with the dev one) serves TLS with a certificate from a CA made
+// here, and Addr is that listener.
+func StartVault07(t testing.TB, tlsOn bool) *Vault {
+	t.Helper()
+	bin := Bin(t, "vault07")
+	dir := t.TempDir()
+	v := &Vault{TLS: tlsOn, RootToken: "root-token-not-for-services", Version: "0.7.3"}
+	devAddr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	v.Addr = devAddr
+	args := []string{"server", "-dev", "-dev-root-token-id=" + v.RootToken, "-dev-listen-address=" + devAddr}
+	tr := &http.Transport{}
+	if tlsOn {
+		ca := NewCA(t, "haagent test Vault 0.7 CA")
+		cert, key := ca.Issue(t, []string{"localhost", "127.0.0.1"}, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+		os.WriteFile(filepath.Join(dir, "cert.pem"), cert, 0o600)
+		os.WriteFile(filepath.Join(dir, "key.pem"), key, 0o600)
+		v.Addr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+		cfg := fmt.Sprintf("listener \"tcp\" {\n  address = %q\n  tls_cert_file = %q\n  tls_key_file = %q\n}\n",
+			v.Addr, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
+		os.WriteFile(filepath.Join(dir, "tls.hcl"), []byte(cfg), 0o600)
+		args = append(args, "-config="+filepath.Join(dir, "tls.hcl"))
+		v.CAPEM = ca.CertPEM
+		tr.TLSClientConfig = &tls.Config{RootCAs: ca.Pool()}
+	}
+	cmd := exec.Command(bin, args...)
+	// -dev writes the root token to $HOME/.vault-token: a HOME of its own.
+	cmd.Env = append(os.Environ(), "HOME="+dir)
+	logf := filepath.Join(dir, "vault.log")
+	start(t, cmd, logf)
+	WaitListening(t, v.Addr, cmd, logf)
+	v.client = &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	v.waitHealthy(t, logf)
+	return v
+}
+
+// waitHealthy polls until sys/health answers 200.
+func (v *Vault) waitHealthy(t testing.TB, logf string) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := v.client.Get(v.URL() + "/v1/sys/health")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return v
+				return
 			}
 		}
 		if time.Now().After(deadline) {
@@ -74,6 +120,33 @@ func StartVault(t testing.TB, tlsOn bool) *Vault {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Legacy reports a 0.x server: its policy endpoint and CLI differ from 1.x.
+func (v *Vault) Legacy() bool { return strings.HasPrefix(v.Version, "0.") }
+
+// Policy writes an ACL policy through the endpoint the server has: 0.x knows only
+// sys/policy/NAME {"rules"}, 1.x has sys/policies/acl/NAME {"policy"}.
+func (v *Vault) Policy(t testing.TB, name, rules string) {
+	t.Helper()
+	if v.Legacy() {
+		v.Do(t, "PUT", "sys/policy/"+name, map[string]any{"rules": rules})
+		return
+	}
+	v.Do(t, "PUT", "sys/policies/acl/"+name, map[string]any{"policy": rules})
+}
+
+// Mount mounts a secrets engine of type typ at path (POST sys/mounts/PATH, the same in 0.7
+// and 1.x).
+func (v *Vault) Mount(t testing.TB, path, typ string) {
+	t.Helper()
+	v.Do(t, "POST", "sys/mounts/"+path, map[string]any{"type": typ})
+}
+
+// Seal seals the server (PUT sys/seal with the root token).
+func (v *Vault) Seal(t testing.TB) {
+	t.Helper()
+	v.Do(t, "PUT", "sys/seal", nil)
 }
 
 // URL is the server's base URL.
@@ -121,14 +194,26 @@ func (v *Vault) Token(t testing.TB, params map[string]any) string {
 	return tok
 }
 
-// StartVaultUninitialized starts a non-dev Vault (in-memory storage, plain listener) that
-// nobody initialised: sys/health answers 501.
+// StartVaultUninitialized starts a non-dev Vault 1.14.2 (in-memory storage, plain listener)
+// that nobody initialised: sys/health answers 501.
 func StartVaultUninitialized(t testing.TB) *Vault {
 	t.Helper()
-	bin := Bin(t, "vault")
+	return startUninitialized(t, "vault", "1.14.2", "storage")
+}
+
+// StartVault07Uninitialized is StartVaultUninitialized for Vault 0.7.3, whose configuration
+// names the storage `backend`.
+func StartVault07Uninitialized(t testing.TB) *Vault {
+	t.Helper()
+	return startUninitialized(t, "vault07", "0.7.3", "backend")
+}
+
+func startUninitialized(t testing.TB, name, version, storageKey string) *Vault {
+	t.Helper()
+	bin := Bin(t, name)
 	dir := t.TempDir()
-	v := &Vault{Addr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), client: &http.Client{Timeout: 10 * time.Second}}
-	cfg := fmt.Sprintf("storage \"inmem\" {}\nlistener \"tcp\" {\n  address = %q\n  tls_disable = 1\n}\ndisable_mlock = true\n", v.Addr)
+	v := &Vault{Addr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), Version: version, client: &http.Client{Timeout: 10 * time.Second}}
+	cfg := fmt.Sprintf("%s \"inmem\" {}\nlistener \"tcp\" {\n  address = %q\n  tls_disable = 1\n}\ndisable_mlock = true\n", storageKey, v.Addr)
 	os.WriteFile(filepath.Join(dir, "vault.hcl"), []byte(cfg), 0o600)
 	cmd := exec.Command(bin, "server", "-config="+filepath.Join(dir, "vault.hcl"))
 	cmd.Env = append(os.Environ(), "HOME="+dir)

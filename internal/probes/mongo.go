@@ -71,7 +71,9 @@ func probeMongo(ctx context.Context, p *prober, s *settings.Settings) *result {
 			res.add(findings.New("URI_MALFORMED", v.Where(), fmt.Sprintf("%s is not a valid MongoDB URI: %s", name, msg), findings.Redact(v.Value)))
 			continue
 		}
-		key := strings.Join(cs.Hosts, ",") + "\x00" + cs.Username + "\x00" + cs.Password + "\x00" + cs.AuthSource + "\x00" + cs.ReplicaSet + fmt.Sprint(cs.SSL)
+		// cs.AuthSource is the effective one: the parser sets a URI's own database (or admin)
+		// when authSource= is absent, so such URIs are checked against their databases.
+		key := strings.Join(cs.Hosts, ",") + "\x00" + cs.Username + "\x00" + cs.Password + "\x00" + cs.AuthSource + "\x00" + cs.ReplicaSet + "\x00" + cs.AuthMechanism + fmt.Sprint(cs.SSL)
 		g, ok := groups[key]
 		if !ok {
 			user := ""
@@ -114,9 +116,15 @@ func splitHostPort(h string) endpoint {
 	return endpoint{Host: host, Port: port, Target: h}
 }
 
+// maxMembers is MongoDB's limit on a replica set's members: a server advertising more is not
+// believed, and haagent does not dial an unbounded list a peer hands it.
+const maxMembers = 50
+
 func (p *prober) mongoGroup(ctx context.Context, g *mongoGroup, res *result) {
 	useTLS := g.cs.SSL
-	verify := !g.cs.SSLInsecure
+	// haagent verifies the certificate even where the URIs say tlsInsecure: it never sends a
+	// credential to a server it could not verify (see below), and the operator is told.
+	verify := true
 	var im wire.IsMaster
 	var seed string
 	for _, h := range g.cs.Hosts {
@@ -130,7 +138,15 @@ func (p *prober) mongoGroup(ctx context.Context, g *mongoGroup, res *result) {
 		m, err := p.isMaster(ctx, h, useTLS, verify)
 		if err != nil && verify {
 			if f := tlsFinding(ep, err); f != nil {
+				if g.cs.Username != "" {
+					f.Summary += fmt.Sprintf("; haagent sent no credentials to it, so the password and privileges of %q are unchecked", g.cs.Username)
+				}
+				if g.cs.SSLInsecure {
+					f.Summary += " (the URIs set tlsInsecure: the services would not verify it and would send the password to whoever answers)"
+				}
 				res.add(*f)
+				// The unverified retry asks isMaster only: connectivity and the replica set
+				// can still be checked without handing anything to an impostor.
 				verify = false
 				m, err = p.isMaster(ctx, h, useTLS, verify)
 			}
@@ -157,79 +173,135 @@ func (p *prober) mongoGroup(ctx context.Context, g *mongoGroup, res *result) {
 		}
 		res.add(f)
 	}
+	setName := wire.ServerText(im.SetName)
+	members := im.Members()
+	if len(members) > maxMembers {
+		members = members[:maxMembers]
+	}
 
-	// Replica set: the name, a primary, and every advertised member reachable from here.
+	// Replica set: the name, a primary, and every advertised member reachable from here. Only
+	// isMaster is asked: replSetGetStatus needs clusterMonitor, which the services' user lacks.
 	if g.cs.ReplicaSet != "" && im.SetName != g.cs.ReplicaSet {
-		got := fmt.Sprintf("%q", im.SetName)
+		got := fmt.Sprintf("%q", setName)
 		if im.SetName == "" {
 			got = "no replica set (a standalone server)"
 		}
 		add(findings.New("MONGO_REPLSET_MISMATCH", g.target,
 			fmt.Sprintf("the URI asks for replica set %q; %s answers %s", g.cs.ReplicaSet, seed, got), "isMaster.setName").
-			WithFix(fmt.Sprintf("set replicaSet=%s in the URIs (%s), or connect to the intended set", im.SetName, strings.Join(g.vars, ", "))))
+			WithFix(fmt.Sprintf("set replicaSet=%s in the URIs (%s), or connect to the intended set", setName, strings.Join(g.vars, ", "))))
+	}
+	if im.SetName != "" && g.cs.ReplicaSet == "" && len(g.cs.Hosts) == 1 {
+		// One host and no replicaSet=: the services' driver talks to that host alone.
+		add(findings.New("MONGO_NO_REPLICA_SET_IN_URI", g.target,
+			fmt.Sprintf("the URIs (%s) name the single host %s and no replicaSet=, but it is a member of replica set %q (now %s): the services talk to this host alone, and after a failover it no longer takes writes",
+				strings.Join(g.vars, ", "), seed, setName, im.State()), "isMaster.setName").
+			WithFix(fmt.Sprintf("add replicaSet=%s to the URIs and name the members as seeds: mongodb://USER:PASSWORD@%s/DB?replicaSet=%s&...",
+				setName, wire.ServerText(strings.Join(members, ",")), setName)))
 	}
 	if im.SetName != "" {
 		states := map[string]string{}
-		for _, m := range im.Members() {
+		for _, m := range members {
 			ep := splitHostPort(m)
-			ep.Target = m
+			ep.Target = wire.ServerText(m)
 			if f := p.reach(ctx, ep); f != nil {
 				states[m] = "unreachable: " + f.Summary
-				add(findings.New("MONGO_MEMBER_UNREACHABLE", m,
-					fmt.Sprintf("replica set %s advertises member %s, which this machine cannot reach (%s)", im.SetName, m, f.Code), f.Evidence).
-					WithFix("the driver connects to the names the members advertise, not the URI's: make " + m + " resolve and reach from here, or rename the member (MongoDB manual, \"Change Hostnames in a Replica Set\": rs.conf(), edit members[n].host, rs.reconfig(cfg)); an AWS-internal name a primary adopted at rs.initiate() is the usual cause"))
+				add(findings.New("MONGO_MEMBER_UNREACHABLE", ep.Target,
+					fmt.Sprintf("replica set %s advertises member %s, which this machine cannot reach (%s)", setName, ep.Target, f.Code), f.Evidence).
+					WithFix("the driver connects to the names the members advertise, not the URI's: make " + ep.Target + " resolve and reach from here, or rename the member (MongoDB manual, \"Change Hostnames in a Replica Set\": rs.conf(), edit members[n].host, rs.reconfig(cfg)); an AWS-internal name a primary adopted at rs.initiate() is the usual cause"))
 				continue
 			}
 			if mm, err := p.isMaster(ctx, m, useTLS, verify); err == nil {
 				states[m] = mm.State()
 			} else {
-				states[m] = "no answer: " + err.Error()
+				states[m] = "no answer: " + wire.ServerText(err.Error())
 			}
 		}
 		if im.Primary == "" && !im.IsMaster {
 			var parts []string
-			for _, m := range im.Members() {
-				parts = append(parts, m+": "+states[m])
+			for _, m := range members {
+				parts = append(parts, wire.ServerText(m)+": "+states[m])
 			}
 			sort.Strings(parts)
-			add(findings.New("MONGO_NO_PRIMARY", g.target, fmt.Sprintf("replica set %s has no primary: writes fail until one is elected", im.SetName),
+			add(findings.New("MONGO_NO_PRIMARY", g.target, fmt.Sprintf("replica set %s has no primary: writes fail until one is elected", setName),
 				strings.Join(parts, "; ")).
 				WithFix("check the members' logs and rs.status() on a member: a majority must be up and reach each other to elect a primary"))
 		}
 	}
 
-	if im.MaxWireVersion < wire.DriverMinWire {
-		res.add(findings.New("MONGO_VERSION_LIMITED", g.target,
-			fmt.Sprintf("%s runs MongoDB %s (wire version %d); the authentication and privilege checks need 3.6 or later and did not run", seed, wire.Version(im.MaxWireVersion), im.MaxWireVersion),
-			"isMaster.maxWireVersion").WithFix("nothing to do if the services already work with this server; haagent checked connectivity, TLS and the replica set"))
+	// Authentication. Never to a server whose certificate failed verification: the TLS
+	// finding above says so, and everything that needs no credential has been checked.
+	if useTLS && !verify {
+		if g.cs.Username != "" {
+			detail += ", password not sent"
+		}
 		res.check(Checked{Service: "mongo", Target: g.target, OK: ok, Detail: detail})
 		return
 	}
-	for _, f := range p.mongoAuthAndPrivileges(ctx, g, seed, useTLS, verify) {
-		add(f)
+	mech := strings.ToUpper(g.cs.AuthMechanism)
+	var status statusFunc
+	switch {
+	case im.MaxWireVersion >= wire.DriverMinWire:
+		status = func(ctx context.Context, authSource string) (bson.Raw, error) {
+			return p.connectionStatus(ctx, g, seed, authSource, useTLS)
+		}
+	case g.cs.Username == "" && mech == "":
+		// No credentials in the URIs: nothing to authenticate with or to check privileges for.
+	case im.MaxWireVersion >= wire.SCRAMMinWire && (mech == "" || mech == "SCRAM-SHA-1"):
+		// 3.0 to 3.4: the driver refuses them; SCRAM-SHA-1 over OP_QUERY, as their drivers did.
+		status = func(ctx context.Context, authSource string) (bson.Raw, error) {
+			return p.legacyConnectionStatus(ctx, g, seed, authSource, useTLS)
+		}
+		detail += ", SCRAM-SHA-1 over OP_QUERY"
+	default:
+		what := fmt.Sprintf("MongoDB %s has no SCRAM-SHA-1 (from 3.0) and haagent does not speak MONGODB-CR", wire.Version(im.MaxWireVersion))
+		if im.MaxWireVersion >= wire.SCRAMMinWire {
+			what = fmt.Sprintf("the URIs ask for authMechanism=%s, which haagent checks on MongoDB 3.6 or later only (before that: SCRAM-SHA-1)", g.cs.AuthMechanism)
+		}
+		who := "the URIs' user"
+		if g.cs.Username != "" {
+			who = fmt.Sprintf("%q", g.cs.Username)
+		}
+		res.add(findings.New("MONGO_VERSION_LIMITED", g.target,
+			fmt.Sprintf("%s runs MongoDB %s (wire version %d); the password and privileges of %s were not checked: %s", seed, wire.Version(im.MaxWireVersion), im.MaxWireVersion, who, what),
+			"isMaster.maxWireVersion").WithFix("nothing to do if the services already work with this server; haagent checked connectivity, TLS and the replica set"))
+	}
+	if status != nil {
+		for _, f := range mongoAuthAndPrivileges(ctx, g, seed, im, status) {
+			add(f)
+		}
 	}
 	res.check(Checked{Service: "mongo", Target: g.target, OK: ok, Detail: detail})
 }
 
-// isMaster opens a raw connection (TLS as the URI says) and asks isMaster over OP_QUERY.
-func (p *prober) isMaster(ctx context.Context, hostport string, useTLS, verify bool) (wire.IsMaster, error) {
+// dialMongo opens a raw connection to hostport, TLS as the URI says.
+func (p *prober) dialMongo(ctx context.Context, hostport string, useTLS, verify bool) (net.Conn, error) {
 	ep := splitHostPort(hostport)
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(ep.Host, ep.Port))
 	if err != nil {
-		return wire.IsMaster{}, err
+		return nil, fmt.Errorf("connecting to %s: %w", hostport, err)
 	}
-	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl.Add(-100 * time.Millisecond))
 	}
 	if useTLS {
-		tc := tls.Client(conn, &tls.Config{ServerName: ep.Host, RootCAs: p.opts.RootCAs, InsecureSkipVerify: !verify, MinVersion: tls.VersionTLS12}) //nolint:gosec // only after the verified attempt failed and was reported
+		tc := tls.Client(conn, &tls.Config{ServerName: ep.Host, RootCAs: p.opts.RootCAs, InsecureSkipVerify: !verify, MinVersion: tls.VersionTLS12}) //nolint:gosec // unverified only for isMaster, after the verified attempt failed and was reported
 		if err := tc.HandshakeContext(ctx); err != nil {
-			return wire.IsMaster{}, &tlsHandshakeError{err}
+			conn.Close()
+			return nil, &tlsHandshakeError{err}
 		}
 		conn = tc
 	}
+	return conn, nil
+}
+
+// isMaster asks isMaster over OP_QUERY on a raw connection.
+func (p *prober) isMaster(ctx context.Context, hostport string, useTLS, verify bool) (wire.IsMaster, error) {
+	conn, err := p.dialMongo(ctx, hostport, useTLS, verify)
+	if err != nil {
+		return wire.IsMaster{}, err
+	}
+	defer conn.Close()
 	return wire.LegacyIsMaster(conn)
 }
 
@@ -240,41 +312,57 @@ func (e *tlsHandshakeError) Unwrap() error { return e.err }
 
 func mongoConnFinding(g *mongoGroup, host string, useTLS bool, err error) findings.Finding {
 	var hs *tlsHandshakeError
+	ev := wire.ServerText(err.Error())
 	switch {
 	case isTimeout(err):
-		return findings.New("PROTOCOL_TIMEOUT", g.target, fmt.Sprintf("%s accepts connections but did not answer isMaster", host), err.Error())
+		return findings.New("PROTOCOL_TIMEOUT", g.target, fmt.Sprintf("%s accepts connections but did not answer isMaster", host), ev)
 	case useTLS && errors.As(err, &hs):
-		return findings.New("TLS_REQUIRED", g.target, fmt.Sprintf("the URI says ssl=true but %s does not complete a TLS handshake (it may not use TLS)", host), err.Error()).
+		return findings.New("TLS_REQUIRED", g.target, fmt.Sprintf("the URI says ssl=true but %s does not complete a TLS handshake (it may not use TLS)", host), ev).
 			WithFix("remove ssl=true from the URIs if the server has no TLS, or enable TLS on the server (net.ssl.mode: requireSSL)")
 	case !useTLS && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || strings.Contains(err.Error(), "not a MongoDB message")):
-		return findings.New("TLS_REQUIRED", g.target, fmt.Sprintf("%s closed the connection on a plain isMaster: it likely requires TLS, and the URI lacks ssl=true", host), err.Error()).
+		return findings.New("TLS_REQUIRED", g.target, fmt.Sprintf("%s closed the connection on a plain isMaster: it likely requires TLS, and the URI lacks ssl=true", host), ev).
 			WithFix("add ssl=true (or tls=true) to the URIs: " + strings.Join(g.vars, ", "))
 	}
-	return findings.New("PROBE_INCONCLUSIVE", g.target, fmt.Sprintf("isMaster on %s failed", host), err.Error())
+	return findings.New("PROBE_INCONCLUSIVE", g.target, fmt.Sprintf("isMaster on %s failed", host), ev)
 }
+
+// statusFunc authenticates against authSource as the URIs say and returns connectionStatus
+// with showPrivileges, over the same connection.
+type statusFunc func(ctx context.Context, authSource string) (bson.Raw, error)
 
 // mongoAuthAndPrivileges authenticates as the services do and reads the user's effective
 // privileges (connectionStatus with showPrivileges, so root, readWriteAnyDatabase and custom
 // roles count), not its role names.
-func (p *prober) mongoAuthAndPrivileges(ctx context.Context, g *mongoGroup, seed string, useTLS, verify bool) []findings.Finding {
-	status, err := p.connectionStatus(ctx, g, seed, g.authSource(), useTLS, verify)
+func mongoAuthAndPrivileges(ctx context.Context, g *mongoGroup, seed string, im wire.IsMaster, status statusFunc) []findings.Finding {
+	raw, err := status(ctx, g.authSource())
 	if err != nil {
-		if mongoCode(err) == 18 {
+		ev := wire.ServerText(err.Error())
+		switch {
+		case mongoCode(err) == 18:
+			fix := "check the user name and password in " + strings.Join(g.vars, ", ") + "; percent-encode special characters in the password"
+			if im.MaxWireVersion < 7 {
+				// 3.x answers SCRAM for a user with only MONGODB-CR credentials with the
+				// same code 18; haagent does not try MONGODB-CR (an MD5 exchange).
+				fix += `. A user created before MongoDB 3.0 may hold only MONGODB-CR credentials, which this server refuses in the same words: upgrade them once, as a root user, with db.adminCommand({authSchemaUpgrade: 1}) (MongoDB 3.0 to 3.6), then check again`
+			}
 			f := findings.New("MONGO_AUTH_FAILED", g.target,
 				fmt.Sprintf("MongoDB at %s rejected user %q authenticating against database %q", seed, g.cs.Username, g.authSource()), "AuthenticationFailed (code 18)").
-				WithFix("check the user name and password in " + strings.Join(g.vars, ", ") + "; percent-encode special characters in the password")
+				WithFix(fix)
 			if g.authSource() != "admin" {
-				if _, err2 := p.connectionStatus(ctx, g, seed, "admin", useTLS, verify); err2 == nil {
+				if _, err2 := status(ctx, "admin"); err2 == nil {
 					f = f.WithFix(fmt.Sprintf("the user exists in the admin database: add authSource=admin to the URIs (%s)", strings.Join(g.vars, ", ")))
 					f.Summary += "; the same credentials work with authSource=admin"
 				}
 			}
 			return []findings.Finding{f}
+		case errors.Is(err, wire.ErrServerUnproven):
+			return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", g.target,
+				fmt.Sprintf("MongoDB at %s did not prove it holds the credentials of user %q (SCRAM server signature): an impostor at that address, or a broken server", seed, g.cs.Username), ev).
+				WithFix("check that " + seed + " is the intended MongoDB server (use TLS with a verified certificate: ssl=true), and the user's credentials on it")}
+		case isTimeout(err):
+			return []findings.Finding{findings.New("PROTOCOL_TIMEOUT", g.target, "MongoDB did not complete authentication in time", ev)}
 		}
-		if isTimeout(err) {
-			return []findings.Finding{findings.New("PROTOCOL_TIMEOUT", g.target, "MongoDB did not complete authentication in time", err.Error())}
-		}
-		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", g.target, "connectionStatus failed", err.Error())}
+		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", g.target, "authentication or connectionStatus failed", ev)}
 	}
 	var cs struct {
 		AuthInfo struct {
@@ -292,8 +380,8 @@ func (p *prober) mongoAuthAndPrivileges(ctx context.Context, g *mongoGroup, seed
 			} `bson:"authenticatedUserPrivileges"`
 		} `bson:"authInfo"`
 	}
-	if err := bson.Unmarshal(status, &cs); err != nil {
-		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", g.target, "cannot read the connectionStatus answer", err.Error())}
+	if err := bson.Unmarshal(raw, &cs); err != nil {
+		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", g.target, "cannot read the connectionStatus answer", wire.ServerText(err.Error()))}
 	}
 	user, userDB := g.cs.Username, g.authSource()
 	if user == "" && len(cs.AuthInfo.Users) > 0 {
@@ -306,6 +394,15 @@ func (p *prober) mongoAuthAndPrivileges(ctx context.Context, g *mongoGroup, seed
 	if cs.AuthInfo.Privileges == nil {
 		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", g.target, fmt.Sprintf("the server did not report the privileges of user %q (connectionStatus showPrivileges)", user), "authInfo.authenticatedUserPrivileges is absent").
 			WithFix(fmt.Sprintf("check by hand that %q has readWrite on %s: db.runCommand({connectionStatus: 1, showPrivileges: true}); FerretDB and some managed services do not report privileges", user, strings.Join(g.dbs, ", ")))}
+	}
+	authed := false
+	for _, u := range cs.AuthInfo.Users {
+		authed = authed || (u.User == user && u.DB == userDB)
+	}
+	if !authed {
+		// The privileges would be an unauthenticated connection's (none): not the user's.
+		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", g.target,
+			fmt.Sprintf("the authentication of user %q ended, but connectionStatus does not list it among the connection's users", user), "authInfo.authenticatedUsers")}
 	}
 	var out []findings.Finding
 	for _, db := range g.dbs {
@@ -322,7 +419,7 @@ func (p *prober) mongoAuthAndPrivileges(ctx context.Context, g *mongoGroup, seed
 		}
 		var missing []string
 		for _, a := range readWrite {
-			if !have[a] {
+			if !have[a] && !have["anyAction"] {
 				missing = append(missing, a)
 			}
 		}
@@ -336,14 +433,17 @@ func (p *prober) mongoAuthAndPrivileges(ctx context.Context, g *mongoGroup, seed
 	return out
 }
 
-func (p *prober) connectionStatus(ctx context.Context, g *mongoGroup, seed, authSource string, useTLS, verify bool) (bson.Raw, error) {
+var connectionStatusCmd = bson.D{{Key: "connectionStatus", Value: 1}, {Key: "showPrivileges", Value: true}}
+
+// connectionStatus authenticates with the Go driver (3.6 and later) over a verified connection.
+func (p *prober) connectionStatus(ctx context.Context, g *mongoGroup, seed, authSource string, useTLS bool) (bson.Raw, error) {
 	o := options.Client().SetHosts([]string{seed}).SetDirect(true).SetAppName("haagent-probe")
 	if dl, ok := ctx.Deadline(); ok {
 		left := time.Until(dl) - 100*time.Millisecond
 		o.SetServerSelectionTimeout(left).SetConnectTimeout(left)
 	}
 	if useTLS {
-		o.SetTLSConfig(&tls.Config{RootCAs: p.opts.RootCAs, InsecureSkipVerify: !verify, MinVersion: tls.VersionTLS12}) //nolint:gosec // see isMaster
+		o.SetTLSConfig(&tls.Config{RootCAs: p.opts.RootCAs, MinVersion: tls.VersionTLS12})
 	}
 	if g.cs.Username != "" {
 		o.SetAuth(options.Credential{Username: g.cs.Username, Password: g.cs.Password, PasswordSet: g.cs.PasswordSet,
@@ -354,10 +454,33 @@ func (p *prober) connectionStatus(ctx context.Context, g *mongoGroup, seed, auth
 		return nil, err
 	}
 	defer c.Disconnect(context.Background())
-	return c.Database(authSource).RunCommand(ctx, bson.D{{Key: "connectionStatus", Value: 1}, {Key: "showPrivileges", Value: true}}).Raw()
+	return c.Database(authSource).RunCommand(ctx, connectionStatusCmd).Raw()
+}
+
+// legacyConnectionStatus authenticates with SCRAM-SHA-1 over OP_QUERY (MongoDB 3.0 to 3.4) on
+// a verified connection, then asks connectionStatus on the same one: the privileges are those
+// of the connection the user authenticated on.
+func (p *prober) legacyConnectionStatus(ctx context.Context, g *mongoGroup, seed, authSource string, useTLS bool) (bson.Raw, error) {
+	conn, err := p.dialMongo(ctx, seed, useTLS, true)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	if err := (wire.SCRAMSHA1{Source: authSource, User: g.cs.Username, Password: g.cs.Password}).Authenticate(conn); err != nil {
+		return nil, fmt.Errorf("authenticating to %s: %w", seed, err)
+	}
+	raw, err := wire.Command(conn, authSource, connectionStatusCmd)
+	if err != nil {
+		return nil, fmt.Errorf("asking %s for connectionStatus: %w", seed, err)
+	}
+	return raw, nil
 }
 
 func mongoCode(err error) int32 {
+	var we *wire.CommandError
+	if errors.As(err, &we) {
+		return we.Code
+	}
 	var de driver.Error
 	if errors.As(err, &de) {
 		return de.Code

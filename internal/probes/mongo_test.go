@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"go.mongodb.org/mongo-driver/bson"
 
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/settings"
 )
@@ -58,7 +60,7 @@ func TestMongoFerretDB(t *testing.T) {
 		}
 	})
 	t.Run("wrong password", func(t *testing.T) {
-		rep := mongoCheck(t, runbookURIs("mongodb://circle:wrong-"+mongoPW+"@"+f.Addr, "?authSource=admin"), nil)
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:wrong-"+mongoPW+"@"+f.Addr, "?authSource=admin&replicaSet=rs0"), nil)
 		if only(rep.Findings) != "MONGO_AUTH_FAILED" || !rep.Findings[0].Blocking {
 			t.Fatalf("%+v", rep.Findings)
 		}
@@ -74,6 +76,14 @@ func TestMongoFerretDB(t *testing.T) {
 		rep := mongoCheck(t, runbookURIs(base, "?authSource=admin&replicaSet=rs1"), nil)
 		f := find(rep.Findings, "MONGO_REPLSET_MISMATCH")
 		if f == nil || !strings.Contains(f.Summary, `"rs1"`) || !strings.Contains(f.Summary, `"rs0"`) {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+	t.Run("one host without replicaSet= on a replica-set member", func(t *testing.T) {
+		rep := mongoCheck(t, runbookURIs(base, "?authSource=admin"), nil)
+		f := find(rep.Findings, "MONGO_NO_REPLICA_SET_IN_URI")
+		if only(rep.Findings) != "MONGO_NO_REPLICA_SET_IN_URI,PROBE_INCONCLUSIVE" || f.Severity != findings.Warning || f.Blocking ||
+			!strings.Contains(f.Summary, `replica set "rs0"`) || !strings.Contains(f.Fix, "replicaSet=rs0") || rep.Errors() != 0 {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -175,6 +185,7 @@ func TestMongoStandIn(t *testing.T) {
 		for name, privs := range map[string]bson.A{
 			"root":                 {bson.M{"resource": bson.M{"anyResource": true}, "actions": bson.A{"anyAction", "find", "insert", "update", "remove"}}},
 			"readWriteAnyDatabase": privileges(""),
+			"anyAction alone":      {bson.M{"resource": bson.M{"anyResource": true}, "actions": bson.A{"anyAction"}}},
 		} {
 			m := peertest.StartMongoStandIn(t)
 			m.Set(func(s *peertest.MongoStandIn) { s.ConnectionStatus = status(privs) })
@@ -184,16 +195,192 @@ func TestMongoStandIn(t *testing.T) {
 			}
 		}
 	})
-	t.Run("3.2 server: limited checks", func(t *testing.T) {
-		m := peertest.StartMongoStandIn(t)
-		m.Set(func(s *peertest.MongoStandIn) {
-			s.NoHello = true
-			s.Hello = bson.M{"ismaster": true, "maxWireVersion": int32(4), "minWireVersion": int32(0)}
-		})
-		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, "?authSource=admin"), nil)
-		f := find(rep.Findings, "MONGO_VERSION_LIMITED")
-		if only(rep.Findings) != "MONGO_VERSION_LIMITED" || !strings.Contains(f.Summary, "MongoDB 3.2") || rep.Errors() != 0 {
+}
+
+// runbook32 is a MongoDB 3.2 replica-set member as the runbook builds it (see
+// peertest.MongoStandIn.Runbook32); circle gets readWrite on circleDBs.
+func runbook32(t *testing.T, circleDBs ...string) *peertest.MongoStandIn {
+	t.Helper()
+	return peertest.StartMongoStandIn(t).Runbook32(t, mongoPW, circleDBs...)
+}
+
+var (
+	runbookGrants = []string{"circle_ghe", "build_state_dev_ghe", "containers_dev_ghe"}
+	allGrants     = append(append([]string(nil), runbookGrants...), "remote_containers_dev_ghe")
+)
+
+// MongoDB 3.2, the runbook's version: the password and the privileges are checked over
+// OP_QUERY with SCRAM-SHA-1 (the Go driver refuses the server).
+func TestMongo32(t *testing.T) {
+	opts := "?authSource=admin&replicaSet=rs0"
+	t.Run("healthy: all four grants", func(t *testing.T) {
+		m := runbook32(t, allGrants...)
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, opts), nil)
+		if len(rep.Findings) != 0 || len(rep.Checked) != 1 || !rep.Checked[0].OK || !strings.Contains(rep.Checked[0].Detail, "MongoDB 3.2") {
+			t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
+		}
+		// The 3.x conversation, its extra empty saslContinue included; isMaster only for the
+		// replica set (replSetGetStatus needs clusterMonitor, which circle lacks).
+		cmds := strings.Join(m.Commands(), " ")
+		if !strings.Contains(cmds, "saslStart saslContinue saslContinue connectionStatus") || strings.Contains(cmds, "replSetGetStatus") {
+			t.Fatalf("commands: %s", cmds)
+		}
+	})
+	t.Run("the runbook's grants miss remote_containers_dev_ghe", func(t *testing.T) {
+		m := runbook32(t, runbookGrants...)
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, opts), nil)
+		f := find(rep.Findings, "MONGO_PRIVILEGE_MISSING")
+		if only(rep.Findings) != "MONGO_PRIVILEGE_MISSING" || !f.Blocking ||
+			f.Fix != `db.getSiblingDB("admin").grantRolesToUser("circle", [{role: "readWrite", db: "remote_containers_dev_ghe"}])` ||
+			!strings.Contains(f.Summary, "CIRCLE_SECRETS_MONGODB_REMOTE_CONTAINERS_URI") {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
+	t.Run("wrong password", func(t *testing.T) {
+		m := runbook32(t, allGrants...)
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:wrong-"+mongoPW+"@"+m.Addr, opts), nil)
+		f := find(rep.Findings, "MONGO_AUTH_FAILED")
+		if only(rep.Findings) != "MONGO_AUTH_FAILED" || !f.Blocking || !strings.Contains(f.Fix, "authSchemaUpgrade") || !strings.Contains(f.Fix, "MONGODB-CR") {
+			t.Fatalf("%+v %v", rep.Findings, rep.Findings[0].Evidence)
+		}
+	})
+	t.Run("unknown user", func(t *testing.T) {
+		m := runbook32(t, allGrants...)
+		rep := mongoCheck(t, runbookURIs("mongodb://nobody:"+mongoPW+"@"+m.Addr, opts), nil)
+		if only(rep.Findings) != "MONGO_AUTH_FAILED" {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+	t.Run("wrong authSource", func(t *testing.T) {
+		m := runbook32(t, allGrants...)
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, "?replicaSet=rs0"), nil)
+		f := find(rep.Findings, "MONGO_AUTH_FAILED")
+		if f == nil || !strings.Contains(f.Fix, "add authSource=admin") || !strings.Contains(f.Summary, "work with authSource=admin") {
+			t.Fatalf("want MONGO_AUTH_FAILED pointing at authSource=admin, got %+v", rep.Findings)
+		}
+		for _, f := range rep.Findings {
+			if f.Code != "MONGO_AUTH_FAILED" {
+				t.Fatalf("%+v", rep.Findings)
+			}
+		}
+	})
+	t.Run("no authSource: each URI authenticates against its own database", func(t *testing.T) {
+		m := peertest.StartMongoStandIn(t).Runbook32(t, "other-pw")
+		var roles []peertest.MongoRole
+		for _, db := range allGrants {
+			roles = append(roles, peertest.MongoRole{Role: "readWrite", DB: db})
+		}
+		m.CreateUser(t, "circle_ghe", "circle", mongoPW, roles...)
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, "?replicaSet=rs0"), nil)
+		var against []string
+		for _, f := range rep.Findings {
+			if f.Code != "MONGO_AUTH_FAILED" {
+				t.Fatalf("%+v", rep.Findings)
+			}
+			against = append(against, f.Summary[strings.Index(f.Summary, "against database"):])
+		}
+		sort.Strings(against)
+		if want := []string{`against database "build_state_dev_ghe"`, `against database "containers_dev_ghe"`, `against database "remote_containers_dev_ghe"`}; strings.Join(against, ";") != strings.Join(want, ";") {
+			t.Fatalf("want AUTH_FAILED for %q, got %q", want, against)
+		}
+	})
+	t.Run("one host without replicaSet=", func(t *testing.T) {
+		m := runbook32(t, allGrants...)
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, "?authSource=admin"), nil)
+		f := find(rep.Findings, "MONGO_NO_REPLICA_SET_IN_URI")
+		if only(rep.Findings) != "MONGO_NO_REPLICA_SET_IN_URI" || !strings.Contains(f.Fix, "replicaSet=rs0") || !strings.Contains(f.Summary, "PRIMARY") || rep.Errors() != 0 {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+	t.Run("TLS verified", func(t *testing.T) {
+		m := peertest.StartMongoStandInTLS(t).Runbook32(t, mongoPW, allGrants...)
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, "?ssl=true&authSource=admin&replicaSet=rs0"),
+			func(o *Options) { o.RootCAs = m.CA.Pool() })
+		if len(rep.Findings) != 0 || !strings.Contains(rep.Checked[0].Detail, "TLS verified") || !strings.Contains(strings.Join(m.Commands(), " "), "connectionStatus") {
+			t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
+		}
+	})
+	t.Run("no SCRAM-SHA-1 to check: MONGODB-CR, 2.6", func(t *testing.T) {
+		m := runbook32(t, allGrants...)
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, opts+"&authMechanism=MONGODB-CR"), nil)
+		f := find(rep.Findings, "MONGO_VERSION_LIMITED")
+		if only(rep.Findings) != "MONGO_VERSION_LIMITED" || !strings.Contains(f.Summary, "authMechanism=MONGODB-CR") || contains(m.Commands(), "saslStart") {
+			t.Fatalf("%+v %v", rep.Findings, m.Commands())
+		}
+		old := runbook32(t, allGrants...)
+		old.Set(func(s *peertest.MongoStandIn) { s.Hello["maxWireVersion"] = int32(2) })
+		rep = mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+old.Addr, opts), nil)
+		f = find(rep.Findings, "MONGO_VERSION_LIMITED")
+		if only(rep.Findings) != "MONGO_VERSION_LIMITED" || !strings.Contains(f.Summary, "MongoDB 2.6 or older") || rep.Errors() != 0 {
+			t.Fatalf("%+v", rep.Findings)
+		}
+	})
+	t.Run("the same users on a 6.0 server, through the driver", func(t *testing.T) {
+		for grants, want := range map[int]string{3: "MONGO_PRIVILEGE_MISSING", 4: ""} {
+			m := runbook32(t, allGrants[:grants]...)
+			m.Set(func(s *peertest.MongoStandIn) { s.NoHello, s.Hello["maxWireVersion"] = false, int32(17) })
+			rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, opts), nil)
+			// 4.4+ honours skipEmptyExchange: one saslContinue.
+			if only(rep.Findings) != want || strings.Contains(rep.Checked[0].Detail, "OP_QUERY") ||
+				!strings.Contains(strings.Join(m.Commands(), " "), "saslStart saslContinue connectionStatus") {
+				t.Fatalf("%d grants: %+v %+v %v", grants, rep.Findings, rep.Checked, m.Commands())
+			}
+		}
+	})
+	t.Run("server error text is cut", func(t *testing.T) {
+		m := runbook32(t, allGrants...)
+		huge := strings.Repeat("impostor text ", 5000)
+		m.Set(func(s *peertest.MongoStandIn) {
+			s.Answers = map[string]bson.M{"connectionStatus": {"ok": 0.0, "code": int32(8000), "errmsg": huge}}
+		})
+		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, opts), nil)
+		f := find(rep.Findings, "PROBE_INCONCLUSIVE")
+		if f == nil || len(f.Evidence) > 500 || !strings.Contains(f.Evidence, "impostor text") {
+			t.Fatalf("%d bytes of evidence: %.600s", len(f.Evidence), f.Evidence)
+		}
+	})
+}
+
+// No credential to a server whose certificate failed verification (issue 14, item 7): a TLS
+// listener of the test's own, with a certificate nothing here trusts, answers isMaster/hello
+// and records every byte it receives after the handshake, on the modern (driver) path and the
+// legacy (OP_QUERY) one, for SCRAM and for PLAIN (which would send the password in clear).
+func TestMongoNoCredentialsToUnverifiedServer(t *testing.T) {
+	for _, c := range []struct {
+		name, opts string
+		wire       int32
+	}{
+		{"modern path", "?ssl=true&authSource=admin&replicaSet=rs0", 17},
+		{"modern path, PLAIN", "?ssl=true&authSource=\\$external&authMechanism=PLAIN&replicaSet=rs0", 17},
+		{"modern path, tlsInsecure in the URI", "?ssl=true&tlsInsecure=true&authSource=admin&replicaSet=rs0", 17},
+		{"3.2 legacy path", "?ssl=true&authSource=admin&replicaSet=rs0", 4},
+		{"3.2 legacy path, tlsInsecure in the URI", "?ssl=true&tlsInsecure=true&authSource=admin&replicaSet=rs0", 4},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := peertest.StartMongoStandInTLS(t).Runbook32(t, mongoPW, allGrants...)
+			m.Set(func(s *peertest.MongoStandIn) {
+				s.Hello["maxWireVersion"] = c.wire
+				s.NoHello = c.wire < 6
+			})
+			rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, c.opts), nil) // system trust only
+			f := find(rep.Findings, "TLS_UNKNOWN_AUTHORITY")
+			if f == nil || !strings.Contains(f.Summary, "sent no credentials") || find(rep.Findings, "MONGO_AUTH_FAILED") != nil {
+				t.Errorf("want TLS_UNKNOWN_AUTHORITY saying no credentials were sent, got %+v", rep.Findings)
+			}
+			got := m.Received()
+			for _, bad := range []string{"saslStart", "saslContinue", "authenticate", "speculativeAuthenticate", mongoPW, "circle"} {
+				if strings.Contains(string(got), bad) {
+					t.Errorf("the unverified server received %q; commands: %v", bad, m.Commands())
+				}
+			}
+			for _, cmd := range m.Commands() {
+				if !strings.EqualFold(cmd, "isMaster") {
+					t.Errorf("the unverified server was asked %s (only isMaster may be)", cmd)
+				}
+			}
+			if len(m.Commands()) == 0 {
+				t.Fatal("the probe never asked isMaster after the failed verification")
+			}
+		})
+	}
 }

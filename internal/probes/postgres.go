@@ -2,48 +2,108 @@ package probes
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"crypto/tls"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/settings"
 )
 
-// PostgresOptions say what CircleCI needs from PostgreSQL.
+// PostgresOptions say what CircleCI needs from PostgreSQL. A missing database of Databases or
+// extension of Extensions blocks the install; the optional ones are warnings.
 type PostgresOptions struct {
-	Databases  []string
-	Extensions map[string][]string
+	Databases          []string
+	Extensions         map[string][]string
+	OptionalDatabases  []string
+	OptionalExtensions map[string][]string
 }
 
-// DefaultPostgres is what CircleCI Server 2.x needs (the runbook's five databases).
+// DefaultPostgres is what CircleCI Server 2.x needs (config.DefaultPostgresProbe: the
+// runbook's five databases required, the HA page's other three and uuid-ossp everywhere
+// optional).
 func DefaultPostgres() PostgresOptions {
-	return PostgresOptions{
-		Databases: []string{"vms", "conductor_production", "contexts_service_production", "cron_service_production", "circle"},
-		Extensions: map[string][]string{
-			"conductor_production":        {"uuid-ossp"},
-			"contexts_service_production": {"uuid-ossp"},
-			"circle":                      {"pgcrypto", "uuid-ossp"},
-		},
-	}
+	return postgresOptions(config.DefaultPostgresProbe())
+}
+
+func postgresOptions(p config.PostgresProbe) PostgresOptions {
+	return PostgresOptions{Databases: p.Databases, Extensions: p.Extensions, OptionalDatabases: p.OptionalDatabases, OptionalExtensions: p.OptionalExtensions}
 }
 
 // minPGVersion is 9.5, as server_version_num.
 const minPGVersion = 90500
 
+// pgDB is one database to check and whether it, and each of its extensions, is required.
+type pgDB struct {
+	name     string
+	required bool
+	exts     []pgExt
+}
+
+type pgExt struct {
+	name     string
+	required bool
+}
+
 type pgTarget struct {
 	ep        endpoint
 	user, pwd string
-	databases []string
+	databases []pgDB
 	source    string // the variables it came from
+}
+
+// pgDatabases lists the databases of o, required ones first, each once. A database that
+// named is forced required (a CIRCLE_SECRETS_POSTGRES_*_URI: a service is set to use it).
+func (o PostgresOptions) pgDatabases(named ...string) []pgDB {
+	var out []pgDB
+	seen := map[string]int{}
+	add := func(db string, required bool) {
+		if i, ok := seen[db]; ok {
+			out[i].required = out[i].required || required
+			return
+		}
+		seen[db] = len(out)
+		out = append(out, pgDB{name: db, required: required})
+	}
+	if len(named) > 0 {
+		for _, db := range named {
+			add(db, true)
+		}
+	} else {
+		for _, db := range o.Databases {
+			add(db, true)
+		}
+		for _, db := range o.OptionalDatabases {
+			add(db, false)
+		}
+	}
+	for i := range out {
+		req := map[string]bool{}
+		for _, e := range o.Extensions[out[i].name] {
+			if !req[e] {
+				req[e] = true
+				out[i].exts = append(out[i].exts, pgExt{e, true})
+			}
+		}
+		for _, e := range o.OptionalExtensions[out[i].name] {
+			if !req[e] {
+				req[e] = true
+				out[i].exts = append(out[i].exts, pgExt{e, false})
+			}
+		}
+	}
+	return out
 }
 
 func probePostgres(ctx context.Context, p *prober, s *settings.Settings) *result {
@@ -63,7 +123,7 @@ func probePostgres(ctx context.Context, p *prober, s *settings.Settings) *result
 		} else {
 			targets = append(targets, pgTarget{
 				ep:   endpoint{Host: host.Value, Port: port.Value, Target: fmt.Sprintf("%s@%s", user.Value, net.JoinHostPort(host.Value, port.Value))},
-				user: user.Value, pwd: pwd.Value, databases: p.opts.Postgres.Databases, source: "POSTGRES_HOST/PORT/USER/PASSWORD",
+				user: user.Value, pwd: pwd.Value, databases: p.opts.Postgres.pgDatabases(), source: "POSTGRES_HOST/PORT/USER/PASSWORD",
 			})
 		}
 	}
@@ -81,11 +141,12 @@ func probePostgres(ctx context.Context, p *prober, s *settings.Settings) *result
 			res.add(*f)
 			continue
 		}
+		t.databases = p.opts.Postgres.pgDatabases(t.databases[0].name)
 		targets = append(targets, t)
 	}
 	seen := map[string]bool{}
 	for _, t := range targets {
-		key := t.ep.addr() + "\x00" + t.user + "\x00" + strings.Join(t.databases, ",")
+		key := fmt.Sprintf("%s\x00%s\x00%v", t.ep.addr(), t.user, t.databases)
 		if seen[key] {
 			continue
 		}
@@ -95,39 +156,64 @@ func probePostgres(ctx context.Context, p *prober, s *settings.Settings) *result
 	return res
 }
 
-// parsePGURI reads a postgres:// URI. An unescaped '@' or '/' in the password is the usual
-// mistake: it makes the URI mean another host or database.
+// parsePGURI reads a postgres:// URI. An unescaped '@', '/' or space in the password is the
+// usual mistake: it makes a URL parser see another host, port or database, and its error then
+// quotes a piece of the password ("invalid port \":Hunter2\" after host"). So the URI is split
+// the tolerant way (the user information runs to the last '@'), each part is checked on its own,
+// and a finding names the part that is wrong, never a parser's text.
 func parsePGURI(name string, v settings.Setting) (pgTarget, *findings.Finding) {
 	bad := func(why string) (pgTarget, *findings.Finding) {
 		f := findings.New("URI_MALFORMED", v.Where(), fmt.Sprintf("%s is not a valid PostgreSQL URI: %s", name, why), findings.Redact(v.Value))
 		return pgTarget{}, &f
 	}
-	u, err := url.Parse(v.Value)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // url.Error repeats the URI, password included
-		}
-		return bad(err.Error() + " (percent-encode special characters in the password)")
+	const form = "postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+	parts, ok := findings.SplitURI(v.Value)
+	if !ok {
+		return bad("it does not start with postgres:// (the form is " + form + ")")
 	}
-	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
-		return bad(fmt.Sprintf("scheme %q, want postgres://", u.Scheme))
+	if parts.Scheme != "postgres" && parts.Scheme != "postgresql" {
+		return bad("it does not start with postgres:// or postgresql:// (the form is " + form + ")")
 	}
-	if strings.Contains(u.Path, "@") || strings.Count(u.Path, "/") > 1 {
-		return bad("the path holds '@' or '/': a password with an unescaped '/' or '@'")
+	if !parts.HasUserinfo || parts.User == "" {
+		return bad("it names no user (the form is " + form + ")")
 	}
-	db := strings.TrimPrefix(u.Path, "/")
-	if u.Hostname() == "" || db == "" || u.User == nil {
-		return bad("it needs postgres://USER:PASSWORD@HOST:PORT/DATABASE")
+	if u := findings.UnescapedIn(parts.User); len(u) > 0 {
+		return bad("the user name holds " + strings.Join(u, ", ") + " unescaped; percent-encode it")
 	}
-	port := u.Port()
-	if port == "" {
-		port = "5432"
+	if u := findings.UnescapedIn(parts.Password); len(u) > 0 {
+		return bad("the password holds " + strings.Join(u, ", ") + " unescaped; percent-encode it")
 	}
-	pwd, _ := u.User.Password()
+	user, err1 := url.PathUnescape(parts.User)
+	pwd, err2 := url.PathUnescape(parts.Password)
+	if err1 != nil || err2 != nil {
+		return bad("the user name or password holds a '%' that starts no valid escape (a literal '%' is %25)")
+	}
+	host, port := parts.HostPort, "5432"
+	if h, p, err := net.SplitHostPort(parts.HostPort); err == nil {
+		host, port = h, p
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	} else if strings.Contains(host, ":") {
+		return bad("the part after '@' is not HOST or HOST:PORT (an IPv6 address goes in brackets)")
+	}
+	if host == "" {
+		return bad("it names no host after the '@' (the form is " + form + ")")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return bad(fmt.Sprintf("the port after host %s is not a port number", host))
+	}
+	path, _, _ := strings.Cut(parts.Rest, "?")
+	path, _, _ = strings.Cut(path, "#")
+	db, err := url.PathUnescape(strings.TrimPrefix(path, "/"))
+	if err != nil || db == "" || !strings.HasPrefix(path, "/") {
+		return bad("it names no database after the host (the form is " + form + ")")
+	}
+	if strings.Contains(db, "/") {
+		return bad("the database part holds a '/'")
+	}
 	return pgTarget{
-		ep:   endpoint{Host: u.Hostname(), Port: port, Target: fmt.Sprintf("%s@%s/%s", u.User.Username(), net.JoinHostPort(u.Hostname(), port), db)},
-		user: u.User.Username(), pwd: pwd, databases: []string{db}, source: name,
+		ep:   endpoint{Host: host, Port: port, Target: fmt.Sprintf("%s@%s/%s", user, net.JoinHostPort(host, port), db)},
+		user: user, pwd: pwd, databases: []pgDB{{name: db, required: true}}, source: name,
 	}, nil
 }
 
@@ -155,15 +241,17 @@ func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 	}
 	mode := tlsVerify
 	checkedServer := false
-	for _, db := range t.databases {
+	for _, d := range t.databases {
+		db := d.name
 		target := t.ep.Target
 		if len(t.databases) > 1 {
 			target += "/" + db
 		}
 		var conn *pgx.Conn
 		var err error
+		var asked *authWatch
 		for {
-			conn, err = p.pgConnect(ctx, t, db, mode)
+			conn, asked, err = p.pgConnect(ctx, t, db, mode)
 			if err == nil {
 				break
 			}
@@ -182,7 +270,10 @@ func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 			break
 		}
 		if err != nil {
-			f, stop := pgFinding(t, db, mode, err)
+			f, stop := pgFinding(t, d, mode, err)
+			if r, refused := asked.refused(mode); refused {
+				f, stop = pgAuthRefused(t, mode, r, err), true
+			}
 			res.add(f)
 			res.check(Checked{Service: "postgres", Target: target, Detail: mode.String()})
 			if stop {
@@ -198,20 +289,26 @@ func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 				ok = false
 			}
 		}
-		for _, f := range pgExtensions(ctx, conn, t, db, p.opts.Postgres.Extensions[db]) {
+		for _, f := range pgExtensions(ctx, conn, t, d) {
 			res.add(f)
-			ok = false
+			ok = ok && f.Severity != findings.Error
 		}
 		conn.Close(context.Background())
 		res.check(Checked{Service: "postgres", Target: target, OK: ok, Detail: mode.String()})
 	}
 }
 
-func (p *prober) pgConnect(ctx context.Context, t pgTarget, db string, mode tlsMode) (*pgx.Conn, error) {
+// pgConnect opens one connection in the given TLS mode. Once the server is not verified (its
+// certificate failed, or it refused TLS), only SCRAM may authenticate: SCRAM proves the password
+// without sending it, and proves the server knows it too, whereas a cleartext or MD5 answer hands
+// a man in the middle the password or a hash that logs in as well as the password does. The
+// services themselves send the password whatever the server asks (sslmode=prefer); haagent's
+// probe must not be the one that gives it away.
+func (p *prober) pgConnect(ctx context.Context, t pgTarget, db string, mode tlsMode) (*pgx.Conn, *authWatch, error) {
 	cs := fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable", quoteKV(t.ep.Host), quoteKV(t.ep.Port), quoteKV(t.user), quoteKV(db))
 	cfg, err := pgx.ParseConfig(cs)
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("building the connection settings for %s: %w", t.ep.Target, err)
 	}
 	cfg.Password = t.pwd
 	cfg.Fallbacks = nil
@@ -221,9 +318,130 @@ func (p *prober) pgConnect(ctx context.Context, t pgTarget, db string, mode tlsM
 	case tlsVerify:
 		cfg.TLSConfig = &tls.Config{ServerName: t.ep.Host, RootCAs: p.opts.RootCAs, MinVersion: tls.VersionTLS12}
 	case tlsNoVerify:
-		cfg.TLSConfig = &tls.Config{ServerName: t.ep.Host, InsecureSkipVerify: true} //nolint:gosec // only after the verified attempt failed and was reported
+		cfg.TLSConfig = &tls.Config{ServerName: t.ep.Host, InsecureSkipVerify: true} //nolint:gosec // only after the verified attempt failed and was reported; SCRAM only, below
 	}
-	return pgx.ConnectConfig(ctx, cfg)
+	if mode != tlsVerify {
+		cfg.RequireAuth = unverifiedAuth
+	}
+	w := &authWatch{}
+	w.asked.Store(-1)
+	cfg.AfterNetConnect = func(_ context.Context, _ *pgconn.Config, c net.Conn) (net.Conn, error) {
+		return &watchedConn{Conn: c, w: w}, nil
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	return conn, w, err
+}
+
+// unverifiedAuth is the only authentication answered on a connection whose server is not
+// verified (libpq's and pgx's require_auth). Not "none" either: a server that lets the user in
+// without any proof could be anyone, and the checks after it would describe that anyone.
+const unverifiedAuth = "scram-sha-256"
+
+// PostgreSQL's AuthenticationRequest codes (protocol "Message Formats", 'R').
+const (
+	authOK        = 0
+	authCleartext = 3
+	authMD5       = 5
+	authGSS       = 7
+	authSSPI      = 9
+)
+
+// authWatch holds the first authentication request the server made, read off the wire: pgx
+// reports a method refused by RequireAuth only as text, and the finding depends on which method
+// it was.
+type authWatch struct {
+	asked atomic.Int32 // an auth code above, -1 before any
+}
+
+// refused reports the method the server asked for when RequireAuth refused it on this
+// connection (an unverified one).
+func (w *authWatch) refused(mode tlsMode) (int32, bool) {
+	if w == nil || mode == tlsVerify {
+		return 0, false
+	}
+	switch a := w.asked.Load(); a {
+	case authOK, authCleartext, authMD5, authGSS, authSSPI:
+		return a, true
+	}
+	return 0, false
+}
+
+// watchedConn passes everything through and notes the code of the first 'R' message. It sees
+// plain protocol bytes: pgx calls AfterNetConnect after the TLS handshake.
+type watchedConn struct {
+	net.Conn
+	w    *authWatch
+	hdr  []byte // the current message's type, length and (for 'R') auth code
+	skip int    // bytes of the current message still to pass over
+	done bool
+}
+
+func (c *watchedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.scan(b[:n])
+	return n, err
+}
+
+func (c *watchedConn) scan(b []byte) {
+	for len(b) > 0 && !c.done {
+		if c.skip > 0 {
+			k := min(c.skip, len(b))
+			c.skip -= k
+			b = b[k:]
+			continue
+		}
+		need := 5
+		if len(c.hdr) > 0 && c.hdr[0] == 'R' {
+			need = 9
+		}
+		k := min(need-len(c.hdr), len(b))
+		c.hdr = append(c.hdr, b[:k]...)
+		b = b[k:]
+		if len(c.hdr) < 5 || (c.hdr[0] == 'R' && len(c.hdr) < 9) {
+			continue // the header goes on in the next read (or the next turn, for 'R')
+		}
+		switch c.hdr[0] {
+		case 'R':
+			c.w.asked.Store(int32(binary.BigEndian.Uint32(c.hdr[5:9])))
+			c.done = true
+		case 'E':
+			c.done = true // refused before authentication: pgx's PgError says why
+		default: // e.g. NegotiateProtocolVersion before the request
+			c.skip = int(binary.BigEndian.Uint32(c.hdr[1:5])) - 4
+			c.hdr = c.hdr[:0]
+		}
+	}
+}
+
+// pgAuthRefused is the finding for a server that asked an unverified connection for anything
+// but SCRAM. It is inconclusive, not an error: RDS stores passwords as MD5 by default, and a real
+// server behind an unknown CA asks exactly this. What the operator can do is let the next boot
+// verify the server, and then every check runs.
+func pgAuthRefused(t pgTarget, mode tlsMode, asked int32, err error) findings.Finding {
+	var how string
+	switch asked {
+	case authCleartext:
+		how = "the password in clear text (as a TLS-stripping man in the middle does)"
+	case authMD5:
+		how = "an MD5 password hash (RDS's default password_encryption before PostgreSQL 14)"
+	case authOK:
+		how = "no password at all (trust)"
+	default:
+		how = "GSSAPI or SSPI authentication"
+	}
+	why := "its certificate could not be verified"
+	fix := "put the CA that issued the server's certificate in the bucket's ca-certificates/ prefix as a .crt " +
+		"(for RDS, the bundle https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem) so the next boot verifies the server and checks it fully"
+	if mode == tlsNone {
+		why = "it offers no TLS"
+		fix = "enable TLS on the server (ssl = on, with a certificate; RDS always offers it) and put its CA in the bucket's ca-certificates/ prefix as a .crt, so the next boot verifies the server and checks it fully"
+	}
+	fix += fmt.Sprintf("; or store the role's password as SCRAM: SET password_encryption = 'scram-sha-256'; ALTER ROLE %s PASSWORD '...';", pgIdent(t.user))
+	return findings.New("PROBE_INCONCLUSIVE", t.ep.Target,
+		fmt.Sprintf("PostgreSQL at %s asked for %s for user %q, on a connection whose server haagent cannot trust (%s); haagent answers only SCRAM there and did not send the password, so the password, database and extension checks did not run",
+			t.ep.addr(), how, t.user, why),
+		fmt.Sprintf("AuthenticationRequest code %d with %s; require_auth=%s: %v", asked, mode, unverifiedAuth, err)).
+		WithFix(fix)
 }
 
 func quoteKV(s string) string {
@@ -232,7 +450,8 @@ func quoteKV(s string) string {
 
 // pgFinding classifies a failed connection. stop says that other databases would fail the
 // same way (credentials, pg_hba, network), so the probe does not repeat it five times.
-func pgFinding(t pgTarget, db string, mode tlsMode, err error) (findings.Finding, bool) {
+func pgFinding(t pgTarget, d pgDB, mode tlsMode, err error) (findings.Finding, bool) {
+	db := d.name
 	var pe *pgconn.PgError
 	where := t.ep.addr()
 	if errors.As(err, &pe) {
@@ -250,9 +469,20 @@ func pgFinding(t pgTarget, db string, mode tlsMode, err error) (findings.Finding
 				fmt.Sprintf("pg_hba.conf at %s has no line admitting user %q to database %q from this host (%s)", where, t.user, db, mode), ev).
 				WithFix(fmt.Sprintf("add to pg_hba.conf: hostssl %s %s <this host's address>/32 scram-sha-256 (then SELECT pg_reload_conf())", db, t.user)), true
 		case "3D000":
+			fix := fmt.Sprintf("CREATE DATABASE %s OWNER %s;", pgIdent(db), pgIdent(t.user))
+			if len(d.exts) > 0 {
+				fix += " then, connected to " + db + " as a superuser:"
+				for _, e := range d.exts {
+					fix += fmt.Sprintf(" CREATE EXTENSION IF NOT EXISTS %q;", e.name)
+				}
+			}
+			if !d.required {
+				return findings.New("PG_DATABASE_MISSING", t.ep.Target,
+					fmt.Sprintf("database %q does not exist on %s; CircleCI's HA page lists it (added in 2018), the runbook's five do not, so this does not block the install", db, where), ev).
+					WithFix(fix).WithSeverity(findings.Warning), false
+			}
 			return findings.New("PG_DATABASE_MISSING", t.ep.Target,
-				fmt.Sprintf("database %q does not exist on %s", db, where), ev).
-				WithFix(fmt.Sprintf("CREATE DATABASE %s OWNER %s;", pgIdent(db), pgIdent(t.user))), false
+				fmt.Sprintf("database %q does not exist on %s", db, where), ev).WithFix(fix), false
 		case "42501":
 			return findings.New("PG_CONNECT_DENIED", t.ep.Target,
 				fmt.Sprintf("user %q may not connect to database %q on %s", t.user, db, where), ev).
@@ -307,10 +537,11 @@ func pgVersionNum(v string) int {
 	return major*10000 + minor*100
 }
 
-func pgExtensions(ctx context.Context, conn *pgx.Conn, t pgTarget, db string, want []string) []findings.Finding {
-	if len(want) == 0 {
+func pgExtensions(ctx context.Context, conn *pgx.Conn, t pgTarget, d pgDB) []findings.Finding {
+	if len(d.exts) == 0 {
 		return nil
 	}
+	db := d.name
 	rows, err := conn.Query(ctx, "SELECT extname FROM pg_extension")
 	if err != nil {
 		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", t.ep.Target, "cannot list the extensions of "+db, err.Error())}
@@ -324,13 +555,20 @@ func pgExtensions(ctx context.Context, conn *pgx.Conn, t pgTarget, db string, wa
 		installed[h] = true
 	}
 	var out []findings.Finding
-	for _, w := range want {
-		if !installed[w] {
-			out = append(out, findings.New("PG_EXTENSION_MISSING", t.ep.Target,
-				fmt.Sprintf("extension %q is not installed in database %q on %s", w, db, t.ep.addr()),
-				"pg_extension lists: "+strings.Join(have, ", ")).
-				WithFix(fmt.Sprintf("as a superuser, connected to %s: CREATE EXTENSION IF NOT EXISTS %q;", db, w)))
+	for _, e := range d.exts {
+		if installed[e.name] {
+			continue
 		}
+		summary := fmt.Sprintf("extension %q is not installed in database %q on %s", e.name, db, t.ep.addr())
+		if !e.required {
+			summary += "; CircleCI's HA page asks for it, the runbook does not, so this does not block the install"
+		}
+		f := findings.New("PG_EXTENSION_MISSING", t.ep.Target, summary, "pg_extension lists: "+strings.Join(have, ", ")).
+			WithFix(fmt.Sprintf("as a superuser, connected to %s: CREATE EXTENSION IF NOT EXISTS %q;", db, e.name))
+		if !e.required {
+			f = f.WithSeverity(findings.Warning)
+		}
+		out = append(out, f)
 	}
 	return out
 }

@@ -1,15 +1,22 @@
 package probes
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
@@ -85,6 +92,9 @@ func TestPostgres(t *testing.T) {
 		"CREATE DATABASE contexts_service_production OWNER circle",
 		"CREATE DATABASE cron_service_production OWNER circle",
 		"CREATE DATABASE circle OWNER circle",
+		"CREATE DATABASE domain OWNER circle",
+		"CREATE DATABASE federations OWNER circle",
+		"CREATE DATABASE permissions OWNER circle",
 		"CREATE DATABASE bare OWNER circle",
 		"REVOKE CONNECT ON DATABASE vms FROM PUBLIC",
 		"GRANT CONNECT ON DATABASE vms TO circle",
@@ -92,6 +102,10 @@ func TestPostgres(t *testing.T) {
 	pg.Exec(t, "conductor_production", `CREATE EXTENSION "uuid-ossp"`)
 	pg.Exec(t, "contexts_service_production", `CREATE EXTENSION "uuid-ossp"`)
 	pg.Exec(t, "circle", `CREATE EXTENSION "uuid-ossp"`, `CREATE EXTENSION pgcrypto`)
+	// CircleCI's HA page: all eight databases, each with uuid-ossp.
+	for _, db := range []string{"vms", "cron_service_production", "domain", "federations", "permissions"} {
+		pg.Exec(t, db, `CREATE EXTENSION "uuid-ossp"`)
+	}
 	dns := peertest.StartDNS(t, map[string]string{"localhost": "127.0.0.1", "pg.internal.test": "127.0.0.3"})
 
 	check := func(t *testing.T, lines []string, mod func(*Options)) *Report {
@@ -113,7 +127,7 @@ func TestPostgres(t *testing.T) {
 		if len(rep.Findings) != 0 {
 			t.Fatalf("findings on a healthy server: %+v", rep.Findings)
 		}
-		if len(rep.Checked) != 5 {
+		if len(rep.Checked) != 8 {
 			t.Fatalf("checked %+v", rep.Checked)
 		}
 		for _, c := range rep.Checked {
@@ -135,13 +149,62 @@ func TestPostgres(t *testing.T) {
 			t.Fatalf("want PG_HBA_REJECTED with user and TLS state, got %+v", rep.Findings)
 		}
 	})
-	t.Run("database missing", func(t *testing.T) {
+	t.Run("a runbook database missing blocks", func(t *testing.T) {
 		rep := check(t, pgSettings("localhost", pg.Port, "circle", circlePW), func(o *Options) {
-			o.Postgres.Databases = append(o.Postgres.Databases, "domain")
+			o.Postgres.Databases = append(o.Postgres.Databases, "missing_db")
+			o.Postgres.Extensions = map[string][]string{"missing_db": {"uuid-ossp"}}
 		})
 		f := find(rep.Findings, "PG_DATABASE_MISSING")
-		if only(rep.Findings) != "PG_DATABASE_MISSING" || f.Fix != "CREATE DATABASE domain OWNER circle;" {
-			t.Fatalf("%+v", rep.Findings)
+		if only(rep.Findings) != "PG_DATABASE_MISSING" || f.Severity != findings.Error || !f.Blocking ||
+			f.Fix != `CREATE DATABASE missing_db OWNER circle; then, connected to missing_db as a superuser: CREATE EXTENSION IF NOT EXISTS "uuid-ossp";` {
+			t.Fatalf("want a blocking PG_DATABASE_MISSING with the CREATEs to run, got %+v", rep.Findings)
+		}
+	})
+	t.Run("only the runbook's five: the HA page's other three are warnings", func(t *testing.T) {
+		// A cluster built from the runbook: its five databases with its extensions, nothing else.
+		pg5 := peertest.StartPostgres(t, peertest.PostgresOptions{CA: pg.CA, HBA: []string{"hostssl all circle 127.0.0.0/8 scram-sha-256"}})
+		pg5.Exec(t, "postgres", "CREATE ROLE circle LOGIN PASSWORD '"+circlePW+"'",
+			"CREATE DATABASE vms OWNER circle", "CREATE DATABASE conductor_production OWNER circle",
+			"CREATE DATABASE contexts_service_production OWNER circle", "CREATE DATABASE cron_service_production OWNER circle",
+			"CREATE DATABASE circle OWNER circle")
+		pg5.Exec(t, "conductor_production", `CREATE EXTENSION "uuid-ossp"`)
+		pg5.Exec(t, "contexts_service_production", `CREATE EXTENSION "uuid-ossp"`)
+		pg5.Exec(t, "circle", `CREATE EXTENSION "uuid-ossp"`, `CREATE EXTENSION pgcrypto`)
+		rep := check(t, pgSettings("localhost", pg5.Port, "circle", circlePW), nil)
+		if len(rep.Blocking()) != 0 || rep.Errors() != 0 {
+			t.Fatalf("nothing the runbook asks for is missing, yet: %+v", rep.Findings)
+		}
+		missing := map[string]string{}
+		for _, f := range rep.Findings {
+			if f.Severity != findings.Warning || f.Blocking {
+				t.Errorf("not a warning: %+v", f)
+			}
+			m := regexp.MustCompile(`database "([^"]+)"`).FindStringSubmatch(f.Summary)
+			if m == nil {
+				t.Fatalf("the summary names no database: %+v", f)
+			}
+			switch f.Code {
+			case "PG_DATABASE_MISSING":
+				missing[m[1]] = f.Fix
+			case "PG_EXTENSION_MISSING":
+				missing[m[1]+" uuid-ossp"] = f.Fix
+			default:
+				t.Errorf("unexpected %+v", f)
+			}
+		}
+		for _, db := range []string{"domain", "federations", "permissions"} {
+			want := "CREATE DATABASE " + db + " OWNER circle; then, connected to " + db + ` as a superuser: CREATE EXTENSION IF NOT EXISTS "uuid-ossp";`
+			if missing[db] != want {
+				t.Errorf("%s: fix %q, want %q", db, missing[db], want)
+			}
+		}
+		for _, db := range []string{"vms", "cron_service_production"} {
+			if missing[db+" uuid-ossp"] != "as a superuser, connected to "+db+`: CREATE EXTENSION IF NOT EXISTS "uuid-ossp";` {
+				t.Errorf("%s: no uuid-ossp warning with its fix: %q", db, missing[db+" uuid-ossp"])
+			}
+		}
+		if len(missing) != 5 {
+			t.Errorf("want 3 databases and 2 extensions reported, got %v", missing)
 		}
 	})
 	t.Run("connect denied", func(t *testing.T) {
@@ -171,16 +234,27 @@ func TestPostgres(t *testing.T) {
 		if only(rep.Findings) != "TLS_UNKNOWN_AUTHORITY" || !strings.Contains(f.Summary, "haagent test PostgreSQL CA") || f.Blocking {
 			t.Fatalf("want a non-blocking TLS_UNKNOWN_AUTHORITY naming the issuer, got %+v", rep.Findings)
 		}
-		// The probe went on without verification and checked everything else.
-		if len(rep.Checked) != 5 || !rep.Checked[0].OK || rep.Checked[0].Detail != "TLS, certificate not verified" {
+		// The probe went on without verification and checked everything else: the real server
+		// asks for SCRAM, the one method haagent answers on an unverified connection.
+		if len(rep.Checked) != 8 {
 			t.Fatalf("%+v", rep.Checked)
+		}
+		for _, c := range rep.Checked {
+			if !c.OK || c.Detail != "TLS, certificate not verified" {
+				t.Fatalf("SCRAM after a failed verification must still check everything: %+v", rep.Checked)
+			}
 		}
 	})
 	t.Run("hostname mismatch", func(t *testing.T) {
 		rep := check(t, pgSettings("pg.internal.test", pg.Port, "circle", circlePW), nil)
 		f := find(rep.Findings, "TLS_HOSTNAME_MISMATCH")
-		if f == nil || !strings.Contains(f.Summary, "localhost, 127.0.0.1, ::1") {
+		if only(rep.Findings) != "TLS_HOSTNAME_MISMATCH" || !strings.Contains(f.Summary, "localhost, 127.0.0.1, ::1") {
 			t.Fatalf("want TLS_HOSTNAME_MISMATCH listing the certificate's names, got %+v", rep.Findings)
+		}
+		for _, c := range rep.Checked {
+			if !c.OK {
+				t.Fatalf("SCRAM after a name mismatch must still check everything: %+v", rep.Checked)
+			}
 		}
 	})
 	t.Run("dns not found", func(t *testing.T) {
@@ -235,10 +309,11 @@ func TestPostgres(t *testing.T) {
 	})
 	t.Run("uri", func(t *testing.T) {
 		lines := append(pgSettings("localhost", pg.Port, "circle", circlePW),
-			fmt.Sprintf("export CIRCLE_SECRETS_POSTGRES_DOMAIN_URI=\"postgres://circle:%s@localhost:%d/domain\"", circlePW, pg.Port))
+			fmt.Sprintf("export CIRCLE_SECRETS_POSTGRES_ELSEWHERE_URI=\"postgres://circle:%s@localhost:%d/elsewhere\"", circlePW, pg.Port))
 		rep := check(t, lines, nil)
 		f := find(rep.Findings, "PG_DATABASE_MISSING")
-		if only(rep.Findings) != "PG_DATABASE_MISSING" || !strings.Contains(f.Target, "/domain") {
+		// A database a URI names is required: a service is set to use it.
+		if only(rep.Findings) != "PG_DATABASE_MISSING" || !strings.Contains(f.Target, "/elsewhere") || !f.Blocking {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -307,5 +382,224 @@ func TestPGVersionNum(t *testing.T) {
 	}
 	if pgVersionNum("9.4.26") >= minPGVersion || pgVersionNum("9.5.3") < minPGVersion {
 		t.Fatal("the 9.5 threshold is wrong")
+	}
+}
+
+// pgStandin is a listener of the test's own that speaks PostgreSQL's startup protocol as a
+// man in the middle would: it answers SSLRequest with 'N' (or completes TLS with a certificate
+// from a CA nobody trusts), then asks for the password in clear text or as MD5, and records
+// every byte the client sent after TLS. No real server can be made to do this on demand.
+type pgStandin struct {
+	port  int
+	mu    sync.Mutex
+	got   bytes.Buffer
+	msgs  []string // the frontend messages received after the startup message
+	conns sync.WaitGroup
+}
+
+func startPGStandin(t *testing.T, cert *tls.Certificate, ask pgproto3.BackendMessage) *pgStandin {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	s := &pgStandin{port: l.Addr().(*net.TCPAddr).Port}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s.conns.Add(1)
+			go s.serve(c, cert, ask)
+		}
+	}()
+	return s
+}
+
+type recorder struct {
+	r io.Reader
+	s *pgStandin
+}
+
+func (r recorder) Read(b []byte) (int, error) {
+	n, err := r.r.Read(b)
+	r.s.mu.Lock()
+	r.s.got.Write(b[:n])
+	r.s.mu.Unlock()
+	return n, err
+}
+
+func (s *pgStandin) serve(c net.Conn, cert *tls.Certificate, ask pgproto3.BackendMessage) {
+	defer s.conns.Done()
+	defer c.Close()
+	var conn net.Conn = c
+	be := pgproto3.NewBackend(recorder{conn, s}, conn)
+	msg, err := be.ReceiveStartupMessage()
+	if err != nil {
+		return // the probe's TCP reachability check connects and closes
+	}
+	if _, ok := msg.(*pgproto3.SSLRequest); ok {
+		if cert == nil {
+			if _, err := conn.Write([]byte("N")); err != nil {
+				return
+			}
+		} else {
+			if _, err := conn.Write([]byte("S")); err != nil {
+				return
+			}
+			tc := tls.Server(conn, &tls.Config{Certificates: []tls.Certificate{*cert}})
+			if err := tc.Handshake(); err != nil {
+				return // the verified attempt refuses the certificate
+			}
+			conn = tc
+		}
+		be = pgproto3.NewBackend(recorder{conn, s}, conn)
+		if msg, err = be.ReceiveStartupMessage(); err != nil {
+			return
+		}
+	}
+	if _, ok := msg.(*pgproto3.StartupMessage); !ok {
+		return
+	}
+	be.Send(ask)
+	if be.Flush() != nil {
+		return
+	}
+	m, err := be.Receive()
+	if err != nil {
+		return // the client hung up without answering: what haagent must do
+	}
+	s.mu.Lock()
+	s.msgs = append(s.msgs, fmt.Sprintf("%T", m))
+	s.mu.Unlock()
+	// Whatever it sent, end the exchange so the client does not wait for an answer.
+	be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", Code: "28P01", Message: "password authentication failed"})
+	be.Flush()
+}
+
+// wait returns once every connection the stand-in accepted has ended: the probe closes its
+// connections before Run returns, so this is bounded; the timeout only guards a broken test.
+func (s *pgStandin) wait(t *testing.T) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { s.conns.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stand-in's connections did not end")
+	}
+}
+
+// A TLS-stripping or unverified server never receives the password, in clear text or as MD5:
+// after the verified attempt fails only SCRAM is answered, and the finding says what to put in
+// the bucket so the next boot verifies the server.
+func TestPostgresPasswordNeverToUnverifiedServer(t *testing.T) {
+	const pw = "Hunter2-mitm-Pw"
+	ca := peertest.NewCA(t, "a CA nobody trusts")
+	certPEM, keyPEM := ca.Issue(t, []string{"127.0.0.1"}, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleartext := &pgproto3.AuthenticationCleartextPassword{}
+	md5 := &pgproto3.AuthenticationMD5Password{Salt: [4]byte{1, 2, 3, 4}}
+	for _, c := range []struct {
+		name     string
+		cert     *tls.Certificate
+		ask      pgproto3.BackendMessage
+		codes    string
+		summary  string
+		fix      string
+		evidence string
+	}{
+		{"no TLS, then cleartext", nil, cleartext, "PROBE_INCONCLUSIVE,TLS_OFF", "the password in clear text", "enable TLS on the server", "code 3"},
+		{"no TLS, then MD5", nil, md5, "PROBE_INCONCLUSIVE,TLS_OFF", "an MD5 password hash", "ALTER ROLE circle PASSWORD", "code 5"},
+		{"untrusted certificate, then cleartext", &cert, cleartext, "TLS_UNKNOWN_AUTHORITY,PROBE_INCONCLUSIVE", "the password in clear text", "ca-certificates/", "code 3"},
+		{"untrusted certificate, then MD5 (RDS)", &cert, md5, "TLS_UNKNOWN_AUTHORITY,PROBE_INCONCLUSIVE", "an MD5 password hash", "global-bundle.pem", "code 5"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := startPGStandin(t, c.cert, c.ask)
+			root := t.TempDir()
+			writeSettings(t, root, pgSettings("127.0.0.1", s.port, "circle", pw)...)
+			rep := Run(context.Background(), root, Options{Timeout: 5 * time.Second, Postgres: DefaultPostgres(), Only: []string{"postgres"},
+				RootCAs: peertest.NewCA(t, "the CA haagent trusts").Pool()})
+			s.wait(t)
+			s.mu.Lock()
+			got, msgs := s.got.String(), s.msgs
+			s.mu.Unlock()
+			if strings.Contains(got, pw) || len(msgs) != 0 {
+				t.Fatalf("the stand-in received the password or an answer to its request: messages %v\n%q", msgs, got)
+			}
+			if !strings.Contains(got, "circle") {
+				t.Fatalf("the stand-in never saw a startup message; the test proves nothing: %q", got)
+			}
+			assertNoSecret(t, rep, pw)
+			f := find(rep.Findings, "PROBE_INCONCLUSIVE")
+			if only(rep.Findings) != c.codes || f.Severity != findings.Warning || f.Blocking ||
+				!strings.Contains(f.Summary, c.summary) || !strings.Contains(f.Summary, "did not send the password") ||
+				!strings.Contains(f.Fix, c.fix) || !strings.Contains(f.Evidence, c.evidence) {
+				t.Fatalf("want %s with a warning saying what the server asked for and how to verify it, got %+v", c.codes, rep.Findings)
+			}
+			if len(rep.Checked) != 1 || rep.Checked[0].OK {
+				t.Fatalf("%+v", rep.Checked)
+			}
+		})
+	}
+}
+
+// The watch finds the authentication request however the reads split the stream, past a
+// message that comes before it.
+func TestAuthWatchSplitReads(t *testing.T) {
+	var stream []byte
+	stream, _ = (&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: []string{"_pq_.x"}}).Encode(stream)
+	stream, _ = (&pgproto3.AuthenticationMD5Password{Salt: [4]byte{9, 9, 9, 9}}).Encode(stream)
+	stream, _ = (&pgproto3.AuthenticationOk{}).Encode(stream)
+	for _, size := range []int{1, 2, 5, 9, len(stream)} {
+		w := &authWatch{}
+		w.asked.Store(-1)
+		c := &watchedConn{w: w}
+		for b := stream; len(b) > 0; b = b[min(size, len(b)):] {
+			c.scan(b[:min(size, len(b))])
+		}
+		if got, ok := w.refused(tlsNone); !ok || got != authMD5 {
+			t.Errorf("reads of %d bytes: got code %d (%v), want MD5", size, got, ok)
+		}
+	}
+}
+
+// A malformed URI's finding names the part that is wrong and quotes none of the password: not
+// in the summary (the STATUS= headline), the evidence or the target.
+func TestPGURIMalformedQuotesNoSecret(t *testing.T) {
+	for _, c := range []struct{ name, uri, why string }{
+		{"slash in the password", "postgres://circle:Hunter2Prefix/Suffix@db.internal:5432/circle", "the password holds '/' (%2F) unescaped"},
+		{"space in the password", "postgres://circle:Hunter2 Prefix@db.internal:5432/circle", "the password holds a space (%20) unescaped"},
+		{"tab and @ in the password", "postgres://circle:Hunter2\t@Prefix@db.internal:5432/circle", "a tab (%09), '@' (%40)"},
+		{"digits then slash", "postgres://circle:2024/Hunter2Prefix@db.internal/circle", "the password holds '/' (%2F) unescaped"},
+		{"bad escape", "postgres://circle:Hunter2%zzPrefix@db.internal/circle", "a '%' that starts no valid escape"},
+		{"bad port", "postgres://circle:Hunter2Prefix@db.internal:54x2/circle", "the port after host db.internal is not a port number"},
+		{"no database", "postgres://circle:Hunter2Prefix@db.internal:5432", "names no database"},
+		{"wrong scheme", "mysql://circle:Hunter2Prefix@db.internal/circle", "does not start with postgres://"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, f := parsePGURI("CIRCLE_SECRETS_POSTGRES_X_URI", settings.Setting{Value: c.uri, File: "/etc/circleconfig/shared/postgresql", Line: 3})
+			if f == nil {
+				t.Fatal("parsed")
+			}
+			if f.Code != "URI_MALFORMED" || !strings.Contains(f.Summary, c.why) {
+				t.Fatalf("want URI_MALFORMED saying %q, got %+v", c.why, f)
+			}
+			b, _ := json.Marshal(f)
+			for _, piece := range []string{"Hunter2", "Prefix", "Suffix"} {
+				if strings.Contains(string(b)+f.String(), piece) {
+					t.Fatalf("%q of the password appears in the finding: %s", piece, b)
+				}
+			}
+		})
+	}
+	tg, f := parsePGURI("X", settings.Setting{Value: "postgres://circle:p%2Fss%40w%20rd@[::1]:6432/vms?sslmode=require"})
+	if f != nil || tg.user != "circle" || tg.pwd != "p/ss@w rd" || tg.ep.Host != "::1" || tg.ep.Port != "6432" || tg.databases[0].name != "vms" {
+		t.Fatalf("%+v %+v", tg, f)
 	}
 }

@@ -18,12 +18,7 @@ func OptionsFrom(cfg *config.Config) Options {
 		return o
 	}
 	o.Timeout = cfg.Probes.Timeout.D()
-	if len(cfg.Probes.Postgres.Databases) > 0 {
-		o.Postgres.Databases = cfg.Probes.Postgres.Databases
-	}
-	if cfg.Probes.Postgres.Extensions != nil {
-		o.Postgres.Extensions = cfg.Probes.Postgres.Extensions
-	}
+	o.Postgres = postgresOptions(cfg.Probes.Postgres.Effective())
 	if len(cfg.Probes.Overrides) > 0 {
 		o.Overrides = map[string]Override{}
 		for code, ov := range cfg.Probes.Overrides {

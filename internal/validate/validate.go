@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"unicode/utf8"
@@ -153,21 +154,137 @@ func syntaxAt(path string, data []byte, off int64, msg string) *findings.Finding
 		text = data[lineStart : lineStart+lineEnd]
 	}
 	where := fmt.Sprintf("%s:%d:%d", path, line, col)
-	f := findings.New("FILE_SYNTAX", where, fmt.Sprintf("%s is not valid JSON at line %d, column %d: %s", path, line, col, msg),
-		"offending line: "+strings.TrimSpace(redactLine(string(text))))
+	f := findings.New("FILE_SYNTAX", where, fmt.Sprintf("%s is not valid JSON at line %d, column %d: %s", path, line, col, maskChar(msg)),
+		fmt.Sprintf("line %d, string values masked, %s marks the error: %s", line, errMark, lineShape(string(text), int(off)-1-lineStart)))
 	return &f
 }
 
-// redactLine hides the value on a line that holds a password or secret.
-func redactLine(s string) string {
-	l := strings.ToLower(s)
-	if strings.Contains(l, "password") || strings.Contains(l, "secret") || strings.Contains(l, "passphrase") || strings.Contains(l, "token") {
-		if i := strings.Index(s, ":"); i >= 0 {
-			return s[:i+1] + " (value hidden)"
+// errMark shows where on the line the parser stopped; the shape's columns are not the file's.
+const errMark = ">>>"
+
+// lineShape is the line with every string value and bare word masked: a settings.conf value
+// (a passphrase, a client secret) sits on its own `"value": "..."` line, so hiding only lines
+// that name a password is not enough. Keys stay (a key is a string or word in key position,
+// after '{' or ',' or at the line's start, followed by ':'), and so do punctuation, true, false
+// and null: that is the shape the operator needs to see a lost comma or a curly quote. at is
+// the error's byte offset in the line.
+func lineShape(line string, at int) string {
+	var b strings.Builder
+	mark := -1
+	keyPos := true
+	nextIsColon := func(i int) bool {
+		for ; i < len(line); i++ {
+			if c := line[i]; c != ' ' && c != '\t' && c != '\r' {
+				return c == ':'
+			}
 		}
-		return "(line hidden: it holds a secret)"
+		return false
 	}
-	return s
+	for i := 0; i < len(line); {
+		if mark < 0 && i >= at {
+			mark = b.Len()
+		}
+		c := line[i]
+		switch {
+		case c == '"':
+			j := i + 1
+			for j < len(line) && line[j] != '"' {
+				if line[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			closed := j < len(line)
+			end := min(j+1, len(line))
+			if mark < 0 && at < end {
+				mark = b.Len() // inside the string: mark its start, not the character
+			}
+			switch {
+			case keyPos && closed && nextIsColon(end):
+				b.WriteString(line[i:end])
+			case closed:
+				b.WriteString(`"…"`)
+			default:
+				b.WriteString(`"…`)
+			}
+			keyPos = false
+			i = end
+		case c == ' ' || c == '\t' || c == '\r':
+			b.WriteByte(c)
+			i++
+		case c == '{' || c == ',':
+			b.WriteByte(c)
+			keyPos = true
+			i++
+		case c == '}' || c == '[' || c == ']' || c == ':':
+			b.WriteByte(c)
+			keyPos = false
+			i++
+		default:
+			j := i
+			for j < len(line) && !strings.ContainsRune(" \t\r{}[]:,\"", rune(line[j])) {
+				j++
+			}
+			if mark < 0 && at < j {
+				mark = b.Len()
+			}
+			switch word := line[i:j]; {
+			case word == "true" || word == "false" || word == "null":
+				b.WriteString(word)
+			case keyPos && nextIsColon(j):
+				b.WriteString(word) // a key in typographic quotes, the usual paste from a web page
+			default:
+				b.WriteString("…")
+			}
+			keyPos = false
+			i = j
+		}
+	}
+	shape := b.String()
+	if mark < 0 {
+		mark = len(shape)
+	}
+	shape = shape[:mark] + errMark + shape[mark:]
+	// A minified file is one long line: show the part around the error.
+	const half = 120
+	if len(shape) > 2*half {
+		from, to := max(mark-half, 0), min(mark+len(errMark)+half, len(shape))
+		for from > 0 && !utf8.RuneStart(shape[from]) {
+			from--
+		}
+		for to < len(shape) && !utf8.RuneStart(shape[to]) {
+			to++
+		}
+		cut := shape[from:to]
+		if from > 0 {
+			cut = "…" + cut
+		}
+		if to < len(shape) {
+			cut += "…"
+		}
+		shape = cut
+	}
+	return strings.TrimSpace(shape)
+}
+
+// quotedCharRE is the character encoding/json quotes in a syntax error ("invalid character
+// 'x' after object key:value pair").
+var quotedCharRE = regexp.MustCompile(`character '((?:\\.|[^'\\])+)'`)
+
+// maskChar hides the character a JSON syntax error quotes when it is a letter, a digit or not
+// ASCII: inside a value it is a character of that value. Punctuation stays (it is what tells a
+// lost comma from a stray brace).
+func maskChar(msg string) string {
+	return quotedCharRE.ReplaceAllStringFunc(msg, func(m string) string {
+		c := quotedCharRE.FindStringSubmatch(m)[1]
+		if len(c) == 1 && c[0] < 0x80 && !(c[0] >= 'a' && c[0] <= 'z' || c[0] >= 'A' && c[0] <= 'Z' || c[0] >= '0' && c[0] <= '9') {
+			return m
+		}
+		if strings.HasPrefix(c, "\\") && len(c) <= 4 {
+			return m // an escaped control character or quote
+		}
+		return "character (a letter, digit or non-ASCII character, not shown)"
+	})
 }
 
 func checkReplicated(f Files, m map[string]any) []findings.Finding {

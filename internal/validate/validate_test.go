@@ -136,3 +136,37 @@ func FuzzCheck(f *testing.F) {
 		}
 	})
 }
+
+// A pretty-printed settings.conf puts a secret on its own "value" line; the line a syntax error
+// points at is shown with every value masked, whatever the key above it is called.
+func TestSyntaxEvidenceMasksValues(t *testing.T) {
+	for _, c := range []struct{ name, settings, want, mustNot string }{
+		{"unescaped quote in a value", "{\n  \"ghe_client_secret\": {\n    \"value\": \"Gh\"Secret-77\"\n  }\n}\n",
+			`"value": "…">>>…"…`, "Secret-77"},
+		{"typographic quotes around a value", "{\n  \"secret_passphrase\": {\n    \"value\": “Pass phrase 42”\n  }\n}\n",
+			`"value": >>>… …`, "phrase"},
+		{"missing comma", "{\n  \"hostname\": {\"value\": \"ci.example.com\"}\n  \"s3_bucket\": {\"value\": \"bkt-99\"}\n}\n",
+			`>>>"s3_bucket": {"value": "…"}`, "bkt-99"},
+		{"minified, one line", `{"hostname":{"value":"ci.example.com"},"secret_passphrase":{"value":"Hunter2"},"x":{"value":"y"},}`,
+			`"x":{"value":"…"},>>>}`, "Hunter2"},
+		{"unterminated value", "{\n  \"a\": {\n    \"value\": \"Unterminated-Secret\n  }\n}\n",
+			`"value": "…>>>`, "Unterminated"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			fs := Check(InPlace(tree(t, goodReplicated, c.settings, "L")))
+			if len(fs) != 1 || fs[0].Code != "FILE_SYNTAX" {
+				t.Fatalf("%+v", fs)
+			}
+			f := fs[0]
+			if !strings.Contains(f.Evidence, c.want) {
+				t.Errorf("evidence %q lacks %q", f.Evidence, c.want)
+			}
+			if strings.Contains(f.Summary, "character 'S'") {
+				t.Errorf("the summary quotes a character of the value: %s", f.Summary)
+			}
+			if strings.Contains(f.Summary+f.Evidence+f.Target, c.mustNot) {
+				t.Errorf("the value appears in the finding: %+v", f)
+			}
+		})
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"go.mongodb.org/mongo-driver/bson"
 )
@@ -216,26 +217,53 @@ func Version(maxWire int32) string {
 		return "3.4"
 	case maxWire >= 4:
 		return "3.2"
+	case maxWire >= 3:
+		return "3.0"
 	}
-	return "3.0 or older"
+	return "2.6 or older"
 }
 
 // DriverMinWire is 3.6's wire version, the oldest the Go driver accepts.
 const DriverMinWire = 6
 
+// SCRAMMinWire is 3.0's wire version: SCRAM-SHA-1 exists, and is the default mechanism, from
+// 3.0 on; older servers know only MONGODB-CR.
+const SCRAMMinWire = 3
+
 // LegacyIsMaster sends isMaster as OP_QUERY on rw and reads the answer.
 func LegacyIsMaster(rw io.ReadWriter) (IsMaster, error) {
 	var im IsMaster
-	msg, err := QueryMessage("admin", bson.D{{Key: "isMaster", Value: 1}})
+	doc, err := roundTrip(rw, "admin", bson.D{{Key: "isMaster", Value: 1}})
 	if err != nil {
 		return im, err
 	}
+	if err := bson.Unmarshal(doc, &im); err != nil {
+		return im, fmt.Errorf("decoding the isMaster answer: %w", err)
+	}
+	return im, nil
+}
+
+// roundTrip sends cmd against db as OP_QUERY and returns the answer's document, whatever its
+// ok field says. An OP_MSG answer is accepted too: some proxies answer that way.
+func roundTrip(rw io.ReadWriter, db string, cmd bson.D) (bson.Raw, error) {
+	name := "command"
+	if len(cmd) > 0 {
+		name = cmd[0].Key
+	}
+	msg, err := QueryMessage(db, cmd)
+	if err != nil {
+		return nil, fmt.Errorf("encoding %s: %w", name, err)
+	}
+	id := int32(binary.LittleEndian.Uint32(msg[4:]))
 	if _, err := rw.Write(msg); err != nil {
-		return im, err
+		return nil, fmt.Errorf("sending %s: %w", name, err)
 	}
 	h, body, err := ReadMessage(rw)
 	if err != nil {
-		return im, err
+		return nil, fmt.Errorf("reading the answer to %s: %w", name, err)
+	}
+	if h.ResponseTo != id {
+		return nil, fmt.Errorf("the answer to %s responds to request %d, not %d: %w", name, h.ResponseTo, id, ErrNotMongo)
 	}
 	var doc bson.Raw
 	switch h.OpCode {
@@ -244,13 +272,74 @@ func LegacyIsMaster(rw io.ReadWriter) (IsMaster, error) {
 	case OpMsg:
 		doc, err = ParseMsg(body)
 	default:
-		return im, fmt.Errorf("unexpected opcode %d in the answer to isMaster", h.OpCode)
+		return nil, fmt.Errorf("unexpected opcode %d in the answer to %s: %w", h.OpCode, name, ErrNotMongo)
 	}
 	if err != nil {
-		return im, err
+		return nil, fmt.Errorf("reading the answer to %s: %w", name, err)
 	}
-	if err := bson.Unmarshal(doc, &im); err != nil {
-		return im, fmt.Errorf("decoding the isMaster answer: %w", err)
+	return doc, nil
+}
+
+// ErrNotMongo marks an answer no MongoDB server would send.
+var ErrNotMongo = errors.New("not a MongoDB answer")
+
+// MaxServerText bounds the server-supplied text (errmsg) an error carries: a peer, possibly an
+// impostor, chooses it, and it ends up in findings and the journal.
+const MaxServerText = 300
+
+// ServerText cuts s to MaxServerText bytes on a character boundary, saying how much was cut.
+func ServerText(s string) string {
+	if len(s) <= MaxServerText {
+		return s
 	}
-	return im, nil
+	cut := MaxServerText
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d more bytes)", s[:cut], len(s)-cut)
+}
+
+// CommandError is a command the server refused (ok: 0), with its code (MongoDB's error codes:
+// 18 AuthenticationFailed, 13 Unauthorized, 59 CommandNotFound). 3.2 servers send no codeName.
+type CommandError struct {
+	Command  string
+	Code     int32
+	CodeName string
+	// Message is the server's errmsg, cut to MaxServerText.
+	Message string
+}
+
+func (e *CommandError) Error() string {
+	code := fmt.Sprint(e.Code)
+	if e.CodeName != "" {
+		code += " " + e.CodeName
+	}
+	return fmt.Sprintf("%s refused: %s (code %s)", e.Command, e.Message, code)
+}
+
+// Command runs cmd against db over OP_QUERY on rw (the only command protocol every server
+// version speaks) and returns the answer; an answer without ok: 1 is a *CommandError.
+func Command(rw io.ReadWriter, db string, cmd bson.D) (bson.Raw, error) {
+	doc, err := roundTrip(rw, db, cmd)
+	if err != nil {
+		return nil, err
+	}
+	var st struct {
+		OK       float64 `bson:"ok"`
+		Code     int32   `bson:"code"`
+		CodeName string  `bson:"codeName"`
+		ErrMsg   string  `bson:"errmsg"`
+		Err      string  `bson:"$err"` // OP_REPLY with QueryFailure
+	}
+	if err := bson.Unmarshal(doc, &st); err != nil {
+		return nil, fmt.Errorf("decoding the answer to %s: %w", cmd[0].Key, err)
+	}
+	if st.OK != 1 {
+		msg := st.ErrMsg
+		if msg == "" {
+			msg = st.Err
+		}
+		return nil, &CommandError{Command: cmd[0].Key, Code: st.Code, CodeName: ServerText(st.CodeName), Message: ServerText(msg)}
+	}
+	return doc, nil
 }

@@ -1,0 +1,100 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/haagent/haagent/internal/atomicfile"
+	"github.com/haagent/haagent/internal/config"
+	"github.com/haagent/haagent/internal/findings"
+)
+
+// ResolveOwners turns every entry's user and group names into ids from the root's own
+// etc/passwd and etc/group, and -1 into haagent's own ids, so that each file gets an owner
+// that can be compared with what is on disk. With create, a missing docker group is created
+// as a system group (before Docker's packages would, which accept an existing one): the
+// licence is then root:docker from its first byte on a first boot. Without create (haagent
+// validate, no side effects) a missing docker group is a note. Any other name that does not
+// resolve is a FILE_OWNER_UNRESOLVED finding.
+func ResolveOwners(ctx context.Context, root string, layout []config.Entry, create bool, log *slog.Logger) ([]config.Entry, []string, []findings.Finding) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	out := make([]config.Entry, len(layout))
+	var notes []string
+	var fs []findings.Finding
+	gids := map[string]int{}
+	uids := map[string]int{}
+	for i, e := range layout {
+		if e.User != "" {
+			uid, ok := uids[e.User]
+			if !ok {
+				var err error
+				uid, err = atomicfile.LookupUser(root, e.User)
+				if err != nil {
+					fs = append(fs, ownerFinding(root, e, "user", e.User, err))
+				}
+				uids[e.User] = uid
+			}
+			e.UID = uid
+		}
+		if e.Group != "" {
+			gid, ok := gids[e.Group]
+			if !ok {
+				var err error
+				gid, err = atomicfile.LookupGroup(root, e.Group)
+				var unknown *atomicfile.UnknownNameError
+				switch {
+				case errors.As(err, &unknown) && e.Group == config.DockerGroup && create:
+					var created bool
+					gid, created, err = atomicfile.EnsureSystemGroup(ctx, root, e.Group)
+					if err == nil && created {
+						log.Info("created the docker group, so that the files the Replicated daemon reads belong to it from the first byte",
+							"group", e.Group, "gid", gid, "db", filepath.Join(root, "etc/group"))
+					}
+				case errors.As(err, &unknown) && e.Group == config.DockerGroup:
+					notes = append(notes, fmt.Sprintf("group %s does not exist yet in %s: the fetch creates it (%s %s)",
+						e.Group, filepath.Join(root, "etc/group"), strings.Join(atomicfile.GroupAdd, " "), e.Group))
+					err = nil
+				}
+				if err != nil {
+					fs = append(fs, ownerFinding(root, e, "group", e.Group, err))
+				}
+				gids[e.Group] = gid
+			}
+			e.GID = gid
+		}
+		if e.UID < 0 {
+			e.UID = os.Geteuid()
+		}
+		if e.GID < 0 {
+			e.GID = os.Getegid()
+		}
+		out[i] = e
+	}
+	return out, notes, fs
+}
+
+func ownerFinding(root string, e config.Entry, kind, name string, err error) findings.Finding {
+	field := "files." + e.Name + "." + kind
+	db := filepath.Join(root, "etc/group")
+	summary := fmt.Sprintf("%s %q, the owner of %s (%s), does not exist in %s", kind, name, e.Dest, field, db)
+	fix := fmt.Sprintf("create the group on the machine (groupadd %s) before haagent runs, or set %s (or gid) to a group that exists", name, field)
+	var unknown *atomicfile.UnknownNameError
+	switch {
+	case kind == "user":
+		db = filepath.Join(root, "etc/passwd")
+		summary = fmt.Sprintf("user %q, the owner of %s (%s), does not exist in %s", name, e.Dest, field, db)
+		fix = fmt.Sprintf("create the user on the machine (useradd --system %s) before haagent runs, or set %s (or uid) to a user that exists", name, field)
+	case name == config.DockerGroup && !errors.As(err, &unknown):
+		// haagent's own groupadd failed (not root, a read-only or locked etc/group).
+		summary = fmt.Sprintf("the %s group, which %s belongs to so the Replicated daemon can read it, could not be created in %s", name, e.Dest, db)
+		fix = fmt.Sprintf("run haagent as root, or create the group yourself: %s %s", strings.Join(atomicfile.GroupAdd, " "), name)
+	}
+	return findings.New("FILE_OWNER_UNRESOLVED", field, summary, err.Error()).WithFix(fix)
+}
