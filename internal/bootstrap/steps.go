@@ -370,7 +370,8 @@ func stepCACerts(ctx context.Context, env *Env) error {
 	return nil
 }
 
-// stepReplicatedInstall runs the installer once per instance.
+// stepReplicatedInstall runs the installer once per instance, with the arguments that keep
+// the real script from asking (public address, no-docker), and verifies that it installed.
 func stepReplicatedInstall(ctx context.Context, env *Env) error {
 	c := env.Config
 	settingsSHA := ""
@@ -381,18 +382,32 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 	if proxy == "" {
 		proxy = os.Getenv("https_proxy")
 	}
+	// The script's own public-address discovery is a plain IMDSv1 request, which fails on an
+	// instance that requires IMDSv2, and then it prompts: haagent asks IMDSv2 instead.
+	public := ""
+	if !replicated.SetsPublicAddress(c.Replicated.ExtraArgs) {
+		var err error
+		if public, err = env.IMDS.PublicIPv4(ctx); err != nil {
+			return imdsFailure(err)
+		}
+	}
 	res, err := replicated.Ensure(ctx, replicated.Options{
 		Root: env.Root, URL: c.Replicated.InstallerURL, SHA256: c.Replicated.SHA256, ExtraArgs: c.Replicated.ExtraArgs,
-		Timeout: c.Replicated.Timeout.D(), LocalAddress: env.Instance.LocalIPv4, InstanceID: env.Instance.InstanceID,
+		Version: c.Replicated.Version, Timeout: c.Replicated.Timeout.D(), LocalAddress: env.Instance.LocalIPv4,
+		PublicAddress: public, DockerInstalled: replicated.DockerInstalled(env.Root), InstanceID: env.Instance.InstanceID,
 		SettingsSHA256: settingsSHA, Proxy: proxy, Reinstall: env.Reinstall, RootCAs: probes.TrustPool(env.Root),
 		Systemd: env.Root == "/" && replicated.UnderSystemd(), Log: env.Log.With("step", "replicated-install"),
+		// Report logs a finding once per run, however often the step is retried.
+		Report:     env.Report,
 		OpenBucket: func(ctx context.Context, name string) (*bucket.Bucket, error) { return env.openBucket(ctx, name, "") },
 	})
 	if err != nil {
 		return err
 	}
-	if res.Ran {
-		env.Log.Info("Replicated installed", "installer_sha256", res.SHA256)
+	// AppState is set whenever an install was verified: one run here, or one an earlier
+	// haagent started and this one waited for.
+	if res.AppState != "" {
+		env.Log.Info("Replicated installed and answering", "installer_sha256", res.SHA256, "app_state", res.AppState)
 	}
 	return nil
 }

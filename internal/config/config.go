@@ -104,7 +104,10 @@ type Replicated struct {
 	InstallerURL string   `yaml:"installer_url"`
 	SHA256       string   `yaml:"sha256"`
 	ExtraArgs    []string `yaml:"extra_args"`
-	Timeout      Duration `yaml:"timeout"`
+	// Version pins Replicated (e.g. "2.38.6") through the installer URL's query:
+	// replicated_tag, replicated_ui_tag and replicated_operator_tag.
+	Version string   `yaml:"version"`
+	Timeout Duration `yaml:"timeout"`
 }
 
 // Override is one code's severity and blocking flag.
