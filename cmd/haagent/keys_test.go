@@ -233,6 +233,8 @@ func TestDiskFullOnARebootIsNotS3Offline(t *testing.T) {
 	os.MkdirAll(filepath.Join(root, "etc/haagent"), 0o755)
 	os.WriteFile(filepath.Join(root, "etc/haagent/haagent.yaml"), cfg, 0o644)
 	w.root = root
+	w.installer.set(func(s *installerServer) { s.root = root }) // the stand-in installs under the machine's root
+	bakeDocker(t, root)
 	if r := w.run("run", "--once"); r.code != 0 {
 		t.Fatalf("first boot: exit %d\n%s", r.code, r.stderr)
 	}
