@@ -53,6 +53,19 @@ variable "preinstall_docker" {
   default = false
 }
 
+# With preinstall_docker, the exact apt version of docker_package to install and hold
+# (apt-mark hold), e.g. the one matching the Docker the Replicated release recommends
+# (CircleCI ran 17.12.1 or 18.09.9 with Replicated 2.38.6). Required then: never the newest.
+variable "docker_package" {
+  type    = string
+  default = "docker.io"
+}
+
+variable "docker_version" {
+  type    = string
+  default = ""
+}
+
 variable "prepull_images" {
   type    = list(string)
   default = []
@@ -116,6 +129,8 @@ build {
     execute_command = "sudo -E bash '{{ .Path }}'"
     environment_vars = [
       "PREINSTALL_DOCKER=${var.preinstall_docker}",
+      "DOCKER_PACKAGE=${var.docker_package}",
+      "DOCKER_VERSION=${var.docker_version}",
       "PREPULL_IMAGES=${join(" ", var.prepull_images)}",
     ]
   }

@@ -149,3 +149,24 @@ func TestCheckImageRefusesBakedSecrets(t *testing.T) {
 		t.Fatalf("a baked config was not refused: %v\n%s", err, out)
 	}
 }
+
+// Docker baked into the image is a pinned version held with apt-mark hold: bake.sh refuses to
+// run without docker_version (before it changes anything), and the template passes it.
+func TestBakedDockerIsPinned(t *testing.T) {
+	cmd := exec.Command("bash", "bake.sh")
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "PREINSTALL_DOCKER=true", "DOCKER_VERSION="}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "preinstall_docker needs docker_version") {
+		t.Fatalf("bake.sh without docker_version: %v\n%s", err, out)
+	}
+	bake, _ := os.ReadFile("bake.sh")
+	for _, want := range []string{`apt-get install -y -qq --allow-downgrades "${DOCKER_PACKAGE:-docker.io}=${DOCKER_VERSION}"`, `apt-mark hold "${DOCKER_PACKAGE:-docker.io}"`} {
+		if !strings.Contains(string(bake), want) {
+			t.Errorf("bake.sh lacks %s", want)
+		}
+	}
+	tpl, _ := os.ReadFile("services-ami.pkr.hcl")
+	if !strings.Contains(string(tpl), `"DOCKER_VERSION=${var.docker_version}"`) {
+		t.Error("the template does not pass docker_version to bake.sh")
+	}
+}

@@ -47,7 +47,7 @@ func TestLifecycleHookKeptAliveThenCompleted(t *testing.T) {
 	a := w.startASG(id, nil)
 	a.LaunchPending(id, "haagent-launch")
 	// The installer holds the boot until the test has seen the heartbeats.
-	w.installer.setScript("#!/bin/bash\nwhile [ ! -e RECDIR/go ]; do sleep 0.05; done\necho run >> RECDIR/runs\n")
+	w.installer.setScript(standinWith(t, "while [ ! -e RECDIR/go ]; do sleep 0.05; done"))
 	const every = 500 * time.Millisecond
 	w.writeConfig(w.s3.URL, fmt.Sprintf("asg:\n  enabled: true\n  lifecycle_hook: haagent-launch\n  endpoint: %s\n  heartbeat_every: %s\n", a.URL, every))
 
@@ -181,7 +181,7 @@ func TestGuardReplacesOnlyWhenANewInstanceWouldFareBetter(t *testing.T) {
 	w := newWorld(t, id)
 	a := w.startASG(id, nil)
 	w.watchCfg = "watch:\n  stuck_after: 1h\n"
-	w.installer.setScript(fmt.Sprintf("#!/bin/bash\nDOCKER_HOST=%s docker run -d --name frontend --network none %s sh -c 'echo frontend up; sleep 3600' >/dev/null\n", d.Host, image))
+	w.installer.setScript(standinWith(t, fmt.Sprintf("DOCKER_HOST=%s docker run -d --name frontend --network none %s sh -c 'echo frontend up; sleep 3600' >/dev/null", d.Host, image)))
 	w.writeConfig(w.s3.URL, fmt.Sprintf("asg:\n  enabled: true\n  endpoint: %s\n  replace:\n    enabled: true\n    failing_for: 1s\n    recheck_every: 1s\n    budget: 1\n    window: 1h\n", a.URL))
 	// Another instance was replaced ten minutes ago: the budget of one an hour is spent.
 	ledger := fmt.Sprintf(`{"version":1,"replacements":[{"instance_id":"i-0previous","at":%q,"reason":"test"}]}`, time.Now().Add(-10*time.Minute).UTC().Format(time.RFC3339))

@@ -86,7 +86,11 @@ func newWorld(t *testing.T, instanceID string) *world {
 	w.objs["circleconfig/shared/vault"] = []byte(vaultSettings)
 	w.s3.Put(t, bkt, "circleconfig/shared/vault", []byte(vaultSettings))
 	w.imds = peertest.StartIMDS(t, peertest.Instance{ID: instanceID, LocalIPv4: "10.0.1.23", Region: "us-east-1"})
-	w.installer = startInstaller(t, okScript)
+	w.installer = startInstaller(t, standin(t))
+	w.installer.set(func(s *installerServer) { s.root, s.imdsV1 = w.root, w.imds.URL })
+	// The AMI has Docker baked in, so haagent passes no-docker (the stand-in then only needs
+	// a docker command): the real client when the machine has one.
+	bakeDocker(t, w.root)
 	// The installer server's CA travels in the bucket, as an operator's would: the ca-certs
 	// step installs it and the download trusts it.
 	w.s3.Put(t, bkt, "ca-certificates/installer-ca.crt", w.installer.caPEM)
@@ -96,6 +100,19 @@ func newWorld(t *testing.T, instanceID string) *world {
 	w.watchCfg = "watch:\n  enabled: false\n"
 	w.writeConfig(w.s3.URL, "")
 	return w
+}
+
+// bakeDocker puts a docker command under root, as a baked AMI has it.
+func bakeDocker(t *testing.T, root string) {
+	t.Helper()
+	os.MkdirAll(filepath.Join(root, "usr/bin"), 0o755)
+	if p, err := exec.LookPath("docker"); err == nil {
+		if err := os.Symlink(p, filepath.Join(root, "usr/bin/docker")); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	os.WriteFile(filepath.Join(root, "usr/bin/docker"), []byte("#!/bin/sh\necho 'Docker version 20.10.24+dfsg1, build 297e128'\n"), 0o755)
 }
 
 func (w *world) writeConfig(endpoint, extra string) {

@@ -15,6 +15,7 @@ import (
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
+	"github.com/haagent/haagent/internal/replicated"
 	"github.com/haagent/haagent/internal/state"
 	"github.com/haagent/haagent/systemd"
 )
@@ -57,20 +58,22 @@ func TestSystemdBoot(t *testing.T) {
 	vhost, vport, _ := strings.Cut(vault.Addr, ":")
 	w.s3.Put(t, bkt, "circleconfig/shared/vault", []byte("export VAULT__SCHEME=https\nexport VAULT__HOST="+vhost+"\nexport VAULT__PORT="+vport+
 		"\nexport VAULT__CLIENT_TOKEN="+token+"\nexport VAULT__TRANSIT_MOUNT=transit\n"))
-	// The installer outlasts haagent's RestartSec, so the restarted haagent finds it running.
-	w.installer.setScript(`#!/bin/bash
-echo 'installer started'
-sleep 15
-for svc in replicated replicated-ui replicated-operator; do
-  printf '[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n' > /etc/systemd/system/$svc.service
-done
-systemctl daemon-reload
-systemctl enable --now replicated replicated-ui replicated-operator
-systemctl start docker
+	// The stand-in installer, real-shaped: in the box it creates the replicated user in group
+	// docker and installs the three units, which run as replicated:docker; the replicated
+	// one reads the licence and settings.conf that replicated.conf names and fails when it
+	// cannot; replicatedctl answers only while it runs. It outlasts haagent's RestartSec, so
+	// the restarted haagent finds it running. Its first version lacks release-sequence,
+	// which the config passes: haagent refuses to run it (INSTALLER_ARG_UNKNOWN), and the
+	// retry downloads the fixed one.
+	w.installer.set(func(s *installerServer) {
+		s.root, s.delay = "", "15"
+		s.recIn, s.recDir = "/var/tmp/haagent-standin", filepath.Join(root, "var/tmp/haagent-standin")
+	})
+	full := standinWith(t, `systemctl start docker
 docker load -i /frontend-image.tar
-docker run -d --name frontend --network none --restart always ` + image + ` sh -c 'echo frontend says hello; echo frontend warns >&2; sleep 3600'
-echo 'Installing Replicated (test installer)'
-`)
+docker run -d --name frontend --network none --restart always `+image+` sh -c 'echo frontend says hello; echo frontend warns >&2; sleep 3600'`)
+	w.installer.setScript(strings.Replace(full, "        release-sequence|release_sequence)\n            RELEASE_SEQUENCE=\"$_value\"\n            ;;\n", "", 1))
+	w.installCfg += "  extra_args: [release-sequence=1]\n"
 	copyFile(t, haagentBin, filepath.Join(root, "usr/local/bin/haagent"), 0o755)
 	os.MkdirAll(filepath.Join(root, "etc/systemd/journald.conf.d"), 0o755)
 	copyFile(t, "../../packer/journald-haagent.conf", filepath.Join(root, "etc/systemd/journald.conf.d/haagent.conf"), 0o644)
@@ -93,17 +96,40 @@ echo 'Installing Replicated (test installer)'
 	// The instance is the one member of a group with a launch hook: the boot heartbeats the
 	// action (the haagent restarted after the kill below too) and completes it once.
 	const id = "i-0nspawn000000000"
-	w.imds = peertest.StartIMDS(t, peertest.Instance{ID: id, LocalIPv4: "10.0.1.23", Region: "us-east-1", ASGGroup: asgGroup})
+	w.imds = peertest.StartIMDS(t, peertest.Instance{ID: id, LocalIPv4: "10.0.1.23", PublicIPv4: "203.0.113.7", Region: "us-east-1", ASGGroup: asgGroup})
+	w.installer.set(func(s *installerServer) { s.imdsV1 = w.imds.URL })
 	a := w.startASG(id, nil)
 	a.LaunchPending(id, "haagent-launch")
 	completions := func() []peertest.ASGCall { return a.Calls("CompleteLifecycleAction") }
 
 	// What user-data and /etc/default/haagent give a real instance.
 	w.writeConfig(w.s3.URL, "asg:\n  enabled: true\n  lifecycle_hook: haagent-launch\n  endpoint: "+a.URL+"\n  heartbeat_every: 1s\n")
+	// A proxy with credentials (nothing here is proxied: loopback never is, and the stand-in
+	// connects nowhere through it): they must not reach the installer's argv, its unit's
+	// properties or any journal.
+	const proxySecret = "b00t-proxy-pw"
 	os.WriteFile(filepath.Join(root, "etc/default/haagent"), []byte(strings.Join([]string{
 		"AWS_ACCESS_KEY_ID=" + w.s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + w.s3.SecretKey,
-		"AWS_EC2_METADATA_SERVICE_ENDPOINT=" + w.imds.URL}, "\n")+"\n"), 0o600)
+		"AWS_EC2_METADATA_SERVICE_ENDPOINT=" + w.imds.URL,
+		"HTTPS_PROXY=http://corp:" + proxySecret + "@proxy.corp.example:3128"}, "\n")+"\n"), 0o600)
 	m.MustExec(t, "systemctl", "start", "haagent")
+
+	// The first script does not take an argument the config passes: refused before it runs,
+	// no marker; the retry takes the fixed script.
+	for deadline := time.Now().Add(90 * time.Second); ; {
+		if out, _ := m.Exec("journalctl", "-u", "haagent", "--no-pager", "-o", "cat", "HAAGENT_FINDING=INSTALLER_ARG_UNKNOWN"); strings.Contains(out, "release-sequence") {
+			break
+		}
+		if time.Now().After(deadline) {
+			out, _ := m.Exec("journalctl", "-u", "haagent", "--no-pager", "-o", "cat")
+			t.Fatalf("no INSTALLER_ARG_UNKNOWN for the script without release-sequence; haagent's journal:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if w.installer.runs() != 0 || replicated.ReadMarker(root) != nil {
+		t.Fatalf("the refused script ran (%d) or a marker was written", w.installer.runs())
+	}
+	w.installer.setScript(full)
 
 	// Kill haagent while the installer's transient unit runs: the restarted haagent must
 	// neither kill nor repeat it.
@@ -117,6 +143,13 @@ echo 'Installing Replicated (test installer)'
 			t.Fatalf("the installer unit never ran; haagent's journal:\n%s", out)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// While it runs: the proxy's credentials are in no process's argv and not in the unit's
+	// properties (its environment comes from a 0600 file).
+	procs, _ := m.Exec("sh", "-c", `for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' < "$f"; echo; done`)
+	unitProps, _ := m.Exec("systemctl", "show", "haagent-replicated-install")
+	if strings.Contains(procs, proxySecret) || strings.Contains(unitProps, proxySecret) || !strings.Contains(unitProps, "EnvironmentFiles=/var/lib/haagent/replicated-install.env") {
+		t.Fatalf("the proxy's credentials are visible:\nargv:\n%s\nunit:\n%s", procs, unitProps)
 	}
 	m.MustExec(t, "systemctl", "kill", "--kill-whom=main", "-s", "KILL", "haagent")
 	killed := time.Now()
@@ -153,10 +186,38 @@ echo 'Installing Replicated (test installer)'
 		t.Fatalf("heartbeats: %d before the kill, %d after it; want both (calls: %v)", beatsBefore, beatsAfter, actions(a.Calls()))
 	}
 
-	// The installer ran once, in its own unit, and survived haagent's death.
+	// The installer ran once, in its own unit, and survived haagent's death; it was given
+	// the public address from IMDSv2 and no-docker (Docker is in the image), so it neither
+	// asked IMDSv1 nor prompted; it printed the proxy it took from its environment, with the
+	// credentials hidden on the way to the journal.
 	inst := installerJournal(t, m)
-	if strings.Count(inst, "\ninstaller started\n") != 1 || !strings.Contains(inst, "Installing Replicated (test installer)") {
+	if strings.Count(inst, "\ninstaller started\n") != 1 || !strings.Contains(inst, "Installing Replicated (test installer)") ||
+		!strings.Contains(inst, "will use the proxy at 'http://***@proxy.corp.example:3128'") || strings.Contains(inst, proxySecret) {
 		t.Fatalf("the installer's journal:\n%s", inst)
+	}
+	if args := w.installer.rec("args"); args != "local-address=10.0.1.23\nno-docker\npublic-address=203.0.113.7\nrelease-sequence=1\n" ||
+		w.installer.rec("prompts") != "" || w.installer.rec("imdsv1") != "" {
+		t.Fatalf("installer arguments:\n%s\nprompts: %q", args, w.installer.rec("prompts"))
+	}
+	// Replicated's units run as replicated:docker and the daemon read the licence and the
+	// settings as that user; the marker came after replicatedctl answered.
+	ps := m.MustExec(t, "systemctl", "show", "-p", "ActiveState", "-p", "User", "-p", "Group", "replicated", "replicated-ui", "replicated-operator")
+	if strings.Count(ps, "ActiveState=active") != 3 || strings.Count(ps, "User=replicated") != 3 || strings.Count(ps, "Group=docker") != 3 {
+		t.Fatalf("Replicated's units:\n%s", ps)
+	}
+	daemon := m.MustExec(t, "journalctl", "-u", "replicated", "--no-pager", "-o", "cat")
+	for _, want := range []string{"read LicenseFileLocation /etc/license.rli as replicated:docker", "read ImportSettingsFrom /etc/settings.conf as replicated:docker"} {
+		if !strings.Contains(daemon, want) {
+			t.Fatalf("the daemon did not %s:\n%s", want, daemon)
+		}
+	}
+	if j, _ := m.Exec("journalctl", "-u", "haagent", "--no-pager", "-o", "cat"); !strings.Contains(j, "Replicated installed and answering") {
+		t.Fatalf("haagent did not verify the install:\n%s", j)
+	}
+	since := strings.TrimSpace(m.MustExec(t, "systemctl", "show", "--timestamp=unix", "-p", "ActiveEnterTimestamp", "--value", "replicated"))
+	up, err := strconv.ParseInt(strings.TrimPrefix(since, "@"), 10, 64)
+	if mk := replicated.ReadMarker(root); err != nil || mk == nil || mk.Time.Unix() < up {
+		t.Fatalf("the marker (%+v) must come after replicated.service became active (%s)", mk, since)
 	}
 
 	// A broken setting (the expiring Vault token) surfaces in `haagent status`.
@@ -174,7 +235,8 @@ echo 'Installing Replicated (test installer)'
 		t.Fatalf("the installer ran again after a restart:\n%s", inst)
 	}
 	if out, _ := m.Exec("systemctl", "is-active", "replicated"); strings.TrimSpace(out) != "active" {
-		t.Fatalf("replicated was not started again: %s", out)
+		j, _ := m.Exec("journalctl", "-u", "replicated", "--no-pager", "-o", "cat")
+		t.Fatalf("replicated was not started again: %s\n%s", out, j)
 	}
 
 	// Journal entries carry haagent's fields, and the frontend's lines are entries of their
@@ -213,7 +275,7 @@ echo 'Installing Replicated (test installer)'
 	if !hello || !warns {
 		t.Fatalf("frontend lines in the journal: hello=%v warns=%v", hello, warns)
 	}
-	for _, secret := range []string{token, pgPass, "mongo-pw", w.s3.SecretKey} {
+	for _, secret := range []string{token, pgPass, "mongo-pw", w.s3.SecretKey, proxySecret} {
 		for _, e := range entries {
 			if strings.Contains(e["MESSAGE"], secret) {
 				t.Fatalf("a secret appears in the journal: %q", e["MESSAGE"])

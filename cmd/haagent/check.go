@@ -6,11 +6,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/config"
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/probes"
+	"github.com/haagent/haagent/internal/state"
 )
 
 type checkCmd struct {
@@ -54,6 +58,11 @@ func (c *checkCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		}
 	}
 	rep := probes.Run(ctx, c.g.root, o)
+	if c.only == "" {
+		// Local state, no network: an encryption key conflict lasts until a person resolves
+		// it, and check is where an operator looks first.
+		rep.Findings = append(rep.Findings, keyConflicts(c.g.root, c.g.path(state.Path))...)
+	}
 	if c.format == "json" {
 		if err := rep.WriteJSON(stdout); err != nil {
 			return &exitError{code: 2, err: err}
@@ -65,4 +74,21 @@ func (c *checkCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return &exitError{code: 1, err: fmt.Errorf("%d error finding(s)", n)}
 	}
 	return nil
+}
+
+// keyConflicts are the KEYS_CONFLICT findings of the run record that still hold on this
+// machine: the local key still has the content it had when the conflict was found. (Whether the
+// bucket's copy changed is for the next fetch or backup to tell; until then it stands.)
+func keyConflicts(root, recordPath string) []findings.Finding {
+	rec, err := state.Load(recordPath)
+	if err != nil {
+		return nil
+	}
+	var out []findings.Finding
+	for _, kc := range rec.KeyConflicts {
+		if cur, err := atomicfile.HashFile(filepath.Join(root, kc.Path)); err == nil && cur.SHA256 == kc.LocalSHA256 {
+			out = append(out, kc.Finding())
+		}
+	}
+	return out
 }

@@ -6,46 +6,61 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/replicated"
 )
 
 // installerServer is a local HTTPS server with its own CA serving a test installer script.
 type installerServer struct {
-	URL      string
-	caPEM    []byte
-	recDir   string
+	URL   string
+	caPEM []byte
+	// recDir is where the script records what it got, as the test reads it; recIn is the
+	// same directory as the script sees it (inside the nspawn box it differs).
+	recDir, recIn string
+	// root is ROOTDIR in the stand-in (the machine's root: haagent's --root, "" in the box),
+	// imdsV1 the URL its IMDSv1 request goes to, delay how long it works before installing.
+	root, imdsV1, delay string
+	// redirect, when set, answers the script's URL with a redirect there.
+	redirect string
 	mu       sync.Mutex
 	script   string
-	requests int
+	requests []string
 }
 
-// okScript records its arguments, environment, stdin and whether it got a terminal, and
-// appends a line per run. RECDIR is replaced by the recording directory.
-const okScript = `#!/bin/bash
-printf '%s\n' "$@" > RECDIR/args
-env > RECDIR/env
-cat > RECDIR/stdin
-if read -t 20 answer < /dev/tty; then echo tty > RECDIR/tty; else echo no-tty > RECDIR/tty; fi
-echo "Installing Replicated (test installer)"
-echo "a warning on stderr" >&2
-echo run >> RECDIR/runs
-`
+// standin is the test stand-in for the Replicated installer (testdata/replicated-standin.sh
+// says what it models).
+func standin(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("testdata/replicated-standin.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
 
 func startInstaller(t *testing.T, script string) *installerServer {
-	s := &installerServer{recDir: t.TempDir()}
+	s := &installerServer{recDir: t.TempDir(), delay: "0", imdsV1: "http://127.0.0.1:9"}
+	s.recIn = s.recDir
 	s.setScript(script)
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
-		s.requests++
-		body := s.script
+		s.requests = append(s.requests, r.URL.RequestURI())
+		body := strings.NewReplacer("RECDIR", s.recIn, "ROOTDIR", s.root, "IMDSV1URL", s.imdsV1, "STANDIN_DELAY", s.delay).Replace(s.script)
+		redirect := s.redirect
 		s.mu.Unlock()
 		if r.URL.Path != "/install.sh" {
 			http.NotFound(w, r)
+			return
+		}
+		if redirect != "" {
+			http.Redirect(w, r, redirect, http.StatusFound)
 			return
 		}
 		fmt.Fprint(w, body)
@@ -56,15 +71,34 @@ func startInstaller(t *testing.T, script string) *installerServer {
 	return s
 }
 
+// standinWith is the stand-in with the test's own lines where a real install goes on to start
+// the application (just before its last line).
+func standinWith(t *testing.T, extra string) string {
+	return strings.Replace(standin(t), "# EXTRA\n", extra+"\n", 1)
+}
+
+// set changes what the server serves, under its lock (its handler reads them).
+func (s *installerServer) set(f func(s *installerServer)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(s)
+}
+
 func (s *installerServer) setScript(script string) {
 	s.mu.Lock()
-	s.script = strings.ReplaceAll(script, "RECDIR", s.recDir)
+	s.script = script
 	s.mu.Unlock()
 }
 
 func (s *installerServer) rec(name string) string {
 	b, _ := os.ReadFile(filepath.Join(s.recDir, name))
 	return string(b)
+}
+
+func (s *installerServer) reqs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.requests...)
 }
 
 func (s *installerServer) runs() int { return strings.Count(s.rec("runs"), "run\n") }
@@ -79,9 +113,14 @@ func TestInstallerRunsOncePerInstance(t *testing.T) {
 	if in.runs() != 1 {
 		t.Fatalf("installer ran %d times", in.runs())
 	}
+	// Docker is baked in (no-docker) and the instance has no public address: the script
+	// neither compares Docker versions nor asks IMDSv1, so it never prompts.
 	args := in.rec("args")
-	if args != "local_address=10.0.1.23\nno_proxy=1\n" {
+	if args != "local-address=10.0.1.23\nno-proxy\nno-docker\nno-public-address\n" {
 		t.Fatalf("installer arguments:\n%s", args)
+	}
+	if p := in.rec("prompts"); p != "" || in.rec("imdsv1") != "" {
+		t.Fatalf("the installer prompted (%q) or made its IMDSv1 request (%q)", p, in.rec("imdsv1"))
 	}
 	if in.rec("tty") != "no-tty\n" || in.rec("stdin") != "" {
 		t.Fatalf("the installer must run with stdin closed and no terminal: tty=%q stdin=%q", in.rec("tty"), in.rec("stdin"))
@@ -90,9 +129,10 @@ func TestInstallerRunsOncePerInstance(t *testing.T) {
 	if strings.Contains(env, "AWS_SECRET_ACCESS_KEY") || !strings.Contains(env, "PATH=/usr/local/sbin") {
 		t.Fatalf("the installer's environment must be minimal:\n%s", env)
 	}
-	for _, want := range []string{"Installing Replicated (test installer)", "a warning on stderr", "step=replicated-install"} {
+	for _, want := range []string{"Installing Replicated (test installer)", "a warning on stderr", "step=replicated-install",
+		`msg="Replicated installed and answering"`, "app_state=\"stopped (transitioning)\""} {
 		if !strings.Contains(r.stderr, want) {
-			t.Errorf("the installer's output is not in the log: %q", want)
+			t.Errorf("not in the log: %q", want)
 		}
 	}
 	m := replicated.ReadMarker(w.root)
@@ -118,19 +158,176 @@ func TestInstallerRunsOncePerInstance(t *testing.T) {
 	}
 }
 
-func TestInstallerProxyArgument(t *testing.T) {
-	w := newWorld(t, "i-0proxy0000000000")
-	// Loopback is never proxied, so S3 and the installer server stay reachable.
-	env := append(w.env(w.imds.URL), "HTTPS_PROXY=http://proxy.corp.example:3128")
-	if r := w.runEnv(env, "run", "--once"); r.code != 0 {
+// The public address comes from IMDSv2, so the script never makes its IMDSv1 request (which
+// fails where IMDSv2 is required) nor prompts "Service IP address"; an operator's own
+// public-address (an Elastic IP's DNS name) replaces it.
+func TestInstallerPublicAddress(t *testing.T) {
+	t.Run("from IMDSv2", func(t *testing.T) {
+		const id = "i-0public000000000"
+		w := newWorld(t, id)
+		w.imds = peertest.StartIMDS(t, peertest.Instance{ID: id, LocalIPv4: "10.0.1.23", PublicIPv4: "203.0.113.7", Region: "us-east-1"})
+		w.installer.set(func(s *installerServer) { s.imdsV1 = w.imds.URL })
+		if r := w.run("run", "--once"); r.code != 0 {
+			t.Fatalf("exit %d\n%s", r.code, r.stderr)
+		}
+		if got := w.installer.rec("args"); got != "local-address=10.0.1.23\nno-proxy\nno-docker\npublic-address=203.0.113.7\n" {
+			t.Fatalf("installer arguments:\n%s", got)
+		}
+		if w.installer.rec("imdsv1") != "" || w.installer.rec("prompts") != "" {
+			t.Fatalf("the installer asked IMDSv1 or prompted: %q", w.installer.rec("prompts"))
+		}
+	})
+	t.Run("the operator's", func(t *testing.T) {
+		w := newWorld(t, "i-0public000000001")
+		w.installCfg += "  extra_args: [public-address=ci.example.com]\n"
+		w.writeConfig(w.s3.URL, "")
+		if r := w.run("run", "--once"); r.code != 0 {
+			t.Fatalf("exit %d\n%s", r.code, r.stderr)
+		}
+		if got := w.installer.rec("args"); got != "local-address=10.0.1.23\nno-proxy\nno-docker\npublic-address=ci.example.com\n" {
+			t.Fatalf("installer arguments:\n%s", got)
+		}
+	})
+}
+
+// The real script exits 0 having installed nothing when it would have had to ask: here the
+// Docker it finds is not the one it recommends and haagent could not pass no-docker (no
+// Docker under its root). The marker is not written; the finding carries the last lines and
+// the Docker version to install; once Docker is baked in, the next run installs.
+func TestInstallerExitZeroWithNothingInstalled(t *testing.T) {
+	if _, err := exec.LookPath("docker"); err != nil {
+		peertest.Missing(t, "no docker command on this machine for the stand-in installer to find (apt-get install docker.io)")
+	}
+	w := newWorld(t, "i-0nothing00000000")
+	os.Remove(filepath.Join(w.root, "usr/bin/docker"))
+	r := w.run("run", "--once")
+	if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_NOTHING_INSTALLED") || !strings.Contains(r.stderr, "The recommended version is 18.09.9") ||
+		!strings.Contains(r.stderr, "install the Docker it recommends (18.09.9)") {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
-	if got := w.installer.rec("args"); got != "local_address=10.0.1.23\nhttp-proxy=http://proxy.corp.example:3128\n" {
+	if w.installer.rec("prompts") != "proceed anyway\n" || replicated.ReadMarker(w.root) != nil {
+		t.Fatalf("prompts %q; marker %+v", w.installer.rec("prompts"), replicated.ReadMarker(w.root))
+	}
+	bakeDocker(t, w.root)
+	if r := w.run("run", "--once"); r.code != 0 || w.installer.runs() != 2 || replicated.ReadMarker(w.root) == nil {
+		t.Fatalf("with Docker baked in: exit %d, runs %d\n%s", r.code, w.installer.runs(), r.stderr)
+	}
+}
+
+// Configured arguments are checked before the script runs: against the downloaded script's
+// own argument list (here a script that has no release-sequence), offline against the
+// documented list, and never one haagent sets itself.
+func TestInstallerExtraArgs(t *testing.T) {
+	t.Run("accepted", func(t *testing.T) {
+		w := newWorld(t, "i-0extra0000000000")
+		w.installCfg += "  extra_args: [release-sequence=12]\n"
+		w.writeConfig(w.s3.URL, "")
+		if r := w.run("run", "--once"); r.code != 0 || !strings.HasSuffix(w.installer.rec("args"), "\nrelease-sequence=12\n") {
+			t.Fatalf("exit %d, args %q\n%s", r.code, w.installer.rec("args"), r.stderr)
+		}
+	})
+	t.Run("not in this script", func(t *testing.T) {
+		w := newWorld(t, "i-0extra0000000001")
+		w.installer.setScript(strings.Replace(standin(t), "        release-sequence|release_sequence)\n            RELEASE_SEQUENCE=\"$_value\"\n            ;;\n", "", 1))
+		w.installCfg += "  extra_args: [release-sequence=12]\n"
+		w.writeConfig(w.s3.URL, "")
+		r := w.run("run", "--once")
+		if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_ARG_UNKNOWN") || !strings.Contains(r.stderr, `\"release-sequence\" is not an argument the installer accepts`) ||
+			!strings.Contains(r.stderr, "the downloaded script's argument list") || w.installer.runs() != 0 {
+			t.Fatalf("exit %d, runs %d\n%s", r.code, w.installer.runs(), r.stderr)
+		}
+	})
+	t.Run("unknown or reserved", func(t *testing.T) {
+		w := newWorld(t, "i-0extra0000000002")
+		w.installCfg += "  extra_args: [relase-sequence=12, no_docker, private-address=10.9.9.9]\n"
+		w.writeConfig(w.s3.URL, "")
+		v := w.run("validate")
+		out := v.stdout + v.stderr
+		for _, want := range []string{`replicated.extra_args[0]: "relase-sequence" is not an argument`, "replicated.extra_args[1]: no_docker is set by haagent",
+			"replicated.extra_args[2]: private-address is set by haagent"} {
+			if v.code != 2 || !strings.Contains(out, want) {
+				t.Errorf("validate: exit %d, want %q in\n%s", v.code, want, out)
+			}
+		}
+		if r := w.run("run", "--once"); r.code != 2 || w.installer.runs() != 0 {
+			t.Fatalf("run: exit %d, runs %d\n%s", r.code, w.installer.runs(), r.stderr)
+		}
+	})
+}
+
+// A proxy with credentials reaches the installer through its environment (the script reads
+// HTTP_PROXY), never its argv; the script's own "will use the proxy at '...'" line is logged
+// with the credentials hidden.
+func TestInstallerProxyArgument(t *testing.T) {
+	w := newWorld(t, "i-0proxy0000000000")
+	const secret = "pr0xy-s3cret"
+	proxy := "http://corp-user:" + secret + "@proxy.corp.example:3128"
+	// Loopback is never proxied, so S3 and the installer server stay reachable.
+	env := append(w.env(w.imds.URL), "HTTPS_PROXY="+proxy)
+	r := w.runEnv(env, "run", "--once")
+	if r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	if got := w.installer.rec("args"); got != "local-address=10.0.1.23\nno-docker\nno-public-address\n" {
 		t.Fatalf("installer arguments with a proxy:\n%s", got)
 	}
-	if !strings.Contains(w.installer.rec("env"), "HTTPS_PROXY=http://proxy.corp.example:3128") {
-		t.Fatal("the proxy is not passed to the installer")
+	if w.installer.rec("proxy") != proxy || !strings.Contains(w.installer.rec("env"), "HTTP_PROXY="+proxy) {
+		t.Fatalf("the installer did not get the proxy from its environment: %q", w.installer.rec("proxy"))
 	}
+	if strings.Contains(r.stderr, secret) || !strings.Contains(r.stderr, "will use the proxy at 'http://***@proxy.corp.example:3128'") {
+		t.Fatalf("the proxy's credentials in the log, or the installer's proxy line missing:\n%s", r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(w.root, replicated.EnvPath)); err == nil {
+		t.Fatal("the installer's environment file outlived the run")
+	}
+}
+
+// The script runs as root: a redirect to http is refused (and not retried), and an unpinned
+// installer is a warning, once per run.
+func TestInstallerDownloadSafety(t *testing.T) {
+	t.Run("redirect to http", func(t *testing.T) {
+		w := newWorld(t, "i-0redirect0000000")
+		var plainHits int
+		var mu sync.Mutex
+		plain := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			plainHits++
+			mu.Unlock()
+			fmt.Fprint(rw, "#!/bin/bash\necho run >> "+w.installer.recDir+"/runs\n")
+		}))
+		t.Cleanup(plain.Close)
+		w.installer.set(func(s *installerServer) { s.redirect = plain.URL + "/install.sh" })
+		r := w.run("run", "--once")
+		mu.Lock()
+		defer mu.Unlock()
+		if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_REDIRECT_REFUSED") || plainHits != 0 || w.installer.runs() != 0 || len(w.installer.reqs()) != 1 {
+			t.Fatalf("exit %d, plain hits %d, runs %d, requests %v\n%s", r.code, plainHits, w.installer.runs(), w.installer.reqs(), r.stderr)
+		}
+	})
+	t.Run("unpinned, then pinned", func(t *testing.T) {
+		w := newWorld(t, "i-0unpinned00000000")
+		r := w.run("run", "--once")
+		if r.code != 0 || strings.Count(r.stderr, "finding=INSTALLER_UNPINNED") != 1 || !strings.Contains(r.stderr, "runs as root") {
+			t.Fatalf("exit %d\n%s", r.code, r.stderr)
+		}
+		m := replicated.ReadMarker(w.root)
+		w.installCfg += "  sha256: " + m.InstallerSHA256 + "\n"
+		w.writeConfig(w.s3.URL, "")
+		if r := w.run("run", "--once", "--reinstall"); r.code != 0 || strings.Contains(r.stderr, "INSTALLER_UNPINNED") {
+			t.Fatalf("pinned: exit %d\n%s", r.code, r.stderr)
+		}
+	})
+	t.Run("version in the query", func(t *testing.T) {
+		w := newWorld(t, "i-0version00000000")
+		w.installCfg += "  version: 2.38.6\n"
+		w.writeConfig(w.s3.URL, "")
+		if r := w.run("run", "--once"); r.code != 0 {
+			t.Fatalf("exit %d\n%s", r.code, r.stderr)
+		}
+		if got := strings.Join(w.installer.reqs(), " "); got != "/install.sh?replicated_operator_tag=2.38.6&replicated_tag=2.38.6&replicated_ui_tag=2.38.6" {
+			t.Fatalf("requests: %s", got)
+		}
+	})
 }
 
 func TestInstallerFailureTimeoutAndChecksum(t *testing.T) {
@@ -145,7 +342,7 @@ func TestInstallerFailureTimeoutAndChecksum(t *testing.T) {
 			t.Fatal("a failed install left a completion marker")
 		}
 		// No marker: the next boot runs the installer again.
-		w.installer.setScript(okScript)
+		w.installer.setScript(standin(t))
 		if r := w.run("run", "--once"); r.code != 0 || w.installer.runs() != 1 {
 			t.Fatalf("resume: exit %d runs %d\n%s", r.code, w.installer.runs(), r.stderr)
 		}
@@ -206,7 +403,11 @@ func TestBackupKeysCommand(t *testing.T) {
 	if r := w.run("run", "--once"); r.code != 0 {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
-	os.WriteFile(filepath.Join(w.root, "data/circle/circleci-encryption-keys/99-made-here.key"), []byte("fresh key"), 0o600)
+	made := filepath.Join(w.root, "data/circle/circleci-encryption-keys/99-made-here.key")
+	os.WriteFile(made, []byte("fresh key"), 0o600)
+	// Written a minute ago: settled (a key still being written is not uploaded).
+	old := time.Now().Add(-time.Minute)
+	os.Chtimes(made, old, old)
 	r := w.run("backup", "keys")
 	if r.code != 0 || string(w.s3.Object(bkt, "circleci-encryption-keys/99-made-here.key")) != "fresh key" {
 		t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)

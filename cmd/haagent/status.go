@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/state"
 )
@@ -113,10 +114,11 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 			active = m
 		}
 		enc.Encode(struct {
-			Version     int                `json:"version"`
-			Maintenance *state.Maintenance `json:"maintenance,omitempty"`
-			Runs        []state.Run        `json:"runs"`
-		}{rec.Version, active, runs})
+			Version      int                 `json:"version"`
+			Maintenance  *state.Maintenance  `json:"maintenance,omitempty"`
+			Runs         []state.Run         `json:"runs"`
+			KeyConflicts []fetch.KeyConflict `json:"key_conflicts,omitempty"`
+		}{rec.Version, active, runs, rec.KeyConflicts})
 		return
 	}
 	last := runs[len(runs)-1]
@@ -163,9 +165,20 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 		}
 		fmt.Fprintf(w, "files:    %d in place, %d changed by this run\n", n, changed)
 	}
-	if len(last.Findings) > 0 {
+	// A key conflict is shown from the record's current list, not the run's findings: it lasts
+	// across runs until a person resolves it, and disappears once a comparison finds the copies
+	// equal.
+	var fs []findings.Finding
+	for _, f := range last.Findings {
+		if f.Code != "KEYS_CONFLICT" {
+			fs = append(fs, f)
+		}
+	}
+	for _, kc := range rec.KeyConflicts {
+		fs = append(fs, kc.Finding())
+	}
+	if len(fs) > 0 {
 		fmt.Fprintln(w, "findings:")
-		fs := append([]findings.Finding(nil), last.Findings...)
 		findings.Sort(fs)
 		for _, f := range fs {
 			fmt.Fprintf(w, "  %-7s %s: %s\n", f.Severity, f.Code, f.Summary)

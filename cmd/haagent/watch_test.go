@@ -23,10 +23,7 @@ func TestBootToCompleteWithDocker(t *testing.T) {
 	w.watchCfg = "watch:\n  stuck_after: 1h\n"
 	// The test installer starts the frontend after a pause, in the background, as Replicated
 	// would; it prints on both streams.
-	w.installer.setScript(fmt.Sprintf(`#!/bin/bash
-(sleep 2; DOCKER_HOST=%s docker run -d --name frontend --network none %s sh -c 'echo frontend says hello; echo frontend warns >&2; sleep 3600') >/dev/null 2>&1 &
-echo installed
-`, d.Host, image))
+	w.installer.setScript(standinWith(t, fmt.Sprintf(`(sleep 2; DOCKER_HOST=%s docker run -d --name frontend --network none %s sh -c 'echo frontend says hello; echo frontend warns >&2; sleep 3600') >/dev/null 2>&1 &`, d.Host, image)))
 	w.writeConfig(w.s3.URL, "")
 
 	cmd, stderr, msgs := w.startService("DOCKER_HOST="+d.Host, "WATCHDOG_USEC=1000000")

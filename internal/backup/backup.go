@@ -5,9 +5,9 @@
 package backup
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -16,69 +16,165 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
 )
+
+// DefaultSettle is how long a key file must keep its size and mtime before it is uploaded: the
+// upload is conditional (If-None-Match), so a copy taken while CircleCI is still writing the
+// file would become the permanent backup.
+const DefaultSettle = 10 * time.Second
+
+// Options say where the keys are and when a file counts as finished.
+type Options struct {
+	Root     string // --root
+	LocalDir string // the machine path of the keys directory
+	Prefix   string // the keys prefix in the bucket, under the source prefix
+	// Settle is how long a file must have been unchanged (size and mtime); 0 is DefaultSettle.
+	Settle time.Duration
+	// Now is the clock (tests); nil is time.Now.
+	Now func() time.Time
+}
 
 // Result says what happened to each local key.
 type Result struct {
 	Uploaded, InSync, Conflicts, NotBackedUp []string
-	Findings                                 []findings.Finding
+	// Details of each conflict, with both hashes (never contents).
+	Details  []fetch.KeyConflict
+	Findings []findings.Finding
 }
 
 // Keys compares the local keys directory with the bucket prefix and uploads what is missing,
-// reading each upload back.
-func Keys(ctx context.Context, b *bucket.Bucket, root, localDir, prefix string, enc bucket.Encryption) (Result, error) {
+// reading each upload back. Every entry of the directory is accounted for: a file that is not
+// a regular file, empty, or still changing counts as not backed up.
+func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
+	if o.Settle <= 0 {
+		o.Settle = DefaultSettle
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
 	var res Result
 	remote := map[string]bucket.Object{}
-	objs, err := b.List(ctx, prefix)
+	objs, err := b.List(ctx, o.Prefix)
 	if err != nil {
-		return res, fmt.Errorf("listing %s: %w", b.URI(prefix), err)
+		return res, fmt.Errorf("listing %s: %w", b.URI(o.Prefix), err)
 	}
-	for _, o := range objs {
-		remote[o.Rel] = o
+	for _, obj := range objs {
+		remote[obj.Rel] = obj
 	}
-	dir := filepath.Join(root, localDir)
-	var local []string
+	// The root is resolved once: WalkDir does not follow a symlinked root, and a keys directory
+	// that is a link (to a data volume, say) would look empty, so "every local key is in S3"
+	// would hold while fetch and CircleCI write through the link.
+	dir, err := filepath.EvalSymlinks(filepath.Join(o.Root, o.LocalDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		return res, nil
+	}
+	if err != nil {
+		return res, fmt.Errorf("resolving the keys directory %s: %w", o.LocalDir, err)
+	}
+	notBackedUp := func(rel, summary, evidence, fix string) {
+		res.NotBackedUp = append(res.NotBackedUp, rel)
+		f := findings.New("KEYS_NOT_BACKED_UP", filepath.Join(o.LocalDir, rel), summary, evidence)
+		if fix != "" {
+			f = f.WithFix(fix)
+		}
+		res.Findings = append(res.Findings, f)
+	}
+	type localKey struct {
+		rel  string
+		info fs.FileInfo
+	}
+	var local []localKey
 	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
 			return err
 		}
-		if d.Type().IsRegular() && !strings.Contains(d.Name(), ".haagent-") {
-			rel, _ := filepath.Rel(dir, p)
-			local = append(local, filepath.ToSlash(rel))
+		if p == dir || strings.Contains(d.Name(), ".haagent-") {
+			if d.IsDir() && d.Name() == ".haagent-stage" {
+				return filepath.SkipDir
+			}
+			return nil // haagent's own staging and temp files: not keys yet
 		}
+		rel, _ := filepath.Rel(dir, p)
+		rel = filepath.ToSlash(rel)
+		switch {
+		case d.IsDir():
+			return nil
+		case !d.Type().IsRegular():
+			// A link or a device is not a key haagent can vouch for: it counts as missing, so
+			// a replacement is never requested on its account.
+			notBackedUp(rel, fmt.Sprintf("%s in the keys directory is not a regular file (%s); it is not backed up", rel, d.Type()), "",
+				fmt.Sprintf("replace %s with the key file itself (cp --remove-destination \"$(readlink -f %s)\" %s), then haagent backup keys",
+					filepath.Join(o.LocalDir, rel), filepath.Join(o.LocalDir, rel), filepath.Join(o.LocalDir, rel)))
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		local = append(local, localKey{rel, info})
 		return nil
 	})
 	if err != nil {
-		return res, fmt.Errorf("reading %s: %w", localDir, err)
+		return res, fmt.Errorf("reading the keys directory %s: %w", o.LocalDir, err)
 	}
-	sort.Strings(local)
-	for _, rel := range local {
-		data, err := os.ReadFile(filepath.Join(dir, rel))
+	sort.Slice(local, func(i, j int) bool { return local[i].rel < local[j].rel })
+	for _, lk := range local {
+		rel, key := lk.rel, o.Prefix+lk.rel
+		path := filepath.Join(dir, rel)
+		data, err := os.ReadFile(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed since the walk (moved aside by a person): nothing to back up
+		}
 		if err != nil {
 			return res, fmt.Errorf("reading key %s: %w", rel, err)
 		}
-		key := prefix + rel
+		// Read it whole, then check it did not change meanwhile: a writer that started after
+		// the listing must not get its half-written bytes uploaded.
+		if after, err := os.Lstat(path); err != nil || after.Size() != lk.info.Size() || !after.ModTime().Equal(lk.info.ModTime()) || int64(len(data)) != lk.info.Size() {
+			notBackedUp(rel, fmt.Sprintf("encryption key %s changed while it was read; it is backed up once unchanged for %s", rel, o.Settle), "", "nothing to do: haagent retries")
+			continue
+		}
+		if len(data) == 0 {
+			res.NotBackedUp = append(res.NotBackedUp, rel)
+			res.Findings = append(res.Findings, findings.New("KEYS_EMPTY", filepath.Join(o.LocalDir, rel),
+				fmt.Sprintf("encryption key %s on this machine is empty (0 bytes); an empty copy is never uploaded (it would become the permanent backup)", rel), "").
+				WithFix(fmt.Sprintf("restore %s from the machine or backup that holds the real key; if CircleCI is still creating it, haagent backs it up once it is written", filepath.Join(o.LocalDir, rel))))
+			continue
+		}
+		// A file that changed within the settle time may still be being written: it is not
+		// uploaded until it has kept its size and mtime that long (it can be found equal to
+		// the bucket's copy meanwhile: the fetch just wrote it).
+		age := o.Now().Sub(lk.info.ModTime())
+		unsettled := func() {
+			// The age goes in the evidence: a summary that changed at every scan would make a
+			// new finding (and a journal entry) each time.
+			notBackedUp(rel, fmt.Sprintf("encryption key %s is still being written; it is backed up once unchanged for %s", rel, o.Settle),
+				fmt.Sprintf("last changed %s ago", age.Round(time.Second)), "nothing to do: haagent retries; or run haagent backup keys in a minute")
+		}
 		if _, there := remote[rel]; !there {
-			perr := b.PutIfAbsent(ctx, key, data, enc)
+			if age < o.Settle {
+				unsettled()
+				continue
+			}
+			perr := b.PutIfAbsent(ctx, key, data)
 			if perr != nil && !errors.Is(perr, bucket.ErrExists) {
 				res.NotBackedUp = append(res.NotBackedUp, rel)
 				f := findings.New("KEYS_NOT_BACKED_UP", b.URI(key), fmt.Sprintf("encryption key %s exists only on this machine: uploading it failed", rel), perr.Error())
 				var be *bucket.Error
 				if errors.As(perr, &be) && be.Code() == "S3_ACCESS_DENIED" {
-					f = f.WithFix(fmt.Sprintf("grant the instance role s3:PutObject on arn:aws:s3:::%s/%s%s* (and kms:GenerateDataKey with SSE-KMS); until then a replacement instance cannot decrypt CircleCI's data", b.Name, b.Prefix, prefix))
+					f = f.WithFix(fmt.Sprintf("grant the instance role s3:PutObject on arn:aws:s3:::%s/%s%s* (and kms:GenerateDataKey with SSE-KMS); until then a replacement instance cannot decrypt CircleCI's data", b.Name, b.Prefix, o.Prefix))
 				}
 				res.Findings = append(res.Findings, f)
 				continue
 			}
 			if perr == nil {
 				// Read back: the key is backed up only when S3 returns the same bytes.
-				if same, err := sameContent(ctx, b, key, data); err != nil || !same {
+				if got, err := remoteSHA(ctx, b, key); err != nil || got != sha(data) {
 					res.NotBackedUp = append(res.NotBackedUp, rel)
 					res.Findings = append(res.Findings, findings.New("KEYS_NOT_BACKED_UP", b.URI(key),
 						fmt.Sprintf("encryption key %s was uploaded but does not read back the same", rel), fmt.Sprint(err)))
@@ -89,36 +185,60 @@ func Keys(ctx context.Context, b *bucket.Bucket, root, localDir, prefix string, 
 			}
 			// Another writer created it meanwhile: compare like any existing object.
 		}
-		same, err := sameContent(ctx, b, key, data)
+		got, err := remoteSHA(ctx, b, key)
 		switch {
 		case err != nil:
 			res.NotBackedUp = append(res.NotBackedUp, rel)
 			res.Findings = append(res.Findings, findings.New("KEYS_NOT_BACKED_UP", b.URI(key), fmt.Sprintf("cannot compare encryption key %s with the bucket's copy", rel), err.Error()))
-		case same:
+		case got == sha(data):
 			res.InSync = append(res.InSync, rel)
 		default:
+			// Reported even while the file may still change: nothing is written either way,
+			// and the next comparison says whether it lasts.
+			c := fetch.KeyConflict{Path: filepath.Join(o.LocalDir, rel), Object: b.URI(key), LocalSHA256: sha(data), BucketSHA256: got}
 			res.Conflicts = append(res.Conflicts, rel)
-			res.Findings = append(res.Findings, findings.New("KEYS_CONFLICT", b.URI(key),
-				fmt.Sprintf("encryption key %s differs between this machine and the bucket; neither is overwritten", rel), "sha256 differs (contents not shown)").
-				WithFix(fmt.Sprintf("decide which key CircleCI's data was encrypted with; keep the other under another name; then make %s and %s agree", filepath.Join(localDir, rel), b.URI(key))))
+			res.Details = append(res.Details, c)
+			res.Findings = append(res.Findings, c.Finding())
 		}
 	}
 	return res, nil
 }
 
-func sameContent(ctx context.Context, b *bucket.Bucket, key string, data []byte) (bool, error) {
-	var got [32]byte
+// Fingerprint is a cheap summary of the keys directory (names, types, sizes, mtimes): the
+// periodic scan backs up again only when it changes, or while keys are left out.
+func Fingerprint(o Options) string {
+	dir, err := filepath.EvalSymlinks(filepath.Join(o.Root, o.LocalDir))
+	if err != nil {
+		return "unreadable: " + err.Error()
+	}
+	var b strings.Builder
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			fmt.Fprintf(&b, "%s error %v\n", p, err)
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			fmt.Fprintf(&b, "%s %s %d %d\n", p, info.Mode(), info.Size(), info.ModTime().UnixNano())
+		}
+		return nil
+	})
+	return b.String()
+}
+
+func sha(data []byte) string {
+	h := sha256.Sum256(data)
+	return hex.EncodeToString(h[:])
+}
+
+func remoteSHA(ctx context.Context, b *bucket.Bucket, key string) (string, error) {
+	var got string
 	err := b.Get(ctx, key, "", func(body io.Reader, _ bucket.Meta) error {
 		h := sha256.New()
 		if _, err := io.Copy(h, body); err != nil {
 			return err
 		}
-		copy(got[:], h.Sum(nil))
+		got = hex.EncodeToString(h.Sum(nil))
 		return nil
 	})
-	if err != nil {
-		return false, err
-	}
-	want := sha256.Sum256(data)
-	return bytes.Equal(got[:], want[:]), nil
+	return got, err
 }

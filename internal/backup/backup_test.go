@@ -28,6 +28,11 @@ func keysRoot(t *testing.T, keys map[string]string) string {
 	return root
 }
 
+// opts looks at the keys a minute from now: every file the test wrote has settled.
+func opts(root string) Options {
+	return Options{Root: root, LocalDir: local, Prefix: prefix, Now: func() time.Time { return time.Now().Add(time.Minute) }}
+}
+
 func TestKeysBackup(t *testing.T) {
 	s := peertest.StartS3(t)
 	s.MakeBucket(t, bkt)
@@ -39,7 +44,7 @@ func TestKeysBackup(t *testing.T) {
 		"01-new.key":   "key CircleCI just made",
 		"02-clash.key": "this machine's version",
 	})
-	res, err := Keys(context.Background(), b, root, local, prefix, bucket.Encryption{})
+	res, err := Keys(context.Background(), b, opts(root))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,13 +64,13 @@ func TestKeysBackup(t *testing.T) {
 		t.Fatalf("want one KEYS_CONFLICT without contents, got %+v", res.Findings)
 	}
 	// Idempotent: a second run uploads nothing.
-	res, err = Keys(context.Background(), b, root, local, prefix, bucket.Encryption{})
+	res, err = Keys(context.Background(), b, opts(root))
 	if err != nil || len(res.Uploaded) != 0 || strings.Join(res.InSync, ",") != "00-old.key,01-new.key" {
 		t.Fatalf("second run: %+v %v", res, err)
 	}
 	// Nothing is deleted on either side: a key only in S3 stays there.
 	s.Put(t, bkt, prefix+"03-s3-only.key", []byte("x"))
-	if _, err := Keys(context.Background(), b, root, local, prefix, bucket.Encryption{}); err != nil || s.Object(bkt, prefix+"03-s3-only.key") == nil {
+	if _, err := Keys(context.Background(), b, opts(root)); err != nil || s.Object(bkt, prefix+"03-s3-only.key") == nil {
 		t.Fatal("a key only in the bucket was touched")
 	}
 	if _, err := os.Stat(filepath.Join(root, local, "03-s3-only.key")); err == nil {
@@ -77,7 +82,8 @@ func TestKeysBackupDeniedNamesThePermission(t *testing.T) {
 	f := peertest.StartFakeS3(t, bkt, nil)
 	f.DenyPuts()
 	b := peertest.OpenBucket(t, f.URL, "a", "b", bkt, 2, 5*time.Second)
-	res, err := Keys(context.Background(), b, keysRoot(t, map[string]string{"k.key": "secret-key-bytes"}), local, prefix, bucket.Encryption{SSE: "AES256"})
+	b.SetEncryption(bucket.Encryption{SSE: "AES256"})
+	res, err := Keys(context.Background(), b, opts(keysRoot(t, map[string]string{"k.key": "secret-key-bytes"})))
 	if err != nil {
 		t.Fatal(err)
 	}

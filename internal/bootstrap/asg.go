@@ -8,7 +8,6 @@ import (
 
 	"github.com/haagent/haagent/internal/asg"
 	"github.com/haagent/haagent/internal/backup"
-	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/replicated"
@@ -255,8 +254,7 @@ func replacementHold(ctx context.Context, env *Env) string {
 // keysNotInS3 backs the keys up first, then names the ones still not in S3 (a conflict counts:
 // the bucket's copy is not this machine's key).
 func keysNotInS3(ctx context.Context, env *Env) ([]string, error) {
-	e := env.keysEntry()
-	res, err := backup.Keys(ctx, env.Bucket, env.Root, e.Dest, e.Key, bucket.Encryption{SSE: env.Config.Backup.SSE, KMSKeyID: env.Config.Backup.KMSKeyID})
+	res, err := backup.Keys(ctx, env.Bucket, env.keysOptions())
 	if err != nil {
 		return nil, err
 	}

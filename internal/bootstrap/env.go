@@ -63,14 +63,20 @@ type Env struct {
 	monitoring sync.Once
 
 	// runCtx is the context of the whole run (set by the runner): what outlives the step that
-	// starts it (heartbeats, the log forwarding, crash loops, the guard) runs under it, never
-	// under the step's own context, which ends with the step (or its timeout).
+	// starts it (heartbeats, the log forwarding, crash loops, the guard, the keys scan) runs
+	// under it, never under the step's own context, which ends with the step (or its timeout).
 	runCtx context.Context
+	// keyScan is the periodic keys backup, started once.
+	keyScan sync.Once
 
-	mu       sync.Mutex
-	current  string
-	byStep   map[string][]findings.Finding
-	reported map[string]bool
+	mu sync.Mutex
+	// keyConflicts is the latest comparison's key conflicts; the runner's save copies it into
+	// the record (a backup scan finds them from its own goroutine).
+	keyConflicts    []fetch.KeyConflict
+	keyConflictsSet bool
+	current         string
+	byStep          map[string][]findings.Finding
+	reported        map[string]bool
 	// late holds the findings of what runs beside or after the steps (a crash loop, the guard's
 	// decision, an engine that does not answer): they belong to no step, so a step's retry must
 	// not delete them.
@@ -246,6 +252,35 @@ func (e *Env) lateDecision(f findings.Finding, codes ...string) {
 	e.save()
 }
 
+// lateKeys replaces the periodic keys scan's late findings with those of the latest scan: a
+// key backed up since, or a conflict resolved, leaves the record; one that lasts is logged once.
+func (e *Env) lateKeys(fs []findings.Finding) {
+	if len(fs) > 0 {
+		fs = e.adjust(fs...)
+	}
+	var fresh []findings.Finding
+	e.mu.Lock()
+	if e.reported == nil {
+		e.reported = map[string]bool{}
+	}
+	e.late = slices.DeleteFunc(e.late, func(g findings.Finding) bool { return strings.HasPrefix(g.Code, "KEYS_") })
+	for _, f := range fs {
+		key := findingKey(f)
+		if !e.reported[key] {
+			fresh = append(fresh, f)
+		}
+		e.reported[key] = true
+		if !slices.ContainsFunc(e.late, func(g findings.Finding) bool { return findingKey(g) == key }) {
+			e.late = append(e.late, f)
+		}
+	}
+	e.mu.Unlock()
+	for _, f := range fresh {
+		e.logFinding(f)
+	}
+	e.save()
+}
+
 // clearLate withdraws a late finding whose condition has ended (the engine answers again), so
 // status shows the machine as it is.
 func (e *Env) clearLate(code, target string) {
@@ -265,5 +300,23 @@ func (e *Env) save() {
 	defer e.persistMu.Unlock()
 	if e.persist != nil {
 		e.persist()
+	}
+}
+
+// setKeyConflicts records the outcome of a full comparison of the keys: the record keeps it
+// from the next save on. The slice is replaced, never changed in place.
+func (e *Env) setKeyConflicts(cs []fetch.KeyConflict) {
+	e.mu.Lock()
+	e.keyConflicts, e.keyConflictsSet = append([]fetch.KeyConflict(nil), cs...), true
+	e.mu.Unlock()
+}
+
+// syncRecord copies what other goroutines found into the record before it is saved; it runs
+// only where the record is written (the runner, or persist under persistMu).
+func (e *Env) syncRecord() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.keyConflictsSet {
+		e.Record.KeyConflicts = e.keyConflicts
 	}
 }

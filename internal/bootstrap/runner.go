@@ -260,6 +260,7 @@ func (r *Runner) save(env *Env) {
 	if r.StatePath == "" {
 		return
 	}
+	env.syncRecord()
 	if err := env.Record.Save(r.StatePath); err != nil {
 		env.Log.Error("cannot save the run record; `haagent status` will be stale", "path", r.StatePath, "error", err.Error())
 	}

@@ -4,13 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/haagent/haagent/internal/asg"
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/backup"
 	"github.com/haagent/haagent/internal/bucket"
@@ -141,6 +140,8 @@ func (env *Env) openBucket(ctx context.Context, name, prefix string) (*bucket.Bu
 		Name: name, Prefix: prefix, Region: c.Source.Region,
 		Endpoint: c.Source.Endpoint, PathStyle: c.Source.PathStyle, CAFile: caFile,
 		FallbackRegion: env.Instance.Region, Attempts: c.Fetch.Attempts, Timeout: c.Fetch.Timeout.D(), Log: env.Log,
+		// Every object haagent writes (keys, cookie key, replacement ledger) gets the same SSE.
+		Encryption: bucket.Encryption{SSE: c.Backup.SSE, KMSKeyID: c.Backup.KMSKeyID},
 	})
 }
 
@@ -148,7 +149,7 @@ func stepFetch(ctx context.Context, env *Env) error {
 	env.Bundle = nil
 	bd, err := fetch.Fetch(ctx, env.Bucket, fetch.Options{
 		Root: env.Root, Layout: env.Config.Layout, Concurrency: env.Config.Fetch.Concurrency,
-		Known: env.Record.Known, Log: env.Log,
+		Known: env.Record.Known, Log: env.Log, Existing: func(ctx context.Context) (fetch.Existed, error) { return deploymentExisted(ctx, env) },
 	})
 	if bd != nil {
 		env.ReportAll(bd.Findings)
@@ -189,12 +190,29 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 				"settings.conf in the bucket differs from the one Replicated was installed with; Replicated does not read it again", ""))
 		}
 	}
+	if bd != nil {
+		fs = append(fs, fetch.ShellSyntax(bd, env.Bucket.URI)...)
+	}
 	fs = env.adjust(fs...)
 	env.ReportAll(fs)
 	var blocking []findings.Finding
 	for _, f := range fs {
 		if f.Blocking {
 			blocking = append(blocking, f)
+		}
+	}
+	if bd != nil {
+		// The fetch compared every key on both sides: this is the current list of conflicts.
+		env.setKeyConflicts(bd.Conflicts)
+		if len(bd.Conflicts) > 0 && !installedHere(env) {
+			// Before the installer, a conflict stops the boot: CircleCI must not start on a
+			// key a person has not chosen. Once it runs here, the boot goes on with the local
+			// key (the one CircleCI has been using) and the finding stays until resolved.
+			for _, c := range bd.Conflicts {
+				f := c.Finding()
+				f.Blocking = true
+				blocking = append(blocking, f)
+			}
 		}
 	}
 	if len(blocking) > 0 {
@@ -218,6 +236,11 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 		return fmt.Errorf("moving fetched files into place: %w", err)
 	}
 	env.ReportAll(bd.CommitFindings)
+	// A key that appeared during the fetch was kept by the commit: a conflict if it differs.
+	env.setKeyConflicts(bd.Conflicts)
+	for _, c := range bd.Conflicts {
+		env.Report(c.Finding())
+	}
 	if env.Record.Known == nil {
 		env.Record.Known = map[string]fetch.Known{}
 	}
@@ -231,6 +254,13 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 		}
 	}
 	sort.Slice(env.Run.Files, func(i, j int) bool { return env.Run.Files[i].Dest < env.Run.Files[j].Dest })
+	// What left the bucket leaves the record (the file itself stays on the machine, reported
+	// as LOCAL_ONLY_FILES): an offline reboot must not take it for part of the bundle.
+	for dest := range env.Record.Known {
+		if !bd.Has(dest) && underRecursive(env.Config.Layout, dest) {
+			delete(env.Record.Known, dest)
+		}
+	}
 	env.Log.Info("files in place", "files", len(bd.Files), "changed", changed, "unchanged", len(bd.Files)-changed)
 	return checkReadable(env)
 }
@@ -251,6 +281,15 @@ func checkReadable(env *Env) error {
 		return &findings.Failure{Findings: blocking}
 	}
 	return nil
+}
+
+func underRecursive(layout []config.Entry, dest string) bool {
+	for _, e := range layout {
+		if e.Recursive && strings.HasPrefix(dest, e.Dest) {
+			return true
+		}
+	}
+	return false
 }
 
 // offlineOK allows a reboot to go on with the last good files when S3 gave no answer at all;
@@ -275,7 +314,7 @@ func offlineOK(env *Env, err error) bool {
 func stepCookieKey(ctx context.Context, env *Env) error {
 	e := env.layoutEntry("installation_customizations")
 	inPlace, err := os.ReadFile(env.Path(cookie.File))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("reading %s: %w", cookie.File, err)
 	}
 	bd := env.Bundle
@@ -342,21 +381,30 @@ func stepProbe(ctx context.Context, env *Env) error {
 // stepCACerts installs the bucket's (and the config's) CA certificates before the probes, so
 // the probes and the services trust the same store.
 func stepCACerts(ctx context.Context, env *Env) error {
-	var sources []string
+	var sources []certs.Source
 	for _, e := range env.Config.Layout {
 		if e.Name != "ca_certificates" {
 			continue
 		}
-		dir := env.Path(e.Dest)
-		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-			if err == nil && d.Type().IsRegular() && !strings.Contains(d.Name(), ".haagent-") {
-				rel, _ := filepath.Rel(env.Root, p)
-				sources = append(sources, "/"+rel)
+		// From the bundle's listing, not the staging directory: a CA removed from the bucket
+		// stays there (fetch never deletes) but must no longer be trusted. Offline (a reboot
+		// with S3 down), the record of the last fetch says what the bucket held.
+		if env.Bundle != nil {
+			for _, f := range env.Bundle.Files {
+				if f.Entry == e.Name {
+					sources = append(sources, certs.Source{Path: f.Dest, Name: f.Key})
+				}
 			}
-			return nil
-		})
+			continue
+		}
+		for dest, k := range env.Record.Known {
+			if strings.HasPrefix(dest, e.Dest) && strings.HasPrefix(k.Key, e.Key) {
+				sources = append(sources, certs.Source{Path: dest, Name: k.Key})
+			}
+		}
+		sort.Slice(sources, func(i, j int) bool { return sources[i].Path < sources[j].Path })
 	}
-	sources = append(sources, env.Config.CACertificates...)
+	sources = append(sources, certs.Paths(env.Config.CACertificates...)...)
 	res, err := certs.Install(env.Root, sources, time.Now())
 	env.ReportAll(res.Findings)
 	if err != nil {
@@ -366,7 +414,8 @@ func stepCACerts(ctx context.Context, env *Env) error {
 	return nil
 }
 
-// stepReplicatedInstall runs the installer once per instance.
+// stepReplicatedInstall runs the installer once per instance, with the arguments that keep
+// the real script from asking (public address, no-docker), and verifies that it installed.
 func stepReplicatedInstall(ctx context.Context, env *Env) error {
 	c := env.Config
 	settingsSHA := ""
@@ -377,18 +426,32 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 	if proxy == "" {
 		proxy = os.Getenv("https_proxy")
 	}
+	// The script's own public-address discovery is a plain IMDSv1 request, which fails on an
+	// instance that requires IMDSv2, and then it prompts: haagent asks IMDSv2 instead.
+	public := ""
+	if !replicated.SetsPublicAddress(c.Replicated.ExtraArgs) {
+		var err error
+		if public, err = env.IMDS.PublicIPv4(ctx); err != nil {
+			return imdsFailure(err)
+		}
+	}
 	res, err := replicated.Ensure(ctx, replicated.Options{
 		Root: env.Root, URL: c.Replicated.InstallerURL, SHA256: c.Replicated.SHA256, ExtraArgs: c.Replicated.ExtraArgs,
-		Timeout: c.Replicated.Timeout.D(), LocalAddress: env.Instance.LocalIPv4, InstanceID: env.Instance.InstanceID,
+		Version: c.Replicated.Version, Timeout: c.Replicated.Timeout.D(), LocalAddress: env.Instance.LocalIPv4,
+		PublicAddress: public, DockerInstalled: replicated.DockerInstalled(env.Root), InstanceID: env.Instance.InstanceID,
 		SettingsSHA256: settingsSHA, Proxy: proxy, Reinstall: env.Reinstall, RootCAs: probes.TrustPool(env.Root),
 		Systemd: env.Root == "/" && replicated.UnderSystemd(), Log: env.Log.With("step", "replicated-install"),
+		// Report logs a finding once per run, however often the step is retried.
+		Report:     env.Report,
 		OpenBucket: func(ctx context.Context, name string) (*bucket.Bucket, error) { return env.openBucket(ctx, name, "") },
 	})
 	if err != nil {
 		return err
 	}
-	if res.Ran {
-		env.Log.Info("Replicated installed", "installer_sha256", res.SHA256)
+	// AppState is set whenever an install was verified: one run here, or one an earlier
+	// haagent started and this one waited for.
+	if res.AppState != "" {
+		env.Log.Info("Replicated installed and answering", "installer_sha256", res.SHA256, "app_state", res.AppState)
 	}
 	return nil
 }
@@ -436,6 +499,9 @@ func stepWatch(ctx context.Context, env *Env) error {
 		env.background.Add(1)
 		mctx := env.monitorCtx()
 		go func() { defer env.background.Done(); w.Follow(mctx, env.Run.Start) }()
+		// CircleCI creates its keys on its first start, while the watch waits for it: the scan
+		// backs them up as soon as they are written, not only after the boot.
+		startKeyScan(env)
 		go w.CrashLoops(mctx, func(dies int, window time.Duration) {
 			probed := runProbes(mctx, env).Findings
 			last := strings.Join(w.LastLines(), " | ")
@@ -461,16 +527,28 @@ func stepWatch(ctx context.Context, env *Env) error {
 // so the service keeps trying and the run is not reported complete with keys at risk.
 func StepBackupKeys(ctx context.Context, env *Env) error {
 	e := env.keysEntry()
-	res, err := backup.Keys(ctx, env.Bucket, env.Root, e.Dest, e.Key, bucket.Encryption{SSE: env.Config.Backup.SSE, KMSKeyID: env.Config.Backup.KMSKeyID})
+	res, err := backup.Keys(ctx, env.Bucket, env.keysOptions())
 	var be *bucket.Error
 	if err != nil && errors.As(err, &be) && be.Code() == "S3_UNREACHABLE" {
-		// A reboot with S3 down (the fetch went on with the last good files): try next boot.
-		env.Report(findings.New("KEYS_BACKUP_SKIPPED", env.Bucket.URI(e.Key), "S3 is unreachable: the encryption keys were not compared with the bucket", err.Error()))
-		return nil
+		if env.Record.CompletedOn(env.Instance.InstanceID) {
+			// A reboot with S3 down (the fetch went on with the last good files): the keys were
+			// backed up by an earlier boot; the scan compares them once S3 answers.
+			env.Report(findings.New("KEYS_BACKUP_SKIPPED", env.Bucket.URI(e.Key), "S3 is unreachable: the encryption keys were not compared with the bucket", err.Error()))
+			startKeyScan(env)
+			return nil
+		}
+		// A first boot: the keys CircleCI just made exist only here. Not complete until they
+		// are in S3; the service retries.
+		f := findings.New("KEYS_NOT_BACKED_UP", env.Bucket.URI(e.Key),
+			"S3 is unreachable on this instance's first boot: its encryption keys exist only on this machine", err.Error()).
+			WithFix(be.Fix() + "; haagent retries the backup until it succeeds")
+		return &findings.Failure{Findings: []findings.Finding{f}}
 	}
 	if err != nil {
 		return err
 	}
+	env.setKeyConflicts(res.Details)
+	startKeyScan(env)
 	env.ReportAll(res.Findings)
 	env.Log.Info("encryption keys backed up", "uploaded", len(res.Uploaded), "in_sync", len(res.InSync),
 		"conflicts", len(res.Conflicts), "not_backed_up", len(res.NotBackedUp))
@@ -484,6 +562,112 @@ func StepBackupKeys(ctx context.Context, env *Env) error {
 		return &findings.Failure{Findings: errs}
 	}
 	return nil
+}
+
+// keysOptions is where the keys are, for the backup.
+func (env *Env) keysOptions() backup.Options {
+	e := env.keysEntry()
+	return backup.Options{Root: env.Root, LocalDir: e.Dest, Prefix: e.Key}
+}
+
+// installedHere reports whether CircleCI was installed on this instance (the installer's
+// marker, or a completed boot): what already runs here must not be stopped.
+func installedHere(env *Env) bool {
+	if m := replicated.ReadMarker(env.Root); m != nil && m.InstanceID == env.Instance.InstanceID {
+		return true
+	}
+	return env.Record.CompletedOn(env.Instance.InstanceID)
+}
+
+// deploymentExisted returns evidence that this CircleCI deployment existed before this boot:
+// this machine's record or installer marker, or objects only an earlier instance writes (the
+// replacement ledger; the session cookie key, unless this instance may have created it on an
+// earlier, unfinished attempt of its first boot). An empty Why means a brand-new install.
+func deploymentExisted(ctx context.Context, env *Env) (fetch.Existed, error) {
+	here := installedHere(env)
+	if why := env.Record.InstalledBefore(); why != "" {
+		return fetch.Existed{Why: why, Here: here}, nil
+	}
+	if m := replicated.ReadMarker(env.Root); m != nil {
+		return fetch.Existed{Why: fmt.Sprintf("Replicated was installed on this machine (instance %s, %s)", m.InstanceID, replicated.MarkerPath), Here: here}, nil
+	}
+	keys := []string{asg.LedgerKey}
+	if !env.bootedBefore() {
+		keys = append(keys, cookie.Object)
+	}
+	for _, key := range keys {
+		objs, err := env.Bucket.List(ctx, key)
+		if err != nil {
+			return fetch.Existed{}, err
+		}
+		for _, o := range objs {
+			if o.Rel == "" {
+				return fetch.Existed{Why: fmt.Sprintf("the bucket holds %s, which only an earlier instance writes", env.Bucket.URI(key)), Here: here}, nil
+			}
+		}
+	}
+	return fetch.Existed{}, nil
+}
+
+// bootedBefore reports whether an earlier run on this machine was this instance's: a restart
+// of a first boot, which may itself have created the session cookie key.
+func (env *Env) bootedBefore() bool {
+	for i := range env.Record.Runs {
+		r := &env.Record.Runs[i]
+		if r != env.Run && r.InstanceID == env.Instance.InstanceID {
+			return true
+		}
+	}
+	return false
+}
+
+// startKeyScan starts, once, the periodic keys backup that runs for as long as haagent does.
+// The service holds its lock for its whole life, so the scan's writes are covered by it.
+func startKeyScan(env *Env) {
+	ctx := env.monitorCtx()
+	env.keyScan.Do(func() {
+		env.background.Add(1)
+		go func() {
+			defer env.background.Done()
+			scanKeys(ctx, env, env.Config.Backup.ScanEvery.D())
+		}()
+	})
+}
+
+// scanKeys looks at the keys directory every period and backs it up again when it changed, or
+// while the last backup left a key out (a conflict, a failed upload, a key still being
+// written). Its findings are late findings: they join the run record and the journal.
+func scanKeys(ctx context.Context, env *Env, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	o := env.keysOptions()
+	last, settled := "", false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fp := backup.Fingerprint(o)
+		if settled && fp == last {
+			continue
+		}
+		res, err := backup.Keys(ctx, env.Bucket, o)
+		if err != nil {
+			if ctx.Err() == nil {
+				env.Log.Warn("the periodic keys backup could not compare the keys with the bucket; trying again at the next scan",
+					"every", every.String(), "error", err.Error())
+			}
+			settled = false
+			continue
+		}
+		env.setKeyConflicts(res.Details)
+		env.lateKeys(res.Findings)
+		if len(res.Uploaded) > 0 {
+			env.Log.Info("encryption keys backed up by the periodic scan", "uploaded", strings.Join(res.Uploaded, ","), "in_sync", len(res.InSync))
+		}
+		last, settled = fp, len(res.NotBackedUp)+len(res.Conflicts) == 0
+	}
 }
 
 func (env *Env) keysEntry() config.Entry {

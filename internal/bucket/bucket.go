@@ -42,6 +42,10 @@ type Options struct {
 	Attempts       int
 	Timeout        time.Duration // per attempt
 	Log            *slog.Logger
+	// Encryption is the server-side encryption of every object haagent writes (the keys, the
+	// session cookie key, the replacement ledger): a bucket policy that requires SSE denies a
+	// put without it, and a denied cookie key put logs every user out at the next replacement.
+	Encryption Encryption
 	// Credentials replaces the SDK's default chain (tests talking to a local S3); nil keeps
 	// the chain: environment, shared files, the instance role.
 	Credentials aws.CredentialsProvider
@@ -53,6 +57,7 @@ type Bucket struct {
 	attempts     int
 	timeout      time.Duration
 	log          *slog.Logger
+	enc          Encryption
 
 	mu  sync.Mutex
 	cli *s3.Client
@@ -126,8 +131,15 @@ func New(ctx context.Context, o Options) (*Bucket, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Bucket{Name: o.Name, Prefix: o.Prefix, attempts: o.Attempts, timeout: o.Timeout, log: o.Log, cli: cli, backoff: defaultBackoff}, nil
+	return &Bucket{Name: o.Name, Prefix: o.Prefix, attempts: o.Attempts, timeout: o.Timeout, log: o.Log, enc: o.Encryption, cli: cli, backoff: defaultBackoff}, nil
 }
+
+// SetEncryption replaces the server-side encryption of puts (tests, which open their bucket
+// through peertest).
+func (b *Bucket) SetEncryption(enc Encryption) { b.enc = enc }
+
+// Encryption is what every put asks for.
+func (b *Bucket) Encryption() Encryption { return b.enc }
 
 // SetBackoff replaces the delay between attempts (tests).
 func (b *Bucket) SetBackoff(f func(attempt int) time.Duration) { b.backoff = f }
@@ -321,8 +333,12 @@ func (b *Bucket) PutIfAbsent(ctx context.Context, key string, data []byte, enc .
 
 // PutIfMatch replaces a small object only while its ETag is still etag (If-Match), or creates
 // it when etag is "" (If-None-Match: *): a read-modify-write that loses no concurrent update.
-// It returns ErrExists when another writer changed the object first.
+// It returns ErrExists when another writer changed the object first. Without enc the put
+// carries the bucket's encryption (Options.Encryption), so no caller can forget it.
 func (b *Bucket) PutIfMatch(ctx context.Context, key string, data []byte, etag string, enc ...Encryption) error {
+	if len(enc) == 0 || enc[0].SSE == "" {
+		enc = []Encryption{b.enc}
+	}
 	return b.do(ctx, "PutObject", key, func(ctx context.Context, cli *s3.Client) error {
 		in := &s3.PutObjectInput{
 			Bucket: aws.String(b.Name),

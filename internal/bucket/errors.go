@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -49,6 +50,11 @@ func (e *Error) Fix() string {
 		return "the request signature was rejected: check the instance profile, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in /etc/default/haagent, and the clock (chronyc tracking)"
 	case "S3_OBJECT_MISSING":
 		return "upload it: aws s3 cp FILE " + e.URI
+	case "LOCAL_WRITE_FAILED":
+		var le *LocalError
+		if errors.As(e.Err, &le) {
+			return le.Fix()
+		}
 	case "S3_UNREACHABLE":
 		return "check the route to S3 (VPC endpoint or NAT gateway, security group egress), HTTPS_PROXY/NO_PROXY in /etc/default/haagent, and source.endpoint"
 	}
@@ -75,8 +81,42 @@ func (e *Error) Is(target error) bool {
 	return false
 }
 
+// LocalError is a failure on this machine's side of a transfer: the bytes arrived but could not
+// be written (ENOSPC, EROFS, ENAMETOOLONG, EACCES). It is never S3's fault and never heals by
+// asking S3 again, so it is neither retried nor reported as S3 being unreachable (a
+// syscall.Errno satisfies net.Error, which made a full disk look like a network outage).
+type LocalError struct {
+	Path string // the destination being written
+	Err  error
+}
+
+func (e *LocalError) Error() string {
+	return fmt.Sprintf("writing %s on this machine: %v", e.Path, e.Err)
+}
+func (e *LocalError) Unwrap() error { return e.Err }
+
+// Fix names what to do on the machine, by the errno underneath.
+func (e *LocalError) Fix() string {
+	dir := filepath.Dir(e.Path)
+	switch {
+	case errors.Is(e.Err, syscall.ENOSPC), errors.Is(e.Err, syscall.EDQUOT):
+		return fmt.Sprintf("free space on the filesystem holding %s (df -h %s; df -i %s for inodes), then haagent fetches again", dir, dir, dir)
+	case errors.Is(e.Err, syscall.EROFS):
+		return fmt.Sprintf("the filesystem holding %s is read-only: remount it read-write (mount -o remount,rw) or check the disk for errors (dmesg)", dir)
+	case errors.Is(e.Err, syscall.ENAMETOOLONG):
+		return "the object's name is too long for this filesystem (255 bytes per path segment, with haagent's temp-file suffix): rename the object in the bucket"
+	case errors.Is(e.Err, syscall.EACCES), errors.Is(e.Err, syscall.EPERM):
+		return fmt.Sprintf("haagent may not write in %s: check the directory's owner, mode and mount options", dir)
+	}
+	return fmt.Sprintf("check the filesystem holding %s (space, read-only mount, permissions, dmesg)", dir)
+}
+
 // Code classifies an error into a finding code.
 func Code(err error) string {
+	var le *LocalError
+	if errors.As(err, &le) {
+		return "LOCAL_WRITE_FAILED"
+	}
 	switch apiCode(err) {
 	case "AccessDenied", "AllAccessDisabled", "AccountProblem", "InvalidObjectState", "KMS.AccessDeniedException":
 		return "S3_ACCESS_DENIED"
@@ -102,7 +142,8 @@ func Code(err error) string {
 // Retryable reports whether another attempt may succeed: throttling, server errors, dropped
 // or cut connections, timeouts. Denials and missing objects never heal by retrying.
 func Retryable(err error) bool {
-	if errors.Is(err, context.Canceled) {
+	var le *LocalError
+	if errors.Is(err, context.Canceled) || errors.As(err, &le) {
 		return false
 	}
 	var hm *HashMismatchError
@@ -126,7 +167,8 @@ func Retryable(err error) bool {
 
 // Unreachable reports whether S3 gave no HTTP answer at all (as opposed to refusing).
 func Unreachable(err error) bool {
-	if err == nil || status(err) != 0 || apiCode(err) != "" {
+	var le *LocalError
+	if err == nil || status(err) != 0 || apiCode(err) != "" || errors.As(err, &le) {
 		return false
 	}
 	var ne net.Error

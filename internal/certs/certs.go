@@ -5,12 +5,15 @@ package certs
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -39,27 +42,75 @@ type Result struct {
 	Findings  []findings.Finding
 }
 
-// Install validates every source file (paths under root) and makes InstallDir hold exactly the
-// valid CA certificates, one per .crt file.
-func Install(root string, sources []string, now time.Time) (Result, error) {
+// Source is one CA file to install: where it is on the machine (under root) and the name it is
+// known by (its bucket key, or its path for one from the config), which names the installed
+// file.
+type Source struct {
+	Path string
+	Name string
+}
+
+// Paths makes sources of machine paths named after themselves.
+func Paths(paths ...string) []Source {
+	out := make([]Source, len(paths))
+	for i, p := range paths {
+		out[i] = Source{Path: p, Name: p}
+	}
+	return out
+}
+
+// InstalledName is the file a source's i-th of n certificates is installed as: its name made
+// safe, plus a hash of the whole name, so that postgres/ca.pem and vault/ca.pem (or ca.pem and
+// ca.crt) never land on the same file and one silently replace the other.
+func InstalledName(name string, i, n int) string {
+	base := strings.TrimSuffix(name, path.Ext(name))
+	safe := []byte(strings.Trim(base, "/"))
+	for j, c := range safe {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.') {
+			safe[j] = '_'
+		}
+	}
+	h := sha256.Sum256([]byte(name))
+	out := fmt.Sprintf("%s-%s", safe, hex.EncodeToString(h[:4]))
+	if n > 1 {
+		out += fmt.Sprintf("-%d", i+1)
+	}
+	return out + ".crt"
+}
+
+// Install validates every source file and makes InstallDir hold exactly the valid CA
+// certificates, one per .crt file: a CA that is no longer among the sources is removed, so it
+// is no longer trusted.
+func Install(root string, sources []Source, now time.Time) (Result, error) {
 	var res Result
 	want := map[string][]byte{}
-	for _, src := range sources {
+	// Sources still present but refused whole (unreadable, or nothing valid in them) keep what
+	// they installed before: a broken upload must not take away trust in a working CA.
+	var keep []string
+	for _, s := range sources {
+		src := s.Path
 		data, err := os.ReadFile(filepath.Join(root, src))
 		if err != nil {
 			res.Findings = append(res.Findings, findings.New("CA_CERT_INVALID", src, "cannot read "+src, err.Error()))
+			keep = append(keep, strings.TrimSuffix(InstalledName(s.Name, 0, 1), ".crt"))
 			continue
 		}
 		certs, fs := parse(src, data, now)
 		res.Findings = append(res.Findings, fs...)
-		base := strings.TrimSuffix(strings.TrimSuffix(filepath.Base(src), filepath.Ext(src)), ".")
-		for i, c := range certs {
-			name := base + ".crt"
-			if len(certs) > 1 {
-				name = fmt.Sprintf("%s-%d.crt", base, i+1)
-			}
-			want[name] = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+		if len(certs) == 0 {
+			keep = append(keep, strings.TrimSuffix(InstalledName(s.Name, 0, 1), ".crt"))
 		}
+		for i, c := range certs {
+			want[InstalledName(s.Name, i, len(certs))] = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+		}
+	}
+	kept := func(name string) bool {
+		for _, k := range keep {
+			if name == k+".crt" || strings.HasPrefix(name, k+"-") {
+				return true
+			}
+		}
+		return false
 	}
 	dir := filepath.Join(root, InstallDir)
 	names := make([]string, 0, len(want))
@@ -81,7 +132,7 @@ func Install(root string, sources []string, now time.Time) (Result, error) {
 	}
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
-		if _, keep := want[e.Name()]; !keep && !e.IsDir() {
+		if _, wanted := want[e.Name()]; !wanted && !e.IsDir() && !kept(e.Name()) {
 			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
 				return res, fmt.Errorf("removing CA certificate %s that left the bucket: %w", e.Name(), err)
 			}

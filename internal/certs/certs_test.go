@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -48,7 +49,7 @@ func TestInstallValidatesAndRefreshesOnlyOnChange(t *testing.T) {
 		put(t, root, "notes.txt", []byte("not a certificate")),
 		put(t, root, "bundle.crt", append(append([]byte{}, ca.CertPEM...), soon.CertPEM...)),
 	}
-	res, err := Install(root, srcs, time.Now())
+	res, err := Install(root, Paths(srcs...), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +72,10 @@ func TestInstallValidatesAndRefreshesOnlyOnChange(t *testing.T) {
 			t.Errorf("a leaf must be refused as a leaf: %+v", f)
 		}
 	}
-	if strings.Join(res.Installed, ",") != "bundle-1.crt,bundle-2.crt,db-ca.crt,soon.crt" || !res.Refreshed {
+	n := func(name string, i, of int) string { return InstalledName(filepath.Join(fetched, name), i, of) }
+	wantInstalled := []string{n("bundle.crt", 0, 2), n("bundle.crt", 1, 2), n("db-ca.pem", 0, 1), n("soon.crt", 0, 1)}
+	sort.Strings(wantInstalled)
+	if strings.Join(res.Installed, ",") != strings.Join(wantInstalled, ",") || !res.Refreshed {
 		t.Fatalf("installed %v refreshed %v", res.Installed, res.Refreshed)
 	}
 	bundle, err := os.ReadFile(filepath.Join(root, "etc/ssl/certs/ca-certificates.crt"))
@@ -80,13 +84,15 @@ func TestInstallValidatesAndRefreshesOnlyOnChange(t *testing.T) {
 	}
 
 	// Unchanged: no refresh.
-	res, err = Install(root, srcs, time.Now())
+	res, err = Install(root, Paths(srcs...), time.Now())
 	if err != nil || res.Changed || res.Refreshed {
 		t.Fatalf("a second run changed something: %+v %v", res, err)
 	}
 	// Gone from the bucket: removed from the store.
-	res, err = Install(root, srcs[:1], time.Now())
-	if err != nil || strings.Join(res.Removed, ",") != "bundle-1.crt,bundle-2.crt,soon.crt" || !res.Refreshed {
+	res, err = Install(root, Paths(srcs[:1]...), time.Now())
+	removed := []string{n("bundle.crt", 0, 2), n("bundle.crt", 1, 2), n("soon.crt", 0, 1)}
+	sort.Strings(removed)
+	if err != nil || strings.Join(res.Removed, ",") != strings.Join(removed, ",") || !res.Refreshed {
 		t.Fatalf("removal: %+v %v", res, err)
 	}
 	bundle, _ = os.ReadFile(filepath.Join(root, "etc/ssl/certs/ca-certificates.crt"))
@@ -116,7 +122,7 @@ func TestProbeTrustsTheCAOnlyAfterInstall(t *testing.T) {
 		t.Fatalf("before the step: %s", got)
 	}
 	src := put(t, root, "db-ca.crt", pg.CA.CertPEM)
-	if _, err := Install(root, []string{src}, time.Now()); err != nil {
+	if _, err := Install(root, Paths(src), time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if got := codes(); got != "" {
@@ -125,3 +131,57 @@ func TestProbeTrustsTheCAOnlyAfterInstall(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// Two CA files with the same base name in different directories of the bucket (or the same
+// name with another extension) are both installed, each under its own name: none is silently
+// dropped.
+func TestInstallNamesFilesAfterTheirWholePath(t *testing.T) {
+	needTool(t)
+	root := t.TempDir()
+	pgCA, vaultCA, other := peertest.NewCA(t, "PostgreSQL CA"), peertest.NewCA(t, "Vault CA"), peertest.NewCA(t, "Other CA")
+	srcs := []Source{
+		{Path: put(t, root, "postgres/ca.pem", pgCA.CertPEM), Name: "ca-certificates/postgres/ca.pem"},
+		{Path: put(t, root, "vault/ca.pem", vaultCA.CertPEM), Name: "ca-certificates/vault/ca.pem"},
+		{Path: put(t, root, "vault/ca.crt", other.CertPEM), Name: "ca-certificates/vault/ca.crt"},
+	}
+	res, err := Install(root, srcs, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Installed) != 3 {
+		t.Fatalf("installed %v, want three distinct files", res.Installed)
+	}
+	for _, ca := range []*peertest.CA{pgCA, vaultCA, other} {
+		found := false
+		for _, name := range res.Installed {
+			b, _ := os.ReadFile(filepath.Join(root, InstallDir, name))
+			found = found || strings.TrimSpace(string(b)) == strings.TrimSpace(string(ca.CertPEM))
+		}
+		if !found {
+			t.Errorf("a CA was dropped: %v", res.Installed)
+		}
+	}
+	if !strings.HasPrefix(res.Installed[0], "ca-certificates_") {
+		t.Errorf("installed names should say where they came from: %v", res.Installed)
+	}
+}
+
+// A CA file replaced in the bucket by something broken keeps the certificate it installed
+// before (reported as CA_CERT_INVALID): a bad upload does not take trust away from a working CA.
+func TestABrokenReplacementKeepsTheInstalledCA(t *testing.T) {
+	needTool(t)
+	root := t.TempDir()
+	ca := peertest.NewCA(t, "Databases Root CA")
+	src := []Source{{Path: put(t, root, "db/ca.pem", ca.CertPEM), Name: "ca-certificates/db/ca.pem"}}
+	if _, err := Install(root, src, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	put(t, root, "db/ca.pem", []byte("-----BEGIN CERTIFICATE-----\ntruncated"))
+	res, err := Install(root, src, time.Now())
+	if err != nil || len(res.Removed) != 0 || len(res.Findings) != 1 || res.Findings[0].Code != "CA_CERT_INVALID" {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, InstallDir, InstalledName("ca-certificates/db/ca.pem", 0, 1))); strings.TrimSpace(string(b)) != strings.TrimSpace(string(ca.CertPEM)) {
+		t.Fatal("the working CA was removed")
+	}
+}

@@ -104,7 +104,10 @@ type Replicated struct {
 	InstallerURL string   `yaml:"installer_url"`
 	SHA256       string   `yaml:"sha256"`
 	ExtraArgs    []string `yaml:"extra_args"`
-	Timeout      Duration `yaml:"timeout"`
+	// Version pins Replicated (e.g. "2.38.6") through the installer URL's query:
+	// replicated_tag, replicated_ui_tag and replicated_operator_tag.
+	Version string   `yaml:"version"`
+	Timeout Duration `yaml:"timeout"`
 }
 
 // Override is one code's severity and blocking flag.
@@ -172,7 +175,15 @@ type Backup struct {
 	// AES256 or aws:kms.
 	SSE      string `yaml:"sse"`
 	KMSKeyID string `yaml:"kms_key_id"`
+	// ScanEvery is how often the keys directory is looked at after the boot, for as long as
+	// haagent runs: CircleCI may create or rotate a key at any time, and a key only on this
+	// machine is lost with it. A changed directory (or one with keys not yet in S3) is backed
+	// up again.
+	ScanEvery Duration `yaml:"scan_every"`
 }
+
+// DefaultKeysScanEvery is the keys scan's default period.
+const DefaultKeysScanEvery = 5 * time.Minute
 
 // ASG configures the Auto Scaling group part: the launch lifecycle hook and the guarded
 // replacement. Off unless enabled, so a machine outside a group needs no Auto Scaling access.

@@ -314,6 +314,39 @@ func TestInstallationCustomizationsEntry(t *testing.T) {
 	}
 }
 
+// replicated.extra_args is checked against the installer's documented arguments offline: an
+// unknown one would make the script exit 1 mid-boot, and the ones haagent sets itself cannot
+// be overridden under any spelling. replicated.version is a version get.replicated.com takes.
+func TestReplicatedArgsAndVersion(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml, want string
+	}{
+		{"documented, both spellings", "extra_args: [release-sequence=12, release_patch_sequence=3, artifactory-auth=x]", ""},
+		{"public address may be given", "extra_args: [public-address=ci.example.com]", ""},
+		{"no public address may be given", "extra_args: [no_public_address]", ""},
+		{"pinned version", "version: 2.38.6", ""},
+		{"unknown", "extra_args: [release-sequence=12, relase-sequence=12]", `replicated.extra_args[1]: "relase-sequence" is not an argument the installer accepts`},
+		{"artifactory-auth has one spelling", "extra_args: [artifactory_auth=x]", `"artifactory_auth" is not an argument`},
+		{"no-docker", "extra_args: [no_docker]", "replicated.extra_args[0]: no_docker is set by haagent"},
+		{"private address", "extra_args: [private-address=10.0.0.9]", "private-address is set by haagent"},
+		{"local address", "extra_args: [local_address=10.0.0.9]", "local_address is set by haagent"},
+		{"proxy", "extra_args: [http_proxy=http://p:3128]", "http_proxy is set by haagent"},
+		{"no proxy", "extra_args: [no-proxy]", "no-proxy is set by haagent"},
+		{"bad version", "version: v2.38", `replicated.version: "v2.38" is not a Replicated version`},
+		{"version with a script in the bucket", "installer_url: s3://b/install.sh\n  sha256: " + strings.Repeat("a", 64) + "\n  version: 2.38.6", "replicated.version: a script kept in the bucket"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte("version: 1\nsource:\n  bucket: my-circleci-ha\nreplicated:\n  "+tc.yaml+"\n"), "test")
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("want an error with %q, got %v", tc.want, err)
+			}
+		})
+	}
+}
+
 // The PostgreSQL lists: an absent field keeps its default, an empty one means none.
 func TestPostgresProbeDefaults(t *testing.T) {
 	c, err := Parse([]byte("version: 1\nsource:\n  bucket: abc\n"), "haagent.yaml")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/replicated"
 )
 
 // Entry is one line of the fetch layout: an S3 key (or key prefix, when Recursive) under the
@@ -88,6 +89,7 @@ const (
 )
 
 var (
+	semverRE = regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+$`)
 	bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
 	regionRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*[a-z0-9]$`)
 	sha256RE = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -240,11 +242,19 @@ func (c *Config) Validate() error {
 	if strings.HasPrefix(r.InstallerURL, "s3://") && r.SHA256 == "" {
 		bad("replicated.sha256", "required with an s3:// installer: pin the script you uploaded")
 	}
+	// Offline, the documented parameters; before it runs, the downloaded script's own list.
+	documented := replicated.DocumentedSet()
 	for i, a := range r.ExtraArgs {
-		k, _, _ := strings.Cut(a, "=")
-		if k == "local_address" || k == "no_proxy" || k == "http-proxy" {
-			bad(fmt.Sprintf("replicated.extra_args[%d]", i), "%s is set by haagent (from IMDSv2 and the proxy settings)", k)
+		for _, p := range replicated.CheckExtraArgs([]string{a}, documented) {
+			bad(fmt.Sprintf("replicated.extra_args[%d]", i), "%s", p)
 		}
+	}
+	switch {
+	case r.Version == "":
+	case !semverRE.MatchString(r.Version):
+		bad("replicated.version", "%q is not a Replicated version such as 2.38.6 (get.replicated.com refuses anything else)", r.Version)
+	case strings.HasPrefix(r.InstallerURL, "s3://"):
+		bad("replicated.version", "a script kept in the bucket was rendered for one version already: download it with ?replicated_tag=%[1]s&replicated_ui_tag=%[1]s&replicated_operator_tag=%[1]s and drop replicated.version", r.Version)
 	}
 	if r.Timeout == 0 {
 		r.Timeout = Duration(DefaultInstallerTimeout)
@@ -261,6 +271,11 @@ func (c *Config) Validate() error {
 	case "", "AES256", "aws:kms":
 	default:
 		bad("backup.sse", "%q is not AES256 or aws:kms", c.Backup.SSE)
+	}
+	if c.Backup.ScanEvery == 0 {
+		c.Backup.ScanEvery = Duration(DefaultKeysScanEvery)
+	} else if c.Backup.ScanEvery < 0 {
+		bad("backup.scan_every", "must be positive")
 	}
 	if c.Backup.KMSKeyID != "" && c.Backup.SSE != "aws:kms" {
 		bad("backup.kms_key_id", "needs backup.sse: aws:kms")

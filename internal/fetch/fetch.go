@@ -47,6 +47,20 @@ type Options struct {
 	// Known maps destination paths (as seen inside root) to what was written there last time.
 	Known map[string]Known
 	Log   *slog.Logger
+	// Existing, when set, says whether this deployment existed before this boot. With it, an
+	// empty keys prefix on a machine without keys is KEYS_MISSING, not a new install's
+	// KEYS_PREFIX_EMPTY: CircleCI would mint new keys and the data encrypted with the old ones
+	// would be lost.
+	Existing func(ctx context.Context) (Existed, error)
+}
+
+// Existed is the evidence that a deployment existed before this boot.
+type Existed struct {
+	// Why is the evidence for the message; "" means a brand-new install.
+	Why string
+	// Here is true when CircleCI was installed on this very instance: what runs is not
+	// stopped (the finding does not block), only reported.
+	Here bool
 }
 
 // File is one object and its destination.
@@ -58,10 +72,14 @@ type File struct {
 	SHA256  string `json:"sha256"`
 	ETag    string `json:"etag,omitempty"`
 	Changed bool   `json:"changed"`
+	// Conflict is set for a key whose local copy differs from the bucket's: the local one is
+	// kept, nothing is staged.
+	Conflict *KeyConflict `json:"conflict,omitempty"`
 
 	staged  string
 	stage   string
 	purpose string
+	object  string // the s3:// URI, for a key conflict found at commit
 	mode    os.FileMode
 	dirMode os.FileMode
 	uid     int
@@ -84,6 +102,8 @@ type Bundle struct {
 	Root     string
 	Files    []*File
 	Findings []findings.Finding
+	// Conflicts are the keys kept on this machine although the bucket's copy differs.
+	Conflicts []KeyConflict
 	// CommitFindings are what Commit found while converging modes and owners (a symlink at
 	// a final path, left alone).
 	CommitFindings []findings.Finding
@@ -145,6 +165,9 @@ func Fetch(ctx context.Context, b *bucket.Bucket, o Options) (*Bundle, error) {
 				err := download(ctx, b, o.Root, f)
 				switch {
 				case err == nil:
+					if f.Conflict != nil {
+						report(f.Conflict.Finding())
+					}
 				case f.optional && errors.Is(err, bucket.ErrNotFound):
 					f.absent = true
 				default:
@@ -189,6 +212,11 @@ func Fetch(ctx context.Context, b *bucket.Bucket, o Options) (*Bundle, error) {
 			}
 		}
 	}
+	for _, f := range bd.Files {
+		if f.Conflict != nil {
+			bd.Conflicts = append(bd.Conflicts, *f.Conflict)
+		}
+	}
 	if ctx.Err() != nil {
 		bd.Discard()
 		return bd, fmt.Errorf("fetch interrupted: %w", ctx.Err())
@@ -196,7 +224,10 @@ func Fetch(ctx context.Context, b *bucket.Bucket, o Options) (*Bundle, error) {
 	findings.Sort(bd.Findings)
 	var blocking []findings.Finding
 	for _, f := range bd.Findings {
-		if f.Severity == findings.Error {
+		// A key conflict is not the fetch's failure: the bundle is good and the local key is
+		// kept. Whether it stops the boot depends on whether CircleCI already runs here, which
+		// the caller knows.
+		if f.Severity == findings.Error && f.Blocking {
 			blocking = append(blocking, f)
 		}
 	}
@@ -241,8 +272,7 @@ func listEntry(ctx context.Context, b *bucket.Bucket, o Options, e config.Entry,
 				fmt.Sprintf("no objects under %s (%s)", b.URI(e.Key), e.Purpose), "ListObjectsV2 returned no keys").
 				WithFix(fmt.Sprintf("upload the directory: aws s3 cp DIR %s --recursive", b.URI(e.Key))))
 		case e.WarnEmpty:
-			report(findings.New("KEYS_PREFIX_EMPTY", b.URI(e.Key),
-				fmt.Sprintf("no objects under %s (%s)", b.URI(e.Key), e.Purpose), "ListObjectsV2 returned no keys"))
+			report(emptyKeysFinding(ctx, b, o, e))
 		}
 	}
 	if local := localOnly(filepath.Join(o.Root, e.Dest), seen); len(local) > 0 {
@@ -291,9 +321,13 @@ func download(ctx context.Context, b *bucket.Bucket, root string, f *File) error
 	opts := atomicfile.Options{Mode: f.mode, DirMode: 0o700, UID: f.uid, GID: f.gid}
 	err := b.Get(ctx, f.Key, f.knownTag, func(body io.Reader, m bucket.Meta) error {
 		md := md5.New()
-		tmp, res, err := atomicfile.Stage(stage, filepath.Base(final), io.TeeReader(body, md), opts)
+		src := &readSide{r: body}
+		tmp, res, err := atomicfile.Stage(stage, filepath.Base(final), io.TeeReader(src, md), opts)
 		if err != nil {
-			return err
+			if src.err != nil {
+				return err // the body failed: S3's side, classified and retried as a transfer error
+			}
+			return &bucket.LocalError{Path: f.Dest, Err: err}
 		}
 		fail := func(err error) error { os.Remove(tmp); return err }
 		if m.Size >= 0 && res.Size != m.Size {
@@ -314,6 +348,11 @@ func download(ctx context.Context, b *bucket.Bucket, root string, f *File) error
 	if err != nil {
 		return err
 	}
+	if f.Entry == KeysEntry {
+		if err := keepLocalKey(b, final, f); err != nil || f.Conflict != nil {
+			return err
+		}
+	}
 	if cur, err := atomicfile.HashFile(final); err == nil && cur.SHA256 == f.SHA256 {
 		// Same content: keep the file and its mtime; Commit converges its mode and owner.
 		os.Remove(f.staged)
@@ -324,11 +363,30 @@ func download(ctx context.Context, b *bucket.Bucket, root string, f *File) error
 	return nil
 }
 
+// readSide remembers an error from reading the body, so that a failed Stage can be told apart:
+// the network's fault (retry) or this machine's disk (never retry, never "S3 unreachable").
+type readSide struct {
+	r   io.Reader
+	err error
+}
+
+func (s *readSide) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
+}
+
 // Commit moves every changed file into place and converges the mode and owner of every file
 // of the bundle, changed or not, and of the directories inside each directory entry: a
 // tightened files.*.mode, or a key someone chmod'ed by hand, is put right on the next run
 // even when S3 has nothing new. Each file appears whole; a crash between two renames leaves
 // some files new and some old, every one of them complete, and the next run converges.
+//
+// A key is moved in only where no file is: one that appeared since the fetch looked (CircleCI
+// creating its keys on an installed machine) is kept, and reported as a conflict when it
+// differs.
 func (bd *Bundle) Commit() error {
 	bd.CommitFindings = nil
 	if bd.log == nil {
@@ -339,11 +397,18 @@ func (bd *Bundle) Commit() error {
 	}
 	var moves []atomicfile.Move
 	for _, f := range bd.Files {
-		if f.staged != "" {
-			// A changed file's temp already has its mode and owner; the rename replaces
-			// whatever is at the final path (a symlink included) without following it.
-			moves = append(moves, atomicfile.Move{Staged: f.staged, Path: filepath.Join(bd.Root, f.Dest), DirMode: 0o755})
+		if f.staged == "" {
+			continue
 		}
+		if f.Entry == KeysEntry {
+			if err := bd.commitKey(f); err != nil {
+				return err
+			}
+			continue
+		}
+		// A changed file's temp already has its mode and owner; the rename replaces
+		// whatever is at the final path (a symlink included) without following it.
+		moves = append(moves, atomicfile.Move{Staged: f.staged, Path: filepath.Join(bd.Root, f.Dest), DirMode: 0o755})
 	}
 	if err := atomicfile.CommitAll(moves); err != nil {
 		return err
@@ -383,7 +448,15 @@ func Prepare(root string, known map[string]Known) map[string]Known {
 }
 
 func stageDir(root string, e config.Entry) string {
-	return filepath.Join(root, filepath.Dir(strings.TrimSuffix(e.Dest, "/")), stageDirName)
+	dest := filepath.Join(root, strings.TrimSuffix(e.Dest, "/"))
+	if e.Recursive {
+		// A directory that is a symlink (the keys on a data volume) is staged beside its
+		// target: the final rename must not cross filesystems.
+		if real, err := filepath.EvalSymlinks(dest); err == nil {
+			dest = real
+		}
+	}
+	return filepath.Join(filepath.Dir(dest), stageDirName)
 }
 
 // SafeRel refuses a key (relative to its prefix) that could name anything outside the
@@ -411,6 +484,9 @@ func SafeRel(rel string) error {
 
 func localOnly(dir string, seen map[string]bool) []string {
 	var out []string
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real // WalkDir does not follow a symlinked root
+	}
 	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return nil

@@ -20,13 +20,23 @@ func bucketFinding(err error, e config.Entry) findings.Finding {
 
 // fileFinding turns a failed download into a finding.
 func fileFinding(b *bucket.Bucket, err error, f *File) findings.Finding {
+	if errors.Is(err, ErrEmptyKey) {
+		return findings.New("KEYS_EMPTY", b.URI(f.Key),
+			fmt.Sprintf("encryption key %s is empty (0 bytes); it is refused and nothing is installed", b.URI(f.Key)), "").
+			WithFix(fmt.Sprintf("upload the real key over it (aws s3 cp KEYFILE %s) from the machine or backup that holds it", b.URI(f.Key)))
+	}
 	var be *bucket.Error
 	if !errors.As(err, &be) {
-		return findings.New("S3_FETCH_FAILED", f.Dest, fmt.Sprintf("writing %s failed", f.Dest), err.Error()).
-			WithFix("check the filesystem under the destination (space, read-only mount, permissions)")
+		le := &bucket.LocalError{Path: f.Dest, Err: err}
+		return findings.New("LOCAL_WRITE_FAILED", f.Dest, fmt.Sprintf("writing %s failed on this machine", f.Dest), err.Error()).WithFix(le.Fix())
 	}
 	code := be.Code()
 	summary := fmt.Sprintf("cannot download %s to %s (%s)", be.URI, f.Dest, f.purpose)
+	var le *bucket.LocalError
+	if errors.As(err, &le) {
+		// The machine's fault: the target is the local path, the object is only context.
+		return findings.New(code, f.Dest, fmt.Sprintf("cannot write %s (from %s) on this machine", f.Dest, be.URI), le.Error()).WithFix(le.Fix())
+	}
 	if code == "S3_OBJECT_MISSING" {
 		summary = fmt.Sprintf("%s does not exist; it is %s, written to %s", be.URI, f.purpose, f.Dest)
 	}

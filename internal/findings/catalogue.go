@@ -101,7 +101,7 @@ var Catalogue = []Entry{
 	// encryption keys backup
 	{"KEYS_NOT_BACKED_UP", Error, false, "keys", "grant the instance role s3:PutObject on the keys prefix; a replacement instance cannot decrypt CircleCI's data without them"},
 	{"KEYS_BACKUP_SKIPPED", Warning, false, "keys", "restore the route to S3; haagent compares the keys with the bucket at the next boot, or run haagent backup keys"},
-	{"KEYS_CONFLICT", Error, false, "keys", "two different keys carry one name: a person must decide which one CircleCI's data needs"},
+	{"KEYS_CONFLICT", Error, false, "keys", "two different keys carry one name and neither is replaced: decide which copy CircleCI's data was encrypted with (README: Encryption keys), then move the other out of the way by hand: the bucket's with aws s3 mv s3://BUCKET/PREFIX/circleci-encryption-keys/NAME s3://BUCKET/PREFIX/circleci-encryption-keys-conflicts/NAME, or the machine's with mv /data/circle/circleci-encryption-keys/NAME /root/NAME.conflict; haagent then copies the kept one across"},
 
 	// Auto Scaling
 	{"ASG_NOT_MEMBER", Info, false, "asg", "the instance is in no Auto Scaling group: nothing replaces it when it dies. Launch it from the Services machine's single-member group (examples/launch-template.json), or set asg.enabled: false"},
@@ -133,11 +133,21 @@ var Catalogue = []Entry{
 	{"CA_CERT_EXPIRED", Error, false, "ca-certs", "replace the expired CA certificate in the bucket (and the server certificates it signed)"},
 	{"CA_CERT_EXPIRING", Warning, false, "ca-certs", "renew the CA certificate before it expires"},
 
+	// Issue 14 (encryption keys never lost, local disk errors, CA files): one block for the merge.
+	{"LOCAL_WRITE_FAILED", Error, true, "files", "the bytes arrived but this machine could not write them: free space (df -h), remount read-write, or fix the directory's permissions; S3 is not at fault and haagent does not retry it"},
+	{"KEYS_EMPTY", Error, true, "keys", "an encryption key is empty (0 bytes): it is never installed nor backed up. Restore the key's real content from the machine or backup that has it: aws s3 cp KEYFILE s3://BUCKET/PREFIX/circleci-encryption-keys/NAME (for a bucket copy) or put the file back in /data/circle/circleci-encryption-keys/"},
+	{"KEYS_MISSING", Error, true, "keys", "this deployment existed before but the bucket holds no encryption keys: CircleCI would create new ones and its data encrypted with the old ones would be unreadable. Copy the keys from the old machine (or its backup) to s3://BUCKET/PREFIX/circleci-encryption-keys/ before booting; haagent stops before the installer until then"},
+
 	// Replicated installer
 	{"INSTALLER_DOWNLOAD_FAILED", Error, true, "replicated", "check replicated.installer_url, the route to it (HTTPS_PROXY) and its TLS certificate"},
 	{"INSTALLER_CHECKSUM_MISMATCH", Error, true, "replicated", "the installer is not the one pinned by replicated.sha256: verify the new script and update the pin"},
 	{"INSTALLER_FAILED", Error, true, "replicated", "read the installer's output (journalctl -u haagent-replicated-install); fix the cause and haagent reruns it"},
 	{"INSTALLER_TIMEOUT", Error, true, "replicated", "the installer ran past replicated.timeout: check the network to the Replicated and Docker registries, or raise the timeout"},
+	// the installer's contract (exit 0 is not success; its arguments; its download)
+	{"INSTALLER_NOTHING_INSTALLED", Error, true, "replicated", "the installer exited 0 without installing (it gave up at a question it could not ask): read its last lines; bake a pinned Docker into the AMI (so haagent passes no-docker) or install the Docker version it recommends, then haagent runs it again"},
+	{"INSTALLER_ARG_UNKNOWN", Error, true, "replicated", "remove or correct the argument in replicated.extra_args: the installer exits 1 on a parameter it does not know, and haagent sets local-address, the proxy and no-docker itself"},
+	{"INSTALLER_REDIRECT_REFUSED", Error, true, "replicated", "point replicated.installer_url at an https URL that does not redirect to http (or keep the script in the bucket: s3://bucket/key with replicated.sha256)"},
+	{"INSTALLER_UNPINNED", Warning, false, "replicated", "pin the installer: set replicated.sha256 to the sha256 this run logged once you have read the script, or keep a reviewed copy in the bucket (installer_url: s3://bucket/key)"},
 }
 
 var byCode = func() map[string]Entry {

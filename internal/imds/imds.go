@@ -73,6 +73,24 @@ func (c *Client) Identity(ctx context.Context) (Info, error) {
 	return info, nil
 }
 
+// PublicIPv4 returns the instance's public IPv4 address, or "" when it has none (IMDS answers
+// 404 for public-ipv4 then).
+func (c *Client) PublicIPv4(ctx context.Context) (string, error) {
+	out, err := c.c.GetMetadata(ctx, &imds.GetMetadataInput{Path: "public-ipv4"})
+	if err != nil {
+		if statusOf(err) == http.StatusNotFound {
+			return "", nil
+		}
+		return "", c.wrap("public-ipv4", err)
+	}
+	defer out.Content.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Content, 4096))
+	if err != nil {
+		return "", c.wrap("public-ipv4", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
 // UserData returns the instance's user-data, or nil when it has none.
 func (c *Client) UserData(ctx context.Context) ([]byte, error) {
 	out, err := c.c.GetUserData(ctx, &imds.GetUserDataInput{})

@@ -75,6 +75,22 @@ func (d *Docker) Freeze(t testing.TB) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.cmd.Process.Signal(syscall.SIGCONT) })
+	// The stop is delivered asynchronously: wait until the kernel shows it stopped (state T),
+	// or a request sent meanwhile is still answered.
+	stat := fmt.Sprintf("/proc/%d/stat", d.cmd.Process.Pid)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := os.ReadFile(stat)
+		if err == nil {
+			if f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:])); len(f) > 0 && f[0] == "T" {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dockerd did not stop after SIGSTOP: %s", b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // Thaw resumes a frozen dockerd.

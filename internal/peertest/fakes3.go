@@ -95,6 +95,34 @@ func (f *FakeS3) DenyPuts() {
 	})
 }
 
+// RequireSSE answers a PUT without the server-side encryption header sse (and, when kmsKey is
+// set, that KMS key) with 403 AccessDenied, as a bucket policy with a
+// s3:x-amz-server-side-encryption condition does. It returns the headers each PUT carried, by
+// key, for the test to read once the puts are done.
+func (f *FakeS3) RequireSSE(sse, kmsKey string) func() map[string]http.Header {
+	var mu sync.Mutex
+	seen := map[string]http.Header{}
+	f.SetFault(func(w http.ResponseWriter, r *http.Request, _ http.Handler) bool {
+		if r.Method != http.MethodPut {
+			return false
+		}
+		mu.Lock()
+		seen[strings.TrimPrefix(r.URL.Path, "/"+f.Bucket+"/")] = r.Header.Clone()
+		mu.Unlock()
+		if r.Header.Get("X-Amz-Server-Side-Encryption") != sse ||
+			(kmsKey != "" && r.Header.Get("X-Amz-Server-Side-Encryption-Aws-Kms-Key-Id") != kmsKey) {
+			S3Error(w, 403, "AccessDenied", "Access Denied")
+			return true
+		}
+		return false
+	})
+	return func() map[string]http.Header {
+		mu.Lock()
+		defer mu.Unlock()
+		return seen
+	}
+}
+
 // Count is how many requests of method reached key.
 func (f *FakeS3) Count(method, key string) int {
 	f.mu.Lock()

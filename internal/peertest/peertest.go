@@ -228,7 +228,10 @@ type IMDS struct {
 // Instance is what the mock serves.
 type Instance struct {
 	ID, LocalIPv4, Region string
-	UserData              []byte
+	// PublicIPv4 is served as public-ipv4; empty serves an empty answer, the mock's way of
+	// an instance without one (the real IMDS answers 404, which haagent takes the same way).
+	PublicIPv4 string
+	UserData   []byte
 	// ASGGroup, when set, is served as the instance's aws:autoscaling:groupName tag (instance
 	// metadata tags enabled); otherwise that tag answers 404.
 	ASGGroup string
@@ -241,7 +244,7 @@ func StartIMDS(t testing.TB, in Instance) *IMDS {
 	dir := t.TempDir()
 	cfg := map[string]any{
 		"metadata": map[string]any{"values": map[string]any{"instance-id": in.ID, "local-ipv4": in.LocalIPv4,
-			"placement-region": in.Region}},
+			"public-ipv4": in.PublicIPv4, "placement-region": in.Region}},
 		"dynamic": map[string]any{"values": map[string]any{"instance-identity-document": map[string]any{
 			"instanceId": in.ID, "region": in.Region, "privateIp": in.LocalIPv4, "availabilityZone": in.Region + "a"}}},
 		"userdata": map[string]any{"values": map[string]any{"userdata": base64.StdEncoding.EncodeToString(in.UserData)}},

@@ -49,7 +49,7 @@ func (r *Report) WriteJSON(w io.Writer) error {
 
 // WriteText writes a short terminal report, grouped by service, a fix line under each problem.
 func (r *Report) WriteText(w io.Writer) {
-	groups := append([]string{"settings"}, Services...)
+	groups := append(append([]string{"settings"}, Services...), "keys")
 	for _, svc := range groups {
 		var fs []findings.Finding
 		for _, f := range r.Findings {

@@ -18,9 +18,11 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -41,6 +43,9 @@ const (
 	// INSTANCE-ID"), so a haagent that was restarted meanwhile learns the outcome without
 	// running the installer again.
 	ExitPath = "/var/lib/haagent/replicated-install.exit"
+	// EnvPath is the installer's environment (0600), which may hold proxy credentials; it
+	// exists only while haagent starts or runs the installer.
+	EnvPath  = "/var/lib/haagent/replicated-install.env"
 	UnitName = "haagent-replicated-install"
 )
 
@@ -82,15 +87,28 @@ func ReadMarker(root string) *Marker {
 
 // Options for one Ensure.
 type Options struct {
-	Root           string
-	URL            string // https://..., or s3://bucket/key
-	SHA256         string // pin; empty accepts any script (and logs its hash)
-	ExtraArgs      []string
-	Timeout        time.Duration
-	LocalAddress   string
+	Root      string
+	URL       string // https://..., or s3://bucket/key
+	SHA256    string // pin; empty accepts any script (and logs its hash)
+	ExtraArgs []string
+	// Version pins Replicated through the installer URL's query (https URLs only).
+	Version      string
+	Timeout      time.Duration
+	LocalAddress string
+	// PublicAddress is the instance's public IPv4 from IMDSv2, "" when it has none. The
+	// installer gets it (or no-public-address) so it never makes its own IMDSv1 request,
+	// which fails on an instance that requires IMDSv2, and then prompts.
+	PublicAddress string
+	// DockerInstalled passes no-docker, so the script does not compare the installed Docker
+	// with the one it recommends and quit (exit 0) at its "proceed anyway?" question.
+	DockerInstalled bool
+	// VerifyTimeout bounds the wait for Replicated to answer after the installer exited 0.
+	VerifyTimeout  time.Duration
 	InstanceID     string
 	SettingsSHA256 string
-	// Proxy is the configured HTTPS proxy; the installer gets http-proxy= instead of no_proxy=1.
+	// Proxy is the configured HTTPS proxy. It reaches the installer through its environment
+	// (the script's discoverProxy reads HTTP_PROXY), never its argv: credentials in it would
+	// be readable by anyone in /proc/PID/cmdline.
 	Proxy     string
 	Reinstall bool
 	RootCAs   *x509.CertPool
@@ -99,6 +117,9 @@ type Options struct {
 	// Systemd runs the installer as a transient unit; false runs it as a child (tests, --root).
 	Systemd bool
 	Log     *slog.Logger
+	// Report takes a finding that does not stop the install (an unpinned installer), at the
+	// moment it applies: before the script runs.
+	Report func(findings.Finding)
 }
 
 // Result says what happened.
@@ -106,9 +127,14 @@ type Result struct {
 	Ran    bool
 	SHA256 string
 	Args   []string
+	// AppState is what replicatedctl app status inspect answered after the install.
+	AppState string
 }
 
-// Ensure installs Replicated unless this instance already completed an install.
+// Ensure installs Replicated unless this instance already completed an install. The
+// installer's exit status 0 is not taken as success: the real script exits 0 having installed
+// nothing when it would have had to ask (see verify), so the marker is written only once
+// Replicated's services run and replicatedctl answers.
 func Ensure(ctx context.Context, o Options) (Result, error) {
 	var res Result
 	if m := ReadMarker(o.Root); m != nil && m.InstanceID == o.InstanceID && !o.Reinstall {
@@ -120,19 +146,24 @@ func Ensure(ctx context.Context, o Options) (Result, error) {
 		if active, err := unitActive(ctx); err == nil && active {
 			o.Log.Warn("an installer started by an earlier haagent is still running; waiting for it", "unit", UnitName)
 			code, err := waitUnit(ctx, o)
-			if ferr := o.finish(code, err, unitTail(ctx)); ferr != nil {
-				return res, ferr
-			}
-			return res, o.mark(readScriptSHA(o.Root))
+			res.SHA256 = readScriptSHA(o.Root)
+			return res, o.complete(ctx, &res, code, err, func() string { return o.unitTail(ctx) }, res.SHA256)
 		}
 		if code, ok := readExit(o.Root, o.InstanceID); ok && !o.Reinstall {
 			// It ended while haagent was down: take its result, do not run it again.
 			o.Log.Warn("an installer started by an earlier haagent ended while haagent was down", "unit", UnitName, "exit", code)
-			if ferr := o.finish(code, nil, unitTail(ctx)); ferr != nil {
+			err := o.complete(ctx, &res, code, nil, func() string { return o.unitTail(ctx) }, readScriptSHA(o.Root))
+			if err != nil {
 				os.Remove(filepath.Join(o.Root, ExitPath))
-				return res, ferr
 			}
-			return res, o.mark(readScriptSHA(o.Root))
+			return res, err
+		}
+	}
+	if o.SHA256 == "" {
+		f := findings.New("INSTALLER_UNPINNED", redactLine(o.URL, ""),
+			"replicated.sha256 is empty: whatever script "+redactLine(o.URL, "")+" serves today runs as root on this machine", "")
+		if o.Report != nil {
+			o.Report(f)
 		}
 	}
 	script, sum, err := download(ctx, o)
@@ -140,26 +171,48 @@ func Ensure(ctx context.Context, o Options) (Result, error) {
 		return res, err
 	}
 	res.SHA256 = sum
+	// The script's own argument arms say what this version accepts; an argument it does not
+	// know makes it exit 1 mid-boot: refuse it before the script runs.
+	known, from := ScriptArgs(script), "the downloaded script's argument list"
+	if known == nil {
+		known, from = DocumentedSet(), "the installer's documented arguments"
+	}
+	if probs := CheckExtraArgs(o.ExtraArgs, known); len(probs) > 0 {
+		return res, &findings.Failure{Findings: []findings.Finding{findings.New("INSTALLER_ARG_UNKNOWN", redactLine(o.URL, ""),
+			"replicated.extra_args has arguments the installer would refuse; it was not run", strings.Join(probs, "; ")+" (checked against "+from+")")}}
+	}
 	if _, err := atomicfile.WriteFile(filepath.Join(o.Root, ScriptPath), script, atomicfile.Options{Mode: 0o700, DirMode: 0o700, UID: -1, GID: -1}); err != nil {
 		return res, fmt.Errorf("keeping the installer script: %w", err)
 	}
 	res.Args = Args(o)
 	res.Ran = true
-	o.Log.Info("running the Replicated installer", "url", o.URL, "sha256", sum, "args", strings.Join(res.Args, " "), "timeout", o.Timeout.String())
+	o.Log.Info("running the Replicated installer", "url", redactLine(o.URL, ""), "sha256", sum, "args", strings.Join(res.Args, " "),
+		"proxy", redactLine(o.Proxy, o.Proxy), "timeout", o.Timeout.String())
 	var code int
-	var tailLines string
+	var tail func() string
 	if o.Systemd {
 		code, err = runUnit(ctx, o, res.Args)
-		if err == nil && code != 0 {
-			tailLines = unitTail(ctx)
-		}
+		tail = func() string { return o.unitTail(ctx) }
 	} else {
-		code, tailLines, err = runChild(ctx, o, res.Args)
+		var lines string
+		code, lines, err = runChild(ctx, o, res.Args)
+		tail = func() string { return lines }
 	}
-	if ferr := o.finish(code, err, tailLines); ferr != nil {
-		return res, ferr
+	return res, o.complete(ctx, &res, code, err, tail, sum)
+}
+
+// complete judges an ended installer: a failure or timeout is a finding; exit 0 is verified
+// before the marker is written.
+func (o Options) complete(ctx context.Context, res *Result, code int, err error, tail func() string, sha string) error {
+	if err == nil && code == 0 {
+		state, verr := verify(ctx, o)
+		if verr != nil {
+			return o.nothingInstalled(verr, tail())
+		}
+		res.AppState = state
+		return o.mark(sha)
 	}
-	return res, o.mark(sum)
+	return o.finish(code, err, tail())
 }
 
 // mark writes the install-complete marker.
@@ -211,16 +264,54 @@ func (o Options) finish(code int, err error, tailLines string) error {
 	return nil
 }
 
-// Args are the installer's arguments: local_address from IMDSv2, the proxy or no_proxy=1,
-// then the configured extra arguments.
+// Args are the installer's arguments: the local address from IMDSv2; no-proxy without a
+// proxy (with one, the script reads it from its environment: see env); no-docker when Docker
+// is installed; the public address from IMDSv2 or no-public-address, unless the configured
+// arguments give one; then the configured extra arguments.
 func Args(o Options) []string {
-	args := []string{"local_address=" + o.LocalAddress}
-	if o.Proxy != "" {
-		args = append(args, "http-proxy="+o.Proxy)
-	} else {
-		args = append(args, "no_proxy=1")
+	args := []string{"local-address=" + o.LocalAddress}
+	if o.Proxy == "" {
+		args = append(args, "no-proxy")
+	}
+	if o.DockerInstalled {
+		args = append(args, "no-docker")
+	}
+	if !SetsPublicAddress(o.ExtraArgs) {
+		if o.PublicAddress != "" {
+			args = append(args, "public-address="+o.PublicAddress)
+		} else {
+			args = append(args, "no-public-address")
+		}
 	}
 	return append(args, o.ExtraArgs...)
+}
+
+// DockerInstalled reports whether a docker command is installed under root (a baked AMI).
+func DockerInstalled(root string) bool {
+	for _, p := range []string{"/usr/bin/docker", "/usr/local/bin/docker", "/bin/docker"} {
+		if fi, err := os.Stat(filepath.Join(root, p)); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// VersionedURL pins Replicated in the installer URL's query, as get.replicated.com takes it
+// (replicated_tag, replicated_ui_tag, replicated_operator_tag); other query parameters stay.
+func VersionedURL(raw, version string) string {
+	if version == "" || !strings.HasPrefix(raw, "https://") {
+		return raw
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	q := u.Query()
+	for _, k := range []string{"replicated_tag", "replicated_ui_tag", "replicated_operator_tag"} {
+		q.Set(k, version)
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 func download(ctx context.Context, o Options) ([]byte, string, error) {
@@ -235,9 +326,13 @@ func download(ctx context.Context, o Options) ([]byte, string, error) {
 	} else {
 		body, err = httpGet(ctx, o)
 	}
+	if errors.Is(err, ErrInsecureRedirect) {
+		return nil, "", &findings.Failure{Findings: []findings.Finding{findings.New("INSTALLER_REDIRECT_REFUSED", redactLine(o.URL, ""),
+			"the installer download was redirected away from https; the script was not fetched", redactLine(err.Error(), ""))}}
+	}
 	if err != nil {
 		return nil, "", &findings.Failure{Findings: []findings.Finding{findings.New("INSTALLER_DOWNLOAD_FAILED", o.URL,
-			"cannot download the Replicated installer from "+o.URL, err.Error())}}
+			"cannot download the Replicated installer from "+redactLine(o.URL, ""), redactLine(err.Error(), ""))}}
 	}
 	h := sha256.Sum256(body)
 	sum := hex.EncodeToString(h[:])
@@ -249,6 +344,10 @@ func download(ctx context.Context, o Options) ([]byte, string, error) {
 	return body, sum, nil
 }
 
+// ErrInsecureRedirect is a redirect of the installer download to a URL that is not https: the
+// script runs as root, so it is never fetched in the clear.
+var ErrInsecureRedirect = errors.New("redirect leaves https")
+
 func httpGet(ctx context.Context, o Options) ([]byte, error) {
 	c := retryablehttp.NewClient()
 	c.Logger = nil
@@ -258,32 +357,100 @@ func httpGet(ctx context.Context, o Options) ([]byte, error) {
 	tr.Proxy = bucket.ProxyFunc()
 	tr.TLSClientConfig = &tls.Config{RootCAs: o.RootCAs, MinVersion: tls.VersionTLS12}
 	c.HTTPClient.Timeout = 2 * time.Minute
-	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodGet, o.URL, nil)
+	c.HTTPClient.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if req.URL.Scheme != "https" {
+			return fmt.Errorf("following %s to %s: %w", via[len(via)-1].URL.Redacted(), req.URL.Redacted(), ErrInsecureRedirect)
+		}
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}
+	// A refused redirect will not heal: do not retry it.
+	c.CheckRetry = func(ctx context.Context, resp *http.Response, err error) (bool, error) {
+		if errors.Is(err, ErrInsecureRedirect) {
+			return false, err
+		}
+		return retryablehttp.DefaultRetryPolicy(ctx, resp, err)
+	}
+	u := VersionedURL(o.URL, o.Version)
+	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("requesting the installer: %w", err)
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("downloading the installer: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("HTTP %s", resp.Status)
+		return nil, fmt.Errorf("downloading the installer: HTTP %s", resp.Status)
 	}
 	return io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 }
 
 var errTimeout = errors.New("installer timed out")
 
-// env is the installer's minimal environment: no secrets of haagent's, the proxy if any.
+// env is the installer's minimal environment: no secrets of haagent's, and the proxy if any.
+// The script takes the proxy from HTTP_PROXY first (then http_proxy, HTTPS_PROXY,
+// https_proxy: discoverProxy in proxy.sh), so all four carry haagent's HTTPS proxy; haagent's
+// own NO_PROXY passes through.
 func env(o Options) []string {
 	e := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8", "DEBIAN_FRONTEND=noninteractive"}
-	for _, k := range []string{"HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy", "no_proxy"} {
-		if v, ok := os.LookupEnv(k); ok {
-			e = append(e, k+"="+v)
+	if o.Proxy != "" {
+		for _, k := range []string{"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"} {
+			e = append(e, k+"="+o.Proxy)
+		}
+		for _, k := range []string{"NO_PROXY", "no_proxy"} {
+			if v, ok := os.LookupEnv(k); ok {
+				e = append(e, k+"="+v)
+			}
 		}
 	}
 	return e
+}
+
+// writeEnvFile keeps the installer's environment in a 0600 file that the transient unit
+// reads (EnvironmentFile=): what --setenv passes is readable by anyone with systemctl show.
+// Values are double-quoted with \ and " escaped, as systemd reads them.
+func writeEnvFile(path string, env []string) error {
+	var b strings.Builder
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		v = strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(v)
+		fmt.Fprintf(&b, "%s=\"%s\"\n", k, v)
+	}
+	if _, err := atomicfile.WriteFile(path, []byte(b.String()), atomicfile.Options{Mode: 0o600, DirMode: 0o700, UID: -1, GID: -1}); err != nil {
+		return fmt.Errorf("writing the installer's environment file %s: %w", path, err)
+	}
+	return nil
+}
+
+// userinfoRE finds the userinfo of any URL in a line (the real script prints "will use the
+// proxy at 'http://user:password@host'"); it takes the last '@' before the host, so an
+// unescaped '@' in a password is hidden too.
+var userinfoRE = regexp.MustCompile(`(://)[^/\s]*@`)
+
+// redactLine hides URL credentials in a line, and the given secret literally (a proxy URL's
+// userinfo may also be printed without its scheme).
+func redactLine(line, proxy string) string {
+	if u, err := url.Parse(proxy); err == nil && u.User != nil {
+		// As given (a raw '@' in a password stays raw when printed) and escaped.
+		raw := u.User.Username()
+		p, hasPassword := u.User.Password()
+		if hasPassword {
+			raw += ":" + p
+		}
+		for _, ui := range []string{raw, u.User.String()} {
+			if ui != "" {
+				line = strings.ReplaceAll(line, ui, "***")
+			}
+		}
+		if hasPassword && len(p) >= 4 {
+			line = strings.ReplaceAll(line, p, "***")
+		}
+	}
+	return userinfoRE.ReplaceAllString(line, "$1***@")
 }
 
 // runChild runs the installer as a child: stdin closed and a new session without a
@@ -312,7 +479,7 @@ func runChild(ctx context.Context, o Options, args []string) (int, string, error
 			sc := bufio.NewScanner(r)
 			sc.Buffer(make([]byte, 64<<10), 1<<20)
 			for sc.Scan() {
-				line := sc.Text()
+				line := redactLine(sc.Text(), o.Proxy)
 				ring.add(line)
 				o.Log.Log(context.Background(), level, line, "source", "installer")
 			}
@@ -363,25 +530,42 @@ func (l *lastLines) String() string {
 
 // runUnit starts the installer as a transient unit and waits for it. The unit has its own
 // cgroup and log: haagent's restart or watchdog kill does not stop it, and the restarted
-// haagent finds it (unitActive) and waits instead of starting a second one.
+// haagent finds it (unitActive) and waits instead of starting a second one. Its environment
+// comes from the 0600 EnvironmentFile (systemctl show lists the file, not its contents), and
+// its output passes through sed to hide URL credentials before it reaches the journal (the
+// script prints the proxy it uses); stderr joins stdout for that.
 func runUnit(ctx context.Context, o Options, args []string) (int, error) {
 	argv := append([]string{}, SystemdRun...)
 	argv = append(argv, "--unit="+UnitName, "--collect", "--quiet",
 		"--description=Replicated installer started by haagent",
 		fmt.Sprintf("--property=RuntimeMaxSec=%d", int(o.Timeout.Seconds())),
-		"--property=StandardInput=null")
-	for _, e := range env(o) {
-		argv = append(argv, "--setenv="+e)
+		"--property=StandardInput=null",
+		"--property=EnvironmentFile="+filepath.Join(o.Root, EnvPath))
+	envFile := filepath.Join(o.Root, EnvPath)
+	if err := writeEnvFile(envFile, env(o)); err != nil {
+		return 0, err
 	}
+	// systemd reads the file when the unit starts; it is not needed after the installer ends.
+	defer os.Remove(envFile)
 	// The unit records the script's exit status itself (see ExitPath).
 	os.Remove(filepath.Join(o.Root, ExitPath))
-	wrapper := fmt.Sprintf(`/bin/bash "$0" "$@"; rc=$?; printf '%%s %%s\n' "$rc" %q > %q; exit $rc`, o.InstanceID, filepath.Join(o.Root, ExitPath))
+	wrapper := unitWrapper(o.InstanceID, filepath.Join(o.Root, ExitPath))
 	argv = append(argv, "/bin/bash", "-c", wrapper, filepath.Join(o.Root, ScriptPath))
 	argv = append(argv, args...)
 	if out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("starting the installer unit (%s): %w: %s", strings.Join(argv[:3], " "), err, bytes.TrimSpace(out))
 	}
 	return waitUnit(ctx, o)
+}
+
+// unitWrapper is the transient unit's bash -c program: it runs the script ($0, with its
+// arguments), hides URL credentials in its output, records "STATUS INSTANCE-ID" in exitPath
+// and exits with the script's status. $PIPESTATUS is the script's status (the array's first
+// element): systemd replaces every ${...} in a command line with a value from its own
+// environment, empty when unset (seen on systemd 252), so the program has no braces.
+func unitWrapper(instanceID, exitPath string) string {
+	return fmt.Sprintf(`/bin/bash "$0" "$@" 2>&1 | sed -u -E 's#(://)[^/[:space:]]*@#\1***@#g'; rc=$PIPESTATUS; printf '%%s %%s\n' "$rc" %q > %q; exit $rc`,
+		instanceID, exitPath)
 }
 
 // waitUnit polls the unit until it ends and returns its exit status.
@@ -439,10 +623,11 @@ func unitActive(ctx context.Context) (bool, error) {
 	return p["ActiveState"] == "active" || p["ActiveState"] == "activating", nil
 }
 
-func unitTail(ctx context.Context) string {
+// unitTail is the installer unit's last lines, credentials hidden.
+func (o Options) unitTail(ctx context.Context) string {
 	argv := append(append([]string{}, Journalctl...), "-u", UnitName, "-n", "20", "-o", "cat", "--no-pager")
 	out, _ := exec.CommandContext(ctx, argv[0], argv[1:]...).Output()
-	return strings.Join(strings.Split(strings.TrimSpace(string(out)), "\n"), " | ")
+	return redactLine(strings.Join(strings.Split(strings.TrimSpace(string(out)), "\n"), " | "), o.Proxy)
 }
 
 // ensureActive starts Replicated's services if a reboot left them inactive.

@@ -40,6 +40,21 @@ type Record struct {
 	// Known maps each destination to what was last written there, so re-runs skip
 	// unchanged objects.
 	Known map[string]fetch.Known `json:"known_files,omitempty"`
+	// KeyConflicts are the encryption keys whose local and bucket copies differ, as of the
+	// last comparison (fetch or backup). They stay here, shown by `haagent status` and
+	// `haagent check`, until a comparison finds the copies equal: only a person resolves one.
+	KeyConflicts []fetch.KeyConflict `json:"key_conflicts,omitempty"`
+}
+
+// InstalledBefore returns why this machine's record says the deployment existed before (a
+// completed boot), or "".
+func (r *Record) InstalledBefore() string {
+	for _, run := range r.Runs {
+		if run.Status == Complete {
+			return fmt.Sprintf("the run record %s shows a completed boot of instance %s at %s", Path, run.InstanceID, run.Start.UTC().Format(time.RFC3339))
+		}
+	}
+	return ""
 }
 
 // Run is one invocation of the boot.

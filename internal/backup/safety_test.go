@@ -1,0 +1,100 @@
+package backup
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/peertest"
+)
+
+func codeOf(fs []findings.Finding, target string) string {
+	for _, f := range fs {
+		if strings.HasSuffix(f.Target, target) {
+			return f.Code
+		}
+	}
+	return ""
+}
+
+// An empty key and one still being written never reach the bucket: If-None-Match would make
+// that copy the permanent backup. The clock is the test's: the key settles when the clock
+// says 10 s went by with its size and mtime unchanged, and only then is it uploaded.
+func TestKeysBackupRefusesEmptyAndUnsettledKeys(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, bkt)
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+	root := keysRoot(t, map[string]string{"00-empty.key": "", "01-being-written.key": "first half of the "})
+	mtime := time.Now().Add(-time.Hour)
+	os.Chtimes(filepath.Join(root, local, "00-empty.key"), mtime, mtime)
+	written, _ := os.Stat(filepath.Join(root, local, "01-being-written.key"))
+	clock := written.ModTime().Add(3 * time.Second)
+	o := Options{Root: root, LocalDir: local, Prefix: prefix, Now: func() time.Time { return clock }}
+
+	res, err := Keys(context.Background(), b, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Uploaded) != 0 || strings.Join(res.NotBackedUp, ",") != "00-empty.key,01-being-written.key" {
+		t.Fatalf("%+v", res)
+	}
+	if codeOf(res.Findings, "00-empty.key") != "KEYS_EMPTY" || codeOf(res.Findings, "01-being-written.key") != "KEYS_NOT_BACKED_UP" {
+		t.Fatalf("want KEYS_EMPTY and KEYS_NOT_BACKED_UP, got %+v", res.Findings)
+	}
+	if s.Object(bkt, prefix+"00-empty.key") != nil || s.Object(bkt, prefix+"01-being-written.key") != nil {
+		t.Fatal("an empty or unsettled key reached the bucket")
+	}
+
+	// CircleCI finishes the file; 10 s later by the clock it is uploaded whole.
+	full := filepath.Join(root, local, "01-being-written.key")
+	os.WriteFile(full, []byte("first half of the key and the second half"), 0o600)
+	fi, _ := os.Stat(full)
+	clock = fi.ModTime().Add(DefaultSettle)
+	res, err = Keys(context.Background(), b, o)
+	if err != nil || strings.Join(res.Uploaded, ",") != "01-being-written.key" {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if got := string(s.Object(bkt, prefix+"01-being-written.key")); got != "first half of the key and the second half" {
+		t.Fatalf("the bucket holds %q", got)
+	}
+	if codeOf(res.Findings, "00-empty.key") != "KEYS_EMPTY" {
+		t.Fatal("the empty key must stay reported while it is empty")
+	}
+}
+
+// A keys directory that is a symlink (to a data volume) is followed: its keys are backed up,
+// not taken for an empty directory. A link inside it is not a key haagent can vouch for: it
+// counts as not backed up, so the guard never requests a replacement on its account.
+func TestKeysBackupFollowsASymlinkedDirectory(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, bkt)
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+	root := t.TempDir()
+	volume := filepath.Join(root, "mnt/data/keys")
+	os.MkdirAll(volume, 0o700)
+	os.WriteFile(filepath.Join(volume, "00-default.key"), []byte("the real key"), 0o600)
+	os.WriteFile(filepath.Join(root, "elsewhere.key"), []byte("a key outside"), 0o600)
+	os.Symlink(filepath.Join(root, "elsewhere.key"), filepath.Join(volume, "01-linked.key"))
+	os.MkdirAll(filepath.Join(root, filepath.Dir(local)), 0o755)
+	if err := os.Symlink(volume, filepath.Join(root, local)); err != nil {
+		t.Fatal(err)
+	}
+
+	res, err := Keys(context.Background(), b, opts(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(res.Uploaded, ",") != "00-default.key" || string(s.Object(bkt, prefix+"00-default.key")) != "the real key" {
+		t.Fatalf("the key behind the symlinked directory was not backed up: %+v", res)
+	}
+	if strings.Join(res.NotBackedUp, ",") != "01-linked.key" || codeOf(res.Findings, "01-linked.key") != "KEYS_NOT_BACKED_UP" {
+		t.Fatalf("a symlink inside must count as not backed up: %+v", res)
+	}
+	if s.Object(bkt, prefix+"01-linked.key") != nil {
+		t.Fatal("a symlinked entry was uploaded")
+	}
+}

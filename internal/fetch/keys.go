@@ -1,0 +1,182 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/haagent/haagent/internal/atomicfile"
+	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/config"
+	"github.com/haagent/haagent/internal/findings"
+	"golang.org/x/sys/unix"
+)
+
+// KeysEntry is the layout entry of CircleCI's encryption keys. Its files are never replaced:
+// a local key that differs from the bucket's is kept and reported, because the data may be
+// encrypted with either one and only a person can tell which.
+const KeysEntry = "encryption_keys"
+
+// KeyConflict is a key whose copy on this machine and copy in the bucket differ. It is kept
+// in the run record until a comparison finds them equal again, so `haagent status` and
+// `haagent check` show it while it lasts.
+type KeyConflict struct {
+	Path         string `json:"path"`   // machine path
+	Object       string `json:"object"` // s3:// URI
+	LocalSHA256  string `json:"local_sha256"`
+	BucketSHA256 string `json:"bucket_sha256"`
+}
+
+// Finding is the KEYS_CONFLICT finding for c: both hashes, never the contents.
+func (c KeyConflict) Finding() findings.Finding {
+	return findings.New("KEYS_CONFLICT", c.Path,
+		fmt.Sprintf("encryption key %s differs from %s; neither is replaced", c.Path, c.Object),
+		fmt.Sprintf("sha256 on this machine %s, in the bucket %s", c.LocalSHA256, c.BucketSHA256)).
+		WithFix(fmt.Sprintf("decide which copy CircleCI's data was encrypted with. To keep this machine's: aws s3 mv %s %s; to keep the bucket's: mv %s /root/%s.conflict. haagent then copies the kept one across; nothing is replaced without you",
+			c.Object, conflictsURI(c.Object), c.Path, path.Base(c.Path)))
+}
+
+// conflictsURI is where a person parks the bucket's losing copy: beside the keys prefix, not
+// inside it (a copy inside would be fetched as one more key).
+func conflictsURI(object string) string {
+	const p = "circleci-encryption-keys/"
+	if i := strings.LastIndex(object, p); i >= 0 {
+		return object[:i] + "circleci-encryption-keys-conflicts/" + object[i+len(p):]
+	}
+	// A keys prefix of another name: a sibling directory of the key's own.
+	dir, base := path.Split(object)
+	return strings.TrimSuffix(dir, "/") + "-conflicts/" + base
+}
+
+// ErrEmptyKey is a key object of 0 bytes: installing it would hand CircleCI an empty key
+// (and the backup would then keep it as the permanent copy).
+var ErrEmptyKey = errors.New("the key object is empty (0 bytes)")
+
+// keepLocalKey applies the keys rule after a download: a key already on the machine is never
+// replaced. Same content: nothing to do. Different content (an empty bucket object included):
+// the staged copy is dropped and f.Conflict says so. No local file: an empty object is refused.
+func keepLocalKey(b *bucket.Bucket, final string, f *File) error {
+	f.object = b.URI(f.Key)
+	cur, err := atomicfile.HashFile(final)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if f.Size == 0 {
+			os.Remove(f.staged)
+			f.staged = ""
+			return ErrEmptyKey
+		}
+		return nil
+	case err != nil:
+		os.Remove(f.staged)
+		f.staged = ""
+		return &bucket.LocalError{Path: f.Dest, Err: err}
+	case cur.SHA256 == f.SHA256:
+		return nil
+	}
+	os.Remove(f.staged)
+	f.staged = ""
+	f.Conflict = &KeyConflict{Path: f.Dest, Object: b.URI(f.Key), LocalSHA256: cur.SHA256, BucketSHA256: f.SHA256}
+	return nil
+}
+
+// emptyKeysFinding is the finding for an empty keys prefix: a new install's warning, or, when
+// this deployment existed before and the machine holds no keys either, KEYS_MISSING.
+func emptyKeysFinding(ctx context.Context, b *bucket.Bucket, o Options, e config.Entry) findings.Finding {
+	newInstall := findings.New("KEYS_PREFIX_EMPTY", b.URI(e.Key),
+		fmt.Sprintf("no objects under %s (%s)", b.URI(e.Key), e.Purpose), "ListObjectsV2 returned no keys")
+	if o.Existing == nil || hasFiles(filepath.Join(o.Root, e.Dest)) {
+		// Keys on the machine: the backup puts them in the bucket (LOCAL_ONLY_FILES meanwhile).
+		return newInstall
+	}
+	ex, err := o.Existing(ctx)
+	if err != nil {
+		return bucketFinding(err, e)
+	}
+	if ex.Why == "" {
+		return newInstall
+	}
+	f := findings.New("KEYS_MISSING", b.URI(e.Key),
+		fmt.Sprintf("no encryption keys under %s nor on this machine, but this deployment existed before: CircleCI would create new keys and its data would be unreadable", b.URI(e.Key)),
+		ex.Why).WithFix(fmt.Sprintf("copy the keys of the old Services machine (or their backup) to %s (aws s3 cp DIR %s --recursive); haagent stops before the installer until they are there. If this deployment never completed an install, there are no old keys: delete the object named in the evidence and boot again",
+		b.URI(e.Key), b.URI(e.Key)))
+	if ex.Here {
+		// Installed on this instance: stopping its boot would not bring keys back.
+		f.Blocking = false
+	}
+	return f
+}
+
+func hasFiles(dir string) bool {
+	found := false
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real // WalkDir does not follow a symlinked root
+	}
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || found {
+			return filepath.SkipDir
+		}
+		if !d.IsDir() && !strings.Contains(d.Name(), ".haagent-") {
+			found = true
+		}
+		return nil
+	})
+	return found
+}
+
+// commitKey moves a staged key into place without ever replacing a file there (renameat2
+// RENAME_NOREPLACE, or a hard link where the filesystem lacks it).
+func (bd *Bundle) commitKey(f *File) error {
+	final := filepath.Join(bd.Root, f.Dest)
+	dir := filepath.Dir(final)
+	if err := atomicfile.MkdirAll(dir, f.dirMode); err != nil {
+		return err
+	}
+	err := renameNoReplace(f.staged, final)
+	if errors.Is(err, fs.ErrExist) {
+		os.Remove(f.staged)
+		f.staged = ""
+		cur, herr := atomicfile.HashFile(final)
+		if herr != nil {
+			return fmt.Errorf("reading the key %s that appeared during the fetch: %w", f.Dest, herr)
+		}
+		if cur.SHA256 != f.SHA256 {
+			c := KeyConflict{Path: f.Dest, Object: f.object, LocalSHA256: cur.SHA256, BucketSHA256: f.SHA256}
+			f.Conflict, f.Changed = &c, false
+			bd.Conflicts = append(bd.Conflicts, c)
+			bd.Findings = append(bd.Findings, c.Finding())
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("moving key %s into place: %w", f.Dest, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("opening %s to sync it: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+func renameNoReplace(from, to string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
+	if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOSYS) {
+		if err != nil {
+			return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
+		}
+		return nil
+	}
+	// No renameat2 on this filesystem: a hard link fails on an existing name just the same.
+	if err := os.Link(from, to); err != nil {
+		return err
+	}
+	return os.Remove(from)
+}
