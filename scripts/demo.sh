@@ -53,7 +53,8 @@ JSON
 pids+=($!)
 waitport "$S3PORT"; waitport "$IMDSPORT"
 
-# PostgreSQL: the five databases and extensions CircleCI needs, TLS with a demo CA.
+# PostgreSQL: the eight databases of CircleCI's HA page, each with uuid-ossp (circle with pgcrypto
+# too), TLS with a demo CA.
 PGPORT=$(freeport)
 PGDIR="$WORK/pg"; PGDATA="$PGDIR/data"
 mkdir -p "$PGDIR"
@@ -81,12 +82,11 @@ printf 'local all all peer\nhostssl all all 127.0.0.1/32 scram-sha-256\n' >"$PGD
 runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$PGDATA" -l "$PGDIR/log" -w start >/dev/null
 psqlc() { runuser -u postgres -- psql -q -h "$PGDIR" -p "$PGPORT" -U postgres "$@"; }
 psqlc -c "CREATE ROLE circle LOGIN PASSWORD 'demo-postgres-password'" postgres
-for db in vms conductor_production contexts_service_production cron_service_production circle; do
+for db in vms conductor_production contexts_service_production cron_service_production circle domain federations permissions; do
   psqlc -c "CREATE DATABASE $db OWNER circle" postgres
+  psqlc -c 'CREATE EXTENSION "uuid-ossp"' "$db"
 done
-psqlc -c 'CREATE EXTENSION "uuid-ossp"' conductor_production
-psqlc -c 'CREATE EXTENSION "uuid-ossp"' contexts_service_production
-psqlc -c 'CREATE EXTENSION "uuid-ossp"' -c 'CREATE EXTENSION pgcrypto' circle
+psqlc -c 'CREATE EXTENSION pgcrypto' circle
 cat >"$WORK/s3/circleci-ha/circleconfig/shared/postgresql" <<SH
 # PostgreSQL connection settings read by the CircleCI services (the demo's local server).
 export POSTGRES_HOST="localhost"
