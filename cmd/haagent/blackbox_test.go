@@ -697,15 +697,12 @@ func TestFilesUnreadableByReplicated(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step validate-files: FILE_UNREADABLE_BY_REPLICATED") {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
-	// probes.overrides can make it a warning, for a daemon that reads otherwise.
+	// It is a safety code: no probes.overrides can make it a warning (the install would fail).
 	probes := w.probesConfig
 	w.probesConfig += "    FILE_UNREADABLE_BY_REPLICATED: {severity: warning, blocking: false}\n"
 	w.writeConfig(w.s3.URL, "files:\n  license: {mode: \"0600\"}\n")
-	if r := w.run("run", "--once"); r.code != 0 || !strings.Contains(r.stderr, "FILE_UNREADABLE_BY_REPLICATED") {
-		t.Fatalf("overridden: exit %d\n%s", r.code, r.stderr)
-	}
-	if v := w.run("validate"); v.code != 0 || !strings.Contains(v.stdout, "FILE_UNREADABLE_BY_REPLICATED [warning]") {
-		t.Fatalf("validate, overridden: exit %d\n%s%s", v.code, v.stdout, v.stderr)
+	if r := w.run("run", "--once"); r.code != 2 || !strings.Contains(r.stderr, "probes.overrides.FILE_UNREADABLE_BY_REPLICATED: cannot be overridden") {
+		t.Fatalf("an override of a safety code: exit %d\n%s", r.code, r.stderr)
 	}
 	w.probesConfig = probes
 	// An unknown group in the config is named by validate, and by the boot's fetch.
