@@ -243,7 +243,7 @@ func replacementHold(ctx context.Context, env *Env) string {
 		}
 		return why + "); `haagent maintenance off` ends it"
 	}
-	app, err := replicated.ReadAppStatus(ctx, 30*time.Second)
+	app, err := replicated.ReadAppStatus(ctx, env.Root, 30*time.Second)
 	if err != nil {
 		env.Log.Debug("cannot read Replicated's app status; not holding the replacement on its account", "error", err.Error())
 		return ""
