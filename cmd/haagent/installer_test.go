@@ -215,6 +215,21 @@ func TestInstallerExitZeroWithNothingInstalled(t *testing.T) {
 	}
 }
 
+// The daemon lists the app only once it has activated the licence, over the network: a
+// Replicated that answers an empty list is installed (the watch step waits for the app), so
+// the marker is written and a second run does not rerun the installer.
+func TestInstallerLicenceNotActiveYet(t *testing.T) {
+	w := newWorld(t, "i-0nolicence000000")
+	w.installer.setScript(strings.Replace(standin(t), "touch \"$ROOT/var/lib/replicated-standin/licence-active\";", "", 1))
+	r := w.run("run", "--once")
+	if r.code != 0 || !strings.Contains(r.stderr, `app_state="no application yet (licence not activated yet)"`) || replicated.ReadMarker(w.root) == nil {
+		t.Fatalf("exit %d, marker %+v\n%s", r.code, replicated.ReadMarker(w.root), r.stderr)
+	}
+	if r := w.run("run", "--once"); r.code != 0 || w.installer.runs() != 1 {
+		t.Fatalf("second run: exit %d, installer runs %d\n%s", r.code, w.installer.runs(), r.stderr)
+	}
+}
+
 // Configured arguments are checked before the script runs: against the downloaded script's
 // own argument list (here a script that has no release-sequence), offline against the
 // documented list, and never one haagent sets itself.
@@ -240,12 +255,13 @@ func TestInstallerExtraArgs(t *testing.T) {
 	})
 	t.Run("unknown or reserved", func(t *testing.T) {
 		w := newWorld(t, "i-0extra0000000002")
-		w.installCfg += "  extra_args: [relase-sequence=12, no_docker, private-address=10.9.9.9]\n"
+		w.installCfg += "  extra_args: [relase-sequence=12, no_docker, private-address=10.9.9.9, install-docker-only, \"public-address=1.2.3.4\\nx\"]\n"
 		w.writeConfig(w.s3.URL, "")
 		v := w.run("validate")
 		out := v.stdout + v.stderr
 		for _, want := range []string{`replicated.extra_args[0]: "relase-sequence" is not an argument`, "replicated.extra_args[1]: no_docker is set by haagent",
-			"replicated.extra_args[2]: private-address is set by haagent"} {
+			"replicated.extra_args[2]: private-address is set by haagent", "replicated.extra_args[3]: install-docker-only makes the installer install something other",
+			"replicated.extra_args[4]: the value of public-address has whitespace or a control character"} {
 			if v.code != 2 || !strings.Contains(out, want) {
 				t.Errorf("validate: exit %d, want %q in\n%s", v.code, want, out)
 			}

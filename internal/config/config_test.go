@@ -332,6 +332,11 @@ func TestReplicatedArgsAndVersion(t *testing.T) {
 		{"local address", "extra_args: [local_address=10.0.0.9]", "local_address is set by haagent"},
 		{"proxy", "extra_args: [http_proxy=http://p:3128]", "http_proxy is set by haagent"},
 		{"no proxy", "extra_args: [no-proxy]", "no-proxy is set by haagent"},
+		{"install docker only", "extra_args: [install_docker_only]", "replicated.extra_args[0]: install_docker_only makes the installer install something other"},
+		{"airgap", "extra_args: [release-sequence=1, airgap]", "replicated.extra_args[1]: airgap makes"},
+		{"migration", "extra_args: [is-migration]", "is-migration makes"},
+		{"newline in a value", `extra_args: ["public-address=1.2.3.4\nx"]`, "the value of public-address has whitespace or a control character"},
+		{"ui and operator may be left out", "extra_args: [disable-replicated-ui, no-operator]", ""},
 		{"bad version", "version: v2.38", `replicated.version: "v2.38" is not a Replicated version`},
 		{"version with a script in the bucket", "installer_url: s3://b/install.sh\n  sha256: " + strings.Repeat("a", 64) + "\n  version: 2.38.6", "replicated.version: a script kept in the bucket"},
 	} {

@@ -40,14 +40,18 @@ func ReadAppStatus(ctx context.Context, root string, timeout time.Duration) (App
 	return app, nil
 }
 
-// ParseAppStatus reads the command's answer.
+// ErrNoApp is an answer with no application in it: the daemon runs, and lists the app only
+// once it has imported and activated the licence (over the network, which can take a while).
+var ErrNoApp = errors.New("replicatedctl app status inspect lists no application (the licence is not imported and activated yet)")
+
+// ParseAppStatus reads the command's answer; an empty list is ErrNoApp.
 func ParseAppStatus(out []byte) (AppStatus, error) {
 	var apps []AppStatus
 	if err := json.Unmarshal(out, &apps); err != nil {
 		return AppStatus{}, fmt.Errorf("reading the answer of replicatedctl app status inspect: %w", err)
 	}
 	if len(apps) == 0 {
-		return AppStatus{}, errors.New("replicatedctl app status inspect lists no application (no licence loaded yet?)")
+		return AppStatus{}, ErrNoApp
 	}
 	return apps[0], nil
 }

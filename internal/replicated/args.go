@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"unicode"
 )
 
 // DocumentedArgs are the parameters the installer script (template replicated-2.0.sh) accepts,
@@ -39,6 +40,12 @@ var Reserved = []string{
 	"local-address", "local_address", "private-address", "private_address",
 	"http-proxy", "http_proxy", "no-proxy", "no_proxy", "no-docker", "no_docker",
 }
+
+// Unusable are the parameters the script accepts that turn a CircleCI Services boot into
+// something else (replicated-2.0.sh): install-docker-only exits 0 after Docker, before
+// Replicated; is-migration skips the operator; airgap needs a package this boot does not
+// bring. haagent refuses them offline and before the script runs.
+var Unusable = []string{"install-docker-only", "install_docker_only", "is-migration", "is_migration", "airgap"}
 
 // publicArgs are the spellings that settle the public address.
 var publicArgs = []string{"public-address", "public_address", "no-public-address", "no_public_address"}
@@ -109,11 +116,37 @@ func CheckExtraArgs(args []string, known map[string]bool) []string {
 		switch {
 		case slices.Contains(Reserved, name):
 			probs = append(probs, fmt.Sprintf("%s is set by haagent (local address from IMDSv2, proxy from its environment, no-docker when Docker is installed) and cannot be overridden", name))
+		case slices.Contains(Unusable, name):
+			probs = append(probs, fmt.Sprintf("%s makes the installer install something other than a CircleCI Services machine (install-docker-only stops after Docker, is-migration skips the operator, airgap needs a package haagent does not bring): remove it", name))
 		case !known[name]:
 			probs = append(probs, fmt.Sprintf("%q is not an argument the installer accepts (it would exit 1): see the installer's parameters, e.g. release-sequence=N", name))
+		case strings.IndexFunc(a, badArgRune) >= 0:
+			// The script reads each value with echo | cut: a newline splits it, and a value
+			// with a space is no address, port or tag the installer takes.
+			probs = append(probs, fmt.Sprintf("the value of %s has whitespace or a control character (a newline breaks the script's parsing): remove it", name))
 		}
 	}
 	return probs
+}
+
+func badArgRune(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }
+
+// ExpectedServices are the systemd units the script leaves running for these arguments: it
+// writes no replicated-ui.service with disable-replicated-ui (write_systemd_services), and
+// runs no operator install with no-operator.
+func ExpectedServices(args []string) []string {
+	svcs := []string{"replicated"}
+	names := make([]string, 0, len(args))
+	for _, a := range args {
+		names = append(names, ArgName(a))
+	}
+	if !slices.Contains(names, "disable-replicated-ui") && !slices.Contains(names, "disable_replicated_ui") {
+		svcs = append(svcs, "replicated-ui")
+	}
+	if !slices.Contains(names, "no-operator") && !slices.Contains(names, "no_operator") {
+		svcs = append(svcs, "replicated-operator")
+	}
+	return svcs
 }
 
 // SetsPublicAddress reports whether the configured arguments settle the public address.

@@ -105,3 +105,26 @@ func TestUnitWrapper(t *testing.T) {
 		t.Fatalf("recorded %q", b)
 	}
 }
+
+// Arguments the script takes but that make no CircleCI Services machine, and values the
+// script's echo | cut parsing would break, are refused before it runs.
+func TestCheckExtraArgsRefusesUnusableAndBrokenValues(t *testing.T) {
+	for _, tc := range []struct{ arg, want string }{
+		{"install-docker-only", "install-docker-only makes the installer install something other"},
+		{"install_docker_only", "install_docker_only makes"},
+		{"is-migration", "is-migration makes"},
+		{"is_migration", "is_migration makes"},
+		{"airgap", "airgap makes"},
+		{"public-address=1.2.3.4\nx", "the value of public-address has whitespace or a control character"},
+		{"tags=a b", "the value of tags has whitespace"},
+		{"release-sequence=12\r", "the value of release-sequence has whitespace"},
+	} {
+		probs := CheckExtraArgs([]string{tc.arg}, DocumentedSet())
+		if len(probs) != 1 || !strings.Contains(probs[0], tc.want) {
+			t.Errorf("%q: %v", tc.arg, probs)
+		}
+	}
+	if probs := CheckExtraArgs([]string{"disable-replicated-ui", "no-operator", "public-address=ci.example.com"}, DocumentedSet()); len(probs) != 0 {
+		t.Errorf("refused: %v", probs)
+	}
+}

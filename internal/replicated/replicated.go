@@ -57,8 +57,6 @@ var (
 	SystemdRun = []string{"systemd-run"}
 	Systemctl  = []string{"systemctl"}
 	Journalctl = []string{"journalctl"}
-	// Services the installer leaves running, restarted on a reboot if inactive.
-	Services = []string{"replicated", "replicated-ui", "replicated-operator"}
 )
 
 // Marker records a completed install on this instance.
@@ -129,6 +127,8 @@ type Result struct {
 	Args   []string
 	// AppState is what replicatedctl app status inspect answered after the install.
 	AppState string
+	// unitsPresent: the install was verified in vain, but Replicated's units are there.
+	unitsPresent bool
 }
 
 // Ensure installs Replicated unless this instance already completed an install. The
@@ -153,7 +153,10 @@ func Ensure(ctx context.Context, o Options) (Result, error) {
 			// It ended while haagent was down: take its result, do not run it again.
 			o.Log.Warn("an installer started by an earlier haagent ended while haagent was down", "unit", UnitName, "exit", code)
 			err := o.complete(ctx, &res, code, nil, func() string { return o.unitTail(ctx) }, readScriptSHA(o.Root))
-			if err != nil {
+			// The record is dropped (and the installer rerun next time) only when the script
+			// failed or installed nothing: rerunning it over an installed Replicated that is
+			// slow to answer would stop that Replicated again, each attempt.
+			if err != nil && !(code == 0 && res.unitsPresent) {
 				os.Remove(filepath.Join(o.Root, ExitPath))
 			}
 			return res, err
@@ -207,6 +210,8 @@ func (o Options) complete(ctx context.Context, res *Result, code int, err error,
 	if err == nil && code == 0 {
 		state, verr := verify(ctx, o)
 		if verr != nil {
+			var ni *errNotInstalled
+			res.unitsPresent = errors.As(verr, &ni) && ni.unitsPresent
 			return o.nothingInstalled(verr, tail())
 		}
 		res.AppState = state
@@ -625,7 +630,7 @@ func ensureActive(ctx context.Context, o Options) error {
 		o.Log.Info("not under systemd: leaving the Replicated services alone")
 		return nil
 	}
-	for _, svc := range Services {
+	for _, svc := range ExpectedServices(o.ExtraArgs) {
 		argv := append(append([]string{}, Systemctl...), "is-active", "--quiet", svc)
 		if exec.CommandContext(ctx, argv[0], argv[1:]...).Run() == nil {
 			continue

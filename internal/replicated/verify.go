@@ -26,15 +26,24 @@ const DefaultVerifyTimeout = 3 * time.Minute
 // verifyEvery is how often verify asks again while the daemon starts.
 var verifyEvery = 2 * time.Second
 
-// errNotInstalled is what verify found missing.
-type errNotInstalled struct{ what string }
+// NoAppState is the state verify reports when Replicated answers but lists no app yet.
+const NoAppState = "no application yet (licence not activated yet)"
+
+// errNotInstalled is what verify found missing. unitsPresent is true when Replicated's
+// units and replicatedctl are there but the daemon did not answer in time: the installer did
+// install, so it is not run again (see Ensure).
+type errNotInstalled struct {
+	what         string
+	unitsPresent bool
+}
 
 func (e *errNotInstalled) Error() string { return e.what }
 
-// verify checks that the installer really installed Replicated: its three units are active
-// (under systemd; --root runs have none to ask) and `replicatedctl app status inspect`
-// answers. Answering is enough: the app itself takes many minutes to reach "started", and
-// that is what the watch step waits for. A unit that does not exist or no replicatedctl
+// verify checks that the installer really installed Replicated: the units it writes for
+// these arguments are active (under systemd; --root runs have none to ask) and `replicatedctl
+// app status inspect` answers with JSON. Answering is enough, an empty list too: the daemon
+// lists the app only once it has activated the licence, and the app itself takes many
+// minutes to reach "started"; that is what the watch step waits for. A unit that does not exist or no replicatedctl
 // fails at once (nothing will appear later); a unit still starting or a daemon not yet
 // answering is asked again until VerifyTimeout. It returns the app's state as reported.
 func verify(ctx context.Context, o Options) (string, error) {
@@ -48,7 +57,7 @@ func verify(ctx context.Context, o Options) (string, error) {
 		var missing []string
 		inactive := ""
 		if o.Systemd {
-			for _, svc := range Services {
+			for _, svc := range ExpectedServices(o.ExtraArgs) {
 				p, err := showUnit(ctx, svc)
 				if err != nil {
 					return "", err
@@ -65,7 +74,7 @@ func verify(ctx context.Context, o Options) (string, error) {
 			missing = append(missing, ReplicatedctlPath)
 		}
 		if len(missing) > 0 {
-			return "", &errNotInstalled{"not installed: " + strings.Join(missing, ", ")}
+			return "", &errNotInstalled{what: "not installed: " + strings.Join(missing, ", ")}
 		}
 		why := inactive
 		if why == "" {
@@ -76,7 +85,7 @@ func verify(ctx context.Context, o Options) (string, error) {
 			why = err.Error()
 		}
 		if time.Now().After(deadline) {
-			return "", &errNotInstalled{fmt.Sprintf("after %s: %s", timeout, why)}
+			return "", &errNotInstalled{what: fmt.Sprintf("after %s: %s", timeout, why), unitsPresent: true}
 		}
 		select {
 		case <-ctx.Done():
@@ -89,6 +98,9 @@ func verify(ctx context.Context, o Options) (string, error) {
 // appStatus is the app's state in words, from ReadAppStatus.
 func appStatus(ctx context.Context, root string) (string, error) {
 	app, err := ReadAppStatus(ctx, root, 30*time.Second)
+	if errors.Is(err, ErrNoApp) {
+		return NoAppState, nil
+	}
 	if err != nil {
 		return "", err
 	}
@@ -143,6 +155,9 @@ func (o Options) nothingInstalled(err error, tail string) error {
 		"the Replicated installer exited 0 but Replicated is not running ("+ni.what+"); the install-complete marker was not written",
 		"last lines: "+tail)
 	switch m := recommendedDockerRE.FindStringSubmatch(tail); {
+	case ni.unitsPresent:
+		f.Summary = "the Replicated installer exited 0 and installed Replicated's units, but replicatedctl did not answer (" + ni.what + "); the install-complete marker was not written"
+		f = f.WithFix("read the daemon's log (journalctl -u replicated; docker logs replicated): haagent checks again on its next attempt without re-running the installer (haagent run --reinstall reruns it)")
 	case m != nil:
 		f = f.WithFix(fmt.Sprintf("the installer stopped at its Docker version question (\"Do you want to proceed anyway?\", answered no without a terminal): "+
 			"install the Docker it recommends (%s) and hold it (apt-mark hold), or bake a pinned Docker into the AMI (packer variable docker_version) so haagent passes no-docker", m[1]))

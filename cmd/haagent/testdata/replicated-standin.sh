@@ -17,7 +17,9 @@
 #    Group=docker; the replicated unit reads the licence and settings.conf that
 #    /etc/replicated.conf names and fails when it cannot. replicatedctl answers
 #    `app status inspect` only while that unit runs. Without systemd (haagent --root tests)
-#    it writes replicatedctl under ROOTDIR and nothing else.
+#    it writes replicatedctl under ROOTDIR and nothing else; that one answers an empty list
+#    (`[]`, as the real daemon does before it has activated the licence) until the install
+#    ends with the "licence activates" line, which a test may drop.
 # RECDIR, ROOTDIR, IMDSV1URL and STANDIN_DELAY are replaced by the tests.
 set -e
 REC="RECDIR"
@@ -155,7 +157,9 @@ if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
     # the daemon runs. The stand-in's reads what the running daemon wrote.
     printf '#!/bin/bash\n[ "$*" = "app status inspect" ] || exit 2\nexec cat /run/replicated/app-status.json\n' > /usr/local/bin/replicatedctl
 else
-    printf '#!/bin/bash\n[ "$*" = "app status inspect" ] || exit 2\necho %s\n' "'[{\"AppID\":\"standin\",\"State\":\"stopped\",\"IsTransitioning\":true}]'" > "$ROOT/usr/local/bin/replicatedctl"
+    # Until the daemon has imported and activated the licence (over the network), it lists
+    # no application: the answer is an empty list.
+    printf '#!/bin/bash\n[ "$*" = "app status inspect" ] || exit 2\n[ -e "%s" ] || { echo "[]"; exit 0; }\necho %s\n' "$ROOT/var/lib/replicated-standin/licence-active" "'[{\"AppID\":\"standin\",\"State\":\"stopped\",\"IsTransitioning\":true}]'" > "$ROOT/usr/local/bin/replicatedctl"
 fi
 chmod 0755 "$ROOT/usr/local/bin/replicatedctl"
 
@@ -191,6 +195,8 @@ EOF
     systemctl daemon-reload
     systemctl enable --now replicated replicated-ui replicated-operator
 fi
+# The licence activates (the --root replicatedctl lists the app from now on).
+if [ -n "$ROOT" ]; then mkdir -p "$ROOT/var/lib/replicated-standin"; touch "$ROOT/var/lib/replicated-standin/licence-active"; fi
 # EXTRA
 echo 'Installing Replicated (test installer)'
 exit 0
