@@ -405,6 +405,18 @@ func TestValidateFilesBlocksBrokenFiles(t *testing.T) {
 	if string(now) != string(good) || string(lic) == "a new licence" {
 		t.Fatal("files were moved into place although validation failed")
 	}
+	// Windows line endings: bash would keep a \r in every value the probes checked without it.
+	w.s3.Put(t, bkt, "replicated.conf", good)
+	w.s3.Put(t, bkt, "circleconfig/shared/postgresql", []byte(strings.ReplaceAll(string(w.objs["circleconfig/shared/postgresql"]), "\n", "\r\n")))
+	r = w.run("run", "--once")
+	if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step validate-files: CONFIG_SYNTAX") || !strings.Contains(r.stderr, "circleconfig/shared/postgresql:1") ||
+		!strings.Contains(r.stderr, "dos2unix") {
+		t.Fatalf("CRLF: exit %d\n%s", r.code, r.stderr)
+	}
+	if pg, _ := os.ReadFile(filepath.Join(w.root, "etc/circleconfig/shared/postgresql")); strings.Contains(string(pg), "\r") {
+		t.Fatal("a file with Windows line endings was moved into place")
+	}
+	w.s3.Put(t, bkt, "circleconfig/shared/postgresql", w.objs["circleconfig/shared/postgresql"])
 	if v := w.run("validate"); v.code != 0 {
 		t.Fatalf("validate of the good files in place: exit %d\n%s%s", v.code, v.stdout, v.stderr)
 	}

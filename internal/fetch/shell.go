@@ -40,6 +40,13 @@ func ShellSyntax(bd *Bundle, uri func(key string) string) []findings.Finding {
 			out = append(out, findings.New("LOCAL_WRITE_FAILED", f.Dest, "cannot read back the staged copy of "+f.Dest, err.Error()))
 			continue
 		}
+		// bash -n accepts Windows line endings, so the generic syntax fix below would not help.
+		if cr, ok := settings.CarriageReturn(f.Dest, data); ok {
+			out = append(out, findings.New("CONFIG_SYNTAX", uri(f.Key)+strings.TrimPrefix(cr.Target, f.Dest),
+				cr.Summary+"; the "+f.Dest+" in place is kept", "").
+				WithFix(fmt.Sprintf("convert the file to LF line endings (dos2unix FILE, or save it with LF in your editor), then upload it: aws s3 cp FILE %s", uri(f.Key))))
+			continue
+		}
 		_, fs := settings.Parse(f.Dest, data)
 		for _, g := range fs {
 			if g.Code != "CONFIG_SYNTAX" {

@@ -250,6 +250,11 @@ func Parse(name string, data []byte) (*Settings, []findings.Finding) {
 }
 
 func (s *Settings) parse(name string, data []byte) []findings.Finding {
+	// bash keeps a carriage return as part of the word (POSTGRES_HOST=$'pg.internal\r'), while
+	// the parser below drops it: the probes would pass and the services get other values.
+	if f, ok := CarriageReturn(name, data); ok {
+		return []findings.Finding{f}
+	}
 	f, err := syntax.NewParser(syntax.Variant(syntax.LangBash)).Parse(bytes.NewReader(data), name)
 	if err != nil {
 		var pe syntax.ParseError
@@ -273,6 +278,25 @@ func (s *Settings) parse(name string, data []byte) []findings.Finding {
 		}
 	}
 	return fs
+}
+
+// CarriageReturn is a CONFIG_SYNTAX finding for a file with a carriage return (Windows line
+// endings), naming its first line; ok is false for a file without one.
+func CarriageReturn(name string, data []byte) (findings.Finding, bool) {
+	i := bytes.IndexByte(data, '\r')
+	if i < 0 {
+		return findings.Finding{}, false
+	}
+	line := bytes.Count(data[:i], []byte("\n")) + 1
+	n := 0
+	for _, l := range bytes.Split(data, []byte("\n")) {
+		if bytes.IndexByte(l, '\r') >= 0 {
+			n++
+		}
+	}
+	return findings.New("CONFIG_SYNTAX", fmt.Sprintf("%s:%d", name, line),
+		fmt.Sprintf("%s has a carriage return at line %d (%d lines: Windows line endings); bash would keep it in the values, so the services would not get what the probes checked", name, line, n), "").
+		WithFix(fmt.Sprintf("convert the file to LF line endings (dos2unix %s, or save it with LF in your editor) and upload it again", filepath.Base(name))), true
 }
 
 // assignments returns the assignments of a statement that is nothing but assignments, or a

@@ -188,3 +188,14 @@ func TestIsShellFile(t *testing.T) {
 		}
 	}
 }
+
+// A file saved with Windows line endings: bash keeps the \r in each value, which the parser
+// would drop, so the probes would pass while the services got other values. It is refused.
+func TestCarriageReturnRefused(t *testing.T) {
+	data := []byte("export POSTGRES_HOST=\"pg.internal\"\nexport POSTGRES_PORT=5432\r\nMONGO_BASE_URI=mongodb://h1:27017\r\n")
+	_, fs := Parse("/etc/circleconfig/shared/db", data)
+	if len(fs) != 1 || fs[0].Code != "CONFIG_SYNTAX" || fs[0].Target != "/etc/circleconfig/shared/db:2" || !fs[0].Blocking ||
+		!strings.Contains(fs[0].Summary, "2 lines") || !strings.Contains(fs[0].Fix, "dos2unix db") {
+		t.Fatalf("%+v", fs)
+	}
+}
