@@ -15,7 +15,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
+
+	"mvdan.cc/sh/v3/syntax"
 
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/bucket"
@@ -35,7 +38,12 @@ const (
 	Length               = 16
 )
 
-// The runbook's echo wrapped the line in typographic quotes; such a line is ours to replace.
+// The runbook's echo wrapped the line in typographic quotes (and the shell would take it for
+// a command); such a line is ours to replace. Every other line for the variable is found with
+// the shell parser (see spans).
+var quotedLineRE = regexp.MustCompile(`^\s*[‘’'"]\s*(export\s+)?` + Variable + `\s*=`)
+
+// lineRE is the line-by-line fallback for a file the shell parser cannot read.
 var lineRE = regexp.MustCompile(`^\s*[‘’'"]?\s*(export\s+)?` + Variable + `\s*=`)
 
 // Input is what the merge starts from.
@@ -233,24 +241,129 @@ func LocalValue(content []byte) string {
 	return v
 }
 
-// lineValue returns the value the last line for the variable sets, as the services' shell
-// would read it (present is false when no line names it; the value is "" when the line is not
-// a plain assignment). The runbook's typographic quotes around the whole line are dropped first:
-// a machine built from its echo holds them literally.
-func lineValue(content []byte) (value string, present bool) {
-	for _, line := range strings.Split(string(content), "\n") {
-		if !lineRE.MatchString(line) {
-			continue
+// span is one place the file sets the variable: bytes [start, end) of the content, whole
+// lines or part of a statement that also sets other variables (export A=1 VARIABLE=...).
+type span struct {
+	start, end int
+	lines      bool
+	value      string // as the services' shell would read it; "" when not a plain value
+}
+
+// spans finds every place content sets the variable, in order: the runbook's quoted lines
+// line by line, the rest with the shell parser, so that export A=1 VARIABLE=..., declare -x
+// and any spacing are found as bash would run them. A file the parser cannot read (the boot
+// reports its syntax elsewhere) is searched line by line.
+func spans(content []byte) []span {
+	var out []span
+	masked := append([]byte(nil), content...)
+	for off := 0; off < len(content); {
+		end := bytes.IndexByte(content[off:], '\n')
+		if end < 0 {
+			end = len(content)
+		} else {
+			end += off
 		}
-		present = true
-		line = strings.Trim(strings.TrimSpace(line), "‘’")
-		s, fs := settings.Parse(File, []byte(line+"\n"))
-		value = ""
-		if v, ok := s.Get(Variable); ok && len(fs) == 0 {
-			value = v.Value
+		line := string(content[off:end])
+		if quotedLineRE.MatchString(line) {
+			out = append(out, span{start: off, end: min(end+1, len(content)), lines: true, value: lineAssignValue(strings.Trim(strings.TrimSpace(line), "‘’"))})
+			for i := off; i < end; i++ {
+				masked[i] = ' '
+			}
+		}
+		off = end + 1
+	}
+	f, err := syntax.NewParser(syntax.Variant(syntax.LangBash)).Parse(bytes.NewReader(masked), File)
+	if err != nil {
+		return lineSpans(content)
+	}
+	for _, st := range f.Stmts {
+		var assigns []*syntax.Assign
+		switch c := st.Cmd.(type) {
+		case *syntax.CallExpr:
+			if len(c.Args) == 0 {
+				assigns = c.Assigns
+			}
+		case *syntax.DeclClause:
+			assigns = c.Args
+		}
+		named := 0
+		for _, a := range assigns {
+			if a.Name != nil {
+				named++
+			}
+		}
+		for _, a := range assigns {
+			if a.Name == nil || a.Name.Value != Variable {
+				continue
+			}
+			sp := span{value: lineAssignValue(string(content[a.Pos().Offset():a.End().Offset()]))}
+			if named == 1 {
+				sp.start, sp.end = int(st.Pos().Offset()), int(st.End().Offset())
+				sp = wholeLines(content, sp)
+			} else {
+				sp.start, sp.end = int(a.Pos().Offset()), int(a.End().Offset())
+				for sp.start > 0 && (content[sp.start-1] == ' ' || content[sp.start-1] == '\t') {
+					sp.start--
+				}
+			}
+			out = append(out, sp)
 		}
 	}
-	return value, present
+	sort.Slice(out, func(i, j int) bool { return out[i].start < out[j].start })
+	return out
+}
+
+// wholeLines widens a statement to its lines when nothing but blanks and a comment share them.
+func wholeLines(content []byte, sp span) span {
+	ls := bytes.LastIndexByte(content[:sp.start], '\n') + 1
+	le := bytes.IndexByte(content[sp.end:], '\n')
+	if le < 0 {
+		le = len(content)
+	} else {
+		le += sp.end
+	}
+	before := strings.TrimSpace(string(content[ls:sp.start]))
+	after := strings.TrimSpace(string(content[sp.end:le]))
+	if before != "" || (after != "" && !strings.HasPrefix(after, "#")) {
+		return sp
+	}
+	sp.start, sp.end, sp.lines = ls, min(le+1, len(content)), true
+	return sp
+}
+
+// lineSpans is the line-by-line search, for a file the parser cannot read.
+func lineSpans(content []byte) []span {
+	var out []span
+	off := 0
+	for _, l := range strings.SplitAfter(string(content), "\n") {
+		if lineRE.MatchString(l) {
+			out = append(out, span{start: off, end: off + len(l), lines: true, value: lineAssignValue(strings.Trim(strings.TrimSpace(l), "‘’"))})
+		}
+		off += len(l)
+	}
+	return out
+}
+
+// lineAssignValue is the value one assignment's text sets, as the services' shell would read
+// it, or "" when it is not a plain value.
+func lineAssignValue(assign string) string {
+	s, fs := settings.Parse(File, []byte(assign+"\n"))
+	if v, ok := s.Get(Variable); ok && len(fs) == 0 {
+		return v.Value
+	}
+	return ""
+}
+
+// lineValue returns the value the last assignment of the variable sets, as the services'
+// shell would read it (present is false when nothing sets it; the value is "" when it is not
+// a plain assignment). The runbook's typographic quotes around the whole line are dropped
+// first: a machine built from its echo holds them literally.
+func lineValue(content []byte) (value string, present bool) {
+	sps := spans(content)
+	if len(sps) == 0 {
+		return "", false
+	}
+	return sps[len(sps)-1].value, true
 }
 
 // quote writes v in double quotes, as every property of the file is written, escaping what
@@ -259,30 +372,43 @@ func quote(v string) string {
 	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`, `$`, `\$`, "`", "\\`").Replace(v) + `"`
 }
 
-// Render returns content with its first line for the variable replaced by
-// `export VARIABLE="value"` and any other such line removed; without one, the line is added at
-// the end. Every other line is kept as it is.
+// Render returns content with its first assignment of the variable replaced by the line
+// `export VARIABLE="value"` and every other one removed (from a statement that sets other
+// variables too, only the variable's part goes, and the line follows it); without one, the
+// line is added at the end. Everything else is kept as it is.
 func Render(content []byte, value string) []byte {
 	var out bytes.Buffer
 	line := "export " + Variable + "=" + quote(value) + "\n"
-	done := false
-	for _, l := range strings.SplitAfter(string(content), "\n") {
-		if l == "" {
+	sps := spans(content)
+	at := 0
+	pending := false // the line waits for the end of the current line
+	for i, sp := range sps {
+		if sp.start < at {
 			continue
 		}
-		if lineRE.MatchString(l) {
-			if !done {
+		out.Write(content[at:sp.start])
+		at = sp.end
+		if i == 0 {
+			if sp.lines {
 				out.WriteString(line)
-				done = true
+			} else {
+				pending = true
 			}
-			continue
 		}
-		out.WriteString(l)
-		if !strings.HasSuffix(l, "\n") {
-			out.WriteByte('\n')
+		if pending {
+			if nl := bytes.IndexByte(content[at:], '\n'); nl >= 0 && (i+1 == len(sps) || sps[i+1].start > at+nl) {
+				out.Write(content[at : at+nl+1])
+				at += nl + 1
+				out.WriteString(line)
+				pending = false
+			}
 		}
 	}
-	if !done {
+	out.Write(content[at:])
+	if b := out.Bytes(); len(b) > 0 && b[len(b)-1] != '\n' {
+		out.WriteByte('\n')
+	}
+	if len(sps) == 0 || pending {
 		out.WriteString(line)
 	}
 	return out.Bytes()

@@ -418,3 +418,32 @@ func TestCookieKeyFileSymlinkIsNotFollowed(t *testing.T) {
 		t.Fatalf("want FILE_SYMLINK_NOT_FOLLOWED naming the target, got %+v", res.Findings)
 	}
 }
+
+// The variable is found as bash runs the file, not by a pattern: after other assignments on an
+// export line, with declare -x, with any spacing and a comment. The key there is adopted, and
+// the file ends with exactly one assignment of it (the other variables kept).
+func TestRenderFindsTheVariableAsTheShellDoes(t *testing.T) {
+	const key, repl = "abcdefghijklmnop", "ZZZZZZZZZZZZZZZZ"
+	line := "export " + Variable + "=\"" + repl + "\"\n"
+	for _, tc := range []struct{ in, want string }{
+		{"export A=1 " + Variable + "=\"" + key + "\"\n", "export A=1\n" + line},
+		{"declare -x " + Variable + "=\"" + key + "\"\n", line},
+		{"  export   " + Variable + "=" + key + " # comment\n", line},
+		{"A=1; export " + Variable + "=" + key + "\nB=2\n", "A=1; \n" + line + "B=2\n"},
+		{Variable + "=oldoldoldoldold1\nexport A=1 " + Variable + "=" + key + " B=2\n", line + "export A=1 B=2\n"},
+	} {
+		if got := LocalValue([]byte(tc.in)); got != key {
+			t.Errorf("%q: the key there is not found (got %q)", tc.in, got)
+		}
+		out := Render([]byte(tc.in), repl)
+		if string(out) != tc.want {
+			t.Errorf("%q: rendered\n%q, want\n%q", tc.in, out, tc.want)
+		}
+		if got := shellValue(t, out); got != repl || strings.Count(string(out), Variable) != 1 {
+			t.Errorf("%q: the shell reads %q from\n%s", tc.in, got, out)
+		}
+	}
+	if s, _ := settings.Parse(File, Render([]byte("export A=1 "+Variable+"="+key+"\n"), repl)); func() string { v, _ := s.Get("A"); return v.Value }() != "1" {
+		t.Error("the other variable of the line was lost")
+	}
+}
