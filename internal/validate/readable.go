@@ -30,11 +30,13 @@ const (
 // entryOf names the layout entry that writes a default path, for the fix.
 var entryOf = map[string]string{DefaultLicense: "license", SettingsConf: "settings"}
 
-// namedFiles are the keys of replicated.conf that name a file the daemon reads.
-var namedFiles = []string{"LicenseFileLocation", "ImportSettingsFrom", "TlsBootstrapCert", "TlsBootstrapKey"}
+// namedFiles are the keys of replicated.conf that name a file the daemon reads (the airgap
+// package too: an unattended airgap install reads it at the first start).
+var namedFiles = []string{"LicenseFileLocation", "ImportSettingsFrom", "TlsBootstrapCert", "TlsBootstrapKey", "LicenseBootstrapAirgapPackagePath"}
 
 // Readable checks, on the files in place under root, that each file replicated.conf names
-// (LicenseFileLocation, ImportSettingsFrom, TlsBootstrapCert and TlsBootstrapKey when set) lies
+// (LicenseFileLocation, ImportSettingsFrom, TlsBootstrapCert, TlsBootstrapKey and
+// LicenseBootstrapAirgapPackagePath when set) lies
 // under /etc, exists, and can be read by the Replicated daemon, the file itself and every
 // directory from /etc down to it. Before the installer has run there is no replicated user:
 // the mode bits and the group decide. A replicated.conf that cannot be read or parsed gives no

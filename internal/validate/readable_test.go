@@ -91,6 +91,10 @@ func TestReadableByReplicated(t *testing.T) {
 		{"a path that climbs out of /etc", strings.Replace(goodReplicated, "/etc/license.rli", "/etc/../root/license.rli", 1), nil,
 			"/etc/../root/license.rli", "outside /etc"},
 		{"a missing file", strings.Replace(goodReplicated, "/etc/license.rli", "/etc/licence.rli", 1), nil, "/etc/licence.rli", "does not exist"},
+		{"an airgap package the daemon cannot read", strings.Replace(goodReplicated, `"TlsBootstrapType"`, `"LicenseBootstrapAirgapPackagePath": "/etc/circle.airgap", "TlsBootstrapType"`, 1), func(root string) {
+			os.WriteFile(filepath.Join(root, "etc/circle.airgap"), []byte("A"), 0o600)
+			os.Chmod(filepath.Join(root, "etc/circle.airgap"), 0o600)
+		}, "/etc/circle.airgap", "gives others no read permission"},
 		{"a relative link inside /etc is followed", strings.Replace(goodReplicated, "/etc/license.rli", "/etc/circle/license.rli", 1), func(root string) {
 			os.Mkdir(filepath.Join(root, "etc/circle"), 0o755)
 			os.Symlink("../license.rli", filepath.Join(root, "etc/circle/license.rli"))
