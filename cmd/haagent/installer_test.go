@@ -299,6 +299,55 @@ func TestInstallerProxyArgument(t *testing.T) {
 	}
 }
 
+// The real script takes replicated.conf's HttpProxy before its environment and ignores
+// NO_PROXY (proxy.sh discoverProxy, getNoProxyAddresses): haagent reads HTTP_PROXY too, never
+// passes no-proxy when replicated.conf has a proxy, refuses one that differs from its own,
+// and passes its NO_PROXY as additional-no-proxy.
+func TestInstallerProxySources(t *testing.T) {
+	const secret = "pr0xy-s3cret"
+	proxy := "http://corp-user:" + secret + "@proxy.corp.example:3128"
+	withConfProxy := func(w *world, p string) {
+		conf := strings.Replace(string(w.objs["replicated.conf"]), "{", "{\n  \"HttpProxy\": \""+p+"\",", 1)
+		w.s3.Put(t, bkt, "replicated.conf", []byte(conf))
+	}
+	t.Run("HTTP_PROXY only, with NO_PROXY", func(t *testing.T) {
+		w := newWorld(t, "i-0proxysrc0000000")
+		r := w.runEnv(append(w.env(w.imds.URL), "HTTP_PROXY="+proxy, "NO_PROXY=.corp.internal, 10.0.0.0/8"), "run", "--once")
+		if r.code != 0 {
+			t.Fatalf("exit %d\n%s", r.code, r.stderr)
+		}
+		if got := w.installer.rec("args"); got != "local-address=10.0.1.23\nadditional-no-proxy=.corp.internal,10.0.0.0/8\nno-docker\nno-public-address\n" {
+			t.Fatalf("installer arguments:\n%s", got)
+		}
+		if w.installer.rec("proxy") != proxy || w.installer.rec("no-proxy") != "localhost,127.0.0.1,.corp.internal,10.0.0.0/8" || strings.Contains(r.stderr, secret) {
+			t.Fatalf("proxy %q, no-proxy %q\n%s", w.installer.rec("proxy"), w.installer.rec("no-proxy"), r.stderr)
+		}
+	})
+	t.Run("replicated.conf's HttpProxy", func(t *testing.T) {
+		w := newWorld(t, "i-0proxysrc0000001")
+		withConfProxy(w, proxy)
+		r := w.run("run", "--once")
+		if r.code != 0 {
+			t.Fatalf("exit %d\n%s", r.code, r.stderr)
+		}
+		if got := w.installer.rec("args"); got != "local-address=10.0.1.23\nno-docker\nno-public-address\n" || w.installer.rec("proxy") != proxy {
+			t.Fatalf("installer arguments (no no-proxy with HttpProxy set):\n%s proxy %q", got, w.installer.rec("proxy"))
+		}
+		if strings.Contains(r.stderr, secret) || !strings.Contains(r.stderr, "imported from /etc/replicated.conf 'HttpProxy'") {
+			t.Fatalf("credentials in the log, or the installer's proxy line missing:\n%s", r.stderr)
+		}
+	})
+	t.Run("a different proxy in replicated.conf", func(t *testing.T) {
+		w := newWorld(t, "i-0proxysrc0000002")
+		withConfProxy(w, "http://other-user:"+secret+"@other.corp.example:3128")
+		r := w.runEnv(append(w.env(w.imds.URL), "HTTPS_PROXY="+proxy), "run", "--once")
+		if r.code != 1 || !strings.Contains(r.stderr, "FILE_INVALID") || !strings.Contains(r.stderr, "sets HttpProxy http://***@other.corp.example:3128 but haagent's proxy is http://***@proxy.corp.example:3128") ||
+			strings.Contains(r.stderr, secret) || w.installer.runs() != 0 {
+			t.Fatalf("exit %d, runs %d\n%s", r.code, w.installer.runs(), r.stderr)
+		}
+	})
+}
+
 // The script runs as root: a redirect to http is refused (and not retried), and an unpinned
 // installer is a warning, once per run.
 func TestInstallerDownloadSafety(t *testing.T) {

@@ -422,9 +422,32 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 	if r, err := atomicfile.HashFile(env.Path(validate.SettingsConf)); err == nil {
 		settingsSHA = r.SHA256
 	}
-	proxy := os.Getenv("HTTPS_PROXY")
-	if proxy == "" {
-		proxy = os.Getenv("https_proxy")
+	// haagent's proxy, as its own clients take it (HTTPS first); HTTP_PROXY alone is a proxy
+	// too: the script reads it first.
+	proxy, noProxy := "", ""
+	for _, k := range []string{"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"} {
+		if proxy = os.Getenv(k); proxy != "" {
+			break
+		}
+	}
+	for _, k := range []string{"NO_PROXY", "no_proxy"} {
+		if noProxy = os.Getenv(k); noProxy != "" {
+			break
+		}
+	}
+	// The script's discoverProxy takes replicated.conf's HttpProxy before its environment: with
+	// one there it must not get no-proxy, and a different proxy of haagent's would not be used.
+	if b, err := os.ReadFile(env.Path(validate.ReplicatedConf)); err == nil {
+		switch conf := replicated.ConfHTTPProxy(b); {
+		case conf == "":
+		case proxy == "":
+			proxy = conf
+		case conf != proxy:
+			return &findings.Failure{Findings: []findings.Finding{findings.New("FILE_INVALID", validate.ReplicatedConf,
+				fmt.Sprintf("%s sets HttpProxy %s but haagent's proxy is %s: the installer would use %s's, not the one haagent checked its connections through; it was not run",
+					validate.ReplicatedConf, replicated.Redact(conf), replicated.Redact(proxy), validate.ReplicatedConf), "").
+				WithFix(fmt.Sprintf("set the same proxy in both (HttpProxy in the bucket's replicated.conf and HTTPS_PROXY in haagent's environment), or remove HttpProxy from %s", validate.ReplicatedConf))}}
+		}
 	}
 	// The script's own public-address discovery is a plain IMDSv1 request, which fails on an
 	// instance that requires IMDSv2, and then it prompts: haagent asks IMDSv2 instead.
@@ -439,7 +462,7 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 		Root: env.Root, URL: c.Replicated.InstallerURL, SHA256: c.Replicated.SHA256, ExtraArgs: c.Replicated.ExtraArgs,
 		Version: c.Replicated.Version, Timeout: c.Replicated.Timeout.D(), LocalAddress: env.Instance.LocalIPv4,
 		PublicAddress: public, DockerInstalled: replicated.DockerInstalled(env.Root), InstanceID: env.Instance.InstanceID,
-		SettingsSHA256: settingsSHA, Proxy: proxy, Reinstall: env.Reinstall, RootCAs: probes.TrustPool(env.Root),
+		SettingsSHA256: settingsSHA, Proxy: proxy, NoProxy: noProxy, Reinstall: env.Reinstall, RootCAs: probes.TrustPool(env.Root),
 		Systemd: env.Root == "/" && replicated.UnderSystemd(), Log: env.Log.With("step", "replicated-install"),
 		// Report logs a finding once per run, however often the step is retried.
 		Report:     env.Report,

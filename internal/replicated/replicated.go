@@ -107,7 +107,10 @@ type Options struct {
 	// Proxy is the configured HTTPS proxy. It reaches the installer through its environment
 	// (the script's discoverProxy reads HTTP_PROXY), never its argv: credentials in it would
 	// be readable by anyone in /proc/PID/cmdline.
-	Proxy     string
+	Proxy string
+	// NoProxy is haagent's NO_PROXY, passed as additional-no-proxy= with a proxy: the script
+	// ignores NO_PROXY in its environment and builds its own list (getNoProxyAddresses).
+	NoProxy   string
 	Reinstall bool
 	RootCAs   *x509.CertPool
 	// OpenBucket returns a client for an installer kept in S3.
@@ -270,13 +273,16 @@ func (o Options) finish(code int, err error, tailLines string) error {
 }
 
 // Args are the installer's arguments: the local address from IMDSv2; no-proxy without a
-// proxy (with one, the script reads it from its environment: see env); no-docker when Docker
-// is installed; the public address from IMDSv2 or no-public-address, unless the configured
+// proxy (with one, the script reads it from its environment or replicated.conf: see env and
+// ConfHTTPProxy), else haagent's NO_PROXY as additional-no-proxy; no-docker when Docker is
+// installed; the public address from IMDSv2 or no-public-address, unless the configured
 // arguments give one; then the configured extra arguments.
 func Args(o Options) []string {
 	args := []string{"local-address=" + o.LocalAddress}
 	if o.Proxy == "" {
 		args = append(args, "no-proxy")
+	} else if np := strings.Join(strings.Fields(strings.ReplaceAll(o.NoProxy, ",", " ")), ","); np != "" {
+		args = append(args, "additional-no-proxy="+np)
 	}
 	if o.DockerInstalled {
 		args = append(args, "no-docker")
@@ -290,6 +296,22 @@ func Args(o Options) []string {
 	}
 	return append(args, o.ExtraArgs...)
 }
+
+// confProxyRE is how the script's readReplicatedConf finds a key of /etc/replicated.conf
+// (grep -o "\"HttpProxy\":\s*\"[^\"]*"): what it reads is what counts, not the JSON.
+var confProxyRE = regexp.MustCompile(`"HttpProxy":\s*"([^"]*)`)
+
+// ConfHTTPProxy is the proxy the script's discoverProxy takes from replicated.conf, before
+// any HTTP_PROXY variable of its environment; "" when none.
+func ConfHTTPProxy(replicatedConf []byte) string {
+	if m := confProxyRE.FindSubmatch(replicatedConf); m != nil {
+		return string(m[1])
+	}
+	return ""
+}
+
+// Redact hides URL credentials in s (a proxy URL, a line that holds one).
+func Redact(s string) string { return redactLine(s, s) }
 
 // DockerInstalled reports whether a docker command is installed under root (a baked AMI).
 func DockerInstalled(root string) bool {

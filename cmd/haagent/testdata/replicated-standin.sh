@@ -7,8 +7,10 @@
 #  - the public address: without public-address / no-public-address it makes a plain IMDSv1
 #    request (here to IMDSV1URL, the tests' IMDSv2-only mock, so it fails as on an instance
 #    that requires IMDSv2) and then prompts "Service IP address" (120 s on /dev/tty);
-#  - the proxy: http-proxy=, else HTTP_PROXY, http_proxy, HTTPS_PROXY, https_proxy from the
+#  - the proxy: http-proxy=, else replicated.conf's "HttpProxy" (read with grep as the real
+#    readReplicatedConf does), else HTTP_PROXY, http_proxy, HTTPS_PROXY, https_proxy from the
 #    environment (printing "will use the proxy at '...'"), else, without no-proxy, a prompt;
+#    NO_PROXY in the environment is ignored, additional-no-proxy= is taken (both recorded);
 #  - Docker: without no-docker, an installed Docker other than the recommended one makes it ask
 #    "Do you want to proceed anyway?" (default no) and exit 0 having installed nothing; with
 #    no-docker it only requires a docker command;
@@ -75,10 +77,13 @@ while [ "$1" != "" ]; do
         no-proxy|no_proxy)
             NO_PROXY=1
             ;;
+        additional-no-proxy|additional_no_proxy)
+            ADDITIONAL_NO_PROXY="${ADDITIONAL_NO_PROXY:+$ADDITIONAL_NO_PROXY,}$_value"
+            ;;
         release-sequence|release_sequence)
             RELEASE_SEQUENCE="$_value"
             ;;
-        no-operator|no_operator|is-migration|is_migration|airgap|no-auto|no_auto|daemon-token|daemon_token|tags|docker-version|docker_version|ui-bind-port|ui_bind_port|registry-advertise-address|registry_advertise_address|release-patch-sequence|release_patch_sequence|skip-pull|skip_pull|bypass-storagedriver-warnings|bypass_storagedriver_warnings|log-level|log_level|selinux-replicated-domain|selinux_replicated_domain|fast-timeouts|fast_timeouts|force-replicated-downgrade|force_replicated_downgrade|skip-preflights|skip_preflights|prompt-on-preflight-warnings|prompt_on_preflight_warnings|ignore-preflights|ignore_preflights|no-ce-on-ee|no_ce_on_ee|hard-fail-on-loopback|hard_fail_on_loopback|bypass-firewalld-warning|bypass_firewalld_warning|hard-fail-on-firewalld|hard_fail_on_firewalld|additional-no-proxy|additional_no_proxy|artifactory-address|artifactory_address|artifactory-access-method|artifactory_access_method|artifactory-docker-repo-key|artifactory_docker_repo_key|artifactory-quay-repo-key|artifactory_quay_repo_key|artifactory-auth|registry-address-override|registry_address_override|registry-path-prefix|registry_path_prefix|disable-replicated-ui|disable_replicated_ui|disable-replicated-host-networking|disable_replicated_host_networking)
+        no-operator|no_operator|is-migration|is_migration|airgap|no-auto|no_auto|daemon-token|daemon_token|tags|docker-version|docker_version|ui-bind-port|ui_bind_port|registry-advertise-address|registry_advertise_address|release-patch-sequence|release_patch_sequence|skip-pull|skip_pull|bypass-storagedriver-warnings|bypass_storagedriver_warnings|log-level|log_level|selinux-replicated-domain|selinux_replicated_domain|fast-timeouts|fast_timeouts|force-replicated-downgrade|force_replicated_downgrade|skip-preflights|skip_preflights|prompt-on-preflight-warnings|prompt_on_preflight_warnings|ignore-preflights|ignore_preflights|no-ce-on-ee|no_ce_on_ee|hard-fail-on-loopback|hard_fail_on_loopback|bypass-firewalld-warning|bypass_firewalld_warning|hard-fail-on-firewalld|hard_fail_on_firewalld|artifactory-address|artifactory_address|artifactory-access-method|artifactory_access_method|artifactory-docker-repo-key|artifactory_docker_repo_key|artifactory-quay-repo-key|artifactory_quay_repo_key|artifactory-auth|registry-address-override|registry_address_override|registry-path-prefix|registry_path_prefix|disable-replicated-ui|disable_replicated_ui|disable-replicated-host-networking|disable_replicated_host_networking)
             ;;
         *)
             echo >&2 "Error: unknown parameter \"$_param\""
@@ -114,6 +119,10 @@ if [ -z "$PUBLIC_ADDRESS" ] && [ "$NO_PUBLIC_ADDRESS" != "1" ]; then
 fi
 
 if [ "$NO_PROXY" != "1" ]; then
+    if [ -z "$PROXY_ADDRESS" ] && [ -f "$ROOT/etc/replicated.conf" ]; then
+        PROXY_ADDRESS=$(grep -o '"HttpProxy":\s*"[^"]*' "$ROOT/etc/replicated.conf" | sed 's/"HttpProxy":\s*"//') || true
+        [ -z "$PROXY_ADDRESS" ] || printf "The installer will use the proxy at '%s' (imported from /etc/replicated.conf 'HttpProxy')\n" "$PROXY_ADDRESS"
+    fi
     if [ -z "$PROXY_ADDRESS" ]; then
         for _v in HTTP_PROXY http_proxy HTTPS_PROXY https_proxy; do
             if [ -n "${!_v}" ]; then
@@ -130,6 +139,8 @@ if [ "$NO_PROXY" != "1" ]; then
     fi
 fi
 printf '%s' "$PROXY_ADDRESS" > "$REC/proxy"
+# The real script's no-proxy list: its own addresses plus additional-no-proxy, never NO_PROXY.
+printf '%s' "${PROXY_ADDRESS:+localhost,127.0.0.1${ADDITIONAL_NO_PROXY:+,$ADDITIONAL_NO_PROXY}}" > "$REC/no-proxy"
 
 if [ "$SKIP_DOCKER_INSTALL" != "1" ]; then
     if command -v docker > /dev/null; then
