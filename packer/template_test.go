@@ -160,7 +160,7 @@ func TestBakedDockerIsPinned(t *testing.T) {
 		t.Fatalf("bake.sh without docker_version: %v\n%s", err, out)
 	}
 	bake, _ := os.ReadFile("bake.sh")
-	for _, want := range []string{`apt-get install -y -qq --allow-downgrades "${DOCKER_PACKAGE:-docker.io}=${DOCKER_VERSION}"`, `apt-mark hold "${DOCKER_PACKAGE:-docker.io}"`} {
+	for _, want := range []string{`pkgs=("${DOCKER_PACKAGE:-docker.io}=${DOCKER_VERSION}")`, `apt-get install -y -qq --allow-downgrades "${pkgs[@]}"`, "  hold_docker\n"} {
 		if !strings.Contains(string(bake), want) {
 			t.Errorf("bake.sh lacks %s", want)
 		}
@@ -168,5 +168,28 @@ func TestBakedDockerIsPinned(t *testing.T) {
 	tpl, _ := os.ReadFile("services-ami.pkr.hcl")
 	if !strings.Contains(string(tpl), `"DOCKER_VERSION=${var.docker_version}"`) {
 		t.Error("the template does not pass docker_version to bake.sh")
+	}
+}
+
+// Every installed package of the Docker engine is held, not only the one named: docker-ce with
+// docker-ce-cli and containerd.io, docker.io with containerd and runc. bake.sh's hold step runs
+// here with dpkg-query and apt-mark stand-ins that answer from a list and record the hold.
+func TestBakedDockerHoldsTheWholeEngine(t *testing.T) {
+	for _, tc := range []struct{ installed, held string }{
+		{"docker-ce docker-ce-cli containerd.io", "hold docker-ce docker-ce-cli containerd.io"},
+		{"docker.io containerd runc", "hold docker.io containerd runc"},
+	} {
+		bin := t.TempDir()
+		rec := filepath.Join(bin, "apt-mark.args")
+		os.WriteFile(filepath.Join(bin, "dpkg-query"), []byte("#!/bin/sh\nfor a; do last=$a; done\nfor p in "+tc.installed+"; do [ \"$p\" = \"$last\" ] && { printf 'install ok installed'; exit 0; }; done\nexit 1\n"), 0o755)
+		os.WriteFile(filepath.Join(bin, "apt-mark"), []byte("#!/bin/sh\necho \"$*\" > "+rec+"\n"), 0o755)
+		cmd := exec.Command("bash", "bake.sh", "hold-docker")
+		cmd.Env = []string{"PATH=" + bin + ":/usr/bin:/bin"}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", tc.installed, err, out)
+		}
+		if got, _ := os.ReadFile(rec); strings.TrimSpace(string(got)) != tc.held {
+			t.Errorf("installed %s: apt-mark %q, want %q", tc.installed, got, tc.held)
+		}
 	}
 }
