@@ -10,13 +10,17 @@
 #  - the proxy: http-proxy=, else replicated.conf's "HttpProxy" (read with grep as the real
 #    readReplicatedConf does), else HTTP_PROXY, http_proxy, HTTPS_PROXY, https_proxy from the
 #    environment (printing "will use the proxy at '...'"), else, without no-proxy, a prompt;
-#    NO_PROXY in the environment is ignored, additional-no-proxy= is taken (both recorded);
-#  - Docker: without no-docker, an installed Docker other than the recommended one makes it ask
-#    "Do you want to proceed anyway?" (default no) and exit 0 having installed nothing; with
+#    NO_PROXY in the environment is ignored, additional-no-proxy= is added to its own list
+#    (recorded);
+#  - Docker: without no-docker, an installed Docker of another minor version than the
+#    recommended one makes it ask "Do you want to proceed anyway?" (default no) and exit 0
+#    having installed nothing (the real script asks so of a newer one; an older one it
+#    upgrades, which the stand-in does not model); with
 #    no-docker it only requires a docker command;
 #  - the install: under systemd, the user replicated created with `useradd -g docker`, and the
-#    units replicated, replicated-ui and replicated-operator run as User=replicated
-#    Group=docker; the replicated unit reads the licence and settings.conf that
+#    units replicated, replicated-ui (not with disable-replicated-ui: the real
+#    write_systemd_services writes none) and replicated-operator (not with no-operator) run as
+#    User=replicated Group=docker; the replicated unit reads the licence and settings.conf that
 #    /etc/replicated.conf names and fails when it cannot. replicatedctl answers
 #    `app status inspect` only while that unit runs. Without systemd (haagent --root tests)
 #    it writes replicatedctl under ROOTDIR and nothing else; that one answers an empty list
@@ -83,7 +87,13 @@ while [ "$1" != "" ]; do
         release-sequence|release_sequence)
             RELEASE_SEQUENCE="$_value"
             ;;
-        no-operator|no_operator|is-migration|is_migration|airgap|no-auto|no_auto|daemon-token|daemon_token|tags|docker-version|docker_version|ui-bind-port|ui_bind_port|registry-advertise-address|registry_advertise_address|release-patch-sequence|release_patch_sequence|skip-pull|skip_pull|bypass-storagedriver-warnings|bypass_storagedriver_warnings|log-level|log_level|selinux-replicated-domain|selinux_replicated_domain|fast-timeouts|fast_timeouts|force-replicated-downgrade|force_replicated_downgrade|skip-preflights|skip_preflights|prompt-on-preflight-warnings|prompt_on_preflight_warnings|ignore-preflights|ignore_preflights|no-ce-on-ee|no_ce_on_ee|hard-fail-on-loopback|hard_fail_on_loopback|bypass-firewalld-warning|bypass_firewalld_warning|hard-fail-on-firewalld|hard_fail_on_firewalld|artifactory-address|artifactory_address|artifactory-access-method|artifactory_access_method|artifactory-docker-repo-key|artifactory_docker_repo_key|artifactory-quay-repo-key|artifactory_quay_repo_key|artifactory-auth|registry-address-override|registry_address_override|registry-path-prefix|registry_path_prefix|disable-replicated-ui|disable_replicated_ui|disable-replicated-host-networking|disable_replicated_host_networking)
+        no-operator|no_operator)
+            SKIP_OPERATOR_INSTALL=1
+            ;;
+        disable-replicated-ui|disable_replicated_ui)
+            DISABLE_REPLICATED_UI=1
+            ;;
+        is-migration|is_migration|airgap|no-auto|no_auto|daemon-token|daemon_token|tags|docker-version|docker_version|ui-bind-port|ui_bind_port|registry-advertise-address|registry_advertise_address|release-patch-sequence|release_patch_sequence|skip-pull|skip_pull|bypass-storagedriver-warnings|bypass_storagedriver_warnings|log-level|log_level|selinux-replicated-domain|selinux_replicated_domain|fast-timeouts|fast_timeouts|force-replicated-downgrade|force_replicated_downgrade|skip-preflights|skip_preflights|prompt-on-preflight-warnings|prompt_on_preflight_warnings|ignore-preflights|ignore_preflights|no-ce-on-ee|no_ce_on_ee|hard-fail-on-loopback|hard_fail_on_loopback|bypass-firewalld-warning|bypass_firewalld_warning|hard-fail-on-firewalld|hard_fail_on_firewalld|artifactory-address|artifactory_address|artifactory-access-method|artifactory_access_method|artifactory-docker-repo-key|artifactory_docker_repo_key|artifactory-quay-repo-key|artifactory_quay_repo_key|artifactory-auth|registry-address-override|registry_address_override|registry-path-prefix|registry_path_prefix|disable-replicated-host-networking|disable_replicated_host_networking)
             ;;
         *)
             echo >&2 "Error: unknown parameter \"$_param\""
@@ -200,11 +210,17 @@ fi
 exec sleep infinity
 EOF
     chmod 0755 /usr/local/lib/replicated-standin/daemon
-    for svc in replicated replicated-ui replicated-operator; do
+    # As the real script: no replicated-ui unit with disable-replicated-ui, no operator with
+    # no-operator.
+    svcs="replicated"
+    [ "$DISABLE_REPLICATED_UI" = "1" ] || svcs="$svcs replicated-ui"
+    [ "$SKIP_OPERATOR_INSTALL" = "1" ] || svcs="$svcs replicated-operator"
+    for svc in $svcs; do
         printf '[Unit]\nAfter=docker.service\n[Service]\nUser=replicated\nGroup=docker\nRuntimeDirectory=%s\nExecStart=/usr/local/lib/replicated-standin/daemon %s\nRestart=on-failure\nRestartSec=7\n[Install]\nWantedBy=multi-user.target\n' "$svc" "$svc" > /etc/systemd/system/$svc.service
     done
     systemctl daemon-reload
-    systemctl enable --now replicated replicated-ui replicated-operator
+    # shellcheck disable=SC2086
+    systemctl enable --now $svcs
 fi
 # The licence activates (the --root replicatedctl lists the app from now on).
 if [ -n "$ROOT" ]; then mkdir -p "$ROOT/var/lib/replicated-standin"; touch "$ROOT/var/lib/replicated-standin/licence-active"; fi
