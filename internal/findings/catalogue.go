@@ -145,7 +145,7 @@ var Catalogue = []Entry{
 	{"INSTALLER_TIMEOUT", Error, true, "replicated", "the installer ran past replicated.timeout: check the network to the Replicated and Docker registries, or raise the timeout"},
 	// the installer's contract (exit 0 is not success; its arguments; its download)
 	{"INSTALLER_NOTHING_INSTALLED", Error, true, "replicated", "the installer exited 0 without installing (it gave up at a question it could not ask): read its last lines; bake a pinned Docker into the AMI (so haagent passes no-docker) or install the Docker version it recommends, then haagent runs it again"},
-	{"INSTALLER_ARG_UNKNOWN", Error, true, "replicated", "remove or correct the argument in replicated.extra_args: the installer exits 1 on a parameter it does not know, and haagent sets local-address, the proxy and no-docker itself"},
+	{"INSTALLER_ARG_UNKNOWN", Error, true, "replicated", "remove or correct the argument in replicated.extra_args: the installer exits 1 on a parameter it does not know, haagent sets local-address, the proxy and no-docker itself, install-docker-only, is-migration and airgap make no CircleCI Services machine, and a value may hold no whitespace"},
 	{"INSTALLER_REDIRECT_REFUSED", Error, true, "replicated", "point replicated.installer_url at an https URL that does not redirect to http (or keep the script in the bucket: s3://bucket/key with replicated.sha256)"},
 	{"INSTALLER_UNPINNED", Warning, false, "replicated", "pin the installer: set replicated.sha256 to the sha256 this run logged once you have read the script, or keep a reviewed copy in the bucket (installer_url: s3://bucket/key)"},
 }
