@@ -149,6 +149,21 @@ func ExpectedServices(args []string) []string {
 	return svcs
 }
 
+// uiDisabledRE is the script's own default for disable-replicated-ui, which get.replicated.com
+// renders as "1" when the URL's query has disable_replicated_ui (helpers.py): such a script
+// writes no replicated-ui.service whatever its arguments.
+var uiDisabledRE = regexp.MustCompile(`(?m)^\s*DISABLE_REPLICATED_UI="1"\s*$`)
+
+// ServicesFor are the units the kept script leaves for these arguments: ExpectedServices,
+// without replicated-ui when the script was rendered with the UI disabled.
+func ServicesFor(script []byte, args []string) []string {
+	svcs := ExpectedServices(args)
+	if uiDisabledRE.Match(script) {
+		svcs = slices.DeleteFunc(svcs, func(s string) bool { return s == "replicated-ui" })
+	}
+	return svcs
+}
+
 // SetsPublicAddress reports whether the configured arguments settle the public address.
 func SetsPublicAddress(args []string) bool {
 	for _, a := range args {

@@ -652,7 +652,7 @@ func ensureActive(ctx context.Context, o Options) error {
 		o.Log.Info("not under systemd: leaving the Replicated services alone")
 		return nil
 	}
-	for _, svc := range ExpectedServices(o.ExtraArgs) {
+	for _, svc := range o.services() {
 		argv := append(append([]string{}, Systemctl...), "is-active", "--quiet", svc)
 		if exec.CommandContext(ctx, argv[0], argv[1:]...).Run() == nil {
 			continue

@@ -57,7 +57,7 @@ func verify(ctx context.Context, o Options) (string, error) {
 		var missing []string
 		inactive := ""
 		if o.Systemd {
-			for _, svc := range ExpectedServices(o.ExtraArgs) {
+			for _, svc := range o.services() {
 				p, err := showUnit(ctx, svc)
 				if err != nil {
 					return "", err
@@ -93,6 +93,12 @@ func verify(ctx context.Context, o Options) (string, error) {
 		case <-time.After(verifyEvery):
 		}
 	}
+}
+
+// services are the units the installer kept under root leaves for o's arguments.
+func (o Options) services() []string {
+	script, _ := os.ReadFile(filepath.Join(o.Root, ScriptPath))
+	return ServicesFor(script, o.ExtraArgs)
 }
 
 // appStatus is the app's state in words, from ReadAppStatus.

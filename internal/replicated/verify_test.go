@@ -88,6 +88,16 @@ func TestVerifyExpectsTheUnitsOfTheArguments(t *testing.T) {
 	if got := strings.Join(ExpectedServices(nil), ","); got != "replicated,replicated-ui,replicated-operator" {
 		t.Errorf("default units: %s", got)
 	}
+	// A script get.replicated.com rendered for ?disable_replicated_ui (its default set to "1")
+	// writes no -ui unit whatever the arguments.
+	script := filepath.Join(root, ScriptPath)
+	os.MkdirAll(filepath.Dir(script), 0o700)
+	os.WriteFile(script, []byte("#!/bin/bash\nAIRGAP=0\nDISABLE_REPLICATED_UI=\"1\"\n"), 0o700)
+	o.ExtraArgs = nil
+	if _, err := verify(context.Background(), o); err == nil || !strings.Contains(err.Error(), "not installed: replicated-operator.service") ||
+		strings.Contains(err.Error(), "replicated-ui") {
+		t.Errorf("a script rendered with the UI disabled: %v", err)
+	}
 }
 
 // The daemon lists the app only once it has activated the licence (over the network): an
