@@ -165,7 +165,7 @@ func probePostgres(ctx context.Context, p *prober, s *settings.Settings) *result
 // and a finding names the part that is wrong, never a parser's text.
 func parsePGURI(name string, v settings.Setting) (pgTarget, *findings.Finding) {
 	bad := func(why string) (pgTarget, *findings.Finding) {
-		f := findings.New("URI_MALFORMED", v.Where(), fmt.Sprintf("%s is not a valid PostgreSQL URI: %s", name, why), findings.Redact(v.Value))
+		f := findings.New("URI_MALFORMED", v.Where(), fmt.Sprintf("%s is not a valid PostgreSQL URI: %s", name, why), findings.URIEvidence(v.Value))
 		return pgTarget{}, &f
 	}
 	const form = "postgres://USER:PASSWORD@HOST:PORT/DATABASE"
