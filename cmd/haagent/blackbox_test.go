@@ -297,7 +297,12 @@ func notifySink(t *testing.T) (string, func() []string) {
 func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 	w := newWorld(t, "i-0secrets00000000")
 	notify, notified := notifySink(t)
-	env := append(w.env(w.imds.URL), notify)
+	// Credentials the installer takes as arguments (logged with the installer's argv), and a
+	// proxy whose password holds an unescaped '/' (printed back by the installer; loopback is
+	// never proxied, so nothing here goes through it).
+	w.installCfg += "  extra_args: [daemon-token=DAEMONTOKEN-5ecret-12, artifactory-auth=QVJUSUZBQ1RPUlk6NWVjcmV0LTEz]\n"
+	w.writeConfig(w.s3.URL, "")
+	env := append(w.env(w.imds.URL), notify, "HTTPS_PROXY=http://corp:pa/ss-5ecret-14@proxy.corp.example:3128")
 	secrets := map[string]string{
 		"settings.conf":                  `{"hostname":{"value":"ci.example.com"},"secret_passphrase":{"value":"PASSPHRASE-5ecret-1"}}`,
 		"replicated.conf":                strings.Replace(string(w.objs["replicated.conf"]), "demo-console-password", "CONSOLE-5ecret-2", 1),
@@ -372,7 +377,8 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 	out := everything.String()
 	for _, s := range []string{"PASSPHRASE-5ecret-1", "CONSOLE-5ecret-2", "LICENSE-5ecret-3", "ENCKEY-5ecret-4", "PGPASS-5ecret-5",
 		"VAULTTOKEN-5ecret-6", "MONGOPASS-5ecret-7", "COOKIE5ecret8xyz", w.s3.SecretKey,
-		"Hunter2Prefix", "PGSLASH", "5ecret-9", "PGSPACE", "5ecret-10", "PHRASE-5ecret-11", "5ecret-11"} {
+		"Hunter2Prefix", "PGSLASH", "5ecret-9", "PGSPACE", "5ecret-10", "PHRASE-5ecret-11", "5ecret-11",
+		"DAEMONTOKEN-5ecret-12", "QVJUSUZBQ1RPUlk6NWVjcmV0LTEz", "ss-5ecret-14"} {
 		if strings.Contains(out, s) {
 			i := strings.Index(out, s)
 			t.Errorf("secret %q appears in haagent's output, record or STATUS=: ...%s...", s, out[max(i-120, 0):min(i+60, len(out))])
