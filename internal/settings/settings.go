@@ -93,11 +93,18 @@ func (s *Settings) Get(name string) (Setting, bool) {
 	return v, ok
 }
 
-// Names returns the set variables with the given prefix, sorted.
+// Names returns the variables with the given prefix that a file sets, sorted: those whose
+// value could be built and those that use a variable nothing sets (Require reports those), so
+// a CIRCLE_SECRETS_POSTGRES_*_URI="$UNSET/vms" is reported, not skipped.
 func (s *Settings) Names(prefix string) []string {
 	s.read(prefix + "*")
 	var out []string
 	for n := range s.vars {
+		if strings.HasPrefix(n, prefix) {
+			out = append(out, n)
+		}
+	}
+	for n := range s.missing {
 		if strings.HasPrefix(n, prefix) {
 			out = append(out, n)
 		}

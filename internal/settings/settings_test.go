@@ -125,7 +125,9 @@ func FuzzParse(f *testing.F) {
 		}
 		for _, n := range s.Names("") {
 			if _, ok := s.Get(n); !ok {
-				t.Fatalf("Names lists unset %s", n)
+				if _, fs := s.Require("x", n); len(fs) == 0 || fs[0].Code != "SETTING_MISSING" {
+					t.Fatalf("Names lists %s, neither set nor reported missing", n)
+				}
 			}
 		}
 	})
@@ -232,6 +234,18 @@ func TestFindingsQuoteNoValue(t *testing.T) {
 	// one inside a secret (TestUndefinedReferenceIsMissingNotEmpty).
 	s, _ := Parse("f", []byte("export POSTGRES_HOST=\"$DB_HOST\"\n"))
 	if _, fs := s.Require("postgres", "POSTGRES_HOST"); len(fs) != 1 || !strings.Contains(fs[0].Summary, "uses $DB_HOST") {
+		t.Fatalf("%+v", fs)
+	}
+}
+
+// A variable whose value uses one nothing sets is listed by Names, so a probe that walks a
+// prefix reports it instead of skipping it.
+func TestNamesListsWhatCannotBeBuilt(t *testing.T) {
+	s, _ := Parse("f", []byte("export CIRCLE_SECRETS_POSTGRES_VMS_URI=\"$PG_BASE/vms\"\nexport CIRCLE_SECRETS_POSTGRES_X_URI=postgres://u@h/x\n"))
+	if got := strings.Join(s.Names("CIRCLE_SECRETS_POSTGRES_"), ","); got != "CIRCLE_SECRETS_POSTGRES_VMS_URI,CIRCLE_SECRETS_POSTGRES_X_URI" {
+		t.Fatalf("Names = %s", got)
+	}
+	if _, fs := s.Require("postgres", "CIRCLE_SECRETS_POSTGRES_VMS_URI"); len(fs) != 1 || fs[0].Code != "SETTING_MISSING" {
 		t.Fatalf("%+v", fs)
 	}
 }
