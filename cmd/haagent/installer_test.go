@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -414,5 +415,31 @@ func TestBackupKeysCommand(t *testing.T) {
 	}
 	if u := w.run("backup", "things"); u.code != 2 {
 		t.Fatalf("bad usage: exit %d", u.code)
+	}
+}
+
+// The service holds the lock during the boot steps only: once the boot is complete and it
+// watches, `haagent backup keys` runs; while the steps run (a failing boot retrying), it is
+// refused with the pid that holds the lock.
+func TestBackupKeysWhileTheServiceRuns(t *testing.T) {
+	w := newWorld(t, "i-0backupsvc000000")
+	cmd, stderr, msgs := w.startService()
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	deadline := time.After(120 * time.Second)
+	for complete := false; !complete; {
+		select {
+		case m := <-msgs:
+			complete = m == "STATUS=boot complete"
+		case <-deadline:
+			t.Fatalf("no boot complete:\n%s", stderr.String())
+		}
+	}
+	made := filepath.Join(w.root, "data/circle/circleci-encryption-keys/98-made-while-up.key")
+	os.WriteFile(made, []byte("fresh key"), 0o600)
+	old := time.Now().Add(-time.Minute)
+	os.Chtimes(made, old, old)
+	r := w.run("backup", "keys")
+	if r.code != 0 || string(w.s3.Object(bkt, "circleci-encryption-keys/98-made-while-up.key")) != "fresh key" {
+		t.Fatalf("backup keys while the service watches: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }

@@ -652,7 +652,14 @@ func scanKeys(ctx context.Context, env *Env, every time.Duration) {
 		if settled && fp == last {
 			continue
 		}
+		release, err := env.lockForWrite()
+		if err != nil {
+			env.Log.Info("the periodic keys backup waits for the next scan: another haagent command holds the lock", "error", err.Error())
+			settled = false
+			continue
+		}
 		res, err := backup.Keys(ctx, env.Bucket, o)
+		release()
 		if err != nil {
 			if ctx.Err() == nil {
 				env.Log.Warn("the periodic keys backup could not compare the keys with the bucket; trying again at the next scan",
