@@ -324,6 +324,7 @@ func stepCookieKey(ctx context.Context, env *Env) error {
 		if err != nil {
 			return err
 		}
+		env.noteCookieSource(res.Source)
 		env.Log.Info("session cookie key in place", "source", res.Source, "changed", changed, "file", cookie.File)
 		return nil
 	}
@@ -340,12 +341,22 @@ func stepCookieKey(ctx context.Context, env *Env) error {
 	if err != nil {
 		return err
 	}
+	env.noteCookieSource(res.Source)
 	changed, err := bd.Stage(e, res.Content)
 	if err != nil {
 		return err
 	}
 	env.Log.Info("session cookie key staged", "source", res.Source, "changed", changed, "file", cookie.File, "from_bucket", in.FromBucket)
 	return nil
+}
+
+// noteCookieSource records, in the run record, that this instance created the bucket's session
+// cookie key (any source but "s3": the key was this instance's candidate). Only then is that
+// object no evidence of an earlier deployment when this instance boots again.
+func (env *Env) noteCookieSource(source string) {
+	if source != "s3" && source != "" {
+		env.Record.CookieCreatedBy = env.Instance.InstanceID
+	}
 }
 
 // layoutEntry returns the config's layout entry of that name.
@@ -581,8 +592,10 @@ func installedHere(env *Env) bool {
 
 // deploymentExisted returns evidence that this CircleCI deployment existed before this boot:
 // this machine's record or installer marker, or objects only an earlier instance writes (the
-// replacement ledger; the session cookie key, unless this instance may have created it on an
-// earlier, unfinished attempt of its first boot). An empty Why means a brand-new install.
+// replacement ledger; the session cookie key, unless the record says this very instance created
+// it, on an earlier, unfinished attempt of its first boot). An empty Why means a brand-new
+// install. An earlier run of this instance alone is no such proof: a run stopped by KEYS_MISSING
+// at the fetch never reached the cookie-key step, and a restart must stop again.
 func deploymentExisted(ctx context.Context, env *Env) (fetch.Existed, error) {
 	here := installedHere(env)
 	if why := env.Record.InstalledBefore(); why != "" {
@@ -592,7 +605,7 @@ func deploymentExisted(ctx context.Context, env *Env) (fetch.Existed, error) {
 		return fetch.Existed{Why: fmt.Sprintf("Replicated was installed on this machine (instance %s, %s)", m.InstanceID, replicated.MarkerPath), Here: here}, nil
 	}
 	keys := []string{asg.LedgerKey}
-	if !env.bootedBefore() {
+	if env.Record.CookieCreatedBy == "" || env.Record.CookieCreatedBy != env.Instance.InstanceID {
 		keys = append(keys, cookie.Object)
 	}
 	for _, key := range keys {
@@ -607,18 +620,6 @@ func deploymentExisted(ctx context.Context, env *Env) (fetch.Existed, error) {
 		}
 	}
 	return fetch.Existed{}, nil
-}
-
-// bootedBefore reports whether an earlier run on this machine was this instance's: a restart
-// of a first boot, which may itself have created the session cookie key.
-func (env *Env) bootedBefore() bool {
-	for i := range env.Record.Runs {
-		r := &env.Record.Runs[i]
-		if r != env.Run && r.InstanceID == env.Instance.InstanceID {
-			return true
-		}
-	}
-	return false
 }
 
 // startKeyScan starts, once, the periodic keys backup that runs for as long as haagent does.
