@@ -69,13 +69,6 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 	// The root is resolved once: WalkDir does not follow a symlinked root, and a keys directory
 	// that is a link (to a data volume, say) would look empty, so "every local key is in S3"
 	// would hold while fetch and CircleCI write through the link.
-	dir, err := filepath.EvalSymlinks(filepath.Join(o.Root, o.LocalDir))
-	if errors.Is(err, fs.ErrNotExist) {
-		return res, nil
-	}
-	if err != nil {
-		return res, fmt.Errorf("resolving the keys directory %s: %w", o.LocalDir, err)
-	}
 	notBackedUp := func(rel, summary, evidence, fix string) {
 		res.NotBackedUp = append(res.NotBackedUp, rel)
 		f := findings.New("KEYS_NOT_BACKED_UP", filepath.Join(o.LocalDir, rel), summary, evidence)
@@ -83,6 +76,29 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 			f = f.WithFix(fix)
 		}
 		res.Findings = append(res.Findings, f)
+	}
+	dir, err := filepath.EvalSymlinks(filepath.Join(o.Root, o.LocalDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		// No keys directory: nothing to back up (CircleCI has not started yet). But a link
+		// whose target is missing (a data volume not mounted) is where the keys are meant to
+		// be: "nothing to back up" would let the run complete with the keys unaccounted for.
+		link := filepath.Join(o.Root, o.LocalDir)
+		if fi, lerr := os.Lstat(link); lerr == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			target, _ := os.Readlink(link)
+			notBackedUp(".", fmt.Sprintf("the keys directory %s is a symlink to %s, which does not exist; no key there can be backed up", o.LocalDir, target), err.Error(),
+				fmt.Sprintf("mount or restore %s (the volume that holds CircleCI's encryption keys), then haagent backup keys", target))
+			return res, nil
+		}
+		return res, nil
+	}
+	if err != nil {
+		return res, fmt.Errorf("resolving the keys directory %s: %w", o.LocalDir, err)
+	}
+	emptyKey := func(rel string) {
+		res.NotBackedUp = append(res.NotBackedUp, rel)
+		res.Findings = append(res.Findings, findings.New("KEYS_EMPTY", filepath.Join(o.LocalDir, rel),
+			fmt.Sprintf("encryption key %s on this machine is empty (0 bytes); an empty copy is never uploaded (it would become the permanent backup)", rel), "").
+			WithFix(fmt.Sprintf("restore %s from the machine or backup that holds the real key; if CircleCI is still creating it, haagent backs it up once it is written", filepath.Join(o.LocalDir, rel))))
 	}
 	type localKey struct {
 		rel  string
@@ -93,8 +109,11 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 		if err != nil {
 			return err
 		}
-		if p == dir || strings.Contains(d.Name(), ".haagent-") {
-			if d.IsDir() && d.Name() == ".haagent-stage" {
+		if p == dir {
+			return nil
+		}
+		if fetch.IsHaagentTemp(d.Name()) {
+			if d.IsDir() {
 				return filepath.SkipDir
 			}
 			return nil // haagent's own staging and temp files: not keys yet
@@ -115,6 +134,10 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 		info, err := d.Info()
 		if err != nil {
 			return err
+		}
+		if !fetch.IsKeyFile(d.Name(), info) {
+			emptyKey(rel) // regular and not haagent's: only an empty file is left
+			return nil
 		}
 		local = append(local, localKey{rel, info})
 		return nil
@@ -137,13 +160,6 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 		// the listing must not get its half-written bytes uploaded.
 		if after, err := os.Lstat(path); err != nil || after.Size() != lk.info.Size() || !after.ModTime().Equal(lk.info.ModTime()) || int64(len(data)) != lk.info.Size() {
 			notBackedUp(rel, fmt.Sprintf("encryption key %s changed while it was read; it is backed up once unchanged for %s", rel, o.Settle), "", "nothing to do: haagent retries")
-			continue
-		}
-		if len(data) == 0 {
-			res.NotBackedUp = append(res.NotBackedUp, rel)
-			res.Findings = append(res.Findings, findings.New("KEYS_EMPTY", filepath.Join(o.LocalDir, rel),
-				fmt.Sprintf("encryption key %s on this machine is empty (0 bytes); an empty copy is never uploaded (it would become the permanent backup)", rel), "").
-				WithFix(fmt.Sprintf("restore %s from the machine or backup that holds the real key; if CircleCI is still creating it, haagent backs it up once it is written", filepath.Join(o.LocalDir, rel))))
 			continue
 		}
 		// A file that changed within the settle time may still be being written: it is not

@@ -98,3 +98,33 @@ func TestKeysBackupFollowsASymlinkedDirectory(t *testing.T) {
 		t.Fatal("a symlinked entry was uploaded")
 	}
 }
+
+// No silent gap: a keys directory that is a dangling symlink (its volume not mounted) is
+// KEYS_NOT_BACKED_UP, not "nothing to back up"; a key whose name merely contains ".haagent-"
+// is backed up like any other (only haagent's exact temp names are skipped).
+func TestKeysBackupHasNoSilentGaps(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, bkt)
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "data/circle"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/mnt/keys-volume-not-mounted", filepath.Join(root, local)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Keys(context.Background(), b, opts(root))
+	if err != nil || len(res.NotBackedUp) != 1 || len(res.Findings) != 1 || res.Findings[0].Code != "KEYS_NOT_BACKED_UP" ||
+		!strings.Contains(res.Findings[0].Summary, "/mnt/keys-volume-not-mounted") {
+		t.Fatalf("a dangling keys link: want KEYS_NOT_BACKED_UP naming the target, got err=%v %+v", err, res)
+	}
+
+	root = keysRoot(t, map[string]string{"contexts.haagent-v2.key": "real key bytes", ".00-default.key.haagent-42": "temp"})
+	res, err = Keys(context.Background(), b, opts(root))
+	if err != nil || len(res.Uploaded) != 1 || res.Uploaded[0] != "contexts.haagent-v2.key" || len(res.NotBackedUp) != 0 {
+		t.Fatalf("want only contexts.haagent-v2.key uploaded (the temp file skipped), got err=%v %+v", err, res)
+	}
+	if got := s.Object(bkt, prefix+"contexts.haagent-v2.key"); string(got) != "real key bytes" {
+		t.Fatalf("the bucket holds %q", got)
+	}
+}

@@ -498,7 +498,7 @@ func localOnly(dir string, seen map[string]bool) []string {
 			return nil
 		}
 		rel, _ := filepath.Rel(dir, p)
-		if !seen[filepath.ToSlash(rel)] && !strings.Contains(d.Name(), ".haagent-") {
+		if !seen[filepath.ToSlash(rel)] && !IsHaagentTemp(d.Name()) {
 			out = append(out, filepath.ToSlash(rel))
 		}
 		return nil

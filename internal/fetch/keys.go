@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	"github.com/haagent/haagent/internal/atomicfile"
@@ -111,6 +112,9 @@ func emptyKeysFinding(ctx context.Context, b *bucket.Bucket, o Options, e config
 	return f
 }
 
+// hasFiles reports whether dir holds a key the backup would upload (IsKeyFile): an empty
+// file, a dangling link or a placeholder such as .keep is no key, and must not turn an
+// existing deployment's KEYS_MISSING into a new install's warning.
 func hasFiles(dir string) bool {
 	found := false
 	if real, err := filepath.EvalSymlinks(dir); err == nil {
@@ -120,12 +124,36 @@ func hasFiles(dir string) bool {
 		if err != nil || found {
 			return filepath.SkipDir
 		}
-		if !d.IsDir() && !strings.Contains(d.Name(), ".haagent-") {
+		if d.IsDir() {
+			if d.Name() == stageDirName {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if info, err := d.Info(); err == nil && IsKeyFile(d.Name(), info) {
 			found = true
 		}
 		return nil
 	})
 	return found
+}
+
+// tempName is atomicfile's temp file name (os.CreateTemp of ".NAME.haagent-*": digits).
+var tempName = regexp.MustCompile(`^\..+\.haagent-[0-9]+$`)
+
+// IsHaagentTemp reports whether name is one of haagent's own temp files or its staging
+// directory: exactly those, so that a key whose name merely contains ".haagent-"
+// (contexts.haagent-v2.key) is still a key.
+func IsHaagentTemp(name string) bool {
+	return name == stageDirName || tempName.MatchString(name)
+}
+
+// IsKeyFile is the one rule, shared by the fetch and the backup, for what in the keys
+// directory is a key the machine holds: a regular, non-empty file that is not haagent's own
+// temp file. It is what the backup uploads; anything else there is reported, never counted
+// as a key.
+func IsKeyFile(name string, info fs.FileInfo) bool {
+	return !IsHaagentTemp(name) && info.Mode().IsRegular() && info.Size() > 0
 }
 
 // commitKey moves a staged key into place without ever replacing a file there (renameat2

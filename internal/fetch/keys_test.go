@@ -224,3 +224,62 @@ func TestConflictsURIIsOutsideTheKeysPrefix(t *testing.T) {
 		}
 	}
 }
+
+// What makes the machine "hold keys" is what the backup would upload (IsKeyFile): an empty
+// file, a dangling link or a placeholder in the keys directory must not turn an existing
+// deployment's blocking KEYS_MISSING into a new install's warning. A real key whose name
+// merely contains ".haagent-" does count.
+func TestEmptyKeysPrefixIsNotFooledByStrayEntries(t *testing.T) {
+	s := peertest.StartS3(t)
+	objs := seed(t, s)
+	for k := range objs {
+		if strings.HasPrefix(k, "circleci-encryption-keys/") {
+			s.Delete(t, testBucket, k)
+		}
+	}
+	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
+	existed := func(context.Context) (Existed, error) {
+		return Existed{Why: "the bucket holds s3://circleci-ha/session-cookie-key"}, nil
+	}
+	for _, tc := range []struct {
+		name    string
+		mk      func(dir string) error
+		blocked bool
+	}{
+		{"empty file", func(d string) error { return os.WriteFile(filepath.Join(d, "00-default.key"), nil, 0o600) }, true},
+		{"dangling symlink", func(d string) error { return os.Symlink("/nonexistent/key", filepath.Join(d, "00-default.key")) }, true},
+		{"placeholder", func(d string) error { return os.WriteFile(filepath.Join(d, ".keep"), nil, 0o644) }, true},
+		{"haagent temp file", func(d string) error {
+			return os.WriteFile(filepath.Join(d, ".00-default.key.haagent-123456"), []byte("half"), 0o600)
+		}, true},
+		{"a key named *.haagent-*", func(d string) error {
+			return os.WriteFile(filepath.Join(d, "contexts.haagent-v2.key"), []byte("a real key"), 0o600)
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			d := filepath.Join(root, "data/circle/circleci-encryption-keys")
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.mk(d); err != nil {
+				t.Fatal(err)
+			}
+			bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4, Existing: existed})
+			if !tc.blocked {
+				if err != nil || hasCode(bd.Findings, "KEYS_PREFIX_EMPTY") == nil {
+					t.Fatalf("a machine holding a key: want the warning, got %v", err)
+				}
+				bd.Discard()
+				return
+			}
+			if err == nil {
+				bd.Discard()
+				t.Fatalf("no blocking KEYS_MISSING: findings %s", findings.Codes(bd.Findings))
+			}
+			if f := hasCode(failure(t, err), "KEYS_MISSING"); f == nil || !f.Blocking {
+				t.Fatalf("want a blocking KEYS_MISSING, got %v", err)
+			}
+		})
+	}
+}
