@@ -95,6 +95,10 @@ type File struct {
 	// bucket; absent marks one that is, so it leaves the bundle instead of failing it.
 	optional bool
 	absent   bool
+	// listed is the size ListObjectsV2 gave, -1 for an object that was not listed: the body
+	// must have it. A response without Content-Length (chunked, through a proxy) whose ETag is
+	// no MD5 (SSE-KMS, multipart) has nothing else to say it arrived whole.
+	listed int64
 }
 
 // Bundle is a completed fetch waiting to be committed.
@@ -261,7 +265,7 @@ func listEntry(ctx context.Context, b *bucket.Bucket, o Options, e config.Entry,
 		seen[obj.Rel] = true
 		f := newFile(o.Root, e, e.Key+obj.Rel, e.Dest+obj.Rel, o.Known)
 		f.ETag = obj.ETag
-		f.Size = obj.Size
+		f.Size, f.listed = obj.Size, obj.Size
 		files = append(files, f)
 		enqueue(f)
 	}
@@ -287,7 +291,7 @@ func listEntry(ctx context.Context, b *bucket.Bucket, o Options, e config.Entry,
 }
 
 func newFile(root string, e config.Entry, key, dest string, known map[string]Known) *File {
-	f := &File{Entry: e.Name, Key: key, Dest: dest, mode: e.Mode, dirMode: e.DirMode, uid: e.UID, gid: e.GID,
+	f := &File{Entry: e.Name, Key: key, Dest: dest, listed: -1, mode: e.Mode, dirMode: e.DirMode, uid: e.UID, gid: e.GID,
 		stage: stageDir(root, e), purpose: e.Purpose, optional: !e.Recursive && !e.Required}
 	if e.Recursive {
 		f.top = strings.TrimSuffix(e.Dest, "/")
@@ -332,6 +336,13 @@ func download(ctx context.Context, b *bucket.Bucket, root string, f *File) error
 		fail := func(err error) error { os.Remove(tmp); return err }
 		if m.Size >= 0 && res.Size != m.Size {
 			return fail(&bucket.TruncatedError{Expected: m.Size, Got: res.Size})
+		}
+		if f.listed >= 0 && res.Size != f.listed {
+			return fail(&bucket.TruncatedError{Expected: f.listed, Got: res.Size, From: "ListObjectsV2"})
+		}
+		if f.Entry == KeysEntry && m.Size < 0 && f.listed < 0 {
+			// A key is installed only when some size vouches for it: a half key is lost data.
+			return fail(&bucket.TruncatedError{Expected: -1, Got: res.Size, From: "nothing (no Content-Length, not listed)"})
 		}
 		if m.PlainMD5 {
 			if got := hex.EncodeToString(md.Sum(nil)); got != m.ETag {

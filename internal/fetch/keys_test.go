@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -281,5 +283,49 @@ func TestEmptyKeysPrefixIsNotFooledByStrayEntries(t *testing.T) {
 				t.Fatalf("want a blocking KEYS_MISSING, got %v", err)
 			}
 		})
+	}
+}
+
+// A key cut short on a response without Content-Length (a proxy's chunked or close-delimited
+// body) whose ETag is no MD5 (SSE-KMS, multipart) has only the listing's size to vouch for it:
+// the body must have that size, or the key is refused and nothing is installed.
+func TestFetchRefusesATruncatedKeyWithoutContentLength(t *testing.T) {
+	objs := examples(t)
+	f := startFake(t, objs)
+	f.SetFault(func(w http.ResponseWriter, r *http.Request, real http.Handler) bool {
+		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/02-workflows.key") {
+			return false
+		}
+		rec := httptest.NewRecorder()
+		real.ServeHTTP(rec, r)
+		conn, buf, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			panic(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(buf, "HTTP/1.1 %d %s\r\n", rec.Code, http.StatusText(rec.Code))
+		for k, vs := range rec.Header() {
+			if k == "Content-Length" || k == "Etag" {
+				continue
+			}
+			for _, v := range vs {
+				fmt.Fprintf(buf, "%s: %s\r\n", k, v)
+			}
+		}
+		// A close-delimited body: its end is the connection's, so half of it looks whole.
+		fmt.Fprintf(buf, "ETag: \"0123456789abcdef0123456789abcdef-2\"\r\nx-amz-server-side-encryption: aws:kms\r\nConnection: close\r\n\r\n")
+		body := rec.Body.Bytes()
+		buf.Write(body[:len(body)/2])
+		buf.Flush()
+		return true
+	})
+	root := t.TempDir()
+	_, err := Fetch(context.Background(), open(t, f.URL, "a", "b", testBucket), Options{Root: root, Layout: layout(t), Concurrency: 4})
+	fs := failure(t, err)
+	if len(fs) == 0 || fs[0].Target != "s3://circleci-ha/circleci-encryption-keys/02-workflows.key" || !strings.Contains(fs[0].Evidence, "ListObjectsV2") {
+		t.Fatalf("want the truncated key refused against the listed size, got %+v", fs)
+	}
+	if _, err := os.Stat(filepath.Join(root, "data/circle/circleci-encryption-keys/02-workflows.key")); err == nil {
+		t.Fatal("half a key was installed")
 	}
 }
