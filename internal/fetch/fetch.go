@@ -99,6 +99,9 @@ type File struct {
 	// must have it. A response without Content-Length (chunked, through a proxy) whose ETag is
 	// no MD5 (SSE-KMS, multipart) has nothing else to say it arrived whole.
 	listed int64
+	// notFile marks a key path that holds a link or device: left alone, not converged (opening
+	// a FIFO would hang).
+	notFile bool
 }
 
 // Bundle is a completed fetch waiting to be committed.
@@ -426,7 +429,7 @@ func (bd *Bundle) Commit() error {
 	}
 	var unchanged []*File
 	for _, f := range bd.Files {
-		if f.staged == "" {
+		if f.staged == "" && !f.notFile {
 			unchanged = append(unchanged, f)
 		}
 		f.staged = ""

@@ -63,6 +63,15 @@ var ErrEmptyKey = errors.New("the key object is empty (0 bytes)")
 // the staged copy is dropped and f.Conflict says so. No local file: an empty object is refused.
 func keepLocalKey(b *bucket.Bucket, final string, f *File) error {
 	f.object = b.URI(f.Key)
+	// Lstat, not the hash's stat: a link (dangling or not) or a device at a key path is
+	// neither "no key here" (stage the bucket's, which the no-replace commit then trips over)
+	// nor a key to compare. It is left alone and reported; the rest of the bundle goes on.
+	if fi, err := os.Lstat(final); err == nil && !fi.Mode().IsRegular() {
+		os.Remove(f.staged)
+		f.staged, f.notFile = "", true
+		target, _ := os.Readlink(final)
+		return &notFileError{path: f.Dest, mode: fi.Mode(), target: target}
+	}
 	cur, err := atomicfile.HashFile(final)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -83,6 +92,29 @@ func keepLocalKey(b *bucket.Bucket, final string, f *File) error {
 	f.staged = ""
 	f.Conflict = &KeyConflict{Path: f.Dest, Object: b.URI(f.Key), LocalSHA256: cur.SHA256, BucketSHA256: f.SHA256}
 	return nil
+}
+
+// notFileError is a key path that holds something other than a regular file.
+type notFileError struct {
+	path   string
+	mode   fs.FileMode
+	target string // a link's
+}
+
+func (e *notFileError) Error() string {
+	return fmt.Sprintf("%s is not a regular file (%s)", e.path, e.mode.Type())
+}
+
+// notFileFinding is KEYS_PATH_NOT_FILE for e: an error for a person, but no Commit failure and
+// no blocking finding, so the other files of the bundle are still committed.
+func notFileFinding(object string, e *notFileError) findings.Finding {
+	what := e.mode.Type().String()
+	if e.mode&fs.ModeSymlink != 0 {
+		what = "a symbolic link to " + e.target
+	}
+	return findings.New("KEYS_PATH_NOT_FILE", e.path,
+		fmt.Sprintf("encryption key %s is %s, not a file; the bucket's copy %s is not installed there and nothing replaces it", e.path, what, object), e.Error()).
+		WithFix(fmt.Sprintf("if the link points at the real key, replace it with the file (cp --remove-destination \"$(readlink -f %s)\" %s); if it is stray, move it aside (mv %s /root/) so haagent installs %s", e.path, e.path, e.path, object))
 }
 
 // emptyKeysFinding is the finding for an empty keys prefix: a new install's warning, or, when
@@ -168,6 +200,13 @@ func (bd *Bundle) commitKey(f *File) error {
 	if errors.Is(err, fs.ErrExist) {
 		os.Remove(f.staged)
 		f.staged = ""
+		if fi, lerr := os.Lstat(final); lerr == nil && !fi.Mode().IsRegular() {
+			// A link or device that appeared since the fetch looked: reported, left alone.
+			f.notFile, f.Changed = true, false
+			target, _ := os.Readlink(final)
+			bd.CommitFindings = append(bd.CommitFindings, notFileFinding(f.object, &notFileError{path: f.Dest, mode: fi.Mode(), target: target}))
+			return nil
+		}
 		cur, herr := atomicfile.HashFile(final)
 		if herr != nil {
 			return fmt.Errorf("reading the key %s that appeared during the fetch: %w", f.Dest, herr)

@@ -329,3 +329,60 @@ func TestFetchRefusesATruncatedKeyWithoutContentLength(t *testing.T) {
 		t.Fatal("half a key was installed")
 	}
 }
+
+// A symlink where a key goes (dangling: its volume not mounted) is KEYS_PATH_NOT_FILE, left
+// alone, and no Commit error: the bundle's other files are committed, the bucket's key is not
+// written through or over the link. The same for a link that appears between fetch and commit.
+func TestASymlinkAtAKeyPathIsAFindingNotACommitError(t *testing.T) {
+	s := peertest.StartS3(t)
+	objs := seed(t, s)
+	s.Put(t, testBucket, "settings.conf", []byte(`{"hostname":"new"}`))
+	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
+	const keyPath = "data/circle/circleci-encryption-keys/01-contexts.key"
+	check := func(t *testing.T, root string, bd *Bundle, fs []findings.Finding) {
+		t.Helper()
+		if err := bd.Commit(); err != nil {
+			t.Fatalf("Commit failed on a symlink at a key path (every retry would): %v", err)
+		}
+		if f := hasCode(append(fs, bd.CommitFindings...), "KEYS_PATH_NOT_FILE"); f == nil || f.Blocking || f.Target != "/"+keyPath || !strings.Contains(f.Summary, "/nonexistent/01-contexts.key") {
+			t.Fatalf("want a non-blocking KEYS_PATH_NOT_FILE naming the link's target, got %s %s", findings.Codes(fs), findings.Codes(bd.CommitFindings))
+		}
+		if got, _ := os.Readlink(filepath.Join(root, keyPath)); got != "/nonexistent/01-contexts.key" {
+			t.Fatalf("the link was changed: %q", got)
+		}
+		if got, _ := os.ReadFile(filepath.Join(root, "etc/settings.conf")); string(got) != `{"hostname":"new"}` {
+			t.Fatalf("the rest of the bundle was not committed: settings.conf %q", got)
+		}
+		if got, _ := os.ReadFile(filepath.Join(root, "data/circle/circleci-encryption-keys/00-default.key")); string(got) != string(objs["circleci-encryption-keys/00-default.key"]) {
+			t.Fatal("the other keys were not installed")
+		}
+	}
+	t.Run("before the fetch", func(t *testing.T) {
+		root := t.TempDir()
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, keyPath)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("/nonexistent/01-contexts.key", filepath.Join(root, keyPath)); err != nil {
+			t.Fatal(err)
+		}
+		bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+		if err != nil {
+			t.Fatalf("fetch: %v", err)
+		}
+		check(t, root, bd, bd.Findings)
+	})
+	t.Run("between fetch and commit", func(t *testing.T) {
+		root := t.TempDir()
+		bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+		if err != nil {
+			t.Fatalf("fetch: %v", err)
+		}
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, keyPath)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("/nonexistent/01-contexts.key", filepath.Join(root, keyPath)); err != nil {
+			t.Fatal(err)
+		}
+		check(t, root, bd, nil)
+	})
+}
