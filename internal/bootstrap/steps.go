@@ -575,6 +575,30 @@ func StepBackupKeys(ctx context.Context, env *Env) error {
 	return nil
 }
 
+// BackupKeysNow is the step of `haagent backup keys`: the backup on demand. Unlike the boot's
+// step it never skips: a person asked whether the keys are in S3, and S3 being unreachable is
+// a failure, not a warning. The outcome is left in *res for the command to print.
+func BackupKeysNow(res *backup.Result) Step {
+	return Step{Name: "backup-keys", Run: func(ctx context.Context, env *Env) error {
+		r, err := backup.Keys(ctx, env.Bucket, env.keysOptions())
+		*res = r
+		if err != nil {
+			return err
+		}
+		env.ReportAll(r.Findings)
+		var errs []findings.Finding
+		for _, f := range r.Findings {
+			if f.Severity == findings.Error {
+				errs = append(errs, f)
+			}
+		}
+		if len(errs) > 0 {
+			return &findings.Failure{Findings: errs}
+		}
+		return nil
+	}}
+}
+
 // keysOptions is where the keys are, for the backup.
 func (env *Env) keysOptions() backup.Options {
 	e := env.keysEntry()
