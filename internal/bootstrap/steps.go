@@ -665,34 +665,46 @@ func startKeyScan(env *Env) {
 func scanKeys(ctx context.Context, env *Env, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	o := env.keysOptions()
-	last, settled := "", false
+	var sc keyScanner
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		fp := backup.Fingerprint(o)
-		if settled && fp == last {
-			continue
-		}
-		res, err := backup.Keys(ctx, env.Bucket, o)
-		if err != nil {
-			if ctx.Err() == nil {
-				env.Log.Warn("the periodic keys backup could not compare the keys with the bucket; trying again at the next scan",
-					"every", every.String(), "error", err.Error())
-			}
-			settled = false
-			continue
-		}
-		env.setKeyConflicts(res.Details)
-		env.lateKeys(res.Findings)
-		if len(res.Uploaded) > 0 {
-			env.Log.Info("encryption keys backed up by the periodic scan", "uploaded", strings.Join(res.Uploaded, ","), "in_sync", len(res.InSync))
-		}
-		last, settled = fp, len(res.NotBackedUp)+len(res.Conflicts) == 0
+		sc.scan(ctx, env, every)
 	}
+}
+
+// keyScanner is the periodic scan's memory between two scans.
+type keyScanner struct {
+	last    string // the local fingerprint at the last full comparison
+	settled bool   // that comparison left nothing out
+}
+
+// scan is one scan; it reports whether it ran a full comparison (backup.Keys).
+func (sc *keyScanner) scan(ctx context.Context, env *Env, every time.Duration) bool {
+	o := env.keysOptions()
+	fp := backup.Fingerprint(o)
+	if sc.settled && fp == sc.last {
+		return false
+	}
+	res, err := backup.Keys(ctx, env.Bucket, o)
+	if err != nil {
+		if ctx.Err() == nil {
+			env.Log.Warn("the periodic keys backup could not compare the keys with the bucket; trying again at the next scan",
+				"every", every.String(), "error", err.Error())
+		}
+		sc.settled = false
+		return true
+	}
+	env.setKeyConflicts(res.Details)
+	env.lateKeys(res.Findings)
+	if len(res.Uploaded) > 0 {
+		env.Log.Info("encryption keys backed up by the periodic scan", "uploaded", strings.Join(res.Uploaded, ","), "in_sync", len(res.InSync))
+	}
+	sc.last, sc.settled = fp, len(res.NotBackedUp)+len(res.Conflicts) == 0
+	return true
 }
 
 func (env *Env) keysEntry() config.Entry {
