@@ -162,3 +162,59 @@ func TestKeysMissingHoldsAcrossRestarts(t *testing.T) {
 		t.Fatalf("a cookie key created by another instance must count as evidence: %v", err)
 	}
 }
+
+// The periodic scan puts back a backup copy deleted from the bucket (by hand, a lifecycle
+// rule): every scan lists the keys prefix (names and sizes), so a settled scan compares again
+// when the bucket's side changed, not only when the machine's did. Driven scan by scan: no
+// timing.
+func TestKeysScanRestoresABackupDeletedFromTheBucket(t *testing.T) {
+	cfg, err := config.Parse([]byte("version: 1\nsource:\n  bucket: circleci-ha\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, "circleci-ha")
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, "circleci-ha", 2, 5*time.Second)
+	root := t.TempDir()
+	d := filepath.Join(root, "data/circle/circleci-encryption-keys")
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	k := filepath.Join(d, "00-default.key")
+	if err := os.WriteFile(k, []byte("the only key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(k, old, old); err != nil {
+		t.Fatal(err)
+	}
+	env := &Env{Root: root, Log: slog.New(slog.DiscardHandler), Config: cfg, Bucket: b,
+		Instance: imds.Info{InstanceID: "i-0this"}, Record: &state.Record{Version: state.Version}}
+	env.beginStep("backup-keys")
+	ctx := context.Background()
+	var sc keyScanner
+	backedUp := func() bool {
+		return string(s.Object("circleci-ha", "circleci-encryption-keys/00-default.key")) == "the only key"
+	}
+	for i := 0; i < 3; i++ {
+		sc.scan(ctx, env, time.Minute)
+	}
+	if !backedUp() {
+		t.Fatal("the scan did not back up the key")
+	}
+	if sc.scan(ctx, env, time.Minute) {
+		t.Fatal("a settled scan with nothing changed on either side compared every key again")
+	}
+	s.Delete(t, "circleci-ha", "circleci-encryption-keys/00-default.key")
+	sc.scan(ctx, env, time.Minute)
+	if !backedUp() {
+		t.Fatal("the backup copy was deleted from the bucket and the next scan did not put it back")
+	}
+	// Replaced in the bucket by a copy of another size: compared again, a conflict.
+	s.Delete(t, "circleci-ha", "circleci-encryption-keys/00-default.key")
+	s.Put(t, "circleci-ha", "circleci-encryption-keys/00-default.key", []byte("someone else's key"))
+	sc.scan(ctx, env, time.Minute)
+	if env.syncRecord(); len(env.Record.KeyConflicts) != 1 {
+		t.Fatalf("a bucket copy that changed was not compared again: conflicts %+v", env.Record.KeyConflicts)
+	}
+}

@@ -678,15 +678,33 @@ func scanKeys(ctx context.Context, env *Env, every time.Duration) {
 
 // keyScanner is the periodic scan's memory between two scans.
 type keyScanner struct {
-	last    string // the local fingerprint at the last full comparison
-	settled bool   // that comparison left nothing out
+	last       string // the local fingerprint at the last full comparison
+	lastRemote string // the bucket side's (names and sizes) then; "" when unknown
+	settled    bool   // that comparison left nothing out
 }
 
-// scan is one scan; it reports whether it ran a full comparison (backup.Keys).
+// scan is one scan; it reports whether it ran a full comparison (backup.Keys). Both sides are
+// looked at every time: the local directory, and the keys prefix with one ListObjectsV2, so a
+// backup copy deleted (or replaced) in the bucket is put back (or reported) at the next scan,
+// not at the next boot.
 func (sc *keyScanner) scan(ctx context.Context, env *Env, every time.Duration) bool {
 	o := env.keysOptions()
 	fp := backup.Fingerprint(o)
-	if sc.settled && fp == sc.last {
+	objs, err := env.Bucket.List(ctx, o.Prefix)
+	if err != nil {
+		if ctx.Err() == nil {
+			env.Log.Warn("the periodic keys backup could not list the keys in the bucket; trying again at the next scan",
+				"every", every.String(), "prefix", env.Bucket.URI(o.Prefix), "error", err.Error())
+		}
+		sc.settled = false
+		return false
+	}
+	var rb strings.Builder
+	for _, obj := range objs {
+		fmt.Fprintf(&rb, "%q %d %s\n", obj.Rel, obj.Size, obj.ETag)
+	}
+	remote := rb.String()
+	if sc.settled && fp == sc.last && remote == sc.lastRemote {
 		return false
 	}
 	res, err := backup.Keys(ctx, env.Bucket, o)
@@ -697,6 +715,12 @@ func (sc *keyScanner) scan(ctx context.Context, env *Env, every time.Duration) b
 		}
 		sc.settled = false
 		return true
+	}
+	// An upload changed the bucket's side after the listing: the next scan lists it anew and
+	// compares once more; with nothing uploaded the listing is what was compared against.
+	sc.lastRemote = remote
+	if len(res.Uploaded) > 0 {
+		sc.lastRemote = ""
 	}
 	env.setKeyConflicts(res.Details)
 	env.lateKeys(res.Findings)
