@@ -21,6 +21,7 @@ import (
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultSettle is how long a key file must keep its size and mtime before it is uploaded: the
@@ -177,6 +178,18 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 				unsettled()
 				continue
 			}
+			// A writer that paused longer than the settle time (a copy from a slow source)
+			// still holds the file open for writing: the lease says so where mtime cannot.
+			if open, err := openForWriting(path); err != nil {
+				res.NotBackedUp = append(res.NotBackedUp, rel)
+				res.Findings = append(res.Findings, findings.New("KEYS_NOT_BACKED_UP", filepath.Join(o.LocalDir, rel),
+					fmt.Sprintf("cannot tell whether encryption key %s is still being written; it is not uploaded", rel), err.Error()))
+				continue
+			} else if open {
+				notBackedUp(rel, fmt.Sprintf("encryption key %s is still being written; it is backed up once unchanged for %s", rel, o.Settle),
+					"another process holds it open for writing", "nothing to do: haagent retries once the writer closes it; or run haagent backup keys then")
+				continue
+			}
 			perr := b.PutIfAbsent(ctx, key, data)
 			if perr != nil && !errors.Is(perr, bucket.ErrExists) {
 				res.NotBackedUp = append(res.NotBackedUp, rel)
@@ -257,4 +270,40 @@ func remoteSHA(ctx context.Context, b *bucket.Bucket, key string) (string, error
 		return nil
 	})
 	return got, err
+}
+
+// openForWriting reports whether any process holds path open for writing. It asks the kernel
+// for a read lease (fcntl F_SETLEASE F_RDLCK), which is refused with EAGAIN exactly while the
+// file is open for writing, and releases it at once: held, it would make the next writer's
+// open wait for haagent. Where leases are unavailable (haagent neither the file's owner nor
+// holding CAP_LEASE: EACCES/EPERM; a filesystem without them such as NFS, or
+// fs.leases-enable=0: EINVAL) the settle time alone decides: false, nil.
+func openForWriting(path string) (bool, error) {
+	// O_NONBLOCK: a FIFO swapped in since the walk must not hang the open.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return false, fmt.Errorf("opening %s to check for writers: %w", path, err)
+	}
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false, fmt.Errorf("checking %s for writers: %w", path, err)
+	}
+	var lerr error
+	if err := rc.Control(func(fd uintptr) {
+		if _, lerr = unix.FcntlInt(fd, unix.F_SETLEASE, unix.F_RDLCK); lerr == nil {
+			_, lerr = unix.FcntlInt(fd, unix.F_SETLEASE, unix.F_UNLCK)
+		}
+	}); err != nil {
+		return false, fmt.Errorf("checking %s for writers: %w", path, err)
+	}
+	switch {
+	case lerr == nil:
+		return false, nil
+	case errors.Is(lerr, unix.EAGAIN):
+		return true, nil
+	case errors.Is(lerr, unix.EACCES), errors.Is(lerr, unix.EPERM), errors.Is(lerr, unix.EINVAL), errors.Is(lerr, unix.ENOSYS), errors.Is(lerr, unix.ENOTSUP):
+		return false, nil
+	}
+	return false, fmt.Errorf("taking a read lease on %s to check for writers (F_SETLEASE): %w", path, lerr)
 }
