@@ -201,6 +201,14 @@ func TestGuardReplacesOnlyWhenANewInstanceWouldFareBetter(t *testing.T) {
 		for range msgs {
 		}
 	}()
+	// Replicated's view once the app has started (the stand-in's replicatedctl says "starting").
+	appStatus := func(state, desired string) {
+		script := fmt.Sprintf("#!/bin/bash\necho '[{\"AppID\":\"standin\",\"State\":\"%s\",\"DesiredState\":\"%s\",\"IsTransitioning\":false}]'\n", state, desired)
+		if err := os.WriteFile(filepath.Join(w.root, "usr/local/bin/replicatedctl"), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appStatus("started", "started")
 
 	// A setting breaks while the frontend goes down: a new instance would read the same setting.
 	pgFile := filepath.Join(w.root, "etc/circleconfig/shared/postgresql")
@@ -222,6 +230,19 @@ func TestGuardReplacesOnlyWhenANewInstanceWouldFareBetter(t *testing.T) {
 	if n := len(a.Calls("SetInstanceHealth")); n != 0 {
 		t.Fatalf("SetInstanceHealth sent while the budget is spent")
 	}
+
+	// An operator stopped the app through Replicated (replicatedctl app stop): its intent holds
+	// replacements too.
+	appStatus("stopped", "stopped")
+	w.s3.Delete(t, bkt, "haagent/replacements.json")
+	eventually(t, 60*time.Second, "a decision to stay because Replicated means the app stopped", func() bool {
+		return strings.Contains(stderr.String(), "replacement withheld: Replicated's desired state for the app is")
+	}, stderr.String)
+	if n := len(a.Calls("SetInstanceHealth")); n != 0 {
+		t.Fatalf("SetInstanceHealth sent while Replicated means the app stopped")
+	}
+	appStatus("started", "started")
+	w.s3.Put(t, bkt, "haagent/replacements.json", []byte(ledger))
 
 	// An operator holds replacements while working on the machine; the old entry goes (as it
 	// would after the hour), and still nothing happens until the window is switched off.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -436,5 +437,31 @@ func TestBackupKeysCommandFailsWhenS3IsDown(t *testing.T) {
 	r := w.run("backup", "keys")
 	if r.code != 1 || strings.Contains(r.stdout, "every local key is in the bucket") || !strings.Contains(r.stderr, "S3_UNREACHABLE") && !strings.Contains(r.stderr, "connection refused") {
 		t.Fatalf("backup keys with S3 down: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// The service holds the lock during the boot steps only: once the boot is complete and it
+// watches, `haagent backup keys` runs; while the steps run (a failing boot retrying), it is
+// refused with the pid that holds the lock.
+func TestBackupKeysWhileTheServiceRuns(t *testing.T) {
+	w := newWorld(t, "i-0backupsvc000000")
+	cmd, stderr, msgs := w.startService()
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	deadline := time.After(120 * time.Second)
+	for complete := false; !complete; {
+		select {
+		case m := <-msgs:
+			complete = m == "STATUS=boot complete"
+		case <-deadline:
+			t.Fatalf("no boot complete:\n%s", stderr.String())
+		}
+	}
+	made := filepath.Join(w.root, "data/circle/circleci-encryption-keys/98-made-while-up.key")
+	os.WriteFile(made, []byte("fresh key"), 0o600)
+	old := time.Now().Add(-time.Minute)
+	os.Chtimes(made, old, old)
+	r := w.run("backup", "keys")
+	if r.code != 0 || string(w.s3.Object(bkt, "circleci-encryption-keys/98-made-while-up.key")) != "fresh key" {
+		t.Fatalf("backup keys while the service watches: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }

@@ -69,7 +69,10 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	if c.once {
 		return nil
 	}
-	// Later steps (the frontend watch) keep the service busy; until then it stays up.
+	// The boot's steps are done: what runs on (the watch, the guard, the keys scan) takes the
+	// lock only around its writes, so `haagent backup keys` and the like work meanwhile.
+	env.HoldsLock.Store(false)
+	release()
 	bootstrap.KeepAlive(ctx)
 	return nil
 }
@@ -132,6 +135,7 @@ func (g *globals) prepare(log *slog.Logger) (*bootstrap.Env, func(), error) {
 	if cfg != nil {
 		imdsTimeout = cfg.IMDS.Timeout.D()
 	}
-	env := &bootstrap.Env{Root: g.root, Log: log, Config: cfg, ConfigPath: g.configPath(), IMDSTimeout: imdsTimeout, Record: rec}
+	env := &bootstrap.Env{Root: g.root, Log: log, Config: cfg, ConfigPath: g.configPath(), IMDSTimeout: imdsTimeout, Record: rec, LockPath: g.path(lock.Path)}
+	env.HoldsLock.Store(true)
 	return env, lk.Release, nil
 }

@@ -243,7 +243,7 @@ func replacementHold(ctx context.Context, env *Env) string {
 		}
 		return why + "); `haagent maintenance off` ends it"
 	}
-	app, err := replicated.ReadAppStatus(ctx, 30*time.Second)
+	app, err := replicated.ReadAppStatus(ctx, env.Root, 30*time.Second)
 	if err != nil {
 		env.Log.Debug("cannot read Replicated's app status; not holding the replacement on its account", "error", err.Error())
 		return ""
@@ -254,6 +254,11 @@ func replacementHold(ctx context.Context, env *Env) string {
 // keysNotInS3 backs the keys up first, then names the ones still not in S3 (a conflict counts:
 // the bucket's copy is not this machine's key).
 func keysNotInS3(ctx context.Context, env *Env) ([]string, error) {
+	release, err := env.lockForWrite()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	res, err := backup.Keys(ctx, env.Bucket, env.keysOptions())
 	if err != nil {
 		return nil, err

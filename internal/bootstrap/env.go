@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -20,6 +21,7 @@ import (
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/imds"
+	"github.com/haagent/haagent/internal/lock"
 	"github.com/haagent/haagent/internal/state"
 	"github.com/haagent/haagent/internal/watch"
 )
@@ -62,6 +64,11 @@ type Env struct {
 	lifecycle  lifecycleState
 	monitoring sync.Once
 
+	// LockPath is the run lock (lock.Path under --root). While HoldsLock is set, this process
+	// holds it (the boot steps); afterwards each monitor action that writes takes it itself.
+	LockPath  string
+	HoldsLock atomic.Bool
+
 	// runCtx is the context of the whole run (set by the runner): what outlives the step that
 	// starts it (heartbeats, the log forwarding, crash loops, the guard, the keys scan) runs
 	// under it, never under the step's own context, which ends with the step (or its timeout).
@@ -81,6 +88,20 @@ type Env struct {
 	// decision, an engine that does not answer): they belong to no step, so a step's retry must
 	// not delete them.
 	late []findings.Finding
+}
+
+// lockForWrite takes the run lock around a monitor's write (a key backup). While this process
+// holds it for the boot steps there is nothing to take; when another haagent command holds it,
+// the action waits for its next round (lock.ErrHeld).
+func (e *Env) lockForWrite() (release func(), err error) {
+	if e.HoldsLock.Load() || e.LockPath == "" {
+		return func() {}, nil
+	}
+	lk, err := lock.Acquire(e.LockPath)
+	if err != nil {
+		return nil, err
+	}
+	return lk.Release, nil
 }
 
 // monitorCtx is the context for work that outlives its step.

@@ -707,7 +707,14 @@ func (sc *keyScanner) scan(ctx context.Context, env *Env, every time.Duration) b
 	if sc.settled && fp == sc.last && remote == sc.lastRemote {
 		return false
 	}
+	release, err := env.lockForWrite()
+	if err != nil {
+		env.Log.Info("the periodic keys backup waits for the next scan: another haagent command holds the lock", "error", err.Error())
+		sc.settled = false
+		return false
+	}
 	res, err := backup.Keys(ctx, env.Bucket, o)
+	release()
 	if err != nil {
 		if ctx.Err() == nil {
 			env.Log.Warn("the periodic keys backup could not compare the keys with the bucket; trying again at the next scan",

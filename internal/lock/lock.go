@@ -1,5 +1,8 @@
-// Package lock serialises every haagent command that changes the machine: a manual
-// `haagent run --once` while the service boots must not start a second fetch or installer.
+// Package lock serialises the work of haagent commands that changes the machine: a manual
+// `haagent run --once` while the service boots must not start a second fetch or installer. It
+// is held while that work runs, not for a process's life: the service holds it during the boot
+// steps and around each later action that writes (a periodic key backup), so an on-demand
+// `haagent backup keys` works while the service watches the frontend.
 package lock
 
 import (
@@ -46,10 +49,11 @@ func Acquire(path string) (*Lock, error) {
 	return &Lock{f: f}, nil
 }
 
-// Release frees the lock.
+// Release frees the lock; a second call does nothing.
 func (l *Lock) Release() {
 	if l != nil && l.f != nil {
 		unix.Flock(int(l.f.Fd()), unix.LOCK_UN)
 		l.f.Close()
+		l.f = nil
 	}
 }

@@ -1,50 +1,53 @@
 package replicated
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 )
 
-// AppStatusCommand asks the Replicated daemon for the application's state. Its answer is a JSON
-// array with one object per app (CircleCI Server 2.x docs, "updating the Replicated version":
-// AppID, Sequence, State, DesiredState, Error, IsCancellable, IsTransitioning, LastModifiedAt).
-var AppStatusCommand = []string{"replicatedctl", "app", "status", "inspect"}
-
-// AppStatus is the part of `replicatedctl app status inspect` haagent reads.
+// AppStatus is the part of `replicatedctl app status inspect` haagent reads. Its answer is a
+// JSON array with one object per app (CircleCI Server 2.x docs, "updating the Replicated
+// version": AppID, Sequence, State, DesiredState, Error, IsCancellable, IsTransitioning,
+// LastModifiedAt).
 type AppStatus struct {
 	State           string `json:"State"`
 	DesiredState    string `json:"DesiredState"`
 	IsTransitioning bool   `json:"IsTransitioning"`
 }
 
-// ReadAppStatus runs AppStatusCommand, bounded by timeout (the daemon may be wedged too).
-func ReadAppStatus(ctx context.Context, timeout time.Duration) (AppStatus, error) {
+// ReadAppStatus runs ReplicatedctlPath (under root) app status inspect, bounded by timeout (the
+// daemon may be wedged too).
+func ReadAppStatus(ctx context.Context, root string, timeout time.Duration) (AppStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, AppStatusCommand[0], AppStatusCommand[1:]...)
-	out, err := cmd.Output()
-	if err != nil {
-		detail := ""
-		if ee, ok := err.(*exec.ExitError); ok {
-			detail = ": " + lastChars(string(ee.Stderr), 300)
-		}
-		return AppStatus{}, fmt.Errorf("running %s: %w%s", strings.Join(AppStatusCommand, " "), err, detail)
+	cmd := exec.CommandContext(ctx, filepath.Join(root, ReplicatedctlPath), "app", "status", "inspect")
+	var out, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &stderr
+	if err := cmd.Run(); err != nil {
+		return AppStatus{}, fmt.Errorf("%s app status inspect: %w: %s", ReplicatedctlPath, err, lastChars(stderr.String(), 300))
 	}
-	return ParseAppStatus(out)
+	app, err := ParseAppStatus(out.Bytes())
+	if err != nil {
+		return AppStatus{}, fmt.Errorf("%s answered %q: %w", ReplicatedctlPath, lastChars(out.String(), 300), err)
+	}
+	return app, nil
 }
 
 // ParseAppStatus reads the command's answer.
 func ParseAppStatus(out []byte) (AppStatus, error) {
 	var apps []AppStatus
 	if err := json.Unmarshal(out, &apps); err != nil {
-		return AppStatus{}, fmt.Errorf("reading the answer of %s: %w", strings.Join(AppStatusCommand, " "), err)
+		return AppStatus{}, fmt.Errorf("reading the answer of replicatedctl app status inspect: %w", err)
 	}
 	if len(apps) == 0 {
-		return AppStatus{}, fmt.Errorf("%s lists no application (no licence loaded yet?)", strings.Join(AppStatusCommand, " "))
+		return AppStatus{}, errors.New("replicatedctl app status inspect lists no application (no licence loaded yet?)")
 	}
 	return apps[0], nil
 }

@@ -601,18 +601,7 @@ func waitUnit(ctx context.Context, o Options) (int, error) {
 }
 
 func show(ctx context.Context) (map[string]string, error) {
-	argv := append(append([]string{}, Systemctl...), "show", "-p", "ActiveState", "-p", "Result", "-p", "ExecMainStatus", UnitName)
-	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).Output()
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", strings.Join(argv, " "), err)
-	}
-	props := map[string]string{}
-	for _, l := range strings.Split(string(out), "\n") {
-		if k, v, ok := strings.Cut(l, "="); ok {
-			props[k] = v
-		}
-	}
-	return props, nil
+	return showUnit(ctx, UnitName, "ActiveState", "Result", "ExecMainStatus")
 }
 
 func unitActive(ctx context.Context) (bool, error) {

@@ -1,7 +1,6 @@
 package replicated
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -70,7 +69,7 @@ func verify(ctx context.Context, o Options) (string, error) {
 		}
 		why := inactive
 		if why == "" {
-			state, err := appStatus(ctx, ctl)
+			state, err := appStatus(ctx, o.Root)
 			if err == nil {
 				return state, nil
 			}
@@ -87,23 +86,14 @@ func verify(ctx context.Context, o Options) (string, error) {
 	}
 }
 
-// appStatus runs replicatedctl (under the root) app status inspect and returns the app's
-// state; the answer is read by ParseAppStatus, as the guard reads it.
-func appStatus(ctx context.Context, ctl string) (string, error) {
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(cctx, ctl, "app", "status", "inspect")
-	var out, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &stderr
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%s app status inspect: %w: %s", ReplicatedctlPath, err, lastChars(stderr.String(), 300))
-	}
-	app, err := ParseAppStatus(out.Bytes())
+// appStatus is the app's state in words, from ReadAppStatus.
+func appStatus(ctx context.Context, root string) (string, error) {
+	app, err := ReadAppStatus(ctx, root, 30*time.Second)
 	if err != nil {
-		return "", fmt.Errorf("%s answered %q: %w", ReplicatedctlPath, lastChars(out.String(), 300), err)
+		return "", err
 	}
 	if app.State == "" {
-		return "", fmt.Errorf("%s app status inspect answered %q, not an app status", ReplicatedctlPath, lastChars(out.String(), 300))
+		return "", fmt.Errorf("%s app status inspect answered no State, not an app status", ReplicatedctlPath)
 	}
 	state := app.State
 	if app.IsTransitioning {
@@ -112,19 +102,28 @@ func appStatus(ctx context.Context, ctl string) (string, error) {
 	return state, nil
 }
 
-func showUnit(ctx context.Context, unit string) (map[string]string, error) {
-	argv := append(append([]string{}, Systemctl...), "show", "-p", "LoadState", "-p", "ActiveState", unit)
+// showUnit reads a unit's properties (systemctl show -p ...), by default LoadState and
+// ActiveState.
+func showUnit(ctx context.Context, unit string, props ...string) (map[string]string, error) {
+	if len(props) == 0 {
+		props = []string{"LoadState", "ActiveState"}
+	}
+	argv := append(append([]string{}, Systemctl...), "show")
+	for _, p := range props {
+		argv = append(argv, "-p", p)
+	}
+	argv = append(argv, unit)
 	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).Output()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", strings.Join(argv, " "), err)
 	}
-	props := map[string]string{}
+	got := map[string]string{}
 	for _, l := range strings.Split(string(out), "\n") {
 		if k, v, ok := strings.Cut(l, "="); ok {
-			props[k] = v
+			got[k] = v
 		}
 	}
-	return props, nil
+	return got, nil
 }
 
 // What the real script prints before its exits 0 that install nothing (docker.sh).
