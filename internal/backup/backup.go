@@ -180,7 +180,9 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 			}
 			// A writer that paused longer than the settle time (a copy from a slow source)
 			// still holds the file open for writing: the lease says so where mtime cannot.
-			if open, err := openForWriting(path); err != nil {
+			if open, err := openForWriting(path); errors.Is(err, fs.ErrNotExist) {
+				continue // moved aside since it was read: nothing to back up
+			} else if err != nil {
 				res.NotBackedUp = append(res.NotBackedUp, rel)
 				res.Findings = append(res.Findings, findings.New("KEYS_NOT_BACKED_UP", filepath.Join(o.LocalDir, rel),
 					fmt.Sprintf("cannot tell whether encryption key %s is still being written; it is not uploaded", rel), err.Error()))
