@@ -38,6 +38,10 @@ type Options struct {
 	Settle time.Duration
 	// Now is the clock (tests); nil is time.Now.
 	Now func() time.Time
+	// Known maps an object's key (under the source prefix) to what the fetch verified it held:
+	// a local key whose sha256 is the recorded one, of an object whose ETag has not changed
+	// since, is in sync without downloading it again (the boot fetched those very objects).
+	Known map[string]fetch.Known
 }
 
 // Result says what happened to each local key.
@@ -215,6 +219,10 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 				continue
 			}
 			// Another writer created it meanwhile: compare like any existing object.
+		}
+		if k, ok := o.Known[key]; ok && k.ETag != "" && k.ETag == remote[rel].ETag && k.SHA256 == sha(data) {
+			res.InSync = append(res.InSync, rel)
+			continue
 		}
 		got, err := remoteSHA(ctx, b, key)
 		switch {

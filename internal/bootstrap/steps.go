@@ -602,7 +602,13 @@ func BackupKeysNow(res *backup.Result) Step {
 // keysOptions is where the keys are, for the backup.
 func (env *Env) keysOptions() backup.Options {
 	e := env.keysEntry()
-	return backup.Options{Root: env.Root, LocalDir: e.Dest, Prefix: e.Key}
+	known := map[string]fetch.Known{}
+	for _, k := range env.Record.Known {
+		if strings.HasPrefix(k.Key, e.Key) {
+			known[k.Key] = k
+		}
+	}
+	return backup.Options{Root: env.Root, LocalDir: e.Dest, Prefix: e.Key, Known: known}
 }
 
 // installedHere reports whether CircleCI was installed on this instance (the installer's
