@@ -460,7 +460,12 @@ func TestBackupKeysWhileTheServiceRuns(t *testing.T) {
 	os.WriteFile(made, []byte("fresh key"), 0o600)
 	old := time.Now().Add(-time.Minute)
 	os.Chtimes(made, old, old)
-	r := w.run("backup", "keys")
+	// "boot complete" is announced by the runner just before the service lets the lock go.
+	var r result
+	eventually(t, 30*time.Second, "the service to let the lock go after the boot", func() bool {
+		r = w.run("backup", "keys")
+		return !strings.Contains(r.stderr, "another haagent is running")
+	}, func() string { return r.stderr })
 	if r.code != 0 || string(w.s3.Object(bkt, "circleci-encryption-keys/98-made-while-up.key")) != "fresh key" {
 		t.Fatalf("backup keys while the service watches: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
