@@ -5,7 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 
+	"github.com/haagent/haagent/internal/backup"
 	"github.com/haagent/haagent/internal/bootstrap"
 	"github.com/haagent/haagent/internal/logging"
 )
@@ -28,10 +30,22 @@ func (c *backupCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer release()
-	steps := []bootstrap.Step{bootstrap.Steps[0], bootstrap.Steps[1], {Name: "backup-keys", Run: bootstrap.StepBackupKeys}}
+	var res backup.Result
+	steps := []bootstrap.Step{bootstrap.Steps[0], bootstrap.Steps[1], bootstrap.BackupKeysNow(&res)}
 	// Not recorded as a run: `haagent status` reports boots.
 	r := &bootstrap.Runner{Steps: steps, Once: true}
-	if err := r.Run(ctx, env); err != nil {
+	err = r.Run(ctx, env)
+	// What was done, even on failure: a person asked, and a partial backup is worth knowing.
+	list := func(what string, names []string) {
+		if len(names) > 0 {
+			fmt.Fprintf(stdout, "encryption keys %s (%d): %s\n", what, len(names), strings.Join(names, ", "))
+		}
+	}
+	list("uploaded", res.Uploaded)
+	list("already in the bucket", res.InSync)
+	list("in conflict with the bucket's copy (neither replaced)", res.Conflicts)
+	list("NOT backed up", res.NotBackedUp)
+	if err != nil {
 		return fmt.Errorf("backup failed at step %w", err)
 	}
 	fmt.Fprintln(stdout, "encryption keys: every local key is in the bucket")

@@ -297,7 +297,12 @@ func notifySink(t *testing.T) (string, func() []string) {
 func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 	w := newWorld(t, "i-0secrets00000000")
 	notify, notified := notifySink(t)
-	env := append(w.env(w.imds.URL), notify)
+	// Credentials the installer takes as arguments (logged with the installer's argv), and a
+	// proxy whose password holds an unescaped '/' (printed back by the installer; loopback is
+	// never proxied, so nothing here goes through it).
+	w.installCfg += "  extra_args: [daemon-token=DAEMONTOKEN-5ecret-12, artifactory-auth=QVJUSUZBQ1RPUlk6NWVjcmV0LTEz]\n"
+	w.writeConfig(w.s3.URL, "")
+	env := append(w.env(w.imds.URL), notify, "HTTPS_PROXY=http://corp:pa/ss-5ecret-14@proxy.corp.example:3128")
 	secrets := map[string]string{
 		"settings.conf":                  `{"hostname":{"value":"ci.example.com"},"secret_passphrase":{"value":"PASSPHRASE-5ecret-1"}}`,
 		"replicated.conf":                strings.Replace(string(w.objs["replicated.conf"]), "demo-console-password", "CONSOLE-5ecret-2", 1),
@@ -341,7 +346,9 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 	// (which redaction once missed).
 	pgURIs := string(w.objs["circleconfig/shared/postgresql"]) +
 		"export CIRCLE_SECRETS_POSTGRES_VMS_URI=\"postgres://circle:Hunter2Prefix/PGSLASH-5ecret-9@127.0.0.1:5432/vms\"\n" +
-		"export CIRCLE_SECRETS_POSTGRES_CIRCLE_URI=\"postgres://circle:PGSPACE 5ecret-10@127.0.0.1:5432/circle\"\n"
+		"export CIRCLE_SECRETS_POSTGRES_CIRCLE_URI=\"postgres://circle:PGSPACE 5ecret-10@127.0.0.1:5432/circle\"\n" +
+		// A "://" inside the password (redaction once ended the URI there).
+		"export CIRCLE_SECRETS_POSTGRES_DOMAIN_URI=\"postgres://circle:ab://PGSCHEME-5ecret-15@127.0.0.1:5432/domain\"\n"
 	w.s3.Put(t, bkt, "circleconfig/shared/postgresql", []byte(pgURIs))
 	r = w.runEnv(env, "run", "--once", "--debug")
 	if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step probe: URI_MALFORMED") || !strings.Contains(r.stderr, "the password holds '/' (%2F) unescaped") {
@@ -352,6 +359,17 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 	collect("check", w.runEnv(env, "check", "--only", "postgres"))
 	collect("check --format json", w.runEnv(env, "check", "--format", "json", "--only", "postgres"))
 	w.s3.Put(t, bkt, "circleconfig/shared/postgresql", w.objs["circleconfig/shared/postgresql"])
+
+	// 2b. A $ in a double-quoted Vault token: the parser once named the rest of the token
+	// ("$VAULTDOLLAR5ECRET16") as a variable nothing sets.
+	w.s3.Put(t, bkt, "circleconfig/shared/vault", []byte(strings.Replace(string(w.objs["circleconfig/shared/vault"]), `TOKEN="x"`, `TOKEN="s.ab$VAULTDOLLAR5ECRET16"`, 1)))
+	r = w.runEnv(env, "run", "--once", "--debug")
+	if r.code != 1 || !strings.Contains(r.stderr, "holds a $ the shell would expand") {
+		t.Errorf("want the probe step to fail on the $ in the Vault token, exit %d\n%s", r.code, r.stderr)
+	}
+	collect("run with a $ in a token", r)
+	statusAndRecord()
+	w.s3.Put(t, bkt, "circleconfig/shared/vault", w.objs["circleconfig/shared/vault"])
 
 	// 3. A pretty-printed settings.conf, the secret on its own line, and the syntax error on
 	// that very line (an unescaped quote in the value).
@@ -372,7 +390,8 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 	out := everything.String()
 	for _, s := range []string{"PASSPHRASE-5ecret-1", "CONSOLE-5ecret-2", "LICENSE-5ecret-3", "ENCKEY-5ecret-4", "PGPASS-5ecret-5",
 		"VAULTTOKEN-5ecret-6", "MONGOPASS-5ecret-7", "COOKIE5ecret8xyz", w.s3.SecretKey,
-		"Hunter2Prefix", "PGSLASH", "5ecret-9", "PGSPACE", "5ecret-10", "PHRASE-5ecret-11", "5ecret-11"} {
+		"Hunter2Prefix", "PGSLASH", "5ecret-9", "PGSPACE", "5ecret-10", "PHRASE-5ecret-11", "5ecret-11",
+		"DAEMONTOKEN-5ecret-12", "QVJUSUZBQ1RPUlk6NWVjcmV0LTEz", "ss-5ecret-14", "PGSCHEME", "5ecret-15", "VAULTDOLLAR", "5ECRET16"} {
 		if strings.Contains(out, s) {
 			i := strings.Index(out, s)
 			t.Errorf("secret %q appears in haagent's output, record or STATUS=: ...%s...", s, out[max(i-120, 0):min(i+60, len(out))])

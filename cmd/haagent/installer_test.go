@@ -490,8 +490,30 @@ func TestBackupKeysCommand(t *testing.T) {
 	if r.code != 0 || string(w.s3.Object(bkt, "circleci-encryption-keys/99-made-here.key")) != "fresh key" {
 		t.Fatalf("exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
+	if !strings.Contains(r.stdout, "encryption keys uploaded (1): 99-made-here.key") || !strings.Contains(r.stdout, "already in the bucket (3)") {
+		t.Fatalf("the command does not say what it did:\n%s", r.stdout)
+	}
 	if u := w.run("backup", "things"); u.code != 2 {
 		t.Fatalf("bad usage: exit %d", u.code)
+	}
+}
+
+// `haagent backup keys` on demand never skips: with S3 unreachable on a completed instance
+// (where the boot's step would warn and go on) it fails with exit 1, and never claims that
+// every key is in the bucket.
+func TestBackupKeysCommandFailsWhenS3IsDown(t *testing.T) {
+	w := newWorld(t, "i-0backupdown00000")
+	if r := w.run("run", "--once"); r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	made := filepath.Join(w.root, "data/circle/circleci-encryption-keys/99-made-here.key")
+	os.WriteFile(made, []byte("fresh key"), 0o600)
+	old := time.Now().Add(-time.Minute)
+	os.Chtimes(made, old, old)
+	w.s3.Stop()
+	r := w.run("backup", "keys")
+	if r.code != 1 || strings.Contains(r.stdout, "every local key is in the bucket") || !strings.Contains(r.stderr, "S3_UNREACHABLE") && !strings.Contains(r.stderr, "connection refused") {
+		t.Fatalf("backup keys with S3 down: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
 	}
 }
 
@@ -515,7 +537,12 @@ func TestBackupKeysWhileTheServiceRuns(t *testing.T) {
 	os.WriteFile(made, []byte("fresh key"), 0o600)
 	old := time.Now().Add(-time.Minute)
 	os.Chtimes(made, old, old)
-	r := w.run("backup", "keys")
+	// "boot complete" is announced by the runner just before the service lets the lock go.
+	var r result
+	eventually(t, 30*time.Second, "the service to let the lock go after the boot", func() bool {
+		r = w.run("backup", "keys")
+		return !strings.Contains(r.stderr, "another haagent is running")
+	}, func() string { return r.stderr })
 	if r.code != 0 || string(w.s3.Object(bkt, "circleci-encryption-keys/98-made-while-up.key")) != "fresh key" {
 		t.Fatalf("backup keys while the service watches: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}

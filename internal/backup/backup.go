@@ -21,6 +21,7 @@ import (
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultSettle is how long a key file must keep its size and mtime before it is uploaded: the
@@ -37,6 +38,10 @@ type Options struct {
 	Settle time.Duration
 	// Now is the clock (tests); nil is time.Now.
 	Now func() time.Time
+	// Known maps an object's key (under the source prefix) to what the fetch verified it held:
+	// a local key whose sha256 is the recorded one, of an object whose ETag has not changed
+	// since, is in sync without downloading it again (the boot fetched those very objects).
+	Known map[string]fetch.Known
 }
 
 // Result says what happened to each local key.
@@ -69,13 +74,6 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 	// The root is resolved once: WalkDir does not follow a symlinked root, and a keys directory
 	// that is a link (to a data volume, say) would look empty, so "every local key is in S3"
 	// would hold while fetch and CircleCI write through the link.
-	dir, err := filepath.EvalSymlinks(filepath.Join(o.Root, o.LocalDir))
-	if errors.Is(err, fs.ErrNotExist) {
-		return res, nil
-	}
-	if err != nil {
-		return res, fmt.Errorf("resolving the keys directory %s: %w", o.LocalDir, err)
-	}
 	notBackedUp := func(rel, summary, evidence, fix string) {
 		res.NotBackedUp = append(res.NotBackedUp, rel)
 		f := findings.New("KEYS_NOT_BACKED_UP", filepath.Join(o.LocalDir, rel), summary, evidence)
@@ -83,6 +81,29 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 			f = f.WithFix(fix)
 		}
 		res.Findings = append(res.Findings, f)
+	}
+	dir, err := filepath.EvalSymlinks(filepath.Join(o.Root, o.LocalDir))
+	if errors.Is(err, fs.ErrNotExist) {
+		// No keys directory: nothing to back up (CircleCI has not started yet). But a link
+		// whose target is missing (a data volume not mounted) is where the keys are meant to
+		// be: "nothing to back up" would let the run complete with the keys unaccounted for.
+		link := filepath.Join(o.Root, o.LocalDir)
+		if fi, lerr := os.Lstat(link); lerr == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			target, _ := os.Readlink(link)
+			notBackedUp(".", fmt.Sprintf("the keys directory %s is a symlink to %s, which does not exist; no key there can be backed up", o.LocalDir, target), err.Error(),
+				fmt.Sprintf("mount or restore %s (the volume that holds CircleCI's encryption keys), then haagent backup keys", target))
+			return res, nil
+		}
+		return res, nil
+	}
+	if err != nil {
+		return res, fmt.Errorf("resolving the keys directory %s: %w", o.LocalDir, err)
+	}
+	emptyKey := func(rel string) {
+		res.NotBackedUp = append(res.NotBackedUp, rel)
+		res.Findings = append(res.Findings, findings.New("KEYS_EMPTY", filepath.Join(o.LocalDir, rel),
+			fmt.Sprintf("encryption key %s on this machine is empty (0 bytes); an empty copy is never uploaded (it would become the permanent backup)", rel), "").
+			WithFix(fmt.Sprintf("restore %s from the machine or backup that holds the real key; if CircleCI is still creating it, haagent backs it up once it is written", filepath.Join(o.LocalDir, rel))))
 	}
 	type localKey struct {
 		rel  string
@@ -93,8 +114,11 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 		if err != nil {
 			return err
 		}
-		if p == dir || strings.Contains(d.Name(), ".haagent-") {
-			if d.IsDir() && d.Name() == ".haagent-stage" {
+		if p == dir {
+			return nil
+		}
+		if fetch.IsHaagentTemp(d.Name()) {
+			if d.IsDir() {
 				return filepath.SkipDir
 			}
 			return nil // haagent's own staging and temp files: not keys yet
@@ -115,6 +139,10 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 		info, err := d.Info()
 		if err != nil {
 			return err
+		}
+		if !fetch.IsKeyFile(d.Name(), info) {
+			emptyKey(rel) // regular and not haagent's: only an empty file is left
+			return nil
 		}
 		local = append(local, localKey{rel, info})
 		return nil
@@ -139,13 +167,6 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 			notBackedUp(rel, fmt.Sprintf("encryption key %s changed while it was read; it is backed up once unchanged for %s", rel, o.Settle), "", "nothing to do: haagent retries")
 			continue
 		}
-		if len(data) == 0 {
-			res.NotBackedUp = append(res.NotBackedUp, rel)
-			res.Findings = append(res.Findings, findings.New("KEYS_EMPTY", filepath.Join(o.LocalDir, rel),
-				fmt.Sprintf("encryption key %s on this machine is empty (0 bytes); an empty copy is never uploaded (it would become the permanent backup)", rel), "").
-				WithFix(fmt.Sprintf("restore %s from the machine or backup that holds the real key; if CircleCI is still creating it, haagent backs it up once it is written", filepath.Join(o.LocalDir, rel))))
-			continue
-		}
 		// A file that changed within the settle time may still be being written: it is not
 		// uploaded until it has kept its size and mtime that long (it can be found equal to
 		// the bucket's copy meanwhile: the fetch just wrote it).
@@ -159,6 +180,20 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 		if _, there := remote[rel]; !there {
 			if age < o.Settle {
 				unsettled()
+				continue
+			}
+			// A writer that paused longer than the settle time (a copy from a slow source)
+			// still holds the file open for writing: the lease says so where mtime cannot.
+			if open, err := openForWriting(path); errors.Is(err, fs.ErrNotExist) {
+				continue // moved aside since it was read: nothing to back up
+			} else if err != nil {
+				res.NotBackedUp = append(res.NotBackedUp, rel)
+				res.Findings = append(res.Findings, findings.New("KEYS_NOT_BACKED_UP", filepath.Join(o.LocalDir, rel),
+					fmt.Sprintf("cannot tell whether encryption key %s is still being written; it is not uploaded", rel), err.Error()))
+				continue
+			} else if open {
+				notBackedUp(rel, fmt.Sprintf("encryption key %s is still being written; it is backed up once unchanged for %s", rel, o.Settle),
+					"another process holds it open for writing", "nothing to do: haagent retries once the writer closes it; or run haagent backup keys then")
 				continue
 			}
 			perr := b.PutIfAbsent(ctx, key, data)
@@ -184,6 +219,10 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 				continue
 			}
 			// Another writer created it meanwhile: compare like any existing object.
+		}
+		if k, ok := o.Known[key]; ok && k.ETag != "" && k.ETag == remote[rel].ETag && k.SHA256 == sha(data) {
+			res.InSync = append(res.InSync, rel)
+			continue
 		}
 		got, err := remoteSHA(ctx, b, key)
 		switch {
@@ -241,4 +280,40 @@ func remoteSHA(ctx context.Context, b *bucket.Bucket, key string) (string, error
 		return nil
 	})
 	return got, err
+}
+
+// openForWriting reports whether any process holds path open for writing. It asks the kernel
+// for a read lease (fcntl F_SETLEASE F_RDLCK), which is refused with EAGAIN exactly while the
+// file is open for writing, and releases it at once: held, it would make the next writer's
+// open wait for haagent. Where leases are unavailable (haagent neither the file's owner nor
+// holding CAP_LEASE: EACCES/EPERM; a filesystem without them such as NFS, or
+// fs.leases-enable=0: EINVAL) the settle time alone decides: false, nil.
+func openForWriting(path string) (bool, error) {
+	// O_NONBLOCK: a FIFO swapped in since the walk must not hang the open.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return false, fmt.Errorf("opening %s to check for writers: %w", path, err)
+	}
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false, fmt.Errorf("checking %s for writers: %w", path, err)
+	}
+	var lerr error
+	if err := rc.Control(func(fd uintptr) {
+		if _, lerr = unix.FcntlInt(fd, unix.F_SETLEASE, unix.F_RDLCK); lerr == nil {
+			_, lerr = unix.FcntlInt(fd, unix.F_SETLEASE, unix.F_UNLCK)
+		}
+	}); err != nil {
+		return false, fmt.Errorf("checking %s for writers: %w", path, err)
+	}
+	switch {
+	case lerr == nil:
+		return false, nil
+	case errors.Is(lerr, unix.EAGAIN):
+		return true, nil
+	case errors.Is(lerr, unix.EACCES), errors.Is(lerr, unix.EPERM), errors.Is(lerr, unix.EINVAL), errors.Is(lerr, unix.ENOSYS), errors.Is(lerr, unix.ENOTSUP):
+		return false, nil
+	}
+	return false, fmt.Errorf("taking a read lease on %s to check for writers (F_SETLEASE): %w", path, lerr)
 }

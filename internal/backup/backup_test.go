@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/peertest"
 )
 
@@ -92,5 +93,31 @@ func TestKeysBackupDeniedNamesThePermission(t *testing.T) {
 	}
 	if strings.Contains(res.Findings[0].Evidence, "secret-key-bytes") {
 		t.Fatal("key contents in a finding")
+	}
+}
+
+// What the fetch verified (sha256 of the object at an ETag) answers "in sync" only while the
+// object is unchanged: a bucket copy replaced since (another ETag) is compared again, and a
+// conflict is still a conflict.
+func TestKeysKnownFromTheFetchOnlyWhileTheObjectIsUnchanged(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, bkt)
+	s.Put(t, bkt, prefix+"00-a.key", []byte("key a"))
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+	objs, err := b.List(context.Background(), prefix)
+	if err != nil || len(objs) != 1 {
+		t.Fatalf("%v %v", objs, err)
+	}
+	root := keysRoot(t, map[string]string{"00-a.key": "key a"})
+	o := opts(root)
+	o.Known = map[string]fetch.Known{prefix + "00-a.key": {Key: prefix + "00-a.key", ETag: objs[0].ETag, SHA256: sha([]byte("key a"))}}
+	if res, err := Keys(context.Background(), b, o); err != nil || strings.Join(res.InSync, ",") != "00-a.key" {
+		t.Fatalf("%+v %v", res, err)
+	}
+	// Someone replaces the bucket's copy: the recorded ETag no longer matches.
+	s.Put(t, bkt, prefix+"00-a.key", []byte("another key a"))
+	res, err := Keys(context.Background(), b, o)
+	if err != nil || strings.Join(res.Conflicts, ",") != "00-a.key" {
+		t.Fatalf("a replaced bucket copy taken as in sync: %+v %v", res, err)
 	}
 }

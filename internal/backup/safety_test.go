@@ -10,6 +10,7 @@ import (
 
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
+	"golang.org/x/sys/unix"
 )
 
 func codeOf(fs []findings.Finding, target string) string {
@@ -97,4 +98,100 @@ func TestKeysBackupFollowsASymlinkedDirectory(t *testing.T) {
 	if s.Object(bkt, prefix+"01-linked.key") != nil {
 		t.Fatal("a symlinked entry was uploaded")
 	}
+}
+
+// No silent gap: a keys directory that is a dangling symlink (its volume not mounted) is
+// KEYS_NOT_BACKED_UP, not "nothing to back up"; a key whose name merely contains ".haagent-"
+// is backed up like any other (only haagent's exact temp names are skipped).
+func TestKeysBackupHasNoSilentGaps(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, bkt)
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "data/circle"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/mnt/keys-volume-not-mounted", filepath.Join(root, local)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Keys(context.Background(), b, opts(root))
+	if err != nil || len(res.NotBackedUp) != 1 || len(res.Findings) != 1 || res.Findings[0].Code != "KEYS_NOT_BACKED_UP" ||
+		!strings.Contains(res.Findings[0].Summary, "/mnt/keys-volume-not-mounted") {
+		t.Fatalf("a dangling keys link: want KEYS_NOT_BACKED_UP naming the target, got err=%v %+v", err, res)
+	}
+
+	root = keysRoot(t, map[string]string{"contexts.haagent-v2.key": "real key bytes", ".00-default.key.haagent-42": "temp"})
+	res, err = Keys(context.Background(), b, opts(root))
+	if err != nil || len(res.Uploaded) != 1 || res.Uploaded[0] != "contexts.haagent-v2.key" || len(res.NotBackedUp) != 0 {
+		t.Fatalf("want only contexts.haagent-v2.key uploaded (the temp file skipped), got err=%v %+v", err, res)
+	}
+	if got := s.Object(bkt, prefix+"contexts.haagent-v2.key"); string(got) != "real key bytes" {
+		t.Fatalf("the bucket holds %q", got)
+	}
+}
+
+// A writer that pauses longer than the settle time (a copy from a slow source) still holds the
+// key open for writing: its first half is not uploaded (If-None-Match would make it the
+// permanent backup). The kernel's read lease tells; once the writer closes, the key goes up.
+// The mtime is dated an hour back, so the settle time alone would let it through.
+func TestKeysBackupWaitsForAWriterThatPaused(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, bkt)
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+	root := keysRoot(t, nil)
+	p := filepath.Join(root, local, "01-new.key")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if probe, err := os.Open(p); err == nil {
+		_, lerr := unix.FcntlInt(probe.Fd(), unix.F_SETLEASE, unix.F_RDLCK)
+		probe.Close()
+		if lerr != nil {
+			// The backup then falls back to the settle time alone (see openForWriting).
+			t.Skipf("this filesystem (%s) gives no file leases: %v", root, lerr)
+		}
+	}
+	w, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.Write([]byte("first half of the key ")); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(p, old, old); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Keys(context.Background(), b, opts(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Uploaded) != 0 || s.Object(bkt, prefix+"01-new.key") != nil {
+		t.Fatal("a key still open for writing became the permanent backup")
+	}
+	if len(res.NotBackedUp) != 1 || codeOf(res.Findings, "01-new.key") != "KEYS_NOT_BACKED_UP" || !strings.Contains(res.Findings[0].Evidence, "open for writing") {
+		t.Fatalf("want KEYS_NOT_BACKED_UP saying a writer holds it, got %+v", res)
+	}
+	if _, err := w.Write([]byte("second half")); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(p, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if res, err = Keys(context.Background(), b, opts(root)); err != nil || len(res.Uploaded) != 1 {
+		t.Fatalf("the closed key was not uploaded: %v %+v", err, res)
+	}
+	if got := s.Object(bkt, prefix+"01-new.key"); string(got) != "first half of the key second half" {
+		t.Fatalf("the bucket holds %q", got)
+	}
+	// The lease is released at once: a writer opening the key now does not wait for haagent.
+	f, err := os.OpenFile(p, os.O_WRONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatalf("a writer's open after the backup: %v (a lease left held?)", err)
+	}
+	f.Close()
 }

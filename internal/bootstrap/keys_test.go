@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,5 +73,148 @@ func TestConfiguredEncryptionIsTheBucketsDefault(t *testing.T) {
 	}
 	if enc := env.Bucket.Encryption(); enc.SSE != "aws:kms" || enc.KMSKeyID != "alias/circleci" {
 		t.Fatalf("the bucket's encryption is %+v", enc)
+	}
+}
+
+// A replacement instance of an existing deployment (the bucket holds the old session cookie
+// key; no ledger, no keys) is stopped by KEYS_MISSING at the fetch, and stays stopped when
+// haagent is restarted: an earlier run of the same instance is no proof that it created the
+// cookie key. Only the record's CookieCreatedBy (written at the cookie-key step) is.
+func TestKeysMissingHoldsAcrossRestarts(t *testing.T) {
+	cfg, err := config.Parse([]byte("version: 1\nsource:\n  bucket: circleci-ha\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, "circleci-ha")
+	src := "../../examples/bucket"
+	err = filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		if rel = filepath.ToSlash(rel); !strings.HasPrefix(rel, "circleci-encryption-keys/") {
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			s.Put(t, "circleci-ha", rel, data)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Put(t, "circleci-ha", "session-cookie-key", []byte("Abcdefgh12345678"))
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, "circleci-ha", 2, 5*time.Second)
+	root := t.TempDir()
+	statePath := filepath.Join(t.TempDir(), "state.json")
+	fetchOnce := func(run int, rec *state.Record) error {
+		rec.Runs = append(rec.Runs, state.Run{ID: fmt.Sprint(run), InstanceID: "i-0new", Status: state.Retrying})
+		env := &Env{Root: root, Log: slog.New(slog.DiscardHandler), Config: cfg, Bucket: b,
+			Instance: imds.Info{InstanceID: "i-0new"}, Record: rec, Run: &rec.Runs[len(rec.Runs)-1]}
+		env.beginStep("fetch")
+		err := stepFetch(context.Background(), env)
+		if env.Bundle != nil {
+			env.Bundle.Discard()
+		}
+		rec.Runs[len(rec.Runs)-1].Steps = []state.Step{{Name: "fetch", Status: "failed"}}
+		return err
+	}
+	blockedByKeysMissing := func(err error) bool {
+		var fail *findings.Failure
+		return errors.As(err, &fail) && len(fail.Findings) > 0 && fail.Findings[0].Code == "KEYS_MISSING"
+	}
+	for run := 1; run <= 3; run++ {
+		// Each run is a new process: the record is read back from disk.
+		rec, err := state.Load(statePath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fetchOnce(run, rec); !blockedByKeysMissing(err) {
+			t.Fatalf("run %d of the replacement was not stopped by KEYS_MISSING (the installer would run and CircleCI mint new keys): %v", run, err)
+		}
+		if err := rec.Save(statePath); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The cookie key this very instance created (a first boot that failed later) is no
+	// evidence: the retried first boot goes on.
+	rec, err := state.Load(statePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// (What the cookie-key step writes; cmd/haagent's TestARetriedFirstBootIsNotTakenForAnExistingDeployment
+	// covers the step itself.)
+	rec.CookieCreatedBy = "i-0new"
+	if err := rec.Save(statePath); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err = state.Load(statePath); err != nil {
+		t.Fatal(err)
+	}
+	if err := fetchOnce(4, rec); err != nil {
+		t.Fatalf("the retried first boot of the instance that created the cookie key was stopped: %v", err)
+	}
+	// Another instance on this disk did not create it: still blocked.
+	rec.CookieCreatedBy = "i-0other"
+	if err := fetchOnce(5, rec); !blockedByKeysMissing(err) {
+		t.Fatalf("a cookie key created by another instance must count as evidence: %v", err)
+	}
+}
+
+// The periodic scan puts back a backup copy deleted from the bucket (by hand, a lifecycle
+// rule): every scan lists the keys prefix (names and sizes), so a settled scan compares again
+// when the bucket's side changed, not only when the machine's did. Driven scan by scan: no
+// timing.
+func TestKeysScanRestoresABackupDeletedFromTheBucket(t *testing.T) {
+	cfg, err := config.Parse([]byte("version: 1\nsource:\n  bucket: circleci-ha\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, "circleci-ha")
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, "circleci-ha", 2, 5*time.Second)
+	root := t.TempDir()
+	d := filepath.Join(root, "data/circle/circleci-encryption-keys")
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	k := filepath.Join(d, "00-default.key")
+	if err := os.WriteFile(k, []byte("the only key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(k, old, old); err != nil {
+		t.Fatal(err)
+	}
+	env := &Env{Root: root, Log: slog.New(slog.DiscardHandler), Config: cfg, Bucket: b,
+		Instance: imds.Info{InstanceID: "i-0this"}, Record: &state.Record{Version: state.Version}}
+	env.beginStep("backup-keys")
+	ctx := context.Background()
+	var sc keyScanner
+	backedUp := func() bool {
+		return string(s.Object("circleci-ha", "circleci-encryption-keys/00-default.key")) == "the only key"
+	}
+	for i := 0; i < 3; i++ {
+		sc.scan(ctx, env, time.Minute)
+	}
+	if !backedUp() {
+		t.Fatal("the scan did not back up the key")
+	}
+	if sc.scan(ctx, env, time.Minute) {
+		t.Fatal("a settled scan with nothing changed on either side compared every key again")
+	}
+	s.Delete(t, "circleci-ha", "circleci-encryption-keys/00-default.key")
+	sc.scan(ctx, env, time.Minute)
+	if !backedUp() {
+		t.Fatal("the backup copy was deleted from the bucket and the next scan did not put it back")
+	}
+	// Replaced in the bucket by a copy of another size: compared again, a conflict.
+	s.Delete(t, "circleci-ha", "circleci-encryption-keys/00-default.key")
+	s.Put(t, "circleci-ha", "circleci-encryption-keys/00-default.key", []byte("someone else's key"))
+	sc.scan(ctx, env, time.Minute)
+	if env.syncRecord(); len(env.Record.KeyConflicts) != 1 {
+		t.Fatalf("a bucket copy that changed was not compared again: conflicts %+v", env.Record.KeyConflicts)
 	}
 }

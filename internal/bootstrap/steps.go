@@ -324,6 +324,7 @@ func stepCookieKey(ctx context.Context, env *Env) error {
 		if err != nil {
 			return err
 		}
+		env.noteCookieSource(res.Source)
 		env.Log.Info("session cookie key in place", "source", res.Source, "changed", changed, "file", cookie.File)
 		return nil
 	}
@@ -340,12 +341,22 @@ func stepCookieKey(ctx context.Context, env *Env) error {
 	if err != nil {
 		return err
 	}
+	env.noteCookieSource(res.Source)
 	changed, err := bd.Stage(e, res.Content)
 	if err != nil {
 		return err
 	}
 	env.Log.Info("session cookie key staged", "source", res.Source, "changed", changed, "file", cookie.File, "from_bucket", in.FromBucket)
 	return nil
+}
+
+// noteCookieSource records, in the run record, that this instance created the bucket's session
+// cookie key (any source but "s3": the key was this instance's candidate). Only then is that
+// object no evidence of an earlier deployment when this instance boots again.
+func (env *Env) noteCookieSource(source string) {
+	if source != "s3" && source != "" {
+		env.Record.CookieCreatedBy = env.Instance.InstanceID
+	}
 }
 
 // layoutEntry returns the config's layout entry of that name.
@@ -587,10 +598,40 @@ func StepBackupKeys(ctx context.Context, env *Env) error {
 	return nil
 }
 
+// BackupKeysNow is the step of `haagent backup keys`: the backup on demand. Unlike the boot's
+// step it never skips: a person asked whether the keys are in S3, and S3 being unreachable is
+// a failure, not a warning. The outcome is left in *res for the command to print.
+func BackupKeysNow(res *backup.Result) Step {
+	return Step{Name: "backup-keys", Run: func(ctx context.Context, env *Env) error {
+		r, err := backup.Keys(ctx, env.Bucket, env.keysOptions())
+		*res = r
+		if err != nil {
+			return err
+		}
+		env.ReportAll(r.Findings)
+		var errs []findings.Finding
+		for _, f := range r.Findings {
+			if f.Severity == findings.Error {
+				errs = append(errs, f)
+			}
+		}
+		if len(errs) > 0 {
+			return &findings.Failure{Findings: errs}
+		}
+		return nil
+	}}
+}
+
 // keysOptions is where the keys are, for the backup.
 func (env *Env) keysOptions() backup.Options {
 	e := env.keysEntry()
-	return backup.Options{Root: env.Root, LocalDir: e.Dest, Prefix: e.Key}
+	known := map[string]fetch.Known{}
+	for _, k := range env.Record.Known {
+		if strings.HasPrefix(k.Key, e.Key) {
+			known[k.Key] = k
+		}
+	}
+	return backup.Options{Root: env.Root, LocalDir: e.Dest, Prefix: e.Key, Known: known}
 }
 
 // installedHere reports whether CircleCI was installed on this instance (the installer's
@@ -604,8 +645,10 @@ func installedHere(env *Env) bool {
 
 // deploymentExisted returns evidence that this CircleCI deployment existed before this boot:
 // this machine's record or installer marker, or objects only an earlier instance writes (the
-// replacement ledger; the session cookie key, unless this instance may have created it on an
-// earlier, unfinished attempt of its first boot). An empty Why means a brand-new install.
+// replacement ledger; the session cookie key, unless the record says this very instance created
+// it, on an earlier, unfinished attempt of its first boot). An empty Why means a brand-new
+// install. An earlier run of this instance alone is no such proof: a run stopped by KEYS_MISSING
+// at the fetch never reached the cookie-key step, and a restart must stop again.
 func deploymentExisted(ctx context.Context, env *Env) (fetch.Existed, error) {
 	here := installedHere(env)
 	if why := env.Record.InstalledBefore(); why != "" {
@@ -615,7 +658,7 @@ func deploymentExisted(ctx context.Context, env *Env) (fetch.Existed, error) {
 		return fetch.Existed{Why: fmt.Sprintf("Replicated was installed on this machine (instance %s, %s)", m.InstanceID, replicated.MarkerPath), Here: here}, nil
 	}
 	keys := []string{asg.LedgerKey}
-	if !env.bootedBefore() {
+	if env.Record.CookieCreatedBy == "" || env.Record.CookieCreatedBy != env.Instance.InstanceID {
 		keys = append(keys, cookie.Object)
 	}
 	for _, key := range keys {
@@ -630,18 +673,6 @@ func deploymentExisted(ctx context.Context, env *Env) (fetch.Existed, error) {
 		}
 	}
 	return fetch.Existed{}, nil
-}
-
-// bootedBefore reports whether an earlier run on this machine was this instance's: a restart
-// of a first boot, which may itself have created the session cookie key.
-func (env *Env) bootedBefore() bool {
-	for i := range env.Record.Runs {
-		r := &env.Record.Runs[i]
-		if r != env.Run && r.InstanceID == env.Instance.InstanceID {
-			return true
-		}
-	}
-	return false
 }
 
 // startKeyScan starts, once, the periodic keys backup that runs for as long as haagent does.
@@ -663,41 +694,77 @@ func startKeyScan(env *Env) {
 func scanKeys(ctx context.Context, env *Env, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	o := env.keysOptions()
-	last, settled := "", false
+	var sc keyScanner
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		fp := backup.Fingerprint(o)
-		if settled && fp == last {
-			continue
-		}
-		release, err := env.lockForWrite()
-		if err != nil {
-			env.Log.Info("the periodic keys backup waits for the next scan: another haagent command holds the lock", "error", err.Error())
-			settled = false
-			continue
-		}
-		res, err := backup.Keys(ctx, env.Bucket, o)
-		release()
-		if err != nil {
-			if ctx.Err() == nil {
-				env.Log.Warn("the periodic keys backup could not compare the keys with the bucket; trying again at the next scan",
-					"every", every.String(), "error", err.Error())
-			}
-			settled = false
-			continue
-		}
-		env.setKeyConflicts(res.Details)
-		env.lateKeys(res.Findings)
-		if len(res.Uploaded) > 0 {
-			env.Log.Info("encryption keys backed up by the periodic scan", "uploaded", strings.Join(res.Uploaded, ","), "in_sync", len(res.InSync))
-		}
-		last, settled = fp, len(res.NotBackedUp)+len(res.Conflicts) == 0
+		sc.scan(ctx, env, every)
 	}
+}
+
+// keyScanner is the periodic scan's memory between two scans.
+type keyScanner struct {
+	last       string // the local fingerprint at the last full comparison
+	lastRemote string // the bucket side's (names and sizes) then; "" when unknown
+	settled    bool   // that comparison left nothing out
+}
+
+// scan is one scan; it reports whether it ran a full comparison (backup.Keys). Both sides are
+// looked at every time: the local directory, and the keys prefix with one ListObjectsV2, so a
+// backup copy deleted (or replaced) in the bucket is put back (or reported) at the next scan,
+// not at the next boot.
+func (sc *keyScanner) scan(ctx context.Context, env *Env, every time.Duration) bool {
+	o := env.keysOptions()
+	fp := backup.Fingerprint(o)
+	objs, err := env.Bucket.List(ctx, o.Prefix)
+	if err != nil {
+		if ctx.Err() == nil {
+			env.Log.Warn("the periodic keys backup could not list the keys in the bucket; trying again at the next scan",
+				"every", every.String(), "prefix", env.Bucket.URI(o.Prefix), "error", err.Error())
+		}
+		sc.settled = false
+		return false
+	}
+	var rb strings.Builder
+	for _, obj := range objs {
+		fmt.Fprintf(&rb, "%q %d %s\n", obj.Rel, obj.Size, obj.ETag)
+	}
+	remote := rb.String()
+	if sc.settled && fp == sc.last && remote == sc.lastRemote {
+		return false
+	}
+	release, err := env.lockForWrite()
+	if err != nil {
+		env.Log.Info("the periodic keys backup waits for the next scan: another haagent command holds the lock", "error", err.Error())
+		sc.settled = false
+		return false
+	}
+	res, err := backup.Keys(ctx, env.Bucket, o)
+	release()
+	if err != nil {
+		if ctx.Err() == nil {
+			env.Log.Warn("the periodic keys backup could not compare the keys with the bucket; trying again at the next scan",
+				"every", every.String(), "error", err.Error())
+		}
+		sc.settled = false
+		return true
+	}
+	// An upload changed the bucket's side after the listing: the next scan lists it anew and
+	// compares once more; with nothing uploaded the listing is what was compared against.
+	sc.lastRemote = remote
+	if len(res.Uploaded) > 0 {
+		sc.lastRemote = ""
+	}
+	env.setKeyConflicts(res.Details)
+	env.lateKeys(res.Findings)
+	if len(res.Uploaded) > 0 {
+		env.Log.Info("encryption keys backed up by the periodic scan", "uploaded", strings.Join(res.Uploaded, ","), "in_sync", len(res.InSync))
+	}
+	sc.last, sc.settled = fp, len(res.NotBackedUp)+len(res.Conflicts) == 0
+	return true
 }
 
 func (env *Env) keysEntry() config.Entry {

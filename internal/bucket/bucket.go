@@ -373,11 +373,19 @@ func isHexMD5(s string) bool {
 	return true
 }
 
-// TruncatedError is a body shorter or longer than its Content-Length.
-type TruncatedError struct{ Expected, Got int64 }
+// TruncatedError is a body shorter or longer than its Content-Length, or than the size the
+// listing gave (From says which; "" is Content-Length).
+type TruncatedError struct {
+	Expected, Got int64
+	From          string
+}
 
 func (e *TruncatedError) Error() string {
-	return fmt.Sprintf("body has %d bytes, Content-Length said %d", e.Got, e.Expected)
+	from := e.From
+	if from == "" {
+		from = "Content-Length"
+	}
+	return fmt.Sprintf("body has %d bytes, %s said %d", e.Got, from, e.Expected)
 }
 
 // Unwrap makes a truncated body count as an unexpected EOF for classification.

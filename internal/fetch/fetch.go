@@ -95,6 +95,13 @@ type File struct {
 	// bucket; absent marks one that is, so it leaves the bundle instead of failing it.
 	optional bool
 	absent   bool
+	// listed is the size ListObjectsV2 gave, -1 for an object that was not listed: the body
+	// must have it. A response without Content-Length (chunked, through a proxy) whose ETag is
+	// no MD5 (SSE-KMS, multipart) has nothing else to say it arrived whole.
+	listed int64
+	// notFile marks a key path that holds a link or device: left alone, not converged (opening
+	// a FIFO would hang).
+	notFile bool
 }
 
 // Bundle is a completed fetch waiting to be committed.
@@ -261,7 +268,7 @@ func listEntry(ctx context.Context, b *bucket.Bucket, o Options, e config.Entry,
 		seen[obj.Rel] = true
 		f := newFile(o.Root, e, e.Key+obj.Rel, e.Dest+obj.Rel, o.Known)
 		f.ETag = obj.ETag
-		f.Size = obj.Size
+		f.Size, f.listed = obj.Size, obj.Size
 		files = append(files, f)
 		enqueue(f)
 	}
@@ -287,7 +294,7 @@ func listEntry(ctx context.Context, b *bucket.Bucket, o Options, e config.Entry,
 }
 
 func newFile(root string, e config.Entry, key, dest string, known map[string]Known) *File {
-	f := &File{Entry: e.Name, Key: key, Dest: dest, mode: e.Mode, dirMode: e.DirMode, uid: e.UID, gid: e.GID,
+	f := &File{Entry: e.Name, Key: key, Dest: dest, listed: -1, mode: e.Mode, dirMode: e.DirMode, uid: e.UID, gid: e.GID,
 		stage: stageDir(root, e), purpose: e.Purpose, optional: !e.Recursive && !e.Required}
 	if e.Recursive {
 		f.top = strings.TrimSuffix(e.Dest, "/")
@@ -332,6 +339,13 @@ func download(ctx context.Context, b *bucket.Bucket, root string, f *File) error
 		fail := func(err error) error { os.Remove(tmp); return err }
 		if m.Size >= 0 && res.Size != m.Size {
 			return fail(&bucket.TruncatedError{Expected: m.Size, Got: res.Size})
+		}
+		if f.listed >= 0 && res.Size != f.listed {
+			return fail(&bucket.TruncatedError{Expected: f.listed, Got: res.Size, From: "ListObjectsV2"})
+		}
+		if f.Entry == KeysEntry && m.Size < 0 && f.listed < 0 {
+			// A key is installed only when some size vouches for it: a half key is lost data.
+			return fail(&bucket.TruncatedError{Expected: -1, Got: res.Size, From: "nothing (no Content-Length, not listed)"})
 		}
 		if m.PlainMD5 {
 			if got := hex.EncodeToString(md.Sum(nil)); got != m.ETag {
@@ -415,7 +429,7 @@ func (bd *Bundle) Commit() error {
 	}
 	var unchanged []*File
 	for _, f := range bd.Files {
-		if f.staged == "" {
+		if f.staged == "" && !f.notFile {
 			unchanged = append(unchanged, f)
 		}
 		f.staged = ""
@@ -498,7 +512,7 @@ func localOnly(dir string, seen map[string]bool) []string {
 			return nil
 		}
 		rel, _ := filepath.Rel(dir, p)
-		if !seen[filepath.ToSlash(rel)] && !strings.Contains(d.Name(), ".haagent-") {
+		if !seen[filepath.ToSlash(rel)] && !IsHaagentTemp(d.Name()) {
 			out = append(out, filepath.ToSlash(rel))
 		}
 		return nil

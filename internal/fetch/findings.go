@@ -25,6 +25,10 @@ func fileFinding(b *bucket.Bucket, err error, f *File) findings.Finding {
 			fmt.Sprintf("encryption key %s is empty (0 bytes); it is refused and nothing is installed", b.URI(f.Key)), "").
 			WithFix(fmt.Sprintf("upload the real key over it (aws s3 cp KEYFILE %s) from the machine or backup that holds it", b.URI(f.Key)))
 	}
+	var nf *notFileError
+	if errors.As(err, &nf) {
+		return notFileFinding(b.URI(f.Key), nf)
+	}
 	var be *bucket.Error
 	if !errors.As(err, &be) {
 		le := &bucket.LocalError{Path: f.Dest, Err: err}

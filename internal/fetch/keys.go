@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	"github.com/haagent/haagent/internal/atomicfile"
@@ -62,6 +63,15 @@ var ErrEmptyKey = errors.New("the key object is empty (0 bytes)")
 // the staged copy is dropped and f.Conflict says so. No local file: an empty object is refused.
 func keepLocalKey(b *bucket.Bucket, final string, f *File) error {
 	f.object = b.URI(f.Key)
+	// Lstat, not the hash's stat: a link (dangling or not) or a device at a key path is
+	// neither "no key here" (stage the bucket's, which the no-replace commit then trips over)
+	// nor a key to compare. It is left alone and reported; the rest of the bundle goes on.
+	if fi, err := os.Lstat(final); err == nil && !fi.Mode().IsRegular() {
+		os.Remove(f.staged)
+		f.staged, f.notFile = "", true
+		target, _ := os.Readlink(final)
+		return &notFileError{path: f.Dest, mode: fi.Mode(), target: target}
+	}
 	cur, err := atomicfile.HashFile(final)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -82,6 +92,29 @@ func keepLocalKey(b *bucket.Bucket, final string, f *File) error {
 	f.staged = ""
 	f.Conflict = &KeyConflict{Path: f.Dest, Object: b.URI(f.Key), LocalSHA256: cur.SHA256, BucketSHA256: f.SHA256}
 	return nil
+}
+
+// notFileError is a key path that holds something other than a regular file.
+type notFileError struct {
+	path   string
+	mode   fs.FileMode
+	target string // a link's
+}
+
+func (e *notFileError) Error() string {
+	return fmt.Sprintf("%s is not a regular file (%s)", e.path, e.mode.Type())
+}
+
+// notFileFinding is KEYS_PATH_NOT_FILE for e: an error for a person, but no Commit failure and
+// no blocking finding, so the other files of the bundle are still committed.
+func notFileFinding(object string, e *notFileError) findings.Finding {
+	what := e.mode.Type().String()
+	if e.mode&fs.ModeSymlink != 0 {
+		what = "a symbolic link to " + e.target
+	}
+	return findings.New("KEYS_PATH_NOT_FILE", e.path,
+		fmt.Sprintf("encryption key %s is %s, not a file; the bucket's copy %s is not installed there and nothing replaces it", e.path, what, object), e.Error()).
+		WithFix(fmt.Sprintf("if the link points at the real key, replace it with the file (cp --remove-destination \"$(readlink -f %s)\" %s); if it is stray, move it aside (mv %s /root/) so haagent installs %s", e.path, e.path, e.path, object))
 }
 
 // emptyKeysFinding is the finding for an empty keys prefix: a new install's warning, or, when
@@ -111,6 +144,9 @@ func emptyKeysFinding(ctx context.Context, b *bucket.Bucket, o Options, e config
 	return f
 }
 
+// hasFiles reports whether dir holds a key the backup would upload (IsKeyFile): an empty
+// file, a dangling link or a placeholder such as .keep is no key, and must not turn an
+// existing deployment's KEYS_MISSING into a new install's warning.
 func hasFiles(dir string) bool {
 	found := false
 	if real, err := filepath.EvalSymlinks(dir); err == nil {
@@ -120,12 +156,36 @@ func hasFiles(dir string) bool {
 		if err != nil || found {
 			return filepath.SkipDir
 		}
-		if !d.IsDir() && !strings.Contains(d.Name(), ".haagent-") {
+		if d.IsDir() {
+			if d.Name() == stageDirName {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if info, err := d.Info(); err == nil && IsKeyFile(d.Name(), info) {
 			found = true
 		}
 		return nil
 	})
 	return found
+}
+
+// tempName is atomicfile's temp file name (os.CreateTemp of ".NAME.haagent-*": digits).
+var tempName = regexp.MustCompile(`^\..+\.haagent-[0-9]+$`)
+
+// IsHaagentTemp reports whether name is one of haagent's own temp files or its staging
+// directory: exactly those, so that a key whose name merely contains ".haagent-"
+// (contexts.haagent-v2.key) is still a key.
+func IsHaagentTemp(name string) bool {
+	return name == stageDirName || tempName.MatchString(name)
+}
+
+// IsKeyFile is the one rule, shared by the fetch and the backup, for what in the keys
+// directory is a key the machine holds: a regular, non-empty file that is not haagent's own
+// temp file. It is what the backup uploads; anything else there is reported, never counted
+// as a key.
+func IsKeyFile(name string, info fs.FileInfo) bool {
+	return !IsHaagentTemp(name) && info.Mode().IsRegular() && info.Size() > 0
 }
 
 // commitKey moves a staged key into place without ever replacing a file there (renameat2
@@ -140,6 +200,13 @@ func (bd *Bundle) commitKey(f *File) error {
 	if errors.Is(err, fs.ErrExist) {
 		os.Remove(f.staged)
 		f.staged = ""
+		if fi, lerr := os.Lstat(final); lerr == nil && !fi.Mode().IsRegular() {
+			// A link or device that appeared since the fetch looked: reported, left alone.
+			f.notFile, f.Changed = true, false
+			target, _ := os.Readlink(final)
+			bd.CommitFindings = append(bd.CommitFindings, notFileFinding(f.object, &notFileError{path: f.Dest, mode: fi.Mode(), target: target}))
+			return nil
+		}
 		cur, herr := atomicfile.HashFile(final)
 		if herr != nil {
 			return fmt.Errorf("reading the key %s that appeared during the fetch: %w", f.Dest, herr)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -223,4 +225,164 @@ func TestConflictsURIIsOutsideTheKeysPrefix(t *testing.T) {
 			t.Errorf("conflictsURI(%q) = %q, want %q", in, got, want)
 		}
 	}
+}
+
+// What makes the machine "hold keys" is what the backup would upload (IsKeyFile): an empty
+// file, a dangling link or a placeholder in the keys directory must not turn an existing
+// deployment's blocking KEYS_MISSING into a new install's warning. A real key whose name
+// merely contains ".haagent-" does count.
+func TestEmptyKeysPrefixIsNotFooledByStrayEntries(t *testing.T) {
+	s := peertest.StartS3(t)
+	objs := seed(t, s)
+	for k := range objs {
+		if strings.HasPrefix(k, "circleci-encryption-keys/") {
+			s.Delete(t, testBucket, k)
+		}
+	}
+	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
+	existed := func(context.Context) (Existed, error) {
+		return Existed{Why: "the bucket holds s3://circleci-ha/session-cookie-key"}, nil
+	}
+	for _, tc := range []struct {
+		name    string
+		mk      func(dir string) error
+		blocked bool
+	}{
+		{"empty file", func(d string) error { return os.WriteFile(filepath.Join(d, "00-default.key"), nil, 0o600) }, true},
+		{"dangling symlink", func(d string) error { return os.Symlink("/nonexistent/key", filepath.Join(d, "00-default.key")) }, true},
+		{"placeholder", func(d string) error { return os.WriteFile(filepath.Join(d, ".keep"), nil, 0o644) }, true},
+		{"haagent temp file", func(d string) error {
+			return os.WriteFile(filepath.Join(d, ".00-default.key.haagent-123456"), []byte("half"), 0o600)
+		}, true},
+		{"a key named *.haagent-*", func(d string) error {
+			return os.WriteFile(filepath.Join(d, "contexts.haagent-v2.key"), []byte("a real key"), 0o600)
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			d := filepath.Join(root, "data/circle/circleci-encryption-keys")
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.mk(d); err != nil {
+				t.Fatal(err)
+			}
+			bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4, Existing: existed})
+			if !tc.blocked {
+				if err != nil || hasCode(bd.Findings, "KEYS_PREFIX_EMPTY") == nil {
+					t.Fatalf("a machine holding a key: want the warning, got %v", err)
+				}
+				bd.Discard()
+				return
+			}
+			if err == nil {
+				bd.Discard()
+				t.Fatalf("no blocking KEYS_MISSING: findings %s", findings.Codes(bd.Findings))
+			}
+			if f := hasCode(failure(t, err), "KEYS_MISSING"); f == nil || !f.Blocking {
+				t.Fatalf("want a blocking KEYS_MISSING, got %v", err)
+			}
+		})
+	}
+}
+
+// A key cut short on a response without Content-Length (a proxy's chunked or close-delimited
+// body) whose ETag is no MD5 (SSE-KMS, multipart) has only the listing's size to vouch for it:
+// the body must have that size, or the key is refused and nothing is installed.
+func TestFetchRefusesATruncatedKeyWithoutContentLength(t *testing.T) {
+	objs := examples(t)
+	f := startFake(t, objs)
+	f.SetFault(func(w http.ResponseWriter, r *http.Request, real http.Handler) bool {
+		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/02-workflows.key") {
+			return false
+		}
+		rec := httptest.NewRecorder()
+		real.ServeHTTP(rec, r)
+		conn, buf, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			panic(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(buf, "HTTP/1.1 %d %s\r\n", rec.Code, http.StatusText(rec.Code))
+		for k, vs := range rec.Header() {
+			if k == "Content-Length" || k == "Etag" {
+				continue
+			}
+			for _, v := range vs {
+				fmt.Fprintf(buf, "%s: %s\r\n", k, v)
+			}
+		}
+		// A close-delimited body: its end is the connection's, so half of it looks whole.
+		fmt.Fprintf(buf, "ETag: \"0123456789abcdef0123456789abcdef-2\"\r\nx-amz-server-side-encryption: aws:kms\r\nConnection: close\r\n\r\n")
+		body := rec.Body.Bytes()
+		buf.Write(body[:len(body)/2])
+		buf.Flush()
+		return true
+	})
+	root := t.TempDir()
+	_, err := Fetch(context.Background(), open(t, f.URL, "a", "b", testBucket), Options{Root: root, Layout: layout(t), Concurrency: 4})
+	fs := failure(t, err)
+	if len(fs) == 0 || fs[0].Target != "s3://circleci-ha/circleci-encryption-keys/02-workflows.key" || !strings.Contains(fs[0].Evidence, "ListObjectsV2") {
+		t.Fatalf("want the truncated key refused against the listed size, got %+v", fs)
+	}
+	if _, err := os.Stat(filepath.Join(root, "data/circle/circleci-encryption-keys/02-workflows.key")); err == nil {
+		t.Fatal("half a key was installed")
+	}
+}
+
+// A symlink where a key goes (dangling: its volume not mounted) is KEYS_PATH_NOT_FILE, left
+// alone, and no Commit error: the bundle's other files are committed, the bucket's key is not
+// written through or over the link. The same for a link that appears between fetch and commit.
+func TestASymlinkAtAKeyPathIsAFindingNotACommitError(t *testing.T) {
+	s := peertest.StartS3(t)
+	objs := seed(t, s)
+	s.Put(t, testBucket, "settings.conf", []byte(`{"hostname":"new"}`))
+	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
+	const keyPath = "data/circle/circleci-encryption-keys/01-contexts.key"
+	check := func(t *testing.T, root string, bd *Bundle, fs []findings.Finding) {
+		t.Helper()
+		if err := bd.Commit(); err != nil {
+			t.Fatalf("Commit failed on a symlink at a key path (every retry would): %v", err)
+		}
+		if f := hasCode(append(fs, bd.CommitFindings...), "KEYS_PATH_NOT_FILE"); f == nil || f.Blocking || f.Target != "/"+keyPath || !strings.Contains(f.Summary, "/nonexistent/01-contexts.key") {
+			t.Fatalf("want a non-blocking KEYS_PATH_NOT_FILE naming the link's target, got %s %s", findings.Codes(fs), findings.Codes(bd.CommitFindings))
+		}
+		if got, _ := os.Readlink(filepath.Join(root, keyPath)); got != "/nonexistent/01-contexts.key" {
+			t.Fatalf("the link was changed: %q", got)
+		}
+		if got, _ := os.ReadFile(filepath.Join(root, "etc/settings.conf")); string(got) != `{"hostname":"new"}` {
+			t.Fatalf("the rest of the bundle was not committed: settings.conf %q", got)
+		}
+		if got, _ := os.ReadFile(filepath.Join(root, "data/circle/circleci-encryption-keys/00-default.key")); string(got) != string(objs["circleci-encryption-keys/00-default.key"]) {
+			t.Fatal("the other keys were not installed")
+		}
+	}
+	t.Run("before the fetch", func(t *testing.T) {
+		root := t.TempDir()
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, keyPath)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("/nonexistent/01-contexts.key", filepath.Join(root, keyPath)); err != nil {
+			t.Fatal(err)
+		}
+		bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+		if err != nil {
+			t.Fatalf("fetch: %v", err)
+		}
+		check(t, root, bd, bd.Findings)
+	})
+	t.Run("between fetch and commit", func(t *testing.T) {
+		root := t.TempDir()
+		bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+		if err != nil {
+			t.Fatalf("fetch: %v", err)
+		}
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, keyPath)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("/nonexistent/01-contexts.key", filepath.Join(root, keyPath)); err != nil {
+			t.Fatal(err)
+		}
+		check(t, root, bd, nil)
+	})
 }

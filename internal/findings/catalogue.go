@@ -137,6 +137,7 @@ var Catalogue = []Entry{
 	{"LOCAL_WRITE_FAILED", Error, true, "files", "the bytes arrived but this machine could not write them: free space (df -h), remount read-write, or fix the directory's permissions; S3 is not at fault and haagent does not retry it"},
 	{"KEYS_EMPTY", Error, true, "keys", "an encryption key is empty (0 bytes): it is never installed nor backed up. Restore the key's real content from the machine or backup that has it: aws s3 cp KEYFILE s3://BUCKET/PREFIX/circleci-encryption-keys/NAME (for a bucket copy) or put the file back in /data/circle/circleci-encryption-keys/"},
 	{"KEYS_MISSING", Error, true, "keys", "this deployment existed before but the bucket holds no encryption keys: CircleCI would create new ones and its data encrypted with the old ones would be unreadable. Copy the keys from the old machine (or its backup) to s3://BUCKET/PREFIX/circleci-encryption-keys/ before booting; haagent stops before the installer until then"},
+	{"KEYS_PATH_NOT_FILE", Error, false, "keys", "a symbolic link (or device) stands where an encryption key goes: haagent neither follows nor replaces it, and the rest of the files are installed. If it points at the real key, replace it with the file (cp --remove-destination \"$(readlink -f PATH)\" PATH); if it is stray, move it aside so haagent installs the bucket's key"},
 
 	// Replicated installer
 	{"INSTALLER_DOWNLOAD_FAILED", Error, true, "replicated", "check replicated.installer_url, the route to it (HTTPS_PROXY) and its TLS certificate"},

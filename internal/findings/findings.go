@@ -83,9 +83,10 @@ func CapEvidence(s string) string {
 	return s[:keep] + fmt.Sprintf(mark, len(s)-keep)
 }
 
-// WithFix returns a copy of f whose fix is the more specific text given.
+// WithFix returns a copy of f whose fix is the more specific text given, redacted as New
+// redacts the rest: a fix is built from settings as the summary is.
 func (f Finding) WithFix(fix string) Finding {
-	f.Fix = fix
+	f.Fix = Redact(fix)
 	return f
 }
 
@@ -110,7 +111,7 @@ func (f Finding) WithSeverity(s Severity) Finding {
 func (f Finding) MarshalJSON() ([]byte, error) {
 	type plain Finding // without the method, so this does not recurse
 	p := plain(f)
-	p.Target, p.Summary = Redact(p.Target), Redact(p.Summary)
+	p.Target, p.Summary, p.Fix = Redact(p.Target), Redact(p.Summary), Redact(p.Fix)
 	p.Evidence = CapEvidence(Redact(p.Evidence))
 	return json.Marshal(p)
 }
@@ -134,7 +135,7 @@ func (e *Failure) Error() string {
 	for _, f := range e.Findings {
 		s := f.String()
 		if f.Fix != "" {
-			s += "; fix: " + f.Fix
+			s += "; fix: " + Redact(f.Fix)
 		}
 		parts = append(parts, s)
 	}

@@ -39,10 +39,45 @@ func TestRedact(t *testing.T) {
 		{"dsn", "host=db user=circle password=Hunter2 dbname=x", "host=db user=circle password=xxxxx dbname=x"},
 		{"dsn quoted", "host=db password='Hunter 2' dbname=x", "host=db password=xxxxx dbname=x"},
 		{"idempotent", "postgres://circle:xxxxx@db/x", "postgres://circle:xxxxx@db/x"},
+		{"embedded ://", "mongodb://circle:ab://cdSECRET1@127.0.0.1:1/circle_ghe", "mongodb://circle:xxxxx@127.0.0.1:1/circle_ghe"},
+		{"embedded :// in text", "bad postgres://u:ab://cdSECRET4@h/db here", "bad postgres://u:xxxxx@h/db here"},
+		{"newline in the password", "mongodb://circle:abSECRET2\nxyz@127.0.0.1:1/circle_ghe", "mongodb://circle:xxxxx@127.0.0.1:1/circle_ghe"},
+		{"an address after the URI", "see mongodb://u:p@h/db and then user@example.com", "see mongodb://u:xxxxx@h/db and then user@example.com"},
+		{"no userinfo, then a URI", "https://vault:8200/v1 then postgres://u:p w@h/db", "https://vault:8200/v1 then postgres://u:xxxxx@h/db"},
 	} {
 		if got := Redact(c.in); got != c.want {
 			t.Errorf("%s: Redact(%q) = %q, want %q", c.name, c.in, got, c.want)
 		}
+	}
+}
+
+// URIEvidence is built from the parts: the password never shows, however it is written.
+func TestURIEvidence(t *testing.T) {
+	for in, want := range map[string]string{
+		"mongodb://circle:ab://cdSECRET1@127.0.0.1:1/circle_ghe":         "mongodb://circle:xxxxx@127.0.0.1:1/circle_ghe",
+		"postgres://circle:abSECRET3\nxyz@127.0.0.1:1/circle":            "postgres://circle:xxxxx@127.0.0.1:1/circle",
+		"mongodb://circle:p@ss\"w'SECRET@db1:27017,db2:x/circle_ghe?a=b": "mongodb://circle:xxxxx@db1:27017,db2:x/circle_ghe?a=b",
+		"mongodb://circle@db1/x":                                         "mongodb://circle@db1/x",
+		"mongodb://db1:27017/x":                                          "mongodb://db1:27017/x",
+		"mongodb://circle:SECRETnoat/x":                                  "mongodb://...",
+		"db1:27017":                                                      "",
+		"SECRET word://x":                                                "",
+	} {
+		if got := URIEvidence(in); got != want {
+			t.Errorf("URIEvidence(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// A fix is redacted as the summary is: when it is set, in JSON and in a Failure's text.
+func TestFixRedacted(t *testing.T) {
+	f := New("URI_MALFORMED", "f:1", "bad", "").WithFix("use postgres://circle:Hunter2SECRET@db/x")
+	raw := f
+	raw.Fix = "use mongodb://circle:Hunter2SECRET@db/x"
+	b, _ := json.Marshal(raw)
+	err := (&Failure{Findings: []Finding{raw}}).Error()
+	if strings.Contains(f.Fix+string(b)+err, "Hunter2SECRET") || !strings.Contains(f.Fix, "circle:xxxxx@db") {
+		t.Fatalf("fix %q, JSON %s, error %q", f.Fix, b, err)
 	}
 }
 

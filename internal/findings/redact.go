@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"unicode"
 )
 
 // dsnPasswordRE finds a password in libpq's keyword=value form (password=x, password='a b').
@@ -11,9 +12,13 @@ var dsnPasswordRE = regexp.MustCompile(`(?i)\b(password|passwd|pwd)\s*=\s*('(?:[
 
 // Redact hides the password of every URI and keyword=value DSN in s so the rest can be shown as
 // evidence. It does not trust a URL parser: the values it is given are often the ones that do
-// not parse (an unescaped '@', '/' or space in the password). Everything between "://" and the
-// last '@' of the URI is its user information, and everything after the user name's ':' there
-// is hidden. Over-redacting a stray '@' later in the text is the price of never missing one.
+// not parse (an unescaped '@', '/', space, newline or even "://" in the password). The user
+// information of a URI runs to the last '@' before the next whitespace, across any "://" (a
+// password may hold one); failing that, to the last '@' of the line (a password with a space),
+// stopping where another URI begins; failing that, when what follows "://" looks like USER:...,
+// to the last '@' before the next URI (a password with a line break). Everything after the user
+// name's ':' there is hidden. Over-redacting a stray '@' later in the text is the price of never
+// missing one.
 func Redact(s string) string {
 	var b strings.Builder
 	rest := s
@@ -25,27 +30,79 @@ func Redact(s string) string {
 		}
 		b.WriteString(rest[:i+3])
 		rest = rest[i+3:]
-		// The URI's text ends at a line break or where the next URI begins: a password holds
-		// neither, and a second URI is redacted on its own.
-		end := len(rest)
-		if j := strings.IndexAny(rest, "\r\n"); j >= 0 {
-			end = j
-		}
-		if j := strings.Index(rest[:end], "://"); j >= 0 {
-			end = schemeStart(rest, j)
-		}
-		userinfo, after, found := lastCut(rest[:end], "@")
-		if found {
-			if user, _, hasPassword := strings.Cut(userinfo, ":"); hasPassword {
-				userinfo = user + ":xxxxx"
+		end := userinfoEnd(rest)
+		if end < 0 {
+			// No user information: the URI's text is left as it is, up to where the next one
+			// begins (which is redacted on its own).
+			end = len(rest)
+			if j := strings.Index(rest, "://"); j >= 0 {
+				end = schemeStart(rest, j)
 			}
-			b.WriteString(userinfo + "@" + after)
-		} else {
 			b.WriteString(rest[:end])
+			rest = rest[end:]
+			continue
 		}
-		rest = rest[end:]
+		userinfo := rest[:end]
+		if user, _, hasPassword := strings.Cut(userinfo, ":"); hasPassword {
+			userinfo = user + ":xxxxx"
+		}
+		b.WriteString(userinfo + "@")
+		rest = rest[end+1:]
 	}
 	return dsnPasswordRE.ReplaceAllString(b.String(), "${1}=xxxxx")
+}
+
+// userinfoEnd returns the index of the '@' that ends the user information at the start of s
+// (the text after a "://"), or -1 when there is none. See Redact for the three tries.
+func userinfoEnd(s string) int {
+	word := s
+	if j := strings.IndexFunc(s, unicode.IsSpace); j >= 0 {
+		word = s[:j]
+	}
+	if k := strings.LastIndex(word, "@"); k >= 0 {
+		return k
+	}
+	line := s
+	if j := strings.IndexAny(s, "\r\n"); j >= 0 {
+		line = s[:j]
+	}
+	if j := strings.Index(line, "://"); j >= 0 {
+		line = line[:schemeStart(line, j)]
+	}
+	if k := strings.LastIndex(line, "@"); k >= 0 {
+		return k
+	}
+	if !strings.Contains(word, ":") {
+		return -1
+	}
+	upto := s
+	if j := strings.Index(s, "://"); j >= 0 {
+		upto = s[:schemeStart(s, j)]
+	}
+	return strings.LastIndex(upto, "@")
+}
+
+// URIEvidence shows a URI the probes could not use as SCHEME://USER:xxxxx@HOST/REST, built from
+// SplitURI's parts and never from the value itself, so no way of writing the password (a line
+// break, a "://", a quote) can carry it into a finding. Without user information it is
+// SCHEME://HOST/REST only when the host part holds no ':' beyond a port (else "user:password"
+// written without the '@' would show), and "" when s is no URI at all.
+func URIEvidence(s string) string {
+	p, ok := SplitURI(s)
+	if !ok || p.Scheme == "" || strings.Trim(strings.ToLower(p.Scheme), "abcdefghijklmnopqrstuvwxyz0123456789+.-") != "" {
+		return ""
+	}
+	out := p.Scheme + "://"
+	if p.HasUserinfo {
+		out += p.User
+		if p.HasPassword {
+			out += ":xxxxx"
+		}
+		out += "@"
+	} else if h, port, found := strings.Cut(p.HostPort, ":"); found && (strings.Contains(port, ":") || strings.Trim(port, "0123456789") != "" || h == "") {
+		return p.Scheme + "://..."
+	}
+	return out + p.HostPort + p.Rest
 }
 
 // schemeStart walks back from the "://" at j over the scheme's letters.

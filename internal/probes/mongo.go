@@ -64,11 +64,14 @@ func probeMongo(ctx context.Context, p *prober, s *settings.Settings) *result {
 		}
 		cs, err := connstring.Parse(v.Value)
 		if err != nil {
+			// The parser's text may quote the password (whole, or the part it took for a host):
+			// it is shown only when it holds nothing of the user information.
 			msg := err.Error()
-			if strings.Contains(msg, v.Value) || (cs != nil && cs.Password != "" && strings.Contains(msg, cs.Password)) {
+			parts, _ := findings.SplitURI(v.Value)
+			if strings.Contains(msg, v.Value) || quotesPiece(msg, parts.Password) || (cs != nil && cs.Password != "" && strings.Contains(msg, cs.Password)) {
 				msg = "the URI does not parse"
 			}
-			res.add(findings.New("URI_MALFORMED", v.Where(), fmt.Sprintf("%s is not a valid MongoDB URI: %s", name, msg), findings.Redact(v.Value)))
+			res.add(findings.New("URI_MALFORMED", v.Where(), fmt.Sprintf("%s is not a valid MongoDB URI: %s", name, msg), findings.URIEvidence(v.Value)))
 			continue
 		}
 		// cs.AuthSource is the effective one: the parser sets a URI's own database (or admin)
@@ -510,4 +513,15 @@ func varsNaming(g *mongoGroup, db string) string {
 		return strings.Join(g.vars, ", ")
 	}
 	return strings.Join(out, ", ")
+}
+
+// quotesPiece reports whether msg holds any 3 bytes in a row of secret: a parser quoting the
+// piece of a password it took for a host or an option.
+func quotesPiece(msg, secret string) bool {
+	for i := 0; i+3 <= len(secret); i++ {
+		if strings.Contains(msg, secret[i:i+3]) {
+			return true
+		}
+	}
+	return secret != "" && len(secret) < 3 && strings.Contains(msg, secret)
 }

@@ -5,16 +5,17 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"strconv"
 	"strings"
-	"sync/atomic"
 
 	"crypto/tls"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
@@ -164,7 +165,7 @@ func probePostgres(ctx context.Context, p *prober, s *settings.Settings) *result
 // and a finding names the part that is wrong, never a parser's text.
 func parsePGURI(name string, v settings.Setting) (pgTarget, *findings.Finding) {
 	bad := func(why string) (pgTarget, *findings.Finding) {
-		f := findings.New("URI_MALFORMED", v.Where(), fmt.Sprintf("%s is not a valid PostgreSQL URI: %s", name, why), findings.Redact(v.Value))
+		f := findings.New("URI_MALFORMED", v.Where(), fmt.Sprintf("%s is not a valid PostgreSQL URI: %s", name, why), findings.URIEvidence(v.Value))
 		return pgTarget{}, &f
 	}
 	const form = "postgres://USER:PASSWORD@HOST:PORT/DATABASE"
@@ -232,15 +233,14 @@ func (m tlsMode) String() string {
 
 // postgresTarget checks one server. TLS is chosen as the services' drivers do with
 // sslmode=prefer (their settings carry no sslmode): TLS when the server offers it, plain
-// otherwise. haagent verifies the certificate on top, reports what it found, and goes on
-// without verification so the checks below still run.
+// otherwise. haagent verifies the certificate on top and authenticates only to a verified
+// server; an unverified one is asked which authentication it wants, and that is all.
 func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 	if f := p.reach(ctx, t.ep); f != nil {
 		res.add(*f)
 		res.check(Checked{Service: "postgres", Target: t.ep.Target})
 		return
 	}
-	mode := tlsVerify
 	checkedServer := false
 	for _, d := range t.databases {
 		db := d.name
@@ -248,33 +248,23 @@ func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 		if len(t.databases) > 1 {
 			target += "/" + db
 		}
-		var conn *pgx.Conn
-		var err error
-		var asked *authWatch
-		for {
-			conn, asked, err = p.pgConnect(ctx, t, db, mode)
-			if err == nil {
-				break
-			}
-			if mode == tlsVerify {
-				if f := tlsFinding(t.ep, err); f != nil {
-					res.add(*f)
-					mode = tlsNoVerify
-					continue
-				}
-				if strings.Contains(err.Error(), "server refused TLS connection") {
-					res.add(findings.New("TLS_OFF", t.ep.Target, fmt.Sprintf("PostgreSQL at %s does not offer TLS", t.ep.addr()), ""))
-					mode = tlsNone
-					continue
-				}
-			}
-			break
-		}
+		conn, err := p.pgConnect(ctx, t, db)
 		if err != nil {
-			f, stop := pgFinding(t, d, mode, err)
-			if r, refused := asked.refused(mode); refused {
-				f, stop = pgAuthRefused(t, mode, r, err), true
+			mode, why := tlsVerify, ""
+			if f := tlsFinding(t.ep, err); f != nil {
+				res.add(*f)
+				mode, why = tlsNoVerify, f.Code
+			} else if strings.Contains(err.Error(), "server refused TLS connection") {
+				res.add(findings.New("TLS_OFF", t.ep.Target, fmt.Sprintf("PostgreSQL at %s does not offer TLS", t.ep.addr()), ""))
+				mode, why = tlsNone, "TLS_OFF"
 			}
+			if mode != tlsVerify {
+				// Every database would meet the same unverified server: it is asked once.
+				res.add(p.pgUnverified(ctx, t, d, mode, why))
+				res.check(Checked{Service: "postgres", Target: t.ep.Target, Detail: mode.String()})
+				return
+			}
+			f, stop := pgFinding(t, d, mode, err)
 			res.add(f)
 			res.check(Checked{Service: "postgres", Target: target, Detail: mode.String()})
 			if stop {
@@ -295,48 +285,25 @@ func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 			ok = ok && f.Severity != findings.Error
 		}
 		conn.Close(context.Background())
-		res.check(Checked{Service: "postgres", Target: target, OK: ok, Detail: mode.String()})
+		res.check(Checked{Service: "postgres", Target: target, OK: ok, Detail: tlsVerify.String()})
 	}
 }
 
-// pgConnect opens one connection in the given TLS mode. Once the server is not verified (its
-// certificate failed, or it refused TLS), only SCRAM may authenticate: SCRAM proves the password
-// without sending it, and proves the server knows it too, whereas a cleartext or MD5 answer hands
-// a man in the middle the password or a hash that logs in as well as the password does. The
-// services themselves send the password whatever the server asks (sslmode=prefer); haagent's
-// probe must not be the one that gives it away.
-func (p *prober) pgConnect(ctx context.Context, t pgTarget, db string, mode tlsMode) (*pgx.Conn, *authWatch, error) {
+// pgConnect opens one connection over TLS with a verified certificate, the only kind on which
+// haagent authenticates (whatever method the server asks for, as the services would).
+func (p *prober) pgConnect(ctx context.Context, t pgTarget, db string) (*pgx.Conn, error) {
 	cs := fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable", quoteKV(t.ep.Host), quoteKV(t.ep.Port), quoteKV(t.user), quoteKV(db))
 	cfg, err := pgx.ParseConfig(cs)
 	if err != nil {
-		return nil, nil, fmt.Errorf("building the connection settings for %s: %w", t.ep.Target, err)
+		return nil, fmt.Errorf("building the connection settings for %s: %w", t.ep.Target, err)
 	}
 	cfg.Password = t.pwd
 	cfg.Fallbacks = nil
 	cfg.LookupFunc = p.opts.Resolver.LookupHost
 	cfg.RuntimeParams["application_name"] = "haagent-probe"
-	switch mode {
-	case tlsVerify:
-		cfg.TLSConfig = &tls.Config{ServerName: t.ep.Host, RootCAs: p.opts.RootCAs, MinVersion: tls.VersionTLS12}
-	case tlsNoVerify:
-		cfg.TLSConfig = &tls.Config{ServerName: t.ep.Host, InsecureSkipVerify: true} //nolint:gosec // only after the verified attempt failed and was reported; SCRAM only, below
-	}
-	if mode != tlsVerify {
-		cfg.RequireAuth = unverifiedAuth
-	}
-	w := &authWatch{}
-	w.asked.Store(-1)
-	cfg.AfterNetConnect = func(_ context.Context, _ *pgconn.Config, c net.Conn) (net.Conn, error) {
-		return &watchedConn{Conn: c, w: w}, nil
-	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	return conn, w, err
+	cfg.TLSConfig = &tls.Config{ServerName: t.ep.Host, RootCAs: p.opts.RootCAs, MinVersion: tls.VersionTLS12}
+	return pgx.ConnectConfig(ctx, cfg)
 }
-
-// unverifiedAuth is the only authentication answered on a connection whose server is not
-// verified (libpq's and pgx's require_auth). Not "none" either: a server that lets the user in
-// without any proof could be anyone, and the checks after it would describe that anyone.
-const unverifiedAuth = "scram-sha-256"
 
 // PostgreSQL's AuthenticationRequest codes (protocol "Message Formats", 'R').
 const (
@@ -345,103 +312,185 @@ const (
 	authMD5       = 5
 	authGSS       = 7
 	authSSPI      = 9
+	authSASL      = 10
 )
 
-// authWatch holds the first authentication request the server made, read off the wire: pgx
-// reports a method refused by RequireAuth only as text, and the finding depends on which method
-// it was.
-type authWatch struct {
-	asked atomic.Int32 // an auth code above, -1 before any
+// pgAsked is what an unverified server answered the startup message with: an authentication
+// request (code, and for SASL its mechanisms).
+type pgAsked struct {
+	code  uint32
+	mechs []string
 }
 
-// refused reports the method the server asked for when RequireAuth refused it on this
-// connection (an unverified one).
-func (w *authWatch) refused(mode tlsMode) (int32, bool) {
-	if w == nil || mode == tlsVerify {
-		return 0, false
+// maxPGStartupAnswer bounds the one message read from an unverified server: a real
+// authentication request is a few bytes, an ErrorResponse a few hundred.
+const maxPGStartupAnswer = 8 << 10
+
+// pgAsk opens one connection to a server haagent could not verify (its certificate failed, or it
+// refused TLS), sends the startup message, reads which authentication the server asks for and
+// hangs up without answering. No proof of the password goes to such a server: not the password
+// in clear, not an MD5 hash (it logs in as well as the password does), and not a SCRAM proof
+// either: the client's proof is sent before the server proves anything, and a server that chose
+// the salt and an iteration count of 1 tests password guesses against it offline for a few HMACs
+// each. The services' drivers would answer (sslmode=prefer); haagent's probe must not be the one
+// that gives the password away. A real server stays silent about a client that hangs up here, as
+// psql does when it prompts for a password.
+func (p *prober) pgAsk(ctx context.Context, t pgTarget, db string, mode tlsMode) (pgAsked, error) {
+	conn, err := p.dialPG(ctx, t.ep)
+	if err != nil {
+		return pgAsked{}, err
 	}
-	switch a := w.asked.Load(); a {
-	case authOK, authCleartext, authMD5, authGSS, authSSPI:
-		return a, true
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
 	}
-	return 0, false
-}
-
-// watchedConn passes everything through and notes the code of the first 'R' message. It sees
-// plain protocol bytes: pgx calls AfterNetConnect after the TLS handshake.
-type watchedConn struct {
-	net.Conn
-	w    *authWatch
-	hdr  []byte // the current message's type, length and (for 'R') auth code
-	skip int    // bytes of the current message still to pass over
-	done bool
-}
-
-func (c *watchedConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	c.scan(b[:n])
-	return n, err
-}
-
-func (c *watchedConn) scan(b []byte) {
-	for len(b) > 0 && !c.done {
-		if c.skip > 0 {
-			k := min(c.skip, len(b))
-			c.skip -= k
-			b = b[k:]
+	if mode == tlsNoVerify {
+		req, _ := (&pgproto3.SSLRequest{}).Encode(nil)
+		if _, err := conn.Write(req); err != nil {
+			return pgAsked{}, fmt.Errorf("asking %s for TLS: %w", t.ep.addr(), err)
+		}
+		var b [1]byte
+		if _, err := io.ReadFull(conn, b[:]); err != nil {
+			return pgAsked{}, fmt.Errorf("asking %s for TLS: %w", t.ep.addr(), err)
+		}
+		if b[0] != 'S' {
+			return pgAsked{}, fmt.Errorf("asking %s for TLS: it answered %q, having offered TLS on the connection before", t.ep.addr(), b[0])
+		}
+		tc := tls.Client(conn, &tls.Config{ServerName: t.ep.Host, InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}) //nolint:gosec // the verified attempt failed and was reported; nothing that proves the password is sent on this connection
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return pgAsked{}, fmt.Errorf("TLS handshake with %s, without verification: %w", t.ep.addr(), err)
+		}
+		conn = tc
+	}
+	startup, err := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
+		Parameters: map[string]string{"user": t.user, "database": db, "application_name": "haagent-probe"}}).Encode(nil)
+	if err != nil {
+		return pgAsked{}, fmt.Errorf("building the startup message for %s: %w", t.ep.Target, err)
+	}
+	if _, err := conn.Write(startup); err != nil {
+		return pgAsked{}, fmt.Errorf("sending the startup message to %s: %w", t.ep.addr(), err)
+	}
+	for {
+		var hdr [5]byte
+		if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+			return pgAsked{}, fmt.Errorf("reading the answer of %s to the startup message: %w", t.ep.addr(), err)
+		}
+		n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
+		if n < 0 || n > maxPGStartupAnswer {
+			return pgAsked{}, fmt.Errorf("the answer of %s to the startup message is not PostgreSQL's: message %q of %d bytes", t.ep.addr(), hdr[0], n)
+		}
+		body := make([]byte, n)
+		if _, err := io.ReadFull(conn, body); err != nil {
+			return pgAsked{}, fmt.Errorf("reading the answer of %s to the startup message: %w", t.ep.addr(), err)
+		}
+		switch hdr[0] {
+		case 'v': // NegotiateProtocolVersion comes before the request
 			continue
-		}
-		need := 5
-		if len(c.hdr) > 0 && c.hdr[0] == 'R' {
-			need = 9
-		}
-		k := min(need-len(c.hdr), len(b))
-		c.hdr = append(c.hdr, b[:k]...)
-		b = b[k:]
-		if len(c.hdr) < 5 || (c.hdr[0] == 'R' && len(c.hdr) < 9) {
-			continue // the header goes on in the next read (or the next turn, for 'R')
-		}
-		switch c.hdr[0] {
-		case 'R':
-			c.w.asked.Store(int32(binary.BigEndian.Uint32(c.hdr[5:9])))
-			c.done = true
 		case 'E':
-			c.done = true // refused before authentication: pgx's PgError says why
-		default: // e.g. NegotiateProtocolVersion before the request
-			c.skip = int(binary.BigEndian.Uint32(c.hdr[1:5])) - 4
-			c.hdr = c.hdr[:0]
+			var er pgproto3.ErrorResponse
+			if err := er.Decode(body); err != nil {
+				return pgAsked{}, fmt.Errorf("reading the error %s answered the startup message with: %w", t.ep.addr(), err)
+			}
+			return pgAsked{}, pgconn.ErrorResponseToPgError(&er)
+		case 'R':
+			if n < 4 {
+				return pgAsked{}, fmt.Errorf("the authentication request of %s is %d bytes long", t.ep.addr(), n)
+			}
+			a := pgAsked{code: binary.BigEndian.Uint32(body)}
+			if a.code == authSASL {
+				// The names go into evidence: a few short ones, as a real server sends.
+				for _, m := range strings.Split(string(body[4:]), "\x00") {
+					if m != "" && len(m) <= 32 && len(a.mechs) < 4 {
+						a.mechs = append(a.mechs, m)
+					}
+				}
+			}
+			return a, nil
 		}
+		return pgAsked{}, fmt.Errorf("%s answered the startup message with message %q, not an authentication request", t.ep.addr(), hdr[0])
 	}
 }
 
-// pgAuthRefused is the finding for a server that asked an unverified connection for anything
-// but SCRAM. It is inconclusive, not an error: RDS stores passwords as MD5 by default, and a real
-// server behind an unknown CA asks exactly this. What the operator can do is let the next boot
-// verify the server, and then every check runs.
-func pgAuthRefused(t pgTarget, mode tlsMode, asked int32, err error) findings.Finding {
+// dialPG connects to the first of the endpoint's addresses that accepts, as pgx does.
+func (p *prober) dialPG(ctx context.Context, ep endpoint) (net.Conn, error) {
+	addrs := []string{ep.Host}
+	if net.ParseIP(ep.Host) == nil {
+		var err error
+		if addrs, err = p.opts.Resolver.LookupHost(ctx, ep.Host); err != nil {
+			return nil, fmt.Errorf("resolving %s: %w", ep.Host, err)
+		}
+	}
+	var last error
+	for _, a := range addrs {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(a, ep.Port))
+		if err == nil {
+			return c, nil
+		}
+		last = err
+	}
+	return nil, fmt.Errorf("connecting to %s: %w", ep.addr(), last)
+}
+
+// pgUnverified asks an unverified server which authentication it wants and reports it. It is
+// inconclusive, not an error: a real server behind a CA this machine does not trust asks exactly
+// this, and what the operator can do is let the next boot verify the server, and then every
+// check runs. why is the code of the finding that made the server unverified.
+func (p *prober) pgUnverified(ctx context.Context, t pgTarget, d pgDB, mode tlsMode, why string) findings.Finding {
+	a, err := p.pgAsk(ctx, t, d.name, mode)
+	if err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code != "28000" {
+			// Only pg_hba.conf's verdict comes before authentication on a real server; anything
+			// else (a password "rejected" that was never sent, a database "missing") is the
+			// unverified server's word.
+			return findings.New("PROBE_INCONCLUSIVE", t.ep.Target,
+				fmt.Sprintf("PostgreSQL at %s (%s) refused the connection before authentication", t.ep.addr(), mode),
+				fmt.Sprintf("SQLSTATE %s: %s", pe.Code, pe.Message))
+		}
+		f, _ := pgFinding(t, d, mode, err)
+		return f
+	}
 	var how string
-	switch asked {
+	switch a.code {
 	case authCleartext:
 		how = "the password in clear text (as a TLS-stripping man in the middle does)"
 	case authMD5:
 		how = "an MD5 password hash (RDS's default password_encryption before PostgreSQL 14)"
 	case authOK:
 		how = "no password at all (trust)"
-	default:
+	case authSASL:
+		how = "SASL authentication"
+		for _, m := range a.mechs {
+			if m == "SCRAM-SHA-256" {
+				how = "SCRAM-SHA-256"
+			}
+		}
+	case authGSS, authSSPI:
 		how = "GSSAPI or SSPI authentication"
+	default:
+		how = fmt.Sprintf("authentication method %d", a.code)
 	}
-	why := "its certificate could not be verified"
+	because := "its certificate could not be verified"
 	fix := "put the CA that issued the server's certificate in the bucket's ca-certificates/ prefix as a .crt " +
 		"(for RDS, the bundle https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem) so the next boot verifies the server and checks it fully"
-	if mode == tlsNone {
-		why = "it offers no TLS"
+	switch why {
+	case "TLS_OFF":
+		because = "it offers no TLS"
 		fix = "enable TLS on the server (ssl = on, with a certificate; RDS always offers it) and put its CA in the bucket's ca-certificates/ prefix as a .crt, so the next boot verifies the server and checks it fully"
+	case "TLS_HOSTNAME_MISMATCH":
+		fix = "connect with a name the server's certificate holds (see TLS_HOSTNAME_MISMATCH), or reissue the certificate with " + t.ep.Host + ", so the next boot verifies the server and checks it fully"
+	case "TLS_EXPIRED":
+		fix = "renew the server's certificate (and check this machine's clock: timedatectl) so the next boot verifies the server and checks it fully"
 	}
-	fix += fmt.Sprintf("; or store the role's password as SCRAM: SET password_encryption = 'scram-sha-256'; ALTER ROLE %s PASSWORD '...';", pgIdent(t.user))
+	mechs := ""
+	if a.code == authSASL {
+		mechs = fmt.Sprintf(" (mechanisms %q)", a.mechs)
+	}
 	return findings.New("PROBE_INCONCLUSIVE", t.ep.Target,
-		fmt.Sprintf("PostgreSQL at %s asked for %s for user %q, on a connection whose server haagent cannot trust (%s); haagent answers only SCRAM there and did not send the password, so the password, database and extension checks did not run",
-			t.ep.addr(), how, t.user, why),
-		fmt.Sprintf("AuthenticationRequest code %d with %s; require_auth=%s: %v", asked, mode, unverifiedAuth, err)).
+		fmt.Sprintf("PostgreSQL at %s asks for %s for user %q, on a connection whose server haagent cannot trust (%s); haagent does not authenticate there and did not send the password (nor a hash or SCRAM proof of it), so the password, database and extension checks did not run",
+			t.ep.addr(), how, t.user, because),
+		fmt.Sprintf("AuthenticationRequest code %d%s with %s; haagent hung up without answering", a.code, mechs, mode)).
 		WithFix(fix)
 }
 

@@ -221,3 +221,46 @@ func TestUsersUnion(t *testing.T) {
 		}
 	}
 }
+
+// What a probe reports of a settings file quotes nothing of a password or token, in any field
+// of the report and in the text report: a URI whose password holds "://" or a line break, a $
+// or an unquoted space in a password, a ${X?message}.
+func TestReportQuotesNoSecretOfSettings(t *testing.T) {
+	for _, c := range []struct {
+		name, file, content, secret, code string
+		only                              []string
+	}{
+		{"mongo password with ://", "mongodb", "export CIRCLE_SECRETS_MONGODB_MAIN_URI=\"mongodb://circle:ab://cdSECRET1@127.0.0.1:1/circle_ghe\"\n", "cdSECRET1", "URI_MALFORMED", []string{"mongo"}},
+		{"mongo password with a line break", "mongodb", "export CIRCLE_SECRETS_MONGODB_MAIN_URI=\"mongodb://circle:abSECRET2\nxyz@127.0.0.1:1/circle_ghe\"\n", "abSECRET2", "TCP_REFUSED", []string{"mongo"}},
+		{"mongo password with a bad escape", "mongodb", "export CIRCLE_SECRETS_MONGODB_MAIN_URI='mongodb://circle:Hun%zzSECRET@127.0.0.1:1/circle_ghe'\n", "%zz", "URI_MALFORMED", []string{"mongo"}},
+		{"pg URI password with a line break", "postgresql", "export CIRCLE_SECRETS_POSTGRES_MAIN_URI=\"postgres://circle:abSECRET3\nxyz@127.0.0.1:1/circle\"\n", "abSECRET3", "URI_MALFORMED", []string{"postgres"}},
+		{"pg URI password with ://", "postgresql", "export CIRCLE_SECRETS_POSTGRES_MAIN_URI=\"postgres://circle:ab://cdSECRET4@127.0.0.1:1/circle\"\n", "cdSECRET4", "URI_MALFORMED", []string{"postgres"}},
+		{"pg password with $", "postgresql", "export POSTGRES_HOST=127.0.0.1\nexport POSTGRES_PORT=1\nexport POSTGRES_USER=circle\nexport POSTGRES_PASSWORD=\"pass$wordSECRET5\"\n", "wordSECRET5", "SETTING_MISSING", []string{"postgres"}},
+		{"pg password with an unquoted space", "postgresql", "export POSTGRES_HOST=127.0.0.1\nexport POSTGRES_PORT=1\nexport POSTGRES_USER=circle\nPOSTGRES_PASSWORD=pass wordSECRET6\n", "wordSECRET6", "SETTING_REFUSED", []string{"postgres"}},
+		{"vault token with $", "vault", "export VAULT__SCHEME=http\nexport VAULT__HOST=127.0.0.1\nexport VAULT__PORT=1\nexport VAULT__TRANSIT_MOUNT=transit\nexport VAULT__CLIENT_TOKEN=\"s.ab$cdSECRET7\"\n", "cdSECRET7", "SETTING_MISSING", []string{"vault"}},
+		{"mongo base URI with $ in the password", "mongodb", "MONGO_BASE_URI=\"mongodb://circle:p$wSECRET8@127.0.0.1:1\"\nexport CIRCLE_SECRETS_MONGODB_MAIN_URI=\"$MONGO_BASE_URI/circle_ghe\"\n", "wSECRET8", "SETTING_MISSING", []string{"mongo"}},
+		{"${X?message}", "postgresql", "export POSTGRES_PASSWORD=${NOPE?SECRET9}\n", "SECRET9", "SETTING_REFUSED", []string{"postgres"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			root := t.TempDir()
+			dir := filepath.Join(root, settings.SharedDir)
+			os.MkdirAll(dir, 0o700)
+			if err := os.WriteFile(filepath.Join(dir, c.file), []byte(c.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			rep := Run(context.Background(), root, Options{Timeout: 2 * time.Second, Postgres: DefaultPostgres(), Only: c.only})
+			if find(rep.Findings, c.code) == nil {
+				t.Fatalf("want %s, got %+v", c.code, rep.Findings)
+			}
+			assertNoSecret(t, rep, c.secret)
+			var text strings.Builder
+			rep.WriteText(&text)
+			for _, f := range rep.Findings {
+				text.WriteString(f.Fix + f.Evidence + f.Summary + f.Target)
+			}
+			if strings.Contains(text.String(), c.secret) {
+				t.Errorf("%q in the text report:\n%s", c.secret, text.String())
+			}
+		})
+	}
+}

@@ -71,6 +71,45 @@ func TestRedactLine(t *testing.T) {
 	}
 }
 
+// A proxy password with an unescaped '/', space, '#', '?' or '@' is hidden in the installer's
+// line about it and wherever it is printed alone; another URL's with a '/' too.
+func TestRedactLineAwkwardProxyPasswords(t *testing.T) {
+	for _, p := range []string{
+		"http://user:pa/ssSECRET@proxy:3128",
+		"http://user:pa ssSECRET@proxy:3128",
+		"http://user:pa%2FssSECRET@proxy:3128",
+		"http://user:p@ssSECRET@proxy:3128",
+		"http://user:ab#cdSECRET@proxy:3128",
+		"http://user:ab?cdSECRET@proxy:3128",
+	} {
+		for _, line := range []string{"The installer will use the proxy at '" + p + "' (imported from env var 'HTTP_PROXY')", p} {
+			if got := redactLine(line, p); strings.Contains(got, "SECRET") || !strings.Contains(got, "***@proxy:3128") {
+				t.Errorf("redactLine(%q) = %q", line, got)
+			}
+		}
+	}
+	if got := redactLine("fetching https://u:a/bSECRET@mirror.example/x failed", ""); got != "fetching https://***@mirror.example/x failed" {
+		t.Errorf("another URL: %q", got)
+	}
+}
+
+// The installer's credential arguments are masked where haagent logs its argv and in its
+// output; the argv itself keeps them (the script takes them only as arguments).
+func TestCredentialArgsMasked(t *testing.T) {
+	o := Options{LocalAddress: "10.0.1.23", PublicAddress: "203.0.113.7",
+		ExtraArgs: []string{"daemon-token=DAEMONSECRET", "artifactory-auth=dXNlcjpTRUNSRVQ=", "daemon_token=OTHERSECRET", "release-sequence=3"}}
+	args := Args(o)
+	if got := loggedArgs(args); got != "local-address=10.0.1.23 no-proxy public-address=203.0.113.7 daemon-token=*** artifactory-auth=*** daemon_token=*** release-sequence=3" {
+		t.Errorf("logged %q", got)
+	}
+	if !strings.Contains(strings.Join(args, " "), "daemon-token=DAEMONSECRET") {
+		t.Errorf("the argv lost the token: %q", args)
+	}
+	if got := o.redact("joining with token DAEMONSECRET and auth dXNlcjpTRUNSRVQ="); got != "joining with token *** and auth ***" {
+		t.Errorf("output line %q", got)
+	}
+}
+
 func TestVersionedURL(t *testing.T) {
 	if got := VersionedURL("https://get.replicated.com/docker", "2.38.6"); got != "https://get.replicated.com/docker?replicated_operator_tag=2.38.6&replicated_tag=2.38.6&replicated_ui_tag=2.38.6" {
 		t.Errorf("got %s", got)
@@ -88,7 +127,7 @@ func TestVersionedURL(t *testing.T) {
 func TestUnitWrapper(t *testing.T) {
 	dir := t.TempDir()
 	script := filepath.Join(dir, "install.sh")
-	os.WriteFile(script, []byte("echo \"args $*\"\necho \"proxy at 'http://u:pw@proxy:3128'\" >&2\nexit 3\n"), 0o700)
+	os.WriteFile(script, []byte("echo \"args $*\"\necho \"proxy at 'http://u:pw@proxy:3128'\" >&2\necho \"proxy at 'http://u:p/w#x@proxy:3128'\"\nexit 3\n"), 0o700)
 	w := unitWrapper("i-0abc", filepath.Join(dir, "exit"))
 	if strings.Contains(w, "${") {
 		t.Fatalf("the wrapper holds ${...}: %s", w)
@@ -97,7 +136,7 @@ func TestUnitWrapper(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
 		t.Fatalf("exit: %v", err)
 	}
-	if string(out) != "args a b\nproxy at 'http://***@proxy:3128'\n" {
+	if string(out) != "args a b\nproxy at 'http://***@proxy:3128'\nproxy at 'http://***@proxy:3128'\n" {
 		t.Fatalf("output %q", out)
 	}
 	b, _ := os.ReadFile(filepath.Join(dir, "exit"))

@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -192,7 +193,7 @@ func Ensure(ctx context.Context, o Options) (Result, error) {
 	}
 	res.Args = Args(o)
 	res.Ran = true
-	o.Log.Info("running the Replicated installer", "url", redactLine(o.URL, ""), "sha256", sum, "args", strings.Join(res.Args, " "),
+	o.Log.Info("running the Replicated installer", "url", redactLine(o.URL, ""), "sha256", sum, "args", loggedArgs(res.Args),
 		"proxy", redactLine(o.Proxy, o.Proxy), "timeout", o.Timeout.String())
 	var code int
 	var tail func() string
@@ -454,30 +455,65 @@ func writeEnvFile(path string, env []string) error {
 }
 
 // userinfoRE finds the userinfo of any URL in a line (the real script prints "will use the
-// proxy at 'http://user:password@host'"); it takes the last '@' before the host, so an
-// unescaped '@' in a password is hidden too.
-var userinfoRE = regexp.MustCompile(`(://)[^/\s]*@`)
+// proxy at 'http://user:password@host'"): everything from "://" to the last '@' before
+// whitespace, so an unescaped '@', '/', '#' or '?' in a password is hidden too, as
+// findings.Redact reads a URI.
+var userinfoRE = regexp.MustCompile(`(://)\S*@`)
 
-// redactLine hides URL credentials in a line, and the given secret literally (a proxy URL's
-// userinfo may also be printed without its scheme).
+// redactLine hides URL credentials in a line, and the given proxy's literally (a proxy URL's
+// userinfo may also be printed without its scheme, and a password with a space defeats the
+// pattern). The proxy is split the tolerant way (its user information runs to the last '@'),
+// not by url.Parse, which refuses a password holding '/' or a space.
 func redactLine(line, proxy string) string {
-	if u, err := url.Parse(proxy); err == nil && u.User != nil {
-		// As given (a raw '@' in a password stays raw when printed) and escaped.
-		raw := u.User.Username()
-		p, hasPassword := u.User.Password()
-		if hasPassword {
-			raw += ":" + p
+	var literal []string
+	if p, ok := findings.SplitURI(proxy); ok && p.HasUserinfo {
+		raw := p.User
+		if p.HasPassword {
+			raw += ":" + p.Password
 		}
-		for _, ui := range []string{raw, u.User.String()} {
-			if ui != "" {
-				line = strings.ReplaceAll(line, ui, "***")
-			}
+		literal = append(literal, raw)
+		if u, err := url.Parse(proxy); err == nil && u.User != nil {
+			literal = append(literal, u.User.String()) // escaped, as a client may print it
 		}
-		if hasPassword && len(p) >= 4 {
-			line = strings.ReplaceAll(line, p, "***")
+		if p.HasPassword && len(p.Password) >= 4 {
+			literal = append(literal, p.Password)
+		}
+	}
+	for _, l := range literal {
+		if l != "" {
+			line = strings.ReplaceAll(line, l, "***")
 		}
 	}
 	return userinfoRE.ReplaceAllString(line, "$1***@")
+}
+
+// credentialArgs are installer arguments whose value is a credential: the token other nodes
+// join the Replicated cluster with, and Artifactory's base64 "user:password".
+var credentialArgs = []string{"daemon-token", "daemon_token", "artifactory-auth"}
+
+// loggedArgs is the installer's argv as haagent logs it: a credential argument's value is
+// masked. It is on the real argv nonetheless: the script takes these only as arguments.
+func loggedArgs(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = a
+		if name, v, found := strings.Cut(a, "="); found && v != "" && slices.Contains(credentialArgs, name) {
+			out[i] = name + "=***"
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// redact hides the proxy's credentials and the credential arguments' values in a line of the
+// installer's output (a script may echo its arguments).
+func (o Options) redact(line string) string {
+	line = redactLine(line, o.Proxy)
+	for _, a := range o.ExtraArgs {
+		if name, v, found := strings.Cut(a, "="); found && len(v) >= 4 && slices.Contains(credentialArgs, name) {
+			line = strings.ReplaceAll(line, v, "***")
+		}
+	}
+	return line
 }
 
 // runChild runs the installer as a child: stdin closed and a new session without a
@@ -506,7 +542,7 @@ func runChild(ctx context.Context, o Options, args []string) (int, string, error
 			sc := bufio.NewScanner(r)
 			sc.Buffer(make([]byte, 64<<10), 1<<20)
 			for sc.Scan() {
-				line := redactLine(sc.Text(), o.Proxy)
+				line := o.redact(sc.Text())
 				ring.add(line)
 				o.Log.Log(context.Background(), level, line, "source", "installer")
 			}
@@ -591,7 +627,7 @@ func runUnit(ctx context.Context, o Options, args []string) (int, error) {
 // element): systemd replaces every ${...} in a command line with a value from its own
 // environment, empty when unset (seen on systemd 252), so the program has no braces.
 func unitWrapper(instanceID, exitPath string) string {
-	return fmt.Sprintf(`/bin/bash "$0" "$@" 2>&1 | sed -u -E 's#(://)[^/[:space:]]*@#\1***@#g'; rc=$PIPESTATUS; printf '%%s %%s\n' "$rc" %q > %q; exit $rc`,
+	return fmt.Sprintf(`/bin/bash "$0" "$@" 2>&1 | sed -u -E 's#(://)[^[:space:]]*@#\1***@#g'; rc=$PIPESTATUS; printf '%%s %%s\n' "$rc" %q > %q; exit $rc`,
 		instanceID, exitPath)
 }
 
@@ -643,7 +679,7 @@ func unitActive(ctx context.Context) (bool, error) {
 func (o Options) unitTail(ctx context.Context) string {
 	argv := append(append([]string{}, Journalctl...), "-u", UnitName, "-n", "20", "-o", "cat", "--no-pager")
 	out, _ := exec.CommandContext(ctx, argv[0], argv[1:]...).Output()
-	return redactLine(strings.Join(strings.Split(strings.TrimSpace(string(out)), "\n"), " | "), o.Proxy)
+	return o.redact(strings.Join(strings.Split(strings.TrimSpace(string(out)), "\n"), " | "))
 }
 
 // ensureActive starts Replicated's services if a reboot left them inactive.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -92,11 +93,18 @@ func (s *Settings) Get(name string) (Setting, bool) {
 	return v, ok
 }
 
-// Names returns the set variables with the given prefix, sorted.
+// Names returns the variables with the given prefix that a file sets, sorted: those whose
+// value could be built and those that use a variable nothing sets (Require reports those), so
+// a CIRCLE_SECRETS_POSTGRES_*_URI="$UNSET/vms" is reported, not skipped.
 func (s *Settings) Names(prefix string) []string {
 	s.read(prefix + "*")
 	var out []string
 	for n := range s.vars {
+		if strings.HasPrefix(n, prefix) {
+			out = append(out, n)
+		}
+	}
+	for n := range s.missing {
 		if strings.HasPrefix(n, prefix) {
 			out = append(out, n)
 		}
@@ -262,7 +270,7 @@ func (s *Settings) parse(name string, data []byte) []findings.Finding {
 		if errors.As(err, &pe) {
 			where = fmt.Sprintf("%s:%d:%d", name, pe.Pos.Line(), pe.Pos.Col())
 		}
-		return []findings.Finding{findings.New("CONFIG_SYNTAX", where, "cannot parse "+name+" as a shell file", err.Error())}
+		return []findings.Finding{findings.New("CONFIG_SYNTAX", where, "cannot parse "+name+" as a shell file", parseErrorText(err))}
 	}
 	var fs []findings.Finding
 	for _, st := range f.Stmts {
@@ -308,7 +316,15 @@ func assignments(st *syntax.Stmt) ([]*syntax.Assign, string) {
 	switch c := st.Cmd.(type) {
 	case *syntax.CallExpr:
 		if len(c.Args) > 0 {
-			return nil, fmt.Sprintf("a command (%q)", wordText(c.Args[0]))
+			// Never the command's words: after NAME=pass word the "command" is the rest of a
+			// password with an unquoted space, and after a ';' or a broken line it can be too.
+			if len(c.Assigns) > 0 {
+				return nil, fmt.Sprintf("a command after an unquoted space in the value of %s (quote the value in single quotes: %s='...')", c.Assigns[0].Name.Value, c.Assigns[0].Name.Value)
+			}
+			if w := c.Args[0].Lit(); knownCommands[w] {
+				return nil, fmt.Sprintf("a command (%q)", w)
+			}
+			return nil, "a command"
 		}
 		return c.Assigns, ""
 	case *syntax.DeclClause:
@@ -327,10 +343,41 @@ func assignments(st *syntax.Stmt) ([]*syntax.Assign, string) {
 	return nil, "a compound command"
 }
 
-func wordText(w *syntax.Word) string {
-	var b strings.Builder
-	syntax.NewPrinter().Print(&b, w)
-	return b.String()
+// knownCommands are the commands a settings file is seen to hold by mistake, named in the
+// finding; any other word could be a piece of a value and is not.
+var knownCommands = map[string]bool{
+	"source": true, ".": true, "eval": true, "exec": true, "echo": true, "printf": true, "set": true,
+	"unset": true, "cd": true, "curl": true, "wget": true, "aws": true, "sudo": true, "bash": true,
+	"sh": true, "cat": true, "rm": true, "alias": true, "local": true, "true": true, "false": true,
+	"test": true, "[": true, "[[": true,
+}
+
+// backquotedRE finds the tokens mvdan.cc/sh's parse errors quote.
+var backquotedRE = regexp.MustCompile("`[^`]*`")
+
+// parseErrorText is a parse error without the words of the file it may quote ("%#q cannot be
+// followed by a word" quotes a parameter's name, an unclosed here-document its delimiter):
+// those can be a piece of a password. Operators and keywords stay, so the message still says
+// what is wrong; the target holds the line and column.
+func parseErrorText(err error) string {
+	msg := err.Error()
+	var pe syntax.ParseError
+	if errors.As(err, &pe) {
+		msg = pe.Text
+	}
+	return backquotedRE.ReplaceAllStringFunc(msg, func(q string) string {
+		tok := q[1 : len(q)-1]
+		if shellKeywords[tok] || (len(tok) <= 2 && strings.Trim(tok, "\"'`()[]{}<>;&|!$=#*?@+-,:") == "") {
+			return q
+		}
+		return "(a word of the file)"
+	})
+}
+
+var shellKeywords = map[string]bool{
+	"export": true, "declare": true, "readonly": true, "if": true, "then": true, "elif": true, "else": true,
+	"fi": true, "for": true, "while": true, "until": true, "do": true, "done": true, "case": true,
+	"esac": true, "in": true, "function": true, "select": true, "time": true, "coproc": true, "]]": true,
 }
 
 func (s *Settings) assign(file string, as *syntax.Assign) []findings.Finding {
@@ -375,7 +422,18 @@ func (s *Settings) assign(file string, as *syntax.Assign) []findings.Finding {
 	}
 	if len(missing) > 0 {
 		var fs []findings.Finding
+		unnamed := false
 		for _, m := range missing {
+			if !nameable(m, name) {
+				// "pass$word" in double quotes: the "variable" is the rest of the password.
+				if !unnamed {
+					unnamed = true
+					fs = append(fs, findings.New("SETTING_MISSING", where,
+						fmt.Sprintf("the value of %s holds a $ the shell would expand, to a variable no settings file sets (it would become an empty string)", name), "").
+						WithFix(fmt.Sprintf("if the $ is part of a password or token, put the value in single quotes (%s='...'; a ' inside is written '\\''); else define the variable before it is used (in %s or an earlier file of %s/)", name, file, SharedDir)))
+				}
+				continue
+			}
 			f := findings.New("SETTING_MISSING", where,
 				fmt.Sprintf("%s uses $%s, which no settings file sets (it would expand to an empty string)", name, m), "").
 				WithFix(fmt.Sprintf("define %s before it is used (in %s or an earlier file of %s/), or write the value out in full", m, file, SharedDir))
@@ -387,11 +445,48 @@ func (s *Settings) assign(file string, as *syntax.Assign) []findings.Finding {
 	}
 	val, err := expand.Literal(&expand.Config{Env: environ(s.vars)}, as.Value)
 	if err != nil {
-		return []findings.Finding{findings.New("SETTING_REFUSED", where, "cannot expand the value of "+name, err.Error())}
+		// Not the error's text: ${X?message} puts the message, a piece of the value, in it.
+		return []findings.Finding{findings.New("SETTING_REFUSED", where,
+			fmt.Sprintf("the value of %s uses a ${...} form that fails to expand (such as ${NAME?message} with NAME unset)", name), "").
+			WithFix(fmt.Sprintf("write the value of %s out in full, in single quotes (%s='...')", name, name))}
 	}
 	s.vars[name] = Setting{Name: name, Value: val, File: file, Line: int(pos.Line())}
 	delete(s.missing, name)
 	return nil
+}
+
+// knownReferences are variables settings files are known to build others from (the
+// runbook's five CIRCLE_SECRETS_MONGODB_*_URI="$MONGO_BASE_URI/..."), named in a finding even
+// inside a secret's value.
+var knownReferences = map[string]bool{
+	"MONGO_BASE_URI": true, "POSTGRES_HOST": true, "POSTGRES_PORT": true, "POSTGRES_USER": true,
+	"POSTGRES_PASSWORD": true, "VAULT__SCHEME": true, "VAULT__HOST": true, "VAULT__PORT": true,
+	"VAULT__CLIENT_TOKEN": true, "VAULT__TRANSIT_MOUNT": true,
+}
+
+// nameable reports whether a finding may name $ref, referenced in the value of name: ref is a
+// word of the value, so only a name no password is made of: a known one, or an upper-case
+// name in a value that holds no secret.
+func nameable(ref, name string) bool {
+	if knownReferences[ref] {
+		return true
+	}
+	if ref == "" || strings.Trim(ref, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") != "" {
+		return false
+	}
+	return !secretName(name)
+}
+
+// secretName says whether a variable's value may hold a credential: a password, a token, a key,
+// or a URI (whose user information holds one).
+func secretName(name string) bool {
+	u := strings.ToUpper(name)
+	for _, w := range []string{"PASS", "PWD", "TOKEN", "SECRET", "KEY", "AUTH", "CRED", "COOKIE", "URI", "URL", "DSN"} {
+		if strings.Contains(u, w) {
+			return true
+		}
+	}
+	return false
 }
 
 // special parameters ($HOME and friends are not set by the files, but neither do services

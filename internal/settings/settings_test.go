@@ -1,6 +1,7 @@
 package settings
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -124,7 +125,9 @@ func FuzzParse(f *testing.F) {
 		}
 		for _, n := range s.Names("") {
 			if _, ok := s.Get(n); !ok {
-				t.Fatalf("Names lists unset %s", n)
+				if _, fs := s.Require("x", n); len(fs) == 0 || fs[0].Code != "SETTING_MISSING" {
+					t.Fatalf("Names lists %s, neither set nor reported missing", n)
+				}
 			}
 		}
 	})
@@ -196,6 +199,64 @@ func TestCarriageReturnRefused(t *testing.T) {
 	_, fs := Parse("/etc/circleconfig/shared/db", data)
 	if len(fs) != 1 || fs[0].Code != "CONFIG_SYNTAX" || fs[0].Target != "/etc/circleconfig/shared/db:2" || !fs[0].Blocking ||
 		!strings.Contains(fs[0].Summary, "2 lines") || !strings.Contains(fs[0].Fix, "dos2unix db") {
+		t.Fatalf("%+v", fs)
+	}
+}
+
+// No word taken from a value reaches a finding, in any field: a password with an unquoted
+// space, a $ in double quotes, a ${X?message}, a parse error quoting a word. Each finding still
+// says what is wrong and how to fix it.
+func TestFindingsQuoteNoValue(t *testing.T) {
+	for _, c := range []struct{ name, src, secret, code, says string }{
+		{"unquoted space", "export POSTGRES_HOST=db\nPOSTGRES_PASSWORD=pass wordSECRET6\n", "wordSECRET6", "SETTING_REFUSED", "a command after an unquoted space in the value of POSTGRES_PASSWORD"},
+		{"unquoted space after a semicolon", "export POSTGRES_PASSWORD=pass;wordSECRET6\n", "wordSECRET6", "SETTING_REFUSED", "contains a command;"},
+		{"$ in double quotes", "export POSTGRES_PASSWORD=\"pass$wordSECRET5\"\n", "wordSECRET5", "SETTING_MISSING", "holds a $ the shell would expand"},
+		{"$UPPER in double quotes", "export POSTGRES_PASSWORD=\"pass$WORDSECRET5\"\n", "WORDSECRET5", "SETTING_MISSING", "holds a $ the shell would expand"},
+		{"$ in a URI's password", "export MONGO_BASE_URI=\"mongodb://circle:p$wSECRET8@db:27017\"\n", "wSECRET8", "SETTING_MISSING", "holds a $ the shell would expand"},
+		{"token with $", "export VAULT__CLIENT_TOKEN=\"s.ab$cdSECRET7\"\n", "cdSECRET7", "SETTING_MISSING", "holds a $ the shell would expand"},
+		{"${X?message}", "export POSTGRES_PASSWORD=${NOPE?SECRET9}\n", "SECRET9", "SETTING_REFUSED", "fails to expand"},
+		{"${X:?message}", "export POSTGRES_PASSWORD=${NOPE:?abSECRET9}\n", "abSECRET9", "SETTING_REFUSED", "fails to expand"},
+		{"parse error quoting a word", "export POSTGRES_PASSWORD=\"ab${x@SECRETP}\"\n", "SECRETP", "CONFIG_SYNTAX", "cannot parse"},
+		{"unclosed here-document", "cat <<SECRETH\n", "SECRETH", "CONFIG_SYNTAX", "cannot parse"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s, fs := Parse("f", []byte(c.src))
+			for _, n := range []string{"POSTGRES_PASSWORD", "MONGO_BASE_URI", "VAULT__CLIENT_TOKEN"} {
+				_, rf := s.Require("x", n) // what a probe reports of a value built from a missing variable
+				fs = append(fs, rf...)
+			}
+			var hit *findings.Finding
+			for i, f := range fs {
+				b, _ := json.Marshal(f)
+				all := string(b) + f.String() + f.Target + f.Summary + f.Evidence + f.Fix
+				if strings.Contains(all, c.secret) {
+					t.Errorf("%q of the value appears in the finding: %s; fix %q", c.secret, b, f.Fix)
+				}
+				if f.Code == c.code && strings.Contains(f.Summary, c.says) {
+					hit = &fs[i]
+				}
+			}
+			if hit == nil || hit.Fix == "" {
+				t.Fatalf("want %s saying %q, with a fix, got %+v", c.code, c.says, fs)
+			}
+		})
+	}
+	// A value that holds no secret still names the variable it is missing, and so does a known
+	// one inside a secret (TestUndefinedReferenceIsMissingNotEmpty).
+	s, _ := Parse("f", []byte("export POSTGRES_HOST=\"$DB_HOST\"\n"))
+	if _, fs := s.Require("postgres", "POSTGRES_HOST"); len(fs) != 1 || !strings.Contains(fs[0].Summary, "uses $DB_HOST") {
+		t.Fatalf("%+v", fs)
+	}
+}
+
+// A variable whose value uses one nothing sets is listed by Names, so a probe that walks a
+// prefix reports it instead of skipping it.
+func TestNamesListsWhatCannotBeBuilt(t *testing.T) {
+	s, _ := Parse("f", []byte("export CIRCLE_SECRETS_POSTGRES_VMS_URI=\"$PG_BASE/vms\"\nexport CIRCLE_SECRETS_POSTGRES_X_URI=postgres://u@h/x\n"))
+	if got := strings.Join(s.Names("CIRCLE_SECRETS_POSTGRES_"), ","); got != "CIRCLE_SECRETS_POSTGRES_VMS_URI,CIRCLE_SECRETS_POSTGRES_X_URI" {
+		t.Fatalf("Names = %s", got)
+	}
+	if _, fs := s.Require("postgres", "CIRCLE_SECRETS_POSTGRES_VMS_URI"); len(fs) != 1 || fs[0].Code != "SETTING_MISSING" {
 		t.Fatalf("%+v", fs)
 	}
 }

@@ -44,6 +44,10 @@ type Record struct {
 	// last comparison (fetch or backup). They stay here, shown by `haagent status` and
 	// `haagent check`, until a comparison finds the copies equal: only a person resolves one.
 	KeyConflicts []fetch.KeyConflict `json:"key_conflicts,omitempty"`
+	// CookieCreatedBy is the instance that created the bucket's session cookie key, when one
+	// on this machine did: for that instance alone the object is no evidence that the
+	// deployment existed before (its own first boot, retried).
+	CookieCreatedBy string `json:"cookie_created_by,omitempty"`
 }
 
 // InstalledBefore returns why this machine's record says the deployment existed before (a
