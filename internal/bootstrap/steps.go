@@ -676,7 +676,8 @@ func deploymentExisted(ctx context.Context, env *Env) (fetch.Existed, error) {
 }
 
 // startKeyScan starts, once, the periodic keys backup that runs for as long as haagent does.
-// The service holds its lock for its whole life, so the scan's writes are covered by it.
+// Each scan that writes takes the run lock (lockForWrite): while the boot steps run this
+// process holds it already; afterwards an on-demand command may hold it, and the scan waits.
 func startKeyScan(env *Env) {
 	ctx := env.monitorCtx()
 	env.keyScan.Do(func() {
@@ -767,14 +768,7 @@ func (sc *keyScanner) scan(ctx context.Context, env *Env, every time.Duration) b
 	return true
 }
 
-func (env *Env) keysEntry() config.Entry {
-	for _, l := range env.Config.Layout {
-		if l.Name == "encryption_keys" {
-			return l
-		}
-	}
-	return config.Entry{}
-}
+func (env *Env) keysEntry() config.Entry { return env.layoutEntry("encryption_keys") }
 
 // runProbes checks the databases and Vault with the settings in place: the probe step, the
 // stuck frontend and a crash loop all ask the same question.
