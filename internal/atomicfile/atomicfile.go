@@ -48,7 +48,7 @@ func Write(path string, r io.Reader, o Options) (Result, error) {
 		os.Remove(tmp)
 		return Result{}, fmt.Errorf("renaming %s into place: %w", path, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := SyncDir(dir); err != nil {
 		return Result{}, err
 	}
 	return res, nil
@@ -80,7 +80,7 @@ func Commit(staged, path string, dirMode os.FileMode) error {
 	if err := os.Rename(staged, path); err != nil {
 		return fmt.Errorf("moving %s into place: %w", path, err)
 	}
-	return syncDir(dir)
+	return SyncDir(dir)
 }
 
 // Move is one staged file and its final path.
@@ -109,7 +109,7 @@ func CommitAll(moves []Move) error {
 		}
 	}
 	for _, dir := range dirs {
-		if err := syncDir(dir); err != nil {
+		if err := SyncDir(dir); err != nil {
 			return err
 		}
 	}
@@ -177,7 +177,8 @@ func MkdirAll(dir string, mode os.FileMode) error {
 	return nil
 }
 
-func syncDir(dir string) error {
+// SyncDir fsyncs a directory, so a rename into it survives a crash.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("opening %s to sync it: %w", dir, err)

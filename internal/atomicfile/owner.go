@@ -163,7 +163,7 @@ func Converge(path string, mode os.FileMode, uid, gid int, dir bool) (bool, erro
 		want = unix.S_IFDIR
 	}
 	if st.Mode&unix.S_IFMT != want {
-		return false, fmt.Errorf("setting mode and owner of %s: not a regular %s", path, map[bool]string{true: "directory", false: "file"}[dir])
+		return false, fmt.Errorf("setting mode and owner of %s: it is not a %s; move it aside and run haagent again", path, map[bool]string{true: "directory", false: "regular file"}[dir])
 	}
 	changed := false
 	perm := uint32(mode.Perm())

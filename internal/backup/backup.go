@@ -187,9 +187,8 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 			if open, err := openForWriting(path); errors.Is(err, fs.ErrNotExist) {
 				continue // moved aside since it was read: nothing to back up
 			} else if err != nil {
-				res.NotBackedUp = append(res.NotBackedUp, rel)
-				res.Findings = append(res.Findings, findings.New("KEYS_NOT_BACKED_UP", filepath.Join(o.LocalDir, rel),
-					fmt.Sprintf("cannot tell whether encryption key %s is still being written; it is not uploaded", rel), err.Error()))
+				notBackedUp(rel, fmt.Sprintf("cannot tell whether encryption key %s is still being written; it is not uploaded", rel), err.Error(),
+					"check that haagent can open the file (it runs as root); haagent retries at the next scan")
 				continue
 			} else if open {
 				notBackedUp(rel, fmt.Sprintf("encryption key %s is still being written; it is backed up once unchanged for %s", rel, o.Settle),

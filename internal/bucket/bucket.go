@@ -333,8 +333,9 @@ func (b *Bucket) PutIfAbsent(ctx context.Context, key string, data []byte, enc .
 
 // PutIfMatch replaces a small object only while its ETag is still etag (If-Match), or creates
 // it when etag is "" (If-None-Match: *): a read-modify-write that loses no concurrent update.
-// It returns ErrExists when another writer changed the object first. Without enc the put
-// carries the bucket's encryption (Options.Encryption), so no caller can forget it.
+// It returns ErrExists when another writer changed the object first. Without enc, or with an
+// enc whose SSE is "", the put carries the bucket's encryption (Options.Encryption), so no
+// caller can forget it.
 func (b *Bucket) PutIfMatch(ctx context.Context, key string, data []byte, etag string, enc ...Encryption) error {
 	if len(enc) == 0 || enc[0].SSE == "" {
 		enc = []Encryption{b.enc}
@@ -384,6 +385,9 @@ func (e *TruncatedError) Error() string {
 	from := e.From
 	if from == "" {
 		from = "Content-Length"
+	}
+	if e.Expected < 0 {
+		return fmt.Sprintf("body has %d bytes and nothing vouches for its size (%s); haagent retries, listing the object again", e.Got, from)
 	}
 	return fmt.Sprintf("body has %d bytes, %s said %d", e.Got, from, e.Expected)
 }

@@ -222,15 +222,7 @@ func (bd *Bundle) commitKey(f *File) error {
 	if err != nil {
 		return fmt.Errorf("moving key %s into place: %w", f.Dest, err)
 	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("opening %s to sync it: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, err)
-	}
-	return nil
+	return atomicfile.SyncDir(dir)
 }
 
 func renameNoReplace(from, to string) error {

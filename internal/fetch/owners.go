@@ -86,7 +86,13 @@ func ownerFinding(root string, e config.Entry, kind, name string, err error) fin
 	summary := fmt.Sprintf("%s %q, the owner of %s (%s), does not exist in %s", kind, name, e.Dest, field, db)
 	fix := fmt.Sprintf("create the group on the machine (groupadd %s) before haagent runs, or set %s (or gid) to a group that exists", name, field)
 	var unknown *atomicfile.UnknownNameError
+	var cmd *atomicfile.CommandError
 	switch {
+	case !errors.As(err, &unknown) && !errors.As(err, &cmd):
+		// The database could not be read, or the entry's id is not a number: creating the name
+		// would not help.
+		summary = fmt.Sprintf("cannot resolve %s %q, the owner of %s (%s)", kind, name, e.Dest, field)
+		fix = fmt.Sprintf("check the line for %s in the file named in the evidence (readable, with a numeric id), or set %s to a numeric id", name, field)
 	case kind == "user":
 		db = filepath.Join(root, "etc/passwd")
 		summary = fmt.Sprintf("user %q, the owner of %s (%s), does not exist in %s", name, e.Dest, field, db)

@@ -110,7 +110,11 @@ func walk(root, key, p, clean string, uid, gid int, follow bool) (string, *findi
 		last := i == len(segs)-1
 		fi, err := os.Lstat(filepath.Join(root, cur))
 		if errors.Is(err, fs.ErrNotExist) {
-			return "", unreadable(key, p, cur+" does not exist", "", fmt.Sprintf("upload the file to the bucket (haagent writes it to %s), or correct %s in replicated.conf", DefaultLicense, key))
+			fix := fmt.Sprintf("create %s, or correct %s in replicated.conf", cur, key)
+			if name, ok := entryOf[path.Clean(p)]; ok {
+				fix = fmt.Sprintf("upload the file to the bucket (haagent writes it to %s, files.%s), or correct %s in replicated.conf", path.Clean(p), name, key)
+			}
+			return "", unreadable(key, p, cur+" does not exist", "", fix)
 		}
 		if err != nil {
 			return "", unreadable(key, p, "haagent cannot inspect "+cur, err.Error(), "")
