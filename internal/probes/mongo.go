@@ -366,9 +366,9 @@ func mongoAuthAndPrivileges(ctx context.Context, g *mongoGroup, seed string, im 
 				fmt.Sprintf("MongoDB at %s did not prove it holds the credentials of user %q (SCRAM server signature): an impostor at that address, or a broken server", seed, g.cs.Username), ev).
 				WithFix("check that " + seed + " is the intended MongoDB server (use TLS with a verified certificate: ssl=true), and the user's credentials on it")}
 		case isTimeout(err):
-			return []findings.Finding{findings.New("PROTOCOL_TIMEOUT", g.target, "MongoDB did not complete authentication in time", ev)}
+			return []findings.Finding{findings.New("PROTOCOL_TIMEOUT", g.target, fmt.Sprintf("MongoDB at %s did not complete the authentication of user %q in time", seed, g.cs.Username), ev)}
 		}
-		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", g.target, "authentication or connectionStatus failed", ev)}
+		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", g.target, fmt.Sprintf("authenticating user %q against database %q on %s, or asking it for connectionStatus, failed", g.cs.Username, g.authSource(), seed), ev)}
 	}
 	var cs struct {
 		AuthInfo struct {

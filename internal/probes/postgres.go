@@ -292,6 +292,8 @@ func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 // pgConnect opens one connection over TLS with a verified certificate, the only kind on which
 // haagent authenticates (whatever method the server asks for, as the services would).
 func (p *prober) pgConnect(ctx context.Context, t pgTarget, db string) (*pgx.Conn, error) {
+	// sslmode=disable only turns off pgx's own TLS choice and its plain fallback: cfg.TLSConfig,
+	// set below, makes this connection TLS, verified.
 	cs := fmt.Sprintf("host=%s port=%s user=%s dbname=%s sslmode=disable", quoteKV(t.ep.Host), quoteKV(t.ep.Port), quoteKV(t.user), quoteKV(db))
 	cfg, err := pgx.ParseConfig(cs)
 	if err != nil {
@@ -446,7 +448,8 @@ func (p *prober) pgUnverified(ctx context.Context, t pgTarget, d pgDB, mode tlsM
 			// unverified server's word.
 			return findings.New("PROBE_INCONCLUSIVE", t.ep.Target,
 				fmt.Sprintf("PostgreSQL at %s (%s) refused the connection before authentication", t.ep.addr(), mode),
-				fmt.Sprintf("SQLSTATE %s: %s", pe.Code, pe.Message))
+				fmt.Sprintf("SQLSTATE %s: %s", pe.Code, pe.Message)).
+				WithFix("the server refused before asking for any password: act on the SQLSTATE in the evidence (53300: too many connections; 57P03: starting up or in recovery), and make the server verifiable (its CA in the bucket's ca-certificates/) so the next boot checks it fully")
 		}
 		f, _ := pgFinding(t, d, mode, err)
 		return f
@@ -528,7 +531,7 @@ func pgFinding(t pgTarget, d pgDB, mode tlsMode, err error) (findings.Finding, b
 			}
 			if !d.required {
 				return findings.New("PG_DATABASE_MISSING", t.ep.Target,
-					fmt.Sprintf("database %q does not exist on %s; CircleCI's HA page lists it (added in 2018), the runbook's five do not, so this does not block the install", db, where), ev).
+					fmt.Sprintf("database %q does not exist on %s; it is optional (probes.postgres.optional_databases; by default the databases CircleCI's HA page adds to the runbook's five), so this does not block the install", db, where), ev).
 					WithFix(fix).WithSeverity(findings.Warning), false
 			}
 			return findings.New("PG_DATABASE_MISSING", t.ep.Target,
@@ -611,7 +614,7 @@ func pgExtensions(ctx context.Context, conn *pgx.Conn, t pgTarget, d pgDB) []fin
 		}
 		summary := fmt.Sprintf("extension %q is not installed in database %q on %s", e.name, db, t.ep.addr())
 		if !e.required {
-			summary += "; CircleCI's HA page asks for it, the runbook does not, so this does not block the install"
+			summary += "; it is optional (probes.postgres.optional_extensions; by default the ones CircleCI's HA page adds to the runbook's), so this does not block the install"
 		}
 		f := findings.New("PG_EXTENSION_MISSING", t.ep.Target, summary, "pg_extension lists: "+strings.Join(have, ", ")).
 			WithFix(fmt.Sprintf("as a superuser, connected to %s: CREATE EXTENSION IF NOT EXISTS %q;", db, e.name))

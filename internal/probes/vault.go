@@ -359,12 +359,12 @@ func (v *vaultProbe) run(ctx context.Context) bool {
 	if h.err != nil {
 		switch {
 		case strings.Contains(h.err.Error(), "server gave HTTP response to HTTPS client"):
-			v.addFix("VAULT_SCHEME_MISMATCH", fmt.Sprintf("VAULT__SCHEME is https but %s answers plain HTTP", v.ep.addr()), clip(h.err.Error(), vaultEvidenceCap),
+			v.addFix("VAULT_SCHEME_MISMATCH", fmt.Sprintf("VAULT__SCHEME is https but %s answers plain HTTP", v.ep.addr()), h.text(),
 				"set VAULT__SCHEME=\"http\", or enable TLS on the Vault listener (recommended)")
 		case isTimeout(h.err):
-			v.add("PROTOCOL_TIMEOUT", fmt.Sprintf("%s accepts connections but did not answer sys/health", v.ep.addr()), clip(h.err.Error(), vaultEvidenceCap))
+			v.add("PROTOCOL_TIMEOUT", fmt.Sprintf("%s accepts connections but did not answer sys/health", v.ep.addr()), h.text())
 		default:
-			v.add("PROBE_INCONCLUSIVE", "sys/health failed", clip(h.err.Error(), vaultEvidenceCap))
+			v.add("PROBE_INCONCLUSIVE", fmt.Sprintf("GET sys/health on %s failed", v.ep.addr()), h.text())
 		}
 		return false
 	}
