@@ -106,7 +106,7 @@ func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) {
 		return
 	}
 	if err := state.MarkThisBoot(c.g.path(state.BootRunsPath), rec.Last().ID); err != nil {
-		log.Error("cannot mark the failed run as this boot's", "error", err.Error())
+		log.Error("cannot mark the failed run as this boot's; `haagent status --wait` will not see it", "path", c.g.path(state.BootRunsPath), "error", err.Error())
 	}
 }
 

@@ -139,13 +139,14 @@ func Merge(ctx context.Context, b *bucket.Bucket, in Input) (Result, error) {
 				WithFix(fmt.Sprintf("grant the instance role s3:PutObject on arn:aws:s3:::%s/%s%s, or upload the key yourself", b.Name, b.Prefix, Object)))
 		default:
 			if source == "generated" {
-				f := findings.New("COOKIE_KEY_UNAVAILABLE", target, "creating the session cookie key in the bucket failed and none is on the machine", perr.Error())
+				f := findings.New("COOKIE_KEY_UNAVAILABLE", target, "creating the session cookie key in the bucket failed, and neither the machine nor the bucket's circle-installation-customizations holds one", perr.Error())
 				return res, &findings.Failure{Findings: []findings.Finding{f}}
 			}
 			// A key the bucket's copy or the machine already holds is kept: it is the one in use.
 			value, res.Source = candidate, source
 			res.Findings = append(res.Findings, findings.New("COOKIE_KEY_LOCAL_ONLY", target,
-				"saving the session cookie key to the bucket failed; keeping the one in use", perr.Error()))
+				"saving the session cookie key to the bucket failed; keeping the one in use", perr.Error()).
+				WithFix(fmt.Sprintf("check the instance role's s3:PutObject on arn:aws:s3:::%s/%s%s and the route to S3; until the key is there, a replacement instance may get another key and log every user out", b.Name, b.Prefix, Object)))
 		}
 	default:
 		// 403, 5xx, timeout: S3 did not say the key is absent, so any other key could replace
@@ -426,7 +427,7 @@ func write(path string, content, want []byte, e config.Entry) (bool, error) {
 			gid = os.Getegid()
 		}
 		if _, err := atomicfile.Converge(path, e.Mode.Perm(), uid, gid, false); err != nil {
-			return false, fmt.Errorf("setting mode %#o on %s: %w", e.Mode.Perm(), File, err)
+			return false, fmt.Errorf("converging the mode and owner of %s: %w", File, err)
 		}
 		return false, nil
 	}

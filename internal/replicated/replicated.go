@@ -150,12 +150,16 @@ func Ensure(ctx context.Context, o Options) (Result, error) {
 		if active, err := unitActive(ctx); err == nil && active {
 			o.Log.Warn("an installer started by an earlier haagent is still running; waiting for it", "unit", UnitName)
 			code, err := waitUnit(ctx, o)
+			// systemd read the proxy's environment file when the unit started; the haagent
+			// that wrote it was killed before its own cleanup.
+			os.Remove(filepath.Join(o.Root, EnvPath))
 			res.SHA256 = readScriptSHA(o.Root)
 			return res, o.complete(ctx, &res, code, err, func() string { return o.unitTail(ctx) }, res.SHA256)
 		}
 		if code, ok := readExit(o.Root, o.InstanceID); ok && !o.Reinstall {
 			// It ended while haagent was down: take its result, do not run it again.
 			o.Log.Warn("an installer started by an earlier haagent ended while haagent was down", "unit", UnitName, "exit", code)
+			os.Remove(filepath.Join(o.Root, EnvPath)) // its proxy environment file, left by the killed haagent
 			err := o.complete(ctx, &res, code, nil, func() string { return o.unitTail(ctx) }, readScriptSHA(o.Root))
 			// The record is dropped (and the installer rerun next time) only when the script
 			// failed or installed nothing: rerunning it over an installed Replicated that is

@@ -16,6 +16,7 @@ import (
 	"mvdan.cc/sh/v3/expand"
 	"mvdan.cc/sh/v3/syntax"
 
+	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
 )
 
@@ -24,21 +25,12 @@ import (
 // can use and override what an earlier one set), then its own ConfigDir/<service>/customizations
 // when it has one, whose values take precedence.
 const (
-	InstallFile = "/etc/circle-installation-customizations"
+	InstallFile = config.InstallationCustomizations
 	ConfigDir   = "/etc/circleconfig"
 	SharedDir   = "/etc/circleconfig/shared"
 	// ServiceFile is the name of a service's own file in ConfigDir/<service>/.
 	ServiceFile = "customizations"
 )
-
-// Services are the CircleCI Server 2.x services that read ConfigDir/<service>/customizations.
-var Services = []string{
-	"api-service", "audit-log-service", "contexts-service", "contexts-service-db-migrator",
-	"cron-service", "cron-service-db-migrator", "domain-service", "domain-service-migrator",
-	"federations-service-db-migrator", "federations-service-migrator", "frontend", "output-processor",
-	"permissions-service", "permissions-service-migrator", "picard-dispatcher", "schedulerer",
-	"test-results", "vm-gc", "vm-scaler", "vm-service", "vm-service-db-migrator", "workflows-conductor",
-}
 
 // IsShellFile reports whether a file under ConfigDir (rel is slash-separated and relative to
 // it) is one the services source as shell: a file of shared/ or a <service>/customizations.
@@ -251,7 +243,8 @@ func (s *Settings) Key(match func(name string) bool) string {
 	return b.String()
 }
 
-// Parse reads one file's content (used by Load and the fuzz target).
+// Parse reads one file's content on its own (the fetch's shell check, the cookie key's line,
+// the fuzz target).
 func Parse(name string, data []byte) (*Settings, []findings.Finding) {
 	s := &Settings{vars: map[string]Setting{}, missing: map[string][]findings.Finding{}}
 	return s, s.parse(name, data)
