@@ -149,6 +149,11 @@ var Catalogue = []Entry{
 	{"INSTALLER_ARG_UNKNOWN", Error, true, "replicated", "remove or correct the argument in replicated.extra_args: the installer exits 1 on a parameter it does not know, haagent sets local-address, the proxy and no-docker itself, install-docker-only, is-migration and airgap make no CircleCI Services machine, and a value may hold no whitespace"},
 	{"INSTALLER_REDIRECT_REFUSED", Error, true, "replicated", "point replicated.installer_url at an https URL that does not redirect to http (or keep the script in the bucket: s3://bucket/key with replicated.sha256)"},
 	{"INSTALLER_UNPINNED", Warning, false, "replicated", "pin the installer: set replicated.sha256 to the sha256 this run logged once you have read the script, or keep a reviewed copy in the bucket (installer_url: s3://bucket/key)"},
+
+	// Issue 18, the OS side of the stable address (iface): one block for the merge.
+	{"ADDRESS_NOT_HERE", Error, true, "address", "the address the builders use must reach this machine before CircleCI is installed on it: for address.private_ip, EC2 must have assigned it to this instance's primary interface (aws ec2 describe-network-interfaces --filters Name=addresses.private-ip-address,Values=IP) and `ip -4 addr` show it; for address.route53, `getent hosts NAME` must answer this instance's private IP (the private hosted zone associated with this VPC, enableDnsSupport on)"},
+	{"ADDRESS_UNREACHABLE", Error, false, "address", "the Nomad server (4647) and the frontend (443) must accept connections on the stable address: check the nomad and frontend containers (docker ps; replicatedctl app status) and that they publish on all addresses; the builders also need the Services security group to allow TCP 4647 and 443 from them"},
+	{"ADDRESS_REWRITTEN", Warning, false, "address", "Replicated was installed on this machine with another local address: haagent rewrote PRIVATE_ADDRESS in /etc/default/replicated and /etc/default/replicated-operator and restarted replicated and replicated-operator; restart the application too (replicatedctl app stop, then replicatedctl app start) so its containers take the new address"},
 }
 
 var byCode = func() map[string]Entry {
