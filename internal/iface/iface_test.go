@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -91,57 +90,16 @@ func helper(mode string) int {
 	return 0
 }
 
-// netns is a network namespace with its primary interface.
-type netns struct {
-	name  string
-	index int // eth0's interface index inside it
-}
+// netns is a namespace of peertest's, with eth0 as the primary interface.
+type netns struct{ *peertest.Netns }
 
-// newNetns creates a namespace with eth0 (a veth end, the other end left on the host without
-// an address) holding local, and lo up.
-func newNetns(t *testing.T, local string) *netns {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		peertest.Missing(t, "network namespace tests need root (ip netns add)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		peertest.Missing(t, "iproute2's ip is not installed")
-	}
-	id := fmt.Sprintf("%d%04x", os.Getpid()%100000, rand.IntN(1<<16))
-	ns := &netns{name: "hgif" + id}
-	host := "hgv" + id
-	mustIP(t, "netns", "add", ns.name)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns.name).Run() })
-	mustIP(t, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
-	t.Cleanup(func() { exec.Command("ip", "link", "del", host).Run() })
-	mustIP(t, "link", "set", host, "up")
-	mustIP(t, "-n", ns.name, "addr", "add", local, "dev", "eth0")
-	mustIP(t, "-n", ns.name, "link", "set", "eth0", "up")
-	mustIP(t, "-n", ns.name, "link", "set", "lo", "up")
-	var links []struct {
-		Ifindex int `json:"ifindex"`
-	}
-	if err := json.Unmarshal([]byte(mustIP(t, "-n", ns.name, "-j", "link", "show", "eth0")), &links); err != nil || len(links) != 1 {
-		t.Fatalf("reading eth0's index: %v", err)
-	}
-	ns.index = links[0].Ifindex
-	return ns
-}
-
-func mustIP(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command("ip", args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
+func newNetns(t *testing.T, local string) netns { return netns{peertest.NewNetns(t, local)} }
 
 // run runs the helper in the namespace.
-func (ns *netns) run(t *testing.T, mode string, in helperIn) helperOut {
+func (ns netns) run(t *testing.T, mode string, in helperIn) helperOut {
 	t.Helper()
 	b, _ := json.Marshal(in)
-	cmd := exec.Command("ip", "netns", "exec", ns.name, os.Args[0], "-test.run=^$")
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+mode, "HAAGENT_IFACE_IN="+string(b))
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -156,32 +114,13 @@ func (ns *netns) run(t *testing.T, mode string, in helperIn) helperOut {
 	return out
 }
 
-// addrs lists eth0's IPv4 addresses in the namespace as ip shows them ("10.0.1.50/24").
-func (ns *netns) addrs(t *testing.T) []string {
-	t.Helper()
-	var links []struct {
-		AddrInfo []struct {
-			Local     string `json:"local"`
-			Prefixlen int    `json:"prefixlen"`
-		} `json:"addr_info"`
-	}
-	if err := json.Unmarshal([]byte(mustIP(t, "-n", ns.name, "-j", "-4", "addr", "show", "dev", "eth0")), &links); err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, l := range links {
-		for _, a := range l.AddrInfo {
-			out = append(out, fmt.Sprintf("%s/%d", a.Local, a.Prefixlen))
-		}
-	}
-	return out
-}
+func (ns netns) addrs(t *testing.T) []string { return ns.Addrs(t, "eth0") }
 
 // networkd writes networkd's state file for eth0 under root, naming the .network file that
 // manages it, as systemd-networkd does (/run/systemd/netif/links/IFINDEX).
-func (ns *netns) networkd(t *testing.T, root, networkFile string) {
+func (ns netns) networkd(t *testing.T, root, networkFile string) {
 	t.Helper()
-	p := filepath.Join(root, NetifLinks, fmt.Sprint(ns.index))
+	p := filepath.Join(root, NetifLinks, fmt.Sprint(ns.Index))
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,8 @@ type Machine struct {
 	cmd   *exec.Cmd
 	done  chan struct{}
 	boots int
+	// netns is the network namespace the box runs in ("" shares the host's network).
+	netns string
 }
 
 // NspawnRoot copies the cached debootstrapped root into a fresh directory.
@@ -52,7 +54,19 @@ func NspawnRoot(t testing.TB) string {
 // Boot starts systemd in root and waits until it reached multi-user.
 func Boot(t testing.TB, root string) *Machine {
 	t.Helper()
-	m := &Machine{Root: root}
+	return boot(t, &Machine{Root: root})
+}
+
+// BootIn boots root inside the network namespace ns instead of the host's network, so that
+// what haagent does to the box's interfaces stays there (systemd-nspawn
+// --network-namespace-path=).
+func BootIn(t testing.TB, root string, ns *Netns) *Machine {
+	t.Helper()
+	return boot(t, &Machine{Root: root, netns: ns.Path})
+}
+
+func boot(t testing.TB, m *Machine) *Machine {
+	t.Helper()
 	t.Cleanup(func() {
 		if m.cmd == nil {
 			return
@@ -96,8 +110,12 @@ func (m *Machine) boot(t testing.TB) {
 	m.boots++
 	logf := m.logPath()
 	f, _ := os.Create(logf)
-	cmd := exec.Command("systemd-nspawn", "-D", m.Root, "--boot", "--register=no", "--keep-unit", "--capability=all",
-		"--system-call-filter=@keyring bpf", "--console=pipe", "--machine=haagent-boot-test")
+	args := []string{"-D", m.Root, "--boot", "--register=no", "--keep-unit", "--capability=all",
+		"--system-call-filter=@keyring bpf", "--console=pipe", "--machine=haagent-boot-test"}
+	if m.netns != "" {
+		args = append(args, "--network-namespace-path="+m.netns)
+	}
+	cmd := exec.Command("systemd-nspawn", args...)
 	cmd.Env = append(os.Environ(), "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1")
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
