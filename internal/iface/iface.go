@@ -24,16 +24,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/haagent/haagent/internal/atomicfile"
 )
-
-// IPCommand is iproute2's ip, as argv (replaced in tests only to count calls).
-var IPCommand = []string{"ip"}
 
 // Paths under --root. NetifLinks holds networkd's state file per interface index, whose
 // NETWORK_FILE= names the .network file applied to it (networkctl reads the same files; the
@@ -93,20 +91,6 @@ func (e *NotInSubnetError) Error() string {
 	return fmt.Sprintf("address %s is not in this instance's subnet %s: EC2 assigns secondary IPs only within the interface's subnet; confine the Auto Scaling group to that subnet (VPCZoneIdentifier) or choose an address inside it", e.Address, e.Subnet)
 }
 
-// CommandError is a failed external command with its argv, exit code and the tail of stderr.
-type CommandError struct {
-	Argv   []string
-	Code   int
-	Stderr string
-	Err    error
-}
-
-func (e *CommandError) Error() string {
-	return fmt.Sprintf("%s: exit %d: %s", strings.Join(e.Argv, " "), e.Code, e.Stderr)
-}
-
-func (e *CommandError) Unwrap() error { return e.Err }
-
 // Ensure adds the stable address to the primary interface unless it is there already, and
 // writes the networkd drop-in when networkd manages that interface. Running it again changes
 // nothing.
@@ -140,10 +124,9 @@ func Ensure(ctx context.Context, o Options) (Result, error) {
 	if !have {
 		// Same prefix as the primary: the kernel files it as a secondary address and adds no
 		// second subnet route.
-		argv := append(append([]string(nil), IPCommand...), "-4", "addr", "add", res.Prefix.String(), "dev", ifi.Name)
-		if err := run(ctx, argv); err != nil {
+		if err := addAddr(ifi.Index, res.Prefix); err != nil {
 			// Added meanwhile (another haagent, networkd reading the drop-in): as wanted.
-			if again, _ := hasAddr(ifi, addr); !again {
+			if !errors.Is(err, unix.EEXIST) {
 				return res, fmt.Errorf("adding %s to %s: %w", res.Prefix, ifi.Name, err)
 			}
 		} else {
@@ -258,23 +241,4 @@ func networkFile(root string, index int) string {
 		}
 	}
 	return ""
-}
-
-func run(ctx context.Context, argv []string) error {
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		code := -1
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-		}
-		tail := strings.TrimSpace(stderr.String())
-		if len(tail) > 500 {
-			tail = "..." + tail[len(tail)-500:]
-		}
-		return &CommandError{Argv: argv, Code: code, Stderr: tail, Err: err}
-	}
-	return nil
 }
