@@ -101,6 +101,18 @@ func (m *Machine) Reboot(t testing.TB) {
 	m.boot(t)
 }
 
+// Stop powers the box off (the instance is gone) and waits for systemd-nspawn to exit.
+func (m *Machine) Stop(t testing.TB) {
+	t.Helper()
+	m.Exec("systemctl", "poweroff") // its connection may end with the box
+	select {
+	case <-m.done:
+	case <-time.After(90 * time.Second):
+		t.Fatalf("the container did not power off within 90 s; see %s", m.logPath())
+	}
+	m.cmd, m.pid = nil, 0
+}
+
 func (m *Machine) logPath() string {
 	return filepath.Join(filepath.Dir(m.Root), fmt.Sprintf("nspawn-%d.log", m.boots))
 }

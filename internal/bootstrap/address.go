@@ -1,0 +1,108 @@
+package bootstrap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/iface"
+	"github.com/haagent/haagent/internal/replicated"
+)
+
+// addressPlan is what the address: section asks of this machine: the stable IP the builders
+// dial, the name they resolve, or both. The zero value asks nothing.
+type addressPlan struct {
+	PrivateIP string
+	Name      string
+	// TTL is the record's: how long a resolver may still answer the previous instance.
+	TTL time.Duration
+}
+
+func (p addressPlan) on() bool { return p.PrivateIP != "" || p.Name != "" }
+
+// host is what the builders dial: the stable IP, else the name.
+func (p addressPlan) host() string {
+	if p.PrivateIP != "" {
+		return p.PrivateIP
+	}
+	return p.Name
+}
+
+// localAddress is the installer's local-address: the stable IP when there is one (the
+// Replicated daemon and operator take it as theirs, PRIVATE_ADDRESS), else the instance's own
+// (with a name the record points at the instance's own IP).
+func localAddress(p addressPlan, instanceIP string) string {
+	if p.PrivateIP != "" {
+		return p.PrivateIP
+	}
+	return instanceIP
+}
+
+// addressOnMachine is the OS side of the address step, after EC2 (or Route 53) has done its
+// part: the stable IP on the primary interface (again at every boot: see package iface), the
+// installer's files rewritten when Replicated was installed here with another address, and the
+// check that the address the builders use reaches this machine. It returns its findings; a
+// failure holds the blocking ones.
+func addressOnMachine(ctx context.Context, env *Env, p addressPlan, subnet string) ([]findings.Finding, error) {
+	var fs []findings.Finding
+	if p.PrivateIP != "" {
+		_, err := iface.Ensure(ctx, iface.Options{Root: env.Root, LocalIPv4: env.Instance.LocalIPv4, Address: p.PrivateIP,
+			SubnetCIDR: subnet, Log: env.Log})
+		var nse *iface.NotInSubnetError
+		switch {
+		case errors.As(err, &nse):
+			f := findings.New("ADDRESS_NOT_HERE", p.PrivateIP, nse.Error(), "")
+			return fs, &findings.Failure{Findings: []findings.Finding{f}}
+		case err != nil:
+			return fs, fmt.Errorf("putting %s on the primary interface: %w", p.PrivateIP, err)
+		}
+		f, err := rewriteInstalledAddress(ctx, env, p.PrivateIP)
+		if err != nil {
+			return fs, err
+		}
+		if f != nil {
+			fs = append(fs, *f)
+		}
+	}
+	here := iface.CheckHere(ctx, iface.HereOptions{IP: p.PrivateIP, Name: p.Name, TTL: p.TTL})
+	fs = append(fs, here...)
+	if len(here) > 0 {
+		return fs, &findings.Failure{Findings: here}
+	}
+	return fs, nil
+}
+
+// rewriteInstalledAddress puts the stable IP in Replicated's environment files when it was
+// installed here with another address, and restarts the units that read them (under systemd
+// only: with --root there is no unit to restart, and the finding says what to do).
+func rewriteInstalledAddress(ctx context.Context, env *Env, addr string) (*findings.Finding, error) {
+	old := replicated.InstalledAddress(env.Root)
+	changed, err := replicated.RewriteAddress(env.Root, addr)
+	if err != nil {
+		return nil, err
+	}
+	if len(changed) == 0 {
+		return nil, nil
+	}
+	summary := fmt.Sprintf("Replicated was installed with local address %s: %s now hold %s", old, strings.Join(changed, " and "), addr)
+	if env.Root == "/" && replicated.UnderSystemd() {
+		if err := replicated.RestartForAddress(ctx); err != nil {
+			return nil, fmt.Errorf("restarting Replicated after rewriting its address from %s to %s: %w", old, addr, err)
+		}
+		summary += "; replicated and replicated-operator restarted"
+	} else {
+		summary += "; restart replicated and replicated-operator (systemctl try-restart replicated replicated-operator)"
+	}
+	f := findings.New("ADDRESS_REWRITTEN", strings.Join(changed, ","), summary, "")
+	return &f, nil
+}
+
+// addressReachable is the post-boot check: the Nomad server and the frontend accept
+// connections on the address the builders use.
+func addressReachable(ctx context.Context, p addressPlan, r *net.Resolver) []findings.Finding {
+	return iface.CheckReachable(ctx, p.host(), iface.PostBoot, 5*time.Second, r)
+}
