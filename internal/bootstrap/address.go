@@ -55,7 +55,7 @@ func addressOnMachine(ctx context.Context, env *Env, p addressPlan, subnet strin
 		var nse *iface.NotInSubnetError
 		switch {
 		case errors.As(err, &nse):
-			f := findings.New("ADDRESS_NOT_HERE", p.PrivateIP, nse.Error(), "")
+			f := findings.New(findings.AddressNotHere, p.PrivateIP, nse.Error(), "")
 			return fs, &findings.Failure{Findings: []findings.Finding{f}}
 		case err != nil:
 			return fs, fmt.Errorf("putting %s on the primary interface: %w", p.PrivateIP, err)
@@ -97,7 +97,7 @@ func rewriteInstalledAddress(ctx context.Context, env *Env, addr string) (*findi
 	} else {
 		summary += "; restart replicated and replicated-operator (systemctl try-restart replicated replicated-operator)"
 	}
-	f := findings.New("ADDRESS_REWRITTEN", strings.Join(changed, ","), summary, "")
+	f := findings.New(findings.AddressRewritten, strings.Join(changed, ","), summary, "")
 	return &f, nil
 }
 

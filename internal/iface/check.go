@@ -49,16 +49,16 @@ func CheckHere(ctx context.Context, o HereOptions) []findings.Finding {
 func ipHere(ip string) (findings.Finding, bool) {
 	addr, err := netip.ParseAddr(ip)
 	if err != nil {
-		return findings.New("ADDRESS_NOT_HERE", ip, "address.private_ip "+strconv.Quote(ip)+" is not an IP address", ""), false
+		return findings.New(findings.AddressNotHere, ip, "address.private_ip "+strconv.Quote(ip)+" is not an IP address", ""), false
 	}
 	name, err := Local(addr)
 	if err != nil {
-		return findings.New("ADDRESS_NOT_HERE", ip, "cannot list this machine's addresses to find "+ip, err.Error()), false
+		return findings.New(findings.AddressNotHere, ip, "cannot list this machine's addresses to find "+ip, err.Error()), false
 	}
 	if name != "" {
 		return findings.Finding{}, true
 	}
-	return findings.New("ADDRESS_NOT_HERE", ip,
+	return findings.New(findings.AddressNotHere, ip,
 		fmt.Sprintf("%s, the address the builders use, is on no interface of this machine: CircleCI would be installed on an address nobody reaches", ip),
 		"local addresses: "+localAddrs()).
 		WithFix(fmt.Sprintf("check that EC2 assigned %s to this instance's primary interface (aws ec2 describe-network-interfaces --filters Name=addresses.private-ip-address,Values=%s) and that `ip -4 addr` shows it; haagent adds it itself once EC2 has assigned it", ip, ip)), false
@@ -107,7 +107,7 @@ func nameHere(ctx context.Context, o HereOptions) (findings.Finding, bool) {
 
 func nameFinding(o HereOptions, ips []netip.Addr, foreign []string, err error, lookups int) findings.Finding {
 	if err != nil {
-		return findings.New("ADDRESS_NOT_HERE", o.Name,
+		return findings.New(findings.AddressNotHere, o.Name,
 			fmt.Sprintf("%s, the name the builders use, does not resolve from this machine (%d lookups over the record's TTL %s)", o.Name, lookups, o.TTL),
 			err.Error()).
 			WithFix("associate the private hosted zone of address.route53.zone_id with this VPC (aws route53 associate-vpc-with-hosted-zone), and enable the VPC's enableDnsSupport and enableDnsHostnames; check with `getent hosts " + o.Name + "` on this machine")
@@ -116,7 +116,7 @@ func nameFinding(o HereOptions, ips []netip.Addr, foreign []string, err error, l
 	for _, ip := range ips {
 		got = append(got, ip.String())
 	}
-	return findings.New("ADDRESS_NOT_HERE", o.Name,
+	return findings.New(findings.AddressNotHere, o.Name,
 		fmt.Sprintf("%s, the name the builders use, resolves to %s, which is not this machine, after the record's TTL %s (%d lookups)", o.Name, strings.Join(foreign, ","), o.TTL, lookups),
 		"answers: "+strings.Join(got, ",")+"; local addresses: "+localAddrs()).
 		WithFix("the name must have one A record, this instance's private IP: check that no other record set (another zone associated with this VPC, a weighted or multivalue record) answers for " + o.Name + ", and that this machine's resolver (resolvectl status) asks the VPC resolver")
@@ -178,7 +178,7 @@ func CheckReachable(ctx context.Context, host string, ports []Port, timeout time
 		case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
 			why = "does not answer within " + timeout.String()
 		}
-		fs = append(fs, findings.New("ADDRESS_UNREACHABLE", target,
+		fs = append(fs, findings.New(findings.AddressUnreachable, target,
 			fmt.Sprintf("%s on %s %s: the builders use that address", p.What, target, why), err.Error()).WithFix(p.Fix))
 	}
 	return fs

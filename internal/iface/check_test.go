@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/haagent/haagent/internal/findings"
 )
 
 // dnsServer is a resolver on a loopback UDP port whose A answer for every name is answer(n),
@@ -93,7 +95,7 @@ func TestCheckHereName(t *testing.T) {
 	t.Run("another machine after the TTL", func(t *testing.T) {
 		s, r := startDNS(t, 1, func(int) string { return "192.0.2.9" })
 		fs := CheckHere(context.Background(), HereOptions{Name: "services.internal", TTL: 20 * time.Millisecond, Every: 5 * time.Millisecond, Resolver: r})
-		if len(fs) != 1 || fs[0].Code != "ADDRESS_NOT_HERE" || fs[0].Target != "services.internal" || !strings.Contains(fs[0].Summary, "192.0.2.9") {
+		if len(fs) != 1 || fs[0].Code != findings.AddressNotHere || fs[0].Target != "services.internal" || !strings.Contains(fs[0].Summary, "192.0.2.9") {
 			t.Fatalf("findings %+v, want ADDRESS_NOT_HERE naming 192.0.2.9", fs)
 		}
 		if s.queries.Load() < 2 {
@@ -106,7 +108,7 @@ func TestCheckHereName(t *testing.T) {
 	t.Run("does not resolve", func(t *testing.T) {
 		_, r := startDNS(t, 1, func(int) string { return "" })
 		fs := CheckHere(context.Background(), HereOptions{Name: "services.internal", Every: time.Millisecond, Resolver: r})
-		if len(fs) != 1 || fs[0].Code != "ADDRESS_NOT_HERE" || !strings.Contains(fs[0].Fix, "associate-vpc-with-hosted-zone") {
+		if len(fs) != 1 || fs[0].Code != findings.AddressNotHere || !strings.Contains(fs[0].Fix, "associate-vpc-with-hosted-zone") {
 			t.Fatalf("findings %+v, want ADDRESS_NOT_HERE with the zone association fix", fs)
 		}
 	})

@@ -147,7 +147,7 @@ func TestEnsureAddsOnceAndWritesDropIn(t *testing.T) {
 	in := helperIn{Options: Options{Root: root, LocalIPv4: "10.0.1.17", Address: "10.0.1.50"}}
 
 	// Before: the stable address is not here.
-	if out := ns.run(t, "here", helperIn{Here: HereOptions{IP: "10.0.1.50"}}); len(out.Findings) != 1 || out.Findings[0].Code != "ADDRESS_NOT_HERE" {
+	if out := ns.run(t, "here", helperIn{Here: HereOptions{IP: "10.0.1.50"}}); len(out.Findings) != 1 || out.Findings[0].Code != findings.AddressNotHere {
 		t.Fatalf("before Ensure: findings %+v, want ADDRESS_NOT_HERE", out.Findings)
 	}
 
@@ -226,7 +226,7 @@ func TestCheckReachable(t *testing.T) {
 	here := HereOptions{IP: "10.0.1.50"}
 
 	out := ns.run(t, "reach", helperIn{Here: here, Ports: []int{4647}})
-	if len(out.Findings) != 1 || out.Findings[0].Code != "ADDRESS_UNREACHABLE" || out.Findings[0].Target != "10.0.1.50:4647" {
+	if len(out.Findings) != 1 || out.Findings[0].Code != findings.AddressUnreachable || out.Findings[0].Target != "10.0.1.50:4647" {
 		t.Fatalf("nothing listening: findings %+v, want ADDRESS_UNREACHABLE for 10.0.1.50:4647", out.Findings)
 	}
 	if !strings.Contains(out.Findings[0].Summary, "refuses") || out.Findings[0].Fix != "start it" {
