@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -42,16 +43,29 @@ func localAddress(p addressPlan, instanceIP string) string {
 	return instanceIP
 }
 
+// machineIn is what the OS side needs.
+type machineIn struct {
+	Root string
+	Plan addressPlan
+	// LocalIPv4 is the instance's own private IP (IMDS local-ipv4); Subnet the primary
+	// interface's subnet CIDR ("" takes the primary address's prefix).
+	LocalIPv4, Subnet string
+	// Systemd: the machine's own systemd runs Replicated's units (not with --root).
+	Systemd bool
+	Log     *slog.Logger
+}
+
 // addressOnMachine is the OS side of the address step, after EC2 (or Route 53) has done its
 // part: the stable IP on the primary interface (again at every boot: see package iface), the
 // installer's files rewritten when Replicated was installed here with another address, and the
 // check that the address the builders use reaches this machine. It returns its findings; a
 // failure holds the blocking ones.
-func addressOnMachine(ctx context.Context, env *Env, p addressPlan, subnet string) ([]findings.Finding, error) {
+func addressOnMachine(ctx context.Context, in machineIn) ([]findings.Finding, error) {
 	var fs []findings.Finding
+	p := in.Plan
 	if p.PrivateIP != "" {
-		_, err := iface.Ensure(ctx, iface.Options{Root: env.Root, LocalIPv4: env.Instance.LocalIPv4, Address: p.PrivateIP,
-			SubnetCIDR: subnet, Log: env.Log})
+		_, err := iface.Ensure(ctx, iface.Options{Root: in.Root, LocalIPv4: in.LocalIPv4, Address: p.PrivateIP,
+			SubnetCIDR: in.Subnet, Log: in.Log})
 		var nse *iface.NotInSubnetError
 		switch {
 		case errors.As(err, &nse):
@@ -60,7 +74,7 @@ func addressOnMachine(ctx context.Context, env *Env, p addressPlan, subnet strin
 		case err != nil:
 			return fs, fmt.Errorf("putting %s on the primary interface: %w", p.PrivateIP, err)
 		}
-		f, err := rewriteInstalledAddress(ctx, env, p.PrivateIP)
+		f, err := rewriteInstalledAddress(ctx, in.Root, in.Systemd, p.PrivateIP)
 		if err != nil {
 			return fs, err
 		}
@@ -79,9 +93,9 @@ func addressOnMachine(ctx context.Context, env *Env, p addressPlan, subnet strin
 // rewriteInstalledAddress puts the stable IP in Replicated's environment files when it was
 // installed here with another address, and restarts the units that read them (under systemd
 // only: with --root there is no unit to restart, and the finding says what to do).
-func rewriteInstalledAddress(ctx context.Context, env *Env, addr string) (*findings.Finding, error) {
-	old := replicated.InstalledAddress(env.Root)
-	changed, err := replicated.RewriteAddress(env.Root, addr)
+func rewriteInstalledAddress(ctx context.Context, root string, systemd bool, addr string) (*findings.Finding, error) {
+	old := replicated.InstalledAddress(root)
+	changed, err := replicated.RewriteAddress(root, addr)
 	if err != nil {
 		return nil, err
 	}
@@ -89,7 +103,7 @@ func rewriteInstalledAddress(ctx context.Context, env *Env, addr string) (*findi
 		return nil, nil
 	}
 	summary := fmt.Sprintf("Replicated was installed with local address %s: %s now hold %s", old, strings.Join(changed, " and "), addr)
-	if env.Root == "/" && replicated.UnderSystemd() {
+	if systemd {
 		if err := replicated.RestartForAddress(ctx); err != nil {
 			return nil, fmt.Errorf("restarting Replicated after rewriting its address from %s to %s: %w", old, addr, err)
 		}
