@@ -49,6 +49,7 @@ type world struct {
 	probesConfig string
 	installer    *installerServer
 	installCfg   string
+	sourceCfg    string // more settings under source:, each line indented by two spaces
 	watchCfg     string
 	s3           *peertest.S3
 	imds         *peertest.IMDS
@@ -117,7 +118,7 @@ func bakeDocker(t *testing.T, root string) {
 
 func (w *world) writeConfig(endpoint, extra string) {
 	os.MkdirAll(filepath.Join(w.root, "etc/haagent"), 0o755)
-	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\nfetch:\n  attempts: 2\n  timeout: 5s\n%s%s%s%s", bkt, endpoint, w.probesConfig, w.installCfg, w.watchCfg, extra)
+	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\n%sfetch:\n  attempts: 2\n  timeout: 5s\n%s%s%s%s", bkt, endpoint, w.sourceCfg, w.probesConfig, w.installCfg, w.watchCfg, extra)
 	if err := os.WriteFile(filepath.Join(w.root, "etc/haagent/haagent.yaml"), []byte(cfg), 0o644); err != nil {
 		w.t.Fatal(err)
 	}

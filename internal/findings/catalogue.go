@@ -31,6 +31,7 @@ var Catalogue = []Entry{
 	{"S3_OBJECT_MISSING", Error, true, "s3", "upload the missing object to the bucket"},
 	{"S3_PREFIX_EMPTY", Error, true, "s3", "upload the directory: aws s3 cp DIR s3://BUCKET/PREFIX --recursive"},
 	{"S3_KEY_REFUSED", Error, true, "s3", "rename or delete the object: its key would write outside its destination directory"},
+	{"S3_TLS_UNTRUSTED", Error, true, "s3", "the S3 endpoint's certificate was refused: for a CA of your own (an on-premises store, a TLS-inspecting proxy) put its PEM in a file on the machine and name it in source.ca_file; for a name mismatch or an expired certificate, fix the certificate or source.endpoint"},
 	{"S3_UNREACHABLE", Error, true, "s3", "check the instance's route to S3 (VPC endpoint or NAT), HTTPS_PROXY/NO_PROXY in /etc/default/haagent, and the S3 endpoint setting"},
 	{"S3_FETCH_FAILED", Error, true, "s3", "see the evidence; haagent retries transient errors by itself"},
 	{"S3_OFFLINE_LAST_GOOD", Warning, false, "s3", "S3 could not be reached; this reboot goes on with the files of the last completed boot. Restore the route to S3 so changes in the bucket are picked up"},
