@@ -161,10 +161,10 @@ func (e *APIError) denied() bool {
 // ADDRESS_API_FAILED.
 func (e *APIError) finding(target, doing string) findings.Finding {
 	if e.denied() {
-		return findings.New("ADDRESS_API_DENIED", target, "the instance role may not call "+e.Action+" ("+doing+")", e.Error()).
+		return findings.New(findings.AddressAPIDenied, target, "the instance role may not call "+e.Action+" ("+doing+")", e.Error()).
 			WithFix(fmt.Sprintf("add %s to the instance role: the statement %s of examples/iam-policy.json; haagent retries the step", e.Action, statementFor(e.Action)))
 	}
-	return findings.New("ADDRESS_API_FAILED", target, e.Action+" failed ("+doing+")", e.Error())
+	return findings.New(findings.AddressAPIFailed, target, e.Action+" failed ("+doing+")", e.Error())
 }
 
 // statementFor names the Sid of examples/iam-policy.json that grants action.

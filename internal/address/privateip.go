@@ -86,7 +86,7 @@ func (c *Client) Claim(ctx context.Context, r ClaimRequest) (Assigned, []finding
 		}
 		if f, ok := c.heldBy(ctx, r, h, out.FromInstance); ok {
 			return out, []findings.Finding{f}, fmt.Errorf("claiming %s: %w", ip, ErrHeld)
-		} else if f.Code != "" {
+		} else if f.Code.Known() {
 			return out, []findings.Finding{f}, fmt.Errorf("reading whether %s still serves: %w", out.FromInstance, errFromFinding(f))
 		}
 	}
@@ -106,7 +106,7 @@ func (c *Client) Claim(ctx context.Context, r ClaimRequest) (Assigned, []finding
 
 	if f, err := c.readBack(ctx, ni.ID, ip); err != nil {
 		var fs []findings.Finding
-		if f.Code != "" {
+		if f.Code.Known() {
 			fs = append(fs, f)
 		}
 		return out, fs, err
@@ -116,7 +116,7 @@ func (c *Client) Claim(ctx context.Context, r ClaimRequest) (Assigned, []finding
 
 // errFromFinding gives a finding's sentinel: a denied call is ErrDenied.
 func errFromFinding(f findings.Finding) error {
-	if f.Code == "ADDRESS_API_DENIED" {
+	if f.Code == findings.AddressAPIDenied {
 		return ErrDenied
 	}
 	return errors.New(f.Summary)
@@ -132,7 +132,7 @@ func (c *Client) heldBy(ctx context.Context, r ClaimRequest, h types.NetworkInte
 	id := aws.ToString(h.NetworkInterfaceId)
 	for _, a := range h.PrivateIpAddresses {
 		if aws.ToString(a.PrivateIpAddress) == ip && aws.ToBool(a.Primary) {
-			return findings.New("ADDRESS_HELD", ip, fmt.Sprintf("%s is the primary private address of %s%s: EC2 never moves a primary address", ip, id, onInstance(instance)),
+			return findings.New(findings.AddressHeld, ip, fmt.Sprintf("%s is the primary private address of %s%s: EC2 never moves a primary address", ip, id, onInstance(instance)),
 				fmt.Sprintf("holder=%s instance=%s primary=true", id, orNone(instance))).
 				WithFix(fmt.Sprintf("haagent asks again every address.retry_every; the address is freed only when %s is deleted (its instance terminated). Otherwise choose an address.private_ip that is no interface's primary address", id)), true
 		}
@@ -141,7 +141,7 @@ func (c *Client) heldBy(ctx context.Context, r ClaimRequest, h types.NetworkInte
 		return findings.Finding{}, false // an interface attached to nothing serves nobody
 	}
 	if r.Holders == nil {
-		return findings.New("ADDRESS_HELD", ip, fmt.Sprintf("%s is held by %s on instance %s, and without the Auto Scaling group haagent cannot tell whether it still serves", ip, id, instance),
+		return findings.New(findings.AddressHeld, ip, fmt.Sprintf("%s is held by %s on instance %s, and without the Auto Scaling group haagent cannot tell whether it still serves", ip, id, instance),
 			fmt.Sprintf("holder=%s instance=%s", id, instance)), true
 	}
 	st, found, err := r.Holders.Instance(ctx, instance)
@@ -149,7 +149,7 @@ func (c *Client) heldBy(ctx context.Context, r ClaimRequest, h types.NetworkInte
 		return apiErr("autoscaling:DescribeAutoScalingInstances", err).finding(ip, "reading whether "+instance+", which holds "+ip+", is still in service"), false
 	}
 	if found && st.Live(r.Group) {
-		return findings.New("ADDRESS_HELD", ip, fmt.Sprintf("%s is held by %s of group %s, which is InService and Healthy: haagent waits and does not take it", ip, instance, r.Group),
+		return findings.New(findings.AddressHeld, ip, fmt.Sprintf("%s is held by %s of group %s, which is InService and Healthy: haagent waits and does not take it", ip, instance, r.Group),
 			fmt.Sprintf("holder=%s instance=%s lifecycle=%s health=%s", id, instance, st.LifecycleState, st.HealthStatus)).
 			WithFix(fmt.Sprintf("nothing to do if the group is replacing %[1]s (an instance refresh starts the new instance first): the address moves here once %[1]s leaves service. If %[1]s must go: aws autoscaling terminate-instance-in-auto-scaling-group --instance-id %[1]s --no-should-decrement-desired-capacity", instance)), true
 	}
@@ -189,7 +189,7 @@ func (c *Client) subnetCheck(ctx context.Context, r ClaimRequest, sub netip.Pref
 		if !reserved(sub, r.IP) {
 			return findings.Finding{}, false
 		}
-		return findings.New("ADDRESS_NOT_IN_SUBNET", ip, fmt.Sprintf("%s is one of the five addresses AWS reserves in subnet %s (%s)", ip, subnetID, sub),
+		return findings.New(findings.AddressNotInSubnet, ip, fmt.Sprintf("%s is one of the five addresses AWS reserves in subnet %s (%s)", ip, subnetID, sub),
 			fmt.Sprintf("subnet=%s cidr=%s", subnetID, sub)).
 			WithFix("choose another address.private_ip: AWS reserves the first four and the last address of every subnet"), true
 	}
@@ -212,7 +212,7 @@ func (c *Client) subnetCheck(ctx context.Context, r ClaimRequest, sub netip.Pref
 			fix = fmt.Sprintf("no subnet of %s holds %s: choose an address.private_ip in a subnet the group launches into (this one is %s), or use address.route53", vpc, ip, sub)
 		}
 	}
-	return findings.New("ADDRESS_NOT_IN_SUBNET", ip, fmt.Sprintf("%s is not in this instance's subnet %s (%s): a private IP cannot leave its subnet", ip, subnetID, sub), evidence).WithFix(fix), true
+	return findings.New(findings.AddressNotInSubnet, ip, fmt.Sprintf("%s is not in this instance's subnet %s (%s): a private IP cannot leave its subnet", ip, subnetID, sub), evidence).WithFix(fix), true
 }
 
 // reserved reports the five addresses AWS keeps in every subnet.
@@ -256,7 +256,7 @@ func (c *Client) readBack(ctx context.Context, eni, ip string) (findings.Finding
 		case <-c.after(c.poll.Delay(attempt)):
 		}
 	}
-	return findings.New("ADDRESS_NOT_ASSIGNED", ip+" on "+eni, fmt.Sprintf("EC2 accepted %s for %s but the interface does not list it after %d reads", ip, eni, c.readBacks),
+	return findings.New(findings.AddressNotAssigned, ip+" on "+eni, fmt.Sprintf("EC2 accepted %s for %s but the interface does not list it after %d reads", ip, eni, c.readBacks),
 			fmt.Sprintf("interface %s holds %s", eni, strings.Join(last, " "))),
 		fmt.Errorf("assigning %s to %s: the interface does not list it when read back", ip, eni)
 }

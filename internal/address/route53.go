@@ -75,7 +75,7 @@ func (c *Client) Publish(ctx context.Context, r Record, syncTimeout time.Duratio
 		var bad *types.InvalidChangeBatch
 		switch {
 		case errors.As(err, &nz):
-			return out, []findings.Finding{findings.New("ADDRESS_ZONE_MISSING", target, "Route 53 has no hosted zone "+zone+" for this account", e.Error())}, fmt.Errorf("upserting %s: %w", target, e)
+			return out, []findings.Finding{findings.New(findings.AddressZoneMissing, target, "Route 53 has no hosted zone "+zone+" for this account", e.Error())}, fmt.Errorf("upserting %s: %w", target, e)
 		case errors.As(err, &bad):
 			return out, []findings.Finding{e.finding(target, "upserting "+name).
 				WithFix("Route 53 refused the record: address.route53.name must be a name inside the zone address.route53.zone_id (aws route53 get-hosted-zone --id " + zone + " shows the zone's name)")}, fmt.Errorf("upserting %s: %w", target, e)
@@ -98,7 +98,7 @@ func (c *Client) Publish(ctx context.Context, r Record, syncTimeout time.Duratio
 			if ctx.Err() != nil {
 				return out, nil, fmt.Errorf("waiting for Route 53 change %s: %w", out.ChangeID, ctx.Err())
 			}
-			return out, []findings.Finding{findings.New("ADDRESS_DNS_NOT_INSYNC", target,
+			return out, []findings.Finding{findings.New(findings.AddressDNSNotInSync, target,
 				fmt.Sprintf("Route 53 did not report change %s INSYNC within %s: builders may still resolve the old address", out.ChangeID, syncTimeout),
 				fmt.Sprintf("change=%s status=%s reads=%d", out.ChangeID, status, attempt-1)).
 				WithFix(fmt.Sprintf("aws route53 get-change --id %s shows when it is INSYNC; nothing to undo: the record is accepted and propagates by itself", out.ChangeID))}, nil
