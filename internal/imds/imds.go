@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"regexp"
 	"strconv"
@@ -108,6 +109,49 @@ func (c *Client) UserData(ctx context.Context) ([]byte, error) {
 		return nil, c.wrap("user-data", err)
 	}
 	return b, nil
+}
+
+// Interface is the instance's primary network interface (device 0) as IMDS describes it.
+type Interface struct {
+	MAC, ID, SubnetID, VPCID string
+	// Subnet is the interface's subnet, e.g. 10.0.1.0/24.
+	Subnet netip.Prefix
+	// LocalIPv4s are the private IPv4 addresses the interface holds, primary first.
+	LocalIPv4s []string
+}
+
+// PrimaryInterface reads the primary interface: meta-data/mac is device 0's MAC address (the
+// IMDS documentation: "in cases where multiple network interfaces are present, this refers to
+// the eth0 device"), and network/interfaces/macs/MAC/ holds the rest.
+func (c *Client) PrimaryInterface(ctx context.Context) (Interface, error) {
+	var ni Interface
+	var err error
+	if ni.MAC, err = c.get(ctx, "mac"); err != nil {
+		return ni, err
+	}
+	base := "network/interfaces/macs/" + ni.MAC + "/"
+	if ni.ID, err = c.get(ctx, base+"interface-id"); err != nil {
+		return ni, err
+	}
+	if ni.SubnetID, err = c.get(ctx, base+"subnet-id"); err != nil {
+		return ni, err
+	}
+	if ni.VPCID, err = c.get(ctx, base+"vpc-id"); err != nil {
+		return ni, err
+	}
+	cidr, err := c.get(ctx, base+"subnet-ipv4-cidr-block")
+	if err != nil {
+		return ni, err
+	}
+	if ni.Subnet, err = netip.ParsePrefix(cidr); err != nil || !ni.Subnet.Addr().Is4() {
+		return ni, c.wrap(base+"subnet-ipv4-cidr-block", fmt.Errorf("%q is not an IPv4 prefix", cidr))
+	}
+	ips, err := c.get(ctx, base+"local-ipv4s")
+	if err != nil {
+		return ni, err
+	}
+	ni.LocalIPv4s = strings.Fields(ips)
+	return ni, nil
 }
 
 // Tag reads one of the instance's tags. It returns "" without error when the tag is absent or

@@ -261,6 +261,10 @@ type Instance struct {
 	// ASGGroup, when set, is served as the instance's aws:autoscaling:groupName tag (instance
 	// metadata tags enabled); otherwise that tag answers 404.
 	ASGGroup string
+	// The primary network interface, served under network/interfaces/macs/MAC/ (the mock's
+	// own defaults when empty): its MAC (also meta-data/mac), id, subnet, subnet CIDR, VPC and
+	// local-ipv4s.
+	MAC, InterfaceID, SubnetID, SubnetCIDR, VPCID, LocalIPv4s string
 }
 
 // StartIMDS starts the metadata mock on a free loopback port.
@@ -274,6 +278,13 @@ func StartIMDS(t testing.TB, in Instance) *IMDS {
 		"dynamic": map[string]any{"values": map[string]any{"instance-identity-document": map[string]any{
 			"instanceId": in.ID, "region": in.Region, "privateIp": in.LocalIPv4, "availabilityZone": in.Region + "a"}}},
 		"userdata": map[string]any{"values": map[string]any{"userdata": base64.StdEncoding.EncodeToString(in.UserData)}},
+	}
+	vals := cfg["metadata"].(map[string]any)["values"].(map[string]any)
+	for k, v := range map[string]string{"mac": in.MAC, "mac-network-interface-id": in.InterfaceID, "mac-subnet-id": in.SubnetID,
+		"mac-subnet-ipv4-cidr-block": in.SubnetCIDR, "mac-vpc-id": in.VPCID, "mac-local-ipv4s": in.LocalIPv4s} {
+		if v != "" {
+			vals[k] = v
+		}
 	}
 	if in.ASGGroup != "" {
 		md := cfg["metadata"].(map[string]any)
