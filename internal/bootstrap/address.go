@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
+	"github.com/haagent/haagent/internal/address"
+	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/iface"
 	"github.com/haagent/haagent/internal/replicated"
@@ -69,7 +72,7 @@ func addressOnMachine(ctx context.Context, in machineIn) ([]findings.Finding, er
 		var nse *iface.NotInSubnetError
 		switch {
 		case errors.As(err, &nse):
-			f := findings.New(findings.AddressNotHere, p.PrivateIP, nse.Error(), "")
+			f := findings.New(findings.AddressNotInSubnet, p.PrivateIP, nse.Error(), "")
 			return fs, &findings.Failure{Findings: []findings.Finding{f}}
 		case err != nil:
 			return fs, fmt.Errorf("putting %s on the primary interface: %w", p.PrivateIP, err)
@@ -119,4 +122,82 @@ func rewriteInstalledAddress(ctx context.Context, root string, systemd bool, add
 // connections on the address the builders use.
 func addressReachable(ctx context.Context, p addressPlan, r *net.Resolver) []findings.Finding {
 	return iface.CheckReachable(ctx, p.host(), iface.PostBoot, 5*time.Second, r)
+}
+
+// planOf is what the config's address section asks of this machine.
+func planOf(a config.Address) addressPlan {
+	p := addressPlan{PrivateIP: a.PrivateIP}
+	if a.Route53 != nil {
+		p.Name = strings.TrimSuffix(a.Route53.Name, ".")
+		p.TTL = time.Duration(a.Route53.TTL) * time.Second
+	}
+	return p
+}
+
+// stepAddress gives this instance the address the builders know, before the installer runs:
+// the AWS side (internal/address: the private IP moved to the primary interface, never from a
+// live holder of the group; the Route 53 record UPSERTed and INSYNC), then the OS side
+// (addressOnMachine) and the check that the address reaches this machine. It runs at every
+// boot: the address goes back on the interface each time.
+func stepAddress(ctx context.Context, env *Env) error {
+	a := env.Config.Address
+	if !a.On() {
+		return nil
+	}
+	c, err := address.FromConfig(ctx, a, env.Instance.InstanceID, env.Instance.Region, env.Log, nil)
+	if err != nil {
+		return err
+	}
+	in := address.EnsureInput{Metadata: env.IMDS, OnHeld: env.ReportAll}
+	if env.ASG != nil {
+		in.Group, in.Holders = env.ASG.Group, env.ASG
+	}
+	if in.LocalIPv4, err = netip.ParseAddr(env.Instance.LocalIPv4); err != nil {
+		return fmt.Errorf("reading the instance's local-ipv4 %q: %w", env.Instance.LocalIPv4, err)
+	}
+	res, fs, err := c.Ensure(ctx, a, in)
+	env.ReportAll(fs)
+	if err != nil {
+		if blocking := blockingOf(fs); len(blocking) > 0 {
+			return &findings.Failure{Findings: blocking}
+		}
+		return err
+	}
+	subnet := ""
+	if res.Assigned != nil {
+		subnet = res.Assigned.Subnet.String()
+	}
+	fs, err = addressOnMachine(ctx, machineIn{Root: env.Root, Plan: planOf(a), LocalIPv4: env.Instance.LocalIPv4, Subnet: subnet,
+		Systemd: env.Root == "/" && replicated.UnderSystemd(), Log: env.Log})
+	env.ReportAll(fs)
+	if err != nil {
+		return err
+	}
+	env.Log.Info("the stable address reaches this machine", "private_ip", a.PrivateIP, "name", planOf(a).Name)
+	return nil
+}
+
+// stepAddressCheck, after the boot: the Nomad server and the frontend answer on the address
+// the builders use. While they do not, the run is not complete and the step is retried.
+func stepAddressCheck(ctx context.Context, env *Env) error {
+	p := planOf(env.Config.Address)
+	if !p.on() {
+		return nil
+	}
+	if fs := addressReachable(ctx, p, nil); len(fs) > 0 {
+		env.ReportAll(fs)
+		return &findings.Failure{Findings: fs}
+	}
+	env.Log.Info("the Nomad server and the frontend answer on the stable address", "address", p.host())
+	return nil
+}
+
+func blockingOf(fs []findings.Finding) []findings.Finding {
+	var out []findings.Finding
+	for _, f := range fs {
+		if f.Blocking {
+			out = append(out, f)
+		}
+	}
+	return out
 }

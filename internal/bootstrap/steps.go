@@ -62,12 +62,18 @@ var Steps = []Step{
 	// go back to fetch rather than retrying what is already on disk.
 	{Name: "ca-certs", Run: stepCACerts, RetryFrom: "fetch", Timeout: fixed(10 * time.Minute)},
 	{Name: "probe", Run: stepProbe, RetryFrom: "fetch", Timeout: fixed(10 * time.Minute)},
+	// The address the builders know, before the installer takes it as its local address. A
+	// held address is waited for inside the step (address.retry_every); the timeout only ends
+	// a wait that would outlast a replacement, and the step starts over.
+	{Name: "address", Run: stepAddress, Timeout: fixed(30 * time.Minute)},
 	{Name: "replicated-install", Run: stepReplicatedInstall, Timeout: func(env *Env) time.Duration {
 		return env.Config.Replicated.Timeout.D() + 10*time.Minute
 	}},
 	{Name: "watch", Run: stepWatch},
 	{Name: "lifecycle-complete", Run: stepLifecycleComplete, Timeout: fixed(10 * time.Minute)},
 	{Name: "backup-keys", Run: StepBackupKeys, Timeout: fixed(30 * time.Minute)},
+	// After the keys are safe: the builders' ports answer on the stable address.
+	{Name: "address-check", Run: stepAddressCheck, Timeout: fixed(5 * time.Minute)},
 }
 
 func stepIMDS(ctx context.Context, env *Env) error {
@@ -471,7 +477,7 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 	}
 	res, err := replicated.Ensure(ctx, replicated.Options{
 		Root: env.Root, URL: c.Replicated.InstallerURL, SHA256: c.Replicated.SHA256, ExtraArgs: c.Replicated.ExtraArgs,
-		Version: c.Replicated.Version, Timeout: c.Replicated.Timeout.D(), LocalAddress: env.Instance.LocalIPv4,
+		Version: c.Replicated.Version, Timeout: c.Replicated.Timeout.D(), LocalAddress: localAddress(planOf(c.Address), env.Instance.LocalIPv4),
 		PublicAddress: public, DockerInstalled: replicated.DockerInstalled(env.Root), InstanceID: env.Instance.InstanceID,
 		SettingsSHA256: settingsSHA, Proxy: proxy, NoProxy: noProxy, Reinstall: env.Reinstall, RootCAs: probes.TrustPool(env.Root),
 		Systemd: env.Root == "/" && replicated.UnderSystemd(), Log: env.Log.With("step", "replicated-install"),
