@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/cookie"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/lock"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/state"
@@ -146,7 +147,7 @@ func (w *world) runEnv(env []string, args ...string) result {
 
 func (w *world) record() *state.Record {
 	w.t.Helper()
-	rec, err := state.Load(filepath.Join(w.root, state.Path))
+	rec, err := state.Load(filepath.Join(w.root, layout.StateFile))
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -324,7 +325,7 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 	statusAndRecord := func() {
 		collect("status", w.runEnv(env, "status"))
 		collect("status --json", w.runEnv(env, "status", "--json"))
-		rec, _ := os.ReadFile(filepath.Join(w.root, state.Path))
+		rec, _ := os.ReadFile(filepath.Join(w.root, layout.StateFile))
 		everything.Write(rec)
 	}
 
@@ -336,7 +337,7 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 	collect("run", r)
 	statusAndRecord()
 	// The key did reach the file it belongs in.
-	b, _ := os.ReadFile(filepath.Join(w.root, cookie.File))
+	b, _ := os.ReadFile(filepath.Join(w.root, defaults.InstallationCustomizations()))
 	if cookie.LocalValue(b) != "COOKIE5ecret8xyz" {
 		t.Fatal("the cookie key from the bucket is not in the customizations file")
 	}
@@ -519,7 +520,7 @@ func TestS3DownOnRebootUsesLastGoodFilesButNeverOnFirstBoot(t *testing.T) {
 
 func TestLockSerialisesRuns(t *testing.T) {
 	w := newWorld(t, "i-0lock00000000000")
-	l, err := lock.Acquire(filepath.Join(w.root, lock.Path))
+	l, err := lock.Acquire(filepath.Join(w.root, layout.LockFile))
 	if err != nil {
 		t.Fatal(err)
 	}
