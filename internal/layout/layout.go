@@ -143,6 +143,13 @@ var CAStore = struct {
 	Hooks: "/etc/ca-certificates/update.d",
 }
 
+// The root's own user databases: owners are looked up in them under --root, never through
+// the host's NSS.
+const (
+	GroupFile  = "/etc/group"
+	PasswdFile = "/etc/passwd"
+)
+
 // DockerBinaries are where a docker command is found on a baked AMI.
 var DockerBinaries = []string{"/usr/bin/docker", "/usr/local/bin/docker", "/bin/docker"}
 

@@ -23,14 +23,15 @@ var exempt = map[string]string{
 	"internal/peertest": "the test harness's own machine",
 }
 
-// machinePath reports whether s names a file of the machine. /proc is not one: it is the
-// kernel's interface (the boot id, a process's state), the same on every machine.
+// machinePath reports whether s names a file of the machine: absolute, or relative to a root
+// in the form filepath.Join(root, "etc/group") takes (a top directory and more). /proc is not
+// one: it is the kernel's interface (the boot id, a process's state), the same on every machine.
 func machinePath(s string) bool {
-	rest, ok := strings.CutPrefix(s, "/")
-	if !ok {
+	rest, abs := strings.CutPrefix(s, "/")
+	top, below, sub := strings.Cut(rest, "/")
+	if !abs && (!sub || below == "" || strings.ContainsAny(s, " %")) {
 		return false
 	}
-	top, _, _ := strings.Cut(rest, "/")
 	for _, d := range machineDirs {
 		if top == d {
 			return true
@@ -97,8 +98,9 @@ func TestNoMachinePathOutsideTheLayout(t *testing.T) {
 func TestMachinePath(t *testing.T) {
 	for s, want := range map[string]bool{
 		"/etc/settings.conf": true, "/var/lib/haagent/state.json": true, "/etc": true, "/usr/local/bin/replicatedctl": true,
-		"/proc/sys/kernel/random/boot_id": false, "/": false, "etc/group": false, "circleconfig/shared": false,
+		"/proc/sys/kernel/random/boot_id": false, "/": false, "circleconfig/shared": false, "ca-certificates/db/ca.pem": false,
 		"/latest/meta-data/public-ipv4": false, "/v1/sys/health": false, "/host/etc": false,
+		"etc/group": true, "usr/local/share/ca-certificates": true, "data/": false, "etc": false, "run/%s": false,
 	} {
 		if machinePath(s) != want {
 			t.Errorf("machinePath(%q) = %v, want %v", s, !want, want)

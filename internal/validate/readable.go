@@ -159,7 +159,7 @@ func walk(l layout.Layout, key, p, clean string, uid, gid int, follow bool) (str
 		}
 		ev := fmt.Sprintf("the daemon falls under %s for %s", class, cur)
 		if gid < 0 {
-			ev += fmt.Sprintf("; there is no %s group in %s yet", daemonGroup, filepath.Join(root, "etc/group"))
+			ev += fmt.Sprintf("; there is no %s group in %s yet", daemonGroup, filepath.Join(root, layout.GroupFile))
 		} else {
 			ev += fmt.Sprintf(" (group %s is gid %d)", daemonGroup, gid)
 		}
