@@ -403,6 +403,15 @@ func overlaps(entries []Entry, moved map[string]*File) []Problem {
 					Msg: fmt.Sprintf("%q overlaps files.%s (%s): each entry needs a path of its own", a.Dest, b.Name, b.Dest)})
 			}
 		}
+		for _, r := range layout.Reserved() {
+			dir := strings.HasSuffix(r, "/")
+			same := strings.TrimSuffix(a.Dest, "/") == strings.TrimSuffix(r, "/")
+			if same || (a.Recursive && strings.HasPrefix(r, a.Dest)) || (dir && strings.HasPrefix(a.Dest, r)) {
+				out = append(out, Problem{Path: "files." + a.Name + ".dest",
+					Msg: fmt.Sprintf("%q overlaps %s, which haagent keeps for itself", a.Dest, strings.TrimSuffix(r, "/"))})
+				break
+			}
+		}
 	}
 	return out
 }

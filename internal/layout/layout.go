@@ -150,6 +150,15 @@ const (
 	PasswdFile = "/etc/passwd"
 )
 
+// Reserved are the files no layout entry may write over or hold in its directory: haagent's
+// own (a keys directory of /var/lib/haagent/ would back the run record up as a key, a licence
+// at the config's path would replace the config) and the root's user databases, which
+// haagent reads to resolve owners.
+func Reserved() []string {
+	return []string{ConfigFile, StateFile, MaintenanceFile, FrontendMark, InstallMarker, InstallerScript,
+		InstallerExit, InstallerEnv, LockFile, BootRuns, CAInstallDir + "/", GroupFile, PasswdFile}
+}
+
 // DockerBinaries are where a docker command is found on a baked AMI.
 var DockerBinaries = []string{"/usr/bin/docker", "/usr/local/bin/docker", "/bin/docker"}
 
