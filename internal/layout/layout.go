@@ -170,17 +170,21 @@ var DockerBinaries = []string{"/usr/bin/docker", "/usr/local/bin/docker", "/bin/
 // document names, and CircleCI's own userdata left them 0644 in 0755 directories, the setup
 // known to work (files.circleconfig tightens it); the encryption keys are read by root only.
 func Defaults() []Entry {
-	etc := "the Replicated daemon's container sees only the host's /etc (at /host/etc); replicated.conf names the file (%s), so it may move within /etc"
+	// Settings and the licence may move because replicated.conf names them, but only within
+	// what the daemon's container sees.
+	within := func(key string) string {
+		return "the Replicated daemon's container sees only the host's /etc (at /host/etc); replicated.conf names the file (" + key + "), so it may move within /etc"
+	}
 	return []Entry{
 		{Name: Settings, Key: "settings.conf", Dest: "/etc/settings.conf", Required: true, Mode: 0o640, UID: -1, GID: -1, Group: DockerGroup,
 			Purpose: "the Replicated application settings (ImportSettingsFrom)",
-			Within:  ReplicatedHostMount, WithinWhy: strings.Replace(etc, "%s", "ImportSettingsFrom", 1)},
+			Within:  ReplicatedHostMount, WithinWhy: within("ImportSettingsFrom")},
 		{Name: Replicated, Key: "replicated.conf", Dest: replicatedConf, Required: true, Mode: 0o644, UID: -1, GID: -1,
 			Purpose: "the Replicated daemon settings read by the installer",
 			Fixed:   "the Replicated installer and daemon read " + replicatedConf + " and no other path"},
 		{Name: License, Key: "license.rli", Dest: "/etc/license.rli", Required: true, Mode: 0o640, UID: -1, GID: -1, Group: DockerGroup,
 			Purpose: "the CircleCI licence (LicenseFileLocation)",
-			Within:  ReplicatedHostMount, WithinWhy: strings.Replace(etc, "%s", "LicenseFileLocation", 1)},
+			Within:  ReplicatedHostMount, WithinWhy: within("LicenseFileLocation")},
 		// Movable: haagent fetches, checks and backs the keys up wherever they are; where
 		// CircleCI's containers read them is their volume's business, not a path the shared
 		// facts fix.
