@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/state"
 )
@@ -104,7 +105,7 @@ docker run -d --name nomad --network host --restart always `+image+` httpd -f -p
 		if j := b.m.MustExec(t, "journalctl", "-u", "replicated", "--no-pager", "-o", "cat"); !strings.Contains(j, "started with PRIVATE_ADDRESS="+stable) {
 			t.Fatalf("%s: the replicated unit did not start with the stable address:\n%s", id, j)
 		}
-		rec, err := state.Load(filepath.Join(b.root, state.Path))
+		rec, err := state.Load(filepath.Join(b.root, layout.StateFile))
 		if err != nil {
 			t.Fatal(err)
 		}

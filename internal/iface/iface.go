@@ -31,15 +31,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/haagent/haagent/internal/atomicfile"
+	"github.com/haagent/haagent/internal/layout"
 )
 
-// Paths under --root. NetifLinks holds networkd's state file per interface index, whose
-// NETWORK_FILE= names the .network file applied to it (networkctl reads the same files; the
-// key exists from systemd 237, Ubuntu 18.04, on). DropInName is haagent's drop-in, one per
-// .network file, replaced when the address changes.
+// Paths under --root (internal/layout). DropInName is haagent's drop-in, one per .network
+// file, replaced when the address changes.
 const (
-	NetifLinks   = "/run/systemd/netif/links"
-	NetworkDir   = "/etc/systemd/network"
+	NetifLinks   = layout.NetifLinks
+	NetworkDir   = layout.NetworkDir
 	DropInName   = "50-haagent-address.conf"
 	dropInHeader = "# Written by haagent (address.private_ip): the stable address the builders use.\n" +
 		"# networkd configures it as its own, so a reconfigure or restart keeps it; haagent also adds it at every boot.\n"

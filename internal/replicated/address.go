@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/haagent/haagent/internal/atomicfile"
+	"github.com/haagent/haagent/internal/layout"
 )
 
 // The files the installer writes its address into (replicated-2.0.sh's
@@ -21,8 +22,8 @@ import (
 // daemon on the same machine). The units read them only when they start (EnvironmentFile=,
 // passed as -e LOCAL_ADDRESS=${PRIVATE_ADDRESS} and -e PRIVATE_ADDRESS=${PRIVATE_ADDRESS}).
 const (
-	DefaultReplicated = "/etc/default/replicated"
-	DefaultOperator   = "/etc/default/replicated-operator"
+	DefaultReplicated = layout.ReplicatedDefault
+	DefaultOperator   = layout.ReplicatedOperatorDefault
 )
 
 // AddressUnits are the units that read the address, restarted after a rewrite: replicated-ui
