@@ -153,8 +153,9 @@ func TestClaimReassignsFromAHolderOutOfService(t *testing.T) {
 			w.asg.AddGroup(peertest.ASGGroup{Name: group, Min: 1, Max: 1, Desired: 1, Instances: []string{newInstance, oldInstance}})
 			w.asg.SetUnhealthy(oldInstance, true)
 		}},
-		{"another group", func(w *world) {
+		{"another group, out of service", func(w *world) {
 			w.asg.AddGroup(peertest.ASGGroup{Name: "other", Min: 1, Max: 1, Desired: 1, Instances: []string{oldInstance}})
+			w.asg.SetLifecycleState(oldInstance, "Standby")
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -238,6 +239,28 @@ func TestClaimWaitsWhileALiveHolderHasIt(t *testing.T) {
 	_, fs, err = w2.c.WaitClaim(ctx, w2.req(stableIP), time.Hour, nil)
 	if !errors.Is(err, context.Canceled) || codes(fs) != "ADDRESS_HELD" {
 		t.Fatalf("cancelled wait: %v %s", err, codes(fs))
+	}
+}
+
+// A live member of another group keeps the address too: the config names another service's
+// address. One of this instance's own other interfaces gives it up.
+func TestClaimLeavesAnotherGroupsLiveInstance(t *testing.T) {
+	w := newWorld(t)
+	w.oldHolder()
+	w.asg.AddGroup(peertest.ASGGroup{Name: "nomad-clients", Min: 1, Max: 5, Desired: 1, Instances: []string{oldInstance}})
+	_, fs, err := w.c.Claim(context.Background(), w.req(stableIP))
+	if !errors.Is(err, ErrHeld) || codes(fs) != "ADDRESS_HELD" || !strings.Contains(fs[0].Summary, "nomad-clients") || !strings.Contains(fs[0].Fix, "choose an address") {
+		t.Fatalf("claim: %v %+v", err, fs)
+	}
+	if len(w.ec2.Calls("AssignPrivateIpAddresses")) != 0 {
+		t.Fatal("took a live instance's address")
+	}
+
+	w = newWorld(t)
+	w.ec2.AddENI(peertest.ENI{ID: "eni-0new000000000002", SubnetID: "subnet-0a", VPCID: "vpc-01", Instance: newInstance, DeviceIndex: 1, IPs: []string{"10.0.1.21", stableIP}})
+	got, fs, err := w.c.Claim(context.Background(), w.req(stableIP))
+	if err != nil || len(fs) != 0 || !got.Moved || w.ec2.Holder(stableIP) != newENI {
+		t.Fatalf("from this instance's second interface: %+v %v %s", got, err, codes(fs))
 	}
 }
 

@@ -137,8 +137,10 @@ func (c *Client) heldBy(ctx context.Context, r ClaimRequest, h types.NetworkInte
 				WithFix(fmt.Sprintf("haagent asks again every address.retry_every; the address is freed only when %s is deleted (its instance terminated). Otherwise choose an address.private_ip that is no interface's primary address", id)), true
 		}
 	}
-	if instance == "" {
-		return findings.Finding{}, false // an interface attached to nothing serves nobody
+	if instance == "" || instance == c.instance {
+		// An interface attached to nothing serves nobody; one of this instance's other
+		// interfaces gives the address up to the primary one.
+		return findings.Finding{}, false
 	}
 	if r.Holders == nil {
 		return findings.New(findings.AddressHeld, ip, fmt.Sprintf("%s is held by %s on instance %s, and without the Auto Scaling group haagent cannot tell whether it still serves", ip, id, instance),
@@ -148,10 +150,16 @@ func (c *Client) heldBy(ctx context.Context, r ClaimRequest, h types.NetworkInte
 	if err != nil {
 		return apiErr("autoscaling:DescribeAutoScalingInstances", err).finding(ip, "reading whether "+instance+", which holds "+ip+", is still in service"), false
 	}
+	evidence := fmt.Sprintf("holder=%s instance=%s group=%s lifecycle=%s health=%s", id, instance, orNone(st.Group), st.LifecycleState, st.HealthStatus)
 	if found && st.Live(r.Group) {
-		return findings.New(findings.AddressHeld, ip, fmt.Sprintf("%s is held by %s of group %s, which is InService and Healthy: haagent waits and does not take it", ip, instance, r.Group),
-			fmt.Sprintf("holder=%s instance=%s lifecycle=%s health=%s", id, instance, st.LifecycleState, st.HealthStatus)).
+		return findings.New(findings.AddressHeld, ip, fmt.Sprintf("%s is held by %s of group %s, which is InService and Healthy: haagent waits and does not take it", ip, instance, r.Group), evidence).
 			WithFix(fmt.Sprintf("nothing to do if the group is replacing %[1]s (an instance refresh starts the new instance first): the address moves here once %[1]s leaves service. If %[1]s must go: aws autoscaling terminate-instance-in-auto-scaling-group --instance-id %[1]s --no-should-decrement-desired-capacity", instance)), true
+	}
+	// A live member of another group is some other service that answers on the address: the
+	// config names the wrong address, and taking it would break that service.
+	if found && st.Live(st.Group) {
+		return findings.New(findings.AddressHeld, ip, fmt.Sprintf("%s is held by %s, InService and Healthy in another group, %s: haagent does not take it", ip, instance, st.Group), evidence).
+			WithFix(fmt.Sprintf("address.private_ip belongs to a live instance of group %s: choose an address no other service uses (aws ec2 describe-network-interfaces --filters Name=addresses.private-ip-address,Values=%s shows its holder)", st.Group, ip)), true
 	}
 	state := "not in any Auto Scaling group"
 	if found {
