@@ -303,6 +303,12 @@ func TestClaimSubnetMismatch(t *testing.T) {
 	if _, fs, err := w.c.Claim(ctx, w.req("10.0.1.4")); err != nil {
 		t.Errorf("10.0.1.4 is the subnet's first usable address: %v %s", err, codes(fs))
 	}
+	// DescribeSubnets refused: the same finding, its fix only vaguer.
+	w.ec2.Deny("DescribeSubnets")
+	_, fs, err = w.c.Claim(ctx, w.req("10.0.2.50"))
+	if !errors.Is(err, ErrNotInSubnet) || codes(fs) != "ADDRESS_NOT_IN_SUBNET" || !strings.Contains(fs[0].Fix, "--vpc-zone-identifier SUBNET") {
+		t.Fatalf("DescribeSubnets denied: %v %+v", err, fs)
+	}
 }
 
 func TestClaimDenied(t *testing.T) {
