@@ -343,14 +343,14 @@ func TestClaimDenied(t *testing.T) {
 func TestStandInsRefuseABadSignature(t *testing.T) {
 	w := newWorld(t)
 	bad := w.client(t, "not-the-secret")
-	_, _, err := bad.Claim(context.Background(), w.req(stableIP))
+	_, fs, err := bad.Claim(context.Background(), w.req(stableIP))
 	var ae smithy.APIError
-	if !errors.As(err, &ae) || ae.ErrorCode() != "AuthFailure" {
+	if !errors.As(err, &ae) || ae.ErrorCode() != "AuthFailure" || codes(fs) != "ADDRESS_API_FAILED" || !strings.Contains(fs[0].Fix, "refused the credentials") {
 		t.Fatalf("EC2: want AuthFailure, got %v", err)
 	}
 	w.r53.AddZone("Z0123456789ABC", "circleci.internal")
-	_, fs, err := bad.Publish(context.Background(), Record{ZoneID: "Z0123456789ABC", Name: "services.circleci.internal", TTL: 60, IP: netip.MustParseAddr(stableIP)}, time.Minute)
-	if !errors.As(err, &ae) || ae.ErrorCode() != "SignatureDoesNotMatch" || codes(fs) != "ADDRESS_API_FAILED" {
+	_, fs, err = bad.Publish(context.Background(), Record{ZoneID: "Z0123456789ABC", Name: "services.circleci.internal", TTL: 60, IP: netip.MustParseAddr(stableIP)}, time.Minute)
+	if !errors.As(err, &ae) || ae.ErrorCode() != "SignatureDoesNotMatch" || codes(fs) != "ADDRESS_API_FAILED" || !strings.Contains(fs[0].Fix, "refused the credentials") {
 		t.Fatalf("Route 53: want SignatureDoesNotMatch, got %v %s", err, codes(fs))
 	}
 	if len(w.ec2.Calls()) != 0 || len(w.r53.Calls()) != 0 || w.ec2.Holder(stableIP) != "" {
