@@ -27,7 +27,7 @@ func TestPrimaryInterface(t *testing.T) {
 	m := peertest.StartIMDS(t, peertest.Instance{ID: "i-1", LocalIPv4: "10.0.1.20", Region: "us-east-1",
 		MAC: "0e:00:00:00:00:01", InterfaceID: "eni-01", SubnetID: "subnet-0a", SubnetCIDR: "10.0.1.0/24", VPCID: "vpc-01", LocalIPv4s: "10.0.1.20"})
 	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", m.URL)
-	ni, err := New(5*time.Second).PrimaryInterface(context.Background())
+	ni, err := New(5 * time.Second).PrimaryInterface(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
