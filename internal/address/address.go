@@ -164,7 +164,15 @@ func (e *APIError) finding(target, doing string) findings.Finding {
 		return findings.New(findings.AddressAPIDenied, target, "the instance role may not call "+e.Action+" ("+doing+")", e.Error()).
 			WithFix(fmt.Sprintf("add %s to the instance role: the statement %s of examples/iam-policy.json; haagent retries the step", e.Action, statementFor(e.Action)))
 	}
-	return findings.New(findings.AddressAPIFailed, target, e.Action+" failed ("+doing+")", e.Error())
+	f := findings.New(findings.AddressAPIFailed, target, e.Action+" failed ("+doing+")", e.Error())
+	var ae smithy.APIError
+	if errors.As(e.Err, &ae) {
+		switch ae.ErrorCode() {
+		case "AuthFailure", "SignatureDoesNotMatch", "InvalidClientTokenId", "UnrecognizedClientException":
+			f = f.WithFix("AWS refused the credentials themselves (" + ae.ErrorCode() + "): check the instance profile, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in /etc/default/haagent, and the clock (timedatectl: a signature more than 5 minutes off is refused)")
+		}
+	}
+	return f
 }
 
 // statementFor names the Sid of examples/iam-policy.json that grants action.

@@ -153,8 +153,9 @@ func TestClaimReassignsFromAHolderOutOfService(t *testing.T) {
 			w.asg.AddGroup(peertest.ASGGroup{Name: group, Min: 1, Max: 1, Desired: 1, Instances: []string{newInstance, oldInstance}})
 			w.asg.SetUnhealthy(oldInstance, true)
 		}},
-		{"another group", func(w *world) {
+		{"another group, out of service", func(w *world) {
 			w.asg.AddGroup(peertest.ASGGroup{Name: "other", Min: 1, Max: 1, Desired: 1, Instances: []string{oldInstance}})
+			w.asg.SetLifecycleState(oldInstance, "Standby")
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -241,6 +242,28 @@ func TestClaimWaitsWhileALiveHolderHasIt(t *testing.T) {
 	}
 }
 
+// A live member of another group keeps the address too: the config names another service's
+// address. One of this instance's own other interfaces gives it up.
+func TestClaimLeavesAnotherGroupsLiveInstance(t *testing.T) {
+	w := newWorld(t)
+	w.oldHolder()
+	w.asg.AddGroup(peertest.ASGGroup{Name: "nomad-clients", Min: 1, Max: 5, Desired: 1, Instances: []string{oldInstance}})
+	_, fs, err := w.c.Claim(context.Background(), w.req(stableIP))
+	if !errors.Is(err, ErrHeld) || codes(fs) != "ADDRESS_HELD" || !strings.Contains(fs[0].Summary, "nomad-clients") || !strings.Contains(fs[0].Fix, "choose an address") {
+		t.Fatalf("claim: %v %+v", err, fs)
+	}
+	if len(w.ec2.Calls("AssignPrivateIpAddresses")) != 0 {
+		t.Fatal("took a live instance's address")
+	}
+
+	w = newWorld(t)
+	w.ec2.AddENI(peertest.ENI{ID: "eni-0new000000000002", SubnetID: "subnet-0a", VPCID: "vpc-01", Instance: newInstance, DeviceIndex: 1, IPs: []string{"10.0.1.21", stableIP}})
+	got, fs, err := w.c.Claim(context.Background(), w.req(stableIP))
+	if err != nil || len(fs) != 0 || !got.Moved || w.ec2.Holder(stableIP) != newENI {
+		t.Fatalf("from this instance's second interface: %+v %v %s", got, err, codes(fs))
+	}
+}
+
 // An address that is another interface's primary one is never moved (EC2 refuses, and it is
 // freed only with that interface).
 func TestClaimLeavesAPrimaryAddress(t *testing.T) {
@@ -280,6 +303,12 @@ func TestClaimSubnetMismatch(t *testing.T) {
 	if _, fs, err := w.c.Claim(ctx, w.req("10.0.1.4")); err != nil {
 		t.Errorf("10.0.1.4 is the subnet's first usable address: %v %s", err, codes(fs))
 	}
+	// DescribeSubnets refused: the same finding, its fix only vaguer.
+	w.ec2.Deny("DescribeSubnets")
+	_, fs, err = w.c.Claim(ctx, w.req("10.0.2.50"))
+	if !errors.Is(err, ErrNotInSubnet) || codes(fs) != "ADDRESS_NOT_IN_SUBNET" || !strings.Contains(fs[0].Fix, "--vpc-zone-identifier SUBNET") {
+		t.Fatalf("DescribeSubnets denied: %v %+v", err, fs)
+	}
 }
 
 func TestClaimDenied(t *testing.T) {
@@ -314,14 +343,14 @@ func TestClaimDenied(t *testing.T) {
 func TestStandInsRefuseABadSignature(t *testing.T) {
 	w := newWorld(t)
 	bad := w.client(t, "not-the-secret")
-	_, _, err := bad.Claim(context.Background(), w.req(stableIP))
+	_, fs, err := bad.Claim(context.Background(), w.req(stableIP))
 	var ae smithy.APIError
-	if !errors.As(err, &ae) || ae.ErrorCode() != "AuthFailure" {
+	if !errors.As(err, &ae) || ae.ErrorCode() != "AuthFailure" || codes(fs) != "ADDRESS_API_FAILED" || !strings.Contains(fs[0].Fix, "refused the credentials") {
 		t.Fatalf("EC2: want AuthFailure, got %v", err)
 	}
 	w.r53.AddZone("Z0123456789ABC", "circleci.internal")
-	_, fs, err := bad.Publish(context.Background(), Record{ZoneID: "Z0123456789ABC", Name: "services.circleci.internal", TTL: 60, IP: netip.MustParseAddr(stableIP)}, time.Minute)
-	if !errors.As(err, &ae) || ae.ErrorCode() != "SignatureDoesNotMatch" || codes(fs) != "ADDRESS_API_FAILED" {
+	_, fs, err = bad.Publish(context.Background(), Record{ZoneID: "Z0123456789ABC", Name: "services.circleci.internal", TTL: 60, IP: netip.MustParseAddr(stableIP)}, time.Minute)
+	if !errors.As(err, &ae) || ae.ErrorCode() != "SignatureDoesNotMatch" || codes(fs) != "ADDRESS_API_FAILED" || !strings.Contains(fs[0].Fix, "refused the credentials") {
 		t.Fatalf("Route 53: want SignatureDoesNotMatch, got %v %s", err, codes(fs))
 	}
 	if len(w.ec2.Calls()) != 0 || len(w.r53.Calls()) != 0 || w.ec2.Holder(stableIP) != "" {

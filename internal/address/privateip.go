@@ -45,8 +45,9 @@ type Assigned struct {
 func (a Assigned) Prefix() netip.Prefix { return netip.PrefixFrom(a.IP, a.Subnet.Bits()) }
 
 // Claim makes one attempt to hold r.IP on this instance's primary interface. It reads who holds
-// the address first: this interface (nothing to do), a live instance of the group (ADDRESS_HELD
-// and ErrHeld: the caller waits), or anyone else or no one (the address is assigned with
+// the address first: this interface (nothing to do), a live (InService, Healthy) instance of the
+// group or of another group, or an interface whose primary address it is (ADDRESS_HELD and
+// ErrHeld: the caller waits), or anyone else or no one (the address is assigned with
 // AllowReassignment and read back).
 func (c *Client) Claim(ctx context.Context, r ClaimRequest) (Assigned, []findings.Finding, error) {
 	var out Assigned
@@ -84,10 +85,12 @@ func (c *Client) Claim(ctx context.Context, r ClaimRequest) (Assigned, []finding
 		if h.Attachment != nil {
 			out.FromInstance = aws.ToString(h.Attachment.InstanceId)
 		}
-		if f, ok := c.heldBy(ctx, r, h, out.FromInstance); ok {
+		f, held, err := c.heldBy(ctx, r, h, out.FromInstance)
+		switch {
+		case err != nil:
+			return out, []findings.Finding{f}, fmt.Errorf("reading whether %s, which holds %s, still serves: %w", out.FromInstance, ip, err)
+		case held:
 			return out, []findings.Finding{f}, fmt.Errorf("claiming %s: %w", ip, ErrHeld)
-		} else if f.Code.Known() {
-			return out, []findings.Finding{f}, fmt.Errorf("reading whether %s still serves: %w", out.FromInstance, errFromFinding(f))
 		}
 	}
 
@@ -114,51 +117,51 @@ func (c *Client) Claim(ctx context.Context, r ClaimRequest) (Assigned, []finding
 	return out, nil, nil
 }
 
-// errFromFinding gives a finding's sentinel: a denied call is ErrDenied.
-func errFromFinding(f findings.Finding) error {
-	if f.Code == findings.AddressAPIDenied {
-		return ErrDenied
-	}
-	return errors.New(f.Summary)
-}
-
-// heldBy decides whether the holder h keeps the address: true with ADDRESS_HELD when it is an
-// InService, Healthy instance of the group, or when the address is its primary one (which EC2
-// never moves: it is freed only when that interface goes). false with a zero finding means the
-// address may be taken; false with a finding means the holder's state could not be read, and
-// then nothing is taken either.
-func (c *Client) heldBy(ctx context.Context, r ClaimRequest, h types.NetworkInterface, instance string) (findings.Finding, bool) {
+// heldBy decides whether the holder h keeps the address: held, with ADDRESS_HELD, when it is
+// an InService, Healthy instance of an Auto Scaling group, or when the address is its primary
+// one (which EC2 never moves: it is freed only when that interface goes). An error (with its
+// finding) means the holder's state could not be read, and then nothing is taken either.
+func (c *Client) heldBy(ctx context.Context, r ClaimRequest, h types.NetworkInterface, instance string) (f findings.Finding, held bool, err error) {
 	ip := r.IP.String()
 	id := aws.ToString(h.NetworkInterfaceId)
 	for _, a := range h.PrivateIpAddresses {
 		if aws.ToString(a.PrivateIpAddress) == ip && aws.ToBool(a.Primary) {
 			return findings.New(findings.AddressHeld, ip, fmt.Sprintf("%s is the primary private address of %s%s: EC2 never moves a primary address", ip, id, onInstance(instance)),
 				fmt.Sprintf("holder=%s instance=%s primary=true", id, orNone(instance))).
-				WithFix(fmt.Sprintf("haagent asks again every address.retry_every; the address is freed only when %s is deleted (its instance terminated). Otherwise choose an address.private_ip that is no interface's primary address", id)), true
+				WithFix(fmt.Sprintf("haagent asks again every address.retry_every; the address is freed only when %s is deleted (its instance terminated). Otherwise choose an address.private_ip that is no interface's primary address", id)), true, nil
 		}
 	}
-	if instance == "" {
-		return findings.Finding{}, false // an interface attached to nothing serves nobody
+	if instance == "" || instance == c.instance {
+		// An interface attached to nothing serves nobody; one of this instance's other
+		// interfaces gives the address up to the primary one.
+		return findings.Finding{}, false, nil
 	}
 	if r.Holders == nil {
 		return findings.New(findings.AddressHeld, ip, fmt.Sprintf("%s is held by %s on instance %s, and without the Auto Scaling group haagent cannot tell whether it still serves", ip, id, instance),
-			fmt.Sprintf("holder=%s instance=%s", id, instance)), true
+			fmt.Sprintf("holder=%s instance=%s", id, instance)), true, nil
 	}
 	st, found, err := r.Holders.Instance(ctx, instance)
 	if err != nil {
-		return apiErr("autoscaling:DescribeAutoScalingInstances", err).finding(ip, "reading whether "+instance+", which holds "+ip+", is still in service"), false
+		e := apiErr("autoscaling:DescribeAutoScalingInstances", err)
+		return e.finding(ip, "reading whether "+instance+", which holds "+ip+", is still in service"), false, e
 	}
+	evidence := fmt.Sprintf("holder=%s instance=%s group=%s lifecycle=%s health=%s", id, instance, orNone(st.Group), st.LifecycleState, st.HealthStatus)
 	if found && st.Live(r.Group) {
-		return findings.New(findings.AddressHeld, ip, fmt.Sprintf("%s is held by %s of group %s, which is InService and Healthy: haagent waits and does not take it", ip, instance, r.Group),
-			fmt.Sprintf("holder=%s instance=%s lifecycle=%s health=%s", id, instance, st.LifecycleState, st.HealthStatus)).
-			WithFix(fmt.Sprintf("nothing to do if the group is replacing %[1]s (an instance refresh starts the new instance first): the address moves here once %[1]s leaves service. If %[1]s must go: aws autoscaling terminate-instance-in-auto-scaling-group --instance-id %[1]s --no-should-decrement-desired-capacity", instance)), true
+		return findings.New(findings.AddressHeld, ip, fmt.Sprintf("%s is held by %s of group %s, which is InService and Healthy: haagent waits and does not take it", ip, instance, r.Group), evidence).
+			WithFix(fmt.Sprintf("nothing to do if the group is replacing %[1]s (an instance refresh starts the new instance first): the address moves here once %[1]s leaves service. If %[1]s must go: aws autoscaling terminate-instance-in-auto-scaling-group --instance-id %[1]s --no-should-decrement-desired-capacity", instance)), true, nil
+	}
+	// A live member of another group is some other service that answers on the address: the
+	// config names the wrong address, and taking it would break that service.
+	if found && st.Live(st.Group) {
+		return findings.New(findings.AddressHeld, ip, fmt.Sprintf("%s is held by %s, InService and Healthy in another group, %s: haagent does not take it", ip, instance, st.Group), evidence).
+			WithFix(fmt.Sprintf("address.private_ip belongs to a live instance of group %s: choose an address no other service uses (aws ec2 describe-network-interfaces --filters Name=addresses.private-ip-address,Values=%s shows its holder)", st.Group, ip)), true, nil
 	}
 	state := "not in any Auto Scaling group"
 	if found {
 		state = fmt.Sprintf("%s and %s in group %s", st.LifecycleState, st.HealthStatus, orNone(st.Group))
 	}
 	c.log.Info("taking the address from an instance that no longer serves it", "ip", ip, "holder", id, "instance", instance, "state", state)
-	return findings.Finding{}, false
+	return findings.Finding{}, false, nil
 }
 
 func onInstance(id string) string {
