@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/haagent/haagent/internal/findings"
@@ -194,5 +195,73 @@ func TestAddressRewritesAnInstallWithAnotherAddress(t *testing.T) {
 	}
 	if n := aw.installer.runs(); n != 1 {
 		t.Fatalf("the installer ran %d times", n)
+	}
+}
+
+// route53 end to end through the binary: the record is UPSERTed (the Route 53 stand-in) and
+// the machine's own resolver (a DNS server in the namespace, named by its resolv.conf) must
+// answer this instance. While it still answers another machine past the record's TTL, the boot
+// stops before the installer (ADDRESS_NOT_HERE, the name asked again within the TTL); once it
+// answers this instance, the installer runs with the instance's own local-address and the
+// builders' ports answer on the name.
+func TestAddressRoute53NameResolvesHere(t *testing.T) {
+	const zone, name = "Z0123456789ABCDEFGHIJ", "services.circleci.internal"
+	aw := newAddressWorld(t)
+	r53 := peertest.StartRoute53(t, aw.s3.AccessKey, aw.s3.SecretKey)
+	r53.AddZone(zone, "circleci.internal")
+	forwardWorld(t, aw.ns, r53.URL)
+	var stale atomic.Bool
+	stale.Store(true)
+	pc, err := aw.ns.ListenPacket("udp", "127.0.0.1:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	dns := peertest.ServeDNS(pc, 1, func(q string, _ int) string {
+		if q != name {
+			return ""
+		}
+		if stale.Load() {
+			return "10.0.1.99" // the previous instance, from a resolver's cache
+		}
+		if rec, ok := r53.Record(zone, name); ok && len(rec.Values) > 0 {
+			return rec.Values[0]
+		}
+		return ""
+	})
+	aw.ns.ResolvConf(t, "127.0.0.1")
+	aw.listen(t)
+	aw.writeConfig(aw.s3.URL, aw.asgCfg+"address:\n  route53:\n    zone_id: "+zone+"\n    name: "+name+"\n    ttl: 1\n    endpoint: "+r53.URL+"\n")
+
+	r := aw.runIn(aw.ns, "run", "--once")
+	last := aw.record().Last()
+	var here *findings.Finding
+	for _, f := range last.Findings {
+		if f.Code == findings.AddressNotHere {
+			here = &f
+		}
+	}
+	if r.code == 0 || here == nil || here.Target != name || !strings.Contains(here.Summary, "10.0.1.99") || !strings.HasPrefix(last.Error, "address") {
+		t.Fatalf("exit %d, run error %q, ADDRESS_NOT_HERE %+v; want the boot stopped at address\n%s", r.code, last.Error, here, r.stderr)
+	}
+	if n := dns.Queries.Load(); n < 2 {
+		t.Fatalf("%d A queries: a wrong answer must be asked again within the TTL", n)
+	}
+	if aw.installer.runs() != 0 {
+		t.Fatal("the installer ran while the name resolved to another machine")
+	}
+	if rec, ok := r53.Record(zone, name); !ok || !slices.Equal(rec.Values, []string{"10.0.1.23"}) || rec.TTL != 1 {
+		t.Fatalf("the record: %+v %v, want 10.0.1.23 with TTL 1", rec, ok)
+	}
+
+	stale.Store(false)
+	if r := aw.runIn(aw.ns, "run", "--once"); r.code != 0 {
+		t.Fatalf("with the name resolving here: exit %d\n%s", r.code, r.stderr)
+	}
+	if codes := lastCodes(aw.world); strings.Contains(codes, "ADDRESS_") {
+		t.Fatalf("address findings: %s", codes)
+	}
+	if args := aw.installer.rec("args"); !strings.HasPrefix(args, "local-address=10.0.1.23\n") {
+		t.Fatalf("installer arguments:\n%s", args)
 	}
 }

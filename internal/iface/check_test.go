@@ -4,68 +4,24 @@ import (
 	"context"
 	"net"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"golang.org/x/net/dns/dnsmessage"
-
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/peertest"
 )
 
-// dnsServer is a resolver on a loopback UDP port whose A answer for every name is answer(n),
-// n counting the A queries from 1; "" answers NXDOMAIN. It speaks the real DNS wire format, so
-// the check's own resolver code runs as on the machine.
-type dnsServer struct {
-	queries atomic.Int32
-}
-
-func startDNS(t *testing.T, ttl uint32, answer func(n int) string) (*dnsServer, *net.Resolver) {
+// startDNS is a resolver on a loopback UDP port whose A answer for every name is answer(n), n
+// counting the A queries from 1; "" answers NXDOMAIN (peertest.ServeDNS: the real wire format,
+// so the check's own resolver code runs as on the machine).
+func startDNS(t *testing.T, ttl uint32, answer func(n int) string) (*peertest.DNSServer, *net.Resolver) {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pc.Close() })
-	s := &dnsServer{}
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, addr, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			var p dnsmessage.Parser
-			h, err := p.Start(buf[:n])
-			if err != nil {
-				continue
-			}
-			q, err := p.Question()
-			if err != nil {
-				continue
-			}
-			ip := ""
-			if q.Type == dnsmessage.TypeA {
-				ip = answer(int(s.queries.Add(1)))
-			}
-			hdr := dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true}
-			if ip == "" && q.Type == dnsmessage.TypeA {
-				hdr.RCode = dnsmessage.RCodeNameError
-			}
-			b := dnsmessage.NewBuilder(nil, hdr)
-			b.StartQuestions()
-			b.Question(q)
-			b.StartAnswers()
-			if ip != "" {
-				var a [4]byte
-				copy(a[:], net.ParseIP(ip).To4())
-				b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: ttl}, dnsmessage.AResource{A: a})
-			}
-			if out, err := b.Finish(); err == nil {
-				pc.WriteTo(out, addr)
-			}
-		}
-	}()
+	s := peertest.ServeDNS(pc, ttl, func(_ string, n int) string { return answer(n) })
 	addr := pc.LocalAddr().String()
 	return s, &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 		var d net.Dialer
@@ -88,7 +44,7 @@ func TestCheckHereName(t *testing.T) {
 		if len(fs) != 0 {
 			t.Fatalf("findings %+v, want none once the answer is this machine", fs)
 		}
-		if got := s.queries.Load(); got != 4 {
+		if got := s.Queries.Load(); got != 4 {
 			t.Fatalf("%d A queries, want 4 (three stale answers, then this machine)", got)
 		}
 	})
@@ -98,8 +54,8 @@ func TestCheckHereName(t *testing.T) {
 		if len(fs) != 1 || fs[0].Code != findings.AddressNotHere || fs[0].Target != "services.internal" || !strings.Contains(fs[0].Summary, "192.0.2.9") {
 			t.Fatalf("findings %+v, want ADDRESS_NOT_HERE naming 192.0.2.9", fs)
 		}
-		if s.queries.Load() < 2 {
-			t.Fatalf("%d A queries: a wrong answer must be asked again within the TTL", s.queries.Load())
+		if s.Queries.Load() < 2 {
+			t.Fatalf("%d A queries: a wrong answer must be asked again within the TTL", s.Queries.Load())
 		}
 		if !strings.Contains(fs[0].Fix, "services.internal") {
 			t.Fatalf("fix %q", fs[0].Fix)
@@ -117,8 +73,8 @@ func TestCheckHereName(t *testing.T) {
 		if fs := CheckHere(context.Background(), HereOptions{Name: "services.internal", TTL: time.Hour, Resolver: r}); len(fs) != 0 {
 			t.Fatalf("findings %+v", fs)
 		}
-		if s.queries.Load() != 1 {
-			t.Fatalf("%d queries, want 1", s.queries.Load())
+		if s.Queries.Load() != 1 {
+			t.Fatalf("%d queries, want 1", s.Queries.Load())
 		}
 	})
 }

@@ -136,43 +136,67 @@ func relay(c net.Conn, addr string) {
 	wg.Wait()
 }
 
-// Listen opens a listener inside the namespace: the socket is created on a thread moved into
-// it (a socket stays in the namespace it was created in), and the thread is moved back before
-// it is released to other goroutines; a thread that cannot go back is never released (it ends
-// with its goroutine), so no other goroutine runs in the wrong namespace.
+// Listen opens a listener inside the namespace (see in).
 func (n *Netns) Listen(network, addr string) (net.Listener, error) {
-	type result struct {
-		l   net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
+	var l net.Listener
+	err := n.in(func() (err error) { l, err = net.Listen(network, addr); return err })
+	return l, err
+}
+
+// ListenPacket opens a packet socket inside the namespace (see in).
+func (n *Netns) ListenPacket(network, addr string) (net.PacketConn, error) {
+	var pc net.PacketConn
+	err := n.in(func() (err error) { pc, err = net.ListenPacket(network, addr); return err })
+	return pc, err
+}
+
+// in runs open on a thread moved into the namespace: a socket stays in the namespace it was
+// created in, whichever thread uses it later. The thread is moved back before it is released to
+// other goroutines; a thread that cannot go back is never released (it ends with its
+// goroutine), so no other goroutine runs in the wrong namespace.
+func (n *Netns) in(open func() error) error {
+	ch := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		self, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{err: err}
+			ch <- err
 			return
 		}
 		defer self.Close()
 		target, err := os.Open(n.Path)
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{err: err}
+			ch <- err
 			return
 		}
 		defer target.Close()
 		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("setns %s: %w", n.Path, err)}
+			ch <- fmt.Errorf("setns %s: %w", n.Path, err)
 			return
 		}
-		l, err := net.Listen(network, addr)
+		err = open()
 		if unix.Setns(int(self.Fd()), unix.CLONE_NEWNET) == nil {
 			runtime.UnlockOSThread()
 		}
-		ch <- result{l, err}
+		ch <- err
 	}()
-	r := <-ch
-	return r.l, r.err
+	return <-ch
+}
+
+// ResolvConf makes `ip netns exec` give the namespace's processes a resolv.conf of their own,
+// naming nameserver (ip-netns(8): /etc/netns/NAME/resolv.conf is bind-mounted over
+// /etc/resolv.conf).
+func (n *Netns) ResolvConf(t testing.TB, nameserver string) {
+	t.Helper()
+	dir := "/etc/netns/" + n.Name
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.WriteFile(dir+"/resolv.conf", []byte("nameserver "+nameserver+"\noptions attempts:1 timeout:2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
