@@ -108,7 +108,13 @@ func rewriteInstalledAddress(ctx context.Context, root string, systemd bool, add
 	summary := fmt.Sprintf("Replicated was installed with local address %s: %s now hold %s", old, strings.Join(changed, " and "), addr)
 	if systemd {
 		if err := replicated.RestartForAddress(ctx); err != nil {
-			return nil, fmt.Errorf("restarting Replicated after rewriting its address from %s to %s: %w", old, addr, err)
+			// Put the old address back, so that the retry of this step rewrites and restarts
+			// again: otherwise it would find the files rewritten and never restart the units,
+			// which would keep the old address for good.
+			if _, rerr := replicated.RewriteAddress(root, old); rerr != nil {
+				return nil, fmt.Errorf("restarting Replicated after rewriting its address from %s to %s: %w (and putting %s back: %w)", old, addr, err, old, rerr)
+			}
+			return nil, fmt.Errorf("restarting Replicated after rewriting its address from %s to %s (the files hold %s again): %w", old, addr, old, err)
 		}
 		summary += "; replicated and replicated-operator restarted"
 	} else {
