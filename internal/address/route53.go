@@ -78,7 +78,7 @@ func (c *Client) Publish(ctx context.Context, r Record, syncTimeout time.Duratio
 			return out, []findings.Finding{findings.New(findings.AddressZoneMissing, target, "Route 53 has no hosted zone "+zone+" for this account", e.Error())}, fmt.Errorf("upserting %s: %w", target, e)
 		case errors.As(err, &bad):
 			return out, []findings.Finding{e.finding(target, "upserting "+name).
-				WithFix("Route 53 refused the record: address.route53.name must be a name inside the zone address.route53.zone_id (aws route53 get-hosted-zone --id " + zone + " shows the zone's name)")}, fmt.Errorf("upserting %s: %w", target, e)
+				WithFix("Route 53 refused the change (its reason is in the evidence): address.route53.name must be a name inside the zone address.route53.zone_id (aws route53 get-hosted-zone --id " + zone + " shows the zone's name), and no other record type (a CNAME) may stand at that name (aws route53 list-resource-record-sets --hosted-zone-id " + zone + " --query \"ResourceRecordSets[?Name=='" + name + "']\")")}, fmt.Errorf("upserting %s: %w", target, e)
 		}
 		return out, []findings.Finding{e.finding(target, "upserting "+name+" A "+r.IP.String())}, fmt.Errorf("upserting %s: %w", target, e)
 	}

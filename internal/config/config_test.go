@@ -200,6 +200,8 @@ func TestConfigErrors(t *testing.T) {
 		{"route53 ttl", "version: 1\nsource:\n  bucket: abc\naddress:\n  route53: {zone_id: Z0123456789ABC, name: services.internal, ttl: 86400}\n", []string{"address.route53.ttl", "1-3600"}},
 		{"route53 endpoint", "version: 1\nsource:\n  bucket: abc\naddress:\n  route53: {zone_id: Z0123456789ABC, name: services.internal, endpoint: route53.local}\n", []string{"address.route53.endpoint", "http://"}},
 		{"route53 unknown field", "version: 1\nsource:\n  bucket: abc\naddress:\n  route53: {zone: Z0123456789ABC}\n", []string{"address.route53.zone: unknown field"}},
+		{"address retry too fast", "version: 1\nsource:\n  bucket: abc\nasg: {enabled: true}\naddress:\n  private_ip: 10.0.1.50\n  retry_every: 10ms\n", []string{"address.retry_every", "at least 1s"}},
+		{"route53 sync timeout", "version: 1\nsource:\n  bucket: abc\naddress:\n  route53: {zone_id: Z0123456789ABC, name: services.internal, sync_timeout: -1s}\n", []string{"address.route53.sync_timeout", "positive"}},
 		{"future version with its own fields", "version: 2\nsource:\n  bucket: abc\naddress:\n  private_ip: 10.0.1.50\n", []string{"version: unsupported version 2", "line 1"}},
 	}
 	for _, c := range cases {

@@ -1,7 +1,6 @@
 package peertest
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -138,11 +137,9 @@ func (e *EC2) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := verifySigV4(r, body, "ec2", e.AccessKey, e.SecretKey); err != nil {
-		msg := "AWS was not able to validate the provided access credentials"
-		if !errors.Is(err, errUnknownKey) {
-			msg = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method."
-		}
-		ec2Error(w, 401, "AuthFailure", msg)
+		// EC2 answers an unknown key and a wrong signature alike: 401 AuthFailure, "AWS was not
+		// able to validate the provided access credentials".
+		ec2Error(w, 401, "AuthFailure", "AWS was not able to validate the provided access credentials")
 		return
 	}
 	form, err := url.ParseQuery(string(body))
