@@ -35,7 +35,7 @@ func (h *heartbeats) start(ctx context.Context, env *Env) {
 	go func() {
 		defer close(h.done)
 		env.ASG.Heartbeats(hctx, h.every, nil, func(error) {
-			env.LateFinding(findings.New("ASG_LIFECYCLE_EXPIRED", target, "the launch lifecycle action ended while the boot was still running", ""))
+			env.setLate("heartbeats", findings.New("ASG_LIFECYCLE_EXPIRED", target, "the launch lifecycle action ended while the boot was still running", ""))
 		})
 	}()
 }
@@ -47,14 +47,15 @@ func (h *heartbeats) stop() {
 	<-h.done
 }
 
-// startGuard watches the frontend after it was once up on this instance and, while it is down,
-// takes the replacement decision every recheck_every.
-func startGuard(ctx context.Context, env *Env) {
-	a := env.Config.ASG
-	if env.ASG == nil || env.Watcher == nil {
-		return
-	}
-	env.monitoring.Do(func() {
+// guardMonitor watches the frontend after it was once up on this instance and, while it is
+// down, takes the replacement decision every recheck_every. It needs the group and the
+// watcher, read when it starts: without either it has nothing to do.
+func guardMonitor(env *Env) Monitor {
+	return Monitor{Name: "guard", Run: func(ctx context.Context, h *Handle) error {
+		a := env.Config.ASG
+		if env.ASG == nil || env.Watcher == nil {
+			return nil
+		}
 		g := &asg.Guard{
 			Enabled: a.Replace.Enabled, FailingFor: a.Replace.FailingFor.D(), Instance: env.Instance.InstanceID, ASG: env.ASG, Log: env.Log,
 			Probe:  func(ctx context.Context) []findings.Finding { return runProbes(ctx, env).Findings },
@@ -62,11 +63,12 @@ func startGuard(ctx context.Context, env *Env) {
 			Budget: &asg.Budget{Bucket: env.Bucket, Max: a.Replace.Budget, Window: a.Replace.Window.D(), DailyMax: a.Replace.DailyBudget},
 			Hold:   func(ctx context.Context) string { return replacementHold(ctx, env) },
 		}
-		go guard(env.monitorCtx(), env, g, a.Replace)
-	})
+		guard(ctx, env, h, g, a.Replace)
+		return nil
+	}}
 }
 
-func guard(ctx context.Context, env *Env, g *asg.Guard, c config.Replace) {
+func guard(ctx context.Context, env *Env, h *Handle, g *asg.Guard, c config.Replace) {
 	poll := env.Watcher.Poll()
 	t := time.NewTicker(poll)
 	defer t.Stop()
@@ -93,7 +95,8 @@ func guard(ctx context.Context, env *Env, g *asg.Guard, c config.Replace) {
 		case !time.Now().Before(next):
 			d := g.Decide(ctx, state, since)
 			if d.Finding != nil {
-				env.lateDecision(*d.Finding, "ASG_REPLACEMENT_WITHHELD", "ASG_REPLACEMENT_REQUESTED")
+				// The guard logged its decision in its own words: recorded, not logged again.
+				env.recordLate("guard", *d.Finding)
 			}
 			if d.Replace {
 				return

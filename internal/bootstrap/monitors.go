@@ -11,52 +11,52 @@ import (
 	"github.com/haagent/haagent/internal/watch"
 )
 
-// What outlives the boot steps: the frontend's log forwarding, crash-loop detection and the
-// periodic keys backup (the ASG heartbeats and the replacement guard are in asg.go).
+// What outlives the boot steps, as monitors: the frontend's log forwarding, crash-loop
+// detection and the periodic keys backup (the ASG heartbeats and the replacement guard are in
+// asg.go). A step returns them; the runner starts each once, by name.
 
-// startFollow forwards the frontend's log lines into the journal for as long as haagent runs.
-// The haagent before this one left a mark of how far it forwarded; without one, lines from
-// before this run are taken as forwarded by an older haagent.
-func startFollow(env *Env, w *watch.Watcher) {
-	env.background.Add(1)
-	mctx := env.monitorCtx()
-	go func() { defer env.background.Done(); w.Follow(mctx, env.Run.Start) }()
+// followMonitor forwards the frontend's log lines into the journal for as long as haagent
+// runs. The haagent before this one left a mark of how far it forwarded; without one, lines
+// from before since (this run's start) are taken as forwarded by an older haagent.
+func followMonitor(w *watch.Watcher, since time.Time) Monitor {
+	return Monitor{Name: "frontend-logs", Run: func(ctx context.Context, h *Handle) error {
+		w.Follow(ctx, since)
+		return nil
+	}}
 }
 
-// startCrashLoops reports the frontend dying again and again, with what the probes say now.
-func startCrashLoops(env *Env, w *watch.Watcher, container string) {
-	mctx := env.monitorCtx()
-	go w.CrashLoops(mctx, func(dies int, window time.Duration) {
-		probed := runProbes(mctx, env).Findings
-		last := strings.Join(w.LastLines(), " | ")
-		if len(last) > 2000 {
-			last = "..." + last[len(last)-2000:]
-		}
-		f := findings.New("FRONTEND_CRASH_LOOP", container,
-			fmt.Sprintf("%s died %d times within %s; probes now: %s", container, dies, window, findings.Codes(probed)),
-			"last lines: "+last)
-		env.LateFinding(f)
-	})
+// crashLoopMonitor reports the frontend dying again and again, with what the probes say now.
+func crashLoopMonitor(env *Env, w *watch.Watcher, container string) Monitor {
+	return Monitor{Name: "crash-loops", Run: func(ctx context.Context, h *Handle) error {
+		w.CrashLoops(ctx, func(dies int, window time.Duration) {
+			probed := runProbes(ctx, env).Findings
+			last := strings.Join(w.LastLines(), " | ")
+			if len(last) > 2000 {
+				last = "..." + last[len(last)-2000:]
+			}
+			f := findings.New("FRONTEND_CRASH_LOOP", container,
+				fmt.Sprintf("%s died %d times within %s; probes now: %s", container, dies, window, findings.Codes(probed)),
+				"last lines: "+last)
+			h.Set(f)
+		})
+		return nil
+	}}
 }
 
-// startKeyScan starts, once, the periodic keys backup that runs for as long as haagent does.
-// Each scan that writes takes the run lock (lockForWrite): while the boot steps run this
-// process holds it already; afterwards an on-demand command may hold it, and the scan waits.
-func startKeyScan(env *Env) {
-	ctx := env.monitorCtx()
-	env.keyScan.Do(func() {
-		env.background.Add(1)
-		go func() {
-			defer env.background.Done()
-			scanKeys(ctx, env, env.Config.Backup.ScanEvery.D())
-		}()
-	})
+// keyScanMonitor is the periodic keys backup that runs for as long as haagent does. Each scan
+// that writes takes the run lock (lockForWrite): while the boot steps run this process holds it
+// already; afterwards an on-demand command may hold it, and the scan waits.
+func keyScanMonitor(env *Env) Monitor {
+	return Monitor{Name: "keys-scan", Run: func(ctx context.Context, h *Handle) error {
+		scanKeys(ctx, env, h, env.Config.Backup.ScanEvery.D())
+		return nil
+	}}
 }
 
 // scanKeys looks at the keys directory every period and backs it up again when it changed, or
 // while the last backup left a key out (a conflict, a failed upload, a key still being
-// written). Its findings are late findings: they join the run record and the journal.
-func scanKeys(ctx context.Context, env *Env, every time.Duration) {
+// written). Its findings are the monitor's: each scan's replace the last's in the run record.
+func scanKeys(ctx context.Context, env *Env, h *Handle, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var sc keyScanner
@@ -66,7 +66,7 @@ func scanKeys(ctx context.Context, env *Env, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		sc.scan(ctx, env, every)
+		sc.scan(ctx, env, h, every)
 	}
 }
 
@@ -81,7 +81,7 @@ type keyScanner struct {
 // looked at every time: the local directory, and the keys prefix with one ListObjectsV2, so a
 // backup copy deleted (or replaced) in the bucket is put back (or reported) at the next scan,
 // not at the next boot.
-func (sc *keyScanner) scan(ctx context.Context, env *Env, every time.Duration) bool {
+func (sc *keyScanner) scan(ctx context.Context, env *Env, h *Handle, every time.Duration) bool {
 	o := env.keysOptions()
 	fp := backup.Fingerprint(o)
 	objs, err := env.Bucket.List(ctx, o.Prefix)
@@ -124,7 +124,7 @@ func (sc *keyScanner) scan(ctx context.Context, env *Env, every time.Duration) b
 		sc.lastRemote = ""
 	}
 	env.setKeyConflicts(res.Details)
-	env.lateKeys(res.Findings)
+	h.Set(res.Findings...)
 	if len(res.Uploaded) > 0 {
 		env.Log.Info("encryption keys backed up by the periodic scan", "uploaded", strings.Join(res.Uploaded, ","), "in_sync", len(res.InSync))
 	}
