@@ -14,7 +14,9 @@ import (
 // do is a step of a plain function, for runner tests.
 func do(f func(ctx context.Context) error) Do {
 	return Wire(func(*Env) struct{} { return struct{}{} },
-		func(ctx context.Context, _ Exec, _ struct{}) (struct{}, []findings.Finding, error) { return struct{}{}, nil, f(ctx) },
+		func(ctx context.Context, _ Exec, _ struct{}) (struct{}, []findings.Finding, error) {
+			return struct{}{}, nil, f(ctx)
+		},
 		nil)
 }
 
