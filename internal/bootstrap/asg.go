@@ -35,7 +35,7 @@ func (h *heartbeats) start(ctx context.Context, env *Env) {
 	go func() {
 		defer close(h.done)
 		env.ASG.Heartbeats(hctx, h.every, nil, func(error) {
-			env.setLate("heartbeats", findings.New("ASG_LIFECYCLE_EXPIRED", target, "the launch lifecycle action ended while the boot was still running", ""))
+			env.setLate("heartbeats", findings.New(findings.ASGLifecycleExpired, target, "the launch lifecycle action ended while the boot was still running", ""))
 		})
 	}()
 }

@@ -34,7 +34,7 @@ func crashLoopMonitor(env *Env, w *watch.Watcher, container string) Monitor {
 			if len(last) > 2000 {
 				last = "..." + last[len(last)-2000:]
 			}
-			f := findings.New("FRONTEND_CRASH_LOOP", container,
+			f := findings.New(findings.FrontendCrashLoop, container,
 				fmt.Sprintf("%s died %d times within %s; probes now: %s", container, dies, window, findings.Codes(probed)),
 				"last lines: "+last)
 			h.Set(f)

@@ -77,16 +77,16 @@ func TestAFailedStepGoesBackToItsRetryTarget(t *testing.T) {
 func TestLateFindingsOutliveAStepRetry(t *testing.T) {
 	env := quietEnv(Inputs{}, nil)
 	env.book.beginStep("watch")
-	env.setLate("crash-loops", findings.New("FRONTEND_CRASH_LOOP", "frontend", "frontend died 5 times within 10m0s", ""))
-	env.recordLate("guard", findings.New("ASG_REPLACEMENT_WITHHELD", "i-1", "first decision", ""))
-	env.recordLate("guard", findings.New("ASG_REPLACEMENT_WITHHELD", "i-1", "second decision", ""))
+	env.setLate("crash-loops", findings.New(findings.FrontendCrashLoop, "frontend", "frontend died 5 times within 10m0s", ""))
+	env.recordLate("guard", findings.New(findings.ASGReplacementWithheld, "i-1", "first decision", ""))
+	env.recordLate("guard", findings.New(findings.ASGReplacementWithheld, "i-1", "second decision", ""))
 	env.book.beginStep("watch") // the step is retried
 	got := env.book.monitorFindings()
-	if len(got) != 2 || got[0].Name != "crash-loops" || got[0].Findings[0].Code != "FRONTEND_CRASH_LOOP" ||
+	if len(got) != 2 || got[0].Name != "crash-loops" || got[0].Findings[0].Code != findings.FrontendCrashLoop ||
 		got[1].Name != "guard" || len(got[1].Findings) != 1 || got[1].Findings[0].Summary != "second decision" {
 		t.Fatalf("monitor findings after a retry: %+v", got)
 	}
-	env.setLate("docker-engine", findings.New("DOCKER_NOT_ANSWERING", "dockerd", "no answer", ""))
+	env.setLate("docker-engine", findings.New(findings.DockerNotAnswering, "dockerd", "no answer", ""))
 	env.setLate("docker-engine")
 	if got := env.book.monitorFindings(); len(got) != 2 {
 		t.Fatalf("a withdrawn monitor finding is still there: %+v", got)
@@ -191,14 +191,14 @@ func TestOverridesApplyToEveryCodeButTheSafetyCodes(t *testing.T) {
 	env.Config = cfg
 	env.book.beginStep("validate-files")
 	env.recordStep(env.Log, "validate-files", []findings.Finding{
-		findings.New("FILE_INVALID", "/etc/replicated.conf", "TlsBootstrapHostname is empty", ""),
-		findings.New("KEYS_CONFLICT", "/data/circle/circleci-encryption-keys/k", "differs", ""),
+		findings.New(findings.FileInvalid, "/etc/replicated.conf", "TlsBootstrapHostname is empty", ""),
+		findings.New(findings.KeysConflict, "/data/circle/circleci-encryption-keys/k", "differs", ""),
 	})
 	got := env.book.stepFindings([]Step{{Name: "validate-files"}})
 	if got[0].Severity != findings.Warning || got[0].Blocking {
 		t.Errorf("the override did not apply to a validate-files code: %+v", got[0])
 	}
-	if e := findings.Lookup("KEYS_CONFLICT"); got[1].Blocking != e.Blocking || got[1].Severity != e.Severity {
+	if e := findings.KeysConflict.Entry(); got[1].Blocking != e.Blocking || got[1].Severity != e.Severity {
 		t.Errorf("a safety code changed: %+v", got[1])
 	}
 }
