@@ -149,6 +149,11 @@ var Catalogue = []Entry{
 	{"INSTALLER_ARG_UNKNOWN", Error, true, "replicated", "remove or correct the argument in replicated.extra_args: the installer exits 1 on a parameter it does not know, haagent sets local-address, the proxy and no-docker itself, install-docker-only, is-migration and airgap make no CircleCI Services machine, and a value may hold no whitespace"},
 	{"INSTALLER_REDIRECT_REFUSED", Error, true, "replicated", "point replicated.installer_url at an https URL that does not redirect to http (or keep the script in the bucket: s3://bucket/key with replicated.sha256)"},
 	{"INSTALLER_UNPINNED", Warning, false, "replicated", "pin the installer: set replicated.sha256 to the sha256 this run logged once you have read the script, or keep a reviewed copy in the bucket (installer_url: s3://bucket/key)"},
+
+	// The supervisor of monitors (issue 15): what it says about a monitor, filed under its name.
+	{"MONITOR_FAILING", Warning, false, "haagent", "a monitor keeps failing: read its last error (the evidence) and `journalctl -u haagent HAAGENT_MONITOR=NAME`, and fix what it names (a permission, a route, the Docker engine); haagent keeps restarting it with backoff"},
+	{"MONITOR_PANICKED", Error, false, "haagent", "a bug in haagent: report it with the stack logged just before (journalctl -u haagent HAAGENT_MONITOR=NAME); haagent restarts the monitor meanwhile"},
+	{"MONITOR_STALLED", Error, false, "haagent", "a monitor's loop is blocked, so haagent stopped feeding systemd's watchdog and systemd restarts haagent (journalctl -u haagent shows the watchdog timeout); if it recurs, report it with `journalctl -u haagent HAAGENT_MONITOR=NAME`"},
 }
 
 var byCode = func() map[string]Entry {
