@@ -528,25 +528,11 @@ func stepWatch(ctx context.Context, env *Env) error {
 		if env.Record.CompletedOn(env.Instance.InstanceID) {
 			startGuard(ctx, env)
 		}
-		// The haagent before this one left a mark of how far it forwarded; without one,
-		// lines from before this run are taken as forwarded by an older haagent.
-		env.background.Add(1)
-		mctx := env.monitorCtx()
-		go func() { defer env.background.Done(); w.Follow(mctx, env.Run.Start) }()
+		startFollow(env, w)
 		// CircleCI creates its keys on its first start, while the watch waits for it: the scan
 		// backs them up as soon as they are written, not only after the boot.
 		startKeyScan(env)
-		go w.CrashLoops(mctx, func(dies int, window time.Duration) {
-			probed := runProbes(mctx, env).Findings
-			last := strings.Join(w.LastLines(), " | ")
-			if len(last) > 2000 {
-				last = "..." + last[len(last)-2000:]
-			}
-			f := findings.New("FRONTEND_CRASH_LOOP", c.Container,
-				fmt.Sprintf("%s died %d times within %s; probes now: %s", c.Container, dies, window, findings.Codes(probed)),
-				"last lines: "+last)
-			env.LateFinding(f)
-		})
+		startCrashLoops(env, w, c.Container)
 	}
 	if err := env.Watcher.WaitReady(ctx); err != nil {
 		return fmt.Errorf("waiting for %s: %w", c.Container, err)
@@ -675,103 +661,128 @@ func deploymentExisted(ctx context.Context, env *Env) (fetch.Existed, error) {
 	return fetch.Existed{}, nil
 }
 
-// startKeyScan starts, once, the periodic keys backup that runs for as long as haagent does.
-// Each scan that writes takes the run lock (lockForWrite): while the boot steps run this
-// process holds it already; afterwards an on-demand command may hold it, and the scan waits.
-func startKeyScan(env *Env) {
-	ctx := env.monitorCtx()
-	env.keyScan.Do(func() {
-		env.background.Add(1)
-		go func() {
-			defer env.background.Done()
-			scanKeys(ctx, env, env.Config.Backup.ScanEvery.D())
-		}()
-	})
-}
-
-// scanKeys looks at the keys directory every period and backs it up again when it changed, or
-// while the last backup left a key out (a conflict, a failed upload, a key still being
-// written). Its findings are late findings: they join the run record and the journal.
-func scanKeys(ctx context.Context, env *Env, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	var sc keyScanner
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		sc.scan(ctx, env, every)
-	}
-}
-
-// keyScanner is the periodic scan's memory between two scans.
-type keyScanner struct {
-	last       string // the local fingerprint at the last full comparison
-	lastRemote string // the bucket side's (names and sizes) then; "" when unknown
-	settled    bool   // that comparison left nothing out
-}
-
-// scan is one scan; it reports whether it ran a full comparison (backup.Keys). Both sides are
-// looked at every time: the local directory, and the keys prefix with one ListObjectsV2, so a
-// backup copy deleted (or replaced) in the bucket is put back (or reported) at the next scan,
-// not at the next boot.
-func (sc *keyScanner) scan(ctx context.Context, env *Env, every time.Duration) bool {
-	o := env.keysOptions()
-	fp := backup.Fingerprint(o)
-	objs, err := env.Bucket.List(ctx, o.Prefix)
-	if err != nil {
-		if ctx.Err() == nil {
-			env.Log.Warn("the periodic keys backup could not list the keys in the bucket; trying again at the next scan",
-				"every", every.String(), "prefix", env.Bucket.URI(o.Prefix), "error", err.Error())
-		}
-		sc.settled = false
-		return false
-	}
-	var rb strings.Builder
-	for _, obj := range objs {
-		fmt.Fprintf(&rb, "%q %d %s\n", obj.Rel, obj.Size, obj.ETag)
-	}
-	remote := rb.String()
-	if sc.settled && fp == sc.last && remote == sc.lastRemote {
-		return false
-	}
-	release, err := env.lockForWrite()
-	if err != nil {
-		env.Log.Info("the periodic keys backup waits for the next scan: another haagent command holds the lock", "error", err.Error())
-		sc.settled = false
-		return false
-	}
-	res, err := backup.Keys(ctx, env.Bucket, o)
-	release()
-	if err != nil {
-		if ctx.Err() == nil {
-			env.Log.Warn("the periodic keys backup could not compare the keys with the bucket; trying again at the next scan",
-				"every", every.String(), "error", err.Error())
-		}
-		sc.settled = false
-		return true
-	}
-	// An upload changed the bucket's side after the listing: the next scan lists it anew and
-	// compares once more; with nothing uploaded the listing is what was compared against.
-	sc.lastRemote = remote
-	if len(res.Uploaded) > 0 {
-		sc.lastRemote = ""
-	}
-	env.setKeyConflicts(res.Details)
-	env.lateKeys(res.Findings)
-	if len(res.Uploaded) > 0 {
-		env.Log.Info("encryption keys backed up by the periodic scan", "uploaded", strings.Join(res.Uploaded, ","), "in_sync", len(res.InSync))
-	}
-	sc.last, sc.settled = fp, len(res.NotBackedUp)+len(res.Conflicts) == 0
-	return true
-}
-
 func (env *Env) keysEntry() config.Entry { return env.layoutEntry("encryption_keys") }
 
 // runProbes checks the databases and Vault with the settings in place: the probe step, the
 // stuck frontend and a crash loop all ask the same question.
 func runProbes(ctx context.Context, env *Env) *probes.Report {
 	return probes.Run(ctx, env.Root, probes.OptionsFrom(env.Config))
+}
+
+// stepASG finds the instance's group, checks the settings a safe replacement relies on, and
+// keeps the launch lifecycle action alive while the boot runs. Nothing here blocks the boot:
+// CircleCI coming up matters more than the group's bookkeeping, and a hook that defaults to
+// CONTINUE puts the instance in service on its own.
+func stepASG(ctx context.Context, env *Env) error {
+	a := env.Config.ASG
+	if !a.Enabled {
+		env.Log.Info("the Auto Scaling part is disabled in the config (asg.enabled: false)")
+		return nil
+	}
+	if env.ASG == nil {
+		region := a.Region
+		if region == "" {
+			region = env.Instance.Region
+		}
+		cli, err := asg.New(ctx, asg.Options{InstanceID: env.Instance.InstanceID, Region: region, Endpoint: a.Endpoint,
+			Hook: a.LifecycleHook, Log: env.Log})
+		if err != nil {
+			// Like every Auto Scaling problem, a finding, not a reason to hold the boot.
+			env.Report(findings.New("ASG_API_FAILED", env.Instance.InstanceID, "cannot set up Auto Scaling access", err.Error()))
+			return nil
+		}
+		group, err := cli.Resolve(ctx, a.Group, func(ctx context.Context) (string, error) { return env.IMDS.Tag(ctx, asg.GroupTag) })
+		if err != nil {
+			env.Report(apiFinding(err, env.Instance.InstanceID))
+			return nil // the next boot asks again
+		}
+		if group == "" {
+			env.Report(findings.New("ASG_NOT_MEMBER", env.Instance.InstanceID, "instance "+env.Instance.InstanceID+" is in no Auto Scaling group", ""))
+			return nil
+		}
+		env.ASG = cli
+	}
+	chk, err := env.ASG.CheckGroup(ctx)
+	env.ReportAll(chk.Findings)
+	if err != nil {
+		env.Report(apiFinding(err, env.ASG.Group))
+	}
+	env.Log.Info("Auto Scaling group checked", "group", env.ASG.Group, "hook", a.LifecycleHook, "findings", findings.Codes(chk.Findings))
+	if a.LifecycleHook == "" || env.heartbeats != nil {
+		return nil
+	}
+	// A first heartbeat at once: haagent may start late in the instance's boot, and its answer
+	// tells whether a launch action waits at all.
+	err = env.ASG.Heartbeat(ctx)
+	switch {
+	case errors.Is(err, asg.ErrNoLifecycleAction):
+		env.lifecycle = lifecycleNone
+		env.Log.Info("no launch lifecycle action waits for this instance (a reboot, or the group already put it in service): nothing to complete",
+			"group", env.ASG.Group, "hook", a.LifecycleHook)
+		return nil
+	case err != nil:
+		env.Report(apiFinding(err, env.ASG.Group+"/"+a.LifecycleHook))
+		var ae *asg.APIError
+		if errors.As(err, &ae) && ae.Denied() {
+			return nil
+		}
+	default:
+		env.lifecycle = lifecyclePending
+	}
+	env.heartbeats = &heartbeats{every: asg.HeartbeatEvery(a.HeartbeatEvery.D(), chk.HeartbeatTimeout)}
+	env.heartbeats.start(env.monitorCtx(), env)
+	env.Log.Info("keeping the launch lifecycle action alive while the boot runs", "group", env.ASG.Group, "hook", a.LifecycleHook, "every", env.heartbeats.every.String())
+	return nil
+}
+
+func apiFinding(err error, target string) findings.Finding {
+	var ae *asg.APIError
+	if errors.As(err, &ae) {
+		return ae.Finding(target)
+	}
+	return findings.New("ASG_API_FAILED", target, "the Auto Scaling part failed", err.Error())
+}
+
+// stepLifecycleComplete tells the group the instance is ready: CONTINUE puts it in service
+// (and behind a load balancer). It runs once the frontend is up, before the keys backup, which
+// is what a later replacement needs, not what this instance needs to serve.
+func stepLifecycleComplete(ctx context.Context, env *Env) error {
+	hook := env.Config.ASG.LifecycleHook
+	switch {
+	case env.ASG == nil:
+		env.Log.Info("no Auto Scaling group to tell (see the asg step): nothing to complete")
+		return nil
+	case hook == "":
+		env.Log.Info("no launch lifecycle hook configured (asg.lifecycle_hook): nothing to complete", "group", env.ASG.Group)
+		return nil
+	case env.lifecycle == lifecycleNone:
+		env.Log.Info("no launch lifecycle action waits for this instance: nothing to complete", "group", env.ASG.Group, "hook", hook)
+		return nil
+	}
+	if env.heartbeats != nil {
+		env.heartbeats.stop()
+	}
+	err := env.ASG.Complete(ctx)
+	var ae *asg.APIError
+	switch {
+	case err == nil:
+		env.Log.Info("launch lifecycle action completed with CONTINUE: the group puts the instance in service", "group", env.ASG.Group, "hook", hook)
+	case errors.Is(err, asg.ErrNoLifecycleAction):
+		if env.lifecycle == lifecyclePending {
+			env.Report(findings.New("ASG_LIFECYCLE_EXPIRED", env.ASG.Group+"/"+hook,
+				"the launch lifecycle action ended before the boot completed", err.Error()))
+		} else {
+			env.Log.Info("no launch lifecycle action to complete", "group", env.ASG.Group, "hook", hook)
+		}
+	case errors.As(err, &ae) && ae.Denied():
+		env.Report(ae.Finding(env.ASG.Group + "/" + hook))
+	default:
+		// Transient: the runner retries; the action is kept alive meanwhile.
+		if env.heartbeats != nil {
+			env.heartbeats.start(env.monitorCtx(), env)
+		}
+		return err
+	}
+	env.lifecycle = lifecycleNone
+	return nil
 }
