@@ -47,8 +47,8 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer release()
-	// At exit (SIGTERM, or the end of --once) the steps' background work is stopped and waited
-	// for: the log forwarding saves how far it got, for the next haagent.
+	// At exit (SIGTERM, or the end of --once) the monitors are stopped and waited for: the log
+	// forwarding saves how far it got, for the next haagent.
 	ctx, stop := context.WithCancel(ctx)
 	defer env.Drain(5 * time.Second)
 	defer stop()
@@ -73,7 +73,9 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	// lock only around its writes, so `haagent backup keys` and the like work meanwhile.
 	env.HoldsLock.Store(false)
 	release()
-	bootstrap.KeepAlive(ctx)
+	// From here the supervisor's loop is haagent's main loop: it feeds systemd's watchdog only
+	// while every monitor iterates.
+	env.WatchMonitors(ctx)
 	return nil
 }
 

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
-	"github.com/haagent/haagent/internal/asg"
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/fetch"
@@ -23,6 +21,7 @@ import (
 	"github.com/haagent/haagent/internal/imds"
 	"github.com/haagent/haagent/internal/lock"
 	"github.com/haagent/haagent/internal/state"
+	"github.com/haagent/haagent/internal/supervisor"
 	"github.com/haagent/haagent/internal/watch"
 )
 
@@ -47,34 +46,27 @@ type Env struct {
 
 	Record *state.Record
 	Run    *state.Run
-	// persist saves the run record once the runner is done with it; findings raised later
-	// (a crash loop, from the watch's goroutine) go through LateFinding.
+	// persist saves the run record once the runner is done with it; the monitors' findings
+	// change later (a crash loop, the guard's decision) and are saved through it.
 	persistMu sync.Mutex
 	persist   func()
 	Watcher   *watch.Watcher
-	// background holds what must finish its last write before the process exits (the log
-	// forwarding's mark).
-	background sync.WaitGroup
 
-	// ASG is nil unless asg.enabled and the instance is in a group.
-	ASG *asg.Client
-	// heartbeats run while the launch lifecycle action waits; nil while none run.
-	heartbeats *heartbeats
-	// lifecycle is what is known of the launch lifecycle action.
-	lifecycle  lifecycleState
-	monitoring sync.Once
+	// sup runs what outlives the steps (monitors.go); made on first use by monitors().
+	sup     *supervisor.Supervisor
+	supOnce sync.Once
+	// asg is the Auto Scaling state (asg.go): the group, the launch lifecycle action.
+	asg autoScaling
 
 	// LockPath is the run lock (lock.Path under --root). While HoldsLock is set, this process
 	// holds it (the boot steps); afterwards each monitor action that writes takes it itself.
 	LockPath  string
 	HoldsLock atomic.Bool
 
-	// runCtx is the context of the whole run (set by the runner): what outlives the step that
-	// starts it (heartbeats, the log forwarding, crash loops, the guard, the keys scan) runs
-	// under it, never under the step's own context, which ends with the step (or its timeout).
+	// runCtx is the context of the whole run (set by the runner): the monitors (heartbeats, the
+	// log forwarding, crash loops, the guard, the keys scan) run under it, never under the
+	// context of the step that starts them, which ends with the step (or its timeout).
 	runCtx context.Context
-	// keyScan is the periodic keys backup, started once.
-	keyScan sync.Once
 
 	mu sync.Mutex
 	// keyConflicts is the latest comparison's key conflicts; the runner's save copies it into
@@ -84,10 +76,6 @@ type Env struct {
 	current         string
 	byStep          map[string][]findings.Finding
 	reported        map[string]bool
-	// late holds the findings of what runs beside or after the steps (a crash loop, the guard's
-	// decision, an engine that does not answer): they belong to no step, so a step's retry must
-	// not delete them.
-	late []findings.Finding
 }
 
 // lockForWrite takes the run lock around a monitor's write (a key backup). While this process
@@ -196,15 +184,16 @@ func (e *Env) beginStep(name string) {
 	}
 }
 
-// Findings returns the current findings of every step, in table order, then the late ones.
+// Findings returns the current findings of every step, in table order, then every monitor's:
+// those belong to no step, so a step's retry does not delete them.
 func (e *Env) Findings(steps []Step) []findings.Finding {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	var out []findings.Finding
 	for _, s := range steps {
 		out = append(out, e.byStep[s.Name]...)
 	}
-	return append(out, e.late...)
+	e.mu.Unlock()
+	return append(out, e.monitors().Findings()...)
 }
 
 // Notify sends an sd_notify state; a no-op without NOTIFY_SOCKET.
@@ -222,98 +211,16 @@ func BootID() string {
 	return strings.TrimSpace(string(b))
 }
 
-// Drain waits, up to timeout, for the background work started by the steps to wind down once
-// the context that runs them has ended.
+// Drain waits, up to timeout, for the monitors to wind down once the context that runs them
+// has ended: the log forwarding saves how far it got, for the next haagent.
 func (e *Env) Drain(timeout time.Duration) {
-	done := make(chan struct{})
-	go func() { e.background.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-		e.Log.Warn("the frontend log forwarding did not stop in time; exiting without its last mark (the next haagent may forward up to "+watch.DefaultMarkEvery.String()+" of lines again)",
+	if e.sup == nil {
+		return
+	}
+	if !e.sup.Wait(timeout) {
+		e.Log.Warn("the monitors did not stop in time; exiting without the log forwarding's last mark (the next haagent may forward up to "+watch.DefaultMarkEvery.String()+" of lines again)",
 			"waited", timeout.String(), "mark", watch.MarkPath)
 	}
-}
-
-// LateFinding reports a finding raised outside the step table's flow (a crash loop, from the
-// watch's goroutine). While the runner still owns the run record the finding joins the current
-// step's and the runner saves it; after the run, it is saved here.
-func (e *Env) LateFinding(f findings.Finding) {
-	f = e.adjust(f)[0]
-	key := findingKey(f)
-	e.mu.Lock()
-	if e.reported == nil {
-		e.reported = map[string]bool{}
-	}
-	seen := e.reported[key]
-	e.reported[key] = true
-	dup := slices.ContainsFunc(e.late, func(g findings.Finding) bool { return findingKey(g) == key })
-	if !dup {
-		e.late = append(e.late, f)
-	}
-	e.mu.Unlock()
-	if !seen {
-		e.logFinding(f)
-	}
-	e.save()
-}
-
-func findingKey(f findings.Finding) string { return f.Code + "\x00" + f.Target + "\x00" + f.Summary }
-
-// lateDecision records a finding its reporter has already logged in its own words, in place
-// of earlier ones with the same target and any of the codes given: a decision taken again
-// every few minutes for days keeps one entry, the latest.
-func (e *Env) lateDecision(f findings.Finding, codes ...string) {
-	e.mu.Lock()
-	e.late = slices.DeleteFunc(e.late, func(g findings.Finding) bool {
-		return g.Target == f.Target && slices.Contains(codes, g.Code)
-	})
-	e.late = append(e.late, f)
-	e.mu.Unlock()
-	e.save()
-}
-
-// lateKeys replaces the periodic keys scan's late findings with those of the latest scan: a
-// key backed up since, or a conflict resolved, leaves the record; one that lasts is logged once.
-func (e *Env) lateKeys(fs []findings.Finding) {
-	if len(fs) > 0 {
-		fs = e.adjust(fs...)
-	}
-	var fresh []findings.Finding
-	e.mu.Lock()
-	if e.reported == nil {
-		e.reported = map[string]bool{}
-	}
-	e.late = slices.DeleteFunc(e.late, func(g findings.Finding) bool { return strings.HasPrefix(g.Code, "KEYS_") })
-	for _, f := range fs {
-		key := findingKey(f)
-		if !e.reported[key] {
-			fresh = append(fresh, f)
-		}
-		e.reported[key] = true
-		if !slices.ContainsFunc(e.late, func(g findings.Finding) bool { return findingKey(g) == key }) {
-			e.late = append(e.late, f)
-		}
-	}
-	e.mu.Unlock()
-	for _, f := range fresh {
-		e.logFinding(f)
-	}
-	e.save()
-}
-
-// clearLate withdraws a late finding whose condition has ended (the engine answers again), so
-// status shows the machine as it is.
-func (e *Env) clearLate(code, target string) {
-	e.mu.Lock()
-	e.late = slices.DeleteFunc(e.late, func(g findings.Finding) bool { return g.Code == code && g.Target == target })
-	for k := range e.reported {
-		if strings.HasPrefix(k, code+"\x00"+target+"\x00") {
-			delete(e.reported, k) // a later recurrence is logged again
-		}
-	}
-	e.mu.Unlock()
-	e.save()
 }
 
 func (e *Env) save() {
@@ -336,8 +243,11 @@ func (e *Env) setKeyConflicts(cs []fetch.KeyConflict) {
 // only where the record is written (the runner, or persist under persistMu).
 func (e *Env) syncRecord() {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if e.keyConflictsSet {
 		e.Record.KeyConflicts = e.keyConflicts
+	}
+	e.mu.Unlock()
+	if e.Run != nil && e.sup != nil {
+		e.Run.Monitors = e.sup.Statuses()
 	}
 }

@@ -101,7 +101,7 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 		env.Run.Error = fmt.Sprintf("%s: %s", s.Name, err)
 		r.save(env)
 		Notify("STATUS=" + truncate(fmt.Sprintf("%s failed (attempt %d), retrying in %s: %s", s.Name, attempt, wait, headline(err)), 200))
-		if err := sleep(ctx, wait, watchdog); err != nil {
+		if err := sleep(ctx, wait, watchdog, env.monitorsHealthy); err != nil {
 			return r.finish(env, "interrupted", fmt.Errorf("%s: interrupted: %w", s.Name, err))
 		}
 		env.Run.Status = state.Running
@@ -160,7 +160,7 @@ func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, 
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- s.Run(sctx, env) }()
-	err := r.await(s, log, done, timeout, watchdog)
+	err := r.await(s, log, done, timeout, watchdog, env.monitorsHealthy)
 	if err != nil && timeout > 0 && errors.Is(sctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 		err = fmt.Errorf("timed out after %s: %w", timeout, err)
 	}
@@ -185,10 +185,11 @@ func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, 
 }
 
 // await waits for the step, feeding the watchdog from this loop while the step is within its
-// time. A step that goes on past its timeout and the grace ignores its context: the pings
-// stop, so systemd's watchdog restarts haagent (the installer runs in a unit of its own and
-// survives that). Without a watchdog (run --once, tests) a hung step fails the run instead.
-func (r *Runner) await(s Step, log *slog.Logger, done <-chan error, timeout, watchdog time.Duration) error {
+// time and every monitor started so far iterates (healthy). A step that goes on past its
+// timeout and the grace ignores its context: the pings stop, so systemd's watchdog restarts
+// haagent (the installer runs in a unit of its own and survives that). Without a watchdog
+// (run --once, tests) a hung step fails the run instead.
+func (r *Runner) await(s Step, log *slog.Logger, done <-chan error, timeout, watchdog time.Duration, healthy func() bool) error {
 	grace := r.Grace
 	if grace <= 0 {
 		grace = DefaultGrace
@@ -210,7 +211,9 @@ func (r *Runner) await(s Step, log *slog.Logger, done <-chan error, timeout, wat
 		case err := <-done:
 			return err
 		case <-ping:
-			Notify("WATCHDOG=1")
+			if healthy() {
+				Notify("WATCHDOG=1")
+			}
 		case <-hungAt:
 			hungAt = nil
 			log.Error(fmt.Sprintf("step %s is still running %s past its timeout of %s and ignores it; no more watchdog pings, so systemd restarts haagent", s.Name, grace, timeout))
@@ -266,7 +269,8 @@ func (r *Runner) save(env *Env) {
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration, watchdog time.Duration) error {
+// sleep waits d between two attempts, feeding the watchdog while the monitors are healthy.
+func sleep(ctx context.Context, d time.Duration, watchdog time.Duration, healthy func() bool) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	var tick <-chan time.Time
@@ -282,7 +286,9 @@ func sleep(ctx context.Context, d time.Duration, watchdog time.Duration) error {
 		case <-t.C:
 			return nil
 		case <-tick:
-			Notify("WATCHDOG=1")
+			if healthy() {
+				Notify("WATCHDOG=1")
+			}
 		}
 	}
 }
@@ -303,11 +309,4 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n-3] + "..."
-}
-
-// KeepAlive blocks until ctx ends, feeding systemd's watchdog: the service stays up after the
-// boot so that systemd's view and the lock reflect a driven machine.
-func KeepAlive(ctx context.Context) {
-	watchdog, _ := daemon.SdWatchdogEnabled(false)
-	sleep(ctx, time.Duration(1<<62), watchdog)
 }

@@ -73,27 +73,6 @@ func TestAFailedStepGoesBackToItsRetryTarget(t *testing.T) {
 	}
 }
 
-// A finding raised beside the steps (a crash loop, the guard's decision) belongs to no step:
-// retrying the step that happened to run must not delete it.
-func TestLateFindingsOutliveAStepRetry(t *testing.T) {
-	env := &Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Record: &state.Record{}}
-	steps := []Step{{Name: "watch"}}
-	env.beginStep("watch")
-	env.LateFinding(findings.New("FRONTEND_CRASH_LOOP", "frontend", "frontend died 5 times within 10m0s", ""))
-	env.lateDecision(findings.New("ASG_REPLACEMENT_WITHHELD", "i-1", "first decision", ""), "ASG_REPLACEMENT_WITHHELD", "ASG_REPLACEMENT_REQUESTED")
-	env.lateDecision(findings.New("ASG_REPLACEMENT_WITHHELD", "i-1", "second decision", ""), "ASG_REPLACEMENT_WITHHELD", "ASG_REPLACEMENT_REQUESTED")
-	env.beginStep("watch") // the step is retried
-	got := env.Findings(steps)
-	if len(got) != 2 || got[0].Code != "FRONTEND_CRASH_LOOP" || got[1].Summary != "second decision" {
-		t.Fatalf("late findings after a retry: %+v", got)
-	}
-	env.LateFinding(findings.New("DOCKER_NOT_ANSWERING", "dockerd", "no answer", ""))
-	env.clearLate("DOCKER_NOT_ANSWERING", "dockerd")
-	if got := env.Findings(steps); len(got) != 2 {
-		t.Fatalf("a cleared late finding is still there: %+v", got)
-	}
-}
-
 // A step that ignores its context past its timeout stops the watchdog pings, so systemd
 // restarts haagent; a step that honours it fails with the timeout and is retried.
 func TestAHungStepStopsTheWatchdog(t *testing.T) {

@@ -506,15 +506,8 @@ func stepWatch(ctx context.Context, env *Env) error {
 			Status:   func(s string) { Notify("STATUS=" + s) },
 			MarkPath: env.Path(watch.MarkPath),
 			// A wedged engine is a state the journal and status show, not a hang: every Docker
-			// call is bounded, and the guard sees the frontend as down meanwhile.
-			Engine: func(err error) {
-				if err != nil {
-					env.LateFinding(findings.New("DOCKER_NOT_ANSWERING", "dockerd", "the Docker engine does not answer; the frontend cannot be watched", findings.Redact(err.Error())))
-					return
-				}
-				env.Log.Info("the Docker engine answers again")
-				env.clearLate("DOCKER_NOT_ANSWERING", "dockerd")
-			},
+			// call is bounded, the docker-engine monitor reports it, and the guard sees the
+			// frontend as down meanwhile.
 			Probe: func(ctx context.Context) []findings.Finding {
 				return runProbes(ctx, env).Findings
 			},
@@ -526,7 +519,7 @@ func stepWatch(ctx context.Context, env *Env) error {
 		// On an instance whose frontend was up before, a frontend that never comes back is a
 		// failure the guard judges; on a first boot it is the install still running.
 		if env.Record.CompletedOn(env.Instance.InstanceID) {
-			startGuard(ctx, env)
+			startGuard(env)
 		}
 		startFollow(env, w)
 		// CircleCI creates its keys on its first start, while the watch waits for it: the scan
@@ -538,7 +531,7 @@ func stepWatch(ctx context.Context, env *Env) error {
 		return fmt.Errorf("waiting for %s: %w", c.Container, err)
 	}
 	env.Log.Info("frontend is up", "container", c.Container)
-	startGuard(ctx, env)
+	startGuard(env)
 	return nil
 }
 
@@ -670,119 +663,19 @@ func runProbes(ctx context.Context, env *Env) *probes.Report {
 }
 
 // stepASG finds the instance's group, checks the settings a safe replacement relies on, and
-// keeps the launch lifecycle action alive while the boot runs. Nothing here blocks the boot:
-// CircleCI coming up matters more than the group's bookkeeping, and a hook that defaults to
-// CONTINUE puts the instance in service on its own.
+// keeps the launch lifecycle action alive while the boot runs (asg.go). Nothing here blocks
+// the boot: CircleCI coming up matters more than the group's bookkeeping, and a hook that
+// defaults to CONTINUE puts the instance in service on its own.
 func stepASG(ctx context.Context, env *Env) error {
-	a := env.Config.ASG
-	if !a.Enabled {
-		env.Log.Info("the Auto Scaling part is disabled in the config (asg.enabled: false)")
-		return nil
-	}
-	if env.ASG == nil {
-		region := a.Region
-		if region == "" {
-			region = env.Instance.Region
-		}
-		cli, err := asg.New(ctx, asg.Options{InstanceID: env.Instance.InstanceID, Region: region, Endpoint: a.Endpoint,
-			Hook: a.LifecycleHook, Log: env.Log})
-		if err != nil {
-			// Like every Auto Scaling problem, a finding, not a reason to hold the boot.
-			env.Report(findings.New("ASG_API_FAILED", env.Instance.InstanceID, "cannot set up Auto Scaling access", err.Error()))
-			return nil
-		}
-		group, err := cli.Resolve(ctx, a.Group, func(ctx context.Context) (string, error) { return env.IMDS.Tag(ctx, asg.GroupTag) })
-		if err != nil {
-			env.Report(apiFinding(err, env.Instance.InstanceID))
-			return nil // the next boot asks again
-		}
-		if group == "" {
-			env.Report(findings.New("ASG_NOT_MEMBER", env.Instance.InstanceID, "instance "+env.Instance.InstanceID+" is in no Auto Scaling group", ""))
-			return nil
-		}
-		env.ASG = cli
-	}
-	chk, err := env.ASG.CheckGroup(ctx)
-	env.ReportAll(chk.Findings)
-	if err != nil {
-		env.Report(apiFinding(err, env.ASG.Group))
-	}
-	env.Log.Info("Auto Scaling group checked", "group", env.ASG.Group, "hook", a.LifecycleHook, "findings", findings.Codes(chk.Findings))
-	if a.LifecycleHook == "" || env.heartbeats != nil {
-		return nil
-	}
-	// A first heartbeat at once: haagent may start late in the instance's boot, and its answer
-	// tells whether a launch action waits at all.
-	err = env.ASG.Heartbeat(ctx)
-	switch {
-	case errors.Is(err, asg.ErrNoLifecycleAction):
-		env.lifecycle = lifecycleNone
-		env.Log.Info("no launch lifecycle action waits for this instance (a reboot, or the group already put it in service): nothing to complete",
-			"group", env.ASG.Group, "hook", a.LifecycleHook)
-		return nil
-	case err != nil:
-		env.Report(apiFinding(err, env.ASG.Group+"/"+a.LifecycleHook))
-		var ae *asg.APIError
-		if errors.As(err, &ae) && ae.Denied() {
-			return nil
-		}
-	default:
-		env.lifecycle = lifecyclePending
-	}
-	env.heartbeats = &heartbeats{every: asg.HeartbeatEvery(a.HeartbeatEvery.D(), chk.HeartbeatTimeout)}
-	env.heartbeats.start(env.monitorCtx(), env)
-	env.Log.Info("keeping the launch lifecycle action alive while the boot runs", "group", env.ASG.Group, "hook", a.LifecycleHook, "every", env.heartbeats.every.String())
+	env.ReportAll(setUpASG(ctx, env))
 	return nil
-}
-
-func apiFinding(err error, target string) findings.Finding {
-	var ae *asg.APIError
-	if errors.As(err, &ae) {
-		return ae.Finding(target)
-	}
-	return findings.New("ASG_API_FAILED", target, "the Auto Scaling part failed", err.Error())
 }
 
 // stepLifecycleComplete tells the group the instance is ready: CONTINUE puts it in service
 // (and behind a load balancer). It runs once the frontend is up, before the keys backup, which
 // is what a later replacement needs, not what this instance needs to serve.
 func stepLifecycleComplete(ctx context.Context, env *Env) error {
-	hook := env.Config.ASG.LifecycleHook
-	switch {
-	case env.ASG == nil:
-		env.Log.Info("no Auto Scaling group to tell (see the asg step): nothing to complete")
-		return nil
-	case hook == "":
-		env.Log.Info("no launch lifecycle hook configured (asg.lifecycle_hook): nothing to complete", "group", env.ASG.Group)
-		return nil
-	case env.lifecycle == lifecycleNone:
-		env.Log.Info("no launch lifecycle action waits for this instance: nothing to complete", "group", env.ASG.Group, "hook", hook)
-		return nil
-	}
-	if env.heartbeats != nil {
-		env.heartbeats.stop()
-	}
-	err := env.ASG.Complete(ctx)
-	var ae *asg.APIError
-	switch {
-	case err == nil:
-		env.Log.Info("launch lifecycle action completed with CONTINUE: the group puts the instance in service", "group", env.ASG.Group, "hook", hook)
-	case errors.Is(err, asg.ErrNoLifecycleAction):
-		if env.lifecycle == lifecyclePending {
-			env.Report(findings.New("ASG_LIFECYCLE_EXPIRED", env.ASG.Group+"/"+hook,
-				"the launch lifecycle action ended before the boot completed", err.Error()))
-		} else {
-			env.Log.Info("no launch lifecycle action to complete", "group", env.ASG.Group, "hook", hook)
-		}
-	case errors.As(err, &ae) && ae.Denied():
-		env.Report(ae.Finding(env.ASG.Group + "/" + hook))
-	default:
-		// Transient: the runner retries; the action is kept alive meanwhile.
-		if env.heartbeats != nil {
-			env.heartbeats.start(env.monitorCtx(), env)
-		}
-		return err
-	}
-	env.lifecycle = lifecycleNone
-	return nil
+	fs, err := completeLifecycle(ctx, env)
+	env.ReportAll(fs)
+	return err
 }

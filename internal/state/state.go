@@ -14,6 +14,7 @@ import (
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/supervisor"
 )
 
 // Path is the record's location under --root.
@@ -75,6 +76,10 @@ type Run struct {
 	Steps      []Step             `json:"steps"`
 	Files      []fetch.File       `json:"files,omitempty"`
 	Findings   []findings.Finding `json:"findings,omitempty"`
+	// Monitors are what runs on after the steps (the log forwarding, the guard, ...): each
+	// one's state, restarts and findings, as of the last save. Their findings are in Findings
+	// too.
+	Monitors []supervisor.Status `json:"monitors,omitempty"`
 }
 
 // Step is one step's latest outcome in a run.

@@ -178,7 +178,13 @@ func (h *Handle) Alive() {
 
 // Set replaces this monitor's findings with fs (none: it has nothing to say now). They stay
 // across its restarts until it sets them again. A finding not in its previous set is logged.
-func (h *Handle) Set(fs ...findings.Finding) {
+func (h *Handle) Set(fs ...findings.Finding) { h.set(true, fs) }
+
+// Keep replaces the findings as Set does, without logging them: for a monitor that has logged
+// the same in its own words (the guard's decisions).
+func (h *Handle) Keep(fs ...findings.Finding) { h.set(false, fs) }
+
+func (h *Handle) set(log bool, fs []findings.Finding) {
 	s := h.s
 	if s.o.Adjust != nil && len(fs) > 0 {
 		fs = s.o.Adjust(fs...)
@@ -195,7 +201,9 @@ func (h *Handle) Set(fs ...findings.Finding) {
 	h.e.own = fs
 	s.mu.Unlock()
 	for _, f := range fresh {
-		s.logFinding(h.e.m.Name, f)
+		if log {
+			s.logFinding(h.e.m.Name, f)
+		}
 	}
 	if !same {
 		s.changed()
@@ -218,8 +226,9 @@ type Running struct {
 }
 
 // Start runs m under the supervisor's context. A monitor of that name that is running (or
-// waiting to restart) already is left as it is, and returned: starting twice is harmless. One
-// that has stopped is started afresh; its findings stay until it sets new ones.
+// waiting to restart) already, or that is done (ErrDone), is left as it is and returned:
+// starting twice is harmless, and work that is over (a replacement requested) is not done
+// again. One that was stopped is started afresh; its findings stay until it sets new ones.
 func (s *Supervisor) Start(m Monitor) *Running {
 	if m.Within <= 0 {
 		m.Within = DefaultWithin
@@ -231,7 +240,7 @@ func (s *Supervisor) Start(m Monitor) *Running {
 			e = x
 		}
 	}
-	if e != nil && (e.state == StateRunning || e.state == StateRestarting) {
+	if e != nil && e.state != StateStopped {
 		s.mu.Unlock()
 		return &Running{s: s, e: e}
 	}
