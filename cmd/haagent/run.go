@@ -72,7 +72,9 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	// lock only around its writes, so `haagent backup keys` and the like work meanwhile.
 	env.HoldsLock.Store(false)
 	release()
-	bootstrap.KeepAlive(ctx)
+	// From here the supervisor's loop is haagent's main loop: it feeds systemd's watchdog only
+	// while every monitor iterates.
+	env.WatchMonitors(ctx)
 	return nil
 }
 

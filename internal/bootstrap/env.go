@@ -15,13 +15,14 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
-	"github.com/haagent/haagent/internal/asg"
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/fetch"
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/imds"
 	"github.com/haagent/haagent/internal/lock"
 	"github.com/haagent/haagent/internal/state"
+	"github.com/haagent/haagent/internal/supervisor"
 	"github.com/haagent/haagent/internal/watch"
 )
 
@@ -52,14 +53,8 @@ type State struct {
 	Bucket   *bucket.Bucket
 	// Bundle is the fetched files, staged until validate-files commits them; nil offline (a
 	// reboot that goes on with the files in place) and after a failed validation.
-	Bundle *fetch.Bundle
-	// ASG is nil unless asg.enabled and the instance is in a group.
-	ASG *asg.Client
-	// heartbeats run while the launch lifecycle action waits; nil while none run.
-	heartbeats *heartbeats
-	// lifecycle is what is known of the launch lifecycle action.
-	lifecycle lifecycleState
-	Watcher   *watch.Watcher
+	Bundle  *fetch.Bundle
+	Watcher *watch.Watcher
 }
 
 // Env is one boot: the command's Inputs, the steps' State, and what belongs to the runner (the
@@ -70,8 +65,8 @@ type Env struct {
 	State
 
 	// Record and Run are the run record and this run in it: the runner writes them, the table's
-	// wiring copies a step's output into them, and monitors' findings reach them through
-	// setLate.
+	// wiring copies a step's output into them, and the supervisor's monitors' findings and
+	// states reach them at each save (syncRecord).
 	Record *state.Record
 	Run    *state.Run
 
@@ -79,7 +74,7 @@ type Env struct {
 	// monitor action that writes takes it itself (lockForWrite).
 	HoldsLock atomic.Bool
 
-	// book holds every finding of the run: each step's, and each monitor's under its name.
+	// book holds the steps' findings; the supervisor holds the monitors'.
 	book book
 	// persistMu guards persist, which saves the run record once the runner is done with it;
 	// monitors' findings arrive later and save it through it.
@@ -89,8 +84,13 @@ type Env struct {
 	// runCtx is the context of the whole run (set by the runner): monitors run under it, never
 	// under a step's own context, which ends with the step (or its timeout).
 	runCtx context.Context
-	// monitors is what runs beside and after the steps, started once per name.
-	monitors monitorSet
+	// sup runs what outlives the steps (monitors.go); made on first use by monitors().
+	sup     *supervisor.Supervisor
+	supOnce sync.Once
+	// asg is the Auto Scaling state (asg.go): the group, the launch lifecycle action. It has
+	// its own lock: the asg steps and the monitors (the group lookup, heartbeats, the guard)
+	// both act on it.
+	asg autoScaling
 
 	mu sync.Mutex
 	// keyConflicts is the latest comparison's key conflicts; the runner's save copies it into
@@ -144,6 +144,28 @@ func BootID() string {
 	return strings.TrimSpace(string(b))
 }
 
+// Drain waits, up to timeout, for the monitors to wind down once the context that runs them
+// has ended: the log forwarding saves how far it got, for the next haagent.
+func (e *Env) Drain(timeout time.Duration) {
+	if e.sup == nil {
+		return
+	}
+	if !e.sup.Wait(timeout) {
+		e.Log.Warn("the monitors did not stop in time; exiting without the log forwarding's last mark (the next haagent may forward up to "+watch.DefaultMarkEvery.String()+" of lines again)",
+			"waited", timeout.String(), "mark", watch.MarkPath)
+	}
+}
+
+// Findings returns the current findings of every step, in table order, then every monitor's:
+// those belong to no step, so a step's retry does not delete them.
+func (e *Env) Findings(steps []Step) []findings.Finding {
+	out := e.book.stepFindings(steps)
+	if e.sup == nil {
+		return out
+	}
+	return append(out, e.sup.Findings()...)
+}
+
 // setKeyConflicts records the outcome of a full comparison of the keys: the record keeps it
 // from the next save on. The slice is replaced, never changed in place.
 func (e *Env) setKeyConflicts(cs []fetch.KeyConflict) {
@@ -159,5 +181,8 @@ func (e *Env) syncRecord() {
 	defer e.mu.Unlock()
 	if e.keyConflictsSet {
 		e.Record.KeyConflicts = e.keyConflicts
+	}
+	if e.Run != nil && e.sup != nil {
+		e.Run.Monitors = e.sup.Statuses()
 	}
 }

@@ -189,29 +189,29 @@ func TestKeysScanRestoresABackupDeletedFromTheBucket(t *testing.T) {
 	env := quietEnv(Inputs{Root: root}, nil)
 	env.Config, env.Bucket, env.Instance = cfg, b, imds.Info{InstanceID: "i-0this"}
 	ctx := context.Background()
-	h := &Handle{env: env, name: "keys-scan"}
+	set := func(...findings.Finding) {}
 	var sc keyScanner
 	backedUp := func() bool {
 		return string(s.Object("circleci-ha", "circleci-encryption-keys/00-default.key")) == "the only key"
 	}
 	for i := 0; i < 3; i++ {
-		sc.scan(ctx, env, h, time.Minute)
+		sc.scan(ctx, env, set, time.Minute)
 	}
 	if !backedUp() {
 		t.Fatal("the scan did not back up the key")
 	}
-	if sc.scan(ctx, env, h, time.Minute) {
+	if sc.scan(ctx, env, set, time.Minute) {
 		t.Fatal("a settled scan with nothing changed on either side compared every key again")
 	}
 	s.Delete(t, "circleci-ha", "circleci-encryption-keys/00-default.key")
-	sc.scan(ctx, env, h, time.Minute)
+	sc.scan(ctx, env, set, time.Minute)
 	if !backedUp() {
 		t.Fatal("the backup copy was deleted from the bucket and the next scan did not put it back")
 	}
 	// Replaced in the bucket by a copy of another size: compared again, a conflict.
 	s.Delete(t, "circleci-ha", "circleci-encryption-keys/00-default.key")
 	s.Put(t, "circleci-ha", "circleci-encryption-keys/00-default.key", []byte("someone else's key"))
-	sc.scan(ctx, env, h, time.Minute)
+	sc.scan(ctx, env, set, time.Minute)
 	if env.syncRecord(); len(env.Record.KeyConflicts) != 1 {
 		t.Fatalf("a bucket copy that changed was not compared again: conflicts %+v", env.Record.KeyConflicts)
 	}

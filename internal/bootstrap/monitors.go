@@ -6,67 +6,148 @@ import (
 	"strings"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
+
 	"github.com/haagent/haagent/internal/backup"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/supervisor"
 	"github.com/haagent/haagent/internal/watch"
 )
 
-// What outlives the boot steps, as monitors: the frontend's log forwarding, crash-loop
-// detection and the periodic keys backup (the ASG heartbeats and the replacement guard are in
-// asg.go). A step returns them; the runner starts each once, by name.
+// What outlives the boot steps runs as monitors under one supervisor (internal/supervisor):
+// the frontend's log forwarding, crash-loop detection, the Docker engine's state and the
+// periodic keys backup here (steps return them; the table's wiring starts them); the Auto
+// Scaling lookup, heartbeats and the replacement guard in asg.go (the Auto Scaling state
+// starts them). Each files its findings under its name; the supervisor restarts one that fails and
+// feeds systemd's watchdog only while every one of them iterates.
+
+// Monitor names (HAAGENT_MONITOR in the journal, the run record's monitors).
+const (
+	monitorLogs    = "log-forwarding"
+	monitorCrashes = "crash-loops"
+	monitorEngine  = "docker-engine"
+	monitorKeys    = "keys-scan"
+)
+
+// watchWithin bounds the loops that only call the Docker engine: every call is bounded by the
+// watch's CallTimeout (15 s), a round makes at most a few, and their waits wake every Poll.
+const watchWithin = 2 * time.Minute
+
+// monitors is the run's supervisor, made on first use under the run's context: what it runs
+// outlives the step that starts it.
+func (e *Env) monitors() *supervisor.Supervisor {
+	e.supOnce.Do(func() {
+		watchdog, _ := daemon.SdWatchdogEnabled(false)
+		e.sup = supervisor.New(e.monitorCtx(), supervisor.Options{
+			Log: e.Log, Notify: Notify, Watchdog: watchdog, Adjust: e.adjust, Changed: e.save,
+		})
+	})
+	return e.sup
+}
+
+// monitorsHealthy reports whether every monitor iterates: the runner feeds the watchdog during
+// the steps only then.
+func (e *Env) monitorsHealthy() bool { return e.monitors().Healthy() == nil }
+
+// WatchMonitors is haagent's main loop after the boot, until ctx ends: it feeds systemd's
+// watchdog while every monitor iterates, so a wedged one gets haagent restarted.
+func (e *Env) WatchMonitors(ctx context.Context) { e.monitors().Watch(ctx) }
 
 // followMonitor forwards the frontend's log lines into the journal for as long as haagent
 // runs. The haagent before this one left a mark of how far it forwarded; without one, lines
-// from before since (this run's start) are taken as forwarded by an older haagent.
-func followMonitor(w *watch.Watcher, since time.Time) Monitor {
-	return Monitor{Name: "frontend-logs", Run: func(ctx context.Context, h *Handle) error {
-		w.Follow(ctx, since)
+// from before this run (from) are taken as forwarded by an older haagent.
+func followMonitor(w *watch.Watcher, from time.Time) supervisor.Monitor {
+	return supervisor.Monitor{Name: monitorLogs, Within: watchWithin, Run: func(ctx context.Context, h *supervisor.Handle) error {
+		w.Follow(ctx, from, h.Alive)
 		return nil
 	}}
 }
 
 // crashLoopMonitor reports the frontend dying again and again, with what the probes say now.
-func crashLoopMonitor(env *Env, w *watch.Watcher, container string) Monitor {
-	return Monitor{Name: "crash-loops", Run: func(ctx context.Context, h *Handle) error {
-		w.CrashLoops(ctx, func(dies int, window time.Duration) {
+func crashLoopMonitor(env *Env, w *watch.Watcher, container string) supervisor.Monitor {
+	return supervisor.Monitor{Name: monitorCrashes, Within: watchWithin, Run: func(ctx context.Context, h *supervisor.Handle) error {
+		w.CrashLoops(ctx, h.Alive, func(dies int, window time.Duration) {
 			probed := runProbes(ctx, env).Findings
 			last := strings.Join(w.LastLines(), " | ")
 			if len(last) > 2000 {
 				last = "..." + last[len(last)-2000:]
 			}
-			f := findings.New(findings.FrontendCrashLoop, container,
+			h.Set(findings.New(findings.FrontendCrashLoop, container,
 				fmt.Sprintf("%s died %d times within %s; probes now: %s", container, dies, window, findings.Codes(probed)),
-				"last lines: "+last)
-			h.Set(f)
+				"last lines: "+last))
 		})
 		return nil
 	}}
 }
 
+// engineMonitor is the docker-engine monitor, whose finding says while the engine does not
+// answer.
+func engineMonitor(w *watch.Watcher) supervisor.Monitor {
+	return supervisor.Monitor{Name: monitorEngine, Within: watchWithin, Run: func(ctx context.Context, h *supervisor.Handle) error {
+		return engineState(ctx, h, w)
+	}}
+}
+
+// engineState turns the watcher's view of the engine into a finding: a wedged dockerd is a
+// state the journal and status show (DOCKER_NOT_ANSWERING), withdrawn when it answers again;
+// never a reason to stop feeding the watchdog, which would only restart haagent in a loop.
+func engineState(ctx context.Context, h *supervisor.Handle, w *watch.Watcher) error {
+	t := time.NewTicker(w.Poll())
+	defer t.Stop()
+	var was error
+	for {
+		h.Alive()
+		switch err := w.EngineErr(); {
+		case err != nil && was == nil:
+			h.Set(findings.New(findings.DockerNotAnswering, "dockerd", "the Docker engine does not answer; the frontend cannot be watched", findings.Redact(err.Error())))
+		case err == nil && was != nil:
+			h.Log().Info("the Docker engine answers again")
+			h.Set()
+		}
+		was = w.EngineErr()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
 // keyScanMonitor is the periodic keys backup that runs for as long as haagent does. Each scan
 // that writes takes the run lock (lockForWrite): while the boot steps run this process holds it
 // already; afterwards an on-demand command may hold it, and the scan waits.
-func keyScanMonitor(env *Env) Monitor {
-	return Monitor{Name: "keys-scan", Run: func(ctx context.Context, h *Handle) error {
-		scanKeys(ctx, env, h, env.Config.Backup.ScanEvery.D())
-		return nil
-	}}
+func keyScanMonitor(env *Env) supervisor.Monitor {
+	return supervisor.Monitor{
+		Name: monitorKeys,
+		// A scan lists the keys and may upload them all, each request bounded by the fetch's
+		// timeout and attempts.
+		Within: 30 * time.Minute,
+		Run: func(ctx context.Context, h *supervisor.Handle) error {
+			scanKeys(ctx, env, h, env.Config.Backup.ScanEvery.D())
+			return nil
+		},
+	}
 }
 
 // scanKeys looks at the keys directory every period and backs it up again when it changed, or
 // while the last backup left a key out (a conflict, a failed upload, a key still being
-// written). Its findings are the monitor's: each scan's replace the last's in the run record.
-func scanKeys(ctx context.Context, env *Env, h *Handle, every time.Duration) {
+// written). Its findings are the keys-scan monitor's: they join the run record and the journal.
+func scanKeys(ctx context.Context, env *Env, h *supervisor.Handle, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	wake := time.NewTicker(min(every, time.Minute))
+	defer wake.Stop()
 	var sc keyScanner
 	for {
+		h.Alive()
 		select {
 		case <-ctx.Done():
 			return
+		case <-wake.C:
+			continue
 		case <-t.C:
 		}
-		sc.scan(ctx, env, h, every)
+		sc.scan(ctx, env, h.Set, every)
 	}
 }
 
@@ -81,7 +162,7 @@ type keyScanner struct {
 // looked at every time: the local directory, and the keys prefix with one ListObjectsV2, so a
 // backup copy deleted (or replaced) in the bucket is put back (or reported) at the next scan,
 // not at the next boot.
-func (sc *keyScanner) scan(ctx context.Context, env *Env, h *Handle, every time.Duration) bool {
+func (sc *keyScanner) scan(ctx context.Context, env *Env, set func(...findings.Finding), every time.Duration) bool {
 	o := env.keysOptions()
 	fp := backup.Fingerprint(o)
 	objs, err := env.Bucket.List(ctx, o.Prefix)
@@ -124,7 +205,7 @@ func (sc *keyScanner) scan(ctx context.Context, env *Env, h *Handle, every time.
 		sc.lastRemote = ""
 	}
 	env.setKeyConflicts(res.Details)
-	h.Set(res.Findings...)
+	set(res.Findings...) // the latest scan's: a key backed up since, or a conflict resolved, leaves the record
 	if len(res.Uploaded) > 0 {
 		env.Log.Info("encryption keys backed up by the periodic scan", "uploaded", strings.Join(res.Uploaded, ","), "in_sync", len(res.InSync))
 	}

@@ -104,7 +104,7 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 		wait := r.Backoff(attempt)
 		r.update(env, func() { env.Run.Status, env.Run.Error = state.Retrying, fmt.Sprintf("%s: %s", s.Name, err) })
 		Notify("STATUS=" + truncate(fmt.Sprintf("%s failed (attempt %d), retrying in %s: %s", s.Name, attempt, wait, headline(err)), 200))
-		if err := sleep(ctx, wait, watchdog); err != nil {
+		if err := sleep(ctx, wait, watchdog, env.monitorsHealthy); err != nil {
 			return r.finish(env, "interrupted", fmt.Errorf("%s: interrupted: %w", s.Name, err))
 		}
 		r.update(env, func() { env.Run.Status, env.Run.Error = state.Running, "" })
@@ -182,7 +182,7 @@ func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, 
 		apply, fs, err := run(sctx)
 		done <- outcome{apply, fs, err}
 	}()
-	out, err := r.await(s, log, done, timeout, watchdog)
+	out, err := r.await(s, log, done, timeout, watchdog, env.monitorsHealthy)
 	if err != nil && timeout > 0 && errors.Is(sctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 		err = fmt.Errorf("timed out after %s: %w", timeout, err)
 	}
@@ -216,11 +216,11 @@ func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, 
 }
 
 // await waits for the step, feeding the watchdog from this loop while the step is within its
-// time. A step that goes on past its timeout and the grace ignores its context: the pings
+// time and every monitor started so far iterates (healthy). A step that goes on past its timeout and the grace ignores its context: the pings
 // stop, so systemd's watchdog restarts haagent (the installer runs in a unit of its own and
 // survives that). Without a watchdog (run --once, tests) a hung step fails the run instead.
 // An attempt given up on as hung returns no outcome: its output is never applied.
-func (r *Runner) await(s Step, log *slog.Logger, done <-chan outcome, timeout, watchdog time.Duration) (outcome, error) {
+func (r *Runner) await(s Step, log *slog.Logger, done <-chan outcome, timeout, watchdog time.Duration, healthy func() bool) (outcome, error) {
 	grace := r.Grace
 	if grace <= 0 {
 		grace = DefaultGrace
@@ -242,7 +242,9 @@ func (r *Runner) await(s Step, log *slog.Logger, done <-chan outcome, timeout, w
 		case out := <-done:
 			return out, out.err
 		case <-ping:
-			Notify("WATCHDOG=1")
+			if healthy() {
+				Notify("WATCHDOG=1")
+			}
 		case <-hungAt:
 			hungAt = nil
 			log.Error(fmt.Sprintf("step %s is still running %s past its timeout of %s and ignores it; no more watchdog pings, so systemd restarts haagent", s.Name, grace, timeout))
@@ -295,8 +297,7 @@ func (r *Runner) update(env *Env, change func()) {
 // write saves the record with the run's current findings; persistMu is held.
 func (r *Runner) write(env *Env) {
 	if env.Run != nil {
-		env.Run.Findings = env.book.stepFindings(r.Steps)
-		env.Run.Monitors = env.book.monitorFindings()
+		env.Run.Findings = env.Findings(r.Steps)
 	}
 	if r.StatePath == "" {
 		return
@@ -307,7 +308,8 @@ func (r *Runner) write(env *Env) {
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration, watchdog time.Duration) error {
+// sleep waits d between two attempts, feeding the watchdog while the monitors are healthy.
+func sleep(ctx context.Context, d time.Duration, watchdog time.Duration, healthy func() bool) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	var tick <-chan time.Time
@@ -323,7 +325,9 @@ func sleep(ctx context.Context, d time.Duration, watchdog time.Duration) error {
 		case <-t.C:
 			return nil
 		case <-tick:
-			Notify("WATCHDOG=1")
+			if healthy() {
+				Notify("WATCHDOG=1")
+			}
 		}
 	}
 }
@@ -344,11 +348,4 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n-3] + "..."
-}
-
-// KeepAlive blocks until ctx ends, feeding systemd's watchdog: the service stays up after the
-// boot so that systemd's view and the lock reflect a driven machine.
-func KeepAlive(ctx context.Context) {
-	watchdog, _ := daemon.SdWatchdogEnabled(false)
-	sleep(ctx, time.Duration(1<<62), watchdog)
 }

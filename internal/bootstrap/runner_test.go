@@ -71,28 +71,6 @@ func TestAFailedStepGoesBackToItsRetryTarget(t *testing.T) {
 	}
 }
 
-// A finding raised beside the steps (a crash loop, the guard's decision) belongs to no step but
-// to its monitor: retrying the step that happened to run must not delete it, and the record
-// shows it under the monitor's name.
-func TestLateFindingsOutliveAStepRetry(t *testing.T) {
-	env := quietEnv(Inputs{}, nil)
-	env.book.beginStep("watch")
-	env.setLate("crash-loops", findings.New(findings.FrontendCrashLoop, "frontend", "frontend died 5 times within 10m0s", ""))
-	env.recordLate("guard", findings.New(findings.ASGReplacementWithheld, "i-1", "first decision", ""))
-	env.recordLate("guard", findings.New(findings.ASGReplacementWithheld, "i-1", "second decision", ""))
-	env.book.beginStep("watch") // the step is retried
-	got := env.book.monitorFindings()
-	if len(got) != 2 || got[0].Name != "crash-loops" || got[0].Findings[0].Code != findings.FrontendCrashLoop ||
-		got[1].Name != "guard" || len(got[1].Findings) != 1 || got[1].Findings[0].Summary != "second decision" {
-		t.Fatalf("monitor findings after a retry: %+v", got)
-	}
-	env.setLate("docker-engine", findings.New(findings.DockerNotAnswering, "dockerd", "no answer", ""))
-	env.setLate("docker-engine")
-	if got := env.book.monitorFindings(); len(got) != 2 {
-		t.Fatalf("a withdrawn monitor finding is still there: %+v", got)
-	}
-}
-
 // A step that ignores its context past its timeout stops the watchdog pings, so systemd
 // restarts haagent; a step that honours it fails with the timeout and is retried.
 func TestAHungStepStopsTheWatchdog(t *testing.T) {

@@ -25,6 +25,7 @@ import (
 	"github.com/haagent/haagent/internal/logging"
 	"github.com/haagent/haagent/internal/probes"
 	"github.com/haagent/haagent/internal/replicated"
+	"github.com/haagent/haagent/internal/supervisor"
 	"github.com/haagent/haagent/internal/validate"
 	"github.com/haagent/haagent/internal/watch"
 )
@@ -120,21 +121,14 @@ var Steps = []Step{
 		},
 		stepConfig,
 		func(e *Env, o configOut) { e.Config, e.Bucket = o.Config, o.Bucket })},
+	// The Auto Scaling steps act on the Auto Scaling state (asg.go), which has a home and a
+	// lock of its own: a group lookup that failed here is retried by a monitor, which then
+	// does what these steps would have (the heartbeats, the guard, the completion).
 	{Name: "asg", Timeout: fixed(10 * time.Minute), Do: Wire(
 		func(e *Env) asgIn {
-			return asgIn{Config: e.Config.ASG, Instance: e.Instance, IMDS: e.IMDS, Client: e.ASG, Heartbeating: e.heartbeats != nil}
+			return asgIn{SetUp: func(ctx context.Context) []findings.Finding { return setUpASG(ctx, e) }}
 		},
-		stepASG,
-		func(e *Env, o asgOut) {
-			e.ASG = o.Client
-			if o.Lifecycle != lifecycleUnknown {
-				e.lifecycle = o.Lifecycle
-			}
-			if o.HeartbeatEvery > 0 {
-				e.heartbeats = &heartbeats{every: o.HeartbeatEvery}
-				e.heartbeats.start(e.monitorCtx(), e)
-			}
-		})},
+		stepASG, nil)},
 	{Name: "fetch", Timeout: fixed(30 * time.Minute), Do: Wire(
 		func(e *Env) fetchIn {
 			return fetchIn{Root: e.Root, Config: e.Config, Bucket: e.Bucket, Instance: e.Instance.InstanceID, Known: e.Record.Known,
@@ -193,32 +187,30 @@ var Steps = []Step{
 	{Name: "watch-start", Timeout: fixed(5 * time.Minute), Do: Wire(
 		func(e *Env) watchStartIn {
 			return watchStartIn{Root: e.Root, Config: e.Config, Watcher: e.Watcher, Since: e.Run.Start,
-				Completed: e.Record.CompletedOn(e.Instance.InstanceID), Engine: func(fs ...findings.Finding) { e.setLate("docker-engine", fs...) },
-				KeysScan: keyScanMonitor(e), Guard: guardMonitor(e),
-				CrashLoops: func(w *watch.Watcher) Monitor { return crashLoopMonitor(e, w, e.Config.Watch.Container) }}
+				Completed: e.Record.CompletedOn(e.Instance.InstanceID), KeysScan: keyScanMonitor(e),
+				CrashLoops: func(w *watch.Watcher) supervisor.Monitor { return crashLoopMonitor(e, w, e.Config.Watch.Container) }}
 		},
 		stepWatchStart,
 		func(e *Env, o watchStartOut) {
 			e.Watcher = o.Watcher
-			e.supervise(o.Monitors...)
-		})},
-	{Name: "watch", Do: Wire(
-		func(e *Env) watchIn {
-			return watchIn{Config: e.Config.Watch, Watcher: e.Watcher, Guard: guardMonitor(e)}
-		},
-		stepWatch,
-		func(e *Env, o watchOut) { e.supervise(o.Monitors...) })},
-	{Name: "lifecycle-complete", Timeout: fixed(10 * time.Minute), Do: Wire(
-		func(e *Env) lifecycleIn {
-			return lifecycleIn{Client: e.ASG, Hook: e.Config.ASG.LifecycleHook, Lifecycle: e.lifecycle, Heartbeats: e.heartbeats}
-		},
-		stepLifecycleComplete,
-		func(e *Env, o lifecycleOut) {
-			e.lifecycle = o.Lifecycle
-			if o.Heartbeat {
-				e.heartbeats.start(e.monitorCtx(), e)
+			e.start(o.Monitors...)
+			if o.Guard {
+				startGuard(e)
 			}
 		})},
+	{Name: "watch", Do: Wire(
+		func(e *Env) watchIn { return watchIn{Config: e.Config.Watch, Watcher: e.Watcher} },
+		stepWatch,
+		func(e *Env, o watchOut) {
+			if o.Guard {
+				startGuard(e)
+			}
+		})},
+	{Name: "lifecycle-complete", Timeout: fixed(10 * time.Minute), Do: Wire(
+		func(e *Env) lifecycleIn {
+			return lifecycleIn{Complete: func(ctx context.Context) ([]findings.Finding, error) { return completeLifecycle(ctx, e) }}
+		},
+		stepLifecycleComplete, nil)},
 	{Name: "backup-keys", Timeout: fixed(30 * time.Minute), Do: Wire(
 		func(e *Env) backupIn {
 			return backupIn{Bucket: e.Bucket, Keys: e.keysOptions(), Entry: layoutEntry(e.Config, "encryption_keys"),
@@ -229,7 +221,7 @@ var Steps = []Step{
 			if o.ConflictsKnown {
 				e.setKeyConflicts(o.Conflicts)
 			}
-			e.supervise(o.Monitors...)
+			e.start(o.Monitors...)
 		})},
 }
 
@@ -346,92 +338,15 @@ func (o buckets) open(ctx context.Context, name, prefix string) (*bucket.Bucket,
 }
 
 type asgIn struct {
-	Config   config.ASG
-	Instance imds.Info
-	IMDS     *imds.Client
-	// Client is the group's client of an earlier attempt, nil before.
-	Client       *asg.Client
-	Heartbeating bool
+	// SetUp finds the group, checks it and keeps the launch lifecycle action alive (asg.go).
+	SetUp func(context.Context) []findings.Finding
 }
 
-type asgOut struct {
-	Client    *asg.Client
-	Lifecycle lifecycleState // lifecycleUnknown: nothing learnt
-	// HeartbeatEvery > 0 starts the heartbeats that keep the launch action alive.
-	HeartbeatEvery time.Duration
-}
-
-// stepASG finds the instance's group, checks the settings a safe replacement relies on, and
-// asks for the heartbeats that keep the launch lifecycle action alive while the boot runs.
-// Nothing here blocks the boot: CircleCI coming up matters more than the group's bookkeeping,
-// and a hook that defaults to CONTINUE puts the instance in service on its own.
-func stepASG(ctx context.Context, x Exec, in asgIn) (asgOut, []findings.Finding, error) {
-	a := in.Config
-	if !a.Enabled {
-		x.Log.Info("the Auto Scaling part is disabled in the config (asg.enabled: false)")
-		return asgOut{}, nil, nil
-	}
-	out := asgOut{Client: in.Client}
-	var fs []findings.Finding
-	if out.Client == nil {
-		region := a.Region
-		if region == "" {
-			region = in.Instance.Region
-		}
-		cli, err := asg.New(ctx, asg.Options{InstanceID: in.Instance.InstanceID, Region: region, Endpoint: a.Endpoint,
-			Hook: a.LifecycleHook, Log: x.Log})
-		if err != nil {
-			// Like every Auto Scaling problem, a finding, not a reason to hold the boot.
-			return out, []findings.Finding{findings.New(findings.ASGAPIFailed, in.Instance.InstanceID, "cannot set up Auto Scaling access", err.Error())}, nil
-		}
-		group, err := cli.Resolve(ctx, a.Group, func(ctx context.Context) (string, error) { return in.IMDS.Tag(ctx, asg.GroupTag) })
-		if err != nil {
-			return out, []findings.Finding{apiFinding(err, in.Instance.InstanceID)}, nil // the next boot asks again
-		}
-		if group == "" {
-			return out, []findings.Finding{findings.New(findings.ASGNotMember, in.Instance.InstanceID, "instance "+in.Instance.InstanceID+" is in no Auto Scaling group", "")}, nil
-		}
-		out.Client = cli
-	}
-	cli := out.Client
-	chk, err := cli.CheckGroup(ctx)
-	fs = append(fs, chk.Findings...)
-	if err != nil {
-		fs = append(fs, apiFinding(err, cli.Group))
-	}
-	x.Log.Info("Auto Scaling group checked", "group", cli.Group, "hook", a.LifecycleHook, "findings", findings.Codes(chk.Findings))
-	if a.LifecycleHook == "" || in.Heartbeating {
-		return out, fs, nil
-	}
-	// A first heartbeat at once: haagent may start late in the instance's boot, and its answer
-	// tells whether a launch action waits at all.
-	err = cli.Heartbeat(ctx)
-	switch {
-	case errors.Is(err, asg.ErrNoLifecycleAction):
-		out.Lifecycle = lifecycleNone
-		x.Log.Info("no launch lifecycle action waits for this instance (a reboot, or the group already put it in service): nothing to complete",
-			"group", cli.Group, "hook", a.LifecycleHook)
-		return out, fs, nil
-	case err != nil:
-		fs = append(fs, apiFinding(err, cli.Group+"/"+a.LifecycleHook))
-		var ae *asg.APIError
-		if errors.As(err, &ae) && ae.Denied() {
-			return out, fs, nil
-		}
-	default:
-		out.Lifecycle = lifecyclePending
-	}
-	out.HeartbeatEvery = asg.HeartbeatEvery(a.HeartbeatEvery.D(), chk.HeartbeatTimeout)
-	x.Log.Info("keeping the launch lifecycle action alive while the boot runs", "group", cli.Group, "hook", a.LifecycleHook, "every", out.HeartbeatEvery.String())
-	return out, fs, nil
-}
-
-func apiFinding(err error, target string) findings.Finding {
-	var ae *asg.APIError
-	if errors.As(err, &ae) {
-		return ae.Finding(target)
-	}
-	return findings.New(findings.ASGAPIFailed, target, "the Auto Scaling part failed", err.Error())
+// stepASG sets up the Auto Scaling part. Nothing here blocks the boot: CircleCI coming up
+// matters more than the group's bookkeeping, and a hook that defaults to CONTINUE puts the
+// instance in service on its own.
+func stepASG(ctx context.Context, x Exec, in asgIn) (struct{}, []findings.Finding, error) {
+	return struct{}{}, in.SetUp(ctx), nil
 }
 
 type fetchIn struct {
@@ -873,17 +788,17 @@ type watchStartIn struct {
 	// Completed: the frontend was up on this instance before, so a frontend that never comes
 	// back is a failure for the guard to judge; on a first boot it is the install still running.
 	Completed bool
-	// Engine replaces the Docker engine's findings (DOCKER_NOT_ANSWERING, or none).
-	Engine func(...findings.Finding)
 	// The monitors this step may start.
-	KeysScan   Monitor
-	Guard      Monitor
-	CrashLoops func(*watch.Watcher) Monitor
+	KeysScan   supervisor.Monitor
+	CrashLoops func(*watch.Watcher) supervisor.Monitor
 }
 
 type watchStartOut struct {
 	Watcher  *watch.Watcher
-	Monitors []Monitor
+	Monitors []supervisor.Monitor
+	// Guard asks the Auto Scaling state for the replacement guard (it starts once the group
+	// is known).
+	Guard bool
 }
 
 // stepWatchStart connects to the Docker engine and starts what watches the frontend while it
@@ -906,15 +821,8 @@ func stepWatchStart(ctx context.Context, x Exec, in watchStartIn) (watchStartOut
 		Status:   x.Status,
 		MarkPath: filepath.Join(in.Root, watch.MarkPath),
 		// A wedged engine is a state the journal and status show, not a hang: every Docker
-		// call is bounded, and the guard sees the frontend as down meanwhile.
-		Engine: func(err error) {
-			if err != nil {
-				in.Engine(findings.New(findings.DockerNotAnswering, "dockerd", "the Docker engine does not answer; the frontend cannot be watched", findings.Redact(err.Error())))
-				return
-			}
-			x.Log.Info("the Docker engine answers again")
-			in.Engine()
-		},
+		// call is bounded, the docker-engine monitor reports it, and the guard sees the
+		// frontend as down meanwhile.
 		Probe: func(ctx context.Context) []findings.Finding {
 			return probes.Run(ctx, in.Root, probes.OptionsFrom(in.Config)).Findings
 		},
@@ -922,21 +830,19 @@ func stepWatchStart(ctx context.Context, x Exec, in watchStartIn) (watchStartOut
 	if err != nil {
 		return watchStartOut{}, nil, err
 	}
-	out := watchStartOut{Watcher: w, Monitors: []Monitor{followMonitor(w, in.Since), in.KeysScan, in.CrashLoops(w)}}
-	if in.Completed {
-		out.Monitors = append(out.Monitors, in.Guard)
-	}
-	return out, nil, nil
+	// On an instance whose frontend was up before, a frontend that never comes back is a
+	// failure the guard judges; on a first boot it is the install still running.
+	return watchStartOut{Watcher: w, Monitors: []supervisor.Monitor{followMonitor(w, in.Since), in.CrashLoops(w), engineMonitor(w), in.KeysScan},
+		Guard: in.Completed}, nil, nil
 }
 
 type watchIn struct {
 	Config  config.Watch
 	Watcher *watch.Watcher // nil with the watch disabled
-	Guard   Monitor
 }
 
 type watchOut struct {
-	Monitors []Monitor
+	Guard bool // the frontend is up: the replacement guard watches it from now on
 }
 
 // stepWatch waits for the frontend container to run (and be healthy); then the guard watches
@@ -950,62 +856,21 @@ func stepWatch(ctx context.Context, x Exec, in watchIn) (watchOut, []findings.Fi
 		return watchOut{}, nil, fmt.Errorf("waiting for %s: %w", in.Config.Container, err)
 	}
 	x.Log.Info("frontend is up", "container", in.Config.Container)
-	return watchOut{Monitors: []Monitor{in.Guard}}, nil, nil
+	return watchOut{Guard: true}, nil, nil
 }
 
 type lifecycleIn struct {
-	Client     *asg.Client // nil: no group
-	Hook       string
-	Lifecycle  lifecycleState
-	Heartbeats *heartbeats // nil while none run
-}
-
-type lifecycleOut struct {
-	Lifecycle lifecycleState
-	Heartbeat bool // start the heartbeats again: the completion is retried
+	// Complete completes the launch lifecycle action, when one waits (asg.go).
+	Complete func(context.Context) ([]findings.Finding, error)
 }
 
 // stepLifecycleComplete tells the group the instance is ready: CONTINUE puts it in service
 // (and behind a load balancer). It runs once the frontend is up, before the keys backup, which
-// is what a later replacement needs, not what this instance needs to serve.
-func stepLifecycleComplete(ctx context.Context, x Exec, in lifecycleIn) (lifecycleOut, []findings.Finding, error) {
-	out := lifecycleOut{Lifecycle: in.Lifecycle}
-	switch {
-	case in.Client == nil:
-		x.Log.Info("no Auto Scaling group to tell (see the asg step): nothing to complete")
-		return out, nil, nil
-	case in.Hook == "":
-		x.Log.Info("no launch lifecycle hook configured (asg.lifecycle_hook): nothing to complete", "group", in.Client.Group)
-		return out, nil, nil
-	case in.Lifecycle == lifecycleNone:
-		x.Log.Info("no launch lifecycle action waits for this instance: nothing to complete", "group", in.Client.Group, "hook", in.Hook)
-		return out, nil, nil
-	}
-	if in.Heartbeats != nil {
-		in.Heartbeats.stop()
-	}
-	var fs []findings.Finding
-	err := in.Client.Complete(ctx)
-	var ae *asg.APIError
-	switch {
-	case err == nil:
-		x.Log.Info("launch lifecycle action completed with CONTINUE: the group puts the instance in service", "group", in.Client.Group, "hook", in.Hook)
-	case errors.Is(err, asg.ErrNoLifecycleAction):
-		if in.Lifecycle == lifecyclePending {
-			fs = append(fs, findings.New(findings.ASGLifecycleExpired, in.Client.Group+"/"+in.Hook,
-				"the launch lifecycle action ended before the boot completed", err.Error()))
-		} else {
-			x.Log.Info("no launch lifecycle action to complete", "group", in.Client.Group, "hook", in.Hook)
-		}
-	case errors.As(err, &ae) && ae.Denied():
-		fs = append(fs, ae.Finding(in.Client.Group+"/"+in.Hook))
-	default:
-		// Transient: the runner retries; the action is kept alive meanwhile.
-		out.Heartbeat = in.Heartbeats != nil
-		return out, nil, err
-	}
-	out.Lifecycle = lifecycleNone
-	return out, fs, nil
+// is what a later replacement needs, not what this instance needs to serve. A transient
+// failure is retried (the action is kept alive meanwhile).
+func stepLifecycleComplete(ctx context.Context, x Exec, in lifecycleIn) (struct{}, []findings.Finding, error) {
+	fs, err := in.Complete(ctx)
+	return struct{}{}, fs, err
 }
 
 type backupIn struct {
@@ -1013,13 +878,13 @@ type backupIn struct {
 	Keys      backup.Options
 	Entry     config.Entry
 	Completed bool
-	KeysScan  Monitor
+	KeysScan  supervisor.Monitor
 }
 
 type backupOut struct {
 	Conflicts      []fetch.KeyConflict
 	ConflictsKnown bool
-	Monitors       []Monitor
+	Monitors       []supervisor.Monitor
 }
 
 // StepBackupKeys copies encryption keys that exist only on this machine to the bucket, after
@@ -1032,7 +897,7 @@ func StepBackupKeys(ctx context.Context, x Exec, in backupIn) (backupOut, []find
 		if in.Completed {
 			// A reboot with S3 down (the fetch went on with the last good files): the keys were
 			// backed up by an earlier boot; the scan compares them once S3 answers.
-			return backupOut{Monitors: []Monitor{in.KeysScan}}, []findings.Finding{findings.New(findings.KeysBackupSkipped, in.Bucket.URI(in.Entry.Key),
+			return backupOut{Monitors: []supervisor.Monitor{in.KeysScan}}, []findings.Finding{findings.New(findings.KeysBackupSkipped, in.Bucket.URI(in.Entry.Key),
 				"S3 is unreachable: the encryption keys were not compared with the bucket", err.Error())}, nil
 		}
 		// A first boot: the keys CircleCI just made exist only here. Not complete until they
@@ -1045,7 +910,7 @@ func StepBackupKeys(ctx context.Context, x Exec, in backupIn) (backupOut, []find
 	if err != nil {
 		return backupOut{}, nil, err
 	}
-	out := backupOut{Conflicts: res.Details, ConflictsKnown: true, Monitors: []Monitor{in.KeysScan}}
+	out := backupOut{Conflicts: res.Details, ConflictsKnown: true, Monitors: []supervisor.Monitor{in.KeysScan}}
 	x.Log.Info("encryption keys backed up", "uploaded", len(res.Uploaded), "in_sync", len(res.InSync),
 		"conflicts", len(res.Conflicts), "not_backed_up", len(res.NotBackedUp))
 	if errs := errorsOf(res.Findings); len(errs) > 0 {
@@ -1104,4 +969,11 @@ func (e *Env) keysOptions() backup.Options {
 // crash loop and the guard ask what the probe step asked.
 func runProbes(ctx context.Context, env *Env) *probes.Report {
 	return probes.Run(ctx, env.Root, probes.OptionsFrom(env.Config))
+}
+
+// start hands the monitors a step returned to the supervisor, which runs each name once.
+func (e *Env) start(ms ...supervisor.Monitor) {
+	for _, m := range ms {
+		e.monitors().Start(m)
+	}
 }
