@@ -74,12 +74,8 @@ type Env struct {
 	// monitor action that writes takes it itself (lockForWrite).
 	HoldsLock atomic.Bool
 
-	// book holds the steps' findings; the supervisor holds the monitors'.
-	book book
-	// persistMu guards persist, which saves the run record once the runner is done with it;
-	// monitors' findings arrive later and save it through it.
-	persistMu sync.Mutex
-	persist   func()
+	// ledger is the runner's: where the record goes and the steps' findings.
+	ledger ledger
 
 	// runCtx is the context of the whole run (set by the runner): monitors run under it, never
 	// under a step's own context, which ends with the step (or its timeout).
@@ -97,6 +93,20 @@ type Env struct {
 	// the record (a backup scan finds them from its own goroutine).
 	keyConflicts    []fetch.KeyConflict
 	keyConflictsSet bool
+}
+
+// ledger is what the runner keeps of a run besides the record itself.
+type ledger struct {
+	// mu guards every write of the record and its save: the runner's (between steps, the
+	// wiring's output included) and the supervisor's (a monitor's findings changed), from the
+	// monitors' goroutines.
+	mu sync.Mutex
+	// path is where the record is saved ("" saves nothing: `haagent backup keys`), steps the
+	// table whose order the findings keep; both set when the run starts.
+	path  string
+	steps []Step
+	// book holds the steps' findings; the supervisor holds the monitors'.
+	book book
 }
 
 // NewEnv is a boot of these inputs over this run record.
@@ -159,11 +169,26 @@ func (e *Env) Drain(timeout time.Duration) {
 // Findings returns the current findings of every step, in table order, then every monitor's:
 // those belong to no step, so a step's retry does not delete them.
 func (e *Env) Findings(steps []Step) []findings.Finding {
-	out := e.book.stepFindings(steps)
+	out := e.ledger.book.stepFindings(steps)
 	if e.sup == nil {
 		return out
 	}
 	return append(out, e.sup.Findings()...)
+}
+
+// write saves the record with the run's current findings and monitors; ledger.mu is held.
+// Before the run started (ledger.path unset) nothing is saved.
+func (e *Env) write() {
+	if e.Run != nil {
+		e.Run.Findings = e.Findings(e.ledger.steps)
+	}
+	e.syncRecord()
+	if e.ledger.path == "" {
+		return
+	}
+	if err := e.Record.Save(e.ledger.path); err != nil {
+		e.Log.Error("cannot save the run record; `haagent status` will be stale", "path", e.ledger.path, "error", err.Error())
+	}
 }
 
 // setKeyConflicts records the outcome of a full comparison of the keys: the record keeps it
@@ -175,7 +200,7 @@ func (e *Env) setKeyConflicts(cs []fetch.KeyConflict) {
 }
 
 // syncRecord copies what other goroutines found into the record before it is saved; it runs
-// only where the record is written (the runner, or persist under persistMu).
+// only where the record is written (under ledger.mu).
 func (e *Env) syncRecord() {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -26,7 +26,7 @@ func TestMonitorFindingsOutliveAStepRetry(t *testing.T) {
 	env.Record.Runs = append(env.Record.Runs, state.Run{ID: "r"})
 	env.Run = env.Record.Last()
 	steps := []Step{{Name: "watch"}}
-	env.book.beginStep("watch")
+	env.ledger.book.beginStep("watch")
 	set := make(chan struct{})
 	env.monitors().Start(supervisor.Monitor{Name: monitorCrashes, Within: time.Hour, Run: func(ctx context.Context, h *supervisor.Handle) error {
 		h.Set(findings.New(findings.FrontendCrashLoop, "frontend", "frontend died 5 times within 10m0s", ""))
@@ -35,7 +35,7 @@ func TestMonitorFindingsOutliveAStepRetry(t *testing.T) {
 		return nil
 	}})
 	<-set
-	env.book.beginStep("watch") // the step is retried
+	env.ledger.book.beginStep("watch") // the step is retried
 	got := env.Findings(steps)
 	if len(got) != 1 || got[0].Code != findings.FrontendCrashLoop {
 		t.Fatalf("findings after a retry: %+v", got)

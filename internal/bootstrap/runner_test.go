@@ -167,12 +167,12 @@ func TestOverridesApplyToEveryCodeButTheSafetyCodes(t *testing.T) {
 	cfg.Probes.Overrides["KEYS_CONFLICT"] = config.Override{Severity: "info"}
 	env := quietEnv(Inputs{}, &state.Record{})
 	env.Config = cfg
-	env.book.beginStep("validate-files")
+	env.ledger.book.beginStep("validate-files")
 	env.recordStep(env.Log, "validate-files", []findings.Finding{
 		findings.New(findings.FileInvalid, "/etc/replicated.conf", "TlsBootstrapHostname is empty", ""),
 		findings.New(findings.KeysConflict, "/data/circle/circleci-encryption-keys/k", "differs", ""),
 	})
-	got := env.book.stepFindings([]Step{{Name: "validate-files"}})
+	got := env.ledger.book.stepFindings([]Step{{Name: "validate-files"}})
 	if got[0].Severity != findings.Warning || got[0].Blocking {
 		t.Errorf("the override did not apply to a validate-files code: %+v", got[0])
 	}
