@@ -38,7 +38,7 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	log := logging.New(stderr, level)
 
-	env, release, err := c.g.prepare(log)
+	env, release, err := c.g.prepare(log, c.reinstall)
 	if err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) && ee.code == 2 {
@@ -52,7 +52,6 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	ctx, stop := context.WithCancel(ctx)
 	defer env.Drain(5 * time.Second)
 	defer stop()
-	env.Reinstall = c.reinstall
 	r := &bootstrap.Runner{Steps: bootstrap.Steps, Once: c.once, StatePath: c.g.path(state.Path), BootRunsPath: c.g.path(state.BootRunsPath)}
 	if !c.once {
 		// READY means "the agent is up and driving the boot"; the boot itself can take half an
@@ -115,7 +114,7 @@ func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) {
 // prepare loads the config (validated before any side effect; an absent file is not an error
 // yet: the imds step may find the config in the user-data), takes the lock and loads the run
 // record: what every command that changes the machine needs.
-func (g *globals) prepare(log *slog.Logger) (*bootstrap.Env, func(), error) {
+func (g *globals) prepare(log *slog.Logger, reinstall bool) (*bootstrap.Env, func(), error) {
 	cfg, err := config.Load(g.configPath())
 	switch {
 	case errors.Is(err, config.ErrNoConfig):
@@ -137,7 +136,7 @@ func (g *globals) prepare(log *slog.Logger) (*bootstrap.Env, func(), error) {
 	if cfg != nil {
 		imdsTimeout = cfg.IMDS.Timeout.D()
 	}
-	env := &bootstrap.Env{Root: g.root, Log: log, Config: cfg, ConfigPath: g.configPath(), IMDSTimeout: imdsTimeout, Record: rec, LockPath: g.path(lock.Path)}
+	env := bootstrap.NewEnv(bootstrap.Inputs{Root: g.root, Log: log, FileConfig: cfg, ConfigPath: g.configPath(), IMDSTimeout: imdsTimeout, Reinstall: reinstall, LockPath: g.path(lock.Path)}, rec)
 	env.HoldsLock.Store(true)
 	return env, lk.Release, nil
 }

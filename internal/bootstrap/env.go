@@ -1,5 +1,6 @@
-// Package bootstrap is the boot of a Services machine: an ordered table of steps, one runner
-// that executes it, and the Env every step works through.
+// Package bootstrap is the boot of a Services machine: an ordered table of steps (steps.go),
+// one runner that executes it (runner.go), and the monitors that live on after the steps
+// (monitors.go, asg.go). docs/ARCHITECTURE.md says what runs when and who owns what.
 package bootstrap
 
 import (
@@ -17,7 +18,6 @@ import (
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/fetch"
-	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/imds"
 	"github.com/haagent/haagent/internal/lock"
 	"github.com/haagent/haagent/internal/state"
@@ -25,57 +25,82 @@ import (
 	"github.com/haagent/haagent/internal/watch"
 )
 
-// Env carries everything a step needs. Every path goes through Path so the whole boot can run
-// inside a temp dir (--root).
-type Env struct {
+// Inputs is what the command gives the boot. It is set before the runner starts and never
+// written afterwards.
+type Inputs struct {
+	// Root is where every machine path lives (--root); every path goes through Path.
 	Root string
 	Log  *slog.Logger
-	// Config is set before the run when the config file exists; otherwise the config step
-	// takes it from the user-data the imds step read.
-	Config      *config.Config
+	// ConfigPath is the config file's path; FileConfig its contents, nil when there is no file
+	// (the config step then takes the config from the user-data the imds step read).
 	ConfigPath  string
+	FileConfig  *config.Config
 	IMDSTimeout time.Duration
 	// Reinstall forces the Replicated installer to run again (haagent run --reinstall).
 	Reinstall bool
+	// LockPath is the run lock (lock.Path under --root).
+	LockPath string
+}
 
+// State is what the steps have produced so far. Only the table's wiring (steps.go) writes it,
+// on the runner's goroutine between two steps; a monitor reads what was set before it started.
+type State struct {
 	IMDS     *imds.Client
 	Instance imds.Info
 	UserData []byte
+	Config   *config.Config
 	Bucket   *bucket.Bucket
-	Bundle   *fetch.Bundle
+	// Bundle is the fetched files, staged until validate-files commits them; nil offline (a
+	// reboot that goes on with the files in place) and after a failed validation.
+	Bundle  *fetch.Bundle
+	Watcher *watch.Watcher
+}
 
+// Env is one boot: the command's Inputs, the steps' State, and what belongs to the runner (the
+// run record, the findings, the monitors). Steps never see it: each gets its own input from
+// the table's wiring and returns its output and findings.
+type Env struct {
+	Inputs
+	State
+
+	// Record and Run are the run record and this run in it: the runner writes them, the table's
+	// wiring copies a step's output into them, and monitors' findings reach them through the
+	// supervisor (its Changed saves the record).
 	Record *state.Record
 	Run    *state.Run
-	// persist saves the run record once the runner is done with it; the monitors' findings
-	// change later (a crash loop, the guard's decision) and are saved through it.
-	persistMu sync.Mutex
-	persist   func()
-	Watcher   *watch.Watcher
 
-	// sup runs what outlives the steps (monitors.go); made on first use by monitors().
-	sup     *supervisor.Supervisor
-	supOnce sync.Once
-	// asg is the Auto Scaling state (asg.go): the group, the launch lifecycle action.
-	asg autoScaling
-
-	// LockPath is the run lock (lock.Path under --root). While HoldsLock is set, this process
-	// holds it (the boot steps); afterwards each monitor action that writes takes it itself.
-	LockPath  string
+	// HoldsLock is set while this process holds the run lock (the boot steps); afterwards each
+	// monitor action that writes takes it itself (lockForWrite).
 	HoldsLock atomic.Bool
 
-	// runCtx is the context of the whole run (set by the runner): the monitors (heartbeats, the
-	// log forwarding, crash loops, the guard, the keys scan) run under it, never under the
-	// context of the step that starts them, which ends with the step (or its timeout).
+	// book holds the steps' findings; the supervisor holds each monitor's under its name.
+	book book
+	// persistMu guards persist, which saves the run record once the runner is done with it;
+	// monitors' findings arrive later and save it through it.
+	persistMu sync.Mutex
+	persist   func()
+
+	// runCtx is the context of the whole run (set by the runner): monitors run under it, never
+	// under a step's own context, which ends with the step (or its timeout).
 	runCtx context.Context
+	// sup runs what lives beside and after the steps (supervise.go), made on first use.
+	sup     *supervisor.Supervisor
+	supOnce sync.Once
+	// asg is the Auto Scaling part (asg.go): its state, shared by the asg and lifecycle-complete
+	// steps and the monitors, and safe for their concurrent use.
+	asg     autoScaling
+	asgOnce sync.Once
 
 	mu sync.Mutex
 	// keyConflicts is the latest comparison's key conflicts; the runner's save copies it into
 	// the record (a backup scan finds them from its own goroutine).
 	keyConflicts    []fetch.KeyConflict
 	keyConflictsSet bool
-	current         string
-	byStep          map[string][]findings.Finding
-	reported        map[string]bool
+}
+
+// NewEnv is a boot of these inputs over this run record.
+func NewEnv(in Inputs, rec *state.Record) *Env {
+	return &Env{Inputs: in, Record: rec}
 }
 
 // lockForWrite takes the run lock around a monitor's write (a key backup). While this process
@@ -103,99 +128,6 @@ func (e *Env) monitorCtx() context.Context {
 // Path maps an absolute machine path under --root.
 func (e *Env) Path(p string) string { return filepath.Join(e.Root, p) }
 
-// Report records a finding for the current step and logs it once per run (a retried step
-// reports the same findings again; the journal should not fill with copies).
-func (e *Env) Report(f findings.Finding) {
-	f = e.adjust(f)[0]
-	if e.record(f) {
-		return
-	}
-	e.logFinding(f)
-}
-
-func (e *Env) logFinding(f findings.Finding) {
-	level := slog.LevelInfo
-	switch f.Severity {
-	case findings.Error:
-		level = slog.LevelError
-	case findings.Warning:
-		level = slog.LevelWarn
-	}
-	attrs := []any{"finding", f.Code, "severity", string(f.Severity), "blocking", f.Blocking}
-	if f.Target != "" {
-		attrs = append(attrs, "target", f.Target)
-	}
-	if f.Evidence != "" {
-		attrs = append(attrs, "evidence", f.Evidence)
-	}
-	if f.Fix != "" {
-		attrs = append(attrs, "fix", f.Fix)
-	}
-	e.Log.Log(context.Background(), level, f.Code+": "+f.Summary, attrs...)
-}
-
-// record keeps f for the current step; it reports whether f was already logged this run.
-func (e *Env) record(f findings.Finding) bool {
-	e.mu.Lock()
-	if e.byStep == nil {
-		e.byStep = map[string][]findings.Finding{}
-		e.reported = map[string]bool{}
-	}
-	key := f.Code + "\x00" + f.Target + "\x00" + f.Summary
-	dup := false
-	for _, g := range e.byStep[e.current] {
-		dup = dup || g.Code+"\x00"+g.Target+"\x00"+g.Summary == key
-	}
-	if !dup {
-		e.byStep[e.current] = append(e.byStep[e.current], f)
-	}
-	seen := e.reported[key]
-	e.reported[key] = true
-	e.mu.Unlock()
-	return seen
-}
-
-// adjust applies the config's overrides (probes.overrides: any code but the safety codes), so
-// what is logged, recorded and acted on is what the operator configured.
-func (e *Env) adjust(fs ...findings.Finding) []findings.Finding {
-	if e.Config == nil || len(e.Config.Probes.Overrides) == 0 {
-		return fs
-	}
-	ov := make(map[string]findings.Override, len(e.Config.Probes.Overrides))
-	for code, o := range e.Config.Probes.Overrides {
-		ov[code] = findings.Override{Severity: findings.Severity(o.Severity), Blocking: o.Blocking}
-	}
-	return findings.Apply(fs, ov)
-}
-
-// ReportAll reports each finding.
-func (e *Env) ReportAll(fs []findings.Finding) {
-	for _, f := range fs {
-		e.Report(f)
-	}
-}
-
-func (e *Env) beginStep(name string) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.current = name
-	if e.byStep != nil {
-		delete(e.byStep, name) // a retry replaces the step's earlier findings
-	}
-}
-
-// Findings returns the current findings of every step, in table order, then every monitor's:
-// those belong to no step, so a step's retry does not delete them.
-func (e *Env) Findings(steps []Step) []findings.Finding {
-	e.mu.Lock()
-	var out []findings.Finding
-	for _, s := range steps {
-		out = append(out, e.byStep[s.Name]...)
-	}
-	e.mu.Unlock()
-	return append(out, e.monitors().Findings()...)
-}
-
 // Notify sends an sd_notify state; a no-op without NOTIFY_SOCKET.
 func Notify(s string) {
 	daemon.SdNotify(false, s)
@@ -211,26 +143,6 @@ func BootID() string {
 	return strings.TrimSpace(string(b))
 }
 
-// Drain waits, up to timeout, for the monitors to wind down once the context that runs them
-// has ended: the log forwarding saves how far it got, for the next haagent.
-func (e *Env) Drain(timeout time.Duration) {
-	if e.sup == nil {
-		return
-	}
-	if !e.sup.Wait(timeout) {
-		e.Log.Warn("the monitors did not stop in time; exiting without the log forwarding's last mark (the next haagent may forward up to "+watch.DefaultMarkEvery.String()+" of lines again)",
-			"waited", timeout.String(), "mark", watch.MarkPath)
-	}
-}
-
-func (e *Env) save() {
-	e.persistMu.Lock()
-	defer e.persistMu.Unlock()
-	if e.persist != nil {
-		e.persist()
-	}
-}
-
 // setKeyConflicts records the outcome of a full comparison of the keys: the record keeps it
 // from the next save on. The slice is replaced, never changed in place.
 func (e *Env) setKeyConflicts(cs []fetch.KeyConflict) {
@@ -243,11 +155,8 @@ func (e *Env) setKeyConflicts(cs []fetch.KeyConflict) {
 // only where the record is written (the runner, or persist under persistMu).
 func (e *Env) syncRecord() {
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	if e.keyConflictsSet {
 		e.Record.KeyConflicts = e.keyConflicts
-	}
-	e.mu.Unlock()
-	if e.Run != nil && e.sup != nil {
-		e.Run.Monitors = e.sup.Statuses()
 	}
 }

@@ -11,41 +11,8 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/findings"
-	"github.com/haagent/haagent/internal/state"
 	"github.com/haagent/haagent/internal/supervisor"
 )
-
-// A finding raised beside the steps (a crash loop, the guard's decision) is its monitor's, not
-// the running step's: retrying the step that happened to run must not delete it, and the run
-// record shows it under the monitor's name.
-func TestMonitorFindingsOutliveAStepRetry(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	env := &Env{Log: slog.New(slog.DiscardHandler), Record: &state.Record{}, runCtx: ctx}
-	env.Record.Runs = append(env.Record.Runs, state.Run{ID: "r"})
-	env.Run = env.Record.Last()
-	steps := []Step{{Name: "watch"}}
-	env.beginStep("watch")
-	set := make(chan struct{})
-	env.monitors().Start(supervisor.Monitor{Name: monitorCrashes, Within: time.Hour, Run: func(ctx context.Context, h *supervisor.Handle) error {
-		h.Set(findings.New("FRONTEND_CRASH_LOOP", "frontend", "frontend died 5 times within 10m0s", ""))
-		close(set)
-		<-ctx.Done()
-		return nil
-	}})
-	<-set
-	env.beginStep("watch") // the step is retried
-	got := env.Findings(steps)
-	if len(got) != 1 || got[0].Code != "FRONTEND_CRASH_LOOP" {
-		t.Fatalf("findings after a retry: %+v", got)
-	}
-	env.syncRecord()
-	if m := env.Run.Monitors; len(m) != 1 || m[0].Name != monitorCrashes || len(m[0].Findings) != 1 {
-		t.Fatalf("the run record's monitors: %+v", m)
-	}
-	cancel()
-	env.Drain(10 * time.Second)
-}
 
 // signal closes a channel the first time a log line holds a string.
 type signal struct {
@@ -93,8 +60,8 @@ func TestAWedgedMonitorStopsTheWatchdogAfterTheBoot(t *testing.T) {
 
 	unblock := make(chan struct{})
 	stalled := &signal{want: "monitor wedged is blocked", seen: make(chan struct{})}
-	env := &Env{Log: slog.New(slog.NewTextHandler(stalled, nil)), Record: &state.Record{}}
-	r := &Runner{Steps: []Step{{Name: "start", Run: func(ctx context.Context, env *Env) error {
+	env := quietEnv(Inputs{Log: slog.New(slog.NewTextHandler(stalled, nil))}, nil)
+	r := &Runner{Steps: []Step{{Name: "start", Do: Wire(func(e *Env) *Env { return e }, func(ctx context.Context, _ Exec, env *Env) (struct{}, []findings.Finding, error) {
 		env.monitors().Start(supervisor.Monitor{Name: "wedged", Within: 50 * time.Millisecond, Run: func(ctx context.Context, h *supervisor.Handle) error {
 			h.Alive()
 			select { // blocked until the test lets it go
@@ -113,8 +80,8 @@ func TestAWedgedMonitorStopsTheWatchdogAfterTheBoot(t *testing.T) {
 				}
 			}
 		}})
-		return nil
-	}}}}
+		return struct{}{}, nil, nil
+	}, nil)}}}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer func() { cancel(); env.Drain(10 * time.Second) }()
 	if err := r.Run(ctx, env); err != nil {
@@ -122,7 +89,7 @@ func TestAWedgedMonitorStopsTheWatchdogAfterTheBoot(t *testing.T) {
 	}
 	go env.WatchMonitors(ctx)
 	<-stalled.seen
-	if got := findings.Codes(env.Findings(nil)); got != supervisor.MonitorStalled {
+	if got := findings.Codes(env.monitors().Findings()); got != supervisor.MonitorStalled {
 		t.Fatalf("findings of a blocked monitor: %s", got)
 	}
 	// None after it counts as blocked: drain what was queued, then watch ten intervals.
@@ -147,7 +114,7 @@ func TestAWedgedMonitorStopsTheWatchdogAfterTheBoot(t *testing.T) {
 			break
 		}
 	}
-	if got := env.Findings(nil); len(got) != 0 {
+	if got := env.monitors().Findings(); len(got) != 0 {
 		t.Fatalf("findings once the monitor iterates again: %+v", got)
 	}
 }
