@@ -81,7 +81,7 @@ func stepASG(ctx context.Context, x Exec, in asgIn) (struct{}, []findings.Findin
 	if err != nil {
 		// No region, a broken SDK configuration: nothing a retry changes.
 		auto.SetMembership(asg.Disabled)
-		return struct{}{}, []findings.Finding{findings.New("ASG_API_FAILED", in.Instance.InstanceID, "cannot set up Auto Scaling access", err.Error())}, nil
+		return struct{}{}, []findings.Finding{findings.New(findings.ASGAPIFailed, in.Instance.InstanceID, "cannot set up Auto Scaling access", err.Error())}, nil
 	}
 	resolve := func(ctx context.Context) (string, error) {
 		return cli.Resolve(ctx, a.Group, func(ctx context.Context) (string, error) { return in.IMDS.Tag(ctx, asg.GroupTag) })
@@ -104,7 +104,7 @@ func stepASG(ctx context.Context, x Exec, in asgIn) (struct{}, []findings.Findin
 }
 
 func notMember(id string) findings.Finding {
-	return findings.New("ASG_NOT_MEMBER", id, "instance "+id+" is in no Auto Scaling group", "")
+	return findings.New(findings.ASGNotMember, id, "instance "+id+" is in no Auto Scaling group", "")
 }
 
 // joined is what the boot does once the group is known: check the group's settings, ask once
@@ -164,7 +164,7 @@ func (a *autoScaling) startHeartbeats(cli *asg.Client, every time.Duration) {
 			}
 			// Gone while the boot still ran: expired, unless the boot completed it meanwhile.
 			if a.MoveLifecycle(asg.LifecycleExpired, asg.LifecyclePending, asg.LifecycleHeartbeating) {
-				h.Set(findings.New("ASG_LIFECYCLE_EXPIRED", target, "the launch lifecycle action ended while the boot was still running", err.Error()))
+				h.Set(findings.New(findings.ASGLifecycleExpired, target, "the launch lifecycle action ended while the boot was still running", err.Error()))
 			}
 			a.MoveLifecycle(asg.LifecycleNone, asg.LifecycleUnknown) // none waited after all
 			return supervisor.ErrDone
@@ -228,7 +228,7 @@ func (a *autoScaling) complete(ctx context.Context, log *slog.Logger, cli *asg.C
 		log.Info("launch lifecycle action completed with CONTINUE: the group puts the instance in service", "group", cli.Group, "hook", hook)
 	case errors.Is(err, asg.ErrNoLifecycleAction):
 		if a.MoveLifecycle(asg.LifecycleExpired, asg.LifecyclePending, asg.LifecycleHeartbeating) {
-			return []findings.Finding{findings.New("ASG_LIFECYCLE_EXPIRED", cli.Group+"/"+hook,
+			return []findings.Finding{findings.New(findings.ASGLifecycleExpired, cli.Group+"/"+hook,
 				"the launch lifecycle action ended before the boot completed", err.Error())}, nil
 		}
 		a.SetLifecycle(asg.LifecycleNone)
@@ -329,7 +329,7 @@ func apiFinding(err error, target string) findings.Finding {
 	if errors.As(err, &ae) {
 		return ae.Finding(target)
 	}
-	return findings.New("ASG_API_FAILED", target, "the Auto Scaling part failed", err.Error())
+	return findings.New(findings.ASGAPIFailed, target, "the Auto Scaling part failed", err.Error())
 }
 
 // guardMonitor watches the frontend after it was once up on this instance and, while it is

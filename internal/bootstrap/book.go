@@ -19,7 +19,9 @@ type book struct {
 	logged map[string]bool
 }
 
-func findingKey(f findings.Finding) string { return f.Code + "\x00" + f.Target + "\x00" + f.Summary }
+func findingKey(f findings.Finding) string {
+	return f.Code.String() + "\x00" + f.Target + "\x00" + f.Summary
+}
 
 func (b *book) init() {
 	if b.steps == nil {
@@ -83,11 +85,7 @@ func adjust(cfg *config.Config, fs []findings.Finding) []findings.Finding {
 	if cfg == nil || len(cfg.Probes.Overrides) == 0 {
 		return fs
 	}
-	ov := make(map[string]findings.Override, len(cfg.Probes.Overrides))
-	for code, o := range cfg.Probes.Overrides {
-		ov[code] = findings.Override{Severity: findings.Severity(o.Severity), Blocking: o.Blocking}
-	}
-	return findings.Apply(fs, ov)
+	return findings.Apply(fs, cfg.Probes.FindingOverrides())
 }
 
 func logFinding(log *slog.Logger, f findings.Finding) {
@@ -98,7 +96,7 @@ func logFinding(log *slog.Logger, f findings.Finding) {
 	case findings.Warning:
 		level = slog.LevelWarn
 	}
-	attrs := []any{"finding", f.Code, "severity", string(f.Severity), "blocking", f.Blocking}
+	attrs := []any{"finding", f.Code.String(), "severity", string(f.Severity), "blocking", f.Blocking}
 	if f.Target != "" {
 		attrs = append(attrs, "target", f.Target)
 	}
@@ -108,7 +106,7 @@ func logFinding(log *slog.Logger, f findings.Finding) {
 	if f.Fix != "" {
 		attrs = append(attrs, "fix", f.Fix)
 	}
-	log.Log(context.Background(), level, f.Code+": "+f.Summary, attrs...)
+	log.Log(context.Background(), level, f.Code.String()+": "+f.Summary, attrs...)
 }
 
 func (e *Env) save() {

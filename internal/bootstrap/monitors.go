@@ -50,7 +50,7 @@ func crashLoopMonitor(env *Env, w *watch.Watcher, container string) Monitor {
 			if len(last) > 2000 {
 				last = "..." + last[len(last)-2000:]
 			}
-			h.Set(findings.New("FRONTEND_CRASH_LOOP", container,
+			h.Set(findings.New(findings.FrontendCrashLoop, container,
 				fmt.Sprintf("%s died %d times within %s; probes now: %s", container, dies, window, findings.Codes(probed)),
 				"last lines: "+last))
 		})
@@ -71,7 +71,7 @@ func engineMonitor(w *watch.Watcher) Monitor {
 			err := w.EngineErr()
 			switch {
 			case err != nil && was == nil:
-				h.Set(findings.New("DOCKER_NOT_ANSWERING", "dockerd", "the Docker engine does not answer; the frontend cannot be watched", findings.Redact(err.Error())))
+				h.Set(findings.New(findings.DockerNotAnswering, "dockerd", "the Docker engine does not answer; the frontend cannot be watched", findings.Redact(err.Error())))
 			case err == nil && was != nil:
 				h.Log().Info("the Docker engine answers again")
 				h.Set()

@@ -89,7 +89,7 @@ func TestAWedgedMonitorStopsTheWatchdogAfterTheBoot(t *testing.T) {
 	}
 	go env.WatchMonitors(ctx)
 	<-stalled.seen
-	if got := findings.Codes(env.monitors().Findings()); got != supervisor.MonitorStalled {
+	if got := findings.Codes(env.monitors().Findings()); got != supervisor.MonitorStalled.String() {
 		t.Fatalf("findings of a blocked monitor: %s", got)
 	}
 	// None after it counts as blocked: drain what was queued, then watch ten intervals.

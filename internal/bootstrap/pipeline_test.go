@@ -59,9 +59,9 @@ func (h *lines) WithGroup(string) slog.Handler { return h }
 // HAAGENT_FINDING.
 func TestEveryFindingAStepLogsIsRecordedAndItsLinesCarryTheStep(t *testing.T) {
 	h, out := newLines()
-	returned := findings.New("FILE_INVALID", "/etc/replicated.conf", "returned", "")
-	early := findings.New("INSTALLER_UNPINNED", "https://get.replicated.com/docker", "reported early", "")
-	failed := findings.New("SETTING_MISSING", "settings.conf", "in the failure", "")
+	returned := findings.New(findings.FileInvalid, "/etc/replicated.conf", "returned", "")
+	early := findings.New(findings.InstallerUnpinned, "https://get.replicated.com/docker", "reported early", "")
+	failed := findings.New(findings.SettingMissing, "settings.conf", "in the failure", "")
 	type in struct{ Word string }
 	step := Step{Name: "probe", Do: Wire(
 		func(*Env) in { return in{Word: "hello"} },
@@ -78,7 +78,7 @@ func TestEveryFindingAStepLogsIsRecordedAndItsLinesCarryTheStep(t *testing.T) {
 	}
 	var recorded []string
 	for _, f := range env.Run.Findings {
-		recorded = append(recorded, f.Code)
+		recorded = append(recorded, f.Code.String())
 	}
 	slices.Sort(recorded)
 	var logged []string
@@ -127,7 +127,7 @@ func TestAHungStepsOutputIsNeverApplied(t *testing.T) {
 func TestMonitorFindingsReachTheRecordWhileStepsRun(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.json")
 	started, set := make(chan struct{}), make(chan struct{})
-	crash := findings.New("FRONTEND_CRASH_LOOP", "frontend", "frontend died 5 times within 10m0s", "")
+	crash := findings.New(findings.FrontendCrashLoop, "frontend", "frontend died 5 times within 10m0s", "")
 	mon := Monitor{Name: "crash-loops", Run: func(ctx context.Context, h *Handle) error {
 		<-started // the runner wrote the record for the watch step's start: what follows is the monitor's own save
 		h.Set(crash)
@@ -158,7 +158,7 @@ func TestMonitorFindingsReachTheRecordWhileStepsRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	ms := during.Last().Monitors
-	if len(ms) != 1 || ms[0].Name != "crash-loops" || len(ms[0].Findings) != 1 || ms[0].Findings[0].Code != "FRONTEND_CRASH_LOOP" {
+	if len(ms) != 1 || ms[0].Name != "crash-loops" || len(ms[0].Findings) != 1 || ms[0].Findings[0].Code != findings.FrontendCrashLoop {
 		t.Fatalf("the record on disk while the watch ran: monitors %+v", ms)
 	}
 	if fs := during.Last().Findings; len(fs) != 0 {

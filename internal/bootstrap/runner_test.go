@@ -100,19 +100,19 @@ func TestLateFindingsOutliveAStepRetry(t *testing.T) {
 	guard, guarded := monitor("guard")
 	engine, engined := monitor("docker-engine")
 	env.book.beginStep("watch")
-	crash <- set{[]findings.Finding{findings.New("FRONTEND_CRASH_LOOP", "frontend", "frontend died 5 times within 10m0s", "")}}
+	crash <- set{[]findings.Finding{findings.New(findings.FrontendCrashLoop, "frontend", "frontend died 5 times within 10m0s", "")}}
 	<-crashed
-	guard <- set{[]findings.Finding{findings.New("ASG_REPLACEMENT_WITHHELD", "i-1", "first decision", "")}}
+	guard <- set{[]findings.Finding{findings.New(findings.ASGReplacementWithheld, "i-1", "first decision", "")}}
 	<-guarded
-	guard <- set{[]findings.Finding{findings.New("ASG_REPLACEMENT_WITHHELD", "i-1", "second decision", "")}}
+	guard <- set{[]findings.Finding{findings.New(findings.ASGReplacementWithheld, "i-1", "second decision", "")}}
 	<-guarded
 	env.book.beginStep("watch") // the step is retried
 	got := env.monitorRecord()
-	if len(got) != 3 || got[0].Name != "crash-loops" || got[0].Findings[0].Code != "FRONTEND_CRASH_LOOP" ||
+	if len(got) != 3 || got[0].Name != "crash-loops" || got[0].Findings[0].Code != findings.FrontendCrashLoop ||
 		got[1].Name != "guard" || len(got[1].Findings) != 1 || got[1].Findings[0].Summary != "second decision" {
 		t.Fatalf("monitor findings after a retry: %+v", got)
 	}
-	engine <- set{[]findings.Finding{findings.New("DOCKER_NOT_ANSWERING", "dockerd", "no answer", "")}}
+	engine <- set{[]findings.Finding{findings.New(findings.DockerNotAnswering, "dockerd", "no answer", "")}}
 	<-engined
 	engine <- set{}
 	<-engined
@@ -219,14 +219,14 @@ func TestOverridesApplyToEveryCodeButTheSafetyCodes(t *testing.T) {
 	env.Config = cfg
 	env.book.beginStep("validate-files")
 	env.recordStep(env.Log, "validate-files", []findings.Finding{
-		findings.New("FILE_INVALID", "/etc/replicated.conf", "TlsBootstrapHostname is empty", ""),
-		findings.New("KEYS_CONFLICT", "/data/circle/circleci-encryption-keys/k", "differs", ""),
+		findings.New(findings.FileInvalid, "/etc/replicated.conf", "TlsBootstrapHostname is empty", ""),
+		findings.New(findings.KeysConflict, "/data/circle/circleci-encryption-keys/k", "differs", ""),
 	})
 	got := env.book.stepFindings([]Step{{Name: "validate-files"}})
 	if got[0].Severity != findings.Warning || got[0].Blocking {
 		t.Errorf("the override did not apply to a validate-files code: %+v", got[0])
 	}
-	if e := findings.Lookup("KEYS_CONFLICT"); got[1].Blocking != e.Blocking || got[1].Severity != e.Severity {
+	if e := findings.KeysConflict.Entry(); got[1].Blocking != e.Blocking || got[1].Severity != e.Severity {
 		t.Errorf("a safety code changed: %+v", got[1])
 	}
 }

@@ -280,12 +280,12 @@ func stepConfig(ctx context.Context, x Exec, in configIn) (configOut, []findings
 			if len(in.UserData) > 0 {
 				what = "the user-data does not start with " + config.UserDataMarker
 			}
-			f := findings.New("CONFIG_MISSING", in.Path, "no haagent config: "+in.Path+" does not exist and "+what, "")
+			f := findings.New(findings.ConfigMissing, in.Path, "no haagent config: "+in.Path+" does not exist and "+what, "")
 			return configOut{}, nil, &findings.Failure{Findings: []findings.Finding{f}}
 		}
 		cfg, err := config.Parse(in.UserData, "user-data")
 		if err != nil {
-			f := findings.New("CONFIG_INVALID", "user-data", "the haagent config in the user-data is invalid", err.Error())
+			f := findings.New(findings.ConfigInvalid, "user-data", "the haagent config in the user-data is invalid", err.Error())
 			return configOut{}, nil, &findings.Failure{Findings: []findings.Finding{f}}
 		}
 		c = cfg
@@ -354,7 +354,7 @@ func stepFetch(ctx context.Context, x Exec, in fetchIn) (fetchOut, []findings.Fi
 	}
 	if err != nil {
 		if offlineOK(in.Completed, err) {
-			fs = append(fs, findings.New("S3_OFFLINE_LAST_GOOD", in.Bucket.URI(""),
+			fs = append(fs, findings.New(findings.S3OfflineLastGood, in.Bucket.URI(""),
 				"S3 is unreachable on a reboot of an instance whose earlier boot completed; using the files already in place", err.Error()))
 			return fetchOut{}, fs, nil
 		}
@@ -378,7 +378,7 @@ func offlineOK(completed bool, err error) bool {
 		return false
 	}
 	for _, f := range fail.Findings {
-		if f.Code != "S3_UNREACHABLE" {
+		if f.Code != findings.S3Unreachable {
 			return false
 		}
 	}
@@ -514,7 +514,7 @@ func stepValidateFiles(ctx context.Context, x Exec, in validateIn) (validateOut,
 	inst := replicated.ReadInstall(in.Root)
 	if bd != nil {
 		if f := bd.File(validate.SettingsConf); f != nil && inst.SettingsDrift(in.Instance, f.SHA256) {
-			fs = append(fs, findings.New("SETTINGS_DRIFT", validate.SettingsConf,
+			fs = append(fs, findings.New(findings.SettingsDrift, validate.SettingsConf,
 				"settings.conf in the bucket differs from the one Replicated was installed with; Replicated does not read it again", ""))
 		}
 		fs = append(fs, fetch.ShellSyntax(bd, in.Bucket.URI)...)
@@ -722,7 +722,7 @@ func stepReplicatedInstall(ctx context.Context, x Exec, in installIn) (struct{},
 		case proxy == "":
 			proxy = conf
 		case conf != proxy:
-			return struct{}{}, nil, &findings.Failure{Findings: []findings.Finding{findings.New("FILE_INVALID", validate.ReplicatedConf,
+			return struct{}{}, nil, &findings.Failure{Findings: []findings.Finding{findings.New(findings.FileInvalid, validate.ReplicatedConf,
 				fmt.Sprintf("%s sets HttpProxy %s but haagent's proxy is %s: the installer would use %s's, not the one haagent checked its connections through; it was not run",
 					validate.ReplicatedConf, replicated.Redact(conf), replicated.Redact(proxy), validate.ReplicatedConf), "").
 				WithFix(fmt.Sprintf("set the same proxy in both (HttpProxy in the bucket's replicated.conf and HTTPS_PROXY in haagent's environment), or remove HttpProxy from %s", validate.ReplicatedConf))}}
@@ -857,16 +857,16 @@ type backupOut struct {
 func StepBackupKeys(ctx context.Context, x Exec, in backupIn) (backupOut, []findings.Finding, error) {
 	res, err := backup.Keys(ctx, in.Bucket, in.Keys)
 	var be *bucket.Error
-	if err != nil && errors.As(err, &be) && be.Code() == "S3_UNREACHABLE" {
+	if err != nil && errors.As(err, &be) && be.Code() == findings.S3Unreachable {
 		if in.Completed {
 			// A reboot with S3 down (the fetch went on with the last good files): the keys were
 			// backed up by an earlier boot; the scan compares them once S3 answers.
-			return backupOut{Monitors: []Monitor{in.KeysScan}}, []findings.Finding{findings.New("KEYS_BACKUP_SKIPPED", in.Bucket.URI(in.Entry.Key),
+			return backupOut{Monitors: []Monitor{in.KeysScan}}, []findings.Finding{findings.New(findings.KeysBackupSkipped, in.Bucket.URI(in.Entry.Key),
 				"S3 is unreachable: the encryption keys were not compared with the bucket", err.Error())}, nil
 		}
 		// A first boot: the keys CircleCI just made exist only here. Not complete until they
 		// are in S3; the service retries.
-		f := findings.New("KEYS_NOT_BACKED_UP", in.Bucket.URI(in.Entry.Key),
+		f := findings.New(findings.KeysNotBackedUp, in.Bucket.URI(in.Entry.Key),
 			"S3 is unreachable on this instance's first boot: its encryption keys exist only on this machine", err.Error()).
 			WithFix(be.Fix() + "; haagent retries the backup until it succeeds")
 		return backupOut{}, nil, &findings.Failure{Findings: []findings.Finding{f}}

@@ -213,10 +213,10 @@ func (h *Handle) set(log bool, fs []findings.Finding) {
 // Log is the monitor's logger: every line carries its name (HAAGENT_MONITOR in the journal).
 func (h *Handle) Log() *slog.Logger { return h.s.o.Log.With("monitor", h.e.m.Name) }
 
-func key(f findings.Finding) string { return string(f.Code) + "\x00" + f.Target + "\x00" + f.Summary }
+func key(f findings.Finding) string { return f.Code.String() + "\x00" + f.Target + "\x00" + f.Summary }
 
-func dropCode(fs []findings.Finding, code string) []findings.Finding {
-	return slices.DeleteFunc(slices.Clone(fs), func(f findings.Finding) bool { return string(f.Code) == code })
+func dropCode(fs []findings.Finding, code findings.Code) []findings.Finding {
+	return slices.DeleteFunc(slices.Clone(fs), func(f findings.Finding) bool { return f.Code == code })
 }
 
 // Running is a started monitor.
@@ -357,7 +357,7 @@ func (s *Supervisor) once(ctx context.Context, h *Handle) (err error, panicked b
 	return h.e.m.Run(ctx, h), false
 }
 
-func fixFor(code, name string) string {
+func fixFor(code findings.Code, name string) string {
 	if code == MonitorPanicked {
 		return "a bug in haagent: report it with the stack logged just before (journalctl -u haagent HAAGENT_MONITOR=" + name + "); haagent restarts the monitor meanwhile"
 	}
@@ -492,7 +492,7 @@ func (s *Supervisor) logFinding(monitor string, f findings.Finding) {
 	case findings.Warning:
 		level = slog.LevelWarn
 	}
-	attrs := []any{"monitor", monitor, "finding", string(f.Code), "severity", string(f.Severity)}
+	attrs := []any{"monitor", monitor, "finding", f.Code.String(), "severity", string(f.Severity)}
 	if f.Target != "" {
 		attrs = append(attrs, "target", f.Target)
 	}
@@ -502,12 +502,12 @@ func (s *Supervisor) logFinding(monitor string, f findings.Finding) {
 	if f.Fix != "" {
 		attrs = append(attrs, "fix", f.Fix)
 	}
-	s.o.Log.Log(context.Background(), level, string(f.Code)+": "+f.Summary, attrs...)
+	s.o.Log.Log(context.Background(), level, f.Code.String()+": "+f.Summary, attrs...)
 }
 
-// Finding codes the supervisor reports about its monitors (catalogued in internal/findings).
-const (
-	MonitorFailing  = "MONITOR_FAILING"
-	MonitorPanicked = "MONITOR_PANICKED"
-	MonitorStalled  = "MONITOR_STALLED"
+// Finding codes the supervisor reports about its monitors (registered in internal/findings).
+var (
+	MonitorFailing  = findings.MonitorFailing
+	MonitorPanicked = findings.MonitorPanicked
+	MonitorStalled  = findings.MonitorStalled
 )

@@ -91,7 +91,7 @@ func newTest(t *testing.T, o Options) (*Supervisor, *clock, *waits, *syncBuf) {
 func codes(fs []findings.Finding) string {
 	var out []string
 	for _, f := range fs {
-		out = append(out, string(f.Code))
+		out = append(out, f.Code.String())
 	}
 	return strings.Join(out, ",")
 }
@@ -139,7 +139,7 @@ func TestStalledMonitorStopsThePings(t *testing.T) {
 	c.Add(2 * time.Minute)
 	tick <- time.Time{}
 	tick <- time.Time{} // received only once the tick before it was handled
-	if got := codes(s.Findings()); got != MonitorStalled {
+	if got := codes(s.Findings()); got != MonitorStalled.String() {
 		t.Errorf("findings while blocked = %q, want %s", got, MonitorStalled)
 	}
 	if err := s.Healthy(); err == nil || !strings.Contains(err.Error(), "log-forwarding") {
@@ -227,7 +227,7 @@ func TestMonitorFailingIsWithdrawnOnceItSettles(t *testing.T) {
 		return p.run(ctx, h)
 	}})
 	<-p.went
-	if got := codes(s.Findings()); got != MonitorFailing {
+	if got := codes(s.Findings()); got != MonitorFailing.String() {
 		t.Fatalf("findings = %q, want %s", got, MonitorFailing)
 	}
 	c.Add(time.Hour)
@@ -266,9 +266,9 @@ func TestPanickingMonitorIsRestartedAndReported(t *testing.T) {
 func TestFindingsPerMonitor(t *testing.T) {
 	changes := make(chan struct{}, 64)
 	s, _, _, logs := newTest(t, Options{Changed: func() { changes <- struct{}{} }})
-	engine := findings.New("DOCKER_NOT_ANSWERING", "dockerd", "the Docker engine does not answer", "")
-	crash := findings.New("FRONTEND_CRASH_LOOP", "frontend", "frontend died 5 times within 10m0s", "")
-	withheld := findings.New("ASG_REPLACEMENT_WITHHELD", "i-1", "no replacement: PG_AUTH_FAILED", "")
+	engine := findings.New(findings.DockerNotAnswering, "dockerd", "the Docker engine does not answer", "")
+	crash := findings.New(findings.FrontendCrashLoop, "frontend", "frontend died 5 times within 10m0s", "")
+	withheld := findings.New(findings.ASGReplacementWithheld, "i-1", "no replacement: PG_AUTH_FAILED", "")
 
 	type cmd struct {
 		set  []findings.Finding
@@ -336,7 +336,7 @@ func TestDoneMonitorIsNotRestartedNorWatched(t *testing.T) {
 	s, c, w, _ := newTest(t, Options{})
 	ran := make(chan struct{}, 4)
 	r := s.Start(Monitor{Name: "lifecycle-heartbeats", Within: time.Minute, Run: func(ctx context.Context, h *Handle) error {
-		h.Set(findings.New("ASG_LIFECYCLE_EXPIRED", "g/h", "the launch lifecycle action ended", ""))
+		h.Set(findings.New(findings.ASGLifecycleExpired, "g/h", "the launch lifecycle action ended", ""))
 		ran <- struct{}{}
 		return ErrDone
 	}})
