@@ -118,3 +118,84 @@ func TestAWedgedMonitorStopsTheWatchdogAfterTheBoot(t *testing.T) {
 		t.Fatalf("findings once the monitor iterates again: %+v", got)
 	}
 }
+
+// During the steps the runner's loop feeds the watchdog, and asks the supervisor first: a
+// monitor started by an earlier step (the log forwarding, while the watch waits for a first
+// install for half an hour) that is blocked stops the pings there too.
+func TestAWedgedMonitorStopsTheWatchdogDuringTheSteps(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "20000") // pings every 10 ms
+	t.Setenv("WATCHDOG_PID", "")
+	pings := make(chan string, 1000)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(pings)
+				return
+			}
+			pings <- string(buf[:n])
+		}
+	}()
+	stalled := &signal{want: "monitor wedged is blocked", seen: make(chan struct{})}
+	env := quietEnv(Inputs{Log: slog.New(slog.NewTextHandler(stalled, nil))}, nil)
+	unblock, finish := make(chan struct{}), make(chan struct{})
+	start := Wire(func(e *Env) *Env { return e }, func(ctx context.Context, _ Exec, env *Env) (struct{}, []findings.Finding, error) {
+		env.supervise(Monitor{Name: "wedged", Within: 50 * time.Millisecond, Run: func(ctx context.Context, h *Handle) error {
+			h.Alive()
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-unblock:
+			}
+			t := time.NewTicker(5 * time.Millisecond)
+			defer t.Stop()
+			for {
+				h.Alive()
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-t.C:
+				}
+			}
+		}})
+		return struct{}{}, nil, nil
+	}, nil)
+	r := &Runner{Steps: []Step{{Name: "start", Do: start}, {Name: "wait", Do: do(func(ctx context.Context) error { <-finish; return nil })}}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); env.Drain(10 * time.Second) }()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx, env) }()
+	<-stalled.seen
+	for len(pings) > 0 {
+		<-pings
+	}
+	quiet := time.After(100 * time.Millisecond)
+	for q := false; !q; {
+		select {
+		case m := <-pings:
+			if m == "WATCHDOG=1" {
+				t.Fatal("the runner still feeds the watchdog while a monitor is blocked")
+			}
+		case <-quiet:
+			q = true
+		}
+	}
+	close(unblock)
+	for m := range pings {
+		if m == "WATCHDOG=1" {
+			break
+		}
+	}
+	close(finish)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
