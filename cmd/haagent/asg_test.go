@@ -361,7 +361,7 @@ func TestAThrottledGroupLookupIsRetriedInTheBackground(t *testing.T) {
 		for _, m := range out.Runs[len(out.Runs)-1].Monitors {
 			mons[m.Name] = m
 		}
-		return mons["asg-lookup"].State == "done" && mons["replacement-guard"].State == "running"
+		return mons["asg-lookup"].State == "done" && mons["guard"].State == "running"
 	}, func() string { return st.stdout + stderr.String() })
 	for _, f := range mons["asg-lookup"].Findings {
 		if f.Code == findings.ASGAPIFailed {
@@ -371,6 +371,11 @@ func TestAThrottledGroupLookupIsRetriedInTheBackground(t *testing.T) {
 	if !strings.Contains(stderr.String(), "the Auto Scaling group is known now") {
 		t.Fatalf("the journal does not say the lookup succeeded:\n%s", stderr.String())
 	}
+	// The guard, which waited for the group, now watches the frontend.
+	d.MustRun(t, "kill", "frontend")
+	eventually(t, 60*time.Second, "the guard seeing the frontend down", func() bool {
+		return strings.Contains(stderr.String(), "the frontend is down")
+	}, stderr.String)
 	cmd.Process.Signal(syscall.SIGTERM)
 	cmd.Wait()
 }

@@ -38,8 +38,7 @@ func (l Lifecycle) String() string {
 func (l Lifecycle) Waiting() bool { return l == LifecyclePending || l == LifecycleHeartbeating }
 
 // State is the one home of the Auto Scaling state of this instance: the group membership,
-// the launch lifecycle action, and what the boot has asked for that needs the group (the
-// lifecycle completion, the guard). The boot steps and the monitors read and change it
+// the launch lifecycle action, and whether the boot has asked for the lifecycle completion. The boot steps and the monitors read and change it
 // concurrently (the lookup may succeed in a monitor long after the asg step), so every read
 // and change goes through its methods, each one a single step under its lock.
 type State struct {
@@ -48,8 +47,8 @@ type State struct {
 	client     *Client
 	lifecycle  Lifecycle
 	// completeWanted: the boot reached the point where it completes the action (its frontend
-	// is up). guardWanted: the frontend was up once, so the guard should watch it.
-	completeWanted, guardWanted bool
+	// is up).
+	completeWanted bool
 }
 
 // Snapshot returns the membership, the lifecycle action's state and the client (nil unless a
@@ -77,13 +76,13 @@ func (s *State) SetMembership(m Membership) {
 	}
 }
 
-// Join records that the instance is in c's group. It returns what the boot asked for before
-// the group was known, which the caller now does: complete the lifecycle action, start the guard.
-func (s *State) Join(c *Client) (complete, guard bool) {
+// Join records that the instance is in c's group. It returns whether the boot asked for the
+// lifecycle completion before the group was known: the caller then completes the action.
+func (s *State) Join(c *Client) (complete bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.membership, s.client = Member, c
-	return s.completeWanted, s.guardWanted
+	return s.completeWanted
 }
 
 // Lifecycle returns the lifecycle action's state.
@@ -121,14 +120,5 @@ func (s *State) WantComplete() *Client {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.completeWanted = true
-	return s.client
-}
-
-// WantGuard records that the frontend was up on this instance, and returns the client if the
-// group is known (the caller starts the guard now); nil means Join's guard says so later.
-func (s *State) WantGuard() *Client {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.guardWanted = true
 	return s.client
 }

@@ -6,26 +6,21 @@ import (
 )
 
 // The lifecycle-complete step and the asg-lookup monitor meet in State from two goroutines:
-// however they interleave, exactly one of them completes the action (and one starts the
-// guard): the step when the group was known first, the monitor when the step asked first.
+// however they interleave, exactly one of them completes the action: the step when the group
+// was known first, the monitor when the step asked first.
 func TestStateHandsTheCompletionToExactlyOne(t *testing.T) {
 	for i := 0; i < 500; i++ {
 		var s State
 		c := &Client{Group: "g"}
 		var wg sync.WaitGroup
 		var stepGot *Client
-		var complete, guard bool
-		var guardGot *Client
-		wg.Add(3)
+		var complete bool
+		wg.Add(2)
 		go func() { defer wg.Done(); stepGot = s.WantComplete() }()
-		go func() { defer wg.Done(); guardGot = s.WantGuard() }()
-		go func() { defer wg.Done(); complete, guard = s.Join(c) }()
+		go func() { defer wg.Done(); complete = s.Join(c) }()
 		wg.Wait()
 		if (stepGot != nil) == complete {
 			t.Fatalf("round %d: the step got %v and the lookup's complete is %v: want exactly one to complete", i, stepGot, complete)
-		}
-		if (guardGot != nil) == guard {
-			t.Fatalf("round %d: the guard was started by both or neither", i)
 		}
 		if m, _, cl := s.Snapshot(); m != Member || cl != c {
 			t.Fatalf("round %d: state after Join: %v %v", i, m, cl)

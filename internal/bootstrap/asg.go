@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -12,128 +13,146 @@ import (
 	"github.com/haagent/haagent/internal/backup"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/imds"
 	"github.com/haagent/haagent/internal/replicated"
 	"github.com/haagent/haagent/internal/state"
 	"github.com/haagent/haagent/internal/supervisor"
 )
 
-// The Auto Scaling part of the boot. Its state (membership, the launch lifecycle action, what
-// the boot asked for) has one home, asg.State; what acts on it beside the steps are monitors:
-// asg-lookup (a lookup that failed at boot, retried), lifecycle-heartbeats and
-// replacement-guard. Nothing here blocks the boot: CircleCI coming up matters more than the
-// group's bookkeeping, and a hook that defaults to CONTINUE puts the instance in service on
-// its own.
-
-// autoScaling is the boot's Auto Scaling state and the monitor it stops and starts itself.
-type autoScaling struct {
-	asg.State
-	mu         sync.Mutex
-	heartbeats *supervisor.Running // nil while none run
-	every      time.Duration       // their cadence, for a restart after a failed completion
-}
+// The Auto Scaling part of the boot. Its state (membership, the launch lifecycle action,
+// whether the boot asked for the completion) has one home, asg.State, inside autoScaling,
+// which the asg and lifecycle-complete steps get as their input and the monitors share. Unlike
+// other steps' monitors, the Auto Scaling ones are started by this part itself, not returned:
+// they start and stop each other (the heartbeats stop before the completion and start again
+// when it fails; the lookup starts the heartbeats and completes the action once the group
+// answers). Nothing here blocks the boot: CircleCI coming up matters more than the group's
+// bookkeeping, and a hook that defaults to CONTINUE puts the instance in service on its own.
 
 // Monitor names (HAAGENT_MONITOR in the journal, the run record's monitors).
 const (
 	monitorASGLookup  = "asg-lookup"
-	monitorHeartbeats = "lifecycle-heartbeats"
-	monitorGuard      = "replacement-guard"
+	monitorHeartbeats = "heartbeats"
+	monitorGuard      = "guard"
 )
 
-// setUpASG is the asg step: find the group, check it, keep the launch lifecycle action alive.
-// Its findings are the step's. A lookup that fails (a throttled DescribeAutoScalingInstances,
-// a route not yet up) is not the end of self-healing: the asg-lookup monitor retries it for
-// as long as haagent runs and does, once it succeeds, what this step and the later ones would
-// have done.
-func setUpASG(ctx context.Context, env *Env) []findings.Finding {
-	a := env.Config.ASG
+// autoScaling is the boot's Auto Scaling state and what acts on it.
+type autoScaling struct {
+	asg.State
+	env *Env // for the supervisor and what the monitors read (set by Env.autoScaling)
+
+	mu    sync.Mutex
+	every time.Duration // the heartbeats' cadence, for a restart after a failed completion
+}
+
+// autoScaling is the boot's Auto Scaling part.
+func (e *Env) autoScaling() *autoScaling {
+	e.asgOnce.Do(func() { e.asg.env = e })
+	return &e.asg
+}
+
+type asgIn struct {
+	Config   config.ASG
+	Instance imds.Info
+	IMDS     *imds.Client
+	Auto     *autoScaling
+}
+
+// stepASG finds the instance's group, checks the settings a safe replacement relies on, and
+// keeps the launch lifecycle action alive while the boot runs. A lookup that fails (a
+// throttled DescribeAutoScalingInstances, a route not yet up) is not the end of self-healing:
+// the asg-lookup monitor retries it for as long as haagent runs and does, once it succeeds,
+// what this step and the later ones would have done.
+func stepASG(ctx context.Context, x Exec, in asgIn) (struct{}, []findings.Finding, error) {
+	a, auto := in.Config, in.Auto
 	if !a.Enabled {
-		env.Log.Info("the Auto Scaling part is disabled in the config (asg.enabled: false)")
-		env.asg.SetMembership(asg.Disabled)
-		return nil
+		x.Log.Info("the Auto Scaling part is disabled in the config (asg.enabled: false)")
+		auto.SetMembership(asg.Disabled)
+		return struct{}{}, nil, nil
 	}
-	if cli := env.asg.Client(); cli != nil {
-		fs, _ := joinedGroup(ctx, env, cli) // the step again: check again
-		return fs
+	if cli := auto.Client(); cli != nil {
+		return struct{}{}, auto.joined(ctx, x.Log, cli), nil // the step again: check again
 	}
 	region := a.Region
 	if region == "" {
-		region = env.Instance.Region
+		region = in.Instance.Region
 	}
-	cli, err := asg.New(ctx, asg.Options{InstanceID: env.Instance.InstanceID, Region: region, Endpoint: a.Endpoint,
-		Hook: a.LifecycleHook, Log: env.Log})
+	cli, err := asg.New(ctx, asg.Options{InstanceID: in.Instance.InstanceID, Region: region, Endpoint: a.Endpoint,
+		Hook: a.LifecycleHook, Log: x.Log})
 	if err != nil {
 		// No region, a broken SDK configuration: nothing a retry changes.
-		env.asg.SetMembership(asg.Disabled)
-		return []findings.Finding{findings.New(findings.ASGAPIFailed, env.Instance.InstanceID, "cannot set up Auto Scaling access", err.Error())}
+		auto.SetMembership(asg.Disabled)
+		return struct{}{}, []findings.Finding{findings.New(findings.ASGAPIFailed, in.Instance.InstanceID, "cannot set up Auto Scaling access", err.Error())}, nil
 	}
-	group, err := resolveGroup(ctx, env, cli)
+	resolve := func(ctx context.Context) (string, error) {
+		return cli.Resolve(ctx, a.Group, func(ctx context.Context) (string, error) { return in.IMDS.Tag(ctx, asg.GroupTag) })
+	}
+	group, err := resolve(ctx)
 	if err != nil {
-		env.Log.Warn("cannot look up the instance's Auto Scaling group; the boot goes on and the "+monitorASGLookup+" monitor retries the lookup in the background",
+		x.Log.Warn("cannot look up the instance's Auto Scaling group; the boot goes on and the "+monitorASGLookup+" monitor retries the lookup in the background",
 			"error", err.Error())
-		env.asg.SetMembership(asg.MemberUnknown)
-		env.monitors().Start(lookupMonitor(env, cli, err))
-		return nil
+		auto.SetMembership(asg.MemberUnknown)
+		auto.env.monitors().Start(auto.lookupMonitor(cli, resolve, err))
+		return struct{}{}, nil, nil
 	}
 	if group == "" {
-		env.asg.SetMembership(asg.NotMember)
-		return []findings.Finding{findings.New(findings.ASGNotMember, env.Instance.InstanceID, "instance "+env.Instance.InstanceID+" is in no Auto Scaling group", "")}
+		auto.SetMembership(asg.NotMember)
+		return struct{}{}, []findings.Finding{notMember(in.Instance.InstanceID)}, nil
 	}
-	fs, _ := joinedGroup(ctx, env, cli)
-	// At the asg step nothing can have asked for the completion or the guard yet.
-	env.asg.Join(cli)
-	return fs
+	fs := auto.joined(ctx, x.Log, cli)
+	auto.Join(cli) // at the asg step nothing can have asked for the completion yet
+	return struct{}{}, fs, nil
 }
 
-func resolveGroup(ctx context.Context, env *Env, cli *asg.Client) (string, error) {
-	return cli.Resolve(ctx, env.Config.ASG.Group, func(ctx context.Context) (string, error) { return env.IMDS.Tag(ctx, asg.GroupTag) })
+func notMember(id string) findings.Finding {
+	return findings.New(findings.ASGNotMember, id, "instance "+id+" is in no Auto Scaling group", "")
 }
 
-// joinedGroup is what the boot does once the group is known: check the group's settings, ask
-// once whether a launch action waits, and keep it alive while it does. It runs before the
-// client is published (asg.State.Join), so the completion never races the first heartbeat.
-func joinedGroup(ctx context.Context, env *Env, cli *asg.Client) ([]findings.Finding, error) {
-	a := env.Config.ASG
+// joined is what the boot does once the group is known: check the group's settings, ask once
+// whether a launch action waits, and keep it alive while it does. It runs before the client is
+// published (asg.State.Join), so the completion never races the first heartbeat.
+func (a *autoScaling) joined(ctx context.Context, log *slog.Logger, cli *asg.Client) []findings.Finding {
+	c := a.env.Config.ASG
 	chk, err := cli.CheckGroup(ctx)
 	fs := chk.Findings
 	if err != nil {
 		fs = append(fs, apiFinding(err, cli.Group))
 	}
-	env.Log.Info("Auto Scaling group checked", "group", cli.Group, "hook", a.LifecycleHook, "findings", findings.Codes(chk.Findings))
-	if a.LifecycleHook == "" || env.asg.Lifecycle() != asg.LifecycleUnknown {
-		return fs, err
+	log.Info("Auto Scaling group checked", "group", cli.Group, "hook", c.LifecycleHook, "findings", findings.Codes(chk.Findings))
+	if c.LifecycleHook == "" || a.Lifecycle() != asg.LifecycleUnknown {
+		return fs
 	}
 	// A first heartbeat at once: haagent may start late in the instance's boot, and its answer
 	// tells whether a launch action waits at all.
 	err = cli.Heartbeat(ctx)
 	switch {
 	case errors.Is(err, asg.ErrNoLifecycleAction):
-		env.asg.SetLifecycle(asg.LifecycleNone)
-		env.Log.Info("no launch lifecycle action waits for this instance (a reboot, or the group already put it in service): nothing to complete",
-			"group", cli.Group, "hook", a.LifecycleHook)
-		return fs, nil
+		a.SetLifecycle(asg.LifecycleNone)
+		log.Info("no launch lifecycle action waits for this instance (a reboot, or the group already put it in service): nothing to complete",
+			"group", cli.Group, "hook", c.LifecycleHook)
+		return fs
 	case err != nil:
-		fs = append(fs, apiFinding(err, cli.Group+"/"+a.LifecycleHook))
+		fs = append(fs, apiFinding(err, cli.Group+"/"+c.LifecycleHook))
 		var ae *asg.APIError
 		if errors.As(err, &ae) && ae.Denied() {
-			return fs, nil
+			return fs
 		}
 	default:
-		env.asg.SetLifecycle(asg.LifecyclePending)
+		a.SetLifecycle(asg.LifecyclePending)
 	}
-	every := asg.HeartbeatEvery(a.HeartbeatEvery.D(), chk.HeartbeatTimeout)
-	env.startHeartbeats(cli, every)
-	env.Log.Info("keeping the launch lifecycle action alive while the boot runs", "group", cli.Group, "hook", a.LifecycleHook, "every", every.String())
-	return fs, nil
+	every := asg.HeartbeatEvery(c.HeartbeatEvery.D(), chk.HeartbeatTimeout)
+	a.startHeartbeats(cli, every)
+	log.Info("keeping the launch lifecycle action alive while the boot runs", "group", cli.Group, "hook", c.LifecycleHook, "every", every.String())
+	return fs
 }
 
-// startHeartbeats runs the lifecycle-heartbeats monitor.
-func (env *Env) startHeartbeats(cli *asg.Client, every time.Duration) {
-	env.asg.mu.Lock()
-	defer env.asg.mu.Unlock()
-	env.asg.MoveLifecycle(asg.LifecycleHeartbeating, asg.LifecyclePending)
-	env.asg.every = every
+// startHeartbeats runs the heartbeats monitor.
+func (a *autoScaling) startHeartbeats(cli *asg.Client, every time.Duration) {
+	a.mu.Lock()
+	a.every = every
+	a.mu.Unlock()
+	a.MoveLifecycle(asg.LifecycleHeartbeating, asg.LifecyclePending)
 	target := cli.Group + "/" + cli.Hook()
-	env.asg.heartbeats = env.monitors().Start(supervisor.Monitor{
+	a.env.monitors().Start(supervisor.Monitor{
 		Name: monitorHeartbeats,
 		// One heartbeat is at most a few SDK attempts of 30 s each; the wait between two wakes
 		// every asg.AliveEvery.
@@ -144,10 +163,10 @@ func (env *Env) startHeartbeats(cli *asg.Client, every time.Duration) {
 				return nil // stopped
 			}
 			// Gone while the boot still ran: expired, unless the boot completed it meanwhile.
-			if env.asg.MoveLifecycle(asg.LifecycleExpired, asg.LifecyclePending, asg.LifecycleHeartbeating) {
+			if a.MoveLifecycle(asg.LifecycleExpired, asg.LifecyclePending, asg.LifecycleHeartbeating) {
 				h.Set(findings.New(findings.ASGLifecycleExpired, target, "the launch lifecycle action ended while the boot was still running", err.Error()))
 			}
-			env.asg.MoveLifecycle(asg.LifecycleNone, asg.LifecycleUnknown) // none waited after all
+			a.MoveLifecycle(asg.LifecycleNone, asg.LifecycleUnknown) // none waited after all
 			return supervisor.ErrDone
 		},
 	})
@@ -155,69 +174,71 @@ func (env *Env) startHeartbeats(cli *asg.Client, every time.Duration) {
 
 // stopHeartbeats ends the heartbeats and waits until none is in flight, so none lands after
 // the action is completed. It returns their cadence and whether they ran.
-func (env *Env) stopHeartbeats() (time.Duration, bool) {
-	env.asg.mu.Lock()
-	r, every := env.asg.heartbeats, env.asg.every
-	env.asg.heartbeats = nil
-	env.asg.mu.Unlock()
-	if r == nil {
-		return every, false
-	}
-	r.Stop()
-	env.asg.MoveLifecycle(asg.LifecyclePending, asg.LifecycleHeartbeating)
-	return every, true
+func (a *autoScaling) stopHeartbeats() (time.Duration, bool) {
+	ran := a.env.monitors().Stop(monitorHeartbeats)
+	a.MoveLifecycle(asg.LifecyclePending, asg.LifecycleHeartbeating)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.every, ran
 }
 
-// completeLifecycle is the lifecycle-complete step: tell the group the instance is ready
-// (CONTINUE puts it in service and behind a load balancer). When the group is not known yet,
-// the asg-lookup monitor completes the action once it finds it.
-func completeLifecycle(ctx context.Context, env *Env) ([]findings.Finding, error) {
-	cli := env.asg.WantComplete()
+type lifecycleIn struct {
+	Enabled bool
+	Auto    *autoScaling
+}
+
+// stepLifecycleComplete tells the group the instance is ready: CONTINUE puts it in service
+// (and behind a load balancer). It runs once the frontend is up, before the keys backup, which
+// is what a later replacement needs, not what this instance needs to serve. When the group is
+// not known yet, the asg-lookup monitor completes the action once it finds it.
+func stepLifecycleComplete(ctx context.Context, x Exec, in lifecycleIn) (struct{}, []findings.Finding, error) {
+	cli := in.Auto.WantComplete()
 	if cli == nil {
-		m, _, _ := env.asg.Snapshot()
-		if m == asg.MemberUnknown && env.Config.ASG.Enabled {
-			env.Log.Info("the Auto Scaling group is not known yet (its lookup failed at boot); the " + monitorASGLookup + " monitor completes the launch lifecycle action once it finds the group")
-			return nil, nil
+		m, _, _ := in.Auto.Snapshot()
+		if m == asg.MemberUnknown && in.Enabled {
+			x.Log.Info("the Auto Scaling group is not known yet (its lookup failed at boot); the " + monitorASGLookup + " monitor completes the launch lifecycle action once it finds the group")
+			return struct{}{}, nil, nil
 		}
-		env.Log.Info("no Auto Scaling group to tell (see the asg step): nothing to complete", "membership", m.String())
-		return nil, nil
+		x.Log.Info("no Auto Scaling group to tell (see the asg step): nothing to complete")
+		return struct{}{}, nil, nil
 	}
-	return completeWith(ctx, env, cli)
+	fs, err := in.Auto.complete(ctx, x.Log, cli)
+	return struct{}{}, fs, err
 }
 
-// completeWith completes the launch lifecycle action through cli. A transient failure is
-// returned (the caller tries again) with the heartbeats running again meanwhile.
-func completeWith(ctx context.Context, env *Env, cli *asg.Client) ([]findings.Finding, error) {
-	hook := env.Config.ASG.LifecycleHook
+// complete completes the launch lifecycle action through cli. A transient failure is returned
+// (the caller tries again) with the heartbeats running again meanwhile.
+func (a *autoScaling) complete(ctx context.Context, log *slog.Logger, cli *asg.Client) ([]findings.Finding, error) {
+	hook := a.env.Config.ASG.LifecycleHook
 	if hook == "" {
-		env.Log.Info("no launch lifecycle hook configured (asg.lifecycle_hook): nothing to complete", "group", cli.Group)
+		log.Info("no launch lifecycle hook configured (asg.lifecycle_hook): nothing to complete", "group", cli.Group)
 		return nil, nil
 	}
-	switch env.asg.Lifecycle() {
+	switch a.Lifecycle() {
 	case asg.LifecycleNone, asg.LifecycleCompleted, asg.LifecycleExpired:
-		env.Log.Info("no launch lifecycle action waits for this instance: nothing to complete", "group", cli.Group, "hook", hook)
+		log.Info("no launch lifecycle action waits for this instance: nothing to complete", "group", cli.Group, "hook", hook)
 		return nil, nil
 	}
-	every, beating := env.stopHeartbeats()
+	every, beating := a.stopHeartbeats()
 	err := cli.Complete(ctx)
 	var ae *asg.APIError
 	switch {
 	case err == nil:
-		env.asg.SetLifecycle(asg.LifecycleCompleted)
-		env.Log.Info("launch lifecycle action completed with CONTINUE: the group puts the instance in service", "group", cli.Group, "hook", hook)
+		a.SetLifecycle(asg.LifecycleCompleted)
+		log.Info("launch lifecycle action completed with CONTINUE: the group puts the instance in service", "group", cli.Group, "hook", hook)
 	case errors.Is(err, asg.ErrNoLifecycleAction):
-		if env.asg.MoveLifecycle(asg.LifecycleExpired, asg.LifecyclePending, asg.LifecycleHeartbeating) {
+		if a.MoveLifecycle(asg.LifecycleExpired, asg.LifecyclePending, asg.LifecycleHeartbeating) {
 			return []findings.Finding{findings.New(findings.ASGLifecycleExpired, cli.Group+"/"+hook,
 				"the launch lifecycle action ended before the boot completed", err.Error())}, nil
 		}
-		env.asg.SetLifecycle(asg.LifecycleNone)
-		env.Log.Info("no launch lifecycle action to complete", "group", cli.Group, "hook", hook)
+		a.SetLifecycle(asg.LifecycleNone)
+		log.Info("no launch lifecycle action to complete", "group", cli.Group, "hook", hook)
 	case errors.As(err, &ae) && ae.Denied():
 		return []findings.Finding{ae.Finding(cli.Group + "/" + hook)}, nil
 	default:
 		// Transient: tried again; the action is kept alive meanwhile.
 		if beating {
-			env.startHeartbeats(cli, every)
+			a.startHeartbeats(cli, every)
 		}
 		return nil, err
 	}
@@ -226,33 +247,31 @@ func completeWith(ctx context.Context, env *Env, cli *asg.Client) ([]findings.Fi
 
 // lookupMonitor retries the group lookup that failed at boot, with backoff, until it succeeds;
 // then it does what the boot would have done with the group: the checks and the heartbeats
-// (while the launch action still waits), the guard (when the frontend was up already), the
-// lifecycle completion (when the boot already reached it). Its findings say where it stands.
-func lookupMonitor(env *Env, cli *asg.Client, first error) supervisor.Monitor {
-	id := env.Instance.InstanceID
+// (while the launch action still waits) and the lifecycle completion (when the boot already
+// reached it); the guard, waiting for the group, takes it from the state. Its findings say
+// where it stands.
+func (a *autoScaling) lookupMonitor(cli *asg.Client, resolve func(context.Context) (string, error), first error) supervisor.Monitor {
+	id := a.env.Instance.InstanceID
 	// The heartbeat cadence bounds the wait: the action waiting for this instance must hear
 	// from it before its heartbeat timeout.
-	every := asg.HeartbeatEvery(env.Config.ASG.HeartbeatEvery.D(), 0)
+	every := asg.HeartbeatEvery(a.env.Config.ASG.HeartbeatEvery.D(), 0)
 	policy := backoff.Policy{Base: min(10*time.Second, every), Max: every}
 	return supervisor.Monitor{
 		Name:   monitorASGLookup,
 		Within: 5 * time.Minute,
 		Run: func(ctx context.Context, h *supervisor.Handle) error {
-			failed := func(err error) {
-				f := apiFinding(err, id)
-				f.Summary = "cannot look up the instance's Auto Scaling group: self-healing waits until it succeeds; haagent retries it in the background"
-				h.Set(f)
-			}
 			err := first
 			for n := 1; ; n++ {
 				if err != nil {
-					failed(err)
+					f := apiFinding(err, id)
+					f.Summary = "cannot look up the instance's Auto Scaling group: self-healing waits until it succeeds; haagent retries it in the background"
+					h.Set(f)
 					if !waitAlive(ctx, h, policy.Delay(n)) {
 						return nil
 					}
 				}
 				var group string
-				group, err = resolveGroup(ctx, env, cli)
+				group, err = resolve(ctx)
 				if ctx.Err() != nil {
 					return nil
 				}
@@ -261,21 +280,18 @@ func lookupMonitor(env *Env, cli *asg.Client, first error) supervisor.Monitor {
 					continue
 				}
 				if group == "" {
-					env.asg.SetMembership(asg.NotMember)
-					h.Set(findings.New(findings.ASGNotMember, id, "instance "+id+" is in no Auto Scaling group", ""))
+					a.SetMembership(asg.NotMember)
+					h.Set(notMember(id))
 					return supervisor.ErrDone
 				}
 				break
 			}
-			h.Log().Info("the Auto Scaling group is known now: taking over what the boot would have done with it", "group", cli.Group)
-			fs, _ := joinedGroup(ctx, env, cli)
+			log := h.Log()
+			log.Info("the Auto Scaling group is known now: taking over what the boot would have done with it", "group", cli.Group)
+			fs := a.joined(ctx, log, cli)
 			h.Set(fs...)
-			complete, guard := env.asg.Join(cli)
-			if guard {
-				env.startGuard(cli)
-			}
-			for n := 1; complete; n++ {
-				cfs, err := completeWith(ctx, env, cli)
+			for n := 1; a.Join(cli); n++ {
+				cfs, err := a.complete(ctx, log, cli)
 				if err == nil {
 					h.Set(append(fs, cfs...)...)
 					break
@@ -316,34 +332,50 @@ func apiFinding(err error, target string) findings.Finding {
 	return findings.New(findings.ASGAPIFailed, target, "the Auto Scaling part failed", err.Error())
 }
 
-// startGuard starts the replacement guard once the frontend was up on this instance: now if
-// the group is known, else when the asg-lookup monitor finds it.
-func startGuard(env *Env) {
-	if cli := env.asg.WantGuard(); cli != nil {
-		env.startGuard(cli)
+// guardMonitor watches the frontend after it was once up on this instance and, while it is
+// down, takes the replacement decision every recheck_every. While the group is not known (its
+// lookup failed at boot and is retried) it waits for it; without a group or a watcher it has
+// nothing to do.
+func guardMonitor(env *Env) supervisor.Monitor {
+	return supervisor.Monitor{
+		Name: monitorGuard,
+		// A decision runs the probes, backs the keys up and calls Auto Scaling, each bounded.
+		Within: 30 * time.Minute,
+		Run: func(ctx context.Context, h *supervisor.Handle) error {
+			if env.Watcher == nil {
+				return supervisor.ErrDone
+			}
+			auto := env.autoScaling()
+			waiting := false
+			for {
+				switch m, _, cli := auto.Snapshot(); m {
+				case asg.Member:
+					return guard(ctx, env, h, newGuard(env, cli), env.Config.ASG.Replace)
+				case asg.MemberUnknown:
+					if !waiting {
+						h.Log().Info("the replacement guard waits for the Auto Scaling group (its lookup is retried by the " + monitorASGLookup + " monitor)")
+						waiting = true
+					}
+					if !waitAlive(ctx, h, env.Watcher.Poll()) {
+						return nil
+					}
+				default:
+					return supervisor.ErrDone // no group, or the Auto Scaling part is off
+				}
+			}
+		},
 	}
 }
 
-// startGuard runs the replacement-guard monitor: while the frontend is down, it takes the
-// replacement decision every recheck_every. Started twice, it runs once.
-func (env *Env) startGuard(cli *asg.Client) {
-	if env.Watcher == nil {
-		return
-	}
+func newGuard(env *Env, cli *asg.Client) *asg.Guard {
 	a := env.Config.ASG
-	g := &asg.Guard{
+	return &asg.Guard{
 		Enabled: a.Replace.Enabled, FailingFor: a.Replace.FailingFor.D(), Instance: env.Instance.InstanceID, ASG: cli, Log: env.Log,
 		Probe:  func(ctx context.Context) []findings.Finding { return runProbes(ctx, env).Findings },
 		Keys:   func(ctx context.Context) ([]string, error) { return keysNotInS3(ctx, env) },
 		Budget: &asg.Budget{Bucket: env.Bucket, Max: a.Replace.Budget, Window: a.Replace.Window.D(), DailyMax: a.Replace.DailyBudget},
 		Hold:   func(ctx context.Context) string { return replacementHold(ctx, env) },
 	}
-	env.monitors().Start(supervisor.Monitor{
-		Name: monitorGuard,
-		// A decision runs the probes, backs the keys up and calls Auto Scaling, each bounded.
-		Within: 30 * time.Minute,
-		Run:    func(ctx context.Context, h *supervisor.Handle) error { return guard(ctx, env, h, g, a.Replace) },
-	})
 }
 
 func guard(ctx context.Context, env *Env, h *supervisor.Handle, g *asg.Guard, c config.Replace) error {
@@ -375,7 +407,7 @@ func guard(ctx context.Context, env *Env, h *supervisor.Handle, g *asg.Guard, c 
 		case !time.Now().Before(next):
 			d := g.Decide(ctx, state, since)
 			if d.Finding != nil {
-				// Decide logged it in its own words; the record keeps the latest decision.
+				// Decide logged it in its own words: recorded, not logged again.
 				h.Keep(*d.Finding)
 			}
 			if d.Replace {

@@ -10,9 +10,9 @@ import (
 	"github.com/haagent/haagent/internal/findings"
 )
 
-// book is the steps' findings: each step's (a retry replaces that step's earlier ones). Every
-// finding is logged once per run, however often it is reported again. (The monitors' are the
-// supervisor's, under each monitor's name.)
+// book is the steps' findings (a retry replaces that step's earlier ones); each monitor's are
+// the supervisor's, under its name, so a step's retry never deletes them. Every finding a step
+// reports is logged once per run, however often it is reported again.
 type book struct {
 	mu     sync.Mutex
 	steps  map[string][]findings.Finding
@@ -69,7 +69,7 @@ func (b *book) stepFindings(steps []Step) []findings.Finding {
 // recordStep files a step's findings, with the config's overrides applied, and logs each one
 // not yet logged this run through the step's logger.
 func (e *Env) recordStep(log *slog.Logger, name string, fs []findings.Finding) {
-	for _, f := range e.ledger.book.addStep(name, e.adjust(fs...)) {
+	for _, f := range e.book.addStep(name, e.adjust(fs...)) {
 		logFinding(log, f)
 	}
 }
@@ -110,7 +110,9 @@ func logFinding(log *slog.Logger, f findings.Finding) {
 }
 
 func (e *Env) save() {
-	e.ledger.mu.Lock()
-	defer e.ledger.mu.Unlock()
-	e.write()
+	e.persistMu.Lock()
+	defer e.persistMu.Unlock()
+	if e.persist != nil {
+		e.persist()
+	}
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/fetch"
-	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/imds"
 	"github.com/haagent/haagent/internal/lock"
 	"github.com/haagent/haagent/internal/state"
@@ -65,8 +64,8 @@ type Env struct {
 	State
 
 	// Record and Run are the run record and this run in it: the runner writes them, the table's
-	// wiring copies a step's output into them, and the supervisor's monitors' findings and
-	// states reach them at each save (syncRecord).
+	// wiring copies a step's output into them, and monitors' findings reach them through the
+	// supervisor (its Changed saves the record).
 	Record *state.Record
 	Run    *state.Run
 
@@ -74,39 +73,29 @@ type Env struct {
 	// monitor action that writes takes it itself (lockForWrite).
 	HoldsLock atomic.Bool
 
-	// ledger is the runner's: where the record goes and the steps' findings.
-	ledger ledger
+	// book holds the steps' findings; the supervisor holds each monitor's under its name.
+	book book
+	// persistMu guards persist, which saves the run record once the runner is done with it;
+	// monitors' findings arrive later and save it through it.
+	persistMu sync.Mutex
+	persist   func()
 
 	// runCtx is the context of the whole run (set by the runner): monitors run under it, never
 	// under a step's own context, which ends with the step (or its timeout).
 	runCtx context.Context
-	// sup runs what outlives the steps (monitors.go); made on first use by monitors().
+	// sup runs what lives beside and after the steps (supervise.go), made on first use.
 	sup     *supervisor.Supervisor
 	supOnce sync.Once
-	// asg is the Auto Scaling state (asg.go): the group, the launch lifecycle action. It has
-	// its own lock: the asg steps and the monitors (the group lookup, heartbeats, the guard)
-	// both act on it.
-	asg autoScaling
+	// asg is the Auto Scaling part (asg.go): its state, shared by the asg and lifecycle-complete
+	// steps and the monitors, and safe for their concurrent use.
+	asg     autoScaling
+	asgOnce sync.Once
 
 	mu sync.Mutex
 	// keyConflicts is the latest comparison's key conflicts; the runner's save copies it into
 	// the record (a backup scan finds them from its own goroutine).
 	keyConflicts    []fetch.KeyConflict
 	keyConflictsSet bool
-}
-
-// ledger is what the runner keeps of a run besides the record itself.
-type ledger struct {
-	// mu guards every write of the record and its save: the runner's (between steps, the
-	// wiring's output included) and the supervisor's (a monitor's findings changed), from the
-	// monitors' goroutines.
-	mu sync.Mutex
-	// path is where the record is saved ("" saves nothing: `haagent backup keys`), steps the
-	// table whose order the findings keep; both set when the run starts.
-	path  string
-	steps []Step
-	// book holds the steps' findings; the supervisor holds the monitors'.
-	book book
 }
 
 // NewEnv is a boot of these inputs over this run record.
@@ -154,43 +143,6 @@ func BootID() string {
 	return strings.TrimSpace(string(b))
 }
 
-// Drain waits, up to timeout, for the monitors to wind down once the context that runs them
-// has ended: the log forwarding saves how far it got, for the next haagent.
-func (e *Env) Drain(timeout time.Duration) {
-	if e.sup == nil {
-		return
-	}
-	if !e.sup.Wait(timeout) {
-		e.Log.Warn("the monitors did not stop in time; exiting without the log forwarding's last mark (the next haagent may forward up to "+watch.DefaultMarkEvery.String()+" of lines again)",
-			"waited", timeout.String(), "mark", watch.MarkPath)
-	}
-}
-
-// Findings returns the current findings of every step, in table order, then every monitor's:
-// those belong to no step, so a step's retry does not delete them.
-func (e *Env) Findings(steps []Step) []findings.Finding {
-	out := e.ledger.book.stepFindings(steps)
-	if e.sup == nil {
-		return out
-	}
-	return append(out, e.sup.Findings()...)
-}
-
-// write saves the record with the run's current findings and monitors; ledger.mu is held.
-// Before the run started (ledger.path unset) nothing is saved.
-func (e *Env) write() {
-	if e.Run != nil {
-		e.Run.Findings = e.Findings(e.ledger.steps)
-	}
-	e.syncRecord()
-	if e.ledger.path == "" {
-		return
-	}
-	if err := e.Record.Save(e.ledger.path); err != nil {
-		e.Log.Error("cannot save the run record; `haagent status` will be stale", "path", e.ledger.path, "error", err.Error())
-	}
-}
-
 // setKeyConflicts records the outcome of a full comparison of the keys: the record keeps it
 // from the next save on. The slice is replaced, never changed in place.
 func (e *Env) setKeyConflicts(cs []fetch.KeyConflict) {
@@ -200,14 +152,11 @@ func (e *Env) setKeyConflicts(cs []fetch.KeyConflict) {
 }
 
 // syncRecord copies what other goroutines found into the record before it is saved; it runs
-// only where the record is written (under ledger.mu).
+// only where the record is written (the runner, or persist under persistMu).
 func (e *Env) syncRecord() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.keyConflictsSet {
 		e.Record.KeyConflicts = e.keyConflicts
-	}
-	if e.Run != nil && e.sup != nil {
-		e.Run.Monitors = e.sup.Statuses()
 	}
 }

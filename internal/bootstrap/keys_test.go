@@ -189,7 +189,7 @@ func TestKeysScanRestoresABackupDeletedFromTheBucket(t *testing.T) {
 	env := quietEnv(Inputs{Root: root}, nil)
 	env.Config, env.Bucket, env.Instance = cfg, b, imds.Info{InstanceID: "i-0this"}
 	ctx := context.Background()
-	set := func(...findings.Finding) {}
+	set := func(...findings.Finding) {} // the monitor's Set: its findings are not what this test is about
 	var sc keyScanner
 	backedUp := func() bool {
 		return string(s.Object("circleci-ha", "circleci-encryption-keys/00-default.key")) == "the only key"

@@ -6,24 +6,22 @@ import (
 	"strings"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
-
 	"github.com/haagent/haagent/internal/backup"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/supervisor"
 	"github.com/haagent/haagent/internal/watch"
 )
 
-// What outlives the boot steps runs as monitors under one supervisor (internal/supervisor):
-// the frontend's log forwarding, crash-loop detection, the Docker engine's state and the
-// periodic keys backup here (steps return them; the table's wiring starts them); the Auto
-// Scaling lookup, heartbeats and the replacement guard in asg.go (the Auto Scaling state
-// starts them). Each files its findings under its name; the supervisor restarts one that fails and
-// feeds systemd's watchdog only while every one of them iterates.
+// What outlives the boot steps runs as monitors under one supervisor (internal/supervisor,
+// wired in supervise.go): the frontend's log forwarding, crash-loop detection, the Docker
+// engine's state and the periodic keys backup here, returned by the steps that start them; the
+// Auto Scaling lookup, heartbeats and the replacement guard in asg.go. Each files its findings
+// under its name; the supervisor restarts one that fails and feeds systemd's watchdog only while
+// every one of them iterates.
 
 // Monitor names (HAAGENT_MONITOR in the journal, the run record's monitors).
 const (
-	monitorLogs    = "log-forwarding"
+	monitorLogs    = "frontend-logs"
 	monitorCrashes = "crash-loops"
 	monitorEngine  = "docker-engine"
 	monitorKeys    = "keys-scan"
@@ -33,39 +31,19 @@ const (
 // watch's CallTimeout (15 s), a round makes at most a few, and their waits wake every Poll.
 const watchWithin = 2 * time.Minute
 
-// monitors is the run's supervisor, made on first use under the run's context: what it runs
-// outlives the step that starts it.
-func (e *Env) monitors() *supervisor.Supervisor {
-	e.supOnce.Do(func() {
-		watchdog, _ := daemon.SdWatchdogEnabled(false)
-		e.sup = supervisor.New(e.monitorCtx(), supervisor.Options{
-			Log: e.Log, Notify: Notify, Watchdog: watchdog, Adjust: e.adjust, Changed: e.save,
-		})
-	})
-	return e.sup
-}
-
-// monitorsHealthy reports whether every monitor iterates: the runner feeds the watchdog during
-// the steps only then.
-func (e *Env) monitorsHealthy() bool { return e.monitors().Healthy() == nil }
-
-// WatchMonitors is haagent's main loop after the boot, until ctx ends: it feeds systemd's
-// watchdog while every monitor iterates, so a wedged one gets haagent restarted.
-func (e *Env) WatchMonitors(ctx context.Context) { e.monitors().Watch(ctx) }
-
 // followMonitor forwards the frontend's log lines into the journal for as long as haagent
 // runs. The haagent before this one left a mark of how far it forwarded; without one, lines
-// from before this run (from) are taken as forwarded by an older haagent.
-func followMonitor(w *watch.Watcher, from time.Time) supervisor.Monitor {
-	return supervisor.Monitor{Name: monitorLogs, Within: watchWithin, Run: func(ctx context.Context, h *supervisor.Handle) error {
-		w.Follow(ctx, from, h.Alive)
+// from before since (this run's start) are taken as forwarded by an older haagent.
+func followMonitor(w *watch.Watcher, since time.Time) Monitor {
+	return Monitor{Name: monitorLogs, Within: watchWithin, Run: func(ctx context.Context, h *Handle) error {
+		w.Follow(ctx, since, h.Alive)
 		return nil
 	}}
 }
 
 // crashLoopMonitor reports the frontend dying again and again, with what the probes say now.
-func crashLoopMonitor(env *Env, w *watch.Watcher, container string) supervisor.Monitor {
-	return supervisor.Monitor{Name: monitorCrashes, Within: watchWithin, Run: func(ctx context.Context, h *supervisor.Handle) error {
+func crashLoopMonitor(env *Env, w *watch.Watcher, container string) Monitor {
+	return Monitor{Name: monitorCrashes, Within: watchWithin, Run: func(ctx context.Context, h *Handle) error {
 		w.CrashLoops(ctx, h.Alive, func(dies int, window time.Duration) {
 			probed := runProbes(ctx, env).Findings
 			last := strings.Join(w.LastLines(), " | ")
@@ -80,49 +58,44 @@ func crashLoopMonitor(env *Env, w *watch.Watcher, container string) supervisor.M
 	}}
 }
 
-// engineMonitor is the docker-engine monitor, whose finding says while the engine does not
-// answer.
-func engineMonitor(w *watch.Watcher) supervisor.Monitor {
-	return supervisor.Monitor{Name: monitorEngine, Within: watchWithin, Run: func(ctx context.Context, h *supervisor.Handle) error {
-		return engineState(ctx, h, w)
-	}}
-}
-
-// engineState turns the watcher's view of the engine into a finding: a wedged dockerd is a
+// engineMonitor turns the watcher's view of the engine into a finding: a wedged dockerd is a
 // state the journal and status show (DOCKER_NOT_ANSWERING), withdrawn when it answers again;
 // never a reason to stop feeding the watchdog, which would only restart haagent in a loop.
-func engineState(ctx context.Context, h *supervisor.Handle, w *watch.Watcher) error {
-	t := time.NewTicker(w.Poll())
-	defer t.Stop()
-	var was error
-	for {
-		h.Alive()
-		switch err := w.EngineErr(); {
-		case err != nil && was == nil:
-			h.Set(findings.New(findings.DockerNotAnswering, "dockerd", "the Docker engine does not answer; the frontend cannot be watched", findings.Redact(err.Error())))
-		case err == nil && was != nil:
-			h.Log().Info("the Docker engine answers again")
-			h.Set()
+func engineMonitor(w *watch.Watcher) Monitor {
+	return Monitor{Name: monitorEngine, Within: watchWithin, Run: func(ctx context.Context, h *Handle) error {
+		t := time.NewTicker(w.Poll())
+		defer t.Stop()
+		var was error
+		for {
+			h.Alive()
+			err := w.EngineErr()
+			switch {
+			case err != nil && was == nil:
+				h.Set(findings.New(findings.DockerNotAnswering, "dockerd", "the Docker engine does not answer; the frontend cannot be watched", findings.Redact(err.Error())))
+			case err == nil && was != nil:
+				h.Log().Info("the Docker engine answers again")
+				h.Set()
+			}
+			was = err
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			}
 		}
-		was = w.EngineErr()
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-	}
+	}}
 }
 
 // keyScanMonitor is the periodic keys backup that runs for as long as haagent does. Each scan
 // that writes takes the run lock (lockForWrite): while the boot steps run this process holds it
 // already; afterwards an on-demand command may hold it, and the scan waits.
-func keyScanMonitor(env *Env) supervisor.Monitor {
-	return supervisor.Monitor{
+func keyScanMonitor(env *Env) Monitor {
+	return Monitor{
 		Name: monitorKeys,
 		// A scan lists the keys and may upload them all, each request bounded by the fetch's
 		// timeout and attempts.
 		Within: 30 * time.Minute,
-		Run: func(ctx context.Context, h *supervisor.Handle) error {
+		Run: func(ctx context.Context, h *Handle) error {
 			scanKeys(ctx, env, h, env.Config.Backup.ScanEvery.D())
 			return nil
 		},
@@ -131,7 +104,7 @@ func keyScanMonitor(env *Env) supervisor.Monitor {
 
 // scanKeys looks at the keys directory every period and backs it up again when it changed, or
 // while the last backup left a key out (a conflict, a failed upload, a key still being
-// written). Its findings are the keys-scan monitor's: they join the run record and the journal.
+// written). Its findings are the monitor's: each scan's replace the last's in the run record.
 func scanKeys(ctx context.Context, env *Env, h *supervisor.Handle, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()

@@ -11,42 +11,8 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/findings"
-	"github.com/haagent/haagent/internal/state"
 	"github.com/haagent/haagent/internal/supervisor"
 )
-
-// A finding raised beside the steps (a crash loop, the guard's decision) is its monitor's, not
-// the running step's: retrying the step that happened to run must not delete it, and the run
-// record shows it under the monitor's name.
-func TestMonitorFindingsOutliveAStepRetry(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	env := NewEnv(Inputs{Log: slog.New(slog.DiscardHandler)}, &state.Record{})
-	env.runCtx = ctx
-	env.Record.Runs = append(env.Record.Runs, state.Run{ID: "r"})
-	env.Run = env.Record.Last()
-	steps := []Step{{Name: "watch"}}
-	env.ledger.book.beginStep("watch")
-	set := make(chan struct{})
-	env.monitors().Start(supervisor.Monitor{Name: monitorCrashes, Within: time.Hour, Run: func(ctx context.Context, h *supervisor.Handle) error {
-		h.Set(findings.New(findings.FrontendCrashLoop, "frontend", "frontend died 5 times within 10m0s", ""))
-		close(set)
-		<-ctx.Done()
-		return nil
-	}})
-	<-set
-	env.ledger.book.beginStep("watch") // the step is retried
-	got := env.Findings(steps)
-	if len(got) != 1 || got[0].Code != findings.FrontendCrashLoop {
-		t.Fatalf("findings after a retry: %+v", got)
-	}
-	env.syncRecord()
-	if m := env.Run.Monitors; len(m) != 1 || m[0].Name != monitorCrashes || len(m[0].Findings) != 1 {
-		t.Fatalf("the run record's monitors: %+v", m)
-	}
-	cancel()
-	env.Drain(10 * time.Second)
-}
 
 // signal closes a channel the first time a log line holds a string.
 type signal struct {
@@ -94,8 +60,8 @@ func TestAWedgedMonitorStopsTheWatchdogAfterTheBoot(t *testing.T) {
 
 	unblock := make(chan struct{})
 	stalled := &signal{want: "monitor wedged is blocked", seen: make(chan struct{})}
-	env := NewEnv(Inputs{Log: slog.New(slog.NewTextHandler(stalled, nil))}, &state.Record{})
-	r := &Runner{Steps: []Step{{Name: "start", Do: do(func(ctx context.Context) error {
+	env := quietEnv(Inputs{Log: slog.New(slog.NewTextHandler(stalled, nil))}, nil)
+	r := &Runner{Steps: []Step{{Name: "start", Do: Wire(func(e *Env) *Env { return e }, func(ctx context.Context, _ Exec, env *Env) (struct{}, []findings.Finding, error) {
 		env.monitors().Start(supervisor.Monitor{Name: "wedged", Within: 50 * time.Millisecond, Run: func(ctx context.Context, h *supervisor.Handle) error {
 			h.Alive()
 			select { // blocked until the test lets it go
@@ -114,8 +80,8 @@ func TestAWedgedMonitorStopsTheWatchdogAfterTheBoot(t *testing.T) {
 				}
 			}
 		}})
-		return nil
-	})}}}
+		return struct{}{}, nil, nil
+	}, nil)}}}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer func() { cancel(); env.Drain(10 * time.Second) }()
 	if err := r.Run(ctx, env); err != nil {
@@ -123,7 +89,7 @@ func TestAWedgedMonitorStopsTheWatchdogAfterTheBoot(t *testing.T) {
 	}
 	go env.WatchMonitors(ctx)
 	<-stalled.seen
-	if got := findings.Codes(env.Findings(nil)); got != supervisor.MonitorStalled.String() {
+	if got := findings.Codes(env.monitors().Findings()); got != supervisor.MonitorStalled.String() {
 		t.Fatalf("findings of a blocked monitor: %s", got)
 	}
 	// None after it counts as blocked: drain what was queued, then watch ten intervals.
@@ -148,7 +114,88 @@ func TestAWedgedMonitorStopsTheWatchdogAfterTheBoot(t *testing.T) {
 			break
 		}
 	}
-	if got := env.Findings(nil); len(got) != 0 {
+	if got := env.monitors().Findings(); len(got) != 0 {
 		t.Fatalf("findings once the monitor iterates again: %+v", got)
+	}
+}
+
+// During the steps the runner's loop feeds the watchdog, and asks the supervisor first: a
+// monitor started by an earlier step (the log forwarding, while the watch waits for a first
+// install for half an hour) that is blocked stops the pings there too.
+func TestAWedgedMonitorStopsTheWatchdogDuringTheSteps(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	t.Setenv("WATCHDOG_USEC", "20000") // pings every 10 ms
+	t.Setenv("WATCHDOG_PID", "")
+	pings := make(chan string, 1000)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(pings)
+				return
+			}
+			pings <- string(buf[:n])
+		}
+	}()
+	stalled := &signal{want: "monitor wedged is blocked", seen: make(chan struct{})}
+	env := quietEnv(Inputs{Log: slog.New(slog.NewTextHandler(stalled, nil))}, nil)
+	unblock, finish := make(chan struct{}), make(chan struct{})
+	start := Wire(func(e *Env) *Env { return e }, func(ctx context.Context, _ Exec, env *Env) (struct{}, []findings.Finding, error) {
+		env.supervise(Monitor{Name: "wedged", Within: 50 * time.Millisecond, Run: func(ctx context.Context, h *Handle) error {
+			h.Alive()
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-unblock:
+			}
+			t := time.NewTicker(5 * time.Millisecond)
+			defer t.Stop()
+			for {
+				h.Alive()
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-t.C:
+				}
+			}
+		}})
+		return struct{}{}, nil, nil
+	}, nil)
+	r := &Runner{Steps: []Step{{Name: "start", Do: start}, {Name: "wait", Do: do(func(ctx context.Context) error { <-finish; return nil })}}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); env.Drain(10 * time.Second) }()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx, env) }()
+	<-stalled.seen
+	for len(pings) > 0 {
+		<-pings
+	}
+	quiet := time.After(100 * time.Millisecond)
+	for q := false; !q; {
+		select {
+		case m := <-pings:
+			if m == "WATCHDOG=1" {
+				t.Fatal("the runner still feeds the watchdog while a monitor is blocked")
+			}
+		case <-quiet:
+			q = true
+		}
+	}
+	close(unblock)
+	for m := range pings {
+		if m == "WATCHDOG=1" {
+			break
+		}
+	}
+	close(finish)
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/logging"
 	"github.com/haagent/haagent/internal/state"
-	"github.com/haagent/haagent/internal/supervisor"
 )
 
 // lines is a slog handler that keeps every record with its attributes (the logger's own
@@ -129,7 +128,7 @@ func TestMonitorFindingsReachTheRecordWhileStepsRun(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.json")
 	started, set := make(chan struct{}), make(chan struct{})
 	crash := findings.New(findings.FrontendCrashLoop, "frontend", "frontend died 5 times within 10m0s", "")
-	mon := supervisor.Monitor{Name: monitorCrashes, Within: time.Hour, Run: func(ctx context.Context, h *supervisor.Handle) error {
+	mon := Monitor{Name: "crash-loops", Run: func(ctx context.Context, h *Handle) error {
 		<-started // the runner wrote the record for the watch step's start: what follows is the monitor's own save
 		h.Set(crash)
 		close(set)
@@ -139,10 +138,10 @@ func TestMonitorFindingsReachTheRecordWhileStepsRun(t *testing.T) {
 	var during *state.Record
 	steps := []Step{
 		{Name: "watch-start", Do: Wire(func(*Env) struct{} { return struct{}{} },
-			func(context.Context, Exec, struct{}) ([]supervisor.Monitor, []findings.Finding, error) {
-				return []supervisor.Monitor{mon}, nil, nil
+			func(context.Context, Exec, struct{}) ([]Monitor, []findings.Finding, error) {
+				return []Monitor{mon}, nil, nil
 			},
-			func(e *Env, ms []supervisor.Monitor) { e.start(ms...) })},
+			func(e *Env, ms []Monitor) { e.supervise(ms...) })},
 		{Name: "watch", Do: do(func(context.Context) error {
 			close(started)
 			<-set
@@ -159,8 +158,11 @@ func TestMonitorFindingsReachTheRecordWhileStepsRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	ms := during.Last().Monitors
-	if len(ms) != 1 || ms[0].Name != monitorCrashes || len(ms[0].Findings) != 1 || ms[0].Findings[0].Code != findings.FrontendCrashLoop {
+	if len(ms) != 1 || ms[0].Name != "crash-loops" || len(ms[0].Findings) != 1 || ms[0].Findings[0].Code != findings.FrontendCrashLoop {
 		t.Fatalf("the record on disk while the watch ran: monitors %+v", ms)
+	}
+	if fs := during.Last().Findings; len(fs) != 0 {
+		t.Fatalf("a monitor's finding was filed under a step: %+v", fs)
 	}
 }
 

@@ -65,7 +65,6 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 	env.runCtx = ctx
 	now := time.Now().UTC()
 	r.update(env, func() {
-		env.ledger.path, env.ledger.steps = r.StatePath, r.Steps
 		env.Record.Runs = append(env.Record.Runs, state.Run{
 			ID:     now.Format("20060102T150405Z") + fmt.Sprintf("-%d", os.Getpid()),
 			BootID: BootID(), Mode: mode, PID: os.Getpid(), Start: now, Status: state.Running,
@@ -73,6 +72,9 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 		env.Run = env.Record.Last()
 	})
 	// Monitors' findings save the record as they come, from their own goroutines.
+	env.persistMu.Lock()
+	env.persist = func() { r.write(env) }
+	env.persistMu.Unlock()
 	if r.BootRunsPath != "" {
 		if err := state.MarkThisBoot(r.BootRunsPath, env.Run.ID); err != nil {
 			env.Log.Error("cannot mark the run as this boot's; `haagent status --wait` will not see it", "error", err.Error())
@@ -152,7 +154,7 @@ type outcome struct {
 }
 
 func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, watchdog time.Duration) error {
-	env.ledger.book.beginStep(s.Name)
+	env.book.beginStep(s.Name)
 	log := env.Log.With("step", s.Name)
 	start := time.Now()
 	r.update(env, func() {
@@ -214,9 +216,10 @@ func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, 
 }
 
 // await waits for the step, feeding the watchdog from this loop while the step is within its
-// time and every monitor started so far iterates (healthy). A step that goes on past its timeout and the grace ignores its context: the pings
-// stop, so systemd's watchdog restarts haagent (the installer runs in a unit of its own and
-// survives that). Without a watchdog (run --once, tests) a hung step fails the run instead.
+// time and every monitor started so far iterates (healthy). A step that goes on past its
+// timeout and the grace ignores its context: the pings stop, so systemd's watchdog restarts
+// haagent (the installer runs in a unit of its own and survives that). Without a watchdog
+// (run --once, tests) a hung step fails the run instead.
 // An attempt given up on as hung returns no outcome: its output is never applied.
 func (r *Runner) await(s Step, log *slog.Logger, done <-chan outcome, timeout, watchdog time.Duration, healthy func() bool) (outcome, error) {
 	grace := r.Grace
@@ -283,15 +286,31 @@ func (r *Runner) finish(env *Env, status string, err error) error {
 	return err
 }
 
-// update changes the run record and saves it, under ledger.mu: the supervisor saves it from
-// the monitors' goroutines too (Env.save), and must never see it half changed.
+// update changes the run record and saves it, under persistMu: monitors save it from their own
+// goroutines (their findings), and must never see it half changed.
 func (r *Runner) update(env *Env, change func()) {
-	env.ledger.mu.Lock()
-	defer env.ledger.mu.Unlock()
+	env.persistMu.Lock()
+	defer env.persistMu.Unlock()
 	change()
-	env.write()
+	r.write(env)
 }
 
+// write saves the record with the run's current findings; persistMu is held.
+func (r *Runner) write(env *Env) {
+	if env.Run != nil {
+		env.Run.Findings = env.book.stepFindings(r.Steps)
+		env.Run.Monitors = env.monitorRecord()
+	}
+	if r.StatePath == "" {
+		return
+	}
+	env.syncRecord()
+	if err := env.Record.Save(r.StatePath); err != nil {
+		env.Log.Error("cannot save the run record; `haagent status` will be stale", "path", r.StatePath, "error", err.Error())
+	}
+}
+
+// sleep waits d between two attempts, feeding the watchdog while the monitors are healthy.
 func sleep(ctx context.Context, d time.Duration, watchdog time.Duration, healthy func() bool) error {
 	t := time.NewTimer(d)
 	defer t.Stop()

@@ -71,6 +71,56 @@ func TestAFailedStepGoesBackToItsRetryTarget(t *testing.T) {
 	}
 }
 
+// A finding raised beside the steps (a crash loop, the guard's decision) belongs to no step but
+// to its monitor: retrying the step that happened to run must not delete it, and the record
+// shows it under the monitor's name.
+func TestLateFindingsOutliveAStepRetry(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	env := quietEnv(Inputs{}, nil)
+	env.runCtx = ctx
+	defer func() { cancel(); env.Drain(10 * time.Second) }()
+	// A monitor that sets what it is sent, and says when it has.
+	type set struct{ fs []findings.Finding }
+	monitor := func(name string) (chan<- set, <-chan struct{}) {
+		in, done := make(chan set), make(chan struct{})
+		env.supervise(Monitor{Name: name, Within: time.Hour, Run: func(ctx context.Context, h *Handle) error {
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case s := <-in:
+					h.Set(s.fs...)
+					done <- struct{}{}
+				}
+			}
+		}})
+		return in, done
+	}
+	crash, crashed := monitor("crash-loops")
+	guard, guarded := monitor("guard")
+	engine, engined := monitor("docker-engine")
+	env.book.beginStep("watch")
+	crash <- set{[]findings.Finding{findings.New(findings.FrontendCrashLoop, "frontend", "frontend died 5 times within 10m0s", "")}}
+	<-crashed
+	guard <- set{[]findings.Finding{findings.New(findings.ASGReplacementWithheld, "i-1", "first decision", "")}}
+	<-guarded
+	guard <- set{[]findings.Finding{findings.New(findings.ASGReplacementWithheld, "i-1", "second decision", "")}}
+	<-guarded
+	env.book.beginStep("watch") // the step is retried
+	got := env.monitorRecord()
+	if len(got) != 3 || got[0].Name != "crash-loops" || got[0].Findings[0].Code != findings.FrontendCrashLoop ||
+		got[1].Name != "guard" || len(got[1].Findings) != 1 || got[1].Findings[0].Summary != "second decision" {
+		t.Fatalf("monitor findings after a retry: %+v", got)
+	}
+	engine <- set{[]findings.Finding{findings.New(findings.DockerNotAnswering, "dockerd", "no answer", "")}}
+	<-engined
+	engine <- set{}
+	<-engined
+	if got := env.monitors().Findings(); len(got) != 2 {
+		t.Fatalf("a withdrawn monitor finding is still there: %+v", got)
+	}
+}
+
 // A step that ignores its context past its timeout stops the watchdog pings, so systemd
 // restarts haagent; a step that honours it fails with the timeout and is retried.
 func TestAHungStepStopsTheWatchdog(t *testing.T) {
@@ -167,12 +217,12 @@ func TestOverridesApplyToEveryCodeButTheSafetyCodes(t *testing.T) {
 	cfg.Probes.Overrides["KEYS_CONFLICT"] = config.Override{Severity: "info"}
 	env := quietEnv(Inputs{}, &state.Record{})
 	env.Config = cfg
-	env.ledger.book.beginStep("validate-files")
+	env.book.beginStep("validate-files")
 	env.recordStep(env.Log, "validate-files", []findings.Finding{
 		findings.New(findings.FileInvalid, "/etc/replicated.conf", "TlsBootstrapHostname is empty", ""),
 		findings.New(findings.KeysConflict, "/data/circle/circleci-encryption-keys/k", "differs", ""),
 	})
-	got := env.ledger.book.stepFindings([]Step{{Name: "validate-files"}})
+	got := env.book.stepFindings([]Step{{Name: "validate-files"}})
 	if got[0].Severity != findings.Warning || got[0].Blocking {
 		t.Errorf("the override did not apply to a validate-files code: %+v", got[0])
 	}

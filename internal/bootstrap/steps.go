@@ -25,7 +25,6 @@ import (
 	"github.com/haagent/haagent/internal/logging"
 	"github.com/haagent/haagent/internal/probes"
 	"github.com/haagent/haagent/internal/replicated"
-	"github.com/haagent/haagent/internal/supervisor"
 	"github.com/haagent/haagent/internal/validate"
 	"github.com/haagent/haagent/internal/watch"
 )
@@ -121,14 +120,11 @@ var Steps = []Step{
 		},
 		stepConfig,
 		func(e *Env, o configOut) { e.Config, e.Bucket = o.Config, o.Bucket })},
-	// The Auto Scaling steps act on the Auto Scaling state (asg.go), which has a home and a
-	// lock of its own: a group lookup that failed here is retried by a monitor, which then
-	// does what these steps would have (the heartbeats, the guard, the completion).
 	{Name: "asg", Timeout: fixed(10 * time.Minute), Do: Wire(
 		func(e *Env) asgIn {
-			return asgIn{SetUp: func(ctx context.Context) []findings.Finding { return setUpASG(ctx, e) }}
+			return asgIn{Config: e.Config.ASG, Instance: e.Instance, IMDS: e.IMDS, Auto: e.autoScaling()}
 		},
-		stepASG, nil)},
+		stepASG, nil)}, // its state and monitors are the Auto Scaling part's own (asg.go)
 	{Name: "fetch", Timeout: fixed(30 * time.Minute), Do: Wire(
 		func(e *Env) fetchIn {
 			return fetchIn{Root: e.Root, Config: e.Config, Bucket: e.Bucket, Instance: e.Instance.InstanceID, Known: e.Record.Known,
@@ -187,29 +183,23 @@ var Steps = []Step{
 	{Name: "watch-start", Timeout: fixed(5 * time.Minute), Do: Wire(
 		func(e *Env) watchStartIn {
 			return watchStartIn{Root: e.Root, Config: e.Config, Watcher: e.Watcher, Since: e.Run.Start,
-				Completed: e.Record.CompletedOn(e.Instance.InstanceID), KeysScan: keyScanMonitor(e),
-				CrashLoops: func(w *watch.Watcher) supervisor.Monitor { return crashLoopMonitor(e, w, e.Config.Watch.Container) }}
+				Completed: e.Record.CompletedOn(e.Instance.InstanceID),
+				KeysScan:  keyScanMonitor(e), Guard: guardMonitor(e),
+				CrashLoops: func(w *watch.Watcher) Monitor { return crashLoopMonitor(e, w, e.Config.Watch.Container) }}
 		},
 		stepWatchStart,
 		func(e *Env, o watchStartOut) {
 			e.Watcher = o.Watcher
-			e.start(o.Monitors...)
-			if o.Guard {
-				startGuard(e)
-			}
+			e.supervise(o.Monitors...)
 		})},
 	{Name: "watch", Do: Wire(
-		func(e *Env) watchIn { return watchIn{Config: e.Config.Watch, Watcher: e.Watcher} },
-		stepWatch,
-		func(e *Env, o watchOut) {
-			if o.Guard {
-				startGuard(e)
-			}
-		})},
-	{Name: "lifecycle-complete", Timeout: fixed(10 * time.Minute), Do: Wire(
-		func(e *Env) lifecycleIn {
-			return lifecycleIn{Complete: func(ctx context.Context) ([]findings.Finding, error) { return completeLifecycle(ctx, e) }}
+		func(e *Env) watchIn {
+			return watchIn{Config: e.Config.Watch, Watcher: e.Watcher, Guard: guardMonitor(e)}
 		},
+		stepWatch,
+		func(e *Env, o watchOut) { e.supervise(o.Monitors...) })},
+	{Name: "lifecycle-complete", Timeout: fixed(10 * time.Minute), Do: Wire(
+		func(e *Env) lifecycleIn { return lifecycleIn{Enabled: e.Config.ASG.Enabled, Auto: e.autoScaling()} },
 		stepLifecycleComplete, nil)},
 	{Name: "backup-keys", Timeout: fixed(30 * time.Minute), Do: Wire(
 		func(e *Env) backupIn {
@@ -221,7 +211,7 @@ var Steps = []Step{
 			if o.ConflictsKnown {
 				e.setKeyConflicts(o.Conflicts)
 			}
-			e.start(o.Monitors...)
+			e.supervise(o.Monitors...)
 		})},
 }
 
@@ -335,18 +325,6 @@ func (o buckets) open(ctx context.Context, name, prefix string) (*bucket.Bucket,
 		// Every object haagent writes (keys, cookie key, replacement ledger) gets the same SSE.
 		Encryption: bucket.Encryption{SSE: c.Backup.SSE, KMSKeyID: c.Backup.KMSKeyID},
 	})
-}
-
-type asgIn struct {
-	// SetUp finds the group, checks it and keeps the launch lifecycle action alive (asg.go).
-	SetUp func(context.Context) []findings.Finding
-}
-
-// stepASG sets up the Auto Scaling part. Nothing here blocks the boot: CircleCI coming up
-// matters more than the group's bookkeeping, and a hook that defaults to CONTINUE puts the
-// instance in service on its own.
-func stepASG(ctx context.Context, x Exec, in asgIn) (struct{}, []findings.Finding, error) {
-	return struct{}{}, in.SetUp(ctx), nil
 }
 
 type fetchIn struct {
@@ -789,16 +767,14 @@ type watchStartIn struct {
 	// back is a failure for the guard to judge; on a first boot it is the install still running.
 	Completed bool
 	// The monitors this step may start.
-	KeysScan   supervisor.Monitor
-	CrashLoops func(*watch.Watcher) supervisor.Monitor
+	KeysScan   Monitor
+	Guard      Monitor
+	CrashLoops func(*watch.Watcher) Monitor
 }
 
 type watchStartOut struct {
 	Watcher  *watch.Watcher
-	Monitors []supervisor.Monitor
-	// Guard asks the Auto Scaling state for the replacement guard (it starts once the group
-	// is known).
-	Guard bool
+	Monitors []Monitor
 }
 
 // stepWatchStart connects to the Docker engine and starts what watches the frontend while it
@@ -830,19 +806,21 @@ func stepWatchStart(ctx context.Context, x Exec, in watchStartIn) (watchStartOut
 	if err != nil {
 		return watchStartOut{}, nil, err
 	}
-	// On an instance whose frontend was up before, a frontend that never comes back is a
-	// failure the guard judges; on a first boot it is the install still running.
-	return watchStartOut{Watcher: w, Monitors: []supervisor.Monitor{followMonitor(w, in.Since), in.CrashLoops(w), engineMonitor(w), in.KeysScan},
-		Guard: in.Completed}, nil, nil
+	out := watchStartOut{Watcher: w, Monitors: []Monitor{followMonitor(w, in.Since), in.KeysScan, in.CrashLoops(w), engineMonitor(w)}}
+	if in.Completed {
+		out.Monitors = append(out.Monitors, in.Guard)
+	}
+	return out, nil, nil
 }
 
 type watchIn struct {
 	Config  config.Watch
 	Watcher *watch.Watcher // nil with the watch disabled
+	Guard   Monitor
 }
 
 type watchOut struct {
-	Guard bool // the frontend is up: the replacement guard watches it from now on
+	Monitors []Monitor
 }
 
 // stepWatch waits for the frontend container to run (and be healthy); then the guard watches
@@ -856,21 +834,7 @@ func stepWatch(ctx context.Context, x Exec, in watchIn) (watchOut, []findings.Fi
 		return watchOut{}, nil, fmt.Errorf("waiting for %s: %w", in.Config.Container, err)
 	}
 	x.Log.Info("frontend is up", "container", in.Config.Container)
-	return watchOut{Guard: true}, nil, nil
-}
-
-type lifecycleIn struct {
-	// Complete completes the launch lifecycle action, when one waits (asg.go).
-	Complete func(context.Context) ([]findings.Finding, error)
-}
-
-// stepLifecycleComplete tells the group the instance is ready: CONTINUE puts it in service
-// (and behind a load balancer). It runs once the frontend is up, before the keys backup, which
-// is what a later replacement needs, not what this instance needs to serve. A transient
-// failure is retried (the action is kept alive meanwhile).
-func stepLifecycleComplete(ctx context.Context, x Exec, in lifecycleIn) (struct{}, []findings.Finding, error) {
-	fs, err := in.Complete(ctx)
-	return struct{}{}, fs, err
+	return watchOut{Monitors: []Monitor{in.Guard}}, nil, nil
 }
 
 type backupIn struct {
@@ -878,13 +842,13 @@ type backupIn struct {
 	Keys      backup.Options
 	Entry     config.Entry
 	Completed bool
-	KeysScan  supervisor.Monitor
+	KeysScan  Monitor
 }
 
 type backupOut struct {
 	Conflicts      []fetch.KeyConflict
 	ConflictsKnown bool
-	Monitors       []supervisor.Monitor
+	Monitors       []Monitor
 }
 
 // StepBackupKeys copies encryption keys that exist only on this machine to the bucket, after
@@ -897,7 +861,7 @@ func StepBackupKeys(ctx context.Context, x Exec, in backupIn) (backupOut, []find
 		if in.Completed {
 			// A reboot with S3 down (the fetch went on with the last good files): the keys were
 			// backed up by an earlier boot; the scan compares them once S3 answers.
-			return backupOut{Monitors: []supervisor.Monitor{in.KeysScan}}, []findings.Finding{findings.New(findings.KeysBackupSkipped, in.Bucket.URI(in.Entry.Key),
+			return backupOut{Monitors: []Monitor{in.KeysScan}}, []findings.Finding{findings.New(findings.KeysBackupSkipped, in.Bucket.URI(in.Entry.Key),
 				"S3 is unreachable: the encryption keys were not compared with the bucket", err.Error())}, nil
 		}
 		// A first boot: the keys CircleCI just made exist only here. Not complete until they
@@ -910,7 +874,7 @@ func StepBackupKeys(ctx context.Context, x Exec, in backupIn) (backupOut, []find
 	if err != nil {
 		return backupOut{}, nil, err
 	}
-	out := backupOut{Conflicts: res.Details, ConflictsKnown: true, Monitors: []supervisor.Monitor{in.KeysScan}}
+	out := backupOut{Conflicts: res.Details, ConflictsKnown: true, Monitors: []Monitor{in.KeysScan}}
 	x.Log.Info("encryption keys backed up", "uploaded", len(res.Uploaded), "in_sync", len(res.InSync),
 		"conflicts", len(res.Conflicts), "not_backed_up", len(res.NotBackedUp))
 	if errs := errorsOf(res.Findings); len(errs) > 0 {
@@ -950,12 +914,12 @@ func BackupKeysNow(res *backup.Result) Step {
 }
 
 // keysOptions is where the keys are, for the backup: the layout's entry and what the run
-// record knows of the bucket's copies. The record is read under ledger.mu: a monitor (the keys
+// record knows of the bucket's copies. The record is read under persistMu: a monitor (the keys
 // scan, the guard) asks while the runner may be writing it.
 func (e *Env) keysOptions() backup.Options {
 	k := layoutEntry(e.Config, "encryption_keys")
-	e.ledger.mu.Lock()
-	defer e.ledger.mu.Unlock()
+	e.persistMu.Lock()
+	defer e.persistMu.Unlock()
 	known := map[string]fetch.Known{}
 	for _, kn := range e.Record.Known {
 		if strings.HasPrefix(kn.Key, k.Key) {
@@ -969,11 +933,4 @@ func (e *Env) keysOptions() backup.Options {
 // crash loop and the guard ask what the probe step asked.
 func runProbes(ctx context.Context, env *Env) *probes.Report {
 	return probes.Run(ctx, env.Root, probes.OptionsFrom(env.Config))
-}
-
-// start hands the monitors a step returned to the supervisor, which runs each name once.
-func (e *Env) start(ms ...supervisor.Monitor) {
-	for _, m := range ms {
-		e.monitors().Start(m)
-	}
 }

@@ -269,6 +269,24 @@ func (r *Running) Stop() {
 	<-done
 }
 
+// Stop stops the monitor of that name as Running.Stop does, and reports whether one was
+// running (or waiting to restart).
+func (s *Supervisor) Stop(name string) bool {
+	s.mu.Lock()
+	var e *entry
+	for _, x := range s.entries {
+		if x.m.Name == name && (x.state == StateRunning || x.state == StateRestarting) {
+			e = x
+		}
+	}
+	s.mu.Unlock()
+	if e == nil {
+		return false
+	}
+	(&Running{s: s, e: e}).Stop()
+	return true
+}
+
 // loop runs one monitor, restarting it until its context ends or it is done.
 func (s *Supervisor) loop(ctx context.Context, e *entry) {
 	defer s.wg.Done()

@@ -474,3 +474,43 @@ func TestCrashLoopsSurviveAnEngineRestart(t *testing.T) {
 		t.Fatal("no crash loop reported after the engine restarted: the detection stopped with the event stream")
 	}
 }
+
+// Liveness, not activity: a frontend that logs one line and then nothing leaves its log stream
+// open and quiet, and the follower still says it is alive (every Poll), as does the crash-loop
+// detection waiting for a die that does not come. A supervisor that took quiet for dead would
+// get haagent restarted for a healthy, silent frontend.
+func TestQuietStreamsAreAlive(t *testing.T) {
+	d := peertest.StartDocker(t)
+	d.BusyboxImage(t)
+	sink := &recSink{}
+	w := newWatcher(t, d, Options{Sink: sink})
+	d.Frontend(t, nil, `echo "the only line"; sleep 3600`)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const want = 5
+	follows, crashes := make(chan struct{}, 100), make(chan struct{}, 100)
+	go w.Follow(ctx, time.Time{}, func() { follows <- struct{}{} })
+	go w.CrashLoops(ctx, func() { crashes <- struct{}{} }, func(int, time.Duration) {})
+	eventually(t, "the line forwarded", func() bool { return len(sink.snapshot()) == 1 })
+	// From here the stream stays open and quiet: the container runs and prints nothing.
+	for len(follows) > 0 {
+		<-follows
+	}
+	for len(crashes) > 0 {
+		<-crashes
+	}
+	deadline := time.After(60 * time.Second)
+	for n, m := 0, 0; n < want || m < want; {
+		select {
+		case <-follows:
+			n++
+		case <-crashes:
+			m++
+		case <-deadline:
+			t.Fatalf("in a quiet minute the follower said it was alive %d times and the crash-loop detection %d times, want %d each", n, m, want)
+		}
+	}
+	if got := sink.snapshot(); len(got) != 1 {
+		t.Fatalf("lines: %v", got)
+	}
+}
