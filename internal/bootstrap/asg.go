@@ -14,6 +14,7 @@ import (
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/imds"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/replicated"
 	"github.com/haagent/haagent/internal/state"
 	"github.com/haagent/haagent/internal/supervisor"
@@ -428,7 +429,7 @@ func guard(ctx context.Context, env *Env, h *supervisor.Handle, g *asg.Guard, c 
 // replicatedctl does not answer, nothing is held on its account: a wedged Replicated is local
 // to this machine, which a new instance fixes.
 func replacementHold(ctx context.Context, env *Env) string {
-	m, err := state.LoadMaintenance(env.Path(state.MaintenancePath))
+	m, err := state.LoadMaintenance(env.Path(layout.MaintenanceFile))
 	if err != nil {
 		return err.Error() // a marker nobody can read still meant "hold"
 	}

@@ -38,7 +38,7 @@ type Inputs struct {
 	IMDSTimeout time.Duration
 	// Reinstall forces the Replicated installer to run again (haagent run --reinstall).
 	Reinstall bool
-	// LockPath is the run lock (lock.Path under --root).
+	// LockPath is the run lock (layout.LockFile under --root).
 	LockPath string
 }
 
@@ -144,7 +144,7 @@ func Notify(s string) {
 }
 
 // BootID is the kernel's id for this boot (not under --root: it is the running kernel's). It is
-// recorded for people; what counts as "this boot" for status --wait is state.BootRunsPath.
+// recorded for people; what counts as "this boot" for status --wait is layout.BootRuns.
 func BootID() string {
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {

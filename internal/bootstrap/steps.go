@@ -22,6 +22,7 @@ import (
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/imds"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/logging"
 	"github.com/haagent/haagent/internal/probes"
 	"github.com/haagent/haagent/internal/replicated"
@@ -138,7 +139,7 @@ var Steps = []Step{
 	// bucket's copy, never from its own output).
 	{Name: "cookie-key", Retry: From("fetch"), Timeout: fixed(10 * time.Minute), Do: Wire(
 		func(e *Env) cookieIn {
-			return cookieIn{Root: e.Root, Bucket: e.Bucket, Bundle: e.Bundle, Entry: layoutEntry(e.Config, "installation_customizations")}
+			return cookieIn{Root: e.Root, Bucket: e.Bucket, Bundle: e.Bundle, Entry: layoutEntry(e.Config, layout.InstallationCustomizations)}
 		},
 		stepCookieKey,
 		func(e *Env, o cookieOut) {
@@ -203,7 +204,7 @@ var Steps = []Step{
 		stepLifecycleComplete, nil)},
 	{Name: "backup-keys", Timeout: fixed(30 * time.Minute), Do: Wire(
 		func(e *Env) backupIn {
-			return backupIn{Bucket: e.Bucket, Keys: e.keysOptions(), Entry: layoutEntry(e.Config, "encryption_keys"),
+			return backupIn{Bucket: e.Bucket, Keys: e.keysOptions(), Entry: layoutEntry(e.Config, layout.EncryptionKeys),
 				Completed: e.Record.CompletedOn(e.Instance.InstanceID), KeysScan: keyScanMonitor(e)}
 		},
 		StepBackupKeys,
@@ -435,9 +436,10 @@ type cookieOut struct {
 // stages into the bundle so that a failed validation leaves the old file; on a reboot that goes
 // on without S3's files there is no bundle, and the file in place is merged and written.
 func stepCookieKey(ctx context.Context, x Exec, in cookieIn) (cookieOut, []findings.Finding, error) {
-	inPlace, err := os.ReadFile(filepath.Join(in.Root, cookie.File))
+	file := in.Entry.Dest
+	inPlace, err := os.ReadFile(filepath.Join(in.Root, file))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return cookieOut{}, nil, fmt.Errorf("reading %s: %w", cookie.File, err)
+		return cookieOut{}, nil, fmt.Errorf("reading %s: %w", file, err)
 	}
 	created := func(source string) cookieOut { return cookieOut{CreatedHere: source != "s3" && source != ""} }
 	bd := in.Bundle
@@ -446,14 +448,14 @@ func stepCookieKey(ctx context.Context, x Exec, in cookieIn) (cookieOut, []findi
 		if err != nil {
 			return created(res.Source), res.Findings, err
 		}
-		x.Log.Info("session cookie key in place", "source", res.Source, "changed", changed, "file", cookie.File)
+		x.Log.Info("session cookie key in place", "source", res.Source, "changed", changed, "file", file)
 		return created(res.Source), res.Findings, nil
 	}
 	ci := cookie.Input{InPlace: inPlace}
-	if bd.Has(cookie.File) {
+	if bd.Has(file) {
 		// The bucket's copy: staged when it differs from the file in place, else that file.
-		if ci.Bucket, err = os.ReadFile(bd.PathOf(cookie.File)); err != nil {
-			return cookieOut{}, nil, fmt.Errorf("reading the fetched %s: %w", cookie.File, err)
+		if ci.Bucket, err = os.ReadFile(bd.PathOf(file)); err != nil {
+			return cookieOut{}, nil, fmt.Errorf("reading the fetched %s: %w", file, err)
 		}
 		ci.FromBucket = true
 	}
@@ -465,19 +467,17 @@ func stepCookieKey(ctx context.Context, x Exec, in cookieIn) (cookieOut, []findi
 	if err != nil {
 		return created(res.Source), res.Findings, err
 	}
-	x.Log.Info("session cookie key staged", "source", res.Source, "changed", changed, "file", cookie.File, "from_bucket", ci.FromBucket)
+	x.Log.Info("session cookie key staged", "source", res.Source, "changed", changed, "file", file, "from_bucket", ci.FromBucket)
 	return created(res.Source), res.Findings, nil
 }
 
-// layoutEntry returns the config's layout entry of that name.
+// layoutEntry returns the layout's entry of that name (the config's, else the default).
 func layoutEntry(c *config.Config, name string) config.Entry {
-	for _, l := range c.Layout {
-		if l.Name == name {
-			return l
-		}
-	}
-	return config.Entry{}
+	return layout.New("", c.Layout).Entry(name)
 }
+
+// layout is where this boot's files live: the config's layout under --root.
+func (e *Env) layout() layout.Layout { return layout.New(e.Root, e.Config.Layout) }
 
 type validateIn struct {
 	Root      string
@@ -502,7 +502,8 @@ type validateOut struct {
 // stepValidateFiles checks the staged files and only then moves them into place, so nothing
 // valid is overwritten by something invalid.
 func stepValidateFiles(ctx context.Context, x Exec, in validateIn) (validateOut, []findings.Finding, error) {
-	files := validate.InPlace(in.Root)
+	l := layout.New(in.Root, in.Config.Layout)
+	files := validate.InPlace(l)
 	bd := in.Bundle
 	out := validateOut{Bundle: bd}
 	if bd != nil {
@@ -513,8 +514,8 @@ func stepValidateFiles(ctx context.Context, x Exec, in validateIn) (validateOut,
 	fs := validate.Check(files)
 	inst := replicated.ReadInstall(in.Root)
 	if bd != nil {
-		if f := bd.File(validate.SettingsConf); f != nil && inst.SettingsDrift(in.Instance, f.SHA256) {
-			fs = append(fs, findings.New(findings.SettingsDrift, validate.SettingsConf,
+		if f := bd.File(l.SettingsConf()); f != nil && inst.SettingsDrift(in.Instance, f.SHA256) {
+			fs = append(fs, findings.New(findings.SettingsDrift, l.SettingsConf(),
 				"settings.conf in the bucket differs from the one Replicated was installed with; Replicated does not read it again", ""))
 		}
 		fs = append(fs, fetch.ShellSyntax(bd, in.Bucket.URI)...)
@@ -550,7 +551,7 @@ func stepValidateFiles(ctx context.Context, x Exec, in validateIn) (validateOut,
 		if err != nil {
 			return out, fs, fmt.Errorf("setting the modes and owners of the files in place: %w", err)
 		}
-		rfs, err := checkReadable(in.Root, in.Config)
+		rfs, err := checkReadable(l, in.Config)
 		return out, append(fs, rfs...), err
 	}
 	if err := bd.Commit(); err != nil {
@@ -583,15 +584,15 @@ func stepValidateFiles(ctx context.Context, x Exec, in validateIn) (validateOut,
 		}
 	}
 	x.Log.Info("files in place", "files", len(bd.Files), "changed", changed, "unchanged", len(bd.Files)-changed)
-	rfs, err := checkReadable(in.Root, in.Config)
+	rfs, err := checkReadable(l, in.Config)
 	return out, append(fs, rfs...), err
 }
 
 // checkReadable judges, in place, whether the Replicated daemon can read the files
 // replicated.conf names: after Commit has converged modes and owners, so it sees what the
 // daemon will meet, not what the stage holds.
-func checkReadable(root string, cfg *config.Config) ([]findings.Finding, error) {
-	fs := adjust(cfg, validate.Readable(root))
+func checkReadable(l layout.Layout, cfg *config.Config) ([]findings.Finding, error) {
+	fs := adjust(cfg, validate.Readable(l))
 	if b := blockingOf(fs); len(b) > 0 {
 		return fs, &findings.Failure{Findings: b}
 	}
@@ -630,7 +631,7 @@ type caIn struct {
 func stepCACerts(ctx context.Context, x Exec, in caIn) (struct{}, []findings.Finding, error) {
 	var sources []certs.Source
 	for _, e := range in.Config.Layout {
-		if e.Name != "ca_certificates" {
+		if e.Name != layout.CACertificates {
 			continue
 		}
 		// From the bundle's listing, not the staging directory: a CA removed from the bucket
@@ -652,7 +653,7 @@ func stepCACerts(ctx context.Context, x Exec, in caIn) (struct{}, []findings.Fin
 		sort.Slice(sources, func(i, j int) bool { return sources[i].Path < sources[j].Path })
 	}
 	sources = append(sources, certs.Paths(in.Config.CACertificates...)...)
-	res, err := certs.Install(in.Root, sources, time.Now())
+	res, err := certs.Install(layout.New(in.Root, in.Config.Layout), sources, time.Now())
 	if err != nil {
 		return struct{}{}, res.Findings, err
 	}
@@ -669,7 +670,7 @@ type probeIn struct {
 // would certainly make the install fail block it; the runner retries them with backoff, as a
 // database may still be starting.
 func stepProbe(ctx context.Context, x Exec, in probeIn) (struct{}, []findings.Finding, error) {
-	rep := probes.Run(ctx, in.Root, probes.OptionsFrom(in.Config))
+	rep := probes.Run(ctx, layout.New(in.Root, in.Config.Layout), probes.OptionsFrom(in.Config))
 	for _, c := range rep.Checked {
 		x.Log.Info("probed", "service", c.Service, "target", c.Target, "ok", c.OK, "detail", c.Detail)
 	}
@@ -697,8 +698,9 @@ type installIn struct {
 // the real script from asking (public address, no-docker), and verifies that it installed.
 func stepReplicatedInstall(ctx context.Context, x Exec, in installIn) (struct{}, []findings.Finding, error) {
 	c := in.Config
+	l := layout.New(in.Root, c.Layout)
 	settingsSHA := ""
-	if r, err := atomicfile.HashFile(filepath.Join(in.Root, validate.SettingsConf)); err == nil {
+	if r, err := atomicfile.HashFile(l.Path(l.SettingsConf())); err == nil {
 		settingsSHA = r.SHA256
 	}
 	// haagent's proxy, as its own clients take it (HTTPS first); HTTP_PROXY alone is a proxy
@@ -716,16 +718,17 @@ func stepReplicatedInstall(ctx context.Context, x Exec, in installIn) (struct{},
 	}
 	// The script's discoverProxy takes replicated.conf's HttpProxy before its environment: with
 	// one there it must not get no-proxy, and a different proxy of haagent's would not be used.
-	if b, err := os.ReadFile(filepath.Join(in.Root, validate.ReplicatedConf)); err == nil {
-		switch conf := replicated.ConfHTTPProxy(b); {
-		case conf == "":
+	conf := l.ReplicatedConf()
+	if b, err := os.ReadFile(l.Path(conf)); err == nil {
+		switch confProxy := replicated.ConfHTTPProxy(b); {
+		case confProxy == "":
 		case proxy == "":
-			proxy = conf
-		case conf != proxy:
-			return struct{}{}, nil, &findings.Failure{Findings: []findings.Finding{findings.New(findings.FileInvalid, validate.ReplicatedConf,
+			proxy = confProxy
+		case confProxy != proxy:
+			return struct{}{}, nil, &findings.Failure{Findings: []findings.Finding{findings.New(findings.FileInvalid, conf,
 				fmt.Sprintf("%s sets HttpProxy %s but haagent's proxy is %s: the installer would use %s's, not the one haagent checked its connections through; it was not run",
-					validate.ReplicatedConf, replicated.Redact(conf), replicated.Redact(proxy), validate.ReplicatedConf), "").
-				WithFix(fmt.Sprintf("set the same proxy in both (HttpProxy in the bucket's replicated.conf and HTTPS_PROXY in haagent's environment), or remove HttpProxy from %s", validate.ReplicatedConf))}}
+					conf, replicated.Redact(confProxy), replicated.Redact(proxy), conf), "").
+				WithFix(fmt.Sprintf("set the same proxy in both (HttpProxy in the bucket's replicated.conf and HTTPS_PROXY in haagent's environment), or remove HttpProxy from %s", conf))}}
 		}
 	}
 	// The script's own public-address discovery is a plain IMDSv1 request, which fails on an
@@ -741,7 +744,7 @@ func stepReplicatedInstall(ctx context.Context, x Exec, in installIn) (struct{},
 		Root: in.Root, URL: c.Replicated.InstallerURL, SHA256: c.Replicated.SHA256, ExtraArgs: c.Replicated.ExtraArgs,
 		Version: c.Replicated.Version, Timeout: c.Replicated.Timeout.D(), LocalAddress: in.Instance.LocalIPv4,
 		PublicAddress: public, DockerInstalled: replicated.DockerInstalled(in.Root), InstanceID: in.Instance.InstanceID,
-		SettingsSHA256: settingsSHA, Proxy: proxy, NoProxy: noProxy, Reinstall: in.Reinstall, RootCAs: probes.TrustPool(in.Root),
+		SettingsSHA256: settingsSHA, Proxy: proxy, NoProxy: noProxy, Reinstall: in.Reinstall, RootCAs: probes.TrustPool(l),
 		Systemd: in.Root == "/" && replicated.UnderSystemd(), Log: x.Log,
 		// An unpinned installer is in the journal before the script runs as root.
 		Report:     x.Report,
@@ -795,12 +798,12 @@ func stepWatchStart(ctx context.Context, x Exec, in watchStartIn) (watchStartOut
 		CrashRestarts: c.CrashRestarts, CrashWindow: c.CrashWindow.D(), Log: x.Log,
 		Sink:     logging.NewContainerSink(c.Container, x.Log),
 		Status:   x.Status,
-		MarkPath: filepath.Join(in.Root, watch.MarkPath),
+		MarkPath: filepath.Join(in.Root, layout.FrontendMark),
 		// A wedged engine is a state the journal and status show, not a hang: every Docker
 		// call is bounded, the docker-engine monitor reports it, and the guard sees the
 		// frontend as down meanwhile.
 		Probe: func(ctx context.Context) []findings.Finding {
-			return probes.Run(ctx, in.Root, probes.OptionsFrom(in.Config)).Findings
+			return probes.Run(ctx, layout.New(in.Root, in.Config.Layout), probes.OptionsFrom(in.Config)).Findings
 		},
 	})
 	if err != nil {
@@ -917,7 +920,7 @@ func BackupKeysNow(res *backup.Result) Step {
 // record knows of the bucket's copies. The record is read under ledger.mu: a monitor (the keys
 // scan, the guard) asks while the runner may be writing it.
 func (e *Env) keysOptions() backup.Options {
-	k := layoutEntry(e.Config, "encryption_keys")
+	k := layoutEntry(e.Config, layout.EncryptionKeys)
 	e.ledger.mu.Lock()
 	defer e.ledger.mu.Unlock()
 	known := map[string]fetch.Known{}
@@ -932,5 +935,5 @@ func (e *Env) keysOptions() backup.Options {
 // runProbes checks the databases and Vault with the settings in place: the stuck frontend, a
 // crash loop and the guard ask what the probe step asked.
 func runProbes(ctx context.Context, env *Env) *probes.Report {
-	return probes.Run(ctx, env.Root, probes.OptionsFrom(env.Config))
+	return probes.Run(ctx, env.layout(), probes.OptionsFrom(env.Config))
 }

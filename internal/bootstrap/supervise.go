@@ -6,6 +6,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/state"
 	"github.com/haagent/haagent/internal/supervisor"
 	"github.com/haagent/haagent/internal/watch"
@@ -61,6 +62,6 @@ func (e *Env) monitorRecord() []state.Monitor {
 func (e *Env) Drain(timeout time.Duration) {
 	if !e.monitors().Wait(timeout) {
 		e.Log.Warn("the monitors did not stop in time; exiting without the log forwarding's last mark (the next haagent may forward up to "+watch.DefaultMarkEvery.String()+" of lines again)",
-			"waited", timeout.String(), "mark", watch.MarkPath)
+			"waited", timeout.String(), "mark", layout.FrontendMark)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/haagent/haagent/internal/layout"
 )
 
 // The install marker is read in one place: which instance installed here, and with which
@@ -16,7 +18,7 @@ func TestInstallIsTheOneReadingOfTheMarker(t *testing.T) {
 	if none.On("i-1") || none.Evidence() != "" || none.SettingsDrift("i-1", "abc") {
 		t.Fatalf("no marker reads as an install: %+v", none)
 	}
-	p := filepath.Join(root, MarkerPath)
+	p := filepath.Join(root, layout.InstallMarker)
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +41,7 @@ func TestInstallIsTheOneReadingOfTheMarker(t *testing.T) {
 			t.Errorf("%s: got %v", tc.name, tc.got)
 		}
 	}
-	if ev := in.Evidence(); !strings.Contains(ev, "i-1") || !strings.Contains(ev, MarkerPath) {
+	if ev := in.Evidence(); !strings.Contains(ev, "i-1") || !strings.Contains(ev, layout.InstallMarker) {
 		t.Errorf("evidence %q names neither the instance nor the marker", ev)
 	}
 	if err := os.WriteFile(p, []byte("{not json"), 0o644); err != nil {
