@@ -117,7 +117,7 @@ var Steps = []Step{
 		})},
 	{Name: "config", Timeout: fixed(5 * time.Minute), Do: Wire(
 		func(e *Env) configIn {
-			return configIn{File: e.FileConfig, Path: e.ConfigPath, UserData: e.UserData, Root: e.Root, Region: e.Instance.Region}
+			return configIn{File: e.FileConfig, Path: e.ConfigPath, UserData: e.UserData, Root: e.Root, Region: e.Instance.Region, Log: e.Log}
 		},
 		stepConfig,
 		func(e *Env, o configOut) { e.Config, e.Bucket = o.Config, o.Bucket })},
@@ -183,7 +183,7 @@ var Steps = []Step{
 	// which may last as long as a first install pulls images.
 	{Name: "watch-start", Timeout: fixed(5 * time.Minute), Do: Wire(
 		func(e *Env) watchStartIn {
-			return watchStartIn{Root: e.Root, Config: e.Config, Watcher: e.Watcher, Since: e.Run.Start,
+			return watchStartIn{Root: e.Root, Config: e.Config, Watcher: e.Watcher, Since: e.Run.Start, Log: e.Log,
 				Completed: e.Record.CompletedOn(e.Instance.InstanceID),
 				KeysScan:  keyScanMonitor(e), Guard: guardMonitor(e),
 				CrashLoops: func(w *watch.Watcher) Monitor { return crashLoopMonitor(e, w, e.Config.Watch.Container) }}
@@ -266,6 +266,9 @@ type configIn struct {
 	UserData []byte
 	Root     string
 	Region   string // the instance's, the bucket's last fallback
+	// Log is the bucket client's: the run's, not this step's, since every later step and
+	// monitor uses the same client.
+	Log *slog.Logger
 }
 
 type configOut struct {
@@ -291,7 +294,7 @@ func stepConfig(ctx context.Context, x Exec, in configIn) (configOut, []findings
 		}
 		c = cfg
 	}
-	open := buckets{root: in.Root, cfg: c, region: in.Region, log: x.Log}
+	open := buckets{root: in.Root, cfg: c, region: in.Region, log: in.Log}
 	b, err := open.open(ctx, c.Source.Bucket, c.Source.Prefix)
 	if err != nil {
 		return configOut{Config: c}, nil, fmt.Errorf("setting up S3 access to bucket %s: %w", c.Source.Bucket, err)
@@ -766,6 +769,9 @@ type watchStartIn struct {
 	Config  *config.Config
 	Watcher *watch.Watcher // an earlier attempt's, nil before
 	Since   time.Time      // this run's start: the log forwarding's first line without a mark
+	// Log is the watcher's: the run's, not this step's, since the monitors and the watch step
+	// use the same watcher, and the frontend's own lines are entries of their own.
+	Log *slog.Logger
 	// Completed: the frontend was up on this instance before, so a frontend that never comes
 	// back is a failure for the guard to judge; on a first boot it is the install still running.
 	Completed bool
@@ -795,8 +801,8 @@ func stepWatchStart(ctx context.Context, x Exec, in watchStartIn) (watchStartOut
 	}
 	w, err := watch.New(watch.Options{
 		Name: c.Container, StuckAfter: c.StuckAfter.D(), ReprobeEvery: c.ReprobeEvery.D(),
-		CrashRestarts: c.CrashRestarts, CrashWindow: c.CrashWindow.D(), Log: x.Log,
-		Sink:     logging.NewContainerSink(c.Container, x.Log),
+		CrashRestarts: c.CrashRestarts, CrashWindow: c.CrashWindow.D(), Log: in.Log,
+		Sink:     logging.NewContainerSink(c.Container, in.Log),
 		Status:   x.Status,
 		MarkPath: filepath.Join(in.Root, layout.FrontendMark),
 		// A wedged engine is a state the journal and status show, not a hang: every Docker
