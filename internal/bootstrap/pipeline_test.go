@@ -2,6 +2,9 @@ package bootstrap
 
 import (
 	"context"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -211,5 +214,74 @@ func TestTheDocsListTheStepsAsTheTableHasThem(t *testing.T) {
 		if !slices.Equal(got, want) {
 			t.Errorf("%s lists the steps as\n  %s\nthe table has\n  %s", doc, strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 		}
+	}
+}
+
+// A step is a function of its input: no step function takes the Env, and no step's input
+// carries it, so a step cannot record, log a finding around the runner, or write the boot's
+// state behind the wiring's back. The rule is checked on the source, not hoped for.
+func TestNoStepTakesTheEnv(t *testing.T) {
+	fset := token.NewFileSet()
+	names, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []*ast.File
+	for _, name := range names {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, name, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	isEnv := func(e ast.Expr) bool {
+		if s, ok := e.(*ast.StarExpr); ok {
+			e = s.X
+		}
+		id, ok := e.(*ast.Ident)
+		return ok && id.Name == "Env"
+	}
+	steps, inputs := 0, map[string]bool{}
+	for _, f := range files {
+		for _, d := range f.Decls {
+			fn, ok := d.(*ast.FuncDecl)
+			if !ok || fn.Recv != nil || !strings.HasPrefix(strings.ToLower(fn.Name.Name), "step") {
+				continue
+			}
+			steps++
+			ps := fn.Type.Params.List
+			if len(ps) != 3 || fn.Type.Results == nil || len(fn.Type.Results.List) != 3 {
+				t.Errorf("%s is not func(ctx, Exec, In) (Out, []findings.Finding, error)", fn.Name.Name)
+				continue
+			}
+			for _, p := range ps {
+				if isEnv(p.Type) {
+					t.Errorf("%s takes the Env", fn.Name.Name)
+				}
+			}
+			if id, ok := ps[2].Type.(*ast.Ident); ok {
+				inputs[id.Name] = true
+			}
+		}
+	}
+	for _, f := range files {
+		ast.Inspect(f, func(n ast.Node) bool {
+			ts, ok := n.(*ast.TypeSpec)
+			if !ok || !inputs[ts.Name.Name] {
+				return true
+			}
+			for _, fld := range ts.Type.(*ast.StructType).Fields.List {
+				if isEnv(fld.Type) {
+					t.Errorf("the input %s carries the Env", ts.Name.Name)
+				}
+			}
+			return true
+		})
+	}
+	if steps < len(Steps) {
+		t.Fatalf("found %d step functions for %d steps: the check missed some", steps, len(Steps))
 	}
 }
