@@ -391,7 +391,11 @@ func (s *Supervisor) Healthy() error {
 	s.mu.Unlock()
 	for _, e := range fresh {
 		s.o.Log.Error(fmt.Sprintf("monitor %s is blocked: no iteration within %s; no more watchdog pings, so systemd restarts haagent", e.m.Name, e.m.Within),
-			"monitor", e.m.Name, "finding", MonitorStalled)
+			"monitor", e.m.Name, "finding", MonitorStalled.String())
+		if s.o.Notify != nil && s.o.Watchdog > 0 {
+			// What `systemctl status haagent` shows until the watchdog acts.
+			s.o.Notify(fmt.Sprintf("STATUS=monitor %s is blocked; waiting for systemd's watchdog to restart haagent", e.m.Name))
+		}
 	}
 	if len(fresh) > 0 {
 		s.changed()

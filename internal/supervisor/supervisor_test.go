@@ -121,9 +121,15 @@ func (p *stepper) run(ctx context.Context, h *Handle) error {
 }
 
 func TestStalledMonitorStopsThePings(t *testing.T) {
-	pings := make(chan string, 16)
+	pings, statuses := make(chan string, 16), make(chan string, 16)
 	tick := make(chan time.Time)
-	s, c, _, logs := newTest(t, Options{Watchdog: 10 * time.Second, Tick: tick, Notify: func(st string) { pings <- st }})
+	s, c, _, logs := newTest(t, Options{Watchdog: 10 * time.Second, Tick: tick, Notify: func(st string) {
+		if strings.HasPrefix(st, "STATUS=") {
+			statuses <- st
+			return
+		}
+		pings <- st
+	}})
 	p := newStepper()
 	s.Start(Monitor{Name: "log-forwarding", Within: time.Minute, Run: p.run})
 	<-p.went
@@ -147,6 +153,9 @@ func TestStalledMonitorStopsThePings(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "monitor log-forwarding is blocked") {
 		t.Errorf("the journal does not say which monitor is blocked:\n%s", logs)
+	}
+	if st := <-statuses; !strings.Contains(st, "log-forwarding is blocked") {
+		t.Errorf("STATUS= while blocked: %q", st)
 	}
 	// It goes round again: the pings resume, the finding goes.
 	p.step <- struct{}{}
