@@ -235,6 +235,8 @@ func (a *autoScaling) complete(ctx context.Context, log *slog.Logger, cli *asg.C
 		log.Info("no launch lifecycle action to complete", "group", cli.Group, "hook", hook)
 	case errors.As(err, &ae) && ae.Denied():
 		return []findings.Finding{ae.Finding(cli.Group + "/" + hook)}, nil
+	case ctx.Err() != nil:
+		return nil, err // haagent stops: nothing to keep alive
 	default:
 		// Transient: tried again; the action is kept alive meanwhile.
 		if beating {

@@ -287,6 +287,19 @@ func (s *Supervisor) Stop(name string) bool {
 	return true
 }
 
+// Done returns a channel closed when the monitor of that name has returned for good (done,
+// or stopped), or nil when none of that name was started.
+func (s *Supervisor) Done(name string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.entries {
+		if e.m.Name == name {
+			return e.done
+		}
+	}
+	return nil
+}
+
 // loop runs one monitor, restarting it until its context ends or it is done.
 func (s *Supervisor) loop(ctx context.Context, e *entry) {
 	defer s.wg.Done()
