@@ -344,13 +344,16 @@ func TestFindingsPerMonitor(t *testing.T) {
 func TestDoneMonitorIsNotRestartedNorWatched(t *testing.T) {
 	s, c, w, _ := newTest(t, Options{})
 	ran := make(chan struct{}, 4)
-	r := s.Start(Monitor{Name: "lifecycle-heartbeats", Within: time.Minute, Run: func(ctx context.Context, h *Handle) error {
+	m := Monitor{Name: "lifecycle-heartbeats", Within: time.Minute, Run: func(ctx context.Context, h *Handle) error {
 		h.Set(findings.New(findings.ASGLifecycleExpired, "g/h", "the launch lifecycle action ended", ""))
 		ran <- struct{}{}
 		return ErrDone
-	}})
+	}}
+	r := s.Start(m)
 	<-ran
-	r.Stop() // returns once the loop has: the state below is final
+	<-s.Done(m.Name) // the state below is final
+	s.Start(m)       // work that is over is not done again
+	r.Stop()
 	c.Add(time.Hour)
 	if err := s.Healthy(); err != nil {
 		t.Errorf("Healthy() = %v: a monitor that is done is not blocked", err)
