@@ -69,7 +69,7 @@ func (b *book) stepFindings(steps []Step) []findings.Finding {
 // recordStep files a step's findings, with the config's overrides applied, and logs each one
 // not yet logged this run through the step's logger.
 func (e *Env) recordStep(log *slog.Logger, name string, fs []findings.Finding) {
-	for _, f := range e.book.addStep(name, e.adjust(fs...)) {
+	for _, f := range e.ledger.book.addStep(name, e.adjust(fs...)) {
 		logFinding(log, f)
 	}
 }
@@ -110,9 +110,7 @@ func logFinding(log *slog.Logger, f findings.Finding) {
 }
 
 func (e *Env) save() {
-	e.persistMu.Lock()
-	defer e.persistMu.Unlock()
-	if e.persist != nil {
-		e.persist()
-	}
+	e.ledger.mu.Lock()
+	defer e.ledger.mu.Unlock()
+	e.write()
 }

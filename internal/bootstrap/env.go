@@ -73,12 +73,8 @@ type Env struct {
 	// monitor action that writes takes it itself (lockForWrite).
 	HoldsLock atomic.Bool
 
-	// book holds the steps' findings; the supervisor holds each monitor's under its name.
-	book book
-	// persistMu guards persist, which saves the run record once the runner is done with it;
-	// monitors' findings arrive later and save it through it.
-	persistMu sync.Mutex
-	persist   func()
+	// ledger is the runner's: where the record goes, its lock, and the steps' findings.
+	ledger ledger
 
 	// runCtx is the context of the whole run (set by the runner): monitors run under it, never
 	// under a step's own context, which ends with the step (or its timeout).
@@ -96,6 +92,20 @@ type Env struct {
 	// the record (a backup scan finds them from its own goroutine).
 	keyConflicts    []fetch.KeyConflict
 	keyConflictsSet bool
+}
+
+// ledger is what the runner keeps of a run besides the record itself.
+type ledger struct {
+	// mu guards every write of the record and its save: the runner's (between steps, the
+	// wiring's output included) and the supervisor's (a monitor's findings or state changed),
+	// from the monitors' goroutines.
+	mu sync.Mutex
+	// path is where the record is saved ("" saves nothing: `haagent backup keys`), steps the
+	// table whose order the findings keep; both set when the run starts.
+	path  string
+	steps []Step
+	// book holds the steps' findings; the supervisor holds each monitor's under its name.
+	book book
 }
 
 // NewEnv is a boot of these inputs over this run record.
@@ -143,6 +153,22 @@ func BootID() string {
 	return strings.TrimSpace(string(b))
 }
 
+// write saves the record with the run's current findings and monitors; ledger.mu is held.
+// Before the run started (no path yet) nothing is saved.
+func (e *Env) write() {
+	if e.Run != nil {
+		e.Run.Findings = e.ledger.book.stepFindings(e.ledger.steps)
+		e.Run.Monitors = e.monitorRecord()
+	}
+	if e.ledger.path == "" {
+		return
+	}
+	e.syncRecord()
+	if err := e.Record.Save(e.ledger.path); err != nil {
+		e.Log.Error("cannot save the run record; `haagent status` will be stale", "path", e.ledger.path, "error", err.Error())
+	}
+}
+
 // setKeyConflicts records the outcome of a full comparison of the keys: the record keeps it
 // from the next save on. The slice is replaced, never changed in place.
 func (e *Env) setKeyConflicts(cs []fetch.KeyConflict) {
@@ -152,7 +178,7 @@ func (e *Env) setKeyConflicts(cs []fetch.KeyConflict) {
 }
 
 // syncRecord copies what other goroutines found into the record before it is saved; it runs
-// only where the record is written (the runner, or persist under persistMu).
+// only where the record is written (under ledger.mu).
 func (e *Env) syncRecord() {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -65,6 +65,7 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 	env.runCtx = ctx
 	now := time.Now().UTC()
 	r.update(env, func() {
+		env.ledger.path, env.ledger.steps = r.StatePath, r.Steps
 		env.Record.Runs = append(env.Record.Runs, state.Run{
 			ID:     now.Format("20060102T150405Z") + fmt.Sprintf("-%d", os.Getpid()),
 			BootID: BootID(), Mode: mode, PID: os.Getpid(), Start: now, Status: state.Running,
@@ -72,9 +73,6 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 		env.Run = env.Record.Last()
 	})
 	// Monitors' findings save the record as they come, from their own goroutines.
-	env.persistMu.Lock()
-	env.persist = func() { r.write(env) }
-	env.persistMu.Unlock()
 	if r.BootRunsPath != "" {
 		if err := state.MarkThisBoot(r.BootRunsPath, env.Run.ID); err != nil {
 			env.Log.Error("cannot mark the run as this boot's; `haagent status --wait` will not see it", "error", err.Error())
@@ -154,7 +152,7 @@ type outcome struct {
 }
 
 func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, watchdog time.Duration) error {
-	env.book.beginStep(s.Name)
+	env.ledger.book.beginStep(s.Name)
 	log := env.Log.With("step", s.Name)
 	start := time.Now()
 	r.update(env, func() {
@@ -286,28 +284,13 @@ func (r *Runner) finish(env *Env, status string, err error) error {
 	return err
 }
 
-// update changes the run record and saves it, under persistMu: monitors save it from their own
-// goroutines (their findings), and must never see it half changed.
+// update changes the run record and saves it, under ledger.mu: the supervisor saves it from
+// the monitors' goroutines too (Env.save), and must never see it half changed.
 func (r *Runner) update(env *Env, change func()) {
-	env.persistMu.Lock()
-	defer env.persistMu.Unlock()
+	env.ledger.mu.Lock()
+	defer env.ledger.mu.Unlock()
 	change()
-	r.write(env)
-}
-
-// write saves the record with the run's current findings; persistMu is held.
-func (r *Runner) write(env *Env) {
-	if env.Run != nil {
-		env.Run.Findings = env.book.stepFindings(r.Steps)
-		env.Run.Monitors = env.monitorRecord()
-	}
-	if r.StatePath == "" {
-		return
-	}
-	env.syncRecord()
-	if err := env.Record.Save(r.StatePath); err != nil {
-		env.Log.Error("cannot save the run record; `haagent status` will be stale", "path", r.StatePath, "error", err.Error())
-	}
+	env.write()
 }
 
 // sleep waits d between two attempts, feeding the watchdog while the monitors are healthy.

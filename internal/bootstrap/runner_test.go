@@ -99,14 +99,14 @@ func TestLateFindingsOutliveAStepRetry(t *testing.T) {
 	crash, crashed := monitor("crash-loops")
 	guard, guarded := monitor("guard")
 	engine, engined := monitor("docker-engine")
-	env.book.beginStep("watch")
+	env.ledger.book.beginStep("watch")
 	crash <- set{[]findings.Finding{findings.New(findings.FrontendCrashLoop, "frontend", "frontend died 5 times within 10m0s", "")}}
 	<-crashed
 	guard <- set{[]findings.Finding{findings.New(findings.ASGReplacementWithheld, "i-1", "first decision", "")}}
 	<-guarded
 	guard <- set{[]findings.Finding{findings.New(findings.ASGReplacementWithheld, "i-1", "second decision", "")}}
 	<-guarded
-	env.book.beginStep("watch") // the step is retried
+	env.ledger.book.beginStep("watch") // the step is retried
 	got := env.monitorRecord()
 	if len(got) != 3 || got[0].Name != "crash-loops" || got[0].Findings[0].Code != findings.FrontendCrashLoop ||
 		got[1].Name != "guard" || len(got[1].Findings) != 1 || got[1].Findings[0].Summary != "second decision" {
@@ -217,12 +217,12 @@ func TestOverridesApplyToEveryCodeButTheSafetyCodes(t *testing.T) {
 	cfg.Probes.Overrides["KEYS_CONFLICT"] = config.Override{Severity: "info"}
 	env := quietEnv(Inputs{}, &state.Record{})
 	env.Config = cfg
-	env.book.beginStep("validate-files")
+	env.ledger.book.beginStep("validate-files")
 	env.recordStep(env.Log, "validate-files", []findings.Finding{
 		findings.New(findings.FileInvalid, "/etc/replicated.conf", "TlsBootstrapHostname is empty", ""),
 		findings.New(findings.KeysConflict, "/data/circle/circleci-encryption-keys/k", "differs", ""),
 	})
-	got := env.book.stepFindings([]Step{{Name: "validate-files"}})
+	got := env.ledger.book.stepFindings([]Step{{Name: "validate-files"}})
 	if got[0].Severity != findings.Warning || got[0].Blocking {
 		t.Errorf("the override did not apply to a validate-files code: %+v", got[0])
 	}

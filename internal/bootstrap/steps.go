@@ -914,12 +914,12 @@ func BackupKeysNow(res *backup.Result) Step {
 }
 
 // keysOptions is where the keys are, for the backup: the layout's entry and what the run
-// record knows of the bucket's copies. The record is read under persistMu: a monitor (the keys
+// record knows of the bucket's copies. The record is read under ledger.mu: a monitor (the keys
 // scan, the guard) asks while the runner may be writing it.
 func (e *Env) keysOptions() backup.Options {
 	k := layoutEntry(e.Config, "encryption_keys")
-	e.persistMu.Lock()
-	defer e.persistMu.Unlock()
+	e.ledger.mu.Lock()
+	defer e.ledger.mu.Unlock()
 	known := map[string]fetch.Known{}
 	for _, kn := range e.Record.Known {
 		if strings.HasPrefix(kn.Key, k.Key) {
