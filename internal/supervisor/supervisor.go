@@ -118,6 +118,7 @@ const (
 	StateRestarting = "restarting" // failed, waiting to be started again
 	StateDone       = "done"       // returned ErrDone
 	StateStopped    = "stopped"    // stopped by its owner or the supervisor's context
+	StateStalled    = "stalled"    // running, but its loop went past its bound without Alive
 )
 
 // New returns a supervisor whose monitors run under ctx: they outlive whatever step starts
@@ -476,7 +477,7 @@ func (s *Supervisor) Statuses() []Status {
 		st := Status{Name: e.m.Name, State: e.state, Restarts: e.restarts, LastError: findings.Redact(e.lastErr)}
 		st.Findings = append(append(st.Findings, e.sup...), e.own...)
 		if e.stalled {
-			st.State = "stalled"
+			st.State = StateStalled
 		}
 		out = append(out, st)
 	}
