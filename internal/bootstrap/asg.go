@@ -236,6 +236,8 @@ func (a *autoScaling) complete(ctx context.Context, log *slog.Logger, cli *asg.C
 		log.Info("no launch lifecycle action to complete", "group", cli.Group, "hook", hook)
 	case errors.As(err, &ae) && ae.Denied():
 		return []findings.Finding{ae.Finding(cli.Group + "/" + hook)}, nil
+	case ctx.Err() != nil:
+		return nil, err // haagent stops: nothing to keep alive
 	default:
 		// Transient: tried again; the action is kept alive meanwhile.
 		if beating {
@@ -258,8 +260,10 @@ func (a *autoScaling) lookupMonitor(cli *asg.Client, resolve func(context.Contex
 	every := asg.HeartbeatEvery(a.env.Config.ASG.HeartbeatEvery.D(), 0)
 	policy := backoff.Policy{Base: min(10*time.Second, every), Max: every}
 	return supervisor.Monitor{
-		Name:   monitorASGLookup,
-		Within: 5 * time.Minute,
+		Name: monitorASGLookup,
+		// A lookup and, once it succeeds, the checks, a heartbeat and the completion: a few
+		// Auto Scaling calls in a row, each at most three SDK attempts of 30 s.
+		Within: 15 * time.Minute,
 		Run: func(ctx context.Context, h *supervisor.Handle) error {
 			err := first
 			for n := 1; ; n++ {
@@ -289,8 +293,10 @@ func (a *autoScaling) lookupMonitor(cli *asg.Client, resolve func(context.Contex
 			}
 			log := h.Log()
 			log.Info("the Auto Scaling group is known now: taking over what the boot would have done with it", "group", cli.Group)
+			h.Alive()
 			fs := a.joined(ctx, log, cli)
 			h.Set(fs...)
+			h.Alive()
 			for n := 1; a.Join(cli); n++ {
 				cfs, err := a.complete(ctx, log, cli)
 				if err == nil {

@@ -88,13 +88,12 @@ func TestAWedgedMonitorStopsTheWatchdogAfterTheBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	go env.WatchMonitors(ctx)
+	// The supervisor says so in STATUS= when it finds the monitor blocked; the socket keeps
+	// the order of what one process sends, so no WATCHDOG=1 may follow that line.
+	untilBlocked(t, pings, "wedged")
 	<-stalled.seen
 	if got := findings.Codes(env.monitors().Findings()); got != supervisor.MonitorStalled.String() {
 		t.Fatalf("findings of a blocked monitor: %s", got)
-	}
-	// None after it counts as blocked: drain what was queued, then watch ten intervals.
-	for len(pings) > 0 {
-		<-pings
 	}
 	quiet := time.After(100 * time.Millisecond)
 	for done := false; !done; {
@@ -173,10 +172,8 @@ func TestAWedgedMonitorStopsTheWatchdogDuringTheSteps(t *testing.T) {
 	defer func() { cancel(); env.Drain(10 * time.Second) }()
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx, env) }()
+	untilBlocked(t, pings, "wedged")
 	<-stalled.seen
-	for len(pings) > 0 {
-		<-pings
-	}
 	quiet := time.After(100 * time.Millisecond)
 	for q := false; !q; {
 		select {
@@ -198,4 +195,16 @@ func TestAWedgedMonitorStopsTheWatchdogDuringTheSteps(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// untilBlocked reads the notify socket's messages until the supervisor's STATUS= that the
+// monitor is blocked.
+func untilBlocked(t *testing.T, msgs <-chan string, monitor string) {
+	t.Helper()
+	for m := range msgs {
+		if m == "STATUS=monitor "+monitor+" is blocked; waiting for systemd's watchdog to restart haagent" {
+			return
+		}
+	}
+	t.Fatal("the notify socket closed before the supervisor found the monitor blocked")
 }

@@ -26,7 +26,8 @@ import (
 // loopback that decodes the AWS Query protocol the SDK sends (form-encoded Action, Version and
 // member lists), checks the SigV4 signature against its own credentials, keeps the state of
 // one region's groups, hooks and lifecycle actions, and answers in the service's XML, errors
-// included. Tests assert on the decoded calls.
+// included (AccessDenied on demand, and Throttling "Rate exceeded" as the service answers when
+// the account's request rate is spent). Tests assert on the decoded calls.
 
 // ASG is the Auto Scaling endpoint.
 type ASG struct {

@@ -118,6 +118,7 @@ const (
 	StateRestarting = "restarting" // failed, waiting to be started again
 	StateDone       = "done"       // returned ErrDone
 	StateStopped    = "stopped"    // stopped by its owner or the supervisor's context
+	StateStalled    = "stalled"    // running, but its loop went past its bound without Alive
 )
 
 // New returns a supervisor whose monitors run under ctx: they outlive whatever step starts
@@ -287,6 +288,19 @@ func (s *Supervisor) Stop(name string) bool {
 	return true
 }
 
+// Done returns a channel closed when the monitor of that name has returned for good (done,
+// or stopped), or nil when none of that name was started.
+func (s *Supervisor) Done(name string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.entries {
+		if e.m.Name == name {
+			return e.done
+		}
+	}
+	return nil
+}
+
 // loop runs one monitor, restarting it until its context ends or it is done.
 func (s *Supervisor) loop(ctx context.Context, e *entry) {
 	defer s.wg.Done()
@@ -391,7 +405,11 @@ func (s *Supervisor) Healthy() error {
 	s.mu.Unlock()
 	for _, e := range fresh {
 		s.o.Log.Error(fmt.Sprintf("monitor %s is blocked: no iteration within %s; no more watchdog pings, so systemd restarts haagent", e.m.Name, e.m.Within),
-			"monitor", e.m.Name, "finding", MonitorStalled)
+			"monitor", e.m.Name, "finding", MonitorStalled.String())
+		if s.o.Notify != nil && s.o.Watchdog > 0 {
+			// What `systemctl status haagent` shows until the watchdog acts.
+			s.o.Notify(fmt.Sprintf("STATUS=monitor %s is blocked; waiting for systemd's watchdog to restart haagent", e.m.Name))
+		}
 	}
 	if len(fresh) > 0 {
 		s.changed()
@@ -459,7 +477,7 @@ func (s *Supervisor) Statuses() []Status {
 		st := Status{Name: e.m.Name, State: e.state, Restarts: e.restarts, LastError: findings.Redact(e.lastErr)}
 		st.Findings = append(append(st.Findings, e.sup...), e.own...)
 		if e.stalled {
-			st.State = "stalled"
+			st.State = StateStalled
 		}
 		out = append(out, st)
 	}

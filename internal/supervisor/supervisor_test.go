@@ -121,9 +121,15 @@ func (p *stepper) run(ctx context.Context, h *Handle) error {
 }
 
 func TestStalledMonitorStopsThePings(t *testing.T) {
-	pings := make(chan string, 16)
+	pings, statuses := make(chan string, 16), make(chan string, 16)
 	tick := make(chan time.Time)
-	s, c, _, logs := newTest(t, Options{Watchdog: 10 * time.Second, Tick: tick, Notify: func(st string) { pings <- st }})
+	s, c, _, logs := newTest(t, Options{Watchdog: 10 * time.Second, Tick: tick, Notify: func(st string) {
+		if strings.HasPrefix(st, "STATUS=") {
+			statuses <- st
+			return
+		}
+		pings <- st
+	}})
 	p := newStepper()
 	s.Start(Monitor{Name: "log-forwarding", Within: time.Minute, Run: p.run})
 	<-p.went
@@ -139,6 +145,11 @@ func TestStalledMonitorStopsThePings(t *testing.T) {
 	c.Add(2 * time.Minute)
 	tick <- time.Time{}
 	tick <- time.Time{} // received only once the tick before it was handled
+	// The first tick's ping, had there been one, is in the channel now; the second's cannot
+	// come while the monitor stays blocked.
+	if n := len(pings); n != 0 {
+		t.Errorf("%d watchdog pings were sent while the monitor was blocked", n)
+	}
 	if got := codes(s.Findings()); got != MonitorStalled.String() {
 		t.Errorf("findings while blocked = %q, want %s", got, MonitorStalled)
 	}
@@ -148,13 +159,15 @@ func TestStalledMonitorStopsThePings(t *testing.T) {
 	if !strings.Contains(logs.String(), "monitor log-forwarding is blocked") {
 		t.Errorf("the journal does not say which monitor is blocked:\n%s", logs)
 	}
+	if st := <-statuses; !strings.Contains(st, "log-forwarding is blocked") {
+		t.Errorf("STATUS= while blocked: %q", st)
+	}
 	// It goes round again: the pings resume, the finding goes.
 	p.step <- struct{}{}
 	<-p.went
 	tick <- time.Time{}
-	<-pings
-	if n := len(pings); n != 0 {
-		t.Errorf("%d watchdog pings were sent while the monitor was blocked", n)
+	if got := <-pings; got != "WATCHDOG=1" {
+		t.Fatalf("sent %q once the monitor iterates again, want WATCHDOG=1", got)
 	}
 	if got := codes(s.Findings()); got != "" {
 		t.Errorf("findings once it iterates again = %q, want none", got)
@@ -335,13 +348,16 @@ func TestFindingsPerMonitor(t *testing.T) {
 func TestDoneMonitorIsNotRestartedNorWatched(t *testing.T) {
 	s, c, w, _ := newTest(t, Options{})
 	ran := make(chan struct{}, 4)
-	r := s.Start(Monitor{Name: "lifecycle-heartbeats", Within: time.Minute, Run: func(ctx context.Context, h *Handle) error {
+	m := Monitor{Name: "lifecycle-heartbeats", Within: time.Minute, Run: func(ctx context.Context, h *Handle) error {
 		h.Set(findings.New(findings.ASGLifecycleExpired, "g/h", "the launch lifecycle action ended", ""))
 		ran <- struct{}{}
 		return ErrDone
-	}})
+	}}
+	r := s.Start(m)
 	<-ran
-	r.Stop() // returns once the loop has: the state below is final
+	<-s.Done(m.Name) // the state below is final
+	s.Start(m)       // work that is over is not done again
+	r.Stop()
 	c.Add(time.Hour)
 	if err := s.Healthy(); err != nil {
 		t.Errorf("Healthy() = %v: a monitor that is done is not blocked", err)
