@@ -65,6 +65,8 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 	env.runCtx = ctx
 	now := time.Now().UTC()
 	r.update(env, func() {
+		// From here on every save writes the record, the monitors' too (Env.save), from their
+		// own goroutines: a crash loop is in `haagent status` while the watch still waits.
 		env.ledger.path, env.ledger.steps = r.StatePath, r.Steps
 		env.Record.Runs = append(env.Record.Runs, state.Run{
 			ID:     now.Format("20060102T150405Z") + fmt.Sprintf("-%d", os.Getpid()),
@@ -72,7 +74,6 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 		})
 		env.Run = env.Record.Last()
 	})
-	// Monitors' findings save the record as they come, from their own goroutines.
 	if r.BootRunsPath != "" {
 		if err := state.MarkThisBoot(r.BootRunsPath, env.Run.ID); err != nil {
 			env.Log.Error("cannot mark the run as this boot's; `haagent status --wait` will not see it", "error", err.Error())
