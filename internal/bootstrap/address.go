@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/address"
+	"github.com/haagent/haagent/internal/asg"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/iface"
+	"github.com/haagent/haagent/internal/imds"
 	"github.com/haagent/haagent/internal/replicated"
 )
 
@@ -140,70 +142,76 @@ func planOf(a config.Address) addressPlan {
 	return p
 }
 
+// addressIn is what the address step reads of the boot.
+type addressIn struct {
+	Root     string
+	Config   config.Address
+	Instance imds.Info
+	IMDS     *imds.Client
+	// ASG is the group's client, nil while the group is not known: the holder of private_ip
+	// is then not taken from (ADDRESS_HELD), since nothing says whether it still serves.
+	ASG *asg.Client
+	// Systemd: Replicated's units are this machine's (not with --root).
+	Systemd bool
+}
+
 // stepAddress gives this instance the address the builders know, before the installer runs:
 // the AWS side (internal/address: the private IP moved to the primary interface, never from a
 // live holder of the group; the Route 53 record UPSERTed and INSYNC), then the OS side
 // (addressOnMachine) and the check that the address reaches this machine. It runs at every
 // boot: the address goes back on the interface each time.
-func stepAddress(ctx context.Context, env *Env) error {
-	a := env.Config.Address
+func stepAddress(ctx context.Context, x Exec, in addressIn) (struct{}, []findings.Finding, error) {
+	a := in.Config
 	if !a.On() {
-		return nil
+		return struct{}{}, nil, nil
 	}
-	c, err := address.FromConfig(ctx, a, env.Instance.InstanceID, env.Instance.Region, env.Log, nil)
+	c, err := address.FromConfig(ctx, a, in.Instance.InstanceID, in.Instance.Region, x.Log, nil)
 	if err != nil {
-		return err
+		return struct{}{}, nil, err
 	}
-	in := address.EnsureInput{Metadata: env.IMDS, OnHeld: env.ReportAll}
-	if env.ASG != nil {
-		in.Group, in.Holders = env.ASG.Group, env.ASG
+	// A held address is reported at each attempt, while the step waits.
+	ei := address.EnsureInput{Metadata: in.IMDS, OnHeld: func(fs []findings.Finding) {
+		for _, f := range fs {
+			x.Report(f)
+		}
+	}}
+	if in.ASG != nil {
+		ei.Group, ei.Holders = in.ASG.Group, in.ASG
 	}
-	if in.LocalIPv4, err = netip.ParseAddr(env.Instance.LocalIPv4); err != nil {
-		return fmt.Errorf("reading the instance's local-ipv4 %q: %w", env.Instance.LocalIPv4, err)
+	if ei.LocalIPv4, err = netip.ParseAddr(in.Instance.LocalIPv4); err != nil {
+		return struct{}{}, nil, fmt.Errorf("reading the instance's local-ipv4 %q: %w", in.Instance.LocalIPv4, err)
 	}
-	res, fs, err := c.Ensure(ctx, a, in)
-	env.ReportAll(fs)
+	res, fs, err := c.Ensure(ctx, a, ei)
 	if err != nil {
 		if blocking := blockingOf(fs); len(blocking) > 0 {
-			return &findings.Failure{Findings: blocking}
+			return struct{}{}, fs, &findings.Failure{Findings: blocking}
 		}
-		return err
+		return struct{}{}, fs, err
 	}
 	subnet := ""
 	if res.Assigned != nil {
 		subnet = res.Assigned.Subnet.String()
 	}
-	fs, err = addressOnMachine(ctx, machineIn{Root: env.Root, Plan: planOf(a), LocalIPv4: env.Instance.LocalIPv4, Subnet: subnet,
-		Systemd: env.Root == "/" && replicated.UnderSystemd(), Log: env.Log})
-	env.ReportAll(fs)
+	p := planOf(a)
+	more, err := addressOnMachine(ctx, machineIn{Root: in.Root, Plan: p, LocalIPv4: in.Instance.LocalIPv4, Subnet: subnet,
+		Systemd: in.Systemd, Log: x.Log})
+	fs = append(fs, more...)
 	if err != nil {
-		return err
+		return struct{}{}, fs, err
 	}
-	env.Log.Info("the stable address reaches this machine", "private_ip", a.PrivateIP, "name", planOf(a).Name)
-	return nil
+	x.Log.Info("the stable address reaches this machine", "private_ip", p.PrivateIP, "name", p.Name)
+	return struct{}{}, fs, nil
 }
 
 // stepAddressCheck, after the boot: the Nomad server and the frontend answer on the address
 // the builders use. While they do not, the run is not complete and the step is retried.
-func stepAddressCheck(ctx context.Context, env *Env) error {
-	p := planOf(env.Config.Address)
+func stepAddressCheck(ctx context.Context, x Exec, p addressPlan) (struct{}, []findings.Finding, error) {
 	if !p.on() {
-		return nil
+		return struct{}{}, nil, nil
 	}
 	if fs := addressReachable(ctx, p, nil); len(fs) > 0 {
-		env.ReportAll(fs)
-		return &findings.Failure{Findings: fs}
+		return struct{}{}, nil, &findings.Failure{Findings: fs}
 	}
-	env.Log.Info("the Nomad server and the frontend answer on the stable address", "address", p.host())
-	return nil
-}
-
-func blockingOf(fs []findings.Finding) []findings.Finding {
-	var out []findings.Finding
-	for _, f := range fs {
-		if f.Blocking {
-			out = append(out, f)
-		}
-	}
-	return out
+	x.Log.Info("the Nomad server and the frontend answer on the stable address", "address", p.host())
+	return struct{}{}, nil, nil
 }

@@ -254,6 +254,14 @@ var (
 	InstallerUnpinned = register(Entry{Code: "INSTALLER_UNPINNED", Severity: Warning, Blocking: false, Service: "replicated",
 		Fix: "pin the installer: set replicated.sha256 to the sha256 this run logged once you have read the script, or keep a reviewed copy in the bucket (installer_url: s3://bucket/key)"})
 
+	// The supervisor of monitors (issue 15): what it says about a monitor, filed under its name.
+	MonitorFailing = register(Entry{Code: "MONITOR_FAILING", Severity: Warning, Blocking: false, Service: "haagent",
+		Fix: "a monitor keeps failing: read its last error (the evidence) and `journalctl -u haagent HAAGENT_MONITOR=NAME`, and fix what it names (a permission, a route, the Docker engine); haagent keeps restarting it with backoff"})
+	MonitorPanicked = register(Entry{Code: "MONITOR_PANICKED", Severity: Error, Blocking: false, Service: "haagent",
+		Fix: "a bug in haagent: report it with the stack logged just before (journalctl -u haagent HAAGENT_MONITOR=NAME); haagent restarts the monitor meanwhile"})
+	MonitorStalled = register(Entry{Code: "MONITOR_STALLED", Severity: Error, Blocking: false, Service: "haagent",
+		Fix: "a monitor's loop is blocked, so haagent stopped feeding systemd's watchdog and systemd restarts haagent (journalctl -u haagent shows the watchdog timeout); if it recurs, report it with `journalctl -u haagent HAAGENT_MONITOR=NAME`"})
+
 	// Issue 18, the OS side of the stable address (iface): one block for the merge.
 	AddressNotHere = register(Entry{Code: "ADDRESS_NOT_HERE", Severity: Error, Blocking: true, Service: "address",
 		Fix: "the address the builders use must reach this machine before CircleCI is installed on it: for address.private_ip, EC2 must have assigned it to this instance's primary interface (aws ec2 describe-network-interfaces --filters Name=addresses.private-ip-address,Values=IP) and `ip -4 addr` show it; for address.route53, `getent hosts NAME` must answer this instance's private IP (the private hosted zone associated with this VPC, enableDnsSupport on)"})
