@@ -53,6 +53,27 @@ docker run -d --name nomad --network host --restart always `+image+` httpd -f -p
 	boot := func(id, eni, mac, ip string) box {
 		t.Helper()
 		b := box{root: peertest.NspawnRoot(t), ns: peertest.NewNetns(t, ip+"/24")}
+		// Under `make cover`, as in the boot test: the box's haagent writes its counters in the
+		// box, copied out once the box is down (this cleanup runs after the box's own).
+		boxCover := ""
+		if coverDir != "" {
+			boxCover = "/var/tmp/haagent-cover"
+			if err := os.MkdirAll(filepath.Join(b.root, boxCover), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				files, _ := filepath.Glob(filepath.Join(b.root, boxCover, "cov*"))
+				for _, f := range files {
+					data, err := os.ReadFile(f)
+					if err == nil {
+						err = os.WriteFile(filepath.Join(coverDir, filepath.Base(f)), data, 0o644)
+					}
+					if err != nil {
+						t.Errorf("copying the box's coverage counters out: %v", err)
+					}
+				}
+			})
+		}
 		b.imds = peertest.StartIMDS(t, peertest.Instance{ID: id, LocalIPv4: ip, Region: "us-east-1", ASGGroup: asgGroup,
 			MAC: mac, InterfaceID: eni, SubnetID: "subnet-1", SubnetCIDR: "10.0.1.0/24", VPCID: "vpc-1", LocalIPv4s: ip})
 		var addrs []string
@@ -74,10 +95,16 @@ docker run -d --name nomad --network host --restart always `+image+` httpd -f -p
 		os.MkdirAll(filepath.Join(b.root, "etc/docker"), 0o755)
 		os.WriteFile(filepath.Join(b.root, "etc/docker/daemon.json"), []byte(`{"bridge": "none", "iptables": false, "ip6tables": false}`), 0o644)
 		w.writeConfig(w.s3.URL, "asg:\n  enabled: true\n  endpoint: "+a.URL+"\naddress:\n  private_ip: "+stable+"\n  endpoint: "+ec2.URL+"\n")
-		os.WriteFile(filepath.Join(b.root, "etc/default/haagent"), []byte(strings.Join([]string{
-			"AWS_ACCESS_KEY_ID=" + w.s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + w.s3.SecretKey,
-			"AWS_EC2_METADATA_SERVICE_ENDPOINT=" + b.imds.URL}, "\n")+"\n"), 0o600)
+		defaults := []string{"AWS_ACCESS_KEY_ID=" + w.s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + w.s3.SecretKey,
+			"AWS_EC2_METADATA_SERVICE_ENDPOINT=" + b.imds.URL}
+		if boxCover != "" {
+			defaults = append(defaults, "GOCOVERDIR="+boxCover)
+		}
+		os.WriteFile(filepath.Join(b.root, "etc/default/haagent"), []byte(strings.Join(defaults, "\n")+"\n"), 0o600)
 		b.m = peertest.BootIn(t, b.root, b.ns)
+		if boxCover != "" {
+			b.m.Env = []string{"GOCOVERDIR=" + boxCover}
+		}
 		b.m.MustExec(t, "haagent", "install")
 		b.m.MustExec(t, "systemctl", "start", "haagent")
 		if out, err := b.m.Exec("haagent", "status", "--wait", "--timeout", "180s"); err != nil {
