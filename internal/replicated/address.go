@@ -141,8 +141,10 @@ func rewriteNoProxy(line, old, addr string) string {
 // RestartForAddress restarts the units that read the address, if they run (try-restart: a
 // stopped unit reads the new file when it starts). The real units are safe to restart: their
 // ExecStartPre removes the old container, ExecStart runs a new one with the file's variables,
-// and KillMode=none with ExecStop=docker stop stops only the daemon's container; the
-// application's containers are the daemon's, not the unit's, and keep running.
+// and KillMode=none with ExecStop=docker stop stops only the daemon's own container: the
+// application's containers are started by the daemon, not by the unit (whether a daemon
+// restart leaves them running is Replicated's, not read here; ADDRESS_REWRITTEN asks for an
+// application restart anyway, for their address).
 func RestartForAddress(ctx context.Context) error {
 	argv := append(append(append([]string(nil), Systemctl...), "try-restart"), AddressUnits...)
 	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
