@@ -631,7 +631,7 @@ func (env *Env) keysOptions() backup.Options {
 			known[k.Key] = k
 		}
 	}
-	return backup.Options{Root: env.Root, LocalDir: e.Dest, Prefix: e.Key, Known: known}
+	return backup.Options{Root: env.Root, LocalDir: e.Dest, Prefix: e.Key, Known: known, Concurrency: env.Config.Fetch.Concurrency}
 }
 
 // installedHere reports whether CircleCI was installed on this instance (the installer's
