@@ -150,6 +150,7 @@ func stepFetch(ctx context.Context, env *Env) error {
 	bd, err := fetch.Fetch(ctx, env.Bucket, fetch.Options{
 		Root: env.Root, Layout: env.Config.Layout, Concurrency: env.Config.Fetch.Concurrency,
 		Known: env.Record.Known, Log: env.Log, Existing: func(ctx context.Context) (fetch.Existed, error) { return deploymentExisted(ctx, env) },
+		Objects: passObjects(env),
 	})
 	if bd != nil {
 		env.ReportAll(bd.Findings)
@@ -171,6 +172,37 @@ func stepFetch(ctx context.Context, env *Env) error {
 	}
 	env.Log.Info("files staged", "files", len(bd.Files), "changed", changed, "unchanged", len(bd.Files)-changed)
 	return nil
+}
+
+// passObjects are the objects later steps read, fetched in the fetch's concurrent pass instead
+// of one round trip each after it: the session cookie key, and the installer when it is kept
+// in the source bucket and will run (an installer in another bucket is the install step's own
+// request).
+func passObjects(env *Env) []fetch.Object {
+	objs := []fetch.Object{{Key: cookie.Object, Max: cookie.MaxObject}}
+	if k := installerKey(env); k != "" && willInstall(env) {
+		objs = append(objs, fetch.Object{Key: k, Max: replicated.MaxScript})
+	}
+	return objs
+}
+
+// installerKey is the key, under the source prefix, of an installer kept in the source bucket
+// itself; "" for one at https:// or elsewhere.
+func installerKey(env *Env) string {
+	c := env.Config
+	rest, ok := strings.CutPrefix(c.Replicated.InstallerURL, "s3://")
+	name, key, _ := strings.Cut(rest, "/")
+	if !ok || name != c.Source.Bucket || !strings.HasPrefix(key, c.Source.Prefix) {
+		return ""
+	}
+	return strings.TrimPrefix(key, c.Source.Prefix)
+}
+
+// willInstall reports whether the install step will run the installer (no marker of this
+// instance, or --reinstall): only then does the boot need the script, or the public address.
+func willInstall(env *Env) bool {
+	m := replicated.ReadMarker(env.Root)
+	return env.Reinstall || m == nil || m.InstanceID != env.Instance.InstanceID
 }
 
 // stepValidateFiles checks the staged files and only then moves them into place, so nothing
@@ -329,6 +361,9 @@ func stepCookieKey(ctx context.Context, env *Env) error {
 		return nil
 	}
 	in := cookie.Input{InPlace: inPlace}
+	if r, ok := bd.Take(cookie.Object); ok {
+		in.Remote = &r
+	}
 	if bd.Has(cookie.File) {
 		// The bucket's copy: staged when it differs from the file in place, else that file.
 		if in.Bucket, err = os.ReadFile(bd.PathOf(cookie.File)); err != nil {
@@ -463,10 +498,16 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 	// The script's own public-address discovery is a plain IMDSv1 request, which fails on an
 	// instance that requires IMDSv2, and then it prompts: haagent asks IMDSv2 instead.
 	public := ""
-	if !replicated.SetsPublicAddress(c.Replicated.ExtraArgs) {
+	if willInstall(env) && !replicated.SetsPublicAddress(c.Replicated.ExtraArgs) {
 		var err error
 		if public, err = env.IMDS.PublicIPv4(ctx); err != nil {
 			return imdsFailure(err)
+		}
+	}
+	var fetched *replicated.Prefetched
+	if k := installerKey(env); k != "" {
+		if r, ok := env.Bundle.Take(k); ok {
+			fetched = &replicated.Prefetched{Body: r.Data, Err: r.Err}
 		}
 	}
 	res, err := replicated.Ensure(ctx, replicated.Options{
@@ -478,6 +519,7 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 		// Report logs a finding once per run, however often the step is retried.
 		Report:     env.Report,
 		OpenBucket: func(ctx context.Context, name string) (*bucket.Bucket, error) { return env.openBucket(ctx, name, "") },
+		Fetched:    fetched,
 	})
 	if err != nil {
 		return err

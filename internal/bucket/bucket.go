@@ -6,11 +6,11 @@ package bucket
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/hex"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
