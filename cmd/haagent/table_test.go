@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/haagent/haagent/internal/peertest"
 )
@@ -166,5 +168,42 @@ func TestBootRequestTable(t *testing.T) {
 	check(2, "replacement")
 	if w.installer.runs() != 2 {
 		t.Fatalf("the installer from the bucket ran %d times, want once per instance", w.installer.runs())
+	}
+}
+
+// Keys CircleCI made on this machine cost one put and one read-back each at the boot that
+// backs them up, and nothing at the next: the backup records what it verified as the fetch
+// records what it installed, so the reboot's fetch finds them listed unchanged instead of
+// downloading each to compare.
+func TestBackedUpKeysAreKnownAtTheNextBoot(t *testing.T) {
+	w := newRunbookWorld(t, "i-0newkeys00000000")
+	const made = 20
+	old := time.Now().Add(-time.Hour)
+	for i := 0; i < made; i++ {
+		k := fmt.Sprintf("circleci-encryption-keys/%03d-service.key", 100+i)
+		p := filepath.Join(w.root, "data/circle", k)
+		os.MkdirAll(filepath.Dir(p), 0o700)
+		if err := os.WriteFile(p, w.objs[k], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(p, old, old) // settled: written an hour ago
+		w.s3.Delete(t, bkt, k)
+	}
+	keyRequests := func() map[string]int {
+		out := map[string]int{}
+		for _, r := range w.s3c.Requests() {
+			if strings.Contains(r.Path, "/circleci-encryption-keys/") {
+				out[r.Kind]++
+			}
+		}
+		return out
+	}
+	w.boot("first boot")
+	if got := keyRequests(); got["PutObject"] != made || got["GetObject"] != 200 || got["HeadObject"] != 0 {
+		t.Fatalf("first boot, key requests %v: want %d PutObject, %d GetObject (the fetch's %d and %d read-backs)", got, made, 200, 200-made, made)
+	}
+	w.boot("reboot")
+	if got := keyRequests(); len(got) != 0 {
+		t.Fatalf("reboot, key requests %v: want none (every key was verified and recorded)", got)
 	}
 }

@@ -56,6 +56,11 @@ type Result struct {
 	// Details of each conflict, with both hashes (never contents).
 	Details  []fetch.KeyConflict
 	Findings []findings.Finding
+	// Verified are the keys the bucket holds exactly as this machine does (uploaded and read
+	// back, or compared equal), each with the object's ETag: what a fetch records for a file
+	// it installed. Recorded, they spare the next boot's fetch a download of each to compare
+	// (a new install's keys were never fetched).
+	Verified []fetch.Known
 }
 
 // Keys compares the local keys directory with the bucket prefix and uploads what is missing,
@@ -161,6 +166,7 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 	// read-back, a comparison) becomes a job for the worker pool below. Outcomes land in the
 	// key's own slot, so the result keeps the keys' order whatever finishes first.
 	out := make([]outcome, len(local))
+	shas := make([]string, len(local))
 	var jobs []job
 	for i, lk := range local {
 		rel, key := lk.rel, o.Prefix+lk.rel
@@ -181,6 +187,7 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 			continue
 		}
 		j := job{i: i, rel: rel, key: key, data: data, sha: sha(data)}
+		shas[i] = j.sha
 		obj, there := remote[rel]
 		if !there {
 			// A file that changed within the settle time may still be being written: it is not
@@ -214,7 +221,7 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 		// What the fetch verified: the same object (its ETag unchanged since) holding this
 		// very content. No request tells more.
 		if k, ok := o.Known[key]; ok && k.ETag != "" && k.ETag == obj.ETag && k.SHA256 == j.sha {
-			oc.inSync = true
+			oc.inSync, oc.etag = true, obj.ETag
 			continue
 		}
 		jobs = append(jobs, j)
@@ -253,6 +260,9 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 			res.NotBackedUp = append(res.NotBackedUp, rel)
 		}
 		res.Findings = append(res.Findings, oc.findings...)
+		if (oc.uploaded || oc.inSync) && oc.etag != "" {
+			res.Verified = append(res.Verified, fetch.Known{Key: o.Prefix + rel, ETag: oc.etag, Size: local[i].info.Size(), SHA256: shas[i]})
+		}
 	}
 	return res, nil
 }
@@ -269,6 +279,7 @@ type job struct {
 // outcome is what became of one local key.
 type outcome struct {
 	uploaded, inSync, notBacked bool
+	etag                        string // the bucket's object, found equal to the local key
 	conflict                    *fetch.KeyConflict
 	findings                    []findings.Finding
 }
@@ -294,22 +305,23 @@ func (opt Options) run(ctx context.Context, b *bucket.Bucket, j job) outcome {
 		}
 		if perr == nil {
 			// Read back: the key is backed up only when S3 returns the same bytes.
-			if got, err := remoteSHA(ctx, b, j.key); err != nil || got != j.sha {
+			got, etag, err := remoteSHA(ctx, b, j.key)
+			if err != nil || got != j.sha {
 				o.notBackedUp(findings.New("KEYS_NOT_BACKED_UP", b.URI(j.key),
 					fmt.Sprintf("encryption key %s was uploaded but does not read back the same", j.rel), fmt.Sprint(err)))
 				return o
 			}
-			o.uploaded = true
+			o.uploaded, o.etag = true, etag
 			return o
 		}
 		// Another writer created it meanwhile: compare like any existing object.
 	}
-	got, err := opt.compare(ctx, b, j)
+	got, etag, err := opt.compare(ctx, b, j)
 	switch {
 	case err != nil:
 		o.notBackedUp(findings.New("KEYS_NOT_BACKED_UP", b.URI(j.key), fmt.Sprintf("cannot compare encryption key %s with the bucket's copy", j.rel), err.Error()))
 	case got == j.sha:
-		o.inSync = true
+		o.inSync, o.etag = true, etag
 	default:
 		// Reported even while the file may still change: nothing is written either way,
 		// and the next comparison says whether it lasts.
@@ -326,17 +338,17 @@ func (opt Options) run(ctx context.Context, b *bucket.Bucket, j job) outcome {
 // no SSE-KMS or SSE-C: HeadObject says which, a listing does not) shows the copies equal;
 // only when neither can tell, or they differ (a conflict names the bucket's sha256), is the
 // object downloaded.
-func (opt Options) compare(ctx context.Context, b *bucket.Bucket, j job) (string, error) {
+func (opt Options) compare(ctx context.Context, b *bucket.Bucket, j job) (sum, etag string, err error) {
 	m, err := b.Head(ctx, j.key)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	if m.SHA256 != "" {
-		return m.SHA256, nil
+		return m.SHA256, m.ETag, nil
 	}
 	if m.PlainMD5 && m.Size == int64(len(j.data)) {
 		if sum := md5.Sum(j.data); hex.EncodeToString(sum[:]) == m.ETag {
-			return j.sha, nil
+			return j.sha, m.ETag, nil
 		}
 	}
 	return remoteSHA(ctx, b, j.key)
@@ -368,17 +380,17 @@ func sha(data []byte) string {
 	return hex.EncodeToString(h[:])
 }
 
-func remoteSHA(ctx context.Context, b *bucket.Bucket, key string) (string, error) {
-	var got string
-	err := b.Get(ctx, key, "", func(body io.Reader, _ bucket.Meta) error {
+// remoteSHA downloads key and returns its sha256 and ETag.
+func remoteSHA(ctx context.Context, b *bucket.Bucket, key string) (sum, etag string, err error) {
+	err = b.Get(ctx, key, "", func(body io.Reader, m bucket.Meta) error {
 		h := sha256.New()
 		if _, err := io.Copy(h, body); err != nil {
 			return err
 		}
-		got = hex.EncodeToString(h.Sum(nil))
+		sum, etag = hex.EncodeToString(h.Sum(nil)), m.ETag
 		return nil
 	})
-	return got, err
+	return sum, etag, err
 }
 
 // openForWriting reports whether any process holds path open for writing. It asks the kernel

@@ -624,6 +624,7 @@ func StepBackupKeys(ctx context.Context, env *Env) error {
 		return err
 	}
 	env.setKeyConflicts(res.Details)
+	env.recordVerified(e, res.Verified)
 	startKeyScan(env)
 	env.ReportAll(res.Findings)
 	env.Log.Info("encryption keys backed up", "uploaded", len(res.Uploaded), "in_sync", len(res.InSync),
@@ -664,15 +665,32 @@ func BackupKeysNow(res *backup.Result) Step {
 	}}
 }
 
+// recordVerified records the keys the backup found identical in the bucket as a fetch records
+// what it installed, so the next boot's fetch lists them unchanged instead of downloading each
+// to compare (a new install's keys were uploaded, never fetched). Under env.mu: the periodic
+// scan reads the record's keys from its own goroutine (keysOptions).
+func (env *Env) recordVerified(e config.Entry, vs []fetch.Known) {
+	env.mu.Lock()
+	defer env.mu.Unlock()
+	if env.Record.Known == nil {
+		env.Record.Known = map[string]fetch.Known{}
+	}
+	for _, v := range vs {
+		env.Record.Known[e.Dest+strings.TrimPrefix(v.Key, e.Key)] = v
+	}
+}
+
 // keysOptions is where the keys are, for the backup.
 func (env *Env) keysOptions() backup.Options {
 	e := env.keysEntry()
 	known := map[string]fetch.Known{}
+	env.mu.Lock()
 	for _, k := range env.Record.Known {
 		if strings.HasPrefix(k.Key, e.Key) {
 			known[k.Key] = k
 		}
 	}
+	env.mu.Unlock()
 	return backup.Options{Root: env.Root, LocalDir: e.Dest, Prefix: e.Key, Known: known, Concurrency: env.Config.Fetch.Concurrency}
 }
 
