@@ -27,7 +27,7 @@ func TestIdentityIsOneDocument(t *testing.T) {
 	m := peertest.StartIMDS(t, peertest.Instance{ID: "i-0doc", LocalIPv4: "10.0.0.7", Region: "eu-west-1"})
 	c := peertest.CountIMDS(t, m.URL)
 	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", c.URL)
-	info, err := New(5*time.Second).Identity(context.Background())
+	info, err := New(5 * time.Second).Identity(context.Background())
 	if err != nil || info != (Info{InstanceID: "i-0doc", LocalIPv4: "10.0.0.7", Region: "eu-west-1"}) {
 		t.Fatalf("identity %+v, %v", info, err)
 	}
