@@ -48,10 +48,10 @@ func checkRoot(t *testing.T, pg *peertest.Postgres, file []byte) string {
 func runHaagent(t *testing.T, env []string, args ...string) result {
 	t.Helper()
 	cmd := exec.Command(haagentBin, args...)
-	cmd.Env = env
 	if env == nil {
-		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+		env = []string{"PATH=" + os.Getenv("PATH")}
 	}
+	cmd.Env = binEnv(env)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
@@ -92,7 +92,7 @@ func TestCheckCommand(t *testing.T) {
 	if err := json.Unmarshal([]byte(j.stdout), &rep); err != nil || j.code != 1 || rep.DurationMS == nil {
 		t.Fatalf("json report: exit %d err %v\n%s", j.code, err, j.stdout)
 	}
-	if len(rep.Findings) != 1 || rep.Findings[0].Code != "PG_AUTH_FAILED" || rep.Findings[0].Service != "postgres" || !rep.Findings[0].Blocking {
+	if len(rep.Findings) != 1 || rep.Findings[0].Code != findings.PGAuthFailed || rep.Findings[0].Service != "postgres" || !rep.Findings[0].Blocking {
 		t.Fatalf("json findings: %+v", rep.Findings)
 	}
 	for _, out := range []string{r.stdout, r.stderr, j.stdout, j.stderr} {
@@ -121,6 +121,7 @@ func TestCheckBlackHole(t *testing.T) {
 	os.WriteFile(rules, []byte("table ip blackhole {\n  chain input {\n    type filter hook input priority 0;\n    tcp dport 5999 drop\n  }\n}\n"), 0o644)
 	script := fmt.Sprintf("ip link set lo up && nft -f %s && exec %s --root %s check --format json --timeout 2s --only postgres", rules, haagentBin, root)
 	cmd := exec.Command("unshare", "--net", "sh", "-c", script)
+	cmd.Env = binEnv(os.Environ())
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
@@ -128,7 +129,7 @@ func TestCheckBlackHole(t *testing.T) {
 	if jerr := json.Unmarshal(o.Bytes(), &rep); jerr != nil {
 		t.Fatalf("check in the namespace: %v %v\n%s%s", err, jerr, o.String(), e.String())
 	}
-	if len(rep.Findings) != 1 || rep.Findings[0].Code != "TCP_TIMEOUT" || !strings.Contains(rep.Findings[0].Fix, "security group") {
+	if len(rep.Findings) != 1 || rep.Findings[0].Code != findings.TCPTimeout || !strings.Contains(rep.Findings[0].Fix, "security group") {
 		t.Fatalf("want one TCP_TIMEOUT, got %+v", rep.Findings)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/pem"
 	"fmt"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/replicated"
 )
@@ -53,7 +55,7 @@ func startInstaller(t *testing.T, script string) *installerServer {
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		s.requests = append(s.requests, r.URL.RequestURI())
-		body := strings.NewReplacer("RECDIR", s.recIn, "ROOTDIR", s.root, "IMDSV1URL", s.imdsV1, "STANDIN_DELAY", s.delay).Replace(s.script)
+		body := s.renderLocked()
 		redirect := s.redirect
 		s.mu.Unlock()
 		if r.URL.Path != "/install.sh" {
@@ -76,6 +78,19 @@ func startInstaller(t *testing.T, script string) *installerServer {
 // the application (just before its last line).
 func standinWith(t *testing.T, extra string) string {
 	return strings.Replace(standin(t), "# EXTRA\n", extra+"\n", 1)
+}
+
+// renderLocked is the script as served, its placeholders filled in; s.mu is held.
+func (s *installerServer) renderLocked() string {
+	return strings.NewReplacer("RECDIR", s.recIn, "ROOTDIR", s.root, "IMDSV1URL", s.imdsV1, "STANDIN_DELAY", s.delay).Replace(s.script)
+}
+
+// render is the script as the server would serve it now, for a test that keeps it elsewhere
+// (an s3:// installer).
+func (s *installerServer) render() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.renderLocked()
 }
 
 // set changes what the server serves, under its lock (its handler reads them).
@@ -150,7 +165,7 @@ func TestInstallerRunsOncePerInstance(t *testing.T) {
 	}
 	// An edit of settings.conf in S3 is reported, since Replicated will not read it again.
 	w.s3.Put(t, bkt, "settings.conf", []byte(strings.Replace(string(w.objs["settings.conf"]), "circleci.example.com", "ci2.example.com", 1)))
-	if r := w.run("run", "--once"); r.code != 0 || !strings.Contains(r.stderr, "SETTINGS_DRIFT") {
+	if r := w.run("run", "--once"); r.code != 0 || !strings.Contains(r.stderr, findings.SettingsDrift.String()) {
 		t.Fatalf("settings drift: exit %d\n%s", r.code, r.stderr)
 	}
 	// --reinstall forces it.
@@ -202,7 +217,7 @@ func TestInstallerExitZeroWithNothingInstalled(t *testing.T) {
 	w := newWorld(t, "i-0nothing00000000")
 	os.Remove(filepath.Join(w.root, "usr/bin/docker"))
 	r := w.run("run", "--once")
-	if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_NOTHING_INSTALLED") || !strings.Contains(r.stderr, "The recommended version is 18.09.9") ||
+	if r.code != 1 || !strings.Contains(r.stderr, findings.InstallerNothingInstalled.String()) || !strings.Contains(r.stderr, "The recommended version is 18.09.9") ||
 		!strings.Contains(r.stderr, "install the Docker it recommends (18.09.9)") {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
@@ -248,7 +263,7 @@ func TestInstallerExtraArgs(t *testing.T) {
 		w.installCfg += "  extra_args: [release-sequence=12]\n"
 		w.writeConfig(w.s3.URL, "")
 		r := w.run("run", "--once")
-		if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_ARG_UNKNOWN") || !strings.Contains(r.stderr, `\"release-sequence\" is not an argument the installer accepts`) ||
+		if r.code != 1 || !strings.Contains(r.stderr, findings.InstallerArgUnknown.String()) || !strings.Contains(r.stderr, `\"release-sequence\" is not an argument the installer accepts`) ||
 			!strings.Contains(r.stderr, "the downloaded script's argument list") || w.installer.runs() != 0 {
 			t.Fatalf("exit %d, runs %d\n%s", r.code, w.installer.runs(), r.stderr)
 		}
@@ -341,7 +356,7 @@ func TestInstallerProxySources(t *testing.T) {
 		w := newWorld(t, "i-0proxysrc0000002")
 		withConfProxy(w, "http://other-user:"+secret+"@other.corp.example:3128")
 		r := w.runEnv(append(w.env(w.imds.URL), "HTTPS_PROXY="+proxy), "run", "--once")
-		if r.code != 1 || !strings.Contains(r.stderr, "FILE_INVALID") || !strings.Contains(r.stderr, "sets HttpProxy http://***@other.corp.example:3128 but haagent's proxy is http://***@proxy.corp.example:3128") ||
+		if r.code != 1 || !strings.Contains(r.stderr, findings.FileInvalid.String()) || !strings.Contains(r.stderr, "sets HttpProxy http://***@other.corp.example:3128 but haagent's proxy is http://***@proxy.corp.example:3128") ||
 			strings.Contains(r.stderr, secret) || w.installer.runs() != 0 {
 			t.Fatalf("exit %d, runs %d\n%s", r.code, w.installer.runs(), r.stderr)
 		}
@@ -366,7 +381,7 @@ func TestInstallerDownloadSafety(t *testing.T) {
 		r := w.run("run", "--once")
 		mu.Lock()
 		defer mu.Unlock()
-		if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_REDIRECT_REFUSED") || plainHits != 0 || w.installer.runs() != 0 || len(w.installer.reqs()) != 1 {
+		if r.code != 1 || !strings.Contains(r.stderr, findings.InstallerRedirectRefused.String()) || plainHits != 0 || w.installer.runs() != 0 || len(w.installer.reqs()) != 1 {
 			t.Fatalf("exit %d, plain hits %d, runs %d, requests %v\n%s", r.code, plainHits, w.installer.runs(), w.installer.reqs(), r.stderr)
 		}
 	})
@@ -379,7 +394,7 @@ func TestInstallerDownloadSafety(t *testing.T) {
 		m := replicated.ReadMarker(w.root)
 		w.installCfg += "  sha256: " + m.InstallerSHA256 + "\n"
 		w.writeConfig(w.s3.URL, "")
-		if r := w.run("run", "--once", "--reinstall"); r.code != 0 || strings.Contains(r.stderr, "INSTALLER_UNPINNED") {
+		if r := w.run("run", "--once", "--reinstall"); r.code != 0 || strings.Contains(r.stderr, findings.InstallerUnpinned.String()) {
 			t.Fatalf("pinned: exit %d\n%s", r.code, r.stderr)
 		}
 	})
@@ -401,7 +416,7 @@ func TestInstallerFailureTimeoutAndChecksum(t *testing.T) {
 		w := newWorld(t, "i-0instfail0000000")
 		w.installer.setScript("#!/bin/bash\necho 'pulling images'\necho 'Error: no space left on device' >&2\nexit 3\n")
 		r := w.run("run", "--once")
-		if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_FAILED") || !strings.Contains(r.stderr, "status 3") || !strings.Contains(r.stderr, "no space left on device") {
+		if r.code != 1 || !strings.Contains(r.stderr, findings.InstallerFailed.String()) || !strings.Contains(r.stderr, "status 3") || !strings.Contains(r.stderr, "no space left on device") {
 			t.Fatalf("exit %d\n%s", r.code, r.stderr)
 		}
 		if replicated.ReadMarker(w.root) != nil {
@@ -419,7 +434,7 @@ func TestInstallerFailureTimeoutAndChecksum(t *testing.T) {
 		w.installCfg = fmt.Sprintf("replicated:\n  installer_url: %s/install.sh\n  timeout: 1s\n", w.installer.URL)
 		w.writeConfig(w.s3.URL, "")
 		r := w.run("run", "--once")
-		if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_TIMEOUT") || w.installer.rec("started") == "" {
+		if r.code != 1 || !strings.Contains(r.stderr, findings.InstallerTimeout.String()) || w.installer.rec("started") == "" {
 			t.Fatalf("exit %d\n%s", r.code, r.stderr)
 		}
 	})
@@ -428,7 +443,7 @@ func TestInstallerFailureTimeoutAndChecksum(t *testing.T) {
 		w.installCfg = fmt.Sprintf("replicated:\n  installer_url: %s/install.sh\n  sha256: %s\n", w.installer.URL, strings.Repeat("ab", 32))
 		w.writeConfig(w.s3.URL, "")
 		r := w.run("run", "--once")
-		if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_CHECKSUM_MISMATCH") || w.installer.runs() != 0 {
+		if r.code != 1 || !strings.Contains(r.stderr, findings.InstallerChecksumMismatch.String()) || w.installer.runs() != 0 {
 			t.Fatalf("exit %d runs %d\n%s", r.code, w.installer.runs(), r.stderr)
 		}
 	})
@@ -470,7 +485,7 @@ func TestValidateFilesBlocksBrokenFiles(t *testing.T) {
 		t.Fatalf("validate of the good files in place: exit %d\n%s%s", v.code, v.stdout, v.stderr)
 	}
 	os.WriteFile(filepath.Join(w.root, "etc/replicated.conf"), []byte(broken), 0o600)
-	if v := w.run("validate"); v.code != 1 || !strings.Contains(v.stdout, "FILE_SYNTAX") {
+	if v := w.run("validate"); v.code != 1 || !strings.Contains(v.stdout, findings.FileSyntax.String()) {
 		t.Fatalf("validate of a broken file in place: exit %d\n%s%s", v.code, v.stdout, v.stderr)
 	}
 }
@@ -512,7 +527,7 @@ func TestBackupKeysCommandFailsWhenS3IsDown(t *testing.T) {
 	os.Chtimes(made, old, old)
 	w.s3.Stop()
 	r := w.run("backup", "keys")
-	if r.code != 1 || strings.Contains(r.stdout, "every local key is in the bucket") || !strings.Contains(r.stderr, "S3_UNREACHABLE") && !strings.Contains(r.stderr, "connection refused") {
+	if r.code != 1 || strings.Contains(r.stdout, "every local key is in the bucket") || !strings.Contains(r.stderr, findings.S3Unreachable.String()) && !strings.Contains(r.stderr, "connection refused") {
 		t.Fatalf("backup keys with S3 down: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
 	}
 }
@@ -546,4 +561,59 @@ func TestBackupKeysWhileTheServiceRuns(t *testing.T) {
 	if r.code != 0 || string(w.s3.Object(bkt, "circleci-encryption-keys/98-made-while-up.key")) != "fresh key" {
 		t.Fatalf("backup keys while the service watches: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
+}
+
+// An installer kept in the bucket (s3://) is read with the same bucket client as the source,
+// source.ca_file included: against an S3 endpoint that speaks only TLS with a certificate from
+// a CA that is in source.ca_file and nowhere else (not the system pool, not the bucket's
+// ca-certificates/), the script in another bucket of that endpoint downloads, matches its pin
+// and runs. A copy of the client settings that drops ca_file (as the installer's once did)
+// fails here with INSTALLER_DOWNLOAD_FAILED. Without ca_file the boot stops at the fetch, the
+// TLS failure named with what to do.
+func TestInstallerFromS3HonoursSourceCAFile(t *testing.T) {
+	const id = "i-0s3cafile0000000"
+	w := newWorld(t, id)
+	ca := peertest.NewCA(t, "on-prem S3 CA")
+	w.s3 = peertest.StartS3TLS(t, ca)
+	w.s3.MakeBucket(t, bkt)
+	for k, v := range w.objs {
+		w.s3.Put(t, bkt, k, v)
+	}
+	script := []byte(w.installer.render())
+	w.s3.MakeBucket(t, "circleci-installers")
+	w.s3.Put(t, "circleci-installers", "replicated-2.0.sh", script)
+	sum := sha256.Sum256(script)
+	w.installCfg = fmt.Sprintf("replicated:\n  installer_url: s3://circleci-installers/replicated-2.0.sh\n  sha256: %x\n  timeout: 60s\n", sum)
+	caFile := filepath.Join(w.root, "etc/haagent/s3-ca.pem")
+	if err := os.MkdirAll(filepath.Dir(caFile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caFile, ca.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("without source.ca_file", func(t *testing.T) {
+		w.sourceCfg = ""
+		w.writeConfig(w.s3.URL, "")
+		r := w.run("run", "--once")
+		if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step fetch") || !strings.Contains(r.stderr, "certificate signed by unknown authority") ||
+			!strings.Contains(r.stderr, "finding=S3_TLS_UNTRUSTED") ||
+			!strings.Contains(r.stderr, "name it in source.ca_file") || strings.Contains(r.stderr, "retrying S3 request") || w.installer.runs() != 0 {
+			t.Fatalf("want the fetch to fail on the unknown CA with source.ca_file as the fix, the installer not run; exit %d, runs %d\n%s", r.code, w.installer.runs(), r.stderr)
+		}
+	})
+	t.Run("with source.ca_file", func(t *testing.T) {
+		w.sourceCfg = "  ca_file: /etc/haagent/s3-ca.pem\n"
+		w.writeConfig(w.s3.URL, "")
+		r := w.run("run", "--once")
+		if r.code != 0 {
+			t.Fatalf("exit %d\n%s", r.code, r.stderr)
+		}
+		if w.installer.runs() != 1 || len(w.installer.reqs()) != 0 {
+			t.Fatalf("the installer from s3:// ran %d times; the HTTPS installer server was asked %v", w.installer.runs(), w.installer.reqs())
+		}
+		if m := replicated.ReadMarker(w.root); m == nil || m.InstanceID != id || m.InstallerSHA256 != fmt.Sprintf("%x", sum) {
+			t.Fatalf("marker %+v, want the pinned script's sha256 %x", m, sum)
+		}
+	})
 }

@@ -87,7 +87,7 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 	// would hold while fetch and CircleCI write through the link.
 	notBackedUp := func(rel, summary, evidence, fix string) {
 		res.NotBackedUp = append(res.NotBackedUp, rel)
-		f := findings.New("KEYS_NOT_BACKED_UP", filepath.Join(o.LocalDir, rel), summary, evidence)
+		f := findings.New(findings.KeysNotBackedUp, filepath.Join(o.LocalDir, rel), summary, evidence)
 		if fix != "" {
 			f = f.WithFix(fix)
 		}
@@ -112,7 +112,7 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 	}
 	emptyKey := func(rel string) {
 		res.NotBackedUp = append(res.NotBackedUp, rel)
-		res.Findings = append(res.Findings, findings.New("KEYS_EMPTY", filepath.Join(o.LocalDir, rel),
+		res.Findings = append(res.Findings, findings.New(findings.KeysEmpty, filepath.Join(o.LocalDir, rel),
 			fmt.Sprintf("encryption key %s on this machine is empty (0 bytes); an empty copy is never uploaded (it would become the permanent backup)", rel), "").
 			WithFix(fmt.Sprintf("restore %s from the machine or backup that holds the real key; if CircleCI is still creating it, haagent backs it up once it is written", filepath.Join(o.LocalDir, rel))))
 	}
@@ -182,7 +182,7 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 		// Read it whole, then check it did not change meanwhile: a writer that started after
 		// the listing must not get its half-written bytes uploaded.
 		if after, err := os.Lstat(path); err != nil || after.Size() != lk.info.Size() || !after.ModTime().Equal(lk.info.ModTime()) || int64(len(data)) != lk.info.Size() {
-			oc.notBackedUp(findings.New("KEYS_NOT_BACKED_UP", filepath.Join(o.LocalDir, rel), fmt.Sprintf("encryption key %s changed while it was read; it is backed up once unchanged for %s", rel, o.Settle), "").
+			oc.notBackedUp(findings.New(findings.KeysNotBackedUp, filepath.Join(o.LocalDir, rel), fmt.Sprintf("encryption key %s changed while it was read; it is backed up once unchanged for %s", rel, o.Settle), "").
 				WithFix("nothing to do: haagent retries"))
 			continue
 		}
@@ -197,7 +197,7 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 			if age < o.Settle {
 				// The age goes in the evidence: a summary that changed at every scan would make
 				// a new finding (and a journal entry) each time.
-				oc.notBackedUp(findings.New("KEYS_NOT_BACKED_UP", filepath.Join(o.LocalDir, rel), fmt.Sprintf("encryption key %s is still being written; it is backed up once unchanged for %s", rel, o.Settle),
+				oc.notBackedUp(findings.New(findings.KeysNotBackedUp, filepath.Join(o.LocalDir, rel), fmt.Sprintf("encryption key %s is still being written; it is backed up once unchanged for %s", rel, o.Settle),
 					fmt.Sprintf("last changed %s ago", age.Round(time.Second))).WithFix("nothing to do: haagent retries; or run haagent backup keys in a minute"))
 				continue
 			}
@@ -206,11 +206,11 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 			if open, err := openForWriting(path); errors.Is(err, fs.ErrNotExist) {
 				continue // moved aside since it was read: nothing to back up
 			} else if err != nil {
-				oc.notBackedUp(findings.New("KEYS_NOT_BACKED_UP", filepath.Join(o.LocalDir, rel), fmt.Sprintf("cannot tell whether encryption key %s is still being written; it is not uploaded", rel), err.Error()).
+				oc.notBackedUp(findings.New(findings.KeysNotBackedUp, filepath.Join(o.LocalDir, rel), fmt.Sprintf("cannot tell whether encryption key %s is still being written; it is not uploaded", rel), err.Error()).
 					WithFix("check that haagent can open the file (it runs as root); haagent retries at the next scan"))
 				continue
 			} else if open {
-				oc.notBackedUp(findings.New("KEYS_NOT_BACKED_UP", filepath.Join(o.LocalDir, rel), fmt.Sprintf("encryption key %s is still being written; it is backed up once unchanged for %s", rel, o.Settle),
+				oc.notBackedUp(findings.New(findings.KeysNotBackedUp, filepath.Join(o.LocalDir, rel), fmt.Sprintf("encryption key %s is still being written; it is backed up once unchanged for %s", rel, o.Settle),
 					"another process holds it open for writing").WithFix("nothing to do: haagent retries once the writer closes it; or run haagent backup keys then"))
 				continue
 			}
@@ -295,9 +295,9 @@ func (opt Options) run(ctx context.Context, b *bucket.Bucket, j job) outcome {
 	if j.upload {
 		perr := b.PutIfAbsent(ctx, j.key, j.data)
 		if perr != nil && !errors.Is(perr, bucket.ErrExists) {
-			f := findings.New("KEYS_NOT_BACKED_UP", b.URI(j.key), fmt.Sprintf("encryption key %s exists only on this machine: uploading it failed", j.rel), perr.Error())
+			f := findings.New(findings.KeysNotBackedUp, b.URI(j.key), fmt.Sprintf("encryption key %s exists only on this machine: uploading it failed", j.rel), perr.Error())
 			var be *bucket.Error
-			if errors.As(perr, &be) && be.Code() == "S3_ACCESS_DENIED" {
+			if errors.As(perr, &be) && be.Code() == findings.S3AccessDenied {
 				f = f.WithFix(fmt.Sprintf("grant the instance role s3:PutObject on arn:aws:s3:::%s/%s%s* (and kms:GenerateDataKey with SSE-KMS); until then a replacement instance cannot decrypt CircleCI's data", b.Name, b.Prefix, opt.Prefix))
 			}
 			o.notBackedUp(f)
@@ -307,7 +307,7 @@ func (opt Options) run(ctx context.Context, b *bucket.Bucket, j job) outcome {
 			// Read back: the key is backed up only when S3 returns the same bytes.
 			got, etag, err := remoteSHA(ctx, b, j.key)
 			if err != nil || got != j.sha {
-				o.notBackedUp(findings.New("KEYS_NOT_BACKED_UP", b.URI(j.key),
+				o.notBackedUp(findings.New(findings.KeysNotBackedUp, b.URI(j.key),
 					fmt.Sprintf("encryption key %s was uploaded but does not read back the same", j.rel), fmt.Sprint(err)))
 				return o
 			}
@@ -319,7 +319,7 @@ func (opt Options) run(ctx context.Context, b *bucket.Bucket, j job) outcome {
 	got, etag, err := opt.compare(ctx, b, j)
 	switch {
 	case err != nil:
-		o.notBackedUp(findings.New("KEYS_NOT_BACKED_UP", b.URI(j.key), fmt.Sprintf("cannot compare encryption key %s with the bucket's copy", j.rel), err.Error()))
+		o.notBackedUp(findings.New(findings.KeysNotBackedUp, b.URI(j.key), fmt.Sprintf("cannot compare encryption key %s with the bucket's copy", j.rel), err.Error()))
 	case got == j.sha:
 		o.inSync, o.etag = true, etag
 	default:

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/fetch"
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 )
 
@@ -103,7 +104,7 @@ func TestUnknownKeysAreComparedByHead(t *testing.T) {
 		t.Fatalf("in sync %d, conflicts %v, err %v", len(res.InSync), res.Conflicts, err)
 	}
 	want := sha([]byte("key 042 of the runbook's two hundred"))
-	if d := res.Details[0]; d.BucketSHA256 != want || d.LocalSHA256 != sha([]byte("this machine's own")) || res.Findings[0].Code != "KEYS_CONFLICT" {
+	if d := res.Details[0]; d.BucketSHA256 != want || d.LocalSHA256 != sha([]byte("this machine's own")) || res.Findings[0].Code != findings.KeysConflict {
 		t.Fatalf("conflict %+v, findings %v", d, res.Findings)
 	}
 	if got := string(s.Object(bkt, prefix+"042-service.key")); got != "key 042 of the runbook's two hundred" {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/fetch"
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 )
 
@@ -47,7 +48,7 @@ func TestMergeTakesTheFetchedObject(t *testing.T) {
 		t.Fatalf("S3 cannot say, nothing on the machine: %v, requests %v", err, c.Requests())
 	}
 	res, err = Merge(context.Background(), b, Input{InPlace: []byte("export " + Variable + "=\"MachineKey012345\"\n"), Remote: &fetch.Read{Err: denied}})
-	if err != nil || res.Source != "local" || LocalValue(res.Content) != "MachineKey012345" || len(res.Findings) != 1 || res.Findings[0].Code != "COOKIE_KEY_LOCAL_ONLY" {
+	if err != nil || res.Source != "local" || LocalValue(res.Content) != "MachineKey012345" || len(res.Findings) != 1 || res.Findings[0].Code != findings.CookieKeyLocalOnly {
 		t.Fatalf("S3 cannot say, a key on the machine: source %q findings %v err %v", res.Source, res.Findings, err)
 	}
 }

@@ -26,10 +26,10 @@ func TestPrefetchedScriptKeepsTheChecks(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		pre  Prefetched
-		code string
+		code findings.Code
 	}{
-		{"read failed", Prefetched{Err: &bucket.Error{Op: "GetObject", URI: "s3://circleci-ha/replicated/install.sh", Err: bucket.ErrNotFound}}, "INSTALLER_DOWNLOAD_FAILED"},
-		{"not the pinned script", Prefetched{Body: []byte("#!/bin/sh\necho another script\n")}, "INSTALLER_CHECKSUM_MISMATCH"},
+		{"read failed", Prefetched{Err: &bucket.Error{Op: "GetObject", URI: "s3://circleci-ha/replicated/install.sh", Err: bucket.ErrNotFound}}, findings.InstallerDownloadFailed},
+		{"not the pinned script", Prefetched{Body: []byte("#!/bin/sh\necho another script\n")}, findings.InstallerChecksumMismatch},
 	} {
 		o := base
 		o.Fetched = &tc.pre
