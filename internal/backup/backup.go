@@ -48,6 +48,10 @@ type Options struct {
 	// with S3 tens of milliseconds away, a boot that backs up 200 keys one after another
 	// spends seconds waiting. 0 is one at a time.
 	Concurrency int
+	// Listing, when not nil, is a listing of the prefix the caller has just taken (the
+	// periodic scan lists it to see whether the bucket's side changed): used as it is instead
+	// of listing again.
+	Listing []bucket.Object
 }
 
 // Result says what happened to each local key.
@@ -75,9 +79,12 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 	}
 	var res Result
 	remote := map[string]bucket.Object{}
-	objs, err := b.List(ctx, o.Prefix)
-	if err != nil {
-		return res, fmt.Errorf("listing %s: %w", b.URI(o.Prefix), err)
+	objs := o.Listing
+	if objs == nil {
+		var err error
+		if objs, err = b.List(ctx, o.Prefix); err != nil {
+			return res, fmt.Errorf("listing %s: %w", b.URI(o.Prefix), err)
+		}
 	}
 	for _, obj := range objs {
 		remote[obj.Rel] = obj
