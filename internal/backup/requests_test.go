@@ -32,7 +32,8 @@ func runbookKeys(t *testing.T, s *peertest.S3, root string, n int) map[string]fe
 }
 
 // 200 keys the run fetched and N new ones CircleCI just made: exactly N puts and N read-backs
-// besides the one listing, nothing for the keys already known, counted at versitygw.
+// besides the one listing, nothing for the keys already known, counted at versitygw. Then one
+// known key edited on the machine: one HeadObject, and still KEYS_CONFLICT.
 func TestOnlyNewKeysCostRequests(t *testing.T) {
 	s := peertest.StartS3(t)
 	s.MakeBucket(t, bkt)
@@ -67,6 +68,30 @@ func TestOnlyNewKeysCostRequests(t *testing.T) {
 			t.Errorf("verified key without ETag, sha256 or size: %+v", v)
 		}
 	}
+	counted(t, c, n)
+
+	// A key the fetch recorded that someone changed on this machine since: compared (one
+	// HeadObject), still a conflict, the bucket's copy left as it is.
+	for _, v := range res.Verified {
+		o.Known[v.Key] = v
+	}
+	os.WriteFile(filepath.Join(root, local, "117-service.key"), []byte("edited on this machine"), 0o600)
+	c.Reset()
+	res, err = Keys(context.Background(), b, o)
+	if err != nil || len(res.Conflicts) != 1 || res.Conflicts[0] != "117-service.key" || len(res.Findings) != 1 || res.Findings[0].Code != findings.KeysConflict {
+		t.Fatalf("conflicts %v, findings %v, err %v", res.Conflicts, res.Findings, err)
+	}
+	if got := string(s.Object(bkt, prefix+"117-service.key")); got != "key 117 of the runbook's two hundred" {
+		t.Fatalf("the bucket's copy of a conflicting key was replaced: %q", got)
+	}
+	if got := c.Counts(); len(got) != 2 || got["ListObjectsV2"] != 1 || got["HeadObject"] != 1 {
+		t.Fatalf("requests %v, want the listing and one HeadObject", got)
+	}
+}
+
+// counted checks that the backup's requests were one listing, n puts and their n read-backs.
+func counted(t *testing.T, c *peertest.Counter, n int) {
+	t.Helper()
 	got := c.Counts()
 	if len(got) != 3 || got["ListObjectsV2"] != 1 || got["PutObject"] != n || got["GetObject"] != n {
 		t.Fatalf("requests %v, want 1 ListObjectsV2, %d PutObject, %d GetObject (read-backs) and nothing else", got, n, n)
