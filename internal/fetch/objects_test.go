@@ -21,7 +21,7 @@ func TestObjectsAreReadInTheFetchPass(t *testing.T) {
 	// The two objects' GETs are held until a layout GET is in flight beside them: one pass,
 	// not a step after the fetch.
 	c.Together("GetObject", 3)
-	bd, err := Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: layout(t), Concurrency: 4,
+	bd, err := Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: testLayout(t), Concurrency: 4,
 		Objects: []Object{{Key: "session-cookie-key", Max: 1024}, {Key: "replicated/install.sh", Max: 1 << 20}}})
 	if err != nil {
 		t.Fatal(err)
