@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -155,14 +154,4 @@ func (c *Counter) Reset() {
 	c.mu.Lock()
 	c.reqs = nil
 	c.mu.Unlock()
-}
-
-// Kinds returns the kinds seen, sorted (for messages).
-func Kinds(counts map[string]int) []string {
-	var ks []string
-	for k := range counts {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }
