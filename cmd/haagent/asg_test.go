@@ -145,14 +145,14 @@ func TestASGMisconfigurationIsReportedAndTheBootGoesOn(t *testing.T) {
 	}
 	byCode := map[string]findings.Finding{}
 	for _, f := range out.Runs[len(out.Runs)-1].Findings {
-		byCode[f.Code] = f
+		byCode[f.Code.String()] = f
 	}
-	for _, code := range []string{"ASG_HEALTH_CHECK_NOT_EC2", "ASG_HOOK_ABANDON", "ASG_API_FAILED"} {
+	for _, code := range []string{findings.ASGHealthCheckNotEC2.String(), findings.ASGHookAbandon.String(), findings.ASGAPIFailed.String()} {
 		if _, ok := byCode[code]; !ok {
 			t.Fatalf("missing %s in status:\n%s", code, st.stdout)
 		}
 	}
-	if f := byCode["ASG_API_FAILED"]; !strings.Contains(f.Fix, "autoscaling:CompleteLifecycleAction") {
+	if f := byCode[findings.ASGAPIFailed.String()]; !strings.Contains(f.Fix, "autoscaling:CompleteLifecycleAction") {
 		t.Fatalf("the fix must name the permission: %+v", f)
 	}
 }
@@ -278,9 +278,9 @@ func TestGuardReplacesOnlyWhenANewInstanceWouldFareBetter(t *testing.T) {
 	var st result
 	eventually(t, 30*time.Second, "the decision in the run record", func() bool {
 		st = w.run("status", "--json")
-		return strings.Contains(st.stdout, "ASG_REPLACEMENT_REQUESTED")
+		return strings.Contains(st.stdout, findings.ASGReplacementRequested.String())
 	}, func() string { return st.stdout })
-	if strings.Contains(st.stdout, "ASG_REPLACEMENT_WITHHELD") {
+	if strings.Contains(st.stdout, findings.ASGReplacementWithheld.String()) {
 		t.Fatalf("the run record holds the latest decision only:\n%s", st.stdout)
 	}
 	cmd.Process.Signal(syscall.SIGTERM)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/cookie"
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/lock"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/state"
@@ -403,7 +404,7 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 	w.s3.Put(t, bkt, "settings.conf", []byte("{\n  \"hostname\": {\n    \"value\": \"ci.example.com\"\n  },\n"+
 		"  \"secret_passphrase\": {\n    \"value\": \"PASS\"PHRASE-5ecret-11\"\n  }\n}\n"))
 	r = w.runEnv(env, "run", "--once", "--debug")
-	if r.code != 1 || !strings.Contains(r.stderr, "FILE_SYNTAX") || !strings.Contains(r.stderr, `\"value\": \"…\">>>…`) {
+	if r.code != 1 || !strings.Contains(r.stderr, findings.FileSyntax.String()) || !strings.Contains(r.stderr, `\"value\": \"…\">>>…`) {
 		t.Errorf("want FILE_SYNTAX showing the masked line, exit %d\n%s", r.code, r.stderr)
 	}
 	collect("run with a broken settings.conf", r)
@@ -443,7 +444,7 @@ func TestConfigFromUserData(t *testing.T) {
 	// User-data that is not for haagent (a shell script) is not taken as config.
 	im2 := peertest.StartIMDS(t, peertest.Instance{ID: "i-0userdata0000000", LocalIPv4: "10.0.9.9", Region: "us-east-1", UserData: []byte("#!/bin/bash\necho hi\n")})
 	r = w.runEnv(w.env(im2.URL), "run", "--once")
-	if r.code != 1 || !strings.Contains(r.stderr, "CONFIG_MISSING") || !strings.Contains(r.stderr, "#haagent-config") {
+	if r.code != 1 || !strings.Contains(r.stderr, findings.ConfigMissing.String()) || !strings.Contains(r.stderr, "#haagent-config") {
 		t.Fatalf("want CONFIG_MISSING explaining the marker, exit %d\n%s", r.code, r.stderr)
 	}
 }
@@ -462,10 +463,10 @@ func TestInvalidConfigExits2BeforeAnySideEffect(t *testing.T) {
 	// reports this boot's failure instead of waiting for ever or returning an earlier boot's
 	// "complete".
 	last := w.record().Last()
-	if last == nil || last.Status != state.Failed || len(last.Findings) != 1 || last.Findings[0].Code != "CONFIG_INVALID" {
+	if last == nil || last.Status != state.Failed || len(last.Findings) != 1 || last.Findings[0].Code != findings.ConfigInvalid {
 		t.Fatalf("the config failure is not in the run record: %+v", last)
 	}
-	if st := w.run("status", "--wait", "--timeout", "30s"); st.code != 1 || !strings.Contains(st.stdout, "CONFIG_INVALID") || !strings.Contains(st.stderr, "bogus_field") {
+	if st := w.run("status", "--wait", "--timeout", "30s"); st.code != 1 || !strings.Contains(st.stdout, findings.ConfigInvalid.String()) || !strings.Contains(st.stderr, "bogus_field") {
 		t.Fatalf("status --wait after an invalid config: exit %d\n%s%s", st.code, st.stdout, st.stderr)
 	}
 	v := w.run("validate")
@@ -502,7 +503,7 @@ func TestIMDSTokenRefusedNoV1Fallback(t *testing.T) {
 			go srv.Serve(l)
 			t.Cleanup(func() { srv.Close() })
 			r := w.runEnv(w.env("http://"+l.Addr().String()), "run", "--once")
-			if r.code != 1 || !strings.Contains(r.stderr, "IMDS_TOKEN_REFUSED") || !strings.Contains(r.stderr, "--http-tokens required") {
+			if r.code != 1 || !strings.Contains(r.stderr, findings.IMDSTokenRefused.String()) || !strings.Contains(r.stderr, "--http-tokens required") {
 				t.Fatalf("want IMDS_TOKEN_REFUSED with the fix, exit %d\n%s", r.code, r.stderr)
 			}
 			if v1 != 0 || strings.Contains(r.stderr, "i-0v1only") {
@@ -521,7 +522,7 @@ func TestS3DownOnRebootUsesLastGoodFilesButNeverOnFirstBoot(t *testing.T) {
 	dead := fmt.Sprintf("http://127.0.0.1:%d", peertest.ClosedPort(t))
 	w.writeConfig(dead, "")
 	r := w.run("run", "--once")
-	if r.code != 0 || !strings.Contains(r.stderr, "S3_OFFLINE_LAST_GOOD") || !strings.Contains(r.stderr, "COOKIE_KEY_LOCAL_ONLY") {
+	if r.code != 0 || !strings.Contains(r.stderr, findings.S3OfflineLastGood.String()) || !strings.Contains(r.stderr, findings.CookieKeyLocalOnly.String()) {
 		t.Fatalf("reboot with S3 down must go on with the last good files: exit %d\n%s", r.code, r.stderr)
 	}
 	if _, err := os.Stat(filepath.Join(w.root, "etc/settings.conf")); err != nil {
@@ -532,7 +533,7 @@ func TestS3DownOnRebootUsesLastGoodFilesButNeverOnFirstBoot(t *testing.T) {
 	w2 := newWorld(t, "i-0firstboot0000000")
 	w2.writeConfig(dead, "")
 	r = w2.run("run", "--once")
-	if r.code != 1 || !strings.Contains(r.stderr, "S3_UNREACHABLE") || strings.Contains(r.stderr, "S3_OFFLINE_LAST_GOOD") {
+	if r.code != 1 || !strings.Contains(r.stderr, findings.S3Unreachable.String()) || strings.Contains(r.stderr, findings.S3OfflineLastGood.String()) {
 		t.Fatalf("first boot with S3 down must fail: exit %d\n%s", r.code, r.stderr)
 	}
 	// And a different instance id on the same root (an AMI baked after a boot) is not a reboot.
@@ -568,7 +569,7 @@ func TestStatusWaitReportsFailure(t *testing.T) {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
 	st := w.run("status", "--wait", "--timeout", "10s")
-	if st.code != 1 || !strings.Contains(st.stdout, "S3_OBJECT_MISSING") || !strings.Contains(st.stdout, "fix: upload it") {
+	if st.code != 1 || !strings.Contains(st.stdout, findings.S3ObjectMissing.String()) || !strings.Contains(st.stdout, "fix: upload it") {
 		t.Fatalf("status --wait after a failure: exit %d\n%s%s", st.code, st.stdout, st.stderr)
 	}
 }
@@ -622,7 +623,7 @@ func TestServiceModeNotifiesAndRetries(t *testing.T) {
 	}
 	expect("READY=1")
 	m := expect("STATUS=fetch failed (attempt 1), retrying in")
-	if !strings.Contains(m, "S3_OBJECT_MISSING") || !strings.Contains(m, "retrying in") {
+	if !strings.Contains(m, findings.S3ObjectMissing.String()) || !strings.Contains(m, "retrying in") {
 		t.Fatalf("STATUS does not name the finding and the retry: %q", m)
 	}
 	if rec := w.record(); rec.Last().Status != state.Retrying {
@@ -753,7 +754,7 @@ func TestFilesUnreadableByReplicated(t *testing.T) {
 	w.probesConfig = probes
 	// An unknown group in the config is named by validate, and by the boot's fetch.
 	w.writeConfig(w.s3.URL, "files:\n  circleconfig: {group: circleci}\n")
-	if v := w.run("validate"); v.code != 1 || !strings.Contains(v.stdout, "FILE_OWNER_UNRESOLVED") || !strings.Contains(v.stdout, "files.circleconfig.group") {
+	if v := w.run("validate"); v.code != 1 || !strings.Contains(v.stdout, findings.FileOwnerUnresolved.String()) || !strings.Contains(v.stdout, "files.circleconfig.group") {
 		t.Fatalf("validate with an unknown group: exit %d\n%s%s", v.code, v.stdout, v.stderr)
 	}
 	if r := w.run("run", "--once"); r.code != 1 || !strings.Contains(r.stderr, "boot failed at step fetch: FILE_OWNER_UNRESOLVED") {
@@ -766,7 +767,7 @@ func TestFilesUnreadableByReplicated(t *testing.T) {
 	os.Chmod(lic, 0o600)
 	os.Chown(lic, 0, 0)
 	r = w.run("run", "--once")
-	if r.code != 0 || !strings.Contains(r.stderr, "S3_OFFLINE_LAST_GOOD") || !strings.Contains(r.stderr, "mode and owner put back") {
+	if r.code != 0 || !strings.Contains(r.stderr, findings.S3OfflineLastGood.String()) || !strings.Contains(r.stderr, "mode and owner put back") {
 		t.Fatalf("offline reboot: exit %d\n%s", r.code, r.stderr)
 	}
 	if fi, _ := os.Stat(lic); fi.Mode().Perm() != 0o640 {

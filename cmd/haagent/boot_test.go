@@ -249,7 +249,7 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 	}
 
 	// A broken setting (the expiring Vault token) surfaces in `haagent status`.
-	if st, _ := m.Exec("haagent", "status"); !strings.Contains(st, "VAULT_TOKEN_EXPIRING") {
+	if st, _ := m.Exec("haagent", "status"); !strings.Contains(st, findings.VaultTokenExpiring.String()) {
 		t.Errorf("haagent status does not show the finding:\n%s", st)
 	}
 	// A restart (as on a reboot of the instance) does not run the installer again, and starts
@@ -280,7 +280,7 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 			if e["HAAGENT_STEP"] == "fetch" {
 				steps++
 			}
-			if e["HAAGENT_FINDING"] == "VAULT_TOKEN_EXPIRING" {
+			if e["HAAGENT_FINDING"] == findings.VaultTokenExpiring.String() {
 				finds++
 			}
 			if strings.HasPrefix(e["MESSAGE"], "probes passed") {
@@ -350,7 +350,7 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 		t.Fatalf("after the reboot the last run is %s (%s, %s, started %s); want a complete service run started after the reboot",
 			last.ID, last.Mode, last.Status, last.Start)
 	}
-	if codes := findings.Codes(last.Findings); !strings.Contains(codes, "S3_OFFLINE_LAST_GOOD") {
+	if codes := findings.Codes(last.Findings); !strings.Contains(codes, findings.S3OfflineLastGood.String()) {
 		t.Fatalf("the rebooted run with S3 down does not report S3_OFFLINE_LAST_GOOD: %v", codes)
 	}
 	if inst := installerJournal(t, m); strings.Count(inst, "\ninstaller started\n") != 1 {

@@ -92,7 +92,7 @@ func TestCheckCommand(t *testing.T) {
 	if err := json.Unmarshal([]byte(j.stdout), &rep); err != nil || j.code != 1 || rep.DurationMS == nil {
 		t.Fatalf("json report: exit %d err %v\n%s", j.code, err, j.stdout)
 	}
-	if len(rep.Findings) != 1 || rep.Findings[0].Code != "PG_AUTH_FAILED" || rep.Findings[0].Service != "postgres" || !rep.Findings[0].Blocking {
+	if len(rep.Findings) != 1 || rep.Findings[0].Code != findings.PGAuthFailed || rep.Findings[0].Service != "postgres" || !rep.Findings[0].Blocking {
 		t.Fatalf("json findings: %+v", rep.Findings)
 	}
 	for _, out := range []string{r.stdout, r.stderr, j.stdout, j.stderr} {
@@ -129,7 +129,7 @@ func TestCheckBlackHole(t *testing.T) {
 	if jerr := json.Unmarshal(o.Bytes(), &rep); jerr != nil {
 		t.Fatalf("check in the namespace: %v %v\n%s%s", err, jerr, o.String(), e.String())
 	}
-	if len(rep.Findings) != 1 || rep.Findings[0].Code != "TCP_TIMEOUT" || !strings.Contains(rep.Findings[0].Fix, "security group") {
+	if len(rep.Findings) != 1 || rep.Findings[0].Code != findings.TCPTimeout || !strings.Contains(rep.Findings[0].Fix, "security group") {
 		t.Fatalf("want one TCP_TIMEOUT, got %+v", rep.Findings)
 	}
 }

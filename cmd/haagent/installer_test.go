@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/replicated"
 )
@@ -164,7 +165,7 @@ func TestInstallerRunsOncePerInstance(t *testing.T) {
 	}
 	// An edit of settings.conf in S3 is reported, since Replicated will not read it again.
 	w.s3.Put(t, bkt, "settings.conf", []byte(strings.Replace(string(w.objs["settings.conf"]), "circleci.example.com", "ci2.example.com", 1)))
-	if r := w.run("run", "--once"); r.code != 0 || !strings.Contains(r.stderr, "SETTINGS_DRIFT") {
+	if r := w.run("run", "--once"); r.code != 0 || !strings.Contains(r.stderr, findings.SettingsDrift.String()) {
 		t.Fatalf("settings drift: exit %d\n%s", r.code, r.stderr)
 	}
 	// --reinstall forces it.
@@ -216,7 +217,7 @@ func TestInstallerExitZeroWithNothingInstalled(t *testing.T) {
 	w := newWorld(t, "i-0nothing00000000")
 	os.Remove(filepath.Join(w.root, "usr/bin/docker"))
 	r := w.run("run", "--once")
-	if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_NOTHING_INSTALLED") || !strings.Contains(r.stderr, "The recommended version is 18.09.9") ||
+	if r.code != 1 || !strings.Contains(r.stderr, findings.InstallerNothingInstalled.String()) || !strings.Contains(r.stderr, "The recommended version is 18.09.9") ||
 		!strings.Contains(r.stderr, "install the Docker it recommends (18.09.9)") {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
@@ -262,7 +263,7 @@ func TestInstallerExtraArgs(t *testing.T) {
 		w.installCfg += "  extra_args: [release-sequence=12]\n"
 		w.writeConfig(w.s3.URL, "")
 		r := w.run("run", "--once")
-		if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_ARG_UNKNOWN") || !strings.Contains(r.stderr, `\"release-sequence\" is not an argument the installer accepts`) ||
+		if r.code != 1 || !strings.Contains(r.stderr, findings.InstallerArgUnknown.String()) || !strings.Contains(r.stderr, `\"release-sequence\" is not an argument the installer accepts`) ||
 			!strings.Contains(r.stderr, "the downloaded script's argument list") || w.installer.runs() != 0 {
 			t.Fatalf("exit %d, runs %d\n%s", r.code, w.installer.runs(), r.stderr)
 		}
@@ -355,7 +356,7 @@ func TestInstallerProxySources(t *testing.T) {
 		w := newWorld(t, "i-0proxysrc0000002")
 		withConfProxy(w, "http://other-user:"+secret+"@other.corp.example:3128")
 		r := w.runEnv(append(w.env(w.imds.URL), "HTTPS_PROXY="+proxy), "run", "--once")
-		if r.code != 1 || !strings.Contains(r.stderr, "FILE_INVALID") || !strings.Contains(r.stderr, "sets HttpProxy http://***@other.corp.example:3128 but haagent's proxy is http://***@proxy.corp.example:3128") ||
+		if r.code != 1 || !strings.Contains(r.stderr, findings.FileInvalid.String()) || !strings.Contains(r.stderr, "sets HttpProxy http://***@other.corp.example:3128 but haagent's proxy is http://***@proxy.corp.example:3128") ||
 			strings.Contains(r.stderr, secret) || w.installer.runs() != 0 {
 			t.Fatalf("exit %d, runs %d\n%s", r.code, w.installer.runs(), r.stderr)
 		}
@@ -380,7 +381,7 @@ func TestInstallerDownloadSafety(t *testing.T) {
 		r := w.run("run", "--once")
 		mu.Lock()
 		defer mu.Unlock()
-		if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_REDIRECT_REFUSED") || plainHits != 0 || w.installer.runs() != 0 || len(w.installer.reqs()) != 1 {
+		if r.code != 1 || !strings.Contains(r.stderr, findings.InstallerRedirectRefused.String()) || plainHits != 0 || w.installer.runs() != 0 || len(w.installer.reqs()) != 1 {
 			t.Fatalf("exit %d, plain hits %d, runs %d, requests %v\n%s", r.code, plainHits, w.installer.runs(), w.installer.reqs(), r.stderr)
 		}
 	})
@@ -393,7 +394,7 @@ func TestInstallerDownloadSafety(t *testing.T) {
 		m := replicated.ReadMarker(w.root)
 		w.installCfg += "  sha256: " + m.InstallerSHA256 + "\n"
 		w.writeConfig(w.s3.URL, "")
-		if r := w.run("run", "--once", "--reinstall"); r.code != 0 || strings.Contains(r.stderr, "INSTALLER_UNPINNED") {
+		if r := w.run("run", "--once", "--reinstall"); r.code != 0 || strings.Contains(r.stderr, findings.InstallerUnpinned.String()) {
 			t.Fatalf("pinned: exit %d\n%s", r.code, r.stderr)
 		}
 	})
@@ -415,7 +416,7 @@ func TestInstallerFailureTimeoutAndChecksum(t *testing.T) {
 		w := newWorld(t, "i-0instfail0000000")
 		w.installer.setScript("#!/bin/bash\necho 'pulling images'\necho 'Error: no space left on device' >&2\nexit 3\n")
 		r := w.run("run", "--once")
-		if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_FAILED") || !strings.Contains(r.stderr, "status 3") || !strings.Contains(r.stderr, "no space left on device") {
+		if r.code != 1 || !strings.Contains(r.stderr, findings.InstallerFailed.String()) || !strings.Contains(r.stderr, "status 3") || !strings.Contains(r.stderr, "no space left on device") {
 			t.Fatalf("exit %d\n%s", r.code, r.stderr)
 		}
 		if replicated.ReadMarker(w.root) != nil {
@@ -433,7 +434,7 @@ func TestInstallerFailureTimeoutAndChecksum(t *testing.T) {
 		w.installCfg = fmt.Sprintf("replicated:\n  installer_url: %s/install.sh\n  timeout: 1s\n", w.installer.URL)
 		w.writeConfig(w.s3.URL, "")
 		r := w.run("run", "--once")
-		if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_TIMEOUT") || w.installer.rec("started") == "" {
+		if r.code != 1 || !strings.Contains(r.stderr, findings.InstallerTimeout.String()) || w.installer.rec("started") == "" {
 			t.Fatalf("exit %d\n%s", r.code, r.stderr)
 		}
 	})
@@ -442,7 +443,7 @@ func TestInstallerFailureTimeoutAndChecksum(t *testing.T) {
 		w.installCfg = fmt.Sprintf("replicated:\n  installer_url: %s/install.sh\n  sha256: %s\n", w.installer.URL, strings.Repeat("ab", 32))
 		w.writeConfig(w.s3.URL, "")
 		r := w.run("run", "--once")
-		if r.code != 1 || !strings.Contains(r.stderr, "INSTALLER_CHECKSUM_MISMATCH") || w.installer.runs() != 0 {
+		if r.code != 1 || !strings.Contains(r.stderr, findings.InstallerChecksumMismatch.String()) || w.installer.runs() != 0 {
 			t.Fatalf("exit %d runs %d\n%s", r.code, w.installer.runs(), r.stderr)
 		}
 	})
@@ -484,7 +485,7 @@ func TestValidateFilesBlocksBrokenFiles(t *testing.T) {
 		t.Fatalf("validate of the good files in place: exit %d\n%s%s", v.code, v.stdout, v.stderr)
 	}
 	os.WriteFile(filepath.Join(w.root, "etc/replicated.conf"), []byte(broken), 0o600)
-	if v := w.run("validate"); v.code != 1 || !strings.Contains(v.stdout, "FILE_SYNTAX") {
+	if v := w.run("validate"); v.code != 1 || !strings.Contains(v.stdout, findings.FileSyntax.String()) {
 		t.Fatalf("validate of a broken file in place: exit %d\n%s%s", v.code, v.stdout, v.stderr)
 	}
 }
@@ -526,7 +527,7 @@ func TestBackupKeysCommandFailsWhenS3IsDown(t *testing.T) {
 	os.Chtimes(made, old, old)
 	w.s3.Stop()
 	r := w.run("backup", "keys")
-	if r.code != 1 || strings.Contains(r.stdout, "every local key is in the bucket") || !strings.Contains(r.stderr, "S3_UNREACHABLE") && !strings.Contains(r.stderr, "connection refused") {
+	if r.code != 1 || strings.Contains(r.stdout, "every local key is in the bucket") || !strings.Contains(r.stderr, findings.S3Unreachable.String()) && !strings.Contains(r.stderr, "connection refused") {
 		t.Fatalf("backup keys with S3 down: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
 	}
 }

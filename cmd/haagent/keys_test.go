@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/certs"
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/state"
 )
@@ -43,10 +44,10 @@ func TestKeyConflictStopsAFirstBootButNotAnInstalledMachine(t *testing.T) {
 		if got, _ := os.ReadFile(local); string(got) != "a key placed on this machine" {
 			t.Fatalf("the local key was replaced: %q", got)
 		}
-		if st := w.run("status"); !strings.Contains(st.stdout, "KEYS_CONFLICT") {
+		if st := w.run("status"); !strings.Contains(st.stdout, findings.KeysConflict.String()) {
 			t.Fatalf("status does not show the conflict:\n%s", st.stdout)
 		}
-		if c := w.run("check"); c.code != 1 || !strings.Contains(c.stdout, "KEYS_CONFLICT") {
+		if c := w.run("check"); c.code != 1 || !strings.Contains(c.stdout, findings.KeysConflict.String()) {
 			t.Fatalf("check does not show the conflict: exit %d\n%s", c.code, c.stdout)
 		}
 	})
@@ -74,10 +75,10 @@ func TestKeyConflictStopsAFirstBootButNotAnInstalledMachine(t *testing.T) {
 		if rec := w.record(); len(rec.KeyConflicts) != 1 || rec.KeyConflicts[0].Path != "/"+keyDir+"/01-contexts.key" {
 			t.Fatalf("the record's conflicts: %+v", rec.KeyConflicts)
 		}
-		if st := w.run("status"); !strings.Contains(st.stdout, "KEYS_CONFLICT") {
+		if st := w.run("status"); !strings.Contains(st.stdout, findings.KeysConflict.String()) {
 			t.Fatalf("status does not show the conflict:\n%s", st.stdout)
 		}
-		if c := w.run("check"); c.code != 1 || !strings.Contains(c.stdout, "KEYS_CONFLICT") {
+		if c := w.run("check"); c.code != 1 || !strings.Contains(c.stdout, findings.KeysConflict.String()) {
 			t.Fatalf("check does not show the conflict: exit %d\n%s", c.code, c.stdout)
 		}
 		if st := w.run("status", "--json"); !strings.Contains(st.stdout, `"key_conflicts"`) || !strings.Contains(st.stdout, sha256hex(mine)) {
@@ -96,10 +97,10 @@ func TestKeyConflictStopsAFirstBootButNotAnInstalledMachine(t *testing.T) {
 			t.Fatal("the kept key was not copied to the bucket")
 		}
 		// (The earlier runs' lines keep their history; the current findings do not.)
-		if st := w.run("status"); strings.Contains(strings.Split(st.stdout, "earlier runs:")[0], "KEYS_CONFLICT") {
+		if st := w.run("status"); strings.Contains(strings.Split(st.stdout, "earlier runs:")[0], findings.KeysConflict.String()) {
 			t.Fatalf("status still shows a resolved conflict:\n%s", st.stdout)
 		}
-		if c := w.run("check"); strings.Contains(c.stdout, "KEYS_CONFLICT") {
+		if c := w.run("check"); strings.Contains(c.stdout, findings.KeysConflict.String()) {
 			t.Fatalf("check still shows a resolved conflict:\n%s", c.stdout)
 		}
 	})
@@ -135,11 +136,11 @@ func TestARetriedFirstBootIsNotTakenForAnExistingDeployment(t *testing.T) {
 		}
 	}
 	w.installer.setScript("#!/bin/bash\necho 'installer failed' >&2\nexit 3\n")
-	if r := w.run("run", "--once"); r.code != 1 || !strings.Contains(r.stderr, "KEYS_PREFIX_EMPTY") || w.s3.Object(bkt, "session-cookie-key") == nil {
+	if r := w.run("run", "--once"); r.code != 1 || !strings.Contains(r.stderr, findings.KeysPrefixEmpty.String()) || w.s3.Object(bkt, "session-cookie-key") == nil {
 		t.Fatalf("the first attempt must fail at the installer, having created the cookie key: exit %d\n%s", r.code, r.stderr)
 	}
 	w.installer.setScript(standin(t))
-	if r := w.run("run", "--once"); r.code != 0 || strings.Contains(r.stderr, "KEYS_MISSING") {
+	if r := w.run("run", "--once"); r.code != 0 || strings.Contains(r.stderr, findings.KeysMissing.String()) {
 		t.Fatalf("the retried first boot: exit %d\n%s", r.code, r.stderr)
 	}
 }
@@ -240,7 +241,7 @@ func TestDiskFullOnARebootIsNotS3Offline(t *testing.T) {
 	}
 	w.s3.Put(t, bkt, "license.rli", make([]byte, 2<<20))
 	r := w.run("run", "--once")
-	if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step fetch: LOCAL_WRITE_FAILED") || strings.Contains(r.stderr, "S3_OFFLINE_LAST_GOOD") ||
+	if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step fetch: LOCAL_WRITE_FAILED") || strings.Contains(r.stderr, findings.S3OfflineLastGood.String()) ||
 		strings.Contains(r.stderr, "retrying S3 request") {
 		t.Fatalf("a full disk must fail the reboot, unretried, not go on offline: exit %d\n%s", r.code, r.stderr)
 	}

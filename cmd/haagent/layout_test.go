@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/haagent/haagent/internal/cookie"
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 )
 
@@ -105,7 +106,7 @@ func TestHAPageLayoutBoot(t *testing.T) {
 	// A failed fetch (a required object gone) leaves it too.
 	w.s3.Put(t, bkt, "replicated.conf", good)
 	w.s3.Delete(t, bkt, "license.rli")
-	if r := w.run("run", "--once"); r.code != 1 || !strings.Contains(r.stderr, "S3_OBJECT_MISSING") {
+	if r := w.run("run", "--once"); r.code != 1 || !strings.Contains(r.stderr, findings.S3ObjectMissing.String()) {
 		t.Fatalf("want the fetch to fail: exit %d\n%s", r.code, r.stderr)
 	}
 	if now, _ := os.ReadFile(path); string(now) != custom {

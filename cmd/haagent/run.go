@@ -95,7 +95,7 @@ func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) {
 	}
 	now := time.Now().UTC()
 	mode := map[bool]string{true: "once", false: "service"}[c.once]
-	f := findings.New("CONFIG_INVALID", c.g.configPath(), "the haagent config is invalid: nothing was done", cause.Error())
+	f := findings.New(findings.ConfigInvalid, c.g.configPath(), "the haagent config is invalid: nothing was done", cause.Error())
 	rec.Runs = append(rec.Runs, state.Run{
 		ID:     now.Format("20060102T150405Z") + fmt.Sprintf("-%d", os.Getpid()),
 		BootID: bootstrap.BootID(), Mode: mode, PID: os.Getpid(), Start: now, End: &now,

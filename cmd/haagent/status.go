@@ -170,7 +170,7 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 	// equal.
 	var fs []findings.Finding
 	for _, f := range last.Findings {
-		if f.Code != "KEYS_CONFLICT" {
+		if f.Code != findings.KeysConflict {
 			fs = append(fs, f)
 		}
 	}

@@ -52,11 +52,7 @@ func (c *validateCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	for _, n := range notes {
 		fmt.Fprintln(stdout, n)
 	}
-	ov := make(map[string]findings.Override, len(cfg.Probes.Overrides))
-	for code, o := range cfg.Probes.Overrides {
-		ov[code] = findings.Override{Severity: findings.Severity(o.Severity), Blocking: o.Blocking}
-	}
-	return c.files(stdout, owners, ov)
+	return c.files(stdout, owners, cfg.Probes.FindingOverrides())
 }
 
 // owner is how the layout table shows an entry's owner: names as given, ids as numbers,
@@ -81,7 +77,7 @@ func owner(e config.Entry) string {
 // files runs validate-files' checks on the files in place, offline, and reports them with
 // the findings already made (the config's owners), with the config's overrides applied as the
 // boot applies them.
-func (c *validateCmd) files(stdout io.Writer, fs []findings.Finding, ov map[string]findings.Override) error {
+func (c *validateCmd) files(stdout io.Writer, fs []findings.Finding, ov map[findings.Code]findings.Override) error {
 	in := validate.InPlace(c.g.root)
 	fetched := in.Exists(validate.ReplicatedConf) || in.Exists(validate.SettingsConf) || in.Exists(validate.DefaultLicense)
 	if fetched {

@@ -114,7 +114,7 @@ func (e *APIError) Denied() bool {
 
 // Finding turns the failure into ASG_API_FAILED with the permission or route to fix.
 func (e *APIError) Finding(target string) findings.Finding {
-	f := findings.New("ASG_API_FAILED", target, "the Auto Scaling call "+e.Action+" failed", e.Error())
+	f := findings.New(findings.ASGAPIFailed, target, "the Auto Scaling call "+e.Action+" failed", e.Error())
 	if e.Denied() {
 		f = f.WithFix("grant the instance role autoscaling:" + e.Action + " (examples/iam-policy.json); the boot goes on without it")
 	}
@@ -181,12 +181,12 @@ func (c *Client) CheckGroup(ctx context.Context) (Check, error) {
 	}
 	g := out.AutoScalingGroups[0]
 	if t := aws.ToString(g.HealthCheckType); t != "EC2" {
-		res.Findings = append(res.Findings, findings.New("ASG_HEALTH_CHECK_NOT_EC2", c.Group,
+		res.Findings = append(res.Findings, findings.New(findings.ASGHealthCheckNotEC2, c.Group,
 			fmt.Sprintf("group %s uses health check type %s, not EC2", c.Group, t),
 			fmt.Sprintf("HealthCheckType=%s HealthCheckGracePeriod=%ds", t, aws.ToInt32(g.HealthCheckGracePeriod))))
 	}
 	if mn, mx, d := aws.ToInt32(g.MinSize), aws.ToInt32(g.MaxSize), aws.ToInt32(g.DesiredCapacity); mx > 1 || d > 1 {
-		res.Findings = append(res.Findings, findings.New("ASG_GROUP_SIZE", c.Group,
+		res.Findings = append(res.Findings, findings.New(findings.ASGGroupSize, c.Group,
 			fmt.Sprintf("group %s may hold more than one Services machine", c.Group),
 			fmt.Sprintf("MinSize=%d MaxSize=%d DesiredCapacity=%d", mn, mx, d)))
 	}
@@ -200,18 +200,18 @@ func (c *Client) CheckGroup(ctx context.Context) (Check, error) {
 	}
 	target := c.Group + "/" + c.hook
 	if len(hooks.LifecycleHooks) == 0 {
-		res.Findings = append(res.Findings, findings.New("ASG_HOOK_MISSING", target,
+		res.Findings = append(res.Findings, findings.New(findings.ASGHookMissing, target,
 			fmt.Sprintf("group %s has no lifecycle hook named %s", c.Group, c.hook), ""))
 		return res, nil
 	}
 	h := hooks.LifecycleHooks[0]
 	if tr := aws.ToString(h.LifecycleTransition); tr != "autoscaling:EC2_INSTANCE_LAUNCHING" {
-		res.Findings = append(res.Findings, findings.New("ASG_HOOK_NOT_LAUNCH", target,
+		res.Findings = append(res.Findings, findings.New(findings.ASGHookNotLaunch, target,
 			fmt.Sprintf("lifecycle hook %s is for %s, not for launching", c.hook, tr), ""))
 		return res, nil
 	}
 	if dr := aws.ToString(h.DefaultResult); dr != "CONTINUE" {
-		res.Findings = append(res.Findings, findings.New("ASG_HOOK_ABANDON", target,
+		res.Findings = append(res.Findings, findings.New(findings.ASGHookAbandon, target,
 			fmt.Sprintf("lifecycle hook %s defaults to %s: a boot that outlasts it terminates the instance", c.hook, dr),
 			fmt.Sprintf("DefaultResult=%s HeartbeatTimeout=%ds GlobalTimeout=%ds", dr, aws.ToInt32(h.HeartbeatTimeout), aws.ToInt32(h.GlobalTimeout))))
 	}

@@ -51,7 +51,7 @@ type Guard struct {
 }
 
 // inconclusive codes say a probe could not tell: not a pass.
-var inconclusive = map[string]bool{"PROBE_INCONCLUSIVE": true}
+var inconclusive = map[findings.Code]bool{findings.ProbeInconclusive: true}
 
 // Decision is the outcome of one evaluation.
 type Decision struct {
@@ -75,7 +75,7 @@ func (g *Guard) Decide(ctx context.Context, state string, since time.Time) Decis
 	}
 	head := fmt.Sprintf("frontend %s for %s", state, down)
 	stay := func(why string) Decision {
-		f := findings.New("ASG_REPLACEMENT_WITHHELD", g.Instance, head+"; no replacement: "+why, "")
+		f := findings.New(findings.ASGReplacementWithheld, g.Instance, head+"; no replacement: "+why, "")
 		g.log(false, head, why)
 		return Decision{Reason: why, Finding: &f}
 	}
@@ -127,7 +127,7 @@ func (g *Guard) Decide(ctx context.Context, state string, since time.Time) Decis
 	if health != "UNHEALTHY" {
 		return stay("marked unhealthy, but the group still reports it " + health + "; asking again at the next decision")
 	}
-	f := findings.New("ASG_REPLACEMENT_REQUESTED", g.Instance, "marked unhealthy for replacement: "+reason, "")
+	f := findings.New(findings.ASGReplacementRequested, g.Instance, "marked unhealthy for replacement: "+reason, "")
 	g.log(true, head, reason)
 	return Decision{Replace: true, Reason: reason, Finding: &f}
 }

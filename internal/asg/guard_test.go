@@ -150,18 +150,18 @@ func TestGuardDecisions(t *testing.T) {
 	})
 	t.Run("a probe fails", func(t *testing.T) {
 		w := newGuard(t)
-		w.probe = []findings.Finding{findings.New("PG_AUTH_FAILED", "postgres://circle@db:5432/circle", "password authentication failed", ""),
-			findings.New("TLS_EXPIRED", "db:5432", "expired", "")}
+		w.probe = []findings.Finding{findings.New(findings.PGAuthFailed, "postgres://circle@db:5432/circle", "password authentication failed", ""),
+			findings.New(findings.TLSExpired, "db:5432", "expired", "")}
 		w.probe[1].Severity = findings.Warning // overridden to a warning: does not hold the decision back
 		d := w.g.Decide(ctx, "not running", since)
-		if d.Replace || w.sets() != 0 || d.Finding.Code != "ASG_REPLACEMENT_WITHHELD" || !strings.Contains(d.Reason, "PG_AUTH_FAILED") || strings.Contains(d.Reason, "TLS_EXPIRED") {
+		if d.Replace || w.sets() != 0 || d.Finding.Code != findings.ASGReplacementWithheld || !strings.Contains(d.Reason, "PG_AUTH_FAILED") || strings.Contains(d.Reason, "TLS_EXPIRED") {
 			t.Fatalf("%+v", d)
 		}
 	})
 	t.Run("a probe cannot tell", func(t *testing.T) {
 		// Too many connections (53300) or a database starting up: not a pass.
 		w := newGuard(t)
-		w.probe = []findings.Finding{findings.New("PROBE_INCONCLUSIVE", "postgres://circle@db:5432/circle", "PostgreSQL at db:5432 refused the connection", "SQLSTATE 53300")}
+		w.probe = []findings.Finding{findings.New(findings.ProbeInconclusive, "postgres://circle@db:5432/circle", "PostgreSQL at db:5432 refused the connection", "SQLSTATE 53300")}
 		d := w.g.Decide(ctx, "not running", since)
 		if d.Replace || w.sets() != 0 || !strings.Contains(d.Reason, "PROBE_INCONCLUSIVE") {
 			t.Fatalf("%+v", d)
@@ -230,7 +230,7 @@ func TestGuardDecisions(t *testing.T) {
 	t.Run("replace, then the budget is spent", func(t *testing.T) {
 		w := newGuard(t)
 		d := w.g.Decide(ctx, "not running", since)
-		if !d.Replace || w.sets() != 1 || d.Finding.Code != "ASG_REPLACEMENT_REQUESTED" {
+		if !d.Replace || w.sets() != 1 || d.Finding.Code != findings.ASGReplacementRequested {
 			t.Fatalf("%+v, %d SetInstanceHealth", d, w.sets())
 		}
 		if u := w.asg.Unhealthy(); len(u) != 1 || u[0] != instance {

@@ -76,7 +76,7 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 	// would hold while fetch and CircleCI write through the link.
 	notBackedUp := func(rel, summary, evidence, fix string) {
 		res.NotBackedUp = append(res.NotBackedUp, rel)
-		f := findings.New("KEYS_NOT_BACKED_UP", filepath.Join(o.LocalDir, rel), summary, evidence)
+		f := findings.New(findings.KeysNotBackedUp, filepath.Join(o.LocalDir, rel), summary, evidence)
 		if fix != "" {
 			f = f.WithFix(fix)
 		}
@@ -101,7 +101,7 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 	}
 	emptyKey := func(rel string) {
 		res.NotBackedUp = append(res.NotBackedUp, rel)
-		res.Findings = append(res.Findings, findings.New("KEYS_EMPTY", filepath.Join(o.LocalDir, rel),
+		res.Findings = append(res.Findings, findings.New(findings.KeysEmpty, filepath.Join(o.LocalDir, rel),
 			fmt.Sprintf("encryption key %s on this machine is empty (0 bytes); an empty copy is never uploaded (it would become the permanent backup)", rel), "").
 			WithFix(fmt.Sprintf("restore %s from the machine or backup that holds the real key; if CircleCI is still creating it, haagent backs it up once it is written", filepath.Join(o.LocalDir, rel))))
 	}
@@ -198,9 +198,9 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 			perr := b.PutIfAbsent(ctx, key, data)
 			if perr != nil && !errors.Is(perr, bucket.ErrExists) {
 				res.NotBackedUp = append(res.NotBackedUp, rel)
-				f := findings.New("KEYS_NOT_BACKED_UP", b.URI(key), fmt.Sprintf("encryption key %s exists only on this machine: uploading it failed", rel), perr.Error())
+				f := findings.New(findings.KeysNotBackedUp, b.URI(key), fmt.Sprintf("encryption key %s exists only on this machine: uploading it failed", rel), perr.Error())
 				var be *bucket.Error
-				if errors.As(perr, &be) && be.Code() == "S3_ACCESS_DENIED" {
+				if errors.As(perr, &be) && be.Code() == findings.S3AccessDenied {
 					f = f.WithFix(fmt.Sprintf("grant the instance role s3:PutObject on arn:aws:s3:::%s/%s%s* (and kms:GenerateDataKey with SSE-KMS); until then a replacement instance cannot decrypt CircleCI's data", b.Name, b.Prefix, o.Prefix))
 				}
 				res.Findings = append(res.Findings, f)
@@ -210,7 +210,7 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 				// Read back: the key is backed up only when S3 returns the same bytes.
 				if got, err := remoteSHA(ctx, b, key); err != nil || got != sha(data) {
 					res.NotBackedUp = append(res.NotBackedUp, rel)
-					res.Findings = append(res.Findings, findings.New("KEYS_NOT_BACKED_UP", b.URI(key),
+					res.Findings = append(res.Findings, findings.New(findings.KeysNotBackedUp, b.URI(key),
 						fmt.Sprintf("encryption key %s was uploaded but does not read back the same", rel), fmt.Sprint(err)))
 					continue
 				}
@@ -227,7 +227,7 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 		switch {
 		case err != nil:
 			res.NotBackedUp = append(res.NotBackedUp, rel)
-			res.Findings = append(res.Findings, findings.New("KEYS_NOT_BACKED_UP", b.URI(key), fmt.Sprintf("cannot compare encryption key %s with the bucket's copy", rel), err.Error()))
+			res.Findings = append(res.Findings, findings.New(findings.KeysNotBackedUp, b.URI(key), fmt.Sprintf("cannot compare encryption key %s with the bucket's copy", rel), err.Error()))
 		case got == sha(data):
 			res.InSync = append(res.InSync, rel)
 		default:

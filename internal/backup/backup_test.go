@@ -10,6 +10,7 @@ import (
 
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/fetch"
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 )
 
@@ -61,7 +62,7 @@ func TestKeysBackup(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(root, local, "02-clash.key")); string(b) != "this machine's version" {
 		t.Fatal("a conflicting key was overwritten on the machine")
 	}
-	if len(res.Findings) != 1 || res.Findings[0].Code != "KEYS_CONFLICT" || strings.Contains(res.Findings[0].Evidence+res.Findings[0].Summary, "version") {
+	if len(res.Findings) != 1 || res.Findings[0].Code != findings.KeysConflict || strings.Contains(res.Findings[0].Evidence+res.Findings[0].Summary, "version") {
 		t.Fatalf("want one KEYS_CONFLICT without contents, got %+v", res.Findings)
 	}
 	// Idempotent: a second run uploads nothing.
@@ -88,7 +89,7 @@ func TestKeysBackupDeniedNamesThePermission(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Findings) != 1 || res.Findings[0].Code != "KEYS_NOT_BACKED_UP" || !strings.Contains(res.Findings[0].Fix, "s3:PutObject on arn:aws:s3:::circleci-ha/circleci-encryption-keys/*") {
+	if len(res.Findings) != 1 || res.Findings[0].Code != findings.KeysNotBackedUp || !strings.Contains(res.Findings[0].Fix, "s3:PutObject on arn:aws:s3:::circleci-ha/circleci-encryption-keys/*") {
 		t.Fatalf("%+v", res.Findings)
 	}
 	if strings.Contains(res.Findings[0].Evidence, "secret-key-bytes") {

@@ -16,7 +16,7 @@ import (
 func codeOf(fs []findings.Finding, target string) string {
 	for _, f := range fs {
 		if strings.HasSuffix(f.Target, target) {
-			return f.Code
+			return f.Code.String()
 		}
 	}
 	return ""
@@ -43,7 +43,7 @@ func TestKeysBackupRefusesEmptyAndUnsettledKeys(t *testing.T) {
 	if len(res.Uploaded) != 0 || strings.Join(res.NotBackedUp, ",") != "00-empty.key,01-being-written.key" {
 		t.Fatalf("%+v", res)
 	}
-	if codeOf(res.Findings, "00-empty.key") != "KEYS_EMPTY" || codeOf(res.Findings, "01-being-written.key") != "KEYS_NOT_BACKED_UP" {
+	if codeOf(res.Findings, "00-empty.key") != findings.KeysEmpty.String() || codeOf(res.Findings, "01-being-written.key") != findings.KeysNotBackedUp.String() {
 		t.Fatalf("want KEYS_EMPTY and KEYS_NOT_BACKED_UP, got %+v", res.Findings)
 	}
 	if s.Object(bkt, prefix+"00-empty.key") != nil || s.Object(bkt, prefix+"01-being-written.key") != nil {
@@ -62,7 +62,7 @@ func TestKeysBackupRefusesEmptyAndUnsettledKeys(t *testing.T) {
 	if got := string(s.Object(bkt, prefix+"01-being-written.key")); got != "first half of the key and the second half" {
 		t.Fatalf("the bucket holds %q", got)
 	}
-	if codeOf(res.Findings, "00-empty.key") != "KEYS_EMPTY" {
+	if codeOf(res.Findings, "00-empty.key") != findings.KeysEmpty.String() {
 		t.Fatal("the empty key must stay reported while it is empty")
 	}
 }
@@ -92,7 +92,7 @@ func TestKeysBackupFollowsASymlinkedDirectory(t *testing.T) {
 	if strings.Join(res.Uploaded, ",") != "00-default.key" || string(s.Object(bkt, prefix+"00-default.key")) != "the real key" {
 		t.Fatalf("the key behind the symlinked directory was not backed up: %+v", res)
 	}
-	if strings.Join(res.NotBackedUp, ",") != "01-linked.key" || codeOf(res.Findings, "01-linked.key") != "KEYS_NOT_BACKED_UP" {
+	if strings.Join(res.NotBackedUp, ",") != "01-linked.key" || codeOf(res.Findings, "01-linked.key") != findings.KeysNotBackedUp.String() {
 		t.Fatalf("a symlink inside must count as not backed up: %+v", res)
 	}
 	if s.Object(bkt, prefix+"01-linked.key") != nil {
@@ -115,7 +115,7 @@ func TestKeysBackupHasNoSilentGaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	res, err := Keys(context.Background(), b, opts(root))
-	if err != nil || len(res.NotBackedUp) != 1 || len(res.Findings) != 1 || res.Findings[0].Code != "KEYS_NOT_BACKED_UP" ||
+	if err != nil || len(res.NotBackedUp) != 1 || len(res.Findings) != 1 || res.Findings[0].Code != findings.KeysNotBackedUp ||
 		!strings.Contains(res.Findings[0].Summary, "/mnt/keys-volume-not-mounted") {
 		t.Fatalf("a dangling keys link: want KEYS_NOT_BACKED_UP naming the target, got err=%v %+v", err, res)
 	}
@@ -170,7 +170,7 @@ func TestKeysBackupWaitsForAWriterThatPaused(t *testing.T) {
 	if len(res.Uploaded) != 0 || s.Object(bkt, prefix+"01-new.key") != nil {
 		t.Fatal("a key still open for writing became the permanent backup")
 	}
-	if len(res.NotBackedUp) != 1 || codeOf(res.Findings, "01-new.key") != "KEYS_NOT_BACKED_UP" || !strings.Contains(res.Findings[0].Evidence, "open for writing") {
+	if len(res.NotBackedUp) != 1 || codeOf(res.Findings, "01-new.key") != findings.KeysNotBackedUp.String() || !strings.Contains(res.Findings[0].Evidence, "open for writing") {
 		t.Fatalf("want KEYS_NOT_BACKED_UP saying a writer holds it, got %+v", res)
 	}
 	if _, err := w.Write([]byte("second half")); err != nil {

@@ -41,7 +41,7 @@ func stepASG(ctx context.Context, env *Env) error {
 			Hook: a.LifecycleHook, Log: env.Log})
 		if err != nil {
 			// Like every Auto Scaling problem, a finding, not a reason to hold the boot.
-			env.Report(findings.New("ASG_API_FAILED", env.Instance.InstanceID, "cannot set up Auto Scaling access", err.Error()))
+			env.Report(findings.New(findings.ASGAPIFailed, env.Instance.InstanceID, "cannot set up Auto Scaling access", err.Error()))
 			return nil
 		}
 		group, err := cli.Resolve(ctx, a.Group, func(ctx context.Context) (string, error) { return env.IMDS.Tag(ctx, asg.GroupTag) })
@@ -50,7 +50,7 @@ func stepASG(ctx context.Context, env *Env) error {
 			return nil // the next boot asks again
 		}
 		if group == "" {
-			env.Report(findings.New("ASG_NOT_MEMBER", env.Instance.InstanceID, "instance "+env.Instance.InstanceID+" is in no Auto Scaling group", ""))
+			env.Report(findings.New(findings.ASGNotMember, env.Instance.InstanceID, "instance "+env.Instance.InstanceID+" is in no Auto Scaling group", ""))
 			return nil
 		}
 		env.ASG = cli
@@ -102,7 +102,7 @@ func (h *heartbeats) start(ctx context.Context, env *Env) {
 	go func() {
 		defer close(h.done)
 		env.ASG.Heartbeats(hctx, h.every, nil, func(error) {
-			env.LateFinding(findings.New("ASG_LIFECYCLE_EXPIRED", target, "the launch lifecycle action ended while the boot was still running", ""))
+			env.LateFinding(findings.New(findings.ASGLifecycleExpired, target, "the launch lifecycle action ended while the boot was still running", ""))
 		})
 	}()
 }
@@ -119,7 +119,7 @@ func apiFinding(err error, target string) findings.Finding {
 	if errors.As(err, &ae) {
 		return ae.Finding(target)
 	}
-	return findings.New("ASG_API_FAILED", target, "the Auto Scaling part failed", err.Error())
+	return findings.New(findings.ASGAPIFailed, target, "the Auto Scaling part failed", err.Error())
 }
 
 // stepLifecycleComplete tells the group the instance is ready: CONTINUE puts it in service
@@ -148,7 +148,7 @@ func stepLifecycleComplete(ctx context.Context, env *Env) error {
 		env.Log.Info("launch lifecycle action completed with CONTINUE: the group puts the instance in service", "group", env.ASG.Group, "hook", hook)
 	case errors.Is(err, asg.ErrNoLifecycleAction):
 		if env.lifecycle == lifecyclePending {
-			env.Report(findings.New("ASG_LIFECYCLE_EXPIRED", env.ASG.Group+"/"+hook,
+			env.Report(findings.New(findings.ASGLifecycleExpired, env.ASG.Group+"/"+hook,
 				"the launch lifecycle action ended before the boot completed", err.Error()))
 		} else {
 			env.Log.Info("no launch lifecycle action to complete", "group", env.ASG.Group, "hook", hook)
@@ -212,7 +212,7 @@ func guard(ctx context.Context, env *Env, g *asg.Guard, c config.Replace) {
 		case !time.Now().Before(next):
 			d := g.Decide(ctx, state, since)
 			if d.Finding != nil {
-				env.lateDecision(*d.Finding, "ASG_REPLACEMENT_WITHHELD", "ASG_REPLACEMENT_REQUESTED")
+				env.lateDecision(*d.Finding, findings.ASGReplacementWithheld, findings.ASGReplacementRequested)
 			}
 			if d.Replace {
 				return

@@ -133,7 +133,7 @@ func (e *Env) logFinding(f findings.Finding) {
 	case findings.Warning:
 		level = slog.LevelWarn
 	}
-	attrs := []any{"finding", f.Code, "severity", string(f.Severity), "blocking", f.Blocking}
+	attrs := []any{"finding", f.Code.String(), "severity", string(f.Severity), "blocking", f.Blocking}
 	if f.Target != "" {
 		attrs = append(attrs, "target", f.Target)
 	}
@@ -143,7 +143,7 @@ func (e *Env) logFinding(f findings.Finding) {
 	if f.Fix != "" {
 		attrs = append(attrs, "fix", f.Fix)
 	}
-	e.Log.Log(context.Background(), level, f.Code+": "+f.Summary, attrs...)
+	e.Log.Log(context.Background(), level, f.Code.String()+": "+f.Summary, attrs...)
 }
 
 // record keeps f for the current step; it reports whether f was already logged this run.
@@ -153,10 +153,10 @@ func (e *Env) record(f findings.Finding) bool {
 		e.byStep = map[string][]findings.Finding{}
 		e.reported = map[string]bool{}
 	}
-	key := f.Code + "\x00" + f.Target + "\x00" + f.Summary
+	key := f.Code.String() + "\x00" + f.Target + "\x00" + f.Summary
 	dup := false
 	for _, g := range e.byStep[e.current] {
-		dup = dup || g.Code+"\x00"+g.Target+"\x00"+g.Summary == key
+		dup = dup || g.Code.String()+"\x00"+g.Target+"\x00"+g.Summary == key
 	}
 	if !dup {
 		e.byStep[e.current] = append(e.byStep[e.current], f)
@@ -173,11 +173,7 @@ func (e *Env) adjust(fs ...findings.Finding) []findings.Finding {
 	if e.Config == nil || len(e.Config.Probes.Overrides) == 0 {
 		return fs
 	}
-	ov := make(map[string]findings.Override, len(e.Config.Probes.Overrides))
-	for code, o := range e.Config.Probes.Overrides {
-		ov[code] = findings.Override{Severity: findings.Severity(o.Severity), Blocking: o.Blocking}
-	}
-	return findings.Apply(fs, ov)
+	return findings.Apply(fs, e.Config.Probes.FindingOverrides())
 }
 
 // ReportAll reports each finding.
@@ -258,12 +254,14 @@ func (e *Env) LateFinding(f findings.Finding) {
 	e.save()
 }
 
-func findingKey(f findings.Finding) string { return f.Code + "\x00" + f.Target + "\x00" + f.Summary }
+func findingKey(f findings.Finding) string {
+	return f.Code.String() + "\x00" + f.Target + "\x00" + f.Summary
+}
 
 // lateDecision records a finding its reporter has already logged in its own words, in place
 // of earlier ones with the same target and any of the codes given: a decision taken again
 // every few minutes for days keeps one entry, the latest.
-func (e *Env) lateDecision(f findings.Finding, codes ...string) {
+func (e *Env) lateDecision(f findings.Finding, codes ...findings.Code) {
 	e.mu.Lock()
 	e.late = slices.DeleteFunc(e.late, func(g findings.Finding) bool {
 		return g.Target == f.Target && slices.Contains(codes, g.Code)
@@ -284,7 +282,7 @@ func (e *Env) lateKeys(fs []findings.Finding) {
 	if e.reported == nil {
 		e.reported = map[string]bool{}
 	}
-	e.late = slices.DeleteFunc(e.late, func(g findings.Finding) bool { return strings.HasPrefix(g.Code, "KEYS_") })
+	e.late = slices.DeleteFunc(e.late, func(g findings.Finding) bool { return strings.HasPrefix(g.Code.String(), "KEYS_") })
 	for _, f := range fs {
 		key := findingKey(f)
 		if !e.reported[key] {
@@ -304,11 +302,11 @@ func (e *Env) lateKeys(fs []findings.Finding) {
 
 // clearLate withdraws a late finding whose condition has ended (the engine answers again), so
 // status shows the machine as it is.
-func (e *Env) clearLate(code, target string) {
+func (e *Env) clearLate(code findings.Code, target string) {
 	e.mu.Lock()
 	e.late = slices.DeleteFunc(e.late, func(g findings.Finding) bool { return g.Code == code && g.Target == target })
 	for k := range e.reported {
-		if strings.HasPrefix(k, code+"\x00"+target+"\x00") {
+		if strings.HasPrefix(k, code.String()+"\x00"+target+"\x00") {
 			delete(e.reported, k) // a later recurrence is logged again
 		}
 	}

@@ -45,7 +45,7 @@ func TestBackupSkippedOnlyOnARebootOfACompletedInstance(t *testing.T) {
 			err := StepBackupKeys(ctx, env)
 			var fail *findings.Failure
 			if tc.wantFail {
-				if !errors.As(err, &fail) || fail.Findings[0].Code != "KEYS_NOT_BACKED_UP" {
+				if !errors.As(err, &fail) || fail.Findings[0].Code != findings.KeysNotBackedUp {
 					t.Fatalf("want KEYS_NOT_BACKED_UP failing the step, got %v", err)
 				}
 				return
@@ -53,7 +53,7 @@ func TestBackupSkippedOnlyOnARebootOfACompletedInstance(t *testing.T) {
 			if err != nil {
 				t.Fatalf("a reboot with S3 down goes on: %v", err)
 			}
-			if fs := env.Findings([]Step{{Name: "backup-keys"}}); len(fs) != 1 || fs[0].Code != "KEYS_BACKUP_SKIPPED" {
+			if fs := env.Findings([]Step{{Name: "backup-keys"}}); len(fs) != 1 || fs[0].Code != findings.KeysBackupSkipped {
 				t.Fatalf("want KEYS_BACKUP_SKIPPED, got %+v", fs)
 			}
 		})
@@ -123,7 +123,7 @@ func TestKeysMissingHoldsAcrossRestarts(t *testing.T) {
 	}
 	blockedByKeysMissing := func(err error) bool {
 		var fail *findings.Failure
-		return errors.As(err, &fail) && len(fail.Findings) > 0 && fail.Findings[0].Code == "KEYS_MISSING"
+		return errors.As(err, &fail) && len(fail.Findings) > 0 && fail.Findings[0].Code == findings.KeysMissing
 	}
 	for run := 1; run <= 3; run++ {
 		// Each run is a new process: the record is read back from disk.

@@ -79,16 +79,16 @@ func TestLateFindingsOutliveAStepRetry(t *testing.T) {
 	env := &Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Record: &state.Record{}}
 	steps := []Step{{Name: "watch"}}
 	env.beginStep("watch")
-	env.LateFinding(findings.New("FRONTEND_CRASH_LOOP", "frontend", "frontend died 5 times within 10m0s", ""))
-	env.lateDecision(findings.New("ASG_REPLACEMENT_WITHHELD", "i-1", "first decision", ""), "ASG_REPLACEMENT_WITHHELD", "ASG_REPLACEMENT_REQUESTED")
-	env.lateDecision(findings.New("ASG_REPLACEMENT_WITHHELD", "i-1", "second decision", ""), "ASG_REPLACEMENT_WITHHELD", "ASG_REPLACEMENT_REQUESTED")
+	env.LateFinding(findings.New(findings.FrontendCrashLoop, "frontend", "frontend died 5 times within 10m0s", ""))
+	env.lateDecision(findings.New(findings.ASGReplacementWithheld, "i-1", "first decision", ""), findings.ASGReplacementWithheld, findings.ASGReplacementRequested)
+	env.lateDecision(findings.New(findings.ASGReplacementWithheld, "i-1", "second decision", ""), findings.ASGReplacementWithheld, findings.ASGReplacementRequested)
 	env.beginStep("watch") // the step is retried
 	got := env.Findings(steps)
-	if len(got) != 2 || got[0].Code != "FRONTEND_CRASH_LOOP" || got[1].Summary != "second decision" {
+	if len(got) != 2 || got[0].Code != findings.FrontendCrashLoop || got[1].Summary != "second decision" {
 		t.Fatalf("late findings after a retry: %+v", got)
 	}
-	env.LateFinding(findings.New("DOCKER_NOT_ANSWERING", "dockerd", "no answer", ""))
-	env.clearLate("DOCKER_NOT_ANSWERING", "dockerd")
+	env.LateFinding(findings.New(findings.DockerNotAnswering, "dockerd", "no answer", ""))
+	env.clearLate(findings.DockerNotAnswering, "dockerd")
 	if got := env.Findings(steps); len(got) != 2 {
 		t.Fatalf("a cleared late finding is still there: %+v", got)
 	}
@@ -190,13 +190,13 @@ func TestOverridesApplyToEveryCodeButTheSafetyCodes(t *testing.T) {
 	cfg.Probes.Overrides["KEYS_CONFLICT"] = config.Override{Severity: "info"}
 	env := &Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Record: &state.Record{}, Config: cfg}
 	env.beginStep("validate-files")
-	env.Report(findings.New("FILE_INVALID", "/etc/replicated.conf", "TlsBootstrapHostname is empty", ""))
-	env.Report(findings.New("KEYS_CONFLICT", "/data/circle/circleci-encryption-keys/k", "differs", ""))
+	env.Report(findings.New(findings.FileInvalid, "/etc/replicated.conf", "TlsBootstrapHostname is empty", ""))
+	env.Report(findings.New(findings.KeysConflict, "/data/circle/circleci-encryption-keys/k", "differs", ""))
 	got := env.Findings([]Step{{Name: "validate-files"}})
 	if got[0].Severity != findings.Warning || got[0].Blocking {
 		t.Errorf("the override did not apply to a validate-files code: %+v", got[0])
 	}
-	if e := findings.Lookup("KEYS_CONFLICT"); got[1].Blocking != e.Blocking || got[1].Severity != e.Severity {
+	if e := findings.KeysConflict.Entry(); got[1].Blocking != e.Blocking || got[1].Severity != e.Severity {
 		t.Errorf("a safety code changed: %+v", got[1])
 	}
 }

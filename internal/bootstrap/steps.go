@@ -108,12 +108,12 @@ func stepConfig(ctx context.Context, env *Env) error {
 			if len(env.UserData) > 0 {
 				what = "the user-data does not start with " + config.UserDataMarker
 			}
-			f := findings.New("CONFIG_MISSING", env.ConfigPath, "no haagent config: "+env.ConfigPath+" does not exist and "+what, "")
+			f := findings.New(findings.ConfigMissing, env.ConfigPath, "no haagent config: "+env.ConfigPath+" does not exist and "+what, "")
 			return &findings.Failure{Findings: []findings.Finding{f}}
 		}
 		cfg, err := config.Parse(env.UserData, "user-data")
 		if err != nil {
-			f := findings.New("CONFIG_INVALID", "user-data", "the haagent config in the user-data is invalid", err.Error())
+			f := findings.New(findings.ConfigInvalid, "user-data", "the haagent config in the user-data is invalid", err.Error())
 			return &findings.Failure{Findings: []findings.Finding{f}}
 		}
 		env.Config = cfg
@@ -156,7 +156,7 @@ func stepFetch(ctx context.Context, env *Env) error {
 	}
 	if err != nil {
 		if offlineOK(env, err) {
-			env.Report(findings.New("S3_OFFLINE_LAST_GOOD", env.Bucket.URI(""),
+			env.Report(findings.New(findings.S3OfflineLastGood, env.Bucket.URI(""),
 				"S3 is unreachable on a reboot of an instance whose earlier boot completed; using the files already in place", err.Error()))
 			return nil
 		}
@@ -186,7 +186,7 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 	fs := validate.Check(files)
 	if m := replicated.ReadMarker(env.Root); m != nil && m.InstanceID == env.Instance.InstanceID && m.SettingsSHA256 != "" && bd != nil {
 		if f := bd.File(validate.SettingsConf); f != nil && f.SHA256 != m.SettingsSHA256 {
-			fs = append(fs, findings.New("SETTINGS_DRIFT", validate.SettingsConf,
+			fs = append(fs, findings.New(findings.SettingsDrift, validate.SettingsConf,
 				"settings.conf in the bucket differs from the one Replicated was installed with; Replicated does not read it again", ""))
 		}
 	}
@@ -300,7 +300,7 @@ func offlineOK(env *Env, err error) bool {
 		return false
 	}
 	for _, f := range fail.Findings {
-		if f.Code != "S3_UNREACHABLE" {
+		if f.Code != findings.S3Unreachable {
 			return false
 		}
 	}
@@ -454,7 +454,7 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 		case proxy == "":
 			proxy = conf
 		case conf != proxy:
-			return &findings.Failure{Findings: []findings.Finding{findings.New("FILE_INVALID", validate.ReplicatedConf,
+			return &findings.Failure{Findings: []findings.Finding{findings.New(findings.FileInvalid, validate.ReplicatedConf,
 				fmt.Sprintf("%s sets HttpProxy %s but haagent's proxy is %s: the installer would use %s's, not the one haagent checked its connections through; it was not run",
 					validate.ReplicatedConf, replicated.Redact(conf), replicated.Redact(proxy), validate.ReplicatedConf), "").
 				WithFix(fmt.Sprintf("set the same proxy in both (HttpProxy in the bucket's replicated.conf and HTTPS_PROXY in haagent's environment), or remove HttpProxy from %s", validate.ReplicatedConf))}}
@@ -509,11 +509,11 @@ func stepWatch(ctx context.Context, env *Env) error {
 			// call is bounded, and the guard sees the frontend as down meanwhile.
 			Engine: func(err error) {
 				if err != nil {
-					env.LateFinding(findings.New("DOCKER_NOT_ANSWERING", "dockerd", "the Docker engine does not answer; the frontend cannot be watched", findings.Redact(err.Error())))
+					env.LateFinding(findings.New(findings.DockerNotAnswering, "dockerd", "the Docker engine does not answer; the frontend cannot be watched", findings.Redact(err.Error())))
 					return
 				}
 				env.Log.Info("the Docker engine answers again")
-				env.clearLate("DOCKER_NOT_ANSWERING", "dockerd")
+				env.clearLate(findings.DockerNotAnswering, "dockerd")
 			},
 			Probe: func(ctx context.Context) []findings.Finding {
 				return runProbes(ctx, env).Findings
@@ -542,7 +542,7 @@ func stepWatch(ctx context.Context, env *Env) error {
 			if len(last) > 2000 {
 				last = "..." + last[len(last)-2000:]
 			}
-			f := findings.New("FRONTEND_CRASH_LOOP", c.Container,
+			f := findings.New(findings.FrontendCrashLoop, c.Container,
 				fmt.Sprintf("%s died %d times within %s; probes now: %s", c.Container, dies, window, findings.Codes(probed)),
 				"last lines: "+last)
 			env.LateFinding(f)
@@ -563,17 +563,17 @@ func StepBackupKeys(ctx context.Context, env *Env) error {
 	e := env.keysEntry()
 	res, err := backup.Keys(ctx, env.Bucket, env.keysOptions())
 	var be *bucket.Error
-	if err != nil && errors.As(err, &be) && be.Code() == "S3_UNREACHABLE" {
+	if err != nil && errors.As(err, &be) && be.Code() == findings.S3Unreachable {
 		if env.Record.CompletedOn(env.Instance.InstanceID) {
 			// A reboot with S3 down (the fetch went on with the last good files): the keys were
 			// backed up by an earlier boot; the scan compares them once S3 answers.
-			env.Report(findings.New("KEYS_BACKUP_SKIPPED", env.Bucket.URI(e.Key), "S3 is unreachable: the encryption keys were not compared with the bucket", err.Error()))
+			env.Report(findings.New(findings.KeysBackupSkipped, env.Bucket.URI(e.Key), "S3 is unreachable: the encryption keys were not compared with the bucket", err.Error()))
 			startKeyScan(env)
 			return nil
 		}
 		// A first boot: the keys CircleCI just made exist only here. Not complete until they
 		// are in S3; the service retries.
-		f := findings.New("KEYS_NOT_BACKED_UP", env.Bucket.URI(e.Key),
+		f := findings.New(findings.KeysNotBackedUp, env.Bucket.URI(e.Key),
 			"S3 is unreachable on this instance's first boot: its encryption keys exist only on this machine", err.Error()).
 			WithFix(be.Fix() + "; haagent retries the backup until it succeeds")
 		return &findings.Failure{Findings: []findings.Finding{f}}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 )
 
@@ -72,7 +73,7 @@ func TestErrorsNameThePermission(t *testing.T) {
 	b := peertest.OpenBucket(t, s.URL, "norights", "norights-secret", "bkt", 1, 5*time.Second)
 	err := b.PutIfAbsent(context.Background(), "session-cookie-key", []byte("x"))
 	var be *bucket.Error
-	if !asError(err, &be) || be.Code() != "S3_ACCESS_DENIED" || !strings.Contains(be.Fix(), "s3:PutObject on arn:aws:s3:::bkt/session-cookie-key") {
+	if !asError(err, &be) || be.Code() != findings.S3AccessDenied || !strings.Contains(be.Fix(), "s3:PutObject on arn:aws:s3:::bkt/session-cookie-key") {
 		t.Fatalf("want S3_ACCESS_DENIED naming s3:PutObject, got %v", err)
 	}
 	_, err = b.List(context.Background(), "circleconfig/shared/")

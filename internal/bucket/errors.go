@@ -14,6 +14,8 @@ import (
 
 	smithy "github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
+
+	"github.com/haagent/haagent/internal/findings"
 )
 
 // Error is a failed bucket operation: what was done, to which object, and why.
@@ -30,12 +32,12 @@ func (e *Error) Error() string {
 func (e *Error) Unwrap() error { return e.Err }
 
 // Code is the finding code for this failure.
-func (e *Error) Code() string { return Code(e.Err) }
+func (e *Error) Code() findings.Code { return Code(e.Err) }
 
 // Fix says what to do about it, naming the IAM permission or setting involved.
 func (e *Error) Fix() string {
 	switch e.Code() {
-	case "S3_ACCESS_DENIED":
+	case findings.S3AccessDenied:
 		perm := "s3:GetObject on " + arnOf(e.URI)
 		switch e.Op {
 		case "ListObjectsV2":
@@ -46,20 +48,20 @@ func (e *Error) Fix() string {
 			perm += "; without s3:ListBucket S3 also answers 403 for an object that does not exist"
 		}
 		return "grant the instance role " + perm + ", and kms:Decrypt when the bucket uses SSE-KMS (examples/iam-policy.json)"
-	case "S3_BUCKET_MISSING":
+	case findings.S3BucketMissing:
 		return "bucket " + bucketOf(e.URI) + " does not exist: check source.bucket in the haagent config"
-	case "S3_CREDENTIALS_INVALID":
+	case findings.S3CredentialsInvalid:
 		return "the request signature was rejected: check the instance profile, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in /etc/default/haagent, and the clock (chronyc tracking)"
-	case "S3_OBJECT_MISSING":
+	case findings.S3ObjectMissing:
 		return "upload it: aws s3 cp FILE " + e.URI
-	case "LOCAL_WRITE_FAILED":
+	case findings.LocalWriteFailed:
 		var le *LocalError
 		if errors.As(e.Err, &le) {
 			return le.Fix()
 		}
-	case "S3_TLS_UNTRUSTED":
+	case findings.S3TLSUntrusted:
 		return tlsFix(e.Err)
-	case "S3_UNREACHABLE":
+	case findings.S3Unreachable:
 		return "check the route to S3 (VPC endpoint or NAT gateway, security group egress), HTTPS_PROXY/NO_PROXY in /etc/default/haagent, and source.endpoint"
 	}
 	return "haagent retried what could heal; see the error"
@@ -116,34 +118,34 @@ func (e *LocalError) Fix() string {
 }
 
 // Code classifies an error into a finding code.
-func Code(err error) string {
+func Code(err error) findings.Code {
 	var le *LocalError
 	if errors.As(err, &le) {
-		return "LOCAL_WRITE_FAILED"
+		return findings.LocalWriteFailed
 	}
 	switch apiCode(err) {
 	case "AccessDenied", "AllAccessDisabled", "AccountProblem", "InvalidObjectState", "KMS.AccessDeniedException":
-		return "S3_ACCESS_DENIED"
+		return findings.S3AccessDenied
 	case "NoSuchBucket":
-		return "S3_BUCKET_MISSING"
+		return findings.S3BucketMissing
 	case "NoSuchKey", "NotFound":
-		return "S3_OBJECT_MISSING"
+		return findings.S3ObjectMissing
 	case "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken", "RequestTimeTooSkewed", "InvalidClientTokenId":
-		return "S3_CREDENTIALS_INVALID"
+		return findings.S3CredentialsInvalid
 	}
 	switch status(err) {
 	case 403:
-		return "S3_ACCESS_DENIED"
+		return findings.S3AccessDenied
 	case 404:
-		return "S3_OBJECT_MISSING"
+		return findings.S3ObjectMissing
 	}
 	if certificateError(err) {
-		return "S3_TLS_UNTRUSTED"
+		return findings.S3TLSUntrusted
 	}
 	if Unreachable(err) {
-		return "S3_UNREACHABLE"
+		return findings.S3Unreachable
 	}
-	return "S3_FETCH_FAILED"
+	return findings.S3FetchFailed
 }
 
 // certificateError reports whether the TLS handshake refused the endpoint's certificate. It is

@@ -91,7 +91,7 @@ func Install(root string, sources []Source, now time.Time) (Result, error) {
 		src := s.Path
 		data, err := os.ReadFile(filepath.Join(root, src))
 		if err != nil {
-			res.Findings = append(res.Findings, findings.New("CA_CERT_INVALID", src, "cannot read "+src, err.Error()))
+			res.Findings = append(res.Findings, findings.New(findings.CACertInvalid, src, "cannot read "+src, err.Error()))
 			keep = append(keep, strings.TrimSuffix(InstalledName(s.Name, 0, 1), ".crt"))
 			continue
 		}
@@ -154,7 +154,7 @@ func parse(src string, data []byte, now time.Time) ([]*x509.Certificate, []findi
 	var certs []*x509.Certificate
 	var fs []findings.Finding
 	bad := func(why string) {
-		fs = append(fs, findings.New("CA_CERT_INVALID", src, fmt.Sprintf("%s is refused: %s", src, why), ""))
+		fs = append(fs, findings.New(findings.CACertInvalid, src, fmt.Sprintf("%s is refused: %s", src, why), ""))
 	}
 	rest := data
 	for {
@@ -182,10 +182,10 @@ func parse(src string, data []byte, now time.Time) ([]*x509.Certificate, []findi
 		}
 		switch {
 		case now.After(c.NotAfter):
-			fs = append(fs, findings.New("CA_CERT_EXPIRED", src, fmt.Sprintf("CA %q in %s expired on %s", c.Subject.String(), src, c.NotAfter.UTC().Format(time.RFC3339)), ""))
+			fs = append(fs, findings.New(findings.CACertExpired, src, fmt.Sprintf("CA %q in %s expired on %s", c.Subject.String(), src, c.NotAfter.UTC().Format(time.RFC3339)), ""))
 			continue
 		case c.NotAfter.Sub(now) < ExpiryWarning:
-			fs = append(fs, findings.New("CA_CERT_EXPIRING", src, fmt.Sprintf("CA %q in %s expires on %s", c.Subject.String(), src, c.NotAfter.UTC().Format(time.RFC3339)), ""))
+			fs = append(fs, findings.New(findings.CACertExpiring, src, fmt.Sprintf("CA %q in %s expires on %s", c.Subject.String(), src, c.NotAfter.UTC().Format(time.RFC3339)), ""))
 		}
 		certs = append(certs, c)
 	}

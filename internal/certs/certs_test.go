@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/probes"
 	"github.com/haagent/haagent/internal/settings"
@@ -55,7 +56,7 @@ func TestInstallValidatesAndRefreshesOnlyOnChange(t *testing.T) {
 	}
 	got := map[string]string{}
 	for _, f := range res.Findings {
-		got[filepath.Base(f.Target)] = f.Code
+		got[filepath.Base(f.Target)] = f.Code.String()
 	}
 	want := map[string]string{"soon.crt": "CA_CERT_EXPIRING", "expired.crt": "CA_CERT_EXPIRED", "server.crt": "CA_CERT_INVALID",
 		"server.key": "CA_CERT_INVALID", "notes.txt": "CA_CERT_INVALID", "bundle.crt": "CA_CERT_EXPIRING"}
@@ -65,10 +66,10 @@ func TestInstallValidatesAndRefreshesOnlyOnChange(t *testing.T) {
 		}
 	}
 	for _, f := range res.Findings {
-		if f.Code == "CA_CERT_INVALID" && strings.HasSuffix(f.Target, "server.key") && !strings.Contains(f.Summary, "private key") {
+		if f.Code == findings.CACertInvalid && strings.HasSuffix(f.Target, "server.key") && !strings.Contains(f.Summary, "private key") {
 			t.Errorf("a key must be refused as a key: %+v", f)
 		}
-		if f.Code == "CA_CERT_INVALID" && strings.HasSuffix(f.Target, "server.crt") && !strings.Contains(f.Summary, "not a CA") {
+		if f.Code == findings.CACertInvalid && strings.HasSuffix(f.Target, "server.crt") && !strings.Contains(f.Summary, "not a CA") {
 			t.Errorf("a leaf must be refused as a leaf: %+v", f)
 		}
 	}
@@ -114,7 +115,7 @@ func TestProbeTrustsTheCAOnlyAfterInstall(t *testing.T) {
 	codes := func() string {
 		var c []string
 		for _, f := range probes.Run(context.Background(), root, o).Findings {
-			c = append(c, f.Code)
+			c = append(c, f.Code.String())
 		}
 		return strings.Join(c, ",")
 	}
@@ -179,7 +180,7 @@ func TestABrokenReplacementKeepsTheInstalledCA(t *testing.T) {
 	}
 	put(t, root, "db/ca.pem", []byte("-----BEGIN CERTIFICATE-----\ntruncated"))
 	res, err := Install(root, src, time.Now())
-	if err != nil || len(res.Removed) != 0 || len(res.Findings) != 1 || res.Findings[0].Code != "CA_CERT_INVALID" {
+	if err != nil || len(res.Removed) != 0 || len(res.Findings) != 1 || res.Findings[0].Code != findings.CACertInvalid {
 		t.Fatalf("%+v %v", res, err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(root, InstallDir, InstalledName("ca-certificates/db/ca.pem", 0, 1))); strings.TrimSpace(string(b)) != strings.TrimSpace(string(ca.CertPEM)) {

@@ -182,10 +182,11 @@ func (c *Config) Validate() error {
 	sort.Strings(codes)
 	for _, code := range codes {
 		o := c.Probes.Overrides[code]
-		if !findings.Known(code) {
+		known, ok := findings.Lookup(code)
+		if !ok {
 			bad("probes.overrides."+code, "unknown finding code (the catalogue is in README.md)")
 		}
-		if why := findings.Safety[code]; why != "" {
+		if why := findings.Safety[known]; why != "" {
 			bad("probes.overrides."+code, "cannot be overridden: it guards against %s; fix its cause instead", why)
 		}
 		switch findings.Severity(o.Severity) {
@@ -441,4 +442,16 @@ func hasBadSegment(p string) bool {
 		}
 	}
 	return false
+}
+
+// FindingOverrides is probes.overrides keyed by code, as findings.Apply takes it. Validate
+// refuses an unknown code; one in a config that skipped validation is left out.
+func (p Probes) FindingOverrides() map[findings.Code]findings.Override {
+	ov := make(map[findings.Code]findings.Override, len(p.Overrides))
+	for name, o := range p.Overrides {
+		if code, ok := findings.Lookup(name); ok {
+			ov[code] = findings.Override{Severity: findings.Severity(o.Severity), Blocking: o.Blocking}
+		}
+	}
+	return ov
 }

@@ -92,16 +92,16 @@ func Merge(ctx context.Context, b *bucket.Bucket, in Input) (Result, error) {
 	case err == nil:
 		res.Source = "s3"
 		if (inBucket != "" && inBucket != value) || lineInvalid {
-			res.Findings = append(res.Findings, findings.New("COOKIE_KEY_OVERRIDDEN", custom,
+			res.Findings = append(res.Findings, findings.New(findings.CookieKeyOverridden, custom,
 				fmt.Sprintf("%s in %s differs from %s; the object's key is used (keys not shown)", Variable, custom, target), ""))
 		}
 	case errors.Is(err, errInvalid):
-		f := findings.New("COOKIE_KEY_INVALID", target, "the session cookie key in the bucket is not 16 printable ASCII characters", err.Error())
+		f := findings.New(findings.CookieKeyInvalid, target, "the session cookie key in the bucket is not 16 printable ASCII characters", err.Error())
 		return res, &findings.Failure{Findings: []findings.Finding{f}}
 	case errors.Is(err, bucket.ErrNotFound):
 		if lineInvalid {
 			// The line may be the key the users' sessions use: never replace it unasked.
-			f := findings.New("COOKIE_KEY_INVALID", custom,
+			f := findings.New(findings.CookieKeyInvalid, custom,
 				fmt.Sprintf("%s in %s is not 16 printable ASCII characters and %s does not exist; haagent will not replace it with a new key", Variable, custom, target), "contents not shown").
 				WithFix(fmt.Sprintf("write the 16-character key your installation uses into %s (aws s3 cp KEYFILE %s), or fix the line in %s", target, target, custom))
 			return res, &findings.Failure{Findings: []findings.Finding{f}}
@@ -132,19 +132,19 @@ func Merge(ctx context.Context, b *bucket.Bucket, in Input) (Result, error) {
 				return res, fmt.Errorf("reading back %s after another instance created it: %w", target, rerr)
 			}
 			res.Source = source
-		case errors.As(perr, &be) && be.Code() == "S3_ACCESS_DENIED":
+		case errors.As(perr, &be) && be.Code() == findings.S3AccessDenied:
 			value, res.Source = candidate, source
-			res.Findings = append(res.Findings, findings.New("COOKIE_KEY_NOT_SAVED", target,
+			res.Findings = append(res.Findings, findings.New(findings.CookieKeyNotSaved, target,
 				"the session cookie key could not be saved to the bucket; a replacement instance would log every user out", be.Error()).
 				WithFix(fmt.Sprintf("grant the instance role s3:PutObject on arn:aws:s3:::%s/%s%s, or upload the key yourself", b.Name, b.Prefix, Object)))
 		default:
 			if source == "generated" {
-				f := findings.New("COOKIE_KEY_UNAVAILABLE", target, "creating the session cookie key in the bucket failed, and neither the machine nor the bucket's circle-installation-customizations holds one", perr.Error())
+				f := findings.New(findings.CookieKeyUnavailable, target, "creating the session cookie key in the bucket failed, and neither the machine nor the bucket's circle-installation-customizations holds one", perr.Error())
 				return res, &findings.Failure{Findings: []findings.Finding{f}}
 			}
 			// A key the bucket's copy or the machine already holds is kept: it is the one in use.
 			value, res.Source = candidate, source
-			res.Findings = append(res.Findings, findings.New("COOKIE_KEY_LOCAL_ONLY", target,
+			res.Findings = append(res.Findings, findings.New(findings.CookieKeyLocalOnly, target,
 				"saving the session cookie key to the bucket failed; keeping the one in use", perr.Error()).
 				WithFix(fmt.Sprintf("check the instance role's s3:PutObject on arn:aws:s3:::%s/%s%s and the route to S3; until the key is there, a replacement instance may get another key and log every user out", b.Name, b.Prefix, Object)))
 		}
@@ -152,15 +152,15 @@ func Merge(ctx context.Context, b *bucket.Bucket, in Input) (Result, error) {
 		// 403, 5xx, timeout: S3 did not say the key is absent, so any other key could replace
 		// the real one.
 		if local == "" {
-			f := findings.New("COOKIE_KEY_UNAVAILABLE", target, "cannot read the session cookie key from the bucket and none is on the machine", err.Error())
+			f := findings.New(findings.CookieKeyUnavailable, target, "cannot read the session cookie key from the bucket and none is on the machine", err.Error())
 			var be *bucket.Error
-			if errors.As(err, &be) && be.Code() == "S3_ACCESS_DENIED" {
+			if errors.As(err, &be) && be.Code() == findings.S3AccessDenied {
 				f = f.WithFix(fmt.Sprintf("grant the instance role s3:GetObject on arn:aws:s3:::%s/%s%s (and s3:ListBucket, so a missing key answers 404)", b.Name, b.Prefix, Object))
 			}
 			return res, &findings.Failure{Findings: []findings.Finding{f}}
 		}
 		value, res.Source = local, "local"
-		res.Findings = append(res.Findings, findings.New("COOKIE_KEY_LOCAL_ONLY", target,
+		res.Findings = append(res.Findings, findings.New(findings.CookieKeyLocalOnly, target,
 			"cannot read the session cookie key from the bucket; keeping the one on the machine", err.Error()))
 	}
 	res.Content = Render(base, value)
@@ -184,7 +184,7 @@ func Ensure(ctx context.Context, b *bucket.Bucket, root string, e config.Entry) 
 	if errors.Is(err, atomicfile.ErrSymlink) {
 		// Same content behind a link: left as it is, as the fetch leaves one, and said.
 		target, _ := os.Readlink(path)
-		res.Findings = append(res.Findings, findings.New("FILE_SYMLINK_NOT_FOLLOWED", File,
+		res.Findings = append(res.Findings, findings.New(findings.FileSymlinkNotFollowed, File,
 			fmt.Sprintf("%s is a symbolic link (to %s); haagent does not follow it, so the target keeps its own mode and owner instead of %#o root", File, target, e.Mode.Perm()),
 			err.Error()).WithFix(fmt.Sprintf("replace the link with the file: cp --remove-destination \"$(readlink -f %s)\" %s", File, File)))
 		err = nil

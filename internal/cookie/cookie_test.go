@@ -58,7 +58,7 @@ func codes(err error) []string {
 	}
 	var out []string
 	for _, x := range f.Findings {
-		out = append(out, x.Code)
+		out = append(out, x.Code.String())
 	}
 	return out
 }
@@ -181,7 +181,7 @@ func TestCookieKeyNotGeneratedWhenS3DidNotSayMissing(t *testing.T) {
 		b := peertest.OpenBucket(t, s.URL, "norights", "norights-secret", bkt, 3, 5*time.Second)
 		root := t.TempDir()
 		_, err := ensure(b, root)
-		if c := codes(err); len(c) != 1 || c[0] != "COOKIE_KEY_UNAVAILABLE" {
+		if c := codes(err); len(c) != 1 || c[0] != findings.CookieKeyUnavailable.String() {
 			t.Fatalf("want COOKIE_KEY_UNAVAILABLE, got %v", err)
 		}
 		if s.Object(bkt, Object) != nil {
@@ -194,7 +194,7 @@ func TestCookieKeyNotGeneratedWhenS3DidNotSayMissing(t *testing.T) {
 		os.MkdirAll(filepath.Join(root, "etc"), 0o755)
 		os.WriteFile(filepath.Join(root, File), []byte("CIRCLE_SECRETS_SESSION_COOKIE_KEY=LocalKey12345678\n"), 0o600)
 		res, err := ensure(b, root)
-		if err != nil || res.Source != "local" || len(res.Findings) != 1 || res.Findings[0].Code != "COOKIE_KEY_LOCAL_ONLY" {
+		if err != nil || res.Source != "local" || len(res.Findings) != 1 || res.Findings[0].Code != findings.CookieKeyLocalOnly {
 			t.Fatalf("want the local key kept with COOKIE_KEY_LOCAL_ONLY, got %+v %v", res, err)
 		}
 	})
@@ -206,7 +206,7 @@ func TestCookieKeyNotGeneratedWhenS3DidNotSayMissing(t *testing.T) {
 		})
 		b := peertest.OpenBucket(t, f.URL, "a", "b", bkt, 3, 5*time.Second)
 		_, err := ensure(b, t.TempDir())
-		if c := codes(err); len(c) != 1 || c[0] != "COOKIE_KEY_UNAVAILABLE" {
+		if c := codes(err); len(c) != 1 || c[0] != findings.CookieKeyUnavailable.String() {
 			t.Fatalf("want COOKIE_KEY_UNAVAILABLE, got %v", err)
 		}
 		if f.Count("PUT", Object) != 0 {
@@ -227,7 +227,7 @@ func TestCookieKeyPutDeniedKeepsGeneratedKeyWithWarning(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Findings) != 1 || res.Findings[0].Code != "COOKIE_KEY_NOT_SAVED" || !strings.Contains(res.Findings[0].Fix, "s3:PutObject") {
+	if len(res.Findings) != 1 || res.Findings[0].Code != findings.CookieKeyNotSaved || !strings.Contains(res.Findings[0].Fix, "s3:PutObject") {
 		t.Fatalf("want COOKIE_KEY_NOT_SAVED naming s3:PutObject, got %+v", res.Findings)
 	}
 	if !Valid(fileValue(t, root)) {
@@ -240,7 +240,7 @@ func TestCookieKeyInvalidInBucketIsRefused(t *testing.T) {
 	b := peertest.OpenBucket(t, f.URL, "a", "b", bkt, 3, 5*time.Second)
 	root := t.TempDir()
 	_, err := ensure(b, root)
-	if c := codes(err); len(c) != 1 || c[0] != "COOKIE_KEY_INVALID" {
+	if c := codes(err); len(c) != 1 || c[0] != findings.CookieKeyInvalid.String() {
 		t.Fatalf("want COOKIE_KEY_INVALID, got %v", err)
 	}
 	if strings.Contains(err.Error(), "too-short") {
@@ -340,7 +340,7 @@ func TestCookieKeyObjectWinsOverCustomizationsWithWarning(t *testing.T) {
 	if n := strings.Count(string(res.Content), Variable+"="); n != 1 || !strings.Contains(string(res.Content), "export "+Variable+"=\"ObjectKey0123456\"\n") {
 		t.Fatalf("want exactly one export line with the object's key:\n%s", res.Content)
 	}
-	if len(res.Findings) != 1 || res.Findings[0].Code != "COOKIE_KEY_OVERRIDDEN" || res.Findings[0].Target != "s3://"+bkt+"/"+CustomizationsObject {
+	if len(res.Findings) != 1 || res.Findings[0].Code != findings.CookieKeyOverridden || res.Findings[0].Target != "s3://"+bkt+"/"+CustomizationsObject {
 		t.Fatalf("want COOKIE_KEY_OVERRIDDEN on the bucket's customizations, got %+v", res.Findings)
 	}
 	f := res.Findings[0]
@@ -387,7 +387,7 @@ func TestCookieKeyCustomizationsWithoutLine(t *testing.T) {
 		s.MakeBucket(t, bkt)
 		b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
 		_, err := Merge(context.Background(), b, Input{Bucket: []byte(noLine + "\nexport " + Variable + "=\"short\"\n"), FromBucket: true})
-		if c := codes(err); len(c) != 1 || c[0] != "COOKIE_KEY_INVALID" || strings.Contains(err.Error(), "short") {
+		if c := codes(err); len(c) != 1 || c[0] != findings.CookieKeyInvalid.String() || strings.Contains(err.Error(), "short") {
 			t.Fatalf("want COOKIE_KEY_INVALID without the value, got %v", err)
 		}
 		if s.Object(bkt, Object) != nil {
@@ -414,7 +414,7 @@ func TestCookieKeyFileSymlinkIsNotFollowed(t *testing.T) {
 	if fi, _ := os.Stat(target); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("the link was followed: its target is %#o", fi.Mode().Perm())
 	}
-	if len(res.Findings) != 1 || res.Findings[0].Code != "FILE_SYMLINK_NOT_FOLLOWED" || !strings.Contains(res.Findings[0].Summary, target) {
+	if len(res.Findings) != 1 || res.Findings[0].Code != findings.FileSymlinkNotFollowed || !strings.Contains(res.Findings[0].Summary, target) {
 		t.Fatalf("want FILE_SYMLINK_NOT_FOLLOWED naming the target, got %+v", res.Findings)
 	}
 }

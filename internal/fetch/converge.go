@@ -25,7 +25,7 @@ func (bd *Bundle) convergeFiles(files []*File) error {
 		changed, err := atomicfile.Converge(final, f.mode, f.uid, f.gid, false)
 		if errors.Is(err, atomicfile.ErrSymlink) {
 			target, _ := os.Readlink(final)
-			bd.CommitFindings = append(bd.CommitFindings, findings.New("FILE_SYMLINK_NOT_FOLLOWED", f.Dest,
+			bd.CommitFindings = append(bd.CommitFindings, findings.New(findings.FileSymlinkNotFollowed, f.Dest,
 				fmt.Sprintf("%s is a symbolic link (to %s); haagent does not follow it, so the target keeps its own mode and owner instead of %#o uid %d gid %d", f.Dest, target, f.mode.Perm(), f.uid, f.gid),
 				err.Error()).WithFix(fmt.Sprintf("replace the link with the file: rm %s, then run haagent again (it writes the file itself)", f.Dest)))
 			continue

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 )
 
@@ -176,7 +177,7 @@ func TestFetchRefusesHostileKeys(t *testing.T) {
 	fs := failure(t, err)
 	refused := 0
 	for _, g := range fs {
-		if g.Code == "S3_KEY_REFUSED" {
+		if g.Code == findings.S3KeyRefused {
 			refused++
 		}
 	}

@@ -260,8 +260,8 @@ func listEntry(ctx context.Context, b *bucket.Bucket, o Options, e config.Entry,
 			continue // a console-made "folder" marker
 		}
 		if err := SafeRel(obj.Rel); err != nil {
-			o.Log.Error("refusing S3 key", "object", b.URI(e.Key+obj.Rel), "reason", err.Error(), "finding", "S3_KEY_REFUSED")
-			report(findings.New("S3_KEY_REFUSED", b.URI(e.Key+obj.Rel),
+			o.Log.Error("refusing S3 key", "object", b.URI(e.Key+obj.Rel), "reason", err.Error(), "finding", findings.S3KeyRefused.String())
+			report(findings.New(findings.S3KeyRefused, b.URI(e.Key+obj.Rel),
 				fmt.Sprintf("key would be written outside %s: %v", e.Dest, err), "key "+quoteKey(obj.Key)))
 			continue
 		}
@@ -275,7 +275,7 @@ func listEntry(ctx context.Context, b *bucket.Bucket, o Options, e config.Entry,
 	if len(files) == 0 {
 		switch {
 		case e.Required:
-			report(findings.New("S3_PREFIX_EMPTY", b.URI(e.Key),
+			report(findings.New(findings.S3PrefixEmpty, b.URI(e.Key),
 				fmt.Sprintf("no objects under %s (%s)", b.URI(e.Key), e.Purpose), "ListObjectsV2 returned no keys").
 				WithFix(fmt.Sprintf("upload the directory: aws s3 cp DIR %s --recursive", b.URI(e.Key))))
 		case e.WarnEmpty:
@@ -287,7 +287,7 @@ func listEntry(ctx context.Context, b *bucket.Bucket, o Options, e config.Entry,
 		if len(local) > 20 {
 			ev = strings.Join(local[:20], ", ") + fmt.Sprintf(" and %d more", len(local)-20)
 		}
-		report(findings.New("LOCAL_ONLY_FILES", e.Dest,
+		report(findings.New(findings.LocalOnlyFiles, e.Dest,
 			fmt.Sprintf("%d file(s) in %s are not in %s", len(local), e.Dest, b.URI(e.Key)), ev))
 	}
 	return files

@@ -24,7 +24,7 @@ func failure(t *testing.T, err error) []findings.Finding {
 
 func hasCode(fs []findings.Finding, code string) *findings.Finding {
 	for i := range fs {
-		if fs[i].Code == code {
+		if fs[i].Code.String() == code {
 			return &fs[i]
 		}
 	}
@@ -223,7 +223,7 @@ func TestFetchClassifiesS3Refusals(t *testing.T) {
 				t.Errorf("fix %q does not mention %q", f.Fix, c.fix)
 			}
 			for _, g := range fs {
-				if g.Code == "S3_FETCH_FAILED" || g.Code == "S3_UNREACHABLE" {
+				if g.Code == findings.S3FetchFailed || g.Code == findings.S3Unreachable {
 					t.Errorf("a refusal was misread as %s: %+v", g.Code, g)
 				}
 			}

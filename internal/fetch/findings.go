@@ -13,7 +13,7 @@ import (
 func bucketFinding(err error, e config.Entry) findings.Finding {
 	var be *bucket.Error
 	if !errors.As(err, &be) {
-		return findings.New("S3_FETCH_FAILED", e.Key, "listing "+e.Key+" failed", err.Error())
+		return findings.New(findings.S3FetchFailed, e.Key, "listing "+e.Key+" failed", err.Error())
 	}
 	return findings.New(be.Code(), be.URI, fmt.Sprintf("cannot list %s (%s)", be.URI, e.Purpose), be.Error()).WithFix(be.Fix())
 }
@@ -21,7 +21,7 @@ func bucketFinding(err error, e config.Entry) findings.Finding {
 // fileFinding turns a failed download into a finding.
 func fileFinding(b *bucket.Bucket, err error, f *File) findings.Finding {
 	if errors.Is(err, ErrEmptyKey) {
-		return findings.New("KEYS_EMPTY", b.URI(f.Key),
+		return findings.New(findings.KeysEmpty, b.URI(f.Key),
 			fmt.Sprintf("encryption key %s is empty (0 bytes); it is refused and nothing is installed", b.URI(f.Key)), "").
 			WithFix(fmt.Sprintf("upload the real key over it (aws s3 cp KEYFILE %s) from the machine or backup that holds it", b.URI(f.Key)))
 	}
@@ -32,7 +32,7 @@ func fileFinding(b *bucket.Bucket, err error, f *File) findings.Finding {
 	var be *bucket.Error
 	if !errors.As(err, &be) {
 		le := &bucket.LocalError{Path: f.Dest, Err: err}
-		return findings.New("LOCAL_WRITE_FAILED", f.Dest, fmt.Sprintf("writing %s failed on this machine", f.Dest), err.Error()).WithFix(le.Fix())
+		return findings.New(findings.LocalWriteFailed, f.Dest, fmt.Sprintf("writing %s failed on this machine", f.Dest), err.Error()).WithFix(le.Fix())
 	}
 	code := be.Code()
 	summary := fmt.Sprintf("cannot download %s to %s (%s)", be.URI, f.Dest, f.purpose)
@@ -41,7 +41,7 @@ func fileFinding(b *bucket.Bucket, err error, f *File) findings.Finding {
 		// The machine's fault: the target is the local path, the object is only context.
 		return findings.New(code, f.Dest, fmt.Sprintf("cannot write %s (from %s) on this machine", f.Dest, be.URI), le.Error()).WithFix(le.Fix())
 	}
-	if code == "S3_OBJECT_MISSING" {
+	if code == findings.S3ObjectMissing {
 		summary = fmt.Sprintf("%s does not exist; it is %s, written to %s", be.URI, f.purpose, f.Dest)
 	}
 	return findings.New(code, be.URI, summary, be.Error()).WithFix(be.Fix())

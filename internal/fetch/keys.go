@@ -35,7 +35,7 @@ type KeyConflict struct {
 
 // Finding is the KEYS_CONFLICT finding for c: both hashes, never the contents.
 func (c KeyConflict) Finding() findings.Finding {
-	return findings.New("KEYS_CONFLICT", c.Path,
+	return findings.New(findings.KeysConflict, c.Path,
 		fmt.Sprintf("encryption key %s differs from %s; neither is replaced", c.Path, c.Object),
 		fmt.Sprintf("sha256 on this machine %s, in the bucket %s", c.LocalSHA256, c.BucketSHA256)).
 		WithFix(fmt.Sprintf("decide which copy CircleCI's data was encrypted with. To keep this machine's: aws s3 mv %s %s; to keep the bucket's: mv %s /root/%s.conflict. haagent then copies the kept one across; nothing is replaced without you",
@@ -112,7 +112,7 @@ func notFileFinding(object string, e *notFileError) findings.Finding {
 	if e.mode&fs.ModeSymlink != 0 {
 		what = "a symbolic link to " + e.target
 	}
-	return findings.New("KEYS_PATH_NOT_FILE", e.path,
+	return findings.New(findings.KeysPathNotFile, e.path,
 		fmt.Sprintf("encryption key %s is %s, not a file; the bucket's copy %s is not installed there and nothing replaces it", e.path, what, object), e.Error()).
 		WithFix(fmt.Sprintf("if the link points at the real key, replace it with the file (cp --remove-destination \"$(readlink -f %s)\" %s); if it is stray, move it aside (mv %s /root/) so haagent installs %s", e.path, e.path, e.path, object))
 }
@@ -120,7 +120,7 @@ func notFileFinding(object string, e *notFileError) findings.Finding {
 // emptyKeysFinding is the finding for an empty keys prefix: a new install's warning, or, when
 // this deployment existed before and the machine holds no keys either, KEYS_MISSING.
 func emptyKeysFinding(ctx context.Context, b *bucket.Bucket, o Options, e config.Entry) findings.Finding {
-	newInstall := findings.New("KEYS_PREFIX_EMPTY", b.URI(e.Key),
+	newInstall := findings.New(findings.KeysPrefixEmpty, b.URI(e.Key),
 		fmt.Sprintf("no objects under %s (%s)", b.URI(e.Key), e.Purpose), "ListObjectsV2 returned no keys")
 	if o.Existing == nil || hasFiles(filepath.Join(o.Root, e.Dest)) {
 		// Keys on the machine: the backup puts them in the bucket (LOCAL_ONLY_FILES meanwhile).
@@ -133,7 +133,7 @@ func emptyKeysFinding(ctx context.Context, b *bucket.Bucket, o Options, e config
 	if ex.Why == "" {
 		return newInstall
 	}
-	f := findings.New("KEYS_MISSING", b.URI(e.Key),
+	f := findings.New(findings.KeysMissing, b.URI(e.Key),
 		fmt.Sprintf("no encryption keys under %s nor on this machine, but this deployment existed before: CircleCI would create new keys and its data would be unreadable", b.URI(e.Key)),
 		ex.Why).WithFix(fmt.Sprintf("copy the keys of the old Services machine (or their backup) to %s (aws s3 cp DIR %s --recursive); haagent stops before the installer until they are there. If this deployment never completed an install, there are no old keys: delete the object named in the evidence and boot again",
 		b.URI(e.Key), b.URI(e.Key)))

@@ -167,7 +167,7 @@ func TestShellSyntaxOfStagedCustomizations(t *testing.T) {
 		got[f.Target] = f
 	}
 	v, ok := got["s3://circleci-ha/circleconfig/shared/vault"]
-	if !ok || v.Code != "CONFIG_SYNTAX" || !v.Blocking || !strings.Contains(v.Summary, "1:") || !strings.Contains(v.Fix, "aws s3 cp") {
+	if !ok || v.Code != findings.ConfigSyntax || !v.Blocking || !strings.Contains(v.Summary, "1:") || !strings.Contains(v.Fix, "aws s3 cp") {
 		t.Fatalf("want CONFIG_SYNTAX for shared/vault, got %+v", got)
 	}
 	if _, ok := got["s3://circleci-ha/circleconfig/frontend/customizations"]; !ok {

@@ -17,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 
 	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 )
 
@@ -76,7 +77,7 @@ func TestFetchDiskFullIsLocalNotS3Unreachable(t *testing.T) {
 		t.Fatalf("want LOCAL_WRITE_FAILED for /etc/license.rli with a disk fix, got %+v", fs)
 	}
 	for _, g := range fs {
-		if g.Code == "S3_UNREACHABLE" || g.Code == "S3_FETCH_FAILED" {
+		if g.Code == findings.S3Unreachable || g.Code == findings.S3FetchFailed {
 			t.Errorf("a full disk was reported as %s: %+v", g.Code, g)
 		}
 	}

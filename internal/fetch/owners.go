@@ -102,5 +102,5 @@ func ownerFinding(root string, e config.Entry, kind, name string, err error) fin
 		summary = fmt.Sprintf("the %s group, which %s belongs to so the Replicated daemon can read it, could not be created in %s", name, e.Dest, db)
 		fix = fmt.Sprintf("run haagent as root, or create the group yourself: %s %s", strings.Join(atomicfile.GroupAdd, " "), name)
 	}
-	return findings.New("FILE_OWNER_UNRESOLVED", field, summary, err.Error()).WithFix(fix)
+	return findings.New(findings.FileOwnerUnresolved, field, summary, err.Error()).WithFix(fix)
 }

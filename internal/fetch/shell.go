@@ -37,24 +37,24 @@ func ShellSyntax(bd *Bundle, uri func(key string) string) []findings.Finding {
 		}
 		data, err := os.ReadFile(f.staged)
 		if err != nil {
-			out = append(out, findings.New("LOCAL_WRITE_FAILED", f.Dest, "cannot read back the staged copy of "+f.Dest, err.Error()))
+			out = append(out, findings.New(findings.LocalWriteFailed, f.Dest, "cannot read back the staged copy of "+f.Dest, err.Error()))
 			continue
 		}
 		// bash -n accepts Windows line endings, so the generic syntax fix below would not help.
 		if cr, ok := settings.CarriageReturn(f.Dest, data); ok {
-			out = append(out, findings.New("CONFIG_SYNTAX", uri(f.Key)+strings.TrimPrefix(cr.Target, f.Dest),
+			out = append(out, findings.New(findings.ConfigSyntax, uri(f.Key)+strings.TrimPrefix(cr.Target, f.Dest),
 				cr.Summary+"; the "+f.Dest+" in place is kept", "").
 				WithFix(fmt.Sprintf("convert the file to LF line endings (dos2unix FILE, or save it with LF in your editor), then upload it: aws s3 cp FILE %s", uri(f.Key))))
 			continue
 		}
 		_, fs := settings.Parse(f.Dest, data)
 		for _, g := range fs {
-			if g.Code != "CONFIG_SYNTAX" {
+			if g.Code != findings.ConfigSyntax {
 				continue
 			}
 			// g.Target is DEST:LINE:COL; the operator fixes the bucket's copy.
 			at := strings.TrimPrefix(g.Target, f.Dest)
-			out = append(out, findings.New("CONFIG_SYNTAX", uri(f.Key),
+			out = append(out, findings.New(findings.ConfigSyntax, uri(f.Key),
 				fmt.Sprintf("%s is not a valid shell file (line:col %s); the %s in place is kept", uri(f.Key), strings.TrimPrefix(at, ":"), f.Dest), g.Evidence).
 				WithFix(fmt.Sprintf("fix the shell syntax at %s in the bucket's copy (bash -n FILE checks it), then upload it: aws s3 cp FILE %s", strings.TrimPrefix(at, ":"), uri(f.Key))))
 		}

@@ -34,7 +34,7 @@ func (s Severity) rank() int {
 // WithEvidence, String and MarshalJSON redact URIs and DSNs, but no redaction knows a bare
 // password, so a reporter never puts a setting's value (or a parser's text about it) in one.
 type Finding struct {
-	Code     string   `json:"code"`
+	Code     Code     `json:"code"`
 	Severity Severity `json:"severity"`
 	// Blocking findings stop the boot before the installer runs.
 	Blocking bool   `json:"blocking"`
@@ -52,11 +52,11 @@ type Finding struct {
 const MaxEvidence = 400
 
 // New builds a finding for a catalogued code with the catalogue's severity, blocking flag and
-// default fix. An uncatalogued code is a programming error: Lookup panics on it. Summary,
-// target and evidence pass through Redact, and the evidence is capped at MaxEvidence, so a
-// reporter that forgot either cannot leak a URI's password or flood the journal.
-func New(code, target, summary, evidence string) Finding {
-	e := Lookup(code)
+// default fix. Summary, target and evidence pass through Redact, and the evidence is capped at
+// MaxEvidence, so a reporter that forgot either cannot leak a URI's password or flood the
+// journal.
+func New(code Code, target, summary, evidence string) Finding {
+	e := code.Entry()
 	return Finding{
 		Code:     code,
 		Severity: e.Severity,
@@ -150,7 +150,7 @@ func Sort(fs []Finding) {
 			return a.Severity.rank() > b.Severity.rank()
 		}
 		if a.Code != b.Code {
-			return a.Code < b.Code
+			return a.Code.name < b.Code.name
 		}
 		return a.Target < b.Target
 	})
@@ -174,11 +174,11 @@ func Codes(fs []Finding) string {
 	}
 	// Each code once, in first-seen order: five SETTING_MISSING say no more than one.
 	var codes []string
-	seen := map[string]bool{}
+	seen := map[Code]bool{}
 	for _, f := range fs {
 		if !seen[f.Code] {
 			seen[f.Code] = true
-			codes = append(codes, f.Code)
+			codes = append(codes, f.Code.String())
 		}
 	}
 	return strings.Join(codes, " ")

@@ -2,6 +2,7 @@ package findings
 
 import (
 	"encoding/json"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -10,7 +11,7 @@ import (
 
 func TestCatalogue(t *testing.T) {
 	code := regexp.MustCompile(`^[A-Z][A-Z0-9]*(_[A-Z0-9]+)+$`)
-	for _, e := range Catalogue {
+	for _, e := range Catalogue() {
 		if !code.MatchString(e.Code) {
 			t.Errorf("%s: codes are UPPER_SNAKE", e.Code)
 		}
@@ -71,7 +72,7 @@ func TestURIEvidence(t *testing.T) {
 
 // A fix is redacted as the summary is: when it is set, in JSON and in a Failure's text.
 func TestFixRedacted(t *testing.T) {
-	f := New("URI_MALFORMED", "f:1", "bad", "").WithFix("use postgres://circle:Hunter2SECRET@db/x")
+	f := New(URIMalformed, "f:1", "bad", "").WithFix("use postgres://circle:Hunter2SECRET@db/x")
 	raw := f
 	raw.Fix = "use mongodb://circle:Hunter2SECRET@db/x"
 	b, _ := json.Marshal(raw)
@@ -102,14 +103,14 @@ func TestSplitURI(t *testing.T) {
 func TestEvidenceCapped(t *testing.T) {
 	body := strings.Repeat("é", 600*1024) // a 1.2 MB error body, two bytes a rune
 	for name, f := range map[string]Finding{
-		"New":          New("PROBE_INCONCLUSIVE", "vault", "x", body),
-		"WithEvidence": New("PROBE_INCONCLUSIVE", "vault", "x", "").WithEvidence(body),
+		"New":          New(ProbeInconclusive, "vault", "x", body),
+		"WithEvidence": New(ProbeInconclusive, "vault", "x", "").WithEvidence(body),
 	} {
 		if len(f.Evidence) > MaxEvidence || !utf8.ValidString(f.Evidence) || !strings.Contains(f.Evidence, "bytes cut]") {
 			t.Errorf("%s: evidence of %d bytes, valid UTF-8 %v: %.60q", name, len(f.Evidence), utf8.ValidString(f.Evidence), f.Evidence)
 		}
 	}
-	direct := New("PROBE_INCONCLUSIVE", "vault", "x", "")
+	direct := New(ProbeInconclusive, "vault", "x", "")
 	direct.Evidence = body + " postgres://u:Hunter2@h/x"
 	b, err := json.Marshal([]Finding{direct})
 	if err != nil {
@@ -119,26 +120,26 @@ func TestEvidenceCapped(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil || len(back[0].Evidence) > MaxEvidence {
 		t.Fatalf("JSON carries %d bytes of evidence (%v)", len(back[0].Evidence), err)
 	}
-	short := New("PROBE_INCONCLUSIVE", "vault", "x", "postgres://u:Hunter2@h/x")
+	short := New(ProbeInconclusive, "vault", "x", "postgres://u:Hunter2@h/x")
 	if short.Evidence != "postgres://u:xxxxx@h/x" {
 		t.Fatalf("New does not redact: %q", short.Evidence)
 	}
 }
 
 func TestWithSeverity(t *testing.T) {
-	f := New("PG_DATABASE_MISSING", "db", "x", "").WithSeverity(Warning)
+	f := New(PGDatabaseMissing, "db", "x", "").WithSeverity(Warning)
 	if f.Severity != Warning || f.Blocking {
 		t.Fatalf("%+v", f)
 	}
-	if f := New("PG_DATABASE_MISSING", "db", "x", ""); !f.Blocking {
+	if f := New(PGDatabaseMissing, "db", "x", ""); !f.Blocking {
 		t.Fatal("the catalogue's PG_DATABASE_MISSING blocks")
 	}
 }
 
 func TestSortAndWorst(t *testing.T) {
-	fs := []Finding{{Code: "B", Severity: Info}, {Code: "A", Severity: Warning}, {Code: "C", Severity: Error}}
+	fs := []Finding{{Code: TLSOff, Severity: Info}, {Code: ProbeInconclusive, Severity: Warning}, {Code: PGAuthFailed, Severity: Error}}
 	Sort(fs)
-	if fs[0].Code != "C" || fs[1].Code != "A" || Worst(fs) != Error {
+	if fs[0].Code != PGAuthFailed || fs[1].Code != ProbeInconclusive || Worst(fs) != Error {
 		t.Fatalf("%+v", fs)
 	}
 }
@@ -146,14 +147,88 @@ func TestSortAndWorst(t *testing.T) {
 func TestSafetyCodesAreCataloguedAndNotOverridden(t *testing.T) {
 	no := false
 	for code := range Safety {
-		e := Lookup(code) // panics when not catalogued
-		fs := Apply([]Finding{New(code, "t", "s", "")}, map[string]Override{code: {Severity: Info, Blocking: &no}})
+		if !code.Known() {
+			t.Errorf("safety code %s is not catalogued", code)
+		}
+		e := code.Entry()
+		fs := Apply([]Finding{New(code, "t", "s", "")}, map[Code]Override{code: {Severity: Info, Blocking: &no}})
 		if fs[0].Severity != e.Severity || fs[0].Blocking != e.Blocking {
 			t.Errorf("%s was overridden: %+v", code, fs[0])
 		}
 	}
-	fs := Apply([]Finding{New("TLS_EXPIRED", "t", "s", "")}, map[string]Override{"TLS_EXPIRED": {Severity: Warning, Blocking: &no}})
+	fs := Apply([]Finding{New(TLSExpired, "t", "s", "")}, map[Code]Override{TLSExpired: {Severity: Warning, Blocking: &no}})
 	if fs[0].Severity != Warning {
 		t.Errorf("an ordinary code was not overridden: %+v", fs[0])
+	}
+}
+
+// Codes travel as their names: a record written by this haagent reads back into the same
+// values, and one written by another version, naming a code this one lacks, still reads.
+func TestCodeJSON(t *testing.T) {
+	b, err := json.Marshal(New(PGAuthFailed, "db:5432", "s", ""))
+	if err != nil || !strings.Contains(string(b), `"code":"PG_AUTH_FAILED"`) {
+		t.Fatalf("%s (%v)", b, err)
+	}
+	var back Finding
+	if err := json.Unmarshal(b, &back); err != nil || back.Code != PGAuthFailed {
+		t.Fatalf("%+v (%v)", back, err)
+	}
+	var old []Finding
+	if err := json.Unmarshal([]byte(`[{"code":"RETIRED_CODE","severity":"warning","summary":"s"}]`), &old); err != nil {
+		t.Fatalf("an unknown code does not decode: %v", err)
+	}
+	if old[0].Code.String() != "RETIRED_CODE" || old[0].Code.Known() || old[0].Code == (Code{}) {
+		t.Fatalf("unknown code decoded as %#v", old[0].Code)
+	}
+	if b, _ := json.Marshal(old[0]); !strings.Contains(string(b), `"code":"RETIRED_CODE"`) {
+		t.Fatalf("an unknown code does not round-trip: %s", b)
+	}
+}
+
+func TestLookup(t *testing.T) {
+	if c, ok := Lookup("KEYS_CONFLICT"); !ok || c != KeysConflict {
+		t.Fatalf("Lookup(KEYS_CONFLICT) = %#v, %v", c, ok)
+	}
+	if c, ok := Lookup("PG_AUTH_FAILD"); ok || c.Known() {
+		t.Fatalf("a misspelt name was found: %#v", c)
+	}
+	for _, e := range Catalogue() {
+		if c, ok := Lookup(e.Code); !ok || c.Entry().Fix != e.Fix {
+			t.Errorf("%s does not look up to its entry", e.Code)
+		}
+	}
+}
+
+// README's findings table is the operators' list: every catalogued code is in it and it names
+// no code the catalogue lacks.
+func TestReadmeListsEveryCode(t *testing.T) {
+	raw, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(raw), "\n## Findings\n")
+	if !ok {
+		t.Fatal("README has no ## Findings section")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	listed := map[string]bool{}
+	code := regexp.MustCompile("`([A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+)`")
+	for _, line := range strings.Split(section, "\n") {
+		if !strings.HasPrefix(line, "| `") {
+			continue
+		}
+		first, _, _ := strings.Cut(line[1:], "|") // the code column only
+		for _, m := range code.FindAllStringSubmatch(first, -1) {
+			listed[m[1]] = true
+		}
+	}
+	for _, e := range Catalogue() {
+		if !listed[e.Code] {
+			t.Errorf("%s is catalogued but not in README's findings table", e.Code)
+		}
+		delete(listed, e.Code)
+	}
+	for name := range listed {
+		t.Errorf("README's findings table lists %s, which is not catalogued", name)
 	}
 }

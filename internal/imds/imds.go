@@ -20,6 +20,8 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
+
+	"github.com/haagent/haagent/internal/findings"
 )
 
 // Info is what haagent needs to know about the instance.
@@ -139,16 +141,16 @@ func (c *Client) get(ctx context.Context, path string) (string, error) {
 // Error is a failed metadata read, classified.
 type Error struct {
 	Endpoint, Path string
-	Code           string
+	Code           findings.Code
 	Err            error
 }
 
 func (e *Error) Error() string {
 	var why string
 	switch e.Code {
-	case "IMDS_TOKEN_REFUSED":
+	case findings.IMDSTokenRefused:
 		why = "the IMDSv2 token request was refused (haagent does not fall back to IMDSv1)"
-	case "IMDS_HOP_LIMIT":
+	case findings.IMDSHopLimit:
 		why = "the IMDSv2 token request got no answer in time (a hop limit of 1 drops it behind a container or proxy hop)"
 	default:
 		why = "the instance metadata service did not answer"
@@ -159,15 +161,15 @@ func (e *Error) Error() string {
 func (e *Error) Unwrap() error { return e.Err }
 
 func (c *Client) wrap(path string, err error) error {
-	code := "IMDS_UNREACHABLE"
+	code := findings.IMDSUnreachable
 	msg := err.Error()
 	switch s := statusOf(err); {
 	case strings.Contains(msg, "getToken") && (s == 401 || s == 403 || s == 404 || s == 405):
-		code = "IMDS_TOKEN_REFUSED"
+		code = findings.IMDSTokenRefused
 	case strings.Contains(msg, "getToken") && isTimeout(err):
-		code = "IMDS_HOP_LIMIT"
+		code = findings.IMDSHopLimit
 	case s == 401:
-		code = "IMDS_TOKEN_REFUSED"
+		code = findings.IMDSTokenRefused
 	}
 	return &Error{Endpoint: c.endpoint, Path: path, Code: code, Err: err}
 }

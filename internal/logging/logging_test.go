@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/coreos/go-systemd/v22/journal"
+
+	"github.com/haagent/haagent/internal/findings"
 )
 
 func TestJournalHandlerFields(t *testing.T) {
@@ -19,14 +21,14 @@ func TestJournalHandlerFields(t *testing.T) {
 		return nil
 	}}
 	log := slog.New(h).With("step", "fetch")
-	log.Error("S3_ACCESS_DENIED: cannot list", "finding", "S3_ACCESS_DENIED", "target", "s3://b/k")
+	log.Error("S3_ACCESS_DENIED: cannot list", "finding", findings.S3AccessDenied, "target", "s3://b/k")
 	log.Debug("dropped")
 	log.Warn("w", "some-key.x", 1)
 	if len(got) != 2 {
 		t.Fatalf("%d entries, want 2 (debug is below the level)", len(got))
 	}
 	e := got[0]
-	if e.pri != journal.PriErr || e.vars["HAAGENT_STEP"] != "fetch" || e.vars["HAAGENT_FINDING"] != "S3_ACCESS_DENIED" || e.vars["HAAGENT_TARGET"] != "s3://b/k" {
+	if e.pri != journal.PriErr || e.vars["HAAGENT_STEP"] != "fetch" || e.vars["HAAGENT_FINDING"] != findings.S3AccessDenied.String() || e.vars["HAAGENT_TARGET"] != "s3://b/k" {
 		t.Fatalf("entry %+v", e)
 	}
 	if e.msg != "S3_ACCESS_DENIED: cannot list step=fetch finding=S3_ACCESS_DENIED target=s3://b/k" {

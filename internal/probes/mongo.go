@@ -71,7 +71,7 @@ func probeMongo(ctx context.Context, p *prober, s *settings.Settings) *result {
 			if strings.Contains(msg, v.Value) || quotesPiece(msg, parts.Password) || (cs != nil && cs.Password != "" && strings.Contains(msg, cs.Password)) {
 				msg = "the URI does not parse"
 			}
-			res.add(findings.New("URI_MALFORMED", v.Where(), fmt.Sprintf("%s is not a valid MongoDB URI: %s", name, msg), findings.URIEvidence(v.Value)))
+			res.add(findings.New(findings.URIMalformed, v.Where(), fmt.Sprintf("%s is not a valid MongoDB URI: %s", name, msg), findings.URIEvidence(v.Value)))
 			continue
 		}
 		// cs.AuthSource is the effective one: the parser sets a URI's own database (or admin)
@@ -192,13 +192,13 @@ func (p *prober) mongoGroup(ctx context.Context, g *mongoGroup, res *result) {
 		if im.SetName == "" {
 			got = "no replica set (a standalone server)"
 		}
-		add(findings.New("MONGO_REPLSET_MISMATCH", g.target,
+		add(findings.New(findings.MongoReplsetMismatch, g.target,
 			fmt.Sprintf("the URI asks for replica set %q; %s answers %s", g.cs.ReplicaSet, seed, got), "isMaster.setName").
 			WithFix(fmt.Sprintf("set replicaSet=%s in the URIs (%s), or connect to the intended set", setName, strings.Join(g.vars, ", "))))
 	}
 	if im.SetName != "" && g.cs.ReplicaSet == "" && len(g.cs.Hosts) == 1 {
 		// One host and no replicaSet=: the services' driver talks to that host alone.
-		add(findings.New("MONGO_NO_REPLICA_SET_IN_URI", g.target,
+		add(findings.New(findings.MongoNoReplicaSetInURI, g.target,
 			fmt.Sprintf("the URIs (%s) name the single host %s and no replicaSet=, but it is a member of replica set %q (now %s): the services talk to this host alone, and after a failover it no longer takes writes",
 				strings.Join(g.vars, ", "), seed, setName, im.State()), "isMaster.setName").
 			WithFix(fmt.Sprintf("add replicaSet=%s to the URIs and name the members as seeds: mongodb://USER:PASSWORD@%s/DB?replicaSet=%s&...",
@@ -211,7 +211,7 @@ func (p *prober) mongoGroup(ctx context.Context, g *mongoGroup, res *result) {
 			ep.Target = wire.ServerText(m)
 			if f := p.reach(ctx, ep); f != nil {
 				states[m] = "unreachable: " + f.Summary
-				add(findings.New("MONGO_MEMBER_UNREACHABLE", ep.Target,
+				add(findings.New(findings.MongoMemberUnreachable, ep.Target,
 					fmt.Sprintf("replica set %s advertises member %s, which this machine cannot reach (%s)", setName, ep.Target, f.Code), f.Evidence).
 					WithFix("the driver connects to the names the members advertise, not the URI's: make " + ep.Target + " resolve and reach from here, or rename the member (MongoDB manual, \"Change Hostnames in a Replica Set\": rs.conf(), edit members[n].host, rs.reconfig(cfg)); an AWS-internal name a primary adopted at rs.initiate() is the usual cause"))
 				continue
@@ -228,7 +228,7 @@ func (p *prober) mongoGroup(ctx context.Context, g *mongoGroup, res *result) {
 				parts = append(parts, wire.ServerText(m)+": "+states[m])
 			}
 			sort.Strings(parts)
-			add(findings.New("MONGO_NO_PRIMARY", g.target, fmt.Sprintf("replica set %s has no primary: writes fail until one is elected", setName),
+			add(findings.New(findings.MongoNoPrimary, g.target, fmt.Sprintf("replica set %s has no primary: writes fail until one is elected", setName),
 				strings.Join(parts, "; ")).
 				WithFix("check the members' logs and rs.status() on a member: a majority must be up and reach each other to elect a primary"))
 		}
@@ -267,7 +267,7 @@ func (p *prober) mongoGroup(ctx context.Context, g *mongoGroup, res *result) {
 		if g.cs.Username != "" {
 			who = fmt.Sprintf("%q", g.cs.Username)
 		}
-		res.add(findings.New("MONGO_VERSION_LIMITED", g.target,
+		res.add(findings.New(findings.MongoVersionLimited, g.target,
 			fmt.Sprintf("%s runs MongoDB %s (wire version %d); the password and privileges of %s were not checked: %s", seed, wire.Version(im.MaxWireVersion), im.MaxWireVersion, who, what),
 			"isMaster.maxWireVersion").WithFix("nothing to do if the services already work with this server; haagent checked connectivity, TLS and the replica set"))
 	}
@@ -321,15 +321,15 @@ func mongoConnFinding(g *mongoGroup, host string, useTLS bool, err error) findin
 	ev := wire.ServerText(err.Error())
 	switch {
 	case isTimeout(err):
-		return findings.New("PROTOCOL_TIMEOUT", g.target, fmt.Sprintf("%s accepts connections but did not answer isMaster", host), ev)
+		return findings.New(findings.ProtocolTimeout, g.target, fmt.Sprintf("%s accepts connections but did not answer isMaster", host), ev)
 	case useTLS && errors.As(err, &hs):
-		return findings.New("TLS_REQUIRED", g.target, fmt.Sprintf("the URI says ssl=true but %s does not complete a TLS handshake (it may not use TLS)", host), ev).
+		return findings.New(findings.TLSRequired, g.target, fmt.Sprintf("the URI says ssl=true but %s does not complete a TLS handshake (it may not use TLS)", host), ev).
 			WithFix("remove ssl=true from the URIs if the server has no TLS, or enable TLS on the server (net.ssl.mode: requireSSL)")
 	case !useTLS && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || strings.Contains(err.Error(), "not a MongoDB message")):
-		return findings.New("TLS_REQUIRED", g.target, fmt.Sprintf("%s closed the connection on a plain isMaster: it likely requires TLS, and the URI lacks ssl=true", host), ev).
+		return findings.New(findings.TLSRequired, g.target, fmt.Sprintf("%s closed the connection on a plain isMaster: it likely requires TLS, and the URI lacks ssl=true", host), ev).
 			WithFix("add ssl=true (or tls=true) to the URIs: " + strings.Join(g.vars, ", "))
 	}
-	return findings.New("PROBE_INCONCLUSIVE", g.target, fmt.Sprintf("isMaster on %s failed", host), ev)
+	return findings.New(findings.ProbeInconclusive, g.target, fmt.Sprintf("isMaster on %s failed", host), ev)
 }
 
 // statusFunc authenticates against authSource as the URIs say and returns connectionStatus
@@ -351,7 +351,7 @@ func mongoAuthAndPrivileges(ctx context.Context, g *mongoGroup, seed string, im 
 				// same code 18; haagent does not try MONGODB-CR (an MD5 exchange).
 				fix += `. A user created before MongoDB 3.0 may hold only MONGODB-CR credentials, which this server refuses in the same words: upgrade them once, as a root user, with db.adminCommand({authSchemaUpgrade: 1}) (MongoDB 3.0 to 3.6), then check again`
 			}
-			f := findings.New("MONGO_AUTH_FAILED", g.target,
+			f := findings.New(findings.MongoAuthFailed, g.target,
 				fmt.Sprintf("MongoDB at %s rejected user %q authenticating against database %q", seed, g.cs.Username, g.authSource()), "AuthenticationFailed (code 18)").
 				WithFix(fix)
 			if g.authSource() != "admin" {
@@ -362,13 +362,13 @@ func mongoAuthAndPrivileges(ctx context.Context, g *mongoGroup, seed string, im 
 			}
 			return []findings.Finding{f}
 		case errors.Is(err, wire.ErrServerUnproven):
-			return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", g.target,
+			return []findings.Finding{findings.New(findings.ProbeInconclusive, g.target,
 				fmt.Sprintf("MongoDB at %s did not prove it holds the credentials of user %q (SCRAM server signature): an impostor at that address, or a broken server", seed, g.cs.Username), ev).
 				WithFix("check that " + seed + " is the intended MongoDB server (use TLS with a verified certificate: ssl=true), and the user's credentials on it")}
 		case isTimeout(err):
-			return []findings.Finding{findings.New("PROTOCOL_TIMEOUT", g.target, fmt.Sprintf("MongoDB at %s did not complete the authentication of user %q in time", seed, g.cs.Username), ev)}
+			return []findings.Finding{findings.New(findings.ProtocolTimeout, g.target, fmt.Sprintf("MongoDB at %s did not complete the authentication of user %q in time", seed, g.cs.Username), ev)}
 		}
-		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", g.target, fmt.Sprintf("authenticating user %q against database %q on %s, or asking it for connectionStatus, failed", g.cs.Username, g.authSource(), seed), ev)}
+		return []findings.Finding{findings.New(findings.ProbeInconclusive, g.target, fmt.Sprintf("authenticating user %q against database %q on %s, or asking it for connectionStatus, failed", g.cs.Username, g.authSource(), seed), ev)}
 	}
 	var cs struct {
 		AuthInfo struct {
@@ -387,7 +387,7 @@ func mongoAuthAndPrivileges(ctx context.Context, g *mongoGroup, seed string, im 
 		} `bson:"authInfo"`
 	}
 	if err := bson.Unmarshal(raw, &cs); err != nil {
-		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", g.target, "cannot read the connectionStatus answer", wire.ServerText(err.Error()))}
+		return []findings.Finding{findings.New(findings.ProbeInconclusive, g.target, "cannot read the connectionStatus answer", wire.ServerText(err.Error()))}
 	}
 	user, userDB := g.cs.Username, g.authSource()
 	if user == "" && len(cs.AuthInfo.Users) > 0 {
@@ -398,7 +398,7 @@ func mongoAuthAndPrivileges(ctx context.Context, g *mongoGroup, seed string, im 
 		return nil // no authentication: nothing to check privileges for
 	}
 	if cs.AuthInfo.Privileges == nil {
-		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", g.target, fmt.Sprintf("the server did not report the privileges of user %q (connectionStatus showPrivileges)", user), "authInfo.authenticatedUserPrivileges is absent").
+		return []findings.Finding{findings.New(findings.ProbeInconclusive, g.target, fmt.Sprintf("the server did not report the privileges of user %q (connectionStatus showPrivileges)", user), "authInfo.authenticatedUserPrivileges is absent").
 			WithFix(fmt.Sprintf("check by hand that %q has readWrite on %s: db.runCommand({connectionStatus: 1, showPrivileges: true}); FerretDB and some managed services do not report privileges", user, strings.Join(g.dbs, ", ")))}
 	}
 	authed := false
@@ -407,7 +407,7 @@ func mongoAuthAndPrivileges(ctx context.Context, g *mongoGroup, seed string, im 
 	}
 	if !authed {
 		// The privileges would be an unauthenticated connection's (none): not the user's.
-		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", g.target,
+		return []findings.Finding{findings.New(findings.ProbeInconclusive, g.target,
 			fmt.Sprintf("the authentication of user %q ended, but connectionStatus does not list it among the connection's users", user), "authInfo.authenticatedUsers")}
 	}
 	var out []findings.Finding
@@ -430,7 +430,7 @@ func mongoAuthAndPrivileges(ctx context.Context, g *mongoGroup, seed string, im 
 			}
 		}
 		if len(missing) > 0 {
-			out = append(out, findings.New("MONGO_PRIVILEGE_MISSING", g.target,
+			out = append(out, findings.New(findings.MongoPrivilegeMissing, g.target,
 				fmt.Sprintf("user %q cannot %s in database %q, which %s names", user, strings.Join(missing, "/"), db, varsNaming(g, db)),
 				"connectionStatus authenticatedUserPrivileges").
 				WithFix(fmt.Sprintf(`db.getSiblingDB(%q).grantRolesToUser(%q, [{role: "readWrite", db: %q}])`, userDB, user, db)))

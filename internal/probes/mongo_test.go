@@ -55,13 +55,13 @@ func TestMongoFerretDB(t *testing.T) {
 	t.Run("healthy, identical endpoints connected once", func(t *testing.T) {
 		rep := mongoCheck(t, runbookURIs(base, "?authSource=admin&replicaSet=rs0"), nil)
 		// FerretDB has no real roles and reports no privileges: the probe says it could not tell.
-		if only(rep.Findings) != "PROBE_INCONCLUSIVE" || rep.Findings[0].Blocking || len(rep.Checked) != 1 || !rep.Checked[0].OK {
+		if only(rep.Findings) != findings.ProbeInconclusive.String() || rep.Findings[0].Blocking || len(rep.Checked) != 1 || !rep.Checked[0].OK {
 			t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
 		}
 	})
 	t.Run("wrong password", func(t *testing.T) {
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:wrong-"+mongoPW+"@"+f.Addr, "?authSource=admin&replicaSet=rs0"), nil)
-		if only(rep.Findings) != "MONGO_AUTH_FAILED" || !rep.Findings[0].Blocking {
+		if only(rep.Findings) != findings.MongoAuthFailed.String() || !rep.Findings[0].Blocking {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -96,7 +96,7 @@ func TestMongoFerretDB(t *testing.T) {
 	t.Run("tls verified", func(t *testing.T) {
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+strings.Replace(f.TLSAddr, "127.0.0.1", "localhost", 1), "?ssl=true&authSource=admin&replicaSet=rs0"),
 			func(o *Options) { o.RootCAs = f.CA.Pool() })
-		if only(rep.Findings) != "PROBE_INCONCLUSIVE" || !strings.Contains(rep.Checked[0].Detail, "TLS verified") {
+		if only(rep.Findings) != findings.ProbeInconclusive.String() || !strings.Contains(rep.Checked[0].Detail, "TLS verified") {
 			t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
 		}
 	})
@@ -109,20 +109,20 @@ func TestMongoFerretDB(t *testing.T) {
 	})
 	t.Run("ssl=true against a plain listener", func(t *testing.T) {
 		rep := mongoCheck(t, runbookURIs(base, "?ssl=true&authSource=admin"), nil)
-		if only(rep.Findings) != "TLS_REQUIRED" {
+		if only(rep.Findings) != findings.TLSRequired.String() {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
 	t.Run("plain against the TLS listener", func(t *testing.T) {
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+f.TLSAddr, "?authSource=admin"), nil)
-		if only(rep.Findings) != "TLS_REQUIRED" || !strings.Contains(rep.Findings[0].Fix, "ssl=true") {
+		if only(rep.Findings) != findings.TLSRequired.String() || !strings.Contains(rep.Findings[0].Fix, "ssl=true") {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
 	t.Run("the runbook's undefined base", func(t *testing.T) {
 		lines := runbookURIs("$MONGO_BASE_URI", "?ssl=true&authSource=admin")
 		rep := mongoCheck(t, lines, nil)
-		if len(rep.Findings) != 5 || rep.Findings[0].Code != "SETTING_MISSING" || !strings.Contains(rep.Findings[0].Summary, "$MONGO_BASE_URI") {
+		if len(rep.Findings) != 5 || rep.Findings[0].Code != findings.SettingMissing || !strings.Contains(rep.Findings[0].Summary, "$MONGO_BASE_URI") {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -141,7 +141,7 @@ func TestMongoStandIn(t *testing.T) {
 		}
 		rep := mongoCheck(t, runbookURIs("mongodb://"+a.Addr+","+b.Addr, "?replicaSet=rs0"), func(o *Options) { o.Resolver = dns })
 		f := find(rep.Findings, "MONGO_NO_PRIMARY")
-		if only(rep.Findings) != "MONGO_NO_PRIMARY" || !strings.Contains(f.Evidence, a.Addr+": SECONDARY") || !strings.Contains(f.Evidence, b.Addr+": SECONDARY") {
+		if only(rep.Findings) != findings.MongoNoPrimary.String() || !strings.Contains(f.Evidence, a.Addr+": SECONDARY") || !strings.Contains(f.Evidence, b.Addr+": SECONDARY") {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -152,7 +152,7 @@ func TestMongoStandIn(t *testing.T) {
 		})
 		rep := mongoCheck(t, runbookURIs("mongodb://"+p.Addr, "?replicaSet=rs0"), func(o *Options) { o.Resolver = dns })
 		f := find(rep.Findings, "MONGO_MEMBER_UNREACHABLE")
-		if only(rep.Findings) != "MONGO_MEMBER_UNREACHABLE" || f.Target != "ip-10-0-1-5.ec2.internal:27017" || !strings.Contains(f.Fix, "rs.reconfig") || !strings.Contains(f.Summary, "DNS_NOT_FOUND") {
+		if only(rep.Findings) != findings.MongoMemberUnreachable.String() || f.Target != "ip-10-0-1-5.ec2.internal:27017" || !strings.Contains(f.Fix, "rs.reconfig") || !strings.Contains(f.Summary, "DNS_NOT_FOUND") {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -175,7 +175,7 @@ func TestMongoStandIn(t *testing.T) {
 		})
 		rep := mongoCheck(t, runbookURIs("mongodb://"+m.Addr, "?authSource=admin"), nil)
 		f := find(rep.Findings, "MONGO_PRIVILEGE_MISSING")
-		if only(rep.Findings) != "MONGO_PRIVILEGE_MISSING" ||
+		if only(rep.Findings) != findings.MongoPrivilegeMissing.String() ||
 			f.Fix != `db.getSiblingDB("admin").grantRolesToUser("circle", [{role: "readWrite", db: "remote_containers_dev_ghe"}])` ||
 			!strings.Contains(f.Summary, "CIRCLE_SECRETS_MONGODB_REMOTE_CONTAINERS_URI") {
 			t.Fatalf("%+v", rep.Findings)
@@ -230,7 +230,7 @@ func TestMongo32(t *testing.T) {
 		m := runbook32(t, runbookGrants...)
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, opts), nil)
 		f := find(rep.Findings, "MONGO_PRIVILEGE_MISSING")
-		if only(rep.Findings) != "MONGO_PRIVILEGE_MISSING" || !f.Blocking ||
+		if only(rep.Findings) != findings.MongoPrivilegeMissing.String() || !f.Blocking ||
 			f.Fix != `db.getSiblingDB("admin").grantRolesToUser("circle", [{role: "readWrite", db: "remote_containers_dev_ghe"}])` ||
 			!strings.Contains(f.Summary, "CIRCLE_SECRETS_MONGODB_REMOTE_CONTAINERS_URI") {
 			t.Fatalf("%+v", rep.Findings)
@@ -240,14 +240,14 @@ func TestMongo32(t *testing.T) {
 		m := runbook32(t, allGrants...)
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:wrong-"+mongoPW+"@"+m.Addr, opts), nil)
 		f := find(rep.Findings, "MONGO_AUTH_FAILED")
-		if only(rep.Findings) != "MONGO_AUTH_FAILED" || !f.Blocking || !strings.Contains(f.Fix, "authSchemaUpgrade") || !strings.Contains(f.Fix, "MONGODB-CR") {
+		if only(rep.Findings) != findings.MongoAuthFailed.String() || !f.Blocking || !strings.Contains(f.Fix, "authSchemaUpgrade") || !strings.Contains(f.Fix, "MONGODB-CR") {
 			t.Fatalf("%+v %v", rep.Findings, rep.Findings[0].Evidence)
 		}
 	})
 	t.Run("unknown user", func(t *testing.T) {
 		m := runbook32(t, allGrants...)
 		rep := mongoCheck(t, runbookURIs("mongodb://nobody:"+mongoPW+"@"+m.Addr, opts), nil)
-		if only(rep.Findings) != "MONGO_AUTH_FAILED" {
+		if only(rep.Findings) != findings.MongoAuthFailed.String() {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -259,7 +259,7 @@ func TestMongo32(t *testing.T) {
 			t.Fatalf("want MONGO_AUTH_FAILED pointing at authSource=admin, got %+v", rep.Findings)
 		}
 		for _, f := range rep.Findings {
-			if f.Code != "MONGO_AUTH_FAILED" {
+			if f.Code != findings.MongoAuthFailed {
 				t.Fatalf("%+v", rep.Findings)
 			}
 		}
@@ -274,7 +274,7 @@ func TestMongo32(t *testing.T) {
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, "?replicaSet=rs0"), nil)
 		var against []string
 		for _, f := range rep.Findings {
-			if f.Code != "MONGO_AUTH_FAILED" {
+			if f.Code != findings.MongoAuthFailed {
 				t.Fatalf("%+v", rep.Findings)
 			}
 			against = append(against, f.Summary[strings.Index(f.Summary, "against database"):])
@@ -288,7 +288,7 @@ func TestMongo32(t *testing.T) {
 		m := runbook32(t, allGrants...)
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, "?authSource=admin"), nil)
 		f := find(rep.Findings, "MONGO_NO_REPLICA_SET_IN_URI")
-		if only(rep.Findings) != "MONGO_NO_REPLICA_SET_IN_URI" || !strings.Contains(f.Fix, "replicaSet=rs0") || !strings.Contains(f.Summary, "PRIMARY") || rep.Errors() != 0 {
+		if only(rep.Findings) != findings.MongoNoReplicaSetInURI.String() || !strings.Contains(f.Fix, "replicaSet=rs0") || !strings.Contains(f.Summary, "PRIMARY") || rep.Errors() != 0 {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -304,14 +304,14 @@ func TestMongo32(t *testing.T) {
 		m := runbook32(t, allGrants...)
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, opts+"&authMechanism=MONGODB-CR"), nil)
 		f := find(rep.Findings, "MONGO_VERSION_LIMITED")
-		if only(rep.Findings) != "MONGO_VERSION_LIMITED" || !strings.Contains(f.Summary, "authMechanism=MONGODB-CR") || contains(m.Commands(), "saslStart") {
+		if only(rep.Findings) != findings.MongoVersionLimited.String() || !strings.Contains(f.Summary, "authMechanism=MONGODB-CR") || contains(m.Commands(), "saslStart") {
 			t.Fatalf("%+v %v", rep.Findings, m.Commands())
 		}
 		old := runbook32(t, allGrants...)
 		old.Set(func(s *peertest.MongoStandIn) { s.Hello["maxWireVersion"] = int32(2) })
 		rep = mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+old.Addr, opts), nil)
 		f = find(rep.Findings, "MONGO_VERSION_LIMITED")
-		if only(rep.Findings) != "MONGO_VERSION_LIMITED" || !strings.Contains(f.Summary, "MongoDB 2.6 or older") || rep.Errors() != 0 {
+		if only(rep.Findings) != findings.MongoVersionLimited.String() || !strings.Contains(f.Summary, "MongoDB 2.6 or older") || rep.Errors() != 0 {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})

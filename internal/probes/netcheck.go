@@ -34,10 +34,10 @@ func (p *prober) reach(ctx context.Context, ep endpoint) *findings.Finding {
 		if err != nil {
 			var de *net.DNSError
 			if errors.As(err, &de) && de.IsNotFound {
-				f := findings.New("DNS_NOT_FOUND", ep.Target, fmt.Sprintf("%s does not resolve", ep.Host), err.Error())
+				f := findings.New(findings.DNSNotFound, ep.Target, fmt.Sprintf("%s does not resolve", ep.Host), err.Error())
 				return &f
 			}
-			f := findings.New("PROBE_INCONCLUSIVE", ep.Target, fmt.Sprintf("resolving %s failed", ep.Host), err.Error()).
+			f := findings.New(findings.ProbeInconclusive, ep.Target, fmt.Sprintf("resolving %s failed", ep.Host), err.Error()).
 				WithFix("check the VPC's DNS resolver (/etc/resolv.conf) from this machine")
 			return &f
 		}
@@ -66,13 +66,13 @@ func dialFinding(ep endpoint, err error) *findings.Finding {
 	var f findings.Finding
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
-		f = findings.New("TCP_REFUSED", ep.Target, fmt.Sprintf("%s refused the connection", ep.addr()), err.Error())
+		f = findings.New(findings.TCPRefused, ep.Target, fmt.Sprintf("%s refused the connection", ep.addr()), err.Error())
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
-		f = findings.New("TCP_TIMEOUT", ep.Target, fmt.Sprintf("no route to %s", ep.addr()), err.Error())
+		f = findings.New(findings.TCPTimeout, ep.Target, fmt.Sprintf("no route to %s", ep.addr()), err.Error())
 	case isTimeout(err):
-		f = findings.New("TCP_TIMEOUT", ep.Target, fmt.Sprintf("%s did not answer the connection attempt", ep.addr()), err.Error())
+		f = findings.New(findings.TCPTimeout, ep.Target, fmt.Sprintf("%s did not answer the connection attempt", ep.addr()), err.Error())
 	default:
-		f = findings.New("PROBE_INCONCLUSIVE", ep.Target, fmt.Sprintf("connecting to %s failed", ep.addr()), err.Error())
+		f = findings.New(findings.ProbeInconclusive, ep.Target, fmt.Sprintf("connecting to %s failed", ep.addr()), err.Error())
 	}
 	return &f
 }
@@ -100,15 +100,15 @@ func tlsFinding(ep endpoint, err error) *findings.Finding {
 		if cert != nil {
 			issuer = fmt.Sprintf("%q", cert.Issuer.String())
 		}
-		f = findings.New("TLS_UNKNOWN_AUTHORITY", ep.Target,
+		f = findings.New(findings.TLSUnknownAuthority, ep.Target,
 			fmt.Sprintf("the certificate of %s is signed by %s, which this machine does not trust", ep.addr(), issuer), err.Error())
 	case errors.As(err, &he):
 		names := certNames(he.Certificate)
-		f = findings.New("TLS_HOSTNAME_MISMATCH", ep.Target,
+		f = findings.New(findings.TLSHostnameMismatch, ep.Target,
 			fmt.Sprintf("the certificate of %s is not valid for %q; it holds %s", ep.addr(), he.Host, names), err.Error())
 	case errors.As(err, &ie) && ie.Reason == x509.Expired:
 		c := ie.Cert
-		f = findings.New("TLS_EXPIRED", ep.Target,
+		f = findings.New(findings.TLSExpired, ep.Target,
 			fmt.Sprintf("the certificate of %s is valid from %s to %s; this machine's clock says %s", ep.addr(),
 				c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339)), err.Error())
 	default:

@@ -120,7 +120,7 @@ func probePostgres(ctx context.Context, p *prober, s *settings.Settings) *result
 	res.addAll(f4)
 	if len(f1)+len(f2)+len(f3)+len(f4) == 0 {
 		if _, err := strconv.Atoi(port.Value); err != nil {
-			res.add(findings.New("URI_MALFORMED", port.Where(), fmt.Sprintf("POSTGRES_PORT %q is not a port number", port.Value), ""))
+			res.add(findings.New(findings.URIMalformed, port.Where(), fmt.Sprintf("POSTGRES_PORT %q is not a port number", port.Value), ""))
 		} else {
 			targets = append(targets, pgTarget{
 				ep:   endpoint{Host: host.Value, Port: port.Value, Target: fmt.Sprintf("%s@%s", user.Value, net.JoinHostPort(host.Value, port.Value))},
@@ -165,7 +165,7 @@ func probePostgres(ctx context.Context, p *prober, s *settings.Settings) *result
 // and a finding names the part that is wrong, never a parser's text.
 func parsePGURI(name string, v settings.Setting) (pgTarget, *findings.Finding) {
 	bad := func(why string) (pgTarget, *findings.Finding) {
-		f := findings.New("URI_MALFORMED", v.Where(), fmt.Sprintf("%s is not a valid PostgreSQL URI: %s", name, why), findings.URIEvidence(v.Value))
+		f := findings.New(findings.URIMalformed, v.Where(), fmt.Sprintf("%s is not a valid PostgreSQL URI: %s", name, why), findings.URIEvidence(v.Value))
 		return pgTarget{}, &f
 	}
 	const form = "postgres://USER:PASSWORD@HOST:PORT/DATABASE"
@@ -250,13 +250,13 @@ func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 		}
 		conn, err := p.pgConnect(ctx, t, db)
 		if err != nil {
-			mode, why := tlsVerify, ""
+			mode, why := tlsVerify, findings.Code{}
 			if f := tlsFinding(t.ep, err); f != nil {
 				res.add(*f)
 				mode, why = tlsNoVerify, f.Code
 			} else if strings.Contains(err.Error(), "server refused TLS connection") {
-				res.add(findings.New("TLS_OFF", t.ep.Target, fmt.Sprintf("PostgreSQL at %s does not offer TLS", t.ep.addr()), ""))
-				mode, why = tlsNone, "TLS_OFF"
+				res.add(findings.New(findings.TLSOff, t.ep.Target, fmt.Sprintf("PostgreSQL at %s does not offer TLS", t.ep.addr()), ""))
+				mode, why = tlsNone, findings.TLSOff
 			}
 			if mode != tlsVerify {
 				// Every database would meet the same unverified server: it is asked once.
@@ -438,7 +438,7 @@ func (p *prober) dialPG(ctx context.Context, ep endpoint) (net.Conn, error) {
 // inconclusive, not an error: a real server behind a CA this machine does not trust asks exactly
 // this, and what the operator can do is let the next boot verify the server, and then every
 // check runs. why is the code of the finding that made the server unverified.
-func (p *prober) pgUnverified(ctx context.Context, t pgTarget, d pgDB, mode tlsMode, why string) findings.Finding {
+func (p *prober) pgUnverified(ctx context.Context, t pgTarget, d pgDB, mode tlsMode, why findings.Code) findings.Finding {
 	a, err := p.pgAsk(ctx, t, d.name, mode)
 	if err != nil {
 		var pe *pgconn.PgError
@@ -446,7 +446,7 @@ func (p *prober) pgUnverified(ctx context.Context, t pgTarget, d pgDB, mode tlsM
 			// Only pg_hba.conf's verdict comes before authentication on a real server; anything
 			// else (a password "rejected" that was never sent, a database "missing") is the
 			// unverified server's word.
-			return findings.New("PROBE_INCONCLUSIVE", t.ep.Target,
+			return findings.New(findings.ProbeInconclusive, t.ep.Target,
 				fmt.Sprintf("PostgreSQL at %s (%s) refused the connection before authentication", t.ep.addr(), mode),
 				fmt.Sprintf("SQLSTATE %s: %s", pe.Code, pe.Message)).
 				WithFix("the server refused before asking for any password: act on the SQLSTATE in the evidence (53300: too many connections; 57P03: starting up or in recovery), and make the server verifiable (its CA in the bucket's ca-certificates/) so the next boot checks it fully")
@@ -478,19 +478,19 @@ func (p *prober) pgUnverified(ctx context.Context, t pgTarget, d pgDB, mode tlsM
 	fix := "put the CA that issued the server's certificate in the bucket's ca-certificates/ prefix as a .crt " +
 		"(for RDS, the bundle https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem) so the next boot verifies the server and checks it fully"
 	switch why {
-	case "TLS_OFF":
+	case findings.TLSOff:
 		because = "it offers no TLS"
 		fix = "enable TLS on the server (ssl = on, with a certificate; RDS always offers it) and put its CA in the bucket's ca-certificates/ prefix as a .crt, so the next boot verifies the server and checks it fully"
-	case "TLS_HOSTNAME_MISMATCH":
+	case findings.TLSHostnameMismatch:
 		fix = "connect with a name the server's certificate holds (see TLS_HOSTNAME_MISMATCH), or reissue the certificate with " + t.ep.Host + ", so the next boot verifies the server and checks it fully"
-	case "TLS_EXPIRED":
+	case findings.TLSExpired:
 		fix = "renew the server's certificate (and check this machine's clock: timedatectl) so the next boot verifies the server and checks it fully"
 	}
 	mechs := ""
 	if a.code == authSASL {
 		mechs = fmt.Sprintf(" (mechanisms %q)", a.mechs)
 	}
-	return findings.New("PROBE_INCONCLUSIVE", t.ep.Target,
+	return findings.New(findings.ProbeInconclusive, t.ep.Target,
 		fmt.Sprintf("PostgreSQL at %s asks for %s for user %q, on a connection whose server haagent cannot trust (%s); haagent does not authenticate there and did not send the password (nor a hash or SCRAM proof of it), so the password, database and extension checks did not run",
 			t.ep.addr(), how, t.user, because),
 		fmt.Sprintf("AuthenticationRequest code %d%s with %s; haagent hung up without answering", a.code, mechs, mode)).
@@ -511,14 +511,14 @@ func pgFinding(t pgTarget, d pgDB, mode tlsMode, err error) (findings.Finding, b
 		ev := fmt.Sprintf("SQLSTATE %s: %s", pe.Code, pe.Message)
 		switch pe.Code {
 		case "28P01":
-			return findings.New("PG_AUTH_FAILED", t.ep.Target,
+			return findings.New(findings.PGAuthFailed, t.ep.Target,
 				fmt.Sprintf("PostgreSQL at %s rejected the password of user %q (from %s)", where, t.user, t.source), ev), true
 		case "28000":
 			if strings.Contains(pe.Message, "no encryption") && mode == tlsNone {
-				return findings.New("TLS_REQUIRED", t.ep.Target,
+				return findings.New(findings.TLSRequired, t.ep.Target,
 					fmt.Sprintf("pg_hba.conf at %s admits user %q only over TLS, but the server offers no TLS", where, t.user), ev), true
 			}
-			return findings.New("PG_HBA_REJECTED", t.ep.Target,
+			return findings.New(findings.PGHBARejected, t.ep.Target,
 				fmt.Sprintf("pg_hba.conf at %s has no line admitting user %q to database %q from this host (%s)", where, t.user, db, mode), ev).
 				WithFix(fmt.Sprintf("add to pg_hba.conf: hostssl %s %s <this host's address>/32 scram-sha-256 (then SELECT pg_reload_conf())", db, t.user)), true
 		case "3D000":
@@ -530,39 +530,39 @@ func pgFinding(t pgTarget, d pgDB, mode tlsMode, err error) (findings.Finding, b
 				}
 			}
 			if !d.required {
-				return findings.New("PG_DATABASE_MISSING", t.ep.Target,
+				return findings.New(findings.PGDatabaseMissing, t.ep.Target,
 					fmt.Sprintf("database %q does not exist on %s; it is optional (probes.postgres.optional_databases; by default the databases CircleCI's HA page adds to the runbook's five), so this does not block the install", db, where), ev).
 					WithFix(fix).WithSeverity(findings.Warning), false
 			}
-			return findings.New("PG_DATABASE_MISSING", t.ep.Target,
+			return findings.New(findings.PGDatabaseMissing, t.ep.Target,
 				fmt.Sprintf("database %q does not exist on %s", db, where), ev).WithFix(fix), false
 		case "42501":
-			return findings.New("PG_CONNECT_DENIED", t.ep.Target,
+			return findings.New(findings.PGConnectDenied, t.ep.Target,
 				fmt.Sprintf("user %q may not connect to database %q on %s", t.user, db, where), ev).
 				WithFix(fmt.Sprintf("GRANT CONNECT ON DATABASE %s TO %s;", pgIdent(db), pgIdent(t.user))), false
 		}
-		return findings.New("PROBE_INCONCLUSIVE", t.ep.Target, fmt.Sprintf("PostgreSQL at %s refused the connection", where), ev), true
+		return findings.New(findings.ProbeInconclusive, t.ep.Target, fmt.Sprintf("PostgreSQL at %s refused the connection", where), ev), true
 	}
 	if isTimeout(err) {
-		return findings.New("PROTOCOL_TIMEOUT", t.ep.Target,
+		return findings.New(findings.ProtocolTimeout, t.ep.Target,
 			fmt.Sprintf("%s accepts connections but did not complete a PostgreSQL handshake", where), err.Error()), true
 	}
 	if notTLS(err) {
-		return findings.New("TLS_REQUIRED", t.ep.Target, fmt.Sprintf("%s did not speak TLS after agreeing to", where), err.Error()), true
+		return findings.New(findings.TLSRequired, t.ep.Target, fmt.Sprintf("%s did not speak TLS after agreeing to", where), err.Error()), true
 	}
-	return findings.New("PROBE_INCONCLUSIVE", t.ep.Target, fmt.Sprintf("connecting to PostgreSQL at %s failed", where), err.Error()), true
+	return findings.New(findings.ProbeInconclusive, t.ep.Target, fmt.Sprintf("connecting to PostgreSQL at %s failed", where), err.Error()), true
 }
 
 func pgServerChecks(ctx context.Context, conn *pgx.Conn, t pgTarget) []findings.Finding {
 	var out []findings.Finding
 	ver := conn.PgConn().ParameterStatus("server_version")
 	if n := pgVersionNum(ver); n > 0 && n < minPGVersion {
-		out = append(out, findings.New("PG_VERSION_UNSUPPORTED", t.ep.Target,
+		out = append(out, findings.New(findings.PGVersionUnsupported, t.ep.Target,
 			fmt.Sprintf("PostgreSQL at %s is version %s; CircleCI needs 9.5 or later", t.ep.addr(), ver), "server_version "+ver))
 	}
 	var recovery bool
 	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&recovery); err == nil && recovery {
-		out = append(out, findings.New("PG_READ_ONLY", t.ep.Target,
+		out = append(out, findings.New(findings.PGReadOnly, t.ep.Target,
 			fmt.Sprintf("PostgreSQL at %s is a read-only standby", t.ep.addr()), "pg_is_in_recovery() = true"))
 	}
 	return out
@@ -597,11 +597,11 @@ func pgExtensions(ctx context.Context, conn *pgx.Conn, t pgTarget, d pgDB) []fin
 	db := d.name
 	rows, err := conn.Query(ctx, "SELECT extname FROM pg_extension")
 	if err != nil {
-		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", t.ep.Target, "cannot list the extensions of "+db, err.Error())}
+		return []findings.Finding{findings.New(findings.ProbeInconclusive, t.ep.Target, "cannot list the extensions of "+db, err.Error())}
 	}
 	have, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return []findings.Finding{findings.New("PROBE_INCONCLUSIVE", t.ep.Target, "cannot list the extensions of "+db, err.Error())}
+		return []findings.Finding{findings.New(findings.ProbeInconclusive, t.ep.Target, "cannot list the extensions of "+db, err.Error())}
 	}
 	installed := map[string]bool{}
 	for _, h := range have {
@@ -616,7 +616,7 @@ func pgExtensions(ctx context.Context, conn *pgx.Conn, t pgTarget, d pgDB) []fin
 		if !e.required {
 			summary += "; it is optional (probes.postgres.optional_extensions; by default the ones CircleCI's HA page adds to the runbook's), so this does not block the install"
 		}
-		f := findings.New("PG_EXTENSION_MISSING", t.ep.Target, summary, "pg_extension lists: "+strings.Join(have, ", ")).
+		f := findings.New(findings.PGExtensionMissing, t.ep.Target, summary, "pg_extension lists: "+strings.Join(have, ", ")).
 			WithFix(fmt.Sprintf("as a superuser, connected to %s: CREATE EXTENSION IF NOT EXISTS %q;", db, e.name))
 		if !e.required {
 			f = f.WithSeverity(findings.Warning)

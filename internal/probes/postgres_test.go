@@ -53,14 +53,14 @@ func pgSettings(host string, port int, user, pw string) []string {
 func only(fs []findings.Finding) string {
 	var c []string
 	for _, f := range fs {
-		c = append(c, f.Code)
+		c = append(c, f.Code.String())
 	}
 	return strings.Join(c, ",")
 }
 
 func find(fs []findings.Finding, code string) *findings.Finding {
 	for i := range fs {
-		if fs[i].Code == code {
+		if fs[i].Code.String() == code {
 			return &fs[i]
 		}
 	}
@@ -138,14 +138,14 @@ func TestPostgres(t *testing.T) {
 	})
 	t.Run("wrong password", func(t *testing.T) {
 		rep := check(t, pgSettings("localhost", pg.Port, "circle", "wrong-pw-Qx7"), nil)
-		if only(rep.Findings) != "PG_AUTH_FAILED" || !rep.Findings[0].Blocking {
+		if only(rep.Findings) != findings.PGAuthFailed.String() || !rep.Findings[0].Blocking {
 			t.Fatalf("want one blocking PG_AUTH_FAILED, got %+v", rep.Findings)
 		}
 	})
 	t.Run("no pg_hba line", func(t *testing.T) {
 		rep := check(t, pgSettings("localhost", pg.Port, "nohba", "nohba-pw"), nil)
 		f := find(rep.Findings, "PG_HBA_REJECTED")
-		if only(rep.Findings) != "PG_HBA_REJECTED" || !strings.Contains(f.Summary, `user "nohba"`) || !strings.Contains(f.Summary, "TLS verified") {
+		if only(rep.Findings) != findings.PGHBARejected.String() || !strings.Contains(f.Summary, `user "nohba"`) || !strings.Contains(f.Summary, "TLS verified") {
 			t.Fatalf("want PG_HBA_REJECTED with user and TLS state, got %+v", rep.Findings)
 		}
 	})
@@ -155,7 +155,7 @@ func TestPostgres(t *testing.T) {
 			o.Postgres.Extensions = map[string][]string{"missing_db": {"uuid-ossp"}}
 		})
 		f := find(rep.Findings, "PG_DATABASE_MISSING")
-		if only(rep.Findings) != "PG_DATABASE_MISSING" || f.Severity != findings.Error || !f.Blocking ||
+		if only(rep.Findings) != findings.PGDatabaseMissing.String() || f.Severity != findings.Error || !f.Blocking ||
 			f.Fix != `CREATE DATABASE missing_db OWNER circle; then, connected to missing_db as a superuser: CREATE EXTENSION IF NOT EXISTS "uuid-ossp";` {
 			t.Fatalf("want a blocking PG_DATABASE_MISSING with the CREATEs to run, got %+v", rep.Findings)
 		}
@@ -184,9 +184,9 @@ func TestPostgres(t *testing.T) {
 				t.Fatalf("the summary names no database: %+v", f)
 			}
 			switch f.Code {
-			case "PG_DATABASE_MISSING":
+			case findings.PGDatabaseMissing:
 				missing[m[1]] = f.Fix
-			case "PG_EXTENSION_MISSING":
+			case findings.PGExtensionMissing:
 				missing[m[1]+" uuid-ossp"] = f.Fix
 			default:
 				t.Errorf("unexpected %+v", f)
@@ -212,7 +212,7 @@ func TestPostgres(t *testing.T) {
 			o.Postgres.Databases = []string{"vms", "bare"}
 		})
 		f := find(rep.Findings, "PG_CONNECT_DENIED")
-		if only(rep.Findings) != "PG_CONNECT_DENIED" || f.Fix != "GRANT CONNECT ON DATABASE vms TO noconnect;" {
+		if only(rep.Findings) != findings.PGConnectDenied.String() || f.Fix != "GRANT CONNECT ON DATABASE vms TO noconnect;" {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -270,13 +270,13 @@ func TestPostgres(t *testing.T) {
 	})
 	t.Run("dns not found", func(t *testing.T) {
 		rep := check(t, pgSettings("nowhere.internal.test", pg.Port, "circle", circlePW), nil)
-		if only(rep.Findings) != "DNS_NOT_FOUND" {
+		if only(rep.Findings) != findings.DNSNotFound.String() {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
 	t.Run("tcp refused", func(t *testing.T) {
 		rep := check(t, pgSettings("127.0.0.1", peertest.ClosedPort(t), "circle", circlePW), nil)
-		if only(rep.Findings) != "TCP_REFUSED" {
+		if only(rep.Findings) != findings.TCPRefused.String() {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -300,7 +300,7 @@ func TestPostgres(t *testing.T) {
 		rep := check(t, pgSettings("127.0.0.1", l.Addr().(*net.TCPAddr).Port, "circle", circlePW), func(o *Options) {
 			o.Timeout = time.Second
 		})
-		if only(rep.Findings) != "PROTOCOL_TIMEOUT" {
+		if only(rep.Findings) != findings.ProtocolTimeout.String() {
 			t.Fatalf("%+v", rep.Findings)
 		}
 		if rep.Duration > time.Since(start) {
@@ -324,7 +324,7 @@ func TestPostgres(t *testing.T) {
 		rep := check(t, lines, nil)
 		f := find(rep.Findings, "PG_DATABASE_MISSING")
 		// A database a URI names is required: a service is set to use it.
-		if only(rep.Findings) != "PG_DATABASE_MISSING" || !strings.Contains(f.Target, "/elsewhere") || !f.Blocking {
+		if only(rep.Findings) != findings.PGDatabaseMissing.String() || !strings.Contains(f.Target, "/elsewhere") || !f.Blocking {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -376,7 +376,7 @@ func TestPostgres(t *testing.T) {
 	t.Run("read-only standby", func(t *testing.T) {
 		sb := pg.StartStandby(t, time.Now().Add(24*time.Hour))
 		rep := check(t, pgSettings("localhost", sb.Port, "circle", circlePW), nil)
-		if only(rep.Findings) != "PG_READ_ONLY" || !rep.Findings[0].Blocking {
+		if only(rep.Findings) != findings.PGReadOnly.String() || !rep.Findings[0].Blocking {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -590,7 +590,7 @@ func TestPGURIMalformedQuotesNoSecret(t *testing.T) {
 			if f == nil {
 				t.Fatal("parsed")
 			}
-			if f.Code != "URI_MALFORMED" || !strings.Contains(f.Summary, c.why) {
+			if f.Code != findings.URIMalformed || !strings.Contains(f.Summary, c.why) {
 				t.Fatalf("want URI_MALFORMED saying %q, got %+v", c.why, f)
 			}
 			b, _ := json.Marshal(f)

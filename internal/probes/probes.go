@@ -37,7 +37,7 @@ type Options struct {
 	Resolver *net.Resolver
 	Postgres PostgresOptions
 	// Overrides by code.
-	Overrides map[string]Override
+	Overrides map[findings.Code]Override
 }
 
 // Checked is one endpoint a probe looked at, with the state it found.
@@ -220,7 +220,7 @@ func (x found) key() string {
 	if x.c != nil {
 		return fmt.Sprintf("c\x00%s\x00%s\x00%v\x00%s", x.c.Service, x.c.Target, x.c.OK, x.c.Detail)
 	}
-	return "f\x00" + x.f.Code + "\x00" + x.f.Service + "\x00" + x.f.Target + "\x00" + x.f.Summary
+	return "f\x00" + x.f.Code.String() + "\x00" + x.f.Service + "\x00" + x.f.Target + "\x00" + x.f.Summary
 }
 
 // Run loads the settings under root, as each service sees them, and probes every distinct
@@ -300,7 +300,7 @@ func Run(ctx context.Context, root string, o Options) *Report {
 		case <-hard.C:
 			for id := range pending {
 				t := all[id]
-				add(found{f: findings.New("PROBE_INCONCLUSIVE", t.service,
+				add(found{f: findings.New(findings.ProbeInconclusive, t.service,
 					fmt.Sprintf("the %s probe did not finish within %s", t.service, o.Timeout), ""), users: t.users, named: t.named})
 			}
 			pending = nil
@@ -350,7 +350,7 @@ func dedupe(fs []findings.Finding) []findings.Finding {
 	seen := map[string]bool{}
 	var out []findings.Finding
 	for _, f := range fs {
-		k := f.Code + "\x00" + f.Target + "\x00" + f.Summary
+		k := f.Code.String() + "\x00" + f.Target + "\x00" + f.Summary
 		if !seen[k] {
 			seen[k] = true
 			out = append(out, f)
@@ -359,7 +359,7 @@ func dedupe(fs []findings.Finding) []findings.Finding {
 	return out
 }
 
-func applyOverrides(fs []findings.Finding, ov map[string]Override) []findings.Finding {
+func applyOverrides(fs []findings.Finding, ov map[findings.Code]Override) []findings.Finding {
 	return findings.Apply(fs, ov)
 }
 

@@ -20,10 +20,7 @@ func OptionsFrom(cfg *config.Config) Options {
 	o.Timeout = cfg.Probes.Timeout.D()
 	o.Postgres = postgresOptions(cfg.Probes.Postgres.Effective())
 	if len(cfg.Probes.Overrides) > 0 {
-		o.Overrides = map[string]Override{}
-		for code, ov := range cfg.Probes.Overrides {
-			o.Overrides[code] = Override{Severity: findings.Severity(ov.Severity), Blocking: ov.Blocking}
-		}
+		o.Overrides = cfg.Probes.FindingOverrides()
 	}
 	return o
 }

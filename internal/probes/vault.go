@@ -79,7 +79,7 @@ func probeVault(ctx context.Context, p *prober, s *settings.Settings) *result {
 	}
 	scheme := strings.ToLower(vals["VAULT__SCHEME"].Value)
 	if scheme != "http" && scheme != "https" {
-		res.add(findings.New("URI_MALFORMED", vals["VAULT__SCHEME"].Where(), fmt.Sprintf("VAULT__SCHEME is %q; it must be https or http", scheme), ""))
+		res.add(findings.New(findings.URIMalformed, vals["VAULT__SCHEME"].Where(), fmt.Sprintf("VAULT__SCHEME is %q; it must be https or http", scheme), ""))
 		return res
 	}
 	mount := strings.Trim(vals["VAULT__TRANSIT_MOUNT"].Value, "/")
@@ -131,13 +131,13 @@ type vaultProbe struct {
 	standby bool
 }
 
-func (v *vaultProbe) add(code, summary, evidence string) findings.Finding {
+func (v *vaultProbe) add(code findings.Code, summary, evidence string) findings.Finding {
 	f := findings.New(code, v.ep.Target, summary, evidence)
 	v.res.add(f)
 	return f
 }
 
-func (v *vaultProbe) addFix(code, summary, evidence, fix string) {
+func (v *vaultProbe) addFix(code findings.Code, summary, evidence, fix string) {
 	v.res.add(findings.New(code, v.ep.Target, summary, evidence).WithFix(fix))
 }
 
@@ -278,7 +278,7 @@ func (v *vaultProbe) redirected(path string, c vaultCall) {
 	}
 	v.redirect = to
 	p, _, _ := strings.Cut(path, "?")
-	v.addFix("VAULT_REDIRECT", fmt.Sprintf("Vault at %s answered %s with a redirect (HTTP %d) to %s: a standby node that does not forward requests, or a proxy; haagent does not follow redirects with the token, so the token and transit were not checked",
+	v.addFix(findings.VaultRedirect, fmt.Sprintf("Vault at %s answered %s with a redirect (HTTP %d) to %s: a standby node that does not forward requests, or a proxy; haagent does not follow redirects with the token, so the token and transit were not checked",
 		v.ep.addr(), p, c.status, to), c.text(),
 		fmt.Sprintf("point VAULT__SCHEME, VAULT__HOST and VAULT__PORT at %s or at a load balancer that sends requests to it, so the services do not depend on a redirect", active))
 }
@@ -359,12 +359,12 @@ func (v *vaultProbe) run(ctx context.Context) bool {
 	if h.err != nil {
 		switch {
 		case strings.Contains(h.err.Error(), "server gave HTTP response to HTTPS client"):
-			v.addFix("VAULT_SCHEME_MISMATCH", fmt.Sprintf("VAULT__SCHEME is https but %s answers plain HTTP", v.ep.addr()), h.text(),
+			v.addFix(findings.VaultSchemeMismatch, fmt.Sprintf("VAULT__SCHEME is https but %s answers plain HTTP", v.ep.addr()), h.text(),
 				"set VAULT__SCHEME=\"http\", or enable TLS on the Vault listener (recommended)")
 		case isTimeout(h.err):
-			v.add("PROTOCOL_TIMEOUT", fmt.Sprintf("%s accepts connections but did not answer sys/health", v.ep.addr()), h.text())
+			v.add(findings.ProtocolTimeout, fmt.Sprintf("%s accepts connections but did not answer sys/health", v.ep.addr()), h.text())
 		default:
-			v.add("PROBE_INCONCLUSIVE", fmt.Sprintf("GET sys/health on %s failed", v.ep.addr()), h.text())
+			v.add(findings.ProbeInconclusive, fmt.Sprintf("GET sys/health on %s failed", v.ep.addr()), h.text())
 		}
 		return false
 	}
@@ -381,14 +381,14 @@ func (v *vaultProbe) run(ctx context.Context) bool {
 		v.standby, _ = h.data["standby"].(bool)
 	case 400:
 		if h.says("HTTP request to an HTTPS server") {
-			v.addFix("VAULT_SCHEME_MISMATCH", fmt.Sprintf("VAULT__SCHEME is http but %s is a TLS listener", v.ep.addr()), h.text(),
+			v.addFix(findings.VaultSchemeMismatch, fmt.Sprintf("VAULT__SCHEME is http but %s is a TLS listener", v.ep.addr()), h.text(),
 				"set VAULT__SCHEME=\"https\" (and put Vault's CA in the bucket's ca-certificates/)")
 			return false
 		}
-		v.add("PROBE_INCONCLUSIVE", "sys/health answered 400", h.text())
+		v.add(findings.ProbeInconclusive, "sys/health answered 400", h.text())
 		return false
 	case 501:
-		v.addFix("VAULT_UNINITIALIZED", fmt.Sprintf("Vault at %s is not initialized", v.ep.addr()), h.text(),
+		v.addFix(findings.VaultUninitialized, fmt.Sprintf("Vault at %s is not initialized", v.ep.addr()), h.text(),
 			fmt.Sprintf("initialize Vault (%s), unseal it (%s), mount transit (%s) and issue the services' token (%s)", cli.init, cli.unseal, cli.mountTransit, cli.tokenCreate))
 		return false
 	case 503:
@@ -402,7 +402,7 @@ func (v *vaultProbe) run(ctx context.Context) bool {
 			return false
 		}
 	default:
-		v.add("PROBE_INCONCLUSIVE", fmt.Sprintf("sys/health answered %d", h.status), h.text())
+		v.add(findings.ProbeInconclusive, fmt.Sprintf("sys/health answered %d", h.status), h.text())
 		return false
 	}
 	if !v.verify {
@@ -424,7 +424,7 @@ func (v *vaultProbe) sealed(ctx context.Context, cli vaultCLI) {
 		progress, _ := ss.data["progress"].(float64)
 		evidence = fmt.Sprintf("sys/seal-status: sealed, %d of the %d unseal keys needed entered (%d key shares)", int(progress), int(t), int(n))
 	}
-	v.addFix("VAULT_SEALED", fmt.Sprintf("Vault at %s is sealed", v.ep.addr()), evidence,
+	v.addFix(findings.VaultSealed, fmt.Sprintf("Vault at %s is sealed", v.ep.addr()), evidence,
 		fmt.Sprintf("unseal Vault with the required number of unseal keys: %s (repeat per key holder)", cli.unseal))
 }
 
@@ -434,20 +434,20 @@ func (v *vaultProbe) checkToken(ctx context.Context, cli vaultCLI) bool {
 	t := v.call(ctx, http.MethodGet, path, nil, true)
 	switch {
 	case t.err != nil:
-		v.add("PROBE_INCONCLUSIVE", path+" failed", t.text())
+		v.add(findings.ProbeInconclusive, path+" failed", t.text())
 		return false
 	case t.location != "":
 		v.redirected(path, t)
 		return false
 	case t.status == 403 || t.status == 401:
-		v.addFix("VAULT_TOKEN_INVALID", "Vault rejects VAULT__CLIENT_TOKEN (expired, revoked or mistyped)", t.text(),
+		v.addFix(findings.VaultTokenInvalid, "Vault rejects VAULT__CLIENT_TOKEN (expired, revoked or mistyped)", t.text(),
 			fmt.Sprintf("issue a new periodic token: %s, and put it in VAULT__CLIENT_TOKEN", cli.tokenCreate))
 		return false
 	case t.status != 200:
-		v.add("PROBE_INCONCLUSIVE", fmt.Sprintf("%s answered %d", path, t.status), t.text())
+		v.add(findings.ProbeInconclusive, fmt.Sprintf("%s answered %d", path, t.status), t.text())
 		return false
 	case t.data == nil:
-		v.add("PROBE_INCONCLUSIVE", path+" answered 200 without the token's data", t.text())
+		v.add(findings.ProbeInconclusive, path+" answered 200 without the token's data", t.text())
 		return false
 	}
 	// 0.7 and 1.x both report ttl, period (periodic tokens only), explicit_max_ttl and
@@ -471,10 +471,10 @@ func (v *vaultProbe) checkToken(ctx context.Context, cli vaultCLI) bool {
 				left = time.Until(ts.Add(maxTTL)).Round(time.Second)
 			}
 		}
-		v.addFix("VAULT_TOKEN_EXPIRING", fmt.Sprintf("VAULT__CLIENT_TOKEN has an explicit max TTL of %s: it ends in %s whatever the services renew", maxTTL, left),
+		v.addFix(findings.VaultTokenExpiring, fmt.Sprintf("VAULT__CLIENT_TOKEN has an explicit max TTL of %s: it ends in %s whatever the services renew", maxTTL, left),
 			fmt.Sprintf("ttl=%s explicit_max_ttl=%s renewable=%v", ttl, maxTTL, renewable), fix)
 	case !renewable:
-		v.addFix("VAULT_TOKEN_EXPIRING", fmt.Sprintf("VAULT__CLIENT_TOKEN is not renewable and expires in %s", ttl),
+		v.addFix(findings.VaultTokenExpiring, fmt.Sprintf("VAULT__CLIENT_TOKEN is not renewable and expires in %s", ttl),
 			fmt.Sprintf("ttl=%s renewable=false period=%s", ttl, period), fix)
 	}
 	return true
@@ -548,7 +548,7 @@ func (v *vaultProbe) capabilities(ctx context.Context, paths []string) (have map
 			v.redirected(path, c)
 			return nil, false, false
 		}
-		v.addFix("PROBE_INCONCLUSIVE", fmt.Sprintf("could not read VAULT__CLIENT_TOKEN's capabilities on %s/ (%s); the transit round trip checks them by use", v.mount, path), c.text(),
+		v.addFix(findings.ProbeInconclusive, fmt.Sprintf("could not read VAULT__CLIENT_TOKEN's capabilities on %s/ (%s); the transit round trip checks them by use", v.mount, path), c.text(),
 			"attach the default policy to the token (it grants sys/capabilities-self), or check by hand: "+v.version.cli(v.mount).capabilities+" TOKEN "+v.mount+"/encrypt/"+VaultProbeKey)
 		return nil, false, true
 	}
@@ -592,11 +592,11 @@ func (v *vaultProbe) transit(ctx context.Context, cli vaultCLI) bool {
 	}
 	switch {
 	case state == mountAbsent:
-		v.addFix("VAULT_TRANSIT_MISSING", fmt.Sprintf("nothing is mounted at %s/ (VAULT__TRANSIT_MOUNT)", v.mount), "sys/mounts",
+		v.addFix(findings.VaultTransitMissing, fmt.Sprintf("nothing is mounted at %s/ (VAULT__TRANSIT_MOUNT)", v.mount), "sys/mounts",
 			fmt.Sprintf("%s (or set VAULT__TRANSIT_MOUNT to the transit mount's path)", cli.mountTransit))
 		return false
 	case state == mountFound && kind != "transit":
-		v.addFix("VAULT_TRANSIT_MISSING", fmt.Sprintf("%s/ is a %s mount, not transit", v.mount, kind), "mount type "+kind, v.otherMountFix())
+		v.addFix(findings.VaultTransitMissing, fmt.Sprintf("%s/ is a %s mount, not transit", v.mount, kind), "mount type "+kind, v.otherMountFix())
 		return false
 	}
 	var paths []string
@@ -626,7 +626,7 @@ func (v *vaultProbe) transit(ctx context.Context, cli vaultCLI) bool {
 		}
 		if len(missing) > 0 {
 			sort.Strings(missing)
-			v.addFix("VAULT_PERMISSION_DENIED", "VAULT__CLIENT_TOKEN lacks capabilities the contexts-service needs on the transit mount", "missing "+strings.Join(missing, "; "),
+			v.addFix(findings.VaultPermissionDenied, "VAULT__CLIENT_TOKEN lacks capabilities the contexts-service needs on the transit mount", "missing "+strings.Join(missing, "; "),
 				v.policyFix(cli))
 			return false
 		}
@@ -655,9 +655,9 @@ func (v *vaultProbe) roundTrip(ctx context.Context, cli vaultCLI) bool {
 		case c.location != "":
 			v.redirected(path, c)
 		case c.status == 403:
-			v.addFix("VAULT_PERMISSION_DENIED", fmt.Sprintf("the transit round trip was refused at %s", what), c.text(), v.policyFix(cli))
+			v.addFix(findings.VaultPermissionDenied, fmt.Sprintf("the transit round trip was refused at %s", what), c.text(), v.policyFix(cli))
 		default:
-			v.add("PROBE_INCONCLUSIVE", fmt.Sprintf("the transit round trip failed at %s", what), c.text())
+			v.add(findings.ProbeInconclusive, fmt.Sprintf("the transit round trip failed at %s", what), c.text())
 		}
 		return false
 	}
@@ -666,11 +666,11 @@ func (v *vaultProbe) roundTrip(ctx context.Context, cli vaultCLI) bool {
 	switch {
 	case c.err == nil && c.location == "" && c.status < 300:
 	case c.status == 404 && (c.says("no handler for route") || c.says("unsupported path")):
-		v.addFix("VAULT_TRANSIT_MISSING", fmt.Sprintf("nothing is mounted at %s/ (VAULT__TRANSIT_MOUNT)", v.mount), c.text(),
+		v.addFix(findings.VaultTransitMissing, fmt.Sprintf("nothing is mounted at %s/ (VAULT__TRANSIT_MOUNT)", v.mount), c.text(),
 			fmt.Sprintf("%s (or set VAULT__TRANSIT_MOUNT to the transit mount's path)", cli.mountTransit))
 		return false
 	case c.status == 400 && c.says("missing data fields"):
-		v.addFix("VAULT_TRANSIT_MISSING", fmt.Sprintf("%s/ is not a transit mount: it stores secrets (a kv or generic mount)", v.mount), c.text(), v.otherMountFix())
+		v.addFix(findings.VaultTransitMissing, fmt.Sprintf("%s/ is not a transit mount: it stores secrets (a kv or generic mount)", v.mount), c.text(), v.otherMountFix())
 		return false
 	default:
 		return fail("creating key "+VaultProbeKey, keyPath, c)
@@ -684,7 +684,7 @@ func (v *vaultProbe) roundTrip(ctx context.Context, cli vaultCLI) bool {
 	dec := v.call(ctx, http.MethodPost, v.mount+"/decrypt/"+VaultProbeKey, map[string]any{"ciphertext": ct}, true)
 	if got, _ := dec.data["plaintext"].(string); dec.status != 200 || got != plain {
 		if dec.status == 200 {
-			v.add("PROBE_INCONCLUSIVE", "transit decrypt returned a different plaintext", "")
+			v.add(findings.ProbeInconclusive, "transit decrypt returned a different plaintext", "")
 			return false
 		}
 		return fail("decrypt", v.mount+"/decrypt/"+VaultProbeKey, dec)

@@ -110,20 +110,20 @@ func TestVault(t *testing.T) {
 			})
 			t.Run("http against the TLS listener", func(t *testing.T) {
 				rep := vaultCheck(t, v, "http", periodic, "transit", nil)
-				if only(rep.Findings) != "VAULT_SCHEME_MISMATCH" || !strings.Contains(rep.Findings[0].Fix, "https") {
+				if only(rep.Findings) != findings.VaultSchemeMismatch.String() || !strings.Contains(rep.Findings[0].Fix, "https") {
 					t.Fatalf("%+v", rep.Findings)
 				}
 			})
 			t.Run("unknown CA", func(t *testing.T) {
 				rep := vaultCheck(t, v, "https", periodic, "transit", func(o *Options) { o.RootCAs = peertest.NewCA(t, "other").Pool() })
-				if only(rep.Findings) != "TLS_UNKNOWN_AUTHORITY" || rep.Findings[0].Fix == "" || rep.Checked[0].OK ||
+				if only(rep.Findings) != findings.TLSUnknownAuthority.String() || rep.Findings[0].Fix == "" || rep.Checked[0].OK ||
 					!strings.Contains(rep.Checked[0].Detail, "token not sent") {
 					t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
 				}
 			})
 			t.Run("bad token", func(t *testing.T) {
 				rep := vaultCheck(t, v, "https", "hvs.not-a-real-token", "transit", nil)
-				if only(rep.Findings) != "VAULT_TOKEN_INVALID" || !strings.Contains(rep.Findings[0].Fix, tokenCreate) {
+				if only(rep.Findings) != findings.VaultTokenInvalid.String() || !strings.Contains(rep.Findings[0].Fix, tokenCreate) {
 					t.Fatalf("%+v", rep.Findings)
 				}
 			})
@@ -131,7 +131,7 @@ func TestVault(t *testing.T) {
 				tok := v.Token(t, map[string]any{"policies": []string{"encrypt-only"}, "period": "1h"})
 				rep := vaultCheck(t, v, "https", tok, "transit", nil)
 				f := find(rep.Findings, "VAULT_PERMISSION_DENIED")
-				if only(rep.Findings) != "VAULT_PERMISSION_DENIED" || !strings.Contains(f.Evidence, "transit/decrypt/haagent-probe: update") ||
+				if only(rep.Findings) != findings.VaultPermissionDenied.String() || !strings.Contains(f.Evidence, "transit/decrypt/haagent-probe: update") ||
 					!strings.Contains(f.Fix, `path "transit/keys/*" { capabilities = ["create", "read", "update"] }`) ||
 					!strings.Contains(f.Fix, policyWrite) || !strings.Contains(f.Fix, tokenCreate) {
 					t.Fatalf("%+v", rep.Findings)
@@ -141,7 +141,7 @@ func TestVault(t *testing.T) {
 				// The services' token may not read sys/mounts: the round trip's own error says it.
 				for _, tok := range []string{periodic, v.RootToken} {
 					rep := vaultCheck(t, v, "https", tok, "ci-transit", nil)
-					if only(rep.Findings) != "VAULT_TRANSIT_MISSING" || !strings.Contains(rep.Findings[0].Fix, mountCmd+"ci-transit transit") ||
+					if only(rep.Findings) != findings.VaultTransitMissing.String() || !strings.Contains(rep.Findings[0].Fix, mountCmd+"ci-transit transit") ||
 						!strings.Contains(rep.Findings[0].Summary, "nothing is mounted at ci-transit/") ||
 						(tok == periodic && !strings.Contains(rep.Findings[0].Evidence, "no handler for route")) {
 						t.Fatalf("%+v", rep.Findings)
@@ -152,7 +152,7 @@ func TestVault(t *testing.T) {
 				// Dev mode's secret/ (kv in 1.x, generic in 0.7); the empty key creation writes nothing there.
 				for _, tok := range []string{periodic, v.RootToken} {
 					rep := vaultCheck(t, v, "https", tok, "secret", nil)
-					if only(rep.Findings) != "VAULT_TRANSIT_MISSING" || !strings.Contains(rep.Findings[0].Summary, "secret/ is") ||
+					if only(rep.Findings) != findings.VaultTransitMissing.String() || !strings.Contains(rep.Findings[0].Summary, "secret/ is") ||
 						!strings.Contains(rep.Findings[0].Fix, "("+mountCmd+`transit transit) and set VAULT__TRANSIT_MOUNT="transit"`) {
 						t.Fatalf("%+v", rep.Findings)
 					}
@@ -167,7 +167,7 @@ path "auth/token/renew-self" { capabilities = ["update"] }`)
 				tok := v.Token(t, map[string]any{"policies": []string{"transit-and-self"}, "no_default_policy": true, "period": "1h"})
 				rep := vaultCheck(t, v, "https", tok, "transit", nil)
 				f := find(rep.Findings, "PROBE_INCONCLUSIVE")
-				if only(rep.Findings) != "PROBE_INCONCLUSIVE" || f.Severity != findings.Warning || rep.Errors() != 0 ||
+				if only(rep.Findings) != findings.ProbeInconclusive.String() || f.Severity != findings.Warning || rep.Errors() != 0 ||
 					!strings.Contains(f.Summary, "sys/capabilities-self") || !strings.Contains(f.Evidence, "HTTP 403") || !rep.Checked[0].OK ||
 					!strings.Contains(f.Fix, capabilities+" TOKEN transit/encrypt/haagent-probe") {
 					t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
@@ -176,13 +176,13 @@ path "auth/token/renew-self" { capabilities = ["update"] }`)
 			t.Run("expiring tokens", func(t *testing.T) {
 				short := v.Token(t, map[string]any{"policies": []string{"circle-transit"}, "ttl": "10m", "renewable": false})
 				rep := vaultCheck(t, v, "https", short, "transit", nil)
-				if only(rep.Findings) != "VAULT_TOKEN_EXPIRING" || !strings.Contains(rep.Findings[0].Summary, "not renewable") ||
+				if only(rep.Findings) != findings.VaultTokenExpiring.String() || !strings.Contains(rep.Findings[0].Summary, "not renewable") ||
 					rep.Findings[0].Blocking || !strings.Contains(rep.Findings[0].Fix, tokenCreate) {
 					t.Fatalf("%+v", rep.Findings)
 				}
 				capped := v.Token(t, map[string]any{"policies": []string{"circle-transit"}, "ttl": "1h", "explicit_max_ttl": "2h"})
 				rep = vaultCheck(t, v, "https", capped, "transit", nil)
-				if only(rep.Findings) != "VAULT_TOKEN_EXPIRING" || !strings.Contains(rep.Findings[0].Summary, "explicit max TTL of 2h0m0s") {
+				if only(rep.Findings) != findings.VaultTokenExpiring.String() || !strings.Contains(rep.Findings[0].Summary, "explicit max TTL of 2h0m0s") {
 					t.Fatalf("%+v", rep.Findings)
 				}
 			})
@@ -198,7 +198,7 @@ func TestVaultPlainListenerAndSeal(t *testing.T) {
 			v.Mount(t, "transit", "transit")
 			t.Run("https against a plain listener", func(t *testing.T) {
 				rep := vaultCheck(t, v, "https", v.RootToken, "transit", nil)
-				if only(rep.Findings) != "VAULT_SCHEME_MISMATCH" {
+				if only(rep.Findings) != findings.VaultSchemeMismatch.String() {
 					t.Fatalf("%+v", rep.Findings)
 				}
 			})
@@ -211,7 +211,7 @@ func TestVaultPlainListenerAndSeal(t *testing.T) {
 			t.Run("sealed", func(t *testing.T) {
 				v.Seal(t)
 				rep := vaultCheck(t, v, "http", v.RootToken, "transit", nil)
-				if only(rep.Findings) != "VAULT_SEALED" || !strings.Contains(rep.Findings[0].Fix, unseal+" (") ||
+				if only(rep.Findings) != findings.VaultSealed.String() || !strings.Contains(rep.Findings[0].Fix, unseal+" (") ||
 					!strings.Contains(rep.Findings[0].Evidence, "0 of the 1 unseal keys needed entered") {
 					t.Fatalf("%+v", rep.Findings)
 				}
@@ -232,7 +232,7 @@ func TestVaultUninitialized(t *testing.T) {
 		t.Run(srv.name, func(t *testing.T) {
 			v := srv.start(t)
 			rep := vaultCheck(t, v, "http", "hvs.whatever", "transit", nil)
-			if only(rep.Findings) != "VAULT_UNINITIALIZED" || !strings.Contains(rep.Findings[0].Fix, srv.init) {
+			if only(rep.Findings) != findings.VaultUninitialized.String() || !strings.Contains(rep.Findings[0].Fix, srv.init) {
 				t.Fatalf("%+v", rep.Findings)
 			}
 		})
@@ -329,7 +329,7 @@ func TestVaultTokenNeverToUnverifiedServer(t *testing.T) {
 		t.Fatalf("the token reached the unverified server: %v", rc.seen)
 	}
 	f := find(rep.Findings, "TLS_UNKNOWN_AUTHORITY")
-	if only(rep.Findings) != "TLS_UNKNOWN_AUTHORITY" || !strings.Contains(f.Summary, "impostor CA") ||
+	if only(rep.Findings) != findings.TLSUnknownAuthority.String() || !strings.Contains(f.Summary, "impostor CA") ||
 		!strings.HasSuffix(f.Summary, "the token was not sent to it, so the token and transit were not checked") || f.Fix == "" ||
 		rep.Checked[0].OK || !strings.Contains(rep.Checked[0].Detail, "token not sent") {
 		t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
@@ -370,7 +370,7 @@ func TestVaultRedirectNotFollowed(t *testing.T) {
 				t.Fatalf("the probe followed the redirect (%d requests, token sent: %v): %v", n, got, c.other.seen)
 			}
 			f := find(rep.Findings, "VAULT_REDIRECT")
-			if only(rep.Findings) != "VAULT_REDIRECT" || f.Severity != findings.Warning || f.Blocking ||
+			if only(rep.Findings) != findings.VaultRedirect.String() || f.Severity != findings.Warning || f.Blocking ||
 				!strings.Contains(f.Summary, "to "+c.wantTarget+":") || !strings.Contains(f.Fix, "active node ("+c.wantTarget+")") ||
 				rep.Checked[0].OK || !strings.HasSuffix(rep.Checked[0].Detail, c.detail+"redirected to "+c.wantTarget) {
 				t.Fatalf("%+v %+v", rep.Findings, rep.Checked)
@@ -386,7 +386,7 @@ func TestVaultRedirectWithoutLocation(t *testing.T) {
 	srv := tlsServer(t, ca, "127.0.0.1", &httpRecorder{redirect: "none"})
 	rep := vaultCheckAt(t, hostOf(srv), ca.CertPEM, "https", "s.token", "transit", nil)
 	f := find(rep.Findings, "VAULT_REDIRECT")
-	if only(rep.Findings) != "VAULT_REDIRECT" || !strings.Contains(f.Summary, "to a location it did not name") ||
+	if only(rep.Findings) != findings.VaultRedirect.String() || !strings.Contains(f.Summary, "to a location it did not name") ||
 		!strings.Contains(f.Fix, "at the active node or at a load balancer") || !strings.Contains(f.Evidence, "(no Location header)") {
 		t.Fatalf("%+v", rep.Findings)
 	}
@@ -421,7 +421,7 @@ func TestVaultHugeErrorBody(t *testing.T) {
 	rep := vaultCheckAt(t, hostOf(srv), nil, "http", "s.token", "transit", nil)
 	srv.Close() // waits for the handler: written is final
 	f := find(rep.Findings, "VAULT_TOKEN_INVALID")
-	if only(rep.Findings) != "VAULT_TOKEN_INVALID" || len(f.Evidence) > vaultEvidenceCap+40 || !strings.Contains(f.Evidence, "bytes cut") {
+	if only(rep.Findings) != findings.VaultTokenInvalid.String() || len(f.Evidence) > vaultEvidenceCap+40 || !strings.Contains(f.Evidence, "bytes cut") {
 		t.Fatalf("evidence of %d bytes: %+v", len(f.Evidence), rep.Findings)
 	}
 	mu.Lock()

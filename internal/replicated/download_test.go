@@ -37,7 +37,7 @@ func TestDownloadFromS3ReportsAnUntrustedCertificateWithItsFix(t *testing.T) {
 		t.Fatalf("want one finding, got %v", err)
 	}
 	f := fail.Findings[0]
-	if f.Code != "INSTALLER_DOWNLOAD_FAILED" || !strings.Contains(f.Evidence, "certificate signed by unknown authority") ||
+	if f.Code != findings.InstallerDownloadFailed || !strings.Contains(f.Evidence, "certificate signed by unknown authority") ||
 		!strings.Contains(f.Fix, "source.ca_file") || opened != 1 || strings.Contains(log.String(), "retrying") {
 		t.Fatalf("finding %+v (bucket opened %d times)\nthe bucket's log:\n%s", f, opened, log.String())
 	}

@@ -171,7 +171,7 @@ func Ensure(ctx context.Context, o Options) (Result, error) {
 		}
 	}
 	if o.SHA256 == "" {
-		f := findings.New("INSTALLER_UNPINNED", redactLine(o.URL, ""),
+		f := findings.New(findings.InstallerUnpinned, redactLine(o.URL, ""),
 			"replicated.sha256 is empty: whatever script "+redactLine(o.URL, "")+" serves today runs as root on this machine", "")
 		if o.Report != nil {
 			o.Report(f)
@@ -189,7 +189,7 @@ func Ensure(ctx context.Context, o Options) (Result, error) {
 		known, from = DocumentedSet(), "the installer's documented arguments"
 	}
 	if probs := CheckExtraArgs(o.ExtraArgs, known); len(probs) > 0 {
-		return res, &findings.Failure{Findings: []findings.Finding{findings.New("INSTALLER_ARG_UNKNOWN", redactLine(o.URL, ""),
+		return res, &findings.Failure{Findings: []findings.Finding{findings.New(findings.InstallerArgUnknown, redactLine(o.URL, ""),
 			"replicated.extra_args has arguments the installer would refuse; it was not run", strings.Join(probs, "; ")+" (checked against "+from+")")}}
 	}
 	if _, err := atomicfile.WriteFile(filepath.Join(o.Root, ScriptPath), script, atomicfile.Options{Mode: 0o700, DirMode: 0o700, UID: -1, GID: -1}); err != nil {
@@ -264,14 +264,14 @@ func readExit(root, instanceID string) (int, bool) {
 
 func (o Options) finish(code int, err error, tailLines string) error {
 	if errors.Is(err, errTimeout) {
-		return &findings.Failure{Findings: []findings.Finding{findings.New("INSTALLER_TIMEOUT", o.URL,
+		return &findings.Failure{Findings: []findings.Finding{findings.New(findings.InstallerTimeout, o.URL,
 			fmt.Sprintf("the Replicated installer ran past %s and was stopped", o.Timeout), tailLines)}}
 	}
 	if err != nil {
 		return err
 	}
 	if code != 0 {
-		return &findings.Failure{Findings: []findings.Finding{findings.New("INSTALLER_FAILED", o.URL,
+		return &findings.Failure{Findings: []findings.Finding{findings.New(findings.InstallerFailed, o.URL,
 			fmt.Sprintf("the Replicated installer exited with status %d", code), "last lines: "+tailLines)}}
 	}
 	return nil
@@ -359,11 +359,11 @@ func download(ctx context.Context, o Options) ([]byte, string, error) {
 		body, err = httpGet(ctx, o)
 	}
 	if errors.Is(err, ErrInsecureRedirect) {
-		return nil, "", &findings.Failure{Findings: []findings.Finding{findings.New("INSTALLER_REDIRECT_REFUSED", redactLine(o.URL, ""),
+		return nil, "", &findings.Failure{Findings: []findings.Finding{findings.New(findings.InstallerRedirectRefused, redactLine(o.URL, ""),
 			"the installer download was redirected away from https; the script was not fetched", redactLine(err.Error(), ""))}}
 	}
 	if err != nil {
-		f := findings.New("INSTALLER_DOWNLOAD_FAILED", o.URL, "cannot download the Replicated installer from "+redactLine(o.URL, ""), redactLine(err.Error(), ""))
+		f := findings.New(findings.InstallerDownloadFailed, o.URL, "cannot download the Replicated installer from "+redactLine(o.URL, ""), redactLine(err.Error(), ""))
 		// From the bucket, the bucket's own diagnosis says what to change (the IAM permission,
 		// source.ca_file for a refused certificate, the object to upload).
 		var be *bucket.Error
@@ -375,7 +375,7 @@ func download(ctx context.Context, o Options) ([]byte, string, error) {
 	h := sha256.Sum256(body)
 	sum := hex.EncodeToString(h[:])
 	if o.SHA256 != "" && !strings.EqualFold(sum, o.SHA256) {
-		return nil, sum, &findings.Failure{Findings: []findings.Finding{findings.New("INSTALLER_CHECKSUM_MISMATCH", o.URL,
+		return nil, sum, &findings.Failure{Findings: []findings.Finding{findings.New(findings.InstallerChecksumMismatch, o.URL,
 			"the downloaded installer does not match replicated.sha256; it was not run",
 			fmt.Sprintf("sha256 %s, pinned %s", sum, strings.ToLower(o.SHA256)))}}
 	}

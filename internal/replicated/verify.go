@@ -157,7 +157,7 @@ func (o Options) nothingInstalled(err error, tail string) error {
 	if !errors.As(err, &ni) {
 		return fmt.Errorf("verifying the Replicated install: %w", err)
 	}
-	f := findings.New("INSTALLER_NOTHING_INSTALLED", redactLine(o.URL, ""),
+	f := findings.New(findings.InstallerNothingInstalled, redactLine(o.URL, ""),
 		"the Replicated installer exited 0 but Replicated is not running ("+ni.what+"); the install-complete marker was not written",
 		"last lines: "+tail)
 	switch m := recommendedDockerRE.FindStringSubmatch(tail); {

@@ -22,11 +22,11 @@ func TestNothingInstalledFix(t *testing.T) {
 			"install the Docker it recommends (18.09.9)"},
 		{"The running Docker daemon is configured to use the 'devicemapper' storage driver in loopback mode. | Do you want to proceed anyway? (y/N)",
 			"overlay2 storage driver"},
-		{"something else", findings.Lookup("INSTALLER_NOTHING_INSTALLED").Fix},
+		{"something else", findings.InstallerNothingInstalled.Entry().Fix},
 	} {
 		err := Options{URL: "https://get.replicated.com/docker"}.nothingInstalled(&errNotInstalled{what: "not installed: replicated.service"}, tc.tail)
 		var fail *findings.Failure
-		if !errors.As(err, &fail) || fail.Findings[0].Code != "INSTALLER_NOTHING_INSTALLED" || !strings.Contains(fail.Findings[0].Fix, tc.want) ||
+		if !errors.As(err, &fail) || fail.Findings[0].Code != findings.InstallerNothingInstalled || !strings.Contains(fail.Findings[0].Fix, tc.want) ||
 			!strings.Contains(fail.Findings[0].Evidence, tc.tail) || !fail.Findings[0].Blocking {
 			t.Errorf("tail %q: %+v", tc.tail, err)
 		}
@@ -129,7 +129,7 @@ func TestEnsureDoesNotRerunOverInstalledUnits(t *testing.T) {
 	for attempt := 1; attempt <= 2; attempt++ {
 		res, err := Ensure(context.Background(), o)
 		var fail *findings.Failure
-		if !errors.As(err, &fail) || fail.Findings[0].Code != "INSTALLER_NOTHING_INSTALLED" || res.Ran ||
+		if !errors.As(err, &fail) || fail.Findings[0].Code != findings.InstallerNothingInstalled || res.Ran ||
 			!strings.Contains(fail.Findings[0].Summary, "installed Replicated's units, but replicatedctl did not answer") ||
 			!strings.Contains(fail.Findings[0].Fix, "without re-running the installer") {
 			t.Fatalf("attempt %d: ran %v, %v", attempt, res.Ran, err)

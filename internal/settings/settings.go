@@ -119,7 +119,7 @@ func (s *Settings) Require(service, name string) (Setting, []findings.Finding) {
 		if ok {
 			what, target = "is empty", v.Where()
 		}
-		f := findings.New("SETTING_MISSING", target, fmt.Sprintf("%s %s; the %s connection needs it", name, what, service), "").
+		f := findings.New(findings.SettingMissing, target, fmt.Sprintf("%s %s; the %s connection needs it", name, what, service), "").
 			WithFix(fmt.Sprintf("add export %s=\"...\" to circle-installation-customizations or a file of circleconfig/shared/ in the bucket (they become %s and %s/)", name, InstallFile, SharedDir))
 		f.Service = service
 		return Setting{}, []findings.Finding{f}
@@ -152,7 +152,7 @@ func (s *Settings) load(root, name string) []findings.Finding {
 		return nil
 	}
 	if err != nil {
-		return []findings.Finding{findings.New("CONFIG_SYNTAX", name, "cannot read "+name, err.Error())}
+		return []findings.Finding{findings.New(findings.ConfigSyntax, name, "cannot read "+name, err.Error())}
 	}
 	return s.parse(name, data)
 }
@@ -263,14 +263,14 @@ func (s *Settings) parse(name string, data []byte) []findings.Finding {
 		if errors.As(err, &pe) {
 			where = fmt.Sprintf("%s:%d:%d", name, pe.Pos.Line(), pe.Pos.Col())
 		}
-		return []findings.Finding{findings.New("CONFIG_SYNTAX", where, "cannot parse "+name+" as a shell file", parseErrorText(err))}
+		return []findings.Finding{findings.New(findings.ConfigSyntax, where, "cannot parse "+name+" as a shell file", parseErrorText(err))}
 	}
 	var fs []findings.Finding
 	for _, st := range f.Stmts {
 		assigns, bad := assignments(st)
 		if bad != "" {
 			pos := st.Pos()
-			fs = append(fs, findings.New("SETTING_REFUSED", fmt.Sprintf("%s:%d:%d", name, pos.Line(), pos.Col()),
+			fs = append(fs, findings.New(findings.SettingRefused, fmt.Sprintf("%s:%d:%d", name, pos.Line(), pos.Col()),
 				fmt.Sprintf("%s contains %s; haagent only reads NAME=value and export NAME=value lines and never runs code", name, bad), ""))
 			continue
 		}
@@ -295,7 +295,7 @@ func CarriageReturn(name string, data []byte) (findings.Finding, bool) {
 			n++
 		}
 	}
-	return findings.New("CONFIG_SYNTAX", fmt.Sprintf("%s:%d", name, line),
+	return findings.New(findings.ConfigSyntax, fmt.Sprintf("%s:%d", name, line),
 		fmt.Sprintf("%s has a carriage return at line %d (%d lines: Windows line endings); bash would keep it in the values, so the services would not get what the probes checked", name, line, n), "").
 		WithFix(fmt.Sprintf("convert the file to LF line endings (dos2unix %s, or save it with LF in your editor) and upload it again", filepath.Base(name))), true
 }
@@ -378,7 +378,7 @@ func (s *Settings) assign(file string, as *syntax.Assign) []findings.Finding {
 	pos := as.Pos()
 	where := fmt.Sprintf("%s:%d:%d", file, pos.Line(), pos.Col())
 	if as.Array != nil || as.Index != nil || as.Append {
-		return []findings.Finding{findings.New("SETTING_REFUSED", where, name+" is assigned as an array or with +=; haagent reads plain NAME=value", "")}
+		return []findings.Finding{findings.New(findings.SettingRefused, where, name+" is assigned as an array or with +=; haagent reads plain NAME=value", "")}
 	}
 	if as.Value == nil {
 		if as.Naked {
@@ -410,7 +410,7 @@ func (s *Settings) assign(file string, as *syntax.Assign) []findings.Finding {
 		return true
 	})
 	if refused != "" {
-		return []findings.Finding{findings.New("SETTING_REFUSED", where,
+		return []findings.Finding{findings.New(findings.SettingRefused, where,
 			fmt.Sprintf("the value of %s uses %s; haagent never runs code from settings files", name, refused), "")}
 	}
 	if len(missing) > 0 {
@@ -421,13 +421,13 @@ func (s *Settings) assign(file string, as *syntax.Assign) []findings.Finding {
 				// "pass$word" in double quotes: the "variable" is the rest of the password.
 				if !unnamed {
 					unnamed = true
-					fs = append(fs, findings.New("SETTING_MISSING", where,
+					fs = append(fs, findings.New(findings.SettingMissing, where,
 						fmt.Sprintf("the value of %s holds a $ the shell would expand, to a variable no settings file sets (it would become an empty string)", name), "").
 						WithFix(fmt.Sprintf("if the $ is part of a password or token, put the value in single quotes (%s='...'; a ' inside is written '\\''); else define the variable before it is used (in %s or an earlier file of %s/)", name, file, SharedDir)))
 				}
 				continue
 			}
-			f := findings.New("SETTING_MISSING", where,
+			f := findings.New(findings.SettingMissing, where,
 				fmt.Sprintf("%s uses $%s, which no settings file sets (it would expand to an empty string)", name, m), "").
 				WithFix(fmt.Sprintf("define %s before it is used (in %s or an earlier file of %s/), or write the value out in full", m, file, SharedDir))
 			fs = append(fs, f)
@@ -439,7 +439,7 @@ func (s *Settings) assign(file string, as *syntax.Assign) []findings.Finding {
 	val, err := expand.Literal(&expand.Config{Env: environ(s.vars)}, as.Value)
 	if err != nil {
 		// Not the error's text: ${X?message} puts the message, a piece of the value, in it.
-		return []findings.Finding{findings.New("SETTING_REFUSED", where,
+		return []findings.Finding{findings.New(findings.SettingRefused, where,
 			fmt.Sprintf("the value of %s uses a ${...} form that fails to expand (such as ${NAME?message} with NAME unset)", name), "").
 			WithFix(fmt.Sprintf("write the value of %s out in full, in single quotes (%s='...')", name, name))}
 	}

@@ -13,7 +13,7 @@ import (
 func codes(fs []findings.Finding) string {
 	var c []string
 	for _, f := range fs {
-		c = append(c, f.Code+"@"+f.Target)
+		c = append(c, f.Code.String()+"@"+f.Target)
 	}
 	return strings.Join(c, ",")
 }
@@ -47,10 +47,10 @@ export POSTGRES_HOST
 	if v, _ := s.Get("POSTGRES_HOST"); v.Where() != "shared/db:4" {
 		t.Errorf("POSTGRES_HOST set at %s", v.Where())
 	}
-	if _, fs := s.Require("postgres", "EMPTY"); len(fs) != 1 || fs[0].Code != "SETTING_MISSING" || fs[0].Target != "shared/db:8" {
+	if _, fs := s.Require("postgres", "EMPTY"); len(fs) != 1 || fs[0].Code != findings.SettingMissing || fs[0].Target != "shared/db:8" {
 		t.Errorf("an empty required setting: %+v", fs)
 	}
-	if _, fs := s.Require("postgres", "NOPE"); len(fs) != 1 || fs[0].Code != "SETTING_MISSING" {
+	if _, fs := s.Require("postgres", "NOPE"); len(fs) != 1 || fs[0].Code != findings.SettingMissing {
 		t.Errorf("an unset required setting: %+v", fs)
 	}
 }
@@ -62,7 +62,7 @@ func TestUndefinedReferenceIsMissingNotEmpty(t *testing.T) {
 		t.Fatalf("findings at parse time: %+v", fs)
 	}
 	_, fs = s.Require("mongodb", "CIRCLE_SECRETS_MONGODB_MAIN_URI")
-	if len(fs) != 1 || fs[0].Code != "SETTING_MISSING" || !strings.Contains(fs[0].Summary, "$MONGO_BASE_URI") || fs[0].Target != "shared/mongo:1:8" {
+	if len(fs) != 1 || fs[0].Code != findings.SettingMissing || !strings.Contains(fs[0].Summary, "$MONGO_BASE_URI") || fs[0].Target != "shared/mongo:1:8" {
 		t.Fatalf("want SETTING_MISSING naming $MONGO_BASE_URI at shared/mongo:1:8, got %+v", fs)
 	}
 }
@@ -88,7 +88,7 @@ func TestRefusesCode(t *testing.T) {
 
 func TestSyntaxErrorHasPosition(t *testing.T) {
 	_, fs := Parse("shared/postgres", []byte("export POSTGRES_HOST=\"pg\nexport POSTGRES_PORT=5432\n"))
-	if len(fs) != 1 || fs[0].Code != "CONFIG_SYNTAX" || !strings.HasPrefix(fs[0].Target, "shared/postgres:1:") {
+	if len(fs) != 1 || fs[0].Code != findings.ConfigSyntax || !strings.HasPrefix(fs[0].Target, "shared/postgres:1:") {
 		t.Fatalf("%+v", fs)
 	}
 }
@@ -119,13 +119,13 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, fs := Parse("fuzz", data)
 		for _, f := range fs {
-			if !findings.Known(f.Code) || f.Target == "" {
+			if !f.Code.Known() || f.Target == "" {
 				t.Fatalf("bad finding %+v", f)
 			}
 		}
 		for _, n := range s.Names("") {
 			if _, ok := s.Get(n); !ok {
-				if _, fs := s.Require("x", n); len(fs) == 0 || fs[0].Code != "SETTING_MISSING" {
+				if _, fs := s.Require("x", n); len(fs) == 0 || fs[0].Code != findings.SettingMissing {
 					t.Fatalf("Names lists %s, neither set nor reported missing", n)
 				}
 			}
@@ -197,7 +197,7 @@ func TestIsShellFile(t *testing.T) {
 func TestCarriageReturnRefused(t *testing.T) {
 	data := []byte("export POSTGRES_HOST=\"pg.internal\"\nexport POSTGRES_PORT=5432\r\nMONGO_BASE_URI=mongodb://h1:27017\r\n")
 	_, fs := Parse("/etc/circleconfig/shared/db", data)
-	if len(fs) != 1 || fs[0].Code != "CONFIG_SYNTAX" || fs[0].Target != "/etc/circleconfig/shared/db:2" || !fs[0].Blocking ||
+	if len(fs) != 1 || fs[0].Code != findings.ConfigSyntax || fs[0].Target != "/etc/circleconfig/shared/db:2" || !fs[0].Blocking ||
 		!strings.Contains(fs[0].Summary, "2 lines") || !strings.Contains(fs[0].Fix, "dos2unix db") {
 		t.Fatalf("%+v", fs)
 	}
@@ -232,7 +232,7 @@ func TestFindingsQuoteNoValue(t *testing.T) {
 				if strings.Contains(all, c.secret) {
 					t.Errorf("%q of the value appears in the finding: %s; fix %q", c.secret, b, f.Fix)
 				}
-				if f.Code == c.code && strings.Contains(f.Summary, c.says) {
+				if f.Code.String() == c.code && strings.Contains(f.Summary, c.says) {
 					hit = &fs[i]
 				}
 			}
@@ -256,7 +256,7 @@ func TestNamesListsWhatCannotBeBuilt(t *testing.T) {
 	if got := strings.Join(s.Names("CIRCLE_SECRETS_POSTGRES_"), ","); got != "CIRCLE_SECRETS_POSTGRES_VMS_URI,CIRCLE_SECRETS_POSTGRES_X_URI" {
 		t.Fatalf("Names = %s", got)
 	}
-	if _, fs := s.Require("postgres", "CIRCLE_SECRETS_POSTGRES_VMS_URI"); len(fs) != 1 || fs[0].Code != "SETTING_MISSING" {
+	if _, fs := s.Require("postgres", "CIRCLE_SECRETS_POSTGRES_VMS_URI"); len(fs) != 1 || fs[0].Code != findings.SettingMissing {
 		t.Fatalf("%+v", fs)
 	}
 }

@@ -90,7 +90,7 @@ func readable(root, key, p string, uid, gid int) *findings.Finding {
 }
 
 func unreadable(key, p, summary, evidence, fix string) *findings.Finding {
-	f := findings.New("FILE_UNREADABLE_BY_REPLICATED", p,
+	f := findings.New(findings.FileUnreadableByReplicated, p,
 		fmt.Sprintf("the Replicated daemon (user %s, group %s) cannot read %s, which replicated.conf names as %s: %s", daemonUser, daemonGroup, p, key, summary),
 		evidence)
 	if fix != "" {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
 )
 
@@ -131,7 +132,7 @@ func TestReadableByReplicated(t *testing.T) {
 				}
 				return
 			}
-			if len(fs) == 0 || fs[0].Code != "FILE_UNREADABLE_BY_REPLICATED" || fs[0].Target != c.want || !fs[0].Blocking {
+			if len(fs) == 0 || fs[0].Code != findings.FileUnreadableByReplicated || fs[0].Target != c.want || !fs[0].Blocking {
 				t.Fatalf("want a blocking FILE_UNREADABLE_BY_REPLICATED for %s, got %+v", c.want, fs)
 			}
 			if all := fs[0].Summary + " " + fs[0].Evidence; !strings.Contains(all, c.says) {

@@ -78,18 +78,18 @@ func Check(f Files) []findings.Finding {
 func readJSON(f Files, path string) (map[string]any, []findings.Finding) {
 	data, err := os.ReadFile(f.Read(path))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, []findings.Finding{findings.New("FILE_INVALID", path, path+" does not exist", "").
+		return nil, []findings.Finding{findings.New(findings.FileInvalid, path, path+" does not exist", "").
 			WithFix("upload it to the bucket; Replicated needs it at install time")}
 	}
 	if err != nil {
-		return nil, []findings.Finding{findings.New("FILE_INVALID", path, "cannot read "+path, err.Error())}
+		return nil, []findings.Finding{findings.New(findings.FileInvalid, path, "cannot read "+path, err.Error())}
 	}
 	if f := syntaxFinding(path, data); f != nil {
 		return nil, []findings.Finding{*f}
 	}
 	var m map[string]any
 	if err := json.Unmarshal(data, &m); err != nil {
-		return nil, []findings.Finding{findings.New("FILE_SYNTAX", path+":1:1", path+" must be a JSON object", err.Error())}
+		return nil, []findings.Finding{findings.New(findings.FileSyntax, path+":1:1", path+" must be a JSON object", err.Error())}
 	}
 	return m, nil
 }
@@ -154,7 +154,7 @@ func syntaxAt(path string, data []byte, off int64, msg string) *findings.Finding
 		text = data[lineStart : lineStart+lineEnd]
 	}
 	where := fmt.Sprintf("%s:%d:%d", path, line, col)
-	f := findings.New("FILE_SYNTAX", where, fmt.Sprintf("%s is not valid JSON at line %d, column %d: %s", path, line, col, maskChar(msg)),
+	f := findings.New(findings.FileSyntax, where, fmt.Sprintf("%s is not valid JSON at line %d, column %d: %s", path, line, col, maskChar(msg)),
 		fmt.Sprintf("line %d, string values masked, %s marks the error: %s", line, errMark, lineShape(string(text), int(off)-1-lineStart)))
 	return &f
 }
@@ -291,7 +291,7 @@ func checkReplicated(f Files, m map[string]any) []findings.Finding {
 	var out []findings.Finding
 	need := func(key, why string) {
 		if v, ok := m[key].(string); !ok || strings.TrimSpace(v) == "" {
-			out = append(out, findings.New("FILE_INVALID", ReplicatedConf, fmt.Sprintf("%s lacks %q (%s)", ReplicatedConf, key, why), "").
+			out = append(out, findings.New(findings.FileInvalid, ReplicatedConf, fmt.Sprintf("%s lacks %q (%s)", ReplicatedConf, key, why), "").
 				WithFix(fmt.Sprintf("add \"%s\": \"...\" to replicated.conf in the bucket", key)))
 		}
 	}
@@ -307,7 +307,7 @@ func checkReplicated(f Files, m map[string]any) []findings.Finding {
 			continue
 		}
 		if !f.Exists(v) {
-			out = append(out, findings.New("FILE_INVALID", ReplicatedConf, fmt.Sprintf("%s names %s %s, which does not exist", ReplicatedConf, key, v), "").
+			out = append(out, findings.New(findings.FileInvalid, ReplicatedConf, fmt.Sprintf("%s names %s %s, which does not exist", ReplicatedConf, key, v), "").
 				WithFix(fmt.Sprintf("point %s at the file haagent writes (%s or %s), or fetch the file there", key, DefaultLicense, SettingsConf)))
 		}
 	}
@@ -319,7 +319,7 @@ func checkReplicated(f Files, m map[string]any) []findings.Finding {
 	}
 	sort.Strings(unknown)
 	for _, k := range unknown {
-		out = append(out, findings.New("FILE_UNKNOWN_KEY", ReplicatedConf, fmt.Sprintf("%s has an unknown key %q; Replicated ignores it (a typo?)", ReplicatedConf, k), ""))
+		out = append(out, findings.New(findings.FileUnknownKey, ReplicatedConf, fmt.Sprintf("%s has an unknown key %q; Replicated ignores it (a typo?)", ReplicatedConf, k), ""))
 	}
 	return out
 }
@@ -334,7 +334,7 @@ func checkSettings(m map[string]any) []findings.Finding {
 	for _, k := range keys {
 		obj, ok := m[k].(map[string]any)
 		if _, has := obj["value"]; !ok || !has {
-			out = append(out, findings.New("FILE_INVALID", SettingsConf, fmt.Sprintf("%s: %q must be an object {\"value\": ...}", SettingsConf, k), fmt.Sprintf("found %s", shape(m[k]))).
+			out = append(out, findings.New(findings.FileInvalid, SettingsConf, fmt.Sprintf("%s: %q must be an object {\"value\": ...}", SettingsConf, k), fmt.Sprintf("found %s", shape(m[k]))).
 				WithFix(fmt.Sprintf("write it as \"%s\": {\"value\": \"...\"}", k)))
 		}
 	}
@@ -345,7 +345,7 @@ func checkSettings(m map[string]any) []findings.Finding {
 	}
 	need := func(k, why string) {
 		if strings.TrimSpace(str(k)) == "" {
-			out = append(out, findings.New("FILE_INVALID", SettingsConf, fmt.Sprintf("%s lacks %q (%s)", SettingsConf, k, why), "").
+			out = append(out, findings.New(findings.FileInvalid, SettingsConf, fmt.Sprintf("%s lacks %q (%s)", SettingsConf, k, why), "").
 				WithFix(fmt.Sprintf("add \"%s\": {\"value\": \"...\"} to settings.conf in the bucket", k)))
 		}
 	}
@@ -386,7 +386,7 @@ func checkLicense(f Files, path string) []findings.Finding {
 		if err == nil {
 			what = "is empty"
 		}
-		return []findings.Finding{findings.New("LICENSE_MISSING", path, fmt.Sprintf("the CircleCI licence %s %s", path, what), "").
+		return []findings.Finding{findings.New(findings.LicenseMissing, path, fmt.Sprintf("the CircleCI licence %s %s", path, what), "").
 			WithFix("upload the licence file (license.rli) to the bucket")}
 	}
 	return nil

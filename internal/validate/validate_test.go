@@ -44,7 +44,7 @@ func tree(t *testing.T, replicated, settings, license string) string {
 func codes(fs []findings.Finding) string {
 	var c []string
 	for _, f := range fs {
-		c = append(c, f.Code+"@"+f.Target)
+		c = append(c, f.Code.String()+"@"+f.Target)
 	}
 	return strings.Join(c, " ")
 }
@@ -130,7 +130,7 @@ func FuzzCheck(f *testing.F) {
 		os.WriteFile(filepath.Join(root, "etc/replicated.conf"), rc, 0o600)
 		os.WriteFile(filepath.Join(root, "etc/settings.conf"), sc, 0o600)
 		for _, f := range Check(InPlace(root)) {
-			if !findings.Known(f.Code) || f.Target == "" {
+			if !f.Code.Known() || f.Target == "" {
 				t.Fatalf("bad finding %+v", f)
 			}
 		}
@@ -154,7 +154,7 @@ func TestSyntaxEvidenceMasksValues(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			fs := Check(InPlace(tree(t, goodReplicated, c.settings, "L")))
-			if len(fs) != 1 || fs[0].Code != "FILE_SYNTAX" {
+			if len(fs) != 1 || fs[0].Code != findings.FileSyntax {
 				t.Fatalf("%+v", fs)
 			}
 			f := fs[0]

@@ -78,7 +78,7 @@ func TestWatch(t *testing.T) {
 			Status: func(s string) { mu.Lock(); statuses = append(statuses, s); mu.Unlock() },
 			Probe: func(context.Context) []findings.Finding {
 				probed <- struct{}{}
-				return []findings.Finding{{Code: "PG_AUTH_FAILED"}}
+				return []findings.Finding{{Code: findings.PGAuthFailed}}
 			},
 		})
 		done := make(chan error, 1)
