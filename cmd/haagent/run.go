@@ -13,6 +13,7 @@ import (
 	"github.com/haagent/haagent/internal/bootstrap"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/lock"
 	"github.com/haagent/haagent/internal/logging"
 	"github.com/haagent/haagent/internal/state"
@@ -38,7 +39,7 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	log := logging.New(stderr, level)
 
-	env, release, err := c.g.prepare(log)
+	env, release, err := c.g.prepare(log, c.reinstall)
 	if err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) && ee.code == 2 {
@@ -47,13 +48,12 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer release()
-	// At exit (SIGTERM, or the end of --once) the steps' background work is stopped and waited
-	// for: the log forwarding saves how far it got, for the next haagent.
+	// At exit (SIGTERM, or the end of --once) the monitors are stopped and waited for: the log
+	// forwarding saves how far it got, for the next haagent.
 	ctx, stop := context.WithCancel(ctx)
 	defer env.Drain(5 * time.Second)
 	defer stop()
-	env.Reinstall = c.reinstall
-	r := &bootstrap.Runner{Steps: bootstrap.Steps, Once: c.once, StatePath: c.g.path(state.Path), BootRunsPath: c.g.path(state.BootRunsPath)}
+	r := &bootstrap.Runner{Steps: bootstrap.Steps, Once: c.once, StatePath: c.g.path(layout.StateFile), BootRunsPath: c.g.path(layout.BootRuns)}
 	if !c.once {
 		// READY means "the agent is up and driving the boot"; the boot itself can take half an
 		// hour and is reported through STATUS= and the run record, not systemd's start job.
@@ -73,7 +73,9 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	// lock only around its writes, so `haagent backup keys` and the like work meanwhile.
 	env.HoldsLock.Store(false)
 	release()
-	bootstrap.KeepAlive(ctx)
+	// From here the supervisor's loop is haagent's main loop: it feeds systemd's watchdog only
+	// while every monitor iterates.
+	env.WatchMonitors(ctx)
 	return nil
 }
 
@@ -82,12 +84,12 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 // "complete". It writes only haagent's own record, under the lock; when another haagent holds
 // the lock, that one's record is the truth and nothing is written.
 func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) {
-	lk, err := lock.Acquire(c.g.path(lock.Path))
+	lk, err := lock.Acquire(c.g.path(layout.LockFile))
 	if err != nil {
 		return
 	}
 	defer lk.Release()
-	path := c.g.path(state.Path)
+	path := c.g.path(layout.StateFile)
 	rec, err := state.Load(path)
 	if err != nil {
 		log.Error("cannot record the failed run", "path", path, "error", err.Error())
@@ -105,15 +107,15 @@ func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) {
 		log.Error("cannot record the failed run", "path", path, "error", err.Error())
 		return
 	}
-	if err := state.MarkThisBoot(c.g.path(state.BootRunsPath), rec.Last().ID); err != nil {
-		log.Error("cannot mark the failed run as this boot's; `haagent status --wait` will not see it", "path", c.g.path(state.BootRunsPath), "error", err.Error())
+	if err := state.MarkThisBoot(c.g.path(layout.BootRuns), rec.Last().ID); err != nil {
+		log.Error("cannot mark the failed run as this boot's; `haagent status --wait` will not see it", "path", c.g.path(layout.BootRuns), "error", err.Error())
 	}
 }
 
 // prepare loads the config (validated before any side effect; an absent file is not an error
 // yet: the imds step may find the config in the user-data), takes the lock and loads the run
 // record: what every command that changes the machine needs.
-func (g *globals) prepare(log *slog.Logger) (*bootstrap.Env, func(), error) {
+func (g *globals) prepare(log *slog.Logger, reinstall bool) (*bootstrap.Env, func(), error) {
 	cfg, err := config.Load(g.configPath())
 	switch {
 	case errors.Is(err, config.ErrNoConfig):
@@ -122,11 +124,11 @@ func (g *globals) prepare(log *slog.Logger) (*bootstrap.Env, func(), error) {
 	case err != nil:
 		return nil, nil, &exitError{code: 2, err: err}
 	}
-	lk, err := lock.Acquire(g.path(lock.Path))
+	lk, err := lock.Acquire(g.path(layout.LockFile))
 	if err != nil {
 		return nil, nil, err
 	}
-	rec, err := state.Load(g.path(state.Path))
+	rec, err := state.Load(g.path(layout.StateFile))
 	if err != nil {
 		lk.Release()
 		return nil, nil, err
@@ -135,7 +137,7 @@ func (g *globals) prepare(log *slog.Logger) (*bootstrap.Env, func(), error) {
 	if cfg != nil {
 		imdsTimeout = cfg.IMDS.Timeout.D()
 	}
-	env := &bootstrap.Env{Root: g.root, Log: log, Config: cfg, ConfigPath: g.configPath(), IMDSTimeout: imdsTimeout, Record: rec, LockPath: g.path(lock.Path)}
+	env := bootstrap.NewEnv(bootstrap.Inputs{Root: g.root, Log: log, FileConfig: cfg, ConfigPath: g.configPath(), IMDSTimeout: imdsTimeout, Reinstall: reinstall, LockPath: g.path(layout.LockFile)}, rec)
 	env.HoldsLock.Store(true)
 	return env, lk.Release, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/state"
 )
 
@@ -33,7 +34,7 @@ func (c *statusCmd) flags(fs *flag.FlagSet) {
 const pollEvery = 500 * time.Millisecond
 
 func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
-	path := c.g.path(state.Path)
+	path := c.g.path(layout.StateFile)
 	var deadline <-chan time.Time
 	if c.wait && c.timeout > 0 {
 		t := time.NewTimer(c.timeout)
@@ -60,7 +61,7 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		// --wait is about this boot: a run recorded before the machine rebooted (its "complete"
 		// or its failure) says nothing about the boot haagent is driving now.
 		if last != nil {
-			thisBoot, err := state.RunsThisBoot(c.g.path(state.BootRunsPath))
+			thisBoot, err := state.RunsThisBoot(c.g.path(layout.BootRuns))
 			if err != nil {
 				return err
 			}
@@ -101,7 +102,7 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 }
 
 func (c *statusCmd) print(w io.Writer, rec *state.Record) {
-	m, merr := state.LoadMaintenance(c.g.path(state.MaintenancePath))
+	m, merr := state.LoadMaintenance(c.g.path(layout.MaintenanceFile))
 	runs := rec.Runs
 	if c.runs > 0 && len(runs) > c.runs {
 		runs = runs[len(runs)-c.runs:]
@@ -179,13 +180,26 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 	}
 	if len(fs) > 0 {
 		fmt.Fprintln(w, "findings:")
-		findings.Sort(fs)
-		for _, f := range fs {
-			fmt.Fprintf(w, "  %-7s %s: %s\n", f.Severity, f.Code, f.Summary)
-			if f.Fix != "" {
-				fmt.Fprintf(w, "          fix: %s\n", f.Fix)
+		printFindings(w, fs)
+	}
+	// What runs beside and after the steps, each monitor's current findings under its name.
+	var mons []string
+	for _, m := range last.Monitors {
+		var fs []findings.Finding
+		for _, f := range m.Findings {
+			if f.Code != findings.KeysConflict {
+				fs = append(fs, f)
 			}
 		}
+		if len(fs) > 0 {
+			var b strings.Builder
+			fmt.Fprintf(&b, "  %s:\n", m.Name)
+			printFindings(&b, fs)
+			mons = append(mons, b.String())
+		}
+	}
+	if len(mons) > 0 {
+		fmt.Fprint(w, "monitors:\n"+strings.Join(mons, ""))
 	}
 	if len(runs) > 1 {
 		fmt.Fprintln(w, "earlier runs:")
@@ -196,6 +210,16 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 				fmt.Fprintf(w, "  %s", r.Error)
 			}
 			fmt.Fprintln(w)
+		}
+	}
+}
+
+func printFindings(w io.Writer, fs []findings.Finding) {
+	findings.Sort(fs)
+	for _, f := range fs {
+		fmt.Fprintf(w, "  %-7s %s: %s\n", f.Severity, f.Code, f.Summary)
+		if f.Fix != "" {
+			fmt.Fprintf(w, "          fix: %s\n", f.Fix)
 		}
 	}
 }

@@ -14,10 +14,8 @@ import (
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 )
-
-// Path is the record's location under --root.
-const Path = "/var/lib/haagent/state.json"
 
 // Version of the record's format.
 const Version = 1
@@ -55,7 +53,7 @@ type Record struct {
 func (r *Record) InstalledBefore() string {
 	for _, run := range r.Runs {
 		if run.Status == Complete {
-			return fmt.Sprintf("the run record %s shows a completed boot of instance %s at %s", Path, run.InstanceID, run.Start.UTC().Format(time.RFC3339))
+			return fmt.Sprintf("the run record %s shows a completed boot of instance %s at %s", layout.StateFile, run.InstanceID, run.Start.UTC().Format(time.RFC3339))
 		}
 	}
 	return ""
@@ -63,18 +61,32 @@ func (r *Record) InstalledBefore() string {
 
 // Run is one invocation of the boot.
 type Run struct {
-	ID         string             `json:"id"`
-	InstanceID string             `json:"instance_id,omitempty"`
-	BootID     string             `json:"boot_id,omitempty"`
-	Mode       string             `json:"mode"`
-	PID        int                `json:"pid"`
-	Start      time.Time          `json:"start"`
-	End        *time.Time         `json:"end,omitempty"`
-	Status     string             `json:"status"`
-	Error      string             `json:"error,omitempty"`
-	Steps      []Step             `json:"steps"`
-	Files      []fetch.File       `json:"files,omitempty"`
-	Findings   []findings.Finding `json:"findings,omitempty"`
+	ID         string       `json:"id"`
+	InstanceID string       `json:"instance_id,omitempty"`
+	BootID     string       `json:"boot_id,omitempty"`
+	Mode       string       `json:"mode"`
+	PID        int          `json:"pid"`
+	Start      time.Time    `json:"start"`
+	End        *time.Time   `json:"end,omitempty"`
+	Status     string       `json:"status"`
+	Error      string       `json:"error,omitempty"`
+	Steps      []Step       `json:"steps"`
+	Files      []fetch.File `json:"files,omitempty"`
+	// Findings are the steps' findings; Monitors the findings of what runs beside and after
+	// the steps, each under the monitor's name (a step's retry never deletes them).
+	Findings []findings.Finding `json:"findings,omitempty"`
+	Monitors []Monitor          `json:"monitors,omitempty"`
+}
+
+// Monitor is one monitor of a run as of the last save: its state under the supervisor
+// (running, restarting, stalled, done, stopped), how often it was restarted and why last, and
+// its current findings.
+type Monitor struct {
+	Name      string             `json:"name"`
+	State     string             `json:"state,omitempty"`
+	Restarts  int                `json:"restarts,omitempty"`
+	LastError string             `json:"last_error,omitempty"`
+	Findings  []findings.Finding `json:"findings"`
 }
 
 // Step is one step's latest outcome in a run.
