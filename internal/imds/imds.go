@@ -58,21 +58,25 @@ func New(timeout time.Duration) *Client {
 	return &Client{c: c, endpoint: ep}
 }
 
-// Identity reads instance-id, local-ipv4 and region.
+// Identity reads the instance id, its private IPv4 address and its region from the instance
+// identity document: one request where instance-id, local-ipv4 and placement/region would be
+// three, each a round trip before anything else can start. The document's privateIp is the
+// primary network interface's private IPv4 address, what local-ipv4 gives; only on an
+// IPv6-only instance is it an IPv6 address, and then local-ipv4 is asked, as before.
 func (c *Client) Identity(ctx context.Context) (Info, error) {
-	var info Info
-	var err error
-	if info.InstanceID, err = c.get(ctx, "instance-id"); err != nil {
-		return info, err
-	}
-	if info.LocalIPv4, err = c.get(ctx, "local-ipv4"); err != nil {
-		return info, err
-	}
-	r, err := c.c.GetRegion(ctx, &imds.GetRegionInput{})
+	doc, err := c.c.GetInstanceIdentityDocument(ctx, &imds.GetInstanceIdentityDocumentInput{})
 	if err != nil {
-		return info, c.wrap("placement/region", err)
+		return Info{}, c.wrap("instance-identity/document", err)
 	}
-	info.Region = r.Region
+	info := Info{InstanceID: doc.InstanceID, LocalIPv4: doc.PrivateIP, Region: doc.Region}
+	if info.InstanceID == "" || info.Region == "" {
+		return info, c.wrap("instance-identity/document", errors.New("the document names no instanceId or region"))
+	}
+	if ip := net.ParseIP(info.LocalIPv4); ip == nil || ip.To4() == nil {
+		if info.LocalIPv4, err = c.get(ctx, "local-ipv4"); err != nil {
+			return info, err
+		}
+	}
 	return info, nil
 }
 

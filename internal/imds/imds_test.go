@@ -36,3 +36,18 @@ func TestPrimaryInterface(t *testing.T) {
 		t.Fatalf("primary interface: %+v", ni)
 	}
 }
+
+// The identity is one request: the instance identity document names the instance, its
+// private IPv4 address and its region (counted at the mock, behind a proxy of the test's).
+func TestIdentityIsOneDocument(t *testing.T) {
+	m := peertest.StartIMDS(t, peertest.Instance{ID: "i-0doc", LocalIPv4: "10.0.0.7", Region: "eu-west-1"})
+	c := peertest.CountIMDS(t, m.URL)
+	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", c.URL)
+	info, err := New(5 * time.Second).Identity(context.Background())
+	if err != nil || info != (Info{InstanceID: "i-0doc", LocalIPv4: "10.0.0.7", Region: "eu-west-1"}) {
+		t.Fatalf("identity %+v, %v", info, err)
+	}
+	if got := c.Counts(); len(got) != 2 || got["PUT /latest/api/token"] != 1 || got["GET /latest/dynamic/instance-identity/document"] != 1 {
+		t.Fatalf("requests %v, want the token and the document", got)
+	}
+}

@@ -8,9 +8,10 @@
 // Some paths are not haagent's to choose. Replicated reads /etc/replicated.conf; the CircleCI
 // services read /etc/circleconfig/ and /etc/circle-installation-customizations; the Replicated
 // daemon sees only the host's /etc. Those facts are recorded in the project's REAL-SYSTEMS.md
-// (from replicatedhq/replicated-installer's replicated.service and ensureReplicatedConfReadable,
-// and circleci/circleci-docs' Server 2.x pages). Those are still written down here, each entry saying why it cannot move (Fixed) or where it
-// must stay (Within), and config validation refuses a files.*.dest that breaks that.
+// (from replicatedhq/replicated-installer's replicated.service and
+// ensureReplicatedConfReadable, and circleci/circleci-docs' Server 2.x pages). They are still
+// written down here, each entry saying why it cannot move (Fixed) or where it must stay
+// (Within), and config validation refuses a files.*.dest that breaks that.
 package layout
 
 import (

@@ -7,7 +7,9 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -143,6 +145,9 @@ type S3 struct {
 	SecretKey string
 	bin       string
 	cmd       *exec.Cmd
+	// uploaders are Upload's clients, one per bucket: building one loads the SDK's config.
+	mu        sync.Mutex
+	uploaders map[string]*bucket.Bucket
 }
 
 // StartS3 starts versitygw on a free loopback port.
@@ -216,6 +221,30 @@ func (s *S3) Put(t testing.TB, bucket, key string, data []byte) {
 	}
 	if err := os.WriteFile(p, data, 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Upload writes an object through the S3 API (PutObject), so versitygw keeps its ETag (the MD5
+// of a single-part upload, as S3 gives it); Put's files written into the directory have none,
+// and a store without ETags makes every comparison that relies on one fall back to content.
+func (s *S3) Upload(t testing.TB, bucketName, key string, data []byte) {
+	t.Helper()
+	s.mu.Lock()
+	b := s.uploaders[bucketName]
+	if b == nil {
+		b = OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bucketName, 1, 30*time.Second)
+		if s.uploaders == nil {
+			s.uploaders = map[string]*bucket.Bucket{}
+		}
+		s.uploaders[bucketName] = b
+	}
+	s.mu.Unlock()
+	// Replacing: the put is conditional (If-None-Match), as haagent's own puts are.
+	if err := os.Remove(filepath.Join(s.Dir, bucketName, key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	if err := b.PutIfAbsent(context.Background(), key, data); err != nil {
+		t.Fatalf("uploading s3://%s/%s: %v", bucketName, key, err)
 	}
 }
 
