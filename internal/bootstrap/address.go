@@ -176,7 +176,7 @@ func stepAddress(ctx context.Context, x Exec, in addressIn) (struct{}, []finding
 		}
 	}}
 	if in.ASG != nil {
-		ei.Group, ei.Holders = in.ASG.Group, in.ASG
+		ei.Group, ei.Holders, ei.Policy = in.ASG.Group, in.ASG, in.ASG
 	}
 	if ei.LocalIPv4, err = netip.ParseAddr(in.Instance.LocalIPv4); err != nil {
 		return struct{}{}, nil, fmt.Errorf("reading the instance's local-ipv4 %q: %w", in.Instance.LocalIPv4, err)

@@ -137,7 +137,7 @@ type changeRequest struct {
 
 func (r *Route53) serve(w http.ResponseWriter, req *http.Request) {
 	body, _ := io.ReadAll(req.Body)
-	if err := verifySigV4(req, body, "route53", r.AccessKey, r.SecretKey); err != nil {
+	if err := verifySigV4(req, body, "route53", "us-east-1", r.AccessKey, r.SecretKey); err != nil {
 		if errors.Is(err, errUnknownKey) {
 			r53Error(w, 403, "InvalidClientTokenId", "The security token included in the request is invalid.")
 			return
