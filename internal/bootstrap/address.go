@@ -26,6 +26,9 @@ type addressPlan struct {
 	Name      string
 	// TTL is the record's: how long a resolver may still answer the previous instance.
 	TTL time.Duration
+	// NotFoundFor is how long "no such name" is asked again (address.route53.sync_timeout): a
+	// resolver may hold a negative answer cached before the record existed.
+	NotFoundFor time.Duration
 }
 
 func (p addressPlan) on() bool { return p.PrivateIP != "" || p.Name != "" }
@@ -74,8 +77,7 @@ func addressOnMachine(ctx context.Context, in machineIn) ([]findings.Finding, er
 		var nse *iface.NotInSubnetError
 		switch {
 		case errors.As(err, &nse):
-			f := findings.New(findings.AddressNotInSubnet, p.PrivateIP, nse.Error(), "")
-			return fs, &findings.Failure{Findings: []findings.Finding{f}}
+			return fs, &findings.Failure{Findings: []findings.Finding{notInSubnet(nse, in.LocalIPv4)}}
 		case err != nil:
 			return fs, fmt.Errorf("putting %s on the primary interface: %w", p.PrivateIP, err)
 		}
@@ -87,12 +89,20 @@ func addressOnMachine(ctx context.Context, in machineIn) ([]findings.Finding, er
 			fs = append(fs, *f)
 		}
 	}
-	here := iface.CheckHere(ctx, iface.HereOptions{IP: p.PrivateIP, Name: p.Name, TTL: p.TTL})
+	here := iface.CheckHere(ctx, iface.HereOptions{IP: p.PrivateIP, Name: p.Name, TTL: p.TTL, NotFoundFor: p.NotFoundFor})
 	fs = append(fs, here...)
 	if len(here) > 0 {
 		return fs, &findings.Failure{Findings: here}
 	}
 	return fs, nil
+}
+
+// notInSubnet is the OS side's ADDRESS_NOT_IN_SUBNET: the interface's subnet (from IMDS, else
+// the primary address's prefix) does not hold the address, with what was seen and the fix.
+func notInSubnet(e *iface.NotInSubnetError, localIPv4 string) findings.Finding {
+	return findings.New(findings.AddressNotInSubnet, e.Address, e.Error(),
+		fmt.Sprintf("address=%s interface_subnet=%s local_ipv4=%s", e.Address, e.Subnet, localIPv4)).
+		WithFix(fmt.Sprintf("a private IP cannot leave its subnet: confine the group to the subnet that holds %s (aws ec2 describe-subnets --filters Name=cidr-block,Values=... shows it; then aws autoscaling update-auto-scaling-group --auto-scaling-group-name GROUP --vpc-zone-identifier SUBNET), or choose an address.private_ip in %s, or use address.route53", e.Address, e.Subnet))
 }
 
 // rewriteInstalledAddress puts the stable IP in Replicated's environment files when it was
@@ -138,6 +148,7 @@ func planOf(a config.Address) addressPlan {
 	if a.Route53 != nil {
 		p.Name = strings.TrimSuffix(a.Route53.Name, ".")
 		p.TTL = time.Duration(a.Route53.TTL) * time.Second
+		p.NotFoundFor = a.Route53.SyncTimeout.D()
 	}
 	return p
 }

@@ -2,12 +2,14 @@ package bootstrap
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/iface"
 	"github.com/haagent/haagent/internal/replicated"
 )
 
@@ -52,5 +54,14 @@ func TestRewriteInstalledAddressRestartsOrPutsBack(t *testing.T) {
 	}
 	if b2, _ := os.ReadFile(log); string(b2) != string(b) {
 		t.Fatalf("restarted with nothing rewritten:\n%s", b2)
+	}
+}
+
+// The OS side's ADDRESS_NOT_IN_SUBNET says what it saw and what to do, like the AWS side's.
+func TestNotInSubnetHasEvidenceAndFix(t *testing.T) {
+	f := notInSubnet(&iface.NotInSubnetError{Address: "10.0.2.50", Subnet: netip.MustParsePrefix("10.0.1.0/24")}, "10.0.1.20")
+	if f.Code != findings.AddressNotInSubnet || !strings.Contains(f.Evidence, "interface_subnet=10.0.1.0/24") || !strings.Contains(f.Evidence, "local_ipv4=10.0.1.20") ||
+		!strings.Contains(f.Fix, "--vpc-zone-identifier") || !strings.Contains(f.Fix, "address.private_ip in 10.0.1.0/24") {
+		t.Fatalf("finding: %+v", f)
 	}
 }
