@@ -252,3 +252,27 @@ func TestRoute53SignsForUSEast1WithAnEndpoint(t *testing.T) {
 		t.Fatalf("Route 53 from eu-west-1: %v %s", err, codes(fs))
 	}
 }
+
+// After the boot, EC2 must still list the address on this instance's interface: a holder that
+// took it (an operator, the other instance) is noticed, which no check from inside the machine
+// can see.
+func TestStillHereReadsTheInterfaceFromEC2(t *testing.T) {
+	w := newWorld(t)
+	ip := netip.MustParseAddr(stableIP)
+	if _, _, err := w.c.Claim(context.Background(), w.req(stableIP)); err != nil {
+		t.Fatal(err)
+	}
+	if fs, err := w.c.StillHere(context.Background(), w.md, ip); err != nil || len(fs) != 0 {
+		t.Fatalf("here: %v %s", err, codes(fs))
+	}
+	// Someone moves it to the old instance's interface.
+	w.oldHolder()
+	w.ec2.Move(stableIP, oldENI)
+	fs, err := w.c.StillHere(context.Background(), w.md, ip)
+	if err != nil || codes(fs) != "ADDRESS_NOT_HERE" || !strings.Contains(fs[0].Summary, "no longer lists") || !strings.Contains(fs[0].Fix, "Values="+stableIP) {
+		t.Fatalf("moved away: %v %+v", err, fs)
+	}
+	if d := w.ec2.Calls("DescribeNetworkInterfaces"); d[len(d)-1].Params.Get("NetworkInterfaceId.1") != newENI {
+		t.Fatalf("did not read this instance's interface: %v", d[len(d)-1].Params)
+	}
+}

@@ -436,3 +436,33 @@ func (c *Client) WaitClaim(ctx context.Context, r ClaimRequest, retry time.Durat
 		}
 	}
 }
+
+// StillHere reads this instance's primary interface from EC2 and reports whether it still lists
+// ip: the OS-side checks never cross the VPC (the address is on a local interface, and a
+// connection to it goes over lo), so only EC2 tells that another instance, or an operator, has
+// taken the address and the builders reach someone else. Not listed is ADDRESS_NOT_HERE.
+func (c *Client) StillHere(ctx context.Context, md Metadata, ip netip.Addr) ([]findings.Finding, error) {
+	ni, err := md.PrimaryInterface(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading this instance's primary network interface from IMDS: %w", err)
+	}
+	target := ip.String() + " on " + ni.ID
+	out, err := c.ec2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{ni.ID}})
+	if err != nil {
+		e := apiErr("ec2:DescribeNetworkInterfaces", err)
+		return []findings.Finding{e.finding(target, "reading "+ni.ID+" to check that it still holds "+ip.String())}, fmt.Errorf("reading %s: %w", ni.ID, e)
+	}
+	var listed []string
+	for _, n := range out.NetworkInterfaces {
+		for _, a := range n.PrivateIpAddresses {
+			listed = append(listed, aws.ToString(a.PrivateIpAddress))
+		}
+	}
+	if slices.Contains(listed, ip.String()) {
+		return nil, nil
+	}
+	return []findings.Finding{findings.New(findings.AddressNotHere, target,
+		fmt.Sprintf("EC2 no longer lists %s on this instance's interface %s: the builders reach whoever holds it now, not this machine", ip, ni.ID),
+		fmt.Sprintf("interface %s holds %s", ni.ID, strings.Join(listed, " "))).
+		WithFix(fmt.Sprintf("see who holds it: aws ec2 describe-network-interfaces --filters Name=addresses.private-ip-address,Values=%[1]s. If that instance is the Services machine the builders should use, terminate this one; if this one should serve, take the other out of service and restart haagent here (systemctl restart haagent): its address step moves %[1]s back", ip))}, nil
+}

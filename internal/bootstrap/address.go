@@ -137,9 +137,16 @@ func rewriteInstalledAddress(ctx context.Context, root string, systemd bool, add
 }
 
 // addressReachable is the post-boot check: the Nomad server and the frontend accept
-// connections on the address the builders use.
+// connections on the address the builders use, each of them when both the IP and the name are
+// configured (builders may be configured with either).
 func addressReachable(ctx context.Context, p addressPlan, r *net.Resolver) []findings.Finding {
-	return iface.CheckReachable(ctx, p.host(), iface.PostBoot, 5*time.Second, r)
+	var fs []findings.Finding
+	for _, host := range []string{p.PrivateIP, p.Name} {
+		if host != "" {
+			fs = append(fs, iface.CheckReachable(ctx, host, iface.PostBoot, 5*time.Second, r)...)
+		}
+	}
+	return fs
 }
 
 // planOf is what the config's address section asks of this machine.
@@ -214,15 +221,42 @@ func stepAddress(ctx context.Context, x Exec, in addressIn) (struct{}, []finding
 	return struct{}{}, fs, nil
 }
 
-// stepAddressCheck, after the boot: the Nomad server and the frontend answer on the address
-// the builders use. While they do not, the run is not complete and the step is retried.
-func stepAddressCheck(ctx context.Context, x Exec, p addressPlan) (struct{}, []findings.Finding, error) {
+// addressCheckIn is what the post-boot check reads of the boot.
+type addressCheckIn struct {
+	Config   config.Address
+	Instance imds.Info
+	IMDS     *imds.Client
+}
+
+// stepAddressCheck, after the boot: EC2 still lists private_ip on this instance's interface
+// (the checks from inside the machine cannot see that another instance took it), and the Nomad
+// server and the frontend answer on the address the builders use. While they do not, the run
+// is not complete and the step is retried.
+func stepAddressCheck(ctx context.Context, x Exec, in addressCheckIn) (struct{}, []findings.Finding, error) {
+	p := planOf(in.Config)
 	if !p.on() {
 		return struct{}{}, nil, nil
+	}
+	if p.PrivateIP != "" {
+		ip, err := netip.ParseAddr(p.PrivateIP)
+		if err != nil {
+			return struct{}{}, nil, fmt.Errorf("address.private_ip %q: %w", p.PrivateIP, err)
+		}
+		c, err := address.FromConfig(ctx, in.Config, in.Instance.InstanceID, in.Instance.Region, x.Log, nil)
+		if err != nil {
+			return struct{}{}, nil, err
+		}
+		fs, err := c.StillHere(ctx, in.IMDS, ip)
+		if len(fs) > 0 {
+			return struct{}{}, fs, &findings.Failure{Findings: blockingOf(fs)}
+		}
+		if err != nil {
+			return struct{}{}, nil, err
+		}
 	}
 	if fs := addressReachable(ctx, p, nil); len(fs) > 0 {
 		return struct{}{}, nil, &findings.Failure{Findings: fs}
 	}
-	x.Log.Info("the Nomad server and the frontend answer on the stable address", "address", p.host())
+	x.Log.Info("EC2 lists the stable address here, and the Nomad server and the frontend answer on it", "private_ip", p.PrivateIP, "name", p.Name)
 	return struct{}{}, nil, nil
 }

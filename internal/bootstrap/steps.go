@@ -228,7 +228,9 @@ var Steps = []Step{
 		})},
 	// After the keys are safe: the builders' ports answer on the stable address.
 	{Name: "address-check", Timeout: fixed(5 * time.Minute), Do: Wire(
-		func(e *Env) addressPlan { return planOf(e.Config.Address) },
+		func(e *Env) addressCheckIn {
+			return addressCheckIn{Config: e.Config.Address, Instance: e.Instance, IMDS: e.IMDS}
+		},
 		stepAddressCheck, nil)},
 }
 

@@ -121,6 +121,19 @@ func (e *EC2) AddInstance(i EC2Instance) {
 	e.instances[i.ID] = &i
 }
 
+// Move puts ip on interface to, taking it from whichever interface has it (what an operator's
+// assign-private-ip-addresses --allow-reassignment does).
+func (e *EC2) Move(ip, to string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, n := range e.enis {
+		n.IPs = remove(n.IPs, ip)
+	}
+	if n := e.enis[to]; n != nil {
+		n.IPs = append(n.IPs, ip)
+	}
+}
+
 // ForgetInstance removes an instance from DescribeInstances (EC2 lists a terminated one for
 // about an hour, then answers InvalidInstanceID.NotFound).
 func (e *EC2) ForgetInstance(id string) {
