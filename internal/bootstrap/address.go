@@ -33,14 +33,6 @@ type addressPlan struct {
 
 func (p addressPlan) on() bool { return p.PrivateIP != "" || p.Name != "" }
 
-// host is what the builders dial: the stable IP, else the name.
-func (p addressPlan) host() string {
-	if p.PrivateIP != "" {
-		return p.PrivateIP
-	}
-	return p.Name
-}
-
 // localAddress is the installer's local-address: the stable IP when there is one (the
 // Replicated daemon and operator take it as theirs, PRIVATE_ADDRESS), else the instance's own
 // (with a name the record points at the instance's own IP).
