@@ -185,6 +185,9 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 			if f.Fix != "" {
 				fmt.Fprintf(w, "          fix: %s\n", f.Fix)
 			}
+			for _, s := range f.Suppressed {
+				fmt.Fprintf(w, "          also suppressed: %s\n", findings.Redact(s))
+			}
 		}
 	}
 	if len(runs) > 1 {

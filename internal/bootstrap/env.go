@@ -143,6 +143,9 @@ func (e *Env) logFinding(f findings.Finding) {
 	if f.Fix != "" {
 		attrs = append(attrs, "fix", f.Fix)
 	}
+	if len(f.Suppressed) > 0 {
+		attrs = append(attrs, "also_suppressed", strings.Join(f.Suppressed, "; "))
+	}
 	e.Log.Log(context.Background(), level, f.Code.String()+": "+f.Summary, attrs...)
 }
 
@@ -176,10 +179,14 @@ func (e *Env) adjust(fs ...findings.Finding) []findings.Finding {
 	return findings.Apply(fs, e.Config.Probes.FindingOverrides())
 }
 
-// ReportAll reports each finding.
+// ReportAll reports a step's findings: the config's overrides, then findings.Fold (what an
+// upstream finding explains is listed in it, not reported beside it), then each is recorded
+// and logged.
 func (e *Env) ReportAll(fs []findings.Finding) {
-	for _, f := range fs {
-		e.Report(f)
+	for _, f := range findings.Fold(e.adjust(fs...)) {
+		if !e.record(f) {
+			e.logFinding(f)
+		}
 	}
 }
 

@@ -200,3 +200,36 @@ func TestOverridesApplyToEveryCodeButTheSafetyCodes(t *testing.T) {
 		t.Errorf("a safety code changed: %+v", got[1])
 	}
 }
+
+// A step's findings are folded before they are recorded and logged: what an upstream finding
+// explains is listed in it (and in its journal line), not recorded beside it; the config's
+// overrides apply first.
+func TestStepFindingsAreFoldedBeforeTheyAreRecorded(t *testing.T) {
+	cfg, err := config.Parse([]byte("version: 1\nsource:\n  bucket: abc\nprobes:\n  overrides:\n    PG_AUTH_FAILED: {severity: warning, blocking: false}\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	env := &Env{Log: slog.New(slog.NewTextHandler(&log, nil)), Record: &state.Record{}, Config: cfg}
+	env.beginStep("probe")
+	env.ReportAll([]findings.Finding{
+		findings.New(findings.TLSUnknownAuthority, "circle@db.internal:5432", "the certificate of db.internal:5432 is signed by an unknown CA", "").WithHost("db.internal:5432"),
+		findings.New(findings.PGAuthFailed, "circle@db.internal:5432", "PostgreSQL rejected the password", "").WithHost("db.internal:5432"),
+		findings.New(findings.VaultSealed, "https://vault:8200", "Vault is sealed", "").WithHost("vault:8200"),
+	})
+	got := env.Findings([]Step{{Name: "probe"}})
+	if len(got) != 2 || got[0].Code != findings.TLSUnknownAuthority || got[1].Code != findings.VaultSealed {
+		t.Fatalf("recorded %+v", got)
+	}
+	if len(got[0].Suppressed) != 1 || !strings.HasPrefix(got[0].Suppressed[0], "PG_AUTH_FAILED PostgreSQL rejected the password") {
+		t.Errorf("TLS_UNKNOWN_AUTHORITY does not list what it explains: %+v", got[0])
+	}
+	// Folded after the override: the absorbed PG_AUTH_FAILED no longer blocks, so neither
+	// does the (non-blocking) TLS finding that took it in.
+	if got[0].Blocking || got[0].Severity != findings.Error {
+		t.Errorf("the override of the folded code was not applied first: %+v", got[0])
+	}
+	if n := strings.Count(log.String(), "PG_AUTH_FAILED"); n != 1 || !strings.Contains(log.String(), "also_suppressed=") {
+		t.Errorf("the journal names PG_AUTH_FAILED %d times, want once, in TLS_UNKNOWN_AUTHORITY's also_suppressed:\n%s", n, log.String())
+	}
+}
