@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 PEERS_BIN := $(shell scripts/peers.sh bin)
 
-.PHONY: all build demo test peers lint unit fuzz clean ami e2e bench
+.PHONY: all build demo test peers lint unit fuzz clean ami e2e bench cover
 
 all: build
 
@@ -38,6 +38,13 @@ test: lint unit
 e2e: peers
 	HAAGENT_PEERS_BIN=$(PEERS_BIN) $(GO) test -count=1 -run TestSystemdBoot -v ./cmd/haagent
 
+# Statement coverage of the whole suite, per package: the unit tests in-process plus the built
+# binary (-cover, GOCOVERDIR) as the black-box tests and the systemd-nspawn boot test run it;
+# prints the table, writes cover.out and cover.html. Not part of `make test` (it runs the suite
+# once more, without -race).
+cover: peers
+	scripts/cover.sh
+
 # The side-by-side table (internal/bench: fetch vs awscli and s5cmd behind a latency proxy, time
 # to diagnosis vs the stock clients, the watch's footprint vs docker logs -f, start-up), printed
 # and written to bench.json; then the Go benchmarks of the hot paths (settings parsing, log
@@ -58,4 +65,4 @@ ami: build
 	cd packer && packer init . && packer build .
 
 clean:
-	rm -rf bin
+	rm -rf bin .cover cover.out cover.html

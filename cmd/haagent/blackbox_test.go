@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -27,13 +28,38 @@ import (
 
 var haagentBin string
 
+// coverDir, from HAAGENT_COVERDIR (`make cover` sets it), is where the built binary's coverage
+// counters go: TestMain then builds it with -cover, and every run of it gets GOCOVERDIR (the
+// tests hand the binary an environment of their own, so it is added there: see binEnv). The
+// in-process tests of this package cannot see what the binary runs; this is how `make cover`
+// counts the black-box and boot tests.
+var coverDir = os.Getenv("HAAGENT_COVERDIR")
+
+// binEnv is env with GOCOVERDIR added when the binary was built with -cover.
+func binEnv(env []string) []string {
+	if coverDir == "" || slices.Contains(env, "GOCOVERDIR="+coverDir) {
+		return env
+	}
+	return append(append([]string(nil), env...), "GOCOVERDIR="+coverDir)
+}
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "haagent-bin")
 	if err != nil {
 		panic(err)
 	}
 	haagentBin = filepath.Join(dir, "haagent")
-	out, err := exec.Command("go", "build", "-o", haagentBin, ".").CombinedOutput()
+	build := []string{"build", "-o", haagentBin}
+	if coverDir != "" {
+		// The packages counted are the unit tests' -coverpkg list, so the profiles merge
+		// package by package; atomic, as the unit tests' counters are.
+		pkgs := os.Getenv("HAAGENT_COVERPKG")
+		if pkgs == "" {
+			pkgs = "github.com/haagent/haagent/..."
+		}
+		build = append(build, "-cover", "-covermode=atomic", "-coverpkg="+pkgs)
+	}
+	out, err := exec.Command("go", append(build, ".")...).CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "building haagent: %v\n%s", err, out)
 		os.Exit(1)
@@ -50,6 +76,7 @@ type world struct {
 	probesConfig string
 	installer    *installerServer
 	installCfg   string
+	sourceCfg    string // more settings under source:, each line indented by two spaces
 	watchCfg     string
 	s3           *peertest.S3
 	imds         *peertest.IMDS
@@ -118,7 +145,7 @@ func bakeDocker(t *testing.T, root string) {
 
 func (w *world) writeConfig(endpoint, extra string) {
 	os.MkdirAll(filepath.Join(w.root, "etc/haagent"), 0o755)
-	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\nfetch:\n  attempts: 2\n  timeout: 5s\n%s%s%s%s", bkt, endpoint, w.probesConfig, w.installCfg, w.watchCfg, extra)
+	cfg := fmt.Sprintf("version: 1\nsource:\n  bucket: %s\n  region: us-east-1\n  endpoint: %s\n  path_style: true\n%sfetch:\n  attempts: 2\n  timeout: 5s\n%s%s%s%s", bkt, endpoint, w.sourceCfg, w.probesConfig, w.installCfg, w.watchCfg, extra)
 	if err := os.WriteFile(filepath.Join(w.root, "etc/haagent/haagent.yaml"), []byte(cfg), 0o644); err != nil {
 		w.t.Fatal(err)
 	}
@@ -128,7 +155,7 @@ func (w *world) env(imdsURL string) []string {
 	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + w.root,
 		"AWS_ACCESS_KEY_ID=" + w.s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + w.s3.SecretKey,
 		"AWS_EC2_METADATA_SERVICE_ENDPOINT=" + imdsURL}
-	return env
+	return binEnv(env)
 }
 
 type result struct {

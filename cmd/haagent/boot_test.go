@@ -26,6 +26,28 @@ import (
 // haagent mid-install neither kills nor repeats the installer.
 func TestSystemdBoot(t *testing.T) {
 	root := peertest.NspawnRoot(t)
+	// Under `make cover` the box's haagent (built with -cover) writes its counters into a
+	// directory of the box; they are copied out once the box has shut down (every haagent in
+	// it exited: a SIGKILLed one writes none), before the root is removed.
+	boxCover := ""
+	if coverDir != "" {
+		boxCover = "/var/tmp/haagent-cover"
+		if err := os.MkdirAll(filepath.Join(root, boxCover), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			files, _ := filepath.Glob(filepath.Join(root, boxCover, "cov*"))
+			for _, f := range files {
+				b, err := os.ReadFile(f)
+				if err == nil {
+					err = os.WriteFile(filepath.Join(coverDir, filepath.Base(f)), b, 0o644)
+				}
+				if err != nil {
+					t.Errorf("copying the box's coverage counters out: %v", err)
+				}
+			}
+		})
+	}
 	// The frontend image, built on a host dockerd and loaded into the box's own.
 	host := peertest.StartDocker(t)
 	image := host.BusyboxImage(t)
@@ -83,6 +105,9 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 	os.WriteFile(filepath.Join(root, "etc/docker/daemon.json"), []byte(`{"bridge": "none", "iptables": false, "ip6tables": false}`), 0o644)
 
 	m := peertest.Boot(t, root)
+	if boxCover != "" {
+		m.Env = []string{"GOCOVERDIR=" + boxCover}
+	}
 	m.MustExec(t, "haagent", "install")
 	unit, _ := os.ReadFile(filepath.Join(root, "etc/systemd/system/haagent.service"))
 	if string(unit) != systemd.Unit {
@@ -108,10 +133,13 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 	// connects nowhere through it): they must not reach the installer's argv, its unit's
 	// properties or any journal.
 	const proxySecret = "b00t-proxy-pw"
-	os.WriteFile(filepath.Join(root, "etc/default/haagent"), []byte(strings.Join([]string{
-		"AWS_ACCESS_KEY_ID=" + w.s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + w.s3.SecretKey,
+	defaults := []string{"AWS_ACCESS_KEY_ID=" + w.s3.AccessKey, "AWS_SECRET_ACCESS_KEY=" + w.s3.SecretKey,
 		"AWS_EC2_METADATA_SERVICE_ENDPOINT=" + w.imds.URL,
-		"HTTPS_PROXY=http://corp:" + proxySecret + "@proxy.corp.example:3128"}, "\n")+"\n"), 0o600)
+		"HTTPS_PROXY=http://corp:" + proxySecret + "@proxy.corp.example:3128"}
+	if boxCover != "" {
+		defaults = append(defaults, "GOCOVERDIR="+boxCover)
+	}
+	os.WriteFile(filepath.Join(root, "etc/default/haagent"), []byte(strings.Join(defaults, "\n")+"\n"), 0o600)
 	m.MustExec(t, "systemctl", "start", "haagent")
 
 	// The first script does not take an argument the config passes: refused before it runs,

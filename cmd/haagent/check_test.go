@@ -48,10 +48,10 @@ func checkRoot(t *testing.T, pg *peertest.Postgres, file []byte) string {
 func runHaagent(t *testing.T, env []string, args ...string) result {
 	t.Helper()
 	cmd := exec.Command(haagentBin, args...)
-	cmd.Env = env
 	if env == nil {
-		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+		env = []string{"PATH=" + os.Getenv("PATH")}
 	}
+	cmd.Env = binEnv(env)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
@@ -121,6 +121,7 @@ func TestCheckBlackHole(t *testing.T) {
 	os.WriteFile(rules, []byte("table ip blackhole {\n  chain input {\n    type filter hook input priority 0;\n    tcp dport 5999 drop\n  }\n}\n"), 0o644)
 	script := fmt.Sprintf("ip link set lo up && nft -f %s && exec %s --root %s check --format json --timeout 2s --only postgres", rules, haagentBin, root)
 	cmd := exec.Command("unshare", "--net", "sh", "-c", script)
+	cmd.Env = binEnv(os.Environ())
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()

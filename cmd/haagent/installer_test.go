@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"encoding/pem"
 	"fmt"
 	"net/http"
@@ -54,7 +55,7 @@ func startInstaller(t *testing.T, script string) *installerServer {
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		s.requests = append(s.requests, r.URL.RequestURI())
-		body := strings.NewReplacer("RECDIR", s.recIn, "ROOTDIR", s.root, "IMDSV1URL", s.imdsV1, "STANDIN_DELAY", s.delay).Replace(s.script)
+		body := s.renderLocked()
 		redirect := s.redirect
 		s.mu.Unlock()
 		if r.URL.Path != "/install.sh" {
@@ -77,6 +78,19 @@ func startInstaller(t *testing.T, script string) *installerServer {
 // the application (just before its last line).
 func standinWith(t *testing.T, extra string) string {
 	return strings.Replace(standin(t), "# EXTRA\n", extra+"\n", 1)
+}
+
+// renderLocked is the script as served, its placeholders filled in; s.mu is held.
+func (s *installerServer) renderLocked() string {
+	return strings.NewReplacer("RECDIR", s.recIn, "ROOTDIR", s.root, "IMDSV1URL", s.imdsV1, "STANDIN_DELAY", s.delay).Replace(s.script)
+}
+
+// render is the script as the server would serve it now, for a test that keeps it elsewhere
+// (an s3:// installer).
+func (s *installerServer) render() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.renderLocked()
 }
 
 // set changes what the server serves, under its lock (its handler reads them).
@@ -547,4 +561,59 @@ func TestBackupKeysWhileTheServiceRuns(t *testing.T) {
 	if r.code != 0 || string(w.s3.Object(bkt, "circleci-encryption-keys/98-made-while-up.key")) != "fresh key" {
 		t.Fatalf("backup keys while the service watches: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
+}
+
+// An installer kept in the bucket (s3://) is read with the same bucket client as the source,
+// source.ca_file included: against an S3 endpoint that speaks only TLS with a certificate from
+// a CA that is in source.ca_file and nowhere else (not the system pool, not the bucket's
+// ca-certificates/), the script in another bucket of that endpoint downloads, matches its pin
+// and runs. A copy of the client settings that drops ca_file (as the installer's once did)
+// fails here with INSTALLER_DOWNLOAD_FAILED. Without ca_file the boot stops at the fetch, the
+// TLS failure named with what to do.
+func TestInstallerFromS3HonoursSourceCAFile(t *testing.T) {
+	const id = "i-0s3cafile0000000"
+	w := newWorld(t, id)
+	ca := peertest.NewCA(t, "on-prem S3 CA")
+	w.s3 = peertest.StartS3TLS(t, ca)
+	w.s3.MakeBucket(t, bkt)
+	for k, v := range w.objs {
+		w.s3.Put(t, bkt, k, v)
+	}
+	script := []byte(w.installer.render())
+	w.s3.MakeBucket(t, "circleci-installers")
+	w.s3.Put(t, "circleci-installers", "replicated-2.0.sh", script)
+	sum := sha256.Sum256(script)
+	w.installCfg = fmt.Sprintf("replicated:\n  installer_url: s3://circleci-installers/replicated-2.0.sh\n  sha256: %x\n  timeout: 60s\n", sum)
+	caFile := filepath.Join(w.root, "etc/haagent/s3-ca.pem")
+	if err := os.MkdirAll(filepath.Dir(caFile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caFile, ca.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("without source.ca_file", func(t *testing.T) {
+		w.sourceCfg = ""
+		w.writeConfig(w.s3.URL, "")
+		r := w.run("run", "--once")
+		if r.code != 1 || !strings.Contains(r.stderr, "boot failed at step fetch") || !strings.Contains(r.stderr, "certificate signed by unknown authority") ||
+			!strings.Contains(r.stderr, "finding=S3_TLS_UNTRUSTED") ||
+			!strings.Contains(r.stderr, "name it in source.ca_file") || strings.Contains(r.stderr, "retrying S3 request") || w.installer.runs() != 0 {
+			t.Fatalf("want the fetch to fail on the unknown CA with source.ca_file as the fix, the installer not run; exit %d, runs %d\n%s", r.code, w.installer.runs(), r.stderr)
+		}
+	})
+	t.Run("with source.ca_file", func(t *testing.T) {
+		w.sourceCfg = "  ca_file: /etc/haagent/s3-ca.pem\n"
+		w.writeConfig(w.s3.URL, "")
+		r := w.run("run", "--once")
+		if r.code != 0 {
+			t.Fatalf("exit %d\n%s", r.code, r.stderr)
+		}
+		if w.installer.runs() != 1 || len(w.installer.reqs()) != 0 {
+			t.Fatalf("the installer from s3:// ran %d times; the HTTPS installer server was asked %v", w.installer.runs(), w.installer.reqs())
+		}
+		if m := replicated.ReadMarker(w.root); m == nil || m.InstanceID != id || m.InstallerSHA256 != fmt.Sprintf("%x", sum) {
+			t.Fatalf("marker %+v, want the pinned script's sha256 %x", m, sum)
+		}
+	})
 }

@@ -2,6 +2,8 @@ package bucket
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -57,6 +59,8 @@ func (e *Error) Fix() string {
 		if errors.As(e.Err, &le) {
 			return le.Fix()
 		}
+	case findings.S3TLSUntrusted:
+		return tlsFix(e.Err)
 	case findings.S3Unreachable:
 		return "check the route to S3 (VPC endpoint or NAT gateway, security group egress), HTTPS_PROXY/NO_PROXY in /etc/default/haagent, and source.endpoint"
 	}
@@ -135,10 +139,39 @@ func Code(err error) findings.Code {
 	case 404:
 		return findings.S3ObjectMissing
 	}
+	if certificateError(err) {
+		return findings.S3TLSUntrusted
+	}
 	if Unreachable(err) {
 		return findings.S3Unreachable
 	}
 	return findings.S3FetchFailed
+}
+
+// certificateError reports whether the TLS handshake refused the endpoint's certificate. It is
+// a setting to fix, not an outage: never retried, and never taken for S3 being offline (a
+// reboot does not go on with the old files past a certificate it cannot verify).
+func certificateError(err error) bool {
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ci x509.CertificateInvalidError
+	var ve *tls.CertificateVerificationError
+	return errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci) || errors.As(err, &ve)
+}
+
+// tlsFix names what to change for a refused certificate, by its kind. The bucket's
+// ca-certificates/ cannot help here: it is fetched over this very connection.
+func tlsFix(err error) string {
+	var he x509.HostnameError
+	var ci x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &he):
+		return "the S3 endpoint's certificate does not name the host in source.endpoint: use a name the certificate holds, or reissue the certificate with it"
+	case errors.As(err, &ci) && ci.Reason == x509.Expired:
+		return "the S3 endpoint's certificate is expired or not yet valid: renew it, and check this machine's clock (timedatectl)"
+	}
+	return "the certificate of the S3 endpoint (or of a TLS-inspecting proxy on the way) is signed by a CA this machine does not trust: " +
+		"put that CA's PEM certificate in a file on the machine (baked into the AMI, or written by user-data) and name it in source.ca_file"
 }
 
 // Retryable reports whether another attempt may succeed: throttling, server errors, dropped
@@ -159,7 +192,7 @@ func Retryable(err error) bool {
 	if s := status(err); s != 0 {
 		return s >= 500 || s == 429 || s == 408
 	}
-	if apiCode(err) != "" {
+	if apiCode(err) != "" || certificateError(err) {
 		return false
 	}
 	// No HTTP answer: a transport error, a cut body or a timeout. A missing credential

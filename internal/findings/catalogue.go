@@ -43,6 +43,8 @@ var (
 		Fix: "normal on a brand-new install (CircleCI creates its keys on first start). On a replacement instance it means the keys were never backed up: copy them to s3://BUCKET/PREFIX/circleci-encryption-keys/ before CircleCI starts"})
 	LocalOnlyFiles = register(Entry{Code: "LOCAL_ONLY_FILES", Severity: Warning, Blocking: false, Service: "s3",
 		Fix: "these files exist on the machine but not in the bucket; haagent never deletes them. Upload them if they must survive a replacement, or remove them by hand"})
+	S3TLSUntrusted = register(Entry{Code: "S3_TLS_UNTRUSTED", Severity: Error, Blocking: true, Service: "s3",
+		Fix: "the S3 endpoint's certificate was refused: for a CA of your own (an on-premises store, a TLS-inspecting proxy) put its PEM in a file on the machine and name it in source.ca_file; for a name mismatch or an expired certificate, fix the certificate or source.endpoint"})
 
 	// session cookie key
 	CookieKeyInvalid = register(Entry{Code: "COOKIE_KEY_INVALID", Severity: Error, Blocking: true, Service: "cookie-key",

@@ -16,7 +16,10 @@ import (
 // Machine is a bookworm root booted by systemd-nspawn: a real systemd as PID 1, sharing the
 // host's network (the peers on loopback stay reachable).
 type Machine struct {
-	Root  string
+	Root string
+	// Env is added to the environment of every command Exec runs in the box (GOCOVERDIR for
+	// a haagent built with -cover).
+	Env   []string
 	pid   int // the container's init, as seen from the host
 	cmd   *exec.Cmd
 	done  chan struct{}
@@ -142,7 +145,7 @@ func childInit(nspawnPID int) int {
 // Exec runs a command inside the container (all its namespaces) and returns its output.
 func (m *Machine) Exec(argv ...string) (string, error) {
 	cmd := exec.Command("nsenter", append([]string{"-t", strconv.Itoa(m.pid), "-a", "--"}, argv...)...)
-	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"}
+	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"}, m.Env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()

@@ -148,6 +148,19 @@ type S3 struct {
 // StartS3 starts versitygw on a free loopback port.
 func StartS3(t testing.TB) *S3 {
 	t.Helper()
+	return startS3(t, nil)
+}
+
+// StartS3TLS starts versitygw serving HTTPS only, with a certificate for 127.0.0.1 and
+// localhost issued by ca (an on-premises store, or a TLS-inspecting proxy, whose CA no system
+// pool holds). URL is then https://127.0.0.1:PORT.
+func StartS3TLS(t testing.TB, ca *CA) *S3 {
+	t.Helper()
+	return startS3(t, ca)
+}
+
+func startS3(t testing.TB, ca *CA) *S3 {
+	t.Helper()
 	bin := Bin(t, "versitygw")
 	dir := t.TempDir()
 	s := &S3{Dir: filepath.Join(dir, "data"), AccessKey: "test-root", SecretKey: "test-root-secret", bin: bin}
@@ -156,7 +169,20 @@ func StartS3(t testing.TB) *S3 {
 	port := FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	s.URL = "http://" + addr
-	cmd := exec.Command(bin, "--port", addr, "--iam-dir", filepath.Join(dir, "iam"), "posix", s.Dir)
+	args := []string{"--port", addr, "--iam-dir", filepath.Join(dir, "iam")}
+	if ca != nil {
+		certPEM, keyPEM := ca.Issue(t, []string{"127.0.0.1", "localhost"}, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+		certFile, keyFile := filepath.Join(dir, "s3.crt"), filepath.Join(dir, "s3.key")
+		if err := os.WriteFile(certFile, certPEM, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--cert", certFile, "--key", keyFile)
+		s.URL = "https://" + addr
+	}
+	cmd := exec.Command(bin, append(args, "posix", s.Dir)...)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s.AccessKey, "ROOT_SECRET_KEY="+s.SecretKey)
 	logf := filepath.Join(dir, "versitygw.log")
 	start(t, cmd, logf)

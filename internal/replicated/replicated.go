@@ -363,8 +363,14 @@ func download(ctx context.Context, o Options) ([]byte, string, error) {
 			"the installer download was redirected away from https; the script was not fetched", redactLine(err.Error(), ""))}}
 	}
 	if err != nil {
-		return nil, "", &findings.Failure{Findings: []findings.Finding{findings.New(findings.InstallerDownloadFailed, o.URL,
-			"cannot download the Replicated installer from "+redactLine(o.URL, ""), redactLine(err.Error(), ""))}}
+		f := findings.New(findings.InstallerDownloadFailed, o.URL, "cannot download the Replicated installer from "+redactLine(o.URL, ""), redactLine(err.Error(), ""))
+		// From the bucket, the bucket's own diagnosis says what to change (the IAM permission,
+		// source.ca_file for a refused certificate, the object to upload).
+		var be *bucket.Error
+		if errors.As(err, &be) {
+			f = f.WithFix(be.Fix())
+		}
+		return nil, "", &findings.Failure{Findings: []findings.Finding{f}}
 	}
 	h := sha256.Sum256(body)
 	sum := hex.EncodeToString(h[:])
