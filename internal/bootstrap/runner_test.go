@@ -187,7 +187,7 @@ func TestOverridesApplyToEveryCodeButTheSafetyCodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Validation refuses an override of a safety code; one that got in all the same is ignored.
-	cfg.Probes.Overrides["KEYS_CONFLICT"] = config.Override{Severity: "info"}
+	cfg.Probes.Overrides[findings.KeysConflict.String()] = config.Override{Severity: "info"}
 	env := &Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Record: &state.Record{}, Config: cfg}
 	env.beginStep("validate-files")
 	env.Report(findings.New(findings.FileInvalid, "/etc/replicated.conf", "TlsBootstrapHostname is empty", ""))
@@ -229,7 +229,7 @@ func TestStepFindingsAreFoldedBeforeTheyAreRecorded(t *testing.T) {
 	if got[0].Blocking || got[0].Severity != findings.Error {
 		t.Errorf("the override of the folded code was not applied first: %+v", got[0])
 	}
-	if n := strings.Count(log.String(), "PG_AUTH_FAILED"); n != 1 || !strings.Contains(log.String(), "also_suppressed=") {
+	if n := strings.Count(log.String(), findings.PGAuthFailed.String()); n != 1 || !strings.Contains(log.String(), "also_suppressed=") {
 		t.Errorf("the journal names PG_AUTH_FAILED %d times, want once, in TLS_UNKNOWN_AUTHORITY's also_suppressed:\n%s", n, log.String())
 	}
 }

@@ -146,7 +146,7 @@ func TestFetchSlowServerHitsDeadline(t *testing.T) {
 	b := peertest.OpenBucket(t, f.URL, "a", "b", testBucket, 2, 300*time.Millisecond)
 	_, err := fetchAll(t, b, root)
 	fs := failure(t, err)
-	fd := hasCode(fs, "S3_UNREACHABLE")
+	fd := hasCode(fs, findings.S3Unreachable)
 	if fd == nil || !strings.Contains(fd.Evidence, "no complete answer within 300ms") || fd.Target != "s3://circleci-ha/replicated.conf" {
 		t.Fatalf("want S3_UNREACHABLE for replicated.conf naming the deadline, got %+v", fs)
 	}

@@ -72,7 +72,7 @@ func TestFetchDiskFullIsLocalNotS3Unreachable(t *testing.T) {
 
 	_, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
 	fs := failure(t, err)
-	f := hasCode(fs, "LOCAL_WRITE_FAILED")
+	f := hasCode(fs, findings.LocalWriteFailed)
 	if f == nil || f.Target != "/etc/license.rli" || !strings.Contains(f.Fix, "free space") || !strings.Contains(f.Evidence, "no space left on device") {
 		t.Fatalf("want LOCAL_WRITE_FAILED for /etc/license.rli with a disk fix, got %+v", fs)
 	}
@@ -101,12 +101,12 @@ func TestFetchNameTooLongIsLocal(t *testing.T) {
 
 	_, err := Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: layout(t), Concurrency: 4})
 	fs := failure(t, err)
-	f := hasCode(fs, "LOCAL_WRITE_FAILED")
+	f := hasCode(fs, findings.LocalWriteFailed)
 	// The fix is chosen by the errno (ENAMETOOLONG); the evidence, capped, may not reach it.
 	if f == nil || !strings.Contains(f.Fix, "rename the object") {
 		t.Fatalf("want LOCAL_WRITE_FAILED with a rename fix, got %+v", fs)
 	}
-	if hasCode(fs, "S3_UNREACHABLE") != nil || strings.Contains(log.String(), "retrying S3 request") {
+	if hasCode(fs, findings.S3Unreachable) != nil || strings.Contains(log.String(), "retrying S3 request") {
 		t.Errorf("ENAMETOOLONG was taken for S3 being unreachable or retried: %+v\n%s", fs, log.String())
 	}
 }
@@ -144,7 +144,7 @@ func TestFetchThroughASymlinkedKeysDirectoryOnAnotherFilesystem(t *testing.T) {
 	if string(got) != string(objs["circleci-encryption-keys/00-default.key"]) {
 		t.Fatal("the key did not land behind the link")
 	}
-	if hasCode(bd.Findings, "LOCAL_ONLY_FILES") != nil {
+	if hasCode(bd.Findings, findings.LocalOnlyFiles) != nil {
 		t.Fatalf("nothing is local-only: %+v", bd.Findings)
 	}
 }

@@ -76,7 +76,7 @@ func TestProbeFindingsCarryTheirHostForFold(t *testing.T) {
 		})
 		t.Logf("reported: %s", hostsOf(fs))
 		folded := findings.Fold(fs)
-		if len(folded) != len(fs) || find(folded, "PG_AUTH_FAILED") == nil || len(fs) < 2 {
+		if len(folded) != len(fs) || find(folded, findings.PGAuthFailed) == nil || len(fs) < 2 {
 			t.Fatalf("%s folded to %s", hostsOf(fs), hostsOf(folded))
 		}
 		for _, f := range fs {
