@@ -169,6 +169,8 @@ func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, 
 	rec.Duration = d.Round(time.Millisecond).String()
 	var fail *findings.Failure
 	if errors.As(err, &fail) {
+		// Folded in place, so the [failed] line and STATUS= name the cause, not its echoes.
+		fail.Findings = findings.Fold(fail.Findings)
 		env.ReportAll(fail.Findings)
 	}
 	env.Run.Findings = env.Findings(r.Steps)

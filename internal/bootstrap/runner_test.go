@@ -233,3 +233,24 @@ func TestStepFindingsAreFoldedBeforeTheyAreRecorded(t *testing.T) {
 		t.Errorf("the journal names PG_AUTH_FAILED %d times, want once, in TLS_UNKNOWN_AUTHORITY's also_suppressed:\n%s", n, log.String())
 	}
 }
+
+// A step that fails on blocking findings has them folded too: the [failed] line and the run
+// record's error name the cause, not what it explains.
+func TestAFailedStepsFindingsAreFolded(t *testing.T) {
+	step := func(context.Context, *Env) error {
+		return &findings.Failure{Findings: []findings.Finding{
+			findings.New(findings.DNSNotFound, "mongo-old.internal.test:27017", "mongo-old.internal.test does not resolve", "").WithHost("mongo-old.internal.test"),
+			findings.New(findings.MongoMemberUnreachable, "mongo-old.internal.test:27017", "replica set rs0 advertises member mongo-old.internal.test:27017", "").WithHost("mongo-old.internal.test:27017"),
+		}}
+	}
+	var log strings.Builder
+	r := &Runner{Steps: []Step{{Name: "probe", Run: step}}, Once: true}
+	env := &Env{Log: slog.New(slog.NewTextHandler(&log, nil)), Record: &state.Record{}}
+	err := r.Run(context.Background(), env)
+	if err == nil || strings.Contains(err.Error(), "MONGO_MEMBER_UNREACHABLE") || !strings.Contains(err.Error(), "DNS_NOT_FOUND") {
+		t.Fatalf("the run failed with %v", err)
+	}
+	if n := strings.Count(log.String(), "MONGO_MEMBER_UNREACHABLE"); n != 1 || !strings.Contains(log.String(), "also_suppressed=") {
+		t.Errorf("the journal names MONGO_MEMBER_UNREACHABLE %d times, want once, in also_suppressed:\n%s", n, log.String())
+	}
+}
