@@ -21,6 +21,7 @@ import (
 
 	"github.com/haagent/haagent/internal/cookie"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/lock"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/state"
@@ -174,7 +175,7 @@ func (w *world) runEnv(env []string, args ...string) result {
 
 func (w *world) record() *state.Record {
 	w.t.Helper()
-	rec, err := state.Load(filepath.Join(w.root, state.Path))
+	rec, err := state.Load(filepath.Join(w.root, layout.StateFile))
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -352,7 +353,7 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 	statusAndRecord := func() {
 		collect("status", w.runEnv(env, "status"))
 		collect("status --json", w.runEnv(env, "status", "--json"))
-		rec, _ := os.ReadFile(filepath.Join(w.root, state.Path))
+		rec, _ := os.ReadFile(filepath.Join(w.root, layout.StateFile))
 		everything.Write(rec)
 	}
 
@@ -364,7 +365,7 @@ func TestNoSecretInLogsRecordOrStatus(t *testing.T) {
 	collect("run", r)
 	statusAndRecord()
 	// The key did reach the file it belongs in.
-	b, _ := os.ReadFile(filepath.Join(w.root, cookie.File))
+	b, _ := os.ReadFile(filepath.Join(w.root, defaults.InstallationCustomizations()))
 	if cookie.LocalValue(b) != "COOKIE5ecret8xyz" {
 		t.Fatal("the cookie key from the bucket is not in the customizations file")
 	}
@@ -547,7 +548,7 @@ func TestS3DownOnRebootUsesLastGoodFilesButNeverOnFirstBoot(t *testing.T) {
 
 func TestLockSerialisesRuns(t *testing.T) {
 	w := newWorld(t, "i-0lock00000000000")
-	l, err := lock.Acquire(filepath.Join(w.root, lock.Path))
+	l, err := lock.Acquire(filepath.Join(w.root, layout.LockFile))
 	if err != nil {
 		t.Fatal(err)
 	}

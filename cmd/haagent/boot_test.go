@@ -14,6 +14,7 @@ import (
 
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/replicated"
 	"github.com/haagent/haagent/internal/state"
@@ -329,7 +330,7 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 	// A real reboot with S3 down: systemd starts haagent by its enablement, the run goes on
 	// with the files in place, the installer is not run again, and dockerd brings the
 	// frontend back by its restart policy, which haagent finds and forwards.
-	before, err := state.Load(filepath.Join(root, state.Path))
+	before, err := state.Load(filepath.Join(root, layout.StateFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -340,7 +341,7 @@ docker run -d --name frontend --network none --restart always `+image+` sh -c 'e
 		j, _ := m.Exec("journalctl", "-u", "haagent", "--no-pager", "-o", "cat", "-n", "200")
 		t.Fatalf("status --wait after the reboot: %v\n%s\njournal of this boot:\n%s", err, out, j)
 	}
-	rec, err := state.Load(filepath.Join(root, state.Path))
+	rec, err := state.Load(filepath.Join(root, layout.StateFile))
 	if err != nil {
 		t.Fatal(err)
 	}

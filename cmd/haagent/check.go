@@ -13,6 +13,7 @@ import (
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/probes"
 	"github.com/haagent/haagent/internal/state"
 )
@@ -57,11 +58,11 @@ func (c *checkCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 			o.Only = append(o.Only, s)
 		}
 	}
-	rep := probes.Run(ctx, c.g.root, o)
+	rep := probes.Run(ctx, c.g.layout(cfg), o)
 	if c.only == "" {
 		// Local state, no network: an encryption key conflict lasts until a person resolves
 		// it, and check is where an operator looks first.
-		rep.Findings = append(rep.Findings, keyConflicts(c.g.root, c.g.path(state.Path))...)
+		rep.Findings = append(rep.Findings, keyConflicts(c.g.root, c.g.path(layout.StateFile))...)
 	}
 	if c.format == "json" {
 		if err := rep.WriteJSON(stdout); err != nil {

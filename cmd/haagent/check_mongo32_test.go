@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/haagent/haagent/internal/peertest"
-	"github.com/haagent/haagent/internal/settings"
 )
 
 // `haagent check` against MongoDB 3.2 as the runbook builds it (the wire-level stand-in, see
@@ -27,8 +26,8 @@ func TestCheckMongo32(t *testing.T) {
 	}
 	check := func(m *peertest.MongoStandIn) result {
 		root := t.TempDir()
-		os.MkdirAll(filepath.Join(root, settings.SharedDir), 0o700)
-		os.WriteFile(filepath.Join(root, settings.SharedDir, "mongodb"), uris(m.Addr), 0o600)
+		os.MkdirAll(filepath.Join(root, defaults.SharedDir()), 0o700)
+		os.WriteFile(filepath.Join(root, defaults.SharedDir(), "mongodb"), uris(m.Addr), 0o600)
 		r := runHaagent(t, nil, "--root", root, "check", "--only", "mongo")
 		if strings.Contains(r.stdout+r.stderr, pw) {
 			t.Fatal("the password appears in the check's output")

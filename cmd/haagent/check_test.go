@@ -12,7 +12,6 @@ import (
 
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
-	"github.com/haagent/haagent/internal/settings"
 )
 
 const pgPass = "pg-Pass-w0rd-9Kx"
@@ -36,8 +35,8 @@ func pgFile(host string, port int, pass string) []byte {
 
 func checkRoot(t *testing.T, pg *peertest.Postgres, file []byte) string {
 	root := t.TempDir()
-	os.MkdirAll(filepath.Join(root, settings.SharedDir), 0o700)
-	os.WriteFile(filepath.Join(root, settings.SharedDir, "postgresql"), file, 0o600)
+	os.MkdirAll(filepath.Join(root, defaults.SharedDir()), 0o700)
+	os.WriteFile(filepath.Join(root, defaults.SharedDir(), "postgresql"), file, 0o600)
 	if pg != nil {
 		os.MkdirAll(filepath.Join(root, "usr/local/share/ca-certificates"), 0o755)
 		os.WriteFile(filepath.Join(root, "usr/local/share/ca-certificates/db.crt"), pg.CA.CertPEM, 0o644)

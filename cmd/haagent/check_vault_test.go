@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/haagent/haagent/internal/peertest"
-	"github.com/haagent/haagent/internal/settings"
 )
 
 // The runbook's Vault, for real: `haagent check` against a healthy Vault 0.7.3 set up as the
@@ -23,8 +22,8 @@ path "transit/decrypt/*" { capabilities = ["update"] }`)
 	token := v.Token(t, map[string]any{"policies": []string{"circle"}, "period": "1h"})
 	root := t.TempDir()
 	host, port, _ := strings.Cut(v.Addr, ":")
-	os.MkdirAll(filepath.Join(root, settings.SharedDir), 0o700)
-	os.WriteFile(filepath.Join(root, settings.SharedDir, "vault"), []byte(fmt.Sprintf(
+	os.MkdirAll(filepath.Join(root, defaults.SharedDir()), 0o700)
+	os.WriteFile(filepath.Join(root, defaults.SharedDir(), "vault"), []byte(fmt.Sprintf(
 		"export VAULT__SCHEME=\"https\"\nexport VAULT__HOST=%q\nexport VAULT__PORT=%q\nexport VAULT__CLIENT_TOKEN=%q\nexport VAULT__TRANSIT_MOUNT=\"transit\"\n",
 		host, port, token)), 0o600)
 	os.MkdirAll(filepath.Join(root, "usr/local/share/ca-certificates"), 0o755)

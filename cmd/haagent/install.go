@@ -8,6 +8,7 @@ import (
 
 	"github.com/kardianos/service"
 
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/systemd"
 )
 
@@ -31,7 +32,7 @@ func serviceConfig() *service.Config {
 		Name:        "haagent",
 		DisplayName: "haagent",
 		Description: "boot the CircleCI Services machine",
-		Executable:  "/usr/local/bin/haagent",
+		Executable:  layout.Executable,
 		Arguments:   []string{"run"},
 		Option: service.KeyValue{
 			// Our unit, verbatim: it holds no template actions, so kardianos writes it as is.

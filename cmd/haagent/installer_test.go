@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/replicated"
 )
@@ -155,7 +156,7 @@ func TestInstallerRunsOncePerInstance(t *testing.T) {
 	if m == nil || m.InstanceID != "i-0install00000000" || m.ExitCode != 0 || len(m.InstallerSHA256) != 64 || m.SettingsSHA256 == "" {
 		t.Fatalf("marker %+v", m)
 	}
-	if _, err := os.Stat(filepath.Join(w.root, replicated.ScriptPath)); err != nil {
+	if _, err := os.Stat(filepath.Join(w.root, layout.InstallerScript)); err != nil {
 		t.Fatal("the installer script is not kept for the record")
 	}
 
@@ -309,7 +310,7 @@ func TestInstallerProxyArgument(t *testing.T) {
 	if strings.Contains(r.stderr, secret) || !strings.Contains(r.stderr, "will use the proxy at 'http://***@proxy.corp.example:3128'") {
 		t.Fatalf("the proxy's credentials in the log, or the installer's proxy line missing:\n%s", r.stderr)
 	}
-	if _, err := os.Stat(filepath.Join(w.root, replicated.EnvPath)); err == nil {
+	if _, err := os.Stat(filepath.Join(w.root, layout.InstallerEnv)); err == nil {
 		t.Fatal("the installer's environment file outlived the run")
 	}
 }

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/haagent/haagent/internal/certs"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/state"
 )
@@ -170,7 +170,7 @@ func TestKeysScanBacksUpNewKeysWhileRunning(t *testing.T) {
 	w.writeConfig(w.s3.URL, "backup:\n  scan_every: 100ms\n")
 	cmd, stderr, _ := w.startService()
 	eventually(t, 60*time.Second, "the boot completing", func() bool {
-		rec, err := state.Load(filepath.Join(w.root, state.Path))
+		rec, err := state.Load(filepath.Join(w.root, layout.StateFile))
 		return err == nil && rec.Last() != nil && rec.Last().Status == state.Complete
 	}, stderr.String)
 	made := filepath.Join(w.root, keyDir, "05-rotated.key")
@@ -191,7 +191,7 @@ func TestCARemovedFromTheBucketIsNoLongerTrusted(t *testing.T) {
 	pgCA, vaultCA := peertest.NewCA(t, "PostgreSQL CA"), peertest.NewCA(t, "Vault CA")
 	w.s3.Put(t, bkt, "ca-certificates/postgres/ca.pem", pgCA.CertPEM)
 	w.s3.Put(t, bkt, "ca-certificates/vault/ca.pem", vaultCA.CertPEM)
-	store := filepath.Join(w.root, certs.InstallDir)
+	store := filepath.Join(w.root, layout.CAInstallDir)
 	trusted := func(ca *peertest.CA) bool {
 		entries, _ := os.ReadDir(store)
 		for _, e := range entries {

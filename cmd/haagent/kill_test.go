@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
-	"github.com/haagent/haagent/internal/state"
 )
 
 // kill -9 in the middle of a download leaves no partial file at any final path, and the next
@@ -70,7 +70,7 @@ func TestKill9MidFetchLeavesNoPartialFile(t *testing.T) {
 		if strings.Contains(p, ".haagent-") {
 			continue // temp files in the staging directory are not final paths
 		}
-		if old, ok := before[p]; ok && !bytes.Equal(old, content) && p != "/var/lib/haagent/state.json" && p != "/run/haagent.lock" && p != state.BootRunsPath {
+		if old, ok := before[p]; ok && !bytes.Equal(old, content) && p != "/var/lib/haagent/state.json" && p != "/run/haagent.lock" && p != layout.BootRuns {
 			t.Errorf("%s changed although the run was killed before the bundle completed", p)
 		}
 	}

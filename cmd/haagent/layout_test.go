@@ -11,6 +11,7 @@ import (
 
 	"github.com/haagent/haagent/internal/cookie"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
 )
 
@@ -43,7 +44,7 @@ func TestHAPageLayoutBoot(t *testing.T) {
 	if got := string(w.s3.Object(bkt, cookie.Object)); got != "HaPageKey0123456" {
 		t.Fatalf("the session-cookie-key object must be created with the customizations' key (holds %d bytes)", len(got))
 	}
-	path := filepath.Join(w.root, cookie.File)
+	path := filepath.Join(w.root, defaults.InstallationCustomizations())
 	got, _ := os.ReadFile(path)
 	if string(got) != custom {
 		t.Fatalf("the file in place must be the bucket's copy, its one export line kept:\n%s", got)
@@ -121,3 +122,6 @@ func TestHAPageLayoutBoot(t *testing.T) {
 		t.Fatalf("the edited customizations are not in place:\n%s", now)
 	}
 }
+
+// defaults is the default layout, by which the tests find the files a boot writes.
+var defaults = layout.New("/", nil)

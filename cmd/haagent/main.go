@@ -8,6 +8,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/haagent/haagent/internal/config"
+	"github.com/haagent/haagent/internal/layout"
 	"io"
 	"os"
 	"os/signal"
@@ -91,10 +93,19 @@ func (g *globals) configPath() string {
 	if g.config != "" {
 		return g.config
 	}
-	return filepath.Join(g.root, "/etc/haagent/haagent.yaml")
+	return filepath.Join(g.root, layout.ConfigFile)
 }
 
 func (g *globals) path(p string) string { return filepath.Join(g.root, p) }
+
+// layout is where the files live under --root: the config's layout, or the default one
+// without a config.
+func (g *globals) layout(cfg *config.Config) layout.Layout {
+	if cfg == nil {
+		return layout.New(g.root, nil)
+	}
+	return layout.New(g.root, cfg.Layout)
+}
 
 func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	g := &globals{root: "/"}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/state"
 )
 
@@ -25,7 +26,7 @@ func (c *maintenanceCmd) flags(fs *flag.FlagSet) {
 }
 
 func (c *maintenanceCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
-	path := c.g.path(state.MaintenancePath)
+	path := c.g.path(layout.MaintenanceFile)
 	switch c.action {
 	case "on":
 		if c.dur <= 0 || c.dur > 7*24*time.Hour {

@@ -13,6 +13,7 @@ import (
 	"github.com/haagent/haagent/internal/bootstrap"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/lock"
 	"github.com/haagent/haagent/internal/logging"
 	"github.com/haagent/haagent/internal/state"
@@ -53,7 +54,7 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	defer env.Drain(5 * time.Second)
 	defer stop()
 	env.Reinstall = c.reinstall
-	r := &bootstrap.Runner{Steps: bootstrap.Steps, Once: c.once, StatePath: c.g.path(state.Path), BootRunsPath: c.g.path(state.BootRunsPath)}
+	r := &bootstrap.Runner{Steps: bootstrap.Steps, Once: c.once, StatePath: c.g.path(layout.StateFile), BootRunsPath: c.g.path(layout.BootRuns)}
 	if !c.once {
 		// READY means "the agent is up and driving the boot"; the boot itself can take half an
 		// hour and is reported through STATUS= and the run record, not systemd's start job.
@@ -82,12 +83,12 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 // "complete". It writes only haagent's own record, under the lock; when another haagent holds
 // the lock, that one's record is the truth and nothing is written.
 func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) {
-	lk, err := lock.Acquire(c.g.path(lock.Path))
+	lk, err := lock.Acquire(c.g.path(layout.LockFile))
 	if err != nil {
 		return
 	}
 	defer lk.Release()
-	path := c.g.path(state.Path)
+	path := c.g.path(layout.StateFile)
 	rec, err := state.Load(path)
 	if err != nil {
 		log.Error("cannot record the failed run", "path", path, "error", err.Error())
@@ -105,8 +106,8 @@ func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) {
 		log.Error("cannot record the failed run", "path", path, "error", err.Error())
 		return
 	}
-	if err := state.MarkThisBoot(c.g.path(state.BootRunsPath), rec.Last().ID); err != nil {
-		log.Error("cannot mark the failed run as this boot's; `haagent status --wait` will not see it", "path", c.g.path(state.BootRunsPath), "error", err.Error())
+	if err := state.MarkThisBoot(c.g.path(layout.BootRuns), rec.Last().ID); err != nil {
+		log.Error("cannot mark the failed run as this boot's; `haagent status --wait` will not see it", "path", c.g.path(layout.BootRuns), "error", err.Error())
 	}
 }
 
@@ -122,11 +123,11 @@ func (g *globals) prepare(log *slog.Logger) (*bootstrap.Env, func(), error) {
 	case err != nil:
 		return nil, nil, &exitError{code: 2, err: err}
 	}
-	lk, err := lock.Acquire(g.path(lock.Path))
+	lk, err := lock.Acquire(g.path(layout.LockFile))
 	if err != nil {
 		return nil, nil, err
 	}
-	rec, err := state.Load(g.path(state.Path))
+	rec, err := state.Load(g.path(layout.StateFile))
 	if err != nil {
 		lk.Release()
 		return nil, nil, err
@@ -135,7 +136,7 @@ func (g *globals) prepare(log *slog.Logger) (*bootstrap.Env, func(), error) {
 	if cfg != nil {
 		imdsTimeout = cfg.IMDS.Timeout.D()
 	}
-	env := &bootstrap.Env{Root: g.root, Log: log, Config: cfg, ConfigPath: g.configPath(), IMDSTimeout: imdsTimeout, Record: rec, LockPath: g.path(lock.Path)}
+	env := &bootstrap.Env{Root: g.root, Log: log, Config: cfg, ConfigPath: g.configPath(), IMDSTimeout: imdsTimeout, Record: rec, LockPath: g.path(layout.LockFile)}
 	env.HoldsLock.Store(true)
 	return env, lk.Release, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/state"
 )
 
@@ -33,7 +34,7 @@ func (c *statusCmd) flags(fs *flag.FlagSet) {
 const pollEvery = 500 * time.Millisecond
 
 func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
-	path := c.g.path(state.Path)
+	path := c.g.path(layout.StateFile)
 	var deadline <-chan time.Time
 	if c.wait && c.timeout > 0 {
 		t := time.NewTimer(c.timeout)
@@ -60,7 +61,7 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		// --wait is about this boot: a run recorded before the machine rebooted (its "complete"
 		// or its failure) says nothing about the boot haagent is driving now.
 		if last != nil {
-			thisBoot, err := state.RunsThisBoot(c.g.path(state.BootRunsPath))
+			thisBoot, err := state.RunsThisBoot(c.g.path(layout.BootRuns))
 			if err != nil {
 				return err
 			}
@@ -101,7 +102,7 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 }
 
 func (c *statusCmd) print(w io.Writer, rec *state.Record) {
-	m, merr := state.LoadMaintenance(c.g.path(state.MaintenancePath))
+	m, merr := state.LoadMaintenance(c.g.path(layout.MaintenanceFile))
 	runs := rec.Runs
 	if c.runs > 0 && len(runs) > c.runs {
 		runs = runs[len(runs)-c.runs:]

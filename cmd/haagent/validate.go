@@ -11,6 +11,7 @@ import (
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/validate"
 )
 
@@ -24,7 +25,7 @@ func (c *validateCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	cfg, err := config.Load(c.g.configPath())
 	if errors.Is(err, config.ErrNoConfig) {
 		fmt.Fprintf(stdout, "no config file at %s (haagent would look for one in the user-data); checking the files in place\n", c.g.configPath())
-		return c.files(stdout, nil, nil)
+		return c.files(stdout, c.g.layout(nil), nil, nil)
 	}
 	if err != nil {
 		return &exitError{code: 2, err: err}
@@ -52,7 +53,7 @@ func (c *validateCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	for _, n := range notes {
 		fmt.Fprintln(stdout, n)
 	}
-	return c.files(stdout, owners, cfg.Probes.FindingOverrides())
+	return c.files(stdout, c.g.layout(cfg), owners, cfg.Probes.FindingOverrides())
 }
 
 // owner is how the layout table shows an entry's owner: names as given, ids as numbers,
@@ -77,13 +78,12 @@ func owner(e config.Entry) string {
 // files runs validate-files' checks on the files in place, offline, and reports them with
 // the findings already made (the config's owners), with the config's overrides applied as the
 // boot applies them.
-func (c *validateCmd) files(stdout io.Writer, fs []findings.Finding, ov map[findings.Code]findings.Override) error {
-	in := validate.InPlace(c.g.root)
-	fetched := in.Exists(validate.ReplicatedConf) || in.Exists(validate.SettingsConf) || in.Exists(validate.DefaultLicense)
-	if fetched {
+func (c *validateCmd) files(stdout io.Writer, l layout.Layout, fs []findings.Finding, ov map[findings.Code]findings.Override) error {
+	in := validate.InPlace(l)
+	if in.Fetched() {
 		fs = append(fs, validate.Check(in)...)
 		// What the Replicated daemon will meet: the modes and owners of the files in place.
-		fs = append(fs, validate.Readable(c.g.root)...)
+		fs = append(fs, validate.Readable(l)...)
 	} else {
 		// Before the first boot (in an image build, say) there is nothing fetched to check.
 		fmt.Fprintf(stdout, "no fetched files under %s yet: only the config was checked\n", c.g.root)
@@ -106,7 +106,7 @@ func (c *validateCmd) files(stdout io.Writer, fs []findings.Finding, ov map[find
 	if errs > 0 {
 		return &exitError{code: 1, err: fmt.Errorf("%d error(s) in the files under %s", errs, c.g.root)}
 	}
-	if fetched {
+	if in.Fetched() {
 		fmt.Fprintf(stdout, "files under %s: replicated.conf, settings.conf and the licence are valid, and readable by the Replicated daemon\n", c.g.root)
 	}
 	return nil

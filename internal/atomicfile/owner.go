@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/haagent/haagent/internal/layout"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,12 +39,12 @@ func (e *UnknownNameError) Error() string {
 // root's own file, never through the host's NSS: under --root the host's groups are not the
 // machine's. A missing name is an *UnknownNameError.
 func LookupGroup(root, name string) (int, error) {
-	return lookup(filepath.Join(root, "etc/group"), "group", name, 2)
+	return lookup(filepath.Join(root, layout.GroupFile), "group", name, 2)
 }
 
 // LookupUser returns the uid of the user name in ROOT/etc/passwd.
 func LookupUser(root, name string) (int, error) {
-	return lookup(filepath.Join(root, "etc/passwd"), "user", name, 2)
+	return lookup(filepath.Join(root, layout.PasswdFile), "user", name, 2)
 }
 
 func lookup(db, kind, name string, field int) (int, error) {

@@ -10,6 +10,7 @@ import (
 	"github.com/haagent/haagent/internal/backup"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/replicated"
 	"github.com/haagent/haagent/internal/state"
 )
@@ -232,7 +233,7 @@ func guard(ctx context.Context, env *Env, g *asg.Guard, c config.Replace) {
 // replicatedctl does not answer, nothing is held on its account: a wedged Replicated is local
 // to this machine, which a new instance fixes.
 func replacementHold(ctx context.Context, env *Env) string {
-	m, err := state.LoadMaintenance(env.Path(state.MaintenancePath))
+	m, err := state.LoadMaintenance(env.Path(layout.MaintenanceFile))
 	if err != nil {
 		return err.Error() // a marker nobody can read still meant "hold"
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/imds"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/lock"
 	"github.com/haagent/haagent/internal/state"
 	"github.com/haagent/haagent/internal/watch"
@@ -64,7 +65,7 @@ type Env struct {
 	lifecycle  lifecycleState
 	monitoring sync.Once
 
-	// LockPath is the run lock (lock.Path under --root). While HoldsLock is set, this process
+	// LockPath is the run lock (layout.LockFile under --root). While HoldsLock is set, this process
 	// holds it (the boot steps); afterwards each monitor action that writes takes it itself.
 	LockPath  string
 	HoldsLock atomic.Bool
@@ -216,7 +217,7 @@ func Notify(s string) {
 }
 
 // BootID is the kernel's id for this boot (not under --root: it is the running kernel's). It is
-// recorded for people; what counts as "this boot" for status --wait is state.BootRunsPath.
+// recorded for people; what counts as "this boot" for status --wait is layout.BootRuns.
 func BootID() string {
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
@@ -234,7 +235,7 @@ func (e *Env) Drain(timeout time.Duration) {
 	case <-done:
 	case <-time.After(timeout):
 		e.Log.Warn("the frontend log forwarding did not stop in time; exiting without its last mark (the next haagent may forward up to "+watch.DefaultMarkEvery.String()+" of lines again)",
-			"waited", timeout.String(), "mark", watch.MarkPath)
+			"waited", timeout.String(), "mark", layout.FrontendMark)
 	}
 }
 

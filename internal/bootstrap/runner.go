@@ -27,7 +27,7 @@ type Runner struct {
 	Backoff func(n int) time.Duration
 	// StatePath is where the run record lives (under --root).
 	StatePath string
-	// BootRunsPath, if set, is where each run is marked as this boot's (state.BootRunsPath
+	// BootRunsPath, if set, is where each run is marked as this boot's (layout.BootRuns
 	// under --root), for `status --wait`.
 	BootRunsPath string
 	// Grace is how long a step may run past its timeout (its context ended) before it counts

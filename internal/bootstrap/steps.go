@@ -19,6 +19,7 @@ import (
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/imds"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/logging"
 	"github.com/haagent/haagent/internal/probes"
 	"github.com/haagent/haagent/internal/replicated"
@@ -176,7 +177,7 @@ func stepFetch(ctx context.Context, env *Env) error {
 // stepValidateFiles checks the staged files and only then moves them into place, so nothing
 // valid is overwritten by something invalid.
 func stepValidateFiles(ctx context.Context, env *Env) error {
-	files := validate.InPlace(env.Root)
+	files := validate.InPlace(env.layout())
 	bd := env.Bundle
 	if bd != nil {
 		files.Read = bd.PathOf
@@ -185,8 +186,8 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 	}
 	fs := validate.Check(files)
 	if m := replicated.ReadMarker(env.Root); m != nil && m.InstanceID == env.Instance.InstanceID && m.SettingsSHA256 != "" && bd != nil {
-		if f := bd.File(validate.SettingsConf); f != nil && f.SHA256 != m.SettingsSHA256 {
-			fs = append(fs, findings.New(findings.SettingsDrift, validate.SettingsConf,
+		if f := bd.File(env.layout().SettingsConf()); f != nil && f.SHA256 != m.SettingsSHA256 {
+			fs = append(fs, findings.New(findings.SettingsDrift, env.layout().SettingsConf(),
 				"settings.conf in the bucket differs from the one Replicated was installed with; Replicated does not read it again", ""))
 		}
 	}
@@ -269,7 +270,7 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 // replicated.conf names: after Commit has converged modes and owners, so it sees what the
 // daemon will meet, not what the stage holds.
 func checkReadable(env *Env) error {
-	fs := env.adjust(validate.Readable(env.Root)...)
+	fs := env.adjust(validate.Readable(env.layout())...)
 	env.ReportAll(fs)
 	var blocking []findings.Finding
 	for _, f := range fs {
@@ -312,10 +313,10 @@ func offlineOK(env *Env, err error) bool {
 // stages into the bundle so that a failed validation leaves the old file; on a reboot that goes
 // on without S3's files there is no bundle, and the file in place is merged and written.
 func stepCookieKey(ctx context.Context, env *Env) error {
-	e := env.layoutEntry("installation_customizations")
-	inPlace, err := os.ReadFile(env.Path(cookie.File))
+	e := env.layoutEntry(layout.InstallationCustomizations)
+	inPlace, err := os.ReadFile(env.Path(e.Dest))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("reading %s: %w", cookie.File, err)
+		return fmt.Errorf("reading %s: %w", e.Dest, err)
 	}
 	bd := env.Bundle
 	if bd == nil {
@@ -325,14 +326,14 @@ func stepCookieKey(ctx context.Context, env *Env) error {
 			return err
 		}
 		env.noteCookieSource(res.Source)
-		env.Log.Info("session cookie key in place", "source", res.Source, "changed", changed, "file", cookie.File)
+		env.Log.Info("session cookie key in place", "source", res.Source, "changed", changed, "file", e.Dest)
 		return nil
 	}
 	in := cookie.Input{InPlace: inPlace}
-	if bd.Has(cookie.File) {
+	if bd.Has(e.Dest) {
 		// The bucket's copy: staged when it differs from the file in place, else that file.
-		if in.Bucket, err = os.ReadFile(bd.PathOf(cookie.File)); err != nil {
-			return fmt.Errorf("reading the fetched %s: %w", cookie.File, err)
+		if in.Bucket, err = os.ReadFile(bd.PathOf(e.Dest)); err != nil {
+			return fmt.Errorf("reading the fetched %s: %w", e.Dest, err)
 		}
 		in.FromBucket = true
 	}
@@ -346,7 +347,7 @@ func stepCookieKey(ctx context.Context, env *Env) error {
 	if err != nil {
 		return err
 	}
-	env.Log.Info("session cookie key staged", "source", res.Source, "changed", changed, "file", cookie.File, "from_bucket", in.FromBucket)
+	env.Log.Info("session cookie key staged", "source", res.Source, "changed", changed, "file", e.Dest, "from_bucket", in.FromBucket)
 	return nil
 }
 
@@ -359,15 +360,11 @@ func (env *Env) noteCookieSource(source string) {
 	}
 }
 
+// layout is where this boot's files live: the config's layout under --root.
+func (env *Env) layout() layout.Layout { return layout.New(env.Root, env.Config.Layout) }
+
 // layoutEntry returns the config's layout entry of that name.
-func (env *Env) layoutEntry(name string) config.Entry {
-	for _, l := range env.Config.Layout {
-		if l.Name == name {
-			return l
-		}
-	}
-	return config.Entry{}
-}
+func (env *Env) layoutEntry(name string) config.Entry { return env.layout().Entry(name) }
 
 // stepProbe checks the databases and Vault with the settings just fetched. Only findings that
 // would certainly make the install fail block it; the runner retries them with backoff, as a
@@ -394,7 +391,7 @@ func stepProbe(ctx context.Context, env *Env) error {
 func stepCACerts(ctx context.Context, env *Env) error {
 	var sources []certs.Source
 	for _, e := range env.Config.Layout {
-		if e.Name != "ca_certificates" {
+		if e.Name != layout.CACertificates {
 			continue
 		}
 		// From the bundle's listing, not the staging directory: a CA removed from the bucket
@@ -416,7 +413,7 @@ func stepCACerts(ctx context.Context, env *Env) error {
 		sort.Slice(sources, func(i, j int) bool { return sources[i].Path < sources[j].Path })
 	}
 	sources = append(sources, certs.Paths(env.Config.CACertificates...)...)
-	res, err := certs.Install(env.Root, sources, time.Now())
+	res, err := certs.Install(env.layout(), sources, time.Now())
 	env.ReportAll(res.Findings)
 	if err != nil {
 		return err
@@ -430,7 +427,7 @@ func stepCACerts(ctx context.Context, env *Env) error {
 func stepReplicatedInstall(ctx context.Context, env *Env) error {
 	c := env.Config
 	settingsSHA := ""
-	if r, err := atomicfile.HashFile(env.Path(validate.SettingsConf)); err == nil {
+	if r, err := atomicfile.HashFile(env.Path(env.layout().SettingsConf())); err == nil {
 		settingsSHA = r.SHA256
 	}
 	// haagent's proxy, as its own clients take it (HTTPS first); HTTP_PROXY alone is a proxy
@@ -448,16 +445,17 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 	}
 	// The script's discoverProxy takes replicated.conf's HttpProxy before its environment: with
 	// one there it must not get no-proxy, and a different proxy of haagent's would not be used.
-	if b, err := os.ReadFile(env.Path(validate.ReplicatedConf)); err == nil {
-		switch conf := replicated.ConfHTTPProxy(b); {
-		case conf == "":
+	conf := env.layout().ReplicatedConf()
+	if b, err := os.ReadFile(env.Path(conf)); err == nil {
+		switch confProxy := replicated.ConfHTTPProxy(b); {
+		case confProxy == "":
 		case proxy == "":
-			proxy = conf
-		case conf != proxy:
-			return &findings.Failure{Findings: []findings.Finding{findings.New(findings.FileInvalid, validate.ReplicatedConf,
+			proxy = confProxy
+		case confProxy != proxy:
+			return &findings.Failure{Findings: []findings.Finding{findings.New(findings.FileInvalid, conf,
 				fmt.Sprintf("%s sets HttpProxy %s but haagent's proxy is %s: the installer would use %s's, not the one haagent checked its connections through; it was not run",
-					validate.ReplicatedConf, replicated.Redact(conf), replicated.Redact(proxy), validate.ReplicatedConf), "").
-				WithFix(fmt.Sprintf("set the same proxy in both (HttpProxy in the bucket's replicated.conf and HTTPS_PROXY in haagent's environment), or remove HttpProxy from %s", validate.ReplicatedConf))}}
+					conf, replicated.Redact(confProxy), replicated.Redact(proxy), conf), "").
+				WithFix(fmt.Sprintf("set the same proxy in both (HttpProxy in the bucket's replicated.conf and HTTPS_PROXY in haagent's environment), or remove HttpProxy from %s", conf))}}
 		}
 	}
 	// The script's own public-address discovery is a plain IMDSv1 request, which fails on an
@@ -473,7 +471,7 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 		Root: env.Root, URL: c.Replicated.InstallerURL, SHA256: c.Replicated.SHA256, ExtraArgs: c.Replicated.ExtraArgs,
 		Version: c.Replicated.Version, Timeout: c.Replicated.Timeout.D(), LocalAddress: env.Instance.LocalIPv4,
 		PublicAddress: public, DockerInstalled: replicated.DockerInstalled(env.Root), InstanceID: env.Instance.InstanceID,
-		SettingsSHA256: settingsSHA, Proxy: proxy, NoProxy: noProxy, Reinstall: env.Reinstall, RootCAs: probes.TrustPool(env.Root),
+		SettingsSHA256: settingsSHA, Proxy: proxy, NoProxy: noProxy, Reinstall: env.Reinstall, RootCAs: probes.TrustPool(env.layout()),
 		Systemd: env.Root == "/" && replicated.UnderSystemd(), Log: env.Log.With("step", "replicated-install"),
 		// Report logs a finding once per run, however often the step is retried.
 		Report:     env.Report,
@@ -504,7 +502,7 @@ func stepWatch(ctx context.Context, env *Env) error {
 			CrashRestarts: c.CrashRestarts, CrashWindow: c.CrashWindow.D(), Log: env.Log,
 			Sink:     logging.NewContainerSink(c.Container, env.Log),
 			Status:   func(s string) { Notify("STATUS=" + s) },
-			MarkPath: env.Path(watch.MarkPath),
+			MarkPath: env.Path(layout.FrontendMark),
 			// A wedged engine is a state the journal and status show, not a hang: every Docker
 			// call is bounded, and the guard sees the frontend as down meanwhile.
 			Engine: func(err error) {
@@ -655,7 +653,7 @@ func deploymentExisted(ctx context.Context, env *Env) (fetch.Existed, error) {
 		return fetch.Existed{Why: why, Here: here}, nil
 	}
 	if m := replicated.ReadMarker(env.Root); m != nil {
-		return fetch.Existed{Why: fmt.Sprintf("Replicated was installed on this machine (instance %s, %s)", m.InstanceID, replicated.MarkerPath), Here: here}, nil
+		return fetch.Existed{Why: fmt.Sprintf("Replicated was installed on this machine (instance %s, %s)", m.InstanceID, layout.InstallMarker), Here: here}, nil
 	}
 	keys := []string{asg.LedgerKey}
 	if env.Record.CookieCreatedBy == "" || env.Record.CookieCreatedBy != env.Instance.InstanceID {
@@ -768,10 +766,10 @@ func (sc *keyScanner) scan(ctx context.Context, env *Env, every time.Duration) b
 	return true
 }
 
-func (env *Env) keysEntry() config.Entry { return env.layoutEntry("encryption_keys") }
+func (env *Env) keysEntry() config.Entry { return env.layoutEntry(layout.EncryptionKeys) }
 
 // runProbes checks the databases and Vault with the settings in place: the probe step, the
 // stuck frontend and a crash loop all ask the same question.
 func runProbes(ctx context.Context, env *Env) *probes.Report {
-	return probes.Run(ctx, env.Root, probes.OptionsFrom(env.Config))
+	return probes.Run(ctx, env.layout(), probes.OptionsFrom(env.Config))
 }

@@ -21,11 +21,8 @@ import (
 
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 )
-
-// InstallDir is haagent's own directory in the local store: everything in it is haagent's, so
-// certificates removed from the bucket can be removed here without touching anyone else's.
-const InstallDir = "/usr/local/share/ca-certificates/haagent"
 
 // UpdateCACerts is the command that rebuilds the system bundle (Debian's ca-certificates).
 var UpdateCACerts = []string{"update-ca-certificates"}
@@ -35,14 +32,14 @@ const ExpiryWarning = 30 * 24 * time.Hour
 
 // Result says what the step did.
 type Result struct {
-	Installed []string // file names under InstallDir
+	Installed []string // file names under layout.CAInstallDir
 	Removed   []string
 	Changed   bool
 	Refreshed bool
 	Findings  []findings.Finding
 }
 
-// Source is one CA file to install: where it is on the machine (under root) and the name it is
+// Source is one CA file to install: where it is on the machine (a machine path) and the name it is
 // known by (its bucket key, or its path for one from the config), which names the installed
 // file.
 type Source struct {
@@ -78,10 +75,11 @@ func InstalledName(name string, i, n int) string {
 	return out + ".crt"
 }
 
-// Install validates every source file and makes InstallDir hold exactly the valid CA
-// certificates, one per .crt file: a CA that is no longer among the sources is removed, so it
-// is no longer trusted.
-func Install(root string, sources []Source, now time.Time) (Result, error) {
+// Install validates every source file and makes haagent's directory of the local store
+// (layout.CAInstallDir, under the layout's root) hold exactly the valid CA certificates, one
+// per .crt file: a CA that is no longer among the sources is removed, so it is no longer
+// trusted. Everything in that directory is haagent's, so removing is safe.
+func Install(l layout.Layout, sources []Source, now time.Time) (Result, error) {
 	var res Result
 	want := map[string][]byte{}
 	// Sources still present but refused whole (unreadable, or nothing valid in them) keep what
@@ -89,7 +87,7 @@ func Install(root string, sources []Source, now time.Time) (Result, error) {
 	var keep []string
 	for _, s := range sources {
 		src := s.Path
-		data, err := os.ReadFile(filepath.Join(root, src))
+		data, err := os.ReadFile(l.Path(src))
 		if err != nil {
 			res.Findings = append(res.Findings, findings.New(findings.CACertInvalid, src, "cannot read "+src, err.Error()))
 			keep = append(keep, strings.TrimSuffix(InstalledName(s.Name, 0, 1), ".crt"))
@@ -112,7 +110,7 @@ func Install(root string, sources []Source, now time.Time) (Result, error) {
 		}
 		return false
 	}
-	dir := filepath.Join(root, InstallDir)
+	dir := l.Path(layout.CAInstallDir)
 	names := make([]string, 0, len(want))
 	for n := range want {
 		names = append(names, n)
@@ -141,7 +139,7 @@ func Install(root string, sources []Source, now time.Time) (Result, error) {
 		}
 	}
 	if res.Changed {
-		if err := refresh(root); err != nil {
+		if err := refresh(l.Root); err != nil {
 			return res, err
 		}
 		res.Refreshed = true
@@ -200,19 +198,20 @@ func parse(src string, data []byte, now time.Time) ([]*x509.Certificate, []findi
 func refresh(root string) error {
 	argv := append([]string{}, UpdateCACerts...)
 	if filepath.Clean(root) != "/" {
-		for _, d := range []string{"/etc/ssl/certs", "/usr/share/ca-certificates", "/etc/ca-certificates/update.d"} {
+		store := layout.CAStore
+		for _, d := range []string{store.Certs, store.Share, store.Hooks} {
 			os.MkdirAll(filepath.Join(root, d), 0o755)
 		}
-		conf := filepath.Join(root, "/etc/ca-certificates.conf")
+		conf := filepath.Join(root, store.Conf)
 		if _, err := os.Stat(conf); errors.Is(err, os.ErrNotExist) {
 			os.WriteFile(conf, nil, 0o644)
 		}
 		argv = append(argv,
 			"--certsconf", conf,
-			"--certsdir", filepath.Join(root, "/usr/share/ca-certificates"),
-			"--localcertsdir", filepath.Join(root, "/usr/local/share/ca-certificates"),
-			"--etccertsdir", filepath.Join(root, "/etc/ssl/certs"),
-			"--hooksdir", filepath.Join(root, "/etc/ca-certificates/update.d"))
+			"--certsdir", filepath.Join(root, store.Share),
+			"--localcertsdir", filepath.Join(root, layout.LocalCADir),
+			"--etccertsdir", filepath.Join(root, store.Certs),
+			"--hooksdir", filepath.Join(root, store.Hooks))
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	var out bytes.Buffer

@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/probes"
-	"github.com/haagent/haagent/internal/settings"
 )
 
 const fetched = "/var/lib/haagent/ca-certificates"
@@ -50,7 +50,7 @@ func TestInstallValidatesAndRefreshesOnlyOnChange(t *testing.T) {
 		put(t, root, "notes.txt", []byte("not a certificate")),
 		put(t, root, "bundle.crt", append(append([]byte{}, ca.CertPEM...), soon.CertPEM...)),
 	}
-	res, err := Install(root, Paths(srcs...), time.Now())
+	res, err := Install(layout.New(root, nil), Paths(srcs...), time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,12 +85,12 @@ func TestInstallValidatesAndRefreshesOnlyOnChange(t *testing.T) {
 	}
 
 	// Unchanged: no refresh.
-	res, err = Install(root, Paths(srcs...), time.Now())
+	res, err = Install(layout.New(root, nil), Paths(srcs...), time.Now())
 	if err != nil || res.Changed || res.Refreshed {
 		t.Fatalf("a second run changed something: %+v %v", res, err)
 	}
 	// Gone from the bucket: removed from the store.
-	res, err = Install(root, Paths(srcs[:1]...), time.Now())
+	res, err = Install(layout.New(root, nil), Paths(srcs[:1]...), time.Now())
 	removed := []string{n("bundle.crt", 0, 2), n("bundle.crt", 1, 2), n("soon.crt", 0, 1)}
 	sort.Strings(removed)
 	if err != nil || strings.Join(res.Removed, ",") != strings.Join(removed, ",") || !res.Refreshed {
@@ -108,13 +108,13 @@ func TestProbeTrustsTheCAOnlyAfterInstall(t *testing.T) {
 	pg := peertest.StartPostgres(t, peertest.PostgresOptions{HBA: []string{"hostssl all circle 127.0.0.0/8 scram-sha-256"}})
 	pg.Exec(t, "postgres", "CREATE ROLE circle LOGIN PASSWORD 'pw-circle'", "CREATE DATABASE circle OWNER circle")
 	root := t.TempDir()
-	os.MkdirAll(filepath.Join(root, settings.SharedDir), 0o700)
-	os.WriteFile(filepath.Join(root, settings.SharedDir, "postgresql"), []byte(
+	os.MkdirAll(filepath.Join(root, layout.New("/", nil).SharedDir()), 0o700)
+	os.WriteFile(filepath.Join(root, layout.New("/", nil).SharedDir(), "postgresql"), []byte(
 		"export POSTGRES_HOST=127.0.0.1\nexport POSTGRES_PORT="+itoa(pg.Port)+"\nexport POSTGRES_USER=circle\nexport POSTGRES_PASSWORD=pw-circle\n"), 0o600)
 	o := probes.Options{Postgres: probes.PostgresOptions{Databases: []string{"circle"}}, Only: []string{"postgres"}}
 	codes := func() string {
 		var c []string
-		for _, f := range probes.Run(context.Background(), root, o).Findings {
+		for _, f := range probes.Run(context.Background(), layout.New(root, nil), o).Findings {
 			c = append(c, f.Code.String())
 		}
 		return strings.Join(c, ",")
@@ -124,7 +124,7 @@ func TestProbeTrustsTheCAOnlyAfterInstall(t *testing.T) {
 		t.Fatalf("before the step: %s", got)
 	}
 	src := put(t, root, "db-ca.crt", pg.CA.CertPEM)
-	if _, err := Install(root, Paths(src), time.Now()); err != nil {
+	if _, err := Install(layout.New(root, nil), Paths(src), time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if got := codes(); got != "" {
@@ -146,7 +146,7 @@ func TestInstallNamesFilesAfterTheirWholePath(t *testing.T) {
 		{Path: put(t, root, "vault/ca.pem", vaultCA.CertPEM), Name: "ca-certificates/vault/ca.pem"},
 		{Path: put(t, root, "vault/ca.crt", other.CertPEM), Name: "ca-certificates/vault/ca.crt"},
 	}
-	res, err := Install(root, srcs, time.Now())
+	res, err := Install(layout.New(root, nil), srcs, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func TestInstallNamesFilesAfterTheirWholePath(t *testing.T) {
 	for _, ca := range []*peertest.CA{pgCA, vaultCA, other} {
 		found := false
 		for _, name := range res.Installed {
-			b, _ := os.ReadFile(filepath.Join(root, InstallDir, name))
+			b, _ := os.ReadFile(filepath.Join(root, layout.CAInstallDir, name))
 			found = found || strings.TrimSpace(string(b)) == strings.TrimSpace(string(ca.CertPEM))
 		}
 		if !found {
@@ -175,15 +175,15 @@ func TestABrokenReplacementKeepsTheInstalledCA(t *testing.T) {
 	root := t.TempDir()
 	ca := peertest.NewCA(t, "Databases Root CA")
 	src := []Source{{Path: put(t, root, "db/ca.pem", ca.CertPEM), Name: "ca-certificates/db/ca.pem"}}
-	if _, err := Install(root, src, time.Now()); err != nil {
+	if _, err := Install(layout.New(root, nil), src, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	put(t, root, "db/ca.pem", []byte("-----BEGIN CERTIFICATE-----\ntruncated"))
-	res, err := Install(root, src, time.Now())
+	res, err := Install(layout.New(root, nil), src, time.Now())
 	if err != nil || len(res.Removed) != 0 || len(res.Findings) != 1 || res.Findings[0].Code != findings.CACertInvalid {
 		t.Fatalf("%+v %v", res, err)
 	}
-	if b, _ := os.ReadFile(filepath.Join(root, InstallDir, InstalledName("ca-certificates/db/ca.pem", 0, 1))); strings.TrimSpace(string(b)) != strings.TrimSpace(string(ca.CertPEM)) {
+	if b, _ := os.ReadFile(filepath.Join(root, layout.CAInstallDir, InstalledName("ca-certificates/db/ca.pem", 0, 1))); strings.TrimSpace(string(b)) != strings.TrimSpace(string(ca.CertPEM)) {
 		t.Fatal("the working CA was removed")
 	}
 }

@@ -13,10 +13,12 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/haagent/haagent/internal/layout"
 )
 
 // DefaultPath is where the AMI's haagent looks for its config.
-const DefaultPath = "/etc/haagent/haagent.yaml"
+const DefaultPath = layout.ConfigFile
 
 // UserDataMarker is the first line that marks an EC2 user-data document as a haagent config.
 // A dedicated marker (rather than "any YAML with version: 1") keeps haagent from mistaking a

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/haagent/haagent/internal/layout"
 )
 
 func TestMinimalConfigGetsTheDefaultLayout(t *testing.T) {
@@ -106,7 +108,7 @@ files:
     mode: "0640"
     gid: 1001
   license:
-    dest: /opt/license.rli
+    dest: /etc/circleci/license.rli
 fetch:
   concurrency: 4
   timeout: 30s
@@ -124,7 +126,7 @@ fetch:
 				t.Errorf("circleconfig override: %+v", e)
 			}
 		case "license":
-			if e.Dest != "/opt/license.rli" {
+			if e.Dest != "/etc/circleci/license.rli" {
 				t.Errorf("license dest %s", e.Dest)
 			}
 		}
@@ -160,6 +162,17 @@ func TestConfigErrors(t *testing.T) {
 		{"bad group name", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {group: \"doc:ker\"}\n", []string{"files.license.group", "not a group name"}},
 		{"dir mode on a single file", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {dir_mode: \"0750\"}\n", []string{"files.license.dir_mode", "single file"}},
 		{"relative dest", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {dest: etc/license.rli}\n", []string{"files.license.dest"}},
+		// Where Replicated or CircleCI read a file at one path, the layout cannot move it.
+		{"replicated.conf moved", "version: 1\nsource:\n  bucket: abc\nfiles:\n  replicated: {dest: /etc/replicated/replicated.conf}\n", []string{"files.replicated.dest", "read /etc/replicated.conf and no other path"}},
+		{"circleconfig moved", "version: 1\nsource:\n  bucket: abc\nfiles:\n  circleconfig: {dest: /srv/circleconfig}\n", []string{"files.circleconfig.dest", "mounted into their containers"}},
+		{"settings outside /etc", "version: 1\nsource:\n  bucket: abc\nfiles:\n  settings: {dest: /data/settings.conf}\n", []string{"files.settings.dest", "must stay under /etc/", "ImportSettingsFrom"}},
+		{"licence outside /etc", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {dest: /opt/license.rli}\n", []string{"files.license.dest", "must stay under /etc/", "LicenseFileLocation"}},
+		{"licence onto settings", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {dest: /etc/settings.conf}\n", []string{"files.license.dest", "overlaps files.settings"}},
+		{"settings inside circleconfig", "version: 1\nsource:\n  bucket: abc\nfiles:\n  settings: {dest: /etc/circleconfig/settings.conf}\n", []string{"files.settings.dest", "overlaps files.circleconfig"}},
+		{"licence over the config", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {dest: /etc/haagent/haagent.yaml}\n", []string{"files.license.dest", "overlaps /etc/haagent/haagent.yaml, which haagent keeps for itself"}},
+		{"settings over the root's groups", "version: 1\nsource:\n  bucket: abc\nfiles:\n  settings: {dest: /etc/group}\n", []string{"files.settings.dest", "overlaps /etc/group"}},
+		{"keys holding the run record", "version: 1\nsource:\n  bucket: abc\nfiles:\n  encryption_keys: {dest: /var/lib/haagent}\n", []string{"files.encryption_keys.dest", "overlaps /var/lib/haagent/state.json"}},
+		{"keys around the CA staging", "version: 1\nsource:\n  bucket: abc\nfiles:\n  encryption_keys: {dest: /var/lib/haagent}\n", []string{"files.encryption_keys.dest", "overlaps files.ca_certificates"}},
 		{"hostile key", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {key: ../../x}\n", []string{"files.license.key"}},
 		{"bad duration", "version: 1\nsource:\n  bucket: abc\nfetch:\n  timeout: 5 minutes\n", []string{"duration"}},
 		{"concurrency range", "version: 1\nsource:\n  bucket: abc\nfetch:\n  concurrency: 1000\n", []string{"fetch.concurrency", "1-128"}},
@@ -237,7 +250,7 @@ func FuzzParse(f *testing.F) {
 		cfg, err := Parse(data, "fuzz")
 		if err == nil {
 			// A config that parses must be fully usable: bucket set, layout built.
-			if cfg.Source.Bucket == "" || len(cfg.Layout) != len(DefaultLayout()) {
+			if cfg.Source.Bucket == "" || len(cfg.Layout) != len(layout.Defaults()) {
 				t.Fatalf("accepted an incomplete config: %+v", cfg)
 			}
 			for _, e := range cfg.Layout {
@@ -298,7 +311,7 @@ func TestInstallationCustomizationsEntry(t *testing.T) {
 	for _, e := range cfg.Layout {
 		switch e.Name {
 		case "installation_customizations":
-			if e.Required || e.Recursive || e.Key != "circle-installation-customizations" || e.Dest != InstallationCustomizations {
+			if e.Required || e.Recursive || e.Key != "circle-installation-customizations" || e.Dest != layout.New("/", nil).InstallationCustomizations() {
 				t.Errorf("the installation customizations are an optional single object: %+v", e)
 			}
 		case "circleconfig":

@@ -11,70 +11,16 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/replicated"
 )
 
-// Entry is one line of the fetch layout: an S3 key (or key prefix, when Recursive) under the
-// source prefix and where it lands under --root.
-type Entry struct {
-	Name      string
-	Key       string
-	Dest      string
-	Recursive bool
-	Required  bool
-	// WarnEmpty makes an empty optional prefix a warning (the encryption keys on a new install).
-	WarnEmpty bool
-	Mode      os.FileMode
-	// DirMode is for the directories inside a directory entry (Dest and below). Directories
-	// above an entry that haagent has to create are always 0755 root: they are /etc, /data or
-	// /var/lib, shared with everything else on the machine.
-	DirMode os.FileMode
-	// UID and GID are numeric owners (-1: haagent's own, root). User and Group are names
-	// instead (the config takes one or the other), resolved into UID and GID in the root's
-	// etc/passwd and etc/group when the files are written (fetch.ResolveOwners).
-	UID, GID    int
-	User, Group string
-	Purpose     string
-}
+// Entry is one entry of the fetch layout: the layout package declares it and its defaults
+// (layout.Defaults), the config's files: section overrides it, Validate merges the two.
+type Entry = layout.Entry
 
-// DockerGroup is the group the Replicated daemon runs in (its unit runs the container as
-// replicated:docker); haagent creates it as a system group when it does not exist yet.
-const DockerGroup = "docker"
-
-// InstallationCustomizations is the file every CircleCI service sources first; its path is
-// CircleCI's, so the layout entry's dest cannot be moved.
-const InstallationCustomizations = "/etc/circle-installation-customizations"
-
-// DefaultLayout is the runbook's userdata, as a table. Modes and owners follow who reads each
-// file: the Replicated daemon, running as user replicated in group docker with the host's /etc
-// mounted read-only, reads the licence and settings.conf (0640 root:docker); the installer makes
-// replicated.conf world-readable itself (chmod a+r), so haagent writes it 0644 and does not undo
-// that at the next boot; CircleCI's containers source the customization files as a user no
-// document names, and CircleCI's own userdata left them 0644 in 0755 directories, the setup
-// known to work (files.circleconfig tightens it); the encryption keys are read by root only.
-func DefaultLayout() []Entry {
-	return []Entry{
-		{Name: "settings", Key: "settings.conf", Dest: "/etc/settings.conf", Required: true, Mode: 0o640, UID: -1, GID: -1, Group: DockerGroup,
-			Purpose: "the Replicated application settings (ImportSettingsFrom)"},
-		{Name: "replicated", Key: "replicated.conf", Dest: "/etc/replicated.conf", Required: true, Mode: 0o644, UID: -1, GID: -1,
-			Purpose: "the Replicated daemon settings read by the installer"},
-		{Name: "license", Key: "license.rli", Dest: "/etc/license.rli", Required: true, Mode: 0o640, UID: -1, GID: -1, Group: DockerGroup,
-			Purpose: "the CircleCI licence (LicenseFileLocation)"},
-		{Name: "encryption_keys", Key: "circleci-encryption-keys/", Dest: "/data/circle/circleci-encryption-keys/", Recursive: true, WarnEmpty: true, Mode: 0o600, DirMode: 0o700, UID: -1, GID: -1,
-			Purpose: "CircleCI's encryption keys; losing them makes encrypted data unreadable"},
-		// The whole circleconfig/ prefix: shared/ (PostgreSQL, Vault) and each service's own
-		// <service>/customizations, besides files that are not shell (picard-dispatcher's
-		// resource-definitions.edn), which are synced and never parsed.
-		{Name: "circleconfig", Key: "circleconfig/", Dest: "/etc/circleconfig/", Recursive: true, Required: true, Mode: 0o644, DirMode: 0o755, UID: -1, GID: -1,
-			Purpose: "the services' customization files (shared/ with the PostgreSQL and Vault settings, <service>/customizations)"},
-		// Optional: CircleCI's HA page keeps the MongoDB URIs here. The file in place is this
-		// object merged with the session cookie key line (the cookie-key step stages the merge).
-		{Name: "installation_customizations", Key: "circle-installation-customizations", Dest: InstallationCustomizations, Mode: 0o644, UID: -1, GID: -1,
-			Purpose: "the installation customizations (the HA page's MongoDB URIs), merged with the session cookie key"},
-		{Name: "ca_certificates", Key: "ca-certificates/", Dest: "/var/lib/haagent/ca-certificates/", Recursive: true, Mode: 0o644, DirMode: 0o755, UID: -1, GID: -1,
-			Purpose: "CA certificates for the databases and Vault, installed by the ca-certs step"},
-	}
-}
+// DockerGroup is the group the Replicated daemon runs in (see layout.DockerGroup).
+const DockerGroup = layout.DockerGroup
 
 // Defaults for everything the minimal config leaves out.
 const (
@@ -335,9 +281,9 @@ func (c *Config) Validate() error {
 		bad("asg.replace", "durations must be positive")
 	}
 
-	layout := DefaultLayout()
+	entries := layout.Defaults()
 	known := map[string]int{}
-	for i, e := range layout {
+	for i, e := range entries {
 		known[e.Name] = i
 	}
 	names := make([]string, 0, len(c.Files))
@@ -356,7 +302,7 @@ func (c *Config) Validate() error {
 		if f == nil {
 			continue
 		}
-		e := &layout[i]
+		e := &entries[i]
 		if f.Key != "" {
 			k := f.Key
 			if strings.HasPrefix(k, "/") || hasBadSegment(strings.TrimSuffix(k, "/")) {
@@ -367,17 +313,23 @@ func (c *Config) Validate() error {
 			}
 			e.Key = k
 		}
-		if f.Dest != "" && n == "installation_customizations" && f.Dest != InstallationCustomizations {
-			bad(p+".dest", "the CircleCI services read %s and nothing else; it cannot be moved", InstallationCustomizations)
-		} else if f.Dest != "" {
-			if !path.IsAbs(f.Dest) || path.Clean(f.Dest) != strings.TrimSuffix(f.Dest, "/") || f.Dest == "/" {
-				bad(p+".dest", "%q must be a clean absolute path other than /", f.Dest)
-			}
+		if f.Dest != "" {
 			d := f.Dest
 			if e.Recursive && !strings.HasSuffix(d, "/") {
 				d += "/"
 			}
-			e.Dest = d
+			switch {
+			case !path.IsAbs(f.Dest) || path.Clean(f.Dest) != strings.TrimSuffix(f.Dest, "/") || f.Dest == "/":
+				bad(p+".dest", "%q must be a clean absolute path other than /", f.Dest)
+			case e.Fixed != "" && d != e.Dest:
+				// Another program reads the file at its one path: moving it would leave
+				// that program reading an old file or none (REAL-SYSTEMS.md).
+				bad(p+".dest", "%q cannot be used: %s; remove files.%s.dest", f.Dest, e.Fixed, n)
+			case e.Within != "" && !strings.HasPrefix(d, e.Within+"/"):
+				bad(p+".dest", "%q must stay under %s/: %s", f.Dest, e.Within, e.WithinWhy)
+			default:
+				e.Dest = d
+			}
 		}
 		if f.Mode != 0 {
 			e.Mode = os.FileMode(f.Mode)
@@ -425,11 +377,43 @@ func (c *Config) Validate() error {
 			e.Required = *f.Required
 		}
 	}
+	for _, pr := range overlaps(entries, c.Files) {
+		bad(pr.Path, "%s", pr.Msg)
+	}
 	if len(probs) > 0 {
 		return &InvalidError{Origin: c.Origin, Problems: probs}
 	}
-	c.Layout = layout
+	c.Layout = entries
 	return nil
+}
+
+// overlaps refuses two entries writing the same path, or one inside another's directory: the
+// fetch would sync one over the other, and a directory entry would report the other's files
+// as its own local-only files. Only entries the config moved are named.
+func overlaps(entries []Entry, moved map[string]*File) []Problem {
+	var out []Problem
+	for _, a := range entries {
+		if f := moved[a.Name]; f == nil || f.Dest == "" {
+			continue
+		}
+		for _, b := range entries {
+			same := strings.TrimSuffix(a.Dest, "/") == strings.TrimSuffix(b.Dest, "/")
+			if a.Name != b.Name && (same || (b.Recursive && strings.HasPrefix(a.Dest, b.Dest)) || (a.Recursive && strings.HasPrefix(b.Dest, a.Dest))) {
+				out = append(out, Problem{Path: "files." + a.Name + ".dest",
+					Msg: fmt.Sprintf("%q overlaps files.%s (%s): each entry needs a path of its own", a.Dest, b.Name, b.Dest)})
+			}
+		}
+		for _, r := range layout.Reserved() {
+			dir := strings.HasSuffix(r, "/")
+			same := strings.TrimSuffix(a.Dest, "/") == strings.TrimSuffix(r, "/")
+			if same || (a.Recursive && strings.HasPrefix(r, a.Dest)) || (dir && strings.HasPrefix(a.Dest, r)) {
+				out = append(out, Problem{Path: "files." + a.Name + ".dest",
+					Msg: fmt.Sprintf("%q overlaps %s, which haagent keeps for itself", a.Dest, strings.TrimSuffix(r, "/"))})
+				break
+			}
+		}
+	}
+	return out
 }
 
 func hasBadSegment(p string) bool {

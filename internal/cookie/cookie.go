@@ -1,4 +1,5 @@
-// Package cookie keeps CIRCLE_SECRETS_SESSION_COOKIE_KEY in /etc/circle-installation-customizations:
+// Package cookie keeps CIRCLE_SECRETS_SESSION_COOKIE_KEY in the installation customizations
+// (where the layout puts them: /etc/circle-installation-customizations):
 // exactly one export line, 16 characters, the same on every boot and on every replacement
 // instance (a new value logs every CircleCI user out), merged into the bucket's copy of the file
 // with the operator's lines as they are. The bucket's session-cookie-key object is the source
@@ -27,12 +28,12 @@ import (
 	"github.com/haagent/haagent/internal/settings"
 )
 
-// Names of the key in the bucket, the file and the variable.
+// Names of the key in the bucket and the variable. The file on the machine is the layout's
+// installation_customizations entry.
 const (
 	Object = "session-cookie-key"
-	File   = config.InstallationCustomizations
-	// CustomizationsObject is the bucket's copy of File (optional: CircleCI's HA page keeps
-	// the MongoDB URIs there, and a deployment built by it the cookie key too).
+	// CustomizationsObject is the bucket's copy of the file (optional: CircleCI's HA page
+	// keeps the MongoDB URIs there, and a deployment built by it the cookie key too).
 	CustomizationsObject = "circle-installation-customizations"
 	Variable             = "CIRCLE_SECRETS_SESSION_COOKIE_KEY"
 	Length               = 16
@@ -167,14 +168,16 @@ func Merge(ctx context.Context, b *bucket.Bucket, in Input) (Result, error) {
 	return res, nil
 }
 
-// Ensure merges the file in place with the bucket's key and writes it when it changed, with
-// the layout entry's mode and owner. The boot stages the merge with the bundle instead (see
-// bootstrap); Ensure serves a reboot that goes on without S3's files.
+// Ensure merges the file in place (the layout entry's Dest under root) with the bucket's key
+// and writes it when it changed, with the entry's mode and owner. The boot stages the merge
+// with the bundle instead (see bootstrap); Ensure serves a reboot that goes on without S3's
+// files.
 func Ensure(ctx context.Context, b *bucket.Bucket, root string, e config.Entry) (Result, bool, error) {
-	path := filepath.Join(root, File)
+	file := e.Dest
+	path := filepath.Join(root, file)
 	content, err := os.ReadFile(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return Result{}, false, fmt.Errorf("reading %s: %w", File, err)
+		return Result{}, false, fmt.Errorf("reading %s: %w", file, err)
 	}
 	res, err := Merge(ctx, b, Input{InPlace: content})
 	if err != nil {
@@ -184,9 +187,9 @@ func Ensure(ctx context.Context, b *bucket.Bucket, root string, e config.Entry) 
 	if errors.Is(err, atomicfile.ErrSymlink) {
 		// Same content behind a link: left as it is, as the fetch leaves one, and said.
 		target, _ := os.Readlink(path)
-		res.Findings = append(res.Findings, findings.New(findings.FileSymlinkNotFollowed, File,
-			fmt.Sprintf("%s is a symbolic link (to %s); haagent does not follow it, so the target keeps its own mode and owner instead of %#o root", File, target, e.Mode.Perm()),
-			err.Error()).WithFix(fmt.Sprintf("replace the link with the file: cp --remove-destination \"$(readlink -f %s)\" %s", File, File)))
+		res.Findings = append(res.Findings, findings.New(findings.FileSymlinkNotFollowed, file,
+			fmt.Sprintf("%s is a symbolic link (to %s); haagent does not follow it, so the target keeps its own mode and owner instead of %#o root", file, target, e.Mode.Perm()),
+			err.Error()).WithFix(fmt.Sprintf("replace the link with the file: cp --remove-destination \"$(readlink -f %s)\" %s", file, file)))
 		err = nil
 	}
 	return res, changed, err
@@ -273,7 +276,7 @@ func spans(content []byte) []span {
 		}
 		off = end + 1
 	}
-	f, err := syntax.NewParser(syntax.Variant(syntax.LangBash)).Parse(bytes.NewReader(masked), File)
+	f, err := syntax.NewParser(syntax.Variant(syntax.LangBash)).Parse(bytes.NewReader(masked), CustomizationsObject)
 	if err != nil {
 		return lineSpans(content)
 	}
@@ -348,7 +351,7 @@ func lineSpans(content []byte) []span {
 // lineAssignValue is the value one assignment's text sets, as the services' shell would read
 // it, or "" when it is not a plain value.
 func lineAssignValue(assign string) string {
-	s, fs := settings.Parse(File, []byte(assign+"\n"))
+	s, fs := settings.Parse(CustomizationsObject, []byte(assign+"\n"))
 	if v, ok := s.Get(Variable); ok && len(fs) == 0 {
 		return v.Value
 	}
@@ -427,12 +430,12 @@ func write(path string, content, want []byte, e config.Entry) (bool, error) {
 			gid = os.Getegid()
 		}
 		if _, err := atomicfile.Converge(path, e.Mode.Perm(), uid, gid, false); err != nil {
-			return false, fmt.Errorf("converging the mode and owner of %s: %w", File, err)
+			return false, fmt.Errorf("converging the mode and owner of %s: %w", e.Dest, err)
 		}
 		return false, nil
 	}
 	if _, err := atomicfile.WriteFile(path, want, atomicfile.Options{Mode: e.Mode, DirMode: 0o755, UID: e.UID, GID: e.GID}); err != nil {
-		return false, fmt.Errorf("writing %s: %w", File, err)
+		return false, fmt.Errorf("writing %s: %w", e.Dest, err)
 	}
 	return true, nil
 }

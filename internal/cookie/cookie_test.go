@@ -14,6 +14,7 @@ import (
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/settings"
 )
@@ -22,13 +23,11 @@ const bkt = "circleci-ha"
 
 // entry is the default layout's entry for the file.
 func entry() config.Entry {
-	for _, e := range config.DefaultLayout() {
-		if e.Name == "installation_customizations" {
-			return e
-		}
-	}
-	panic("no installation_customizations entry in the default layout")
+	return layout.New("/", nil).Entry(layout.InstallationCustomizations)
 }
+
+// File is the default layout's installation customizations, where the tests look.
+var File = entry().Dest
 
 func ensure(b *bucket.Bucket, root string) (Result, error) {
 	res, _, err := Ensure(context.Background(), b, root, entry())
@@ -445,5 +444,31 @@ func TestRenderFindsTheVariableAsTheShellDoes(t *testing.T) {
 	}
 	if s, _ := settings.Parse(File, Render([]byte("export A=1 "+Variable+"="+key+"\n"), repl)); func() string { v, _ := s.Get("A"); return v.Value }() != "1" {
 		t.Error("the other variable of the line was lost")
+	}
+}
+
+// Ensure merges and writes the file the layout entry names, not CircleCI's default path (the
+// entry is moved under a test's root only: config validation keeps it in place on a machine).
+func TestEnsureWritesTheLayoutsFile(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, bkt)
+	s.Put(t, bkt, Object, []byte("BucketKey0123456"))
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bkt, 3, 5*time.Second)
+	root := t.TempDir()
+	e := entry()
+	e.Dest = "/srv/cc/installation-customizations"
+	moved := filepath.Join(root, e.Dest)
+	os.MkdirAll(filepath.Dir(moved), 0o755)
+	os.WriteFile(moved, []byte("MONGO_BASE_URI=mongodb://h\n"), 0o644)
+	res, changed, err := Ensure(context.Background(), b, root, e)
+	if err != nil || !changed || res.Source != "s3" {
+		t.Fatalf("changed=%v source=%q err=%v", changed, res.Source, err)
+	}
+	got, _ := os.ReadFile(moved)
+	if string(got) != "MONGO_BASE_URI=mongodb://h\nexport "+Variable+"=\"BucketKey0123456\"\n" {
+		t.Fatalf("the layout's file holds:\n%s", got)
+	}
+	if _, err := os.Stat(filepath.Join(root, File)); err == nil {
+		t.Fatalf("%s was written although the layout puts the file elsewhere", File)
 	}
 }

@@ -47,7 +47,7 @@ func checkTree(t *testing.T, root string, objs map[string][]byte) {
 }
 
 func fetchAll(t *testing.T, b *bucket.Bucket, root string) (*Bundle, error) {
-	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	if err == nil {
 		if cerr := bd.Commit(); cerr != nil {
 			t.Fatal(cerr)

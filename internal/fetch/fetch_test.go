@@ -37,7 +37,7 @@ func TestFetchWholeLayout(t *testing.T) {
 	root := t.TempDir()
 	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
 
-	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func TestFetchUnchangedFilesAreNotRewritten(t *testing.T) {
 	seed(t, s)
 	root := t.TempDir()
 	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
-	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +94,7 @@ func TestFetchUnchangedFilesAreNotRewritten(t *testing.T) {
 		if !withKnown {
 			k = nil // no record: content hashes still keep unchanged files in place
 		}
-		bd2, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4, Known: k})
+		bd2, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4, Known: k})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -128,7 +128,7 @@ func TestFetchMissingRequiredObjectKeepsPreviousFile(t *testing.T) {
 	os.WriteFile(filepath.Join(root, "etc/settings.conf"), []byte("previous good settings"), 0o600)
 	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
 
-	_, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+	_, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	fs := failure(t, err)
 	f := hasCode(fs, findings.S3ObjectMissing)
 	if f == nil || f.Target != "s3://circleci-ha/settings.conf" || !strings.Contains(f.Fix, "aws s3 cp") {
@@ -154,7 +154,7 @@ func TestFetchEmptyPrefixes(t *testing.T) {
 	}
 	root := t.TempDir()
 	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
-	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	if err != nil {
 		t.Fatalf("an empty keys prefix (new install) must not fail the fetch: %v", err)
 	}
@@ -168,7 +168,7 @@ func TestFetchEmptyPrefixes(t *testing.T) {
 			s.Delete(t, testBucket, k)
 		}
 	}
-	_, err = Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+	_, err = Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	if f := hasCode(failure(t, err), findings.S3PrefixEmpty); f == nil || f.Target != "s3://circleci-ha/circleconfig/" {
 		t.Fatalf("want S3_PREFIX_EMPTY for circleconfig/, got %v", err)
 	}
@@ -182,7 +182,7 @@ func TestFetchLocalOnlyFilesAreKeptAndReported(t *testing.T) {
 	os.MkdirAll(filepath.Dir(extra), 0o700)
 	os.WriteFile(extra, []byte("a key CircleCI made here"), 0o600)
 	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
-	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +215,7 @@ func TestFetchClassifiesS3Refusals(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			root := t.TempDir()
 			b := open(t, s.URL, c.access, c.secret, c.bucket)
-			_, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+			_, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 			fs := failure(t, err)
 			f := hasCode(fs, c.code)
 			if f == nil {

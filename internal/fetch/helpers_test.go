@@ -14,7 +14,7 @@ import (
 
 const testBucket = "circleci-ha"
 
-func layout(t *testing.T) []config.Entry {
+func testLayout(t *testing.T) []config.Entry {
 	t.Helper()
 	cfg, err := config.Parse([]byte("version: 1\nsource:\n  bucket: "+testBucket+"\n"), "test")
 	if err != nil {

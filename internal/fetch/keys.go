@@ -15,13 +15,14 @@ import (
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"golang.org/x/sys/unix"
 )
 
 // KeysEntry is the layout entry of CircleCI's encryption keys. Its files are never replaced:
 // a local key that differs from the bucket's is kept and reported, because the data may be
 // encrypted with either one and only a person can tell which.
-const KeysEntry = "encryption_keys"
+const KeysEntry = layout.EncryptionKeys
 
 // KeyConflict is a key whose copy on this machine and copy in the bucket differ. It is kept
 // in the run record until a comparison finds them equal again, so `haagent status` and

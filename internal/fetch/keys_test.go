@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
 )
 
@@ -30,7 +31,7 @@ func TestFetchNeverReplacesALocalKey(t *testing.T) {
 	os.WriteFile(key, []byte("the key this machine's data is encrypted with"), 0o600)
 	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
 
-	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	if err != nil {
 		t.Fatalf("a key conflict is not the fetch's failure: %v", err)
 	}
@@ -63,7 +64,7 @@ func TestFetchRefusesAnEmptyKeyObject(t *testing.T) {
 	seed(t, s)
 	s.Put(t, testBucket, "circleci-encryption-keys/03-truncated.key", nil)
 	root := t.TempDir()
-	_, err := Fetch(context.Background(), open(t, s.URL, s.AccessKey, s.SecretKey, testBucket), Options{Root: root, Layout: layout(t), Concurrency: 4})
+	_, err := Fetch(context.Background(), open(t, s.URL, s.AccessKey, s.SecretKey, testBucket), Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	f := hasCode(failure(t, err), findings.KeysEmpty)
 	if f == nil || f.Target != "s3://circleci-ha/circleci-encryption-keys/03-truncated.key" || !f.Blocking {
 		t.Fatalf("want a blocking KEYS_EMPTY for the empty object, got %v", err)
@@ -86,7 +87,7 @@ func TestFetchRefusesATruncatedKeyObject(t *testing.T) {
 		return false
 	})
 	root := t.TempDir()
-	_, err := Fetch(context.Background(), open(t, f.URL, "a", "b", testBucket), Options{Root: root, Layout: layout(t), Concurrency: 4})
+	_, err := Fetch(context.Background(), open(t, f.URL, "a", "b", testBucket), Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	fs := failure(t, err)
 	if len(fs) == 0 || fs[0].Target != "s3://circleci-ha/circleci-encryption-keys/02-workflows.key" {
 		t.Fatalf("want the truncated key refused, got %+v", fs)
@@ -110,7 +111,7 @@ func TestFetchEmptyKeysPrefixOfAnExistingDeployment(t *testing.T) {
 	existed := func(context.Context) (Existed, error) {
 		return Existed{Why: "the bucket holds s3://circleci-ha/session-cookie-key"}, nil
 	}
-	_, err := Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: layout(t), Concurrency: 4, Existing: existed})
+	_, err := Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: testLayout(t), Concurrency: 4, Existing: existed})
 	f := hasCode(failure(t, err), findings.KeysMissing)
 	if f == nil || !f.Blocking || !strings.Contains(f.Evidence, "session-cookie-key") || !strings.Contains(f.Fix, "aws s3 cp") {
 		t.Fatalf("want a blocking KEYS_MISSING with the evidence, got %v", err)
@@ -119,20 +120,20 @@ func TestFetchEmptyKeysPrefixOfAnExistingDeployment(t *testing.T) {
 	root := t.TempDir()
 	os.MkdirAll(filepath.Join(root, "data/circle/circleci-encryption-keys"), 0o700)
 	os.WriteFile(filepath.Join(root, "data/circle/circleci-encryption-keys/00-default.key"), []byte("k"), 0o600)
-	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4, Existing: existed})
+	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4, Existing: existed})
 	if err != nil || hasCode(bd.Findings, findings.KeysPrefixEmpty) == nil {
 		t.Fatalf("with local keys an empty prefix stays a warning: %v", err)
 	}
 	bd.Discard()
 	// Installed on this very instance: reported, but what runs is not stopped.
-	bd, err = Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: layout(t), Concurrency: 4,
+	bd, err = Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: testLayout(t), Concurrency: 4,
 		Existing: func(context.Context) (Existed, error) { return Existed{Why: "installed here", Here: true}, nil }})
 	if f := hasCode(bd.Findings, findings.KeysMissing); err != nil || f == nil || f.Blocking {
 		t.Fatalf("on the instance that installed, KEYS_MISSING must not block: %v %+v", err, f)
 	}
 	bd.Discard()
 	// A brand-new install: the warning.
-	bd, err = Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: layout(t), Concurrency: 4,
+	bd, err = Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: testLayout(t), Concurrency: 4,
 		Existing: func(context.Context) (Existed, error) { return Existed{}, nil }})
 	if err != nil || hasCode(bd.Findings, findings.KeysPrefixEmpty) == nil {
 		t.Fatalf("a new install's empty prefix is a warning: %v", err)
@@ -149,7 +150,7 @@ func TestShellSyntaxOfStagedCustomizations(t *testing.T) {
 	s.Put(t, testBucket, "circleconfig/shared/vault", []byte("export VAULT__SCHEME=\"https\nexport VAULT__HOST=vault.internal\n"))
 	s.Put(t, testBucket, "circleconfig/frontend/customizations", []byte("export A=1\nif then fi\n"))
 	s.Put(t, testBucket, "circleconfig/picard-dispatcher/resource-definitions.edn", []byte("; resource classes\n{:medium {:cpu 2}}\n"))
-	cfg := layout(t)
+	cfg := testLayout(t)
 	for i := range cfg {
 		if cfg[i].Name == "circleconfig" { // the whole circleconfig/ prefix
 			cfg[i].Key, cfg[i].Dest = "circleconfig/", "/etc/circleconfig/"
@@ -176,7 +177,7 @@ func TestShellSyntaxOfStagedCustomizations(t *testing.T) {
 	if len(got) != 2 {
 		t.Fatalf("only the two broken shell files are findings (not the EDN file): %+v", got)
 	}
-	if !IsShellFile("/etc/circle-installation-customizations") || IsShellFile("/etc/circleconfig/picard-dispatcher/resource-definitions.edn") {
+	if l := layout.New("/", nil); !IsShellFile(l, "/etc/circle-installation-customizations") || IsShellFile(l, "/etc/circleconfig/picard-dispatcher/resource-definitions.edn") {
 		t.Fatal("IsShellFile")
 	}
 }
@@ -188,7 +189,7 @@ func TestCommitNeverReplacesAKeyThatAppearedMeanwhile(t *testing.T) {
 	objs := seed(t, s)
 	root := t.TempDir()
 	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
-	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +268,7 @@ func TestEmptyKeysPrefixIsNotFooledByStrayEntries(t *testing.T) {
 			if err := tc.mk(d); err != nil {
 				t.Fatal(err)
 			}
-			bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4, Existing: existed})
+			bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4, Existing: existed})
 			if !tc.blocked {
 				if err != nil || hasCode(bd.Findings, findings.KeysPrefixEmpty) == nil {
 					t.Fatalf("a machine holding a key: want the warning, got %v", err)
@@ -320,7 +321,7 @@ func TestFetchRefusesATruncatedKeyWithoutContentLength(t *testing.T) {
 		return true
 	})
 	root := t.TempDir()
-	_, err := Fetch(context.Background(), open(t, f.URL, "a", "b", testBucket), Options{Root: root, Layout: layout(t), Concurrency: 4})
+	_, err := Fetch(context.Background(), open(t, f.URL, "a", "b", testBucket), Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	fs := failure(t, err)
 	if len(fs) == 0 || fs[0].Target != "s3://circleci-ha/circleci-encryption-keys/02-workflows.key" || !strings.Contains(fs[0].Evidence, "ListObjectsV2") {
 		t.Fatalf("want the truncated key refused against the listed size, got %+v", fs)
@@ -365,7 +366,7 @@ func TestASymlinkAtAKeyPathIsAFindingNotACommitError(t *testing.T) {
 		if err := os.Symlink("/nonexistent/01-contexts.key", filepath.Join(root, keyPath)); err != nil {
 			t.Fatal(err)
 		}
-		bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+		bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 		if err != nil {
 			t.Fatalf("fetch: %v", err)
 		}
@@ -373,7 +374,7 @@ func TestASymlinkAtAKeyPathIsAFindingNotACommitError(t *testing.T) {
 	})
 	t.Run("between fetch and commit", func(t *testing.T) {
 		root := t.TempDir()
-		bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+		bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 		if err != nil {
 			t.Fatalf("fetch: %v", err)
 		}

@@ -70,7 +70,7 @@ func TestFetchDiskFullIsLocalNotS3Unreachable(t *testing.T) {
 	var log lockedBuffer
 	b := loggedBucket(t, s, &log)
 
-	_, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+	_, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	fs := failure(t, err)
 	f := hasCode(fs, findings.LocalWriteFailed)
 	if f == nil || f.Target != "/etc/license.rli" || !strings.Contains(f.Fix, "free space") || !strings.Contains(f.Evidence, "no space left on device") {
@@ -99,7 +99,7 @@ func TestFetchNameTooLongIsLocal(t *testing.T) {
 	var log lockedBuffer
 	b := loggedBucket(t, s, &log)
 
-	_, err := Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: layout(t), Concurrency: 4})
+	_, err := Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: testLayout(t), Concurrency: 4})
 	fs := failure(t, err)
 	f := hasCode(fs, findings.LocalWriteFailed)
 	// The fix is chosen by the errno (ENAMETOOLONG); the evidence, capped, may not reach it.
@@ -133,7 +133,7 @@ func TestFetchThroughASymlinkedKeysDirectoryOnAnotherFilesystem(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
-	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	if err != nil {
 		t.Fatal(err)
 	}

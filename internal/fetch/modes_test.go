@@ -14,6 +14,7 @@ import (
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/validate"
 )
@@ -83,7 +84,7 @@ func TestFetchModesAndOwners(t *testing.T) {
 	objs := seed(t, s)
 	hostGroup, _ := os.ReadFile("/etc/group")
 	root := machineRoot(t, "root:x:0:\n")
-	fetchCommit(t, s, root, layout(t), nil)
+	fetchCommit(t, s, root, testLayout(t), nil)
 
 	docker, err := atomicfile.LookupGroup(root, "docker")
 	if err != nil {
@@ -115,7 +116,7 @@ func TestFetchModesAndOwners(t *testing.T) {
 	}
 	// The files the daemon reads pass the daemon's check as they are.
 	os.Chmod(root, 0o755)
-	if fs := validate.Readable(root); len(fs) != 0 {
+	if fs := validate.Readable(layout.New(root, nil)); len(fs) != 0 {
 		t.Errorf("the default modes fail the daemon's check: %+v", fs)
 	}
 }
@@ -126,7 +127,7 @@ func TestFetchUsesTheRootsDockerGroup(t *testing.T) {
 	s := peertest.StartS3(t)
 	seed(t, s)
 	root := machineRoot(t, "root:x:0:\ndocker:x:4242:\n")
-	fetchCommit(t, s, root, layout(t), nil)
+	fetchCommit(t, s, root, testLayout(t), nil)
 	if got := statOf(t, filepath.Join(root, "etc/license.rli")); got != (perm{0o640, 0, 4242}) {
 		t.Fatalf("licence %#o %d:%d, want 0640 0:4242", got.mode, got.uid, got.gid)
 	}
@@ -143,7 +144,7 @@ func TestFetchConvergesUnchangedFiles(t *testing.T) {
 	s := peertest.StartS3(t)
 	seed(t, s)
 	root := machineRoot(t, "root:x:0:\n")
-	bd := fetchCommit(t, s, root, layout(t), nil)
+	bd := fetchCommit(t, s, root, testLayout(t), nil)
 	known := map[string]Known{}
 	for _, f := range bd.Files {
 		known[f.Dest] = Known{Key: f.Key, ETag: f.ETag, Size: f.Size, SHA256: f.SHA256}
@@ -211,7 +212,7 @@ func TestFetchDoesNotFollowASymlinkAtAFinalPath(t *testing.T) {
 	s := peertest.StartS3(t)
 	objs := seed(t, s)
 	root := machineRoot(t, "root:x:0:\n")
-	bd := fetchCommit(t, s, root, layout(t), nil)
+	bd := fetchCommit(t, s, root, testLayout(t), nil)
 	known := map[string]Known{}
 	for _, f := range bd.Files {
 		known[f.Dest] = Known{Key: f.Key, ETag: f.ETag, Size: f.Size, SHA256: f.SHA256}
@@ -227,7 +228,7 @@ func TestFetchDoesNotFollowASymlinkAtAFinalPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range []map[string]Known{known, nil} {
-		bd = fetchCommit(t, s, root, layout(t), k)
+		bd = fetchCommit(t, s, root, testLayout(t), k)
 		if got := statOf(t, elsewhere); got != (perm{0o600, 0, 0}) {
 			t.Fatalf("the link's target became %#o %d:%d", got.mode, got.uid, got.gid)
 		}
@@ -241,7 +242,7 @@ func TestFetchDoesNotFollowASymlinkAtAFinalPath(t *testing.T) {
 	}
 	// The daemon's check says the same from its side.
 	os.Chmod(root, 0o755)
-	if f := hasCode(validate.Readable(root), findings.FileUnreadableByReplicated); f == nil || !strings.Contains(f.Summary, "symbolic link") {
+	if f := hasCode(validate.Readable(layout.New(root, nil)), findings.FileUnreadableByReplicated); f == nil || !strings.Contains(f.Summary, "symbolic link") {
 		t.Fatalf("a symlinked licence passes the daemon's check")
 	}
 }
@@ -266,7 +267,7 @@ func TestFetchUnknownGroupIsAFinding(t *testing.T) {
 	old := atomicfile.GroupAdd
 	t.Cleanup(func() { atomicfile.GroupAdd = old })
 	atomicfile.GroupAdd = []string{"sh", "-c", "echo groupadd: cannot lock /etc/group >&2; exit 10", "groupadd"}
-	_, err = Fetch(context.Background(), b, Options{Root: machineRoot(t, "root:x:0:\n"), Layout: layout(t), Concurrency: 4})
+	_, err = Fetch(context.Background(), b, Options{Root: machineRoot(t, "root:x:0:\n"), Layout: testLayout(t), Concurrency: 4})
 	f = hasCode(failure(t, err), findings.FileOwnerUnresolved)
 	if f == nil || !strings.Contains(f.Summary, "the docker group, which /etc/settings.conf belongs to") || !strings.Contains(f.Evidence, "cannot lock") ||
 		!strings.Contains(f.Fix, "run haagent as root") {
@@ -291,7 +292,7 @@ func TestDaemonUserCanReadTheLicence(t *testing.T) {
 			os.Chmod(d, 0o755)
 		}
 	}
-	fetchCommit(t, s, root, layout(t), nil)
+	fetchCommit(t, s, root, testLayout(t), nil)
 	docker, err := atomicfile.LookupGroup(root, "docker")
 	if err != nil {
 		t.Fatal(err)
@@ -314,7 +315,7 @@ func TestDaemonUserCanReadTheLicence(t *testing.T) {
 	if err := read(licence); err == nil || !strings.Contains(err.Error(), "Permission denied") {
 		t.Fatalf("a 0600 root:root licence was readable, or failed otherwise: %v", err)
 	}
-	if f := hasCode(validate.Readable(root), findings.FileUnreadableByReplicated); f == nil || f.Target != "/etc/license.rli" {
+	if f := hasCode(validate.Readable(layout.New(root, nil)), findings.FileUnreadableByReplicated); f == nil || f.Target != "/etc/license.rli" {
 		t.Fatal("the daemon's check passes a licence the daemon's user cannot read")
 	}
 }
@@ -326,7 +327,7 @@ func TestConvergeInPlaceWithoutABundle(t *testing.T) {
 	s := peertest.StartS3(t)
 	seed(t, s)
 	root := machineRoot(t, "root:x:0:\n")
-	bd := fetchCommit(t, s, root, layout(t), nil)
+	bd := fetchCommit(t, s, root, testLayout(t), nil)
 	known := map[string]Known{}
 	for _, f := range bd.Files {
 		known[f.Dest] = Known{Key: f.Key, ETag: f.ETag, Size: f.Size, SHA256: f.SHA256}
@@ -340,7 +341,7 @@ func TestConvergeInPlaceWithoutABundle(t *testing.T) {
 	os.Remove(filepath.Join(root, "etc/circleconfig/shared/vault")) // gone: skipped
 	s.Stop()
 
-	fs, err := ConvergeInPlace(context.Background(), root, layout(t), known, nil)
+	fs, err := ConvergeInPlace(context.Background(), root, testLayout(t), known, nil)
 	if err != nil || len(fs) != 0 {
 		t.Fatalf("findings %+v err %v", fs, err)
 	}

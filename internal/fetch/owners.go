@@ -12,6 +12,7 @@ import (
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 )
 
 // ResolveOwners turns every entry's user and group names into ids from the root's own
@@ -21,16 +22,16 @@ import (
 // licence is then root:docker from its first byte on a first boot. Without create (haagent
 // validate, no side effects) a missing docker group is a note. Any other name that does not
 // resolve is a FILE_OWNER_UNRESOLVED finding.
-func ResolveOwners(ctx context.Context, root string, layout []config.Entry, create bool, log *slog.Logger) ([]config.Entry, []string, []findings.Finding) {
+func ResolveOwners(ctx context.Context, root string, entries []config.Entry, create bool, log *slog.Logger) ([]config.Entry, []string, []findings.Finding) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	out := make([]config.Entry, len(layout))
+	out := make([]config.Entry, len(entries))
 	var notes []string
 	var fs []findings.Finding
 	gids := map[string]int{}
 	uids := map[string]int{}
-	for i, e := range layout {
+	for i, e := range entries {
 		if e.User != "" {
 			uid, ok := uids[e.User]
 			if !ok {
@@ -55,11 +56,11 @@ func ResolveOwners(ctx context.Context, root string, layout []config.Entry, crea
 					gid, created, err = atomicfile.EnsureSystemGroup(ctx, root, e.Group)
 					if err == nil && created {
 						log.Info("created the docker group, so that the files the Replicated daemon reads belong to it from the first byte",
-							"group", e.Group, "gid", gid, "db", filepath.Join(root, "etc/group"))
+							"group", e.Group, "gid", gid, "db", filepath.Join(root, layout.GroupFile))
 					}
 				case errors.As(err, &unknown) && e.Group == config.DockerGroup:
 					notes = append(notes, fmt.Sprintf("group %s does not exist yet in %s: the fetch creates it (%s %s)",
-						e.Group, filepath.Join(root, "etc/group"), strings.Join(atomicfile.GroupAdd, " "), e.Group))
+						e.Group, filepath.Join(root, layout.GroupFile), strings.Join(atomicfile.GroupAdd, " "), e.Group))
 					err = nil
 				}
 				if err != nil {
@@ -82,7 +83,7 @@ func ResolveOwners(ctx context.Context, root string, layout []config.Entry, crea
 
 func ownerFinding(root string, e config.Entry, kind, name string, err error) findings.Finding {
 	field := "files." + e.Name + "." + kind
-	db := filepath.Join(root, "etc/group")
+	db := filepath.Join(root, layout.GroupFile)
 	summary := fmt.Sprintf("%s %q, the owner of %s (%s), does not exist in %s", kind, name, e.Dest, field, db)
 	fix := fmt.Sprintf("create the group on the machine (groupadd %s) before haagent runs, or set %s (or gid) to a group that exists", name, field)
 	var unknown *atomicfile.UnknownNameError
@@ -94,7 +95,7 @@ func ownerFinding(root string, e config.Entry, kind, name string, err error) fin
 		summary = fmt.Sprintf("cannot resolve %s %q, the owner of %s (%s)", kind, name, e.Dest, field)
 		fix = fmt.Sprintf("check the line for %s in the file named in the evidence (readable, with a numeric id), or set %s to a numeric id", name, field)
 	case kind == "user":
-		db = filepath.Join(root, "etc/passwd")
+		db = filepath.Join(root, layout.PasswdFile)
 		summary = fmt.Sprintf("user %q, the owner of %s (%s), does not exist in %s", name, e.Dest, field, db)
 		fix = fmt.Sprintf("create the user on the machine (useradd --system %s) before haagent runs, or set %s (or uid) to a user that exists", name, field)
 	case name == config.DockerGroup && !errors.As(err, &unknown):

@@ -6,22 +6,21 @@ import (
 	"strings"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/settings"
 )
 
-// circleConfigDir is where the services' customization files live on the machine.
-const circleConfigDir = "/etc/circleconfig/"
-
 // IsShellFile reports whether a machine path is one of the customization files the CircleCI
-// services source as shell: every file of circleconfig/shared/, each service's
-// circleconfig/<service>/customizations, and the installation customizations. Other files
-// there are not shell (picard-dispatcher/resource-definitions.edn is EDN) and are not parsed.
-func IsShellFile(dest string) bool {
-	if dest == settings.InstallFile {
+// services source as shell, where the layout puts them: every file of circleconfig/shared/,
+// each service's circleconfig/<service>/customizations, and the installation customizations.
+// Other files there are not shell (picard-dispatcher/resource-definitions.edn is EDN) and are
+// not parsed.
+func IsShellFile(l layout.Layout, dest string) bool {
+	if dest == l.InstallationCustomizations() {
 		return true
 	}
 	// One rule for which files are shell: the probes read the same ones (settings.LoadViews).
-	rel, ok := strings.CutPrefix(dest, circleConfigDir)
+	rel, ok := strings.CutPrefix(dest, l.CircleConfigDir()+"/")
 	return ok && settings.IsShellFile(rel)
 }
 
@@ -31,8 +30,9 @@ func IsShellFile(dest string) bool {
 // reboot). Only syntax is judged here; what a file sets is the probes' business.
 func ShellSyntax(bd *Bundle, uri func(key string) string) []findings.Finding {
 	var out []findings.Finding
+	l := layout.New(bd.Root, bd.layout)
 	for _, f := range bd.Files {
-		if f.staged == "" || !IsShellFile(f.Dest) {
+		if f.staged == "" || !IsShellFile(l, f.Dest) {
 			continue
 		}
 		data, err := os.ReadFile(f.staged)

@@ -12,7 +12,7 @@ import (
 
 func entryNamed(t *testing.T, name string) config.Entry {
 	t.Helper()
-	for _, e := range layout(t) {
+	for _, e := range testLayout(t) {
 		if e.Name == name {
 			return e
 		}
@@ -29,7 +29,7 @@ func TestOptionalObjectAbsentAndStaged(t *testing.T) {
 	s.Delete(t, testBucket, "circle-installation-customizations")
 	root := t.TempDir()
 	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
-	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	if err != nil {
 		t.Fatalf("an absent optional object failed the fetch: %v", err)
 	}
@@ -65,7 +65,7 @@ func TestStageReplacesTheFetchedCopy(t *testing.T) {
 	e := entryNamed(t, "installation_customizations")
 	fetchStage := func(content string) (*Bundle, bool) {
 		t.Helper()
-		bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: layout(t), Concurrency: 4})
+		bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -16,16 +16,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Path is the lock file under --root. /run is per boot, so a lock never outlives a reboot.
-const Path = "/run/haagent.lock"
-
 // ErrHeld means another haagent holds the lock.
 var ErrHeld = errors.New("another haagent is running")
 
 // Lock is a held lock; Release frees it (the kernel frees it too when the process dies).
 type Lock struct{ f *os.File }
 
-// Acquire takes the lock without waiting.
+// Acquire takes the lock at path (layout.LockFile under --root: /run is per boot, so a lock
+// never outlives a reboot) without waiting.
 func Acquire(path string) (*Lock, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("creating lock directory: %w", err)

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
-	"github.com/haagent/haagent/internal/settings"
 	"go.mongodb.org/mongo-driver/bson"
 )
 
@@ -35,7 +35,7 @@ func TestProbeFindingsCarryTheirHostForFold(t *testing.T) {
 		t.Helper()
 		root := t.TempDir()
 		trustCA(t, root, pg.CA)
-		dir := filepath.Join(root, settings.SharedDir)
+		dir := filepath.Join(root, defaults.SharedDir())
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -45,7 +45,7 @@ func TestProbeFindingsCarryTheirHostForFold(t *testing.T) {
 			}
 		}
 		o := Options{Timeout: 5 * time.Second, Resolver: dns, Postgres: PostgresOptions{Databases: []string{"postgres"}}, Only: only}
-		rep := Run(context.Background(), root, o)
+		rep := Run(context.Background(), layout.New(root, nil), o)
 		assertNoSecret(t, rep, circlePW, "wrong-pw-Qx7")
 		return rep.Findings
 	}

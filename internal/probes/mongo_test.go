@@ -13,8 +13,8 @@ import (
 	"go.mongodb.org/mongo-driver/bson"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
-	"github.com/haagent/haagent/internal/settings"
 )
 
 const mongoPW = "mongo-Pw-7yq"
@@ -35,14 +35,14 @@ func runbookURIs(base, opts string) []string {
 func mongoCheck(t *testing.T, lines []string, mod func(*Options)) *Report {
 	t.Helper()
 	root := t.TempDir()
-	dir := filepath.Join(root, settings.SharedDir)
+	dir := filepath.Join(root, defaults.SharedDir())
 	os.MkdirAll(dir, 0o700)
 	os.WriteFile(filepath.Join(dir, "mongodb"), []byte(strings.Join(lines, "\n")+"\n"), 0o600)
 	o := Options{Timeout: 5 * time.Second, Only: []string{"mongo"}}
 	if mod != nil {
 		mod(&o)
 	}
-	rep := Run(context.Background(), root, o)
+	rep := Run(context.Background(), layout.New(root, nil), o)
 	assertNoSecret(t, rep, mongoPW, "wrong-"+mongoPW, "p@ss")
 	return rep
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/settings"
 )
@@ -27,7 +28,7 @@ const circlePW = "circle-pw-Zq9" // planted secrets: none may appear in a report
 
 func writeSettings(t *testing.T, root string, lines ...string) {
 	t.Helper()
-	dir := filepath.Join(root, settings.SharedDir)
+	dir := filepath.Join(root, defaults.SharedDir())
 	os.MkdirAll(dir, 0o700)
 	if err := os.WriteFile(filepath.Join(dir, "postgresql"), []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -117,7 +118,7 @@ func TestPostgres(t *testing.T) {
 		if mod != nil {
 			mod(&o)
 		}
-		rep := Run(context.Background(), root, o)
+		rep := Run(context.Background(), layout.New(root, nil), o)
 		assertNoSecret(t, rep, circlePW, "noconnect-pw", "nohba-pw", "wrong-pw-Qx7", "p/ss@word")
 		return rep
 	}
@@ -546,7 +547,7 @@ func TestPostgresPasswordNeverToUnverifiedServer(t *testing.T) {
 			s := startPGStandin(t, c.cert, c.ask)
 			root := t.TempDir()
 			writeSettings(t, root, pgSettings("127.0.0.1", s.port, "circle", pw)...)
-			rep := Run(context.Background(), root, Options{Timeout: 5 * time.Second, Postgres: DefaultPostgres(), Only: []string{"postgres"},
+			rep := Run(context.Background(), layout.New(root, nil), Options{Timeout: 5 * time.Second, Postgres: DefaultPostgres(), Only: []string{"postgres"},
 				RootCAs: peertest.NewCA(t, "the CA haagent trusts").Pool()})
 			s.wait(t)
 			s.mu.Lock()

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/settings"
 )
 
@@ -32,7 +33,7 @@ type Options struct {
 	Timeout time.Duration
 	// Only limits the check to these services (nil: all).
 	Only []string
-	// RootCAs is the trust pool; nil means TrustPool(root).
+	// RootCAs is the trust pool; nil means TrustPool of the layout.
 	RootCAs  *x509.CertPool
 	Resolver *net.Resolver
 	Postgres PostgresOptions
@@ -233,20 +234,20 @@ func (x found) key() string {
 	return "f\x00" + x.f.Code.String() + "\x00" + x.f.Service + "\x00" + x.f.Target + "\x00" + x.f.Summary
 }
 
-// Run loads the settings under root, as each service sees them, and probes every distinct
-// target of every selected service in parallel.
-func Run(ctx context.Context, root string, o Options) *Report {
+// Run loads the settings where the layout puts them, as each service sees them, and probes
+// every distinct target of every selected service in parallel.
+func Run(ctx context.Context, l layout.Layout, o Options) *Report {
 	start := time.Now()
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Second
 	}
 	if o.RootCAs == nil {
-		o.RootCAs = TrustPool(root)
+		o.RootCAs = TrustPool(l)
 	}
 	if o.Resolver == nil {
 		o.Resolver = net.DefaultResolver
 	}
-	views, sfs := settings.LoadViews(root)
+	views, sfs := settings.LoadViews(l)
 	rep := &Report{}
 	for _, f := range sfs {
 		f.Service = "settings"
@@ -373,14 +374,14 @@ func applyOverrides(fs []findings.Finding, ov map[findings.Code]Override) []find
 	return findings.Apply(fs, ov)
 }
 
-// TrustPool is the system store plus the CA certificates haagent installs, read under root
-// so that a check in a temp dir trusts what the CA step put there.
-func TrustPool(root string) *x509.CertPool {
+// TrustPool is the system store plus the local CA store (where haagent installs its CAs),
+// read under the layout's root so that a check in a temp dir trusts what the CA step put there.
+func TrustPool(l layout.Layout) *x509.CertPool {
 	pool, err := x509.SystemCertPool()
 	if err != nil || pool == nil {
 		pool = x509.NewCertPool()
 	}
-	dir := filepath.Join(root, "/usr/local/share/ca-certificates")
+	dir := l.Path(layout.LocalCADir)
 	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
 		if err == nil && fi.Mode().IsRegular() && strings.HasSuffix(p, ".crt") {
 			if b, err := os.ReadFile(p); err == nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/settings"
 )
@@ -33,7 +34,7 @@ func TestPerServiceTargetsProbedOnceEach(t *testing.T) {
 	writeSettings(t, root, pgSettings("localhost", pg.Port, "circle", circlePW)...)
 	own := func(service, content string) {
 		t.Helper()
-		p := filepath.Join(root, settings.ConfigDir, service, settings.ServiceFile)
+		p := filepath.Join(root, defaults.CircleConfigDir(), service, settings.ServiceFile)
 		os.MkdirAll(filepath.Dir(p), 0o755)
 		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
@@ -50,10 +51,10 @@ func TestPerServiceTargetsProbedOnceEach(t *testing.T) {
 	// One whose own file repeats the shared target: the shared probe covers it.
 	own("frontend", "export POSTGRES_HOST=\"localhost\"\nexport JVM_HEAP_SIZE=2g\n")
 	// Not shell: synced, never parsed.
-	os.WriteFile(filepath.Join(root, settings.ConfigDir, "frontend", "resource-definitions.edn"), []byte("{:medium {:cpu 2.0}}\n"), 0o644)
+	os.WriteFile(filepath.Join(root, defaults.CircleConfigDir(), "frontend", "resource-definitions.edn"), []byte("{:medium {:cpu 2.0}}\n"), 0o644)
 
 	o := Options{Timeout: 5 * time.Second, Postgres: PostgresOptions{Databases: []string{"circle"}}, Only: []string{"postgres"}}
-	rep := Run(context.Background(), root, o)
+	rep := Run(context.Background(), layout.New(root, nil), o)
 	assertNoSecret(t, rep, circlePW, "contexts-pw-Lm3", "wrong-pw-Qx7")
 
 	byUser := map[string]Checked{}
@@ -104,10 +105,10 @@ func TestPerServiceTargetsProbedOnceEach(t *testing.T) {
 func TestSharedTargetNamesNobody(t *testing.T) {
 	root := t.TempDir()
 	writeSettings(t, root, pgSettings("127.0.0.1", peertest.ClosedPort(t), "circle", circlePW)...)
-	p := filepath.Join(root, settings.ConfigDir, "frontend", settings.ServiceFile)
+	p := filepath.Join(root, defaults.CircleConfigDir(), "frontend", settings.ServiceFile)
 	os.MkdirAll(filepath.Dir(p), 0o755)
 	os.WriteFile(p, []byte("export JVM_HEAP_SIZE=2g\n"), 0o644)
-	rep := Run(context.Background(), root, Options{Timeout: 2 * time.Second, Postgres: PostgresOptions{Databases: []string{"circle"}}, Only: []string{"postgres"}})
+	rep := Run(context.Background(), layout.New(root, nil), Options{Timeout: 2 * time.Second, Postgres: PostgresOptions{Databases: []string{"circle"}}, Only: []string{"postgres"}})
 	if len(rep.Checked) != 1 || rep.Checked[0].UsedBy != "" {
 		t.Fatalf("one target, no service named: %+v", rep.Checked)
 	}
@@ -141,7 +142,7 @@ export VAULT__TRANSIT_MOUNT="transit"
 `, closed)
 	for _, svc := range Services {
 		t.Run(svc, func(t *testing.T) {
-			s, fs := settings.Parse(settings.InstallFile, []byte(all))
+			s, fs := settings.Parse(defaults.InstallationCustomizations(), []byte(all))
 			if len(fs) != 0 {
 				t.Fatal(fs)
 			}
@@ -149,7 +150,7 @@ export VAULT__TRANSIT_MOUNT="transit"
 			read := map[string]bool{}
 			s.OnRead(func(name string) { mu.Lock(); read[name] = true; mu.Unlock() })
 			o := Options{Timeout: 2 * time.Second, Postgres: DefaultPostgres()}
-			o.RootCAs, o.Resolver = TrustPool(t.TempDir()), net.DefaultResolver
+			o.RootCAs, o.Resolver = TrustPool(layout.New(t.TempDir(), nil)), net.DefaultResolver
 			ctx, cancel := context.WithTimeout(context.Background(), o.Timeout)
 			defer cancel()
 			registry[svc](ctx, &prober{opts: o}, s)
@@ -245,12 +246,12 @@ func TestReportQuotesNoSecretOfSettings(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			root := t.TempDir()
-			dir := filepath.Join(root, settings.SharedDir)
+			dir := filepath.Join(root, defaults.SharedDir())
 			os.MkdirAll(dir, 0o700)
 			if err := os.WriteFile(filepath.Join(dir, c.file), []byte(c.content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			rep := Run(context.Background(), root, Options{Timeout: 2 * time.Second, Postgres: DefaultPostgres(), Only: c.only})
+			rep := Run(context.Background(), layout.New(root, nil), Options{Timeout: 2 * time.Second, Postgres: DefaultPostgres(), Only: c.only})
 			if find(rep.Findings, c.code) == nil {
 				t.Fatalf("want %s, got %+v", c.code, rep.Findings)
 			}
@@ -264,5 +265,31 @@ func TestReportQuotesNoSecretOfSettings(t *testing.T) {
 				t.Errorf("%q in the text report:\n%s", c.secret, text.String())
 			}
 		})
+	}
+}
+
+// defaults is the default layout's paths, by which the tests write settings files.
+var defaults = layout.New("/", nil)
+
+// The probes read the settings where the layout puts them: with the circleconfig directory
+// elsewhere (under a test's root; config validation keeps it at CircleCI's path on a
+// machine), the PostgreSQL the moved shared/postgresql names is the one probed, not the one
+// of the default path.
+func TestRunReadsTheLayoutsSettings(t *testing.T) {
+	root := t.TempDir()
+	entries := layout.Defaults()
+	for i := range entries {
+		if entries[i].Name == layout.CircleConfig {
+			entries[i].Dest = "/srv/cc/circleconfig/"
+		}
+	}
+	moved, other := peertest.ClosedPort(t), peertest.ClosedPort(t)
+	writeSettings(t, root, pgSettings("127.0.0.1", other, "circle", circlePW)...)
+	dir := filepath.Join(root, "srv/cc/circleconfig/shared")
+	os.MkdirAll(dir, 0o700)
+	os.WriteFile(filepath.Join(dir, "postgresql"), []byte(strings.Join(pgSettings("127.0.0.1", moved, "circle", circlePW), "\n")+"\n"), 0o600)
+	rep := Run(context.Background(), layout.New(root, entries), Options{Timeout: 2 * time.Second, Postgres: PostgresOptions{Databases: []string{"circle"}}, Only: []string{"postgres"}})
+	if want := fmt.Sprintf("circle@127.0.0.1:%d", moved); len(rep.Checked) != 1 || rep.Checked[0].Target != want {
+		t.Fatalf("want the one target %s of the layout's shared/postgresql, got %+v", want, rep.Checked)
 	}
 }

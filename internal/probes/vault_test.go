@@ -19,8 +19,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
-	"github.com/haagent/haagent/internal/settings"
 )
 
 // transitPolicy is what the runbook's services token holds; ci-transit/ and secret/ are there
@@ -62,7 +62,7 @@ func vaultCheck(t *testing.T, v *peertest.Vault, scheme, token, mount string, mo
 func vaultCheckAt(t *testing.T, addr string, caPEM []byte, scheme, token, mount string, mod func(*Options)) *Report {
 	t.Helper()
 	root := t.TempDir()
-	dir := filepath.Join(root, settings.SharedDir)
+	dir := filepath.Join(root, defaults.SharedDir())
 	os.MkdirAll(dir, 0o700)
 	host, port, _ := strings.Cut(addr, ":")
 	os.WriteFile(filepath.Join(dir, "vault"), []byte(fmt.Sprintf(
@@ -76,7 +76,7 @@ func vaultCheckAt(t *testing.T, addr string, caPEM []byte, scheme, token, mount 
 	if mod != nil {
 		mod(&o)
 	}
-	rep := Run(context.Background(), root, o)
+	rep := Run(context.Background(), layout.New(root, nil), o)
 	assertNoSecret(t, rep, token)
 	return rep
 }

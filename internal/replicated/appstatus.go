@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/haagent/haagent/internal/layout"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -22,20 +23,20 @@ type AppStatus struct {
 	IsTransitioning bool   `json:"IsTransitioning"`
 }
 
-// ReadAppStatus runs ReplicatedctlPath (under root) app status inspect, bounded by timeout (the
+// ReadAppStatus runs layout.Replicatedctl (under root) app status inspect, bounded by timeout (the
 // daemon may be wedged too).
 func ReadAppStatus(ctx context.Context, root string, timeout time.Duration) (AppStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(root, ReplicatedctlPath), "app", "status", "inspect")
+	cmd := exec.CommandContext(ctx, filepath.Join(root, layout.Replicatedctl), "app", "status", "inspect")
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Run(); err != nil {
-		return AppStatus{}, fmt.Errorf("%s app status inspect: %w: %s", ReplicatedctlPath, err, lastChars(stderr.String(), 300))
+		return AppStatus{}, fmt.Errorf("%s app status inspect: %w: %s", layout.Replicatedctl, err, lastChars(stderr.String(), 300))
 	}
 	app, err := ParseAppStatus(out.Bytes())
 	if err != nil {
-		return AppStatus{}, fmt.Errorf("%s answered %q: %w", ReplicatedctlPath, lastChars(out.String(), 300), err)
+		return AppStatus{}, fmt.Errorf("%s answered %q: %w", layout.Replicatedctl, lastChars(out.String(), 300), err)
 	}
 	return app, nil
 }

@@ -34,21 +34,13 @@ import (
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 )
 
-// Paths under --root and the transient unit's name.
-const (
-	MarkerPath = "/var/lib/haagent/replicated-installed.json"
-	ScriptPath = "/var/lib/haagent/replicated-install.sh"
-	// ExitPath is written by the installer's unit itself when the script ends ("CODE
-	// INSTANCE-ID"), so a haagent that was restarted meanwhile learns the outcome without
-	// running the installer again.
-	ExitPath = "/var/lib/haagent/replicated-install.exit"
-	// EnvPath is the installer's environment (0600), which may hold proxy credentials; it
-	// exists only while haagent starts or runs the installer.
-	EnvPath  = "/var/lib/haagent/replicated-install.env"
-	UnitName = "haagent-replicated-install"
-)
+// UnitName is the installer's transient unit. Its files (the script, its exit status, its
+// environment, the install marker) are the layout's: layout.InstallerScript and the rest,
+// under Options.Root.
+const UnitName = "haagent-replicated-install"
 
 // DefaultInstallerURL is the runbook's installer.
 const DefaultInstallerURL = "https://get.replicated.com/docker"
@@ -73,7 +65,7 @@ type Marker struct {
 
 // ReadMarker returns the marker, or nil.
 func ReadMarker(root string) *Marker {
-	b, err := os.ReadFile(filepath.Join(root, MarkerPath))
+	b, err := os.ReadFile(filepath.Join(root, layout.InstallMarker))
 	if err != nil {
 		return nil
 	}
@@ -152,20 +144,20 @@ func Ensure(ctx context.Context, o Options) (Result, error) {
 			code, err := waitUnit(ctx, o)
 			// systemd read the proxy's environment file when the unit started; the haagent
 			// that wrote it was killed before its own cleanup.
-			os.Remove(filepath.Join(o.Root, EnvPath))
+			os.Remove(filepath.Join(o.Root, layout.InstallerEnv))
 			res.SHA256 = readScriptSHA(o.Root)
 			return res, o.complete(ctx, &res, code, err, func() string { return o.unitTail(ctx) }, res.SHA256)
 		}
 		if code, ok := readExit(o.Root, o.InstanceID); ok && !o.Reinstall {
 			// It ended while haagent was down: take its result, do not run it again.
 			o.Log.Warn("an installer started by an earlier haagent ended while haagent was down", "unit", UnitName, "exit", code)
-			os.Remove(filepath.Join(o.Root, EnvPath)) // its proxy environment file, left by the killed haagent
+			os.Remove(filepath.Join(o.Root, layout.InstallerEnv)) // its proxy environment file, left by the killed haagent
 			err := o.complete(ctx, &res, code, nil, func() string { return o.unitTail(ctx) }, readScriptSHA(o.Root))
 			// The record is dropped (and the installer rerun next time) only when the script
 			// failed or installed nothing: rerunning it over an installed Replicated that is
 			// slow to answer would stop that Replicated again, each attempt.
 			if err != nil && !(code == 0 && res.unitsPresent) {
-				os.Remove(filepath.Join(o.Root, ExitPath))
+				os.Remove(filepath.Join(o.Root, layout.InstallerExit))
 			}
 			return res, err
 		}
@@ -192,7 +184,7 @@ func Ensure(ctx context.Context, o Options) (Result, error) {
 		return res, &findings.Failure{Findings: []findings.Finding{findings.New(findings.InstallerArgUnknown, redactLine(o.URL, ""),
 			"replicated.extra_args has arguments the installer would refuse; it was not run", strings.Join(probs, "; ")+" (checked against "+from+")")}}
 	}
-	if _, err := atomicfile.WriteFile(filepath.Join(o.Root, ScriptPath), script, atomicfile.Options{Mode: 0o700, DirMode: 0o700, UID: -1, GID: -1}); err != nil {
+	if _, err := atomicfile.WriteFile(filepath.Join(o.Root, layout.InstallerScript), script, atomicfile.Options{Mode: 0o700, DirMode: 0o700, UID: -1, GID: -1}); err != nil {
 		return res, fmt.Errorf("keeping the installer script: %w", err)
 	}
 	res.Args = Args(o)
@@ -232,15 +224,15 @@ func (o Options) complete(ctx context.Context, res *Result, code int, err error,
 func (o Options) mark(installerSHA string) error {
 	m := Marker{InstanceID: o.InstanceID, InstallerSHA256: installerSHA, ExitCode: 0, Time: time.Now().UTC(), SettingsSHA256: o.SettingsSHA256}
 	b, _ := json.MarshalIndent(m, "", "  ")
-	if _, err := atomicfile.WriteFile(filepath.Join(o.Root, MarkerPath), append(b, '\n'), atomicfile.Options{Mode: 0o644, DirMode: 0o700, UID: -1, GID: -1}); err != nil {
+	if _, err := atomicfile.WriteFile(filepath.Join(o.Root, layout.InstallMarker), append(b, '\n'), atomicfile.Options{Mode: 0o644, DirMode: 0o700, UID: -1, GID: -1}); err != nil {
 		return fmt.Errorf("writing the install-complete marker: %w", err)
 	}
-	os.Remove(filepath.Join(o.Root, ExitPath))
+	os.Remove(filepath.Join(o.Root, layout.InstallerExit))
 	return nil
 }
 
 func readScriptSHA(root string) string {
-	b, err := os.ReadFile(filepath.Join(root, ScriptPath))
+	b, err := os.ReadFile(filepath.Join(root, layout.InstallerScript))
 	if err != nil {
 		return ""
 	}
@@ -250,7 +242,7 @@ func readScriptSHA(root string) string {
 
 // readExit returns the exit code the installer's unit recorded for this instance.
 func readExit(root, instanceID string) (int, bool) {
-	b, err := os.ReadFile(filepath.Join(root, ExitPath))
+	b, err := os.ReadFile(filepath.Join(root, layout.InstallerExit))
 	if err != nil {
 		return 0, false
 	}
@@ -320,7 +312,7 @@ func Redact(s string) string { return redactLine(s, s) }
 
 // DockerInstalled reports whether a docker command is installed under root (a baked AMI).
 func DockerInstalled(root string) bool {
-	for _, p := range []string{"/usr/bin/docker", "/usr/local/bin/docker", "/bin/docker"} {
+	for _, p := range layout.DockerBinaries {
 		if fi, err := os.Stat(filepath.Join(root, p)); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
 			return true
 		}
@@ -530,7 +522,7 @@ func (o Options) redact(line string) string {
 // controlling terminal, so its prompts on /dev/tty fail at once instead of waiting 20 s.
 // Its output is logged line by line.
 func runChild(ctx context.Context, o Options, args []string) (int, string, error) {
-	cmd := exec.Command("bash", append([]string{filepath.Join(o.Root, ScriptPath)}, args...)...)
+	cmd := exec.Command("bash", append([]string{filepath.Join(o.Root, layout.InstallerScript)}, args...)...)
 	cmd.Env = env(o)
 	cmd.Dir = "/"
 	cmd.Stdin = nil
@@ -613,17 +605,17 @@ func runUnit(ctx context.Context, o Options, args []string) (int, error) {
 		"--description=Replicated installer started by haagent",
 		fmt.Sprintf("--property=RuntimeMaxSec=%d", int(o.Timeout.Seconds())),
 		"--property=StandardInput=null",
-		"--property=EnvironmentFile="+filepath.Join(o.Root, EnvPath))
-	envFile := filepath.Join(o.Root, EnvPath)
+		"--property=EnvironmentFile="+filepath.Join(o.Root, layout.InstallerEnv))
+	envFile := filepath.Join(o.Root, layout.InstallerEnv)
 	if err := writeEnvFile(envFile, env(o)); err != nil {
 		return 0, err
 	}
 	// systemd reads the file when the unit starts; it is not needed after the installer ends.
 	defer os.Remove(envFile)
-	// The unit records the script's exit status itself (see ExitPath).
-	os.Remove(filepath.Join(o.Root, ExitPath))
-	wrapper := unitWrapper(o.InstanceID, filepath.Join(o.Root, ExitPath))
-	argv = append(argv, "/bin/bash", "-c", wrapper, filepath.Join(o.Root, ScriptPath))
+	// The unit records the script's exit status itself (see layout.InstallerExit).
+	os.Remove(filepath.Join(o.Root, layout.InstallerExit))
+	wrapper := unitWrapper(o.InstanceID, filepath.Join(o.Root, layout.InstallerExit))
+	argv = append(argv, layout.Bash, "-c", wrapper, filepath.Join(o.Root, layout.InstallerScript))
 	argv = append(argv, args...)
 	if out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("starting the installer unit (%s): %w: %s", strings.Join(argv[:3], " "), err, bytes.TrimSpace(out))
@@ -637,8 +629,8 @@ func runUnit(ctx context.Context, o Options, args []string) (int, error) {
 // element): systemd replaces every ${...} in a command line with a value from its own
 // environment, empty when unset (seen on systemd 252), so the program has no braces.
 func unitWrapper(instanceID, exitPath string) string {
-	return fmt.Sprintf(`/bin/bash "$0" "$@" 2>&1 | sed -u -E 's#(://)[^[:space:]]*@#\1***@#g'; rc=$PIPESTATUS; printf '%%s %%s\n' "$rc" %q > %q; exit $rc`,
-		instanceID, exitPath)
+	return fmt.Sprintf(`%s "$0" "$@" 2>&1 | sed -u -E 's#(://)[^[:space:]]*@#\1***@#g'; rc=$PIPESTATUS; printf '%%s %%s\n' "$rc" %q > %q; exit $rc`,
+		layout.Bash, instanceID, exitPath)
 }
 
 // waitUnit polls the unit until it ends and returns its exit status.
@@ -719,6 +711,6 @@ func ensureActive(ctx context.Context, o Options) error {
 
 // UnderSystemd reports whether systemd is the init system (and so can run transient units).
 func UnderSystemd() bool {
-	fi, err := os.Stat("/run/systemd/system")
+	fi, err := os.Stat(layout.SystemdRunDir)
 	return err == nil && fi.IsDir()
 }

@@ -12,12 +12,12 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 )
 
-// ReplicatedctlPath is where the installer writes replicatedctl (cli-script.sh: a wrapper
-// that runs `docker exec replicated replicatedctl ...`, so it answers only while the daemon's
-// container runs).
-const ReplicatedctlPath = "/usr/local/bin/replicatedctl"
+// replicatedctl is the installer's wrapper (cli-script.sh) that runs `docker exec replicated
+// replicatedctl ...`, so it answers only while the daemon's container runs; it lives at
+// layout.Replicatedctl.
 
 // DefaultVerifyTimeout bounds the wait for the daemon to answer once the installer exited 0:
 // its container starts within seconds, not the application (that is what the watch waits for).
@@ -52,7 +52,7 @@ func verify(ctx context.Context, o Options) (string, error) {
 		timeout = DefaultVerifyTimeout
 	}
 	deadline := time.Now().Add(timeout)
-	ctl := filepath.Join(o.Root, ReplicatedctlPath)
+	ctl := filepath.Join(o.Root, layout.Replicatedctl)
 	for {
 		var missing []string
 		inactive := ""
@@ -71,7 +71,7 @@ func verify(ctx context.Context, o Options) (string, error) {
 			}
 		}
 		if _, err := os.Stat(ctl); err != nil {
-			missing = append(missing, ReplicatedctlPath)
+			missing = append(missing, layout.Replicatedctl)
 		}
 		if len(missing) > 0 {
 			return "", &errNotInstalled{what: "not installed: " + strings.Join(missing, ", ")}
@@ -97,7 +97,7 @@ func verify(ctx context.Context, o Options) (string, error) {
 
 // services are the units the installer kept under root leaves for o's arguments.
 func (o Options) services() []string {
-	script, _ := os.ReadFile(filepath.Join(o.Root, ScriptPath))
+	script, _ := os.ReadFile(filepath.Join(o.Root, layout.InstallerScript))
 	return ServicesFor(script, o.ExtraArgs)
 }
 
@@ -111,7 +111,7 @@ func appStatus(ctx context.Context, root string) (string, error) {
 		return "", err
 	}
 	if app.State == "" {
-		return "", fmt.Errorf("%s app status inspect answered no State, not an app status", ReplicatedctlPath)
+		return "", fmt.Errorf("%s app status inspect answered no State, not an app status", layout.Replicatedctl)
 	}
 	state := app.State
 	if app.IsTransitioning {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 )
 
 // The finding's fix follows the question the script gave up at, as its last lines name it
@@ -54,7 +55,7 @@ func fakeSystemd(t *testing.T, units map[string]string) []string {
 func replicatedctlAnswering(t *testing.T, out string, code int) string {
 	t.Helper()
 	root := t.TempDir()
-	p := filepath.Join(root, ReplicatedctlPath)
+	p := filepath.Join(root, layout.Replicatedctl)
 	os.MkdirAll(filepath.Dir(p), 0o755)
 	if err := os.WriteFile(p, []byte(fmt.Sprintf("#!/bin/sh\nprintf '%%s\\n' '%s'\nexit %d\n", out, code)), 0o755); err != nil {
 		t.Fatal(err)
@@ -90,7 +91,7 @@ func TestVerifyExpectsTheUnitsOfTheArguments(t *testing.T) {
 	}
 	// A script get.replicated.com rendered for ?disable_replicated_ui (its default set to "1")
 	// writes no -ui unit whatever the arguments.
-	script := filepath.Join(root, ScriptPath)
+	script := filepath.Join(root, layout.InstallerScript)
 	os.MkdirAll(filepath.Dir(script), 0o700)
 	os.WriteFile(script, []byte("#!/bin/bash\nAIRGAP=0\nDISABLE_REPLICATED_UI=\"1\"\n"), 0o700)
 	o.ExtraArgs = nil
@@ -119,7 +120,7 @@ func TestVerifyTakesAnEmptyAppList(t *testing.T) {
 func TestEnsureDoesNotRerunOverInstalledUnits(t *testing.T) {
 	withCommands(t, fakeSystemd(t, map[string]string{"replicated": "active", "replicated-ui": "active", "replicated-operator": "active"}))
 	root := replicatedctlAnswering(t, "Error: dial unix /var/run/replicated/replicated-cli.sock: connect: no such file", 1)
-	exit := filepath.Join(root, ExitPath)
+	exit := filepath.Join(root, layout.InstallerExit)
 	os.MkdirAll(filepath.Dir(exit), 0o700)
 	if err := os.WriteFile(exit, []byte("0 i-0slow\n"), 0o600); err != nil {
 		t.Fatal(err)

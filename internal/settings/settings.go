@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -16,24 +17,21 @@ import (
 	"mvdan.cc/sh/v3/expand"
 	"mvdan.cc/sh/v3/syntax"
 
-	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 )
 
-// Where the services' settings live. Every service reads the installation's own
-// customizations first, then every file of the shared directory in name order (a later file
-// can use and override what an earlier one set), then its own ConfigDir/<service>/customizations
-// when it has one, whose values take precedence.
-const (
-	InstallFile = config.InstallationCustomizations
-	ConfigDir   = "/etc/circleconfig"
-	SharedDir   = "/etc/circleconfig/shared"
-	// ServiceFile is the name of a service's own file in ConfigDir/<service>/.
-	ServiceFile = "customizations"
-)
+// Where the services' settings live is the layout's to say (layout.Layout's
+// InstallationCustomizations, CircleConfigDir and SharedDir). Every service reads the
+// installation's own customizations first, then every file of the shared directory in name
+// order (a later file can use and override what an earlier one set), then its own
+// <circleconfig>/<service>/customizations when it has one, whose values take precedence.
 
-// IsShellFile reports whether a file under ConfigDir (rel is slash-separated and relative to
-// it) is one the services source as shell: a file of shared/ or a <service>/customizations.
+// ServiceFile is the name of a service's own file in <circleconfig>/<service>/.
+const ServiceFile = "customizations"
+
+// IsShellFile reports whether a file under the circleconfig directory (rel is slash-separated
+// and relative to it) is one the services source as shell: a file of shared/ or a <service>/customizations.
 // Others (picard-dispatcher/resource-definitions.edn, telegraf's TOML, postgres/extra.conf)
 // are other formats: synced, never parsed as shell.
 func IsShellFile(rel string) bool {
@@ -65,6 +63,18 @@ type Settings struct {
 	missing map[string][]findings.Finding
 	// onRead, when set, is told what readers ask for (see OnRead).
 	onRead func(name string)
+	// install and shared are the installation customizations and the shared directory, as
+	// the layout places them, for fixes; "" for a file parsed on its own (Parse).
+	install, shared string
+}
+
+// sharedDir names the shared directory in a fix: the machine path when known, else the
+// bucket's prefix of it.
+func (s *Settings) sharedDir() string {
+	if s.shared != "" {
+		return s.shared
+	}
+	return "circleconfig/shared"
 }
 
 // OnRead makes s tell fn the name of every variable a reader asks for (Get, Require) and,
@@ -115,32 +125,34 @@ func (s *Settings) Require(service, name string) (Setting, []findings.Finding) {
 	v, ok := s.vars[name]
 	if !ok || v.Value == "" {
 		what := "is not set"
-		target := SharedDir + "/"
+		target := s.sharedDir() + "/"
 		if ok {
 			what, target = "is empty", v.Where()
 		}
 		f := findings.New(findings.SettingMissing, target, fmt.Sprintf("%s %s; the %s connection needs it", name, what, service), "").
-			WithFix(fmt.Sprintf("add export %s=\"...\" to circle-installation-customizations or a file of circleconfig/shared/ in the bucket (they become %s and %s/)", name, InstallFile, SharedDir))
+			WithFix(fmt.Sprintf("add export %s=\"...\" to circle-installation-customizations or a file of circleconfig/shared/ in the bucket (they become %s and %s/)", name, s.install, s.sharedDir()))
 		f.Service = service
 		return Setting{}, []findings.Finding{f}
 	}
 	return v, nil
 }
 
-// Load reads the shared settings under root: the installation customizations and shared/.
-// Findings are for files that cannot be read safely; the settings hold whatever could be.
-func Load(root string) (*Settings, []findings.Finding) {
-	files := []string{InstallFile}
-	entries, _ := os.ReadDir(filepath.Join(root, SharedDir))
+// Load reads the shared settings where the layout puts them: the installation customizations
+// and shared/. Findings are for files that cannot be read safely; the settings hold whatever
+// could be.
+func Load(l layout.Layout) (*Settings, []findings.Finding) {
+	files := []string{l.InstallationCustomizations()}
+	entries, _ := os.ReadDir(l.Path(l.SharedDir()))
 	for _, e := range entries {
 		if e.Type().IsRegular() && IsShellFile("shared/"+e.Name()) {
-			files = append(files, filepath.Join(SharedDir, e.Name()))
+			files = append(files, path.Join(l.SharedDir(), e.Name()))
 		}
 	}
-	s := &Settings{vars: map[string]Setting{}, missing: map[string][]findings.Finding{}}
+	s := &Settings{vars: map[string]Setting{}, missing: map[string][]findings.Finding{},
+		install: l.InstallationCustomizations(), shared: l.SharedDir()}
 	var fs []findings.Finding
 	for _, f := range files {
-		fs = append(fs, s.load(root, f)...)
+		fs = append(fs, s.load(l.Root, f)...)
 	}
 	return s, fs
 }
@@ -162,7 +174,7 @@ func (s *Settings) load(root, name string) []findings.Finding {
 // that file on top).
 type Views struct {
 	Shared *Settings
-	// Services maps a service (a directory of ConfigDir holding a customizations file) to
+	// Services maps a service (a directory of the circleconfig directory holding a customizations file) to
 	// what it sees.
 	Services map[string]*Settings
 }
@@ -177,24 +189,24 @@ func (v *Views) Names() []string {
 	return out
 }
 
-// LoadViews reads the shared settings and every service's own customizations under root.
-// Each file is parsed once; a service's file is read on top of a copy of the shared settings,
-// so it can use and override them as the service's shell would.
-func LoadViews(root string) (*Views, []findings.Finding) {
-	shared, fs := Load(root)
+// LoadViews reads the shared settings and every service's own customizations where the
+// layout puts them. Each file is parsed once; a service's file is read on top of a copy of the
+// shared settings, so it can use and override them as the service's shell would.
+func LoadViews(l layout.Layout) (*Views, []findings.Finding) {
+	shared, fs := Load(l)
 	v := &Views{Shared: shared, Services: map[string]*Settings{}}
-	entries, _ := os.ReadDir(filepath.Join(root, ConfigDir))
+	entries, _ := os.ReadDir(l.Path(l.CircleConfigDir()))
 	for _, e := range entries {
 		if !e.IsDir() || e.Name() == "shared" || !IsShellFile(e.Name()+"/"+ServiceFile) {
 			continue
 		}
-		name := filepath.Join(ConfigDir, e.Name(), ServiceFile)
-		fi, err := os.Stat(filepath.Join(root, name))
+		name := path.Join(l.CircleConfigDir(), e.Name(), ServiceFile)
+		fi, err := os.Stat(l.Path(name))
 		if err != nil || !fi.Mode().IsRegular() {
 			continue
 		}
 		s := shared.Clone()
-		fs = append(fs, s.load(root, name)...)
+		fs = append(fs, s.load(l.Root, name)...)
 		v.Services[e.Name()] = s
 	}
 	return v, fs
@@ -202,7 +214,8 @@ func LoadViews(root string) (*Views, []findings.Finding) {
 
 // Clone returns an independent copy of s.
 func (s *Settings) Clone() *Settings {
-	c := &Settings{vars: make(map[string]Setting, len(s.vars)), missing: make(map[string][]findings.Finding, len(s.missing))}
+	c := &Settings{vars: make(map[string]Setting, len(s.vars)), missing: make(map[string][]findings.Finding, len(s.missing)),
+		install: s.install, shared: s.shared}
 	for k, v := range s.vars {
 		c.vars[k] = v
 	}
@@ -423,13 +436,13 @@ func (s *Settings) assign(file string, as *syntax.Assign) []findings.Finding {
 					unnamed = true
 					fs = append(fs, findings.New(findings.SettingMissing, where,
 						fmt.Sprintf("the value of %s holds a $ the shell would expand, to a variable no settings file sets (it would become an empty string)", name), "").
-						WithFix(fmt.Sprintf("if the $ is part of a password or token, put the value in single quotes (%s='...'; a ' inside is written '\\''); else define the variable before it is used (in %s or an earlier file of %s/)", name, file, SharedDir)))
+						WithFix(fmt.Sprintf("if the $ is part of a password or token, put the value in single quotes (%s='...'; a ' inside is written '\\''); else define the variable before it is used (in %s or an earlier file of %s/)", name, file, s.sharedDir())))
 				}
 				continue
 			}
 			f := findings.New(findings.SettingMissing, where,
 				fmt.Sprintf("%s uses $%s, which no settings file sets (it would expand to an empty string)", name, m), "").
-				WithFix(fmt.Sprintf("define %s before it is used (in %s or an earlier file of %s/), or write the value out in full", m, file, SharedDir))
+				WithFix(fmt.Sprintf("define %s before it is used (in %s or an earlier file of %s/), or write the value out in full", m, file, s.sharedDir()))
 			fs = append(fs, f)
 		}
 		s.missing[name] = fs

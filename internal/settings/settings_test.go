@@ -8,6 +8,14 @@ import (
 	"testing"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
+)
+
+// The default layout's paths, by the names the tests use.
+var (
+	InstallFile = layout.New("/", nil).InstallationCustomizations()
+	ConfigDir   = layout.New("/", nil).CircleConfigDir()
+	SharedDir   = layout.New("/", nil).SharedDir()
 )
 
 func codes(fs []findings.Finding) string {
@@ -99,7 +107,7 @@ func TestLoadOrderAndOverride(t *testing.T) {
 	os.WriteFile(filepath.Join(root, InstallFile), []byte("CIRCLE_SECRETS_SESSION_COOKIE_KEY=abcdefghijklmnop\nBASE=mongodb://h\n"), 0o600)
 	os.WriteFile(filepath.Join(root, SharedDir, "10-a"), []byte("export URI=\"$BASE/db\"\nexport P=1\n"), 0o600)
 	os.WriteFile(filepath.Join(root, SharedDir, "20-b"), []byte("export P=2\n"), 0o600)
-	s, fs := Load(root)
+	s, fs := Load(layout.New(root, nil))
 	if len(fs) != 0 {
 		t.Fatal(fs)
 	}
@@ -150,7 +158,7 @@ func TestViewsLayerEachServiceOnTheShared(t *testing.T) {
 	// Not shell: synced, never parsed (either would be CONFIG_SYNTAX or SETTING_REFUSED).
 	write(ConfigDir+"/picard-dispatcher/resource-definitions.edn", "{:resource-classes {:medium {:cpu 2.0 :ram 4096}}}\n")
 	write(ConfigDir+"/telegraf/influxdb.conf", "[[output.influxdb]]\n  url = \"http://10.0.0.1:8086\"\n")
-	v, fs := LoadViews(root)
+	v, fs := LoadViews(layout.New(root, nil))
 	if len(fs) != 0 {
 		t.Fatalf("findings: %s", codes(fs))
 	}
@@ -262,5 +270,54 @@ func TestNamesListsWhatCannotBeBuilt(t *testing.T) {
 	}
 	if _, fs := s.Require("postgres", "CIRCLE_SECRETS_POSTGRES_VMS_URI"); len(fs) != 1 || fs[0].Code != findings.SettingMissing {
 		t.Fatalf("%+v", fs)
+	}
+}
+
+// The settings are read where the layout puts them, not at CircleCI's default paths: a
+// layout whose circleconfig directory and installation customizations lie elsewhere (under a
+// test's root only: config validation keeps them at CircleCI's paths on a machine) is what
+// Load and LoadViews read, and what their findings name.
+func TestLoadFollowsTheLayout(t *testing.T) {
+	root := t.TempDir()
+	entries := layout.Defaults()
+	for i := range entries {
+		switch entries[i].Name {
+		case layout.CircleConfig:
+			entries[i].Dest = "/srv/cc/circleconfig/"
+		case layout.InstallationCustomizations:
+			entries[i].Dest = "/srv/cc/installation-customizations"
+		}
+	}
+	l := layout.New(root, entries)
+	write := func(p, content string) {
+		os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755)
+		os.WriteFile(filepath.Join(root, p), []byte(content), 0o600)
+	}
+	write("/srv/cc/installation-customizations", "BASE=mongodb://h\n")
+	write("/srv/cc/circleconfig/shared/postgresql", "export POSTGRES_HOST=\"pg-moved\"\nexport URI=\"$BASE/db\"\nexport P=\"$NOPE\"\n")
+	write("/srv/cc/circleconfig/frontend/customizations", "export POSTGRES_HOST=\"pg-frontend\"\n")
+	// The defaults hold other values: reading them would be the bug.
+	write("/etc/circleconfig/shared/postgresql", "export POSTGRES_HOST=\"pg-default\"\n")
+	v, fs := LoadViews(l)
+	if h, _ := v.Shared.Get("POSTGRES_HOST"); h.Value != "pg-moved" || h.File != "/srv/cc/circleconfig/shared/postgresql" {
+		t.Fatalf("shared POSTGRES_HOST = %+v", h)
+	}
+	if u, _ := v.Shared.Get("URI"); u.Value != "mongodb://h/db" {
+		t.Fatalf("the installation customizations were not read at the layout's path: URI = %+v", u)
+	}
+	if fe := v.Services["frontend"]; fe == nil {
+		t.Fatalf("the frontend's customizations were not read: %v", v.Names())
+	} else if h, _ := fe.Get("POSTGRES_HOST"); h.Value != "pg-frontend" {
+		t.Fatalf("frontend POSTGRES_HOST = %+v", h)
+	}
+	_, miss := v.Shared.Require("postgres", "POSTGRES_PASSWORD")
+	if len(miss) != 1 || miss[0].Target != "/srv/cc/circleconfig/shared/" || !strings.Contains(miss[0].Fix, "/srv/cc/installation-customizations") {
+		t.Fatalf("a missing setting does not name the layout's paths: %+v", miss)
+	}
+	if len(fs) != 0 {
+		t.Fatalf("findings: %+v", fs)
+	}
+	if _, ref := v.Shared.Require("postgres", "P"); len(ref) != 1 || !strings.Contains(ref[0].Fix, "/srv/cc/circleconfig/shared/") {
+		t.Fatalf("an unset reference's fix does not name the layout's shared directory: %+v", ref)
 	}
 }

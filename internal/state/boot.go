@@ -9,14 +9,11 @@ import (
 	"path/filepath"
 )
 
-// BootRunsPath lists, one per line, the runs started since the machine booted. /run is a tmpfs
-// that every boot starts empty, which makes it the one reliable "this boot" on the machine:
-// the kernel's boot id is virtualised by containers (systemd-nspawn hands its payload its own)
-// and hidden or not by a unit's sandboxing, so the service and `haagent status` can disagree
-// on it.
-const BootRunsPath = "/run/haagent/runs"
-
-// MarkThisBoot records that run id started during this boot.
+// MarkThisBoot records that run id started during this boot, in the file at path
+// (layout.BootRuns). /run is a tmpfs that every boot starts empty, which makes it the one
+// reliable "this boot" on the machine: the kernel's boot id is virtualised by containers
+// (systemd-nspawn hands its payload its own) and hidden or not by a unit's sandboxing, so the
+// service and `haagent status` can disagree on it.
 func MarkThisBoot(path, id string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("marking run %s as this boot's: %w", id, err)

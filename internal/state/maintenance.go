@@ -11,10 +11,6 @@ import (
 	"github.com/haagent/haagent/internal/atomicfile"
 )
 
-// MaintenancePath is the marker `haagent maintenance on` writes (under --root). It lives on the
-// machine, not in the bucket: it holds this instance's replacement while a person works on it.
-const MaintenancePath = "/var/lib/haagent/maintenance.json"
-
 // Maintenance is a window in which the guard asks for no replacement.
 type Maintenance struct {
 	Since time.Time `json:"since"`

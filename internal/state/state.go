@@ -14,10 +14,8 @@ import (
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 )
-
-// Path is the record's location under --root.
-const Path = "/var/lib/haagent/state.json"
 
 // Version of the record's format.
 const Version = 1
@@ -55,7 +53,7 @@ type Record struct {
 func (r *Record) InstalledBefore() string {
 	for _, run := range r.Runs {
 		if run.Status == Complete {
-			return fmt.Sprintf("the run record %s shows a completed boot of instance %s at %s", Path, run.InstanceID, run.Start.UTC().Format(time.RFC3339))
+			return fmt.Sprintf("the run record %s shows a completed boot of instance %s at %s", layout.StateFile, run.InstanceID, run.Start.UTC().Format(time.RFC3339))
 		}
 	}
 	return ""

@@ -13,6 +13,7 @@ import (
 
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 )
 
 // The Replicated daemon (>= 2.5.0) runs as user replicated, group docker, in a container that
@@ -23,12 +24,9 @@ import (
 // file, else the group's bits when the file's group is docker, else the others' bits.
 const (
 	daemonUser  = "replicated"
-	daemonGroup = "docker"
-	daemonMount = "/etc"
+	daemonGroup = layout.DockerGroup
+	daemonMount = layout.ReplicatedHostMount
 )
-
-// entryOf names the layout entry that writes a default path, for the fix.
-var entryOf = map[string]string{DefaultLicense: "license", SettingsConf: "settings"}
 
 // namedFiles are the keys of replicated.conf that name a file the daemon reads (the airgap
 // package too: an unattended airgap install reads it at the first start).
@@ -41,8 +39,9 @@ var namedFiles = []string{"LicenseFileLocation", "ImportSettingsFrom", "TlsBoots
 // directory from /etc down to it. Before the installer has run there is no replicated user:
 // the mode bits and the group decide. A replicated.conf that cannot be read or parsed gives no
 // finding here: Check reports it.
-func Readable(root string) []findings.Finding {
-	data, err := os.ReadFile(filepath.Join(root, ReplicatedConf))
+func Readable(l layout.Layout) []findings.Finding {
+	root := l.Root
+	data, err := os.ReadFile(l.Path(l.ReplicatedConf()))
 	if err != nil {
 		return nil
 	}
@@ -64,24 +63,24 @@ func Readable(root string) []findings.Finding {
 		if !ok || p == "" {
 			continue
 		}
-		if f := readable(root, key, p, daemonUID, dockerGID); f != nil {
+		if f := readable(l, key, p, daemonUID, dockerGID); f != nil {
 			out = append(out, *f)
 		}
 	}
 	return out
 }
 
-func readable(root, key, p string, uid, gid int) *findings.Finding {
+func readable(l layout.Layout, key, p string, uid, gid int) *findings.Finding {
 	clean := path.Clean(p)
 	if !path.IsAbs(p) || !strings.HasPrefix(clean, daemonMount+"/") {
 		return unreadable(key, p, "it is outside /etc, and only the host's /etc is mounted into the daemon's container (at /host/etc)",
 			fmt.Sprintf("%s: %q", key, p),
-			fmt.Sprintf("put the file under /etc (haagent writes %s and %s) and set %s in replicated.conf to that path", DefaultLicense, SettingsConf, key))
+			fmt.Sprintf("put the file under /etc (haagent writes %s and %s) and set %s in replicated.conf to that path", l.License(), l.SettingsConf(), key))
 	}
 	// A relative link that stays inside /etc resolves the same in the daemon's container and
 	// is followed, a few hops at most.
 	for hops := 0; ; hops++ {
-		next, f := walk(root, key, p, clean, uid, gid, hops < 8)
+		next, f := walk(l, key, p, clean, uid, gid, hops < 8)
 		if next == "" {
 			return f
 		}
@@ -102,7 +101,8 @@ func unreadable(key, p, summary, evidence, fix string) *findings.Finding {
 // walk checks clean from /etc down: each directory must let the daemon through (x), the file
 // must let it read (r). It returns a finding, or nothing when the daemon can read the file, or
 // the path to check instead when it meets a relative link that stays inside /etc (when follow).
-func walk(root, key, p, clean string, uid, gid int, follow bool) (string, *findings.Finding) {
+func walk(l layout.Layout, key, p, clean string, uid, gid int, follow bool) (string, *findings.Finding) {
+	root := l.Root
 	segs := strings.Split(strings.TrimPrefix(clean, "/"), "/")
 	cur := ""
 	for i, seg := range segs {
@@ -111,7 +111,7 @@ func walk(root, key, p, clean string, uid, gid int, follow bool) (string, *findi
 		fi, err := os.Lstat(filepath.Join(root, cur))
 		if errors.Is(err, fs.ErrNotExist) {
 			fix := fmt.Sprintf("create %s, or correct %s in replicated.conf", cur, key)
-			if name, ok := entryOf[path.Clean(p)]; ok {
+			if name := l.EntryOf(path.Clean(p)); name != "" {
 				fix = fmt.Sprintf("upload the file to the bucket (haagent writes it to %s, files.%s), or correct %s in replicated.conf", path.Clean(p), name, key)
 			}
 			return "", unreadable(key, p, cur+" does not exist", "", fix)
@@ -159,12 +159,12 @@ func walk(root, key, p, clean string, uid, gid int, follow bool) (string, *findi
 		}
 		ev := fmt.Sprintf("the daemon falls under %s for %s", class, cur)
 		if gid < 0 {
-			ev += fmt.Sprintf("; there is no %s group in %s yet", daemonGroup, filepath.Join(root, "etc/group"))
+			ev += fmt.Sprintf("; there is no %s group in %s yet", daemonGroup, filepath.Join(root, layout.GroupFile))
 		} else {
 			ev += fmt.Sprintf(" (group %s is gid %d)", daemonGroup, gid)
 		}
 		fix := fmt.Sprintf("chgrp %s %s && chmod g+r %s", daemonGroup, cur, cur)
-		if name, ok := entryOf[cur]; ok {
+		if name := l.EntryOf(cur); name == layout.License || name == layout.Settings {
 			fix += fmt.Sprintf("; haagent's default for it is 0640 root:%s (check files.%s in its config)", daemonGroup, name)
 		}
 		if !last {

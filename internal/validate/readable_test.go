@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
 )
 
@@ -125,7 +126,7 @@ func TestReadableByReplicated(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			root := daemonTree(t, c.replicated, c.change)
-			fs := Readable(root)
+			fs := Readable(layout.New(root, nil))
 			if c.want == "" {
 				if len(fs) != 0 {
 					t.Fatalf("want none, got %+v", fs)
@@ -153,7 +154,7 @@ func TestReadableByTheReplicatedUserItself(t *testing.T) {
 		os.Chown(p, 998, 0)
 		os.Chmod(p, 0o400)
 	})
-	if fs := Readable(root); len(fs) != 0 {
+	if fs := Readable(layout.New(root, nil)); len(fs) != 0 {
 		t.Fatalf("%+v", fs)
 	}
 }

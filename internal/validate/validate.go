@@ -9,41 +9,45 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
+	"path"
 	"regexp"
 	"sort"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 )
 
-// Files says where to read each file (a staged copy or the file in place) and how to resolve
-// the paths replicated.conf names.
+// Files says where each file is meant to be (the layout), where to read it (a staged copy or
+// the file in place) and how to resolve the paths replicated.conf names.
 type Files struct {
+	// Layout says where replicated.conf, settings.conf and the licence land.
+	Layout layout.Layout
 	// Read maps a machine path (/etc/settings.conf) to the path holding its new content.
 	Read func(machinePath string) string
 	// Exists reports whether a machine path exists or is about to (it is in the bundle).
 	Exists func(machinePath string) bool
 }
 
-// InPlace reads files under root as they are.
-func InPlace(root string) Files {
+// InPlace reads the files of the layout under its root as they are.
+func InPlace(l layout.Layout) Files {
 	return Files{
-		Read: func(p string) string { return filepath.Join(root, p) },
+		Layout: l,
+		Read:   l.Path,
 		Exists: func(p string) bool {
-			_, err := os.Stat(filepath.Join(root, p))
+			_, err := os.Stat(l.Path(p))
 			return err == nil
 		},
 	}
 }
 
-// Paths of the files validated.
-const (
-	ReplicatedConf = "/etc/replicated.conf"
-	SettingsConf   = "/etc/settings.conf"
-	DefaultLicense = "/etc/license.rli"
-)
+// Fetched reports whether any of the files Check validates is in place (before the first
+// boot, in an image build, none is).
+func (f Files) Fetched() bool {
+	l := f.Layout
+	return f.Exists(l.ReplicatedConf()) || f.Exists(l.SettingsConf()) || f.Exists(l.License())
+}
 
 var knownReplicatedKeys = map[string]bool{
 	"DaemonAuthenticationType": true, "DaemonAuthenticationPassword": true, "DaemonToken": true,
@@ -54,22 +58,26 @@ var knownReplicatedKeys = map[string]bool{
 	"HostnameOverride": true, "LocalAddress": true, "NoProxy": true, "HttpProxy": true,
 }
 
-// Check validates replicated.conf, settings.conf and the licence they name.
+// Check validates replicated.conf, settings.conf and the licence they name, at the paths the
+// layout gives them.
 func Check(f Files) []findings.Finding {
 	var out []findings.Finding
-	rc, fs := readJSON(f, ReplicatedConf)
+	l := f.Layout
+	rc, fs := readJSON(f, l.ReplicatedConf())
 	out = append(out, fs...)
-	license := DefaultLicense
+	// The licence Replicated reads is the one LicenseFileLocation names; checkReplicated
+	// reports when that is not the file the layout writes.
+	license := l.License()
 	if rc != nil {
 		out = append(out, checkReplicated(f, rc)...)
 		if v, ok := rc["LicenseFileLocation"].(string); ok && v != "" {
 			license = v
 		}
 	}
-	sc, fs := readJSON(f, SettingsConf)
+	sc, fs := readJSON(f, l.SettingsConf())
 	out = append(out, fs...)
 	if sc != nil {
-		out = append(out, checkSettings(sc)...)
+		out = append(out, checkSettings(l.SettingsConf(), sc)...)
 	}
 	out = append(out, checkLicense(f, license)...)
 	return out
@@ -289,9 +297,10 @@ func maskChar(msg string) string {
 
 func checkReplicated(f Files, m map[string]any) []findings.Finding {
 	var out []findings.Finding
+	conf := f.Layout.ReplicatedConf()
 	need := func(key, why string) {
 		if v, ok := m[key].(string); !ok || strings.TrimSpace(v) == "" {
-			out = append(out, findings.New(findings.FileInvalid, ReplicatedConf, fmt.Sprintf("%s lacks %q (%s)", ReplicatedConf, key, why), "").
+			out = append(out, findings.New(findings.FileInvalid, conf, fmt.Sprintf("%s lacks %q (%s)", conf, key, why), "").
 				WithFix(fmt.Sprintf("add \"%s\": \"...\" to replicated.conf in the bucket", key)))
 		}
 	}
@@ -300,15 +309,23 @@ func checkReplicated(f Files, m map[string]any) []findings.Finding {
 	if m["DaemonAuthenticationType"] == "password" {
 		need("DaemonAuthenticationPassword", "the console password, required with DaemonAuthenticationType password")
 	}
-	for _, key := range []string{"LicenseFileLocation", "ImportSettingsFrom"} {
-		v, ok := m[key].(string)
-		if !ok || v == "" {
-			need(key, "the installer reads it unattended")
-			continue
-		}
-		if !f.Exists(v) {
-			out = append(out, findings.New(findings.FileInvalid, ReplicatedConf, fmt.Sprintf("%s names %s %s, which does not exist", ReplicatedConf, key, v), "").
-				WithFix(fmt.Sprintf("point %s at the file haagent writes (%s or %s), or fetch the file there", key, DefaultLicense, SettingsConf)))
+	for _, named := range []struct{ key, entry, dest string }{
+		{"LicenseFileLocation", layout.License, f.Layout.License()},
+		{"ImportSettingsFrom", layout.Settings, f.Layout.SettingsConf()},
+	} {
+		v, ok := m[named.key].(string)
+		switch {
+		case !ok || v == "":
+			need(named.key, "the installer reads it unattended")
+		case path.Clean(v) != named.dest:
+			// Replicated reads the file replicated.conf names, haagent writes and checks the
+			// one its layout names: they must be the same file.
+			out = append(out, findings.New(findings.FileInvalid, conf,
+				fmt.Sprintf("%s names %s %s, but haagent's layout writes that file to %s (files.%s): Replicated would read a file haagent neither fetches nor checks", conf, named.key, v, named.dest, named.entry), "").
+				WithFix(fmt.Sprintf("set \"%s\": \"%s\" in the bucket's replicated.conf, or files.%s.dest: %s in haagent's config", named.key, named.dest, named.entry, path.Clean(v))))
+		case !f.Exists(v):
+			out = append(out, findings.New(findings.FileInvalid, conf, fmt.Sprintf("%s names %s %s, which does not exist", conf, named.key, v), "").
+				WithFix(fmt.Sprintf("upload the file to the bucket (haagent writes it to %s, files.%s)", named.dest, named.entry)))
 		}
 	}
 	var unknown []string
@@ -319,12 +336,12 @@ func checkReplicated(f Files, m map[string]any) []findings.Finding {
 	}
 	sort.Strings(unknown)
 	for _, k := range unknown {
-		out = append(out, findings.New(findings.FileUnknownKey, ReplicatedConf, fmt.Sprintf("%s has an unknown key %q; Replicated ignores it (a typo?)", ReplicatedConf, k), ""))
+		out = append(out, findings.New(findings.FileUnknownKey, conf, fmt.Sprintf("%s has an unknown key %q; Replicated ignores it (a typo?)", conf, k), ""))
 	}
 	return out
 }
 
-func checkSettings(m map[string]any) []findings.Finding {
+func checkSettings(settingsConf string, m map[string]any) []findings.Finding {
 	var out []findings.Finding
 	keys := make([]string, 0, len(m))
 	for k := range m {
@@ -334,7 +351,7 @@ func checkSettings(m map[string]any) []findings.Finding {
 	for _, k := range keys {
 		obj, ok := m[k].(map[string]any)
 		if _, has := obj["value"]; !ok || !has {
-			out = append(out, findings.New(findings.FileInvalid, SettingsConf, fmt.Sprintf("%s: %q must be an object {\"value\": ...}", SettingsConf, k), fmt.Sprintf("found %s", shape(m[k]))).
+			out = append(out, findings.New(findings.FileInvalid, settingsConf, fmt.Sprintf("%s: %q must be an object {\"value\": ...}", settingsConf, k), fmt.Sprintf("found %s", shape(m[k]))).
 				WithFix(fmt.Sprintf("write it as \"%s\": {\"value\": \"...\"}", k)))
 		}
 	}
@@ -345,7 +362,7 @@ func checkSettings(m map[string]any) []findings.Finding {
 	}
 	need := func(k, why string) {
 		if strings.TrimSpace(str(k)) == "" {
-			out = append(out, findings.New(findings.FileInvalid, SettingsConf, fmt.Sprintf("%s lacks %q (%s)", SettingsConf, k, why), "").
+			out = append(out, findings.New(findings.FileInvalid, settingsConf, fmt.Sprintf("%s lacks %q (%s)", settingsConf, k, why), "").
 				WithFix(fmt.Sprintf("add \"%s\": {\"value\": \"...\"} to settings.conf in the bucket", k)))
 		}
 	}

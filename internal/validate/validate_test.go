@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/layout"
 )
 
 const goodReplicated = `{
@@ -50,7 +51,7 @@ func codes(fs []findings.Finding) string {
 }
 
 func TestGoodFiles(t *testing.T) {
-	if fs := Check(InPlace(tree(t, goodReplicated, goodSettings, "LICENSE"))); len(fs) != 0 {
+	if fs := Check(inPlace(tree(t, goodReplicated, goodSettings, "LICENSE"))); len(fs) != 0 {
 		t.Fatalf("%+v", fs)
 	}
 	// The repository's example bucket must validate too.
@@ -60,7 +61,7 @@ func TestGoodFiles(t *testing.T) {
 		b, _ := os.ReadFile("../../examples/bucket/" + n)
 		os.WriteFile(filepath.Join(root, "etc", n), b, 0o600)
 	}
-	if fs := Check(InPlace(root)); len(fs) != 0 {
+	if fs := Check(inPlace(root)); len(fs) != 0 {
 		t.Fatalf("examples/bucket does not validate: %+v", fs)
 	}
 }
@@ -93,7 +94,7 @@ func TestBrokenFiles(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			fs := Check(InPlace(tree(t, c.replicated, c.settings, c.license)))
+			fs := Check(inPlace(tree(t, c.replicated, c.settings, c.license)))
 			findings.Sort(fs)
 			got := codes(fs)
 			if got != c.want {
@@ -109,12 +110,12 @@ func TestBrokenFiles(t *testing.T) {
 }
 
 func TestSyntaxEvidenceShowsTheLine(t *testing.T) {
-	fs := Check(InPlace(tree(t, goodReplicated, "{\n  \"hostname\": {\"value\": \"x\"},\n  “allow_cluster”: {\"value\": \"1\"}\n}\n", "L")))
+	fs := Check(inPlace(tree(t, goodReplicated, "{\n  \"hostname\": {\"value\": \"x\"},\n  “allow_cluster”: {\"value\": \"1\"}\n}\n", "L")))
 	if len(fs) != 1 || !strings.Contains(fs[0].Evidence, "“allow_cluster”") || !strings.Contains(fs[0].Summary, "typographic quote") {
 		t.Fatalf("%+v", fs)
 	}
 	// A line with a secret is not echoed.
-	fs = Check(InPlace(tree(t, "{\n \"DaemonAuthenticationPassword\": \"s3cr3t\" \"x\"\n}", goodSettings, "L")))
+	fs = Check(inPlace(tree(t, "{\n \"DaemonAuthenticationPassword\": \"s3cr3t\" \"x\"\n}", goodSettings, "L")))
 	if len(fs) == 0 || strings.Contains(fs[0].Evidence, "s3cr3t") {
 		t.Fatalf("%+v", fs)
 	}
@@ -129,7 +130,7 @@ func FuzzCheck(f *testing.F) {
 		os.MkdirAll(filepath.Join(root, "etc"), 0o755)
 		os.WriteFile(filepath.Join(root, "etc/replicated.conf"), rc, 0o600)
 		os.WriteFile(filepath.Join(root, "etc/settings.conf"), sc, 0o600)
-		for _, f := range Check(InPlace(root)) {
+		for _, f := range Check(inPlace(root)) {
 			if !f.Code.Known() || f.Target == "" {
 				t.Fatalf("bad finding %+v", f)
 			}
@@ -153,7 +154,7 @@ func TestSyntaxEvidenceMasksValues(t *testing.T) {
 			`"value": "…>>>`, "Unterminated"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			fs := Check(InPlace(tree(t, goodReplicated, c.settings, "L")))
+			fs := Check(inPlace(tree(t, goodReplicated, c.settings, "L")))
 			if len(fs) != 1 || fs[0].Code != findings.FileSyntax {
 				t.Fatalf("%+v", fs)
 			}
@@ -168,5 +169,58 @@ func TestSyntaxEvidenceMasksValues(t *testing.T) {
 				t.Errorf("the value appears in the finding: %+v", f)
 			}
 		})
+	}
+}
+
+// inPlace reads the files of the default layout under root.
+func inPlace(root string) Files { return InPlace(layout.New(root, nil)) }
+
+// moved is the default layout with settings.conf and the licence moved within /etc, as a
+// config's files.settings.dest and files.license.dest move them.
+func moved(root string) layout.Layout {
+	entries := layout.Defaults()
+	for i := range entries {
+		switch entries[i].Name {
+		case layout.Settings:
+			entries[i].Dest = "/etc/circleci/settings.conf"
+		case layout.License:
+			entries[i].Dest = "/etc/circleci/license.rli"
+		}
+	}
+	return layout.New(root, entries)
+}
+
+// A layout that moves settings.conf and the licence is what Check reads and what
+// replicated.conf must name; a replicated.conf that still names the old paths is refused,
+// because Replicated would import files haagent neither fetches nor checks.
+func TestCheckFollowsTheLayout(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc/circleci"), 0o755)
+	conf := strings.NewReplacer("/etc/license.rli", "/etc/circleci/license.rli", "/etc/settings.conf", "/etc/circleci/settings.conf").Replace(goodReplicated)
+	os.WriteFile(filepath.Join(root, "etc/replicated.conf"), []byte(conf), 0o644)
+	os.WriteFile(filepath.Join(root, "etc/circleci/settings.conf"), []byte(goodSettings), 0o640)
+	os.WriteFile(filepath.Join(root, "etc/circleci/license.rli"), []byte("L"), 0o640)
+	if fs := Check(InPlace(moved(root))); len(fs) != 0 {
+		t.Fatalf("the moved files do not validate: %+v", fs)
+	}
+	// A broken settings.conf at the moved path is found there.
+	os.WriteFile(filepath.Join(root, "etc/circleci/settings.conf"), []byte("{\n  \"hostname\": {\"value\": \"x\"},\n}\n"), 0o640)
+	if got := codes(Check(InPlace(moved(root)))); got != "FILE_SYNTAX@/etc/circleci/settings.conf:3:1" {
+		t.Fatalf("got %s", got)
+	}
+	os.WriteFile(filepath.Join(root, "etc/circleci/settings.conf"), []byte(goodSettings), 0o640)
+
+	// replicated.conf naming the default paths, which exist too: each is a mismatch.
+	os.WriteFile(filepath.Join(root, "etc/replicated.conf"), []byte(goodReplicated), 0o644)
+	os.WriteFile(filepath.Join(root, "etc/settings.conf"), []byte(goodSettings), 0o640)
+	os.WriteFile(filepath.Join(root, "etc/license.rli"), []byte("L"), 0o640)
+	fs := Check(InPlace(moved(root)))
+	if got := codes(fs); got != "FILE_INVALID@/etc/replicated.conf FILE_INVALID@/etc/replicated.conf" {
+		t.Fatalf("got %s\n%+v", got, fs)
+	}
+	for _, f := range fs {
+		if !strings.Contains(f.Summary, "neither fetches nor checks") || !strings.Contains(f.Fix, "/etc/circleci/") {
+			t.Errorf("the finding does not say the paths disagree, or its fix does not name the layout's path: %+v", f)
+		}
 	}
 }

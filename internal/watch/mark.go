@@ -11,9 +11,6 @@ import (
 	"github.com/haagent/haagent/internal/atomicfile"
 )
 
-// MarkPath is where the service keeps how far the frontend's logs were forwarded (under --root).
-const MarkPath = "/var/lib/haagent/frontend-logs.json"
-
 // DefaultMarkEvery is how often the mark is saved while lines flow. It is also saved when
 // Follow ends; a haagent killed outright forwards at most this much again after its restart.
 const DefaultMarkEvery = 10 * time.Second
