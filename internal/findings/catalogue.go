@@ -1,5 +1,7 @@
 package findings
 
+import "slices"
+
 // The catalogue: every code haagent can report, registered once here. Each code is an exported
 // value (PGAuthFailed for PG_AUTH_FAILED), so a reporter that mistypes one fails to compile,
 // and docs, tests and config validation list them from Catalogue(). Codes are stable:
@@ -92,28 +94,33 @@ var (
 	ProbeInconclusive = register(Entry{Code: "PROBE_INCONCLUSIVE", Severity: Warning, Blocking: false, Service: "network",
 		Fix: "haagent could not tell; see the evidence"})
 
-	// reachability is what DNS, TCP and the server's certificate say about a server, true for
-	// every client of it: when one of them fires for a host, what a PostgreSQL, MongoDB or
-	// Vault probe says about the same host is noise (DependsOn; Fold). Not among them:
-	// TLS_REQUIRED, a disagreement between one client's setting and the server (Vault's probe
-	// sent to PostgreSQL's port says nothing about PostgreSQL's password), and TLS_OFF, after
-	// which a server is still asked what it can be asked.
-	reachability = []Code{DNSNotFound, TCPRefused, TCPTimeout, TLSUnknownAuthority, TLSHostnameMismatch, TLSExpired}
+	// reachability is what DNS and TCP say about a server, true for every client of it: when
+	// one of them fires for a host, nothing a PostgreSQL, MongoDB or Vault probe says about the
+	// same host can have been observed, so it is noise (DependsOn; Fold).
+	reachability = []Code{DNSNotFound, TCPRefused, TCPTimeout}
+	// verifiedServer adds what the server's certificate says: after it, the PostgreSQL and
+	// Vault probes send no credential and stop, so a PG_* or VAULT_* code for that server
+	// cannot be this run's observation. Not MongoDB's: its probe goes on unverified (isMaster
+	// only) and what it learns there (a replica set name that does not match, no primary) is
+	// true and has a fix of its own. Not TLS_REQUIRED either, one client's setting against the
+	// server (Vault's probe sent to PostgreSQL's port says nothing about PostgreSQL's
+	// password), nor TLS_OFF, after which a server is still asked what it can be asked.
+	verifiedServer = append(slices.Clip(reachability), TLSUnknownAuthority, TLSHostnameMismatch, TLSExpired)
 
 	// PostgreSQL
-	PGAuthFailed = register(Entry{Code: "PG_AUTH_FAILED", Severity: Error, Blocking: true, Service: "postgres", DependsOn: reachability,
+	PGAuthFailed = register(Entry{Code: "PG_AUTH_FAILED", Severity: Error, Blocking: true, Service: "postgres", DependsOn: verifiedServer,
 		Fix: "check POSTGRES_USER and POSTGRES_PASSWORD against the role (ALTER ROLE circle PASSWORD '...')"})
-	PGHBARejected = register(Entry{Code: "PG_HBA_REJECTED", Severity: Error, Blocking: true, Service: "postgres", DependsOn: reachability,
+	PGHBARejected = register(Entry{Code: "PG_HBA_REJECTED", Severity: Error, Blocking: true, Service: "postgres", DependsOn: verifiedServer,
 		Fix: "add a pg_hba.conf line (or RDS security settings) admitting this user from this host, with TLS as the server requires"})
-	PGDatabaseMissing = register(Entry{Code: "PG_DATABASE_MISSING", Severity: Error, Blocking: true, Service: "postgres", DependsOn: reachability,
+	PGDatabaseMissing = register(Entry{Code: "PG_DATABASE_MISSING", Severity: Error, Blocking: true, Service: "postgres", DependsOn: verifiedServer,
 		Fix: "create the database: CREATE DATABASE name OWNER circle;"})
-	PGConnectDenied = register(Entry{Code: "PG_CONNECT_DENIED", Severity: Error, Blocking: true, Service: "postgres", DependsOn: reachability,
+	PGConnectDenied = register(Entry{Code: "PG_CONNECT_DENIED", Severity: Error, Blocking: true, Service: "postgres", DependsOn: verifiedServer,
 		Fix: "GRANT CONNECT ON DATABASE name TO circle;"})
-	PGExtensionMissing = register(Entry{Code: "PG_EXTENSION_MISSING", Severity: Error, Blocking: true, Service: "postgres", DependsOn: reachability,
+	PGExtensionMissing = register(Entry{Code: "PG_EXTENSION_MISSING", Severity: Error, Blocking: true, Service: "postgres", DependsOn: verifiedServer,
 		Fix: "install the extension in that database as a superuser"})
-	PGVersionUnsupported = register(Entry{Code: "PG_VERSION_UNSUPPORTED", Severity: Error, Blocking: true, Service: "postgres", DependsOn: reachability,
+	PGVersionUnsupported = register(Entry{Code: "PG_VERSION_UNSUPPORTED", Severity: Error, Blocking: true, Service: "postgres", DependsOn: verifiedServer,
 		Fix: "CircleCI needs PostgreSQL 9.5 or later: upgrade the server"})
-	PGReadOnly = register(Entry{Code: "PG_READ_ONLY", Severity: Error, Blocking: true, Service: "postgres", DependsOn: reachability,
+	PGReadOnly = register(Entry{Code: "PG_READ_ONLY", Severity: Error, Blocking: true, Service: "postgres", DependsOn: verifiedServer,
 		Fix: "point POSTGRES_HOST at the primary (the writer endpoint on RDS), not a replica"})
 
 	// MongoDB
@@ -135,21 +142,21 @@ var (
 	// Vault. The probe names the command line of the server's version in its fix (0.7, the
 	// runbook's: vault unseal, vault token-create, vault mount, vault policy-write); these
 	// defaults give both.
-	VaultSchemeMismatch = register(Entry{Code: "VAULT_SCHEME_MISMATCH", Severity: Error, Blocking: true, Service: "vault", DependsOn: reachability,
+	VaultSchemeMismatch = register(Entry{Code: "VAULT_SCHEME_MISMATCH", Severity: Error, Blocking: true, Service: "vault", DependsOn: verifiedServer,
 		Fix: "make VAULT__SCHEME match the listener: https for a TLS listener"})
-	VaultSealed = register(Entry{Code: "VAULT_SEALED", Severity: Error, Blocking: true, Service: "vault", DependsOn: reachability,
+	VaultSealed = register(Entry{Code: "VAULT_SEALED", Severity: Error, Blocking: true, Service: "vault", DependsOn: verifiedServer,
 		Fix: "unseal Vault with the required number of unseal keys: vault operator unseal (Vault 0.x: vault unseal), repeated per key holder"})
-	VaultUninitialized = register(Entry{Code: "VAULT_UNINITIALIZED", Severity: Error, Blocking: true, Service: "vault", DependsOn: reachability,
+	VaultUninitialized = register(Entry{Code: "VAULT_UNINITIALIZED", Severity: Error, Blocking: true, Service: "vault", DependsOn: verifiedServer,
 		Fix: "initialize Vault (vault operator init; Vault 0.x: vault init), unseal it, mount transit and issue the services' token"})
-	VaultTokenInvalid = register(Entry{Code: "VAULT_TOKEN_INVALID", Severity: Error, Blocking: true, Service: "vault", DependsOn: reachability,
+	VaultTokenInvalid = register(Entry{Code: "VAULT_TOKEN_INVALID", Severity: Error, Blocking: true, Service: "vault", DependsOn: verifiedServer,
 		Fix: "issue a new periodic token: vault token create -policy=NAME -period=1h (Vault 0.x: vault token-create -policy=NAME -period=1h), and put it in VAULT__CLIENT_TOKEN"})
-	VaultTokenExpiring = register(Entry{Code: "VAULT_TOKEN_EXPIRING", Severity: Error, Blocking: false, Service: "vault", DependsOn: reachability,
+	VaultTokenExpiring = register(Entry{Code: "VAULT_TOKEN_EXPIRING", Severity: Error, Blocking: false, Service: "vault", DependsOn: verifiedServer,
 		Fix: "issue a renewable periodic token without an explicit max TTL: vault token create -policy=NAME -period=1h (Vault 0.x: vault token-create)"})
-	VaultPermissionDenied = register(Entry{Code: "VAULT_PERMISSION_DENIED", Severity: Error, Blocking: true, Service: "vault", DependsOn: reachability,
+	VaultPermissionDenied = register(Entry{Code: "VAULT_PERMISSION_DENIED", Severity: Error, Blocking: true, Service: "vault", DependsOn: verifiedServer,
 		Fix: "attach a policy granting the transit paths to the token"})
-	VaultTransitMissing = register(Entry{Code: "VAULT_TRANSIT_MISSING", Severity: Error, Blocking: true, Service: "vault", DependsOn: reachability,
+	VaultTransitMissing = register(Entry{Code: "VAULT_TRANSIT_MISSING", Severity: Error, Blocking: true, Service: "vault", DependsOn: verifiedServer,
 		Fix: "vault secrets enable transit (Vault 0.x: vault mount transit), and set VAULT__TRANSIT_MOUNT to its path"})
-	VaultRedirect = register(Entry{Code: "VAULT_REDIRECT", Severity: Warning, Blocking: false, Service: "vault", DependsOn: reachability,
+	VaultRedirect = register(Entry{Code: "VAULT_REDIRECT", Severity: Warning, Blocking: false, Service: "vault", DependsOn: verifiedServer,
 		Fix: "point VAULT__SCHEME, VAULT__HOST and VAULT__PORT at the active Vault node or at a load balancer that sends requests to it"})
 
 	// the frontend watch

@@ -17,6 +17,8 @@ func TestFold(t *testing.T) {
 	sealed := New(VaultSealed, "https://vault:8200", "sealed", "").WithHost("VAULT:8200")
 	noHost := New(PGAuthFailed, "", "no host known", "")
 	mongoRefused := New(TCPRefused, "mongo:27017", "refused", "").WithHost("mongo:27017")
+	mongoTLS := New(TLSUnknownAuthority, "mongo:27017", "unknown CA", "").WithHost("mongo:27017")
+	replset := New(MongoReplsetMismatch, "mongo:27017?replicaSet=rs0", "the set is rs1", "").WithHost("mongo:27017")
 	keys := New(KeysConflict, "k", "conflict", "").WithHost("db.internal:5432") // no DependsOn
 
 	for _, c := range []struct {
@@ -33,6 +35,9 @@ func TestFold(t *testing.T) {
 		{"a code without DependsOn stays", []Finding{refused, keys}, "TCP_REFUSED@db.internal:5432 KEYS_CONFLICT@db.internal:5432"},
 		// Two upstream findings of the same layer for different servers: both stay, nothing
 		// folds into the other (neither depends on TCP_REFUSED).
+		// MongoDB's probe goes on unverified and what it learns there has a fix of its own.
+		{"mongo after a certificate failure", []Finding{mongoTLS, replset}, "TLS_UNKNOWN_AUTHORITY@mongo:27017 MONGO_REPLSET_MISMATCH@mongo:27017"},
+		{"mongo after a refusal", []Finding{replset, mongoRefused}, "TCP_REFUSED@mongo:27017[MONGO_REPLSET_MISMATCH]"},
 		{"independent upstreams", []Finding{refused, mongoRefused}, "TCP_REFUSED@db.internal:5432 TCP_REFUSED@mongo:27017"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
