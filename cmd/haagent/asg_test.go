@@ -289,3 +289,93 @@ func TestGuardReplacesOnlyWhenANewInstanceWouldFareBetter(t *testing.T) {
 		t.Fatalf("%d SetInstanceHealth calls; a request is final", n)
 	}
 }
+
+// Fault 9: the group lookup fails at boot (DescribeAutoScalingInstances throttled past the
+// SDK's own retries) and goes on failing until after the boot completed. Self-healing is not
+// lost for the instance's life: the asg-lookup monitor retries in the background and, once the
+// group answers, does what the boot would have done: checks the group, completes the launch
+// lifecycle action that still waits, and starts the replacement guard.
+func TestAThrottledGroupLookupIsRetriedInTheBackground(t *testing.T) {
+	const id = "i-0a5a000000000009"
+	d := peertest.StartDocker(t)
+	image := d.BusyboxImage(t)
+	w := newWorld(t, id) // no tag in the metadata: the group comes from DescribeAutoScalingInstances
+	a := w.startASG(id, nil)
+	a.LaunchPending(id, "haagent-launch")
+	a.Throttle("DescribeAutoScalingInstances", -1)
+	w.watchCfg = "watch:\n  stuck_after: 1h\n"
+	w.installer.setScript(standinWith(t, fmt.Sprintf("DOCKER_HOST=%s docker run -d --name frontend --network none %s sh -c 'echo frontend up; sleep 3600' >/dev/null", d.Host, image)))
+	// heartbeat_every bounds the lookup's backoff: the waiting action must hear from the
+	// instance before its heartbeat timeout.
+	w.writeConfig(w.s3.URL, fmt.Sprintf("asg:\n  enabled: true\n  lifecycle_hook: haagent-launch\n  endpoint: %s\n  heartbeat_every: 300ms\n  replace:\n    enabled: true\n", a.URL))
+
+	cmd, stderr, msgs := w.startService("DOCKER_HOST=" + d.Host)
+	deadline := time.After(120 * time.Second)
+	for complete := false; !complete; {
+		select {
+		case m := <-msgs:
+			complete = m == "STATUS=boot complete"
+		case <-deadline:
+			t.Fatalf("no boot complete:\n%s", stderr.String())
+		}
+	}
+	go func() {
+		for range msgs {
+		}
+	}()
+	if n := len(a.Calls("CompleteLifecycleAction")); n != 0 {
+		t.Fatalf("%d completions while the group was not known", n)
+	}
+	// The boot is complete without the group; the lookup has been retried meanwhile.
+	a.Wait(t, 60*time.Second, "a retried lookup", func(c []peertest.ASGCall) bool {
+		return strings.Count(strings.Join(actions(c), " "), "DescribeAutoScalingInstances") > 3
+	})
+	a.Throttle("DescribeAutoScalingInstances", 0)
+	a.Wait(t, 60*time.Second, "CompleteLifecycleAction", func(c []peertest.ASGCall) bool {
+		return strings.Contains(strings.Join(actions(c), " "), "CompleteLifecycleAction")
+	})
+	if a.Pending(id) {
+		t.Fatal("the launch lifecycle action still waits")
+	}
+	if done := a.Calls("CompleteLifecycleAction")[0].Params; done.Get("LifecycleActionResult") != "CONTINUE" || done.Get("InstanceId") != id {
+		t.Fatalf("CompleteLifecycleAction: %v", done)
+	}
+	type monitor struct {
+		Name     string             `json:"name"`
+		State    string             `json:"state"`
+		Findings []findings.Finding `json:"findings"`
+	}
+	var mons map[string]monitor
+	var st result
+	eventually(t, 30*time.Second, "the monitors in the run record", func() bool {
+		st = w.run("status", "--json")
+		var out struct {
+			Runs []struct {
+				Monitors []monitor `json:"monitors"`
+			} `json:"runs"`
+		}
+		if json.Unmarshal([]byte(st.stdout), &out) != nil || len(out.Runs) == 0 {
+			return false
+		}
+		mons = map[string]monitor{}
+		for _, m := range out.Runs[len(out.Runs)-1].Monitors {
+			mons[m.Name] = m
+		}
+		return mons["asg-lookup"].State == "done" && mons["guard"].State == "running"
+	}, func() string { return st.stdout + stderr.String() })
+	for _, f := range mons["asg-lookup"].Findings {
+		if f.Code == findings.ASGAPIFailed {
+			t.Fatalf("the lookup's failure is still reported once it succeeded: %+v", f)
+		}
+	}
+	if !strings.Contains(stderr.String(), "the Auto Scaling group is known now") {
+		t.Fatalf("the journal does not say the lookup succeeded:\n%s", stderr.String())
+	}
+	// The guard, which waited for the group, now watches the frontend.
+	d.MustRun(t, "kill", "frontend")
+	eventually(t, 60*time.Second, "the guard seeing the frontend down", func() bool {
+		return strings.Contains(stderr.String(), "the frontend is down")
+	}, stderr.String)
+	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Wait()
+}

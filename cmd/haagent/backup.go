@@ -25,7 +25,7 @@ func (c *backupCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return usageErr("usage: haagent backup keys")
 	}
 	log := logging.New(stderr, 0)
-	env, release, err := c.g.prepare(log)
+	env, release, err := c.g.prepare(log, false)
 	if err != nil {
 		return err
 	}

@@ -39,7 +39,7 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	log := logging.New(stderr, level)
 
-	env, release, err := c.g.prepare(log)
+	env, release, err := c.g.prepare(log, c.reinstall)
 	if err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) && ee.code == 2 {
@@ -48,12 +48,11 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer release()
-	// At exit (SIGTERM, or the end of --once) the steps' background work is stopped and waited
-	// for: the log forwarding saves how far it got, for the next haagent.
+	// At exit (SIGTERM, or the end of --once) the monitors are stopped and waited for: the log
+	// forwarding saves how far it got, for the next haagent.
 	ctx, stop := context.WithCancel(ctx)
 	defer env.Drain(5 * time.Second)
 	defer stop()
-	env.Reinstall = c.reinstall
 	r := &bootstrap.Runner{Steps: bootstrap.Steps, Once: c.once, StatePath: c.g.path(layout.StateFile), BootRunsPath: c.g.path(layout.BootRuns)}
 	if !c.once {
 		// READY means "the agent is up and driving the boot"; the boot itself can take half an
@@ -74,7 +73,9 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	// lock only around its writes, so `haagent backup keys` and the like work meanwhile.
 	env.HoldsLock.Store(false)
 	release()
-	bootstrap.KeepAlive(ctx)
+	// From here the supervisor's loop is haagent's main loop: it feeds systemd's watchdog only
+	// while every monitor iterates.
+	env.WatchMonitors(ctx)
 	return nil
 }
 
@@ -114,7 +115,7 @@ func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) {
 // prepare loads the config (validated before any side effect; an absent file is not an error
 // yet: the imds step may find the config in the user-data), takes the lock and loads the run
 // record: what every command that changes the machine needs.
-func (g *globals) prepare(log *slog.Logger) (*bootstrap.Env, func(), error) {
+func (g *globals) prepare(log *slog.Logger, reinstall bool) (*bootstrap.Env, func(), error) {
 	cfg, err := config.Load(g.configPath())
 	switch {
 	case errors.Is(err, config.ErrNoConfig):
@@ -136,7 +137,7 @@ func (g *globals) prepare(log *slog.Logger) (*bootstrap.Env, func(), error) {
 	if cfg != nil {
 		imdsTimeout = cfg.IMDS.Timeout.D()
 	}
-	env := &bootstrap.Env{Root: g.root, Log: log, Config: cfg, ConfigPath: g.configPath(), IMDSTimeout: imdsTimeout, Record: rec, LockPath: g.path(layout.LockFile)}
+	env := bootstrap.NewEnv(bootstrap.Inputs{Root: g.root, Log: log, FileConfig: cfg, ConfigPath: g.configPath(), IMDSTimeout: imdsTimeout, Reinstall: reinstall, LockPath: g.path(layout.LockFile)}, rec)
 	env.HoldsLock.Store(true)
 	return env, lk.Release, nil
 }

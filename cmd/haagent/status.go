@@ -180,16 +180,29 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 	}
 	if len(fs) > 0 {
 		fmt.Fprintln(w, "findings:")
-		findings.Sort(fs)
-		for _, f := range fs {
-			fmt.Fprintf(w, "  %-7s %s: %s\n", f.Severity, f.Code, f.Summary)
-			if f.Fix != "" {
-				fmt.Fprintf(w, "          fix: %s\n", f.Fix)
+		printFindings(w, fs)
+	}
+	// What runs beside and after the steps, each monitor's current findings under its name.
+	var mons []string
+	for _, m := range last.Monitors {
+		var fs []findings.Finding
+		for _, f := range m.Findings {
+			if f.Code != findings.KeysConflict {
+				fs = append(fs, f)
 			}
 			for _, s := range f.Suppressed {
 				fmt.Fprintf(w, "          also suppressed: %s\n", findings.Redact(s))
 			}
 		}
+		if len(fs) > 0 {
+			var b strings.Builder
+			fmt.Fprintf(&b, "  %s:\n", m.Name)
+			printFindings(&b, fs)
+			mons = append(mons, b.String())
+		}
+	}
+	if len(mons) > 0 {
+		fmt.Fprint(w, "monitors:\n"+strings.Join(mons, ""))
 	}
 	if len(runs) > 1 {
 		fmt.Fprintln(w, "earlier runs:")
@@ -200,6 +213,16 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 				fmt.Fprintf(w, "  %s", r.Error)
 			}
 			fmt.Fprintln(w)
+		}
+	}
+}
+
+func printFindings(w io.Writer, fs []findings.Finding) {
+	findings.Sort(fs)
+	for _, f := range fs {
+		fmt.Fprintf(w, "  %-7s %s: %s\n", f.Severity, f.Code, f.Summary)
+		if f.Fix != "" {
+			fmt.Fprintf(w, "          fix: %s\n", f.Fix)
 		}
 	}
 }

@@ -280,19 +280,28 @@ func (c *Client) Health(ctx context.Context) (string, error) {
 	return "", fmt.Errorf("DescribeAutoScalingInstances does not list %s", c.instance)
 }
 
-// Heartbeats records a heartbeat at every tick until ctx ends or the action is gone. expired is
-// called once if the action disappears after at least one heartbeat went through (its timeout
-// passed while the boot still ran).
-func (c *Client) Heartbeats(ctx context.Context, every time.Duration, tick <-chan time.Time, expired func(error)) {
+// Heartbeats records a heartbeat at every tick (nil: every `every`) until ctx ends (nil) or
+// the action is gone (an error wrapping ErrNoLifecycleAction). alive (nil: none) is called
+// each time its loop goes round, and at least every AliveEvery between two heartbeats: a
+// heartbeat every five minutes is an idle loop, not a dead one.
+func (c *Client) Heartbeats(ctx context.Context, every time.Duration, tick <-chan time.Time, alive func()) error {
 	if tick == nil {
 		t := time.NewTicker(every)
 		defer t.Stop()
 		tick = t.C
 	}
+	if alive == nil {
+		alive = func() {}
+	}
+	wake := time.NewTicker(min(every, AliveEvery))
+	defer wake.Stop()
 	for {
+		alive()
 		select {
 		case <-ctx.Done():
-			return
+			return nil
+		case <-wake.C:
+			continue
 		case <-tick:
 		}
 		err := c.Heartbeat(ctx)
@@ -300,13 +309,16 @@ func (c *Client) Heartbeats(ctx context.Context, every time.Duration, tick <-cha
 		case err == nil:
 			c.log.Debug("lifecycle heartbeat recorded", "group", c.Group, "hook", c.hook)
 		case errors.Is(err, ErrNoLifecycleAction):
-			if ctx.Err() == nil && expired != nil {
-				expired(err)
+			if ctx.Err() != nil {
+				return nil
 			}
-			return
+			return err
 		case ctx.Err() == nil:
 			// A lost heartbeat is not fatal: the hook allows for two; say so and go on.
 			c.log.Warn("lifecycle heartbeat failed; trying again at the next one", "group", c.Group, "hook", c.hook, "error", err.Error())
 		}
 	}
 }
+
+// AliveEvery is how often a waiting loop of this package says it is alive.
+const AliveEvery = 30 * time.Second

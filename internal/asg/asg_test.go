@@ -169,7 +169,7 @@ func TestHeartbeatsFollowTheTicks(t *testing.T) {
 	expired := make(chan error, 2)
 	done := make(chan struct{})
 	go func() {
-		c.Heartbeats(context.Background(), time.Hour, tick, func(err error) { expired <- err })
+		expired <- c.Heartbeats(context.Background(), time.Hour, tick, nil)
 		close(done)
 	}()
 	for i := 1; i <= 3; i++ {
@@ -179,8 +179,8 @@ func TestHeartbeatsFollowTheTicks(t *testing.T) {
 	a.EndAction(instance)
 	tick <- time.Now()
 	<-done
-	if len(expired) != 1 {
-		t.Fatalf("expired reported %d times", len(expired))
+	if err := <-expired; !errors.Is(err, ErrNoLifecycleAction) {
+		t.Fatalf("Heartbeats returned %v once the action was gone, want ErrNoLifecycleAction", err)
 	}
 	if n := len(a.Calls("RecordLifecycleActionHeartbeat")); n != 4 {
 		t.Fatalf("%d heartbeats for 4 ticks", n)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,10 +38,9 @@ func TestBackupSkippedOnlyOnARebootOfACompletedInstance(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			env := &Env{Root: t.TempDir(), Log: slog.New(slog.DiscardHandler), Config: cfg, Bucket: dead,
-				Instance: imds.Info{InstanceID: "i-0this"}, Record: &state.Record{Version: state.Version, Runs: tc.runs}}
-			env.beginStep("backup-keys")
-			err := StepBackupKeys(ctx, env)
+			env := quietEnv(Inputs{Root: t.TempDir()}, &state.Record{Version: state.Version, Runs: tc.runs})
+			env.Config, env.Bucket, env.Instance = cfg, dead, imds.Info{InstanceID: "i-0this"}
+			fs, err := attempt(t, ctx, env, "backup-keys")
 			var fail *findings.Failure
 			if tc.wantFail {
 				if !errors.As(err, &fail) || fail.Findings[0].Code != findings.KeysNotBackedUp {
@@ -53,7 +51,7 @@ func TestBackupSkippedOnlyOnARebootOfACompletedInstance(t *testing.T) {
 			if err != nil {
 				t.Fatalf("a reboot with S3 down goes on: %v", err)
 			}
-			if fs := env.Findings([]Step{{Name: "backup-keys"}}); len(fs) != 1 || fs[0].Code != findings.KeysBackupSkipped {
+			if len(fs) != 1 || fs[0].Code != findings.KeysBackupSkipped {
 				t.Fatalf("want KEYS_BACKUP_SKIPPED, got %+v", fs)
 			}
 		})
@@ -67,8 +65,9 @@ func TestConfiguredEncryptionIsTheBucketsDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := &Env{Root: t.TempDir(), Log: slog.New(slog.DiscardHandler), Config: cfg, Instance: imds.Info{Region: "us-east-1"}}
-	if err := stepConfig(context.Background(), env); err != nil {
+	env := quietEnv(Inputs{Root: t.TempDir(), FileConfig: cfg}, nil)
+	env.Instance = imds.Info{Region: "us-east-1"}
+	if _, err := attempt(t, context.Background(), env, "config"); err != nil {
 		t.Fatal(err)
 	}
 	if enc := env.Bucket.Encryption(); enc.SSE != "aws:kms" || enc.KMSKeyID != "alias/circleci" {
@@ -111,10 +110,9 @@ func TestKeysMissingHoldsAcrossRestarts(t *testing.T) {
 	statePath := filepath.Join(t.TempDir(), "state.json")
 	fetchOnce := func(run int, rec *state.Record) error {
 		rec.Runs = append(rec.Runs, state.Run{ID: fmt.Sprint(run), InstanceID: "i-0new", Status: state.Retrying})
-		env := &Env{Root: root, Log: slog.New(slog.DiscardHandler), Config: cfg, Bucket: b,
-			Instance: imds.Info{InstanceID: "i-0new"}, Record: rec, Run: &rec.Runs[len(rec.Runs)-1]}
-		env.beginStep("fetch")
-		err := stepFetch(context.Background(), env)
+		env := quietEnv(Inputs{Root: root}, rec)
+		env.Config, env.Bucket, env.Instance = cfg, b, imds.Info{InstanceID: "i-0new"}
+		_, err := attempt(t, context.Background(), env, "fetch")
 		if env.Bundle != nil {
 			env.Bundle.Discard()
 		}
@@ -188,32 +186,32 @@ func TestKeysScanRestoresABackupDeletedFromTheBucket(t *testing.T) {
 	if err := os.Chtimes(k, old, old); err != nil {
 		t.Fatal(err)
 	}
-	env := &Env{Root: root, Log: slog.New(slog.DiscardHandler), Config: cfg, Bucket: b,
-		Instance: imds.Info{InstanceID: "i-0this"}, Record: &state.Record{Version: state.Version}}
-	env.beginStep("backup-keys")
+	env := quietEnv(Inputs{Root: root}, nil)
+	env.Config, env.Bucket, env.Instance = cfg, b, imds.Info{InstanceID: "i-0this"}
 	ctx := context.Background()
+	set := func(...findings.Finding) {} // the monitor's Set: its findings are not what this test is about
 	var sc keyScanner
 	backedUp := func() bool {
 		return string(s.Object("circleci-ha", "circleci-encryption-keys/00-default.key")) == "the only key"
 	}
 	for i := 0; i < 3; i++ {
-		sc.scan(ctx, env, time.Minute)
+		sc.scan(ctx, env, set, time.Minute)
 	}
 	if !backedUp() {
 		t.Fatal("the scan did not back up the key")
 	}
-	if sc.scan(ctx, env, time.Minute) {
+	if sc.scan(ctx, env, set, time.Minute) {
 		t.Fatal("a settled scan with nothing changed on either side compared every key again")
 	}
 	s.Delete(t, "circleci-ha", "circleci-encryption-keys/00-default.key")
-	sc.scan(ctx, env, time.Minute)
+	sc.scan(ctx, env, set, time.Minute)
 	if !backedUp() {
 		t.Fatal("the backup copy was deleted from the bucket and the next scan did not put it back")
 	}
 	// Replaced in the bucket by a copy of another size: compared again, a conflict.
 	s.Delete(t, "circleci-ha", "circleci-encryption-keys/00-default.key")
 	s.Put(t, "circleci-ha", "circleci-encryption-keys/00-default.key", []byte("someone else's key"))
-	sc.scan(ctx, env, time.Minute)
+	sc.scan(ctx, env, set, time.Minute)
 	if env.syncRecord(); len(env.Record.KeyConflicts) != 1 {
 		t.Fatalf("a bucket copy that changed was not compared again: conflicts %+v", env.Record.KeyConflicts)
 	}

@@ -64,12 +64,16 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 	}
 	env.runCtx = ctx
 	now := time.Now().UTC()
-	env.Record.Runs = append(env.Record.Runs, state.Run{
-		ID:     now.Format("20060102T150405Z") + fmt.Sprintf("-%d", os.Getpid()),
-		BootID: BootID(), Mode: mode, PID: os.Getpid(), Start: now, Status: state.Running,
+	r.update(env, func() {
+		// From here on every save writes the record, the monitors' too (Env.save), from their
+		// own goroutines: a crash loop is in `haagent status` while the watch still waits.
+		env.ledger.path, env.ledger.steps = r.StatePath, r.Steps
+		env.Record.Runs = append(env.Record.Runs, state.Run{
+			ID:     now.Format("20060102T150405Z") + fmt.Sprintf("-%d", os.Getpid()),
+			BootID: BootID(), Mode: mode, PID: os.Getpid(), Start: now, Status: state.Running,
+		})
+		env.Run = env.Record.Last()
 	})
-	env.Run = env.Record.Last()
-	r.save(env)
 	if r.BootRunsPath != "" {
 		if err := state.MarkThisBoot(r.BootRunsPath, env.Run.ID); err != nil {
 			env.Log.Error("cannot mark the run as this boot's; `haagent status --wait` will not see it", "error", err.Error())
@@ -97,15 +101,12 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 			return r.finish(env, state.Failed, fmt.Errorf("%s: %w", s.Name, err))
 		}
 		wait := r.Backoff(attempt)
-		env.Run.Status = state.Retrying
-		env.Run.Error = fmt.Sprintf("%s: %s", s.Name, err)
-		r.save(env)
+		r.update(env, func() { env.Run.Status, env.Run.Error = state.Retrying, fmt.Sprintf("%s: %s", s.Name, err) })
 		Notify("STATUS=" + truncate(fmt.Sprintf("%s failed (attempt %d), retrying in %s: %s", s.Name, attempt, wait, headline(err)), 200))
-		if err := sleep(ctx, wait, watchdog); err != nil {
+		if err := sleep(ctx, wait, watchdog, env.monitorsHealthy); err != nil {
 			return r.finish(env, "interrupted", fmt.Errorf("%s: interrupted: %w", s.Name, err))
 		}
-		env.Run.Status = state.Running
-		env.Run.Error = ""
+		r.update(env, func() { env.Run.Status, env.Run.Error = state.Running, "" })
 		// Retry the step itself, or the earlier step it depends on (a fix in the bucket must
 		// be fetched again before it can be validated).
 		i = retryIndex(r.Steps, i) - 1
@@ -123,8 +124,11 @@ func CheckSteps(steps []Step) error {
 		if seen[s.Name] {
 			return fmt.Errorf("boot step table: step %q appears twice", s.Name)
 		}
-		if s.RetryFrom != "" && !seen[s.RetryFrom] {
-			return fmt.Errorf("boot step table: step %q retries from %q, which is not an earlier step", s.Name, s.RetryFrom)
+		if s.Retry.from != "" && !seen[s.Retry.from] {
+			return fmt.Errorf("boot step table: step %q retries from %q, which is not an earlier step", s.Name, s.Retry.from)
+		}
+		if s.Do == nil {
+			return fmt.Errorf("boot step table: step %q has nothing to do", s.Name)
 		}
 		seen[s.Name] = true
 	}
@@ -134,63 +138,91 @@ func CheckSteps(steps []Step) error {
 // retryIndex is where a failed step i starts again: the earlier step it retries from, or itself.
 func retryIndex(steps []Step, i int) int {
 	for j := range steps[:i] {
-		if steps[j].Name == steps[i].RetryFrom {
+		if steps[j].Name == steps[i].Retry.from {
 			return j
 		}
 	}
 	return i
 }
 
+// outcome is what an attempt returned.
+type outcome struct {
+	apply func(*Env)
+	fs    []findings.Finding
+	err   error
+}
+
 func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, watchdog time.Duration) error {
-	env.beginStep(s.Name)
+	env.ledger.book.beginStep(s.Name)
 	log := env.Log.With("step", s.Name)
 	start := time.Now()
-	rec := r.stepRecord(env, s.Name)
-	rec.Status, rec.Attempts, rec.Start, rec.Duration, rec.Error = "running", attempt, start.UTC(), "", ""
-	r.save(env)
+	r.update(env, func() {
+		rec := r.stepRecord(env, s.Name)
+		rec.Status, rec.Attempts, rec.Start, rec.Duration, rec.Error = "running", attempt, start.UTC(), "", ""
+	})
 	log.Info("[started] " + s.Name)
 	Notify(fmt.Sprintf("STATUS=step %d/%d: %s", i+1, len(r.Steps), s.Name))
 
 	sctx, cancel := ctx, context.CancelFunc(func() {})
 	var timeout time.Duration
 	if s.Timeout != nil {
-		timeout = s.Timeout(env)
+		timeout = s.Timeout(&env.State)
 		sctx, cancel = context.WithTimeout(ctx, timeout)
 	}
 	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- s.Run(sctx, env) }()
-	err := r.await(s, log, done, timeout, watchdog)
+	x := Exec{
+		Log:    log,
+		Report: func(f findings.Finding) { env.recordStep(log, s.Name, []findings.Finding{f}) },
+		Status: func(st string) { Notify("STATUS=" + truncate(st, 200)) },
+	}
+	run := s.Do(env, x)
+	done := make(chan outcome, 1)
+	go func() {
+		apply, fs, err := run(sctx)
+		done <- outcome{apply, fs, err}
+	}()
+	out, err := r.await(s, log, done, timeout, watchdog, env.monitorsHealthy)
 	if err != nil && timeout > 0 && errors.Is(sctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 		err = fmt.Errorf("timed out after %s: %w", timeout, err)
 	}
-	d := time.Since(start)
-	rec = r.stepRecord(env, s.Name)
-	rec.Duration = d.Round(time.Millisecond).String()
+	// The step's findings, then those of its failure, with the config's overrides: the
+	// runner is the only place a finding is recorded and logged.
+	fs := out.fs
 	var fail *findings.Failure
 	if errors.As(err, &fail) {
 		// Folded in place, so the [failed] line and STATUS= name the cause, not its echoes.
 		fail.Findings = findings.Fold(fail.Findings)
-		env.ReportAll(fail.Findings)
+		fs = append(fs, fail.Findings...)
 	}
-	env.Run.Findings = env.Findings(r.Steps)
+	env.recordStep(log, s.Name, fs)
+	d := time.Since(start)
+	r.update(env, func() {
+		if out.apply != nil {
+			out.apply(env)
+		}
+		rec := r.stepRecord(env, s.Name)
+		rec.Duration = d.Round(time.Millisecond).String()
+		if err != nil {
+			rec.Status, rec.Error = "failed", err.Error()
+		} else {
+			rec.Status = "ok"
+		}
+	})
 	if err != nil {
-		rec.Status, rec.Error = "failed", err.Error()
-		r.save(env)
-		log.Error(fmt.Sprintf("[failed] %s: %s", s.Name, err), "attempt", attempt, "duration", rec.Duration)
+		log.Error(fmt.Sprintf("[failed] %s: %s", s.Name, err), "attempt", attempt, "duration", d.Round(time.Millisecond).String())
 		return err
 	}
-	rec.Status = "ok"
-	r.save(env)
-	log.Info(fmt.Sprintf("[finished] %s (%s)", s.Name, rec.Duration))
+	log.Info(fmt.Sprintf("[finished] %s (%s)", s.Name, d.Round(time.Millisecond)))
 	return nil
 }
 
 // await waits for the step, feeding the watchdog from this loop while the step is within its
-// time. A step that goes on past its timeout and the grace ignores its context: the pings
-// stop, so systemd's watchdog restarts haagent (the installer runs in a unit of its own and
-// survives that). Without a watchdog (run --once, tests) a hung step fails the run instead.
-func (r *Runner) await(s Step, log *slog.Logger, done <-chan error, timeout, watchdog time.Duration) error {
+// time and every monitor started so far iterates (healthy). A step that goes on past its
+// timeout and the grace ignores its context: the pings stop, so systemd's watchdog restarts
+// haagent (the installer runs in a unit of its own and survives that). Without a watchdog
+// (run --once, tests) a hung step fails the run instead.
+// An attempt given up on as hung returns no outcome: its output is never applied.
+func (r *Runner) await(s Step, log *slog.Logger, done <-chan outcome, timeout, watchdog time.Duration, healthy func() bool) (outcome, error) {
 	grace := r.Grace
 	if grace <= 0 {
 		grace = DefaultGrace
@@ -209,10 +241,12 @@ func (r *Runner) await(s Step, log *slog.Logger, done <-chan error, timeout, wat
 	}
 	for {
 		select {
-		case err := <-done:
-			return err
+		case out := <-done:
+			return out, out.err
 		case <-ping:
-			Notify("WATCHDOG=1")
+			if healthy() {
+				Notify("WATCHDOG=1")
+			}
 		case <-hungAt:
 			hungAt = nil
 			log.Error(fmt.Sprintf("step %s is still running %s past its timeout of %s and ignores it; no more watchdog pings, so systemd restarts haagent", s.Name, grace, timeout))
@@ -221,7 +255,7 @@ func (r *Runner) await(s Step, log *slog.Logger, done <-chan error, timeout, wat
 				r.OnHung(s.Name)
 			}
 			if watchdog == 0 {
-				return fmt.Errorf("hung: still running %s past its timeout of %s", grace, timeout)
+				return outcome{}, fmt.Errorf("hung: still running %s past its timeout of %s", grace, timeout)
 			}
 			ping = nil
 		}
@@ -240,35 +274,30 @@ func (r *Runner) stepRecord(env *Env, name string) *state.Step {
 
 func (r *Runner) finish(env *Env, status string, err error) error {
 	end := time.Now().UTC()
-	env.Run.End = &end
-	env.Run.Status = status
+	r.update(env, func() {
+		env.Run.End = &end
+		env.Run.Status = status
+		if err != nil {
+			env.Run.Error = err.Error()
+		}
+	})
 	if err != nil {
-		env.Run.Error = err.Error()
 		Notify("STATUS=" + truncate("boot "+status+": "+headline(err), 200))
 	}
-	env.Run.Findings = env.Findings(r.Steps)
-	r.save(env)
-	// From here on the runner writes nothing; late findings save the record themselves.
-	env.persistMu.Lock()
-	env.persist = func() {
-		env.Run.Findings = env.Findings(r.Steps)
-		r.save(env)
-	}
-	env.persistMu.Unlock()
 	return err
 }
 
-func (r *Runner) save(env *Env) {
-	if r.StatePath == "" {
-		return
-	}
-	env.syncRecord()
-	if err := env.Record.Save(r.StatePath); err != nil {
-		env.Log.Error("cannot save the run record; `haagent status` will be stale", "path", r.StatePath, "error", err.Error())
-	}
+// update changes the run record and saves it, under ledger.mu: the supervisor saves it from
+// the monitors' goroutines too (Env.save), and must never see it half changed.
+func (r *Runner) update(env *Env, change func()) {
+	env.ledger.mu.Lock()
+	defer env.ledger.mu.Unlock()
+	change()
+	env.write()
 }
 
-func sleep(ctx context.Context, d time.Duration, watchdog time.Duration) error {
+// sleep waits d between two attempts, feeding the watchdog while the monitors are healthy.
+func sleep(ctx context.Context, d time.Duration, watchdog time.Duration, healthy func() bool) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	var tick <-chan time.Time
@@ -284,7 +313,9 @@ func sleep(ctx context.Context, d time.Duration, watchdog time.Duration) error {
 		case <-t.C:
 			return nil
 		case <-tick:
-			Notify("WATCHDOG=1")
+			if healthy() {
+				Notify("WATCHDOG=1")
+			}
 		}
 	}
 }
@@ -305,11 +336,4 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n-3] + "..."
-}
-
-// KeepAlive blocks until ctx ends, feeding systemd's watchdog: the service stays up after the
-// boot so that systemd's view and the lock reflect a driven machine.
-func KeepAlive(ctx context.Context) {
-	watchdog, _ := daemon.SdWatchdogEnabled(false)
-	sleep(ctx, time.Duration(1<<62), watchdog)
 }

@@ -3,7 +3,6 @@ package bootstrap
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -35,9 +34,9 @@ func TestTheBootTableIsWellFormed(t *testing.T) {
 
 func TestMistypedRetryTargetIsAStartUpError(t *testing.T) {
 	ran := 0
-	step := func(context.Context, *Env) error { ran++; return nil }
-	r := &Runner{Steps: []Step{{Name: "fetch", Run: step}, {Name: "probe", Run: step, RetryFrom: "fecth"}}, Once: true}
-	env := &Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Record: &state.Record{}}
+	step := do(func(context.Context) error { ran++; return nil })
+	r := &Runner{Steps: []Step{{Name: "fetch", Do: step}, {Name: "probe", Do: step, Retry: From("fecth")}}, Once: true}
+	env := quietEnv(Inputs{}, &state.Record{})
 	err := r.Run(context.Background(), env)
 	if err == nil || !strings.Contains(err.Error(), `"fecth"`) {
 		t.Fatalf("want an error naming the unknown retry target, got %v", err)
@@ -50,21 +49,21 @@ func TestMistypedRetryTargetIsAStartUpError(t *testing.T) {
 func TestAFailedStepGoesBackToItsRetryTarget(t *testing.T) {
 	var order []string
 	probeFails := 1
-	step := func(name string) func(context.Context, *Env) error {
-		return func(context.Context, *Env) error {
+	step := func(name string) Do {
+		return do(func(context.Context) error {
 			order = append(order, name)
 			if name == "probe" && probeFails > 0 {
 				probeFails--
 				return errors.New("SETTING_MISSING")
 			}
 			return nil
-		}
+		})
 	}
 	r := &Runner{
-		Steps:   []Step{{Name: "config", Run: step("config")}, {Name: "fetch", Run: step("fetch")}, {Name: "probe", Run: step("probe"), RetryFrom: "fetch"}},
+		Steps:   []Step{{Name: "config", Do: step("config")}, {Name: "fetch", Do: step("fetch")}, {Name: "probe", Do: step("probe"), Retry: From("fetch")}},
 		Backoff: func(int) time.Duration { return 0 },
 	}
-	env := &Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Record: &state.Record{}}
+	env := quietEnv(Inputs{}, &state.Record{})
 	if err := r.Run(context.Background(), env); err != nil {
 		t.Fatal(err)
 	}
@@ -73,24 +72,53 @@ func TestAFailedStepGoesBackToItsRetryTarget(t *testing.T) {
 	}
 }
 
-// A finding raised beside the steps (a crash loop, the guard's decision) belongs to no step:
-// retrying the step that happened to run must not delete it.
+// A finding raised beside the steps (a crash loop, the guard's decision) belongs to no step but
+// to its monitor: retrying the step that happened to run must not delete it, and the record
+// shows it under the monitor's name.
 func TestLateFindingsOutliveAStepRetry(t *testing.T) {
-	env := &Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Record: &state.Record{}}
-	steps := []Step{{Name: "watch"}}
-	env.beginStep("watch")
-	env.LateFinding(findings.New(findings.FrontendCrashLoop, "frontend", "frontend died 5 times within 10m0s", ""))
-	env.lateDecision(findings.New(findings.ASGReplacementWithheld, "i-1", "first decision", ""), findings.ASGReplacementWithheld, findings.ASGReplacementRequested)
-	env.lateDecision(findings.New(findings.ASGReplacementWithheld, "i-1", "second decision", ""), findings.ASGReplacementWithheld, findings.ASGReplacementRequested)
-	env.beginStep("watch") // the step is retried
-	got := env.Findings(steps)
-	if len(got) != 2 || got[0].Code != findings.FrontendCrashLoop || got[1].Summary != "second decision" {
-		t.Fatalf("late findings after a retry: %+v", got)
+	ctx, cancel := context.WithCancel(context.Background())
+	env := quietEnv(Inputs{}, nil)
+	env.runCtx = ctx
+	defer func() { cancel(); env.Drain(10 * time.Second) }()
+	// A monitor that sets what it is sent, and says when it has.
+	type set struct{ fs []findings.Finding }
+	monitor := func(name string) (chan<- set, <-chan struct{}) {
+		in, done := make(chan set), make(chan struct{})
+		env.supervise(Monitor{Name: name, Within: time.Hour, Run: func(ctx context.Context, h *Handle) error {
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case s := <-in:
+					h.Set(s.fs...)
+					done <- struct{}{}
+				}
+			}
+		}})
+		return in, done
 	}
-	env.LateFinding(findings.New(findings.DockerNotAnswering, "dockerd", "no answer", ""))
-	env.clearLate(findings.DockerNotAnswering, "dockerd")
-	if got := env.Findings(steps); len(got) != 2 {
-		t.Fatalf("a cleared late finding is still there: %+v", got)
+	crash, crashed := monitor("crash-loops")
+	guard, guarded := monitor("guard")
+	engine, engined := monitor("docker-engine")
+	env.ledger.book.beginStep("watch")
+	crash <- set{[]findings.Finding{findings.New(findings.FrontendCrashLoop, "frontend", "frontend died 5 times within 10m0s", "")}}
+	<-crashed
+	guard <- set{[]findings.Finding{findings.New(findings.ASGReplacementWithheld, "i-1", "first decision", "")}}
+	<-guarded
+	guard <- set{[]findings.Finding{findings.New(findings.ASGReplacementWithheld, "i-1", "second decision", "")}}
+	<-guarded
+	env.ledger.book.beginStep("watch") // the step is retried
+	got := env.monitorRecord()
+	if len(got) != 3 || got[0].Name != "crash-loops" || got[0].Findings[0].Code != findings.FrontendCrashLoop ||
+		got[1].Name != "guard" || len(got[1].Findings) != 1 || got[1].Findings[0].Summary != "second decision" {
+		t.Fatalf("monitor findings after a retry: %+v", got)
+	}
+	engine <- set{[]findings.Finding{findings.New(findings.DockerNotAnswering, "dockerd", "no answer", "")}}
+	<-engined
+	engine <- set{}
+	<-engined
+	if got := env.monitors().Findings(); len(got) != 2 {
+		t.Fatalf("a withdrawn monitor finding is still there: %+v", got)
 	}
 }
 
@@ -110,14 +138,14 @@ func TestAHungStepStopsTheWatchdog(t *testing.T) {
 	defer close(release)
 	hung := make(chan string, 1)
 	r := &Runner{
-		Steps: []Step{{Name: "stuck", Timeout: fixed(30 * time.Millisecond), Run: func(ctx context.Context, _ *Env) error {
+		Steps: []Step{{Name: "stuck", Timeout: fixed(30 * time.Millisecond), Do: do(func(ctx context.Context) error {
 			<-release // ignores ctx, as a step blocked in a syscall would
 			return nil
-		}}},
+		})}},
 		Grace:  30 * time.Millisecond,
 		OnHung: func(s string) { hung <- s },
 	}
-	env := &Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Record: &state.Record{}}
+	env := quietEnv(Inputs{}, &state.Record{})
 	go r.Run(context.Background(), env)
 	pings := make(chan string, 1000)
 	go func() {
@@ -160,17 +188,17 @@ func TestAHungStepStopsTheWatchdog(t *testing.T) {
 func TestAStepThatHonoursItsTimeoutFailsAndIsRetried(t *testing.T) {
 	calls := 0
 	r := &Runner{
-		Steps: []Step{{Name: "slow", Timeout: fixed(20 * time.Millisecond), Run: func(ctx context.Context, _ *Env) error {
+		Steps: []Step{{Name: "slow", Timeout: fixed(20 * time.Millisecond), Do: do(func(ctx context.Context) error {
 			calls++
 			if calls == 1 {
 				<-ctx.Done()
 				return ctx.Err()
 			}
 			return nil
-		}}},
+		})}},
 		Backoff: func(int) time.Duration { return 0 },
 	}
-	env := &Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Record: &state.Record{}}
+	env := quietEnv(Inputs{}, &state.Record{})
 	if err := r.Run(context.Background(), env); err != nil || calls != 2 {
 		t.Fatalf("err %v after %d calls", err, calls)
 	}
@@ -187,12 +215,15 @@ func TestOverridesApplyToEveryCodeButTheSafetyCodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Validation refuses an override of a safety code; one that got in all the same is ignored.
-	cfg.Probes.Overrides[findings.KeysConflict.String()] = config.Override{Severity: "info"}
-	env := &Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Record: &state.Record{}, Config: cfg}
-	env.beginStep("validate-files")
-	env.Report(findings.New(findings.FileInvalid, "/etc/replicated.conf", "TlsBootstrapHostname is empty", ""))
-	env.Report(findings.New(findings.KeysConflict, "/data/circle/circleci-encryption-keys/k", "differs", ""))
-	got := env.Findings([]Step{{Name: "validate-files"}})
+	cfg.Probes.Overrides["KEYS_CONFLICT"] = config.Override{Severity: "info"}
+	env := quietEnv(Inputs{}, &state.Record{})
+	env.Config = cfg
+	env.ledger.book.beginStep("validate-files")
+	env.recordStep(env.Log, "validate-files", []findings.Finding{
+		findings.New(findings.FileInvalid, "/etc/replicated.conf", "TlsBootstrapHostname is empty", ""),
+		findings.New(findings.KeysConflict, "/data/circle/circleci-encryption-keys/k", "differs", ""),
+	})
+	got := env.ledger.book.stepFindings([]Step{{Name: "validate-files"}})
 	if got[0].Severity != findings.Warning || got[0].Blocking {
 		t.Errorf("the override did not apply to a validate-files code: %+v", got[0])
 	}
@@ -210,14 +241,15 @@ func TestStepFindingsAreFoldedBeforeTheyAreRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	var log strings.Builder
-	env := &Env{Log: slog.New(slog.NewTextHandler(&log, nil)), Record: &state.Record{}, Config: cfg}
-	env.beginStep("probe")
-	env.ReportAll([]findings.Finding{
+	env := quietEnv(Inputs{Log: slog.New(slog.NewTextHandler(&log, nil))}, &state.Record{})
+	env.Config = cfg
+	env.ledger.book.beginStep("probe")
+	env.recordStep(env.Log, "probe", []findings.Finding{
 		findings.New(findings.TLSUnknownAuthority, "circle@db.internal:5432", "the certificate of db.internal:5432 is signed by an unknown CA", "").WithHost("db.internal:5432"),
 		findings.New(findings.PGAuthFailed, "circle@db.internal:5432", "PostgreSQL rejected the password", "").WithHost("db.internal:5432"),
 		findings.New(findings.VaultSealed, "https://vault:8200", "Vault is sealed", "").WithHost("vault:8200"),
 	})
-	got := env.Findings([]Step{{Name: "probe"}})
+	got := env.ledger.book.stepFindings([]Step{{Name: "probe"}})
 	if len(got) != 2 || got[0].Code != findings.TLSUnknownAuthority || got[1].Code != findings.VaultSealed {
 		t.Fatalf("recorded %+v", got)
 	}
@@ -237,15 +269,15 @@ func TestStepFindingsAreFoldedBeforeTheyAreRecorded(t *testing.T) {
 // A step that fails on blocking findings has them folded too: the [failed] line and the run
 // record's error name the cause, not what it explains.
 func TestAFailedStepsFindingsAreFolded(t *testing.T) {
-	step := func(context.Context, *Env) error {
+	step := do(func(context.Context) error {
 		return &findings.Failure{Findings: []findings.Finding{
 			findings.New(findings.DNSNotFound, "mongo-old.internal.test:27017", "mongo-old.internal.test does not resolve", "").WithHost("mongo-old.internal.test"),
 			findings.New(findings.MongoMemberUnreachable, "mongo-old.internal.test:27017", "replica set rs0 advertises member mongo-old.internal.test:27017", "").WithHost("mongo-old.internal.test:27017"),
 		}}
-	}
+	})
 	var log strings.Builder
-	r := &Runner{Steps: []Step{{Name: "probe", Run: step}}, Once: true}
-	env := &Env{Log: slog.New(slog.NewTextHandler(&log, nil)), Record: &state.Record{}}
+	r := &Runner{Steps: []Step{{Name: "probe", Do: step}}, Once: true}
+	env := quietEnv(Inputs{Log: slog.New(slog.NewTextHandler(&log, nil))}, &state.Record{})
 	err := r.Run(context.Background(), env)
 	if err == nil || strings.Contains(err.Error(), "MONGO_MEMBER_UNREACHABLE") || !strings.Contains(err.Error(), "DNS_NOT_FOUND") {
 		t.Fatalf("the run failed with %v", err)

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -27,70 +30,225 @@ import (
 	"github.com/haagent/haagent/internal/watch"
 )
 
-// Step is one boot step. Steps never log their own start and end: the runner does.
+// Step is one row of the boot table. Steps never log their own start and end, record
+// findings, write the run record or send STATUS=: the runner does.
 type Step struct {
 	Name string
-	Run  func(ctx context.Context, env *Env) error
-	// RetryFrom names an earlier step the service goes back to when this one fails.
-	RetryFrom string
+	// Retry is where the service goes back to when this step fails: the step itself, or an
+	// earlier one (From).
+	Retry Retry
 	// Timeout bounds one attempt (its context ends then); nil is unbounded. A step still
 	// running a minute past its timeout ignores its context: the runner stops feeding the
 	// watchdog, so systemd restarts haagent instead of leaving a hung boot looking alive.
-	Timeout func(env *Env) time.Duration
+	Timeout func(*State) time.Duration
+	// Do is the step with its wiring (Wire): it reads the step's input from the boot, and
+	// returns the attempt, whose result the runner writes back.
+	Do Do
+}
+
+// Retry is a step's retry scope.
+type Retry struct{ from string }
+
+// From retries from the named earlier step (a fix in the bucket must be fetched again before it
+// can help). A name that is not an earlier step is refused before anything runs (CheckSteps).
+func From(step string) Retry { return Retry{from: step} }
+
+// Exec is what the runner gives every step besides its input.
+type Exec struct {
+	// Log is the step's logger: HAAGENT_STEP (step=) is on every line it logs.
+	Log *slog.Logger
+	// Report files a finding with the runner at once, for one the journal needs before the
+	// step ends (an unpinned installer, before it runs as root); otherwise a step returns its
+	// findings. Either way the runner records and logs them.
+	Report func(findings.Finding)
+	// Status sets systemd's STATUS= line (the watch's progress while the frontend comes up).
+	Status func(string)
+}
+
+// Do starts one attempt of a step: it takes the step's input from the boot now, on the
+// runner's goroutine, and returns the attempt to run on the step's own.
+type Do func(e *Env, x Exec) Attempt
+
+// Attempt runs the step. Its apply writes the step's output back into the boot; the runner
+// calls it on its own goroutine once the attempt returned, failed or not (an output says what
+// holds after the attempt), and never for an attempt it gave up on as hung.
+type Attempt func(ctx context.Context) (apply func(*Env), fs []findings.Finding, err error)
+
+// Wire makes a step of a function of In to Out and its wiring: in builds the input from the
+// boot, out writes the output back (nil: the step produces nothing the boot keeps).
+func Wire[In, Out any](in func(*Env) In, step func(context.Context, Exec, In) (Out, []findings.Finding, error), out func(*Env, Out)) Do {
+	return func(e *Env, x Exec) Attempt {
+		input := in(e)
+		return func(ctx context.Context) (func(*Env), []findings.Finding, error) {
+			o, fs, err := step(ctx, x, input)
+			return func(e *Env) {
+				if out != nil {
+					out(e, o)
+				}
+			}, fs, err
+		}
+	}
 }
 
 // fixed is a Timeout that does not depend on the config.
-func fixed(d time.Duration) func(*Env) time.Duration { return func(*Env) time.Duration { return d } }
+func fixed(d time.Duration) func(*State) time.Duration {
+	return func(*State) time.Duration { return d }
+}
 
-// Steps is the whole boot, in order. IMDS comes first because the config may live in the
-// instance's user-data.
+// Steps is the whole boot, in order, with the wiring of each step: what it reads of the boot
+// (Inputs, State, the run record) and what of its output the boot keeps. IMDS comes first
+// because the config may live in the instance's user-data.
 //
 // Timeouts are backstops well above a healthy run (each network call inside is bounded
 // already); the installer's is its own replicated.timeout plus time to verify. watch has none:
 // a first install pulls CircleCI's images for as long as it takes, and the watch's own calls
 // are bounded.
 var Steps = []Step{
-	{Name: "imds", Run: stepIMDS, Timeout: fixed(5 * time.Minute)},
-	{Name: "config", Run: stepConfig, Timeout: fixed(5 * time.Minute)},
-	{Name: "asg", Run: stepASG, Timeout: fixed(10 * time.Minute)},
-	{Name: "fetch", Run: stepFetch, Timeout: fixed(30 * time.Minute)},
+	{Name: "imds", Timeout: fixed(5 * time.Minute), Do: Wire(
+		func(e *Env) imdsIn {
+			return imdsIn{Client: e.IMDS, Timeout: e.IMDSTimeout, WantUserData: e.FileConfig == nil, CompletedOn: e.Record.CompletedOn}
+		},
+		stepIMDS,
+		func(e *Env, o imdsOut) {
+			e.IMDS, e.UserData = o.Client, o.UserData
+			if o.Instance.InstanceID != "" {
+				e.Instance, e.Run.InstanceID = o.Instance, o.Instance.InstanceID
+			}
+		})},
+	{Name: "config", Timeout: fixed(5 * time.Minute), Do: Wire(
+		func(e *Env) configIn {
+			return configIn{File: e.FileConfig, Path: e.ConfigPath, UserData: e.UserData, Root: e.Root, Region: e.Instance.Region, Log: e.Log}
+		},
+		stepConfig,
+		func(e *Env, o configOut) { e.Config, e.Bucket = o.Config, o.Bucket })},
+	{Name: "asg", Timeout: fixed(10 * time.Minute), Do: Wire(
+		func(e *Env) asgIn {
+			return asgIn{Config: e.Config.ASG, Instance: e.Instance, IMDS: e.IMDS, Auto: e.autoScaling()}
+		},
+		stepASG, nil)}, // its state and monitors are the Auto Scaling part's own (asg.go)
+	{Name: "fetch", Timeout: fixed(30 * time.Minute), Do: Wire(
+		func(e *Env) fetchIn {
+			return fetchIn{Root: e.Root, Config: e.Config, Bucket: e.Bucket, Instance: e.Instance.InstanceID, Known: e.Record.Known,
+				Completed: e.Record.CompletedOn(e.Instance.InstanceID), InstalledBefore: e.Record.InstalledBefore(),
+				CookieCreatedBy: e.Record.CookieCreatedBy}
+		},
+		stepFetch,
+		func(e *Env, o fetchOut) { e.Bundle = o.Bundle })},
 	// The cookie key is merged into the bundle's installation customizations before they are
 	// validated and committed with the rest (a retry refetches: the merge starts from the
 	// bucket's copy, never from its own output).
-	{Name: "cookie-key", Run: stepCookieKey, RetryFrom: "fetch", Timeout: fixed(10 * time.Minute)},
-	{Name: "validate-files", Run: stepValidateFiles, RetryFrom: "fetch", Timeout: fixed(10 * time.Minute)},
+	{Name: "cookie-key", Retry: From("fetch"), Timeout: fixed(10 * time.Minute), Do: Wire(
+		func(e *Env) cookieIn {
+			return cookieIn{Root: e.Root, Bucket: e.Bucket, Bundle: e.Bundle, Entry: layoutEntry(e.Config, layout.InstallationCustomizations)}
+		},
+		stepCookieKey,
+		func(e *Env, o cookieOut) {
+			// Only a key this instance created is no evidence of an earlier deployment when it
+			// boots again.
+			if o.CreatedHere {
+				e.Record.CookieCreatedBy = e.Instance.InstanceID
+			}
+		})},
+	{Name: "validate-files", Retry: From("fetch"), Timeout: fixed(10 * time.Minute), Do: Wire(
+		func(e *Env) validateIn {
+			return validateIn{Root: e.Root, Config: e.Config, Bundle: e.Bundle, Bucket: e.Bucket, Instance: e.Instance.InstanceID,
+				Known: e.Record.Known, Completed: e.Record.CompletedOn(e.Instance.InstanceID)}
+		},
+		stepValidateFiles,
+		func(e *Env, o validateOut) {
+			e.Bundle = o.Bundle
+			if o.ConflictsKnown {
+				e.setKeyConflicts(o.Conflicts)
+			}
+			if o.Known != nil {
+				e.Record.Known, e.Run.Files = o.Known, o.Files
+			}
+		})},
 	// A CA or a setting fixed in the bucket must be fetched again before it can help, so these
 	// go back to fetch rather than retrying what is already on disk.
-	{Name: "ca-certs", Run: stepCACerts, RetryFrom: "fetch", Timeout: fixed(10 * time.Minute)},
-	{Name: "probe", Run: stepProbe, RetryFrom: "fetch", Timeout: fixed(10 * time.Minute)},
-	{Name: "replicated-install", Run: stepReplicatedInstall, Timeout: func(env *Env) time.Duration {
-		return env.Config.Replicated.Timeout.D() + 10*time.Minute
-	}},
-	{Name: "watch", Run: stepWatch},
-	{Name: "lifecycle-complete", Run: stepLifecycleComplete, Timeout: fixed(10 * time.Minute)},
-	{Name: "backup-keys", Run: StepBackupKeys, Timeout: fixed(30 * time.Minute)},
+	{Name: "ca-certs", Retry: From("fetch"), Timeout: fixed(10 * time.Minute), Do: Wire(
+		func(e *Env) caIn {
+			return caIn{Root: e.Root, Config: e.Config, Bundle: e.Bundle, Known: e.Record.Known}
+		},
+		stepCACerts, nil)},
+	{Name: "probe", Retry: From("fetch"), Timeout: fixed(10 * time.Minute), Do: Wire(
+		func(e *Env) probeIn { return probeIn{Root: e.Root, Config: e.Config} },
+		stepProbe, nil)},
+	{Name: "replicated-install", Timeout: func(s *State) time.Duration { return s.Config.Replicated.Timeout.D() + 10*time.Minute }, Do: Wire(
+		func(e *Env) installIn {
+			return installIn{Root: e.Root, Config: e.Config, Instance: e.Instance, IMDS: e.IMDS, Reinstall: e.Reinstall, Open: e.bucketOpener()}
+		},
+		stepReplicatedInstall, nil)},
+	// The frontend's log forwarding and crash-loop detection start before the wait for it,
+	// which may last as long as a first install pulls images.
+	{Name: "watch-start", Timeout: fixed(5 * time.Minute), Do: Wire(
+		func(e *Env) watchStartIn {
+			return watchStartIn{Root: e.Root, Config: e.Config, Watcher: e.Watcher, Since: e.Run.Start, Log: e.Log,
+				Completed: e.Record.CompletedOn(e.Instance.InstanceID),
+				KeysScan:  keyScanMonitor(e), Guard: guardMonitor(e),
+				CrashLoops: func(w *watch.Watcher) Monitor { return crashLoopMonitor(e, w, e.Config.Watch.Container) }}
+		},
+		stepWatchStart,
+		func(e *Env, o watchStartOut) {
+			e.Watcher = o.Watcher
+			e.supervise(o.Monitors...)
+		})},
+	{Name: "watch", Do: Wire(
+		func(e *Env) watchIn {
+			return watchIn{Config: e.Config.Watch, Watcher: e.Watcher, Guard: guardMonitor(e)}
+		},
+		stepWatch,
+		func(e *Env, o watchOut) { e.supervise(o.Monitors...) })},
+	{Name: "lifecycle-complete", Timeout: fixed(10 * time.Minute), Do: Wire(
+		func(e *Env) lifecycleIn { return lifecycleIn{Enabled: e.Config.ASG.Enabled, Auto: e.autoScaling()} },
+		stepLifecycleComplete, nil)},
+	{Name: "backup-keys", Timeout: fixed(30 * time.Minute), Do: Wire(
+		func(e *Env) backupIn {
+			return backupIn{Bucket: e.Bucket, Keys: e.keysOptions(), Entry: layoutEntry(e.Config, layout.EncryptionKeys),
+				Completed: e.Record.CompletedOn(e.Instance.InstanceID), KeysScan: keyScanMonitor(e)}
+		},
+		StepBackupKeys,
+		func(e *Env, o backupOut) {
+			if o.ConflictsKnown {
+				e.setKeyConflicts(o.Conflicts)
+			}
+			e.supervise(o.Monitors...)
+		})},
 }
 
-func stepIMDS(ctx context.Context, env *Env) error {
-	if env.IMDS == nil {
-		env.IMDS = imds.New(env.IMDSTimeout)
+type imdsIn struct {
+	Client       *imds.Client // nil: a client of Timeout
+	Timeout      time.Duration
+	WantUserData bool // no config file: the config may be in the user-data
+	CompletedOn  func(instanceID string) bool
+}
+
+type imdsOut struct {
+	Client   *imds.Client
+	Instance imds.Info
+	UserData []byte
+}
+
+func stepIMDS(ctx context.Context, x Exec, in imdsIn) (imdsOut, []findings.Finding, error) {
+	out := imdsOut{Client: in.Client}
+	if out.Client == nil {
+		out.Client = imds.New(in.Timeout)
 	}
-	info, err := env.IMDS.Identity(ctx)
+	info, err := out.Client.Identity(ctx)
 	if err != nil {
-		return imdsFailure(err)
+		return out, nil, imdsFailure(err)
 	}
-	env.Instance = info
-	env.Run.InstanceID = info.InstanceID
-	env.Log.Info("instance identity", "instance_id", info.InstanceID, "local_ipv4", info.LocalIPv4, "region", info.Region,
-		"replacement", !env.Record.CompletedOn(info.InstanceID))
-	if env.Config == nil {
-		ud, err := env.IMDS.UserData(ctx)
+	out.Instance = info
+	x.Log.Info("instance identity", "instance_id", info.InstanceID, "local_ipv4", info.LocalIPv4, "region", info.Region,
+		"replacement", !in.CompletedOn(info.InstanceID))
+	if in.WantUserData {
+		ud, err := out.Client.UserData(ctx)
 		if err != nil {
-			return imdsFailure(err)
+			return out, nil, imdsFailure(err)
 		}
-		env.UserData = ud
+		out.UserData = ud
 	}
-	return nil
+	return out, nil, nil
 }
 
 func imdsFailure(err error) error {
@@ -102,110 +260,275 @@ func imdsFailure(err error) error {
 	return err
 }
 
-func stepConfig(ctx context.Context, env *Env) error {
-	if env.Config == nil {
-		if !config.IsUserDataConfig(env.UserData) {
-			what := "the instance has no user-data"
-			if len(env.UserData) > 0 {
-				what = "the user-data does not start with " + config.UserDataMarker
-			}
-			f := findings.New(findings.ConfigMissing, env.ConfigPath, "no haagent config: "+env.ConfigPath+" does not exist and "+what, "")
-			return &findings.Failure{Findings: []findings.Finding{f}}
-		}
-		cfg, err := config.Parse(env.UserData, "user-data")
-		if err != nil {
-			f := findings.New(findings.ConfigInvalid, "user-data", "the haagent config in the user-data is invalid", err.Error())
-			return &findings.Failure{Findings: []findings.Finding{f}}
-		}
-		env.Config = cfg
-	}
-	c := env.Config
-	b, err := env.openBucket(ctx, c.Source.Bucket, c.Source.Prefix)
-	if err != nil {
-		return fmt.Errorf("setting up S3 access to bucket %s: %w", c.Source.Bucket, err)
-	}
-	env.Bucket = b
-	env.Log.Info("config loaded", "origin", c.Origin, "bucket", c.Source.Bucket, "prefix", c.Source.Prefix, "region", b.Region())
-	return nil
+type configIn struct {
+	File     *config.Config // the config file's, nil when there is none
+	Path     string
+	UserData []byte
+	Root     string
+	Region   string // the instance's, the bucket's last fallback
+	// Log is the bucket client's: the run's, not this step's, since every later step and
+	// monitor uses the same client.
+	Log *slog.Logger
 }
 
-// openBucket is the one constructor of every bucket client haagent uses (the source, an
-// installer at s3://): the same endpoint, CA, region fallback, retries and timeout for all.
-func (env *Env) openBucket(ctx context.Context, name, prefix string) (*bucket.Bucket, error) {
-	c := env.Config
+type configOut struct {
+	Config *config.Config
+	Bucket *bucket.Bucket
+}
+
+func stepConfig(ctx context.Context, x Exec, in configIn) (configOut, []findings.Finding, error) {
+	c := in.File
+	if c == nil {
+		if !config.IsUserDataConfig(in.UserData) {
+			what := "the instance has no user-data"
+			if len(in.UserData) > 0 {
+				what = "the user-data does not start with " + config.UserDataMarker
+			}
+			f := findings.New(findings.ConfigMissing, in.Path, "no haagent config: "+in.Path+" does not exist and "+what, "")
+			return configOut{}, nil, &findings.Failure{Findings: []findings.Finding{f}}
+		}
+		cfg, err := config.Parse(in.UserData, "user-data")
+		if err != nil {
+			f := findings.New(findings.ConfigInvalid, "user-data", "the haagent config in the user-data is invalid", err.Error())
+			return configOut{}, nil, &findings.Failure{Findings: []findings.Finding{f}}
+		}
+		c = cfg
+	}
+	open := buckets{root: in.Root, cfg: c, region: in.Region, log: in.Log}
+	b, err := open.open(ctx, c.Source.Bucket, c.Source.Prefix)
+	if err != nil {
+		return configOut{Config: c}, nil, fmt.Errorf("setting up S3 access to bucket %s: %w", c.Source.Bucket, err)
+	}
+	x.Log.Info("config loaded", "origin", c.Origin, "bucket", c.Source.Bucket, "prefix", c.Source.Prefix, "region", b.Region())
+	return configOut{Config: c, Bucket: b}, nil, nil
+}
+
+// buckets is the one constructor of every bucket client haagent uses (the source, an installer
+// at s3://): the same endpoint, CA, region fallback, retries and timeout for all.
+type buckets struct {
+	root   string
+	cfg    *config.Config
+	region string
+	log    *slog.Logger
+}
+
+func (e *Env) bucketOpener() buckets {
+	return buckets{root: e.Root, cfg: e.Config, region: e.Instance.Region, log: e.Log}
+}
+
+func (o buckets) open(ctx context.Context, name, prefix string) (*bucket.Bucket, error) {
+	c := o.cfg
 	caFile := ""
 	if c.Source.CAFile != "" {
-		caFile = env.Path(c.Source.CAFile)
+		caFile = filepath.Join(o.root, c.Source.CAFile)
 	}
 	return bucket.New(ctx, bucket.Options{
 		Name: name, Prefix: prefix, Region: c.Source.Region,
 		Endpoint: c.Source.Endpoint, PathStyle: c.Source.PathStyle, CAFile: caFile,
-		FallbackRegion: env.Instance.Region, Attempts: c.Fetch.Attempts, Timeout: c.Fetch.Timeout.D(), Log: env.Log,
+		FallbackRegion: o.region, Attempts: c.Fetch.Attempts, Timeout: c.Fetch.Timeout.D(), Log: o.log,
 		// Every object haagent writes (keys, cookie key, replacement ledger) gets the same SSE.
 		Encryption: bucket.Encryption{SSE: c.Backup.SSE, KMSKeyID: c.Backup.KMSKeyID},
 	})
 }
 
-func stepFetch(ctx context.Context, env *Env) error {
-	env.Bundle = nil
-	bd, err := fetch.Fetch(ctx, env.Bucket, fetch.Options{
-		Root: env.Root, Layout: env.Config.Layout, Concurrency: env.Config.Fetch.Concurrency,
-		Known: env.Record.Known, Log: env.Log, Existing: func(ctx context.Context) (fetch.Existed, error) { return deploymentExisted(ctx, env) },
+type fetchIn struct {
+	Root   string
+	Config *config.Config
+	Bucket *bucket.Bucket
+	// Instance and what the run record knows of it and of the files.
+	Instance        string
+	Known           map[string]fetch.Known
+	Completed       bool   // an earlier boot of this instance completed
+	InstalledBefore string // the record's evidence of an earlier deployment
+	CookieCreatedBy string
+}
+
+type fetchOut struct {
+	Bundle *fetch.Bundle // nil on failure, and offline
+}
+
+func stepFetch(ctx context.Context, x Exec, in fetchIn) (fetchOut, []findings.Finding, error) {
+	bd, err := fetch.Fetch(ctx, in.Bucket, fetch.Options{
+		Root: in.Root, Layout: in.Config.Layout, Concurrency: in.Config.Fetch.Concurrency,
+		Known: in.Known, Log: x.Log, Existing: func(ctx context.Context) (fetch.Existed, error) { return deploymentExisted(ctx, in) },
 	})
+	var fs []findings.Finding
 	if bd != nil {
-		env.ReportAll(bd.Findings)
+		fs = bd.Findings
 	}
 	if err != nil {
-		if offlineOK(env, err) {
-			env.Report(findings.New(findings.S3OfflineLastGood, env.Bucket.URI(""),
+		if offlineOK(in.Completed, err) {
+			fs = append(fs, findings.New(findings.S3OfflineLastGood, in.Bucket.URI(""),
 				"S3 is unreachable on a reboot of an instance whose earlier boot completed; using the files already in place", err.Error()))
-			return nil
+			return fetchOut{}, fs, nil
 		}
-		return err
+		return fetchOut{}, fs, err
 	}
-	env.Bundle = bd
 	changed := 0
 	for _, f := range bd.Files {
 		if f.Changed {
 			changed++
 		}
 	}
-	env.Log.Info("files staged", "files", len(bd.Files), "changed", changed, "unchanged", len(bd.Files)-changed)
-	return nil
+	x.Log.Info("files staged", "files", len(bd.Files), "changed", changed, "unchanged", len(bd.Files)-changed)
+	return fetchOut{Bundle: bd}, fs, nil
+}
+
+// offlineOK allows a reboot to go on with the last good files when S3 gave no answer at all;
+// never on a first boot, where there are no good files.
+func offlineOK(completed bool, err error) bool {
+	var fail *findings.Failure
+	if !errors.As(err, &fail) || !completed {
+		return false
+	}
+	for _, f := range fail.Findings {
+		if f.Code != findings.S3Unreachable {
+			return false
+		}
+	}
+	return len(fail.Findings) > 0
+}
+
+// deploymentExisted returns evidence that this CircleCI deployment existed before this boot:
+// this machine's record or installer marker, or objects only an earlier instance writes (the
+// replacement ledger; the session cookie key, unless the record says this very instance created
+// it, on an earlier, unfinished attempt of its first boot). An empty Why means a brand-new
+// install. An earlier run of this instance alone is no such proof: a run stopped by KEYS_MISSING
+// at the fetch never reached the cookie-key step, and a restart must stop again.
+func deploymentExisted(ctx context.Context, in fetchIn) (fetch.Existed, error) {
+	inst := replicated.ReadInstall(in.Root)
+	here := inst.On(in.Instance) || in.Completed
+	if in.InstalledBefore != "" {
+		return fetch.Existed{Why: in.InstalledBefore, Here: here}, nil
+	}
+	if why := inst.Evidence(); why != "" {
+		return fetch.Existed{Why: why, Here: here}, nil
+	}
+	keys := []string{asg.LedgerKey}
+	if in.CookieCreatedBy == "" || in.CookieCreatedBy != in.Instance {
+		keys = append(keys, cookie.Object)
+	}
+	for _, key := range keys {
+		objs, err := in.Bucket.List(ctx, key)
+		if err != nil {
+			return fetch.Existed{}, err
+		}
+		for _, o := range objs {
+			if o.Rel == "" {
+				return fetch.Existed{Why: fmt.Sprintf("the bucket holds %s, which only an earlier instance writes", in.Bucket.URI(key)), Here: here}, nil
+			}
+		}
+	}
+	return fetch.Existed{}, nil
+}
+
+type cookieIn struct {
+	Root   string
+	Bucket *bucket.Bucket
+	Bundle *fetch.Bundle // nil offline: the file in place is merged and written
+	Entry  config.Entry
+}
+
+type cookieOut struct {
+	// CreatedHere: the bucket's key was this instance's candidate (any source but "s3").
+	CreatedHere bool
+}
+
+// stepCookieKey decides the session cookie key and stages the installation customizations:
+// the bucket's copy (or, without one, the file in place) with exactly one line for the key. It
+// stages into the bundle so that a failed validation leaves the old file; on a reboot that goes
+// on without S3's files there is no bundle, and the file in place is merged and written.
+func stepCookieKey(ctx context.Context, x Exec, in cookieIn) (cookieOut, []findings.Finding, error) {
+	file := in.Entry.Dest
+	inPlace, err := os.ReadFile(filepath.Join(in.Root, file))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return cookieOut{}, nil, fmt.Errorf("reading %s: %w", file, err)
+	}
+	created := func(source string) cookieOut { return cookieOut{CreatedHere: source != "s3" && source != ""} }
+	bd := in.Bundle
+	if bd == nil {
+		res, changed, err := cookie.Ensure(ctx, in.Bucket, in.Root, in.Entry)
+		if err != nil {
+			return created(res.Source), res.Findings, err
+		}
+		x.Log.Info("session cookie key in place", "source", res.Source, "changed", changed, "file", file)
+		return created(res.Source), res.Findings, nil
+	}
+	ci := cookie.Input{InPlace: inPlace}
+	if bd.Has(file) {
+		// The bucket's copy: staged when it differs from the file in place, else that file.
+		if ci.Bucket, err = os.ReadFile(bd.PathOf(file)); err != nil {
+			return cookieOut{}, nil, fmt.Errorf("reading the fetched %s: %w", file, err)
+		}
+		ci.FromBucket = true
+	}
+	res, err := cookie.Merge(ctx, in.Bucket, ci)
+	if err != nil {
+		return created(res.Source), res.Findings, err
+	}
+	changed, err := bd.Stage(in.Entry, res.Content)
+	if err != nil {
+		return created(res.Source), res.Findings, err
+	}
+	x.Log.Info("session cookie key staged", "source", res.Source, "changed", changed, "file", file, "from_bucket", ci.FromBucket)
+	return created(res.Source), res.Findings, nil
+}
+
+// layoutEntry returns the layout's entry of that name (the config's, else the default).
+func layoutEntry(c *config.Config, name string) config.Entry {
+	return layout.New("", c.Layout).Entry(name)
+}
+
+// layout is where this boot's files live: the config's layout under --root.
+func (e *Env) layout() layout.Layout { return layout.New(e.Root, e.Config.Layout) }
+
+type validateIn struct {
+	Root      string
+	Config    *config.Config
+	Bundle    *fetch.Bundle // nil offline
+	Bucket    *bucket.Bucket
+	Instance  string
+	Known     map[string]fetch.Known
+	Completed bool
+}
+
+type validateOut struct {
+	Bundle *fetch.Bundle // the committed bundle; nil when it was discarded (or offline)
+	// Conflicts is the fetch's current list of key conflicts, when ConflictsKnown.
+	Conflicts      []fetch.KeyConflict
+	ConflictsKnown bool
+	// Known and Files are the record's files after a commit; nil without one.
+	Known map[string]fetch.Known
+	Files []fetch.File
 }
 
 // stepValidateFiles checks the staged files and only then moves them into place, so nothing
 // valid is overwritten by something invalid.
-func stepValidateFiles(ctx context.Context, env *Env) error {
-	files := validate.InPlace(env.layout())
-	bd := env.Bundle
+func stepValidateFiles(ctx context.Context, x Exec, in validateIn) (validateOut, []findings.Finding, error) {
+	l := layout.New(in.Root, in.Config.Layout)
+	files := validate.InPlace(l)
+	bd := in.Bundle
+	out := validateOut{Bundle: bd}
 	if bd != nil {
 		files.Read = bd.PathOf
 		inPlace := files.Exists
 		files.Exists = func(p string) bool { return bd.Has(p) || inPlace(p) }
 	}
 	fs := validate.Check(files)
-	if m := replicated.ReadMarker(env.Root); m != nil && m.InstanceID == env.Instance.InstanceID && m.SettingsSHA256 != "" && bd != nil {
-		if f := bd.File(env.layout().SettingsConf()); f != nil && f.SHA256 != m.SettingsSHA256 {
-			fs = append(fs, findings.New(findings.SettingsDrift, env.layout().SettingsConf(),
+	inst := replicated.ReadInstall(in.Root)
+	if bd != nil {
+		if f := bd.File(l.SettingsConf()); f != nil && inst.SettingsDrift(in.Instance, f.SHA256) {
+			fs = append(fs, findings.New(findings.SettingsDrift, l.SettingsConf(),
 				"settings.conf in the bucket differs from the one Replicated was installed with; Replicated does not read it again", ""))
 		}
+		fs = append(fs, fetch.ShellSyntax(bd, in.Bucket.URI)...)
 	}
-	if bd != nil {
-		fs = append(fs, fetch.ShellSyntax(bd, env.Bucket.URI)...)
-	}
-	fs = env.adjust(fs...)
-	env.ReportAll(fs)
-	var blocking []findings.Finding
-	for _, f := range fs {
-		if f.Blocking {
-			blocking = append(blocking, f)
-		}
-	}
+	fs = adjust(in.Config, fs)
+	blocking := blockingOf(fs)
 	if bd != nil {
 		// The fetch compared every key on both sides: this is the current list of conflicts.
-		env.setKeyConflicts(bd.Conflicts)
-		if len(bd.Conflicts) > 0 && !installedHere(env) {
+		out.Conflicts, out.ConflictsKnown = bd.Conflicts, true
+		if len(bd.Conflicts) > 0 && !inst.On(in.Instance) && !in.Completed {
 			// Before the installer, a conflict stops the boot: CircleCI must not start on a
 			// key a person has not chosen. Once it runs here, the boot goes on with the local
 			// key (the one CircleCI has been using) and the finding stays until resolved.
@@ -219,69 +542,75 @@ func stepValidateFiles(ctx context.Context, env *Env) error {
 	if len(blocking) > 0 {
 		if bd != nil {
 			bd.Discard()
-			env.Bundle = nil
+			out.Bundle = nil
 		}
-		return &findings.Failure{Findings: blocking}
+		return out, fs, &findings.Failure{Findings: blocking}
 	}
 	if bd == nil {
 		// Offline reboot: the files in place were validated; their modes and owners still
 		// converge, as a commit would have made them.
-		fs, err := fetch.ConvergeInPlace(ctx, env.Root, env.Config.Layout, env.Record.Known, env.Log)
-		env.ReportAll(fs)
+		cfs, err := fetch.ConvergeInPlace(ctx, in.Root, in.Config.Layout, in.Known, x.Log)
+		fs = append(fs, cfs...)
 		if err != nil {
-			return fmt.Errorf("setting the modes and owners of the files in place: %w", err)
+			return out, fs, fmt.Errorf("setting the modes and owners of the files in place: %w", err)
 		}
-		return checkReadable(env)
+		rfs, err := checkReadable(l, in.Config)
+		return out, append(fs, rfs...), err
 	}
 	if err := bd.Commit(); err != nil {
-		return fmt.Errorf("moving fetched files into place: %w", err)
+		return out, fs, fmt.Errorf("moving fetched files into place: %w", err)
 	}
-	env.ReportAll(bd.CommitFindings)
+	fs = append(fs, bd.CommitFindings...)
 	// A key that appeared during the fetch was kept by the commit: a conflict if it differs.
-	env.setKeyConflicts(bd.Conflicts)
+	out.Conflicts = bd.Conflicts
 	for _, c := range bd.Conflicts {
-		env.Report(c.Finding())
+		fs = append(fs, c.Finding())
 	}
-	if env.Record.Known == nil {
-		env.Record.Known = map[string]fetch.Known{}
+	out.Known = maps.Clone(in.Known)
+	if out.Known == nil {
+		out.Known = map[string]fetch.Known{}
 	}
 	changed := 0
-	env.Run.Files = env.Run.Files[:0]
 	for _, f := range bd.Files {
-		env.Run.Files = append(env.Run.Files, *f)
-		env.Record.Known[f.Dest] = fetch.Known{Key: f.Key, ETag: f.ETag, Size: f.Size, SHA256: f.SHA256}
+		out.Files = append(out.Files, *f)
+		out.Known[f.Dest] = fetch.Known{Key: f.Key, ETag: f.ETag, Size: f.Size, SHA256: f.SHA256}
 		if f.Changed {
 			changed++
 		}
 	}
-	sort.Slice(env.Run.Files, func(i, j int) bool { return env.Run.Files[i].Dest < env.Run.Files[j].Dest })
+	sort.Slice(out.Files, func(i, j int) bool { return out.Files[i].Dest < out.Files[j].Dest })
 	// What left the bucket leaves the record (the file itself stays on the machine, reported
 	// as LOCAL_ONLY_FILES): an offline reboot must not take it for part of the bundle.
-	for dest := range env.Record.Known {
-		if !bd.Has(dest) && underRecursive(env.Config.Layout, dest) {
-			delete(env.Record.Known, dest)
+	for dest := range out.Known {
+		if !bd.Has(dest) && underRecursive(in.Config.Layout, dest) {
+			delete(out.Known, dest)
 		}
 	}
-	env.Log.Info("files in place", "files", len(bd.Files), "changed", changed, "unchanged", len(bd.Files)-changed)
-	return checkReadable(env)
+	x.Log.Info("files in place", "files", len(bd.Files), "changed", changed, "unchanged", len(bd.Files)-changed)
+	rfs, err := checkReadable(l, in.Config)
+	return out, append(fs, rfs...), err
 }
 
 // checkReadable judges, in place, whether the Replicated daemon can read the files
 // replicated.conf names: after Commit has converged modes and owners, so it sees what the
 // daemon will meet, not what the stage holds.
-func checkReadable(env *Env) error {
-	fs := env.adjust(validate.Readable(env.layout())...)
-	env.ReportAll(fs)
-	var blocking []findings.Finding
+func checkReadable(l layout.Layout, cfg *config.Config) ([]findings.Finding, error) {
+	fs := adjust(cfg, validate.Readable(l))
+	if b := blockingOf(fs); len(b) > 0 {
+		return fs, &findings.Failure{Findings: b}
+	}
+	return fs, nil
+}
+
+// blockingOf is the blocking findings of fs.
+func blockingOf(fs []findings.Finding) []findings.Finding {
+	var out []findings.Finding
 	for _, f := range fs {
 		if f.Blocking {
-			blocking = append(blocking, f)
+			out = append(out, f)
 		}
 	}
-	if len(blocking) > 0 {
-		return &findings.Failure{Findings: blocking}
-	}
-	return nil
+	return out
 }
 
 func underRecursive(layout []config.Entry, dest string) bool {
@@ -293,141 +622,88 @@ func underRecursive(layout []config.Entry, dest string) bool {
 	return false
 }
 
-// offlineOK allows a reboot to go on with the last good files when S3 gave no answer at all;
-// never on a first boot, where there are no good files.
-func offlineOK(env *Env, err error) bool {
-	var fail *findings.Failure
-	if !errors.As(err, &fail) || !env.Record.CompletedOn(env.Instance.InstanceID) {
-		return false
-	}
-	for _, f := range fail.Findings {
-		if f.Code != findings.S3Unreachable {
-			return false
-		}
-	}
-	return len(fail.Findings) > 0
-}
-
-// stepCookieKey decides the session cookie key and stages the installation customizations:
-// the bucket's copy (or, without one, the file in place) with exactly one line for the key. It
-// stages into the bundle so that a failed validation leaves the old file; on a reboot that goes
-// on without S3's files there is no bundle, and the file in place is merged and written.
-func stepCookieKey(ctx context.Context, env *Env) error {
-	e := env.layoutEntry(layout.InstallationCustomizations)
-	inPlace, err := os.ReadFile(env.Path(e.Dest))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("reading %s: %w", e.Dest, err)
-	}
-	bd := env.Bundle
-	if bd == nil {
-		res, changed, err := cookie.Ensure(ctx, env.Bucket, env.Root, e)
-		env.ReportAll(res.Findings)
-		if err != nil {
-			return err
-		}
-		env.noteCookieSource(res.Source)
-		env.Log.Info("session cookie key in place", "source", res.Source, "changed", changed, "file", e.Dest)
-		return nil
-	}
-	in := cookie.Input{InPlace: inPlace}
-	if bd.Has(e.Dest) {
-		// The bucket's copy: staged when it differs from the file in place, else that file.
-		if in.Bucket, err = os.ReadFile(bd.PathOf(e.Dest)); err != nil {
-			return fmt.Errorf("reading the fetched %s: %w", e.Dest, err)
-		}
-		in.FromBucket = true
-	}
-	res, err := cookie.Merge(ctx, env.Bucket, in)
-	env.ReportAll(res.Findings)
-	if err != nil {
-		return err
-	}
-	env.noteCookieSource(res.Source)
-	changed, err := bd.Stage(e, res.Content)
-	if err != nil {
-		return err
-	}
-	env.Log.Info("session cookie key staged", "source", res.Source, "changed", changed, "file", e.Dest, "from_bucket", in.FromBucket)
-	return nil
-}
-
-// noteCookieSource records, in the run record, that this instance created the bucket's session
-// cookie key (any source but "s3": the key was this instance's candidate). Only then is that
-// object no evidence of an earlier deployment when this instance boots again.
-func (env *Env) noteCookieSource(source string) {
-	if source != "s3" && source != "" {
-		env.Record.CookieCreatedBy = env.Instance.InstanceID
-	}
-}
-
-// layout is where this boot's files live: the config's layout under --root.
-func (env *Env) layout() layout.Layout { return layout.New(env.Root, env.Config.Layout) }
-
-// layoutEntry returns the config's layout entry of that name.
-func (env *Env) layoutEntry(name string) config.Entry { return env.layout().Entry(name) }
-
-// stepProbe checks the databases and Vault with the settings just fetched. Only findings that
-// would certainly make the install fail block it; the runner retries them with backoff, as a
-// database may still be starting.
-func stepProbe(ctx context.Context, env *Env) error {
-	rep := runProbes(ctx, env)
-	env.ReportAll(rep.Findings)
-	for _, c := range rep.Checked {
-		env.Log.Info("probed", "service", c.Service, "target", c.Target, "ok", c.OK, "detail", c.Detail)
-	}
-	if b := rep.Blocking(); len(b) > 0 {
-		if env.Config.Probes.ProceedAnyway {
-			env.Log.Warn("blocking findings, but probes.proceed_anyway is set: going on to the installer", "blocking", len(b))
-			return nil
-		}
-		return &findings.Failure{Findings: b}
-	}
-	env.Log.Info("probes passed", "checked", len(rep.Checked), "findings", len(rep.Findings), "duration", rep.Duration.Round(time.Millisecond).String())
-	return nil
+type caIn struct {
+	Root   string
+	Config *config.Config
+	Bundle *fetch.Bundle
+	Known  map[string]fetch.Known
 }
 
 // stepCACerts installs the bucket's (and the config's) CA certificates before the probes, so
 // the probes and the services trust the same store.
-func stepCACerts(ctx context.Context, env *Env) error {
+func stepCACerts(ctx context.Context, x Exec, in caIn) (struct{}, []findings.Finding, error) {
 	var sources []certs.Source
-	for _, e := range env.Config.Layout {
+	for _, e := range in.Config.Layout {
 		if e.Name != layout.CACertificates {
 			continue
 		}
 		// From the bundle's listing, not the staging directory: a CA removed from the bucket
 		// stays there (fetch never deletes) but must no longer be trusted. Offline (a reboot
 		// with S3 down), the record of the last fetch says what the bucket held.
-		if env.Bundle != nil {
-			for _, f := range env.Bundle.Files {
+		if in.Bundle != nil {
+			for _, f := range in.Bundle.Files {
 				if f.Entry == e.Name {
 					sources = append(sources, certs.Source{Path: f.Dest, Name: f.Key})
 				}
 			}
 			continue
 		}
-		for dest, k := range env.Record.Known {
+		for dest, k := range in.Known {
 			if strings.HasPrefix(dest, e.Dest) && strings.HasPrefix(k.Key, e.Key) {
 				sources = append(sources, certs.Source{Path: dest, Name: k.Key})
 			}
 		}
 		sort.Slice(sources, func(i, j int) bool { return sources[i].Path < sources[j].Path })
 	}
-	sources = append(sources, certs.Paths(env.Config.CACertificates...)...)
-	res, err := certs.Install(env.layout(), sources, time.Now())
-	env.ReportAll(res.Findings)
+	sources = append(sources, certs.Paths(in.Config.CACertificates...)...)
+	res, err := certs.Install(layout.New(in.Root, in.Config.Layout), sources, time.Now())
 	if err != nil {
-		return err
+		return struct{}{}, res.Findings, err
 	}
-	env.Log.Info("CA certificates in place", "installed", len(res.Installed), "removed", len(res.Removed), "store_refreshed", res.Refreshed)
-	return nil
+	x.Log.Info("CA certificates in place", "installed", len(res.Installed), "removed", len(res.Removed), "store_refreshed", res.Refreshed)
+	return struct{}{}, res.Findings, nil
+}
+
+type probeIn struct {
+	Root   string
+	Config *config.Config
+}
+
+// stepProbe checks the databases and Vault with the settings just fetched. Only findings that
+// would certainly make the install fail block it; the runner retries them with backoff, as a
+// database may still be starting.
+func stepProbe(ctx context.Context, x Exec, in probeIn) (struct{}, []findings.Finding, error) {
+	rep := probes.Run(ctx, layout.New(in.Root, in.Config.Layout), probes.OptionsFrom(in.Config))
+	for _, c := range rep.Checked {
+		x.Log.Info("probed", "service", c.Service, "target", c.Target, "ok", c.OK, "detail", c.Detail)
+	}
+	if b := rep.Blocking(); len(b) > 0 {
+		if in.Config.Probes.ProceedAnyway {
+			x.Log.Warn("blocking findings, but probes.proceed_anyway is set: going on to the installer", "blocking", len(b))
+			return struct{}{}, rep.Findings, nil
+		}
+		return struct{}{}, rep.Findings, &findings.Failure{Findings: b}
+	}
+	x.Log.Info("probes passed", "checked", len(rep.Checked), "findings", len(rep.Findings), "duration", rep.Duration.Round(time.Millisecond).String())
+	return struct{}{}, rep.Findings, nil
+}
+
+type installIn struct {
+	Root      string
+	Config    *config.Config
+	Instance  imds.Info
+	IMDS      *imds.Client
+	Reinstall bool
+	Open      buckets // for an installer at s3://
 }
 
 // stepReplicatedInstall runs the installer once per instance, with the arguments that keep
 // the real script from asking (public address, no-docker), and verifies that it installed.
-func stepReplicatedInstall(ctx context.Context, env *Env) error {
-	c := env.Config
+func stepReplicatedInstall(ctx context.Context, x Exec, in installIn) (struct{}, []findings.Finding, error) {
+	c := in.Config
+	l := layout.New(in.Root, c.Layout)
 	settingsSHA := ""
-	if r, err := atomicfile.HashFile(env.Path(env.layout().SettingsConf())); err == nil {
+	if r, err := atomicfile.HashFile(l.Path(l.SettingsConf())); err == nil {
 		settingsSHA = r.SHA256
 	}
 	// haagent's proxy, as its own clients take it (HTTPS first); HTTP_PROXY alone is a proxy
@@ -445,14 +721,14 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 	}
 	// The script's discoverProxy takes replicated.conf's HttpProxy before its environment: with
 	// one there it must not get no-proxy, and a different proxy of haagent's would not be used.
-	conf := env.layout().ReplicatedConf()
-	if b, err := os.ReadFile(env.Path(conf)); err == nil {
+	conf := l.ReplicatedConf()
+	if b, err := os.ReadFile(l.Path(conf)); err == nil {
 		switch confProxy := replicated.ConfHTTPProxy(b); {
 		case confProxy == "":
 		case proxy == "":
 			proxy = confProxy
 		case confProxy != proxy:
-			return &findings.Failure{Findings: []findings.Finding{findings.New(findings.FileInvalid, conf,
+			return struct{}{}, nil, &findings.Failure{Findings: []findings.Finding{findings.New(findings.FileInvalid, conf,
 				fmt.Sprintf("%s sets HttpProxy %s but haagent's proxy is %s: the installer would use %s's, not the one haagent checked its connections through; it was not run",
 					conf, replicated.Redact(confProxy), replicated.Redact(proxy), conf), "").
 				WithFix(fmt.Sprintf("set the same proxy in both (HttpProxy in the bucket's replicated.conf and HTTPS_PROXY in haagent's environment), or remove HttpProxy from %s", conf))}}
@@ -463,313 +739,207 @@ func stepReplicatedInstall(ctx context.Context, env *Env) error {
 	public := ""
 	if !replicated.SetsPublicAddress(c.Replicated.ExtraArgs) {
 		var err error
-		if public, err = env.IMDS.PublicIPv4(ctx); err != nil {
-			return imdsFailure(err)
+		if public, err = in.IMDS.PublicIPv4(ctx); err != nil {
+			return struct{}{}, nil, imdsFailure(err)
 		}
 	}
 	res, err := replicated.Ensure(ctx, replicated.Options{
-		Root: env.Root, URL: c.Replicated.InstallerURL, SHA256: c.Replicated.SHA256, ExtraArgs: c.Replicated.ExtraArgs,
-		Version: c.Replicated.Version, Timeout: c.Replicated.Timeout.D(), LocalAddress: env.Instance.LocalIPv4,
-		PublicAddress: public, DockerInstalled: replicated.DockerInstalled(env.Root), InstanceID: env.Instance.InstanceID,
-		SettingsSHA256: settingsSHA, Proxy: proxy, NoProxy: noProxy, Reinstall: env.Reinstall, RootCAs: probes.TrustPool(env.layout()),
-		Systemd: env.Root == "/" && replicated.UnderSystemd(), Log: env.Log.With("step", "replicated-install"),
-		// Report logs a finding once per run, however often the step is retried.
-		Report:     env.Report,
-		OpenBucket: func(ctx context.Context, name string) (*bucket.Bucket, error) { return env.openBucket(ctx, name, "") },
+		Root: in.Root, URL: c.Replicated.InstallerURL, SHA256: c.Replicated.SHA256, ExtraArgs: c.Replicated.ExtraArgs,
+		Version: c.Replicated.Version, Timeout: c.Replicated.Timeout.D(), LocalAddress: in.Instance.LocalIPv4,
+		PublicAddress: public, DockerInstalled: replicated.DockerInstalled(in.Root), InstanceID: in.Instance.InstanceID,
+		SettingsSHA256: settingsSHA, Proxy: proxy, NoProxy: noProxy, Reinstall: in.Reinstall, RootCAs: probes.TrustPool(l),
+		Systemd: in.Root == "/" && replicated.UnderSystemd(), Log: x.Log,
+		// An unpinned installer is in the journal before the script runs as root.
+		Report:     x.Report,
+		OpenBucket: func(ctx context.Context, name string) (*bucket.Bucket, error) { return in.Open.open(ctx, name, "") },
 	})
 	if err != nil {
-		return err
+		return struct{}{}, nil, err
 	}
 	// AppState is set whenever an install was verified: one run here, or one an earlier
 	// haagent started and this one waited for.
 	if res.AppState != "" {
-		env.Log.Info("Replicated installed and answering", "installer_sha256", res.SHA256, "app_state", res.AppState)
+		x.Log.Info("Replicated installed and answering", "installer_sha256", res.SHA256, "app_state", res.AppState)
 	}
-	return nil
+	return struct{}{}, nil, nil
 }
 
-// stepWatch waits for the frontend container to run (and be healthy), and starts what goes on
-// after the boot: its logs into the journal and crash-loop detection.
-func stepWatch(ctx context.Context, env *Env) error {
-	c := env.Config.Watch
+type watchStartIn struct {
+	Root    string
+	Config  *config.Config
+	Watcher *watch.Watcher // an earlier attempt's, nil before
+	Since   time.Time      // this run's start: the log forwarding's first line without a mark
+	// Log is the watcher's: the run's, not this step's, since the monitors and the watch step
+	// use the same watcher, and the frontend's own lines are entries of their own.
+	Log *slog.Logger
+	// Completed: the frontend was up on this instance before, so a frontend that never comes
+	// back is a failure for the guard to judge; on a first boot it is the install still running.
+	Completed bool
+	// The monitors this step may start.
+	KeysScan   Monitor
+	Guard      Monitor
+	CrashLoops func(*watch.Watcher) Monitor
+}
+
+type watchStartOut struct {
+	Watcher  *watch.Watcher
+	Monitors []Monitor
+}
+
+// stepWatchStart connects to the Docker engine and starts what watches the frontend while it
+// comes up and afterwards: its logs into the journal, crash-loop detection, and the keys scan
+// (CircleCI creates its keys on its first start, while the watch waits for it: the scan backs
+// them up as soon as they are written, not only after the boot).
+func stepWatchStart(ctx context.Context, x Exec, in watchStartIn) (watchStartOut, []findings.Finding, error) {
+	c := in.Config.Watch
 	if !c.On() {
-		env.Log.Info("the frontend watch is disabled in the config (watch.enabled: false)")
-		return nil
+		x.Log.Info("the frontend watch is disabled in the config (watch.enabled: false)")
+		return watchStartOut{}, nil, nil
 	}
-	if env.Watcher == nil {
-		w, err := watch.New(watch.Options{
-			Name: c.Container, StuckAfter: c.StuckAfter.D(), ReprobeEvery: c.ReprobeEvery.D(),
-			CrashRestarts: c.CrashRestarts, CrashWindow: c.CrashWindow.D(), Log: env.Log,
-			Sink:     logging.NewContainerSink(c.Container, env.Log),
-			Status:   func(s string) { Notify("STATUS=" + s) },
-			MarkPath: env.Path(layout.FrontendMark),
-			// A wedged engine is a state the journal and status show, not a hang: every Docker
-			// call is bounded, and the guard sees the frontend as down meanwhile.
-			Engine: func(err error) {
-				if err != nil {
-					env.LateFinding(findings.New(findings.DockerNotAnswering, "dockerd", "the Docker engine does not answer; the frontend cannot be watched", findings.Redact(err.Error())))
-					return
-				}
-				env.Log.Info("the Docker engine answers again")
-				env.clearLate(findings.DockerNotAnswering, "dockerd")
-			},
-			Probe: func(ctx context.Context) []findings.Finding {
-				return runProbes(ctx, env).Findings
-			},
-		})
-		if err != nil {
-			return err
-		}
-		env.Watcher = w
-		// On an instance whose frontend was up before, a frontend that never comes back is a
-		// failure the guard judges; on a first boot it is the install still running.
-		if env.Record.CompletedOn(env.Instance.InstanceID) {
-			startGuard(ctx, env)
-		}
-		// The haagent before this one left a mark of how far it forwarded; without one,
-		// lines from before this run are taken as forwarded by an older haagent.
-		env.background.Add(1)
-		mctx := env.monitorCtx()
-		go func() { defer env.background.Done(); w.Follow(mctx, env.Run.Start) }()
-		// CircleCI creates its keys on its first start, while the watch waits for it: the scan
-		// backs them up as soon as they are written, not only after the boot.
-		startKeyScan(env)
-		go w.CrashLoops(mctx, func(dies int, window time.Duration) {
-			probed := runProbes(mctx, env).Findings
-			last := strings.Join(w.LastLines(), " | ")
-			if len(last) > 2000 {
-				last = "..." + last[len(last)-2000:]
-			}
-			f := findings.New(findings.FrontendCrashLoop, c.Container,
-				fmt.Sprintf("%s died %d times within %s; probes now: %s", c.Container, dies, window, findings.Codes(probed)),
-				"last lines: "+last)
-			env.LateFinding(f)
-		})
+	if in.Watcher != nil {
+		return watchStartOut{Watcher: in.Watcher}, nil, nil
 	}
-	if err := env.Watcher.WaitReady(ctx); err != nil {
-		return fmt.Errorf("waiting for %s: %w", c.Container, err)
+	w, err := watch.New(watch.Options{
+		Name: c.Container, StuckAfter: c.StuckAfter.D(), ReprobeEvery: c.ReprobeEvery.D(),
+		CrashRestarts: c.CrashRestarts, CrashWindow: c.CrashWindow.D(), Log: in.Log,
+		Sink:     logging.NewContainerSink(c.Container, in.Log),
+		Status:   x.Status,
+		MarkPath: filepath.Join(in.Root, layout.FrontendMark),
+		// A wedged engine is a state the journal and status show, not a hang: every Docker
+		// call is bounded, the docker-engine monitor reports it, and the guard sees the
+		// frontend as down meanwhile.
+		Probe: func(ctx context.Context) []findings.Finding {
+			return probes.Run(ctx, layout.New(in.Root, in.Config.Layout), probes.OptionsFrom(in.Config)).Findings
+		},
+	})
+	if err != nil {
+		return watchStartOut{}, nil, err
 	}
-	env.Log.Info("frontend is up", "container", c.Container)
-	startGuard(ctx, env)
-	return nil
+	out := watchStartOut{Watcher: w, Monitors: []Monitor{followMonitor(w, in.Since), in.KeysScan, in.CrashLoops(w), engineMonitor(w)}}
+	if in.Completed {
+		out.Monitors = append(out.Monitors, in.Guard)
+	}
+	return out, nil, nil
+}
+
+type watchIn struct {
+	Config  config.Watch
+	Watcher *watch.Watcher // nil with the watch disabled
+	Guard   Monitor
+}
+
+type watchOut struct {
+	Monitors []Monitor
+}
+
+// stepWatch waits for the frontend container to run (and be healthy); then the guard watches
+// it.
+func stepWatch(ctx context.Context, x Exec, in watchIn) (watchOut, []findings.Finding, error) {
+	if in.Watcher == nil {
+		x.Log.Info("the frontend watch is disabled in the config (watch.enabled: false): not waiting for it")
+		return watchOut{}, nil, nil
+	}
+	if err := in.Watcher.WaitReady(ctx); err != nil {
+		return watchOut{}, nil, fmt.Errorf("waiting for %s: %w", in.Config.Container, err)
+	}
+	x.Log.Info("frontend is up", "container", in.Config.Container)
+	return watchOut{Monitors: []Monitor{in.Guard}}, nil, nil
+}
+
+type backupIn struct {
+	Bucket    *bucket.Bucket
+	Keys      backup.Options
+	Entry     config.Entry
+	Completed bool
+	KeysScan  Monitor
+}
+
+type backupOut struct {
+	Conflicts      []fetch.KeyConflict
+	ConflictsKnown bool
+	Monitors       []Monitor
 }
 
 // StepBackupKeys copies encryption keys that exist only on this machine to the bucket, after
 // the boot (CircleCI creates its keys on first start). It fails while any key is not in S3,
 // so the service keeps trying and the run is not reported complete with keys at risk.
-func StepBackupKeys(ctx context.Context, env *Env) error {
-	e := env.keysEntry()
-	res, err := backup.Keys(ctx, env.Bucket, env.keysOptions())
+func StepBackupKeys(ctx context.Context, x Exec, in backupIn) (backupOut, []findings.Finding, error) {
+	res, err := backup.Keys(ctx, in.Bucket, in.Keys)
 	var be *bucket.Error
 	if err != nil && errors.As(err, &be) && be.Code() == findings.S3Unreachable {
-		if env.Record.CompletedOn(env.Instance.InstanceID) {
+		if in.Completed {
 			// A reboot with S3 down (the fetch went on with the last good files): the keys were
 			// backed up by an earlier boot; the scan compares them once S3 answers.
-			env.Report(findings.New(findings.KeysBackupSkipped, env.Bucket.URI(e.Key), "S3 is unreachable: the encryption keys were not compared with the bucket", err.Error()))
-			startKeyScan(env)
-			return nil
+			return backupOut{Monitors: []Monitor{in.KeysScan}}, []findings.Finding{findings.New(findings.KeysBackupSkipped, in.Bucket.URI(in.Entry.Key),
+				"S3 is unreachable: the encryption keys were not compared with the bucket", err.Error())}, nil
 		}
 		// A first boot: the keys CircleCI just made exist only here. Not complete until they
 		// are in S3; the service retries.
-		f := findings.New(findings.KeysNotBackedUp, env.Bucket.URI(e.Key),
+		f := findings.New(findings.KeysNotBackedUp, in.Bucket.URI(in.Entry.Key),
 			"S3 is unreachable on this instance's first boot: its encryption keys exist only on this machine", err.Error()).
 			WithFix(be.Fix() + "; haagent retries the backup until it succeeds")
-		return &findings.Failure{Findings: []findings.Finding{f}}
+		return backupOut{}, nil, &findings.Failure{Findings: []findings.Finding{f}}
 	}
 	if err != nil {
-		return err
+		return backupOut{}, nil, err
 	}
-	env.setKeyConflicts(res.Details)
-	startKeyScan(env)
-	env.ReportAll(res.Findings)
-	env.Log.Info("encryption keys backed up", "uploaded", len(res.Uploaded), "in_sync", len(res.InSync),
+	out := backupOut{Conflicts: res.Details, ConflictsKnown: true, Monitors: []Monitor{in.KeysScan}}
+	x.Log.Info("encryption keys backed up", "uploaded", len(res.Uploaded), "in_sync", len(res.InSync),
 		"conflicts", len(res.Conflicts), "not_backed_up", len(res.NotBackedUp))
-	var errs []findings.Finding
-	for _, f := range res.Findings {
+	if errs := errorsOf(res.Findings); len(errs) > 0 {
+		return out, res.Findings, &findings.Failure{Findings: errs}
+	}
+	return out, res.Findings, nil
+}
+
+// errorsOf is the error findings of fs.
+func errorsOf(fs []findings.Finding) []findings.Finding {
+	var out []findings.Finding
+	for _, f := range fs {
 		if f.Severity == findings.Error {
-			errs = append(errs, f)
+			out = append(out, f)
 		}
 	}
-	if len(errs) > 0 {
-		return &findings.Failure{Findings: errs}
-	}
-	return nil
+	return out
 }
 
 // BackupKeysNow is the step of `haagent backup keys`: the backup on demand. Unlike the boot's
 // step it never skips: a person asked whether the keys are in S3, and S3 being unreachable is
 // a failure, not a warning. The outcome is left in *res for the command to print.
 func BackupKeysNow(res *backup.Result) Step {
-	return Step{Name: "backup-keys", Run: func(ctx context.Context, env *Env) error {
-		r, err := backup.Keys(ctx, env.Bucket, env.keysOptions())
-		*res = r
-		if err != nil {
-			return err
-		}
-		env.ReportAll(r.Findings)
-		var errs []findings.Finding
-		for _, f := range r.Findings {
-			if f.Severity == findings.Error {
-				errs = append(errs, f)
+	return Step{Name: "backup-keys", Do: Wire(
+		func(e *Env) backupIn { return backupIn{Bucket: e.Bucket, Keys: e.keysOptions()} },
+		func(ctx context.Context, x Exec, in backupIn) (backup.Result, []findings.Finding, error) {
+			r, err := backup.Keys(ctx, in.Bucket, in.Keys)
+			if err != nil {
+				return r, nil, err
 			}
-		}
-		if len(errs) > 0 {
-			return &findings.Failure{Findings: errs}
-		}
-		return nil
-	}}
+			if errs := errorsOf(r.Findings); len(errs) > 0 {
+				return r, r.Findings, &findings.Failure{Findings: errs}
+			}
+			return r, r.Findings, nil
+		},
+		func(e *Env, r backup.Result) { *res = r })}
 }
 
-// keysOptions is where the keys are, for the backup.
-func (env *Env) keysOptions() backup.Options {
-	e := env.keysEntry()
+// keysOptions is where the keys are, for the backup: the layout's entry and what the run
+// record knows of the bucket's copies. The record is read under ledger.mu: a monitor (the keys
+// scan, the guard) asks while the runner may be writing it.
+func (e *Env) keysOptions() backup.Options {
+	k := layoutEntry(e.Config, layout.EncryptionKeys)
+	e.ledger.mu.Lock()
+	defer e.ledger.mu.Unlock()
 	known := map[string]fetch.Known{}
-	for _, k := range env.Record.Known {
-		if strings.HasPrefix(k.Key, e.Key) {
-			known[k.Key] = k
+	for _, kn := range e.Record.Known {
+		if strings.HasPrefix(kn.Key, k.Key) {
+			known[kn.Key] = kn
 		}
 	}
-	return backup.Options{Root: env.Root, LocalDir: e.Dest, Prefix: e.Key, Known: known}
+	return backup.Options{Root: e.Root, LocalDir: k.Dest, Prefix: k.Key, Known: known}
 }
 
-// installedHere reports whether CircleCI was installed on this instance (the installer's
-// marker, or a completed boot): what already runs here must not be stopped.
-func installedHere(env *Env) bool {
-	if m := replicated.ReadMarker(env.Root); m != nil && m.InstanceID == env.Instance.InstanceID {
-		return true
-	}
-	return env.Record.CompletedOn(env.Instance.InstanceID)
-}
-
-// deploymentExisted returns evidence that this CircleCI deployment existed before this boot:
-// this machine's record or installer marker, or objects only an earlier instance writes (the
-// replacement ledger; the session cookie key, unless the record says this very instance created
-// it, on an earlier, unfinished attempt of its first boot). An empty Why means a brand-new
-// install. An earlier run of this instance alone is no such proof: a run stopped by KEYS_MISSING
-// at the fetch never reached the cookie-key step, and a restart must stop again.
-func deploymentExisted(ctx context.Context, env *Env) (fetch.Existed, error) {
-	here := installedHere(env)
-	if why := env.Record.InstalledBefore(); why != "" {
-		return fetch.Existed{Why: why, Here: here}, nil
-	}
-	if m := replicated.ReadMarker(env.Root); m != nil {
-		return fetch.Existed{Why: fmt.Sprintf("Replicated was installed on this machine (instance %s, %s)", m.InstanceID, layout.InstallMarker), Here: here}, nil
-	}
-	keys := []string{asg.LedgerKey}
-	if env.Record.CookieCreatedBy == "" || env.Record.CookieCreatedBy != env.Instance.InstanceID {
-		keys = append(keys, cookie.Object)
-	}
-	for _, key := range keys {
-		objs, err := env.Bucket.List(ctx, key)
-		if err != nil {
-			return fetch.Existed{}, err
-		}
-		for _, o := range objs {
-			if o.Rel == "" {
-				return fetch.Existed{Why: fmt.Sprintf("the bucket holds %s, which only an earlier instance writes", env.Bucket.URI(key)), Here: here}, nil
-			}
-		}
-	}
-	return fetch.Existed{}, nil
-}
-
-// startKeyScan starts, once, the periodic keys backup that runs for as long as haagent does.
-// Each scan that writes takes the run lock (lockForWrite): while the boot steps run this
-// process holds it already; afterwards an on-demand command may hold it, and the scan waits.
-func startKeyScan(env *Env) {
-	ctx := env.monitorCtx()
-	env.keyScan.Do(func() {
-		env.background.Add(1)
-		go func() {
-			defer env.background.Done()
-			scanKeys(ctx, env, env.Config.Backup.ScanEvery.D())
-		}()
-	})
-}
-
-// scanKeys looks at the keys directory every period and backs it up again when it changed, or
-// while the last backup left a key out (a conflict, a failed upload, a key still being
-// written). Its findings are late findings: they join the run record and the journal.
-func scanKeys(ctx context.Context, env *Env, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	var sc keyScanner
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		sc.scan(ctx, env, every)
-	}
-}
-
-// keyScanner is the periodic scan's memory between two scans.
-type keyScanner struct {
-	last       string // the local fingerprint at the last full comparison
-	lastRemote string // the bucket side's (names and sizes) then; "" when unknown
-	settled    bool   // that comparison left nothing out
-}
-
-// scan is one scan; it reports whether it ran a full comparison (backup.Keys). Both sides are
-// looked at every time: the local directory, and the keys prefix with one ListObjectsV2, so a
-// backup copy deleted (or replaced) in the bucket is put back (or reported) at the next scan,
-// not at the next boot.
-func (sc *keyScanner) scan(ctx context.Context, env *Env, every time.Duration) bool {
-	o := env.keysOptions()
-	fp := backup.Fingerprint(o)
-	objs, err := env.Bucket.List(ctx, o.Prefix)
-	if err != nil {
-		if ctx.Err() == nil {
-			env.Log.Warn("the periodic keys backup could not list the keys in the bucket; trying again at the next scan",
-				"every", every.String(), "prefix", env.Bucket.URI(o.Prefix), "error", err.Error())
-		}
-		sc.settled = false
-		return false
-	}
-	var rb strings.Builder
-	for _, obj := range objs {
-		fmt.Fprintf(&rb, "%q %d %s\n", obj.Rel, obj.Size, obj.ETag)
-	}
-	remote := rb.String()
-	if sc.settled && fp == sc.last && remote == sc.lastRemote {
-		return false
-	}
-	release, err := env.lockForWrite()
-	if err != nil {
-		env.Log.Info("the periodic keys backup waits for the next scan: another haagent command holds the lock", "error", err.Error())
-		sc.settled = false
-		return false
-	}
-	res, err := backup.Keys(ctx, env.Bucket, o)
-	release()
-	if err != nil {
-		if ctx.Err() == nil {
-			env.Log.Warn("the periodic keys backup could not compare the keys with the bucket; trying again at the next scan",
-				"every", every.String(), "error", err.Error())
-		}
-		sc.settled = false
-		return true
-	}
-	// An upload changed the bucket's side after the listing: the next scan lists it anew and
-	// compares once more; with nothing uploaded the listing is what was compared against.
-	sc.lastRemote = remote
-	if len(res.Uploaded) > 0 {
-		sc.lastRemote = ""
-	}
-	env.setKeyConflicts(res.Details)
-	env.lateKeys(res.Findings)
-	if len(res.Uploaded) > 0 {
-		env.Log.Info("encryption keys backed up by the periodic scan", "uploaded", strings.Join(res.Uploaded, ","), "in_sync", len(res.InSync))
-	}
-	sc.last, sc.settled = fp, len(res.NotBackedUp)+len(res.Conflicts) == 0
-	return true
-}
-
-func (env *Env) keysEntry() config.Entry { return env.layoutEntry(layout.EncryptionKeys) }
-
-// runProbes checks the databases and Vault with the settings in place: the probe step, the
-// stuck frontend and a crash loop all ask the same question.
+// runProbes checks the databases and Vault with the settings in place: the stuck frontend, a
+// crash loop and the guard ask what the probe step asked.
 func runProbes(ctx context.Context, env *Env) *probes.Report {
 	return probes.Run(ctx, env.layout(), probes.OptionsFrom(env.Config))
 }

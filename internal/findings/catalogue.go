@@ -252,4 +252,12 @@ var (
 		Fix: "point replicated.installer_url at an https URL that does not redirect to http (or keep the script in the bucket: s3://bucket/key with replicated.sha256)"})
 	InstallerUnpinned = register(Entry{Code: "INSTALLER_UNPINNED", Severity: Warning, Blocking: false, Service: "replicated",
 		Fix: "pin the installer: set replicated.sha256 to the sha256 this run logged once you have read the script, or keep a reviewed copy in the bucket (installer_url: s3://bucket/key)"})
+
+	// The supervisor of monitors (issue 15): what it says about a monitor, filed under its name.
+	MonitorFailing = register(Entry{Code: "MONITOR_FAILING", Severity: Warning, Blocking: false, Service: "haagent",
+		Fix: "a monitor keeps failing: read its last error (the evidence) and `journalctl -u haagent HAAGENT_MONITOR=NAME`, and fix what it names (a permission, a route, the Docker engine); haagent keeps restarting it with backoff"})
+	MonitorPanicked = register(Entry{Code: "MONITOR_PANICKED", Severity: Error, Blocking: false, Service: "haagent",
+		Fix: "a bug in haagent: report it with the stack logged just before (journalctl -u haagent HAAGENT_MONITOR=NAME); haagent restarts the monitor meanwhile"})
+	MonitorStalled = register(Entry{Code: "MONITOR_STALLED", Severity: Error, Blocking: false, Service: "haagent",
+		Fix: "a monitor's loop is blocked, so haagent stopped feeding systemd's watchdog and systemd restarts haagent (journalctl -u haagent shows the watchdog timeout); if it recurs, report it with `journalctl -u haagent HAAGENT_MONITOR=NAME`"})
 )

@@ -26,7 +26,8 @@ import (
 // loopback that decodes the AWS Query protocol the SDK sends (form-encoded Action, Version and
 // member lists), checks the SigV4 signature against its own credentials, keeps the state of
 // one region's groups, hooks and lifecycle actions, and answers in the service's XML, errors
-// included. Tests assert on the decoded calls.
+// included (AccessDenied on demand, and Throttling "Rate exceeded" as the service answers when
+// the account's request rate is spent). Tests assert on the decoded calls.
 
 // ASG is the Auto Scaling endpoint.
 type ASG struct {
@@ -39,7 +40,9 @@ type ASG struct {
 	// pending is the instances whose launch lifecycle action waits (instance -> hook).
 	pending map[string]string
 	deny    map[string]bool
-	changed chan struct{}
+	// throttle counts the calls of an action still to be refused with Throttling (-1: all).
+	throttle map[string]int
+	changed  chan struct{}
 }
 
 // ASGGroup is one group's state.
@@ -78,7 +81,7 @@ type ASGCall struct {
 func StartASG(t testing.TB, access, secret string) *ASG {
 	t.Helper()
 	a := &ASG{AccessKey: access, SecretKey: secret, groups: map[string]*ASGGroup{},
-		pending: map[string]string{}, deny: map[string]bool{}, changed: make(chan struct{})}
+		pending: map[string]string{}, deny: map[string]bool{}, throttle: map[string]int{}, changed: make(chan struct{})}
 	srv := httptest.NewServer(http.HandlerFunc(a.serve))
 	t.Cleanup(srv.Close)
 	a.URL = srv.URL
@@ -119,6 +122,16 @@ func (a *ASG) Deny(action string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.deny[action] = true
+}
+
+// Throttle answers the next n calls of an action (n < 0: every call until Throttle is called
+// again; 0 ends it) as the service does when the account's request rate is exceeded: HTTP 400
+// with code Throttling, "Rate exceeded", which the SDK's standard retryer retries (3 attempts
+// in all) before returning it.
+func (a *ASG) Throttle(action string, n int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.throttle[action] = n
 }
 
 // Calls returns the decoded requests so far, optionally only those of some actions.
@@ -193,6 +206,13 @@ func (a *ASG) serve(w http.ResponseWriter, r *http.Request) {
 	a.calls = append(a.calls, ASGCall{Action: action, Params: form, At: time.Now()})
 	close(a.changed)
 	a.changed = make(chan struct{})
+	if n := a.throttle[action]; n != 0 {
+		if n > 0 {
+			a.throttle[action] = n - 1
+		}
+		asgError(w, 400, "Throttling", "Rate exceeded")
+		return
+	}
 	if a.deny[action] {
 		asgError(w, 403, "AccessDenied", fmt.Sprintf("User: arn:aws:sts::123456789012:assumed-role/circleci-services/i-x is not authorized to perform: autoscaling:%s", action))
 		return

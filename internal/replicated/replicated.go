@@ -76,6 +76,33 @@ func ReadMarker(root string) *Marker {
 	return &m
 }
 
+// Install is what this machine's install marker says, read once: the one place that decides
+// whether Replicated was installed here, for which instance, with which settings.conf. Every
+// step that asks (the fetch's evidence of an earlier deployment, validate-files' drift and key
+// conflicts, the installer itself) asks it.
+type Install struct{ m *Marker }
+
+// ReadInstall reads the marker under root; no marker (or an unreadable one) is no install.
+func ReadInstall(root string) Install { return Install{ReadMarker(root)} }
+
+// On reports whether an install completed on this instance.
+func (i Install) On(instanceID string) bool { return i.m != nil && i.m.InstanceID == instanceID }
+
+// Evidence says why this machine was part of a deployment before (an install by any
+// instance), or "" when Replicated was never installed here.
+func (i Install) Evidence() string {
+	if i.m == nil {
+		return ""
+	}
+	return fmt.Sprintf("Replicated was installed on this machine (instance %s, %s)", i.m.InstanceID, layout.InstallMarker)
+}
+
+// SettingsDrift reports whether this instance's install imported a settings.conf other than
+// the one of sha256 sum: Replicated does not read it again, so the change would do nothing.
+func (i Install) SettingsDrift(instanceID, sum string) bool {
+	return i.On(instanceID) && i.m.SettingsSHA256 != "" && sum != "" && sum != i.m.SettingsSHA256
+}
+
 // Options for one Ensure.
 type Options struct {
 	Root      string
@@ -133,7 +160,8 @@ type Result struct {
 // Replicated's services run and replicatedctl answers.
 func Ensure(ctx context.Context, o Options) (Result, error) {
 	var res Result
-	if m := ReadMarker(o.Root); m != nil && m.InstanceID == o.InstanceID && !o.Reinstall {
+	if in := ReadInstall(o.Root); in.On(o.InstanceID) && !o.Reinstall {
+		m := in.m
 		o.Log.Info("Replicated is already installed on this instance; not re-running the installer (it would stop CircleCI)",
 			"installed", m.Time.Format(time.RFC3339), "installer_sha256", m.InstallerSHA256)
 		return res, ensureActive(ctx, o)

@@ -61,18 +61,32 @@ func (r *Record) InstalledBefore() string {
 
 // Run is one invocation of the boot.
 type Run struct {
-	ID         string             `json:"id"`
-	InstanceID string             `json:"instance_id,omitempty"`
-	BootID     string             `json:"boot_id,omitempty"`
-	Mode       string             `json:"mode"`
-	PID        int                `json:"pid"`
-	Start      time.Time          `json:"start"`
-	End        *time.Time         `json:"end,omitempty"`
-	Status     string             `json:"status"`
-	Error      string             `json:"error,omitempty"`
-	Steps      []Step             `json:"steps"`
-	Files      []fetch.File       `json:"files,omitempty"`
-	Findings   []findings.Finding `json:"findings,omitempty"`
+	ID         string       `json:"id"`
+	InstanceID string       `json:"instance_id,omitempty"`
+	BootID     string       `json:"boot_id,omitempty"`
+	Mode       string       `json:"mode"`
+	PID        int          `json:"pid"`
+	Start      time.Time    `json:"start"`
+	End        *time.Time   `json:"end,omitempty"`
+	Status     string       `json:"status"`
+	Error      string       `json:"error,omitempty"`
+	Steps      []Step       `json:"steps"`
+	Files      []fetch.File `json:"files,omitempty"`
+	// Findings are the steps' findings; Monitors the findings of what runs beside and after
+	// the steps, each under the monitor's name (a step's retry never deletes them).
+	Findings []findings.Finding `json:"findings,omitempty"`
+	Monitors []Monitor          `json:"monitors,omitempty"`
+}
+
+// Monitor is one monitor of a run as of the last save: its state under the supervisor
+// (running, restarting, stalled, done, stopped), how often it was restarted and why last, and
+// its current findings.
+type Monitor struct {
+	Name      string             `json:"name"`
+	State     string             `json:"state,omitempty"`
+	Restarts  int                `json:"restarts,omitempty"`
+	LastError string             `json:"last_error,omitempty"`
+	Findings  []findings.Finding `json:"findings"`
 }
 
 // Step is one step's latest outcome in a run.

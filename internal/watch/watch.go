@@ -293,7 +293,13 @@ func (w *Watcher) status(s string) {
 // re-creations. It starts at the mark the haagent before it left (Options.MarkPath), else at
 // from. Each reattachment asks for the lines since the last one forwarded (not a tail), and
 // skips the lines it already forwarded at that exact timestamp.
-func (w *Watcher) Follow(ctx context.Context, from time.Time) {
+//
+// alive (nil: none) is called each time its loop goes round, and at least every Poll while a
+// quiet stream is open: a frontend that logs nothing for hours is not a dead forwarder.
+func (w *Watcher) Follow(ctx context.Context, from time.Time, alive func()) {
+	if alive == nil {
+		alive = func() {}
+	}
 	last, dupAtLast := w.start(from)
 	every := w.o.MarkEvery
 	if every <= 0 {
@@ -318,6 +324,7 @@ func (w *Watcher) Follow(ctx context.Context, from time.Time) {
 		w.saveMark() // the stream has ended: this is exactly how far the journal got
 	}()
 	for ctx.Err() == nil {
+		alive()
 		s, err := w.Inspect(ctx)
 		if err != nil || !s.Exists {
 			sleepCtx(ctx, w.o.Poll)
@@ -339,12 +346,37 @@ func (w *Watcher) Follow(ctx context.Context, from time.Time) {
 			sleepCtx(ctx, w.o.Poll)
 			continue
 		}
-		last, dupAtLast = w.pump(rc, last, dupAtLast)
+		last, dupAtLast = w.pumpAlive(rc, last, dupAtLast, alive)
 		rc.Close()
 		cancel()
 		// The stream ends at every stop or restart; wait for a change before reattaching so a
 		// stopped container is not polled in a tight loop.
-		w.waitChange(ctx, s)
+		w.waitChange(ctx, s, alive)
+	}
+}
+
+// pumpAlive reads one log stream in a goroutine of its own while this loop calls alive every
+// Poll: a read that waits for the next line is the stream being quiet, which is alive. The
+// stream ends when the container stops or ctx ends (the caller's context closes it).
+func (w *Watcher) pumpAlive(rc io.Reader, last time.Time, dup int, alive func()) (time.Time, int) {
+	type result struct {
+		last time.Time
+		dup  int
+	}
+	done := make(chan result, 1)
+	go func() {
+		l, d := w.pump(rc, last, dup)
+		done <- result{l, d}
+	}()
+	t := time.NewTicker(w.o.Poll)
+	defer t.Stop()
+	for {
+		select {
+		case r := <-done:
+			return r.last, r.dup
+		case <-t.C:
+			alive()
+		}
 	}
 }
 
@@ -438,10 +470,11 @@ func splitTimestamp(s string) (time.Time, string) {
 	return ts, rest
 }
 
-func (w *Watcher) waitChange(ctx context.Context, was State) {
+func (w *Watcher) waitChange(ctx context.Context, was State, alive func()) {
 	t := time.NewTicker(w.o.Poll / 4)
 	defer t.Stop()
 	for {
+		alive()
 		s, err := w.Inspect(ctx)
 		if err == nil && (s.ID != was.ID || s.Running || s.RestartCount != was.RestartCount) {
 			return
@@ -466,10 +499,15 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 // CrashLoops watches the engine's events for the container dying, and calls report once
 // each time it dies CrashRestarts times within CrashWindow. It runs until ctx ends: the event
 // stream ends whenever dockerd restarts (an upgrade, systemctl restart docker), and is then
-// followed again from the last event seen, so no die in between is missed.
-func (w *Watcher) CrashLoops(ctx context.Context, report func(dies int, window time.Duration)) {
+// followed again from the last event seen, so no die in between is missed. alive (nil: none)
+// is called each time its loop goes round, and every Poll while no event comes.
+func (w *Watcher) CrashLoops(ctx context.Context, alive func(), report func(dies int, window time.Duration)) {
+	if alive == nil {
+		alive = func() {}
+	}
 	var lastEvent int64 // TimeNano of the last die counted
 	for ctx.Err() == nil {
+		alive()
 		if err := w.ready(ctx); err != nil {
 			sleepCtx(ctx, w.o.Poll)
 			continue
@@ -478,7 +516,7 @@ func (w *Watcher) CrashLoops(ctx context.Context, report func(dies int, window t
 		if lastEvent > 0 {
 			since = time.Unix(0, lastEvent)
 		}
-		err := w.followDies(ctx, since, &lastEvent, report)
+		err := w.followDies(ctx, since, &lastEvent, alive, report)
 		if ctx.Err() != nil {
 			return
 		}
@@ -489,13 +527,17 @@ func (w *Watcher) CrashLoops(ctx context.Context, report func(dies int, window t
 }
 
 // followDies reads one event stream until it ends.
-func (w *Watcher) followDies(ctx context.Context, since time.Time, lastEvent *int64, report func(dies int, window time.Duration)) error {
+func (w *Watcher) followDies(ctx context.Context, since time.Time, lastEvent *int64, alive func(), report func(dies int, window time.Duration)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	f := filters.NewArgs(filters.Arg("type", string(events.ContainerEventType)), filters.Arg("container", w.o.Name), filters.Arg("event", "die"))
 	msgs, errs := w.cli.Events(ctx, events.ListOptions{Filters: f, Since: fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond())})
+	wake := time.NewTicker(w.o.Poll)
+	defer wake.Stop()
 	for {
 		select {
+		case <-wake.C:
+			alive() // no die for a while: the usual case
 		case <-ctx.Done():
 			return ctx.Err()
 		case err := <-errs:

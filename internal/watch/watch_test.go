@@ -115,8 +115,8 @@ func TestWatch(t *testing.T) {
 		w := newWatcher(t, d, Options{Sink: sink, CrashRestarts: 3, CrashWindow: time.Minute})
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		go w.CrashLoops(ctx, func(n int, _ time.Duration) { lmu.Lock(); loops = append(loops, n); lmu.Unlock() })
-		go w.Follow(ctx, time.Time{})
+		go w.CrashLoops(ctx, nil, func(n int, _ time.Duration) { lmu.Lock(); loops = append(loops, n); lmu.Unlock() })
+		go w.Follow(ctx, time.Time{}, nil)
 		// Each run prints unique lines on both streams and a last line without a newline,
 		// then crashes; Docker restarts it.
 		script := `n=$(cat /tmp/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /tmp/n
@@ -180,8 +180,8 @@ func TestWatchStableAcrossRestarts(t *testing.T) {
 	w := newWatcher(t, d, Options{Sink: sink, CrashRestarts: 1000, CrashWindow: time.Minute})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go w.CrashLoops(ctx, func(int, time.Duration) {})
-	go w.Follow(ctx, time.Time{})
+	go w.CrashLoops(ctx, nil, func(int, time.Duration) {})
+	go w.Follow(ctx, time.Time{}, nil)
 	d.Frontend(t, nil, `n=$(cat /tmp/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /tmp/n; echo "start $n"; sleep 3600`)
 	has := func(line string) func() bool {
 		return func() bool {
@@ -226,7 +226,7 @@ func TestWatchTTYLinesAsTheyCome(t *testing.T) {
 	w := newWatcher(t, d, Options{Sink: sink})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go w.Follow(ctx, time.Time{})
+	go w.Follow(ctx, time.Time{}, nil)
 	d.Frontend(t, []string{"-t"}, `echo "tty one"; echo "tty two"; sleep 3600`)
 	eventually(t, "both TTY lines while the container runs", func() bool {
 		return strings.Join(sink.snapshot(), "|") == "stdout:tty one|stdout:tty two"
@@ -246,7 +246,7 @@ func TestWatchNextFollowerGoesOnFromTheMark(t *testing.T) {
 	w1 := newWatcher(t, d, Options{Sink: first, MarkPath: mark, MarkEvery: time.Hour})
 	ctx1, cancel1 := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { w1.Follow(ctx1, time.Time{}); close(done) }()
+	go func() { w1.Follow(ctx1, time.Time{}, nil); close(done) }()
 	eventually(t, "the first follower's lines", func() bool { return strings.Join(first.snapshot(), "|") == "stdout:a1|stdout:a2" })
 	cancel1()
 	<-done
@@ -276,7 +276,7 @@ func TestWatchNextFollowerGoesOnFromTheMark(t *testing.T) {
 	ctx2, cancel2 := context.WithCancel(context.Background())
 	done2 := make(chan struct{})
 	defer func() { cancel2(); <-done2 }() // its last save lands before the temp dir goes
-	go func() { w2.Follow(ctx2, time.Now()); close(done2) }()
+	go func() { w2.Follow(ctx2, time.Now(), nil); close(done2) }()
 	eventually(t, "b2 from the second follower", func() bool {
 		s := second.snapshot()
 		return len(s) > 0 && s[len(s)-1] == "stdout:b2"
@@ -456,7 +456,7 @@ func TestCrashLoopsSurviveAnEngineRestart(t *testing.T) {
 	defer cancel()
 	loops := make(chan int, 10)
 	done := make(chan struct{})
-	go func() { defer close(done); w.CrashLoops(ctx, func(dies int, _ time.Duration) { loops <- dies }) }()
+	go func() { defer close(done); w.CrashLoops(ctx, nil, func(dies int, _ time.Duration) { loops <- dies }) }()
 	defer func() { cancel(); <-done }()
 	// One die the stream sees before the restart, so the test knows it is being followed.
 	d.MustRun(t, "kill", "frontend")
@@ -472,5 +472,45 @@ func TestCrashLoopsSurviveAnEngineRestart(t *testing.T) {
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("no crash loop reported after the engine restarted: the detection stopped with the event stream")
+	}
+}
+
+// Liveness, not activity: a frontend that logs one line and then nothing leaves its log stream
+// open and quiet, and the follower still says it is alive (every Poll), as does the crash-loop
+// detection waiting for a die that does not come. A supervisor that took quiet for dead would
+// get haagent restarted for a healthy, silent frontend.
+func TestQuietStreamsAreAlive(t *testing.T) {
+	d := peertest.StartDocker(t)
+	d.BusyboxImage(t)
+	sink := &recSink{}
+	w := newWatcher(t, d, Options{Sink: sink})
+	d.Frontend(t, nil, `echo "the only line"; sleep 3600`)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const want = 5
+	follows, crashes := make(chan struct{}, 100), make(chan struct{}, 100)
+	go w.Follow(ctx, time.Time{}, func() { follows <- struct{}{} })
+	go w.CrashLoops(ctx, func() { crashes <- struct{}{} }, func(int, time.Duration) {})
+	eventually(t, "the line forwarded", func() bool { return len(sink.snapshot()) == 1 })
+	// From here the stream stays open and quiet: the container runs and prints nothing.
+	for len(follows) > 0 {
+		<-follows
+	}
+	for len(crashes) > 0 {
+		<-crashes
+	}
+	deadline := time.After(60 * time.Second)
+	for n, m := 0, 0; n < want || m < want; {
+		select {
+		case <-follows:
+			n++
+		case <-crashes:
+			m++
+		case <-deadline:
+			t.Fatalf("in a quiet minute the follower said it was alive %d times and the crash-loop detection %d times, want %d each", n, m, want)
+		}
+	}
+	if got := sink.snapshot(); len(got) != 1 {
+		t.Fatalf("lines: %v", got)
 	}
 }
