@@ -190,9 +190,6 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 			if f.Code != findings.KeysConflict {
 				fs = append(fs, f)
 			}
-			for _, s := range f.Suppressed {
-				fmt.Fprintf(w, "          also suppressed: %s\n", findings.Redact(s))
-			}
 		}
 		if len(fs) > 0 {
 			var b strings.Builder
@@ -223,6 +220,9 @@ func printFindings(w io.Writer, fs []findings.Finding) {
 		fmt.Fprintf(w, "  %-7s %s: %s\n", f.Severity, f.Code, f.Summary)
 		if f.Fix != "" {
 			fmt.Fprintf(w, "          fix: %s\n", f.Fix)
+		}
+		for _, s := range f.Suppressed {
+			fmt.Fprintf(w, "          also suppressed: %s\n", findings.Redact(s))
 		}
 	}
 }
