@@ -34,9 +34,10 @@ unit: peers
 
 test: lint unit
 
-# The boot test alone: a real systemd (systemd-nspawn) booting haagent as the AMI has it.
+# The nspawn tests alone: a real systemd (systemd-nspawn) booting haagent as the AMI has it, and
+# the replacement run (two instances, each in a network namespace of its own).
 e2e: peers
-	HAAGENT_PEERS_BIN=$(PEERS_BIN) $(GO) test -count=1 -run TestSystemdBoot -v ./cmd/haagent
+	HAAGENT_PEERS_BIN=$(PEERS_BIN) $(GO) test -count=1 -run 'TestSystemdBoot|TestSystemdReplacement' -v ./cmd/haagent
 
 # Statement coverage of the whole suite, per package: the unit tests in-process plus the built
 # binary (-cover, GOCOVERDIR) as the black-box tests and the systemd-nspawn boot test run it;

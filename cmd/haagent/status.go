@@ -191,9 +191,18 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 				fs = append(fs, f)
 			}
 		}
-		if len(fs) > 0 {
+		// A monitor that is being restarted or is blocked is news even without a finding yet.
+		trouble := m.State == "restarting" || m.State == "stalled"
+		if len(fs) > 0 || trouble {
 			var b strings.Builder
-			fmt.Fprintf(&b, "  %s:\n", m.Name)
+			fmt.Fprintf(&b, "  %s:", m.Name)
+			if trouble {
+				fmt.Fprintf(&b, " %s", m.State)
+				if m.Restarts > 0 {
+					fmt.Fprintf(&b, " (restarted %d times; last error: %s)", m.Restarts, m.LastError)
+				}
+			}
+			b.WriteString("\n")
 			printFindings(&b, fs)
 			mons = append(mons, b.String())
 		}

@@ -280,6 +280,37 @@ func (c *Client) Health(ctx context.Context) (string, error) {
 	return "", fmt.Errorf("DescribeAutoScalingInstances does not list %s", c.instance)
 }
 
+// InstanceState is how the group sees one instance.
+type InstanceState struct {
+	Group string
+	// LifecycleState is InService, Pending:Wait, Terminating, Standby, ...
+	LifecycleState string
+	// HealthStatus is upper case here: HEALTHY or UNHEALTHY.
+	HealthStatus string
+}
+
+// Live reports whether the instance is in service and healthy in group: the one state in
+// which haagent takes nothing from it (internal/address).
+func (s InstanceState) Live(group string) bool {
+	return s.Group == group && s.LifecycleState == "InService" && strings.EqualFold(s.HealthStatus, "HEALTHY")
+}
+
+// Instance reads another instance's state in its group; found is false when no group lists it
+// (Auto Scaling forgets an instance once it is terminated).
+func (c *Client) Instance(ctx context.Context, id string) (st InstanceState, found bool, err error) {
+	out, err := c.cli.DescribeAutoScalingInstances(ctx, &autoscaling.DescribeAutoScalingInstancesInput{InstanceIds: []string{id}})
+	if err != nil {
+		return st, false, c.wrap("DescribeAutoScalingInstances", err)
+	}
+	for _, i := range out.AutoScalingInstances {
+		if aws.ToString(i.InstanceId) == id {
+			return InstanceState{Group: aws.ToString(i.AutoScalingGroupName), LifecycleState: aws.ToString(i.LifecycleState),
+				HealthStatus: strings.ToUpper(aws.ToString(i.HealthStatus))}, true, nil
+		}
+	}
+	return st, false, nil
+}
+
 // Heartbeats records a heartbeat at every tick (nil: every `every`) until ctx ends (nil) or
 // the action is gone (an error wrapping ErrNoLifecycleAction). alive (nil: none) is called
 // each time its loop goes round, and at least every AliveEvery between two heartbeats: a

@@ -6,6 +6,7 @@ package backup
 
 import (
 	"context"
+	"crypto/md5"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/haagent/haagent/internal/bucket"
@@ -42,6 +44,14 @@ type Options struct {
 	// a local key whose sha256 is the recorded one, of an object whose ETag has not changed
 	// since, is in sync without downloading it again (the boot fetched those very objects).
 	Known map[string]fetch.Known
+	// Concurrency is how many keys are uploaded or compared at once (the fetch's setting):
+	// with S3 tens of milliseconds away, a boot that backs up 200 keys one after another
+	// spends seconds waiting. 0 is one at a time.
+	Concurrency int
+	// Listing, when not nil, is a listing of the prefix the caller has just taken (the
+	// periodic scan lists it to see whether the bucket's side changed): used as it is instead
+	// of listing again.
+	Listing []bucket.Object
 }
 
 // Result says what happened to each local key.
@@ -50,6 +60,11 @@ type Result struct {
 	// Details of each conflict, with both hashes (never contents).
 	Details  []fetch.KeyConflict
 	Findings []findings.Finding
+	// Verified are the keys the bucket holds exactly as this machine does (uploaded and read
+	// back, or compared equal), each with the object's ETag: what a fetch records for a file
+	// it installed. Recorded, they spare the next boot's fetch a download of each to compare
+	// (a new install's keys were never fetched).
+	Verified []fetch.Known
 }
 
 // Keys compares the local keys directory with the bucket prefix and uploads what is missing,
@@ -64,9 +79,12 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 	}
 	var res Result
 	remote := map[string]bucket.Object{}
-	objs, err := b.List(ctx, o.Prefix)
-	if err != nil {
-		return res, fmt.Errorf("listing %s: %w", b.URI(o.Prefix), err)
+	objs := o.Listing
+	if objs == nil {
+		var err error
+		if objs, err = b.List(ctx, o.Prefix); err != nil {
+			return res, fmt.Errorf("listing %s: %w", b.URI(o.Prefix), err)
+		}
 	}
 	for _, obj := range objs {
 		remote[obj.Rel] = obj
@@ -151,8 +169,15 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 		return res, fmt.Errorf("reading the keys directory %s: %w", o.LocalDir, err)
 	}
 	sort.Slice(local, func(i, j int) bool { return local[i].rel < local[j].rel })
-	for _, lk := range local {
+	// Each key is looked at here, on this machine, first; what needs S3 (an upload and its
+	// read-back, a comparison) becomes a job for the worker pool below. Outcomes land in the
+	// key's own slot, so the result keeps the keys' order whatever finishes first.
+	out := make([]outcome, len(local))
+	shas := make([]string, len(local))
+	var jobs []job
+	for i, lk := range local {
 		rel, key := lk.rel, o.Prefix+lk.rel
+		oc := &out[i]
 		path := filepath.Join(dir, rel)
 		data, err := os.ReadFile(path)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -164,22 +189,23 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 		// Read it whole, then check it did not change meanwhile: a writer that started after
 		// the listing must not get its half-written bytes uploaded.
 		if after, err := os.Lstat(path); err != nil || after.Size() != lk.info.Size() || !after.ModTime().Equal(lk.info.ModTime()) || int64(len(data)) != lk.info.Size() {
-			notBackedUp(rel, fmt.Sprintf("encryption key %s changed while it was read; it is backed up once unchanged for %s", rel, o.Settle), "", "nothing to do: haagent retries")
+			oc.notBackedUp(findings.New(findings.KeysNotBackedUp, filepath.Join(o.LocalDir, rel), fmt.Sprintf("encryption key %s changed while it was read; it is backed up once unchanged for %s", rel, o.Settle), "").
+				WithFix("nothing to do: haagent retries"))
 			continue
 		}
-		// A file that changed within the settle time may still be being written: it is not
-		// uploaded until it has kept its size and mtime that long (it can be found equal to
-		// the bucket's copy meanwhile: the fetch just wrote it).
-		age := o.Now().Sub(lk.info.ModTime())
-		unsettled := func() {
-			// The age goes in the evidence: a summary that changed at every scan would make a
-			// new finding (and a journal entry) each time.
-			notBackedUp(rel, fmt.Sprintf("encryption key %s is still being written; it is backed up once unchanged for %s", rel, o.Settle),
-				fmt.Sprintf("last changed %s ago", age.Round(time.Second)), "nothing to do: haagent retries; or run haagent backup keys in a minute")
-		}
-		if _, there := remote[rel]; !there {
+		j := job{i: i, rel: rel, key: key, data: data, sha: sha(data)}
+		shas[i] = j.sha
+		obj, there := remote[rel]
+		if !there {
+			// A file that changed within the settle time may still be being written: it is not
+			// uploaded until it has kept its size and mtime that long (it can be found equal to
+			// the bucket's copy meanwhile: the fetch just wrote it).
+			age := o.Now().Sub(lk.info.ModTime())
 			if age < o.Settle {
-				unsettled()
+				// The age goes in the evidence: a summary that changed at every scan would make
+				// a new finding (and a journal entry) each time.
+				oc.notBackedUp(findings.New(findings.KeysNotBackedUp, filepath.Join(o.LocalDir, rel), fmt.Sprintf("encryption key %s is still being written; it is backed up once unchanged for %s", rel, o.Settle),
+					fmt.Sprintf("last changed %s ago", age.Round(time.Second))).WithFix("nothing to do: haagent retries; or run haagent backup keys in a minute"))
 				continue
 			}
 			// A writer that paused longer than the settle time (a copy from a slow source)
@@ -187,59 +213,152 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 			if open, err := openForWriting(path); errors.Is(err, fs.ErrNotExist) {
 				continue // moved aside since it was read: nothing to back up
 			} else if err != nil {
-				notBackedUp(rel, fmt.Sprintf("cannot tell whether encryption key %s is still being written; it is not uploaded", rel), err.Error(),
-					"check that haagent can open the file (it runs as root); haagent retries at the next scan")
+				oc.notBackedUp(findings.New(findings.KeysNotBackedUp, filepath.Join(o.LocalDir, rel), fmt.Sprintf("cannot tell whether encryption key %s is still being written; it is not uploaded", rel), err.Error()).
+					WithFix("check that haagent can open the file (it runs as root); haagent retries at the next scan"))
 				continue
 			} else if open {
-				notBackedUp(rel, fmt.Sprintf("encryption key %s is still being written; it is backed up once unchanged for %s", rel, o.Settle),
-					"another process holds it open for writing", "nothing to do: haagent retries once the writer closes it; or run haagent backup keys then")
+				oc.notBackedUp(findings.New(findings.KeysNotBackedUp, filepath.Join(o.LocalDir, rel), fmt.Sprintf("encryption key %s is still being written; it is backed up once unchanged for %s", rel, o.Settle),
+					"another process holds it open for writing").WithFix("nothing to do: haagent retries once the writer closes it; or run haagent backup keys then"))
 				continue
 			}
-			perr := b.PutIfAbsent(ctx, key, data)
-			if perr != nil && !errors.Is(perr, bucket.ErrExists) {
-				res.NotBackedUp = append(res.NotBackedUp, rel)
-				f := findings.New(findings.KeysNotBackedUp, b.URI(key), fmt.Sprintf("encryption key %s exists only on this machine: uploading it failed", rel), perr.Error())
-				var be *bucket.Error
-				if errors.As(perr, &be) && be.Code() == findings.S3AccessDenied {
-					f = f.WithFix(fmt.Sprintf("grant the instance role s3:PutObject on arn:aws:s3:::%s/%s%s* (and kms:GenerateDataKey with SSE-KMS); until then a replacement instance cannot decrypt CircleCI's data", b.Name, b.Prefix, o.Prefix))
-				}
-				res.Findings = append(res.Findings, f)
-				continue
-			}
-			if perr == nil {
-				// Read back: the key is backed up only when S3 returns the same bytes.
-				if got, err := remoteSHA(ctx, b, key); err != nil || got != sha(data) {
-					res.NotBackedUp = append(res.NotBackedUp, rel)
-					res.Findings = append(res.Findings, findings.New(findings.KeysNotBackedUp, b.URI(key),
-						fmt.Sprintf("encryption key %s was uploaded but does not read back the same", rel), fmt.Sprint(err)))
-					continue
-				}
-				res.Uploaded = append(res.Uploaded, rel)
-				continue
-			}
-			// Another writer created it meanwhile: compare like any existing object.
-		}
-		if k, ok := o.Known[key]; ok && k.ETag != "" && k.ETag == remote[rel].ETag && k.SHA256 == sha(data) {
-			res.InSync = append(res.InSync, rel)
+			j.upload = true
+			jobs = append(jobs, j)
 			continue
 		}
-		got, err := remoteSHA(ctx, b, key)
+		// What the fetch verified: the same object (its ETag unchanged since) holding this
+		// very content. No request tells more.
+		if k, ok := o.Known[key]; ok && k.ETag != "" && k.ETag == obj.ETag && k.SHA256 == j.sha {
+			oc.inSync, oc.etag = true, obj.ETag
+			continue
+		}
+		jobs = append(jobs, j)
+	}
+	n := o.Concurrency
+	if n < 1 {
+		n = 1
+	}
+	work := make(chan job)
+	var wg sync.WaitGroup
+	for w := 0; w < min(n, len(jobs)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range work {
+				out[j.i] = o.run(ctx, b, j)
+			}
+		}()
+	}
+	for _, j := range jobs {
+		work <- j
+	}
+	close(work)
+	wg.Wait()
+	for i, oc := range out {
+		rel := local[i].rel
 		switch {
-		case err != nil:
-			res.NotBackedUp = append(res.NotBackedUp, rel)
-			res.Findings = append(res.Findings, findings.New(findings.KeysNotBackedUp, b.URI(key), fmt.Sprintf("cannot compare encryption key %s with the bucket's copy", rel), err.Error()))
-		case got == sha(data):
+		case oc.uploaded:
+			res.Uploaded = append(res.Uploaded, rel)
+		case oc.inSync:
 			res.InSync = append(res.InSync, rel)
-		default:
-			// Reported even while the file may still change: nothing is written either way,
-			// and the next comparison says whether it lasts.
-			c := fetch.KeyConflict{Path: filepath.Join(o.LocalDir, rel), Object: b.URI(key), LocalSHA256: sha(data), BucketSHA256: got}
+		case oc.conflict != nil:
 			res.Conflicts = append(res.Conflicts, rel)
-			res.Details = append(res.Details, c)
-			res.Findings = append(res.Findings, c.Finding())
+			res.Details = append(res.Details, *oc.conflict)
+		case oc.notBacked:
+			res.NotBackedUp = append(res.NotBackedUp, rel)
+		}
+		res.Findings = append(res.Findings, oc.findings...)
+		if (oc.uploaded || oc.inSync) && oc.etag != "" {
+			res.Verified = append(res.Verified, fetch.Known{Key: o.Prefix + rel, ETag: oc.etag, Size: local[i].info.Size(), SHA256: shas[i]})
 		}
 	}
 	return res, nil
+}
+
+// job is one key's work that needs S3.
+type job struct {
+	i        int
+	rel, key string
+	data     []byte
+	sha      string
+	upload   bool // not in the listing: put it (If-None-Match) and read it back
+}
+
+// outcome is what became of one local key.
+type outcome struct {
+	uploaded, inSync, notBacked bool
+	etag                        string // the bucket's object, found equal to the local key
+	conflict                    *fetch.KeyConflict
+	findings                    []findings.Finding
+}
+
+func (o *outcome) notBackedUp(f findings.Finding) {
+	o.notBacked = true
+	o.findings = append(o.findings, f)
+}
+
+// run uploads or compares one key.
+func (opt Options) run(ctx context.Context, b *bucket.Bucket, j job) outcome {
+	var o outcome
+	if j.upload {
+		perr := b.PutIfAbsent(ctx, j.key, j.data)
+		if perr != nil && !errors.Is(perr, bucket.ErrExists) {
+			f := findings.New(findings.KeysNotBackedUp, b.URI(j.key), fmt.Sprintf("encryption key %s exists only on this machine: uploading it failed", j.rel), perr.Error())
+			var be *bucket.Error
+			if errors.As(perr, &be) && be.Code() == findings.S3AccessDenied {
+				f = f.WithFix(fmt.Sprintf("grant the instance role s3:PutObject on arn:aws:s3:::%s/%s%s* (and kms:GenerateDataKey with SSE-KMS); until then a replacement instance cannot decrypt CircleCI's data", b.Name, b.Prefix, opt.Prefix))
+			}
+			o.notBackedUp(f)
+			return o
+		}
+		if perr == nil {
+			// Read back: the key is backed up only when S3 returns the same bytes.
+			got, etag, err := remoteSHA(ctx, b, j.key)
+			if err != nil || got != j.sha {
+				o.notBackedUp(findings.New(findings.KeysNotBackedUp, b.URI(j.key),
+					fmt.Sprintf("encryption key %s was uploaded but does not read back the same", j.rel), fmt.Sprint(err)))
+				return o
+			}
+			o.uploaded, o.etag = true, etag
+			return o
+		}
+		// Another writer created it meanwhile: compare like any existing object.
+	}
+	got, etag, err := opt.compare(ctx, b, j)
+	switch {
+	case err != nil:
+		o.notBackedUp(findings.New(findings.KeysNotBackedUp, b.URI(j.key), fmt.Sprintf("cannot compare encryption key %s with the bucket's copy", j.rel), err.Error()))
+	case got == j.sha:
+		o.inSync, o.etag = true, etag
+	default:
+		// Reported even while the file may still change: nothing is written either way,
+		// and the next comparison says whether it lasts.
+		c := fetch.KeyConflict{Path: filepath.Join(opt.LocalDir, j.rel), Object: b.URI(j.key), LocalSHA256: j.sha, BucketSHA256: got}
+		o.conflict = &c
+		o.findings = append(o.findings, c.Finding())
+	}
+	return o
+}
+
+// compare returns the sha256 of the bucket's copy of a key whose state the run does not know,
+// asking as little as tells: HeadObject in checksum mode gives the SHA-256 S3 stores (every
+// key haagent uploads has one); without it, an ETag that is the content's MD5 (single part,
+// no SSE-KMS or SSE-C: HeadObject says which, a listing does not) shows the copies equal;
+// only when neither can tell, or they differ (a conflict names the bucket's sha256), is the
+// object downloaded.
+func (opt Options) compare(ctx context.Context, b *bucket.Bucket, j job) (sum, etag string, err error) {
+	m, err := b.Head(ctx, j.key)
+	if err != nil {
+		return "", "", err
+	}
+	if m.SHA256 != "" {
+		return m.SHA256, m.ETag, nil
+	}
+	if m.PlainMD5 && m.Size == int64(len(j.data)) {
+		if sum := md5.Sum(j.data); hex.EncodeToString(sum[:]) == m.ETag {
+			return j.sha, m.ETag, nil
+		}
+	}
+	return remoteSHA(ctx, b, j.key)
 }
 
 // Fingerprint is a cheap summary of the keys directory (names, types, sizes, mtimes): the
@@ -268,17 +387,17 @@ func sha(data []byte) string {
 	return hex.EncodeToString(h[:])
 }
 
-func remoteSHA(ctx context.Context, b *bucket.Bucket, key string) (string, error) {
-	var got string
-	err := b.Get(ctx, key, "", func(body io.Reader, _ bucket.Meta) error {
+// remoteSHA downloads key and returns its sha256 and ETag.
+func remoteSHA(ctx context.Context, b *bucket.Bucket, key string) (sum, etag string, err error) {
+	err = b.Get(ctx, key, "", func(body io.Reader, m bucket.Meta) error {
 		h := sha256.New()
 		if _, err := io.Copy(h, body); err != nil {
 			return err
 		}
-		got = hex.EncodeToString(h.Sum(nil))
+		sum, etag = hex.EncodeToString(h.Sum(nil)), m.ETag
 		return nil
 	})
-	return got, err
+	return sum, etag, err
 }
 
 // openForWriting reports whether any process holds path open for writing. It asks the kernel

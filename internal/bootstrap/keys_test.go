@@ -216,3 +216,49 @@ func TestKeysScanRestoresABackupDeletedFromTheBucket(t *testing.T) {
 		t.Fatalf("a bucket copy that changed was not compared again: conflicts %+v", env.Record.KeyConflicts)
 	}
 }
+
+// The scan remembers what it verified: when a new key appears, the next comparison uploads it
+// (one put, one read-back) and asks nothing about the keys an earlier scan backed up; the
+// backup compares against the listing the scan just took instead of listing again. Counted at
+// versitygw.
+func TestKeysScanAsksOnlyAboutNewKeys(t *testing.T) {
+	cfg, err := config.Parse([]byte("version: 1\nsource:\n  bucket: circleci-ha\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, "circleci-ha")
+	c := peertest.CountS3(t, s.URL)
+	b := peertest.OpenBucket(t, c.URL, s.AccessKey, s.SecretKey, "circleci-ha", 2, 5*time.Second)
+	root := t.TempDir()
+	d := filepath.Join(root, "data/circle/circleci-encryption-keys")
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	write := func(name string) {
+		k := filepath.Join(d, name)
+		if err := os.WriteFile(k, []byte("key "+name), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(k, old, old)
+	}
+	for i := 0; i < 10; i++ {
+		write(fmt.Sprintf("%02d.key", i))
+	}
+	env := quietEnv(Inputs{Root: root}, nil)
+	env.Config, env.Bucket, env.Instance = cfg, b, imds.Info{InstanceID: "i-0this"}
+	set := func(...findings.Finding) {}
+	var sc keyScanner
+	if !sc.scan(context.Background(), env, set, time.Minute) || s.Object("circleci-ha", "circleci-encryption-keys/09.key") == nil {
+		t.Fatal("the first scan did not back up the keys")
+	}
+	write("10.key")
+	c.Reset()
+	if !sc.scan(context.Background(), env, set, time.Minute) {
+		t.Fatal("a new key did not make the scan compare")
+	}
+	if got := c.Counts(); len(got) != 3 || got["ListObjectsV2"] != 1 || got["PutObject"] != 1 || got["GetObject"] != 1 {
+		t.Fatalf("requests %v, want one listing (the backup takes the scan's), one put and one read-back (nothing about the 10 keys backed up before)", got)
+	}
+}

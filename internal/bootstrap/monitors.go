@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/haagent/haagent/internal/backup"
+	"github.com/haagent/haagent/internal/bucket"
+	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/supervisor"
 	"github.com/haagent/haagent/internal/watch"
@@ -129,6 +131,10 @@ type keyScanner struct {
 	last       string // the local fingerprint at the last full comparison
 	lastRemote string // the bucket side's (names and sizes) then; "" when unknown
 	settled    bool   // that comparison left nothing out
+	// verified is what the last full comparison found in the bucket as it is here (its
+	// uploads included): known to the next one, so a scan that runs because one new key
+	// appeared asks nothing about the keys it already backed up.
+	verified []fetch.Known
 }
 
 // scan is one scan; it reports whether it ran a full comparison (backup.Keys). Both sides are
@@ -161,6 +167,11 @@ func (sc *keyScanner) scan(ctx context.Context, env *Env, set func(...findings.F
 		sc.settled = false
 		return false
 	}
+	for _, v := range sc.verified {
+		o.Known[v.Key] = v
+	}
+	// The listing just taken is the one to compare against (an empty prefix included).
+	o.Listing = append([]bucket.Object{}, objs...)
 	res, err := backup.Keys(ctx, env.Bucket, o)
 	release()
 	if err != nil {
@@ -177,6 +188,7 @@ func (sc *keyScanner) scan(ctx context.Context, env *Env, set func(...findings.F
 	if len(res.Uploaded) > 0 {
 		sc.lastRemote = ""
 	}
+	sc.verified = res.Verified
 	env.setKeyConflicts(res.Details)
 	set(res.Findings...) // the latest scan's: a key backed up since, or a conflict resolved, leaves the record
 	if len(res.Uploaded) > 0 {

@@ -130,7 +130,7 @@ var Steps = []Step{
 		func(e *Env) fetchIn {
 			return fetchIn{Root: e.Root, Config: e.Config, Bucket: e.Bucket, Instance: e.Instance.InstanceID, Known: e.Record.Known,
 				Completed: e.Record.CompletedOn(e.Instance.InstanceID), InstalledBefore: e.Record.InstalledBefore(),
-				CookieCreatedBy: e.Record.CookieCreatedBy}
+				CookieCreatedBy: e.Record.CookieCreatedBy, Reinstall: e.Reinstall}
 		},
 		stepFetch,
 		func(e *Env, o fetchOut) { e.Bundle = o.Bundle })},
@@ -174,9 +174,18 @@ var Steps = []Step{
 	{Name: "probe", Retry: From("fetch"), Timeout: fixed(10 * time.Minute), Do: Wire(
 		func(e *Env) probeIn { return probeIn{Root: e.Root, Config: e.Config} },
 		stepProbe, nil)},
+	// The address the builders know, before the installer takes it as its local address. A
+	// held address is waited for inside the step (address.retry_every); the timeout only ends
+	// a wait that would outlast a replacement, and the step starts over.
+	{Name: "address", Timeout: fixed(30 * time.Minute), Do: Wire(
+		func(e *Env) addressIn {
+			return addressIn{Root: e.Root, Config: e.Config.Address, Instance: e.Instance, IMDS: e.IMDS, ASG: e.autoScaling().Client(),
+				Systemd: e.Root == "/" && replicated.UnderSystemd()}
+		},
+		stepAddress, nil)},
 	{Name: "replicated-install", Timeout: func(s *State) time.Duration { return s.Config.Replicated.Timeout.D() + 10*time.Minute }, Do: Wire(
 		func(e *Env) installIn {
-			return installIn{Root: e.Root, Config: e.Config, Instance: e.Instance, IMDS: e.IMDS, Reinstall: e.Reinstall, Open: e.bucketOpener()}
+			return installIn{Root: e.Root, Config: e.Config, Instance: e.Instance, IMDS: e.IMDS, Reinstall: e.Reinstall, Open: e.bucketOpener(), Bundle: e.Bundle}
 		},
 		stepReplicatedInstall, nil)},
 	// The frontend's log forwarding and crash-loop detection start before the wait for it,
@@ -212,8 +221,15 @@ var Steps = []Step{
 			if o.ConflictsKnown {
 				e.setKeyConflicts(o.Conflicts)
 			}
+			if len(o.Verified) > 0 {
+				e.Record.Known = recordVerified(e.Record.Known, layoutEntry(e.Config, layout.EncryptionKeys), o.Verified)
+			}
 			e.supervise(o.Monitors...)
 		})},
+	// After the keys are safe: the builders' ports answer on the stable address.
+	{Name: "address-check", Timeout: fixed(5 * time.Minute), Do: Wire(
+		func(e *Env) addressPlan { return planOf(e.Config.Address) },
+		stepAddressCheck, nil)},
 }
 
 type imdsIn struct {
@@ -341,6 +357,7 @@ type fetchIn struct {
 	Completed       bool   // an earlier boot of this instance completed
 	InstalledBefore string // the record's evidence of an earlier deployment
 	CookieCreatedBy string
+	Reinstall       bool // haagent run --reinstall: the installer runs again
 }
 
 type fetchOut struct {
@@ -351,6 +368,7 @@ func stepFetch(ctx context.Context, x Exec, in fetchIn) (fetchOut, []findings.Fi
 	bd, err := fetch.Fetch(ctx, in.Bucket, fetch.Options{
 		Root: in.Root, Layout: in.Config.Layout, Concurrency: in.Config.Fetch.Concurrency,
 		Known: in.Known, Log: x.Log, Existing: func(ctx context.Context) (fetch.Existed, error) { return deploymentExisted(ctx, in) },
+		Objects: passObjects(in.Root, in.Config, in.Instance, in.Reinstall),
 	})
 	var fs []findings.Finding
 	if bd != nil {
@@ -372,6 +390,35 @@ func stepFetch(ctx context.Context, x Exec, in fetchIn) (fetchOut, []findings.Fi
 	}
 	x.Log.Info("files staged", "files", len(bd.Files), "changed", changed, "unchanged", len(bd.Files)-changed)
 	return fetchOut{Bundle: bd}, fs, nil
+}
+
+// passObjects are the objects later steps read, fetched in the fetch's concurrent pass instead
+// of one round trip each after it: the session cookie key, and the installer when it is kept
+// in the source bucket and will run (an installer in another bucket is the install step's own
+// request).
+func passObjects(root string, c *config.Config, instance string, reinstall bool) []fetch.Object {
+	objs := []fetch.Object{{Key: cookie.Object, Max: cookie.MaxObject}}
+	if k := installerKey(c); k != "" && willInstall(root, instance, reinstall) {
+		objs = append(objs, fetch.Object{Key: k, Max: replicated.MaxScript})
+	}
+	return objs
+}
+
+// installerKey is the key, under the source prefix, of an installer kept in the source bucket
+// itself; "" for one at https:// or elsewhere.
+func installerKey(c *config.Config) string {
+	rest, ok := strings.CutPrefix(c.Replicated.InstallerURL, "s3://")
+	name, key, _ := strings.Cut(rest, "/")
+	if !ok || name != c.Source.Bucket || !strings.HasPrefix(key, c.Source.Prefix) {
+		return ""
+	}
+	return strings.TrimPrefix(key, c.Source.Prefix)
+}
+
+// willInstall reports whether the install step will run the installer (this instance has not
+// installed, or --reinstall): only then does the boot need the script, or the public address.
+func willInstall(root, instance string, reinstall bool) bool {
+	return reinstall || !replicated.ReadInstall(root).On(instance)
 }
 
 // offlineOK allows a reboot to go on with the last good files when S3 gave no answer at all;
@@ -455,6 +502,9 @@ func stepCookieKey(ctx context.Context, x Exec, in cookieIn) (cookieOut, []findi
 		return created(res.Source), res.Findings, nil
 	}
 	ci := cookie.Input{InPlace: inPlace}
+	if r, ok := bd.Take(cookie.Object); ok {
+		ci.Remote = &r // the fetch's pass read it
+	}
 	if bd.Has(file) {
 		// The bucket's copy: staged when it differs from the file in place, else that file.
 		if ci.Bucket, err = os.ReadFile(bd.PathOf(file)); err != nil {
@@ -695,6 +745,9 @@ type installIn struct {
 	IMDS      *imds.Client
 	Reinstall bool
 	Open      buckets // for an installer at s3://
+	// Bundle holds what the fetch's pass read of an installer in the source bucket (taken
+	// once: a retry reads the script itself).
+	Bundle *fetch.Bundle
 }
 
 // stepReplicatedInstall runs the installer once per instance, with the arguments that keep
@@ -737,21 +790,28 @@ func stepReplicatedInstall(ctx context.Context, x Exec, in installIn) (struct{},
 	// The script's own public-address discovery is a plain IMDSv1 request, which fails on an
 	// instance that requires IMDSv2, and then it prompts: haagent asks IMDSv2 instead.
 	public := ""
-	if !replicated.SetsPublicAddress(c.Replicated.ExtraArgs) {
+	if willInstall(in.Root, in.Instance.InstanceID, in.Reinstall) && !replicated.SetsPublicAddress(c.Replicated.ExtraArgs) {
 		var err error
 		if public, err = in.IMDS.PublicIPv4(ctx); err != nil {
 			return struct{}{}, nil, imdsFailure(err)
 		}
 	}
+	var fetched *replicated.Prefetched
+	if k := installerKey(c); k != "" {
+		if r, ok := in.Bundle.Take(k); ok {
+			fetched = &replicated.Prefetched{Body: r.Data, Err: r.Err}
+		}
+	}
 	res, err := replicated.Ensure(ctx, replicated.Options{
 		Root: in.Root, URL: c.Replicated.InstallerURL, SHA256: c.Replicated.SHA256, ExtraArgs: c.Replicated.ExtraArgs,
-		Version: c.Replicated.Version, Timeout: c.Replicated.Timeout.D(), LocalAddress: in.Instance.LocalIPv4,
+		Version: c.Replicated.Version, Timeout: c.Replicated.Timeout.D(), LocalAddress: localAddress(planOf(c.Address), in.Instance.LocalIPv4),
 		PublicAddress: public, DockerInstalled: replicated.DockerInstalled(in.Root), InstanceID: in.Instance.InstanceID,
 		SettingsSHA256: settingsSHA, Proxy: proxy, NoProxy: noProxy, Reinstall: in.Reinstall, RootCAs: probes.TrustPool(l),
 		Systemd: in.Root == "/" && replicated.UnderSystemd(), Log: x.Log,
 		// An unpinned installer is in the journal before the script runs as root.
 		Report:     x.Report,
 		OpenBucket: func(ctx context.Context, name string) (*bucket.Bucket, error) { return in.Open.open(ctx, name, "") },
+		Fetched:    fetched,
 	})
 	if err != nil {
 		return struct{}{}, nil, err
@@ -858,6 +918,8 @@ type backupOut struct {
 	Conflicts      []fetch.KeyConflict
 	ConflictsKnown bool
 	Monitors       []Monitor
+	// Verified are the keys found in the bucket as they are here, for the run record.
+	Verified []fetch.Known
 }
 
 // StepBackupKeys copies encryption keys that exist only on this machine to the bucket, after
@@ -883,7 +945,7 @@ func StepBackupKeys(ctx context.Context, x Exec, in backupIn) (backupOut, []find
 	if err != nil {
 		return backupOut{}, nil, err
 	}
-	out := backupOut{Conflicts: res.Details, ConflictsKnown: true, Monitors: []Monitor{in.KeysScan}}
+	out := backupOut{Conflicts: res.Details, ConflictsKnown: true, Monitors: []Monitor{in.KeysScan}, Verified: res.Verified}
 	x.Log.Info("encryption keys backed up", "uploaded", len(res.Uploaded), "in_sync", len(res.InSync),
 		"conflicts", len(res.Conflicts), "not_backed_up", len(res.NotBackedUp))
 	if errs := errorsOf(res.Findings); len(errs) > 0 {
@@ -935,7 +997,22 @@ func (e *Env) keysOptions() backup.Options {
 			known[kn.Key] = kn
 		}
 	}
-	return backup.Options{Root: e.Root, LocalDir: k.Dest, Prefix: k.Key, Known: known}
+	return backup.Options{Root: e.Root, LocalDir: k.Dest, Prefix: k.Key, Known: known, Concurrency: e.Config.Fetch.Concurrency}
+}
+
+// recordVerified returns the record's files with the keys the backup found identical in the
+// bucket, recorded as a fetch records what it installed: the next boot's fetch then lists them
+// unchanged instead of downloading each to compare (a new install's keys were uploaded, never
+// fetched). The map is copied, not changed: a step's input may still hold the old one.
+func recordVerified(known map[string]fetch.Known, keys config.Entry, vs []fetch.Known) map[string]fetch.Known {
+	out := maps.Clone(known)
+	if out == nil {
+		out = map[string]fetch.Known{}
+	}
+	for _, v := range vs {
+		out[keys.Dest+strings.TrimPrefix(v.Key, keys.Key)] = v
+	}
+	return out
 }
 
 // runProbes checks the databases and Vault with the settings in place: the stuck frontend, a

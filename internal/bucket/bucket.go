@@ -6,8 +6,11 @@ package bucket
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -273,6 +276,9 @@ type Meta struct {
 	// PlainMD5 is true when the ETag is the MD5 of the content (single-part upload without
 	// SSE-KMS or SSE-C): only then can it verify the bytes.
 	PlainMD5 bool
+	// SHA256 is the object's full-object SHA-256 checksum as S3 stores it (hex), "" when the
+	// object was uploaded without one (Head only).
+	SHA256 string
 }
 
 // Get downloads key (relative to the prefix) and hands the body to consume, once per attempt:
@@ -297,6 +303,35 @@ func (b *Bucket) Get(ctx context.Context, key, ifNoneMatch string, consume func(
 			out.ServerSideEncryption != types.ServerSideEncryptionAwsKmsDsse && out.SSECustomerAlgorithm == nil
 		return consume(out.Body, m)
 	})
+}
+
+// Head asks S3 what it holds at key without the body, with checksum mode on: Meta.SHA256 is
+// the object's full-object SHA-256 when the bucket stores one (uploaded with that checksum),
+// and PlainMD5 says whether the ETag is the content's MD5. It costs one round trip, like a
+// GET of a small object, but says as much about an object of any size.
+func (b *Bucket) Head(ctx context.Context, key string) (Meta, error) {
+	var m Meta
+	err := b.do(ctx, "HeadObject", key, func(ctx context.Context, cli *s3.Client) error {
+		out, err := cli.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(b.Name), Key: aws.String(b.Prefix + key), ChecksumMode: types.ChecksumModeEnabled})
+		if err != nil {
+			return err
+		}
+		m = Meta{Size: -1, ETag: strings.Trim(aws.ToString(out.ETag), `"`)}
+		if out.ContentLength != nil {
+			m.Size = *out.ContentLength
+		}
+		m.PlainMD5 = isHexMD5(m.ETag) && out.ServerSideEncryption != types.ServerSideEncryptionAwsKms &&
+			out.ServerSideEncryption != types.ServerSideEncryptionAwsKmsDsse && out.SSECustomerAlgorithm == nil
+		// A composite checksum (multipart, "...-N") is a checksum of part checksums, not of
+		// the content: only a full-object one can be compared with a file's hash.
+		if c := aws.ToString(out.ChecksumSHA256); c != "" && !strings.Contains(c, "-") && out.ChecksumType != types.ChecksumTypeComposite {
+			if raw, err := base64.StdEncoding.DecodeString(c); err == nil && len(raw) == sha256.Size {
+				m.SHA256 = hex.EncodeToString(raw)
+			}
+		}
+		return nil
+	})
+	return m, err
 }
 
 // GetBytes reads a small object whole.
@@ -340,11 +375,16 @@ func (b *Bucket) PutIfMatch(ctx context.Context, key string, data []byte, etag s
 	if len(enc) == 0 || enc[0].SSE == "" {
 		enc = []Encryption{b.enc}
 	}
+	sum := sha256.Sum256(data)
 	return b.do(ctx, "PutObject", key, func(ctx context.Context, cli *s3.Client) error {
 		in := &s3.PutObjectInput{
 			Bucket: aws.String(b.Name),
 			Key:    aws.String(b.Prefix + key),
 			Body:   bytes.NewReader(data),
+			// S3 refuses a body that does not match, and keeps the checksum: a later
+			// HeadObject (checksum mode) can then compare the object with a local file by
+			// SHA-256 without downloading it, whatever the encryption does to the ETag.
+			ChecksumSHA256: aws.String(base64.StdEncoding.EncodeToString(sum[:])),
 		}
 		if etag == "" {
 			in.IfNoneMatch = aws.String("*")

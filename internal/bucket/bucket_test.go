@@ -2,6 +2,7 @@ package bucket_test
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/url"
 	"strings"
@@ -88,4 +89,27 @@ func asError(err error, target **bucket.Error) bool {
 		*target = e
 	}
 	return ok
+}
+
+// haagent's puts carry the content's SHA-256, which S3 keeps; HeadObject in checksum mode
+// gives it back, so a later comparison needs no download. An object uploaded without one has
+// none to give, and a missing key is ErrNotFound.
+func TestHeadGivesTheStoredChecksum(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, "bkt-head")
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, "bkt-head", 1, 5*time.Second)
+	if err := b.PutIfAbsent(context.Background(), "k", []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := b.Head(context.Background(), "k")
+	if err != nil || m.SHA256 != "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824" || m.Size != 5 || !m.PlainMD5 || m.ETag != "5d41402abc4b2a76b9719d911017c592" {
+		t.Fatalf("head of an object haagent put: %+v, %v", m, err)
+	}
+	s.Put(t, "bkt-head", "plain", []byte("hello"))
+	if m, err := b.Head(context.Background(), "plain"); err != nil || m.SHA256 != "" {
+		t.Fatalf("head of an object put without a checksum: %+v, %v", m, err)
+	}
+	if _, err := b.Head(context.Background(), "nope"); !errors.Is(err, bucket.ErrNotFound) {
+		t.Fatalf("head of a missing key: %v, want ErrNotFound", err)
+	}
 }

@@ -43,6 +43,9 @@ type Config struct {
 	Watch          Watch      `yaml:"watch"`
 	Backup         Backup     `yaml:"backup"`
 	ASG            ASG        `yaml:"asg"`
+	// Address gives the Services machine an address that survives a replacement; off when
+	// absent.
+	Address Address `yaml:"address"`
 	// Layout is Files merged over the default layout, in a fixed order; filled by Validate.
 	Layout []Entry `yaml:"-"`
 	// Origin says where the config came from (a path or "user-data"), for messages.
@@ -217,6 +220,42 @@ type Replace struct {
 	// DailyBudget caps replacements within any 24 hours (default 4), across instances: a fault
 	// that follows every new instance must not replace one per Window for days.
 	DailyBudget int `yaml:"daily_budget"`
+}
+
+// Address is the stable address the builders (CircleCI's Nomad clients) are configured with:
+// a secondary private IP moved to each new instance, a Route 53 A record pointed at it, or
+// both. Without it a replacement comes back under a new private IP and every build queues until
+// each builder is reconfigured.
+type Address struct {
+	// PrivateIP is moved to this instance's primary network interface
+	// (ec2:AssignPrivateIpAddresses with AllowReassignment), unless an InService, healthy
+	// instance of the same Auto Scaling group still holds it.
+	PrivateIP string `yaml:"private_ip"`
+	// Region and Endpoint are the EC2 API's; empty: the instance's region and AWS's endpoint.
+	Region   string `yaml:"region"`
+	Endpoint string `yaml:"endpoint"`
+	// RetryEvery is how often a held address is asked for again (default 30s).
+	RetryEvery Duration `yaml:"retry_every"`
+	// Route53 is an A record kept pointing at this instance; nil when absent.
+	Route53 *Route53 `yaml:"route53"`
+}
+
+// On reports whether the section asks for anything.
+func (a Address) On() bool { return a.PrivateIP != "" || a.Route53 != nil }
+
+// Route53 is the A record the builders resolve.
+type Route53 struct {
+	// ZoneID is the (private) hosted zone's id, Z..., with or without /hostedzone/.
+	ZoneID string `yaml:"zone_id"`
+	// Name is the record's name, a name in that zone (services.circleci.internal).
+	Name string `yaml:"name"`
+	// TTL is the record's time to live in seconds (default 60): how long a builder may keep
+	// using the old instance's address after a replacement.
+	TTL int `yaml:"ttl"`
+	// Endpoint replaces Route 53's (tests, partitions with their own).
+	Endpoint string `yaml:"endpoint"`
+	// SyncTimeout bounds the wait for the change to reach INSYNC (default 3m).
+	SyncTimeout Duration `yaml:"sync_timeout"`
 }
 
 // Watch configures the frontend watch.

@@ -187,6 +187,21 @@ func TestConfigErrors(t *testing.T) {
 		{"empty database", "version: 1\nsource:\n  bucket: abc\nprobes:\n  postgres:\n    optional_databases: [\"\"]\n    optional_extensions: {}\n", []string{"probes.postgres.optional_databases: empty database name"}},
 		{"safety code overridden", "version: 1\nsource:\n  bucket: abc\nprobes:\n  overrides:\n    KEYS_CONFLICT: {blocking: false}\n", []string{"probes.overrides.KEYS_CONFLICT: cannot be overridden"}},
 		{"several at once", "source:\n  prefix: /x\n", []string{"version: required", "source.bucket: required", "source.prefix"}},
+		{"address ip with prefix", "version: 1\nsource:\n  bucket: abc\nasg: {enabled: true}\naddress:\n  private_ip: 10.0.1.50/24\n", []string{"address.private_ip", "without a prefix length"}},
+		{"address ip public", "version: 1\nsource:\n  bucket: abc\nasg: {enabled: true}\naddress:\n  private_ip: 8.8.8.8\n", []string{"address.private_ip", "not a private address"}},
+		{"address ip v6", "version: 1\nsource:\n  bucket: abc\nasg: {enabled: true}\naddress:\n  private_ip: fd00::5\n", []string{"address.private_ip", "not an IPv4 address"}},
+		{"address ip without asg", "version: 1\nsource:\n  bucket: abc\naddress:\n  private_ip: 10.0.1.50\n", []string{"address.private_ip: needs asg.enabled: true"}},
+		{"address endpoint", "version: 1\nsource:\n  bucket: abc\nasg: {enabled: true}\naddress:\n  private_ip: 10.0.1.50\n  endpoint: ec2.local\n", []string{"address.endpoint", "http://"}},
+		{"address unknown field", "version: 1\nsource:\n  bucket: abc\naddress:\n  privateip: 10.0.1.50\n", []string{"address.privateip", `did you mean "private_ip"`}},
+		{"route53 empty", "version: 1\nsource:\n  bucket: abc\naddress:\n  route53: {}\n", []string{"address.route53.zone_id: required", "address.route53.name: required"}},
+		{"route53 bad zone", "version: 1\nsource:\n  bucket: abc\naddress:\n  route53: {zone_id: services.internal, name: services.internal}\n", []string{"address.route53.zone_id", "not a hosted zone id"}},
+		{"route53 bad name", "version: 1\nsource:\n  bucket: abc\naddress:\n  route53: {zone_id: Z0123456789ABC, name: \"*.internal\"}\n", []string{"address.route53.name", "not a DNS name"}},
+		{"route53 one label", "version: 1\nsource:\n  bucket: abc\naddress:\n  route53: {zone_id: Z0123456789ABC, name: services}\n", []string{"address.route53.name", "two or more labels"}},
+		{"route53 ttl", "version: 1\nsource:\n  bucket: abc\naddress:\n  route53: {zone_id: Z0123456789ABC, name: services.internal, ttl: 86400}\n", []string{"address.route53.ttl", "1-3600"}},
+		{"route53 endpoint", "version: 1\nsource:\n  bucket: abc\naddress:\n  route53: {zone_id: Z0123456789ABC, name: services.internal, endpoint: route53.local}\n", []string{"address.route53.endpoint", "http://"}},
+		{"route53 unknown field", "version: 1\nsource:\n  bucket: abc\naddress:\n  route53: {zone: Z0123456789ABC}\n", []string{"address.route53.zone: unknown field"}},
+		{"address retry too fast", "version: 1\nsource:\n  bucket: abc\nasg: {enabled: true}\naddress:\n  private_ip: 10.0.1.50\n  retry_every: 10ms\n", []string{"address.retry_every", "at least 1s"}},
+		{"route53 sync timeout", "version: 1\nsource:\n  bucket: abc\naddress:\n  route53: {zone_id: Z0123456789ABC, name: services.internal, sync_timeout: -1s}\n", []string{"address.route53.sync_timeout", "positive"}},
 		{"future version with its own fields", "version: 2\nsource:\n  bucket: abc\naddress:\n  private_ip: 10.0.1.50\n", []string{"version: unsupported version 2", "line 1"}},
 	}
 	for _, c := range cases {
@@ -382,5 +397,42 @@ func TestPostgresProbeDefaults(t *testing.T) {
 	}
 	if pg := c.Probes.Postgres.Effective(); len(pg.OptionalDatabases) != 0 || len(pg.OptionalExtensions) != 0 || len(pg.Databases) != 5 {
 		t.Fatalf("empty lists must switch the optional checks off: %+v", pg)
+	}
+}
+
+func TestAddressSection(t *testing.T) {
+	cfg, err := Parse([]byte("version: 1\nsource:\n  bucket: abc\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Address.On() {
+		t.Fatalf("no address section is off: %+v", cfg.Address)
+	}
+	cfg, err = Parse([]byte(`version: 1
+source:
+  bucket: abc
+asg:
+  enabled: true
+address:
+  private_ip: 10.0.1.50
+  endpoint: http://127.0.0.1:1
+  route53:
+    zone_id: /hostedzone/Z0123456789ABC
+    name: Services.CircleCI.Internal.
+`), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := cfg.Address
+	if !a.On() || a.PrivateIP != "10.0.1.50" || a.RetryEvery.D() != DefaultAddressRetryEvery || a.Endpoint != "http://127.0.0.1:1" {
+		t.Fatalf("address: %+v", a)
+	}
+	r := a.Route53
+	if r.ZoneID != "Z0123456789ABC" || r.Name != "services.circleci.internal" || r.TTL != DefaultRoute53TTL || r.SyncTimeout.D() != DefaultRoute53SyncTimeout {
+		t.Fatalf("route53: %+v", *r)
+	}
+	// Route 53 alone needs no Auto Scaling group: nothing is taken from another instance.
+	if _, err := Parse([]byte("version: 1\nsource:\n  bucket: abc\naddress:\n  route53: {zone_id: Z0123456789ABC, name: services.internal, ttl: 30}\n"), "test"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"path"
@@ -281,6 +282,8 @@ func (c *Config) Validate() error {
 		bad("asg.replace", "durations must be positive")
 	}
 
+	c.validateAddress(bad, checkAWS)
+
 	entries := layout.Defaults()
 	known := map[string]int{}
 	for i, e := range entries {
@@ -385,6 +388,98 @@ func (c *Config) Validate() error {
 	}
 	c.Layout = entries
 	return nil
+}
+
+// Defaults and bounds of the address section.
+const (
+	DefaultAddressRetryEvery = 30 * time.Second
+	DefaultRoute53TTL        = 60
+	// MaxRoute53TTL: past an hour a replacement's builders would keep the dead instance's
+	// address for longer than the replacement itself takes.
+	MaxRoute53TTL             = 3600
+	DefaultRoute53SyncTimeout = 3 * time.Minute
+)
+
+var (
+	// zoneIDRE is a Route 53 hosted zone id: Z and upper-case letters and digits.
+	zoneIDRE = regexp.MustCompile(`^Z[A-Z0-9]{1,31}$`)
+	// dnsLabelRE is one label of a record name: Route 53 takes letters, digits, hyphen and
+	// underscore; haagent keeps to those (no wildcard: this record names one machine).
+	dnsLabelRE = regexp.MustCompile(`^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$`)
+)
+
+func (c *Config) validateAddress(bad func(p, format string, a ...any), checkAWS func(section, region, endpoint string)) {
+	a := &c.Address
+	checkAWS("address", a.Region, a.Endpoint)
+	if a.PrivateIP != "" {
+		ip, err := netip.ParseAddr(a.PrivateIP)
+		switch {
+		case err != nil || !ip.Is4():
+			bad("address.private_ip", "%q is not an IPv4 address such as 10.0.1.50 (give the address alone, without a prefix length)", a.PrivateIP)
+		case !ip.IsPrivate():
+			bad("address.private_ip", "%s is not a private address (10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16): it must be in the VPC subnet the group launches into", ip)
+		default:
+			a.PrivateIP = ip.String()
+		}
+		// Whether a holder still serves is read from the group (InService and Healthy):
+		// without a group haagent could take the address from a live Services machine.
+		if !c.ASG.Enabled {
+			bad("address.private_ip", "needs asg.enabled: true: haagent reads from the Auto Scaling group whether the instance holding the address is still in service")
+		}
+	}
+	if a.RetryEvery == 0 {
+		a.RetryEvery = Duration(DefaultAddressRetryEvery)
+	} else if a.RetryEvery < Duration(time.Second) {
+		bad("address.retry_every", "must be at least 1s")
+	}
+	r := a.Route53
+	if r == nil {
+		return
+	}
+	r.ZoneID = strings.TrimPrefix(r.ZoneID, "/hostedzone/")
+	switch {
+	case r.ZoneID == "":
+		bad("address.route53.zone_id", "required: the hosted zone's id (aws route53 list-hosted-zones-by-name --dns-name ZONE)")
+	case !zoneIDRE.MatchString(r.ZoneID):
+		bad("address.route53.zone_id", "%q is not a hosted zone id such as Z0123456789ABCDEFGHIJ", r.ZoneID)
+	}
+	if r.Name == "" {
+		bad("address.route53.name", "required: the record name the builders use, such as services.circleci.internal")
+	} else if n, ok := dnsName(r.Name); !ok {
+		bad("address.route53.name", "%q is not a DNS name of two or more labels (letters, digits, '-' and '_', each label 1-63 characters, 253 in all)", r.Name)
+	} else {
+		r.Name = n
+	}
+	if r.TTL == 0 {
+		r.TTL = DefaultRoute53TTL
+	} else if r.TTL < 1 || r.TTL > MaxRoute53TTL {
+		bad("address.route53.ttl", "%d is out of range 1-%d seconds", r.TTL, MaxRoute53TTL)
+	}
+	checkAWS("address.route53", "", r.Endpoint)
+	if r.SyncTimeout == 0 {
+		r.SyncTimeout = Duration(DefaultRoute53SyncTimeout)
+	} else if r.SyncTimeout < 0 {
+		bad("address.route53.sync_timeout", "must be positive")
+	}
+}
+
+// dnsName returns name in lower case without its final dot, if it is a DNS name of at least
+// two labels.
+func dnsName(name string) (string, bool) {
+	n := strings.ToLower(strings.TrimSuffix(name, "."))
+	if len(n) > 253 {
+		return "", false
+	}
+	labels := strings.Split(n, ".")
+	if len(labels) < 2 {
+		return "", false
+	}
+	for _, l := range labels {
+		if !dnsLabelRE.MatchString(l) {
+			return "", false
+		}
+	}
+	return n, true
 }
 
 // overlaps refuses two entries writing the same path, or one inside another's directory: the

@@ -24,6 +24,7 @@ import (
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/config"
+	"github.com/haagent/haagent/internal/fetch"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/settings"
 )
@@ -55,6 +56,10 @@ type Input struct {
 	// the operator's lines reach the machine as they are in the bucket.
 	Bucket     []byte
 	FromBucket bool
+	// Remote, when set, is what the fetch's concurrent pass already read from the
+	// session-cookie-key object (its bytes, or S3's error): Merge judges it exactly as its own
+	// read, and reads again only after a conditional put that another instance won.
+	Remote *fetch.Read
 }
 
 // Result says where the key came from (never the key itself) and what the file must hold.
@@ -88,7 +93,13 @@ func Merge(ctx context.Context, b *bucket.Bucket, in Input) (Result, error) {
 	target := b.URI(Object)
 	custom := b.URI(CustomizationsObject)
 
-	value, err := readRemote(ctx, b)
+	var value string
+	var err error
+	if in.Remote != nil {
+		value, err = parseRemote(in.Remote.Data, in.Remote.Err)
+	} else {
+		value, err = readRemote(ctx, b)
+	}
 	switch {
 	case err == nil:
 		res.Source = "s3"
@@ -120,17 +131,19 @@ func Merge(ctx context.Context, b *bucket.Bucket, in Input) (Result, error) {
 		perr := b.PutIfAbsent(ctx, Object, []byte(candidate))
 		var be *bucket.Error
 		switch {
-		case perr == nil || errors.Is(perr, bucket.ErrExists):
-			// Read back: when another instance won the race, its key is the one.
-			if v, rerr := readRemote(ctx, b); rerr == nil {
-				value = v
-				if v != candidate {
-					source = "s3"
-				}
-			} else if perr == nil {
-				value = candidate
-			} else {
-				return res, fmt.Errorf("reading back %s after another instance created it: %w", target, rerr)
+		case perr == nil:
+			// The put was conditional (If-None-Match: *): it succeeded only where no object
+			// was, so the object is this candidate and reading it back would tell nothing.
+			value, res.Source = candidate, source
+		case errors.Is(perr, bucket.ErrExists):
+			// Another instance won the race: its key is the one.
+			v, rerr := readRemote(ctx, b)
+			if rerr != nil {
+				return res, fmt.Errorf("reading %s after another instance created it: %w", target, rerr)
+			}
+			value = v
+			if v != candidate {
+				source = "s3"
 			}
 			res.Source = source
 		case errors.As(perr, &be) && be.Code() == findings.S3AccessDenied:
@@ -197,8 +210,15 @@ func Ensure(ctx context.Context, b *bucket.Bucket, root string, e config.Entry) 
 
 var errInvalid = errors.New("invalid session cookie key")
 
+// MaxObject is the largest session-cookie-key object read (the key is 16 bytes).
+const MaxObject = 1024
+
 func readRemote(ctx context.Context, b *bucket.Bucket) (string, error) {
-	data, err := b.GetBytes(ctx, Object, 1024)
+	return parseRemote(b.GetBytes(ctx, Object, MaxObject))
+}
+
+// parseRemote judges what a read of the object returned.
+func parseRemote(data []byte, err error) (string, error) {
 	if err != nil {
 		return "", err
 	}

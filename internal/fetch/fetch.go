@@ -52,6 +52,25 @@ type Options struct {
 	// KEYS_PREFIX_EMPTY: CircleCI would mint new keys and the data encrypted with the old ones
 	// would be lost.
 	Existing func(ctx context.Context) (Existed, error)
+	// Objects are more objects of the bucket that later steps need whole (the session cookie
+	// key, an installer script kept in the bucket): read by the same workers, in the same
+	// concurrent pass as the layout, so no step waits for a round trip of its own after the
+	// fetch. They are no files of the layout: what S3 answered is handed over as it is
+	// (Bundle.Take), and the step that reads it decides what an error means.
+	Objects []Object
+}
+
+// Object is one more object for the fetch's pass to read into memory.
+type Object struct {
+	Key string // relative to the bucket's prefix
+	Max int64  // the largest body accepted (bucket.GetBytes)
+}
+
+// Read is what S3 answered for an Object: its body, or the error bucket.GetBytes returned
+// (errors.Is(err, bucket.ErrNotFound) when S3 said the key does not exist).
+type Read struct {
+	Data []byte
+	Err  error
 }
 
 // Existed is the evidence that a deployment existed before this boot.
@@ -118,6 +137,23 @@ type Bundle struct {
 	log            *slog.Logger
 	// layout is the fetch's layout with owners resolved, for files staged later (Stage).
 	layout []config.Entry
+	// objects are the Options.Objects as read, until a step takes them.
+	objMu   sync.Mutex
+	objects map[string]Read
+}
+
+// Take hands over what the fetch's pass read for an Options.Objects key, once: a retried step
+// that asks again gets ok false and reads the object itself, so an object fixed in the bucket
+// since (a corrected installer script) is not served from this pass forever.
+func (bd *Bundle) Take(key string) (r Read, ok bool) {
+	if bd == nil {
+		return Read{}, false
+	}
+	bd.objMu.Lock()
+	defer bd.objMu.Unlock()
+	r, ok = bd.objects[key]
+	delete(bd.objects, key)
+	return r, ok
 }
 
 // Fetch downloads the layout into staging. It returns the bundle and, when any error finding
@@ -163,11 +199,24 @@ func Fetch(ctx context.Context, b *bucket.Bucket, o Options) (*Bundle, error) {
 	// Downloads start while the prefixes are still being listed, and the prefixes are listed
 	// at once: with S3 tens of milliseconds away, round trips, not bytes, make up a boot's fetch.
 	jobs := make(chan *File, 256)
+	objects := make(chan Object, len(o.Objects))
+	for _, obj := range o.Objects {
+		objects <- obj
+	}
+	close(objects)
+	bd.objects = map[string]Read{}
 	var wg sync.WaitGroup
 	for i := 0; i < o.Concurrency; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// The extra objects first: they are few, and nothing lists them.
+			for obj := range objects {
+				data, err := b.GetBytes(ctx, obj.Key, obj.Max)
+				bd.objMu.Lock()
+				bd.objects[obj.Key] = Read{Data: data, Err: err}
+				bd.objMu.Unlock()
+			}
 			for f := range jobs {
 				err := download(ctx, b, o.Root, f)
 				switch {

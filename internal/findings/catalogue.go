@@ -234,6 +234,22 @@ var (
 	KeysPathNotFile = register(Entry{Code: "KEYS_PATH_NOT_FILE", Severity: Error, Blocking: false, Service: "keys",
 		Fix: "a symbolic link (or device) stands where an encryption key goes: haagent neither follows nor replaces it, and the rest of the files are installed. If it points at the real key, replace it with the file (cp --remove-destination \"$(readlink -f PATH)\" PATH); if it is stray, move it aside so haagent installs the bucket's key"})
 
+	// Issue 18, the AWS side of the stable address (internal/address): one block for the merge.
+	AddressHeld = register(Entry{Code: "ADDRESS_HELD", Severity: Error, Blocking: true, Service: "address",
+		Fix: "another instance of the group holds address.private_ip and is InService and Healthy: haagent never takes an address from a live Services machine and asks again every address.retry_every. If the group is replacing that instance (an instance refresh starts the new one first), nothing to do: the address moves once it leaves service. If it must go, terminate it: aws autoscaling terminate-instance-in-auto-scaling-group --instance-id INSTANCE --no-should-decrement-desired-capacity"})
+	AddressNotInSubnet = register(Entry{Code: "ADDRESS_NOT_IN_SUBNET", Severity: Error, Blocking: true, Service: "address",
+		Fix: "address.private_ip is not in this instance's subnet, and a private IP cannot leave its subnet: confine the group to the subnet that holds it (aws autoscaling update-auto-scaling-group --auto-scaling-group-name GROUP --vpc-zone-identifier SUBNET), or use address.route53, which works across subnets and zones"})
+	AddressAPIDenied = register(Entry{Code: "ADDRESS_API_DENIED", Severity: Error, Blocking: true, Service: "address",
+		Fix: "add the statement for this address mode from examples/iam-policy.json to the instance role; haagent retries the step"})
+	AddressAPIFailed = register(Entry{Code: "ADDRESS_API_FAILED", Severity: Error, Blocking: true, Service: "address",
+		Fix: "check the route to the EC2 or Route 53 endpoint (a VPC endpoint or NAT, HTTPS_PROXY/NO_PROXY in /etc/default/haagent) and address.endpoint / address.route53.endpoint; haagent retries the step"})
+	AddressNotAssigned = register(Entry{Code: "ADDRESS_NOT_ASSIGNED", Severity: Error, Blocking: true, Service: "address",
+		Fix: "EC2 accepted the assignment but the interface does not list the address when read back: check the interface in the console (aws ec2 describe-network-interfaces --network-interface-ids ENI) and that no other tool moves the address; haagent retries the step"})
+	AddressZoneMissing = register(Entry{Code: "ADDRESS_ZONE_MISSING", Severity: Error, Blocking: true, Service: "address",
+		Fix: "address.route53.zone_id names no hosted zone this account sees: find the zone's id with aws route53 list-hosted-zones-by-name --dns-name ZONE and correct the config"})
+	AddressDNSNotInSync = register(Entry{Code: "ADDRESS_DNS_NOT_INSYNC", Severity: Warning, Blocking: false, Service: "address",
+		Fix: "Route 53 accepted the record but did not report the change INSYNC within address.route53.sync_timeout: builders may resolve the old address until it propagates. Check aws route53 get-change --id CHANGE; a change stuck PENDING for long is a Route 53 matter (AWS Health Dashboard)"})
+
 	// Replicated installer
 	InstallerDownloadFailed = register(Entry{Code: "INSTALLER_DOWNLOAD_FAILED", Severity: Error, Blocking: true, Service: "replicated",
 		Fix: "check replicated.installer_url, the route to it (HTTPS_PROXY) and its TLS certificate"})
@@ -260,4 +276,12 @@ var (
 		Fix: "a bug in haagent: report it with the stack logged just before (journalctl -u haagent HAAGENT_MONITOR=NAME); haagent restarts the monitor meanwhile"})
 	MonitorStalled = register(Entry{Code: "MONITOR_STALLED", Severity: Error, Blocking: false, Service: "haagent",
 		Fix: "a monitor's loop is blocked, so haagent stopped feeding systemd's watchdog and systemd restarts haagent (journalctl -u haagent shows the watchdog timeout); if it recurs, report it with `journalctl -u haagent HAAGENT_MONITOR=NAME`"})
+
+	// Issue 18, the OS side of the stable address (iface): one block for the merge.
+	AddressNotHere = register(Entry{Code: "ADDRESS_NOT_HERE", Severity: Error, Blocking: true, Service: "address",
+		Fix: "the address the builders use must reach this machine before CircleCI is installed on it: for address.private_ip, EC2 must have assigned it to this instance's primary interface (aws ec2 describe-network-interfaces --filters Name=addresses.private-ip-address,Values=IP) and `ip -4 addr` show it; for address.route53, `getent hosts NAME` must answer this instance's private IP (the private hosted zone associated with this VPC, enableDnsSupport on)"})
+	AddressUnreachable = register(Entry{Code: "ADDRESS_UNREACHABLE", Severity: Error, Blocking: false, Service: "address",
+		Fix: "the Nomad server (4647) and the frontend (443) must accept connections on the stable address: check the nomad and frontend containers (docker ps; replicatedctl app status) and that they publish on all addresses; the builders also need the Services security group to allow TCP 4647 and 443 from them"})
+	AddressRewritten = register(Entry{Code: "ADDRESS_REWRITTEN", Severity: Warning, Blocking: false, Service: "address",
+		Fix: "Replicated was installed on this machine with another local address: haagent rewrote PRIVATE_ADDRESS in /etc/default/replicated and /etc/default/replicated-operator and restarted replicated and replicated-operator; restart the application too (replicatedctl app stop, then replicatedctl app start) so its containers take the new address"})
 )

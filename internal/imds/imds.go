@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"regexp"
 	"strconv"
@@ -57,21 +58,25 @@ func New(timeout time.Duration) *Client {
 	return &Client{c: c, endpoint: ep}
 }
 
-// Identity reads instance-id, local-ipv4 and region.
+// Identity reads the instance id, its private IPv4 address and its region from the instance
+// identity document: one request where instance-id, local-ipv4 and placement/region would be
+// three, each a round trip before anything else can start. The document's privateIp is the
+// primary network interface's private IPv4 address, what local-ipv4 gives; only on an
+// IPv6-only instance is it an IPv6 address, and then local-ipv4 is asked, as before.
 func (c *Client) Identity(ctx context.Context) (Info, error) {
-	var info Info
-	var err error
-	if info.InstanceID, err = c.get(ctx, "instance-id"); err != nil {
-		return info, err
-	}
-	if info.LocalIPv4, err = c.get(ctx, "local-ipv4"); err != nil {
-		return info, err
-	}
-	r, err := c.c.GetRegion(ctx, &imds.GetRegionInput{})
+	doc, err := c.c.GetInstanceIdentityDocument(ctx, &imds.GetInstanceIdentityDocumentInput{})
 	if err != nil {
-		return info, c.wrap("placement/region", err)
+		return Info{}, c.wrap("instance-identity/document", err)
 	}
-	info.Region = r.Region
+	info := Info{InstanceID: doc.InstanceID, LocalIPv4: doc.PrivateIP, Region: doc.Region}
+	if info.InstanceID == "" || info.Region == "" {
+		return info, c.wrap("instance-identity/document", errors.New("the document names no instanceId or region"))
+	}
+	if ip := net.ParseIP(info.LocalIPv4); ip == nil || ip.To4() == nil {
+		if info.LocalIPv4, err = c.get(ctx, "local-ipv4"); err != nil {
+			return info, err
+		}
+	}
 	return info, nil
 }
 
@@ -108,6 +113,49 @@ func (c *Client) UserData(ctx context.Context) ([]byte, error) {
 		return nil, c.wrap("user-data", err)
 	}
 	return b, nil
+}
+
+// Interface is the instance's primary network interface (device 0) as IMDS describes it.
+type Interface struct {
+	MAC, ID, SubnetID, VPCID string
+	// Subnet is the interface's subnet, e.g. 10.0.1.0/24.
+	Subnet netip.Prefix
+	// LocalIPv4s are the private IPv4 addresses the interface holds, primary first.
+	LocalIPv4s []string
+}
+
+// PrimaryInterface reads the primary interface: meta-data/mac is device 0's MAC address (the
+// IMDS documentation: "in cases where multiple network interfaces are present, this refers to
+// the eth0 device"), and network/interfaces/macs/MAC/ holds the rest.
+func (c *Client) PrimaryInterface(ctx context.Context) (Interface, error) {
+	var ni Interface
+	var err error
+	if ni.MAC, err = c.get(ctx, "mac"); err != nil {
+		return ni, err
+	}
+	base := "network/interfaces/macs/" + ni.MAC + "/"
+	if ni.ID, err = c.get(ctx, base+"interface-id"); err != nil {
+		return ni, err
+	}
+	if ni.SubnetID, err = c.get(ctx, base+"subnet-id"); err != nil {
+		return ni, err
+	}
+	if ni.VPCID, err = c.get(ctx, base+"vpc-id"); err != nil {
+		return ni, err
+	}
+	cidr, err := c.get(ctx, base+"subnet-ipv4-cidr-block")
+	if err != nil {
+		return ni, err
+	}
+	if ni.Subnet, err = netip.ParsePrefix(cidr); err != nil || !ni.Subnet.Addr().Is4() {
+		return ni, c.wrap(base+"subnet-ipv4-cidr-block", fmt.Errorf("%q is not an IPv4 prefix", cidr))
+	}
+	ips, err := c.get(ctx, base+"local-ipv4s")
+	if err != nil {
+		return ni, err
+	}
+	ni.LocalIPv4s = strings.Fields(ips)
+	return ni, nil
 }
 
 // Tag reads one of the instance's tags. It returns "" without error when the tag is absent or

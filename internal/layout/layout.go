@@ -8,9 +8,10 @@
 // Some paths are not haagent's to choose. Replicated reads /etc/replicated.conf; the CircleCI
 // services read /etc/circleconfig/ and /etc/circle-installation-customizations; the Replicated
 // daemon sees only the host's /etc. Those facts are recorded in the project's REAL-SYSTEMS.md
-// (from replicatedhq/replicated-installer's replicated.service and ensureReplicatedConfReadable,
-// and circleci/circleci-docs' Server 2.x pages). Those are still written down here, each entry saying why it cannot move (Fixed) or where it
-// must stay (Within), and config validation refuses a files.*.dest that breaks that.
+// (from replicatedhq/replicated-installer's replicated.service and
+// ensureReplicatedConfReadable, and circleci/circleci-docs' Server 2.x pages). They are still
+// written down here, each entry saying why it cannot move (Fixed) or where it must stay
+// (Within), and config validation refuses a files.*.dest that breaks that.
 package layout
 
 import (
@@ -130,6 +131,17 @@ const (
 	Bash = "/bin/bash"
 	// SystemdRunDir exists when systemd is the init system (sd_booted(3)).
 	SystemdRunDir = "/run/systemd/system"
+	// NetifLinks holds systemd-networkd's state file per interface index, whose NETWORK_FILE=
+	// names the .network file applied to it (what networkctl shows; systemd 237 and later).
+	NetifLinks = "/run/systemd/netif/links"
+	// NetworkDir is where the drop-in for that .network file goes (systemd.network(5): drop-in
+	// directories are read from /etc/systemd/network whatever directory holds the file).
+	NetworkDir = "/etc/systemd/network"
+	// ReplicatedDefault and ReplicatedOperatorDefault are the environment files the installer
+	// writes its address into (replicated-2.0.sh's write_replicated_configuration,
+	// replicated-operator.sh's), which the units read as EnvironmentFile=.
+	ReplicatedDefault         = "/etc/default/replicated"
+	ReplicatedOperatorDefault = "/etc/default/replicated-operator"
 )
 
 // CAStore is the rest of Debian's ca-certificates layout, which update-ca-certificates is

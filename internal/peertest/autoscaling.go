@@ -40,6 +40,8 @@ type ASG struct {
 	// pending is the instances whose launch lifecycle action waits (instance -> hook).
 	pending map[string]string
 	deny    map[string]bool
+	// states overrides an instance's LifecycleState (Terminating, Standby, ...).
+	states map[string]string
 	// throttle counts the calls of an action still to be refused with Throttling (-1: all).
 	throttle map[string]int
 	changed  chan struct{}
@@ -81,7 +83,7 @@ type ASGCall struct {
 func StartASG(t testing.TB, access, secret string) *ASG {
 	t.Helper()
 	a := &ASG{AccessKey: access, SecretKey: secret, groups: map[string]*ASGGroup{},
-		pending: map[string]string{}, deny: map[string]bool{}, throttle: map[string]int{}, changed: make(chan struct{})}
+		pending: map[string]string{}, deny: map[string]bool{}, states: map[string]string{}, throttle: map[string]int{}, changed: make(chan struct{})}
 	srv := httptest.NewServer(http.HandlerFunc(a.serve))
 	t.Cleanup(srv.Close)
 	a.URL = srv.URL
@@ -115,6 +117,42 @@ func (a *ASG) EndAction(instance string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.pending, instance)
+}
+
+// SetLifecycleState makes DescribeAutoScalingInstances report state (Terminating, Standby,
+// Terminating:Wait, ...) for instance; "" goes back to InService or Pending:Wait.
+func (a *ASG) SetLifecycleState(instance, state string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.states[instance] = state
+}
+
+// SetUnhealthy marks an instance of a group UNHEALTHY (or healthy again).
+func (a *ASG) SetUnhealthy(instance string, unhealthy bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, g := range a.groups {
+		if contains(g.Instances, instance) {
+			g.unhealthy[instance] = unhealthy
+		}
+	}
+}
+
+// Terminate removes an instance from its group: once terminated, Auto Scaling no longer lists
+// it (DescribeAutoScalingInstances answers without it).
+func (a *ASG) Terminate(instance string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, g := range a.groups {
+		for i, id := range g.Instances {
+			if id == instance {
+				g.Instances = append(g.Instances[:i:i], g.Instances[i+1:]...)
+				break
+			}
+		}
+	}
+	delete(a.pending, instance)
+	delete(a.states, instance)
 }
 
 // Deny answers AccessDenied to an action.
@@ -225,8 +263,12 @@ func (a *ASG) serve(w http.ResponseWriter, r *http.Request) {
 				if contains(g.Instances, id) {
 					// AutoScalingInstanceDetails.HealthStatus is upper case here (HEALTHY|UNHEALTHY),
 					// unlike the group's Instance.HealthStatus (Healthy|Unhealthy).
+					state := map[bool]string{true: "Pending:Wait", false: "InService"}[a.pending[id] != ""]
+					if st := a.states[id]; st != "" {
+						state = st
+					}
 					fmt.Fprintf(&b, "<member><InstanceId>%s</InstanceId><AutoScalingGroupName>%s</AutoScalingGroupName><LifecycleState>%s</LifecycleState><HealthStatus>%s</HealthStatus><AvailabilityZone>us-east-1a</AvailabilityZone><ProtectedFromScaleIn>false</ProtectedFromScaleIn></member>",
-						esc(id), esc(g.Name), map[bool]string{true: "Pending:Wait", false: "InService"}[a.pending[id] != ""], map[bool]string{true: "UNHEALTHY", false: "HEALTHY"}[g.unhealthy[id]])
+						esc(id), esc(g.Name), esc(state), map[bool]string{true: "UNHEALTHY", false: "HEALTHY"}[g.unhealthy[id]])
 				}
 			}
 		}

@@ -24,6 +24,8 @@ type Machine struct {
 	cmd   *exec.Cmd
 	done  chan struct{}
 	boots int
+	// netns is the network namespace the box runs in ("" shares the host's network).
+	netns string
 }
 
 // NspawnRoot copies the cached debootstrapped root into a fresh directory.
@@ -55,7 +57,19 @@ func NspawnRoot(t testing.TB) string {
 // Boot starts systemd in root and waits until it reached multi-user.
 func Boot(t testing.TB, root string) *Machine {
 	t.Helper()
-	m := &Machine{Root: root}
+	return boot(t, &Machine{Root: root})
+}
+
+// BootIn boots root inside the network namespace ns instead of the host's network, so that
+// what haagent does to the box's interfaces stays there (systemd-nspawn
+// --network-namespace-path=).
+func BootIn(t testing.TB, root string, ns *Netns) *Machine {
+	t.Helper()
+	return boot(t, &Machine{Root: root, netns: ns.Path})
+}
+
+func boot(t testing.TB, m *Machine) *Machine {
+	t.Helper()
 	t.Cleanup(func() {
 		if m.cmd == nil {
 			return
@@ -90,6 +104,18 @@ func (m *Machine) Reboot(t testing.TB) {
 	m.boot(t)
 }
 
+// Stop powers the box off (the instance is gone) and waits for systemd-nspawn to exit.
+func (m *Machine) Stop(t testing.TB) {
+	t.Helper()
+	m.Exec("systemctl", "poweroff") // its connection may end with the box
+	select {
+	case <-m.done:
+	case <-time.After(90 * time.Second):
+		t.Fatalf("the container did not power off within 90 s; see %s", m.logPath())
+	}
+	m.cmd, m.pid = nil, 0
+}
+
 func (m *Machine) logPath() string {
 	return filepath.Join(filepath.Dir(m.Root), fmt.Sprintf("nspawn-%d.log", m.boots))
 }
@@ -99,8 +125,12 @@ func (m *Machine) boot(t testing.TB) {
 	m.boots++
 	logf := m.logPath()
 	f, _ := os.Create(logf)
-	cmd := exec.Command("systemd-nspawn", "-D", m.Root, "--boot", "--register=no", "--keep-unit", "--capability=all",
-		"--system-call-filter=@keyring bpf", "--console=pipe", "--machine=haagent-boot-test")
+	args := []string{"-D", m.Root, "--boot", "--register=no", "--keep-unit", "--capability=all",
+		"--system-call-filter=@keyring bpf", "--console=pipe", "--machine=haagent-boot-test"}
+	if m.netns != "" {
+		args = append(args, "--network-namespace-path="+m.netns)
+	}
+	cmd := exec.Command("systemd-nspawn", args...)
 	cmd.Env = append(os.Environ(), "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1")
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

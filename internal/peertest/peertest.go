@@ -7,7 +7,9 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -143,6 +145,9 @@ type S3 struct {
 	SecretKey string
 	bin       string
 	cmd       *exec.Cmd
+	// uploaders are Upload's clients, one per bucket: building one loads the SDK's config.
+	mu        sync.Mutex
+	uploaders map[string]*bucket.Bucket
 }
 
 // StartS3 starts versitygw on a free loopback port.
@@ -219,6 +224,30 @@ func (s *S3) Put(t testing.TB, bucket, key string, data []byte) {
 	}
 }
 
+// Upload writes an object through the S3 API (PutObject), so versitygw keeps its ETag (the MD5
+// of a single-part upload, as S3 gives it); Put's files written into the directory have none,
+// and a store without ETags makes every comparison that relies on one fall back to content.
+func (s *S3) Upload(t testing.TB, bucketName, key string, data []byte) {
+	t.Helper()
+	s.mu.Lock()
+	b := s.uploaders[bucketName]
+	if b == nil {
+		b = OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, bucketName, 1, 30*time.Second)
+		if s.uploaders == nil {
+			s.uploaders = map[string]*bucket.Bucket{}
+		}
+		s.uploaders[bucketName] = b
+	}
+	s.mu.Unlock()
+	// Replacing: the put is conditional (If-None-Match), as haagent's own puts are.
+	if err := os.Remove(filepath.Join(s.Dir, bucketName, key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	if err := b.PutIfAbsent(context.Background(), key, data); err != nil {
+		t.Fatalf("uploading s3://%s/%s: %v", bucketName, key, err)
+	}
+}
+
 // Delete removes an object from the backing directory.
 func (s *S3) Delete(t testing.TB, bucket, key string) {
 	t.Helper()
@@ -261,6 +290,10 @@ type Instance struct {
 	// ASGGroup, when set, is served as the instance's aws:autoscaling:groupName tag (instance
 	// metadata tags enabled); otherwise that tag answers 404.
 	ASGGroup string
+	// The primary network interface, served under network/interfaces/macs/MAC/ (the mock's
+	// own defaults when empty): its MAC (also meta-data/mac), id, subnet, subnet CIDR, VPC and
+	// local-ipv4s.
+	MAC, InterfaceID, SubnetID, SubnetCIDR, VPCID, LocalIPv4s string
 }
 
 // StartIMDS starts the metadata mock on a free loopback port.
@@ -274,6 +307,13 @@ func StartIMDS(t testing.TB, in Instance) *IMDS {
 		"dynamic": map[string]any{"values": map[string]any{"instance-identity-document": map[string]any{
 			"instanceId": in.ID, "region": in.Region, "privateIp": in.LocalIPv4, "availabilityZone": in.Region + "a"}}},
 		"userdata": map[string]any{"values": map[string]any{"userdata": base64.StdEncoding.EncodeToString(in.UserData)}},
+	}
+	vals := cfg["metadata"].(map[string]any)["values"].(map[string]any)
+	for k, v := range map[string]string{"mac": in.MAC, "mac-network-interface-id": in.InterfaceID, "mac-subnet-id": in.SubnetID,
+		"mac-subnet-ipv4-cidr-block": in.SubnetCIDR, "mac-vpc-id": in.VPCID, "mac-local-ipv4s": in.LocalIPv4s} {
+		if v != "" {
+			vals[k] = v
+		}
 	}
 	if in.ASGGroup != "" {
 		md := cfg["metadata"].(map[string]any)

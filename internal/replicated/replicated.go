@@ -135,6 +135,10 @@ type Options struct {
 	RootCAs   *x509.CertPool
 	// OpenBucket returns a client for an installer kept in S3.
 	OpenBucket func(ctx context.Context, name string) (*bucket.Bucket, error)
+	// Fetched, for an s3:// installer, is what the fetch's concurrent pass already read from
+	// that object (the source bucket's own): it is checked exactly as a download here would
+	// be (INSTALLER_DOWNLOAD_FAILED, the sha256 pin), without a request of its own.
+	Fetched *Prefetched
 	// Systemd runs the installer as a transient unit; false runs it as a child (tests, --root).
 	Systemd bool
 	Log     *slog.Logger
@@ -366,14 +370,28 @@ func VersionedURL(raw, version string) string {
 	return u.String()
 }
 
+// Prefetched is an s3:// installer script as another read already got it: its body, or the
+// error bucket.GetBytes returned.
+type Prefetched struct {
+	Body []byte
+	Err  error
+}
+
+// MaxScript is the largest installer script taken from S3 (the real one is about 100 KB).
+const MaxScript = 16 << 20
+
 func download(ctx context.Context, o Options) ([]byte, string, error) {
 	var body []byte
 	var err error
 	if strings.HasPrefix(o.URL, "s3://") {
 		name, key, _ := strings.Cut(strings.TrimPrefix(o.URL, "s3://"), "/")
-		var b *bucket.Bucket
-		if b, err = o.OpenBucket(ctx, name); err == nil {
-			body, err = b.GetBytes(ctx, key, 16<<20)
+		if o.Fetched != nil {
+			body, err = o.Fetched.Body, o.Fetched.Err
+		} else {
+			var b *bucket.Bucket
+			if b, err = o.OpenBucket(ctx, name); err == nil {
+				body, err = b.GetBytes(ctx, key, MaxScript)
+			}
 		}
 	} else {
 		body, err = httpGet(ctx, o)

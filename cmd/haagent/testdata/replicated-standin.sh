@@ -17,6 +17,9 @@
 #    having installed nothing (the real script asks so of a newer one; an older one it
 #    upgrades, which the stand-in does not model); with
 #    no-docker it only requires a docker command;
+#  - the address: PRIVATE_ADDRESS (local-address) written to /etc/default/replicated and, with
+#    the operator, DAEMON_ENDPOINT/DAEMON_HOST/PRIVATE_ADDRESS to /etc/default/replicated-operator
+#    (write_replicated_configuration), which the units read as EnvironmentFile= when they start;
 #  - the install: under systemd, the user replicated created with `useradd -g docker`, and the
 #    units replicated, replicated-ui (not with disable-replicated-ui: the real
 #    write_systemd_services writes none) and replicated-operator (not with no-operator) run as
@@ -184,6 +187,13 @@ else
 fi
 chmod 0755 "$ROOT/usr/local/bin/replicatedctl"
 
+# As the real write_replicated_configuration (and the operator script's): the address goes
+# into the units' environment files, which they read when they start.
+mkdir -p "$ROOT/etc/default"
+printf 'RELEASE_CHANNEL=stable\nPRIVATE_ADDRESS=%s\nSKIP_OPERATOR_INSTALL=%s\nREPLICATED_OPTS=" -e LOG_LEVEL=info"\nREPLICATED_UI_OPTS=""\n' "$PRIVATE_ADDRESS" "${SKIP_OPERATOR_INSTALL:-0}" > "$ROOT/etc/default/replicated"
+if [ "$SKIP_OPERATOR_INSTALL" != "1" ]; then
+    printf 'RELEASE_CHANNEL=stable\nDAEMON_ENDPOINT=%s:9879\nDAEMON_TOKEN=standin-token\nDAEMON_HOST=%s\nPRIVATE_ADDRESS=%s\nREPLICATED_OPERATOR_OPTS=""\n' "$PRIVATE_ADDRESS" "$PRIVATE_ADDRESS" "$PRIVATE_ADDRESS" > "$ROOT/etc/default/replicated-operator"
+fi
 if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
     chmod a+r /etc/replicated.conf
     getent group docker > /dev/null || { echo >&2 "no docker group"; exit 1; }
@@ -194,6 +204,8 @@ if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
 # The stand-in daemon: the replicated one reads the files replicated.conf names, as the real
 # daemon does at its first start, as user replicated in group docker.
 set -e
+# The real units pass PRIVATE_ADDRESS from their EnvironmentFile (-e LOCAL_ADDRESS=...).
+echo "$1: started with PRIVATE_ADDRESS=$PRIVATE_ADDRESS"
 if [ "$1" = replicated ]; then
     conf=$(cat /etc/replicated.conf)
     for key in LicenseFileLocation ImportSettingsFrom; do
@@ -216,7 +228,9 @@ EOF
     [ "$DISABLE_REPLICATED_UI" = "1" ] || svcs="$svcs replicated-ui"
     [ "$SKIP_OPERATOR_INSTALL" = "1" ] || svcs="$svcs replicated-operator"
     for svc in $svcs; do
-        printf '[Unit]\nAfter=docker.service\n[Service]\nUser=replicated\nGroup=docker\nRuntimeDirectory=%s\nExecStart=/usr/local/lib/replicated-standin/daemon %s\nRestart=on-failure\nRestartSec=7\n[Install]\nWantedBy=multi-user.target\n' "$svc" "$svc" > /etc/systemd/system/$svc.service
+        envfile=/etc/default/replicated
+        [ "$svc" != replicated-operator ] || envfile=/etc/default/replicated-operator
+        printf '[Unit]\nAfter=docker.service\n[Service]\nEnvironmentFile=%s\nUser=replicated\nGroup=docker\nRuntimeDirectory=%s\nExecStart=/usr/local/lib/replicated-standin/daemon %s\nRestart=on-failure\nRestartSec=7\n[Install]\nWantedBy=multi-user.target\n' "$envfile" "$svc" "$svc" > "/etc/systemd/system/$svc.service"
     done
     systemctl daemon-reload
     # shellcheck disable=SC2086
