@@ -230,5 +230,8 @@ func printFindings(w io.Writer, fs []findings.Finding) {
 		if f.Fix != "" {
 			fmt.Fprintf(w, "          fix: %s\n", f.Fix)
 		}
+		for _, s := range f.Suppressed {
+			fmt.Fprintf(w, "          also suppressed: %s\n", findings.Redact(s))
+		}
 	}
 }

@@ -77,11 +77,11 @@ func TestCheckGroupReportsUnsafeSettings(t *testing.T) {
 		hb    time.Duration
 	}{
 		{"safe", func(*peertest.ASGGroup) {}, "haagent-launch", "", 900 * time.Second},
-		{"elb", func(g *peertest.ASGGroup) { g.HealthCheckType = "ELB" }, "haagent-launch", "ASG_HEALTH_CHECK_NOT_EC2", 900 * time.Second},
-		{"abandon", func(g *peertest.ASGGroup) { g.Hooks[0].DefaultResult = "ABANDON" }, "haagent-launch", "ASG_HOOK_ABANDON", 900 * time.Second},
-		{"two", func(g *peertest.ASGGroup) { g.Max = 2 }, "haagent-launch", "ASG_GROUP_SIZE", 900 * time.Second},
-		{"missing hook", func(*peertest.ASGGroup) {}, "other-hook", "ASG_HOOK_MISSING", 0},
-		{"terminating hook", func(g *peertest.ASGGroup) { g.Hooks[0].Transition = "autoscaling:EC2_INSTANCE_TERMINATING" }, "haagent-launch", "ASG_HOOK_NOT_LAUNCH", 0},
+		{"elb", func(g *peertest.ASGGroup) { g.HealthCheckType = "ELB" }, "haagent-launch", findings.ASGHealthCheckNotEC2.String(), 900 * time.Second},
+		{"abandon", func(g *peertest.ASGGroup) { g.Hooks[0].DefaultResult = "ABANDON" }, "haagent-launch", findings.ASGHookAbandon.String(), 900 * time.Second},
+		{"two", func(g *peertest.ASGGroup) { g.Max = 2 }, "haagent-launch", findings.ASGGroupSize.String(), 900 * time.Second},
+		{"missing hook", func(*peertest.ASGGroup) {}, "other-hook", findings.ASGHookMissing.String(), 0},
+		{"terminating hook", func(g *peertest.ASGGroup) { g.Hooks[0].Transition = "autoscaling:EC2_INSTANCE_TERMINATING" }, "haagent-launch", findings.ASGHookNotLaunch.String(), 0},
 		{"no hook configured", func(g *peertest.ASGGroup) { g.Hooks[0].DefaultResult = "ABANDON" }, "", "", 0},
 	}
 	for _, tc := range cases {

@@ -154,7 +154,7 @@ func TestGuardDecisions(t *testing.T) {
 			findings.New(findings.TLSExpired, "db:5432", "expired", "")}
 		w.probe[1].Severity = findings.Warning // overridden to a warning: does not hold the decision back
 		d := w.g.Decide(ctx, "not running", since)
-		if d.Replace || w.sets() != 0 || d.Finding.Code != findings.ASGReplacementWithheld || !strings.Contains(d.Reason, "PG_AUTH_FAILED") || strings.Contains(d.Reason, "TLS_EXPIRED") {
+		if d.Replace || w.sets() != 0 || d.Finding.Code != findings.ASGReplacementWithheld || !strings.Contains(d.Reason, findings.PGAuthFailed.String()) || strings.Contains(d.Reason, findings.TLSExpired.String()) {
 			t.Fatalf("%+v", d)
 		}
 	})
@@ -163,7 +163,7 @@ func TestGuardDecisions(t *testing.T) {
 		w := newGuard(t)
 		w.probe = []findings.Finding{findings.New(findings.ProbeInconclusive, "postgres://circle@db:5432/circle", "PostgreSQL at db:5432 refused the connection", "SQLSTATE 53300")}
 		d := w.g.Decide(ctx, "not running", since)
-		if d.Replace || w.sets() != 0 || !strings.Contains(d.Reason, "PROBE_INCONCLUSIVE") {
+		if d.Replace || w.sets() != 0 || !strings.Contains(d.Reason, findings.ProbeInconclusive.String()) {
 			t.Fatalf("%+v", d)
 		}
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/haagent/haagent/internal/config"
@@ -66,10 +67,11 @@ func (b *book) stepFindings(steps []Step) []findings.Finding {
 	return out
 }
 
-// recordStep files a step's findings, with the config's overrides applied, and logs each one
-// not yet logged this run through the step's logger.
+// recordStep files a step's findings, with the config's overrides applied and then folded
+// (findings.Fold: what an upstream finding explains is listed in it, not filed beside it), and
+// logs each one not yet logged this run through the step's logger.
 func (e *Env) recordStep(log *slog.Logger, name string, fs []findings.Finding) {
-	for _, f := range e.ledger.book.addStep(name, e.adjust(fs...)) {
+	for _, f := range e.ledger.book.addStep(name, findings.Fold(e.adjust(fs...))) {
 		logFinding(log, f)
 	}
 }
@@ -105,6 +107,9 @@ func logFinding(log *slog.Logger, f findings.Finding) {
 	}
 	if f.Fix != "" {
 		attrs = append(attrs, "fix", f.Fix)
+	}
+	if len(f.Suppressed) > 0 {
+		attrs = append(attrs, "also_suppressed", strings.Join(f.Suppressed, "; "))
 	}
 	log.Log(context.Background(), level, f.Code.String()+": "+f.Summary, attrs...)
 }

@@ -190,6 +190,8 @@ func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, 
 	fs := out.fs
 	var fail *findings.Failure
 	if errors.As(err, &fail) {
+		// Folded in place, so the [failed] line and STATUS= name the cause, not its echoes.
+		fail.Findings = findings.Fold(fail.Findings)
 		fs = append(fs, fail.Findings...)
 	}
 	env.recordStep(log, s.Name, fs)

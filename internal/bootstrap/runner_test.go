@@ -3,6 +3,7 @@ package bootstrap
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"slices"
@@ -228,5 +229,60 @@ func TestOverridesApplyToEveryCodeButTheSafetyCodes(t *testing.T) {
 	}
 	if e := findings.KeysConflict.Entry(); got[1].Blocking != e.Blocking || got[1].Severity != e.Severity {
 		t.Errorf("a safety code changed: %+v", got[1])
+	}
+}
+
+// A step's findings are folded before they are recorded and logged: what an upstream finding
+// explains is listed in it (and in its journal line), not recorded beside it; the config's
+// overrides apply first.
+func TestStepFindingsAreFoldedBeforeTheyAreRecorded(t *testing.T) {
+	cfg, err := config.Parse([]byte("version: 1\nsource:\n  bucket: abc\nprobes:\n  overrides:\n    PG_AUTH_FAILED: {severity: warning, blocking: false}\n"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	env := quietEnv(Inputs{Log: slog.New(slog.NewTextHandler(&log, nil))}, &state.Record{})
+	env.Config = cfg
+	env.ledger.book.beginStep("probe")
+	env.recordStep(env.Log, "probe", []findings.Finding{
+		findings.New(findings.TLSUnknownAuthority, "circle@db.internal:5432", "the certificate of db.internal:5432 is signed by an unknown CA", "").WithHost("db.internal:5432"),
+		findings.New(findings.PGAuthFailed, "circle@db.internal:5432", "PostgreSQL rejected the password", "").WithHost("db.internal:5432"),
+		findings.New(findings.VaultSealed, "https://vault:8200", "Vault is sealed", "").WithHost("vault:8200"),
+	})
+	got := env.ledger.book.stepFindings([]Step{{Name: "probe"}})
+	if len(got) != 2 || got[0].Code != findings.TLSUnknownAuthority || got[1].Code != findings.VaultSealed {
+		t.Fatalf("recorded %+v", got)
+	}
+	if len(got[0].Suppressed) != 1 || !strings.HasPrefix(got[0].Suppressed[0], "PG_AUTH_FAILED PostgreSQL rejected the password") {
+		t.Errorf("TLS_UNKNOWN_AUTHORITY does not list what it explains: %+v", got[0])
+	}
+	// Folded after the override: the absorbed PG_AUTH_FAILED no longer blocks, so neither
+	// does the (non-blocking) TLS finding that took it in.
+	if got[0].Blocking || got[0].Severity != findings.Error {
+		t.Errorf("the override of the folded code was not applied first: %+v", got[0])
+	}
+	if n := strings.Count(log.String(), findings.PGAuthFailed.String()); n != 1 || !strings.Contains(log.String(), "also_suppressed=") {
+		t.Errorf("the journal names PG_AUTH_FAILED %d times, want once, in TLS_UNKNOWN_AUTHORITY's also_suppressed:\n%s", n, log.String())
+	}
+}
+
+// A step that fails on blocking findings has them folded too: the [failed] line and the run
+// record's error name the cause, not what it explains.
+func TestAFailedStepsFindingsAreFolded(t *testing.T) {
+	step := do(func(context.Context) error {
+		return &findings.Failure{Findings: []findings.Finding{
+			findings.New(findings.DNSNotFound, "mongo-old.internal.test:27017", "mongo-old.internal.test does not resolve", "").WithHost("mongo-old.internal.test"),
+			findings.New(findings.MongoMemberUnreachable, "mongo-old.internal.test:27017", "replica set rs0 advertises member mongo-old.internal.test:27017", "").WithHost("mongo-old.internal.test:27017"),
+		}}
+	})
+	var log strings.Builder
+	r := &Runner{Steps: []Step{{Name: "probe", Do: step}}, Once: true}
+	env := quietEnv(Inputs{Log: slog.New(slog.NewTextHandler(&log, nil))}, &state.Record{})
+	err := r.Run(context.Background(), env)
+	if err == nil || strings.Contains(err.Error(), "MONGO_MEMBER_UNREACHABLE") || !strings.Contains(err.Error(), "DNS_NOT_FOUND") {
+		t.Fatalf("the run failed with %v", err)
+	}
+	if n := strings.Count(log.String(), "MONGO_MEMBER_UNREACHABLE"); n != 1 || !strings.Contains(log.String(), "also_suppressed=") {
+		t.Errorf("the journal names MONGO_MEMBER_UNREACHABLE %d times, want once, in also_suppressed:\n%s", n, log.String())
 	}
 }

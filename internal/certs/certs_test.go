@@ -58,8 +58,8 @@ func TestInstallValidatesAndRefreshesOnlyOnChange(t *testing.T) {
 	for _, f := range res.Findings {
 		got[filepath.Base(f.Target)] = f.Code.String()
 	}
-	want := map[string]string{"soon.crt": "CA_CERT_EXPIRING", "expired.crt": "CA_CERT_EXPIRED", "server.crt": "CA_CERT_INVALID",
-		"server.key": "CA_CERT_INVALID", "notes.txt": "CA_CERT_INVALID", "bundle.crt": "CA_CERT_EXPIRING"}
+	want := map[string]string{"soon.crt": findings.CACertExpiring.String(), "expired.crt": findings.CACertExpired.String(), "server.crt": findings.CACertInvalid.String(),
+		"server.key": findings.CACertInvalid.String(), "notes.txt": findings.CACertInvalid.String(), "bundle.crt": findings.CACertExpiring.String()}
 	for k, v := range want {
 		if got[k] != v {
 			t.Errorf("%s: got %s, want %s (%+v)", k, got[k], v, res.Findings)

@@ -22,9 +22,9 @@ func failure(t *testing.T, err error) []findings.Finding {
 	return f.Findings
 }
 
-func hasCode(fs []findings.Finding, code string) *findings.Finding {
+func hasCode(fs []findings.Finding, code findings.Code) *findings.Finding {
 	for i := range fs {
-		if fs[i].Code.String() == code {
+		if fs[i].Code == code {
 			return &fs[i]
 		}
 	}
@@ -130,7 +130,7 @@ func TestFetchMissingRequiredObjectKeepsPreviousFile(t *testing.T) {
 
 	_, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
 	fs := failure(t, err)
-	f := hasCode(fs, "S3_OBJECT_MISSING")
+	f := hasCode(fs, findings.S3ObjectMissing)
 	if f == nil || f.Target != "s3://circleci-ha/settings.conf" || !strings.Contains(f.Fix, "aws s3 cp") {
 		t.Fatalf("want S3_OBJECT_MISSING for s3://circleci-ha/settings.conf with an upload fix, got %+v", fs)
 	}
@@ -158,7 +158,7 @@ func TestFetchEmptyPrefixes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("an empty keys prefix (new install) must not fail the fetch: %v", err)
 	}
-	if f := hasCode(bd.Findings, "KEYS_PREFIX_EMPTY"); f == nil || f.Severity != findings.Warning {
+	if f := hasCode(bd.Findings, findings.KeysPrefixEmpty); f == nil || f.Severity != findings.Warning {
 		t.Fatalf("want a KEYS_PREFIX_EMPTY warning, got %+v", bd.Findings)
 	}
 	bd.Discard()
@@ -169,7 +169,7 @@ func TestFetchEmptyPrefixes(t *testing.T) {
 		}
 	}
 	_, err = Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
-	if f := hasCode(failure(t, err), "S3_PREFIX_EMPTY"); f == nil || f.Target != "s3://circleci-ha/circleconfig/" {
+	if f := hasCode(failure(t, err), findings.S3PrefixEmpty); f == nil || f.Target != "s3://circleci-ha/circleconfig/" {
 		t.Fatalf("want S3_PREFIX_EMPTY for circleconfig/, got %v", err)
 	}
 }
@@ -189,7 +189,7 @@ func TestFetchLocalOnlyFilesAreKeptAndReported(t *testing.T) {
 	if err := bd.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	f := hasCode(bd.Findings, "LOCAL_ONLY_FILES")
+	f := hasCode(bd.Findings, findings.LocalOnlyFiles)
 	if f == nil || !strings.Contains(f.Evidence, "99-local-only.key") {
 		t.Fatalf("want LOCAL_ONLY_FILES naming the key, got %+v", bd.Findings)
 	}
@@ -203,11 +203,13 @@ func TestFetchClassifiesS3Refusals(t *testing.T) {
 	seed(t, s)
 	s.CreateUser(t, "norights", "norights-secret")
 	cases := []struct {
-		name, access, secret, bucket, code, fix string
+		name, access, secret, bucket string
+		code                         findings.Code
+		fix                          string
 	}{
-		{"access denied", "norights", "norights-secret", testBucket, "S3_ACCESS_DENIED", "s3:"},
-		{"no such bucket", s.AccessKey, s.SecretKey, "no-such-bucket", "S3_BUCKET_MISSING", "source.bucket"},
-		{"wrong secret", s.AccessKey, "not-the-secret", testBucket, "S3_CREDENTIALS_INVALID", "AWS_SECRET_ACCESS_KEY"},
+		{"access denied", "norights", "norights-secret", testBucket, findings.S3AccessDenied, "s3:"},
+		{"no such bucket", s.AccessKey, s.SecretKey, "no-such-bucket", findings.S3BucketMissing, "source.bucket"},
+		{"wrong secret", s.AccessKey, "not-the-secret", testBucket, findings.S3CredentialsInvalid, "AWS_SECRET_ACCESS_KEY"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -46,7 +46,7 @@ func TestFetchNeverReplacesALocalKey(t *testing.T) {
 	if len(bd.Conflicts) != 1 || bd.Conflicts[0] != want {
 		t.Fatalf("conflicts %+v, want %+v", bd.Conflicts, want)
 	}
-	f := hasCode(bd.Findings, "KEYS_CONFLICT")
+	f := hasCode(bd.Findings, findings.KeysConflict)
 	if f == nil || f.Severity != findings.Error || !strings.Contains(f.Evidence, want.LocalSHA256) || !strings.Contains(f.Evidence, want.BucketSHA256) ||
 		!strings.Contains(f.Fix, "aws s3 mv") || strings.Contains(f.Summary+f.Evidence+f.Fix, "encrypted with\"") {
 		t.Fatalf("want a KEYS_CONFLICT error with both hashes and the resolution, got %+v", f)
@@ -65,7 +65,7 @@ func TestFetchRefusesAnEmptyKeyObject(t *testing.T) {
 	s.Put(t, testBucket, "circleci-encryption-keys/03-truncated.key", nil)
 	root := t.TempDir()
 	_, err := Fetch(context.Background(), open(t, s.URL, s.AccessKey, s.SecretKey, testBucket), Options{Root: root, Layout: testLayout(t), Concurrency: 4})
-	f := hasCode(failure(t, err), "KEYS_EMPTY")
+	f := hasCode(failure(t, err), findings.KeysEmpty)
 	if f == nil || f.Target != "s3://circleci-ha/circleci-encryption-keys/03-truncated.key" || !f.Blocking {
 		t.Fatalf("want a blocking KEYS_EMPTY for the empty object, got %v", err)
 	}
@@ -112,7 +112,7 @@ func TestFetchEmptyKeysPrefixOfAnExistingDeployment(t *testing.T) {
 		return Existed{Why: "the bucket holds s3://circleci-ha/session-cookie-key"}, nil
 	}
 	_, err := Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: testLayout(t), Concurrency: 4, Existing: existed})
-	f := hasCode(failure(t, err), "KEYS_MISSING")
+	f := hasCode(failure(t, err), findings.KeysMissing)
 	if f == nil || !f.Blocking || !strings.Contains(f.Evidence, "session-cookie-key") || !strings.Contains(f.Fix, "aws s3 cp") {
 		t.Fatalf("want a blocking KEYS_MISSING with the evidence, got %v", err)
 	}
@@ -121,21 +121,21 @@ func TestFetchEmptyKeysPrefixOfAnExistingDeployment(t *testing.T) {
 	os.MkdirAll(filepath.Join(root, "data/circle/circleci-encryption-keys"), 0o700)
 	os.WriteFile(filepath.Join(root, "data/circle/circleci-encryption-keys/00-default.key"), []byte("k"), 0o600)
 	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4, Existing: existed})
-	if err != nil || hasCode(bd.Findings, "KEYS_PREFIX_EMPTY") == nil {
+	if err != nil || hasCode(bd.Findings, findings.KeysPrefixEmpty) == nil {
 		t.Fatalf("with local keys an empty prefix stays a warning: %v", err)
 	}
 	bd.Discard()
 	// Installed on this very instance: reported, but what runs is not stopped.
 	bd, err = Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: testLayout(t), Concurrency: 4,
 		Existing: func(context.Context) (Existed, error) { return Existed{Why: "installed here", Here: true}, nil }})
-	if f := hasCode(bd.Findings, "KEYS_MISSING"); err != nil || f == nil || f.Blocking {
+	if f := hasCode(bd.Findings, findings.KeysMissing); err != nil || f == nil || f.Blocking {
 		t.Fatalf("on the instance that installed, KEYS_MISSING must not block: %v %+v", err, f)
 	}
 	bd.Discard()
 	// A brand-new install: the warning.
 	bd, err = Fetch(context.Background(), b, Options{Root: t.TempDir(), Layout: testLayout(t), Concurrency: 4,
 		Existing: func(context.Context) (Existed, error) { return Existed{}, nil }})
-	if err != nil || hasCode(bd.Findings, "KEYS_PREFIX_EMPTY") == nil {
+	if err != nil || hasCode(bd.Findings, findings.KeysPrefixEmpty) == nil {
 		t.Fatalf("a new install's empty prefix is a warning: %v", err)
 	}
 	bd.Discard()
@@ -205,7 +205,7 @@ func TestCommitNeverReplacesAKeyThatAppearedMeanwhile(t *testing.T) {
 		t.Fatalf("the commit replaced a key: %q", got)
 	}
 	if len(bd.Conflicts) != 1 || bd.Conflicts[0].Path != "/data/circle/circleci-encryption-keys/02-workflows.key" ||
-		bd.Conflicts[0].LocalSHA256 != sum("made by CircleCI meanwhile") || hasCode(bd.Findings, "KEYS_CONFLICT") == nil {
+		bd.Conflicts[0].LocalSHA256 != sum("made by CircleCI meanwhile") || hasCode(bd.Findings, findings.KeysConflict) == nil {
 		t.Fatalf("want one conflict for 02-workflows.key, got %+v", bd.Conflicts)
 	}
 	if got, _ := os.ReadFile(filepath.Join(root, "data/circle/circleci-encryption-keys/01-contexts.key")); string(got) != string(objs["circleci-encryption-keys/01-contexts.key"]) {
@@ -270,7 +270,7 @@ func TestEmptyKeysPrefixIsNotFooledByStrayEntries(t *testing.T) {
 			}
 			bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4, Existing: existed})
 			if !tc.blocked {
-				if err != nil || hasCode(bd.Findings, "KEYS_PREFIX_EMPTY") == nil {
+				if err != nil || hasCode(bd.Findings, findings.KeysPrefixEmpty) == nil {
 					t.Fatalf("a machine holding a key: want the warning, got %v", err)
 				}
 				bd.Discard()
@@ -280,7 +280,7 @@ func TestEmptyKeysPrefixIsNotFooledByStrayEntries(t *testing.T) {
 				bd.Discard()
 				t.Fatalf("no blocking KEYS_MISSING: findings %s", findings.Codes(bd.Findings))
 			}
-			if f := hasCode(failure(t, err), "KEYS_MISSING"); f == nil || !f.Blocking {
+			if f := hasCode(failure(t, err), findings.KeysMissing); f == nil || !f.Blocking {
 				t.Fatalf("want a blocking KEYS_MISSING, got %v", err)
 			}
 		})
@@ -345,7 +345,7 @@ func TestASymlinkAtAKeyPathIsAFindingNotACommitError(t *testing.T) {
 		if err := bd.Commit(); err != nil {
 			t.Fatalf("Commit failed on a symlink at a key path (every retry would): %v", err)
 		}
-		if f := hasCode(append(fs, bd.CommitFindings...), "KEYS_PATH_NOT_FILE"); f == nil || f.Blocking || f.Target != "/"+keyPath || !strings.Contains(f.Summary, "/nonexistent/01-contexts.key") {
+		if f := hasCode(append(fs, bd.CommitFindings...), findings.KeysPathNotFile); f == nil || f.Blocking || f.Target != "/"+keyPath || !strings.Contains(f.Summary, "/nonexistent/01-contexts.key") {
 			t.Fatalf("want a non-blocking KEYS_PATH_NOT_FILE naming the link's target, got %s %s", findings.Codes(fs), findings.Codes(bd.CommitFindings))
 		}
 		if got, _ := os.Readlink(filepath.Join(root, keyPath)); got != "/nonexistent/01-contexts.key" {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/config"
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/validate"
@@ -231,7 +232,7 @@ func TestFetchDoesNotFollowASymlinkAtAFinalPath(t *testing.T) {
 		if got := statOf(t, elsewhere); got != (perm{0o600, 0, 0}) {
 			t.Fatalf("the link's target became %#o %d:%d", got.mode, got.uid, got.gid)
 		}
-		f := hasCode(bd.CommitFindings, "FILE_SYMLINK_NOT_FOLLOWED")
+		f := hasCode(bd.CommitFindings, findings.FileSymlinkNotFollowed)
 		if f == nil || f.Target != "/etc/license.rli" || !strings.Contains(f.Summary, elsewhere) || !strings.Contains(f.Fix, "rm /etc/license.rli") {
 			t.Fatalf("want FILE_SYMLINK_NOT_FOLLOWED for /etc/license.rli naming its target, got %+v", bd.CommitFindings)
 		}
@@ -241,7 +242,7 @@ func TestFetchDoesNotFollowASymlinkAtAFinalPath(t *testing.T) {
 	}
 	// The daemon's check says the same from its side.
 	os.Chmod(root, 0o755)
-	if f := hasCode(validate.Readable(layout.New(root, nil)), "FILE_UNREADABLE_BY_REPLICATED"); f == nil || !strings.Contains(f.Summary, "symbolic link") {
+	if f := hasCode(validate.Readable(layout.New(root, nil)), findings.FileUnreadableByReplicated); f == nil || !strings.Contains(f.Summary, "symbolic link") {
 		t.Fatalf("a symlinked licence passes the daemon's check")
 	}
 }
@@ -253,7 +254,7 @@ func TestFetchUnknownGroupIsAFinding(t *testing.T) {
 	root := machineRoot(t, "root:x:0:\n")
 	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
 	_, err := Fetch(context.Background(), b, Options{Root: root, Layout: layoutWith(t, "  circleconfig: {group: circleci}\n"), Concurrency: 4})
-	f := hasCode(failure(t, err), "FILE_OWNER_UNRESOLVED")
+	f := hasCode(failure(t, err), findings.FileOwnerUnresolved)
 	if f == nil || f.Target != "files.circleconfig.group" || !strings.Contains(f.Summary, `group "circleci", the owner of /etc/circleconfig/`) ||
 		!strings.Contains(f.Summary, filepath.Join(root, "etc/group")) || !strings.Contains(f.Fix, "groupadd circleci") {
 		t.Fatalf("want FILE_OWNER_UNRESOLVED naming the group, the field and the root's etc/group, got %v", err)
@@ -267,7 +268,7 @@ func TestFetchUnknownGroupIsAFinding(t *testing.T) {
 	t.Cleanup(func() { atomicfile.GroupAdd = old })
 	atomicfile.GroupAdd = []string{"sh", "-c", "echo groupadd: cannot lock /etc/group >&2; exit 10", "groupadd"}
 	_, err = Fetch(context.Background(), b, Options{Root: machineRoot(t, "root:x:0:\n"), Layout: testLayout(t), Concurrency: 4})
-	f = hasCode(failure(t, err), "FILE_OWNER_UNRESOLVED")
+	f = hasCode(failure(t, err), findings.FileOwnerUnresolved)
 	if f == nil || !strings.Contains(f.Summary, "the docker group, which /etc/settings.conf belongs to") || !strings.Contains(f.Evidence, "cannot lock") ||
 		!strings.Contains(f.Fix, "run haagent as root") {
 		t.Fatalf("want FILE_OWNER_UNRESOLVED saying the docker group could not be created, got %v", err)
@@ -314,7 +315,7 @@ func TestDaemonUserCanReadTheLicence(t *testing.T) {
 	if err := read(licence); err == nil || !strings.Contains(err.Error(), "Permission denied") {
 		t.Fatalf("a 0600 root:root licence was readable, or failed otherwise: %v", err)
 	}
-	if f := hasCode(validate.Readable(layout.New(root, nil)), "FILE_UNREADABLE_BY_REPLICATED"); f == nil || f.Target != "/etc/license.rli" {
+	if f := hasCode(validate.Readable(layout.New(root, nil)), findings.FileUnreadableByReplicated); f == nil || f.Target != "/etc/license.rli" {
 		t.Fatal("the daemon's check passes a licence the daemon's user cannot read")
 	}
 }

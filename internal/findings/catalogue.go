@@ -1,5 +1,7 @@
 package findings
 
+import "slices"
+
 // The catalogue: every code haagent can report, registered once here. Each code is an exported
 // value (PGAuthFailed for PG_AUTH_FAILED), so a reporter that mistypes one fails to compile,
 // and docs, tests and config validation list them from Catalogue(). Codes are stable:
@@ -92,56 +94,69 @@ var (
 	ProbeInconclusive = register(Entry{Code: "PROBE_INCONCLUSIVE", Severity: Warning, Blocking: false, Service: "network",
 		Fix: "haagent could not tell; see the evidence"})
 
+	// reachability is what DNS and TCP say about a server, true for every client of it: when
+	// one of them fires for a host, nothing a PostgreSQL, MongoDB or Vault probe says about the
+	// same host can have been observed, so it is noise (DependsOn; Fold).
+	reachability = []Code{DNSNotFound, TCPRefused, TCPTimeout}
+	// verifiedServer adds what the server's certificate says: after it, the PostgreSQL and
+	// Vault probes send no credential and stop, so a PG_* or VAULT_* code for that server
+	// cannot be this run's observation. Not MongoDB's: its probe goes on unverified (isMaster
+	// only) and what it learns there (a replica set name that does not match, no primary) is
+	// true and has a fix of its own. Not TLS_REQUIRED either, one client's setting against the
+	// server (Vault's probe sent to PostgreSQL's port says nothing about PostgreSQL's
+	// password), nor TLS_OFF, after which a server is still asked what it can be asked.
+	verifiedServer = append(slices.Clip(reachability), TLSUnknownAuthority, TLSHostnameMismatch, TLSExpired)
+
 	// PostgreSQL
-	PGAuthFailed = register(Entry{Code: "PG_AUTH_FAILED", Severity: Error, Blocking: true, Service: "postgres",
+	PGAuthFailed = register(Entry{Code: "PG_AUTH_FAILED", Severity: Error, Blocking: true, Service: "postgres", DependsOn: verifiedServer,
 		Fix: "check POSTGRES_USER and POSTGRES_PASSWORD against the role (ALTER ROLE circle PASSWORD '...')"})
-	PGHBARejected = register(Entry{Code: "PG_HBA_REJECTED", Severity: Error, Blocking: true, Service: "postgres",
+	PGHBARejected = register(Entry{Code: "PG_HBA_REJECTED", Severity: Error, Blocking: true, Service: "postgres", DependsOn: verifiedServer,
 		Fix: "add a pg_hba.conf line (or RDS security settings) admitting this user from this host, with TLS as the server requires"})
-	PGDatabaseMissing = register(Entry{Code: "PG_DATABASE_MISSING", Severity: Error, Blocking: true, Service: "postgres",
+	PGDatabaseMissing = register(Entry{Code: "PG_DATABASE_MISSING", Severity: Error, Blocking: true, Service: "postgres", DependsOn: verifiedServer,
 		Fix: "create the database: CREATE DATABASE name OWNER circle;"})
-	PGConnectDenied = register(Entry{Code: "PG_CONNECT_DENIED", Severity: Error, Blocking: true, Service: "postgres",
+	PGConnectDenied = register(Entry{Code: "PG_CONNECT_DENIED", Severity: Error, Blocking: true, Service: "postgres", DependsOn: verifiedServer,
 		Fix: "GRANT CONNECT ON DATABASE name TO circle;"})
-	PGExtensionMissing = register(Entry{Code: "PG_EXTENSION_MISSING", Severity: Error, Blocking: true, Service: "postgres",
+	PGExtensionMissing = register(Entry{Code: "PG_EXTENSION_MISSING", Severity: Error, Blocking: true, Service: "postgres", DependsOn: verifiedServer,
 		Fix: "install the extension in that database as a superuser"})
-	PGVersionUnsupported = register(Entry{Code: "PG_VERSION_UNSUPPORTED", Severity: Error, Blocking: true, Service: "postgres",
+	PGVersionUnsupported = register(Entry{Code: "PG_VERSION_UNSUPPORTED", Severity: Error, Blocking: true, Service: "postgres", DependsOn: verifiedServer,
 		Fix: "CircleCI needs PostgreSQL 9.5 or later: upgrade the server"})
-	PGReadOnly = register(Entry{Code: "PG_READ_ONLY", Severity: Error, Blocking: true, Service: "postgres",
+	PGReadOnly = register(Entry{Code: "PG_READ_ONLY", Severity: Error, Blocking: true, Service: "postgres", DependsOn: verifiedServer,
 		Fix: "point POSTGRES_HOST at the primary (the writer endpoint on RDS), not a replica"})
 
 	// MongoDB
-	MongoAuthFailed = register(Entry{Code: "MONGO_AUTH_FAILED", Severity: Error, Blocking: true, Service: "mongo",
+	MongoAuthFailed = register(Entry{Code: "MONGO_AUTH_FAILED", Severity: Error, Blocking: true, Service: "mongo", DependsOn: reachability,
 		Fix: "check the user name and password in the URI; percent-encode special characters. On MongoDB 3.x a user created before 3.0 may hold only MONGODB-CR credentials: upgrade them with db.adminCommand({authSchemaUpgrade: 1})"})
-	MongoReplsetMismatch = register(Entry{Code: "MONGO_REPLSET_MISMATCH", Severity: Error, Blocking: true, Service: "mongo",
+	MongoReplsetMismatch = register(Entry{Code: "MONGO_REPLSET_MISMATCH", Severity: Error, Blocking: true, Service: "mongo", DependsOn: reachability,
 		Fix: "make replicaSet= in the URIs match the set's name (rs.conf()._id)"})
-	MongoNoPrimary = register(Entry{Code: "MONGO_NO_PRIMARY", Severity: Error, Blocking: true, Service: "mongo",
+	MongoNoPrimary = register(Entry{Code: "MONGO_NO_PRIMARY", Severity: Error, Blocking: true, Service: "mongo", DependsOn: reachability,
 		Fix: "a majority of members must be up and reach each other to elect a primary"})
-	MongoMemberUnreachable = register(Entry{Code: "MONGO_MEMBER_UNREACHABLE", Severity: Error, Blocking: true, Service: "mongo",
+	MongoMemberUnreachable = register(Entry{Code: "MONGO_MEMBER_UNREACHABLE", Severity: Error, Blocking: true, Service: "mongo", DependsOn: reachability,
 		Fix: "make every member's advertised host name resolve and reach from this machine, or rename the member"})
-	MongoPrivilegeMissing = register(Entry{Code: "MONGO_PRIVILEGE_MISSING", Severity: Error, Blocking: true, Service: "mongo",
+	MongoPrivilegeMissing = register(Entry{Code: "MONGO_PRIVILEGE_MISSING", Severity: Error, Blocking: true, Service: "mongo", DependsOn: reachability,
 		Fix: "grant the user readWrite on the database"})
-	MongoVersionLimited = register(Entry{Code: "MONGO_VERSION_LIMITED", Severity: Info, Blocking: false, Service: "mongo",
+	MongoVersionLimited = register(Entry{Code: "MONGO_VERSION_LIMITED", Severity: Info, Blocking: false, Service: "mongo", DependsOn: reachability,
 		Fix: "nothing to do if the services work with this server: haagent could not check the password and privileges (MongoDB before 3.0, or an authMechanism other than SCRAM-SHA-1 before 3.6)"})
-	MongoNoReplicaSetInURI = register(Entry{Code: "MONGO_NO_REPLICA_SET_IN_URI", Severity: Warning, Blocking: false, Service: "mongo",
+	MongoNoReplicaSetInURI = register(Entry{Code: "MONGO_NO_REPLICA_SET_IN_URI", Severity: Warning, Blocking: false, Service: "mongo", DependsOn: reachability,
 		Fix: "add replicaSet=NAME to the URIs and list the members as seeds: a URI naming one host makes the driver talk to that host alone, which after a failover is no longer the primary"})
 
 	// Vault. The probe names the command line of the server's version in its fix (0.7, the
 	// runbook's: vault unseal, vault token-create, vault mount, vault policy-write); these
 	// defaults give both.
-	VaultSchemeMismatch = register(Entry{Code: "VAULT_SCHEME_MISMATCH", Severity: Error, Blocking: true, Service: "vault",
+	VaultSchemeMismatch = register(Entry{Code: "VAULT_SCHEME_MISMATCH", Severity: Error, Blocking: true, Service: "vault", DependsOn: verifiedServer,
 		Fix: "make VAULT__SCHEME match the listener: https for a TLS listener"})
-	VaultSealed = register(Entry{Code: "VAULT_SEALED", Severity: Error, Blocking: true, Service: "vault",
+	VaultSealed = register(Entry{Code: "VAULT_SEALED", Severity: Error, Blocking: true, Service: "vault", DependsOn: verifiedServer,
 		Fix: "unseal Vault with the required number of unseal keys: vault operator unseal (Vault 0.x: vault unseal), repeated per key holder"})
-	VaultUninitialized = register(Entry{Code: "VAULT_UNINITIALIZED", Severity: Error, Blocking: true, Service: "vault",
+	VaultUninitialized = register(Entry{Code: "VAULT_UNINITIALIZED", Severity: Error, Blocking: true, Service: "vault", DependsOn: verifiedServer,
 		Fix: "initialize Vault (vault operator init; Vault 0.x: vault init), unseal it, mount transit and issue the services' token"})
-	VaultTokenInvalid = register(Entry{Code: "VAULT_TOKEN_INVALID", Severity: Error, Blocking: true, Service: "vault",
+	VaultTokenInvalid = register(Entry{Code: "VAULT_TOKEN_INVALID", Severity: Error, Blocking: true, Service: "vault", DependsOn: verifiedServer,
 		Fix: "issue a new periodic token: vault token create -policy=NAME -period=1h (Vault 0.x: vault token-create -policy=NAME -period=1h), and put it in VAULT__CLIENT_TOKEN"})
-	VaultTokenExpiring = register(Entry{Code: "VAULT_TOKEN_EXPIRING", Severity: Error, Blocking: false, Service: "vault",
+	VaultTokenExpiring = register(Entry{Code: "VAULT_TOKEN_EXPIRING", Severity: Error, Blocking: false, Service: "vault", DependsOn: verifiedServer,
 		Fix: "issue a renewable periodic token without an explicit max TTL: vault token create -policy=NAME -period=1h (Vault 0.x: vault token-create)"})
-	VaultPermissionDenied = register(Entry{Code: "VAULT_PERMISSION_DENIED", Severity: Error, Blocking: true, Service: "vault",
+	VaultPermissionDenied = register(Entry{Code: "VAULT_PERMISSION_DENIED", Severity: Error, Blocking: true, Service: "vault", DependsOn: verifiedServer,
 		Fix: "attach a policy granting the transit paths to the token"})
-	VaultTransitMissing = register(Entry{Code: "VAULT_TRANSIT_MISSING", Severity: Error, Blocking: true, Service: "vault",
+	VaultTransitMissing = register(Entry{Code: "VAULT_TRANSIT_MISSING", Severity: Error, Blocking: true, Service: "vault", DependsOn: verifiedServer,
 		Fix: "vault secrets enable transit (Vault 0.x: vault mount transit), and set VAULT__TRANSIT_MOUNT to its path"})
-	VaultRedirect = register(Entry{Code: "VAULT_REDIRECT", Severity: Warning, Blocking: false, Service: "vault",
+	VaultRedirect = register(Entry{Code: "VAULT_REDIRECT", Severity: Warning, Blocking: false, Service: "vault", DependsOn: verifiedServer,
 		Fix: "point VAULT__SCHEME, VAULT__HOST and VAULT__PORT at the active Vault node or at a load balancer that sends requests to it"})
 
 	// the frontend watch

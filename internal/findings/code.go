@@ -16,6 +16,10 @@ type Entry struct {
 	Blocking bool
 	Service  string
 	Fix      string
+	// DependsOn lists the upstream codes that explain this one when they fire for the same
+	// host: after DNS_NOT_FOUND for db.internal, a PG_AUTH_FAILED for db.internal:5432 is noise
+	// (Fold).
+	DependsOn []Code
 }
 
 var (

@@ -43,6 +43,12 @@ type Finding struct {
 	Summary  string `json:"summary"`
 	Evidence string `json:"evidence,omitempty"`
 	Fix      string `json:"fix,omitempty"`
+	// Host is the server the finding concerns, host:port, or a bare host when every port on it
+	// is concerned (DNS_NOT_FOUND); empty for findings about no server. Fold matches on it.
+	Host string `json:"host,omitempty"`
+	// Suppressed lists, one line each (String's form), the findings Fold folded into this one
+	// because its code explains them (their entries' DependsOn).
+	Suppressed []string `json:"suppressed,omitempty"`
 }
 
 // MaxEvidence bounds a finding's evidence, in bytes. Evidence is a server's error text, a
@@ -90,6 +96,13 @@ func (f Finding) WithFix(fix string) Finding {
 	return f
 }
 
+// WithHost returns a copy of f concerning the server host (host:port, or a bare host for every
+// port on it), so Fold can tell which findings an upstream one explains.
+func (f Finding) WithHost(host string) Finding {
+	f.Host = host
+	return f
+}
+
 // WithEvidence returns a copy of f with the evidence given, redacted and capped as New does.
 func (f Finding) WithEvidence(evidence string) Finding {
 	f.Evidence = CapEvidence(Redact(evidence))
@@ -113,6 +126,12 @@ func (f Finding) MarshalJSON() ([]byte, error) {
 	p := plain(f)
 	p.Target, p.Summary, p.Fix = Redact(p.Target), Redact(p.Summary), Redact(p.Fix)
 	p.Evidence = CapEvidence(Redact(p.Evidence))
+	if len(p.Suppressed) > 0 {
+		p.Suppressed = append([]string(nil), p.Suppressed...)
+		for i, s := range p.Suppressed {
+			p.Suppressed[i] = Redact(s)
+		}
+	}
 	return json.Marshal(p)
 }
 

@@ -21,6 +21,26 @@ func TestCatalogue(t *testing.T) {
 		if e.Blocking && e.Severity != Error {
 			t.Errorf("%s: only errors block", e.Code)
 		}
+		for _, up := range e.DependsOn {
+			if !up.Known() {
+				t.Errorf("%s depends on %s, which is not catalogued", e.Code, up)
+			}
+		}
+		// Fold follows a chain of upstream findings to its root: the chain must end.
+		seen := map[Code]bool{}
+		var walk func(c Code)
+		walk = func(c Code) {
+			if seen[c] {
+				t.Fatalf("%s: DependsOn has a cycle through %s", e.Code, c)
+			}
+			seen[c] = true
+			for _, up := range c.Entry().DependsOn {
+				walk(up)
+			}
+			delete(seen, c)
+		}
+		c, _ := Lookup(e.Code)
+		walk(c)
 	}
 }
 

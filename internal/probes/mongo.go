@@ -158,7 +158,7 @@ func (p *prober) mongoGroup(ctx context.Context, g *mongoGroup, res *result) {
 			}
 		}
 		if err != nil {
-			res.add(mongoConnFinding(g, h, useTLS, err))
+			res.add(mongoConnFinding(g, h, useTLS, err).WithHost(ep.addr()))
 			continue
 		}
 		im, seed = m, h
@@ -168,6 +168,9 @@ func (p *prober) mongoGroup(ctx context.Context, g *mongoGroup, res *result) {
 		res.check(Checked{Service: "mongo", Target: g.target})
 		return
 	}
+	// What follows was learnt from the seed that answered, or is about a member (which names
+	// its own host).
+	defer res.stamp(len(res.findings), splitHostPort(seed).addr())
 	ok := true
 	detail := fmt.Sprintf("MongoDB %s", wire.Version(im.MaxWireVersion))
 	if useTLS {
@@ -213,7 +216,8 @@ func (p *prober) mongoGroup(ctx context.Context, g *mongoGroup, res *result) {
 				states[m] = "unreachable: " + f.Summary
 				add(findings.New(findings.MongoMemberUnreachable, ep.Target,
 					fmt.Sprintf("replica set %s advertises member %s, which this machine cannot reach (%s)", setName, ep.Target, f.Code), f.Evidence).
-					WithFix("the driver connects to the names the members advertise, not the URI's: make " + ep.Target + " resolve and reach from here, or rename the member (MongoDB manual, \"Change Hostnames in a Replica Set\": rs.conf(), edit members[n].host, rs.reconfig(cfg)); an AWS-internal name a primary adopted at rs.initiate() is the usual cause"))
+					WithFix("the driver connects to the names the members advertise, not the URI's: make " + ep.Target + " resolve and reach from here, or rename the member (MongoDB manual, \"Change Hostnames in a Replica Set\": rs.conf(), edit members[n].host, rs.reconfig(cfg)); an AWS-internal name a primary adopted at rs.initiate() is the usual cause").
+					WithHost(wire.ServerText(ep.addr()))) // the member's name is the peer's text
 				continue
 			}
 			if mm, err := p.isMaster(ctx, m, useTLS, verify); err == nil {

@@ -67,21 +67,21 @@ func TestMongoFerretDB(t *testing.T) {
 	})
 	t.Run("missing authSource", func(t *testing.T) {
 		rep := mongoCheck(t, runbookURIs(base, ""), nil)
-		f := find(rep.Findings, "MONGO_AUTH_FAILED")
+		f := find(rep.Findings, findings.MongoAuthFailed)
 		if f == nil || !strings.Contains(f.Fix, "add authSource=admin") {
 			t.Fatalf("want MONGO_AUTH_FAILED pointing at authSource=admin, got %+v", rep.Findings)
 		}
 	})
 	t.Run("replica set name", func(t *testing.T) {
 		rep := mongoCheck(t, runbookURIs(base, "?authSource=admin&replicaSet=rs1"), nil)
-		f := find(rep.Findings, "MONGO_REPLSET_MISMATCH")
+		f := find(rep.Findings, findings.MongoReplsetMismatch)
 		if f == nil || !strings.Contains(f.Summary, `"rs1"`) || !strings.Contains(f.Summary, `"rs0"`) {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
 	t.Run("one host without replicaSet= on a replica-set member", func(t *testing.T) {
 		rep := mongoCheck(t, runbookURIs(base, "?authSource=admin"), nil)
-		f := find(rep.Findings, "MONGO_NO_REPLICA_SET_IN_URI")
+		f := find(rep.Findings, findings.MongoNoReplicaSetInURI)
 		if only(rep.Findings) != "MONGO_NO_REPLICA_SET_IN_URI,PROBE_INCONCLUSIVE" || f.Severity != findings.Warning || f.Blocking ||
 			!strings.Contains(f.Summary, `replica set "rs0"`) || !strings.Contains(f.Fix, "replicaSet=rs0") || rep.Errors() != 0 {
 			t.Fatalf("%+v", rep.Findings)
@@ -89,7 +89,7 @@ func TestMongoFerretDB(t *testing.T) {
 	})
 	t.Run("unescaped @ in the password", func(t *testing.T) {
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:p@ss@"+f.Addr, "?authSource=admin"), nil)
-		if !strings.HasPrefix(only(rep.Findings), "URI_MALFORMED") {
+		if !strings.HasPrefix(only(rep.Findings), findings.URIMalformed.String()) {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -103,7 +103,7 @@ func TestMongoFerretDB(t *testing.T) {
 	t.Run("tls unknown authority", func(t *testing.T) {
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+f.TLSAddr, "?ssl=true&authSource=admin"),
 			func(o *Options) { o.RootCAs = peertest.NewCA(t, "other").Pool() })
-		if find(rep.Findings, "TLS_UNKNOWN_AUTHORITY") == nil || find(rep.Findings, "MONGO_AUTH_FAILED") != nil {
+		if find(rep.Findings, findings.TLSUnknownAuthority) == nil || find(rep.Findings, findings.MongoAuthFailed) != nil {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -140,7 +140,7 @@ func TestMongoStandIn(t *testing.T) {
 			})
 		}
 		rep := mongoCheck(t, runbookURIs("mongodb://"+a.Addr+","+b.Addr, "?replicaSet=rs0"), func(o *Options) { o.Resolver = dns })
-		f := find(rep.Findings, "MONGO_NO_PRIMARY")
+		f := find(rep.Findings, findings.MongoNoPrimary)
 		if only(rep.Findings) != findings.MongoNoPrimary.String() || !strings.Contains(f.Evidence, a.Addr+": SECONDARY") || !strings.Contains(f.Evidence, b.Addr+": SECONDARY") {
 			t.Fatalf("%+v", rep.Findings)
 		}
@@ -151,8 +151,8 @@ func TestMongoStandIn(t *testing.T) {
 			s.Hello = bson.M{"ismaster": true, "setName": "rs0", "hosts": bson.A{"ip-10-0-1-5.ec2.internal:27017", p.Addr}, "primary": "ip-10-0-1-5.ec2.internal:27017", "maxWireVersion": int32(17)}
 		})
 		rep := mongoCheck(t, runbookURIs("mongodb://"+p.Addr, "?replicaSet=rs0"), func(o *Options) { o.Resolver = dns })
-		f := find(rep.Findings, "MONGO_MEMBER_UNREACHABLE")
-		if only(rep.Findings) != findings.MongoMemberUnreachable.String() || f.Target != "ip-10-0-1-5.ec2.internal:27017" || !strings.Contains(f.Fix, "rs.reconfig") || !strings.Contains(f.Summary, "DNS_NOT_FOUND") {
+		f := find(rep.Findings, findings.MongoMemberUnreachable)
+		if only(rep.Findings) != findings.MongoMemberUnreachable.String() || f.Target != "ip-10-0-1-5.ec2.internal:27017" || !strings.Contains(f.Fix, "rs.reconfig") || !strings.Contains(f.Summary, findings.DNSNotFound.String()) {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -174,7 +174,7 @@ func TestMongoStandIn(t *testing.T) {
 			s.ConnectionStatus = status(privileges("circle_ghe", "build_state_dev_ghe", "containers_dev_ghe"))
 		})
 		rep := mongoCheck(t, runbookURIs("mongodb://"+m.Addr, "?authSource=admin"), nil)
-		f := find(rep.Findings, "MONGO_PRIVILEGE_MISSING")
+		f := find(rep.Findings, findings.MongoPrivilegeMissing)
 		if only(rep.Findings) != findings.MongoPrivilegeMissing.String() ||
 			f.Fix != `db.getSiblingDB("admin").grantRolesToUser("circle", [{role: "readWrite", db: "remote_containers_dev_ghe"}])` ||
 			!strings.Contains(f.Summary, "CIRCLE_SECRETS_MONGODB_REMOTE_CONTAINERS_URI") {
@@ -229,7 +229,7 @@ func TestMongo32(t *testing.T) {
 	t.Run("the runbook's grants miss remote_containers_dev_ghe", func(t *testing.T) {
 		m := runbook32(t, runbookGrants...)
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, opts), nil)
-		f := find(rep.Findings, "MONGO_PRIVILEGE_MISSING")
+		f := find(rep.Findings, findings.MongoPrivilegeMissing)
 		if only(rep.Findings) != findings.MongoPrivilegeMissing.String() || !f.Blocking ||
 			f.Fix != `db.getSiblingDB("admin").grantRolesToUser("circle", [{role: "readWrite", db: "remote_containers_dev_ghe"}])` ||
 			!strings.Contains(f.Summary, "CIRCLE_SECRETS_MONGODB_REMOTE_CONTAINERS_URI") {
@@ -239,7 +239,7 @@ func TestMongo32(t *testing.T) {
 	t.Run("wrong password", func(t *testing.T) {
 		m := runbook32(t, allGrants...)
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:wrong-"+mongoPW+"@"+m.Addr, opts), nil)
-		f := find(rep.Findings, "MONGO_AUTH_FAILED")
+		f := find(rep.Findings, findings.MongoAuthFailed)
 		if only(rep.Findings) != findings.MongoAuthFailed.String() || !f.Blocking || !strings.Contains(f.Fix, "authSchemaUpgrade") || !strings.Contains(f.Fix, "MONGODB-CR") {
 			t.Fatalf("%+v %v", rep.Findings, rep.Findings[0].Evidence)
 		}
@@ -254,7 +254,7 @@ func TestMongo32(t *testing.T) {
 	t.Run("wrong authSource", func(t *testing.T) {
 		m := runbook32(t, allGrants...)
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, "?replicaSet=rs0"), nil)
-		f := find(rep.Findings, "MONGO_AUTH_FAILED")
+		f := find(rep.Findings, findings.MongoAuthFailed)
 		if f == nil || !strings.Contains(f.Fix, "add authSource=admin") || !strings.Contains(f.Summary, "work with authSource=admin") {
 			t.Fatalf("want MONGO_AUTH_FAILED pointing at authSource=admin, got %+v", rep.Findings)
 		}
@@ -287,7 +287,7 @@ func TestMongo32(t *testing.T) {
 	t.Run("one host without replicaSet=", func(t *testing.T) {
 		m := runbook32(t, allGrants...)
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, "?authSource=admin"), nil)
-		f := find(rep.Findings, "MONGO_NO_REPLICA_SET_IN_URI")
+		f := find(rep.Findings, findings.MongoNoReplicaSetInURI)
 		if only(rep.Findings) != findings.MongoNoReplicaSetInURI.String() || !strings.Contains(f.Fix, "replicaSet=rs0") || !strings.Contains(f.Summary, "PRIMARY") || rep.Errors() != 0 {
 			t.Fatalf("%+v", rep.Findings)
 		}
@@ -303,20 +303,20 @@ func TestMongo32(t *testing.T) {
 	t.Run("no SCRAM-SHA-1 to check: MONGODB-CR, 2.6", func(t *testing.T) {
 		m := runbook32(t, allGrants...)
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, opts+"&authMechanism=MONGODB-CR"), nil)
-		f := find(rep.Findings, "MONGO_VERSION_LIMITED")
+		f := find(rep.Findings, findings.MongoVersionLimited)
 		if only(rep.Findings) != findings.MongoVersionLimited.String() || !strings.Contains(f.Summary, "authMechanism=MONGODB-CR") || contains(m.Commands(), "saslStart") {
 			t.Fatalf("%+v %v", rep.Findings, m.Commands())
 		}
 		old := runbook32(t, allGrants...)
 		old.Set(func(s *peertest.MongoStandIn) { s.Hello["maxWireVersion"] = int32(2) })
 		rep = mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+old.Addr, opts), nil)
-		f = find(rep.Findings, "MONGO_VERSION_LIMITED")
+		f = find(rep.Findings, findings.MongoVersionLimited)
 		if only(rep.Findings) != findings.MongoVersionLimited.String() || !strings.Contains(f.Summary, "MongoDB 2.6 or older") || rep.Errors() != 0 {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
 	t.Run("the same users on a 6.0 server, through the driver", func(t *testing.T) {
-		for grants, want := range map[int]string{3: "MONGO_PRIVILEGE_MISSING", 4: ""} {
+		for grants, want := range map[int]string{3: findings.MongoPrivilegeMissing.String(), 4: ""} {
 			m := runbook32(t, allGrants[:grants]...)
 			m.Set(func(s *peertest.MongoStandIn) { s.NoHello, s.Hello["maxWireVersion"] = false, int32(17) })
 			rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, opts), nil)
@@ -334,7 +334,7 @@ func TestMongo32(t *testing.T) {
 			s.Answers = map[string]bson.M{"connectionStatus": {"ok": 0.0, "code": int32(8000), "errmsg": huge}}
 		})
 		rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, opts), nil)
-		f := find(rep.Findings, "PROBE_INCONCLUSIVE")
+		f := find(rep.Findings, findings.ProbeInconclusive)
 		if f == nil || len(f.Evidence) > 500 || !strings.Contains(f.Evidence, "impostor text") {
 			t.Fatalf("%d bytes of evidence: %.600s", len(f.Evidence), f.Evidence)
 		}
@@ -363,8 +363,8 @@ func TestMongoNoCredentialsToUnverifiedServer(t *testing.T) {
 				s.NoHello = c.wire < 6
 			})
 			rep := mongoCheck(t, runbookURIs("mongodb://circle:"+mongoPW+"@"+m.Addr, c.opts), nil) // system trust only
-			f := find(rep.Findings, "TLS_UNKNOWN_AUTHORITY")
-			if f == nil || !strings.Contains(f.Summary, "sent no credentials") || find(rep.Findings, "MONGO_AUTH_FAILED") != nil {
+			f := find(rep.Findings, findings.TLSUnknownAuthority)
+			if f == nil || !strings.Contains(f.Summary, "sent no credentials") || find(rep.Findings, findings.MongoAuthFailed) != nil {
 				t.Errorf("want TLS_UNKNOWN_AUTHORITY saying no credentials were sent, got %+v", rep.Findings)
 			}
 			got := m.Received()

@@ -34,11 +34,12 @@ func (p *prober) reach(ctx context.Context, ep endpoint) *findings.Finding {
 		if err != nil {
 			var de *net.DNSError
 			if errors.As(err, &de) && de.IsNotFound {
-				f := findings.New(findings.DNSNotFound, ep.Target, fmt.Sprintf("%s does not resolve", ep.Host), err.Error())
+				// A bare host: a name that does not resolve fails on every port (findings.Fold).
+				f := findings.New(findings.DNSNotFound, ep.Target, fmt.Sprintf("%s does not resolve", ep.Host), err.Error()).WithHost(ep.Host)
 				return &f
 			}
 			f := findings.New(findings.ProbeInconclusive, ep.Target, fmt.Sprintf("resolving %s failed", ep.Host), err.Error()).
-				WithFix("check the VPC's DNS resolver (/etc/resolv.conf) from this machine")
+				WithFix("check the VPC's DNS resolver (/etc/resolv.conf) from this machine").WithHost(ep.Host)
 			return &f
 		}
 	}
@@ -74,6 +75,7 @@ func dialFinding(ep endpoint, err error) *findings.Finding {
 	default:
 		f = findings.New(findings.ProbeInconclusive, ep.Target, fmt.Sprintf("connecting to %s failed", ep.addr()), err.Error())
 	}
+	f.Host = ep.addr()
 	return &f
 }
 
@@ -114,6 +116,7 @@ func tlsFinding(ep endpoint, err error) *findings.Finding {
 	default:
 		return nil
 	}
+	f.Host = ep.addr()
 	return &f
 }
 

@@ -236,6 +236,7 @@ func (m tlsMode) String() string {
 // otherwise. haagent verifies the certificate on top and authenticates only to a verified
 // server; an unverified one is asked which authentication it wants, and that is all.
 func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
+	defer res.stamp(len(res.findings), t.ep.addr())
 	if f := p.reach(ctx, t.ep); f != nil {
 		res.add(*f)
 		res.check(Checked{Service: "postgres", Target: t.ep.Target})

@@ -59,9 +59,9 @@ func only(fs []findings.Finding) string {
 	return strings.Join(c, ",")
 }
 
-func find(fs []findings.Finding, code string) *findings.Finding {
+func find(fs []findings.Finding, code findings.Code) *findings.Finding {
 	for i := range fs {
-		if fs[i].Code.String() == code {
+		if fs[i].Code == code {
 			return &fs[i]
 		}
 	}
@@ -145,7 +145,7 @@ func TestPostgres(t *testing.T) {
 	})
 	t.Run("no pg_hba line", func(t *testing.T) {
 		rep := check(t, pgSettings("localhost", pg.Port, "nohba", "nohba-pw"), nil)
-		f := find(rep.Findings, "PG_HBA_REJECTED")
+		f := find(rep.Findings, findings.PGHBARejected)
 		if only(rep.Findings) != findings.PGHBARejected.String() || !strings.Contains(f.Summary, `user "nohba"`) || !strings.Contains(f.Summary, "TLS verified") {
 			t.Fatalf("want PG_HBA_REJECTED with user and TLS state, got %+v", rep.Findings)
 		}
@@ -155,7 +155,7 @@ func TestPostgres(t *testing.T) {
 			o.Postgres.Databases = append(o.Postgres.Databases, "missing_db")
 			o.Postgres.Extensions = map[string][]string{"missing_db": {"uuid-ossp"}}
 		})
-		f := find(rep.Findings, "PG_DATABASE_MISSING")
+		f := find(rep.Findings, findings.PGDatabaseMissing)
 		if only(rep.Findings) != findings.PGDatabaseMissing.String() || f.Severity != findings.Error || !f.Blocking ||
 			f.Fix != `CREATE DATABASE missing_db OWNER circle; then, connected to missing_db as a superuser: CREATE EXTENSION IF NOT EXISTS "uuid-ossp";` {
 			t.Fatalf("want a blocking PG_DATABASE_MISSING with the CREATEs to run, got %+v", rep.Findings)
@@ -212,7 +212,7 @@ func TestPostgres(t *testing.T) {
 		rep := check(t, pgSettings("localhost", pg.Port, "noconnect", "noconnect-pw"), func(o *Options) {
 			o.Postgres.Databases = []string{"vms", "bare"}
 		})
-		f := find(rep.Findings, "PG_CONNECT_DENIED")
+		f := find(rep.Findings, findings.PGConnectDenied)
 		if only(rep.Findings) != findings.PGConnectDenied.String() || f.Fix != "GRANT CONNECT ON DATABASE vms TO noconnect;" {
 			t.Fatalf("%+v", rep.Findings)
 		}
@@ -231,8 +231,8 @@ func TestPostgres(t *testing.T) {
 	// no answer (see TestPostgresPasswordNeverToUnverifiedServer for why not even SCRAM).
 	unverified := func(t *testing.T, rep *Report, codes, fix string) {
 		t.Helper()
-		f := find(rep.Findings, "PROBE_INCONCLUSIVE")
-		if only(rep.Findings) != codes || f.Severity != findings.Warning || f.Blocking || find(rep.Findings, "PG_AUTH_FAILED") != nil ||
+		f := find(rep.Findings, findings.ProbeInconclusive)
+		if only(rep.Findings) != codes || f.Severity != findings.Warning || f.Blocking || find(rep.Findings, findings.PGAuthFailed) != nil ||
 			!strings.Contains(f.Summary, "asks for SCRAM-SHA-256") || !strings.Contains(f.Summary, "did not send the password") ||
 			!strings.Contains(f.Fix, fix) || !strings.Contains(f.Evidence, `code 10 (mechanisms ["SCRAM-SHA-256-PLUS" "SCRAM-SHA-256"]) with TLS, certificate not verified`) {
 			t.Fatalf("want %s saying the server asked for SCRAM and was not answered, got %+v", codes, rep.Findings)
@@ -245,7 +245,7 @@ func TestPostgres(t *testing.T) {
 		rep := check(t, pgSettings("localhost", pg.Port, "circle", circlePW), func(o *Options) {
 			o.RootCAs = peertest.NewCA(t, "some other CA").Pool()
 		})
-		f := find(rep.Findings, "TLS_UNKNOWN_AUTHORITY")
+		f := find(rep.Findings, findings.TLSUnknownAuthority)
 		if f == nil || !strings.Contains(f.Summary, "haagent test PostgreSQL CA") || f.Blocking {
 			t.Fatalf("want a non-blocking TLS_UNKNOWN_AUTHORITY naming the issuer, got %+v", rep.Findings)
 		}
@@ -253,7 +253,7 @@ func TestPostgres(t *testing.T) {
 	})
 	t.Run("hostname mismatch", func(t *testing.T) {
 		rep := check(t, pgSettings("pg.internal.test", pg.Port, "circle", circlePW), nil)
-		f := find(rep.Findings, "TLS_HOSTNAME_MISMATCH")
+		f := find(rep.Findings, findings.TLSHostnameMismatch)
 		if f == nil || !strings.Contains(f.Summary, "localhost, 127.0.0.1, ::1") {
 			t.Fatalf("want TLS_HOSTNAME_MISMATCH listing the certificate's names, got %+v", rep.Findings)
 		}
@@ -264,7 +264,7 @@ func TestPostgres(t *testing.T) {
 			HBA: []string{"hostssl all circle 127.0.0.0/8 scram-sha-256"}})
 		old.Exec(t, "postgres", "CREATE ROLE circle LOGIN PASSWORD '"+circlePW+"'")
 		rep := check(t, pgSettings("localhost", old.Port, "circle", circlePW), nil)
-		if f := find(rep.Findings, "TLS_EXPIRED"); f == nil || !strings.Contains(f.Summary, "clock says") {
+		if f := find(rep.Findings, findings.TLSExpired); f == nil || !strings.Contains(f.Summary, "clock says") {
 			t.Fatalf("%+v", rep.Findings)
 		}
 		unverified(t, rep, "TLS_EXPIRED,PROBE_INCONCLUSIVE", "renew the server's certificate")
@@ -315,7 +315,7 @@ func TestPostgres(t *testing.T) {
 		if only(rep.Findings) != "SETTING_MISSING,URI_MALFORMED" {
 			t.Fatalf("%+v", rep.Findings)
 		}
-		if !strings.Contains(find(rep.Findings, "SETTING_MISSING").Summary, "POSTGRES_PASSWORD") {
+		if !strings.Contains(find(rep.Findings, findings.SettingMissing).Summary, "POSTGRES_PASSWORD") {
 			t.Fatalf("%+v", rep.Findings)
 		}
 	})
@@ -323,7 +323,7 @@ func TestPostgres(t *testing.T) {
 		lines := append(pgSettings("localhost", pg.Port, "circle", circlePW),
 			fmt.Sprintf("export CIRCLE_SECRETS_POSTGRES_ELSEWHERE_URI=\"postgres://circle:%s@localhost:%d/elsewhere\"", circlePW, pg.Port))
 		rep := check(t, lines, nil)
-		f := find(rep.Findings, "PG_DATABASE_MISSING")
+		f := find(rep.Findings, findings.PGDatabaseMissing)
 		// A database a URI names is required: a service is set to use it.
 		if only(rep.Findings) != findings.PGDatabaseMissing.String() || !strings.Contains(f.Target, "/elsewhere") || !f.Blocking {
 			t.Fatalf("%+v", rep.Findings)
@@ -368,7 +368,7 @@ func TestPostgres(t *testing.T) {
 		setSSL(false)
 		defer setSSL(true)
 		rep := check(t, pgSettings("localhost", pg.Port, "circle", circlePW), nil)
-		f := find(rep.Findings, "TLS_REQUIRED")
+		f := find(rep.Findings, findings.TLSRequired)
 		if only(rep.Findings) != "TLS_REQUIRED,TLS_OFF" || !f.Blocking || !strings.Contains(f.Summary, "only over TLS, but the server offers no TLS") ||
 			!strings.Contains(f.Evidence, "no encryption") {
 			t.Fatalf("want a blocking TLS_REQUIRED quoting the server (and the TLS_OFF warning), got %+v", rep.Findings)
@@ -560,7 +560,7 @@ func TestPostgresPasswordNeverToUnverifiedServer(t *testing.T) {
 				t.Fatalf("the stand-in never saw a startup message; the test proves nothing: %q", got)
 			}
 			assertNoSecret(t, rep, pw)
-			f := find(rep.Findings, "PROBE_INCONCLUSIVE")
+			f := find(rep.Findings, findings.ProbeInconclusive)
 			if only(rep.Findings) != c.codes || f.Severity != findings.Warning || f.Blocking ||
 				!strings.Contains(f.Summary, c.summary) || !strings.Contains(f.Summary, "did not send the password") ||
 				!strings.Contains(f.Fix, c.fix) || !strings.Contains(f.Evidence, c.evidence) {

@@ -91,6 +91,16 @@ func (r *result) add(f findings.Finding)       { r.findings = append(r.findings,
 func (r *result) check(c Checked)              { r.checked = append(r.checked, c) }
 func (r *result) addAll(fs []findings.Finding) { r.findings = append(r.findings, fs...) }
 
+// stamp gives the findings added since index from that name no server the host they concern
+// (host:port), so findings.Fold can match them with a DNS, TCP or TLS finding for it.
+func (r *result) stamp(from int, host string) {
+	for i := from; i < len(r.findings); i++ {
+		if r.findings[i].Host == "" {
+			r.findings[i].Host = host
+		}
+	}
+}
+
 type probeFunc func(ctx context.Context, p *prober, s *settings.Settings) *result
 
 var registry = map[string]probeFunc{

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/layout"
 	"github.com/haagent/haagent/internal/peertest"
 	"github.com/haagent/haagent/internal/settings"
@@ -80,14 +81,14 @@ func TestPerServiceTargetsProbedOnceEach(t *testing.T) {
 	if got := only(rep.Findings); got != "PG_AUTH_FAILED,PG_DATABASE_MISSING,TCP_REFUSED" {
 		t.Fatalf("want one PG_AUTH_FAILED, PG_DATABASE_MISSING and TCP_REFUSED, got %s: %+v", got, rep.Findings)
 	}
-	if f := find(rep.Findings, "PG_DATABASE_MISSING"); !strings.HasSuffix(f.Summary, "(used by workflows-conductor)") {
+	if f := find(rep.Findings, findings.PGDatabaseMissing); !strings.HasSuffix(f.Summary, "(used by workflows-conductor)") {
 		t.Errorf("PG_DATABASE_MISSING must name workflows-conductor: %q", f.Summary)
 	}
-	auth := find(rep.Findings, "PG_AUTH_FAILED")
+	auth := find(rep.Findings, findings.PGAuthFailed)
 	if !strings.HasSuffix(auth.Summary, "(used by contexts-service, cron-service)") || !strings.Contains(auth.Summary, `user "contexts"`) {
 		t.Errorf("PG_AUTH_FAILED must name the services using the target: %q", auth.Summary)
 	}
-	if refused := find(rep.Findings, "TCP_REFUSED"); !strings.HasSuffix(refused.Summary, "(used by vm-service)") {
+	if refused := find(rep.Findings, findings.TCPRefused); !strings.HasSuffix(refused.Summary, "(used by vm-service)") {
 		t.Errorf("TCP_REFUSED must name vm-service: %q", refused.Summary)
 	}
 
@@ -228,19 +229,20 @@ func TestUsersUnion(t *testing.T) {
 // or an unquoted space in a password, a ${X?message}.
 func TestReportQuotesNoSecretOfSettings(t *testing.T) {
 	for _, c := range []struct {
-		name, file, content, secret, code string
-		only                              []string
+		name, file, content, secret string
+		code                        findings.Code
+		only                        []string
 	}{
-		{"mongo password with ://", "mongodb", "export CIRCLE_SECRETS_MONGODB_MAIN_URI=\"mongodb://circle:ab://cdSECRET1@127.0.0.1:1/circle_ghe\"\n", "cdSECRET1", "URI_MALFORMED", []string{"mongo"}},
-		{"mongo password with a line break", "mongodb", "export CIRCLE_SECRETS_MONGODB_MAIN_URI=\"mongodb://circle:abSECRET2\nxyz@127.0.0.1:1/circle_ghe\"\n", "abSECRET2", "TCP_REFUSED", []string{"mongo"}},
-		{"mongo password with a bad escape", "mongodb", "export CIRCLE_SECRETS_MONGODB_MAIN_URI='mongodb://circle:Hun%zzSECRET@127.0.0.1:1/circle_ghe'\n", "%zz", "URI_MALFORMED", []string{"mongo"}},
-		{"pg URI password with a line break", "postgresql", "export CIRCLE_SECRETS_POSTGRES_MAIN_URI=\"postgres://circle:abSECRET3\nxyz@127.0.0.1:1/circle\"\n", "abSECRET3", "URI_MALFORMED", []string{"postgres"}},
-		{"pg URI password with ://", "postgresql", "export CIRCLE_SECRETS_POSTGRES_MAIN_URI=\"postgres://circle:ab://cdSECRET4@127.0.0.1:1/circle\"\n", "cdSECRET4", "URI_MALFORMED", []string{"postgres"}},
-		{"pg password with $", "postgresql", "export POSTGRES_HOST=127.0.0.1\nexport POSTGRES_PORT=1\nexport POSTGRES_USER=circle\nexport POSTGRES_PASSWORD=\"pass$wordSECRET5\"\n", "wordSECRET5", "SETTING_MISSING", []string{"postgres"}},
-		{"pg password with an unquoted space", "postgresql", "export POSTGRES_HOST=127.0.0.1\nexport POSTGRES_PORT=1\nexport POSTGRES_USER=circle\nPOSTGRES_PASSWORD=pass wordSECRET6\n", "wordSECRET6", "SETTING_REFUSED", []string{"postgres"}},
-		{"vault token with $", "vault", "export VAULT__SCHEME=http\nexport VAULT__HOST=127.0.0.1\nexport VAULT__PORT=1\nexport VAULT__TRANSIT_MOUNT=transit\nexport VAULT__CLIENT_TOKEN=\"s.ab$cdSECRET7\"\n", "cdSECRET7", "SETTING_MISSING", []string{"vault"}},
-		{"mongo base URI with $ in the password", "mongodb", "MONGO_BASE_URI=\"mongodb://circle:p$wSECRET8@127.0.0.1:1\"\nexport CIRCLE_SECRETS_MONGODB_MAIN_URI=\"$MONGO_BASE_URI/circle_ghe\"\n", "wSECRET8", "SETTING_MISSING", []string{"mongo"}},
-		{"${X?message}", "postgresql", "export POSTGRES_PASSWORD=${NOPE?SECRET9}\n", "SECRET9", "SETTING_REFUSED", []string{"postgres"}},
+		{"mongo password with ://", "mongodb", "export CIRCLE_SECRETS_MONGODB_MAIN_URI=\"mongodb://circle:ab://cdSECRET1@127.0.0.1:1/circle_ghe\"\n", "cdSECRET1", findings.URIMalformed, []string{"mongo"}},
+		{"mongo password with a line break", "mongodb", "export CIRCLE_SECRETS_MONGODB_MAIN_URI=\"mongodb://circle:abSECRET2\nxyz@127.0.0.1:1/circle_ghe\"\n", "abSECRET2", findings.TCPRefused, []string{"mongo"}},
+		{"mongo password with a bad escape", "mongodb", "export CIRCLE_SECRETS_MONGODB_MAIN_URI='mongodb://circle:Hun%zzSECRET@127.0.0.1:1/circle_ghe'\n", "%zz", findings.URIMalformed, []string{"mongo"}},
+		{"pg URI password with a line break", "postgresql", "export CIRCLE_SECRETS_POSTGRES_MAIN_URI=\"postgres://circle:abSECRET3\nxyz@127.0.0.1:1/circle\"\n", "abSECRET3", findings.URIMalformed, []string{"postgres"}},
+		{"pg URI password with ://", "postgresql", "export CIRCLE_SECRETS_POSTGRES_MAIN_URI=\"postgres://circle:ab://cdSECRET4@127.0.0.1:1/circle\"\n", "cdSECRET4", findings.URIMalformed, []string{"postgres"}},
+		{"pg password with $", "postgresql", "export POSTGRES_HOST=127.0.0.1\nexport POSTGRES_PORT=1\nexport POSTGRES_USER=circle\nexport POSTGRES_PASSWORD=\"pass$wordSECRET5\"\n", "wordSECRET5", findings.SettingMissing, []string{"postgres"}},
+		{"pg password with an unquoted space", "postgresql", "export POSTGRES_HOST=127.0.0.1\nexport POSTGRES_PORT=1\nexport POSTGRES_USER=circle\nPOSTGRES_PASSWORD=pass wordSECRET6\n", "wordSECRET6", findings.SettingRefused, []string{"postgres"}},
+		{"vault token with $", "vault", "export VAULT__SCHEME=http\nexport VAULT__HOST=127.0.0.1\nexport VAULT__PORT=1\nexport VAULT__TRANSIT_MOUNT=transit\nexport VAULT__CLIENT_TOKEN=\"s.ab$cdSECRET7\"\n", "cdSECRET7", findings.SettingMissing, []string{"vault"}},
+		{"mongo base URI with $ in the password", "mongodb", "MONGO_BASE_URI=\"mongodb://circle:p$wSECRET8@127.0.0.1:1\"\nexport CIRCLE_SECRETS_MONGODB_MAIN_URI=\"$MONGO_BASE_URI/circle_ghe\"\n", "wSECRET8", findings.SettingMissing, []string{"mongo"}},
+		{"${X?message}", "postgresql", "export POSTGRES_PASSWORD=${NOPE?SECRET9}\n", "SECRET9", findings.SettingRefused, []string{"postgres"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			root := t.TempDir()

@@ -85,6 +85,7 @@ func probeVault(ctx context.Context, p *prober, s *settings.Settings) *result {
 	mount := strings.Trim(vals["VAULT__TRANSIT_MOUNT"].Value, "/")
 	ep := endpoint{Host: vals["VAULT__HOST"].Value, Port: vals["VAULT__PORT"].Value}
 	ep.Target = scheme + "://" + net.JoinHostPort(ep.Host, ep.Port)
+	defer res.stamp(len(res.findings), ep.addr())
 	if f := p.reach(ctx, ep); f != nil {
 		res.add(*f)
 		res.check(Checked{Service: "vault", Target: ep.Target})

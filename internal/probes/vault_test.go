@@ -130,7 +130,7 @@ func TestVault(t *testing.T) {
 			t.Run("token limited by policy", func(t *testing.T) {
 				tok := v.Token(t, map[string]any{"policies": []string{"encrypt-only"}, "period": "1h"})
 				rep := vaultCheck(t, v, "https", tok, "transit", nil)
-				f := find(rep.Findings, "VAULT_PERMISSION_DENIED")
+				f := find(rep.Findings, findings.VaultPermissionDenied)
 				if only(rep.Findings) != findings.VaultPermissionDenied.String() || !strings.Contains(f.Evidence, "transit/decrypt/haagent-probe: update") ||
 					!strings.Contains(f.Fix, `path "transit/keys/*" { capabilities = ["create", "read", "update"] }`) ||
 					!strings.Contains(f.Fix, policyWrite) || !strings.Contains(f.Fix, tokenCreate) {
@@ -166,7 +166,7 @@ path "auth/token/lookup-self" { capabilities = ["read"] }
 path "auth/token/renew-self" { capabilities = ["update"] }`)
 				tok := v.Token(t, map[string]any{"policies": []string{"transit-and-self"}, "no_default_policy": true, "period": "1h"})
 				rep := vaultCheck(t, v, "https", tok, "transit", nil)
-				f := find(rep.Findings, "PROBE_INCONCLUSIVE")
+				f := find(rep.Findings, findings.ProbeInconclusive)
 				if only(rep.Findings) != findings.ProbeInconclusive.String() || f.Severity != findings.Warning || rep.Errors() != 0 ||
 					!strings.Contains(f.Summary, "sys/capabilities-self") || !strings.Contains(f.Evidence, "HTTP 403") || !rep.Checked[0].OK ||
 					!strings.Contains(f.Fix, capabilities+" TOKEN transit/encrypt/haagent-probe") {
@@ -328,7 +328,7 @@ func TestVaultTokenNeverToUnverifiedServer(t *testing.T) {
 	if got, _ := rc.got(token); got {
 		t.Fatalf("the token reached the unverified server: %v", rc.seen)
 	}
-	f := find(rep.Findings, "TLS_UNKNOWN_AUTHORITY")
+	f := find(rep.Findings, findings.TLSUnknownAuthority)
 	if only(rep.Findings) != findings.TLSUnknownAuthority.String() || !strings.Contains(f.Summary, "impostor CA") ||
 		!strings.HasSuffix(f.Summary, "the token was not sent to it, so the token and transit were not checked") || f.Fix == "" ||
 		rep.Checked[0].OK || !strings.Contains(rep.Checked[0].Detail, "token not sent") {
@@ -369,7 +369,7 @@ func TestVaultRedirectNotFollowed(t *testing.T) {
 			if got, n := c.other.got(token); got || n != 0 {
 				t.Fatalf("the probe followed the redirect (%d requests, token sent: %v): %v", n, got, c.other.seen)
 			}
-			f := find(rep.Findings, "VAULT_REDIRECT")
+			f := find(rep.Findings, findings.VaultRedirect)
 			if only(rep.Findings) != findings.VaultRedirect.String() || f.Severity != findings.Warning || f.Blocking ||
 				!strings.Contains(f.Summary, "to "+c.wantTarget+":") || !strings.Contains(f.Fix, "active node ("+c.wantTarget+")") ||
 				rep.Checked[0].OK || !strings.HasSuffix(rep.Checked[0].Detail, c.detail+"redirected to "+c.wantTarget) {
@@ -385,7 +385,7 @@ func TestVaultRedirectWithoutLocation(t *testing.T) {
 	ca := peertest.NewCA(t, "haagent test CA")
 	srv := tlsServer(t, ca, "127.0.0.1", &httpRecorder{redirect: "none"})
 	rep := vaultCheckAt(t, hostOf(srv), ca.CertPEM, "https", "s.token", "transit", nil)
-	f := find(rep.Findings, "VAULT_REDIRECT")
+	f := find(rep.Findings, findings.VaultRedirect)
 	if only(rep.Findings) != findings.VaultRedirect.String() || !strings.Contains(f.Summary, "to a location it did not name") ||
 		!strings.Contains(f.Fix, "at the active node or at a load balancer") || !strings.Contains(f.Evidence, "(no Location header)") {
 		t.Fatalf("%+v", rep.Findings)
@@ -420,7 +420,7 @@ func TestVaultHugeErrorBody(t *testing.T) {
 	t.Cleanup(srv.Close)
 	rep := vaultCheckAt(t, hostOf(srv), nil, "http", "s.token", "transit", nil)
 	srv.Close() // waits for the handler: written is final
-	f := find(rep.Findings, "VAULT_TOKEN_INVALID")
+	f := find(rep.Findings, findings.VaultTokenInvalid)
 	if only(rep.Findings) != findings.VaultTokenInvalid.String() || len(f.Evidence) > vaultEvidenceCap+40 || !strings.Contains(f.Evidence, "bytes cut") {
 		t.Fatalf("evidence of %d bytes: %+v", len(f.Evidence), rep.Findings)
 	}

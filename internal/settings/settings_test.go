@@ -215,17 +215,21 @@ func TestCarriageReturnRefused(t *testing.T) {
 // space, a $ in double quotes, a ${X?message}, a parse error quoting a word. Each finding still
 // says what is wrong and how to fix it.
 func TestFindingsQuoteNoValue(t *testing.T) {
-	for _, c := range []struct{ name, src, secret, code, says string }{
-		{"unquoted space", "export POSTGRES_HOST=db\nPOSTGRES_PASSWORD=pass wordSECRET6\n", "wordSECRET6", "SETTING_REFUSED", "a command after an unquoted space in the value of POSTGRES_PASSWORD"},
-		{"unquoted space after a semicolon", "export POSTGRES_PASSWORD=pass;wordSECRET6\n", "wordSECRET6", "SETTING_REFUSED", "contains a command;"},
-		{"$ in double quotes", "export POSTGRES_PASSWORD=\"pass$wordSECRET5\"\n", "wordSECRET5", "SETTING_MISSING", "holds a $ the shell would expand"},
-		{"$UPPER in double quotes", "export POSTGRES_PASSWORD=\"pass$WORDSECRET5\"\n", "WORDSECRET5", "SETTING_MISSING", "holds a $ the shell would expand"},
-		{"$ in a URI's password", "export MONGO_BASE_URI=\"mongodb://circle:p$wSECRET8@db:27017\"\n", "wSECRET8", "SETTING_MISSING", "holds a $ the shell would expand"},
-		{"token with $", "export VAULT__CLIENT_TOKEN=\"s.ab$cdSECRET7\"\n", "cdSECRET7", "SETTING_MISSING", "holds a $ the shell would expand"},
-		{"${X?message}", "export POSTGRES_PASSWORD=${NOPE?SECRET9}\n", "SECRET9", "SETTING_REFUSED", "fails to expand"},
-		{"${X:?message}", "export POSTGRES_PASSWORD=${NOPE:?abSECRET9}\n", "abSECRET9", "SETTING_REFUSED", "fails to expand"},
-		{"parse error quoting a word", "export POSTGRES_PASSWORD=\"ab${x@SECRETP}\"\n", "SECRETP", "CONFIG_SYNTAX", "cannot parse"},
-		{"unclosed here-document", "cat <<SECRETH\n", "SECRETH", "CONFIG_SYNTAX", "cannot parse"},
+	for _, c := range []struct {
+		name, src, secret string
+		code              findings.Code
+		says              string
+	}{
+		{"unquoted space", "export POSTGRES_HOST=db\nPOSTGRES_PASSWORD=pass wordSECRET6\n", "wordSECRET6", findings.SettingRefused, "a command after an unquoted space in the value of POSTGRES_PASSWORD"},
+		{"unquoted space after a semicolon", "export POSTGRES_PASSWORD=pass;wordSECRET6\n", "wordSECRET6", findings.SettingRefused, "contains a command;"},
+		{"$ in double quotes", "export POSTGRES_PASSWORD=\"pass$wordSECRET5\"\n", "wordSECRET5", findings.SettingMissing, "holds a $ the shell would expand"},
+		{"$UPPER in double quotes", "export POSTGRES_PASSWORD=\"pass$WORDSECRET5\"\n", "WORDSECRET5", findings.SettingMissing, "holds a $ the shell would expand"},
+		{"$ in a URI's password", "export MONGO_BASE_URI=\"mongodb://circle:p$wSECRET8@db:27017\"\n", "wSECRET8", findings.SettingMissing, "holds a $ the shell would expand"},
+		{"token with $", "export VAULT__CLIENT_TOKEN=\"s.ab$cdSECRET7\"\n", "cdSECRET7", findings.SettingMissing, "holds a $ the shell would expand"},
+		{"${X?message}", "export POSTGRES_PASSWORD=${NOPE?SECRET9}\n", "SECRET9", findings.SettingRefused, "fails to expand"},
+		{"${X:?message}", "export POSTGRES_PASSWORD=${NOPE:?abSECRET9}\n", "abSECRET9", findings.SettingRefused, "fails to expand"},
+		{"parse error quoting a word", "export POSTGRES_PASSWORD=\"ab${x@SECRETP}\"\n", "SECRETP", findings.ConfigSyntax, "cannot parse"},
+		{"unclosed here-document", "cat <<SECRETH\n", "SECRETH", findings.ConfigSyntax, "cannot parse"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s, fs := Parse("f", []byte(c.src))
@@ -240,7 +244,7 @@ func TestFindingsQuoteNoValue(t *testing.T) {
 				if strings.Contains(all, c.secret) {
 					t.Errorf("%q of the value appears in the finding: %s; fix %q", c.secret, b, f.Fix)
 				}
-				if f.Code.String() == c.code && strings.Contains(f.Summary, c.says) {
+				if f.Code == c.code && strings.Contains(f.Summary, c.says) {
 					hit = &fs[i]
 				}
 			}
