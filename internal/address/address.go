@@ -37,7 +37,7 @@ import (
 // group to when the address is outside this instance's.
 var Actions = map[string][]string{
 	"private_ip": {"ec2:DescribeNetworkInterfaces", "ec2:AssignPrivateIpAddresses", "ec2:DescribeSubnets", "ec2:DescribeInstances", "autoscaling:DescribeAutoScalingInstances", "autoscaling:DescribeAutoScalingGroups"},
-	"route53":    {"route53:ChangeResourceRecordSets", "route53:GetChange"},
+	"route53":    {"route53:ChangeResourceRecordSets", "route53:GetChange", "route53:ListResourceRecordSets", "ec2:DescribeNetworkInterfaces", "autoscaling:DescribeAutoScalingInstances"},
 }
 
 // Sentinels the caller branches on; each comes with its finding.
@@ -192,6 +192,8 @@ func statementFor(action string) string {
 		return "HaagentAddressRoute53Record"
 	case "route53:GetChange":
 		return "HaagentAddressRoute53Change"
+	case "route53:ListResourceRecordSets":
+		return "HaagentAddressRoute53Read"
 	case "ec2:AssignPrivateIpAddresses":
 		return "HaagentAddressAssignPrivateIp"
 	case "autoscaling:DescribeAutoScalingInstances", "autoscaling:DescribeAutoScalingGroups":

@@ -2,9 +2,11 @@ package address
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 
@@ -88,7 +90,15 @@ func (c *Client) Ensure(ctx context.Context, a config.Address, in EnsureInput) (
 	}
 	res.RecordIP = RecordIP(stable, in.LocalIPv4)
 	r := a.Route53
-	pub, fs, err := c.Publish(ctx, Record{ZoneID: r.ZoneID, Name: r.Name, TTL: r.TTL, IP: res.RecordIP}, r.SyncTimeout.D())
+	rec := Record{ZoneID: r.ZoneID, Name: r.Name, TTL: r.TTL, IP: res.RecordIP}
+	if !stable.IsValid() {
+		// The name alone: it moves only from an instance that no longer serves, as private_ip
+		// does (with private_ip the claim has decided that already).
+		if fs, err := c.waitName(ctx, NameRequest{Record: rec, Group: in.Group, Metadata: in.Metadata, Holders: in.Holders}, a.RetryEvery.D(), in.OnHeld); err != nil {
+			return res, fs, err
+		}
+	}
+	pub, fs, err := c.Publish(ctx, rec, r.SyncTimeout.D())
 	res.Published = &pub
 	return res, append(early, fs...), err
 }
@@ -113,4 +123,22 @@ func (c *Client) launchFirst(ctx context.Context, in EnsureInput) []findings.Fin
 		fmt.Sprintf("group %s launches a replacement before terminating the old instance (MinHealthyPercentage %d): with address.private_ip the replacement waits for the address until its lifecycle hook times out", in.Group, p.MinHealthyPercentage),
 		fmt.Sprintf("InstanceMaintenancePolicy MinHealthyPercentage=%d MaxHealthyPercentage=%d", p.MinHealthyPercentage, p.MaxHealthyPercentage)).
 		WithFix(fmt.Sprintf("aws autoscaling update-auto-scaling-group --auto-scaling-group-name %s --instance-maintenance-policy MinHealthyPercentage=0,MaxHealthyPercentage=100, and start instance refreshes with --preferences MinHealthyPercentage=0,MaxHealthyPercentage=100", in.Group))}
+}
+
+// waitName waits every retry while NameHeld says the record stays where it points.
+func (c *Client) waitName(ctx context.Context, r NameRequest, retry time.Duration, onHeld func([]findings.Finding)) ([]findings.Finding, error) {
+	for {
+		fs, err := c.NameHeld(ctx, r)
+		if !errors.Is(err, ErrHeld) && !errors.Is(err, ErrLeaving) {
+			return fs, err
+		}
+		if onHeld != nil {
+			onHeld(fs)
+		}
+		select {
+		case <-ctx.Done():
+			return fs, fmt.Errorf("waiting to point %s here: %w", r.Record.Name, ctx.Err())
+		case <-c.after(retry):
+		}
+	}
 }

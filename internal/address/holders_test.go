@@ -276,3 +276,44 @@ func TestStillHereReadsTheInterfaceFromEC2(t *testing.T) {
 		t.Fatalf("did not read this instance's interface: %v", d[len(d)-1].Params)
 	}
 }
+
+// route53 alone: the name is not moved while it points at an instance of the group that is
+// InService and Healthy; once that one leaves service, it is. The record is read with
+// ListResourceRecordSets from the name and type, one item.
+func TestPublishWaitsWhileTheNamePointsAtALiveInstance(t *testing.T) {
+	w := newWorld(t)
+	w.r53.AddZone("Z0123456789ABC", "circleci.internal")
+	w.r53.SetRecord("Z0123456789ABC", "services.circleci.internal", 60, "10.0.1.30") // the old instance's own address
+	w.oldHolder()
+	w.asg.AddGroup(peertest.ASGGroup{Name: group, Min: 1, Max: 2, Desired: 1, Instances: []string{newInstance, oldInstance}})
+	cfg := testAddressConfig()
+	cfg.PrivateIP = ""
+	held := 0
+	res, fs, err := w.c.Ensure(context.Background(), cfg, EnsureInput{Group: group, Holders: w.as, Metadata: w.md, LocalIPv4: netip.MustParseAddr("10.0.1.20"),
+		OnHeld: func(fs []findings.Finding) {
+			held++
+			if codes(fs) != "ADDRESS_HELD" || !strings.Contains(fs[0].Summary, oldInstance) || len(w.r53.Calls("ChangeResourceRecordSets")) != 0 {
+				t.Errorf("held %d: %+v; %d changes", held, fs, len(w.r53.Calls("ChangeResourceRecordSets")))
+			}
+			w.asg.SetUnhealthy(oldInstance, true) // the guard marked it: the next attempt moves the name
+		}})
+	if err != nil || len(fs) != 0 || held != 1 || res.Published == nil {
+		t.Fatalf("ensure: %+v %v %s after %d waits", res, err, codes(fs), held)
+	}
+	if r, _ := w.r53.Record("Z0123456789ABC", "services.circleci.internal"); r.Values[0] != "10.0.1.20" {
+		t.Fatalf("record: %+v", r)
+	}
+	l := w.r53.Calls("ListResourceRecordSets")
+	if len(l) != 2 || !strings.Contains(l[0].Query, "name=services.circleci.internal.") || !strings.Contains(l[0].Query, "type=A") || !strings.Contains(l[0].Query, "maxitems=1") {
+		t.Fatalf("ListResourceRecordSets: %+v", l)
+	}
+	// A record of another name listed first (Route 53 lists from the name on) is not this one.
+	w2 := newWorld(t)
+	w2.r53.AddZone("Z0123456789ABC", "circleci.internal")
+	w2.r53.SetRecord("Z0123456789ABC", "services2.circleci.internal", 60, "10.0.1.30")
+	w2.oldHolder()
+	w2.asg.AddGroup(peertest.ASGGroup{Name: group, Min: 1, Max: 2, Desired: 1, Instances: []string{newInstance, oldInstance}})
+	if _, fs, err := w2.c.Ensure(context.Background(), cfg, EnsureInput{Group: group, Holders: w2.as, Metadata: w2.md, LocalIPv4: netip.MustParseAddr("10.0.1.20")}); err != nil || len(fs) != 0 {
+		t.Fatalf("another name: %v %s", err, codes(fs))
+	}
+}
