@@ -220,35 +220,83 @@ type addressCheckIn struct {
 	IMDS     *imds.Client
 }
 
+// addressCheckOut is what the post-boot check leaves running: the periodic EC2 re-read.
+type addressCheckOut struct {
+	Monitors []Monitor
+}
+
+// addressEvery is how often the address monitor asks EC2 whether the interface still lists
+// private_ip: one DescribeNetworkInterfaces per machine every five minutes.
+const addressEvery = 5 * time.Minute
+
 // stepAddressCheck, after the boot: EC2 still lists private_ip on this instance's interface
 // (the checks from inside the machine cannot see that another instance took it), and the Nomad
 // server and the frontend answer on the address the builders use. While they do not, the run
-// is not complete and the step is retried.
-func stepAddressCheck(ctx context.Context, x Exec, in addressCheckIn) (struct{}, []findings.Finding, error) {
+// is not complete and the step is retried. Once it passes, a monitor asks EC2 again every
+// addressEvery.
+func stepAddressCheck(ctx context.Context, x Exec, in addressCheckIn) (addressCheckOut, []findings.Finding, error) {
+	var out addressCheckOut
 	p := planOf(in.Config)
 	if !p.on() {
-		return struct{}{}, nil, nil
+		return out, nil, nil
 	}
 	if p.PrivateIP != "" {
 		ip, err := netip.ParseAddr(p.PrivateIP)
 		if err != nil {
-			return struct{}{}, nil, fmt.Errorf("address.private_ip %q: %w", p.PrivateIP, err)
+			return out, nil, fmt.Errorf("address.private_ip %q: %w", p.PrivateIP, err)
 		}
 		c, err := address.FromConfig(ctx, in.Config, in.Instance.InstanceID, in.Instance.Region, x.Log, nil)
 		if err != nil {
-			return struct{}{}, nil, err
+			return out, nil, err
 		}
 		fs, err := c.StillHere(ctx, in.IMDS, ip)
 		if len(fs) > 0 {
-			return struct{}{}, fs, &findings.Failure{Findings: blockingOf(fs)}
+			return out, fs, &findings.Failure{Findings: blockingOf(fs)}
 		}
 		if err != nil {
-			return struct{}{}, nil, err
+			return out, nil, err
 		}
+		out.Monitors = append(out.Monitors, addressMonitor(c, in.IMDS, ip, nil))
 	}
 	if fs := addressReachable(ctx, p, nil); len(fs) > 0 {
-		return struct{}{}, nil, &findings.Failure{Findings: fs}
+		return out, nil, &findings.Failure{Findings: fs}
 	}
 	x.Log.Info("EC2 lists the stable address here, and the Nomad server and the frontend answer on it", "private_ip", p.PrivateIP, "name", p.Name)
-	return struct{}{}, nil, nil
+	return out, nil, nil
+}
+
+// stillHere is what the address monitor asks: *address.Client.
+type stillHere interface {
+	StillHere(ctx context.Context, md address.Metadata, ip netip.Addr) ([]findings.Finding, error)
+}
+
+// addressMonitor asks EC2 at every tick (nil: every addressEvery) whether this instance's
+// interface still lists ip, and holds ADDRESS_NOT_HERE while it does not (withdrawn when it
+// does again). A failed read with no finding is the monitor's error: the supervisor restarts
+// it with backoff and says MONITOR_FAILING if it keeps failing.
+func addressMonitor(c stillHere, md address.Metadata, ip netip.Addr, tick <-chan time.Time) Monitor {
+	return Monitor{Name: monitorAddress, Within: 2 * asg.AliveEvery, Run: func(ctx context.Context, h *Handle) error {
+		if tick == nil {
+			t := time.NewTicker(addressEvery)
+			defer t.Stop()
+			tick = t.C
+		}
+		wake := time.NewTicker(asg.AliveEvery)
+		defer wake.Stop()
+		for {
+			h.Alive()
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-wake.C:
+				continue
+			case <-tick:
+			}
+			fs, err := c.StillHere(ctx, md, ip)
+			if err != nil && len(fs) == 0 {
+				return err
+			}
+			h.Set(fs...)
+		}
+	}}
 }

@@ -231,7 +231,7 @@ var Steps = []Step{
 		func(e *Env) addressCheckIn {
 			return addressCheckIn{Config: e.Config.Address, Instance: e.Instance, IMDS: e.IMDS}
 		},
-		stepAddressCheck, nil)},
+		stepAddressCheck, func(e *Env, o addressCheckOut) { e.supervise(o.Monitors...) })},
 }
 
 type imdsIn struct {
