@@ -17,7 +17,8 @@ func TestRev15ScanStartedDuringTheStepsLosesTheLockWhenTheBootEnds(t *testing.T)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Env{LockPath: path}
+	e := &Env{}
+	e.LockPath = path
 	e.HoldsLock.Store(true)
 	release, err := e.lockForWrite() // the periodic scan starts during backup-keys/address-check
 	if err != nil {
