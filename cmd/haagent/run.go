@@ -71,7 +71,6 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	// The boot's steps are done: what runs on (the watch, the guard, the keys scan) takes the
 	// lock only around its writes, so `haagent backup keys` and the like work meanwhile.
-	env.HoldsLock.Store(false)
 	release()
 	// From here the supervisor's loop is haagent's main loop: it feeds systemd's watchdog only
 	// while every monitor iterates.
@@ -138,6 +137,5 @@ func (g *globals) prepare(log *slog.Logger, reinstall bool) (*bootstrap.Env, fun
 		imdsTimeout = cfg.IMDS.Timeout.D()
 	}
 	env := bootstrap.NewEnv(bootstrap.Inputs{Root: g.root, Log: log, FileConfig: cfg, ConfigPath: g.configPath(), IMDSTimeout: imdsTimeout, Reinstall: reinstall, LockPath: g.path(layout.LockFile)}, rec)
-	env.HoldsLock.Store(true)
-	return env, lk.Release, nil
+	return env, env.AdoptLock(lk), nil
 }
