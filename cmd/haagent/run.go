@@ -96,12 +96,22 @@ func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) {
 	}
 	now := time.Now().UTC()
 	mode := map[bool]string{true: "once", false: "service"}[c.once]
-	f := findings.New(findings.ConfigInvalid, c.g.configPath(), "the haagent config is invalid: nothing was done", cause.Error())
-	rec.Runs = append(rec.Runs, state.Run{
-		ID:     now.Format("20060102T150405Z") + fmt.Sprintf("-%d", os.Getpid()),
-		BootID: bootstrap.BootID(), Mode: mode, PID: os.Getpid(), Start: now, End: &now,
-		Status: state.Failed, Error: "config: " + cause.Error(), Findings: []findings.Finding{f},
-	})
+	msg := "config: " + cause.Error()
+	if last := rec.Last(); last != nil && last.Status == state.Failed && last.Error == msg && last.Mode == mode && last.InstanceID == "" {
+		// systemd restarts haagent every RestartSec on the same broken config: one run with a
+		// count and its first and last time says it, where a run per start would push the
+		// history (and what it proves about this instance) out of the record.
+		last.Starts = max(last.Starts, 1) + 1
+		last.End, last.PID, last.BootID = &now, os.Getpid(), bootstrap.BootID()
+		log.Error("the config has been invalid at every start since the first", "starts", last.Starts, "first", last.Start.Format(time.RFC3339), "path", c.g.configPath())
+	} else {
+		f := findings.New(findings.ConfigInvalid, c.g.configPath(), "the haagent config is invalid: nothing was done", cause.Error())
+		rec.Runs = append(rec.Runs, state.Run{
+			ID:     now.Format("20060102T150405Z") + fmt.Sprintf("-%d", os.Getpid()),
+			BootID: bootstrap.BootID(), Mode: mode, PID: os.Getpid(), Start: now, End: &now,
+			Status: state.Failed, Error: msg, Findings: []findings.Finding{f},
+		})
+	}
 	if err := rec.Save(path); err != nil {
 		log.Error("cannot record the failed run", "path", path, "error", err.Error())
 		return

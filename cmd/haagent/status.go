@@ -133,6 +133,9 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 		fmt.Fprintf(w, "   ended: %s (%s)", last.End.Local().Format(time.RFC3339), last.End.Sub(last.Start).Round(time.Millisecond))
 	}
 	fmt.Fprintln(w)
+	if last.Starts > 1 {
+		fmt.Fprintf(w, "starts:   %d with this same failure, the first at %s, the last at %s\n", last.Starts, last.Start.Local().Format(time.RFC3339), last.End.Local().Format(time.RFC3339))
+	}
 	if last.Error != "" {
 		fmt.Fprintf(w, "error:    %s\n", last.Error)
 	}
@@ -215,6 +218,9 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 		for i := len(runs) - 2; i >= 0; i-- {
 			r := runs[i]
 			fmt.Fprintf(w, "  %s  %-10s %s", r.ID, r.Status, r.InstanceID)
+			if r.Starts > 1 {
+				fmt.Fprintf(w, "  (%d starts, the last at %s)", r.Starts, r.End.Local().Format(time.RFC3339))
+			}
 			if r.Error != "" {
 				fmt.Fprintf(w, "  %s", r.Error)
 			}
