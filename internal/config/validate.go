@@ -328,6 +328,8 @@ func (c *Config) Validate() error {
 				// Another program reads the file at its one path: moving it would leave
 				// that program reading an old file or none (REAL-SYSTEMS.md).
 				bad(p+".dest", "%q cannot be used: %s; remove files.%s.dest", f.Dest, e.Fixed, n)
+			case d != e.Dest && layout.SystemPath(d, e.Recursive) != "":
+				bad(p+".dest", "%q is under %s, a system path: haagent never writes an S3 object there (it would make the bucket's writers root on the machine); choose a path of CircleCI's or your own, e.g. under /data or /opt", f.Dest, layout.SystemPath(d, e.Recursive))
 			case e.Within != "" && !strings.HasPrefix(d, e.Within+"/"):
 				bad(p+".dest", "%q must stay under %s/: %s", f.Dest, e.Within, e.WithinWhy)
 			default:

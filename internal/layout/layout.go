@@ -171,6 +171,35 @@ func Reserved() []string {
 		InstallerExit, InstallerEnv, LockFile, BootRuns, CAInstallDir + "/", GroupFile, PasswdFile}
 }
 
+// system are the machine's own paths, which no moved file entry may write or hold in its
+// directory: an S3 object written over /etc/shadow, /etc/sudoers, /root/.ssh/authorized_keys or
+// /usr/local/bin/haagent makes a typo in the config, or whoever can write the bucket and the
+// config, root on the machine. One ending in "/" is a directory (itself and all below it); one
+// without is a name prefix (/etc/shadow covers /etc/shadow-, /etc/cron covers /etc/cron.d/).
+var system = []string{
+	"/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh/", "/etc/pam.d/", "/etc/security/",
+	"/etc/systemd/", "/etc/cron", "/etc/ld.so", "/etc/profile", "/etc/environment",
+	"/root/", "/usr/", "/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/", "/boot/",
+	"/proc/", "/sys/", "/dev/", "/run/", "/var/lib/docker/", "/var/spool/cron/",
+}
+
+// SystemPath returns the system path (see system) that a file entry writing dest would write
+// or hold below it (a directory entry, recursive, over /etc/ holds /etc/shadow), or "".
+func SystemPath(dest string, recursive bool) string {
+	for _, s := range system {
+		dir := strings.HasSuffix(s, "/")
+		switch {
+		case dir && (strings.TrimSuffix(dest, "/") == strings.TrimSuffix(s, "/") || strings.HasPrefix(dest, s)):
+			return strings.TrimSuffix(s, "/")
+		case !dir && strings.HasPrefix(dest, s):
+			return s
+		case recursive && strings.HasPrefix(s, dest):
+			return strings.TrimSuffix(s, "/")
+		}
+	}
+	return ""
+}
+
 // DockerBinaries are where a docker command is found on a baked AMI.
 var DockerBinaries = []string{"/usr/bin/docker", "/usr/local/bin/docker", "/bin/docker"}
 
