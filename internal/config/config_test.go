@@ -171,6 +171,7 @@ func TestConfigErrors(t *testing.T) {
 		{"settings inside circleconfig", "version: 1\nsource:\n  bucket: abc\nfiles:\n  settings: {dest: /etc/circleconfig/settings.conf}\n", []string{"files.settings.dest", "overlaps files.circleconfig"}},
 		{"licence over the config", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {dest: /etc/haagent/haagent.yaml}\n", []string{"files.license.dest", "overlaps /etc/haagent/haagent.yaml, which haagent keeps for itself"}},
 		{"settings over the root's groups", "version: 1\nsource:\n  bucket: abc\nfiles:\n  settings: {dest: /etc/group}\n", []string{"files.settings.dest", "overlaps /etc/group"}},
+		{"probe timeout above the cap", "version: 1\nsource:\n  bucket: abc\nprobes:\n  timeout: 3m\n", []string{"probes.timeout", "3m0s is more than the 2m0s haagent allows"}},
 		// A moved entry never writes an S3 object over the machine's own files.
 		{"settings over /etc/shadow", "version: 1\nsource:\n  bucket: abc\nfiles:\n  settings: {dest: /etc/shadow}\n", []string{"files.settings.dest", "is under /etc/shadow, a system path"}},
 		{"licence into sudoers.d", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {dest: /etc/sudoers.d/circle}\n", []string{"files.license.dest", "is under /etc/sudoers, a system path"}},

@@ -25,11 +25,15 @@ const DockerGroup = layout.DockerGroup
 
 // Defaults for everything the minimal config leaves out.
 const (
-	DefaultConcurrency      = 128
-	DefaultAttempts         = 6
-	DefaultTimeout          = 2 * time.Minute
-	DefaultIMDSTimeout      = 5 * time.Second
-	DefaultProbeTimeout     = 5 * time.Second
+	DefaultConcurrency  = 128
+	DefaultAttempts     = 6
+	DefaultTimeout      = 2 * time.Minute
+	DefaultIMDSTimeout  = 5 * time.Second
+	DefaultProbeTimeout = 5 * time.Second
+	// MaxProbeTimeout caps probes.timeout: the crash-loop monitor and the replacement guard
+	// probe from their loops, and a service that takes longer than this to answer one probe
+	// is down for CircleCI as well.
+	MaxProbeTimeout         = 2 * time.Minute
 	DefaultInstallerTimeout = 30 * time.Minute
 	// DefaultInstallerURL is the runbook's installer.
 	DefaultInstallerURL = "https://get.replicated.com/docker"
@@ -121,6 +125,8 @@ func (c *Config) Validate() error {
 		c.Probes.Timeout = Duration(DefaultProbeTimeout)
 	} else if c.Probes.Timeout < 0 {
 		bad("probes.timeout", "must be positive")
+	} else if c.Probes.Timeout.D() > MaxProbeTimeout {
+		bad("probes.timeout", "%s is more than the %s haagent allows: a service that takes longer to answer one probe is down for CircleCI too, and the monitors that probe would wait on it; use at most %s (default %s)", c.Probes.Timeout.D(), MaxProbeTimeout, MaxProbeTimeout, DefaultProbeTimeout)
 	}
 	codes := make([]string, 0, len(c.Probes.Overrides))
 	for code := range c.Probes.Overrides {
