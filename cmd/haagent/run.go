@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/bootstrap"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
@@ -42,8 +43,8 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	env, release, err := c.g.prepare(log, c.reinstall)
 	if err != nil {
 		var ee *exitError
-		if errors.As(err, &ee) && ee.code == 2 {
-			c.recordConfigFailure(log, err)
+		if !errors.As(err, &ee) || ee.code != 2 || !c.recordConfigFailure(log, err) {
+			c.noteStartFailure(log, err)
 		}
 		return err
 	}
@@ -81,18 +82,19 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 // recordConfigFailure puts a run that never got past its config into the run record, so
 // `haagent status` and `status --wait` tell this boot's invalid config from an earlier boot's
 // "complete". It writes only haagent's own record, under the lock; when another haagent holds
-// the lock, that one's record is the truth and nothing is written.
-func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) {
+// the lock, that one's record is the truth and nothing is written (it reports false: the
+// failure goes to the start-failure note instead).
+func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) bool {
 	lk, err := lock.Acquire(c.g.path(layout.LockFile))
 	if err != nil {
-		return
+		return false
 	}
 	defer lk.Release()
 	path := c.g.path(layout.StateFile)
 	rec, err := state.Load(path)
 	if err != nil {
 		log.Error("cannot record the failed run", "path", path, "error", err.Error())
-		return
+		return false
 	}
 	now := time.Now().UTC()
 	mode := map[bool]string{true: "once", false: "service"}[c.once]
@@ -114,10 +116,23 @@ func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) {
 	}
 	if err := rec.Save(path); err != nil {
 		log.Error("cannot record the failed run", "path", path, "error", err.Error())
-		return
+		return false
 	}
 	if err := state.MarkThisBoot(c.g.path(layout.BootRuns), rec.Last().ID); err != nil {
 		log.Error("cannot mark the failed run as this boot's; `haagent status --wait` will not see it", "path", c.g.path(layout.BootRuns), "error", err.Error())
+		return false
+	}
+	return true
+}
+
+// noteStartFailure leaves why this start failed before it recorded a run (the lock held, the
+// record unreadable) where `status --wait` looks while this boot has no run: without it, the
+// wait shows nothing at all.
+func (c *runCmd) noteStartFailure(log *slog.Logger, cause error) {
+	path := c.g.path(layout.StartFailure)
+	note := time.Now().UTC().Format(time.RFC3339) + " " + cause.Error() + "\n"
+	if _, err := atomicfile.WriteFile(path, []byte(note), atomicfile.Options{Mode: 0o600, DirMode: 0o755, UID: -1, GID: -1}); err != nil {
+		log.Error("cannot note why haagent could not start; `haagent status --wait` will not show it", "path", path, "error", err.Error())
 	}
 }
 

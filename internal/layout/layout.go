@@ -113,6 +113,11 @@ const (
 	// BootRuns lists, one per line, the runs started since the machine booted (/run is a
 	// tmpfs every boot starts empty).
 	BootRuns = "/run/haagent/runs"
+	// StartFailure says why the last start of haagent in this boot failed before it could
+	// record a run (the lock held, the run record unreadable, the config invalid while
+	// another haagent held the lock): `status --wait` shows it while no run of this boot is
+	// recorded.
+	StartFailure = "/run/haagent/start-failure"
 )
 
 // The machine's own paths haagent uses: Debian's CA store, Replicated's command line, Docker
