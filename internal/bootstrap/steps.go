@@ -900,7 +900,7 @@ func stepWatch(ctx context.Context, x Exec, in watchIn) (watchOut, []findings.Fi
 		x.Log.Info("the frontend watch is disabled in the config (watch.enabled: false): not waiting for it")
 		return watchOut{}, nil, nil
 	}
-	if err := in.Watcher.WaitReady(ctx); err != nil {
+	if err := in.Watcher.WaitReady(ctx, x.Log); err != nil {
 		return watchOut{}, nil, fmt.Errorf("waiting for %s: %w", in.Config.Container, err)
 	}
 	x.Log.Info("frontend is up", "container", in.Config.Container)
