@@ -43,7 +43,9 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	env, release, err := c.g.prepare(log, c.reinstall)
 	if err != nil {
 		var ee *exitError
-		if !errors.As(err, &ee) || ee.code != 2 || !c.recordConfigFailure(log, err) {
+		// The service's failed start is noted for `status --wait`; a `run --once` says it to
+		// whoever ran it.
+		if (!errors.As(err, &ee) || ee.code != 2 || !c.recordConfigFailure(log, err)) && !c.once {
 			c.noteStartFailure(log, err)
 		}
 		return err
