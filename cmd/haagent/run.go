@@ -73,7 +73,8 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return nil
 	}
 	// The boot's steps are done: what runs on (the watch, the guard, the keys scan) takes the
-	// lock only around its writes, so `haagent backup keys` and the like work meanwhile.
+	// lock only around its writes, so `haagent backup keys` and the like work meanwhile. A write
+	// still in flight holds the lock on (Env.AdoptLock counts holders): it goes when that ends.
 	release()
 	// From here the supervisor's loop is haagent's main loop: it feeds systemd's watchdog only
 	// while every monitor iterates.
