@@ -376,6 +376,9 @@ func TestReplicatedArgsAndVersion(t *testing.T) {
 		{"ui and operator may be left out", "extra_args: [disable-replicated-ui, no-operator]", ""},
 		{"bad version", "version: v2.38", `replicated.version: "v2.38" is not a Replicated version`},
 		{"version with a script in the bucket", "installer_url: s3://b/install.sh\n  sha256: " + strings.Repeat("a", 64) + "\n  version: 2.38.6", "replicated.version: a script kept in the bucket"},
+		// The fetch's pass reads a script kept in the bucket long before it runs: the pin, not the
+		// time of the read, says which bytes run, so there is no unpinned s3:// installer.
+		{"script in the bucket unpinned", "installer_url: s3://b/install.sh", "replicated.sha256: required with an s3:// installer"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte("version: 1\nsource:\n  bucket: my-circleci-ha\nreplicated:\n  "+tc.yaml+"\n"), "test")
