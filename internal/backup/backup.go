@@ -52,6 +52,10 @@ type Options struct {
 	// periodic scan lists it to see whether the bucket's side changed): used as it is instead
 	// of listing again.
 	Listing []bucket.Object
+	// Progress, when not nil, is called after each key's upload or comparison, from the
+	// workers' goroutines: a monitor's backup of hundreds of keys, each request bounded but
+	// the whole not, shows the supervisor it moves.
+	Progress func()
 }
 
 // Result says what happened to each local key.
@@ -245,6 +249,9 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 			defer wg.Done()
 			for j := range work {
 				out[j.i] = o.run(ctx, b, j)
+				if o.Progress != nil {
+					o.Progress()
+				}
 			}
 		}()
 	}

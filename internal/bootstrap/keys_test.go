@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -249,9 +250,15 @@ func TestKeysScanAsksOnlyAboutNewKeys(t *testing.T) {
 	env := quietEnv(Inputs{Root: root}, nil)
 	env.Config, env.Bucket, env.Instance = cfg, b, imds.Info{InstanceID: "i-0this"}
 	set := func(...findings.Finding) {}
-	var sc keyScanner
+	var alive atomic.Int32
+	sc := keyScanner{alive: func() { alive.Add(1) }}
 	if !sc.scan(context.Background(), env, set, time.Minute) || s.Object("circleci-ha", "circleci-encryption-keys/09.key") == nil {
 		t.Fatal("the first scan did not back up the keys")
+	}
+	// Alive after the listing and after each of the 10 uploads: a scan of hundreds of keys
+	// is no stall while it moves.
+	if got := alive.Load(); got != 11 {
+		t.Fatalf("the scan said it was alive %d times, want 11 (the listing and each key)", got)
 	}
 	write("10.key")
 	c.Reset()
