@@ -9,13 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
-	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	smithy "github.com/aws/smithy-go"
 
@@ -56,19 +53,9 @@ type Client struct {
 
 // New builds the client. It does no network I/O.
 func New(ctx context.Context, o Options) (*Client, error) {
-	hc := awshttp.NewBuildableClient().WithTimeout(30 * time.Second).WithTransportOptions(func(tr *http.Transport) {
-		tr.Proxy = bucket.ProxyFunc()
-	})
-	opts := []func(*awsconfig.LoadOptions) error{awsconfig.WithHTTPClient(hc)}
-	if o.Region != "" {
-		opts = append(opts, awsconfig.WithRegion(o.Region))
-	}
-	if o.Credentials != nil {
-		opts = append(opts, awsconfig.WithCredentialsProvider(o.Credentials))
-	}
-	cfg, err := awsconfig.LoadDefaultConfig(ctx, opts...)
+	cfg, err := bucket.SDKConfig(ctx, bucket.APIHTTPClient(), o.Region, o.Credentials, "Auto Scaling")
 	if err != nil {
-		return nil, fmt.Errorf("loading the AWS SDK configuration for Auto Scaling: %w", err)
+		return nil, err
 	}
 	if cfg.Region == "" {
 		return nil, errors.New("no AWS region for Auto Scaling: set asg.region or AWS_REGION (IMDS gave none)")

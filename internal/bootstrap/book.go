@@ -1,10 +1,8 @@
 package bootstrap
 
 import (
-	"context"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/haagent/haagent/internal/config"
@@ -90,29 +88,7 @@ func adjust(cfg *config.Config, fs []findings.Finding) []findings.Finding {
 	return findings.Apply(fs, cfg.Probes.FindingOverrides())
 }
 
-func logFinding(log *slog.Logger, f findings.Finding) {
-	level := slog.LevelInfo
-	switch f.Severity {
-	case findings.Error:
-		level = slog.LevelError
-	case findings.Warning:
-		level = slog.LevelWarn
-	}
-	attrs := []any{"finding", f.Code.String(), "severity", string(f.Severity), "blocking", f.Blocking}
-	if f.Target != "" {
-		attrs = append(attrs, "target", f.Target)
-	}
-	if f.Evidence != "" {
-		attrs = append(attrs, "evidence", f.Evidence)
-	}
-	if f.Fix != "" {
-		attrs = append(attrs, "fix", f.Fix)
-	}
-	if len(f.Suppressed) > 0 {
-		attrs = append(attrs, "also_suppressed", strings.Join(f.Suppressed, "; "))
-	}
-	log.Log(context.Background(), level, f.Code.String()+": "+f.Summary, attrs...)
-}
+func logFinding(log *slog.Logger, f findings.Finding) { findings.Log(log, f) }
 
 func (e *Env) save() {
 	e.ledger.mu.Lock()

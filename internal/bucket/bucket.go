@@ -24,7 +24,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
-	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"golang.org/x/net/http/httpproxy"
@@ -95,16 +94,9 @@ func New(ctx context.Context, o Options) (*Bucket, error) {
 			tr.TLSClientConfig.RootCAs = pool
 		})
 	}
-	loadOpts := []func(*awsconfig.LoadOptions) error{awsconfig.WithHTTPClient(hc)}
-	if o.Region != "" {
-		loadOpts = append(loadOpts, awsconfig.WithRegion(o.Region))
-	}
-	if o.Credentials != nil {
-		loadOpts = append(loadOpts, awsconfig.WithCredentialsProvider(o.Credentials))
-	}
-	awsCfg, err := awsconfig.LoadDefaultConfig(ctx, loadOpts...)
+	awsCfg, err := SDKConfig(ctx, hc, o.Region, o.Credentials, "S3")
 	if err != nil {
-		return nil, fmt.Errorf("loading the AWS SDK configuration: %w", err)
+		return nil, err
 	}
 	if awsCfg.Region == "" {
 		awsCfg.Region = o.FallbackRegion

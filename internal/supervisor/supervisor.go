@@ -503,24 +503,7 @@ func (s *Supervisor) changed() {
 // logFinding logs a finding Set did not hold before: one that lasts is logged once, one that
 // comes back after it was withdrawn is logged again.
 func (s *Supervisor) logFinding(monitor string, f findings.Finding) {
-	level := slog.LevelInfo
-	switch f.Severity {
-	case findings.Error:
-		level = slog.LevelError
-	case findings.Warning:
-		level = slog.LevelWarn
-	}
-	attrs := []any{"monitor", monitor, "finding", f.Code.String(), "severity", string(f.Severity)}
-	if f.Target != "" {
-		attrs = append(attrs, "target", f.Target)
-	}
-	if f.Evidence != "" {
-		attrs = append(attrs, "evidence", f.Evidence)
-	}
-	if f.Fix != "" {
-		attrs = append(attrs, "fix", f.Fix)
-	}
-	s.o.Log.Log(context.Background(), level, f.Code.String()+": "+f.Summary, attrs...)
+	findings.Log(s.o.Log, f, "monitor", monitor)
 }
 
 // Finding codes the supervisor reports about its monitors (registered in internal/findings).
