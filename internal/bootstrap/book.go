@@ -117,5 +117,5 @@ func logFinding(log *slog.Logger, f findings.Finding) {
 func (e *Env) save() {
 	e.ledger.mu.Lock()
 	defer e.ledger.mu.Unlock()
-	e.write()
+	e.write(true)
 }
