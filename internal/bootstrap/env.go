@@ -106,8 +106,10 @@ type ledger struct {
 	steps []Step
 	// book holds the steps' findings; the supervisor holds each monitor's under its name.
 	book book
-	// saver puts the record's snapshots on disk.
+	// saver puts the record's snapshots on disk; dirty: the record changed since the last
+	// encoding.
 	saver saver
+	dirty bool
 }
 
 // saver writes the run record's snapshots: each one durably (atomicfile: fsync'd, renamed,
@@ -129,7 +131,8 @@ type saver struct {
 // writeRecord is state.WriteEncoded; a test holds writes back through it.
 var writeRecord = state.WriteEncoded
 
-// submit makes data the latest snapshot, and writes it before returning when durable.
+// submit makes data the latest snapshot, and writes it before returning when durable (else
+// the caller flushes it).
 func (s *saver) submit(log *slog.Logger, path string, data []byte, durable bool) {
 	s.mu.Lock()
 	s.seq++
@@ -137,9 +140,7 @@ func (s *saver) submit(log *slog.Logger, path string, data []byte, durable bool)
 	s.mu.Unlock()
 	if durable {
 		s.flush(log, path)
-		return
 	}
-	go s.flush(log, path)
 }
 
 // flush writes the latest snapshot unless a write already took it.
@@ -204,17 +205,51 @@ func BootID() string {
 }
 
 // write saves the record with the run's current findings and monitors; ledger.mu is held.
-// Before the run started (no path yet) nothing is saved. Unless durable, the write may still
-// be under way when write returns (saver).
+// Before the run started (no path yet) nothing is saved. Unless durable, the record is encoded
+// and written behind the boot (writeBehind): with a bundle's files it is ~150 KB of JSON, a
+// millisecond or more of CPU per save, thirty saves a boot.
 func (e *Env) write(durable bool) {
+	if e.ledger.path == "" {
+		e.refresh()
+		return
+	}
+	if !durable {
+		e.ledger.dirty = true
+		go e.writeBehind()
+		return
+	}
+	e.ledger.dirty = false
+	e.encode(true)
+}
+
+// writeBehind encodes the record as it is now, unless a save since took the change, and writes
+// it; several changes in a row cost one encoding.
+func (e *Env) writeBehind() {
+	e.ledger.mu.Lock()
+	if !e.ledger.dirty {
+		e.ledger.mu.Unlock()
+		return
+	}
+	e.ledger.dirty = false
+	e.encode(false)
+	e.ledger.mu.Unlock()
+	e.ledger.saver.flush(e.Log, e.ledger.path)
+}
+
+// refresh copies the run's findings and monitors, and what other goroutines found, into the
+// record; ledger.mu is held.
+func (e *Env) refresh() {
 	if e.Run != nil {
 		e.Run.Findings = e.ledger.book.stepFindings(e.ledger.steps)
 		e.Run.Monitors = e.monitorRecord()
 	}
-	if e.ledger.path == "" {
-		return
-	}
 	e.syncRecord()
+}
+
+// encode refreshes and encodes the record and hands it to the saver (written before encode
+// returns when durable); ledger.mu is held.
+func (e *Env) encode(durable bool) {
+	e.refresh()
 	data, err := e.Record.Encode()
 	if err != nil {
 		e.Log.Error("cannot save the run record; `haagent status` will be stale", "path", e.ledger.path, "error", err.Error())
