@@ -4,6 +4,7 @@
 #
 #   scripts/peers.sh build [NAME...]   build the named peers (default: all) when missing
 #   scripts/peers.sh bin               print the cache's bin directory
+#   scripts/peers.sh mirror [DIR [LIST]]  print the Debian mirror debootstrap takes from apt's sources
 set -euo pipefail
 
 PEERS=${HAAGENT_PEERS:-/tmp/haagent-peers}
@@ -171,6 +172,55 @@ benchdeps() {
   fi
 }
 
+# debian_mirror [SOURCES_DIR [SOURCES_LIST]] prints the first Debian mirror of the machine's apt
+# sources (an http(s) URI whose path ends in /debian, without a trailing slash), or nothing.
+# Any suite will do: a Debian mirror carries bookworm whatever this machine runs. deb822 files
+# (*.sources): a stanza whose Types has deb and that is not Enabled: no, its URIs possibly
+# several on a line or continued on the next; one-line files (sources.list, *.list):
+# `deb [options] URI suite...`, the options skipped. mirror+ and cdrom: URIs are not for
+# debootstrap and are passed over.
+debian_mirror() {
+  local dir=${1:-/etc/apt/sources.list.d} list=${2:-/etc/apt/sources.list} m=""
+  local -a deb822=() oneline=()
+  shopt -s nullglob
+  deb822=("$dir"/*.sources)
+  oneline=("$dir"/*.list)
+  shopt -u nullglob
+  [ -f "$list" ] && oneline=("$list" "${oneline[@]}")
+  if [ ${#deb822[@]} -gt 0 ]; then
+    m=$(awk '
+      function flush(  n, i, u) {
+        if (types ~ /(^| )deb( |$)/ && enabled != "no") {
+          n = split(uris, u, " ")
+          for (i = 1; i <= n; i++) if (u[i] ~ /^https?:\/\/.*\/debian\/?$/) { sub(/\/$/, "", u[i]); print u[i]; found = 1; exit }
+        }
+        types = uris = enabled = field = ""
+      }
+      FNR == 1 && NR != 1 { flush() }
+      /^[ \t]*#/ { next }
+      /^[ \t]*$/ { flush(); next }
+      /^[ \t]/ { if (field == "uris") uris = uris " " $0; else if (field == "types") types = types " " $0; next }
+      {
+        field = tolower($1); sub(/:$/, "", field); $1 = ""
+        if (field == "types") types = $0
+        else if (field == "uris") uris = $0
+        else if (field == "enabled") enabled = tolower($2)
+      }
+      END { if (!found) flush() }
+    ' "${deb822[@]}")
+  fi
+  if [ -z "$m" ] && [ ${#oneline[@]} -gt 0 ]; then
+    m=$(awk '
+      $1 == "deb" {
+        i = 2
+        if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+        if ($i ~ /^https?:\/\/.*\/debian\/?$/) { u = $i; sub(/\/$/, "", u); print u; exit }
+      }
+    ' "${oneline[@]}")
+  fi
+  printf '%s' "$m"
+}
+
 # A debootstrapped bookworm with systemd and docker.io, booted by systemd-nspawn in the boot
 # test; cached (read-only use: the test copies it).
 build_nspawnroot() {
@@ -178,10 +228,9 @@ build_nspawnroot() {
   command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap systemd-container >/dev/null
   command -v systemd-nspawn >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd-container >/dev/null
   local mirror
-  mirror=$(sed -n 's/^URIs: \(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1)
-  [ -n "$mirror" ] || mirror=$(awk '$1=="deb" && $3=="bookworm" {print $2; exit}' /etc/apt/sources.list 2>/dev/null)
+  mirror=$(debian_mirror)
   if [ -z "$mirror" ]; then
-    echo "peers: no Debian mirror for bookworm found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list;" >&2
+    echo "peers: no Debian mirror found in /etc/apt/sources.list.d/*.sources, /etc/apt/sources.list.d/*.list or /etc/apt/sources.list;" >&2
     echo "peers: the boot test's debootstrap takes the machine's own mirror: add one to the apt sources (see sources.list(5))" >&2
     return 1
   fi
@@ -197,6 +246,7 @@ cmd=${1:-build}
 shift || true
 case $cmd in
   bin) echo "$BIN" ;;
+  mirror) debian_mirror "$@"; echo ;;
   deps) deps ;;
   benchdeps) benchdeps ;;
   build)
@@ -204,5 +254,5 @@ case $cmd in
     [ ${#names[@]} -eq 0 ] && names=(versitygw imdsmock staticcheck ferretdb vault vault07 nspawnroot)
     for n in "${names[@]}"; do "build_$n"; done
     ;;
-  *) echo "usage: $0 build [versitygw|imdsmock|staticcheck|ferretdb|vault|vault07|nspawnroot|s5cmd...] | deps | benchdeps | bin" >&2; exit 2 ;;
+  *) echo "usage: $0 build [versitygw|imdsmock|staticcheck|ferretdb|vault|vault07|nspawnroot|s5cmd...] | deps | benchdeps | bin | mirror [SOURCES_DIR [SOURCES_LIST]]" >&2; exit 2 ;;
 esac

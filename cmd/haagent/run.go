@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/haagent/haagent/internal/atomicfile"
 	"github.com/haagent/haagent/internal/bootstrap"
 	"github.com/haagent/haagent/internal/config"
 	"github.com/haagent/haagent/internal/findings"
@@ -42,8 +43,8 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	env, release, err := c.g.prepare(log, c.reinstall)
 	if err != nil {
 		var ee *exitError
-		if errors.As(err, &ee) && ee.code == 2 {
-			c.recordConfigFailure(log, err)
+		if !errors.As(err, &ee) || ee.code != 2 || !c.recordConfigFailure(log, err) {
+			c.noteStartFailure(log, err)
 		}
 		return err
 	}
@@ -71,7 +72,6 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	}
 	// The boot's steps are done: what runs on (the watch, the guard, the keys scan) takes the
 	// lock only around its writes, so `haagent backup keys` and the like work meanwhile.
-	env.HoldsLock.Store(false)
 	release()
 	// From here the supervisor's loop is haagent's main loop: it feeds systemd's watchdog only
 	// while every monitor iterates.
@@ -82,33 +82,57 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 // recordConfigFailure puts a run that never got past its config into the run record, so
 // `haagent status` and `status --wait` tell this boot's invalid config from an earlier boot's
 // "complete". It writes only haagent's own record, under the lock; when another haagent holds
-// the lock, that one's record is the truth and nothing is written.
-func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) {
+// the lock, that one's record is the truth and nothing is written (it reports false: the
+// failure goes to the start-failure note instead).
+func (c *runCmd) recordConfigFailure(log *slog.Logger, cause error) bool {
 	lk, err := lock.Acquire(c.g.path(layout.LockFile))
 	if err != nil {
-		return
+		return false
 	}
 	defer lk.Release()
 	path := c.g.path(layout.StateFile)
 	rec, err := state.Load(path)
 	if err != nil {
 		log.Error("cannot record the failed run", "path", path, "error", err.Error())
-		return
+		return false
 	}
 	now := time.Now().UTC()
 	mode := map[bool]string{true: "once", false: "service"}[c.once]
-	f := findings.New(findings.ConfigInvalid, c.g.configPath(), "the haagent config is invalid: nothing was done", cause.Error())
-	rec.Runs = append(rec.Runs, state.Run{
-		ID:     now.Format("20060102T150405Z") + fmt.Sprintf("-%d", os.Getpid()),
-		BootID: bootstrap.BootID(), Mode: mode, PID: os.Getpid(), Start: now, End: &now,
-		Status: state.Failed, Error: "config: " + cause.Error(), Findings: []findings.Finding{f},
-	})
+	msg := "config: " + cause.Error()
+	if last := rec.Last(); last != nil && last.Status == state.Failed && last.Error == msg && last.Mode == mode && last.InstanceID == "" {
+		// systemd restarts haagent every RestartSec on the same broken config: one run with a
+		// count and its first and last time says it, where a run per start would push the
+		// history (and what it proves about this instance) out of the record.
+		last.Starts = max(last.Starts, 1) + 1
+		last.End, last.PID, last.BootID = &now, os.Getpid(), bootstrap.BootID()
+		log.Error("the config has been invalid at every start since the first", "starts", last.Starts, "first", last.Start.Format(time.RFC3339), "path", c.g.configPath())
+	} else {
+		f := findings.New(findings.ConfigInvalid, c.g.configPath(), "the haagent config is invalid: nothing was done", cause.Error())
+		rec.Runs = append(rec.Runs, state.Run{
+			ID:     now.Format("20060102T150405Z") + fmt.Sprintf("-%d", os.Getpid()),
+			BootID: bootstrap.BootID(), Mode: mode, PID: os.Getpid(), Start: now, End: &now,
+			Status: state.Failed, Error: msg, Findings: []findings.Finding{f},
+		})
+	}
 	if err := rec.Save(path); err != nil {
 		log.Error("cannot record the failed run", "path", path, "error", err.Error())
-		return
+		return false
 	}
 	if err := state.MarkThisBoot(c.g.path(layout.BootRuns), rec.Last().ID); err != nil {
 		log.Error("cannot mark the failed run as this boot's; `haagent status --wait` will not see it", "path", c.g.path(layout.BootRuns), "error", err.Error())
+		return false
+	}
+	return true
+}
+
+// noteStartFailure leaves why this start failed before it recorded a run (the lock held, the
+// record unreadable) where `status --wait` looks while this boot has no run: without it, the
+// wait shows nothing at all.
+func (c *runCmd) noteStartFailure(log *slog.Logger, cause error) {
+	path := c.g.path(layout.StartFailure)
+	note := time.Now().UTC().Format(time.RFC3339) + " " + cause.Error() + "\n"
+	if _, err := atomicfile.WriteFile(path, []byte(note), atomicfile.Options{Mode: 0o600, DirMode: 0o755, UID: -1, GID: -1}); err != nil {
+		log.Error("cannot note why haagent could not start; `haagent status --wait` will not show it", "path", path, "error", err.Error())
 	}
 }
 
@@ -138,6 +162,5 @@ func (g *globals) prepare(log *slog.Logger, reinstall bool) (*bootstrap.Env, fun
 		imdsTimeout = cfg.IMDS.Timeout.D()
 	}
 	env := bootstrap.NewEnv(bootstrap.Inputs{Root: g.root, Log: log, FileConfig: cfg, ConfigPath: g.configPath(), IMDSTimeout: imdsTimeout, Reinstall: reinstall, LockPath: g.path(layout.LockFile)}, rec)
-	env.HoldsLock.Store(true)
-	return env, lk.Release, nil
+	return env, env.AdoptLock(lk), nil
 }

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -41,7 +42,7 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		defer t.Stop()
 		deadline = t.C
 	}
-	shownRetry := ""
+	shownRetry, shownNote := "", ""
 	for {
 		rec, err := state.Load(path)
 		if err != nil {
@@ -84,11 +85,25 @@ func (c *statusCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 				}
 			}
 		}
+		// No run of this boot yet: a start that failed before it could record one left a note.
+		note := ""
+		if last == nil {
+			if b, err := os.ReadFile(c.g.path(layout.StartFailure)); err == nil {
+				note = strings.TrimSpace(string(b))
+			}
+			if note != "" && note != shownNote {
+				shownNote = note
+				fmt.Fprintf(stderr, "haagent: still waiting; haagent could not start (systemd starts it again): %s\n", note)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-deadline:
 			state := "no run of this boot recorded yet (is the haagent service running? systemctl status haagent)"
+			if note != "" {
+				state = "no run of this boot recorded; the last start failed: " + note
+			}
 			if last != nil {
 				state = "last run is " + last.Status
 				if last.Error != "" {
@@ -133,6 +148,9 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 		fmt.Fprintf(w, "   ended: %s (%s)", last.End.Local().Format(time.RFC3339), last.End.Sub(last.Start).Round(time.Millisecond))
 	}
 	fmt.Fprintln(w)
+	if last.Starts > 1 {
+		fmt.Fprintf(w, "starts:   %d with this same failure, the first at %s, the last at %s\n", last.Starts, last.Start.Local().Format(time.RFC3339), last.End.Local().Format(time.RFC3339))
+	}
 	if last.Error != "" {
 		fmt.Fprintf(w, "error:    %s\n", last.Error)
 	}
@@ -215,6 +233,9 @@ func (c *statusCmd) print(w io.Writer, rec *state.Record) {
 		for i := len(runs) - 2; i >= 0; i-- {
 			r := runs[i]
 			fmt.Fprintf(w, "  %s  %-10s %s", r.ID, r.Status, r.InstanceID)
+			if r.Starts > 1 {
+				fmt.Fprintf(w, "  (%d starts, the last at %s)", r.Starts, r.End.Local().Format(time.RFC3339))
+			}
 			if r.Error != "" {
 				fmt.Fprintf(w, "  %s", r.Error)
 			}

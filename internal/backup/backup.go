@@ -52,6 +52,10 @@ type Options struct {
 	// periodic scan lists it to see whether the bucket's side changed): used as it is instead
 	// of listing again.
 	Listing []bucket.Object
+	// Progress, when not nil, is called after each key's upload or comparison, from the
+	// workers' goroutines: a monitor's backup of hundreds of keys, each request bounded but
+	// the whole not, shows the supervisor it moves.
+	Progress func()
 }
 
 // Result says what happened to each local key.
@@ -60,10 +64,10 @@ type Result struct {
 	// Details of each conflict, with both hashes (never contents).
 	Details  []fetch.KeyConflict
 	Findings []findings.Finding
-	// Verified are the keys the bucket holds exactly as this machine does (uploaded and read
-	// back, or compared equal), each with the object's ETag: what a fetch records for a file
-	// it installed. Recorded, they spare the next boot's fetch a download of each to compare
-	// (a new install's keys were never fetched).
+	// Verified are the keys the bucket holds exactly as this machine does (uploaded, the put's
+	// answer echoing their SHA-256 or a read-back showing it, or compared equal), each with the
+	// object's ETag: what a fetch records for a file it installed. Recorded, they spare the next
+	// boot's fetch a download of each to compare (a new install's keys were never fetched).
 	Verified []fetch.Known
 }
 
@@ -169,8 +173,8 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 		return res, fmt.Errorf("reading the keys directory %s: %w", o.LocalDir, err)
 	}
 	sort.Slice(local, func(i, j int) bool { return local[i].rel < local[j].rel })
-	// Each key is looked at here, on this machine, first; what needs S3 (an upload and its
-	// read-back, a comparison) becomes a job for the worker pool below. Outcomes land in the
+	// Each key is looked at here, on this machine, first; what needs S3 (an upload, a
+	// comparison) becomes a job for the worker pool below. Outcomes land in the
 	// key's own slot, so the result keeps the keys' order whatever finishes first.
 	out := make([]outcome, len(local))
 	shas := make([]string, len(local))
@@ -245,6 +249,9 @@ func Keys(ctx context.Context, b *bucket.Bucket, o Options) (Result, error) {
 			defer wg.Done()
 			for j := range work {
 				out[j.i] = o.run(ctx, b, j)
+				if o.Progress != nil {
+					o.Progress()
+				}
 			}
 		}()
 	}
@@ -280,7 +287,7 @@ type job struct {
 	rel, key string
 	data     []byte
 	sha      string
-	upload   bool // not in the listing: put it (If-None-Match) and read it back
+	upload   bool // not in the listing: put it (If-None-Match), read back only when the answer echoes no checksum
 }
 
 // outcome is what became of one local key.
@@ -300,7 +307,7 @@ func (o *outcome) notBackedUp(f findings.Finding) {
 func (opt Options) run(ctx context.Context, b *bucket.Bucket, j job) outcome {
 	var o outcome
 	if j.upload {
-		perr := b.PutIfAbsent(ctx, j.key, j.data)
+		st, perr := b.Create(ctx, j.key, j.data)
 		if perr != nil && !errors.Is(perr, bucket.ErrExists) {
 			f := findings.New(findings.KeysNotBackedUp, b.URI(j.key), fmt.Sprintf("encryption key %s exists only on this machine: uploading it failed", j.rel), perr.Error())
 			var be *bucket.Error
@@ -311,7 +318,20 @@ func (opt Options) run(ctx context.Context, b *bucket.Bucket, j job) outcome {
 			return o
 		}
 		if perr == nil {
-			// Read back: the key is backed up only when S3 returns the same bytes.
+			// S3 stores a put only when its body matches the SHA-256 it carries, and echoes
+			// that checksum: an answer that echoes this key's SHA-256 is the proof a read-back
+			// would give, for no request. An answer that echoes another one is not backed up;
+			// a store that echoes none (some S3-compatible ones) is read back instead.
+			if st.SHA256 != "" {
+				if st.SHA256 != j.sha || st.ETag == "" {
+					o.notBackedUp(findings.New(findings.KeysNotBackedUp, b.URI(j.key),
+						fmt.Sprintf("encryption key %s was uploaded but the bucket's answer names other contents", j.rel),
+						fmt.Sprintf("put answered x-amz-checksum-sha256 of sha256 %s, ETag %q; the key's sha256 is %s", st.SHA256, st.ETag, j.sha)))
+					return o
+				}
+				o.uploaded, o.etag = true, st.ETag
+				return o
+			}
 			got, etag, err := remoteSHA(ctx, b, j.key)
 			if err != nil || got != j.sha {
 				o.notBackedUp(findings.New(findings.KeysNotBackedUp, b.URI(j.key),

@@ -31,8 +31,8 @@ func runbookKeys(t *testing.T, s *peertest.S3, root string, n int) map[string]fe
 	return known
 }
 
-// 200 keys the run fetched and N new ones CircleCI just made: exactly N puts and N read-backs
-// besides the one listing, nothing for the keys already known, counted at versitygw. Then one
+// 200 keys the run fetched and N new ones CircleCI just made: exactly N puts (their answers
+// echo the checksum S3 verified, so nothing is read back) besides the one listing, nothing for the keys already known, counted at versitygw. Then one
 // known key edited on the machine: one HeadObject, and still KEYS_CONFLICT.
 func TestOnlyNewKeysCostRequests(t *testing.T) {
 	s := peertest.StartS3(t)
@@ -89,16 +89,17 @@ func TestOnlyNewKeysCostRequests(t *testing.T) {
 	}
 }
 
-// counted checks that the backup's requests were one listing, n puts and their n read-backs.
+// counted checks that the backup's requests were one listing and n puts, one per new key,
+// and nothing else: the puts' answers prove the uploads, so none is read back.
 func counted(t *testing.T, c *peertest.Counter, n int) {
 	t.Helper()
 	got := c.Counts()
-	if len(got) != 3 || got["ListObjectsV2"] != 1 || got["PutObject"] != n || got["GetObject"] != n {
-		t.Fatalf("requests %v, want 1 ListObjectsV2, %d PutObject, %d GetObject (read-backs) and nothing else", got, n, n)
+	if len(got) != 2 || got["ListObjectsV2"] != 1 || got["PutObject"] != n {
+		t.Fatalf("requests %v, want 1 ListObjectsV2, %d PutObject and nothing else", got, n)
 	}
-	for p, k := range c.PerPath("GetObject") {
-		if k != 1 || c.PerPath("PutObject")[p] != 1 {
-			t.Errorf("%s read back %d times, put %d times", p, k, c.PerPath("PutObject")[p])
+	for p, k := range c.PerPath("PutObject") {
+		if k != 1 {
+			t.Errorf("%s put %d times", p, k)
 		}
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -69,9 +68,14 @@ type Env struct {
 	Record *state.Record
 	Run    *state.Run
 
-	// HoldsLock is set while this process holds the run lock (the boot steps); afterwards each
-	// monitor action that writes takes it itself (lockForWrite).
-	HoldsLock atomic.Bool
+	// runLock is the run lock as this process holds it: the boot steps are one holder
+	// (AdoptLock), each monitor write another (lockForWrite); the flock is freed only when the
+	// last of them returns, so `haagent backup keys` never runs beside a scan still uploading.
+	runLock runLock
+	// keysMu keeps the keys' writers in this process apart (the backup-keys step, the
+	// periodic scan, the guard's backup before a replacement): holding the run lock together
+	// does not stop them comparing and uploading the same keys at once.
+	keysMu sync.Mutex
 
 	// ledger is the runner's: where the record goes, its lock, and the steps' findings.
 	ledger ledger
@@ -164,18 +168,65 @@ func NewEnv(in Inputs, rec *state.Record) *Env {
 	return &Env{Inputs: in, Record: rec}
 }
 
-// lockForWrite takes the run lock around a monitor's write (a key backup). While this process
-// holds it for the boot steps there is nothing to take; when another haagent command holds it,
-// the action waits for its next round (lock.ErrHeld).
+// runLock counts this process's holders of the run lock.
+type runLock struct {
+	mu      sync.Mutex
+	holders int
+	lk      *lock.Lock
+}
+
+// AdoptLock makes the run lock lk, taken by the caller for the boot steps, one holder of the
+// count; the returned release (safe to call more than once) gives that hold back, and the
+// flock goes when no monitor write holds it either.
+func (e *Env) AdoptLock(lk *lock.Lock) (release func()) {
+	e.runLock.mu.Lock()
+	e.runLock.lk, e.runLock.holders = lk, e.runLock.holders+1
+	e.runLock.mu.Unlock()
+	return e.holdRelease()
+}
+
+// holdRelease gives back one hold, once.
+func (e *Env) holdRelease() func() {
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			e.runLock.mu.Lock()
+			defer e.runLock.mu.Unlock()
+			e.runLock.holders--
+			if e.runLock.holders == 0 && e.runLock.lk != nil {
+				e.runLock.lk.Release()
+				e.runLock.lk = nil
+			}
+		})
+	}
+}
+
+// lockForWrite takes the run lock around a monitor's write of the keys (a scan's or the
+// guard's backup), and the process's keys mutex, so it never overlaps the backup-keys step.
+// While this process holds the lock (the boot steps, another write) the write is one more
+// holder; when another haagent command holds it, the action waits for its next round
+// (lock.ErrHeld).
 func (e *Env) lockForWrite() (release func(), err error) {
-	if e.HoldsLock.Load() || e.LockPath == "" {
-		return func() {}, nil
+	e.runLock.mu.Lock()
+	switch {
+	case e.runLock.holders > 0:
+		e.runLock.holders++
+	case e.LockPath == "":
+		e.runLock.mu.Unlock()
+		e.keysMu.Lock()
+		return e.keysMu.Unlock, nil
+	default:
+		lk, err := lock.Acquire(e.LockPath)
+		if err != nil {
+			e.runLock.mu.Unlock()
+			return nil, err
+		}
+		e.runLock.lk, e.runLock.holders = lk, 1
 	}
-	lk, err := lock.Acquire(e.LockPath)
-	if err != nil {
-		return nil, err
-	}
-	return lk.Release, nil
+	e.runLock.mu.Unlock()
+	hold := e.holdRelease()
+	e.keysMu.Lock()
+	return func() { e.keysMu.Unlock(); hold() }, nil
 }
 
 // monitorCtx is the context for work that outlives its step.

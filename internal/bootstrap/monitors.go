@@ -33,6 +33,29 @@ const (
 // watch's CallTimeout (15 s), a round makes at most a few, and their waits wake every Poll.
 const watchWithin = 2 * time.Minute
 
+// probeWithin bounds a round of probes run from a monitor, as the probe step's timeout does.
+const probeWithin = 10 * time.Minute
+
+// aliveWhile runs fn, calling alive every period until it returns: work bounded by its own
+// timeouts (the probes) but not by the monitor's Within is no stall.
+func aliveWhile(alive func(), every time.Duration, fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			alive()
+		}
+	}
+}
+
 // followMonitor forwards the frontend's log lines into the journal for as long as haagent
 // runs. The haagent before this one left a mark of how far it forwarded; without one, lines
 // from before since (this run's start) are taken as forwarded by an older haagent.
@@ -47,7 +70,13 @@ func followMonitor(w *watch.Watcher, since time.Time) Monitor {
 func crashLoopMonitor(env *Env, w *watch.Watcher, container string) Monitor {
 	return Monitor{Name: monitorCrashes, Within: watchWithin, Run: func(ctx context.Context, h *Handle) error {
 		w.CrashLoops(ctx, h.Alive, func(dies int, window time.Duration) {
-			probed := runProbes(ctx, env).Findings
+			// The probes take up to probes.timeout each (config caps it); the loop stays alive
+			// meanwhile, so a slow database never reads as a stalled monitor and stops the
+			// watchdog's pings. probeWithin still bounds a probe that hangs past its timeout.
+			var probed []findings.Finding
+			pctx, cancel := context.WithTimeout(ctx, probeWithin)
+			aliveWhile(h.Alive, w.Poll(), func() { probed = runProbes(pctx, env).Findings })
+			cancel()
 			last := strings.Join(w.LastLines(), " | ")
 			if len(last) > 2000 {
 				last = "..." + last[len(last)-2000:]
@@ -95,7 +124,8 @@ func keyScanMonitor(env *Env) Monitor {
 	return Monitor{
 		Name: monitorKeys,
 		// A scan lists the keys and may upload them all, each request bounded by the fetch's
-		// timeout and attempts.
+		// timeout and attempts; it is alive after the listing and after each key's upload or
+		// comparison (keyScanner.alive), so only one request may take this long.
 		Within: 30 * time.Minute,
 		Run: func(ctx context.Context, h *Handle) error {
 			scanKeys(ctx, env, h, env.Config.Backup.ScanEvery.D())
@@ -112,7 +142,7 @@ func scanKeys(ctx context.Context, env *Env, h *supervisor.Handle, every time.Du
 	defer t.Stop()
 	wake := time.NewTicker(min(every, time.Minute))
 	defer wake.Stop()
-	var sc keyScanner
+	sc := keyScanner{alive: h.Alive}
 	for {
 		h.Alive()
 		select {
@@ -135,6 +165,8 @@ type keyScanner struct {
 	// uploads included): known to the next one, so a scan that runs because one new key
 	// appeared asks nothing about the keys it already backed up.
 	verified []fetch.Known
+	// alive tells the supervisor the scan moves (nil: nobody to tell).
+	alive func()
 }
 
 // scan is one scan; it reports whether it ran a full comparison (backup.Keys). Both sides are
@@ -172,6 +204,10 @@ func (sc *keyScanner) scan(ctx context.Context, env *Env, set func(...findings.F
 	}
 	// The listing just taken is the one to compare against (an empty prefix included).
 	o.Listing = append([]bucket.Object{}, objs...)
+	if sc.alive != nil {
+		sc.alive()
+		o.Progress = sc.alive
+	}
 	res, err := backup.Keys(ctx, env.Bucket, o)
 	release()
 	if err != nil {

@@ -208,3 +208,24 @@ func untilBlocked(t *testing.T, msgs <-chan string, monitor string) {
 	}
 	t.Fatal("the notify socket closed before the supervisor found the monitor blocked")
 }
+
+// Work run from a monitor's loop that is bounded by its own timeouts (the crash-loop report's
+// probes, as long as probes.timeout) keeps the monitor alive while it runs: the probes wait
+// here until the monitor has said it is alive three times.
+func TestSlowProbesInALoopKeepItAlive(t *testing.T) {
+	alive := make(chan struct{}, 3)
+	seen := 0
+	aliveWhile(func() {
+		if seen < 3 {
+			seen++
+			alive <- struct{}{}
+		}
+	}, time.Millisecond, func() {
+		for i := 0; i < 3; i++ {
+			<-alive
+		}
+	})
+	if seen != 3 {
+		t.Fatalf("alive %d times while the probes ran, want 3", seen)
+	}
+}

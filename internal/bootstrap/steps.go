@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/haagent/haagent/internal/asg"
@@ -218,7 +219,7 @@ var Steps = []Step{
 	{Name: "backup-keys", Timeout: fixed(30 * time.Minute), Do: Wire(
 		func(e *Env) backupIn {
 			return backupIn{Bucket: e.Bucket, Keys: e.keysOptions(), Entry: layoutEntry(e.Config, layout.EncryptionKeys),
-				Completed: e.Record.CompletedOn(e.Instance.InstanceID), KeysScan: keyScanMonitor(e)}
+				Completed: e.Record.CompletedOn(e.Instance.InstanceID), KeysScan: keyScanMonitor(e), KeysMu: &e.keysMu}
 		},
 		StepBackupKeys,
 		func(e *Env, o backupOut) {
@@ -903,7 +904,7 @@ func stepWatch(ctx context.Context, x Exec, in watchIn) (watchOut, []findings.Fi
 		x.Log.Info("the frontend watch is disabled in the config (watch.enabled: false): not waiting for it")
 		return watchOut{}, nil, nil
 	}
-	if err := in.Watcher.WaitReady(ctx); err != nil {
+	if err := in.Watcher.WaitReady(ctx, x.Log); err != nil {
 		return watchOut{}, nil, fmt.Errorf("waiting for %s: %w", in.Config.Container, err)
 	}
 	x.Log.Info("frontend is up", "container", in.Config.Container)
@@ -916,6 +917,8 @@ type backupIn struct {
 	Entry     config.Entry
 	Completed bool
 	KeysScan  Monitor
+	// KeysMu keeps the step apart from a keys scan or guard backup of this process.
+	KeysMu *sync.Mutex
 }
 
 type backupOut struct {
@@ -930,7 +933,13 @@ type backupOut struct {
 // the boot (CircleCI creates its keys on first start). It fails while any key is not in S3,
 // so the service keeps trying and the run is not reported complete with keys at risk.
 func StepBackupKeys(ctx context.Context, x Exec, in backupIn) (backupOut, []findings.Finding, error) {
+	if in.KeysMu != nil {
+		in.KeysMu.Lock()
+	}
 	res, err := backup.Keys(ctx, in.Bucket, in.Keys)
+	if in.KeysMu != nil {
+		in.KeysMu.Unlock()
+	}
 	var be *bucket.Error
 	if err != nil && errors.As(err, &be) && be.Code() == findings.S3Unreachable {
 		if in.Completed {
@@ -974,7 +983,7 @@ func errorsOf(fs []findings.Finding) []findings.Finding {
 // a failure, not a warning. The outcome is left in *res for the command to print.
 func BackupKeysNow(res *backup.Result) Step {
 	return Step{Name: "backup-keys", Do: Wire(
-		func(e *Env) backupIn { return backupIn{Bucket: e.Bucket, Keys: e.keysOptions()} },
+		func(e *Env) backupIn { return backupIn{Bucket: e.Bucket, Keys: e.keysOptions(), KeysMu: &e.keysMu} },
 		func(ctx context.Context, x Exec, in backupIn) (backup.Result, []findings.Finding, error) {
 			r, err := backup.Keys(ctx, in.Bucket, in.Keys)
 			if err != nil {

@@ -324,10 +324,8 @@ func (b *Bucket) Head(ctx context.Context, key string) (Meta, error) {
 			out.ServerSideEncryption != types.ServerSideEncryptionAwsKmsDsse && out.SSECustomerAlgorithm == nil
 		// A composite checksum (multipart, "...-N") is a checksum of part checksums, not of
 		// the content: only a full-object one can be compared with a file's hash.
-		if c := aws.ToString(out.ChecksumSHA256); c != "" && !strings.Contains(c, "-") && out.ChecksumType != types.ChecksumTypeComposite {
-			if raw, err := base64.StdEncoding.DecodeString(c); err == nil && len(raw) == sha256.Size {
-				m.SHA256 = hex.EncodeToString(raw)
-			}
+		if out.ChecksumType != types.ChecksumTypeComposite {
+			m.SHA256 = decodeSHA256(aws.ToString(out.ChecksumSHA256))
 		}
 		return nil
 	})
@@ -372,11 +370,30 @@ func (b *Bucket) PutIfAbsent(ctx context.Context, key string, data []byte, enc .
 // enc whose SSE is "", the put carries the bucket's encryption (Options.Encryption), so no
 // caller can forget it.
 func (b *Bucket) PutIfMatch(ctx context.Context, key string, data []byte, etag string, enc ...Encryption) error {
+	_, err := b.put(ctx, key, data, etag, enc...)
+	return err
+}
+
+// Stored is what S3 said of an object it accepted.
+type Stored struct {
+	ETag   string // without quotes
+	SHA256 string // hex: the checksum the answer echoed, "" when it echoed none
+}
+
+// Create is PutIfAbsent that also returns the put's answer. S3 stores the object only when its
+// bytes match the SHA-256 the put carries and then echoes that checksum, so an answer that
+// echoes the content's SHA-256 proves the bucket holds exactly these bytes, with no read-back.
+func (b *Bucket) Create(ctx context.Context, key string, data []byte) (Stored, error) {
+	return b.put(ctx, key, data, "")
+}
+
+func (b *Bucket) put(ctx context.Context, key string, data []byte, etag string, enc ...Encryption) (Stored, error) {
 	if len(enc) == 0 || enc[0].SSE == "" {
 		enc = []Encryption{b.enc}
 	}
 	sum := sha256.Sum256(data)
-	return b.do(ctx, "PutObject", key, func(ctx context.Context, cli *s3.Client) error {
+	var st Stored
+	err := b.do(ctx, "PutObject", key, func(ctx context.Context, cli *s3.Client) error {
 		in := &s3.PutObjectInput{
 			Bucket: aws.String(b.Name),
 			Key:    aws.String(b.Prefix + key),
@@ -397,9 +414,27 @@ func (b *Bucket) PutIfMatch(ctx context.Context, key string, data []byte, etag s
 				in.SSEKMSKeyId = aws.String(enc[0].KMSKeyID)
 			}
 		}
-		_, err := cli.PutObject(ctx, in)
-		return err
+		out, err := cli.PutObject(ctx, in)
+		if err != nil {
+			return err
+		}
+		st = Stored{ETag: strings.Trim(aws.ToString(out.ETag), `"`), SHA256: decodeSHA256(aws.ToString(out.ChecksumSHA256))}
+		return nil
 	})
+	return st, err
+}
+
+// decodeSHA256 turns S3's base64 checksum into hex; a composite one ("...-N") or anything that
+// is not 32 bytes is "", as it cannot be compared with a file's hash.
+func decodeSHA256(c string) string {
+	if c == "" || strings.Contains(c, "-") {
+		return ""
+	}
+	raw, err := base64.StdEncoding.DecodeString(c)
+	if err != nil || len(raw) != sha256.Size {
+		return ""
+	}
+	return hex.EncodeToString(raw)
 }
 
 func isHexMD5(s string) bool {

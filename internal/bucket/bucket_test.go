@@ -2,6 +2,8 @@ package bucket_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"net/http"
 	"net/url"
@@ -9,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/haagent/haagent/internal/bucket"
 	"github.com/haagent/haagent/internal/findings"
 	"github.com/haagent/haagent/internal/peertest"
@@ -111,5 +116,40 @@ func TestHeadGivesTheStoredChecksum(t *testing.T) {
 	}
 	if _, err := b.Head(context.Background(), "nope"); !errors.Is(err, bucket.ErrNotFound) {
 		t.Fatalf("head of a missing key: %v, want ErrNotFound", err)
+	}
+}
+
+// The read-back backup-keys no longer makes rests on two facts of the real store: a put whose
+// body does not match its x-amz-checksum-sha256 is refused and stores nothing, and a put that
+// is stored echoes the checksum, which Create returns with the ETag.
+func TestPutChecksumIsVerifiedAndEchoed(t *testing.T) {
+	s := peertest.StartS3(t)
+	s.MakeBucket(t, "bkt-sum")
+	cli := s3.New(s3.Options{
+		Region: "us-east-1", BaseEndpoint: aws.String(s.URL), UsePathStyle: true,
+		Credentials: credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
+	})
+	wrong := sha256.Sum256([]byte("not these bytes"))
+	_, err := cli.PutObject(context.Background(), &s3.PutObjectInput{
+		Bucket: aws.String("bkt-sum"), Key: aws.String("k"), Body: strings.NewReader("hello"),
+		ChecksumSHA256: aws.String(base64.StdEncoding.EncodeToString(wrong[:])),
+	})
+	if err == nil {
+		t.Fatal("versitygw stored a put whose body does not match its x-amz-checksum-sha256")
+	}
+	// S3's answer to it (and versitygw's): 400 BadDigest, not a signature or other failure.
+	if !strings.Contains(err.Error(), "BadDigest") {
+		t.Fatalf("the put was refused, but not for its checksum: %v", err)
+	}
+	if s.Object("bkt-sum", "k") != nil {
+		t.Fatal("a refused put left an object behind")
+	}
+	b := peertest.OpenBucket(t, s.URL, s.AccessKey, s.SecretKey, "bkt-sum", 1, 5*time.Second)
+	st, err := b.Create(context.Background(), "k", []byte("hello"))
+	if err != nil || st.SHA256 != "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824" || st.ETag != "5d41402abc4b2a76b9719d911017c592" {
+		t.Fatalf("the put's answer: %+v, %v; want the content's SHA-256 echoed and its ETag", st, err)
+	}
+	if _, err := b.Create(context.Background(), "k", []byte("other")); !errors.Is(err, bucket.ErrExists) {
+		t.Fatalf("a second Create: %v, want ErrExists", err)
 	}
 }

@@ -171,6 +171,15 @@ func TestConfigErrors(t *testing.T) {
 		{"settings inside circleconfig", "version: 1\nsource:\n  bucket: abc\nfiles:\n  settings: {dest: /etc/circleconfig/settings.conf}\n", []string{"files.settings.dest", "overlaps files.circleconfig"}},
 		{"licence over the config", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {dest: /etc/haagent/haagent.yaml}\n", []string{"files.license.dest", "overlaps /etc/haagent/haagent.yaml, which haagent keeps for itself"}},
 		{"settings over the root's groups", "version: 1\nsource:\n  bucket: abc\nfiles:\n  settings: {dest: /etc/group}\n", []string{"files.settings.dest", "overlaps /etc/group"}},
+		{"probe timeout above the cap", "version: 1\nsource:\n  bucket: abc\nprobes:\n  timeout: 3m\n", []string{"probes.timeout", "3m0s is more than the 2m0s haagent allows"}},
+		// A moved entry never writes an S3 object over the machine's own files.
+		{"settings over /etc/shadow", "version: 1\nsource:\n  bucket: abc\nfiles:\n  settings: {dest: /etc/shadow}\n", []string{"files.settings.dest", "is under /etc/shadow, a system path"}},
+		{"licence into sudoers.d", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {dest: /etc/sudoers.d/circle}\n", []string{"files.license.dest", "is under /etc/sudoers, a system path"}},
+		{"keys as root's ssh keys", "version: 1\nsource:\n  bucket: abc\nfiles:\n  encryption_keys: {dest: /root/.ssh}\n", []string{"files.encryption_keys.dest", "is under /root, a system path"}},
+		{"CA certificates over haagent", "version: 1\nsource:\n  bucket: abc\nfiles:\n  ca_certificates: {dest: /usr/local/bin}\n", []string{"files.ca_certificates.dest", "is under /usr, a system path"}},
+		{"keys as units", "version: 1\nsource:\n  bucket: abc\nfiles:\n  encryption_keys: {dest: /etc/systemd/system}\n", []string{"files.encryption_keys.dest", "is under /etc/systemd"}},
+		{"keys over all of /etc", "version: 1\nsource:\n  bucket: abc\nfiles:\n  encryption_keys: {dest: /etc}\n", []string{"files.encryption_keys.dest", "a system path"}},
+		{"keys into /var/lib/docker", "version: 1\nsource:\n  bucket: abc\nfiles:\n  encryption_keys: {dest: /var/lib/docker/keys}\n", []string{"files.encryption_keys.dest", "is under /var/lib/docker, a system path"}},
 		{"keys holding the run record", "version: 1\nsource:\n  bucket: abc\nfiles:\n  encryption_keys: {dest: /var/lib/haagent}\n", []string{"files.encryption_keys.dest", "overlaps /var/lib/haagent/state.json"}},
 		{"keys around the CA staging", "version: 1\nsource:\n  bucket: abc\nfiles:\n  encryption_keys: {dest: /var/lib/haagent}\n", []string{"files.encryption_keys.dest", "overlaps files.ca_certificates"}},
 		{"hostile key", "version: 1\nsource:\n  bucket: abc\nfiles:\n  license: {key: ../../x}\n", []string{"files.license.key"}},
@@ -367,6 +376,9 @@ func TestReplicatedArgsAndVersion(t *testing.T) {
 		{"ui and operator may be left out", "extra_args: [disable-replicated-ui, no-operator]", ""},
 		{"bad version", "version: v2.38", `replicated.version: "v2.38" is not a Replicated version`},
 		{"version with a script in the bucket", "installer_url: s3://b/install.sh\n  sha256: " + strings.Repeat("a", 64) + "\n  version: 2.38.6", "replicated.version: a script kept in the bucket"},
+		// The fetch's pass reads a script kept in the bucket long before it runs: the pin, not the
+		// time of the read, says which bytes run, so there is no unpinned s3:// installer.
+		{"script in the bucket unpinned", "installer_url: s3://b/install.sh", "replicated.sha256: required with an s3:// installer"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte("version: 1\nsource:\n  bucket: my-circleci-ha\nreplicated:\n  "+tc.yaml+"\n"), "test")

@@ -25,11 +25,15 @@ const DockerGroup = layout.DockerGroup
 
 // Defaults for everything the minimal config leaves out.
 const (
-	DefaultConcurrency      = 128
-	DefaultAttempts         = 6
-	DefaultTimeout          = 2 * time.Minute
-	DefaultIMDSTimeout      = 5 * time.Second
-	DefaultProbeTimeout     = 5 * time.Second
+	DefaultConcurrency  = 128
+	DefaultAttempts     = 6
+	DefaultTimeout      = 2 * time.Minute
+	DefaultIMDSTimeout  = 5 * time.Second
+	DefaultProbeTimeout = 5 * time.Second
+	// MaxProbeTimeout caps probes.timeout: the crash-loop monitor and the replacement guard
+	// probe from their loops, and a service that takes longer than this to answer one probe
+	// is down for CircleCI as well.
+	MaxProbeTimeout         = 2 * time.Minute
 	DefaultInstallerTimeout = 30 * time.Minute
 	// DefaultInstallerURL is the runbook's installer.
 	DefaultInstallerURL = "https://get.replicated.com/docker"
@@ -121,6 +125,8 @@ func (c *Config) Validate() error {
 		c.Probes.Timeout = Duration(DefaultProbeTimeout)
 	} else if c.Probes.Timeout < 0 {
 		bad("probes.timeout", "must be positive")
+	} else if c.Probes.Timeout.D() > MaxProbeTimeout {
+		bad("probes.timeout", "%s is more than the %s haagent allows: a service that takes longer to answer one probe is down for CircleCI too, and the monitors that probe would wait on it; use at most %s (default %s)", c.Probes.Timeout.D(), MaxProbeTimeout, MaxProbeTimeout, DefaultProbeTimeout)
 	}
 	codes := make([]string, 0, len(c.Probes.Overrides))
 	for code := range c.Probes.Overrides {
@@ -328,6 +334,8 @@ func (c *Config) Validate() error {
 				// Another program reads the file at its one path: moving it would leave
 				// that program reading an old file or none (REAL-SYSTEMS.md).
 				bad(p+".dest", "%q cannot be used: %s; remove files.%s.dest", f.Dest, e.Fixed, n)
+			case d != e.Dest && layout.SystemPath(d, e.Recursive) != "":
+				bad(p+".dest", "%q is under %s, a system path: haagent never writes an S3 object there (it would make the bucket's writers root on the machine); choose a path of CircleCI's or your own, e.g. under /data or /opt", f.Dest, layout.SystemPath(d, e.Recursive))
 			case e.Within != "" && !strings.HasPrefix(d, e.Within+"/"):
 				bad(p+".dest", "%q must stay under %s/: %s", f.Dest, e.Within, e.WithinWhy)
 			default:

@@ -113,6 +113,11 @@ const (
 	// BootRuns lists, one per line, the runs started since the machine booted (/run is a
 	// tmpfs every boot starts empty).
 	BootRuns = "/run/haagent/runs"
+	// StartFailure says why the last start of haagent in this boot failed before it could
+	// record a run (the lock held, the run record unreadable, the config invalid while
+	// another haagent held the lock): `status --wait` shows it while no run of this boot is
+	// recorded.
+	StartFailure = "/run/haagent/start-failure"
 )
 
 // The machine's own paths haagent uses: Debian's CA store, Replicated's command line, Docker
@@ -169,6 +174,35 @@ const (
 func Reserved() []string {
 	return []string{ConfigFile, StateFile, MaintenanceFile, FrontendMark, InstallMarker, InstallerScript,
 		InstallerExit, InstallerEnv, LockFile, BootRuns, CAInstallDir + "/", GroupFile, PasswdFile}
+}
+
+// system are the machine's own paths, which no moved file entry may write or hold in its
+// directory: an S3 object written over /etc/shadow, /etc/sudoers, /root/.ssh/authorized_keys or
+// /usr/local/bin/haagent makes a typo in the config, or whoever can write the bucket and the
+// config, root on the machine. One ending in "/" is a directory (itself and all below it); one
+// without is a name prefix (/etc/shadow covers /etc/shadow-, /etc/cron covers /etc/cron.d/).
+var system = []string{
+	"/etc/shadow", "/etc/gshadow", "/etc/sudoers", "/etc/ssh/", "/etc/pam.d/", "/etc/security/",
+	"/etc/systemd/", "/etc/cron", "/etc/ld.so", "/etc/profile", "/etc/environment",
+	"/root/", "/usr/", "/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/", "/boot/",
+	"/proc/", "/sys/", "/dev/", "/run/", "/var/lib/docker/", "/var/spool/cron/",
+}
+
+// SystemPath returns the system path (see system) that a file entry writing dest would write
+// or hold below it (a directory entry, recursive, over /etc/ holds /etc/shadow), or "".
+func SystemPath(dest string, recursive bool) string {
+	for _, s := range system {
+		dir := strings.HasSuffix(s, "/")
+		switch {
+		case dir && (strings.TrimSuffix(dest, "/") == strings.TrimSuffix(s, "/") || strings.HasPrefix(dest, s)):
+			return strings.TrimSuffix(s, "/")
+		case !dir && strings.HasPrefix(dest, s):
+			return s
+		case recursive && strings.HasPrefix(s, dest):
+			return strings.TrimSuffix(s, "/")
+		}
+	}
+	return ""
 }
 
 // DockerBinaries are where a docker command is found on a baked AMI.

@@ -19,6 +19,38 @@ import (
 type Request struct {
 	Kind string // S3: ListObjectsV2, GetObject, HeadObject, PutObject, or METHOD for others; IMDS: METHOD path
 	Path string // the URL path (an S3 object's /bucket/key)
+	// Prefix is a listing's prefix parameter (S3's ListObjectsV2), "" for other requests.
+	Prefix string
+	// Status is the peer's answer; 0 while unanswered or when the client went away first.
+	// An answer of 5xx or 429 is what an SDK retries: a test of a healthy run's requests
+	// can leave such an attempt out and count its retry.
+	Status int
+}
+
+// Retried reports whether the peer's answer to r is one the SDK retries (5xx, 429 throttling).
+func (r Request) Retried() bool { return r.Status >= 500 || r.Status == http.StatusTooManyRequests }
+
+// statusWriter records the peer's status as it is written, before the client can see the
+// answer: whoever read the answer finds its status recorded.
+type statusWriter struct {
+	http.ResponseWriter
+	record func(status int)
+	done   bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.done {
+		w.done = true
+		w.record(code)
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if !w.done {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(b)
 }
 
 // Counter forwards to a peer and records what passes.
@@ -26,6 +58,7 @@ type Counter struct {
 	URL  string
 	mu   sync.Mutex
 	reqs []Request
+	gen  int // Resets so far
 	kind func(*http.Request) string
 	// gate holds the first requests of one kind until that many are in flight together.
 	gate *gate
@@ -81,7 +114,8 @@ func startCounter(t testing.TB, upstream string, kind func(*http.Request) string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		k := c.kind(r)
 		c.mu.Lock()
-		c.reqs = append(c.reqs, Request{Kind: k, Path: r.URL.Path})
+		c.reqs = append(c.reqs, Request{Kind: k, Path: r.URL.Path, Prefix: r.URL.Query().Get("prefix")})
+		idx, gen := len(c.reqs)-1, c.gen
 		g := c.gate
 		wait := g != nil && g.kind == k && g.seen < g.n
 		if wait {
@@ -99,7 +133,14 @@ func startCounter(t testing.TB, upstream string, kind func(*http.Request) string
 				c.mu.Unlock()
 			}
 		}
-		rp.ServeHTTP(w, r)
+		rp.ServeHTTP(&statusWriter{ResponseWriter: w, record: func(status int) {
+			c.mu.Lock()
+			// A Reset meanwhile dropped the record: it is not another request's to fill in.
+			if gen == c.gen {
+				c.reqs[idx].Status = status
+			}
+			c.mu.Unlock()
+		}}, r)
 	}))
 	t.Cleanup(srv.Close)
 	c.URL = srv.URL
@@ -153,5 +194,9 @@ func (c *Counter) PerPath(kind string) map[string]int {
 func (c *Counter) Reset() {
 	c.mu.Lock()
 	c.reqs = nil
+	c.gen++
 	c.mu.Unlock()
 }
+
+// Unwrap lets the proxy flush through the writer (http.ResponseController).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -21,7 +21,9 @@ import (
 // Version of the record's format.
 const Version = 1
 
-// MaxRuns bounds the history kept.
+// MaxRuns bounds the history kept. Trimming never drops the newest complete run of an
+// instance (CompletedOn, InstalledBefore): a restart loop on a broken config must not make the
+// next boot of this instance look like a replacement's first.
 const MaxRuns = 20
 
 // Run statuses.
@@ -77,6 +79,10 @@ type Run struct {
 	// the steps, each under the monitor's name (a step's retry never deletes them).
 	Findings []findings.Finding `json:"findings,omitempty"`
 	Monitors []Monitor          `json:"monitors,omitempty"`
+	// Starts is how many starts this run stands for when the same failure repeated (systemd
+	// restarting haagent on an invalid config): one run from the first (Start) to the last
+	// (End), so the loop neither floods the history nor trims the boots out of it. 0 is one.
+	Starts int `json:"starts,omitempty"`
 }
 
 // Monitor is one monitor of a run as of the last save: its state under the supervisor
@@ -128,12 +134,10 @@ func (r *Record) Save(path string) error {
 	return WriteEncoded(path, data)
 }
 
-// Encode is the record as Save writes it (the history trimmed to MaxRuns): a snapshot that a
+// Encode is the record as Save writes it (the history trimmed: trim): a snapshot that a
 // writer may put on disk later, while the record goes on changing.
 func (r *Record) Encode() ([]byte, error) {
-	if len(r.Runs) > MaxRuns {
-		r.Runs = r.Runs[len(r.Runs)-MaxRuns:]
-	}
+	r.Runs = trim(r.Runs)
 	data, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encoding the run record: %w", err)
@@ -157,6 +161,37 @@ func RemoveStaleTemps(path string) {
 	for _, p := range temps {
 		os.Remove(p)
 	}
+}
+
+// trim keeps the newest MaxRuns runs and, beyond them, the newest complete run of each
+// instance, in their order.
+func trim(runs []Run) []Run {
+	if len(runs) <= MaxRuns {
+		return runs
+	}
+	keep := make([]bool, len(runs))
+	completed := map[string]bool{}
+	kept := 0
+	for i := len(runs) - 1; i >= 0; i-- {
+		if runs[i].Status == Complete && !completed[runs[i].InstanceID] {
+			completed[runs[i].InstanceID] = true
+			keep[i] = true
+			kept++
+		}
+	}
+	for i := len(runs) - 1; i >= 0 && kept < MaxRuns; i-- {
+		if !keep[i] {
+			keep[i] = true
+			kept++
+		}
+	}
+	out := make([]Run, 0, kept)
+	for i, run := range runs {
+		if keep[i] {
+			out = append(out, run)
+		}
+	}
+	return out
 }
 
 // Last returns the newest run, or nil.

@@ -242,8 +242,12 @@ func (w *Watcher) Inspect(ctx context.Context) (State, error) {
 
 // WaitReady blocks until the frontend is ready, keeping STATUS= on what is awaited; past
 // StuckAfter the probes run again and their findings are logged (the runbook's
-// troubleshooting, automated), then every ReprobeEvery.
-func (w *Watcher) WaitReady(ctx context.Context) error {
+// troubleshooting, automated), then every ReprobeEvery. Its lines go to log (nil: the
+// watcher's own): the boot's watch step passes its own, so they carry HAAGENT_STEP=watch.
+func (w *Watcher) WaitReady(ctx context.Context, log *slog.Logger) error {
+	if log == nil {
+		log = w.o.Log
+	}
 	start := time.Now()
 	nextProbe := start.Add(w.o.StuckAfter)
 	lastState := ""
@@ -258,7 +262,7 @@ func (w *Watcher) WaitReady(ctx context.Context) error {
 			return nil
 		default:
 			if s.String() != lastState {
-				w.o.Log.Info("waiting for the frontend", "container", w.o.Name, "state", s.String(), "restarts", s.RestartCount)
+				log.Info("waiting for the frontend", "container", w.o.Name, "state", s.String(), "restarts", s.RestartCount)
 				lastState = s.String()
 			}
 			w.status(fmt.Sprintf("waiting for %s (%s): %s", w.o.Name, since(start), s.String()))
@@ -269,7 +273,7 @@ func (w *Watcher) WaitReady(ctx context.Context) error {
 			if len(fs) == 0 {
 				codes = "none (the databases and Vault look fine: read the frontend's log)"
 			}
-			w.o.Log.Warn(fmt.Sprintf("%s not ready after %s; findings: %s", w.o.Name, since(start), codes),
+			log.Warn(fmt.Sprintf("%s not ready after %s; findings: %s", w.o.Name, since(start), codes),
 				"container", w.o.Name, "findings", findings.Codes(fs))
 			nextProbe = time.Now().Add(w.o.ReprobeEvery)
 		}

@@ -81,8 +81,12 @@ func TestWatch(t *testing.T) {
 				return []findings.Finding{{Code: findings.PGAuthFailed}}
 			},
 		})
+		// The wait logs with the logger it is given: the boot's watch step passes its own, so
+		// the progress lines carry HAAGENT_STEP=watch.
+		var logged bytes.Buffer
+		stepLog := slog.New(slog.NewTextHandler(&logged, nil)).With("step", "watch")
 		done := make(chan error, 1)
-		go func() { done <- w.WaitReady(context.Background()) }()
+		go func() { done <- w.WaitReady(context.Background(), stepLog) }()
 		eventually(t, "STATUS waiting for a container", func() bool {
 			mu.Lock()
 			defer mu.Unlock()
@@ -104,6 +108,17 @@ func TestWatch(t *testing.T) {
 		d.MustRun(t, "exec", "frontend", "touch", "/tmp/healthy")
 		if err := <-done; err != nil {
 			t.Fatal(err)
+		}
+		for _, want := range []string{"waiting for the frontend", "not ready after"} {
+			found := false
+			for _, line := range strings.Split(logged.String(), "\n") {
+				if strings.Contains(line, want) && strings.Contains(line, "step=watch") {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("no %q line with step=watch in the step's log:\n%s", want, logged.String())
+			}
 		}
 	})
 
@@ -427,7 +442,7 @@ func TestWedgedEngineIsNotAnswering(t *testing.T) {
 		t.Fatal(err)
 	}
 	waited := make(chan struct{})
-	go func() { defer close(waited); other.WaitReady(ctx) }()
+	go func() { defer close(waited); other.WaitReady(ctx, nil) }()
 	for n := 0; n < 2; {
 		if s := <-statuses; strings.Contains(s, "not answering") {
 			n++
