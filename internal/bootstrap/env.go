@@ -261,7 +261,10 @@ func BootID() string {
 // millisecond or more of CPU per save, thirty saves a boot.
 func (e *Env) write(durable bool) {
 	if e.ledger.path == "" {
-		e.refresh()
+		if e.Run != nil {
+			e.Run.Findings = e.ledger.book.stepFindings(e.ledger.steps)
+			e.Run.Monitors = e.monitorRecord()
+		}
 		return
 	}
 	if !durable {
@@ -302,6 +305,11 @@ func (e *Env) refresh() {
 func (e *Env) encode(durable bool) {
 	e.refresh()
 	data, err := e.Record.Encode()
+	if e.Run != nil {
+		// Encode trims the history into a new slice once it holds more than MaxRuns: this
+		// run (always the newest, always kept) must be changed there, not in the old one.
+		e.Run = e.Record.Last()
+	}
 	if err != nil {
 		e.Log.Error("cannot save the run record; `haagent status` will be stale", "path", e.ledger.path, "error", err.Error())
 		return

@@ -70,3 +70,25 @@ func TestOnlyDurablePointsWaitForTheRecord(t *testing.T) {
 		t.Errorf("on disk after Run: %q, want %q", got, want)
 	}
 }
+
+// A record that already holds MaxRuns runs is trimmed when this run is added: the run's steps
+// and end still reach the file (trimming copies the runs into a new slice).
+func TestAFullHistoryStillRecordsTheRun(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	rec := &state.Record{Version: state.Version}
+	for i := 0; i < state.MaxRuns; i++ {
+		rec.Runs = append(rec.Runs, state.Run{ID: "old", Status: state.Failed})
+	}
+	r := &Runner{Once: true, StatePath: path, Steps: []Step{{Name: "a", Do: do(func(context.Context) error { return nil })}}}
+	if err := r.Run(context.Background(), quietEnv(Inputs{}, rec)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := state.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := got.Last()
+	if len(got.Runs) != state.MaxRuns || last.Status != state.Complete || len(last.Steps) != 1 || last.Steps[0].Status != "ok" {
+		t.Fatalf("runs %d, the last %+v", len(got.Runs), last)
+	}
+}
