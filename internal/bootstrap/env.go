@@ -305,11 +305,6 @@ func (e *Env) refresh() {
 func (e *Env) encode(durable bool) {
 	e.refresh()
 	data, err := e.Record.Encode()
-	if e.Run != nil {
-		// Encode trims the history into a new slice once it holds more than MaxRuns: this
-		// run (always the newest, always kept) must be changed there, not in the old one.
-		e.Run = e.Record.Last()
-	}
 	if err != nil {
 		e.Log.Error("cannot save the run record; `haagent status` will be stale", "path", e.ledger.path, "error", err.Error())
 		return

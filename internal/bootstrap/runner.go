@@ -79,6 +79,12 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 		})
 		env.Run = env.Record.Last()
 	})
+	// That save trimmed the history into a new slice if it was full: this run (the newest,
+	// always kept) is changed there from now on, not in the old one. Nothing adds a run
+	// after it, so no later save trims again.
+	env.ledger.mu.Lock()
+	env.Run = env.Record.Last()
+	env.ledger.mu.Unlock()
 	if r.BootRunsPath != "" {
 		if err := state.MarkThisBoot(r.BootRunsPath, env.Run.ID); err != nil {
 			env.Log.Error("cannot mark the run as this boot's; `haagent status --wait` will not see it", "error", err.Error())
