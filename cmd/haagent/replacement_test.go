@@ -148,10 +148,12 @@ docker run -d --name nomad --network host --restart always `+image+` httpd -f -p
 	first := boot(id1, "eni-1", "0e:00:00:00:00:01", "10.0.1.23")
 	holds(first, id1, "eni-1")
 
-	// Instance 1 is gone: powered off and out of the group. Its interface is still listed
-	// holding the address (EC2 has not deleted it yet): only AllowReassignment moves it.
+	// Instance 1 is going: powered off, out of the group, and shutting-down in EC2. Its
+	// interface is still listed holding the address (EC2 deletes it once the instance is
+	// terminated): only AllowReassignment moves it. A running instance in no group would keep it.
 	first.m.Stop(t)
 	a.Terminate(id1)
+	ec2.SetInstanceState(id1, "shutting-down")
 	a.AddGroup(peertest.ASGGroup{Name: asgGroup, HealthCheckType: "EC2", Min: 1, Max: 1, Desired: 1, Instances: []string{id2},
 		Hooks: []peertest.ASGHook{{Name: "haagent-launch", Transition: "autoscaling:EC2_INSTANCE_LAUNCHING", DefaultResult: "CONTINUE", HeartbeatTimeout: 900}}})
 	ec2.AddENI(peertest.ENI{ID: "eni-2", MAC: "0e:00:00:00:00:02", SubnetID: "subnet-1", VPCID: "vpc-1", Instance: id2, IPs: []string{"10.0.1.24"}})

@@ -43,7 +43,9 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 	env, release, err := c.g.prepare(log, c.reinstall)
 	if err != nil {
 		var ee *exitError
-		if !errors.As(err, &ee) || ee.code != 2 || !c.recordConfigFailure(log, err) {
+		// The service's failed start is noted for `status --wait`; a `run --once` says it to
+		// whoever ran it.
+		if (!errors.As(err, &ee) || ee.code != 2 || !c.recordConfigFailure(log, err)) && !c.once {
 			c.noteStartFailure(log, err)
 		}
 		return err
@@ -71,7 +73,8 @@ func (c *runCmd) run(ctx context.Context, stdout, stderr io.Writer) error {
 		return nil
 	}
 	// The boot's steps are done: what runs on (the watch, the guard, the keys scan) takes the
-	// lock only around its writes, so `haagent backup keys` and the like work meanwhile.
+	// lock only around its writes, so `haagent backup keys` and the like work meanwhile. A write
+	// still in flight holds the lock on (Env.AdoptLock counts holders): it goes when that ends.
 	release()
 	// From here the supervisor's loop is haagent's main loop: it feeds systemd's watchdog only
 	// while every monitor iterates.

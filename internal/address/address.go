@@ -36,8 +36,8 @@ import (
 // (examples/iam-policy.json). DescribeSubnets is only called to name the subnet to confine the
 // group to when the address is outside this instance's.
 var Actions = map[string][]string{
-	"private_ip": {"ec2:DescribeNetworkInterfaces", "ec2:AssignPrivateIpAddresses", "ec2:DescribeSubnets", "autoscaling:DescribeAutoScalingInstances"},
-	"route53":    {"route53:ChangeResourceRecordSets", "route53:GetChange"},
+	"private_ip": {"ec2:DescribeNetworkInterfaces", "ec2:AssignPrivateIpAddresses", "ec2:DescribeSubnets", "ec2:DescribeInstances", "autoscaling:DescribeAutoScalingInstances", "autoscaling:DescribeAutoScalingGroups"},
+	"route53":    {"route53:ChangeResourceRecordSets", "route53:GetChange", "route53:ListResourceRecordSets", "ec2:DescribeNetworkInterfaces", "autoscaling:DescribeAutoScalingInstances"},
 }
 
 // Sentinels the caller branches on; each comes with its finding.
@@ -45,6 +45,10 @@ var (
 	// ErrHeld: a live instance of the group holds the address. Wait and try again (WaitClaim
 	// does); never take it.
 	ErrHeld = errors.New("the address is held by an instance that is still in service")
+	// ErrLeaving: this instance is leaving service in its group (Unhealthy, Terminating,
+	// Standby, Detaching): it takes nothing. Wait (WaitClaim does): the group replaces it, or
+	// an operator puts it back in service.
+	ErrLeaving = errors.New("this instance is leaving service in its group")
 	// ErrNotInSubnet: the address cannot be had on this instance at all; retrying does not help
 	// until the group or the config changes.
 	ErrNotInSubnet = errors.New("the address is not in this instance's subnet")
@@ -117,8 +121,11 @@ func New(ctx context.Context, o Options) (*Client, error) {
 				eo.BaseEndpoint = aws.String(o.EC2Endpoint)
 			}
 		}),
-		// Route 53 is a global service: the SDK signs for us-east-1 whatever the region.
+		// Route 53 is a global service whose signing region is us-east-1 (in the aws
+		// partition). The SDK's endpoint resolver says so for AWS's own endpoint, but with
+		// BaseEndpoint set it signs for the client's region, which Route 53 refuses: pin it.
 		r53: route53.NewFromConfig(cfg, func(ro *route53.Options) {
+			ro.Region = route53Region
 			if o.Route53Endpoint != "" {
 				ro.BaseEndpoint = aws.String(o.Route53Endpoint)
 			}
@@ -130,6 +137,9 @@ func New(ctx context.Context, o Options) (*Client, error) {
 		after:     time.After,
 	}, nil
 }
+
+// route53Region is Route 53's signing region in the aws partition.
+const route53Region = "us-east-1"
 
 // APIError is a failed EC2, Route 53 or Auto Scaling call: the action (service:Action, as IAM
 // names it) and why.
@@ -182,9 +192,11 @@ func statementFor(action string) string {
 		return "HaagentAddressRoute53Record"
 	case "route53:GetChange":
 		return "HaagentAddressRoute53Change"
+	case "route53:ListResourceRecordSets":
+		return "HaagentAddressRoute53Read"
 	case "ec2:AssignPrivateIpAddresses":
 		return "HaagentAddressAssignPrivateIp"
-	case "autoscaling:DescribeAutoScalingInstances":
+	case "autoscaling:DescribeAutoScalingInstances", "autoscaling:DescribeAutoScalingGroups":
 		return "HaagentDescribeItsGroup"
 	}
 	return "HaagentAddressDescribe"

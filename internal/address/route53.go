@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/route53"
 	"github.com/aws/aws-sdk-go-v2/service/route53/types"
 
@@ -119,4 +121,98 @@ func (c *Client) Publish(ctx context.Context, r Record, syncTimeout time.Duratio
 			return out, nil, nil
 		}
 	}
+}
+
+// current reads the A record at name (ListResourceRecordSets from name and type A, one item):
+// its values, none when there is no such record. Route 53 lists from the given name on, so the
+// one set it returns may be the next name's.
+func (c *Client) current(ctx context.Context, zone, name string) ([]netip.Addr, error) {
+	out, err := c.r53.ListResourceRecordSets(ctx, &route53.ListResourceRecordSetsInput{
+		HostedZoneId: aws.String(zone), StartRecordName: aws.String(name), StartRecordType: types.RRTypeA, MaxItems: aws.Int32(1)})
+	if err != nil {
+		return nil, err
+	}
+	var ips []netip.Addr
+	for _, rs := range out.ResourceRecordSets {
+		if !strings.EqualFold(strings.TrimSuffix(aws.ToString(rs.Name), "."), strings.TrimSuffix(name, ".")) || rs.Type != types.RRTypeA {
+			continue
+		}
+		for _, v := range rs.ResourceRecords {
+			if ip, err := netip.ParseAddr(aws.ToString(v.Value)); err == nil {
+				ips = append(ips, ip)
+			}
+		}
+	}
+	return ips, nil
+}
+
+// NameRequest is what NameHeld needs.
+type NameRequest struct {
+	Record   Record
+	Group    string
+	Metadata Metadata
+	Holders  Group
+}
+
+// NameHeld decides whether the record may be pointed at this instance now (route53 mode
+// alone): not while this instance leaves service in its group (ErrLeaving), nor while the
+// record points at an instance that is InService and Healthy in the group (ErrHeld: a
+// launch-first replacement would take the builders off the working machine for the whole
+// install, and the old one's restart would point the name back). A record pointing at an
+// address no interface of the VPC holds, or at an instance out of service, is taken.
+func (c *Client) NameHeld(ctx context.Context, r NameRequest) ([]findings.Finding, error) {
+	zone := strings.TrimPrefix(r.Record.ZoneID, "/hostedzone/")
+	name := strings.TrimSuffix(r.Record.Name, ".") + "."
+	target := name + " in " + zone
+	if r.Holders == nil {
+		return nil, nil
+	}
+	if f, err := c.selfInService(ctx, ClaimRequest{IP: r.Record.IP, Group: r.Group, Holders: r.Holders}); err != nil {
+		return []findings.Finding{f}, err
+	}
+	ips, err := c.current(ctx, zone, name)
+	if err != nil {
+		e := apiErr("route53:ListResourceRecordSets", err)
+		return []findings.Finding{e.finding(target, "reading where "+name+" points now")}, fmt.Errorf("reading %s: %w", target, e)
+	}
+	var vpc string
+	for _, ip := range ips {
+		if ip == r.Record.IP {
+			continue
+		}
+		if vpc == "" {
+			ni, err := r.Metadata.PrimaryInterface(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("reading this instance's primary network interface from IMDS: %w", err)
+			}
+			vpc = ni.VPCID
+		}
+		held, err := c.ec2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{Filters: []ec2types.Filter{
+			{Name: aws.String("addresses.private-ip-address"), Values: []string{ip.String()}},
+			{Name: aws.String("vpc-id"), Values: []string{vpc}},
+		}})
+		if err != nil {
+			e := apiErr("ec2:DescribeNetworkInterfaces", err)
+			return []findings.Finding{e.finding(target, "reading who holds "+ip.String()+", where "+name+" points")}, fmt.Errorf("reading who holds %s: %w", ip, e)
+		}
+		for _, h := range held.NetworkInterfaces {
+			if h.Attachment == nil || aws.ToString(h.Attachment.InstanceId) == "" || aws.ToString(h.Attachment.InstanceId) == c.instance {
+				continue
+			}
+			inst := aws.ToString(h.Attachment.InstanceId)
+			st, found, err := r.Holders.Instance(ctx, inst)
+			if err != nil {
+				e := apiErr("autoscaling:DescribeAutoScalingInstances", err)
+				return []findings.Finding{e.finding(target, "reading whether "+inst+", where "+name+" points, is still in service")}, e
+			}
+			if found && st.Live(r.Group) {
+				return []findings.Finding{findings.New(findings.AddressHeld, target,
+						fmt.Sprintf("%s points at %s, the address of %s, which is InService and Healthy in group %s: haagent waits and does not move the name", name, ip, inst, r.Group),
+						fmt.Sprintf("record=%s values=%s holder=%s instance=%s lifecycle=%s health=%s", name, ip, aws.ToString(h.NetworkInterfaceId), inst, st.LifecycleState, st.HealthStatus)).
+						WithFix(fmt.Sprintf("the builders use %[1]s while it is in service; haagent moves the name once it leaves. Replace it terminate-first (instance maintenance policy MinHealthyPercentage=0,MaxHealthyPercentage=100), or terminate it: aws autoscaling terminate-instance-in-auto-scaling-group --instance-id %[1]s --no-should-decrement-desired-capacity", inst))},
+					fmt.Errorf("pointing %s here: %w", name, ErrHeld)
+			}
+		}
+	}
+	return nil, nil
 }

@@ -280,6 +280,33 @@ func (c *Client) Health(ctx context.Context) (string, error) {
 	return "", fmt.Errorf("DescribeAutoScalingInstances does not list %s", c.instance)
 }
 
+// MaintenancePolicy is the group's instance maintenance policy (Set false: none, and then
+// replacements terminate first for a group of one).
+type MaintenancePolicy struct {
+	Set                                        bool
+	MinHealthyPercentage, MaxHealthyPercentage int32
+}
+
+// LaunchFirst: a replacement is launched and must be in service before the old instance is
+// terminated (MinHealthyPercentage 100 keeps the one member in service throughout).
+func (p MaintenancePolicy) LaunchFirst() bool { return p.Set && p.MinHealthyPercentage >= 100 }
+
+// MaintenancePolicy reads the group's instance maintenance policy.
+func (c *Client) MaintenancePolicy(ctx context.Context) (MaintenancePolicy, error) {
+	var p MaintenancePolicy
+	out, err := c.cli.DescribeAutoScalingGroups(ctx, &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{c.Group}})
+	if err != nil {
+		return p, c.wrap("DescribeAutoScalingGroups", err)
+	}
+	if len(out.AutoScalingGroups) == 0 {
+		return p, &APIError{Action: "DescribeAutoScalingGroups", Err: fmt.Errorf("group %q not found", c.Group)}
+	}
+	if m := out.AutoScalingGroups[0].InstanceMaintenancePolicy; m != nil && m.MinHealthyPercentage != nil && aws.ToInt32(m.MinHealthyPercentage) >= 0 {
+		p = MaintenancePolicy{Set: true, MinHealthyPercentage: aws.ToInt32(m.MinHealthyPercentage), MaxHealthyPercentage: aws.ToInt32(m.MaxHealthyPercentage)}
+	}
+	return p, nil
+}
+
 // InstanceState is how the group sees one instance.
 type InstanceState struct {
 	Group string

@@ -323,12 +323,13 @@ func (opt Options) run(ctx context.Context, b *bucket.Bucket, j job) outcome {
 			// would give, for no request. An answer that echoes another one is not backed up;
 			// a store that echoes none (some S3-compatible ones) is read back instead.
 			if st.SHA256 != "" {
-				if st.SHA256 != j.sha || st.ETag == "" {
+				if st.SHA256 != j.sha {
 					o.notBackedUp(findings.New(findings.KeysNotBackedUp, b.URI(j.key),
-						fmt.Sprintf("encryption key %s was uploaded but the bucket's answer names other contents", j.rel),
-						fmt.Sprintf("put answered x-amz-checksum-sha256 of sha256 %s, ETag %q; the key's sha256 is %s", st.SHA256, st.ETag, j.sha)))
+						fmt.Sprintf("encryption key %s was uploaded but the bucket's answer names other contents; the next backup compares the bucket's copy with it", j.rel),
+						fmt.Sprintf("the put's answer has x-amz-checksum-sha256 of sha256 %s; the key's sha256 is %s", st.SHA256, j.sha)))
 					return o
 				}
+				// Without an ETag it is backed up all the same, only not recorded as verified.
 				o.uploaded, o.etag = true, st.ETag
 				return o
 			}

@@ -26,17 +26,12 @@ type addressPlan struct {
 	Name      string
 	// TTL is the record's: how long a resolver may still answer the previous instance.
 	TTL time.Duration
+	// NotFoundFor is how long "no such name" is asked again (address.route53.sync_timeout): a
+	// resolver may hold a negative answer cached before the record existed.
+	NotFoundFor time.Duration
 }
 
 func (p addressPlan) on() bool { return p.PrivateIP != "" || p.Name != "" }
-
-// host is what the builders dial: the stable IP, else the name.
-func (p addressPlan) host() string {
-	if p.PrivateIP != "" {
-		return p.PrivateIP
-	}
-	return p.Name
-}
 
 // localAddress is the installer's local-address: the stable IP when there is one (the
 // Replicated daemon and operator take it as theirs, PRIVATE_ADDRESS), else the instance's own
@@ -74,8 +69,7 @@ func addressOnMachine(ctx context.Context, in machineIn) ([]findings.Finding, er
 		var nse *iface.NotInSubnetError
 		switch {
 		case errors.As(err, &nse):
-			f := findings.New(findings.AddressNotInSubnet, p.PrivateIP, nse.Error(), "")
-			return fs, &findings.Failure{Findings: []findings.Finding{f}}
+			return fs, &findings.Failure{Findings: []findings.Finding{notInSubnet(nse, in.LocalIPv4)}}
 		case err != nil:
 			return fs, fmt.Errorf("putting %s on the primary interface: %w", p.PrivateIP, err)
 		}
@@ -87,12 +81,20 @@ func addressOnMachine(ctx context.Context, in machineIn) ([]findings.Finding, er
 			fs = append(fs, *f)
 		}
 	}
-	here := iface.CheckHere(ctx, iface.HereOptions{IP: p.PrivateIP, Name: p.Name, TTL: p.TTL})
+	here := iface.CheckHere(ctx, iface.HereOptions{IP: p.PrivateIP, Name: p.Name, TTL: p.TTL, NotFoundFor: p.NotFoundFor})
 	fs = append(fs, here...)
 	if len(here) > 0 {
 		return fs, &findings.Failure{Findings: here}
 	}
 	return fs, nil
+}
+
+// notInSubnet is the OS side's ADDRESS_NOT_IN_SUBNET: the interface's subnet (from IMDS, else
+// the primary address's prefix) does not hold the address, with what was seen and the fix.
+func notInSubnet(e *iface.NotInSubnetError, localIPv4 string) findings.Finding {
+	return findings.New(findings.AddressNotInSubnet, e.Address, e.Error(),
+		fmt.Sprintf("address=%s interface_subnet=%s local_ipv4=%s", e.Address, e.Subnet, localIPv4)).
+		WithFix(fmt.Sprintf("a private IP cannot leave its subnet: confine the group to the subnet that holds %s (aws ec2 describe-subnets --filters Name=cidr-block,Values=... shows it; then aws autoscaling update-auto-scaling-group --auto-scaling-group-name GROUP --vpc-zone-identifier SUBNET), or choose an address.private_ip in %s, or use address.route53", e.Address, e.Subnet))
 }
 
 // rewriteInstalledAddress puts the stable IP in Replicated's environment files when it was
@@ -127,9 +129,16 @@ func rewriteInstalledAddress(ctx context.Context, root string, systemd bool, add
 }
 
 // addressReachable is the post-boot check: the Nomad server and the frontend accept
-// connections on the address the builders use.
+// connections on the address the builders use, each of them when both the IP and the name are
+// configured (builders may be configured with either).
 func addressReachable(ctx context.Context, p addressPlan, r *net.Resolver) []findings.Finding {
-	return iface.CheckReachable(ctx, p.host(), iface.PostBoot, 5*time.Second, r)
+	var fs []findings.Finding
+	for _, host := range []string{p.PrivateIP, p.Name} {
+		if host != "" {
+			fs = append(fs, iface.CheckReachable(ctx, host, iface.PostBoot, 5*time.Second, r)...)
+		}
+	}
+	return fs
 }
 
 // planOf is what the config's address section asks of this machine.
@@ -138,6 +147,7 @@ func planOf(a config.Address) addressPlan {
 	if a.Route53 != nil {
 		p.Name = strings.TrimSuffix(a.Route53.Name, ".")
 		p.TTL = time.Duration(a.Route53.TTL) * time.Second
+		p.NotFoundFor = a.Route53.SyncTimeout.D()
 	}
 	return p
 }
@@ -176,7 +186,7 @@ func stepAddress(ctx context.Context, x Exec, in addressIn) (struct{}, []finding
 		}
 	}}
 	if in.ASG != nil {
-		ei.Group, ei.Holders = in.ASG.Group, in.ASG
+		ei.Group, ei.Holders, ei.Policy = in.ASG.Group, in.ASG, in.ASG
 	}
 	if ei.LocalIPv4, err = netip.ParseAddr(in.Instance.LocalIPv4); err != nil {
 		return struct{}{}, nil, fmt.Errorf("reading the instance's local-ipv4 %q: %w", in.Instance.LocalIPv4, err)
@@ -203,15 +213,90 @@ func stepAddress(ctx context.Context, x Exec, in addressIn) (struct{}, []finding
 	return struct{}{}, fs, nil
 }
 
-// stepAddressCheck, after the boot: the Nomad server and the frontend answer on the address
-// the builders use. While they do not, the run is not complete and the step is retried.
-func stepAddressCheck(ctx context.Context, x Exec, p addressPlan) (struct{}, []findings.Finding, error) {
+// addressCheckIn is what the post-boot check reads of the boot.
+type addressCheckIn struct {
+	Config   config.Address
+	Instance imds.Info
+	IMDS     *imds.Client
+}
+
+// addressCheckOut is what the post-boot check leaves running: the periodic EC2 re-read.
+type addressCheckOut struct {
+	Monitors []Monitor
+}
+
+// addressEvery is how often the address monitor asks EC2 whether the interface still lists
+// private_ip: one DescribeNetworkInterfaces per machine every five minutes.
+const addressEvery = 5 * time.Minute
+
+// stepAddressCheck, after the boot: EC2 still lists private_ip on this instance's interface
+// (the checks from inside the machine cannot see that another instance took it), and the Nomad
+// server and the frontend answer on the address the builders use. While they do not, the run
+// is not complete and the step is retried. Once it passes, a monitor asks EC2 again every
+// addressEvery.
+func stepAddressCheck(ctx context.Context, x Exec, in addressCheckIn) (addressCheckOut, []findings.Finding, error) {
+	var out addressCheckOut
+	p := planOf(in.Config)
 	if !p.on() {
-		return struct{}{}, nil, nil
+		return out, nil, nil
+	}
+	if p.PrivateIP != "" {
+		ip, err := netip.ParseAddr(p.PrivateIP)
+		if err != nil {
+			return out, nil, fmt.Errorf("address.private_ip %q: %w", p.PrivateIP, err)
+		}
+		c, err := address.FromConfig(ctx, in.Config, in.Instance.InstanceID, in.Instance.Region, x.Log, nil)
+		if err != nil {
+			return out, nil, err
+		}
+		fs, err := c.StillHere(ctx, in.IMDS, ip)
+		if len(fs) > 0 {
+			return out, fs, &findings.Failure{Findings: blockingOf(fs)}
+		}
+		if err != nil {
+			return out, nil, err
+		}
+		out.Monitors = append(out.Monitors, addressMonitor(c, in.IMDS, ip, nil))
 	}
 	if fs := addressReachable(ctx, p, nil); len(fs) > 0 {
-		return struct{}{}, nil, &findings.Failure{Findings: fs}
+		return out, nil, &findings.Failure{Findings: fs}
 	}
-	x.Log.Info("the Nomad server and the frontend answer on the stable address", "address", p.host())
-	return struct{}{}, nil, nil
+	x.Log.Info("EC2 lists the stable address here, and the Nomad server and the frontend answer on it", "private_ip", p.PrivateIP, "name", p.Name)
+	return out, nil, nil
+}
+
+// stillHere is what the address monitor asks: *address.Client.
+type stillHere interface {
+	StillHere(ctx context.Context, md address.Metadata, ip netip.Addr) ([]findings.Finding, error)
+}
+
+// addressMonitor asks EC2 at every tick (nil: every addressEvery) whether this instance's
+// interface still lists ip, and holds ADDRESS_NOT_HERE while it does not (withdrawn when it
+// does again). A failed read with no finding is the monitor's error: the supervisor restarts
+// it with backoff and says MONITOR_FAILING if it keeps failing.
+func addressMonitor(c stillHere, md address.Metadata, ip netip.Addr, tick <-chan time.Time) Monitor {
+	return Monitor{Name: monitorAddress, Within: 2 * asg.AliveEvery, Run: func(ctx context.Context, h *Handle) error {
+		if tick == nil {
+			t := time.NewTicker(addressEvery)
+			defer t.Stop()
+			tick = t.C
+		}
+		wake := time.NewTicker(asg.AliveEvery)
+		defer wake.Stop()
+		for {
+			h.Alive()
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-wake.C:
+				continue
+			case <-tick:
+			}
+			fs, err := c.StillHere(ctx, md, ip)
+			if err != nil && len(fs) == 0 {
+				return err
+			}
+			h.Set(fs...)
+		}
+	}}
 }

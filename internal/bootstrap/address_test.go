@@ -2,13 +2,19 @@ package bootstrap
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/haagent/haagent/internal/address"
 	"github.com/haagent/haagent/internal/findings"
+	"github.com/haagent/haagent/internal/iface"
 	"github.com/haagent/haagent/internal/replicated"
+	"github.com/haagent/haagent/internal/supervisor"
 )
 
 // Under systemd the rewrite restarts the units that read the address; a failed restart puts
@@ -52,5 +58,58 @@ func TestRewriteInstalledAddressRestartsOrPutsBack(t *testing.T) {
 	}
 	if b2, _ := os.ReadFile(log); string(b2) != string(b) {
 		t.Fatalf("restarted with nothing rewritten:\n%s", b2)
+	}
+}
+
+// The OS side's ADDRESS_NOT_IN_SUBNET says what it saw and what to do, like the AWS side's.
+func TestNotInSubnetHasEvidenceAndFix(t *testing.T) {
+	f := notInSubnet(&iface.NotInSubnetError{Address: "10.0.2.50", Subnet: netip.MustParsePrefix("10.0.1.0/24")}, "10.0.1.20")
+	if f.Code != findings.AddressNotInSubnet || !strings.Contains(f.Evidence, "interface_subnet=10.0.1.0/24") || !strings.Contains(f.Evidence, "local_ipv4=10.0.1.20") ||
+		!strings.Contains(f.Fix, "--vpc-zone-identifier") || !strings.Contains(f.Fix, "address.private_ip in 10.0.1.0/24") {
+		t.Fatalf("finding: %+v", f)
+	}
+}
+
+// fakeHere answers StillHere from a queue of answers and counts the calls. The EC2 read itself
+// is tested against the EC2 stand-in (internal/address TestStillHereReadsTheInterfaceFromEC2);
+// this is the monitor's loop.
+type fakeHere struct {
+	answers chan []findings.Finding
+	calls   atomic.Int32
+}
+
+func (f *fakeHere) StillHere(ctx context.Context, _ address.Metadata, _ netip.Addr) ([]findings.Finding, error) {
+	f.calls.Add(1)
+	return <-f.answers, nil
+}
+
+// After the boot the address monitor asks EC2 at each tick: ADDRESS_NOT_HERE is held while the
+// interface does not list the address, withdrawn when it does again.
+func TestAddressMonitorHoldsNotHereWhileEC2DoesNotListIt(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changed := make(chan struct{}, 100)
+	sup := supervisor.New(ctx, supervisor.Options{Changed: func() { changed <- struct{}{} }})
+	f := &fakeHere{answers: make(chan []findings.Finding)}
+	tick := make(chan time.Time)
+	sup.Start(addressMonitor(f, nil, netip.MustParseAddr("10.0.1.50"), tick))
+	until := func(want string) {
+		t.Helper()
+		for findings.Codes(sup.Findings()) != want {
+			select {
+			case <-changed:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("findings %s, want %s", findings.Codes(sup.Findings()), want)
+			}
+		}
+	}
+	tick <- time.Time{}
+	f.answers <- []findings.Finding{findings.New(findings.AddressNotHere, "10.0.1.50 on eni-1", "EC2 no longer lists 10.0.1.50", "")}
+	until("ADDRESS_NOT_HERE")
+	tick <- time.Time{}
+	f.answers <- nil
+	until("none")
+	if n := f.calls.Load(); n != 2 {
+		t.Fatalf("%d EC2 reads for 2 ticks", n)
 	}
 }

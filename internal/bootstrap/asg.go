@@ -357,7 +357,7 @@ func guardMonitor(env *Env) supervisor.Monitor {
 			for {
 				switch m, _, cli := auto.Snapshot(); m {
 				case asg.Member:
-					return guard(ctx, env, h, newGuard(env, cli), env.Config.ASG.Replace)
+					return guard(ctx, env, h, newGuard(env, cli, h.Alive), env.Config.ASG.Replace)
 				case asg.MemberUnknown:
 					if !waiting {
 						h.Log().Info("the replacement guard waits for the Auto Scaling group (its lookup is retried by the " + monitorASGLookup + " monitor)")
@@ -374,12 +374,14 @@ func guardMonitor(env *Env) supervisor.Monitor {
 	}
 }
 
-func newGuard(env *Env, cli *asg.Client) *asg.Guard {
+// newGuard is the guard of this boot; alive is its monitor's, told after each key the backup
+// before a replacement uploads or compares.
+func newGuard(env *Env, cli *asg.Client, alive func()) *asg.Guard {
 	a := env.Config.ASG
 	return &asg.Guard{
 		Enabled: a.Replace.Enabled, FailingFor: a.Replace.FailingFor.D(), Instance: env.Instance.InstanceID, ASG: cli, Log: env.Log,
 		Probe:  func(ctx context.Context) []findings.Finding { return runProbes(ctx, env).Findings },
-		Keys:   func(ctx context.Context) ([]string, error) { return keysNotInS3(ctx, env) },
+		Keys:   func(ctx context.Context) ([]string, error) { return keysNotInS3(ctx, env, alive) },
 		Budget: &asg.Budget{Bucket: env.Bucket, Max: a.Replace.Budget, Window: a.Replace.Window.D(), DailyMax: a.Replace.DailyBudget},
 		Hold:   func(ctx context.Context) string { return replacementHold(ctx, env) },
 	}
@@ -456,13 +458,15 @@ func replacementHold(ctx context.Context, env *Env) string {
 
 // keysNotInS3 backs the keys up first, then names the ones still not in S3 (a conflict counts:
 // the bucket's copy is not this machine's key).
-func keysNotInS3(ctx context.Context, env *Env) ([]string, error) {
+func keysNotInS3(ctx context.Context, env *Env, alive func()) ([]string, error) {
 	release, err := env.lockForWrite()
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	res, err := backup.Keys(ctx, env.Bucket, env.keysOptions())
+	o := env.keysOptions()
+	o.Progress = alive
+	res, err := backup.Keys(ctx, env.Bucket, o)
 	if err != nil {
 		return nil, err
 	}

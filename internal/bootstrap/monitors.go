@@ -27,6 +27,7 @@ const (
 	monitorCrashes = "crash-loops"
 	monitorEngine  = "docker-engine"
 	monitorKeys    = "keys-scan"
+	monitorAddress = "address-here"
 )
 
 // watchWithin bounds the loops that only call the Docker engine: every call is bounded by the

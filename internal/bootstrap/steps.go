@@ -233,8 +233,10 @@ var Steps = []Step{
 		})},
 	// After the keys are safe: the builders' ports answer on the stable address.
 	{Name: "address-check", Timeout: fixed(5 * time.Minute), Do: Wire(
-		func(e *Env) addressPlan { return planOf(e.Config.Address) },
-		stepAddressCheck, nil)},
+		func(e *Env) addressCheckIn {
+			return addressCheckIn{Config: e.Config.Address, Instance: e.Instance, IMDS: e.IMDS}
+		},
+		stepAddressCheck, func(e *Env, o addressCheckOut) { e.supervise(o.Monitors...) })},
 }
 
 type imdsIn struct {

@@ -197,7 +197,8 @@ func TestConfigErrors(t *testing.T) {
 		{"safety code overridden", "version: 1\nsource:\n  bucket: abc\nprobes:\n  overrides:\n    KEYS_CONFLICT: {blocking: false}\n", []string{"probes.overrides.KEYS_CONFLICT: cannot be overridden"}},
 		{"several at once", "source:\n  prefix: /x\n", []string{"version: required", "source.bucket: required", "source.prefix"}},
 		{"address ip with prefix", "version: 1\nsource:\n  bucket: abc\nasg: {enabled: true}\naddress:\n  private_ip: 10.0.1.50/24\n", []string{"address.private_ip", "without a prefix length"}},
-		{"address ip public", "version: 1\nsource:\n  bucket: abc\nasg: {enabled: true}\naddress:\n  private_ip: 8.8.8.8\n", []string{"address.private_ip", "not a private address"}},
+		{"address ip public", "version: 1\nsource:\n  bucket: abc\nasg: {enabled: true}\naddress:\n  private_ip: 8.8.8.8\n", []string{"address.private_ip", "100.64.0.0/10"}},
+		{"address ip link-local", "version: 1\nsource:\n  bucket: abc\nasg: {enabled: true}\naddress:\n  private_ip: 169.254.1.5\n", []string{"address.private_ip", "not in a range a VPC subnet uses"}},
 		{"address ip v6", "version: 1\nsource:\n  bucket: abc\nasg: {enabled: true}\naddress:\n  private_ip: fd00::5\n", []string{"address.private_ip", "not an IPv4 address"}},
 		{"address ip without asg", "version: 1\nsource:\n  bucket: abc\naddress:\n  private_ip: 10.0.1.50\n", []string{"address.private_ip: needs asg.enabled: true"}},
 		{"address endpoint", "version: 1\nsource:\n  bucket: abc\nasg: {enabled: true}\naddress:\n  private_ip: 10.0.1.50\n  endpoint: ec2.local\n", []string{"address.endpoint", "http://"}},
@@ -442,6 +443,13 @@ address:
 	r := a.Route53
 	if r.ZoneID != "Z0123456789ABC" || r.Name != "services.circleci.internal" || r.TTL != DefaultRoute53TTL || r.SyncTimeout.D() != DefaultRoute53SyncTimeout {
 		t.Fatalf("route53: %+v", *r)
+	}
+	// A VPC may use RFC 6598's shared space (a secondary CIDR in 100.64.0.0/10), and every RFC
+	// 1918 range.
+	for _, ip := range []string{"100.64.1.50", "100.127.255.10", "172.31.5.5", "192.168.7.7"} {
+		if _, err := Parse([]byte("version: 1\nsource:\n  bucket: abc\nasg: {enabled: true}\naddress:\n  private_ip: "+ip+"\n"), "test"); err != nil {
+			t.Errorf("%s: %v", ip, err)
+		}
 	}
 	// Route 53 alone needs no Auto Scaling group: nothing is taken from another instance.
 	if _, err := Parse([]byte("version: 1\nsource:\n  bucket: abc\naddress:\n  route53: {zone_id: Z0123456789ABC, name: services.internal, ttl: 30}\n"), "test"); err != nil {

@@ -416,6 +416,15 @@ var (
 	dnsLabelRE = regexp.MustCompile(`^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$`)
 )
 
+// sharedSpace is RFC 6598's shared address space, which AWS accepts as a VPC's (secondary)
+// CIDR beside RFC 1918's ranges.
+var sharedSpace = netip.MustParsePrefix("100.64.0.0/10")
+
+// vpcPrivate: the private ranges a VPC's CIDR may come from (RFC 1918 and RFC 6598). Publicly
+// routable ranges, which AWS also allows a VPC, are refused here: a typo there more often names
+// some public host than a VPC built on public space.
+func vpcPrivate(ip netip.Addr) bool { return ip.IsPrivate() || sharedSpace.Contains(ip) }
+
 func (c *Config) validateAddress(bad func(p, format string, a ...any), checkAWS func(section, region, endpoint string)) {
 	a := &c.Address
 	checkAWS("address", a.Region, a.Endpoint)
@@ -424,8 +433,8 @@ func (c *Config) validateAddress(bad func(p, format string, a ...any), checkAWS 
 		switch {
 		case err != nil || !ip.Is4():
 			bad("address.private_ip", "%q is not an IPv4 address such as 10.0.1.50 (give the address alone, without a prefix length)", a.PrivateIP)
-		case !ip.IsPrivate():
-			bad("address.private_ip", "%s is not a private address (10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16): it must be in the VPC subnet the group launches into", ip)
+		case !vpcPrivate(ip):
+			bad("address.private_ip", "%s is not in a range a VPC subnet uses for private addresses (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10): it must be in the VPC subnet the group launches into", ip)
 		default:
 			a.PrivateIP = ip.String()
 		}

@@ -23,6 +23,12 @@ type HereOptions struct {
 	// for that long after the UPSERT went INSYNC, so a wrong answer is asked again until the
 	// TTL (plus one interval) has passed before it counts.
 	TTL time.Duration
+	// NotFoundFor is how long a "no such name" answer is asked again: a resolver that cached
+	// the negative answer before the UPSERT (builders already asking for the name) keeps it for
+	// the zone's SOA negative TTL (900 s in a zone Route 53 creates), well past the record's
+	// TTL. Zero (or less than the TTL) waits the TTL only. The address step passes
+	// address.route53.sync_timeout.
+	NotFoundFor time.Duration
 	// Every is the interval between two lookups of a stale answer (default 2s).
 	Every    time.Duration
 	Resolver *net.Resolver `json:"-"`
@@ -74,7 +80,9 @@ func nameHere(ctx context.Context, o HereOptions) (findings.Finding, bool) {
 	if every <= 0 {
 		every = 2 * time.Second
 	}
-	deadline := time.Now().Add(o.TTL + every)
+	start := time.Now()
+	deadline := start.Add(o.TTL + every)
+	notFound := start.Add(max(o.TTL, o.NotFoundFor) + every)
 	lookups := 0
 	for {
 		lookups++
@@ -92,7 +100,11 @@ func nameHere(ctx context.Context, o HereOptions) (findings.Finding, bool) {
 				return findings.Finding{}, true
 			}
 		}
-		if ctx.Err() != nil || !time.Now().Before(deadline) {
+		until := deadline
+		if isNotFound(err) {
+			until = notFound
+		}
+		if ctx.Err() != nil || !time.Now().Before(until) {
 			return nameFinding(o, ips, foreign, err, lookups), false
 		}
 		t := time.NewTimer(every)
@@ -105,7 +117,19 @@ func nameHere(ctx context.Context, o HereOptions) (findings.Finding, bool) {
 	}
 }
 
+// isNotFound: the resolver says the name does not exist (NXDOMAIN, or no A record).
+func isNotFound(err error) bool {
+	var de *net.DNSError
+	return errors.As(err, &de) && de.IsNotFound
+}
+
 func nameFinding(o HereOptions, ips []netip.Addr, foreign []string, err error, lookups int) findings.Finding {
+	if isNotFound(err) {
+		return findings.New(findings.AddressNotHere, o.Name,
+			fmt.Sprintf("%s, the name the builders use, still does not exist for this machine's resolver (%d lookups over %s)", o.Name, lookups, max(o.TTL, o.NotFoundFor)),
+			err.Error()).
+			WithFix("a resolver keeps a \"no such name\" answer cached for the zone's negative TTL (the SOA record's last field: 900 s in a zone Route 53 creates) when the name was asked before the record existed, and haagent retries the step. If it lasts beyond that, associate the private hosted zone of address.route53.zone_id with this VPC (aws route53 associate-vpc-with-hosted-zone) and enable the VPC's enableDnsSupport and enableDnsHostnames; `resolvectl flush-caches` clears this machine's cache, `getent hosts " + o.Name + "` checks")
+	}
 	if err != nil {
 		return findings.New(findings.AddressNotHere, o.Name,
 			fmt.Sprintf("%s, the name the builders use, does not resolve from this machine (%d lookups over the record's TTL %s)", o.Name, lookups, o.TTL),

@@ -78,3 +78,26 @@ func TestCheckHereName(t *testing.T) {
 		}
 	})
 }
+
+// A resolver that cached NXDOMAIN before the UPSERT keeps it past the record's TTL, up to the
+// zone's negative TTL: "not found" is asked again for NotFoundFor, and when it outlasts that
+// the fix names negative caching before the zone association.
+func TestCheckHereWaitsOutANegativeCache(t *testing.T) {
+	// NXDOMAIN for the first 20 lookups (about 100 ms, five times the TTL), then this machine.
+	s, r := startDNS(t, 1, func(n int) string {
+		if n <= 20 {
+			return ""
+		}
+		return "127.0.0.1"
+	})
+	fs := CheckHere(context.Background(), HereOptions{Name: "services.internal", TTL: 20 * time.Millisecond, NotFoundFor: time.Minute, Every: 5 * time.Millisecond, Resolver: r})
+	if len(fs) != 0 {
+		t.Fatalf("after %d lookups: %s %q (the name resolves here at lookup 21)", s.Queries.Load(), fs[0].Code, fs[0].Summary)
+	}
+	// Never found within NotFoundFor: the finding says why it may be so.
+	_, r = startDNS(t, 1, func(int) string { return "" })
+	fs = CheckHere(context.Background(), HereOptions{Name: "services.internal", TTL: 5 * time.Millisecond, NotFoundFor: 30 * time.Millisecond, Every: 5 * time.Millisecond, Resolver: r})
+	if codes := findings.Codes(fs); codes != "ADDRESS_NOT_HERE" || !strings.Contains(fs[0].Fix, "negative TTL") {
+		t.Fatalf("never found: %+v", fs)
+	}
+}

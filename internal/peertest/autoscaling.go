@@ -62,7 +62,10 @@ type ASGGroup struct {
 	// IgnoresHealth makes every SetInstanceHealth answer success and change nothing: what a
 	// caller sees when AWS has not acted (yet), for a test of the read-back.
 	IgnoresHealth bool
-	unhealthy     map[string]bool
+	// MinHealthy and MaxHealthy are the InstanceMaintenancePolicy's percentages; the group has
+	// no policy while both are 0.
+	MinHealthy, MaxHealthy int
+	unhealthy              map[string]bool
 }
 
 // ASGHook is one lifecycle hook.
@@ -281,8 +284,12 @@ func (a *ASG) serve(w http.ResponseWriter, r *http.Request) {
 				for _, id := range g.Instances {
 					fmt.Fprintf(&inst, "<member><InstanceId>%s</InstanceId><LifecycleState>InService</LifecycleState><HealthStatus>Healthy</HealthStatus></member>", esc(id))
 				}
-				fmt.Fprintf(&b, "<member><AutoScalingGroupName>%s</AutoScalingGroupName><MinSize>%d</MinSize><MaxSize>%d</MaxSize><DesiredCapacity>%d</DesiredCapacity><HealthCheckType>%s</HealthCheckType><HealthCheckGracePeriod>%d</HealthCheckGracePeriod><Instances>%s</Instances></member>",
-					esc(g.Name), g.Min, g.Max, g.Desired, esc(g.HealthCheckType), g.HealthCheckGracePeriodSecs, inst.String())
+				policy := ""
+				if g.MinHealthy != 0 || g.MaxHealthy != 0 {
+					policy = fmt.Sprintf("<InstanceMaintenancePolicy><MinHealthyPercentage>%d</MinHealthyPercentage><MaxHealthyPercentage>%d</MaxHealthyPercentage></InstanceMaintenancePolicy>", g.MinHealthy, g.MaxHealthy)
+				}
+				fmt.Fprintf(&b, "<member><AutoScalingGroupName>%s</AutoScalingGroupName><MinSize>%d</MinSize><MaxSize>%d</MaxSize><DesiredCapacity>%d</DesiredCapacity><HealthCheckType>%s</HealthCheckType><HealthCheckGracePeriod>%d</HealthCheckGracePeriod><Instances>%s</Instances>%s</member>",
+					esc(g.Name), g.Min, g.Max, g.Desired, esc(g.HealthCheckType), g.HealthCheckGracePeriodSecs, inst.String(), policy)
 			}
 		}
 		asgOK(w, action, "<AutoScalingGroups>"+b.String()+"</AutoScalingGroups>")

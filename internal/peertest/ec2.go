@@ -18,25 +18,34 @@ import (
 // form-encoded POST of Action, Version 2016-11-15, flattened lists such as
 // PrivateIpAddress.1 and Filter.1.Name / Filter.1.Value.1), verifies the SigV4 signature,
 // keeps one region's subnets and network interfaces (which interface holds which private
-// IP), and answers with the shapes of the EC2 API Reference pages AssignPrivateIpAddresses,
-// DescribeNetworkInterfaces and DescribeSubnets (root element ActionResponse in the
+// IP, which instances exist and in which state), and answers with the shapes of the EC2 API
+// Reference pages AssignPrivateIpAddresses, DescribeNetworkInterfaces, DescribeInstances and
+// DescribeSubnets (root element ActionResponse in the
 // 2016-11-15 namespace, lists as xxxSet/item), and errors as its "Error codes" page shows
 // them: <Response><Errors><Error><Code>...</Code><Message>...</Message></Error></Errors>
 // <RequestID>...</RequestID></Response>. A wrong secret is AuthFailure; an action the test
-// denies is UnauthorizedOperation, as an IAM policy without it answers.
+// denies is UnauthorizedOperation, as an IAM policy without it answers; a signature scoped to
+// another region than the endpoint's is refused as well. Terminating an instance deletes its
+// primary interface, as EC2 does (DeleteOnTermination), and leaves the instance visible as
+// terminated; an instance id EC2 never had is InvalidInstanceID.NotFound.
 
 // EC2 is the EC2 API endpoint.
 type EC2 struct {
 	URL                  string
 	AccessKey, SecretKey string
+	// Region is the one the endpoint serves (us-east-1 unless the test sets it before the
+	// first request): a request signed for another is refused.
+	Region string
 
 	mu      sync.Mutex
 	calls   []EC2Call
 	enis    map[string]*ENI
 	order   []string
 	subnets []EC2Subnet
-	deny    map[string]bool
-	changed chan struct{}
+	// instances: an ENI's instance is added as running at AddENI unless the test added it.
+	instances map[string]*EC2Instance
+	deny      map[string]bool
+	changed   chan struct{}
 }
 
 // ENI is one network interface. IPs holds its private IPv4 addresses, the primary first.
@@ -46,7 +55,20 @@ type ENI struct {
 	Instance    string
 	DeviceIndex int
 	IPs         []string
+	// RequesterManaged: an interface AWS manages for a service (a NAT gateway, an endpoint).
+	RequesterManaged bool
 }
+
+// EC2Instance is one instance as DescribeInstances shows it.
+type EC2Instance struct {
+	ID string
+	// State is pending, running, shutting-down, terminated, stopping or stopped.
+	State      string
+	LaunchTime time.Time
+}
+
+// ec2Epoch is the launch time of instances the tests do not date.
+var ec2Epoch = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 
 // EC2Subnet is one subnet.
 type EC2Subnet struct {
@@ -63,7 +85,7 @@ type EC2Call struct {
 // given credentials.
 func StartEC2(t testing.TB, access, secret string) *EC2 {
 	t.Helper()
-	e := &EC2{AccessKey: access, SecretKey: secret, enis: map[string]*ENI{}, deny: map[string]bool{}, changed: make(chan struct{})}
+	e := &EC2{AccessKey: access, SecretKey: secret, Region: "us-east-1", enis: map[string]*ENI{}, instances: map[string]*EC2Instance{}, deny: map[string]bool{}, changed: make(chan struct{})}
 	srv := httptest.NewServer(http.HandlerFunc(e.serve))
 	t.Cleanup(srv.Close)
 	e.URL = srv.URL
@@ -84,6 +106,65 @@ func (e *EC2) AddENI(n ENI) {
 	n.IPs = append([]string(nil), n.IPs...)
 	e.enis[n.ID] = &n
 	e.order = append(e.order, n.ID)
+	if n.Instance != "" && e.instances[n.Instance] == nil {
+		e.instances[n.Instance] = &EC2Instance{ID: n.Instance, State: "running", LaunchTime: ec2Epoch}
+	}
+}
+
+// AddInstance creates (or replaces) an instance.
+func (e *EC2) AddInstance(i EC2Instance) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if i.LaunchTime.IsZero() {
+		i.LaunchTime = ec2Epoch
+	}
+	e.instances[i.ID] = &i
+}
+
+// Move puts ip on interface to, taking it from whichever interface has it (what an operator's
+// assign-private-ip-addresses --allow-reassignment does).
+func (e *EC2) Move(ip, to string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, n := range e.enis {
+		n.IPs = remove(n.IPs, ip)
+	}
+	if n := e.enis[to]; n != nil {
+		n.IPs = append(n.IPs, ip)
+	}
+}
+
+// ForgetInstance removes an instance from DescribeInstances (EC2 lists a terminated one for
+// about an hour, then answers InvalidInstanceID.NotFound).
+func (e *EC2) ForgetInstance(id string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.instances, id)
+}
+
+// SetInstanceState changes an instance's state. terminated also does what EC2 does to its
+// interfaces: the primary one (device index 0, DeleteOnTermination) is deleted, freeing its
+// addresses, and the others are detached.
+func (e *EC2) SetInstanceState(id, state string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.instances[id] == nil {
+		e.instances[id] = &EC2Instance{ID: id, LaunchTime: ec2Epoch}
+	}
+	e.instances[id].State = state
+	if state != "terminated" {
+		return
+	}
+	for eid, n := range e.enis {
+		if n.Instance != id {
+			continue
+		}
+		if n.DeviceIndex == 0 {
+			delete(e.enis, eid)
+		} else {
+			n.Instance = ""
+		}
+	}
 }
 
 // DeleteENI removes an interface, as terminating its instance does to a primary interface
@@ -136,7 +217,7 @@ func (e *EC2) serve(w http.ResponseWriter, r *http.Request) {
 		ec2Error(w, 400, "InvalidRequest", "the EC2 Query protocol is a form-encoded POST")
 		return
 	}
-	if err := verifySigV4(r, body, "ec2", e.AccessKey, e.SecretKey); err != nil {
+	if err := verifySigV4(r, body, "ec2", e.Region, e.AccessKey, e.SecretKey); err != nil {
 		// EC2 answers an unknown key and a wrong signature alike: 401 AuthFailure, "AWS was not
 		// able to validate the provided access credentials".
 		ec2Error(w, 401, "AuthFailure", "AWS was not able to validate the provided access credentials")
@@ -164,6 +245,8 @@ func (e *EC2) serve(w http.ResponseWriter, r *http.Request) {
 		e.describeENIs(w, form)
 	case "DescribeSubnets":
 		e.describeSubnets(w, form)
+	case "DescribeInstances":
+		e.describeInstances(w, form)
 	default:
 		ec2Error(w, 400, "InvalidAction", "The action "+action+" is not valid for this web service.")
 	}
@@ -345,8 +428,8 @@ func (e *EC2) describeENIs(w http.ResponseWriter, form url.Values) {
 		if len(n.IPs) > 0 {
 			primary = n.IPs[0]
 		}
-		fmt.Fprintf(&b, "<item><networkInterfaceId>%s</networkInterfaceId><subnetId>%s</subnetId><vpcId>%s</vpcId><availabilityZone>us-east-1a</availabilityZone><description/><ownerId>123456789012</ownerId><requesterManaged>false</requesterManaged><status>%s</status><macAddress>%s</macAddress><privateIpAddress>%s</privateIpAddress><sourceDestCheck>true</sourceDestCheck><interfaceType>interface</interfaceType><groupSet/>%s<tagSet/><privateIpAddressesSet>%s</privateIpAddressesSet><ipv6AddressesSet/></item>",
-			esc(n.ID), esc(n.SubnetID), esc(n.VPCID), status, esc(n.MAC), esc(primary), attach, ips.String())
+		fmt.Fprintf(&b, "<item><networkInterfaceId>%s</networkInterfaceId><subnetId>%s</subnetId><vpcId>%s</vpcId><availabilityZone>us-east-1a</availabilityZone><description/><ownerId>123456789012</ownerId><requesterManaged>%t</requesterManaged><status>%s</status><macAddress>%s</macAddress><privateIpAddress>%s</privateIpAddress><sourceDestCheck>true</sourceDestCheck><interfaceType>interface</interfaceType><groupSet/>%s<tagSet/><privateIpAddressesSet>%s</privateIpAddressesSet><ipv6AddressesSet/></item>",
+			esc(n.ID), esc(n.SubnetID), esc(n.VPCID), n.RequesterManaged, status, esc(n.MAC), esc(primary), attach, ips.String())
 	}
 	ec2OK(w, "DescribeNetworkInterfaces", "<networkInterfaceSet>"+b.String()+"</networkInterfaceSet>")
 }
@@ -388,6 +471,26 @@ func (e *EC2) describeSubnets(w http.ResponseWriter, form url.Values) {
 		}
 	}
 	ec2OK(w, "DescribeSubnets", "<subnetSet>"+b.String()+"</subnetSet>")
+}
+
+// ec2StateCodes are the instanceState codes of the API reference's InstanceState.
+var ec2StateCodes = map[string]int{"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
+
+// describeInstances answers InstanceId.N (the only form internal/address sends): an id EC2
+// never had refuses the whole call, as EC2 does; a terminated instance is still listed.
+func (e *EC2) describeInstances(w http.ResponseWriter, form url.Values) {
+	ids := flat(form, "InstanceId")
+	var b strings.Builder
+	for _, id := range ids {
+		i := e.instances[id]
+		if i == nil {
+			ec2Error(w, 400, "InvalidInstanceID.NotFound", fmt.Sprintf("The instance ID '%s' does not exist", id))
+			return
+		}
+		fmt.Fprintf(&b, "<item><reservationId>r-%s</reservationId><ownerId>123456789012</ownerId><groupSet/><instancesSet><item><instanceId>%s</instanceId><imageId>ami-0abcdef1234567890</imageId><instanceState><code>%d</code><name>%s</name></instanceState><instanceType>m5.2xlarge</instanceType><launchTime>%s</launchTime><placement><availabilityZone>us-east-1a</availabilityZone></placement></item></instancesSet></item>",
+			esc(strings.TrimPrefix(id, "i-")), esc(id), ec2StateCodes[i.State], esc(i.State), i.LaunchTime.UTC().Format("2006-01-02T15:04:05.000Z"))
+	}
+	ec2OK(w, "DescribeInstances", "<reservationSet>"+b.String()+"</reservationSet>")
 }
 
 func ec2OK(w http.ResponseWriter, action, inner string) {

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -16,8 +18,9 @@ import (
 // No Route 53 server runs here, so this is one for the calls internal/address makes: an HTTP
 // endpoint on loopback speaking Route 53's REST-XML protocol (API version 2013-04-01) as its
 // API Reference pages ChangeResourceRecordSets (POST /2013-04-01/hostedzone/{Id}/rrset/ with a
-// ChangeResourceRecordSetsRequest body) and GetChange (GET /2013-04-01/change/{Id}) show them:
-// ChangeInfo with Id /change/C..., Status PENDING until the change has been read back a set
+// ChangeResourceRecordSetsRequest body), ListResourceRecordSets (GET
+// /2013-04-01/hostedzone/{Id}/rrset?name=&type=&maxitems=) and GetChange (GET
+// /2013-04-01/change/{Id}) show them: ChangeInfo with Id /change/C..., Status PENDING until the change has been read back a set
 // number of times, then INSYNC, SubmittedAt; errors in the ErrorResponse shape (<ErrorResponse>
 // <Error><Type>Sender</Type><Code>NoSuchHostedZone</Code><Message>...</Message></Error>
 // <RequestId>...</RequestId></ErrorResponse>). It verifies the SigV4 signature (a wrong secret
@@ -58,6 +61,7 @@ type Route53Call struct {
 	Method, Path string
 	// Action is the operation: ChangeResourceRecordSets or GetChange.
 	Action string
+	Query  string
 	Body   string
 }
 
@@ -137,7 +141,7 @@ type changeRequest struct {
 
 func (r *Route53) serve(w http.ResponseWriter, req *http.Request) {
 	body, _ := io.ReadAll(req.Body)
-	if err := verifySigV4(req, body, "route53", r.AccessKey, r.SecretKey); err != nil {
+	if err := verifySigV4(req, body, "route53", "us-east-1", r.AccessKey, r.SecretKey); err != nil {
 		if errors.Is(err, errUnknownKey) {
 			r53Error(w, 403, "InvalidClientTokenId", "The security token included in the request is invalid.")
 			return
@@ -150,12 +154,14 @@ func (r *Route53) serve(w http.ResponseWriter, req *http.Request) {
 	switch {
 	case req.Method == http.MethodPost && strings.HasPrefix(path, "/2013-04-01/hostedzone/") && strings.HasSuffix(path, "/rrset"):
 		action = "ChangeResourceRecordSets"
+	case req.Method == http.MethodGet && strings.HasPrefix(path, "/2013-04-01/hostedzone/") && strings.HasSuffix(path, "/rrset"):
+		action = "ListResourceRecordSets"
 	case req.Method == http.MethodGet && strings.HasPrefix(path, "/2013-04-01/change/"):
 		action = "GetChange"
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.calls = append(r.calls, Route53Call{Method: req.Method, Path: req.URL.Path, Action: action, Body: string(body)})
+	r.calls = append(r.calls, Route53Call{Method: req.Method, Path: req.URL.Path, Query: req.URL.RawQuery, Action: action, Body: string(body)})
 	if action == "" {
 		r53Error(w, 404, "UnknownOperationException", "no operation at "+req.Method+" "+req.URL.Path)
 		return
@@ -205,6 +211,8 @@ func (r *Route53) serve(w http.ResponseWriter, req *http.Request) {
 		cid := fmt.Sprintf("C%012dABCDEF", r.n)
 		r.changes[cid] = 0
 		r53OK(w, "ChangeResourceRecordSetsResponse", changeInfo(cid, "PENDING"))
+	case "ListResourceRecordSets":
+		r.list(w, req, strings.TrimSuffix(strings.TrimPrefix(path, "/2013-04-01/hostedzone/"), "/rrset"))
 	case "GetChange":
 		cid := strings.TrimPrefix(path, "/2013-04-01/change/")
 		reads, ok := r.changes[cid]
@@ -219,6 +227,68 @@ func (r *Route53) serve(w http.ResponseWriter, req *http.Request) {
 		}
 		r53OK(w, "GetChangeResponse", changeInfo(cid, status))
 	}
+}
+
+// list answers ListResourceRecordSets as its API Reference page shows it: the record sets from
+// (name, type) on, at most maxitems, in Route 53's order, then IsTruncated and the next name and
+// type. Route 53 orders names by their labels read from the right; the stand-in keeps A
+// records only and orders by that reversed name too.
+func (r *Route53) list(w http.ResponseWriter, req *http.Request, id string) {
+	z := r.zones[id]
+	if z == nil {
+		r53Error(w, 404, "NoSuchHostedZone", "No hosted zone found with ID: "+id)
+		return
+	}
+	q := req.URL.Query()
+	start := strings.ToLower(strings.TrimSuffix(q.Get("name"), ".")) + "."
+	if q.Get("type") != "" && q.Get("name") == "" {
+		r53Error(w, 400, "InvalidInput", "The input is not valid: type requires name")
+		return
+	}
+	max := 300
+	if m := q.Get("maxitems"); m != "" {
+		if _, err := fmt.Sscan(m, &max); err != nil || max < 1 {
+			r53Error(w, 400, "InvalidInput", "maxitems must be a positive integer")
+			return
+		}
+	}
+	names := make([]string, 0, len(z.Records))
+	for n := range z.Records {
+		if q.Get("name") == "" || reversedName(n) >= reversedName(start) {
+			names = append(names, n)
+		}
+	}
+	sort.Slice(names, func(i, j int) bool { return reversedName(names[i]) < reversedName(names[j]) })
+	var b strings.Builder
+	for i, n := range names {
+		if i == max {
+			fmt.Fprintf(&b, "</ResourceRecordSets><IsTruncated>true</IsTruncated><NextRecordName>%s</NextRecordName><NextRecordType>A</NextRecordType><MaxItems>%d</MaxItems>", esc(n), max)
+			r53OK(w, "ListResourceRecordSetsResponse", "<ResourceRecordSets>"+b.String())
+			return
+		}
+		rec := z.Records[n]
+		var vals strings.Builder
+		for _, v := range rec.Values {
+			fmt.Fprintf(&vals, "<ResourceRecord><Value>%s</Value></ResourceRecord>", esc(v))
+		}
+		fmt.Fprintf(&b, "<ResourceRecordSet><Name>%s</Name><Type>A</Type><TTL>%d</TTL><ResourceRecords>%s</ResourceRecords></ResourceRecordSet>", esc(n), rec.TTL, vals.String())
+	}
+	r53OK(w, "ListResourceRecordSetsResponse", fmt.Sprintf("<ResourceRecordSets>%s</ResourceRecordSets><IsTruncated>false</IsTruncated><MaxItems>%d</MaxItems>", b.String(), max))
+}
+
+// reversedName is a DNS name's labels from the right (internal.circleci.services.), the order
+// Route 53 lists record sets in.
+func reversedName(n string) string {
+	labels := strings.Split(strings.TrimSuffix(n, "."), ".")
+	slices.Reverse(labels)
+	return strings.Join(labels, ".")
+}
+
+// SetRecord puts an A record in a zone, as another instance's UPSERT did.
+func (r *Route53) SetRecord(zone, name string, ttl int, values ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.zones[zone].Records[strings.ToLower(strings.TrimSuffix(name, "."))+"."] = R53Record{Values: values, TTL: ttl}
 }
 
 func changeInfo(id, status string) string {

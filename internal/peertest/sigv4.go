@@ -27,8 +27,10 @@ var sigV4RE = regexp.MustCompile(`^AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/(
 var errUnknownKey = errors.New("unknown access key")
 
 // verifySigV4 recomputes r's signature (body is its payload) for service with the given
-// credentials.
-func verifySigV4(r *http.Request, body []byte, service, access, secret string) error {
+// credentials. The credential scope must name region: AWS refuses a signature scoped to
+// another region (EC2 and Auto Scaling: the endpoint's own; Route 53, a global service in the
+// aws partition: us-east-1 whatever endpoint is used).
+func verifySigV4(r *http.Request, body []byte, service, region, access, secret string) error {
 	m := sigV4RE.FindStringSubmatch(r.Header.Get("Authorization"))
 	if m == nil {
 		return fmt.Errorf("no SigV4 authorization: %q", r.Header.Get("Authorization"))
@@ -38,6 +40,9 @@ func verifySigV4(r *http.Request, body []byte, service, access, secret string) e
 	}
 	if m[1] != access {
 		return fmt.Errorf("%w %s", errUnknownKey, m[1])
+	}
+	if m[3] != region {
+		return fmt.Errorf("signed for region %s, not %s", m[3], region)
 	}
 	at, err := time.Parse("20060102T150405Z", r.Header.Get("X-Amz-Date"))
 	if err != nil {
