@@ -93,5 +93,5 @@ func logFinding(log *slog.Logger, f findings.Finding) { findings.Log(log, f) }
 func (e *Env) save() {
 	e.ledger.mu.Lock()
 	defer e.ledger.mu.Unlock()
-	e.write()
+	e.write(true)
 }

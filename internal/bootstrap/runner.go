@@ -63,8 +63,13 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 		mode = "once"
 	}
 	env.runCtx = ctx
+	if r.StatePath != "" {
+		// The record's writes run behind the boot (saver): a kill may land in one.
+		state.RemoveStaleTemps(r.StatePath)
+	}
 	now := time.Now().UTC()
-	r.update(env, func() {
+	// Durable: `haagent status --wait`, woken by READY=1, must find this run.
+	r.update(env, true, func() {
 		// From here on every save writes the record, the monitors' too (Env.save), from their
 		// own goroutines: a crash loop is in `haagent status` while the watch still waits.
 		env.ledger.path, env.ledger.steps = r.StatePath, r.Steps
@@ -74,6 +79,12 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 		})
 		env.Run = env.Record.Last()
 	})
+	// That save trimmed the history into a new slice if it was full: this run (the newest,
+	// always kept) is changed there from now on, not in the old one. Nothing adds a run
+	// after it, so no later save trims again.
+	env.ledger.mu.Lock()
+	env.Run = env.Record.Last()
+	env.ledger.mu.Unlock()
 	if r.BootRunsPath != "" {
 		if err := state.MarkThisBoot(r.BootRunsPath, env.Run.ID); err != nil {
 			env.Log.Error("cannot mark the run as this boot's; `haagent status --wait` will not see it", "error", err.Error())
@@ -101,12 +112,12 @@ func (r *Runner) Run(ctx context.Context, env *Env) error {
 			return r.finish(env, state.Failed, fmt.Errorf("%s: %w", s.Name, err))
 		}
 		wait := r.Backoff(attempt)
-		r.update(env, func() { env.Run.Status, env.Run.Error = state.Retrying, fmt.Sprintf("%s: %s", s.Name, err) })
+		r.update(env, true, func() { env.Run.Status, env.Run.Error = state.Retrying, fmt.Sprintf("%s: %s", s.Name, err) })
 		Notify("STATUS=" + truncate(fmt.Sprintf("%s failed (attempt %d), retrying in %s: %s", s.Name, attempt, wait, headline(err)), 200))
 		if err := sleep(ctx, wait, watchdog, env.monitorsHealthy); err != nil {
 			return r.finish(env, "interrupted", fmt.Errorf("%s: interrupted: %w", s.Name, err))
 		}
-		r.update(env, func() { env.Run.Status, env.Run.Error = state.Running, "" })
+		r.update(env, true, func() { env.Run.Status, env.Run.Error = state.Running, "" })
 		// Retry the step itself, or the earlier step it depends on (a fix in the bucket must
 		// be fetched again before it can be validated).
 		i = retryIndex(r.Steps, i) - 1
@@ -156,7 +167,7 @@ func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, 
 	env.ledger.book.beginStep(s.Name)
 	log := env.Log.With("step", s.Name)
 	start := time.Now()
-	r.update(env, func() {
+	r.update(env, s.Durable, func() {
 		rec := r.stepRecord(env, s.Name)
 		rec.Status, rec.Attempts, rec.Start, rec.Duration, rec.Error = "running", attempt, start.UTC(), "", ""
 	})
@@ -196,7 +207,7 @@ func (r *Runner) runStep(ctx context.Context, env *Env, s Step, i, attempt int, 
 	}
 	env.recordStep(log, s.Name, fs)
 	d := time.Since(start)
-	r.update(env, func() {
+	r.update(env, s.Durable, func() {
 		if out.apply != nil {
 			out.apply(env)
 		}
@@ -274,7 +285,7 @@ func (r *Runner) stepRecord(env *Env, name string) *state.Step {
 
 func (r *Runner) finish(env *Env, status string, err error) error {
 	end := time.Now().UTC()
-	r.update(env, func() {
+	r.update(env, true, func() {
 		env.Run.End = &end
 		env.Run.Status = status
 		if err != nil {
@@ -288,12 +299,13 @@ func (r *Runner) finish(env *Env, status string, err error) error {
 }
 
 // update changes the run record and saves it, under ledger.mu: the supervisor saves it from
-// the monitors' goroutines too (Env.save), and must never see it half changed.
-func (r *Runner) update(env *Env, change func()) {
+// the monitors' goroutines too (Env.save), and must never see it half changed. Durable waits
+// until the record is on disk; otherwise it is written behind the boot (saver).
+func (r *Runner) update(env *Env, durable bool, change func()) {
 	env.ledger.mu.Lock()
 	defer env.ledger.mu.Unlock()
 	change()
-	env.write()
+	env.write(durable)
 }
 
 // sleep waits d between two attempts, feeding the watchdog while the monitors are healthy.

@@ -45,6 +45,10 @@ type Step struct {
 	// Do is the step with its wiring (Wire): it reads the step's input from the boot, and
 	// returns the attempt, whose result the runner writes back.
 	Do Do
+	// Durable: the run record is on disk before the step starts and when it ends, before the
+	// next one (what a boot after a crash decides from: the installer ran or not, the group
+	// was told). Other steps' records are written behind the boot (saver).
+	Durable bool
 }
 
 // Retry is a step's retry scope.
@@ -184,7 +188,7 @@ var Steps = []Step{
 				Systemd: e.Root == "/" && replicated.UnderSystemd()}
 		},
 		stepAddress, nil)},
-	{Name: "replicated-install", Timeout: func(s *State) time.Duration { return s.Config.Replicated.Timeout.D() + 10*time.Minute }, Do: Wire(
+	{Name: "replicated-install", Durable: true, Timeout: func(s *State) time.Duration { return s.Config.Replicated.Timeout.D() + 10*time.Minute }, Do: Wire(
 		func(e *Env) installIn {
 			return installIn{Root: e.Root, Config: e.Config, Instance: e.Instance, IMDS: e.IMDS, Reinstall: e.Reinstall, Open: e.bucketOpener(), Bundle: e.Bundle}
 		},
@@ -209,7 +213,7 @@ var Steps = []Step{
 		},
 		stepWatch,
 		func(e *Env, o watchOut) { e.supervise(o.Monitors...) })},
-	{Name: "lifecycle-complete", Timeout: fixed(10 * time.Minute), Do: Wire(
+	{Name: "lifecycle-complete", Durable: true, Timeout: fixed(10 * time.Minute), Do: Wire(
 		func(e *Env) lifecycleIn { return lifecycleIn{Enabled: e.Config.ASG.Enabled, Auto: e.autoScaling()} },
 		stepLifecycleComplete, nil)},
 	{Name: "backup-keys", Timeout: fixed(30 * time.Minute), Do: Wire(

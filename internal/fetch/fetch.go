@@ -17,6 +17,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -459,19 +460,30 @@ func (bd *Bundle) Commit() error {
 		return err
 	}
 	var moves []atomicfile.Move
+	var keyDirs []string
 	for _, f := range bd.Files {
 		if f.staged == "" {
 			continue
 		}
 		if f.Entry == KeysEntry {
-			if err := bd.commitKey(f); err != nil {
+			dir, err := bd.commitKey(f)
+			if err != nil {
 				return err
+			}
+			if dir != "" && !slices.Contains(keyDirs, dir) {
+				keyDirs = append(keyDirs, dir)
 			}
 			continue
 		}
 		// A changed file's temp already has its mode and owner; the rename replaces
 		// whatever is at the final path (a symlink included) without following it.
 		moves = append(moves, atomicfile.Move{Staged: f.staged, Path: filepath.Join(bd.Root, f.Dest), DirMode: 0o755})
+	}
+	// The keys' renames are durable before anything else moves in, as they were one by one.
+	for _, dir := range keyDirs {
+		if err := syncDir(dir); err != nil {
+			return err
+		}
 	}
 	if err := atomicfile.CommitAll(moves); err != nil {
 		return err
@@ -489,6 +501,9 @@ func (bd *Bundle) Commit() error {
 	bd.Discard()
 	return nil
 }
+
+// syncDir is atomicfile.SyncDir; a test counts the key directories' syncs through it.
+var syncDir = atomicfile.SyncDir
 
 // Discard removes the staging directories.
 func (bd *Bundle) Discard() {

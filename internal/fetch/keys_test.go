@@ -387,3 +387,46 @@ func TestASymlinkAtAKeyPathIsAFindingNotACommitError(t *testing.T) {
 		check(t, root, bd, nil)
 	})
 }
+
+// The keys' directory is synced once, after every new key is in it, not once per key: on a
+// replacement's first boot one sync per key was 200 directory fsyncs in validate-files.
+func TestCommitSyncsTheKeysDirectoryOnce(t *testing.T) {
+	s := peertest.StartS3(t)
+	objs := seed(t, s)
+	root := t.TempDir()
+	b := open(t, s.URL, s.AccessKey, s.SecretKey, testBucket)
+	bd, err := Fetch(context.Background(), b, Options{Root: root, Layout: testLayout(t), Concurrency: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keysDir := filepath.Join(root, "data/circle/circleci-encryption-keys")
+	var keys []string
+	for k := range objs {
+		if name, ok := strings.CutPrefix(k, "circleci-encryption-keys/"); ok {
+			keys = append(keys, name)
+		}
+	}
+	if len(keys) < 2 {
+		t.Fatalf("the seed has %d keys; the test needs several", len(keys))
+	}
+	syncs := 0
+	old := syncDir
+	t.Cleanup(func() { syncDir = old })
+	syncDir = func(dir string) error {
+		if dir == keysDir {
+			syncs++
+			for _, k := range keys {
+				if _, err := os.Stat(filepath.Join(dir, k)); err != nil {
+					t.Errorf("the keys directory was synced before %s was in it", k)
+				}
+			}
+		}
+		return old(dir)
+	}
+	if err := bd.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if syncs != 1 {
+		t.Fatalf("the keys directory was synced %d times for %d new keys; want once", syncs, len(keys))
+	}
+}

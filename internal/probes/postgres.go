@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 
 	"crypto/tls"
 
@@ -242,52 +243,102 @@ func (p *prober) postgresTarget(ctx context.Context, t pgTarget, res *result) {
 		res.check(Checked{Service: "postgres", Target: t.ep.Target})
 		return
 	}
-	checkedServer := false
-	for _, d := range t.databases {
-		db := d.name
-		target := t.ep.Target
-		if len(t.databases) > 1 {
-			target += "/" + db
+	// The first databases one by one, until one connection is made: it says whether the
+	// server is verified at all and carries the server's own checks, and a failure that
+	// stops the probe (bad credentials) costs one attempt, not one per database. The rest,
+	// each a TLS handshake and a SCRAM exchange of its own, concurrently: nine databases one
+	// after another were most of the probe step. Their outcomes are applied in table order,
+	// as if they had run one by one, so the findings and the checks read the same.
+	rest := t.databases
+	for len(rest) > 0 {
+		d := rest[0]
+		rest = rest[1:]
+		o := p.pgDatabase(ctx, t, d, true)
+		o.apply(res)
+		if o.end {
+			return
 		}
-		conn, err := p.pgConnect(ctx, t, db)
-		if err != nil {
-			mode, why := tlsVerify, findings.Code{}
-			if f := tlsFinding(t.ep, err); f != nil {
-				res.add(*f)
-				mode, why = tlsNoVerify, f.Code
-			} else if strings.Contains(err.Error(), "server refused TLS connection") {
-				res.add(findings.New(findings.TLSOff, t.ep.Target, fmt.Sprintf("PostgreSQL at %s does not offer TLS", t.ep.addr()), ""))
-				mode, why = tlsNone, findings.TLSOff
-			}
-			if mode != tlsVerify {
-				// Every database would meet the same unverified server: it is asked once.
-				res.add(p.pgUnverified(ctx, t, d, mode, why))
-				res.check(Checked{Service: "postgres", Target: t.ep.Target, Detail: mode.String()})
-				return
-			}
-			f, stop := pgFinding(t, d, mode, err)
-			res.add(f)
-			res.check(Checked{Service: "postgres", Target: target, Detail: mode.String()})
-			if stop {
-				return
-			}
-			continue
+		if o.connected {
+			break
 		}
-		ok := true
-		if !checkedServer {
-			checkedServer = true
-			for _, f := range pgServerChecks(ctx, conn, t) {
-				res.add(f)
-				ok = false
-			}
-		}
-		for _, f := range pgExtensions(ctx, conn, t, d) {
-			res.add(f)
-			ok = ok && f.Severity != findings.Error
-		}
-		conn.Close(context.Background())
-		res.check(Checked{Service: "postgres", Target: target, OK: ok, Detail: tlsVerify.String()})
 	}
+	outs := make([]pgOutcome, len(rest))
+	var wg sync.WaitGroup
+	for i, d := range rest {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs[i] = p.pgDatabase(ctx, t, d, false)
+		}()
+	}
+	wg.Wait()
+	for _, o := range outs {
+		o.apply(res)
+		if o.end {
+			return
+		}
+	}
+}
+
+// pgOutcome is what the probe of one database found: applied to the result in table order.
+type pgOutcome struct {
+	findings []findings.Finding
+	checked  Checked
+	// connected: a verified connection was made (so the server's checks ran, when asked);
+	// end: nothing after this database is probed (an unverified server, bad credentials).
+	connected, end bool
+}
+
+func (o pgOutcome) apply(res *result) {
+	res.addAll(o.findings)
+	res.check(o.checked)
+}
+
+// pgDatabase probes one database of t: connects (TLS, verified, then authenticates), runs the
+// server's checks when serverChecks, and the database's extensions.
+func (p *prober) pgDatabase(ctx context.Context, t pgTarget, d pgDB, serverChecks bool) pgOutcome {
+	var o pgOutcome
+	db := d.name
+	target := t.ep.Target
+	if len(t.databases) > 1 {
+		target += "/" + db
+	}
+	conn, err := p.pgConnect(ctx, t, db)
+	if err != nil {
+		mode, why := tlsVerify, findings.Code{}
+		if f := tlsFinding(t.ep, err); f != nil {
+			o.findings = append(o.findings, *f)
+			mode, why = tlsNoVerify, f.Code
+		} else if strings.Contains(err.Error(), "server refused TLS connection") {
+			o.findings = append(o.findings, findings.New(findings.TLSOff, t.ep.Target, fmt.Sprintf("PostgreSQL at %s does not offer TLS", t.ep.addr()), ""))
+			mode, why = tlsNone, findings.TLSOff
+		}
+		if mode != tlsVerify {
+			// Every database would meet the same unverified server: it is asked once.
+			o.findings = append(o.findings, p.pgUnverified(ctx, t, d, mode, why))
+			o.checked, o.end = Checked{Service: "postgres", Target: t.ep.Target, Detail: mode.String()}, true
+			return o
+		}
+		f, stop := pgFinding(t, d, mode, err)
+		o.findings = append(o.findings, f)
+		o.checked, o.end = Checked{Service: "postgres", Target: target, Detail: mode.String()}, stop
+		return o
+	}
+	defer conn.Close(context.Background())
+	o.connected = true
+	ok := true
+	if serverChecks {
+		for _, f := range pgServerChecks(ctx, conn, t) {
+			o.findings = append(o.findings, f)
+			ok = false
+		}
+	}
+	for _, f := range pgExtensions(ctx, conn, t, d) {
+		o.findings = append(o.findings, f)
+		ok = ok && f.Severity != findings.Error
+	}
+	o.checked = Checked{Service: "postgres", Target: target, OK: ok, Detail: tlsVerify.String()}
+	return o
 }
 
 // pgConnect opens one connection over TLS with a verified certificate, the only kind on which

@@ -123,6 +123,19 @@ func TestPostgres(t *testing.T) {
 		return rep
 	}
 
+	// The databases after the first are probed concurrently: a proxy in front of the server
+	// passes the first connection at once and holds every later one's first bytes until all
+	// of them have arrived. Probed one after another, the second would wait for ever (until
+	// the probe's timeout), and the report would not be healthy.
+	t.Run("databases after the first concurrently", func(t *testing.T) {
+		n := len(DefaultPostgres().pgDatabases())
+		port := barrierProxy(t, pg.Port, n-1)
+		rep := check(t, pgSettings("localhost", port, "circle", circlePW), nil)
+		if len(rep.Findings) != 0 || len(rep.Checked) != n {
+			t.Fatalf("want %d healthy databases, got findings %+v, checked %+v", n, rep.Findings, rep.Checked)
+		}
+	})
+
 	t.Run("healthy", func(t *testing.T) {
 		rep := check(t, pgSettings("localhost", pg.Port, "circle", circlePW), nil)
 		if len(rep.Findings) != 0 {
@@ -606,4 +619,62 @@ func TestPGURIMalformedQuotesNoSecret(t *testing.T) {
 	if f != nil || tg.user != "circle" || tg.pwd != "p/ss@w rd" || tg.ep.Host != "::1" || tg.ep.Port != "6432" || tg.databases[0].name != "vms" {
 		t.Fatalf("%+v %+v", tg, f)
 	}
+}
+
+// barrierProxy forwards to the server at port on loopback: the first connection that sends
+// bytes at once, each later one only when want of them have sent their first bytes (a
+// connection that closes without sending, the reachability dial, is not counted).
+func barrierProxy(t *testing.T, port, want int) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done); ln.Close() })
+	var mu sync.Mutex
+	first, arrived, release := true, 0, make(chan struct{})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64<<10)
+				n, err := c.Read(buf)
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				pass := first
+				first = false
+				if !pass {
+					if arrived++; arrived == want {
+						close(release)
+					}
+				}
+				mu.Unlock()
+				if !pass {
+					select {
+					case <-release:
+					case <-done:
+						return
+					}
+				}
+				up, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				if _, err := up.Write(buf[:n]); err != nil {
+					return
+				}
+				go io.Copy(up, c)
+				io.Copy(c, up)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/haagent/haagent/internal/atomicfile"
@@ -126,15 +127,40 @@ func Load(path string) (*Record, error) {
 
 // Save writes the record atomically.
 func (r *Record) Save(path string) error {
-	r.Runs = trim(r.Runs)
-	data, err := json.MarshalIndent(r, "", "  ")
+	data, err := r.Encode()
 	if err != nil {
 		return err
 	}
-	if _, err := atomicfile.WriteFile(path, append(data, '\n'), atomicfile.Secret); err != nil {
+	return WriteEncoded(path, data)
+}
+
+// Encode is the record as Save writes it (the history trimmed: trim): a snapshot that a
+// writer may put on disk later, while the record goes on changing.
+func (r *Record) Encode() ([]byte, error) {
+	r.Runs = trim(r.Runs)
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encoding the run record: %w", err)
+	}
+	return append(data, '\n'), nil
+}
+
+// WriteEncoded writes what Encode returned, atomically (and durably) at path.
+func WriteEncoded(path string, data []byte) error {
+	if _, err := atomicfile.WriteFile(path, data, atomicfile.Secret); err != nil {
 		return fmt.Errorf("saving run record: %w", err)
 	}
 	return nil
+}
+
+// RemoveStaleTemps removes what a write of the record at path left when its process was
+// killed in the middle (atomicfile's temp file beside it). Only the record's writer calls it,
+// under the run lock, before its first write.
+func RemoveStaleTemps(path string) {
+	temps, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".haagent-*"))
+	for _, p := range temps {
+		os.Remove(p)
+	}
 }
 
 // trim keeps the newest MaxRuns runs and, beyond them, the newest complete run of each
