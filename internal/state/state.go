@@ -21,9 +21,10 @@ import (
 // Version of the record's format.
 const Version = 1
 
-// MaxRuns bounds the history kept. Trimming never drops the newest complete run of an
-// instance (CompletedOn, InstalledBefore): a restart loop on a broken config must not make the
-// next boot of this instance look like a replacement's first.
+// MaxRuns bounds the history kept. Trimming never drops the running run nor the newest
+// complete run of the latest MaxRuns/2 instances (CompletedOn, InstalledBefore): a restart loop
+// on a broken config must not make the next boot of this instance look like a replacement's
+// first.
 const MaxRuns = 20
 
 // Run statuses.
@@ -163,20 +164,28 @@ func RemoveStaleTemps(path string) {
 	}
 }
 
-// trim keeps the newest MaxRuns runs and, beyond them, the newest complete run of each
-// instance, in their order.
+// trim keeps at most MaxRuns runs, in their order: the newest (the one being written), the
+// newest complete run of each of the latest MaxRuns/2 instances, then the newest of the rest.
 func trim(runs []Run) []Run {
 	if len(runs) <= MaxRuns {
 		return runs
 	}
 	keep := make([]bool, len(runs))
+	// The newest run is the one being written (a boot adds its run, then saves): dropping it
+	// would make the runner write into an older run.
+	keep[len(runs)-1] = true
+	kept := 1
+	// Then the newest complete run of each instance, newest instances first, for at most half
+	// the history: CompletedOn needs this instance's, InstalledBefore any one, and a record
+	// carried across many machines (an image of a live box) must not grow without bound.
 	completed := map[string]bool{}
-	kept := 0
-	for i := len(runs) - 1; i >= 0; i-- {
+	for i := len(runs) - 1; i >= 0 && len(completed) < MaxRuns/2; i-- {
 		if runs[i].Status == Complete && !completed[runs[i].InstanceID] {
 			completed[runs[i].InstanceID] = true
-			keep[i] = true
-			kept++
+			if !keep[i] {
+				keep[i] = true
+				kept++
+			}
 		}
 	}
 	for i := len(runs) - 1; i >= 0 && kept < MaxRuns; i-- {

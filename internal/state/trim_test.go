@@ -6,8 +6,8 @@ import (
 	"testing"
 )
 
-// Trimming keeps the newest MaxRuns runs and the newest complete run of each instance, however
-// old.
+// Trimming keeps the newest complete run of each of the latest instances (up to MaxRuns/2),
+// however old, and the newest runs besides.
 func TestTrimKeepsEachInstancesNewestCompleteRun(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.json")
 	r := &Record{Version: Version}
@@ -27,5 +27,34 @@ func TestTrimKeepsEachInstancesNewestCompleteRun(t *testing.T) {
 	}
 	if got.Runs[0].ID != "a" || got.Runs[1].ID != "b" || got.Last().ID != fmt.Sprintf("f%d", 3*MaxRuns-1) {
 		t.Fatalf("order or choice wrong: %s %s ... %s", got.Runs[0].ID, got.Runs[1].ID, got.Last().ID)
+	}
+}
+
+// With MaxRuns instances' complete runs in the history, the newest run (this boot's,
+// still running) must survive the trim; the runner re-points env.Run at Last() after it.
+func TestTrimKeepsNewestRunWithManyInstances(t *testing.T) {
+	r := &Record{Version: Version}
+	for i := 0; i < MaxRuns; i++ {
+		r.Runs = append(r.Runs, Run{ID: fmt.Sprintf("c%d", i), InstanceID: fmt.Sprintf("i-%d", i), Status: Complete})
+	}
+	r.Runs = append(r.Runs, Run{ID: "now", Status: Running})
+	if _, err := r.Encode(); err != nil {
+		t.Fatal(err)
+	}
+	if r.Last().ID != "now" {
+		t.Fatalf("the running run was trimmed away; Last() is %s (%s of %s): the runner would write this boot into it", r.Last().ID, r.Last().Status, r.Last().InstanceID)
+	}
+}
+
+// The record stays within MaxRuns however many instances completed (a record carried across
+// machines in an image).
+func TestTrimBoundWithManyInstances(t *testing.T) {
+	r := &Record{Version: Version}
+	for i := 0; i < 5*MaxRuns; i++ {
+		r.Runs = append(r.Runs, Run{ID: fmt.Sprintf("c%d", i), InstanceID: fmt.Sprintf("i-%d", i), Status: Complete})
+	}
+	r.Encode()
+	if len(r.Runs) > MaxRuns {
+		t.Errorf("kept %d runs (MaxRuns %d): one per instance ever completed, unbounded", len(r.Runs), MaxRuns)
 	}
 }
