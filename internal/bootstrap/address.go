@@ -270,6 +270,13 @@ type stillHere interface {
 	StillHere(ctx context.Context, md address.Metadata, ip netip.Addr) ([]findings.Finding, error)
 }
 
+// addressReadBound bounds one EC2 read of the address monitor; addressAliveEvery is how often
+// its loop says it lives while the read waits (tests shorten it).
+var (
+	addressReadBound  = 5 * time.Minute
+	addressAliveEvery = asg.AliveEvery
+)
+
 // addressMonitor asks EC2 at every tick (nil: every addressEvery) whether this instance's
 // interface still lists ip, and holds ADDRESS_NOT_HERE while it does not (withdrawn when it
 // does again). A failed read with no finding is the monitor's error: the supervisor restarts
@@ -292,7 +299,15 @@ func addressMonitor(c stillHere, md address.Metadata, ip netip.Addr, tick <-chan
 				continue
 			case <-tick:
 			}
-			fs, err := c.StillHere(ctx, md, ip)
+			// One read may outlast the monitor's bound (the SDK's three attempts of 30 s each
+			// against an EC2 that hangs): the loop stays alive while it waits, and the read
+			// itself is bounded, so a hanging EC2 is the monitor's error (restarted with
+			// backoff, MONITOR_FAILING), never a stalled monitor that gets haagent restarted.
+			var fs []findings.Finding
+			var err error
+			rctx, cancel := context.WithTimeout(ctx, addressReadBound)
+			aliveWhile(h.Alive, addressAliveEvery, func() { fs, err = c.StillHere(rctx, md, ip) })
+			cancel()
 			if err != nil && len(fs) == 0 {
 				return err
 			}

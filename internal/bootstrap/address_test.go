@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -111,5 +112,52 @@ func TestAddressMonitorHoldsNotHereWhileEC2DoesNotListIt(t *testing.T) {
 	until("none")
 	if n := f.calls.Load(); n != 2 {
 		t.Fatalf("%d EC2 reads for 2 ticks", n)
+	}
+}
+
+// hangingHere is an EC2 that never answers: StillHere returns only when its context ends.
+type hangingHere struct{ entered chan struct{} }
+
+func (h *hangingHere) StillHere(ctx context.Context, _ address.Metadata, _ netip.Addr) ([]findings.Finding, error) {
+	close(h.entered)
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// An EC2 read that outlasts the monitor's bound keeps the monitor alive while it waits: a
+// hanging EC2 must not stall the monitor (MONITOR_STALLED stops the watchdog, and systemd would
+// restart haagent for as long as EC2 hangs).
+func TestAddressMonitorStaysAliveWhileEC2Hangs(t *testing.T) {
+	defer func(d time.Duration) { addressAliveEvery = d }(addressAliveEvery)
+	addressAliveEvery = time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	now := time.Unix(1_000_000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	changed := make(chan struct{}, 100)
+	sup := supervisor.New(ctx, supervisor.Options{Now: clock, Changed: func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}})
+	f := &hangingHere{entered: make(chan struct{})}
+	tick := make(chan time.Time)
+	m := addressMonitor(f, nil, netip.MustParseAddr("10.0.1.50"), tick)
+	sup.Start(m)
+	tick <- time.Time{}
+	<-f.entered
+	// Well past the monitor's bound while the read still waits.
+	mu.Lock()
+	now = now.Add(3 * m.Within)
+	mu.Unlock()
+	deadline := time.After(10 * time.Second)
+	for sup.Healthy() != nil {
+		select {
+		case <-deadline:
+			t.Fatalf("the monitor stalled while EC2 hung: %v", sup.Healthy())
+		case <-time.After(time.Millisecond):
+		}
 	}
 }
