@@ -19,7 +19,8 @@ func Log(log *slog.Logger, f Finding, extra ...any) {
 	case Warning:
 		level = slog.LevelWarn
 	}
-	attrs := append(extra, "finding", f.Code.String(), "severity", string(f.Severity), "blocking", f.Blocking)
+	// A copy: appending to extra could write into the caller's array.
+	attrs := append(append(make([]any, 0, len(extra)+12), extra...), "finding", f.Code.String(), "severity", string(f.Severity), "blocking", f.Blocking)
 	if f.Target != "" {
 		attrs = append(attrs, "target", f.Target)
 	}
